@@ -1,0 +1,64 @@
+"""What every stage script shares: `--set NAME=VALUE`, `--params FILE`, `--help`, clear errors.
+
+A stage script is three lines of substance: build its parser with `stage_parser`, call
+`parse_stage` to get the validated parameters, and do its work inside `run_stage`, which turns
+the errors a user can cause (bad parameter, missing input, bad data) into one readable line and a
+non-zero exit instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+from collections.abc import Callable, Sequence
+
+from imgclass.params import ParameterError, Params, load_params, parse_overrides
+
+
+def stage_parser(description: str, reads: str, writes: str) -> argparse.ArgumentParser:
+    epilog = textwrap.dedent(
+        f"""\
+        reads:  {reads}
+        writes: {writes}
+
+        Parameters come from PARAMETERS.py; --set NAME=VALUE overrides one for this run (VALUE is a
+        Python literal, else a string), e.g. --set datasetName=myPhotos --set rf_inputResolution=320.
+        IMGCLASS_DATA_DIR, when set, overrides DATA_DIR."""
+    )
+    parser = argparse.ArgumentParser(
+        description=description, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
+                        help="override a parameter of PARAMETERS.py for this run (repeatable)")
+    parser.add_argument("--params", default=None, metavar="FILE",
+                        help="read this parameters file instead of the project's PARAMETERS.py")
+    return parser
+
+
+def parse_stage(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, Params]:
+    args = parser.parse_args(argv)
+    try:
+        params = load_params(args.params, parse_overrides(args.overrides))
+    except ParameterError as e:
+        parser.error(str(e))  # exits 2 with usage, like any other bad argument
+    return args, params
+
+
+# Errors a user can cause, reported as one line; anything else is a bug and keeps its traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (ParameterError, FileNotFoundError, ValueError, PermissionError)
+
+
+def run_stage(main: Callable[[], int | None], user_errors: tuple[type[BaseException], ...] = ()) -> None:
+    """Run a stage's main(); user errors become `error: ...` on stderr and exit status 1."""
+    from imgclass.backbones import WeightsUnavailableError
+
+    try:
+        code = main()
+    except (*USER_ERRORS, WeightsUnavailableError, *user_errors) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted: files already written are complete; rerun the stage to finish", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code or 0)

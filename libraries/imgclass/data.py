@@ -1,0 +1,265 @@
+"""Find a data set's images and split them into train and test sets.
+
+A data set is a folder of class folders (`images/<dataset>/<class>/...`). The split is decided once,
+by stage 1, and written to `proc/<dataset>/split.json`; every later stage reads that file, so all
+of them agree on which image is on which side. Four ways to split, in order of precedence:
+
+1. the folder holds `train/` and `test/` (or `val/`) folders of class folders: that split is used;
+2. a `dedicatedTestImages.tsv` in the data set folder lists the test images (`class/filename`);
+3. `imagesSplitBy = "subdir"`: each sub-folder of a class goes wholly to one side (e.g. several
+   photos of the same garment stay together, so the test set measures unseen garments);
+4. otherwise each class is split at random by `ratioTrainTest`, seeded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from imgclass.fileio import read_json, write_json
+from imgclass.images import check_image, is_image_name
+
+DEDICATED_TEST_FILE = "dedicatedTestImages.tsv"
+SPLIT_FOLDERS = (("train", "test"), ("train", "val"))
+
+
+class DatasetError(ValueError):
+    """The data set folder cannot be used as it is; the message says why and what to do."""
+
+
+@dataclass
+class Split:
+    """Which image (path relative to the data set folder) is on which side, with its class index."""
+
+    classes: list[str]
+    train: list[tuple[str, int]]
+    test: list[tuple[str, int]]
+    excluded: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) left out
+    method: str = "random"
+
+    def side(self, name: str) -> list[tuple[str, int]]:
+        if name not in ("train", "test"):
+            raise ValueError(f"side {name!r}: expected 'train' or 'test'")
+        return self.train if name == "train" else self.test
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        out = {c: {"train": 0, "test": 0} for c in self.classes}
+        for side in ("train", "test"):
+            for _, label in self.side(side):
+                out[self.classes[label]][side] += 1
+        return out
+
+    def to_json(self) -> dict:
+        return {
+            "classes": self.classes,
+            "method": self.method,
+            "train": [[p, int(y)] for p, y in self.train],
+            "test": [[p, int(y)] for p, y in self.test],
+            "excluded": [[p, r] for p, r in self.excluded],
+        }
+
+    @classmethod
+    def from_json(cls, d: dict) -> Split:
+        return cls(
+            classes=list(d["classes"]),
+            train=[(p, int(y)) for p, y in d["train"]],
+            test=[(p, int(y)) for p, y in d["test"]],
+            excluded=[(p, r) for p, r in d.get("excluded", [])],
+            method=d.get("method", "random"),
+        )
+
+
+def save_split(split: Split, path: str | Path) -> Path:
+    return write_json(path, split.to_json())
+
+
+def load_split(path: str | Path) -> Split:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run scripts/1_prepareData.py first")
+    return Split.from_json(read_json(path))
+
+
+def list_class_dirs(folder: Path) -> list[str]:
+    """Class folders: visible sub-folders, sorted so class indices are stable."""
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+
+
+def list_images(class_dir: Path) -> list[Path]:
+    """Image files below a class folder (recursively), sorted, hidden files and folders skipped."""
+    out = []
+    for p in sorted(class_dir.rglob("*")):
+        rel = p.relative_to(class_dir)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        if p.is_file() and is_image_name(p):
+            out.append(p)
+    return out
+
+
+def class_counts(images_dir: str | Path) -> dict[str, int]:
+    """Images per class folder (for reporting an existing data set)."""
+    images_dir = Path(images_dir)
+    return {c: len(list_images(images_dir / c)) for c in list_class_dirs(images_dir)}
+
+
+def _check_classes(classes: list[str], where: Path) -> None:
+    if len(classes) < 2:
+        found = ", ".join(classes) if classes else "none"
+        raise DatasetError(
+            f"{where}: need at least two class folders (one sub-folder per class), found {found}"
+        )
+
+
+def _collect(root: Path, classes: list[str], excluded: list[tuple[str, str]], base: Path, check: bool) -> dict[str, list[str]]:
+    """Per class, decodable image paths relative to `base`; undecodable ones go to `excluded`."""
+    out: dict[str, list[str]] = {}
+    for c in classes:
+        good = []
+        for p in list_images(root / c):
+            rel = p.relative_to(base).as_posix()
+            problem = check_image(p) if check else None
+            if problem:
+                excluded.append((rel, problem))
+            else:
+                good.append(rel)
+        if not good:
+            raise DatasetError(f"{root / c}: class {c!r} has no usable images")
+        out[c] = good
+    return out
+
+
+def _split_list(items: list, ratio: float, rng: random.Random) -> tuple[list, list]:
+    items = list(items)
+    rng.shuffle(items)
+    n_train = round(len(items) * ratio)
+    if len(items) >= 2:  # both sides get at least one, so every class is trained on and tested
+        n_train = min(max(n_train, 1), len(items) - 1)
+    return sorted(items[:n_train]), sorted(items[n_train:])
+
+
+def _group_of(rel_path: str) -> str:
+    """For imagesSplitBy='subdir': `class/sub/.../file` belongs to group `class/sub`; an image lying
+    directly in the class folder is a group of its own."""
+    parts = rel_path.split("/")
+    return "/".join(parts[:2]) if len(parts) > 2 else rel_path
+
+
+def _read_dedicated(path: Path, classes: list[str]) -> set[str]:
+    test = set()
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            line = line.strip().replace("\\", "/")
+            if not line or line.startswith("#"):
+                continue
+            entry = line.split("\t")[0]
+            if entry.split("/")[0] not in classes or "/" not in entry:
+                raise DatasetError(
+                    f"{path}, line {n}: {entry!r} is not 'class/filename' with a class among {', '.join(classes)}"
+                )
+            test.add(entry)
+    return test
+
+
+def make_split(
+    images_dir: str | Path,
+    ratio: float = 0.75,
+    seed: int = 0,
+    split_by: str = "filename",
+    check_decode: bool = True,
+) -> Split:
+    """Decide the train/test split of a data set folder (see the module docstring for the rules)."""
+    images_dir = Path(images_dir)
+    if not images_dir.is_dir():
+        raise DatasetError(
+            f"{images_dir} does not exist: put one sub-folder of images per class there, "
+            f"or run scripts/0_downloadData.py"
+        )
+    if split_by not in ("filename", "subdir"):
+        raise ValueError(f"split_by {split_by!r}: allowed values are 'filename', 'subdir'")
+    excluded: list[tuple[str, str]] = []
+
+    for train_name, test_name in SPLIT_FOLDERS:
+        train_dir, test_dir = images_dir / train_name, images_dir / test_name
+        if train_dir.is_dir() and test_dir.is_dir():
+            classes = list_class_dirs(train_dir)
+            test_classes = list_class_dirs(test_dir)
+            if classes != test_classes:
+                raise DatasetError(
+                    f"{images_dir}: classes differ between {train_name}/ ({', '.join(classes) or 'none'}) "
+                    f"and {test_name}/ ({', '.join(test_classes) or 'none'})"
+                )
+            _check_classes(classes, train_dir)
+            tr = _collect(train_dir, classes, excluded, images_dir, check_decode)
+            te = _collect(test_dir, classes, excluded, images_dir, check_decode)
+            split = Split(
+                classes,
+                [(p, i) for i, c in enumerate(classes) for p in tr[c]],
+                [(p, i) for i, c in enumerate(classes) for p in te[c]],
+                excluded,
+                method=f"folders {train_name}/ {test_name}/",
+            )
+            check_disjoint(split)
+            return split
+
+    classes = list_class_dirs(images_dir)
+    _check_classes(classes, images_dir)
+    per_class = _collect(images_dir, classes, excluded, images_dir, check_decode)
+    train: list[tuple[str, int]] = []
+    test: list[tuple[str, int]] = []
+    dedicated = images_dir / DEDICATED_TEST_FILE
+    if dedicated.is_file():
+        test_set = _read_dedicated(dedicated, classes)
+        known = {p for paths in per_class.values() for p in paths}
+        missing = sorted(test_set - known - {p for p, _ in excluded})
+        if missing:
+            raise DatasetError(f"{dedicated}: listed images not found in the data set: {', '.join(missing[:5])}")
+        for i, c in enumerate(classes):
+            train += [(p, i) for p in per_class[c] if p not in test_set]
+            test += [(p, i) for p in per_class[c] if p in test_set]
+        method = DEDICATED_TEST_FILE
+    else:
+        for i, c in enumerate(classes):
+            # One generator per class, seeded by class name: adding a class leaves the others' split as is.
+            rng = random.Random(f"{seed}:{c}")
+            if split_by == "subdir":
+                groups: dict[str, list[str]] = defaultdict(list)
+                for p in per_class[c]:
+                    groups[_group_of(p)].append(p)
+                tr_groups, te_groups = _split_list(sorted(groups), ratio, rng)
+                tr_paths = [p for g in tr_groups for p in groups[g]]
+                te_paths = [p for g in te_groups for p in groups[g]]
+            else:
+                tr_paths, te_paths = _split_list(per_class[c], ratio, rng)
+            train += [(p, i) for p in sorted(tr_paths)]
+            test += [(p, i) for p in sorted(te_paths)]
+        method = "subdir" if split_by == "subdir" else "random"
+    split = Split(classes, train, test, excluded, method)
+    check_disjoint(split)
+    return split
+
+
+def check_disjoint(split: Split) -> None:
+    """Train and test share no image path (a bug in a split rule would otherwise inflate accuracy)."""
+    shared = {p for p, _ in split.train} & {p for p, _ in split.test}
+    if shared:
+        raise DatasetError(f"train and test share {len(shared)} image(s), e.g. {sorted(shared)[0]}")
+    for side in ("train", "test"):
+        if not split.side(side):
+            raise DatasetError(f"the {side} set is empty: add images or change ratioTrainTest")
+
+
+def exact_duplicates_across(split: Split, images_dir: str | Path) -> list[tuple[str, str]]:
+    """Pairs (train, test) of byte-identical files: the same photo on both sides leaks the label."""
+    images_dir = Path(images_dir)
+
+    def digest(rel: str) -> str:
+        return hashlib.sha1((images_dir / rel).read_bytes()).hexdigest()
+
+    train_hashes = {digest(p): p for p, _ in split.train}
+    return [(train_hashes[h], p) for p, _ in split.test if (h := digest(p)) in train_hashes]

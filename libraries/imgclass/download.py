@@ -1,0 +1,484 @@
+"""Download a URL list (`label<TAB>url` a line) into `out_dir/<label>/`, safely and resumably.
+
+URL lists from the web are full of dead links, HTML error pages served with status 200, huge files
+and slow hosts. This module never lets one of them abort the run: each URL either ends up as a
+verified image on disk or as a line in `download_failures.tsv` with the reason.
+
+File names are derived from the URL (first 16 hex digits of its SHA-1) plus the extension of the
+format actually decoded, so a re-run maps every URL to the same file: URLs already on disk are
+skipped, URLs that failed before are tried again. Files are written atomically, so an interrupted
+run never leaves a truncated image behind.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import http.client
+import io
+import logging
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from tqdm import tqdm
+
+from imgclass import __version__
+from imgclass.fileio import atomic_open, write_bytes
+from imgclass.images import ImageDecodeError, load_rgb
+
+log = logging.getLogger(__name__)
+
+FAILURES_FILE = "download_failures.tsv"
+USER_AGENT = f"imgclass-downloader/{__version__} (+image classification dataset builder)"
+ALLOWED_SCHEMES = ("http", "https")
+
+# PIL format name -> file extension. Only formats the rest of the pipeline picks up by extension
+# (imgclass.images.IMAGE_EXTENSIONS) are kept; MPO is what PIL calls multi-picture phone JPEGs.
+FORMAT_EXTENSIONS = {
+    "JPEG": ".jpg",
+    "MPO": ".jpg",
+    "PNG": ".png",
+    "GIF": ".gif",
+    "BMP": ".bmp",
+    "WEBP": ".webp",
+    "TIFF": ".tif",
+}
+_KNOWN_EXTENSIONS = tuple(sorted(set(FORMAT_EXTENSIONS.values())))
+
+_CHUNK = 64 * 1024
+_MAX_RETRY_AFTER_S = 2.0  # honour a server's Retry-After only when it is short; never stall the run
+_BACKOFF_S = 0.2  # sleep _BACKOFF_S * attempt between attempts
+# `timeout` bounds each socket operation, so a host that drips a byte every few seconds would never
+# time out. Each attempt therefore also gets a total budget of _TOTAL_TIMEOUT_FACTOR * timeout.
+_TOTAL_TIMEOUT_FACTOR = 10.0
+_FORBIDDEN_LABEL_CHARS = ("/", "\\", ":", "\0")  # ':' because "C:" would escape out_dir on Windows
+
+
+class UrlListError(ValueError):
+    """The URL list is malformed; the message names the file and the line number."""
+
+
+@dataclass
+class DownloadReport:
+    """What one `download_images` run did.
+
+    `per_class`: images of each label of the list that are on disk after the run (downloaded now or
+    in an earlier run); labels whose every URL failed appear with 0, so empty classes stand out.
+    `failures`: (url, reason) in the order of the list.
+    """
+
+    ok: int = 0  # newly downloaded in this run
+    skipped_existing: int = 0  # already on disk from an earlier run, not fetched again
+    failed: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    per_class: dict[str, int] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        return (
+            f"{self.ok} downloaded, {self.skipped_existing} already present, "
+            f"{self.failed} failed"
+        )
+
+
+class _Failure(Exception):
+    """One attempt failed; `retryable` says whether another attempt can help."""
+
+    def __init__(self, reason: str, retryable: bool = False, retry_after: float | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+class _Cancelled(Exception):
+    """The run is being interrupted; abandon this download quietly."""
+
+
+# ---------------------------------------------------------------------------------------------
+# URL list
+
+
+def check_label(label: str) -> str | None:
+    """None when `label` is usable as a class folder name inside out_dir, else the reason."""
+    if not label:
+        return "empty label"
+    if label == ".":
+        return "label '.' is the output folder itself"
+    if ".." in label:
+        return f"label {label!r} contains '..'"
+    for ch in _FORBIDDEN_LABEL_CHARS:
+        if ch in label:
+            return f"label {label!r} contains {ch!r}"
+    if any(ord(c) < 32 for c in label):
+        return f"label {label!r} contains a control character"
+    return None
+
+
+def read_url_list(path: str | Path) -> list[tuple[str, str]]:
+    """Read a `label<TAB>url` list into [(label, url), ...] in file order.
+
+    Blank lines and lines starting with '#' are skipped, a first line `label<TAB>url` (any case)
+    is taken as a header, columns after the URL (source, licence, ...) are ignored. Duplicates are
+    kept here; `download_images` fetches each URL once. Raises UrlListError naming the file and
+    line for a line that is not `label<TAB>url` or whose label is not a safe folder name.
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        # utf-8-sig: lists saved by Excel and Notepad start with a byte-order mark.
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line_no = data[: e.start].count(b"\n") + 1
+        raise UrlListError(f"{path}, line {line_no}: not valid UTF-8 text") from e
+
+    entries: list[tuple[str, str]] = []
+    seen_content = False
+    # split("\n") rather than splitlines(): splitlines also breaks at form feeds and other
+    # separators, which would make the line numbers in errors disagree with the user's editor.
+    for line_no, raw in enumerate(text.split("\n"), start=1):
+        line = raw.rstrip("\r")
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        fields = [f.strip() for f in line.split("\t")]
+        first_content, seen_content = not seen_content, True
+        if len(fields) < 2:
+            raise UrlListError(
+                f"{path}, line {line_no}: expected 'label<TAB>url', "
+                f"found no tab in {line.strip()!r}"
+            )
+        label, url = fields[0], fields[1]
+        if first_content and label.lower() == "label" and url.lower() == "url":
+            continue
+        if not url:
+            raise UrlListError(
+                f"{path}, line {line_no}: expected 'label<TAB>url', the URL is empty"
+            )
+        problem = check_label(label)
+        if problem:
+            raise UrlListError(f"{path}, line {line_no}: {problem}; it must be a plain folder name")
+        entries.append((label, url))
+    return entries
+
+
+def _normalise_entries(url_list: str | Path | Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    if isinstance(url_list, (str, Path)):
+        return read_url_list(url_list)
+    entries = []
+    for i, item in enumerate(url_list):
+        try:
+            label, url = item
+        except (TypeError, ValueError):
+            raise UrlListError(f"<url list>, entry {i}: expected a (label, url) pair, got {item!r}")
+        label, url = str(label).strip(), str(url).strip()
+        problem = check_label(label)
+        if problem:
+            raise UrlListError(f"<url list>, entry {i}: {problem}; it must be a plain folder name")
+        entries.append((label, url))
+    return entries
+
+
+def _dedupe(entries: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """First occurrence of each URL wins; the same URL under two labels is a list error worth a
+    warning (the image can only be one class), but not worth stopping for."""
+    first_label: dict[str, str] = {}
+    unique = []
+    for label, url in entries:
+        if url in first_label:
+            if first_label[url] != label:
+                log.warning(
+                    "%s is listed as %r and %r; keeping %r", url, first_label[url], label,
+                    first_label[url],
+                )
+            continue
+        first_label[url] = label
+        unique.append((label, url))
+    return unique
+
+
+# ---------------------------------------------------------------------------------------------
+# Fetching
+
+
+def file_stem(url: str) -> str:
+    """Stable file name (without extension) for `url`: a re-run maps the URL to the same file."""
+    return hashlib.sha1(url.encode("utf-8")).hexdigest()[:16]
+
+
+def _existing_file(class_dir: Path, stem: str) -> Path | None:
+    for ext in _KNOWN_EXTENSIONS:
+        candidate = class_dir / (stem + ext)
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+class _HttpOnlyRedirectHandler(urllib.request.HTTPRedirectHandler):
+    """Follow redirects only to http(s): the stock handler would also follow one to ftp://."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[override]
+        scheme = urllib.parse.urlsplit(newurl).scheme.lower()
+        if scheme not in ALLOWED_SCHEMES:
+            fp.close()
+            raise _Failure(f"redirect to unsupported scheme ({scheme or 'none'})")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _build_opener() -> urllib.request.OpenerDirector:
+    # Built by hand rather than with build_opener(), which also installs ftp:, file: and data:
+    # handlers: a URL list must never make us read local files or talk FTP.
+    opener = urllib.request.OpenerDirector()
+    handlers: list[Any] = [
+        urllib.request.ProxyHandler(),  # honours http(s)_proxy / no_proxy like any other client
+        urllib.request.UnknownHandler(),
+        urllib.request.HTTPHandler(),
+        urllib.request.HTTPDefaultErrorHandler(),
+        _HttpOnlyRedirectHandler(),
+        urllib.request.HTTPErrorProcessor(),
+    ]
+    if hasattr(urllib.request, "HTTPSHandler"):  # absent when Python was built without ssl
+        handlers.append(urllib.request.HTTPSHandler())
+    for handler in handlers:
+        opener.add_handler(handler)
+    return opener
+
+
+def _parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _fetch_once(
+    opener: urllib.request.OpenerDirector,
+    url: str,
+    timeout: float,
+    max_bytes: int,
+    stop: threading.Event,
+) -> bytes:
+    """One attempt: the body, or _Failure. The body is read in chunks so an oversized file is
+    abandoned after max_bytes instead of being held in memory."""
+    headers = {"User-Agent": USER_AGENT, "Accept": "image/*,*/*;q=0.8"}
+    request = urllib.request.Request(url, headers=headers)
+    deadline = time.monotonic() + timeout * _TOTAL_TIMEOUT_FACTOR
+    try:
+        with opener.open(request, timeout=timeout) as response:
+            length = response.headers.get("Content-Length")
+            if length and length.strip().isdigit() and int(length) > max_bytes:
+                raise _Failure(f"too large ({int(length)} bytes > max_bytes={max_bytes})")
+            chunks: list[bytes] = []
+            size = 0
+            while True:
+                if stop.is_set():
+                    raise _Cancelled()
+                # read1, not read: read(n) blocks until n bytes arrive, so a slow host could
+                # dodge the deadline check below; read1 returns whatever one recv delivers.
+                chunk = response.read1(_CHUNK)
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > max_bytes:
+                    raise _Failure(f"too large (more than max_bytes={max_bytes} bytes)")
+                if time.monotonic() > deadline:
+                    raise _Failure("timeout (download too slow)", retryable=True)
+                chunks.append(chunk)
+            return b"".join(chunks)
+    except (_Failure, _Cancelled):
+        raise
+    except urllib.error.HTTPError as e:
+        retry_after = _parse_retry_after(e.headers.get("Retry-After") if e.headers else None)
+        e.close()
+        retryable = e.code >= 500 or e.code == 429
+        raise _Failure(f"HTTP {e.code}", retryable=retryable, retry_after=retry_after) from e
+    except urllib.error.URLError as e:
+        if isinstance(e.reason, TimeoutError):
+            raise _Failure("timeout", retryable=True) from e
+        raise _Failure(f"network error: {e.reason}", retryable=True) from e
+    except TimeoutError as e:  # socket.timeout is TimeoutError since Python 3.10
+        raise _Failure("timeout", retryable=True) from e
+    except (OSError, http.client.HTTPException) as e:  # reset connections, truncated bodies, TLS
+        raise _Failure(f"network error: {type(e).__name__}: {e}", retryable=True) from e
+    except ValueError as e:  # http.client.InvalidURL, bad ports, IDNA errors: retrying cannot help
+        raise _Failure(f"invalid URL: {e}") from e
+
+
+def _fetch(
+    url: str, timeout: float, retries: int, max_bytes: int, stop: threading.Event
+) -> bytes:
+    opener = _build_opener()  # one per URL: OpenerDirector is not documented as thread-safe
+    attempt = 0
+    while True:
+        try:
+            return _fetch_once(opener, url, timeout, max_bytes, stop)
+        except _Failure as failure:
+            attempt += 1
+            if not failure.retryable or attempt > retries:
+                raise
+            delay = _BACKOFF_S * attempt
+            if failure.retry_after is not None:
+                delay = min(failure.retry_after, _MAX_RETRY_AFTER_S)
+            if stop.wait(delay):  # sleeps, but wakes at once when the run is interrupted
+                raise _Cancelled() from None
+
+
+def _image_extension(data: bytes) -> str:
+    """Extension of the decoded format, or _Failure when `data` is no (usable) image."""
+    try:
+        # load_rgb decodes every pixel (at 1/8 scale for JPEG), so truncated files are caught too;
+        # Image.open alone only reads the header.
+        load_rgb(data, min_size=8)
+        with Image.open(io.BytesIO(data)) as img:
+            fmt = img.format or ""
+    except ImageDecodeError as e:
+        raise _Failure("not an image") from e
+    ext = FORMAT_EXTENSIONS.get(fmt)
+    if ext is None:
+        raise _Failure(f"unsupported image format ({fmt or 'unknown'})")
+    return ext
+
+
+def _download_one(
+    label: str,
+    url: str,
+    out_dir: Path,
+    timeout: float,
+    retries: int,
+    max_bytes: int,
+    stop: threading.Event,
+) -> str | None:
+    """Download, verify and store one URL: None on success, else the failure reason.
+
+    Errors writing to out_dir (disk full, permissions) are not the URL's fault and propagate, so
+    the run stops instead of reporting every remaining URL as failed."""
+    try:
+        data = _fetch(url, timeout, retries, max_bytes, stop)
+        ext = _image_extension(data)
+    except _Failure as failure:
+        return failure.reason
+    write_bytes(out_dir / label / (file_stem(url) + ext), data)
+    return None
+
+
+def _clean(text: str) -> str:
+    # One record per line in the TSV: tabs and newlines inside a reason would break it.
+    return " ".join(text.split())
+
+
+def _write_failures(out_dir: Path, failures: list[tuple[str, str]]) -> None:
+    path = out_dir / FAILURES_FILE
+    if not failures:
+        path.unlink(missing_ok=True)  # a stale list from an earlier run would mislead
+        return
+    with atomic_open(path, "w", encoding="utf-8", newline="\n") as f:
+        for url, reason in failures:
+            f.write(f"{_clean(url)}\t{_clean(reason)}\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# Public entry point
+
+
+def download_images(
+    url_list: str | Path | list[tuple[str, str]],
+    out_dir: str | Path,
+    workers: int = 8,
+    timeout: float = 20.0,
+    retries: int = 1,
+    max_bytes: int = 25_000_000,
+    progress: bool = True,
+) -> DownloadReport:
+    """Download every (label, url) into out_dir/<label>/<sha1(url)[:16]>.<ext>.
+
+    `url_list`: a TSV file (see `read_url_list`) or a list of (label, url) pairs.
+    `timeout`: seconds per socket operation (connect, each read); an attempt also gives up after
+    10 * timeout in total. `retries`: extra attempts after network errors, timeouts, HTTP 5xx and
+    429 (never after other 4xx, oversized bodies or non-images). `max_bytes`: larger bodies are
+    abandoned. URLs whose file already exists are skipped; failures are listed in the report and
+    in out_dir/download_failures.tsv (removed when nothing failed) and retried by the next run.
+    """
+    if workers < 1:
+        raise ValueError(f"workers = {workers!r}: expected an int >= 1")
+    if timeout <= 0:
+        raise ValueError(f"timeout = {timeout!r}: expected a number of seconds > 0")
+    if retries < 0:
+        raise ValueError(f"retries = {retries!r}: expected an int >= 0")
+    if max_bytes < 1:
+        raise ValueError(f"max_bytes = {max_bytes!r}: expected an int >= 1")
+
+    entries = _dedupe(_normalise_entries(url_list))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    report = DownloadReport(per_class={label: 0 for label, _ in entries})
+    reasons: dict[int, str] = {}  # entry index -> reason, so failures come out in list order
+    todo: list[int] = []
+    for i, (label, url) in enumerate(entries):
+        scheme = urllib.parse.urlsplit(url).scheme.lower()
+        if scheme not in ALLOWED_SCHEMES:
+            reasons[i] = "unsupported scheme"  # never fetched: no file:, ftp:, javascript: ...
+        elif _existing_file(out_dir / label, file_stem(url)) is not None:
+            report.skipped_existing += 1
+            report.per_class[label] += 1
+        else:
+            todo.append(i)
+
+    bar = tqdm(total=len(entries), unit="img", desc="download", disable=not progress)
+    bar.update(len(entries) - len(todo))
+    stop = threading.Event()
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="imgclass-download")
+    try:
+        pending: dict[Future[str | None], int] = {
+            pool.submit(_download_one, *entries[i], out_dir, timeout, retries, max_bytes, stop): i
+            for i in todo
+        }
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                i = pending.pop(future)
+                reason = future.result()  # raises only for errors writing to out_dir
+                if reason is None:
+                    report.ok += 1
+                    report.per_class[entries[i][0]] += 1
+                else:
+                    reasons[i] = reason
+                bar.update(1)
+                bar.set_postfix(failed=len(reasons), refresh=False)
+    except BaseException:
+        # Ctrl-C or a write error: drop the queued URLs and make running ones stop at their next
+        # chunk, instead of letting `with ThreadPoolExecutor` finish the whole list first.
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    finally:
+        bar.close()
+    pool.shutdown(wait=True)
+
+    report.failures = [(entries[i][1], reasons[i]) for i in sorted(reasons)]
+    report.failed = len(report.failures)
+    _write_failures(out_dir, report.failures)
+    return report
+
+
+__all__ = [
+    "DownloadReport",
+    "UrlListError",
+    "check_label",
+    "download_images",
+    "file_stem",
+    "read_url_list",
+]

@@ -1,0 +1,155 @@
+"""Accuracy figures, ROC curves and the confusion matrix, as the tutorial defines them.
+
+- overall accuracy: the fraction of images whose top-scoring class is right;
+- class-averaged accuracy: the mean of the per-class accuracies (recalls), so a large class cannot
+  hide a poorly recognised small one;
+- per class: accuracy, number of images and the one-vs-rest ROC AUC of that class's score.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: stages run from shells and servers without a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.metrics import auc, roc_curve  # noqa: E402
+
+from imgclass.fileio import atomic_open, atomic_path  # noqa: E402
+
+
+def compute_metrics(scores: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
+    """Metrics for scores (N, K) (higher = more likely) against true class indices (N,)."""
+    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=np.int64)
+    k = len(classes)
+    if scores.ndim != 2 or scores.shape != (len(labels), k):
+        raise ValueError(f"scores {scores.shape} do not match {len(labels)} labels and {k} classes")
+    if len(labels) == 0:
+        raise ValueError("no images to evaluate")
+    pred = scores.argmax(axis=1)
+    cm = np.zeros((k, k), dtype=np.int64)
+    np.add.at(cm, (labels, pred), 1)
+    per_class: dict[str, dict[str, Any]] = {}
+    for i, c in enumerate(classes):
+        n = int(cm[i].sum())
+        positives = labels == i
+        roc_auc = None
+        if 0 < positives.sum() < len(labels):  # AUC needs both positives and negatives
+            fpr, tpr, _ = roc_curve(positives, scores[:, i])
+            roc_auc = float(auc(fpr, tpr))
+        per_class[c] = {"accuracy": float(cm[i, i] / n) if n else None, "auc": roc_auc, "n": n}
+    accs = [v["accuracy"] for v in per_class.values() if v["accuracy"] is not None]
+    return {
+        "classes": list(classes),
+        "overall_accuracy": float((pred == labels).mean()),
+        "class_averaged_accuracy": float(np.mean(accs)),
+        "per_class": per_class,
+        "confusion_matrix": cm.tolist(),
+    }
+
+
+def _save_figure(fig: plt.Figure, path: str | Path) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_roc(scores: np.ndarray, labels: np.ndarray, classes: Sequence[str], path: str | Path, title: str = "") -> Path:
+    """One-vs-rest ROC curve per class with its AUC in the legend."""
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for i, c in enumerate(classes):
+        positives = labels == i
+        if not 0 < positives.sum() < len(labels):
+            continue
+        fpr, tpr, _ = roc_curve(positives, scores[:, i])
+        ax.plot(fpr, tpr, lw=2, label=f"{c} (AUC {auc(fpr, tpr):.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--")
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="False positive rate", ylabel="True positive rate",
+           title=title or "ROC curves (one class vs rest)")
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    return _save_figure(fig, path)
+
+
+def plot_confusion(cm: np.ndarray | list, classes: Sequence[str], path: str | Path, title: str = "") -> Path:
+    """Counts, with each row (true class) shaded by its fraction so small classes read as clearly."""
+    cm = np.asarray(cm)
+    frac = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    size = max(4.5, 0.6 * len(classes) + 2.5)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
+    ticks = range(len(classes))
+    ax.set_xticks(ticks, classes, rotation=45, ha="right")
+    ax.set_yticks(ticks, classes)
+    for i in ticks:
+        for j in ticks:
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if frac[i, j] > 0.5 else "black")
+    ax.set(xlabel="Predicted class", ylabel="True class", title=title or "Confusion matrix")
+    return _save_figure(fig, path)
+
+
+def format_table(metrics: dict[str, Any]) -> str:
+    """The accuracy table stage 5 prints."""
+    width = max(12, *(len(c) for c in metrics["classes"]))
+    lines = [f"{'class':<{width}}  {'n':>5}  {'accuracy':>8}  {'AUC':>6}"]
+    for c, v in metrics["per_class"].items():
+        acc = "-" if v["accuracy"] is None else f"{100 * v['accuracy']:7.2f}%"
+        roc = "-" if v["auc"] is None else f"{v['auc']:.4f}"
+        lines.append(f"{c:<{width}}  {v['n']:>5}  {acc:>8}  {roc:>6}")
+    lines.append(f"{'overall':<{width}}  {sum(v['n'] for v in metrics['per_class'].values()):>5}  "
+                 f"{100 * metrics['overall_accuracy']:7.2f}%")
+    lines.append(f"{'class-avg':<{width}}  {'':>5}  {100 * metrics['class_averaged_accuracy']:7.2f}%")
+    return "\n".join(lines)
+
+
+def write_predictions(path: str | Path, paths: Sequence[str], labels: np.ndarray, scores: np.ndarray, classes: Sequence[str]) -> Path:
+    """One line per image: path, true class, predicted class, then one score column per class."""
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        f.write("\t".join(["image", "true", "predicted", *classes]) + "\n")
+        for p, y, s in zip(paths, labels, scores):
+            f.write("\t".join([p, classes[y], classes[int(np.argmax(s))], *(f"{v:.6g}" for v in s)]) + "\n")
+    return Path(path)
+
+
+def write_browser(
+    path: str | Path, images_dir: str | Path, paths: Sequence[str], labels: np.ndarray,
+    scores: np.ndarray, classes: Sequence[str], title: str = "",
+) -> Path:
+    """A static HTML page of the evaluated images with their scores, errors first, then by confidence.
+
+    The page links to the original files (relative paths), so it is small and opens from disk.
+    """
+    path = Path(path)
+    pred = scores.argmax(axis=1)
+    top = scores.max(axis=1)
+    order = sorted(range(len(paths)), key=lambda i: (pred[i] == labels[i], top[i]))
+    rel_root = Path(os.path.relpath(Path(images_dir).resolve(), path.parent.resolve()))
+    cards = []
+    for i in order:
+        ok = pred[i] == labels[i]
+        ranked = np.argsort(-scores[i])[:3]
+        rows = "".join(f"<li>{html.escape(classes[j])}: {scores[i, j]:.3f}</li>" for j in ranked)
+        src = html.escape((rel_root / paths[i]).as_posix())
+        cards.append(
+            f'<div class="card {"ok" if ok else "err"}"><img loading="lazy" src="{src}" alt="">'
+            f"<b>{html.escape(classes[labels[i]])} &rarr; {html.escape(classes[pred[i]])}</b>"
+            f"<ol>{rows}</ol><small>{html.escape(paths[i])}</small></div>"
+        )
+    n_err = int((pred != labels).sum())
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;margin:1em}} .grid{{display:flex;flex-wrap:wrap;gap:8px}}
+.card{{width:180px;border:3px solid #4a4;padding:4px;font-size:12px}} .card.err{{border-color:#d33}}
+.card img{{width:100%;height:160px;object-fit:contain;background:#eee}} ol{{margin:2px 0;padding-left:18px}}
+small{{color:#666;word-break:break-all}}</style></head><body>
+<h2>{html.escape(title)}</h2><p>{len(paths)} images, {n_err} misclassified (red, shown first);
+each card: true &rarr; predicted class and the top scores.</p><div class="grid">{''.join(cards)}</div></body></html>"""
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        f.write(page)
+    return path

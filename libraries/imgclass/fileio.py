@@ -1,0 +1,79 @@
+"""Atomic file writes: every output goes to a temp file in the same folder, then is renamed.
+
+A crash or a bad input half-way through a stage therefore never leaves a truncated file where a
+good one used to be: readers see the old file or the new one, nothing in between.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temp path beside `path`; on success rename it over `path`, on error delete it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
+    """Like open(path, mode) for writing, but the file appears only when the block succeeds."""
+    with atomic_path(path) as tmp, open(tmp, mode, **kwargs) as f:
+        yield f
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=False)
+        f.write("\n")
+    return Path(path)
+
+
+def read_json(path: str | Path) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+    return Path(path)
+
+
+def save_npz(path: str | Path, **arrays: np.ndarray) -> Path:
+    # np.savez appends ".npz" to names without it, so hand it an open file instead of a path.
+    with atomic_open(path, "wb") as f:
+        np.savez(f, **arrays)
+    return Path(path)
+
+
+def load_npz(path: str | Path) -> dict[str, np.ndarray]:
+    # allow_pickle=False: these files may come from elsewhere, and must never run code.
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def require_file(path: str | Path, made_by: str) -> Path:
+    """A clear error when a stage's input is missing, naming the stage that makes it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run {made_by} first")
+    return path

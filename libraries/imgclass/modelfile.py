@@ -1,0 +1,107 @@
+"""The model file stage 2 writes and stages 3-6 read: a backbone, its preprocessing, an optional head.
+
+Saved as a plain state dict plus a JSON-able spec and loaded with `weights_only=True`, so opening a
+model file never runs code from it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from imgclass.backbones import create_backbone, get_info
+from imgclass.fileio import atomic_path
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild a model and feed it images the way it was trained."""
+
+    backbone: str
+    resolution: int
+    resize_mode: str = "squash"
+    kind: str = "fixed"  # "fixed" (pretrained as is) or "refined" (fine-tuned, with a class head)
+    classes: tuple[str, ...] = field(default_factory=tuple)  # the head's outputs (refined models)
+    dropout: float = 0.0
+
+    @property
+    def mean(self) -> tuple[float, float, float]:
+        return get_info(self.backbone).mean
+
+    @property
+    def std(self) -> tuple[float, float, float]:
+        return get_info(self.backbone).std
+
+    @property
+    def feature_dim(self) -> int:
+        return get_info(self.backbone).feature_dim
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["classes"] = list(self.classes)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ModelSpec:
+        d = dict(d)
+        d["classes"] = tuple(d.get("classes", ()))
+        return cls(**d)
+
+
+class ImageClassifier(torch.nn.Module):
+    """Backbone features -> dropout -> linear layer with one output per class."""
+
+    def __init__(self, backbone: torch.nn.Module, feature_dim: int, num_classes: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.dropout = torch.nn.Dropout(dropout)
+        self.head = torch.nn.Linear(feature_dim, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.backbone(x)))
+
+
+def build_model(spec: ModelSpec, pretrained: bool = True, weights_dir: str | Path | None = None) -> torch.nn.Module:
+    """The network a spec describes: the bare backbone (fixed) or backbone + head (refined)."""
+    backbone = create_backbone(spec.backbone, pretrained=pretrained, weights_dir=weights_dir)
+    if spec.kind == "fixed":
+        return backbone
+    return ImageClassifier(backbone, spec.feature_dim, len(spec.classes), spec.dropout)
+
+
+def save_model(path: str | Path, model: torch.nn.Module, spec: ModelSpec, extra: dict[str, Any] | None = None) -> Path:
+    payload = {
+        "spec_json": json.dumps(spec.to_json()),
+        "state_dict": model.state_dict(),
+        "extra_json": json.dumps(extra or {}),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
+
+
+def load_model(path: str | Path) -> tuple[torch.nn.Module, ModelSpec]:
+    """Rebuild the model from its file (no pretrained weights are read: the file holds them all)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run scripts/2_refineDNN.py first")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        spec = ModelSpec.from_json(json.loads(payload["spec_json"]))
+    except Exception as e:  # noqa: BLE001 - a damaged or foreign file gets one clear message
+        raise ValueError(f"{path}: not a model file written by scripts/2_refineDNN.py ({e})") from e
+    model = build_model(spec, pretrained=False)
+    model.load_state_dict(payload["state_dict"])
+    return model.eval(), spec
+
+
+def load_model_extra(path: str | Path) -> dict[str, Any]:
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    return json.loads(payload.get("extra_json", "{}"))

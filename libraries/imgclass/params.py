@@ -1,0 +1,305 @@
+"""Load PARAMETERS.py, apply `--set` overrides, validate every value.
+
+The config is a plain Python file (nanoGPT style) so a user reads and edits one place; this module
+turns it into a validated, read-only `Params` object and knows where each stage's files live.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib.util
+import os
+import types
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from imgclass.backbones import BACKBONE_NAMES
+
+ENV_DATA_DIR = "IMGCLASS_DATA_DIR"
+ENV_PARAMS_FILE = "IMGCLASS_PARAMS"
+
+
+class ParameterError(ValueError):
+    """A parameter is unknown or has a value that is not allowed."""
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What one parameter accepts: a type (or types), optional choices and an extra check."""
+
+    types: tuple[type, ...]
+    choices: tuple[Any, ...] | None = None
+    check: Callable[[Any], str | None] | None = None  # returns an error text, or None when fine
+    expected: str = ""  # human description used in the error message
+
+    def validate(self, name: str, value: Any) -> Any:
+        if float in self.types and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        ok_type = isinstance(value, self.types) and not (
+            isinstance(value, bool) and bool not in self.types
+        )
+        if not ok_type:
+            raise ParameterError(f"{name} = {value!r}: expected {self._describe()}")
+        if self.choices is not None and value not in self.choices:
+            allowed = ", ".join(repr(c) for c in self.choices)
+            raise ParameterError(f"{name} = {value!r}: allowed values are {allowed}")
+        if self.check is not None:
+            problem = self.check(value)
+            if problem:
+                raise ParameterError(f"{name} = {value!r}: {problem}")
+        return value
+
+    def _describe(self) -> str:
+        if self.expected:
+            return self.expected
+        return " or ".join(t.__name__ for t in self.types)
+
+
+def _positive(v: Any) -> str | None:
+    return None if v > 0 else "must be > 0"
+
+
+def _non_negative(v: Any) -> str | None:
+    return None if v >= 0 else "must be >= 0"
+
+
+def _fraction_open(v: float) -> str | None:
+    return None if 0.0 < v < 1.0 else "must be strictly between 0 and 1"
+
+
+def _fraction_closed_open(v: float) -> str | None:
+    return None if 0.0 <= v < 1.0 else "must be in [0, 1)"
+
+
+def _resolution(v: int) -> str | None:
+    return None if 32 <= v <= 1024 else "must be between 32 and 1024 pixels"
+
+
+def _c_values(v: Any) -> str | None:
+    if not v:
+        return "must hold at least one value"
+    if not all(isinstance(c, (int, float)) and not isinstance(c, bool) and c > 0 for c in v):
+        return "must be a list of positive numbers, e.g. [0.01, 0.1, 1.0]"
+    return None
+
+
+def _folds(v: int) -> str | None:
+    return None if v >= 2 else "must be at least 2"
+
+
+def _float_list(v: Any) -> str | None:
+    if not v or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in v):
+        return "must be a non-empty list of positive numbers"
+    return None
+
+
+_INT = (int,)
+_FLOAT = (float, int)
+_STR = (str,)
+_BOOL = (bool,)
+_LIST = (list, tuple)
+
+CLASSIFIERS = ("svm", "dnn", "svmDnnRefined")
+
+# One entry per parameter in PARAMETERS.py. Adding a parameter means adding it in both places.
+SCHEMA: dict[str, Spec] = {
+    "DATA_DIR": Spec(_STR, expected="a folder path"),
+    "datasetName": Spec(
+        _STR,
+        check=lambda v: None
+        if v and "/" not in v and "\\" not in v and v not in (".", "..")
+        else "must be a folder name (no slashes)",
+    ),
+    "urlsFile": Spec(_STR, expected="a path to a TSV file, or \"\""),
+    "demoImagesPerClass": Spec(_INT, check=lambda v: None if v >= 4 else "must be at least 4"),
+    "ratioTrainTest": Spec(_FLOAT, check=_fraction_open),
+    "imagesSplitBy": Spec(_STR, choices=("filename", "subdir")),
+    "randomSeed": Spec(_INT, check=_non_negative),
+    "dl_workers": Spec(_INT, check=_positive),
+    "dl_timeoutSec": Spec(_FLOAT, check=_positive),
+    "dl_retries": Spec(_INT, check=_non_negative),
+    "dl_maxBytes": Spec(_INT, check=_positive),
+    "classifier": Spec(_STR, choices=CLASSIFIERS),
+    "rf_pretrainedModel": Spec(_STR, choices=BACKBONE_NAMES),
+    "rf_inputResolution": Spec(_INT, check=_resolution),
+    "rf_resizeMode": Spec(_STR, choices=("squash", "crop", "pad")),
+    "rf_weightsDir": Spec(_STR, expected="a folder path, or \"\""),
+    "run_mbSize": Spec(_INT, check=_positive),
+    "run_boFlipAverage": Spec(_BOOL),
+    "run_workers": Spec(_INT, check=_non_negative),
+    "svm_CVals": Spec(_LIST, check=_c_values, expected="a list of positive numbers"),
+    "svm_boL2Normalize": Spec(_BOOL),
+    "svm_cvFolds": Spec(_INT, check=_folds),
+    "eval_set": Spec(_STR, choices=("test", "train")),
+    # --- DNN refinement (Part 2) ---
+
+    # --- featurization speed and cache ---
+
+    # --- run tracking ---
+
+    # --- deployment ---
+
+    # --- building a data set (Part 3) ---
+
+}
+
+
+class Params(Mapping[str, Any]):
+    """Validated, read-only parameters; values by attribute (`p.datasetName`) or key."""
+
+    def __init__(self, values: Mapping[str, Any], source: Path | None = None) -> None:
+        object.__setattr__(self, "_values", dict(values))
+        object.__setattr__(self, "source", source)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(_unknown_message(name)) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("Params are read-only; use Params.replace(...) or --set NAME=VALUE")
+
+    def __getitem__(self, name: str) -> Any:
+        return self._values[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"Params({self._values!r})"
+
+    def replace(self, **changes: Any) -> Params:
+        """A copy with some values changed, validated like an override."""
+        values = dict(self._values)
+        for name, value in changes.items():
+            values[name] = _validate_one(name, value)
+        return Params(values, self.source)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self._values)
+
+    # Where each stage's files live. One definition, so no stage builds a path of its own.
+    @property
+    def data_dir(self) -> Path:
+        return Path(self._values["DATA_DIR"]).expanduser()
+
+    @property
+    def images_dir(self) -> Path:
+        return self.data_dir / "images" / self._values["datasetName"]
+
+    @property
+    def proc_dir(self) -> Path:
+        return self.data_dir / "proc" / self._values["datasetName"]
+
+    @property
+    def results_dir(self) -> Path:
+        return self.data_dir / "results" / self._values["datasetName"] / self._values["classifier"]
+
+    @property
+    def model_kind(self) -> str:
+        """"fixed": the pretrained backbone as is (classifier "svm"); "refined": fine-tuned (stage 2)."""
+        return "fixed" if self._values["classifier"] == "svm" else "refined"
+
+    @property
+    def split_path(self) -> Path:
+        return self.proc_dir / "split.json"
+
+    @property
+    def model_path(self) -> Path:
+        return self.proc_dir / f"model_{self.model_kind}.pt"
+
+    def features_path(self, side: str) -> Path:
+        return self.proc_dir / f"features_{self.model_kind}_{side}.npz"
+
+    @property
+    def svm_path(self) -> Path:
+        return self.proc_dir / f"svm_{self.model_kind}.npz"
+
+
+def _unknown_message(name: str) -> str:
+    close = difflib.get_close_matches(name, list(SCHEMA), n=1, cutoff=0.5)
+    if not close:
+        close = [k for k in SCHEMA if k.lower() == name.lower()]
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown parameter {name!r}{hint} (see PARAMETERS.py for the full list)"
+
+
+def _validate_one(name: str, value: Any) -> Any:
+    if name not in SCHEMA:
+        raise ParameterError(_unknown_message(name))
+    return SCHEMA[name].validate(name, value)
+
+
+def default_params_file() -> Path:
+    """PARAMETERS.py: $IMGCLASS_PARAMS, else the project root this package lives in, else the cwd."""
+    env = os.environ.get(ENV_PARAMS_FILE)
+    if env:
+        return Path(env)
+    project_root = Path(__file__).resolve().parents[2]
+    candidate = project_root / "PARAMETERS.py"
+    if candidate.is_file():
+        return candidate
+    return Path.cwd() / "PARAMETERS.py"
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ParameterError(f"parameters file not found: {path} (set {ENV_PARAMS_FILE} to point at PARAMETERS.py)")
+    spec = importlib.util.spec_from_file_location("_imgclass_parameters", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return {
+        k: v
+        for k, v in vars(module).items()
+        if not k.startswith("_") and not isinstance(v, types.ModuleType) and not callable(v)
+    }
+
+
+def parse_value(text: str) -> Any:
+    """`--set` values: a Python literal when they parse as one, else the plain string."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """Turn ["NAME=VALUE", ...] into a dict, rejecting malformed items and unknown names."""
+    out: dict[str, Any] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise ParameterError(f"--set expects NAME=VALUE, got {item!r}")
+        if name not in SCHEMA:
+            raise ParameterError(_unknown_message(name))
+        out[name] = parse_value(text.strip())
+    return out
+
+
+def load_params(
+    path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> Params:
+    """Read PARAMETERS.py, apply IMGCLASS_DATA_DIR and overrides, validate everything."""
+    source = Path(path) if path is not None else default_params_file()
+    values = _read_file(source)
+    for name in values:
+        if name not in SCHEMA:
+            raise ParameterError(f"{source}: {_unknown_message(name)}")
+    missing = [name for name in SCHEMA if name not in values]
+    if missing:
+        raise ParameterError(f"{source}: missing parameter(s) {', '.join(missing)}")
+    env_dir = os.environ.get(ENV_DATA_DIR)
+    if env_dir:
+        values["DATA_DIR"] = env_dir
+    values.update(overrides or {})
+    validated = {name: _validate_one(name, value) for name, value in values.items()}
+    return Params(validated, source)

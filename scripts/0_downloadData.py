@@ -1,0 +1,55 @@
+"""Stage 0: get the images of the data set into DATA_DIR/images/<datasetName>/<class>/.
+
+- the folder already holds class folders: report the images per class, change nothing;
+- a URL list (urlsFile, or --urls FILE; TSV of label<TAB>url): download it, resuming a partial run;
+- the demo data set (datasetName = "fashionTextureDemo"): generate it (synthetic, offline).
+"""
+
+from imgclass.cli import parse_stage, run_stage, stage_parser
+from imgclass.data import class_counts
+from imgclass.download import download_images
+from imgclass.synthetic import generate_demo_dataset
+
+DEMO_DATASET = "fashionTextureDemo"
+
+parser = stage_parser(
+    __doc__.splitlines()[0],
+    reads="urlsFile / --urls (a TSV of label<TAB>url), or nothing for the demo data set",
+    writes="DATA_DIR/images/<datasetName>/<class>/*.jpg (and download_failures.tsv for broken URLs)",
+)
+parser.add_argument("--urls", default=None, metavar="FILE", help="TSV of label<TAB>url to download (overrides urlsFile)")
+
+
+def main() -> int:
+    args, p = parse_stage(parser)
+    out = p.images_dir
+    urls = args.urls or p.urlsFile
+    counts = class_counts(out)
+    if urls:
+        report = download_images(urls, out, workers=p.dl_workers, timeout=p.dl_timeoutSec,
+                                 retries=p.dl_retries, max_bytes=p.dl_maxBytes)
+        print(f"downloaded {report.ok}, already there {report.skipped_existing}, failed {report.failed}")
+        if report.failed:
+            print(f"broken URLs and reasons: {out / 'download_failures.tsv'}")
+        counts = class_counts(out)
+    elif any(counts.values()):
+        print(f"{out} already holds {len(counts)} class folders; nothing to do.")
+    elif p.datasetName == DEMO_DATASET:
+        print(f"Generating the SYNTHETIC demo data set in {out} (drawn garments, not photographs).")
+        print("To use your own photos: put them in DATA_DIR/images/<name>/<class>/ and set datasetName.")
+        generate_demo_dataset(out, images_per_class=p.demoImagesPerClass, seed=p.randomSeed)
+        counts = class_counts(out)
+    else:
+        raise FileNotFoundError(
+            f"{out} holds no class folders. Put your photos in {out}/<class>/, "
+            f"or give a URL list with --urls FILE (TSV: label<TAB>url), "
+            f"or use the demo data set: --set datasetName={DEMO_DATASET}"
+        )
+    for c, n in counts.items():
+        print(f"  {c:<20} {n:>6} images")
+    print(f"images: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_stage(main)

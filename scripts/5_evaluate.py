@@ -1,0 +1,64 @@
+"""Stage 5: score the test set (or the training set) and report accuracy, ROC curves and confusion."""
+
+import datetime
+
+import numpy as np
+
+from imgclass.cli import parse_stage, run_stage, stage_parser
+from imgclass.evaluate import compute_metrics, format_table, plot_confusion, plot_roc, write_browser, write_predictions
+from imgclass.fileio import load_npz, require_file, write_json
+from imgclass.svm import LinearSvm
+
+parser = stage_parser(
+    __doc__.splitlines()[0],
+    reads="DATA_DIR/proc/<datasetName>/features_*.npz and svm_*.npz",
+    writes="DATA_DIR/results/<datasetName>/<classifier>/: metrics.json, roc.png, confusion.png, predictions.tsv, browser.html",
+)
+parser.add_argument("--on", choices=("test", "train"), default=None, help="which side to score (default: eval_set)")
+
+
+def main() -> int:
+    args, p = parse_stage(parser)
+    side = args.on or p.eval_set
+    data = load_npz(require_file(p.features_path(side), "scripts/3_runDNN.py"))
+    n_train = len(load_npz(require_file(p.features_path("train"), "scripts/3_runDNN.py"))["labels"])
+    classes = [str(c) for c in data["classes"]]
+    labels = data["labels"]
+    extra = {}
+    if p.classifier == "dnn":
+        if "probs" not in data:
+            raise ValueError(f"{p.features_path(side)} has no class probabilities: rerun stages 2 and 3 with classifier = 'dnn'")
+        scores = data["probs"]
+    else:
+        svm = LinearSvm.load(p.svm_path)
+        scores = svm.decision_function(data["features"])
+        extra["svm_C"] = svm.C_
+    metrics = {
+        "dataset": p.datasetName,
+        "classifier": p.classifier,
+        "backbone": p.rf_pretrainedModel,
+        "resolution": p.rf_inputResolution,
+        "eval_set": side,
+        "n_train": n_train,
+        "n_test": len(labels) if side == "test" else None,
+        **compute_metrics(scores, labels, classes),
+        **extra,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    out = p.results_dir
+    suffix = "" if side == "test" else "_train"
+    title = f"{p.datasetName} / {p.classifier} / {side}"
+    plot_roc(scores, labels, classes, out / f"roc{suffix}.png", title=f"ROC: {title}")
+    plot_confusion(metrics["confusion_matrix"], classes, out / f"confusion{suffix}.png", title=f"Confusion: {title}")
+    paths = [str(x) for x in data["paths"]]
+    write_predictions(out / f"predictions{suffix}.tsv", paths, labels, scores, classes)
+    write_browser(out / f"browser{suffix}.html", p.images_dir, paths, labels, scores, classes, title=title)
+    write_json(out / f"metrics{suffix}.json", metrics)
+    print(format_table(metrics))
+    print(f"results in {out}: metrics{suffix}.json, roc{suffix}.png, confusion{suffix}.png, "
+          f"predictions{suffix}.tsv, browser{suffix}.html")
+    return 0
+
+
+if __name__ == "__main__":
+    run_stage(main)

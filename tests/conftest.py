@@ -1,0 +1,50 @@
+"""Shared fixtures: small real images on disk, and a way to run stage scripts as a user would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ROOT / "scripts"
+FASHION = ROOT.parent / "shared" / "datasets" / "fashionTexture"
+
+# Tests never download: a backbone whose weights are missing must fail fast and clearly.
+os.environ.setdefault("IMGCLASS_OFFLINE", "1")
+
+
+def write_image(path: Path, color: tuple[int, int, int], size: tuple[int, int] = (48, 40), seed: int = 0) -> Path:
+    """A small noisy image of one dominant colour, saved in the format its suffix names."""
+    rng = np.random.default_rng(seed)
+    arr = np.clip(np.array(color, dtype=np.int16) + rng.integers(-30, 30, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+    return path
+
+
+@pytest.fixture
+def color_dataset(tmp_path: Path) -> Path:
+    """images/<ds>/{red,green,blue}/ with 6 JPEGs each: classes a linear model separates easily."""
+    root = tmp_path / "images" / "colors"
+    for c, rgb in {"red": (200, 40, 40), "green": (40, 190, 60), "blue": (40, 60, 200)}.items():
+        for i in range(6):
+            write_image(root / c / f"{c}_{i}.jpg", rgb, seed=i)
+    return root
+
+
+def run_script(name: str, *args: str, data_dir: Path, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run scripts/<name> in a subprocess with DATA_DIR pointed at a temp folder."""
+    env = {**os.environ, "IMGCLASS_DATA_DIR": str(data_dir), "IMGCLASS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPTS / name), *args],
+        capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{name} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc

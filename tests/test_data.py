@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import write_image
+from imgclass.data import DatasetError, class_counts, exact_duplicates_across, load_split, make_split, save_split
+
+
+def test_random_split_is_seeded_stratified_and_disjoint(color_dataset: Path) -> None:
+    a = make_split(color_dataset, ratio=0.5, seed=1)
+    b = make_split(color_dataset, ratio=0.5, seed=1)
+    c = make_split(color_dataset, ratio=0.5, seed=2)
+    assert a.train == b.train and a.test == b.test
+    assert a.train != c.train
+    assert a.classes == ["blue", "green", "red"]
+    assert a.counts() == {k: {"train": 3, "test": 3} for k in a.classes}
+    assert not {p for p, _ in a.train} & {p for p, _ in a.test}
+    # labels agree with the folder each image is in
+    for p, y in a.train + a.test:
+        assert p.split("/")[0] == a.classes[y]
+
+
+def test_every_class_gets_a_test_image_even_with_few_images(tmp_path: Path) -> None:
+    for c in ("a", "b"):
+        for i in range(2):
+            write_image(tmp_path / c / f"{i}.png", (10, 200, 30), seed=i)
+    s = make_split(tmp_path, ratio=0.9, seed=0)
+    assert s.counts() == {"a": {"train": 1, "test": 1}, "b": {"train": 1, "test": 1}}
+
+
+def test_subdir_split_keeps_each_subfolder_on_one_side(tmp_path: Path) -> None:
+    for c in ("dotted", "striped"):
+        for g in range(4):
+            for i in range(3):
+                write_image(tmp_path / c / f"item{g}" / f"{i}.jpg", (100, 100, 100), seed=g * 10 + i)
+    s = make_split(tmp_path, ratio=0.5, seed=0, split_by="subdir")
+    groups = lambda side: {"/".join(p.split("/")[:2]) for p, _ in side}  # noqa: E731
+    assert not groups(s.train) & groups(s.test)
+    assert s.method == "subdir"
+    assert s.counts()["dotted"] == {"train": 6, "test": 6}
+
+
+def test_dedicated_test_images_fix_the_test_set(color_dataset: Path) -> None:
+    (color_dataset / "dedicatedTestImages.tsv").write_text("# test images\nred/red_0.jpg\nblue/blue_5.jpg\ngreen/green_1.jpg\n")
+    s = make_split(color_dataset, ratio=0.5, seed=0)
+    assert sorted(p for p, _ in s.test) == ["blue/blue_5.jpg", "green/green_1.jpg", "red/red_0.jpg"]
+    assert len(s.train) == 15 and s.method == "dedicatedTestImages.tsv"
+    (color_dataset / "dedicatedTestImages.tsv").write_text("purple/x.jpg\n")
+    with pytest.raises(DatasetError, match="line 1"):
+        make_split(color_dataset)
+
+
+def test_train_test_folders_are_used_and_must_agree(tmp_path: Path) -> None:
+    for side, n in (("train", 3), ("val", 2)):
+        for c in ("cat", "dog"):
+            for i in range(n):
+                write_image(tmp_path / side / c / f"{i}.jpg", (90, 90, 90), seed=i)
+    s = make_split(tmp_path)
+    assert len(s.train) == 6 and len(s.test) == 4 and "val" in s.method
+    assert all(p.startswith("train/") for p, _ in s.train)
+    write_image(tmp_path / "val" / "bird" / "0.jpg", (1, 2, 3))
+    with pytest.raises(DatasetError, match="classes differ between train/"):
+        make_split(tmp_path)
+
+
+def test_undecodable_files_are_listed_and_left_out(color_dataset: Path) -> None:
+    (color_dataset / "red" / "broken.jpg").write_bytes(b"not a jpeg at all")
+    s = make_split(color_dataset)
+    assert [p for p, _ in s.excluded] == ["red/broken.jpg"]
+    assert "red/broken.jpg" not in {p for p, _ in s.train + s.test}
+
+
+def test_clear_errors_for_unusable_folders(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="does not exist"):
+        make_split(tmp_path / "missing")
+    write_image(tmp_path / "only" / "a.jpg", (1, 1, 1))
+    with pytest.raises(DatasetError, match="at least two class folders"):
+        make_split(tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="'empty' has no usable images"):
+        make_split(tmp_path)
+
+
+def test_split_round_trips_and_counts(color_dataset: Path, tmp_path: Path) -> None:
+    s = make_split(color_dataset)
+    path = save_split(s, tmp_path / "proc" / "split.json")
+    assert load_split(path) == s
+    assert class_counts(color_dataset) == {"blue": 6, "green": 6, "red": 6}
+    with pytest.raises(FileNotFoundError, match="1_prepareData.py"):
+        load_split(tmp_path / "nope.json")
+
+
+def test_exact_duplicates_across_the_split_are_found(color_dataset: Path) -> None:
+    s = make_split(color_dataset, ratio=0.5, seed=0)
+    train_img = next(p for p, y in s.train if p.startswith("red/"))
+    test_img = next(p for p, y in s.test if p.startswith("red/"))
+    (color_dataset / test_img).write_bytes((color_dataset / train_img).read_bytes())
+    assert exact_duplicates_across(s, color_dataset) == [(train_img, test_img)]

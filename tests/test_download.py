@@ -1,0 +1,497 @@
+"""imgclass.download against a real HTTP server on 127.0.0.1 (no internet needed).
+
+The server serves good images, a PNG named .jpg, an HTML page with status 200, a 404, a flaky 500,
+a slow endpoint, oversized bodies, redirects and a 429 with Retry-After, and counts every request
+per path, so the tests can prove what was (not) fetched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from imgclass import download as dl
+from imgclass.download import DownloadReport, UrlListError, download_images, read_url_list
+from imgclass.images import check_image
+
+
+def _image_bytes(fmt: str, color: tuple[int, int, int], size: tuple[int, int] = (32, 24)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+JPEG = _image_bytes("JPEG", (200, 30, 30))
+PNG = _image_bytes("PNG", (30, 200, 30))
+PNG_AS_JPG = _image_bytes("PNG", (30, 30, 200))
+HTML = b"<!doctype html><html><body>Sorry, this image is no longer available</body></html>"
+BIG = 50_000  # bytes; the tests use max_bytes=10_000
+
+
+@dataclass
+class Server:
+    base: str
+    hits: Counter = field(default_factory=Counter)  # path -> number of requests
+    user_agents: list[str] = field(default_factory=list)
+    closing: threading.Event = field(default_factory=threading.Event)
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+
+def _make_handler(state: Server) -> type[BaseHTTPRequestHandler]:
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:  # keep pytest output clean
+            pass
+
+        def _send(
+            self, status: int, body: bytes, ctype: str = "image/jpeg", **headers: str
+        ) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            for name, value in headers.items():
+                self.send_header(name.replace("_", "-"), value)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            path = self.path.split("?")[0]
+            with lock:
+                state.hits[path] += 1
+                hit = state.hits[path]
+                state.user_agents.append(self.headers.get("User-Agent", ""))
+            try:
+                self._route(path, hit)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client gave up (timeout, size cap): expected in these tests
+
+        def _route(self, path: str, hit: int) -> None:
+            if path in ("/cat.jpg", "/cat2.jpg"):
+                self._send(200, JPEG)
+            elif path == "/dog.png":
+                self._send(200, PNG, "image/png")
+            elif path == "/png-named.jpg":
+                self._send(200, PNG_AS_JPG)
+            elif path == "/page.jpg":  # an error page served with 200, as many CDNs do
+                self._send(200, HTML, "text/html")
+            elif path == "/flaky.jpg":  # 500 the first time, the image afterwards
+                if hit == 1:
+                    self._send(500, b"oops", "text/plain")
+                else:
+                    self._send(200, JPEG)
+            elif path == "/always500.jpg":
+                self._send(503, b"down", "text/plain")
+            elif path == "/throttled.jpg":  # 429 with a Retry-After the client should honour
+                if hit == 1:
+                    self._send(429, b"slow down", "text/plain", Retry_After="1")
+                else:
+                    self._send(200, JPEG)
+            elif path == "/slow.jpg":
+                self.closing.wait(3.0)  # far longer than the tests' timeout
+                self._send(200, JPEG)
+            elif path == "/big-declared.jpg":
+                # Content-Length alone must reject it: the body sent is short, so a client that read
+                # on would see a truncated body (a network error), not "too large".
+                self.send_response(200)
+                self.send_header("Content-Type", "image/jpeg")
+                self.send_header("Content-Length", str(BIG))
+                self.end_headers()
+                self.wfile.write(b"\xff" * 100)
+            elif path == "/big-streamed.jpg":  # no Content-Length: the cap must hit while streaming
+                self.send_response(200)
+                self.send_header("Content-Type", "image/jpeg")
+                self.end_headers()  # HTTP/1.0: the body ends when the connection closes
+                for _ in range(BIG // 1000):
+                    self.wfile.write(b"\xff" * 1000)
+            elif path == "/drip.jpg":  # a byte every 50 ms: each read is fast, the whole never ends
+                self.send_response(200)
+                self.send_header("Content-Type", "image/jpeg")
+                self.end_headers()
+                for _ in range(200):
+                    if self.closing.wait(0.05):
+                        break
+                    self.wfile.write(b"\xff")
+                    self.wfile.flush()
+            elif path == "/redirect-ok.jpg":
+                self.send_response(302)
+                self.send_header("Location", "/cat.jpg")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+            elif path == "/redirect-ftp.jpg":
+                self.send_response(302)
+                self.send_header("Location", f"ftp://127.0.0.1:{self.server.server_address[1]}/x")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+            else:
+                self._send(404, b"not found", "text/plain")
+
+    Handler.closing = state.closing  # type: ignore[attr-defined]
+    return Handler
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
+    # A proxy configured in the environment would swallow requests meant for 127.0.0.1.
+    for var in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    state = Server(base="")
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(state))
+    state.base = f"http://127.0.0.1:{httpd.server_address[1]}"
+    thread = threading.Thread(
+        target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
+    thread.start()
+    try:
+        yield state
+    finally:
+        state.closing.set()  # wake slow handlers so nothing outlives the test
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)
+
+
+def _files(root: Path) -> dict[str, list[str]]:
+    """{class folder: sorted file names}, ignoring top-level files such as the failures TSV."""
+    return {
+        d.name: sorted(p.name for p in d.iterdir()) for d in sorted(root.iterdir()) if d.is_dir()
+    }
+
+
+def _stem(url: str) -> str:
+    return hashlib.sha1(url.encode("utf-8")).hexdigest()[:16]
+
+
+def _write_tsv(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _failures_tsv(out: Path) -> list[list[str]]:
+    text = (out / dl.FAILURES_FILE).read_text(encoding="utf-8")
+    return [line.split("\t") for line in text.splitlines()]
+
+
+# ---------------------------------------------------------------------------------------------
+# read_url_list
+
+
+def test_read_url_list_header_comments_blank_lines_and_extra_columns(tmp_path: Path) -> None:
+    path = tmp_path / "urls.tsv"
+    path.write_bytes(
+        "\ufeffLabel\tURL\tsource\r\n"  # BOM + header in any case + extra column, CRLF endings
+        "# a comment\r\n"
+        "\r\n"
+        "cat\thttp://example.com/a.jpg\tflickr\tCC-BY\r\n"
+        "  \t  \r\n"
+        "dog \t http://example.com/b.png \r\n".encode("utf-8")
+    )
+    assert read_url_list(path) == [
+        ("cat", "http://example.com/a.jpg"),
+        ("dog", "http://example.com/b.png"),
+    ]
+
+
+def test_read_url_list_keeps_header_like_line_only_at_the_top(tmp_path: Path) -> None:
+    path = _write_tsv(tmp_path / "urls.tsv", ["cat\thttp://x/a.jpg", "label\turl"])
+    # Not at the top it is data (and would fail later as an unsupported scheme), not a header.
+    assert read_url_list(path) == [("cat", "http://x/a.jpg"), ("label", "url")]
+
+
+@pytest.mark.parametrize(
+    "bad_line, words",
+    [
+        ("cat http://example.com/a.jpg", "expected 'label<TAB>url'"),  # spaces instead of a tab
+        ("\thttp://example.com/a.jpg", "empty label"),
+        ("cat\t", "URL is empty"),
+        ("cats/evil\thttp://example.com/a.jpg", "'/'"),
+        ("..\thttp://example.com/a.jpg", "'..'"),
+        ("a\\b\thttp://example.com/a.jpg", "'\\\\'"),
+    ],
+)
+def test_read_url_list_errors_name_file_and_line(tmp_path: Path, bad_line: str, words: str) -> None:
+    path = _write_tsv(
+        tmp_path / "my_urls.tsv",
+        ["label\turl", "# comment", "", "cat\thttp://example.com/ok.jpg", bad_line],
+    )
+    with pytest.raises(UrlListError) as info:
+        read_url_list(path)
+    message = str(info.value)
+    assert "my_urls.tsv" in message
+    assert "line 5" in message
+    assert words in message
+    assert isinstance(info.value, ValueError)  # callers catching ValueError still see it
+
+
+def test_read_url_list_rejects_non_utf8_with_line_number(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.tsv"
+    path.write_bytes(b"cat\thttp://x/a.jpg\ncaf\xe9\thttp://x/b.jpg\n")
+    with pytest.raises(UrlListError, match=r"latin1\.tsv, line 2"):
+        read_url_list(path)
+
+
+def test_download_images_checks_labels_of_a_python_list(tmp_path: Path) -> None:
+    with pytest.raises(UrlListError, match="entry 1"):
+        download_images([("cat", "http://x/a.jpg"), ("../up", "http://x/b.jpg")], tmp_path / "out")
+    assert not (tmp_path / "up").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# download_images
+
+
+def test_mixed_list_counts_files_and_failures(server: Server, tmp_path: Path) -> None:
+    out = tmp_path / "images"
+    tsv = _write_tsv(
+        tmp_path / "urls.tsv",
+        [
+            "label\turl\tsource",
+            f"cat\t{server.url('/cat.jpg')}\tunit test",
+            f"dog\t{server.url('/dog.png')}",
+            f"dog\t{server.url('/png-named.jpg')}",
+            f"cat\t{server.url('/page.jpg')}",
+            f"cat\t{server.url('/missing.jpg')}",
+            f"bird\t{server.url('/redirect-ok.jpg')}",
+        ],
+    )
+    report = download_images(tsv, out, workers=4, timeout=5, retries=1, progress=False)
+
+    assert isinstance(report, DownloadReport)
+    assert (report.ok, report.skipped_existing, report.failed) == (4, 0, 2)
+    assert report.per_class == {"cat": 1, "dog": 2, "bird": 1}
+    assert report.failures == [
+        (server.url("/page.jpg"), "not an image"),
+        (server.url("/missing.jpg"), "HTTP 404"),
+    ]
+    # Names: sha1 of the URL + the extension of the decoded format, not of the URL.
+    assert _files(out) == {
+        "bird": [_stem(server.url("/redirect-ok.jpg")) + ".jpg"],
+        "cat": [_stem(server.url("/cat.jpg")) + ".jpg"],
+        "dog": sorted(
+            [_stem(server.url("/dog.png")) + ".png", _stem(server.url("/png-named.jpg")) + ".png"]
+        ),
+    }
+    for image in out.glob("*/*"):
+        assert check_image(image) is None, image
+    assert (out / "dog" / (_stem(server.url("/png-named.jpg")) + ".png")).read_bytes() == PNG_AS_JPG
+    assert _failures_tsv(out) == [
+        [server.url("/page.jpg"), "not an image"],
+        [server.url("/missing.jpg"), "HTTP 404"],
+    ]
+    assert server.hits["/missing.jpg"] == 1  # 4xx is never retried
+    assert not list(out.rglob("*.tmp")), "no temp files may be left behind"
+    assert all(ua.startswith("imgclass-downloader/") for ua in server.user_agents)
+
+
+def test_rerun_skips_existing_and_retries_failures(server: Server, tmp_path: Path) -> None:
+    out = tmp_path / "images"
+    entries = [
+        ("cat", server.url("/cat.jpg")),
+        ("dog", server.url("/dog.png")),
+        ("cat", server.url("/missing.jpg")),
+    ]
+    first = download_images(entries, out, workers=2, timeout=5, progress=False)
+    files_after_first = _files(out)
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*.*") if p.parent != out}
+    hits_after_first = Counter(server.hits)
+
+    second = download_images(entries, out, workers=2, timeout=5, progress=False)
+
+    assert (first.ok, first.skipped_existing, first.failed) == (2, 0, 1)
+    assert (second.ok, second.skipped_existing, second.failed) == (0, 2, 1)
+    assert second.per_class == first.per_class == {"cat": 1, "dog": 1}
+    assert _files(out) == files_after_first  # same URL -> same file name
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes  # existing files untouched
+    # Existing images were not requested again; the failed URL was.
+    assert server.hits["/cat.jpg"] == hits_after_first["/cat.jpg"] == 1
+    assert server.hits["/dog.png"] == hits_after_first["/dog.png"] == 1
+    assert server.hits["/missing.jpg"] == 2
+    assert second.failures == [(server.url("/missing.jpg"), "HTTP 404")]
+
+
+def test_failures_file_written_then_removed_when_a_rerun_succeeds(
+    server: Server, tmp_path: Path
+) -> None:
+    out = tmp_path / "images"
+    entries = [("cat", server.url("/flaky.jpg"))]
+
+    first = download_images(entries, out, retries=0, timeout=5, progress=False)
+    assert first.failures == [(server.url("/flaky.jpg"), "HTTP 500")]
+    assert _failures_tsv(out) == [[server.url("/flaky.jpg"), "HTTP 500"]]
+    assert server.hits["/flaky.jpg"] == 1  # retries=0: a single attempt
+
+    second = download_images(entries, out, retries=0, timeout=5, progress=False)
+    assert (second.ok, second.failed) == (1, 0)
+    assert not (out / dl.FAILURES_FILE).exists(), "a stale failures list must be removed"
+    assert _files(out) == {"cat": [_stem(server.url("/flaky.jpg")) + ".jpg"]}
+
+
+def test_retry_after_5xx_succeeds(server: Server, tmp_path: Path) -> None:
+    report = download_images(
+        [("cat", server.url("/flaky.jpg"))], tmp_path, retries=1, timeout=5, progress=False
+    )
+    assert (report.ok, report.failed) == (1, 0)
+    assert server.hits["/flaky.jpg"] == 2
+
+
+def test_retries_are_bounded_and_4xx_is_not_retried(server: Server, tmp_path: Path) -> None:
+    entries = [("cat", server.url("/always500.jpg")), ("cat", server.url("/missing.jpg"))]
+    report = download_images(entries, tmp_path, retries=2, timeout=5, progress=False)
+    assert report.failures == [
+        (server.url("/always500.jpg"), "HTTP 503"),
+        (server.url("/missing.jpg"), "HTTP 404"),
+    ]
+    assert server.hits["/always500.jpg"] == 3  # 1 attempt + 2 retries
+    assert server.hits["/missing.jpg"] == 1
+
+
+def test_429_honours_short_retry_after(server: Server, tmp_path: Path) -> None:
+    start = time.monotonic()
+    report = download_images(
+        [("cat", server.url("/throttled.jpg"))], tmp_path, retries=1, timeout=5, progress=False
+    )
+    elapsed = time.monotonic() - start
+    assert (report.ok, report.failed) == (1, 0)
+    assert server.hits["/throttled.jpg"] == 2
+    assert elapsed >= 0.9, "the server asked for Retry-After: 1"
+
+
+def test_slow_server_times_out_without_stalling_the_run(server: Server, tmp_path: Path) -> None:
+    entries = [("cat", server.url("/slow.jpg")), ("cat", server.url("/cat.jpg"))]
+    start = time.monotonic()
+    report = download_images(entries, tmp_path, timeout=0.5, retries=0, progress=False)
+    elapsed = time.monotonic() - start
+    assert report.ok == 1
+    assert report.failures == [(server.url("/slow.jpg"), "timeout")]
+    assert elapsed < 2.5  # the endpoint would take 3 s
+    assert _files(tmp_path) == {"cat": [_stem(server.url("/cat.jpg")) + ".jpg"]}
+
+
+def test_dripping_server_hits_the_total_deadline(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every byte arrives well within `timeout`, so only the per-attempt total budget stops it.
+    monkeypatch.setattr(dl, "_TOTAL_TIMEOUT_FACTOR", 2.0)
+    start = time.monotonic()
+    report = download_images(
+        [("cat", server.url("/drip.jpg"))], tmp_path, timeout=0.3, retries=0, progress=False
+    )
+    assert report.failures == [(server.url("/drip.jpg"), "timeout (download too slow)")]
+    assert time.monotonic() - start < 5  # the endpoint would drip for 10 s
+
+
+def test_size_cap_by_content_length_and_while_streaming(server: Server, tmp_path: Path) -> None:
+    entries = [
+        ("big", server.url("/big-declared.jpg")),
+        ("big", server.url("/big-streamed.jpg")),
+        ("cat", server.url("/cat.jpg")),
+    ]
+    report = download_images(entries, tmp_path, max_bytes=10_000, timeout=5, progress=False)
+    assert report.ok == 1
+    assert report.failures == [
+        (entries[0][1], f"too large ({BIG} bytes > max_bytes=10000)"),  # rejected by the header
+        (entries[1][1], "too large (more than max_bytes=10000 bytes)"),  # cut off while streaming
+    ]
+    assert report.per_class == {"big": 0, "cat": 1}
+    assert not (tmp_path / "big").exists() or not any((tmp_path / "big").iterdir())
+    assert server.hits["/big-declared.jpg"] == 1  # oversize is not retried
+
+
+def test_unsupported_schemes_are_never_fetched(server: Server, tmp_path: Path) -> None:
+    secret = tmp_path / "secret.jpg"
+    secret.write_bytes(JPEG)
+    host = server.base.removeprefix("http://")
+    bad = [
+        f"file://{secret}",
+        f"ftp://{host}/cat.jpg",
+        "javascript:alert(1)",
+        f"{host}/cat.jpg",  # no scheme
+        f"//{host}/cat.jpg",  # scheme-relative
+        "data:image/jpeg;base64,AAAA",
+    ]
+    out = tmp_path / "out"
+    report = download_images([("cat", url) for url in bad], out, progress=False)
+    assert report.ok == 0
+    assert report.failures == [(url, "unsupported scheme") for url in bad]
+    assert sum(server.hits.values()) == 0, "nothing may reach the server"
+    assert _files(out) == {}
+    assert len(_failures_tsv(out)) == len(bad)
+
+
+def test_redirect_to_another_scheme_is_refused(server: Server, tmp_path: Path) -> None:
+    report = download_images(
+        [("cat", server.url("/redirect-ftp.jpg"))], tmp_path, retries=2, timeout=5, progress=False
+    )
+    assert report.failed == 1
+    assert report.failures[0][1].startswith("redirect to unsupported scheme")
+    assert server.hits["/redirect-ftp.jpg"] == 1  # refused outright, not retried
+    assert server.hits["/x"] == 0
+
+
+def test_duplicate_urls_are_fetched_once(server: Server, tmp_path: Path) -> None:
+    url = server.url("/cat.jpg")
+    tsv = _write_tsv(
+        tmp_path / "urls.tsv",
+        [f"cat\t{url}", f"cat\t{url}\tsecond source", f"cat\t{server.url('/cat2.jpg')}"],
+    )
+    report = download_images(tsv, tmp_path / "out", workers=4, progress=False)
+    assert (report.ok, report.failed) == (2, 0)
+    assert server.hits["/cat.jpg"] == 1
+    assert len(_files(tmp_path / "out")["cat"]) == 2
+
+
+def test_same_url_under_two_labels_keeps_the_first(
+    server: Server, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = server.url("/cat.jpg")
+    with caplog.at_level("WARNING", logger="imgclass.download"):
+        report = download_images([("cat", url), ("dog", url)], tmp_path, progress=False)
+    assert report.per_class == {"cat": 1}
+    assert server.hits["/cat.jpg"] == 1
+    assert "'cat' and 'dog'" in caplog.text
+
+
+def test_progress_false_prints_nothing(
+    server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report = download_images([("cat", server.url("/cat.jpg"))], tmp_path, progress=False)
+    captured = capsys.readouterr()
+    assert report.ok == 1
+    assert captured.err == "" and captured.out == ""
+
+
+def test_progress_bar_shown_by_default(
+    server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    download_images([("cat", server.url("/cat.jpg"))], tmp_path)
+    assert "download" in capsys.readouterr().err
+
+
+def test_invalid_arguments_are_rejected(tmp_path: Path) -> None:
+    for kwargs in ({"workers": 0}, {"timeout": 0}, {"retries": -1}, {"max_bytes": 0}):
+        with pytest.raises(ValueError, match=next(iter(kwargs))):
+            download_images([], tmp_path, progress=False, **kwargs)
+
+
+def test_write_errors_stop_the_run_instead_of_counting_as_failures(
+    server: Server, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "cat").write_text("a file where the class folder should go")
+    entries = [("cat", server.url("/cat.jpg")), ("cat", server.url("/cat2.jpg"))]
+    with pytest.raises(OSError):
+        download_images(entries, out, workers=1, timeout=5, progress=False)
+    assert not (out / dl.FAILURES_FILE).exists()

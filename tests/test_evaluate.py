@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imgclass.evaluate import compute_metrics, format_table, plot_confusion, plot_roc, write_browser, write_predictions
+
+
+def test_metrics_follow_the_tutorial_definitions() -> None:
+    classes = ["a", "b", "c"]
+    labels = np.array([0, 0, 0, 0, 1, 1, 2, 2])
+    pred = np.array([0, 0, 0, 1, 1, 1, 2, 0])
+    scores = np.eye(3)[pred] + 0.01 * np.arange(8)[:, None]
+    m = compute_metrics(scores, labels, classes)
+    assert m["overall_accuracy"] == pytest.approx(6 / 8)
+    assert m["class_averaged_accuracy"] == pytest.approx((3 / 4 + 1 + 1 / 2) / 3)
+    assert m["per_class"]["a"] == {"accuracy": 0.75, "auc": pytest.approx(m["per_class"]["a"]["auc"]), "n": 4}
+    assert m["confusion_matrix"] == [[3, 1, 0], [0, 2, 0], [1, 0, 1]]
+    perfect = compute_metrics(np.eye(3)[labels], labels, classes)
+    assert all(v["auc"] == 1.0 for v in perfect["per_class"].values())
+    assert "class-avg" in format_table(m) and "75.00%" in format_table(m)
+
+
+def test_auc_is_none_for_a_class_with_no_images_and_shapes_are_checked() -> None:
+    m = compute_metrics(np.array([[0.9, 0.1], [0.8, 0.2]]), np.array([0, 0]), ["x", "y"])
+    assert m["per_class"]["y"] == {"accuracy": None, "auc": None, "n": 0}
+    with pytest.raises(ValueError, match="do not match"):
+        compute_metrics(np.zeros((3, 2)), np.zeros(2, dtype=int), ["x", "y"])
+
+
+def test_plots_and_pages_are_written(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], 5)
+    scores = np.eye(3)[labels] + rng.normal(0, 0.4, (15, 3))
+    classes = ["dotted", "leopard", "striped"]
+    roc = plot_roc(scores, labels, classes, tmp_path / "out" / "roc.png")
+    cm = plot_confusion(compute_metrics(scores, labels, classes)["confusion_matrix"], classes, tmp_path / "out" / "cm.png")
+    for p in (roc, cm):
+        with Image.open(p) as img:
+            assert img.format == "PNG" and img.size[0] > 300
+    paths = [f"{classes[y]}/{i}.jpg" for i, y in enumerate(labels)]
+    tsv = write_predictions(tmp_path / "out" / "pred.tsv", paths, labels, scores, classes)
+    lines = tsv.read_text().splitlines()
+    assert lines[0].split("\t") == ["image", "true", "predicted", *classes] and len(lines) == 16
+    page = write_browser(tmp_path / "out" / "b.html", tmp_path / "images", paths, labels, scores, classes, "t").read_text()
+    assert page.count('class="card') == 15 and "../images/dotted/0.jpg" in page
+    assert not list((tmp_path / "out").glob(".*tmp"))  # atomic writes leave no temp files

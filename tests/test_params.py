@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from imgclass.params import SCHEMA, ParameterError, load_params, parse_overrides, parse_value
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_project_parameters_load_and_every_parameter_is_documented() -> None:
+    p = load_params(ROOT / "PARAMETERS.py")
+    assert set(p) == set(SCHEMA)
+    text = (ROOT / "PARAMETERS.py").read_text()
+    for name in SCHEMA:
+        line = next(line for line in text.splitlines() if line.startswith(f"{name} ="))
+        assert "#" in line and len(line.split("#", 1)[1].strip()) > 10, f"{name} lacks a one-line explanation"
+
+
+def test_tutorial_defaults() -> None:
+    p = load_params(ROOT / "PARAMETERS.py")
+    assert p.ratioTrainTest == 0.75 and p.rf_inputResolution == 224 and p.classifier == "svm"
+    assert p.svm_boL2Normalize is True and min(p.svm_CVals) == 1e-4 and max(p.svm_CVals) == 100
+
+
+def test_env_overrides_data_dir_and_paths_follow(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("IMGCLASS_DATA_DIR", str(tmp_path))
+    p = load_params(ROOT / "PARAMETERS.py", {"datasetName": "shirts", "classifier": "svm"})
+    assert p.images_dir == tmp_path / "images" / "shirts"
+    assert p.proc_dir == tmp_path / "proc" / "shirts"
+    assert p.results_dir == tmp_path / "results" / "shirts" / "svm"
+    assert p.features_path("train") == tmp_path / "proc" / "shirts" / "features_fixed_train.npz"
+    assert p.replace(classifier="dnn").model_path.name == "model_refined.pt"
+
+
+def test_parse_value_literal_else_string() -> None:
+    assert parse_value("0.5") == 0.5
+    assert parse_value("[1, 10]") == [1, 10]
+    assert parse_value("True") is True
+    assert parse_value("myPhotos") == "myPhotos"
+
+
+def test_unknown_override_suggests_nearest_name() -> None:
+    with pytest.raises(ParameterError, match="did you mean 'ratioTrainTest'"):
+        parse_overrides(["ratioTrainTset=0.5"])
+    with pytest.raises(ParameterError, match="NAME=VALUE"):
+        parse_overrides(["classifier"])
+
+
+@pytest.mark.parametrize(
+    "name, value, message",
+    [
+        ("classifier", "knn", "allowed values are 'svm', 'dnn', 'svmDnnRefined'"),
+        ("ratioTrainTest", 1.5, "strictly between 0 and 1"),
+        ("rf_inputResolution", "big", "expected int"),
+        ("rf_inputResolution", 8, "between 32 and 1024"),
+        ("svm_CVals", [], "at least one value"),
+        ("svm_CVals", [1, -1], "positive numbers"),
+        ("imagesSplitBy", "random", "'filename', 'subdir'"),
+        ("rf_pretrainedModel", "vgg16", "efficientnet_lite0"),
+        ("svm_boL2Normalize", 1, "expected bool"),
+        ("datasetName", "../x", "no slashes"),
+    ],
+)
+def test_bad_values_say_what_is_allowed(name: str, value: object, message: str) -> None:
+    with pytest.raises(ParameterError, match=message) as e:
+        load_params(ROOT / "PARAMETERS.py", {name: value})
+    assert name in str(e.value)
+
+
+def test_int_accepted_for_float_and_params_are_read_only() -> None:
+    p = load_params(ROOT / "PARAMETERS.py", {"ratioTrainTest": 0.5, "dl_timeoutSec": 3})
+    assert p.dl_timeoutSec == 3.0 and isinstance(p.dl_timeoutSec, float)
+    with pytest.raises(AttributeError, match="read-only"):
+        p.classifier = "dnn"  # type: ignore[misc]
+    with pytest.raises(AttributeError, match="did you mean"):
+        p.clasifier  # noqa: B018
+
+
+def test_unknown_name_in_parameters_file_is_an_error(tmp_path: Path) -> None:
+    text = (ROOT / "PARAMETERS.py").read_text() + "\nsvm_Cvals = [1.0]\n"
+    f = tmp_path / "PARAMETERS.py"
+    f.write_text(text)
+    with pytest.raises(ParameterError, match=r"PARAMETERS.py: unknown parameter 'svm_Cvals'; did you mean 'svm_CVals'"):
+        load_params(f)

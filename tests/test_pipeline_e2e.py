@@ -1,0 +1,95 @@
+"""The Part-1 pipeline as a user runs it: stage scripts as subprocesses on a small generated data set."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import run_script
+
+SMALL = ["--set", "demoImagesPerClass=8", "--set", "rf_inputResolution=96", "--set", "run_mbSize=8",
+         "--set", "svm_cvFolds=3"]
+
+
+@pytest.fixture(scope="module")
+def pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    data_dir = tmp_path_factory.mktemp("data")
+    for script in ("0_downloadData.py", "1_prepareData.py", "2_refineDNN.py", "3_runDNN.py", "4_trainSVM.py", "5_evaluate.py"):
+        run_script(script, *SMALL, data_dir=data_dir)
+    return data_dir
+
+
+def test_demo_pipeline_writes_every_output(pipeline_dir: Path) -> None:
+    ds = "fashionTextureDemo"
+    images = pipeline_dir / "images" / ds
+    assert sorted(p.name for p in images.iterdir() if p.is_dir()) == ["dotted", "leopard", "striped"]
+    assert "synthetic" in (images / "README.txt").read_text().lower()
+    proc = pipeline_dir / "proc" / ds
+    for name in ("split.json", "model_fixed.pt", "features_fixed_train.npz", "features_fixed_test.npz", "svm_fixed.npz"):
+        assert (proc / name).is_file(), name
+    results = pipeline_dir / "results" / ds / "svm"
+    for name in ("metrics.json", "roc.png", "confusion.png", "predictions.tsv", "browser.html"):
+        assert (results / name).is_file(), name
+    m = json.loads((results / "metrics.json").read_text())
+    for key in ("dataset", "classifier", "n_train", "n_test", "classes", "overall_accuracy",
+                "class_averaged_accuracy", "per_class", "confusion_matrix"):
+        assert key in m, key
+    assert m["dataset"] == ds and m["classifier"] == "svm" and m["classes"] == ["dotted", "leopard", "striped"]
+    assert m["n_train"] + m["n_test"] == 24 and m["n_test"] == 6
+    assert sum(map(sum, m["confusion_matrix"])) == m["n_test"]
+    assert 0.0 <= m["overall_accuracy"] <= 1.0 and set(m["per_class"]["dotted"]) == {"accuracy", "auc", "n"}
+    # no temp files left behind by the atomic writes
+    assert not list(pipeline_dir.rglob(".*.tmp"))
+
+
+def test_stage0_reports_an_existing_data_set_and_changes_nothing(pipeline_dir: Path) -> None:
+    images = pipeline_dir / "images" / "fashionTextureDemo"
+    before = {p: p.stat().st_mtime_ns for p in images.rglob("*.jpg")}
+    out = run_script("0_downloadData.py", *SMALL, data_dir=pipeline_dir).stdout
+    assert "already holds 3 class folders" in out and "dotted" in out
+    assert {p: p.stat().st_mtime_ns for p in images.rglob("*.jpg")} == before
+
+
+def test_stage5_on_the_training_set(pipeline_dir: Path) -> None:
+    out = run_script("5_evaluate.py", *SMALL, "--on", "train", data_dir=pipeline_dir).stdout
+    assert "overall" in out and "class-avg" in out
+    m = json.loads((pipeline_dir / "results" / "fashionTextureDemo" / "svm" / "metrics_train.json").read_text())
+    assert m["eval_set"] == "train" and sum(map(sum, m["confusion_matrix"])) == 18
+
+
+def test_help_says_what_each_stage_reads_and_writes(tmp_path: Path) -> None:
+    for script in ("0_downloadData.py", "1_prepareData.py", "2_refineDNN.py", "3_runDNN.py", "4_trainSVM.py", "5_evaluate.py"):
+        out = run_script(script, "--help", data_dir=tmp_path).stdout
+        assert "reads:" in out and "writes:" in out and "--set NAME=VALUE" in out, script
+
+
+def test_bad_parameter_is_a_clear_error(tmp_path: Path) -> None:
+    proc = run_script("1_prepareData.py", "--set", "ratioTrainTest=2", data_dir=tmp_path, check=False)
+    assert proc.returncode == 2 and "ratioTrainTest = 2" in proc.stderr and "between 0 and 1" in proc.stderr
+    proc = run_script("1_prepareData.py", "--set", "clasifier=svm", data_dir=tmp_path, check=False)
+    assert proc.returncode == 2 and "did you mean 'classifier'" in proc.stderr
+
+
+def test_missing_inputs_and_bad_data_keep_earlier_outputs(pipeline_dir: Path, tmp_path: Path) -> None:
+    # A stage whose input is missing says which stage makes it.
+    proc = run_script("3_runDNN.py", "--set", "datasetName=nothingHere", data_dir=pipeline_dir, check=False)
+    assert proc.returncode == 1 and "1_prepareData.py" in proc.stderr and "Traceback" not in proc.stderr
+    # A data set that became unusable (one class left) fails clearly and leaves the old split intact.
+    split = pipeline_dir / "proc" / "fashionTextureDemo" / "split.json"
+    before = split.read_bytes()
+    bad = pipeline_dir / "images" / "oneClass" / "dotted"
+    bad.mkdir(parents=True)
+    (bad / "x.jpg").write_bytes((next((pipeline_dir / "images" / "fashionTextureDemo" / "dotted").iterdir())).read_bytes())
+    proc = run_script("1_prepareData.py", "--set", "datasetName=oneClass", data_dir=pipeline_dir, check=False)
+    assert proc.returncode == 1 and "at least two class folders" in proc.stderr
+    assert split.read_bytes() == before
+    # Own photos that do not exist yet: stage 0 explains where to put them.
+    proc = run_script("0_downloadData.py", "--set", "datasetName=myPhotos", data_dir=tmp_path, check=False)
+    assert proc.returncode == 1 and "myPhotos" in proc.stderr and "--urls" in proc.stderr
+
+
+def test_refinement_classifiers_are_not_implemented_yet(tmp_path: Path) -> None:
+    proc = run_script("2_refineDNN.py", "--set", "classifier=dnn", data_dir=tmp_path, check=False)
+    assert proc.returncode == 1 and "not implemented yet" in proc.stderr

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from imgclass.svm import LinearSvm, l2_normalize
+
+
+def _blobs(n_per_class: int = 20, k: int = 3, d: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, 3, (k, d))
+    x = np.concatenate([c + rng.normal(0, 1, (n_per_class, d)) for c in centers]).astype(np.float32)
+    return x, np.repeat(np.arange(k), n_per_class)
+
+
+def test_fit_predict_and_cv_choose_c_on_training_data_only() -> None:
+    x, y = _blobs()
+    svm = LinearSvm(c_values=[1e-4, 0.1, 10.0], cv_folds=4).fit(x, y)
+    assert set(svm.cv_scores_) == {1e-4, 0.1, 10.0}
+    assert svm.cv_scores_[svm.C_] == max(svm.cv_scores_.values())
+    xt, yt = _blobs(seed=0)
+    assert (svm.predict(xt) == yt).mean() > 0.9
+    assert svm.decision_function(xt).shape == (60, 3)
+
+
+def test_two_classes_give_one_score_column_per_class() -> None:
+    x, y = _blobs(k=2)
+    svm = LinearSvm(c_values=[1.0]).fit(x, y)
+    s = svm.decision_function(x)
+    assert s.shape == (40, 2)
+    np.testing.assert_allclose(s[:, 0], -s[:, 1], rtol=1e-5, atol=1e-5)
+    assert (s.argmax(1) == y).mean() > 0.9
+
+
+def test_l2_normalisation_is_applied() -> None:
+    x, y = _blobs()
+    a = LinearSvm(c_values=[1.0], l2_normalize=True).fit(x, y)
+    b = LinearSvm(c_values=[1.0], l2_normalize=True).fit(x * 100, y)
+    np.testing.assert_allclose(a.decision_function(x), b.decision_function(x * 7), rtol=1e-4, atol=1e-4)
+    assert np.allclose(np.linalg.norm(l2_normalize(x), axis=1), 1.0)
+
+
+def test_save_load_round_trip(tmp_path: Path) -> None:
+    x, y = _blobs()
+    svm = LinearSvm(c_values=[0.01, 1.0]).fit(x, y)
+    path = svm.save(tmp_path / "svm.npz", classes=["a", "b", "c"])
+    back = LinearSvm.load(path)
+    np.testing.assert_allclose(back.decision_function(x), svm.decision_function(x), rtol=1e-6)
+    assert back.C_ == svm.C_ and back.classes == ["a", "b", "c"]
+    with pytest.raises(FileNotFoundError, match="4_trainSVM.py"):
+        LinearSvm.load(tmp_path / "missing.npz")
+
+
+@pytest.mark.parametrize("kwargs, message", [({"c_values": []}, "positive numbers"), ({"c_values": [0]}, "positive"), ({"cv_folds": 1}, "at least 2")])
+def test_bad_parameters_fail_early(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        LinearSvm(**kwargs)
+
+
+def test_one_class_is_an_error() -> None:
+    with pytest.raises(ValueError, match="fewer than two classes"):
+        LinearSvm().fit(np.ones((4, 3)), np.zeros(4, dtype=int))
