@@ -1,9 +1,10 @@
 """The offline DEMO data set: synthetic, photo-like pictures of upper-body garments in three textures.
 
-The tutorial's real data set (fashionTexture) is a list of web URLs, many of which no longer work, so
-the pipeline ships this generator to run end to end without a network. Every image shows a garment
-(t-shirt, sweater, blouse, vest...) printed with one of three textures (`CLASSES`) in a cluttered,
-unevenly lit scene, then blurred, noised and JPEG-compressed like a phone photo.
+Stage 0 can download a data set from a list of URLs, but that needs a network; this generator lets
+the pipeline run end to end without one (stage 0 uses it for datasetName = "fashionTextureDemo").
+Every image shows a garment (t-shirt, sweater, blouse, vest...) printed with one of three textures
+(`CLASSES`) in a cluttered, unevenly lit scene, then blurred, noised and JPEG-compressed like a
+phone photo.
 
 The classifier must learn the *texture*: image size, background, garment shape, pose, lighting and
 the plain clothes around the garment are drawn from the same distributions for every class, from a
@@ -44,7 +45,9 @@ WIDTH_RANGE = (280, 420)  # inclusive; portrait-ish sizes, drawn independently o
 HEIGHT_RANGE = (320, 480)
 JPEG_QUALITY_RANGE = (60, 95)  # inclusive
 
-Texture = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]  # (u, v, flat pixel idx) -> (N, 3)
+# A texture maps garment coordinates (u, v, in pixels) of N pixels to their (N, 3) colours; the third
+# argument gives each pixel's flat index into a half-size (_half) field, for smooth per-pixel noise.
+Texture = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -214,7 +217,18 @@ def _smooth_noise(rng: np.random.Generator, H: int, W: int, gy: float, gx: float
     return np.asarray(Image.fromarray(grid).resize((W, H), Image.Resampling.BICUBIC))
 
 
-@functools.lru_cache(maxsize=4)
+def _half(H: int, W: int) -> tuple[int, int]:
+    """The size of the half-resolution grid on which smooth fields are computed."""
+    return (H + 1) // 2, (W + 1) // 2
+
+
+def _half_index(idx: np.ndarray, W: int) -> np.ndarray:
+    """Flat full-size pixel indices -> flat indices of the same spots in a half-size field (nearest:
+    the fields are smooth, so the 2x2 steps are invisible)."""
+    return (idx // W // 2) * ((W + 1) // 2) + (idx % W) // 2
+
+
+@functools.lru_cache(maxsize=8)
 def _grid(H: int, W: int) -> tuple[np.ndarray, np.ndarray]:
     """Pixel row and column coordinates, (H, W) float32 each; cached, so never written to."""
     ys, xs = np.mgrid[0:H, 0:W].astype(np.float32)
@@ -268,7 +282,7 @@ def _background(rng: np.random.Generator, H: int, W: int) -> np.ndarray:
 
     Everything here is smooth or out of focus, so it is drawn at half size and scaled up: the same
     look at a quarter of the cost."""
-    h, w = (H + 1) // 2, (W + 1) // 2
+    h, w = _half(H, W)
     ys, xs = _grid(h, w)
     c1 = _muted_colour(rng)
     c2 = np.clip(c1 * rng.uniform(0.6, 1.25) + rng.normal(0, 0.06, 3), 0, 1).astype(np.float32)
@@ -322,7 +336,8 @@ def _clutter(rng: np.random.Generator, bg: np.ndarray, H: int, W: int) -> None:
             for d, v in ((dl, col), (da, op)):
                 d.line(pts, fill=v, width=width)
         else:
-            pts = [(x0 + rng.uniform(0, 0.5) * W, y0 + rng.uniform(0, 0.5) * H) for _ in range(int(rng.integers(3, 6)))]
+            n_pts = int(rng.integers(3, 6))
+            pts = [(x0 + rng.uniform(0, 0.5) * W, y0 + rng.uniform(0, 0.5) * H) for _ in range(n_pts)]
             for d, v in ((dl, col), (da, op)):
                 d.polygon(pts, fill=v)
     radius = rng.uniform(0.5, 4.5)  # depth of field: the background is rarely sharp (half-size pixels)
@@ -365,13 +380,17 @@ def _garment_geometry(rng: np.random.Generator, H: int, W: int) -> dict:
     body = left + hem + [(-x, y) for x, y in reversed(left)]
 
     neck = ["crew", "crew", "scoop", "v", "collar"][int(rng.integers(0, 5))]
-    if kind == "sweater" and neck == "collar":
+    if kind in ("sweater", "vest") and neck == "collar":  # a collar would stick out past a vest's straps
         neck = "crew"
     depth = {"crew": rng.uniform(0.06, 0.12), "scoop": rng.uniform(0.14, 0.24)}.get(neck, rng.uniform(0.18, 0.32))
 
     sleeves = []
     if kind != "vest":
-        long_ = kind == "sweater" or (kind == "blouse" and rng.random() < 0.6) or (kind == "tshirt" and rng.random() < 0.15)
+        long_ = (
+            kind == "sweater"
+            or (kind == "blouse" and rng.random() < 0.6)
+            or (kind == "tshirt" and rng.random() < 0.15)
+        )
         theta = math.radians(rng.uniform(12, 40) if long_ else rng.uniform(25, 55))
         length = rng.uniform(0.8, 1.1) if long_ else rng.uniform(0.22, 0.38)
         cuff = rng.uniform(0.12, 0.19) if long_ else rng.uniform(0.2, 0.3)
@@ -386,8 +405,8 @@ def _garment_geometry(rng: np.random.Generator, H: int, W: int) -> dict:
 
     return {"kind": kind, "L": L, "sw": sw, "cx": cx, "cy": cy, "angle": angle, "nh": nh, "sy": sy,
             "shx": shx, "ax": ax, "ay": ay, "hx": hx, "body": body, "neck": neck, "depth": depth,
-            "sleeves": sleeves, "person": bool(rng.random() < 0.35), "buttons": kind == "blouse" and rng.random() < 0.5,
-            "H": H, "W": W}
+            "sleeves": sleeves, "person": bool(rng.random() < 0.35),
+            "buttons": kind == "blouse" and rng.random() < 0.5, "H": H, "W": W}
 
 
 def _to_px(g: dict, pts, scale: float = 1.0) -> list[tuple[float, float]]:
@@ -418,13 +437,17 @@ def _mask_alpha(img: Image.Image) -> np.ndarray:
     return np.asarray(img.reduce(_SUPERSAMPLE), dtype=np.float32) / 255.0
 
 
-def _neck_cut(draw: ImageDraw.ImageDraw, g: dict, depth: float, widen: float = 0.0, fill: int = 0) -> None:
+def _neck_cut(
+    draw: ImageDraw.ImageDraw, g: dict, depth: float, widen: float = 0.0, fill: int = 0, top: float = -0.2
+) -> None:
+    """Fill the neck opening (round, or V for deep non-round necks), from `depth` below the neck
+    points up to `top` (above the garment)."""
     nh = g["nh"] + widen
     if g["neck"] in ("crew", "scoop") or depth < 0.1:
         pts = [(nh * math.cos(t), depth * math.sin(t)) for t in np.linspace(0, np.pi, 17)]
-        pts += [(-nh, -0.2), (nh, -0.2)]
+        pts += [(-nh, top), (nh, top)]
     else:
-        pts = [(-nh, -0.2), (-nh, 0.0), (0.0, depth), (nh, 0.0), (nh, -0.2)]
+        pts = [(-nh, top), (-nh, 0.0), (0.0, depth), (nh, 0.0), (nh, top)]
     draw.polygon(_to_px(g, pts, _SUPERSAMPLE), fill=fill)
 
 
@@ -436,7 +459,8 @@ def _garment_masks(g: dict, H: int, W: int) -> dict[str, np.ndarray]:
     if not g["person"]:
         # Through the neck opening one sees the inside of the back panel, whose neckline is higher.
         _neck_cut(inner, g, g["depth"], fill=255)
-        _neck_cut(inner, g, g["depth"] * 0.3 + 0.02, widen=0.01)
+        # Wider and taller than the opening, so that no sliver of its rotated outline survives.
+        _neck_cut(inner, g, g["depth"] * 0.3 + 0.02, widen=0.01, top=-0.3)
         body.bitmap((0, 0), inner_img, fill=255)
     if g["neck"] == "collar":
         nh, dp = g["nh"], g["depth"]
@@ -468,21 +492,25 @@ def _polys_alpha(polys: list[list[tuple[float, float]]], g: dict, H: int, W: int
 
 
 def _fabric_shading(rng: np.random.Generator, g: dict, alpha: np.ndarray) -> np.ndarray:
-    """Multiplicative light over a piece of clothing: gradient, folds, darker edges, weave grain."""
+    """Multiplicative light over a piece of clothing: gradient, folds, darker edges.
+
+    All of it is smooth, so it is computed at half size and scaled up once."""
     H, W = alpha.shape
-    ys, xs = _grid(H, W)
+    h, w = _half(H, W)
+    ys, xs = _grid(h, w)
     ang = rng.uniform(0, 2 * np.pi)
-    grad = (xs - W / 2) * math.cos(ang) + (ys - H / 2) * math.sin(ang)
-    shade = 1.0 + rng.uniform(0.1, 0.35) * grad / max(W, H)
+    grad = (xs - w / 2) * math.cos(ang) + (ys - h / 2) * math.sin(ang)
+    shade = 1.0 + rng.uniform(0.1, 0.35) * grad / max(w, h)
     # Folds run mostly down the garment: a noise grid with more columns than rows.
-    folds = _smooth_noise(rng, H, W, rng.uniform(2, 5), W / g["sw"] * rng.uniform(4, 9))
-    shade += rng.uniform(0.04, 0.12) * folds
-    shade += rng.uniform(0.02, 0.06) * _smooth_noise(rng, H, W, 4, 4)
+    amp = rng.uniform(0.04, 0.12)
+    shade += amp * _smooth_noise(rng, h, w, rng.uniform(2, 5), W / g["sw"] * rng.uniform(4, 9))
+    shade += rng.uniform(0.02, 0.06) * _smooth_noise(rng, h, w, 4, 4)
     # Cloth curves away from the camera at its edges: darken a band inside the outline.
-    edge = _blur(alpha, max(2.0, g["sw"] * rng.uniform(0.03, 0.07)))
-    shade *= 0.72 + 0.28 * np.sqrt(np.clip(edge * 2.0 - 0.0, 0, 1))
-    shade *= 1.0 + _grain(rng, (H, W)) * rng.uniform(0.01, 0.035)  # weave
-    return np.clip(shade, 0.25, 1.4)
+    small = Image.fromarray(np.clip(alpha * 255.0 + 0.5, 0, 255).astype(np.uint8)).reduce(2)
+    edge = np.asarray(_soften(small, max(1.0, g["sw"] * rng.uniform(0.015, 0.035))), dtype=np.float32) / 255.0
+    shade *= 0.72 + 0.28 * np.sqrt(np.clip(edge * 2.0, 0, 1))
+    shade = np.clip(shade, 0.25, 1.4)
+    return np.array(Image.fromarray(shade).resize((W, H), Image.Resampling.BILINEAR))  # writable copy
 
 
 def _paint_garment(rng: np.random.Generator, scene: np.ndarray, g: dict, masks: dict, texture: Texture) -> None:
@@ -493,14 +521,16 @@ def _paint_garment(rng: np.random.Generator, scene: np.ndarray, g: dict, masks: 
 
     # Fabric is not flat: a smooth displacement makes straight stripes and dot rows wobble.
     wob = rng.uniform(0.5, 3.5)
+    h, w = _half(H, W)
     gy, gx = H / g["sw"] * 3, W / g["sw"] * 3
-    du = _smooth_noise(rng, H, W, gy, gx).ravel() * wob
-    dv = _smooth_noise(rng, H, W, gy, gx).ravel() * wob
+    du = _smooth_noise(rng, h, w, gy, gx).ravel() * wob  # half size, read through _half_index
+    dv = _smooth_noise(rng, h, w, gy, gx).ravel() * wob
 
     colour = np.zeros((H * W, 3), np.float32)
     idx = np.flatnonzero(masks["body"] > 0)
     u, v = _local(g, idx)
-    colour[idx] = texture(u + du[idx], v + dv[idx], idx)
+    hidx = _half_index(idx, W)
+    colour[idx] = texture(u + du[hidx], v + dv[hidx], hidx)
     for sl, m in zip(g["sleeves"], masks["sleeves"]):
         # Sleeves are cut separately: their print follows the arm, not the body, and is offset.
         sidx = np.flatnonzero(m > 0)
@@ -509,7 +539,8 @@ def _paint_garment(rng: np.random.Generator, scene: np.ndarray, g: dict, masks: 
         (pu, pv), (du_, dv_) = (float(x) for x in sl["perp"]), (float(x) for x in sl["d"])
         su = u * pu + v * pv + rng.uniform(0, 100)
         sv = u * du_ + v * dv_ + rng.uniform(0, 100)
-        sc = texture(su + du[sidx], sv + dv[sidx], sidx)
+        hidx = _half_index(sidx, W)
+        sc = texture(su + du[hidx], sv + dv[hidx], hidx)
         # Where the body is absent the sleeve's own colour must be used unweighted: the edge
         # pixel's coverage is applied once, by the final blend with masks["all"].
         a = np.where(masks["body"].ravel()[sidx] > 0, m.ravel()[sidx], 1.0)[:, None]
@@ -547,19 +578,26 @@ def _buttons(rng: np.random.Generator, g: dict, colour: np.ndarray) -> np.ndarra
     d = ImageDraw.Draw(img)
     col = tuple(int(v * 255) for v in _fabric_colour(rng))
     r = max(1.5, g["sw"] * 0.014)
-    for (x, y) in _to_px(g, [(0.0, t) for t in np.linspace(g["depth"] + 0.08, g["L"] - 0.12, int(rng.integers(4, 7)))]):
+    ys = np.linspace(g["depth"] + 0.08, g["L"] - 0.12, int(rng.integers(4, 7)))
+    for x, y in _to_px(g, [(0.0, t) for t in ys]):
         d.ellipse((x - r, y - r, x + r, y + r), fill=col)
     return np.asarray(img, dtype=np.float32) / 255.0
 
 
 def _cast_shadow(rng: np.random.Generator, scene: np.ndarray, alpha: np.ndarray, size: float) -> None:
+    """Darken the scene under a soft, slightly offset copy of `alpha` (cloth lies on or near it)."""
+    H, W = alpha.shape
     dx, dy = (int(round(v)) for v in rng.uniform(-0.04, 0.04, 2) * size)
-    shifted = np.roll(alpha, (dy, dx), axis=(0, 1))
+    shifted = np.zeros_like(alpha)  # a shift, not np.roll: nothing may wrap round to the other edge
+    shifted[max(dy, 0):H + min(dy, 0), max(dx, 0):W + min(dx, 0)] = \
+        alpha[max(-dy, 0):H + min(-dy, 0), max(-dx, 0):W + min(-dx, 0)]
     s = _blur(shifted, max(1.5, size * rng.uniform(0.03, 0.08)))
     scene *= (1.0 - rng.uniform(0.15, 0.45) * s)[..., None]
 
 
-def _plain_piece(rng: np.random.Generator, scene: np.ndarray, polys, g: dict, alpha: np.ndarray | None = None) -> None:
+def _plain_piece(
+    rng: np.random.Generator, scene: np.ndarray, polys, g: dict, alpha: np.ndarray | None = None
+) -> None:
     """Plain-coloured clothing (trousers, skirt, jacket): same lighting model, no print."""
     H, W = scene.shape[:2]
     if alpha is None:
@@ -584,7 +622,7 @@ def _bottoms_polys(rng: np.random.Generator, g: dict) -> list[list[tuple[float, 
 
 def _jacket_polys(rng: np.random.Generator, g: dict) -> list[list[tuple[float, float]]]:
     L, nh, sy = g["L"], g["nh"], g["sy"]
-    open_ = rng.uniform(0.12, 0.3)  # half-width of the garment left visible down the middle
+    open_ = rng.uniform(0.18, 0.32)  # half-width of the garment left visible: the print must stay clear
     out = rng.uniform(0.52, 0.6)
     bottom = L + rng.uniform(-0.05, 0.2)
     theta = math.radians(rng.uniform(8, 25))
@@ -700,7 +738,7 @@ def _dotted(rng: np.random.Generator, sw: float, H: int, W: int) -> Texture:
     scattered = rng.random() < 0.25
     jit = rng.uniform(0.3, 0.5) if scattered else rng.uniform(0.0, 0.06)
     hexa = (not scattered) and rng.random() < 0.5
-    r = sp * (rng.uniform(0.15, 0.28) if scattered else rng.uniform(0.16, 0.36))
+    r = sp * (rng.uniform(0.15, 0.28) if scattered else rng.uniform(0.16, 0.35))
     rvar = rng.uniform(0.15, 0.45) if scattered else rng.uniform(0.0, 0.1)
     base = _fabric_colour(rng)
     palette = [_contrasting(rng, base)]
@@ -714,8 +752,9 @@ def _dotted(rng: np.random.Generator, sw: float, H: int, W: int) -> Texture:
     rot = rng.uniform(-0.15, 0.15) + (math.pi / 4 if rng.random() < 0.15 else 0.0)
     c, s = math.cos(rot), math.sin(rot)
     ou, ov = rng.uniform(0, sp, 2)
-    # A regular grid keeps every dot (radius + jitter + 1 px rim < half a cell) inside its own cell,
-    # so only that cell need be looked at: 9x less work for three dotted images in four.
+    # On a regular grid every dot stays inside its own cell (radius <= 0.385, jitter <= 0.06 cells,
+    # and the 0.5 px rim fits in the 0.055 cell = 0.5 px left of a cell >= 9 px), so only that cell
+    # need be looked at: 9x less work for three dotted images in four.
     reach = 1 if scattered else 0
 
     def tex(u: np.ndarray, v: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -800,10 +839,11 @@ def _leopard(rng: np.random.Generator, sw: float, H: int, W: int) -> Texture:
     ring_r = rng.uniform(0.72, 0.85)  # ring centre line, in units of the rosette radius
     half_w = rng.uniform(0.15, 0.27)  # ring half-width at its thickest
     gap = rng.uniform(0.2, 0.45)  # how much of the ring is missing: higher = more separate clumps
-    n1 = _smooth_noise(rng, H, W, H / C * 3, W / C * 3).ravel()
-    n2 = _smooth_noise(rng, H, W, H / C * 2, W / C * 2).ravel()
-    n3 = _smooth_noise(rng, H, W, H / C * 2.5, W / C * 2.5).ravel()
-    tone = _smooth_noise(rng, H, W, 3, 3).ravel() * rng.uniform(0.02, 0.07)
+    h, w = _half(H, W)
+    n1 = _smooth_noise(rng, h, w, H / C * 3, W / C * 3).ravel()  # edge roughness
+    n2 = _smooth_noise(rng, h, w, H / C * 2, W / C * 2).ravel()  # clump shapes
+    n3 = _smooth_noise(rng, h, w, H / C * 2.5, W / C * 2.5).ravel()  # small specks between rosettes
+    tone = _smooth_noise(rng, h, w, 3, 3).ravel() * rng.uniform(0.02, 0.07)  # uneven dyeing
     ou, ov = rng.uniform(0, C * _TABLE, 2)
 
     def tex(u: np.ndarray, v: np.ndarray, idx: np.ndarray) -> np.ndarray:
