@@ -33,14 +33,14 @@ dl_maxBytes = 25_000_000  # largest file accepted; bigger downloads are abandone
 classifier = "svm"  # "svm": linear SVM on fixed DNN features; "dnn": refined network; "svmDnnRefined": SVM on refined features
 rf_pretrainedModel = "efficientnet_lite0"  # backbone: efficientnet_lite0 (offline weights), resnet18, resnet34, resnet50
 rf_inputResolution = 224  # side in pixels of the square image the network sees
-rf_resizeMode = "squash"  # "squash": resize the whole photo to a square; "crop": shorter side, then centre crop; "pad": letterbox
+rf_resizeMode = "crop"  # "crop": shorter side to the resolution, then centre square (best measured); "squash": whole photo; "pad": letterbox
 rf_weightsDir = ""  # folder with downloaded torchvision .pth files for resnet backbones ("" = torch hub cache)
 
 # ----------------------------------------------------------------------------------------------
 # Featurization (stage 3)
 # ----------------------------------------------------------------------------------------------
 run_mbSize = 32  # images per forward pass when featurizing
-run_boFlipAverage = True  # average the features of each image and its mirror image (more robust features)
+run_boFlipAverage = False  # average the features of each image and its mirror image (2x the cost; no gain measured on fashionTexture)
 run_workers = 2  # processes decoding images in parallel with the network (0 = decode in the main process)
 
 # ----------------------------------------------------------------------------------------------
