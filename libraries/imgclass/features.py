@@ -98,7 +98,9 @@ def export_onnx(body: torch.nn.Module, preprocess: Preprocess, folder: str | Pat
     The file name holds the hash of the weights and the resolution, so a changed model never reuses
     a stale export; the file is written atomically, so a crash never leaves half an export.
     """
-    key = f"{_weights_hash(body)}_{preprocess.resolution}_{hashlib.sha256(repr(preprocess).encode()).hexdigest()[:8]}"
+    # The graph depends on the weights, the input side and the normalisation, not on the resize mode.
+    norm = hashlib.sha256(repr((preprocess.mean, preprocess.std)).encode()).hexdigest()[:8]
+    key = f"{_weights_hash(body)}_{preprocess.resolution}_{norm}"
     path = Path(folder) / f"features_{key}.onnx"
     if path.is_file():
         return path
