@@ -116,6 +116,9 @@ def export_onnx(body: torch.nn.Module, preprocess: Preprocess, folder: str | Pat
             wrapper, (example,), str(tmp), input_names=["pixels"], output_names=["features"],
             dynamic_axes={"pixels": {0: "n"}, "features": {0: "n"}}, opset_version=17, dynamo=False,
         )
+    # Each refined model is a new export; keep the newest few so proc/ does not grow without bound.
+    for old in sorted(path.parent.glob("features_*.onnx"), key=lambda p: p.stat().st_mtime, reverse=True)[4:]:
+        old.unlink(missing_ok=True)
     return path
 
 
