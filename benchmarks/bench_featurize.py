@@ -100,8 +100,6 @@ def child_baseline(paths: list[str], resolution: int, out: Path) -> dict:
 
 def child_project(paths: list[str], resolution: int, flip: bool, out: Path, export_dir: Path) -> dict:
     """Stage 3's path: Featurizer with the project's parameters, then the atomic .npz write."""
-    import torch
-
     from imgclass.backbones import create_backbone
     from imgclass.features import Featurizer
     from imgclass.fileio import save_npz
@@ -120,7 +118,6 @@ def child_project(paths: list[str], resolution: int, flip: bool, out: Path, expo
     result = fz.featurize_paths(paths, progress=False)
     save_npz(out, features=result.features, paths=np.array(paths))
     seconds = time.perf_counter() - t0
-    del torch
     return {"seconds": seconds, "images": len(paths), "setup_seconds": setup, "engine": engine.name,
             "peak_rss_mb": peak_rss_mb(), "rss_before_mb": rss_before, "workers": p.run_workers,
             "batch": p.run_mbSize}

@@ -21,8 +21,9 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import warnings
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,8 +108,6 @@ def export_onnx(body: torch.nn.Module, preprocess: Preprocess, folder: str | Pat
     r = preprocess.resolution
     wrapper = _PixelsToFeatures(body, preprocess).eval()
     example = torch.zeros((2, r, r, 3), dtype=torch.uint8)
-    import warnings
-
     with atomic_path(path) as tmp, warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice, nothing actionable
         # The TorchScript exporter (dynamo=False) handles every backbone here in seconds, offline.
@@ -281,7 +280,9 @@ class Featurizer:
         return out
 
 
-def _decoded_batches(paths: list[str | Path], preprocess: Preprocess, batch_size: int, workers: int, ahead: int = 2):
+def _decoded_batches(
+    paths: list[str | Path], preprocess: Preprocess, batch_size: int, workers: int, ahead: int = 2
+) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (start, (n, R, R, 3) uint8) batches in order; threads decode up to `ahead` batches ahead.
 
     Only `ahead` + 1 batches of pixels exist at any time, whatever the number of images.
