@@ -41,7 +41,7 @@ rf_weightsDir = ""  # folder with downloaded torchvision .pth files for resnet b
 # ----------------------------------------------------------------------------------------------
 run_mbSize = 32  # images per forward pass when featurizing
 run_boFlipAverage = False  # average the features of each image and its mirror image (2x the cost; no gain measured on fashionTexture)
-run_workers = 2  # processes decoding images in parallel with the network (0 = decode in the main process)
+run_workers = 2  # threads decoding images in parallel with the network (0 = decode in the main thread)
 
 # ----------------------------------------------------------------------------------------------
 # SVM (stage 4)
@@ -62,6 +62,8 @@ eval_set = "test"  # "test" or "train": which side of the split stage 5 scores
 # ----------------------------------------------------------------------------------------------
 # Featurization speed and cache (stage 3)
 # ----------------------------------------------------------------------------------------------
+run_engine = "auto"  # "auto": ONNX Runtime on a CPU, PyTorch on CUDA/MPS; "onnx" or "torch" to force one
+run_boCache = True  # reuse features of unchanged images (same model file, resolution, resize mode, flip) from earlier runs
 
 # ----------------------------------------------------------------------------------------------
 # Run tracking (MLflow)

@@ -1,21 +1,25 @@
 """Stage 3: run the network over every training and test image and save its features.
 
 The features are the penultimate layer (1280 floats for EfficientNet-Lite0, 512 for ResNet-18/34,
-2048 for ResNet-50); refined models also give class probabilities.
+2048 for ResNet-50); refined models also give class probabilities. On a CPU the network runs in ONNX
+Runtime (exported once into proc/<datasetName>/featcache/); with run_boCache, images whose file, model
+file and preprocessing did not change since an earlier run are not featurized again.
 """
+
+import time
 
 import numpy as np
 
 from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.data import load_split
-from imgclass.features import Featurizer
+from imgclass.features import FeatureCache, Featurizer
 from imgclass.fileio import save_npz
 from imgclass.modelfile import load_model
 
 parser = stage_parser(
     __doc__.splitlines()[0],
     reads="DATA_DIR/proc/<datasetName>/split.json and model_<fixed|refined>.pt",
-    writes="DATA_DIR/proc/<datasetName>/features_<fixed|refined>_<train|test>.npz",
+    writes="DATA_DIR/proc/<datasetName>/features_<fixed|refined>_<train|test>.npz (and featcache/)",
 )
 
 
@@ -23,18 +27,26 @@ def main() -> int:
     _, p = parse_stage(parser)
     split = load_split(p.split_path)
     model, spec = load_model(p.model_path)
-    fz = Featurizer(model, spec, batch_size=p.run_mbSize, flip_average=p.run_boFlipAverage, workers=p.run_workers)
-    print(f"featurizing with {spec.backbone} ({spec.kind}) at {spec.resolution} px on {fz.device}")
+    fz = Featurizer(model, spec, batch_size=p.run_mbSize, flip_average=p.run_boFlipAverage, workers=p.run_workers,
+                    engine=p.run_engine, export_dir=p.feature_cache_dir)
+    cache = FeatureCache(p.feature_cache_dir, p.model_path, spec, p.run_boFlipAverage) if p.run_boCache else None
+    print(f"featurizing with {spec.backbone} ({spec.kind}) at {spec.resolution} px, engine {fz.engine_name} on {fz.device}, "
+          f"flip averaging {'on' if p.run_boFlipAverage else 'off'}, cache {'on' if cache else 'off'}")
     for side in ("train", "test"):
         items = split.side(side)
         rel = [path for path, _ in items]
-        result = fz.featurize_paths([p.images_dir / r for r in rel], desc=side)
+        t0 = time.perf_counter()
+        result = fz.featurize_paths([p.images_dir / r for r in rel], desc=side, cache=cache)
         arrays = {"paths": np.array(rel), "labels": np.array([y for _, y in items], dtype=np.int64),
                   "classes": np.array(split.classes), "features": result.features}
         if result.probs is not None:
             arrays["probs"] = result.probs
         out = save_npz(p.features_path(side), **arrays)
-        print(f"wrote {out} ({result.features.shape[0]} x {result.features.shape[1]})")
+        seconds = time.perf_counter() - t0
+        print(f"wrote {out} ({result.features.shape[0]} x {result.features.shape[1]}) in {seconds:.1f} s"
+              f" ({len(rel) / max(seconds, 1e-9):.0f} img/s)")
+    if cache is not None:
+        print(f"feature cache {cache.path}: {cache.hits} images reused, {cache.misses} computed")
     return 0
 
 

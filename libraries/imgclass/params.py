@@ -137,6 +137,8 @@ SCHEMA: dict[str, Spec] = {
     # --- DNN refinement (Part 2) ---
 
     # --- featurization speed and cache ---
+    "run_engine": Spec(_STR, choices=("auto", "onnx", "torch")),
+    "run_boCache": Spec(_BOOL),
 
     # --- run tracking ---
 
@@ -214,6 +216,11 @@ class Params(Mapping[str, Any]):
     @property
     def model_path(self) -> Path:
         return self.proc_dir / f"model_{self.model_kind}.pt"
+
+    @property
+    def feature_cache_dir(self) -> Path:
+        """Features of earlier stage-3 runs and exported ONNX models, reused while nothing changed."""
+        return self.proc_dir / "featcache"
 
     def features_path(self, side: str) -> Path:
         return self.proc_dir / f"features_{self.model_kind}_{side}.npz"

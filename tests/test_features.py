@@ -1,0 +1,208 @@
+"""The fast featurization path (ONNX Runtime, threaded decoding, cache) against the eager PyTorch model."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import write_image
+from imgclass.backbones import create_backbone
+from imgclass.features import FeatureCache, Featurizer, Preprocess, _decoded_batches
+from imgclass.images import load_square
+from imgclass.modelfile import ImageClassifier, ModelSpec, save_model
+
+RES = 64
+CLASSES = ("dotted", "leopard", "striped")
+
+
+@pytest.fixture(scope="module")
+def backbone() -> torch.nn.Module:
+    return create_backbone("efficientnet_lite0")
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("onnx")
+
+
+def _refined(backbone: torch.nn.Module) -> ImageClassifier:
+    torch.manual_seed(0)
+    model = ImageClassifier(backbone, 1280, len(CLASSES), dropout=0.3)
+    with torch.no_grad():
+        model.head.weight.mul_(20)  # confident enough that wrong probabilities would show
+    return model.eval()
+
+
+def _spec(kind: str, resolution: int = RES, mode: str = "squash") -> ModelSpec:
+    return ModelSpec("efficientnet_lite0", resolution, mode, kind=kind, classes=CLASSES if kind == "refined" else ())
+
+
+@torch.inference_mode()
+def _eager(model: torch.nn.Module, spec: ModelSpec, files: list[Path], flip: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """The reference: the PyTorch model as written, eager, in float32, one image at a time."""
+    pre = Preprocess.from_spec(spec)
+    mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std).view(1, 3, 1, 1)
+    x = torch.stack([torch.from_numpy(load_square(f, spec.resolution, spec.resize_mode)).permute(2, 0, 1) for f in files])
+    x = (x.float() / 255 - mean) / std
+    assert pre.resolution == x.shape[-1]
+    if isinstance(model, ImageClassifier):
+        feats = [(model.features(x[i:i + 1]) + model.features(x[i:i + 1].flip(3))) / 2 if flip else model.features(x[i:i + 1])
+                 for i in range(len(x))]
+        feats = torch.cat(feats)
+        return feats.numpy(), torch.softmax(model.head(feats), dim=1).numpy()
+    feats = torch.cat([(model(x[i:i + 1]) + model(x[i:i + 1].flip(3))) / 2 if flip else model(x[i:i + 1]) for i in range(len(x))])
+    return feats.numpy(), None
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> list[Path]:
+    colors = [(200, 40, 40), (40, 190, 60), (40, 60, 200), (220, 200, 40), (120, 120, 120)]
+    return [write_image(tmp_path / f"img{i}.jpg", c, size=(90 + 7 * i, 70), seed=i) for i, c in enumerate(colors)]
+
+
+@pytest.mark.parametrize("kind", ["fixed", "refined"])
+@pytest.mark.parametrize("flip", [False, True])
+def test_fast_path_equals_eager_pytorch(kind: str, flip: bool, backbone: torch.nn.Module, export_dir: Path,
+                                        photos: list[Path]) -> None:
+    model = backbone if kind == "fixed" else _refined(backbone)
+    spec = _spec(kind)
+    fz = Featurizer(model, spec, batch_size=2, flip_average=flip, workers=2, export_dir=export_dir)
+    assert fz.engine.name == "onnxruntime-cpu"  # the CPU engine, not PyTorch again
+    got = fz.featurize_paths(photos, progress=False)
+    feats, probs = _eager(model, spec, photos, flip)
+    assert got.features.shape == (len(photos), 1280) and got.features.dtype == np.float32
+    assert _cosine(got.features, feats).min() >= 0.999
+    if kind == "fixed":
+        assert got.probs is None
+    else:
+        assert got.probs.shape == (len(photos), len(CLASSES))
+        np.testing.assert_allclose(got.probs, probs, atol=2e-3)
+        assert probs.max(axis=1).min() > 0.4  # a real, non-uniform softmax was compared
+    # Already-decoded images take the same way through the network.
+    arrays = np.stack([load_square(f, RES) for f in photos])
+    np.testing.assert_allclose(fz.featurize_arrays(arrays).features, got.features, rtol=1e-4, atol=1e-4)
+
+
+def test_torch_engine_matches_onnx_engine(backbone: torch.nn.Module, export_dir: Path, photos: list[Path]) -> None:
+    """The torch engine (the one CUDA uses) and the ONNX engine give the same features."""
+    spec = _spec("fixed", mode="pad")
+    a = Featurizer(backbone, spec, batch_size=3, flip_average=True, engine="onnx", export_dir=export_dir)
+    b = Featurizer(backbone, spec, batch_size=3, flip_average=True, engine="torch", device="cpu")
+    assert b.engine.name == "torch-cpu"
+    assert _cosine(a.featurize_paths(photos, progress=False).features, b.featurize_paths(photos, progress=False).features).min() >= 0.9999
+
+
+def _odd_images(folder: Path) -> list[Path]:
+    rng = np.random.default_rng(1)
+    # smooth random shapes: a 1-pixel shift or JPEG noise changes them little, a wrong rotation a lot
+    rgb = np.asarray(Image.fromarray(rng.integers(0, 256, (7, 10, 3), dtype=np.uint8)).resize((100, 70), Image.BICUBIC))
+    files = []
+    p = folder / "cmyk.jpg"
+    Image.fromarray(rgb).convert("CMYK").save(p, quality=95)
+    files.append(p)
+    p = folder / "deep16.png"
+    Image.fromarray(rgb[..., 0].astype(np.uint16) * 257).save(p)  # mode I;16
+    files.append(p)
+    p = folder / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    Image.fromarray(rgb).save(p, exif=exif, quality=95)
+    files.append(p)
+    p = folder / "really_png.jpg"
+    Image.fromarray(rgb).save(p, format="PNG")
+    files.append(p)
+    return files
+
+
+def test_odd_images_decode_the_same_on_both_paths(backbone: torch.nn.Module, export_dir: Path, tmp_path: Path) -> None:
+    files = _odd_images(tmp_path)
+    spec = _spec("fixed", mode="crop")
+    got = Featurizer(backbone, spec, batch_size=4, workers=2, flip_average=False, export_dir=export_dir).featurize_paths(files, progress=False)
+    feats, _ = _eager(backbone, spec, files, flip=False)
+    assert _cosine(got.features, feats).min() >= 0.999
+    # The EXIF rotation was applied on the way: the upright crop matches the rotated pixels.
+    rotated = load_square(files[2], RES, "crop").astype(int)
+    upright = np.asarray(Image.open(files[3]).rotate(-90, expand=True).convert("RGB").resize((RES, RES * 100 // 70))).astype(int)
+    top = (upright.shape[0] - RES) // 2
+    assert np.abs(rotated - upright[top:top + RES]).mean() < 6
+    assert np.abs(rotated - upright[top:top + RES][::-1, ::-1]).mean() > 15  # rotated the other way: far off
+
+
+def test_decoding_runs_only_a_few_batches_ahead(tmp_path: Path) -> None:
+    """Memory stays flat: when the first batch is handed over, only `ahead` more batches were started."""
+    files = [write_image(tmp_path / f"{i}.png", (100, 100, 100), size=(20, 20), seed=i) for i in range(40)]
+    started = []
+    lock = threading.Lock()
+
+    class Counting(Preprocess):
+        def load(self, source):  # type: ignore[override]
+            with lock:
+                started.append(source)
+            return super().load(source)
+
+    pre = Counting(16, "squash", (0.5,) * 3, (0.5,) * 3)
+    batches = _decoded_batches(files, pre, batch_size=4, workers=2, ahead=2)
+    start, first = next(batches)
+    assert start == 0 and first.shape == (4, 16, 16, 3)
+    assert len(started) <= 3 * 4
+    rest = list(batches)
+    assert [s for s, _ in rest] == list(range(4, 40, 4)) and len(started) == 40
+    np.testing.assert_array_equal(rest[-1][1][-1], load_square(files[-1], 16))
+
+
+def test_decode_error_names_the_file(backbone: torch.nn.Module, export_dir: Path, photos: list[Path], tmp_path: Path) -> None:
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not an image at all")
+    fz = Featurizer(backbone, _spec("fixed"), batch_size=2, workers=2, export_dir=export_dir)
+    with pytest.raises(ValueError, match="broken.jpg"):
+        fz.featurize_paths(photos + [bad], progress=False)
+
+
+def test_cache_hits_and_invalidation(backbone: torch.nn.Module, export_dir: Path, photos: list[Path], tmp_path: Path) -> None:
+    spec = _spec("fixed")
+    model_file = save_model(tmp_path / "model_fixed.pt", backbone, spec)
+    folder = tmp_path / "featcache"
+
+    def run(spec: ModelSpec = spec, flip: bool = False) -> tuple[Featurizer, FeatureCache, np.ndarray]:
+        fz = Featurizer(backbone, spec, batch_size=2, flip_average=flip, workers=2, export_dir=export_dir)
+        cache = FeatureCache(folder, model_file, spec, flip)
+        return fz, cache, fz.featurize_paths(photos, progress=False, cache=cache).features
+
+    _, cache, first = run()
+    assert (cache.hits, cache.misses) == (0, len(photos)) and cache.path.is_file()
+    fz, cache, again = run()
+    assert (cache.hits, cache.misses) == (len(photos), 0)
+    assert fz._engine is None  # nothing was decoded or run: the network was never even loaded
+    np.testing.assert_array_equal(again, first)
+
+    # A changed image file is featurized again; the others still come from the cache.
+    write_image(photos[1], (10, 240, 240), size=(90, 70), seed=99)
+    _, cache, changed = run()
+    assert (cache.hits, cache.misses) == (len(photos) - 1, 1)
+    assert _cosine(changed[1:2], first[1:2])[0] < 0.99
+    np.testing.assert_array_equal(np.delete(changed, 1, axis=0), np.delete(first, 1, axis=0))
+
+    # A different resolution or flip setting is another configuration: nothing is reused.
+    _, cache, _ = run(spec=_spec("fixed", resolution=72))
+    assert (cache.hits, cache.misses) == (0, len(photos))
+    _, cache, _ = run(flip=True)
+    assert (cache.hits, cache.misses) == (0, len(photos))
+
+    # A changed model file (other weights) invalidates everything.
+    with torch.no_grad():
+        altered = create_backbone("efficientnet_lite0")
+        next(altered.parameters()).mul_(0.5)
+    save_model(model_file, altered, spec)
+    _, cache, _ = run()
+    assert (cache.hits, cache.misses) == (0, len(photos))
+    assert not list(folder.glob(".*.tmp"))  # atomic writes leave no temp files
