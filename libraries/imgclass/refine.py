@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -35,6 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from imgclass.augment import Augmenter
+from imgclass.features import default_device
 from imgclass.fileio import atomic_path
 from imgclass.images import load_square
 from imgclass.modelfile import ImageClassifier, ModelSpec, build_model
@@ -55,9 +55,9 @@ class RefineConfig:
     resize_mode: str = "squash"
     dropout: float = 0.5
     mb_size: int = 32
-    max_epochs: int = 10
+    max_epochs: int = 8
     max_train_images: int = 0  # 0 = all
-    lr_per_mb: tuple[float, ...] = (0.01,)  # per epoch; the last value repeats
+    lr_per_mb: tuple[float, ...] = (0.003,) * 5 + (0.001,) * 2 + (0.0003,)  # per epoch; the last repeats
     head_lr_factor: float = 10.0
     momentum: float = 0.9
     l2_reg_weight: float = 5e-4
@@ -214,15 +214,8 @@ def bf16_supported(device: torch.device) -> bool:
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
-    """CUDA, else Apple MPS, else the CPU (with all its cores)."""
-    if device is not None:
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    torch.set_num_threads(os.cpu_count() or 1)
-    return torch.device("cpu")
+    """The given device, else the one featurization uses (CUDA, else Apple MPS, else all CPU cores)."""
+    return torch.device(device) if device is not None else default_device()
 
 
 class Refiner:
