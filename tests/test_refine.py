@@ -146,6 +146,22 @@ def test_frozen_refinement_changes_only_the_last_layer(color_dataset: Path) -> N
     assert not torch.equal(r.model_.head.bias, initial.head.bias)
 
 
+def test_batchnorm_statistics_are_kept_unless_asked_to_reestimate(color_dataset: Path) -> None:
+    initial, _ = Refiner(_config(), CLASSES, device="cpu", progress=False)._build()
+
+    def stats(m: torch.nn.Module) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in m.state_dict().items() if "running_" in k}
+
+    def convs(m: torch.nn.Module) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in m.state_dict().items() if k.endswith("conv_stem.weight")}
+
+    kept = _fit(color_dataset, max_epochs=1, freeze_batchnorm=True).model_
+    assert all(torch.equal(v, stats(initial)[k]) for k, v in stats(kept).items())
+    assert not all(torch.equal(v, convs(initial)[k]) for k, v in convs(kept).items())  # weights did train
+    moved = _fit(color_dataset, max_epochs=1, freeze_batchnorm=False).model_
+    assert not all(torch.equal(v, stats(initial)[k]) for k, v in stats(moved).items())
+
+
 # -- errors ---------------------------------------------------------------------------------------
 
 def test_out_of_memory_is_a_clear_message(color_dataset: Path) -> None:

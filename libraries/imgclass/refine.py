@@ -57,11 +57,12 @@ class RefineConfig:
     mb_size: int = 32
     max_epochs: int = 8
     max_train_images: int = 0  # 0 = all
-    lr_per_mb: tuple[float, ...] = (0.003,) * 5 + (0.001,) * 2 + (0.0003,)  # per epoch; the last repeats
+    lr_per_mb: tuple[float, ...] = (0.0005,) + (0.003,) * 4 + (0.001,) * 2 + (0.0003,)  # per epoch; the last repeats
     head_lr_factor: float = 10.0
     momentum: float = 0.9
     l2_reg_weight: float = 5e-4
     freeze_weights: bool = False
+    freeze_batchnorm: bool = True
     balance_training_set: bool = False
     aug_crop_scale_min: float = 0.6
     aug_rotation_deg: float = 10.0
@@ -92,6 +93,7 @@ class RefineConfig:
             dropout=p.rf_dropoutRate, mb_size=p.rf_mbSize, max_epochs=p.rf_maxEpochs,
             max_train_images=p.rf_maxTrainImages, lr_per_mb=tuple(p.rf_lrPerMb), head_lr_factor=p.rf_headLrFactor,
             momentum=p.rf_momentumPerMb, l2_reg_weight=p.rf_l2RegWeight, freeze_weights=p.rf_boFreezeWeights,
+            freeze_batchnorm=p.rf_boFreezeBatchNorm,
             balance_training_set=p.rf_boBalanceTrainingSet, aug_crop_scale_min=p.aug_cropScaleMin,
             aug_rotation_deg=p.aug_rotationDegrees, aug_flip=p.aug_boHorizontalFlip,
             aug_color_jitter=p.aug_colorJitter, seed=p.randomSeed, workers=p.rf_workers,
@@ -268,6 +270,12 @@ class Refiner:
         model.train()
         if self.config.freeze_weights:
             model.backbone.eval()  # frozen means frozen: BatchNorm statistics too
+        elif self.config.freeze_batchnorm:
+            # Keep ImageNet's BatchNorm statistics: a few hundred images in minibatches of 32 make
+            # noisy estimates, and training then sees the same normalisation as evaluation.
+            for m in model.backbone.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                    m.eval()
 
     # -- checkpoint ----------------------------------------------------------------------------
     def _save_checkpoint(self, path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
