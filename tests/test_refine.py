@@ -33,7 +33,7 @@ def _data(color_dataset: Path) -> tuple[list[Path], list[int]]:
 
 
 def _config(**kw: object) -> RefineConfig:
-    base = dict(resolution=RES, mb_size=6, max_epochs=2, lr_per_mb=(0.01,), workers=0, seed=3)
+    base = dict(resolution=RES, mb_size=6, max_epochs=2, lr_per_mb=(0.001,), workers=0, seed=3)
     base.update(kw)
     return RefineConfig(**base)  # type: ignore[arg-type]
 
@@ -110,13 +110,20 @@ def test_balanced_refinement_trains_on_equal_class_counts(color_dataset: Path) -
 # -- training -------------------------------------------------------------------------------------
 
 def test_refinement_lowers_training_loss_and_writes_history(color_dataset: Path) -> None:
-    r = _fit(color_dataset, max_epochs=3)
+    r = _fit(color_dataset, max_epochs=3, init_last_layer=False)  # a random last layer: much to learn
     h = r.history_
     assert h.epoch == [1, 2, 3] and len(h.train_loss) == len(h.train_error) == len(h.test_error) == 3
     assert h.train_loss[-1] < h.train_loss[0]
     assert all(0.0 <= e <= 1.0 for e in h.train_error + h.test_error)
     assert isinstance(r.model_, ImageClassifier) and r.model_.head.out_features == 3
     assert not r.model_.training
+
+
+def test_last_layer_fitted_on_pretrained_features_before_refining(color_dataset: Path) -> None:
+    # With a learning rate too small to matter, the first epoch's error shows where training starts.
+    tiny = dict(max_epochs=1, lr_per_mb=(1e-7,), dropout=0.0, aug_color_jitter=0.0)
+    assert _fit(color_dataset, init_last_layer=True, **tiny).history_.train_error[0] <= 0.1
+    assert _fit(color_dataset, init_last_layer=False, **tiny).history_.train_error[0] >= 0.3
 
 
 def test_same_seed_same_result_and_resume_continues_exactly(color_dataset: Path, tmp_path: Path) -> None:

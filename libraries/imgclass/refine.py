@@ -57,12 +57,13 @@ class RefineConfig:
     mb_size: int = 32
     max_epochs: int = 8
     max_train_images: int = 0  # 0 = all
-    lr_per_mb: tuple[float, ...] = (0.0005,) + (0.003,) * 4 + (0.001,) * 2 + (0.0003,)  # per epoch; the last repeats
+    lr_per_mb: tuple[float, ...] = (0.001,) * 6 + (0.0003,) * 2  # per epoch; the last value repeats
     head_lr_factor: float = 10.0
     momentum: float = 0.9
     l2_reg_weight: float = 5e-4
     freeze_weights: bool = False
     freeze_batchnorm: bool = True
+    init_last_layer: bool = True
     balance_training_set: bool = False
     aug_crop_scale_min: float = 0.6
     aug_rotation_deg: float = 10.0
@@ -93,7 +94,7 @@ class RefineConfig:
             dropout=p.rf_dropoutRate, mb_size=p.rf_mbSize, max_epochs=p.rf_maxEpochs,
             max_train_images=p.rf_maxTrainImages, lr_per_mb=tuple(p.rf_lrPerMb), head_lr_factor=p.rf_headLrFactor,
             momentum=p.rf_momentumPerMb, l2_reg_weight=p.rf_l2RegWeight, freeze_weights=p.rf_boFreezeWeights,
-            freeze_batchnorm=p.rf_boFreezeBatchNorm,
+            freeze_batchnorm=p.rf_boFreezeBatchNorm, init_last_layer=p.rf_boInitLastLayer,
             balance_training_set=p.rf_boBalanceTrainingSet, aug_crop_scale_min=p.aug_cropScaleMin,
             aug_rotation_deg=p.aug_rotationDegrees, aug_flip=p.aug_boHorizontalFlip,
             aug_color_jitter=p.aug_colorJitter, seed=p.randomSeed, workers=p.rf_workers,
@@ -343,6 +344,8 @@ class Refiner:
             history = self._load_checkpoint(ckpt, model, opt, gen)
             if self.progress:
                 print(f"resuming from {ckpt} after epoch {len(history.epoch)}")
+        if not history.epoch and c.init_last_layer:
+            self._fit_head(model, train_cache, torch.from_numpy(labels[unique]))
         augment = c.augmenter()
         mean = torch.tensor(self.spec.mean, device=self.device).view(1, 3, 1, 1) * 255.0
         std = torch.tensor(self.spec.std, device=self.device).view(1, 3, 1, 1) * 255.0
@@ -405,6 +408,39 @@ class Refiner:
         self.model_ = model.eval()
         self.history_ = history
         return self
+
+    def _fit_head(self, model: ImageClassifier, cache: torch.Tensor, labels: torch.Tensor,
+                  l2: float = 1e-3) -> None:
+        """Fit the new last layer on the pretrained features of the un-augmented training images
+        (L2-regularised logistic regression) before refining: a random last layer would send large,
+        meaningless gradients into the pretrained layers during the first epoch."""
+        plain = Augmenter(self.config.resolution, 1.0, 0.0, False, 0.0)
+        mean = torch.tensor(self.spec.mean, device=self.device).view(1, 3, 1, 1) * 255.0
+        std = torch.tensor(self.spec.std, device=self.device).view(1, 3, 1, 1) * 255.0
+        model.eval()
+        feats = []
+        with torch.no_grad():
+            for i in range(0, len(cache), 64):
+                x = plain(cache[i:i + 64], torch.Generator()).to(self.device)
+                x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.mixed_precision):
+                    feats.append(model.backbone(x).float())
+        f, y = torch.cat(feats), labels.to(self.device)
+        head = model.head
+        opt = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=200, history_size=20,
+                                line_search_fn="strong_wolfe")
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(head(f), y) + l2 * head.weight.pow(2).sum()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        err = float((head(f).argmax(1) != y).float().mean())
+        if self.progress:
+            print(f"new last layer fitted on the pretrained features: training error {100 * err:.2f}%", flush=True)
+        self._train_mode(model)
 
     @torch.no_grad()
     def error_rate(self, model: torch.nn.Module, cache: torch.Tensor, labels: torch.Tensor, batch_size: int = 64) -> float:
