@@ -240,6 +240,12 @@ class Refiner:
         self.spec = ModelSpec(config.backbone, config.resolution, config.resize_mode, kind="refined",
                               classes=self.classes, dropout=config.dropout)
 
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Float pixels in [0, 255] on the device -> the backbone's normalised input, channels-last."""
+        mean = torch.tensor(self.spec.mean, device=x.device).view(1, 3, 1, 1) * 255.0
+        std = torch.tensor(self.spec.std, device=x.device).view(1, 3, 1, 1) * 255.0
+        return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+
     # -- data ----------------------------------------------------------------------------------
     def _select_train(self, labels: np.ndarray) -> np.ndarray:
         rng = np.random.default_rng(self.config.seed)
@@ -347,8 +353,6 @@ class Refiner:
         if not history.epoch and c.init_last_layer:
             self._fit_head(model, train_cache, torch.from_numpy(labels[unique]))
         augment = c.augmenter()
-        mean = torch.tensor(self.spec.mean, device=self.device).view(1, 3, 1, 1) * 255.0
-        std = torch.tensor(self.spec.std, device=self.device).view(1, 3, 1, 1) * 255.0
         loss_fn = torch.nn.CrossEntropyLoss()
 
         for epoch in range(len(history.epoch), c.max_epochs):
@@ -365,7 +369,7 @@ class Refiner:
             bar = tqdm(batches, desc=f"epoch {epoch + 1}/{c.max_epochs}", unit="mb", disable=not self.progress, leave=False)
             for idx in bar:
                 x = augment(train_cache[torch.from_numpy(position[idx.numpy()])], gen).to(self.device)
-                x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+                x = self._normalize(x)
                 y = train_y[idx].to(self.device)
                 try:
                     with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.mixed_precision):
@@ -415,14 +419,12 @@ class Refiner:
         (L2-regularised logistic regression) before refining: a random last layer would send large,
         meaningless gradients into the pretrained layers during the first epoch."""
         plain = Augmenter(self.config.resolution, 1.0, 0.0, False, 0.0)
-        mean = torch.tensor(self.spec.mean, device=self.device).view(1, 3, 1, 1) * 255.0
-        std = torch.tensor(self.spec.std, device=self.device).view(1, 3, 1, 1) * 255.0
         model.eval()
         feats = []
         with torch.no_grad():
             for i in range(0, len(cache), 64):
                 x = plain(cache[i:i + 64], torch.Generator()).to(self.device)
-                x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+                x = self._normalize(x)
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.mixed_precision):
                     feats.append(model.backbone(x).float())
         f, y = torch.cat(feats), labels.to(self.device)
@@ -446,11 +448,9 @@ class Refiner:
     def error_rate(self, model: torch.nn.Module, cache: torch.Tensor, labels: torch.Tensor, batch_size: int = 64) -> float:
         """Fraction misclassified of images already decoded at the input resolution (eval mode)."""
         model.eval()
-        mean = torch.tensor(self.spec.mean, device=self.device).view(1, 3, 1, 1) * 255.0
-        std = torch.tensor(self.spec.std, device=self.device).view(1, 3, 1, 1) * 255.0
         wrong = 0
         for i in range(0, len(cache), batch_size):
-            x = ((cache[i:i + batch_size].to(self.device).float() - mean) / std).contiguous(memory_format=torch.channels_last)
+            x = self._normalize(cache[i:i + batch_size].to(self.device).float())
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.mixed_precision):
                 pred = model(x).argmax(1).cpu()
             wrong += int((pred != labels[i:i + batch_size]).sum())
