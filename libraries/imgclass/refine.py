@@ -62,7 +62,7 @@ class RefineConfig:
     momentum: float = 0.9
     l2_reg_weight: float = 5e-4
     freeze_weights: bool = False
-    freeze_batchnorm: bool = True
+    freeze_batchnorm: bool = False
     init_last_layer: bool = True
     balance_training_set: bool = False
     aug_crop_scale_min: float = 0.6
