@@ -120,8 +120,9 @@ def test_refinement_lowers_training_loss_and_writes_history(color_dataset: Path)
 
 
 def test_last_layer_fitted_on_pretrained_features_before_refining(color_dataset: Path) -> None:
-    # With a learning rate too small to matter, the first epoch's error shows where training starts.
-    tiny = dict(max_epochs=1, lr_per_mb=(1e-7,), dropout=0.0, aug_color_jitter=0.0)
+    # With a learning rate too small to matter, the first epoch's error shows where training starts
+    # (BatchNorm statistics kept, so training-mode features are the ones the layer was fitted on).
+    tiny = dict(max_epochs=1, lr_per_mb=(1e-7,), dropout=0.0, aug_color_jitter=0.0, freeze_batchnorm=True)
     assert _fit(color_dataset, init_last_layer=True, **tiny).history_.train_error[0] <= 0.1
     assert _fit(color_dataset, init_last_layer=False, **tiny).history_.train_error[0] >= 0.3
 
