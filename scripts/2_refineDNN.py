@@ -1,32 +1,71 @@
 """Stage 2: build the network that stage 3 runs over the images.
 
 classifier = "svm": the ImageNet-pretrained backbone as is (a fixed featurizer).
-classifier = "dnn" / "svmDnnRefined": refine the network on the training set (Part 2).
+classifier = "dnn" / "svmDnnRefined": refine the network on the training set (Part 2): a new last
+layer with one output per class, then the whole network (or only that layer, rf_boFreezeWeights)
+trained for rf_maxEpochs on augmented training images. The test error is printed per epoch but
+chooses nothing. A checkpoint after every epoch lets `--resume` continue an interrupted run.
 """
 
+import time
+
 from imgclass.cli import parse_stage, run_stage, stage_parser
+from imgclass.data import load_split
+from imgclass.fileio import write_json
 from imgclass.modelfile import ModelSpec, build_model, save_model
+from imgclass.refine import History, RefineConfig, Refiner, RefineOutOfMemoryError, plot_history
 
 parser = stage_parser(
     __doc__.splitlines()[0],
     reads="DATA_DIR/proc/<datasetName>/split.json (refinement only), the backbone's pretrained weights",
-    writes="DATA_DIR/proc/<datasetName>/model_fixed.pt (svm) or model_refined.pt (dnn, svmDnnRefined)",
+    writes="DATA_DIR/proc/<datasetName>/model_fixed.pt (svm) or model_refined.pt (dnn, svmDnnRefined), "
+           "refine_checkpoint.pt while refining; results/<datasetName>/<classifier>/training_curves.json and .png",
 )
+parser.add_argument("--resume", action="store_true",
+                    help="continue an interrupted refinement from proc/<datasetName>/refine_checkpoint.pt")
 
 
 def main() -> int:
-    _, p = parse_stage(parser)
-    if p.classifier != "svm":
-        raise NotImplementedError(
-            f"classifier = {p.classifier!r}: DNN refinement is not implemented yet; use classifier = 'svm'"
-        )
-    spec = ModelSpec(p.rf_pretrainedModel, p.rf_inputResolution, p.rf_resizeMode, kind="fixed")
-    model = build_model(spec, pretrained=True, weights_dir=p.rf_weightsDir or None)
-    save_model(p.model_path, model, spec)
-    print(f"backbone {spec.backbone} at {spec.resolution} px ({spec.resize_mode}), {spec.feature_dim} features")
+    args, p = parse_stage(parser)
+    if p.classifier == "svm":
+        spec = ModelSpec(p.rf_pretrainedModel, p.rf_inputResolution, p.rf_resizeMode, kind="fixed")
+        model = build_model(spec, pretrained=True, weights_dir=p.rf_weightsDir or None)
+        save_model(p.model_path, model, spec)
+        print(f"backbone {spec.backbone} at {spec.resolution} px ({spec.resize_mode}), {spec.feature_dim} features")
+        print(f"wrote {p.model_path}")
+        return 0
+
+    split = load_split(p.split_path)
+    config = RefineConfig.from_params(p)
+    refiner = Refiner(config, split.classes)
+    what = "only the new last layer" if config.freeze_weights else "the whole network"
+    print(f"refining {what} of {config.backbone} at {config.resolution} px on {refiner.device} "
+          f"({'bfloat16 mixed precision' if refiner.mixed_precision else 'float32'}), "
+          f"{len(split.train)} training images, {config.max_epochs} epochs")
+    checkpoint = p.proc_dir / "refine_checkpoint.pt"
+    curves_json = p.results_dir / "training_curves.json"
+    curves_png = p.results_dir / "training_curves.png"
+    title = f"{p.datasetName} / {p.classifier}: error per epoch"
+
+    def save_curves(history: History) -> None:
+        write_json(curves_json, history.to_json())
+        plot_history(history, curves_png, title=title)
+
+    start = time.perf_counter()
+    refiner.fit([p.images_dir / r for r, _ in split.train], [y for _, y in split.train],
+                [p.images_dir / r for r, _ in split.test], [y for _, y in split.test],
+                checkpoint=checkpoint, resume=args.resume, on_epoch=save_curves)
+    seconds = time.perf_counter() - start
+    save_model(p.model_path, refiner.model_, refiner.spec,
+               extra={"history": refiner.history_.to_json(), "config": config.resume_key(),
+                      "max_epochs": config.max_epochs, "device": str(refiner.device), "seconds": round(seconds, 1)})
+    save_curves(refiner.history_)
+    checkpoint.unlink(missing_ok=True)  # the finished model supersedes it
+    print(f"refined in {seconds:.0f} s")
     print(f"wrote {p.model_path}")
+    print(f"wrote {curves_json} and {curves_png}")
     return 0
 
 
 if __name__ == "__main__":
-    run_stage(main, (NotImplementedError,))
+    run_stage(main, (RefineOutOfMemoryError, FloatingPointError))

@@ -90,6 +90,50 @@ def test_missing_inputs_and_bad_data_keep_earlier_outputs(pipeline_dir: Path, tm
     assert proc.returncode == 1 and "myPhotos" in proc.stderr and "--urls" in proc.stderr
 
 
-def test_refinement_classifiers_are_not_implemented_yet(tmp_path: Path) -> None:
-    proc = run_script("2_refineDNN.py", "--set", "classifier=dnn", data_dir=tmp_path, check=False)
-    assert proc.returncode == 1 and "not implemented yet" in proc.stderr
+REFINE = ["--set", "rf_inputResolution=64", "--set", "rf_mbSize=6", "--set", "run_mbSize=6"]
+
+
+def test_refined_classifiers_run_stages_2_to_5_without_overwriting_each_other(pipeline_dir: Path) -> None:
+    ds = "fashionTextureDemo"
+    results = pipeline_dir / "results" / ds
+    svm_metrics = (results / "svm" / "metrics.json").read_bytes()
+    dnn = [*SMALL, *REFINE, "--set", "classifier=dnn", "--set", "rf_maxEpochs=2"]
+    out = run_script("2_refineDNN.py", *dnn, data_dir=pipeline_dir).stdout
+    assert "on cpu" in out and "epoch   2/2" in out and "test error" in out
+    proc = pipeline_dir / "proc" / ds
+    assert (proc / "model_refined.pt").is_file() and not (proc / "refine_checkpoint.pt").exists()
+    curves = json.loads((results / "dnn" / "training_curves.json").read_text())
+    assert curves["epoch"] == [1, 2]
+    for key in ("train_loss", "train_error", "test_error"):
+        assert len(curves[key]) == 2 and all(isinstance(v, float) for v in curves[key]), key
+    assert (results / "dnn" / "training_curves.png").stat().st_size > 5000
+    run_script("3_runDNN.py", *dnn, data_dir=pipeline_dir)
+    assert "no SVM to train" in run_script("4_trainSVM.py", *dnn, data_dir=pipeline_dir).stdout
+    run_script("5_evaluate.py", *dnn, data_dir=pipeline_dir)
+    m = json.loads((results / "dnn" / "metrics.json").read_text())
+    assert m["classifier"] == "dnn" and m["n_test"] == 6 and sum(map(sum, m["confusion_matrix"])) == 6
+    rows = (results / "dnn" / "predictions.tsv").read_text().strip().splitlines()
+    probs = [sum(float(v) for v in r.split("\t")[-3:]) for r in rows[1:]]
+    assert len(probs) == 6 and all(abs(s - 1.0) < 1e-4 for s in probs)  # the network's class probabilities
+
+    # svmDnnRefined: refine again (1 epoch), then an SVM on the refined features.
+    sdr = [*SMALL, *REFINE, "--set", "classifier=svmDnnRefined", "--set", "rf_maxEpochs=1"]
+    for script in ("2_refineDNN.py", "3_runDNN.py", "4_trainSVM.py", "5_evaluate.py"):
+        run_script(script, *sdr, data_dir=pipeline_dir)
+    assert (proc / "svm_refined.npz").is_file()
+    m2 = json.loads((results / "svmDnnRefined" / "metrics.json").read_text())
+    assert m2["classifier"] == "svmDnnRefined" and "svm_C" in m2
+    assert json.loads((results / "svmDnnRefined" / "training_curves.json").read_text())["epoch"] == [1]
+    # Each classifier's results stay where they were.
+    assert (results / "svm" / "metrics.json").read_bytes() == svm_metrics
+    assert json.loads((results / "dnn" / "metrics.json").read_text()) == m
+    assert not list(pipeline_dir.rglob(".*.tmp"))
+
+
+def test_refinement_resume_without_checkpoint_and_bad_values(pipeline_dir: Path) -> None:
+    proc = run_script("2_refineDNN.py", *SMALL, "--set", "classifier=dnn", "--set", "rf_lrPerMb=[]",
+                      data_dir=pipeline_dir, check=False)
+    assert proc.returncode == 2 and "rf_lrPerMb" in proc.stderr
+    proc = run_script("2_refineDNN.py", *SMALL, "--set", "classifier=dnn", "--set", "datasetName=noSplit",
+                      "--resume", data_dir=pipeline_dir, check=False)
+    assert proc.returncode == 1 and "1_prepareData.py" in proc.stderr and "Traceback" not in proc.stderr

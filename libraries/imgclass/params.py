@@ -135,6 +135,23 @@ SCHEMA: dict[str, Spec] = {
     "svm_cvFolds": Spec(_INT, check=_folds),
     "eval_set": Spec(_STR, choices=("test", "train")),
     # --- DNN refinement (Part 2) ---
+    "rf_dropoutRate": Spec(_FLOAT, check=_fraction_closed_open),
+    "rf_mbSize": Spec(_INT, check=_positive),
+    "rf_maxEpochs": Spec(_INT, check=_positive),
+    "rf_maxTrainImages": Spec(_INT, check=_non_negative),
+    "rf_lrPerMb": Spec(_LIST, check=_float_list, expected="a list of positive numbers, one per epoch"),
+    "rf_headLrFactor": Spec(_FLOAT, check=_positive),
+    "rf_momentumPerMb": Spec(_FLOAT, check=_fraction_closed_open),
+    "rf_l2RegWeight": Spec(_FLOAT, check=_non_negative),
+    "rf_boFreezeWeights": Spec(_BOOL),
+    "rf_boInitLastLayer": Spec(_BOOL),
+    "rf_boFreezeBatchNorm": Spec(_BOOL),
+    "rf_boBalanceTrainingSet": Spec(_BOOL),
+    "rf_workers": Spec(_INT, check=_non_negative),
+    "aug_cropScaleMin": Spec(_FLOAT, check=lambda v: None if 0.0 < v <= 1.0 else "must be in (0, 1]"),
+    "aug_rotationDegrees": Spec(_FLOAT, check=lambda v: None if 0.0 <= v <= 180.0 else "must be in [0, 180]"),
+    "aug_boHorizontalFlip": Spec(_BOOL),
+    "aug_colorJitter": Spec(_FLOAT, check=_fraction_closed_open),
 
     # --- featurization speed and cache ---
     "run_engine": Spec(_STR, choices=("auto", "onnx", "torch")),

@@ -1,0 +1,480 @@
+"""Refine an ImageNet-pretrained network on the training images (the tutorial's Part 2).
+
+A new last layer with one output per class goes on the penultimate features, with dropout before
+it; then either the whole network is trained (default) or only that layer (`freeze_weights`).
+
+Why it is fast on a CPU:
+- every training image is decoded and resized ONCE into a uint8 cache in memory (slightly larger than
+  the input, so random crops stay sharp); epochs then only augment tensors (augment.Augmenter);
+- channels-last memory layout, which the CPU convolution kernels prefer;
+- bfloat16 autocast only where the hardware has bf16 instructions (AVX512-BF16/AMX, or a GPU):
+  emulated bf16 on an AVX2 CPU is slower than float32.
+
+What is reported per epoch: training loss and error (on the augmented minibatches, as the tutorial)
+and the test error. The test set is only reported: the number of epochs and the learning rates are
+fixed in advance, nothing is chosen by looking at it.
+
+Deterministic on the CPU for a fixed seed: shuffling and augmentation draw from one seeded
+generator, dropout from torch's seeded global one, and a checkpoint stores both, so a resumed run
+continues exactly where the interrupted one stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from imgclass.augment import Augmenter
+from imgclass.features import default_device
+from imgclass.fileio import atomic_path
+from imgclass.images import load_square
+from imgclass.modelfile import ImageClassifier, ModelSpec, build_model
+
+CACHE_MARGIN = 1.15  # training images are cached this much larger than the input, for crops
+
+
+class RefineOutOfMemoryError(RuntimeError):
+    """Training ran out of memory; the message says which parameters to lower."""
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    """How to refine; names follow the tutorial's rf_* parameters (see PARAMETERS.py)."""
+
+    backbone: str = "efficientnet_lite0"
+    resolution: int = 224
+    resize_mode: str = "squash"
+    dropout: float = 0.5
+    mb_size: int = 32
+    max_epochs: int = 8
+    max_train_images: int = 0  # 0 = all
+    lr_per_mb: tuple[float, ...] = (0.001,) * 6 + (0.0003,) * 2  # per epoch; the last value repeats
+    head_lr_factor: float = 10.0
+    momentum: float = 0.9
+    l2_reg_weight: float = 5e-4
+    freeze_weights: bool = False
+    freeze_batchnorm: bool = False
+    init_last_layer: bool = True
+    balance_training_set: bool = False
+    aug_crop_scale_min: float = 0.6
+    aug_rotation_deg: float = 10.0
+    aug_flip: bool = True
+    aug_color_jitter: float = 0.2
+    seed: int = 0
+    workers: int = 2
+    weights_dir: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "lr_per_mb", tuple(float(v) for v in self.lr_per_mb))
+        checks = {
+            "mb_size": self.mb_size >= 1, "max_epochs": self.max_epochs >= 1,
+            "max_train_images": self.max_train_images >= 0, "lr_per_mb": bool(self.lr_per_mb) and min(self.lr_per_mb) > 0,
+            "momentum": 0.0 <= self.momentum < 1.0, "l2_reg_weight": self.l2_reg_weight >= 0,
+            "dropout": 0.0 <= self.dropout < 1.0, "head_lr_factor": self.head_lr_factor > 0,
+            "resolution": 32 <= self.resolution <= 1024, "workers": self.workers >= 0,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"RefineConfig.{name} = {getattr(self, name)!r} is not allowed")
+        self.augmenter()  # validates the aug_* values
+
+    @classmethod
+    def from_params(cls, p: Any) -> RefineConfig:
+        return cls(
+            backbone=p.rf_pretrainedModel, resolution=p.rf_inputResolution, resize_mode=p.rf_resizeMode,
+            dropout=p.rf_dropoutRate, mb_size=p.rf_mbSize, max_epochs=p.rf_maxEpochs,
+            max_train_images=p.rf_maxTrainImages, lr_per_mb=tuple(p.rf_lrPerMb), head_lr_factor=p.rf_headLrFactor,
+            momentum=p.rf_momentumPerMb, l2_reg_weight=p.rf_l2RegWeight, freeze_weights=p.rf_boFreezeWeights,
+            freeze_batchnorm=p.rf_boFreezeBatchNorm, init_last_layer=p.rf_boInitLastLayer,
+            balance_training_set=p.rf_boBalanceTrainingSet, aug_crop_scale_min=p.aug_cropScaleMin,
+            aug_rotation_deg=p.aug_rotationDegrees, aug_flip=p.aug_boHorizontalFlip,
+            aug_color_jitter=p.aug_colorJitter, seed=p.randomSeed, workers=p.rf_workers,
+            weights_dir=p.rf_weightsDir,
+        )
+
+    def lr_at(self, epoch: int) -> float:
+        return self.lr_per_mb[min(epoch, len(self.lr_per_mb) - 1)]
+
+    def augmenter(self) -> Augmenter:
+        return Augmenter(self.resolution, self.aug_crop_scale_min, self.aug_rotation_deg, self.aug_flip,
+                         self.aug_color_jitter)
+
+    @property
+    def cache_size(self) -> int:
+        return self.resolution if self.augmenter().is_identity else math.ceil(self.resolution * CACHE_MARGIN)
+
+    def resume_key(self) -> dict[str, Any]:
+        """What must match for a checkpoint to be continued (more epochs or other workers are fine)."""
+        d = asdict(self)
+        for free in ("max_epochs", "workers", "weights_dir"):
+            d.pop(free)
+        d["lr_per_mb"] = list(d["lr_per_mb"])
+        return d
+
+
+@dataclass
+class History:
+    """Per-epoch figures; saved as training_curves.json (lists of equal length)."""
+
+    epoch: list[int] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    train_error: list[float] = field(default_factory=list)
+    test_error: list[float | None] = field(default_factory=list)  # None: no test set given
+    lr: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    images_per_second: list[float] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, list]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, list]) -> History:
+        return cls(**{k: list(v) for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+def balanced_indices(labels: Sequence[int], n_classes: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices where every class appears as often as the largest one: each image once, plus randomly
+    chosen duplicates of the smaller classes' images (spread evenly: no image twice before all once)."""
+    labels = np.asarray(labels)
+    counts = np.bincount(labels, minlength=n_classes)
+    target = counts.max()
+    out = []
+    for c in range(n_classes):
+        own = np.flatnonzero(labels == c)
+        if len(own) == 0:
+            continue
+        extra = target - len(own)
+        reps = [own] * (extra // len(own)) + [rng.choice(own, extra % len(own), replace=False)]
+        out.append(np.concatenate([own, *reps]))
+    return np.sort(np.concatenate(out))
+
+
+def decode_images(paths: Sequence[str | Path], size: int, resize_mode: str, workers: int = 2,
+                  desc: str = "decode", progress: bool = True) -> torch.Tensor:
+    """Decode and resize every image once: (N, 3, size, size) uint8, in `workers` processes."""
+    paths = [str(p) for p in paths]
+    try:
+        cache = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
+    except RuntimeError as e:
+        raise _oom(e, f"caching {len(paths)} images of {size} px") from e
+    dataset = _Decoded(paths, size, resize_mode)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=16, num_workers=min(workers, max(1, len(paths) // 16)) if workers else 0,
+        collate_fn=_stack_chw,
+    )
+    i = 0
+    with tqdm(total=len(paths), desc=desc, unit="img", disable=not progress) as bar:
+        for batch in loader:
+            cache[i:i + len(batch)] = batch
+            i += len(batch)
+            bar.update(len(batch))
+    return cache
+
+
+def _stack_chw(items: list[np.ndarray]) -> torch.Tensor:
+    return torch.from_numpy(np.stack(items)).permute(0, 3, 1, 2)
+
+
+class _Decoded(torch.utils.data.Dataset):
+    def __init__(self, paths: list[str], size: int, resize_mode: str) -> None:
+        self.paths, self.size, self.resize_mode = paths, size, resize_mode
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return load_square(self.paths[i], self.size, self.resize_mode)
+
+
+def _oom(e: BaseException, doing: str) -> BaseException:
+    """Out-of-memory errors become advice; anything else passes through unchanged."""
+    if "memory" not in str(e).lower() and not isinstance(e, getattr(torch, "OutOfMemoryError", ())):
+        return e
+    return RefineOutOfMemoryError(
+        f"out of memory while {doing}: lower rf_mbSize (now too large for this machine) or "
+        f"rf_inputResolution, or limit rf_maxTrainImages ({e})"
+    )
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """bfloat16 autocast only where it is native; on AVX2 CPUs it is emulated and slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        cpu = getattr(torch, "cpu", None)
+        return bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
+                    or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
+    return False
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """The given device, else the one featurization uses (CUDA, else Apple MPS, else all CPU cores)."""
+    return torch.device(device) if device is not None else default_device()
+
+
+class Refiner:
+    """fit(train images, labels[, test images, labels]) -> a refined ImageClassifier in `model_`.
+
+    `checkpoint`: a file written (atomically) after every epoch; with `resume=True` a run continues
+    from it. `on_epoch(history)` is called after every epoch (e.g. to redraw the curves).
+    """
+
+    def __init__(self, config: RefineConfig, classes: Sequence[str], device: str | torch.device | None = None,
+                 progress: bool = True, mixed_precision: bool | None = None) -> None:
+        if len(classes) < 2:
+            raise ValueError(f"need at least two classes, got {list(classes)}")
+        self.config = config
+        self.classes = tuple(classes)
+        self.device = pick_device(device)
+        self.progress = progress
+        self.mixed_precision = bf16_supported(self.device) if mixed_precision is None else mixed_precision
+        self.spec = ModelSpec(config.backbone, config.resolution, config.resize_mode, kind="refined",
+                              classes=self.classes, dropout=config.dropout)
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Float pixels in [0, 255] on the device -> the backbone's normalised input, channels-last."""
+        mean = torch.tensor(self.spec.mean, device=x.device).view(1, 3, 1, 1) * 255.0
+        std = torch.tensor(self.spec.std, device=x.device).view(1, 3, 1, 1) * 255.0
+        return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+
+    # -- data ----------------------------------------------------------------------------------
+    def _select_train(self, labels: np.ndarray) -> np.ndarray:
+        rng = np.random.default_rng(self.config.seed)
+        idx = np.arange(len(labels))
+        if self.config.max_train_images and len(idx) > self.config.max_train_images:
+            idx = np.sort(rng.choice(idx, self.config.max_train_images, replace=False))
+        if self.config.balance_training_set:
+            idx = idx[balanced_indices(labels[idx], len(self.classes), rng)]
+        return idx
+
+    # -- model ---------------------------------------------------------------------------------
+    def _build(self) -> tuple[ImageClassifier, torch.optim.Optimizer]:
+        c = self.config
+        torch.manual_seed(c.seed)  # the new layer's initial weights
+        model = build_model(self.spec, pretrained=True, weights_dir=c.weights_dir or None)
+        assert isinstance(model, ImageClassifier)
+        model = model.to(self.device).to(memory_format=torch.channels_last)
+        if c.freeze_weights:
+            for prm in model.backbone.parameters():
+                prm.requires_grad_(False)
+        # The new layer starts from random: it gets a larger step than the pretrained layers.
+        groups = [{"params": list(model.head.parameters()), "lr_factor": c.head_lr_factor}]
+        if not c.freeze_weights:
+            groups.append({"params": list(model.backbone.parameters()), "lr_factor": 1.0})
+        opt = torch.optim.SGD(groups, lr=c.lr_at(0), momentum=c.momentum, weight_decay=c.l2_reg_weight)
+        return model, opt
+
+    def _train_mode(self, model: ImageClassifier) -> None:
+        model.train()
+        if self.config.freeze_weights:
+            model.backbone.eval()  # frozen means frozen: BatchNorm statistics too
+        elif self.config.freeze_batchnorm:
+            # Keep ImageNet's BatchNorm statistics: a few hundred images in minibatches of 32 make
+            # noisy estimates, and training then sees the same normalisation as evaluation.
+            for m in model.backbone.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+
+    # -- checkpoint ----------------------------------------------------------------------------
+    def _save_checkpoint(self, path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                         gen: torch.Generator, history: History) -> None:
+        payload = {
+            "key_json": json.dumps(self.config.resume_key()),
+            "classes_json": json.dumps(list(self.classes)),
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "generator": gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "history_json": json.dumps(history.to_json()),
+        }
+        with atomic_path(path) as tmp:
+            torch.save(payload, tmp)
+
+    def _load_checkpoint(self, path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                         gen: torch.Generator) -> History:
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+            key = json.loads(payload["key_json"])
+            classes = json.loads(payload["classes_json"])
+        except Exception as e:  # noqa: BLE001 - one clear message for a damaged file
+            raise ValueError(f"{path}: not a refinement checkpoint ({e}); delete it or run without --resume") from e
+        mine = self.config.resume_key()
+        if key != mine or classes != list(self.classes):
+            diff = sorted(k for k in set(key) | set(mine) if key.get(k) != mine.get(k))
+            what = ", ".join(diff) if diff else "classes"
+            raise ValueError(f"{path} was written with different settings ({what}); "
+                             f"delete it or run without --resume")
+        model.load_state_dict(payload["model"])
+        opt.load_state_dict(payload["optimizer"])
+        gen.set_state(payload["generator"])
+        torch.set_rng_state(payload["torch_rng"])
+        return History.from_json(json.loads(payload["history_json"]))
+
+    # -- training ------------------------------------------------------------------------------
+    def fit(self, train_paths: Sequence[str | Path], train_labels: Sequence[int],
+            test_paths: Sequence[str | Path] = (), test_labels: Sequence[int] = (),
+            checkpoint: str | Path | None = None, resume: bool = False,
+            on_epoch: Callable[[History], None] | None = None) -> Refiner:
+        c = self.config
+        labels = np.asarray(train_labels, dtype=np.int64)
+        if len(labels) != len(train_paths) or len(labels) == 0:
+            raise ValueError(f"{len(train_paths)} training images but {len(labels)} labels")
+        if labels.min() < 0 or labels.max() >= len(self.classes):
+            raise ValueError(f"training labels must be in 0..{len(self.classes) - 1}")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        chosen = self._select_train(labels)
+        unique = np.unique(chosen)  # duplicates (class balancing) share one cached copy
+        position = np.searchsorted(unique, chosen)
+        train_cache = decode_images([train_paths[i] for i in unique], c.cache_size, c.resize_mode,
+                                    c.workers, "decode train", self.progress)
+        train_y = torch.from_numpy(labels[chosen])
+        test_cache = decode_images(test_paths, c.resolution, c.resize_mode, c.workers, "decode test",
+                                   self.progress) if len(test_paths) else None
+        test_y = torch.as_tensor(np.asarray(test_labels, dtype=np.int64))
+
+        model, opt = self._build()
+        gen = torch.Generator().manual_seed(c.seed)
+        torch.manual_seed(c.seed + 1)  # dropout
+        history = History()
+        ckpt = Path(checkpoint) if checkpoint is not None else None
+        if resume and ckpt is not None and ckpt.is_file():
+            history = self._load_checkpoint(ckpt, model, opt, gen)
+            if self.progress:
+                print(f"resuming from {ckpt} after epoch {len(history.epoch)}")
+        if not history.epoch and c.init_last_layer:
+            self._fit_head(model, train_cache, torch.from_numpy(labels[unique]))
+        augment = c.augmenter()
+        loss_fn = torch.nn.CrossEntropyLoss()
+
+        for epoch in range(len(history.epoch), c.max_epochs):
+            lr = c.lr_at(epoch)
+            for group in opt.param_groups:
+                group["lr"] = lr * group["lr_factor"]
+            self._train_mode(model)
+            order = torch.randperm(len(chosen), generator=gen)
+            batches = list(torch.split(order, c.mb_size))
+            if len(batches) > 1 and len(batches[-1]) < 2:  # BatchNorm cannot train on one image
+                batches.pop()
+            n_seen, loss_sum, wrong = 0, 0.0, 0
+            start = time.perf_counter()
+            bar = tqdm(batches, desc=f"epoch {epoch + 1}/{c.max_epochs}", unit="mb", disable=not self.progress, leave=False)
+            for idx in bar:
+                x = augment(train_cache[torch.from_numpy(position[idx.numpy()])], gen).to(self.device)
+                x = self._normalize(x)
+                y = train_y[idx].to(self.device)
+                try:
+                    with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.mixed_precision):
+                        if c.freeze_weights:
+                            with torch.no_grad():
+                                feats = model.backbone(x)
+                            logits = model.head(model.dropout(feats))
+                        else:
+                            logits = model(x)
+                        loss = loss_fn(logits.float(), y)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                except RuntimeError as e:
+                    raise _oom(e, f"training on minibatches of {c.mb_size} images of {c.resolution} px") from e
+                if not math.isfinite(loss.item()):
+                    raise FloatingPointError(f"training loss became {loss.item()} in epoch {epoch + 1}: "
+                                             f"lower rf_lrPerMb (now {lr:g})")
+                n_seen += len(idx)
+                loss_sum += loss.item() * len(idx)
+                wrong += int((logits.argmax(1) != y).sum())
+                bar.set_postfix(loss=f"{loss_sum / n_seen:.3f}")
+            seconds = time.perf_counter() - start
+            test_err = self.error_rate(model, test_cache, test_y) if test_cache is not None else None
+            history.epoch.append(epoch + 1)
+            history.train_loss.append(loss_sum / n_seen)
+            history.train_error.append(wrong / n_seen)
+            history.test_error.append(test_err)
+            history.lr.append(lr)
+            history.seconds.append(round(seconds, 2))
+            history.images_per_second.append(round(n_seen / seconds, 2))
+            if self.progress:
+                print(f"epoch {epoch + 1:>3}/{c.max_epochs}  lr {lr:<8g} train loss {loss_sum / n_seen:.4f}  "
+                      f"train error {100 * wrong / n_seen:6.2f}%  {_pct('test error', test_err)}  "
+                      f"({seconds:.0f} s, {n_seen / seconds:.1f} img/s)", flush=True)
+            if ckpt is not None:
+                self._save_checkpoint(ckpt, model, opt, gen, history)
+            if on_epoch is not None:
+                on_epoch(history)
+        self.model_ = model.eval()
+        self.history_ = history
+        return self
+
+    def _fit_head(self, model: ImageClassifier, cache: torch.Tensor, labels: torch.Tensor,
+                  l2: float = 1e-3) -> None:
+        """Fit the new last layer on the pretrained features of the un-augmented training images
+        (L2-regularised logistic regression) before refining: a random last layer would send large,
+        meaningless gradients into the pretrained layers during the first epoch."""
+        plain = Augmenter(self.config.resolution, 1.0, 0.0, False, 0.0)
+        model.eval()
+        feats = []
+        with torch.no_grad():
+            for i in range(0, len(cache), 64):
+                x = plain(cache[i:i + 64], torch.Generator()).to(self.device)
+                x = self._normalize(x)
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.mixed_precision):
+                    feats.append(model.backbone(x).float())
+        f, y = torch.cat(feats), labels.to(self.device)
+        head = model.head
+        opt = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=200, history_size=20,
+                                line_search_fn="strong_wolfe")
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(head(f), y) + l2 * head.weight.pow(2).sum()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        err = float((head(f).argmax(1) != y).float().mean())
+        if self.progress:
+            print(f"new last layer fitted on the pretrained features: training error {100 * err:.2f}%", flush=True)
+        self._train_mode(model)
+
+    @torch.no_grad()
+    def error_rate(self, model: torch.nn.Module, cache: torch.Tensor, labels: torch.Tensor, batch_size: int = 64) -> float:
+        """Fraction misclassified of images already decoded at the input resolution (eval mode)."""
+        model.eval()
+        wrong = 0
+        for i in range(0, len(cache), batch_size):
+            x = self._normalize(cache[i:i + batch_size].to(self.device).float())
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.mixed_precision):
+                pred = model(x).argmax(1).cpu()
+            wrong += int((pred != labels[i:i + batch_size]).sum())
+        self._train_mode(model)
+        return wrong / max(1, len(cache))
+
+
+def _pct(name: str, value: float | None) -> str:
+    return f"{name} {100 * value:6.2f}%" if value is not None else ""
+
+
+def plot_history(history: History, path: str | Path, title: str = "") -> Path:
+    """The tutorial's figure: training and test error per epoch (and the training loss)."""
+    from imgclass.evaluate import _save_figure, plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.plot(history.epoch, [100 * e for e in history.train_error], "o-", label="training error")
+    if any(e is not None for e in history.test_error):
+        ax1.plot(history.epoch, [float("nan") if e is None else 100 * e for e in history.test_error], "s-",
+                 label="test error (reported only)")
+    ax1.set(xlabel="epoch", ylabel="error (%)", title=title or "error per epoch")
+    ax1.legend()
+    ax1.grid(alpha=0.3)
+    ax2.plot(history.epoch, history.train_loss, "o-", color="C2")
+    ax2.set(xlabel="epoch", ylabel="training loss (cross-entropy)", title="training loss")
+    ax2.grid(alpha=0.3)
+    return _save_figure(fig, path)

@@ -1,0 +1,185 @@
+"""DNN refinement on tiny generated images at low resolution: real decoding, the real pretrained
+EfficientNet-Lite0, real training steps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from imgclass.augment import Augmenter
+from imgclass.modelfile import ImageClassifier
+from imgclass.refine import (
+    RefineConfig,
+    Refiner,
+    RefineOutOfMemoryError,
+    balanced_indices,
+    decode_images,
+)
+
+RES = 64
+CLASSES = ("blue", "green", "red")
+
+
+def _data(color_dataset: Path) -> tuple[list[Path], list[int]]:
+    paths, labels = [], []
+    for i, c in enumerate(CLASSES):
+        for p in sorted((color_dataset / c).iterdir()):
+            paths.append(p)
+            labels.append(i)
+    return paths, labels
+
+
+def _config(**kw: object) -> RefineConfig:
+    base = dict(resolution=RES, mb_size=6, max_epochs=2, lr_per_mb=(0.001,), workers=0, seed=3)
+    base.update(kw)
+    return RefineConfig(**base)  # type: ignore[arg-type]
+
+
+def _fit(color_dataset: Path, checkpoint: Path | None = None, resume: bool = False, **kw: object) -> Refiner:
+    paths, labels = _data(color_dataset)
+    return Refiner(_config(**kw), CLASSES, device="cpu", progress=False).fit(
+        paths, labels, paths[::3], labels[::3], checkpoint=checkpoint, resume=resume)
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+# -- augmentation ---------------------------------------------------------------------------------
+
+def _solid_batch(colors: list[tuple[int, int, int]], size: int) -> torch.Tensor:
+    return torch.tensor(colors, dtype=torch.uint8).view(-1, 3, 1, 1).expand(-1, 3, size, size).contiguous()
+
+
+def test_augmentation_keeps_sizes_and_each_image_with_its_label() -> None:
+    colors = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (120, 120, 20)]
+    batch = _solid_batch(colors, 74)
+    gen = torch.Generator().manual_seed(0)
+    out = Augmenter(RES, crop_scale_min=0.5, rotation_deg=15, flip=True, color_jitter=0.0)(batch, gen)
+    assert out.shape == (4, 3, RES, RES) and out.dtype == torch.float32
+    # Geometry only moves pixels: image i is still image i (its label still fits), colour unchanged.
+    assert torch.allclose(out.mean(dim=(2, 3)), torch.tensor(colors, dtype=torch.float32), atol=0.5)
+    jittered = Augmenter(RES, color_jitter=0.3)(batch, gen)
+    assert jittered.shape == (4, 3, RES, RES) and 0 <= jittered.min() and jittered.max() <= 255
+    # Colour jitter is mild: the dominant channel of every image stays dominant.
+    assert (jittered.mean(dim=(2, 3))[:3].argmax(1) == torch.tensor([0, 1, 2])).all()
+
+
+def test_augmentation_can_be_switched_off_and_is_seeded() -> None:
+    rng = np.random.default_rng(0)
+    batch = torch.from_numpy(rng.integers(0, 256, (3, 3, RES, RES), dtype=np.uint8))
+    off = Augmenter(RES, crop_scale_min=1.0, rotation_deg=0, flip=False, color_jitter=0.0)
+    assert off.is_identity and torch.equal(off(batch, torch.Generator()), batch.float())
+    # Flip alone: every output is the image or its mirror, exactly.
+    flipped = Augmenter(RES, crop_scale_min=1.0, rotation_deg=0, flip=True, color_jitter=0.0)(batch, torch.Generator().manual_seed(1))
+    for img, out in zip(batch.float(), flipped):
+        assert torch.allclose(out, img, atol=1e-3) or torch.allclose(out, img.flip(2), atol=1e-3)
+    aug = Augmenter(RES - 8)
+    a = aug(batch, torch.Generator().manual_seed(5))
+    b = aug(batch, torch.Generator().manual_seed(5))
+    assert a.shape == (3, 3, RES - 8, RES - 8) and torch.equal(a, b)
+    with pytest.raises(ValueError, match="crop_scale_min"):
+        Augmenter(RES, crop_scale_min=0.0)
+
+
+# -- class balancing ------------------------------------------------------------------------------
+
+def test_balancing_duplicates_images_of_the_smaller_classes_only() -> None:
+    labels = np.array([0] * 7 + [1] * 3 + [2] * 1 + [0])
+    idx = balanced_indices(labels, 3, np.random.default_rng(0))
+    assert np.bincount(labels[idx], minlength=3).tolist() == [8, 8, 8]
+    assert set(range(len(labels))) <= set(idx.tolist())  # every image is used at least once
+    counts = np.bincount(idx, minlength=len(labels))
+    assert (counts[labels == 0] == 1).all()  # the largest class is not duplicated
+    assert sorted(counts[labels == 1].tolist()) == [2, 3, 3]  # duplicates spread evenly
+    assert counts[10] == 8
+
+
+def test_balanced_refinement_trains_on_equal_class_counts(color_dataset: Path) -> None:
+    paths, labels = _data(color_dataset)
+    keep = [i for i, y in enumerate(labels) if y != 2 or i % 6 < 2]  # "red": 2 images instead of 6
+    refiner = Refiner(_config(balance_training_set=True, max_epochs=1), CLASSES, device="cpu", progress=False)
+    chosen = refiner._select_train(np.array([labels[i] for i in keep]))
+    assert np.bincount(np.array([labels[keep[i]] for i in chosen]), minlength=3).tolist() == [6, 6, 6]
+
+
+# -- training -------------------------------------------------------------------------------------
+
+def test_refinement_lowers_training_loss_and_writes_history(color_dataset: Path) -> None:
+    r = _fit(color_dataset, max_epochs=3, init_last_layer=False)  # a random last layer: much to learn
+    h = r.history_
+    assert h.epoch == [1, 2, 3] and len(h.train_loss) == len(h.train_error) == len(h.test_error) == 3
+    assert h.train_loss[-1] < h.train_loss[0]
+    assert all(0.0 <= e <= 1.0 for e in h.train_error + h.test_error)
+    assert isinstance(r.model_, ImageClassifier) and r.model_.head.out_features == 3
+    assert not r.model_.training
+
+
+def test_last_layer_fitted_on_pretrained_features_before_refining(color_dataset: Path) -> None:
+    # With a learning rate too small to matter, the first epoch's error shows where training starts
+    # (BatchNorm statistics kept, so training-mode features are the ones the layer was fitted on).
+    tiny = dict(max_epochs=1, lr_per_mb=(1e-7,), dropout=0.0, aug_color_jitter=0.0, freeze_batchnorm=True)
+    assert _fit(color_dataset, init_last_layer=True, **tiny).history_.train_error[0] <= 0.1
+    assert _fit(color_dataset, init_last_layer=False, **tiny).history_.train_error[0] >= 0.3
+
+
+def test_same_seed_same_result_and_resume_continues_exactly(color_dataset: Path, tmp_path: Path) -> None:
+    straight = _fit(color_dataset)
+    again = _fit(color_dataset)
+    assert _same_weights(straight.model_, again.model_) and straight.history_.train_loss == again.history_.train_loss
+    # Interrupted after one epoch, resumed for the second: the same network as the straight run.
+    ckpt = tmp_path / "refine_checkpoint.pt"
+    first = _fit(color_dataset, checkpoint=ckpt, max_epochs=1)
+    assert ckpt.is_file() and first.history_.epoch == [1]
+    resumed = _fit(color_dataset, checkpoint=ckpt, resume=True)
+    assert resumed.history_.epoch == [1, 2]
+    assert resumed.history_.train_loss == straight.history_.train_loss
+    assert _same_weights(resumed.model_, straight.model_)
+    # A checkpoint written with other settings is not silently continued.
+    with pytest.raises(ValueError, match="lr_per_mb"):
+        _fit(color_dataset, checkpoint=ckpt, resume=True, lr_per_mb=(0.05,))
+    other_seed = _fit(color_dataset, max_epochs=1, seed=4)
+    assert not _same_weights(other_seed.model_, first.model_)
+
+
+def test_frozen_refinement_changes_only_the_last_layer(color_dataset: Path) -> None:
+    r = _fit(color_dataset, freeze_weights=True, max_epochs=1)
+    initial, _ = Refiner(_config(freeze_weights=True), CLASSES, device="cpu", progress=False)._build()
+    assert _same_weights(r.model_.backbone, initial.backbone)  # BatchNorm statistics included
+    assert not torch.equal(r.model_.head.weight, initial.head.weight)
+    assert not torch.equal(r.model_.head.bias, initial.head.bias)
+
+
+def test_batchnorm_statistics_are_kept_unless_asked_to_reestimate(color_dataset: Path) -> None:
+    initial, _ = Refiner(_config(), CLASSES, device="cpu", progress=False)._build()
+
+    def stats(m: torch.nn.Module) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in m.state_dict().items() if "running_" in k}
+
+    def convs(m: torch.nn.Module) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in m.state_dict().items() if k.endswith("conv_stem.weight")}
+
+    kept = _fit(color_dataset, max_epochs=1, freeze_batchnorm=True).model_
+    assert all(torch.equal(v, stats(initial)[k]) for k, v in stats(kept).items())
+    assert not all(torch.equal(v, convs(initial)[k]) for k, v in convs(kept).items())  # weights did train
+    moved = _fit(color_dataset, max_epochs=1, freeze_batchnorm=False).model_
+    assert not all(torch.equal(v, stats(initial)[k]) for k, v in stats(moved).items())
+
+
+# -- errors ---------------------------------------------------------------------------------------
+
+def test_out_of_memory_is_a_clear_message(color_dataset: Path) -> None:
+    paths, _ = _data(color_dataset)
+    with pytest.raises(RefineOutOfMemoryError, match="rf_mbSize.*rf_inputResolution"):
+        decode_images(paths, 400_000, "squash", workers=0, progress=False)  # terabytes: cannot be allocated
+
+
+def test_bad_settings_fail_early() -> None:
+    with pytest.raises(ValueError, match="mb_size"):
+        RefineConfig(mb_size=0)
+    with pytest.raises(ValueError, match="at least two classes"):
+        Refiner(RefineConfig(), ["only"], device="cpu")
