@@ -146,9 +146,11 @@ def decode_image(data: bytes, name: str, size: int, resize_mode: str, max_pixels
     try:
         with Image.open(io.BytesIO(data)) as probe:  # reads the header only
             w, h = probe.size
+    except Image.DecompressionBombError as e:  # PIL's own cap, when it is below max_pixels
+        raise RequestError(413, f"{name}: more than the limit of pixels ({e})") from None
     except UnidentifiedImageError:
         raise RequestError(415, f"{name}: not an image (unrecognised file format, {len(data)} bytes)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except (OSError, SyntaxError, ValueError) as e:
         raise RequestError(415, f"{name}: not an image ({e})") from None
     if w * h > max_pixels:
         raise RequestError(413, f"{name}: {w}x{h} = {w * h} pixels, more than the limit of {max_pixels}")
@@ -221,8 +223,11 @@ async def read_images(request: Request, max_images: int) -> list[tuple[str, byte
     return [(f"image {i + 1}", _b64(t, f"image {i + 1}")) for i, t in enumerate(items)]
 
 
-class _BodyTooLarge(Exception):
-    pass
+class _BodyTooLarge(RequestError):
+    """Raised from inside receive(): the app's RequestError handler turns it into the 413 reply."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(413, f"request body larger than the limit of {max_bytes} bytes")
 
 
 class BodyLimit:
@@ -244,7 +249,7 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         limit = self.max_bytes
-        detail = f"request body larger than the limit of {limit} bytes"
+        detail = _BodyTooLarge(limit).message
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
             await self._refuse(send, detail)
@@ -258,7 +263,7 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise _BodyTooLarge
+                    raise _BodyTooLarge(limit)
             return message
 
         async def tracked_send(message: dict) -> None:
