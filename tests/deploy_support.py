@@ -64,8 +64,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(bundle: Path, *sets: str, workers: int = 1, timeout: float = 60) -> Iterator[str]:
-    """scripts/6_deploy.py --bundle serving on a free port of 127.0.0.1; yields its base URL."""
+def running_server(bundle: Path, *sets: str, workers: int = 1, timeout: float = 60, pids: list[int] | None = None) -> Iterator[str]:
+    """scripts/6_deploy.py --bundle serving on a free port of 127.0.0.1; yields its base URL (and
+    appends the server's process id to `pids` when given)."""
     port = free_port()
     args = [sys.executable, str(SCRIPTS / "6_deploy.py"), "--bundle", str(bundle), "--port", str(port),
             "--workers", str(workers), "--set", "dep_threads=1"]
@@ -74,6 +75,8 @@ def running_server(bundle: Path, *sets: str, workers: int = 1, timeout: float = 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
+    if pids is not None:
+        pids.append(proc.pid)
     try:
         deadline = time.monotonic() + timeout
         while True:

@@ -25,9 +25,12 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return color_bundle(tmp_path_factory.mktemp("colorbundle"))
 
 
+SERVER_PIDS: list[int] = []
+
+
 @pytest.fixture(scope="module")
 def url(bundle: Path):
-    with running_server(bundle, *LIMITS) as base:
+    with running_server(bundle, *LIMITS, pids=SERVER_PIDS) as base:
         yield base
 
 
@@ -161,3 +164,13 @@ def test_client_script_when_the_service_is_down(tmp_path: Path) -> None:
     assert proc.returncode == 1 and "cannot reach the service" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_script("6_callWebservice.py", str(tmp_path / "missing"), data_dir=tmp_path, check=False)
     assert proc.returncode == 1 and "no such file or folder" in proc.stderr
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="needs Linux /proc")
+def test_the_service_process_never_loads_torch(url: str) -> None:
+    # 6_deploy.py replaces itself with `python -m imgclass.serve` (same process id); after serving
+    # requests, no torch library may be mapped into it: it runs on ONNX Runtime alone.
+    assert httpx.post(url + "/score", files={"images": ("r.jpg", jpeg_bytes(COLORS["red"]))}).status_code == 200
+    maps = Path(f"/proc/{SERVER_PIDS[0]}/maps").read_text()
+    assert "onnxruntime" in maps
+    assert "libtorch" not in maps and "/torch/" not in maps
