@@ -53,7 +53,8 @@ def test_upload_a_photo_and_read_the_label(browser, tmp_path_factory: pytest.Tem
             photo = tmp_path / f"my {name} photo.jpg"
             photo.write_bytes(jpeg_bytes(COLORS[name], size=(120, 90), seed=3))
             browser.find_element(By.ID, "file").send_keys(str(photo))
-            wait.until(lambda d: photo.name in d.find_element(By.ID, "status").text)
+            # "Scoring <name>..." while waiting; "<name>: <label> (model ...)" once the reply is shown.
+            wait.until(lambda d: f"{photo.name}: " in d.find_element(By.ID, "status").text)
             assert browser.find_element(By.ID, "label").text == name
             bars = browser.find_elements(By.CSS_SELECTOR, "#bars .bar")
             assert [b.get_attribute("data-class") for b in bars][0] == name and len(bars) == 3
