@@ -127,16 +127,27 @@ class Scorer:
                 batch.append(item)
             try:
                 scores = self.run(np.stack([img for img, _ in batch]))
-                for (_, fut), row in zip(batch, scores):
-                    fut.set_result(row)
             except Exception as e:  # noqa: BLE001 - every waiting request must hear about it
                 for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(e)
+                    _settle(fut, exception=e)
+                continue
+            for (_, fut), row in zip(batch, scores):
+                _settle(fut, result=row)
 
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join(timeout=5)
+
+
+def _settle(fut: concurrent.futures.Future, result: Any = None, exception: BaseException | None = None) -> None:
+    """Hand a result over, unless its request has gone (client hung up: the future is cancelled)."""
+    try:
+        if exception is not None:
+            fut.set_exception(exception)
+        else:
+            fut.set_result(result)
+    except concurrent.futures.InvalidStateError:
+        pass
 
 
 def decode_image(data: bytes, name: str, size: int, resize_mode: str, max_pixels: int) -> np.ndarray:
