@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install demo test clean-venv
+.PHONY: install demo test browser clean-venv
 
 install: $(STAMP)
 
@@ -25,8 +25,17 @@ demo: install
 	$(PY) scripts/4_trainSVM.py $(ARGS)
 	$(PY) scripts/5_evaluate.py $(ARGS)
 
-test: install
+test: install browser
 	IMGCLASS_OFFLINE=1 $(PY) -m pytest -q
+
+# The web page test drives a real headless Chromium: Debian's chromium + chromium-driver.
+browser:
+	@if command -v chromium >/dev/null && test -x /usr/bin/chromedriver; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get install -y --no-install-recommends chromium chromium-driver >/dev/null || \
+		{ apt-get update >/dev/null && apt-get install -y --no-install-recommends chromium chromium-driver >/dev/null; }; \
+	else echo "browser: chromium not found; the web page test will be skipped. Install it with:"; \
+		echo "  sudo apt-get install -y chromium chromium-driver"; fi
 
 clean-venv:
 	rm -rf $(VENV)

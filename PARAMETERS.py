@@ -94,6 +94,15 @@ run_boCache = True  # reuse features of unchanged images (same model file, resol
 # ----------------------------------------------------------------------------------------------
 # Deployment (stage 6)
 # ----------------------------------------------------------------------------------------------
+dep_host = "127.0.0.1"  # address the web service listens on ("0.0.0.0" = every network interface, e.g. in Docker)
+dep_port = 8000  # TCP port of the web service
+dep_workers = 1  # server processes, each with its own copy of the model (more = more parallel requests, more memory)
+dep_threads = 0  # ONNX Runtime threads per worker for one batch (0 = one per CPU core)
+dep_maxBatch = 16  # most images the service scores in one ONNX Runtime call when requests arrive together
+dep_maxUploadBytes = 20_000_000  # largest request body accepted, all images together (bigger: HTTP 413)
+dep_maxPixels = 40_000_000  # largest image accepted, in width x height pixels; stops decompression bombs (bigger: HTTP 413)
+dep_maxImagesPerRequest = 16  # most images in one request (more: HTTP 413)
+dep_timeoutSec = 30.0  # 6_callWebservice.py: seconds to wait for the service's reply
 
 # ----------------------------------------------------------------------------------------------
 # Building a data set (scraping, near duplicates, active learning; Part 3)

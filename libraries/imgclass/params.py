@@ -160,6 +160,15 @@ SCHEMA: dict[str, Spec] = {
     # --- run tracking ---
 
     # --- deployment ---
+    "dep_host": Spec(_STR, check=lambda v: None if v.strip() else "must be a host name or address"),
+    "dep_port": Spec(_INT, check=lambda v: None if 1 <= v <= 65535 else "must be between 1 and 65535"),
+    "dep_workers": Spec(_INT, check=_positive),
+    "dep_threads": Spec(_INT, check=_non_negative),
+    "dep_maxBatch": Spec(_INT, check=_positive),
+    "dep_maxUploadBytes": Spec(_INT, check=_positive),
+    "dep_maxPixels": Spec(_INT, check=_positive),
+    "dep_maxImagesPerRequest": Spec(_INT, check=_positive),
+    "dep_timeoutSec": Spec(_FLOAT, check=_positive),
 
     # --- building a data set (Part 3) ---
 
@@ -245,6 +254,11 @@ class Params(Mapping[str, Any]):
     @property
     def svm_path(self) -> Path:
         return self.proc_dir / f"svm_{self.model_kind}.npz"
+
+    @property
+    def bundle_dir(self) -> Path:
+        """Stage 6's model bundle (model.onnx + bundle.json) for this data set and classifier."""
+        return self.data_dir / "deploy" / self._values["datasetName"] / self._values["classifier"]
 
 
 def _unknown_message(name: str) -> str:

@@ -1,0 +1,408 @@
+"""The REST web service: score uploaded photos with a model bundle (FastAPI + ONNX Runtime).
+
+Endpoints
+- POST /score: multipart upload (field "images", repeatable, or "image"), or a JSON body
+  {"images": [base64, ...]} / {"image": base64} (the tutorial's style). Reply:
+  {"model_version", "classes", "score_kind", "results": [{"name", "label", "scores": {class: score}}]}.
+- GET /health, GET /info (classes, model version, metrics, preprocessing, limits), GET / (the web
+  page), GET /docs (OpenAPI).
+
+Each image is decoded with imgclass.images.load_square, exactly as stage 3 decodes training images,
+so the service sees the same pixels. Requests run concurrently: decoding in a thread pool, and the
+network in one thread that takes every image waiting (up to `max_batch`) in one ONNX Runtime call,
+which scores a batch faster than the same images one by one. Several worker processes (`workers`)
+each load their own copy.
+
+Limits answer with a 4xx JSON error {"detail": "..."} and never stop the server: request bytes
+(413), pixels per image, which stops decompression bombs before decoding (413), images per request
+(413), empty request (400), malformed JSON or base64 (400), not an image (415).
+
+This module imports neither torch nor pickle: a worker starts in about a second and holds only the
+ONNX model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import binascii
+import concurrent.futures
+import contextlib
+import io
+import json
+import os
+import queue
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from PIL import Image, UnidentifiedImageError
+from starlette.concurrency import run_in_threadpool
+
+from imgclass.export import Bundle, load_bundle
+from imgclass.images import ImageDecodeError, load_square
+
+ENV_CONFIG = "IMGCLASS_SERVE_CONFIG"  # how `workers > 1` hands the settings to each worker process
+STATIC_DIR = Path(str(resources.files("imgclass") / "static"))
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """What the service serves and its limits (PARAMETERS.py's dep_* values by default)."""
+
+    bundle: str
+    max_upload_bytes: int = 20_000_000
+    max_pixels: int = 40_000_000
+    max_images: int = 16
+    max_batch: int = 16
+    threads: int = 0  # ONNX Runtime intra-op threads (0 = one per core)
+
+    def __post_init__(self) -> None:
+        for name in ("max_upload_bytes", "max_pixels", "max_images", "max_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} = {getattr(self, name)}: must be >= 1")
+        if self.threads < 0:
+            raise ValueError(f"threads = {self.threads}: must be >= 0")
+
+
+class RequestError(Exception):
+    """A request the service refuses: HTTP status and a message for the caller."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class Scorer:
+    """The bundle's ONNX model behind a batching queue: score(images) from any thread."""
+
+    def __init__(self, bundle: Bundle, threads: int = 0, max_batch: int = 16) -> None:
+        import onnxruntime as ort
+
+        self.bundle = bundle
+        self.max_batch = max_batch
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Idle ONNX Runtime threads would otherwise spin for a while after each batch, taking the
+        # cores that decoding and HTTP handling need between batches.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(str(bundle.model_path), opts, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+        self._queue: queue.Queue[tuple[np.ndarray, concurrent.futures.Future] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, name="onnx-batcher", daemon=True)
+        self._thread.start()
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        """(N, R, R, 3) uint8 -> (N, K) scores, directly (no queue)."""
+        return self.session.run(None, {self.input_name: self.bundle.normalize(images)})[0]
+
+    def submit(self, image: np.ndarray) -> concurrent.futures.Future:
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        self._queue.put((image, fut))
+        return fut
+
+    def _loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            # Take whatever else is already waiting: no timer, so a lone request is not delayed.
+            while len(batch) < self.max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._queue.put(None)
+                    break
+                batch.append(item)
+            try:
+                scores = self.run(np.stack([img for img, _ in batch]))
+            except Exception as e:  # noqa: BLE001 - every waiting request must hear about it
+                for _, fut in batch:
+                    _settle(fut, exception=e)
+                continue
+            for (_, fut), row in zip(batch, scores):
+                _settle(fut, result=row)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=5)
+
+
+def _settle(fut: concurrent.futures.Future, result: Any = None, exception: BaseException | None = None) -> None:
+    """Hand a result over, unless its request has gone (client hung up: the future is cancelled)."""
+    try:
+        if exception is not None:
+            fut.set_exception(exception)
+        else:
+            fut.set_result(result)
+    except concurrent.futures.InvalidStateError:
+        pass
+
+
+def decode_image(data: bytes, name: str, size: int, resize_mode: str, max_pixels: int) -> np.ndarray:
+    """Bytes -> (size, size, 3) uint8 as stage 3 decodes them; RequestError for anything unusable."""
+    if not data:
+        raise RequestError(400, f"{name}: empty file")
+    try:
+        with Image.open(io.BytesIO(data)) as probe:  # reads the header only
+            w, h = probe.size
+    except Image.DecompressionBombError as e:  # PIL's own cap, when it is below max_pixels
+        raise RequestError(413, f"{name}: more than the limit of pixels ({e})") from None
+    except UnidentifiedImageError:
+        raise RequestError(415, f"{name}: not an image (unrecognised file format, {len(data)} bytes)") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise RequestError(415, f"{name}: not an image ({e})") from None
+    if w * h > max_pixels:
+        raise RequestError(413, f"{name}: {w}x{h} = {w * h} pixels, more than the limit of {max_pixels}")
+    try:
+        return load_square(data, size, resize_mode)
+    except ImageDecodeError as e:
+        raise RequestError(415, f"{name}: not an image ({e.__cause__ or e})") from None
+
+
+def _b64(text: Any, name: str) -> bytes:
+    if not isinstance(text, str):
+        raise RequestError(400, f"{name}: expected a base64 string, got {type(text).__name__}")
+    if text.startswith("data:"):  # a browser's data URL: "data:image/jpeg;base64,...."
+        text = text.partition(",")[2]
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise RequestError(400, f"{name}: not valid base64 ({e})") from None
+
+
+USAGE = ('send images as multipart/form-data (field "images", repeatable, or "image") '
+         'or as JSON {"images": [base64, ...]}')
+
+
+async def read_images(request: Request, max_images: int) -> list[tuple[str, bytes]]:
+    """The (name, bytes) of every image in a request, in order."""
+    ctype = request.headers.get("content-type", "").lower()
+    if ctype.startswith("multipart/form-data"):
+        try:
+            form = await request.form(max_files=max_images + 1, max_fields=max_images + 8)
+        except Exception as e:  # noqa: BLE001 - starlette raises several kinds for a broken body
+            detail = str(getattr(e, "detail", e))
+            if "too many files" in detail.lower():
+                raise RequestError(413, f"more than {max_images} images in one request, the limit") from None
+            raise RequestError(400, f"malformed multipart body ({detail})") from None
+        files = [v for k, v in form.multi_items() if k in ("images", "image")]
+        if any(isinstance(v, str) for v in files):
+            raise RequestError(400, 'multipart fields "images"/"image" must be files, not text')
+        if len(files) > max_images:
+            raise RequestError(413, f"{len(files)} images in one request, more than the limit of {max_images}")
+        if not files:
+            others = sorted({k for k, _ in form.multi_items()})
+            raise RequestError(400, f"no image in the request (fields: {others or 'none'}); {USAGE}")
+        out = []
+        for i, f in enumerate(files):
+            out.append((f.filename or f"image {i + 1}", await f.read()))
+            await f.close()
+        return out
+    body = await request.body()
+    if not body:
+        raise RequestError(400, f"empty request; {USAGE}")
+    if ctype and not ctype.startswith("application/json"):
+        raise RequestError(415, f"content type {ctype!r} not accepted; {USAGE}")
+    try:
+        doc = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RequestError(400, f"malformed JSON ({e}); {USAGE}") from None
+    if isinstance(doc, dict) and "images" in doc:
+        items = doc["images"]
+        if not isinstance(items, list):
+            raise RequestError(400, '"images" must be a list of base64 strings')
+    elif isinstance(doc, dict) and "image" in doc:
+        items = [doc["image"]]
+    else:
+        raise RequestError(400, f'JSON body without "images" or "image"; {USAGE}')
+    if not items:
+        raise RequestError(400, '"images" is an empty list')
+    if len(items) > max_images:
+        raise RequestError(413, f"{len(items)} images in one request, more than the limit of {max_images}")
+    return [(f"image {i + 1}", _b64(t, f"image {i + 1}")) for i, t in enumerate(items)]
+
+
+class _BodyTooLarge(RequestError):
+    """Raised from inside receive(): the app's RequestError handler turns it into the 413 reply."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(413, f"request body larger than the limit of {max_bytes} bytes")
+
+
+class BodyLimit:
+    """ASGI middleware: refuse a request body over `max_bytes` before it is read into memory."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def _refuse(self, send: Callable[..., Awaitable[None]], detail: str) -> None:
+        body = json.dumps({"detail": detail}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope: dict, receive: Callable[..., Awaitable[dict]], send: Callable[..., Awaitable[None]]) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.max_bytes
+        detail = _BodyTooLarge(limit).message
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            await self._refuse(send, detail)
+            return
+        seen = 0
+        started = False
+
+        async def counted_receive() -> dict:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise _BodyTooLarge(limit)
+            return message
+
+        async def tracked_send(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, tracked_send)
+        except _BodyTooLarge:
+            if not started:
+                await self._refuse(send, detail)
+
+
+def create_app(config: ServeConfig) -> Any:
+    """The FastAPI app for one bundle."""
+    bundle = load_bundle(config.bundle)
+    scorer = Scorer(bundle, threads=config.threads, max_batch=config.max_batch)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Any) -> AsyncIterator[None]:
+        yield
+        scorer.close()
+
+    app = FastAPI(
+        lifespan=lifespan,
+        title="imgclass image classifier",
+        version=bundle.version,
+        description=f"Scores photos as one of {', '.join(bundle.classes)}. POST images to /score.",
+    )
+    app.state.scorer = scorer
+    limits = {"max_upload_bytes": config.max_upload_bytes, "max_pixels": config.max_pixels,
+              "max_images_per_request": config.max_images}
+
+    @app.exception_handler(RequestError)
+    async def _refused(_: Request, e: RequestError) -> JSONResponse:
+        return JSONResponse({"detail": e.message}, status_code=e.status)
+
+    @app.exception_handler(Exception)
+    async def _bug(_: Request, e: Exception) -> JSONResponse:
+        return JSONResponse({"detail": f"internal error: {type(e).__name__}: {e}"}, status_code=500)
+
+    def decode_all(items: Sequence[tuple[str, bytes]]) -> list[np.ndarray]:
+        return [decode_image(data, name, bundle.resolution, bundle.resize_mode, config.max_pixels) for name, data in items]
+
+    @app.post("/score", summary="Score one or more images",
+              description=f"{USAGE}. Reply: label and score per class for each image, and the model version.",
+              openapi_extra={"requestBody": {"content": {
+                  "multipart/form-data": {"schema": {"type": "object", "properties": {
+                      "images": {"type": "array", "items": {"type": "string", "format": "binary"}}}}},
+                  "application/json": {"schema": {"type": "object", "properties": {
+                      "images": {"type": "array", "items": {"type": "string", "format": "byte"}}}}}}}})
+    async def score(request: Request) -> dict[str, Any]:
+        items = await read_images(request, config.max_images)
+        arrays = await run_in_threadpool(decode_all, items)
+        rows = await asyncio.gather(*(asyncio.wrap_future(scorer.submit(a)) for a in arrays))
+        results = []
+        for (name, _), row in zip(items, rows):
+            results.append({
+                "name": name,
+                "label": bundle.classes[int(np.argmax(row))],
+                "scores": {c: float(s) for c, s in zip(bundle.classes, row)},
+            })
+        return {"model_version": bundle.version, "classes": list(bundle.classes),
+                "score_kind": bundle.score_kind, "results": results}
+
+    @app.get("/health", summary="Liveness and the model version")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "model_version": bundle.version}
+
+    @app.get("/info", summary="Classes, model version, training metrics, preprocessing and limits")
+    async def info() -> dict[str, Any]:
+        return {"model_version": bundle.version, "classes": list(bundle.classes), "classifier": bundle.classifier,
+                "score_kind": bundle.score_kind, "backbone": bundle.info.get("backbone"),
+                "preprocessing": bundle.info["preprocessing"], "metrics": bundle.metrics, "limits": limits,
+                "created": bundle.info.get("created")}
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    # Outermost, so an oversized body is refused before any of it is parsed.
+    return BodyLimit(app, config.max_upload_bytes)
+
+
+def app_from_env() -> Any:
+    """uvicorn factory for worker processes: the settings come from $IMGCLASS_SERVE_CONFIG."""
+    return create_app(ServeConfig(**json.loads(os.environ[ENV_CONFIG])))
+
+
+def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
+    """Run the service until interrupted."""
+    import uvicorn
+
+    load_bundle(config.bundle)  # fail here, once, with a clear message, not in every worker
+    os.environ[ENV_CONFIG] = json.dumps(asdict(config))
+    uvicorn.run("imgclass.serve:app_from_env", factory=True, host=host, port=port, workers=workers,
+                log_level="warning", access_log=False, timeout_graceful_shutdown=5)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m imgclass.serve", description="Serve a model bundle over HTTP.")
+    parser.add_argument("bundle", help="bundle folder written by scripts/6_deploy.py")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--max-upload-bytes", type=int, default=ServeConfig.max_upload_bytes)
+    parser.add_argument("--max-pixels", type=int, default=ServeConfig.max_pixels)
+    parser.add_argument("--max-images", type=int, default=ServeConfig.max_images)
+    parser.add_argument("--max-batch", type=int, default=ServeConfig.max_batch)
+    parser.add_argument("--threads", type=int, default=ServeConfig.threads)
+    a = parser.parse_args(argv)
+    try:
+        config = ServeConfig(a.bundle, a.max_upload_bytes, a.max_pixels, a.max_images, a.max_batch, a.threads)
+        if a.workers < 1:
+            raise ValueError(f"--workers {a.workers}: must be >= 1")
+        print(f"serving {config.bundle} on http://{a.host}:{a.port}/ ({a.workers} worker(s)); "
+              f"API docs at http://{a.host}:{a.port}/docs", flush=True)
+        serve(config, a.host, a.port, a.workers)
+    except ValueError as e:
+        print(f"error: {e}", flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

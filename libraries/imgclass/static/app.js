@@ -1,0 +1,77 @@
+// The page posts the chosen photo to /score (same origin, multipart) and shows the reply as bars.
+"use strict";
+const $ = (id) => document.getElementById(id);
+let scoreKind = "svm_decision";
+
+function setStatus(text, isError) {
+  $("status").textContent = text;
+  $("status").className = isError ? "error" : "";
+}
+
+function showScores(result) {
+  $("label").textContent = result.label;
+  const entries = Object.entries(result.scores).sort((a, b) => b[1] - a[1]);
+  const values = entries.map((e) => e[1]);
+  // Probabilities fill the bar by value; SVM decision values are unbounded, so bars span min..max.
+  const lo = scoreKind === "probability" ? 0 : Math.min(...values);
+  const hi = scoreKind === "probability" ? 1 : Math.max(...values);
+  const bars = $("bars");
+  bars.textContent = "";
+  entries.forEach(([name, value], i) => {
+    const row = document.createElement("div");
+    row.className = "bar" + (i === 0 ? " top" : "");
+    row.dataset.class = name;
+    const label = document.createElement("span");
+    label.textContent = name;
+    const track = document.createElement("span");
+    track.className = "track";
+    const fill = document.createElement("span");
+    fill.className = "fill";
+    fill.style.display = "block";
+    fill.style.width = (hi > lo ? Math.max(2, (100 * (value - lo)) / (hi - lo)) : 100) + "%";
+    track.appendChild(fill);
+    const num = document.createElement("span");
+    num.className = "value";
+    num.textContent = value.toFixed(3);
+    row.append(label, track, num);
+    bars.appendChild(row);
+  });
+  $("kind").textContent = scoreKind === "probability" ? "Scores are probabilities." : "Scores are SVM decision values (higher is more likely).";
+}
+
+async function classify(file) {
+  if (!file) return;
+  $("result").hidden = true;
+  $("preview").src = URL.createObjectURL(file);
+  setStatus("Scoring " + file.name + "\u2026", false);
+  const body = new FormData();
+  body.append("images", file, file.name);
+  try {
+    const reply = await fetch("/score", { method: "POST", body });
+    const data = await reply.json().catch(() => ({ detail: reply.statusText }));
+    if (!reply.ok) {
+      setStatus("Error " + reply.status + ": " + (data.detail || "request refused"), true);
+      return;
+    }
+    showScores(data.results[0]);
+    $("result").hidden = false;
+    setStatus(file.name + ": " + data.results[0].label + " (model " + data.model_version + ")", false);
+  } catch (err) {
+    setStatus("Cannot reach the service: " + err, true);
+  }
+}
+
+$("file").addEventListener("change", (e) => classify(e.target.files[0]));
+const drop = $("drop");
+["dragenter", "dragover"].forEach((t) => drop.addEventListener(t, (e) => { e.preventDefault(); drop.classList.add("over"); }));
+["dragleave", "drop"].forEach((t) => drop.addEventListener(t, (e) => { e.preventDefault(); drop.classList.remove("over"); }));
+drop.addEventListener("drop", (e) => classify(e.dataTransfer.files[0]));
+
+fetch("/info").then((r) => r.json()).then((info) => {
+  scoreKind = info.score_kind;
+  let text = "Classes: " + info.classes.join(", ") + " \u00b7 model " + info.model_version;
+  if (info.metrics && typeof info.metrics.overall_accuracy === "number") {
+    text += " \u00b7 test accuracy " + (100 * info.metrics.overall_accuracy).toFixed(1) + "%";
+  }
+  $("model").textContent = text;
+}).catch(() => { $("model").textContent = "Model description unavailable."; });

@@ -1,0 +1,65 @@
+"""Stage 6: export the trained classifier as a model bundle and serve it as a REST web service.
+
+The bundle (model.onnx + bundle.json) holds everything a server needs: one ONNX model from the
+preprocessed image to class scores (backbone, mirror averaging, L2 normalisation and SVM folded
+in, or the refined network), the class names, the preprocessing, the training metrics and a content
+hash as model version. The service (python -m imgclass.serve) loads it with ONNX Runtime only.
+"""
+
+import os
+import sys
+
+from imgclass.cli import parse_stage, run_stage, stage_parser
+
+parser = stage_parser(
+    __doc__.splitlines()[0],
+    reads="DATA_DIR/proc/<datasetName>/model_<fixed|refined>.pt, svm_*.npz; results/<datasetName>/<classifier>/metrics.json",
+    writes="DATA_DIR/deploy/<datasetName>/<classifier>/: model.onnx, bundle.json; then serves it on http://HOST:PORT/",
+)
+parser.add_argument("--no-serve", action="store_true", help="export the bundle and stop")
+parser.add_argument("--bundle", default=None, metavar="DIR",
+                    help="serve this existing bundle folder instead of exporting one (no torch needed)")
+parser.add_argument("--host", default=None, help="address to listen on (default dep_host: 127.0.0.1)")
+parser.add_argument("--port", type=int, default=None, help="TCP port (default dep_port)")
+parser.add_argument("--workers", type=int, default=None, help="server processes (default dep_workers)")
+
+
+def main() -> int:
+    args, p = parse_stage(parser)
+    if args.bundle:
+        from imgclass.export import load_bundle
+
+        bundle = load_bundle(args.bundle)
+    else:
+        from imgclass.export import export_bundle
+        from imgclass.fileio import require_file
+
+        print(f"exporting {p.classifier} of {p.datasetName} (mirror averaging {'on' if p.run_boFlipAverage else 'off'}) ...")
+        bundle = export_bundle(
+            require_file(p.model_path, "scripts/2_refineDNN.py"),
+            p.bundle_dir,
+            p.classifier,
+            svm_path=None if p.classifier == "dnn" else p.svm_path,
+            flip_average=p.run_boFlipAverage,
+            metrics_path=p.results_dir / "metrics.json",
+            dataset=p.datasetName,
+        )
+        print(f"classes: {', '.join(bundle.classes)}; model version {bundle.version}"
+              + ("" if bundle.metrics else " (no metrics.json: run scripts/5_evaluate.py to include them)"))
+    print(f"bundle: {bundle.path}")
+    if args.no_serve:
+        return 0
+    host = args.host or p.dep_host
+    port = p.dep_port if args.port is None else args.port
+    workers = p.dep_workers if args.workers is None else args.workers
+    sys.stdout.flush()
+    # A fresh interpreter serves: it never imports torch, so it starts fast and stays small.
+    cmd = [sys.executable, "-m", "imgclass.serve", str(bundle.path), "--host", host, "--port", str(port),
+           "--workers", str(workers), "--threads", str(p.dep_threads), "--max-batch", str(p.dep_maxBatch),
+           "--max-upload-bytes", str(p.dep_maxUploadBytes), "--max-pixels", str(p.dep_maxPixels),
+           "--max-images", str(p.dep_maxImagesPerRequest)]
+    os.execv(sys.executable, cmd)
+
+
+if __name__ == "__main__":
+    run_stage(main)  # a missing or damaged bundle is a BundleError (a ValueError): one line, exit 1

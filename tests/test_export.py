@@ -1,0 +1,124 @@
+"""The model bundle: one ONNX model that reproduces stages 3-5's scores, for every classifier."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import run_script
+from imgclass.export import BundleError, export_bundle, load_bundle
+from imgclass.fileio import load_npz
+from imgclass.images import load_square
+from imgclass.serve import Scorer
+from imgclass.svm import LinearSvm
+
+DS = "fashionTextureDemo"
+SMALL = ["--set", "demoImagesPerClass=8", "--set", "rf_inputResolution=64", "--set", "run_mbSize=8",
+         "--set", "svm_cvFolds=3", "--set", "run_workers=0"]
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Stages 0-5 on the small demo set, then 6_deploy.py --no-serve: (DATA_DIR, bundle folder)."""
+    data_dir = tmp_path_factory.mktemp("deploydata")
+    for script in ("0_downloadData.py", "1_prepareData.py", "2_refineDNN.py", "3_runDNN.py", "4_trainSVM.py", "5_evaluate.py"):
+        run_script(script, *SMALL, data_dir=data_dir)
+    out = run_script("6_deploy.py", *SMALL, "--no-serve", data_dir=data_dir).stdout
+    bundle_dir = data_dir / "deploy" / DS / "svm"
+    assert f"bundle: {bundle_dir}" in out
+    return data_dir, bundle_dir
+
+
+def test_bundle_scores_match_stage5_on_the_test_images(pipeline: tuple[Path, Path]) -> None:
+    data_dir, bundle_dir = pipeline
+    bundle = load_bundle(bundle_dir)
+    test = load_npz(data_dir / "proc" / DS / "features_fixed_test.npz")
+    svm = LinearSvm.load(data_dir / "proc" / DS / "svm_fixed.npz")
+    expected = svm.decision_function(test["features"])  # what 5_evaluate.py scores
+    images = np.stack([load_square(data_dir / "images" / DS / str(p), bundle.resolution, bundle.resize_mode)
+                       for p in test["paths"]])
+    scorer = Scorer(bundle, threads=1)
+    try:
+        got = scorer.run(images)
+        queued = np.stack([scorer.submit(img).result(timeout=30) for img in images])
+    finally:
+        scorer.close()
+    assert got.shape == expected.shape == (6, 3)
+    assert np.abs(got - expected).max() < 1e-4
+    assert np.abs(queued - expected).max() < 1e-4  # the batching path gives the same numbers
+    # Stage 5's own output file (scores printed to 6 significant digits) agrees image by image.
+    rows = [line.split("\t") for line in (data_dir / "results" / DS / "svm" / "predictions.tsv").read_text().splitlines()[1:]]
+    by_path = {r[0]: (r[2], np.array(r[3:], float)) for r in rows}
+    for path, row in zip(test["paths"], got):
+        label, stage5 = by_path[str(path)]
+        assert bundle.classes[int(row.argmax())] == label
+        assert np.allclose(row, stage5, rtol=1e-5, atol=1e-4)
+
+
+def test_bundle_describes_itself(pipeline: tuple[Path, Path]) -> None:
+    data_dir, bundle_dir = pipeline
+    info = json.loads((bundle_dir / "bundle.json").read_text())
+    metrics = json.loads((data_dir / "results" / DS / "svm" / "metrics.json").read_text())
+    assert info["classes"] == ["dotted", "leopard", "striped"] == metrics["classes"]
+    assert info["metrics"] == metrics and info["classifier"] == "svm" and info["score_kind"] == "svm_decision"
+    pre = info["preprocessing"]
+    assert (pre["resolution"], pre["resize_mode"], pre["flip_average"]) == (64, "squash", True)
+    assert pre["mean"] == [0.5, 0.5, 0.5] and pre["std"] == [0.5, 0.5, 0.5]
+    assert len(info["model_version"]) == 16 and info["export_check_max_abs_error"] < 1e-4
+    assert not list(bundle_dir.glob(".*.tmp"))
+
+
+def test_a_changed_model_file_is_refused(pipeline: tuple[Path, Path], tmp_path: Path) -> None:
+    _, bundle_dir = pipeline
+    copy = tmp_path / "b"
+    copy.mkdir()
+    (copy / "bundle.json").write_bytes((bundle_dir / "bundle.json").read_bytes())
+    data = bytearray((bundle_dir / "model.onnx").read_bytes())
+    data[-10] ^= 0xFF
+    (copy / "model.onnx").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="does not match bundle.json"):
+        load_bundle(copy)
+    with pytest.raises(BundleError, match="not a model bundle"):
+        load_bundle(tmp_path / "nothing")
+    proc = run_script("6_deploy.py", "--bundle", str(copy), data_dir=tmp_path, check=False)
+    assert proc.returncode == 1 and "does not match bundle.json" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_deploy_without_a_trained_model_says_what_to_run(tmp_path: Path) -> None:
+    proc = run_script("6_deploy.py", "--no-serve", data_dir=tmp_path, check=False)
+    assert proc.returncode == 1 and "2_refineDNN.py" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_refined_models_export_for_dnn_and_svm_dnn_refined(tmp_path: Path) -> None:
+    from imgclass.features import Featurizer
+    from imgclass.modelfile import ModelSpec, build_model, save_model
+
+    classes = ("dotted", "leopard", "striped")
+    spec = ModelSpec("efficientnet_lite0", 64, kind="refined", classes=classes)
+    model = build_model(spec)
+    model_path = save_model(tmp_path / "model_refined.pt", model, spec)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (6, 64, 64, 3), dtype=np.uint8)
+    ref = Featurizer(model, spec, batch_size=6, flip_average=True, workers=0).featurize_arrays(images)
+
+    dnn = export_bundle(model_path, tmp_path / "dnn", "dnn", flip_average=True)
+    assert dnn.classes == classes and dnn.score_kind == "probability"
+    scorer = Scorer(dnn, threads=1)
+    probs = scorer.run(images)
+    scorer.close()
+    assert np.abs(probs - ref.probs).max() < 1e-4 and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+
+    svm = LinearSvm([1.0], cv_folds=2).fit(ref.features, np.array([0, 1, 2, 0, 1, 2]))
+    svm_path = svm.save(tmp_path / "svm_refined.npz", classes)
+    both = export_bundle(model_path, tmp_path / "svmDnnRefined", "svmDnnRefined", svm_path=svm_path, flip_average=True)
+    scorer = Scorer(both, threads=1)
+    scores = scorer.run(images)
+    scorer.close()
+    assert np.abs(scores - svm.decision_function(ref.features)).max() < 1e-4
+    assert both.version != dnn.version
+
+    with pytest.raises(ValueError, match="fixed"):
+        export_bundle(model_path, tmp_path / "bad", "svm", svm_path=svm_path)

@@ -1,0 +1,176 @@
+"""The REST service, started for real (scripts/6_deploy.py in a subprocess) and called over HTTP."""
+
+from __future__ import annotations
+
+import base64
+import io
+import struct
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from conftest import run_script
+from deploy_support import COLORS, color_bundle, jpeg_bytes, free_port, running_server
+from imgclass.export import load_bundle
+
+LIMITS = ("dep_maxUploadBytes=200000", "dep_maxPixels=1000000", "dep_maxImagesPerRequest=4")
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return color_bundle(tmp_path_factory.mktemp("colorbundle"))
+
+
+SERVER_PIDS: list[int] = []
+
+
+@pytest.fixture(scope="module")
+def url(bundle: Path):
+    with running_server(bundle, *LIMITS, pids=SERVER_PIDS) as base:
+        yield base
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims width x height pixels: a decompression bomb as far as the header goes."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+
+
+def test_multipart_and_base64_give_the_right_labels(url: str, bundle: Path) -> None:
+    version = load_bundle(bundle).version
+    files = [("images", (f"{name}.jpg", jpeg_bytes(rgb, seed=i))) for i, (name, rgb) in enumerate(COLORS.items())]
+    r = httpx.post(url + "/score", files=files, timeout=30)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model_version"] == version and body["classes"] == list(COLORS)
+    assert [x["label"] for x in body["results"]] == list(COLORS)
+    assert [x["name"] for x in body["results"]] == [f"{c}.jpg" for c in COLORS]
+    for x in body["results"]:
+        assert set(x["scores"]) == set(COLORS) and max(x["scores"], key=x["scores"].get) == x["label"]
+
+    single = httpx.post(url + "/score", files={"image": ("g.png", _png((40, 190, 60)))}, timeout=30).json()
+    assert single["results"][0]["label"] == "green"
+
+    b64 = [base64.b64encode(jpeg_bytes(rgb, seed=9)).decode() for rgb in COLORS.values()]
+    r = httpx.post(url + "/score", json={"images": b64}, timeout=30)
+    assert r.status_code == 200 and [x["label"] for x in r.json()["results"]] == list(COLORS)
+    r = httpx.post(url + "/score", json={"image": "data:image/jpeg;base64," + b64[2]}, timeout=30)
+    assert r.status_code == 200 and r.json()["results"][0]["label"] == "blue"
+    # Same image, same scores, whichever way it was sent.
+    a = httpx.post(url + "/score", json={"image": b64[0]}).json()["results"][0]["scores"]
+    b = httpx.post(url + "/score", files={"images": ("x.jpg", base64.b64decode(b64[0]))}).json()["results"][0]["scores"]
+    assert a == b
+
+
+def _png(rgb: tuple[int, int, int]) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (50, 40), rgb).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_health_info_and_docs(url: str, bundle: Path) -> None:
+    version = load_bundle(bundle).version
+    assert httpx.get(url + "/health").json() == {"status": "ok", "model_version": version}
+    info = httpx.get(url + "/info").json()
+    assert info["classes"] == list(COLORS) and info["model_version"] == version
+    assert info["metrics"]["overall_accuracy"] == 1.0 and info["preprocessing"]["resolution"] == 64
+    assert info["limits"] == {"max_upload_bytes": 200000, "max_pixels": 1000000, "max_images_per_request": 4}
+    assert httpx.get(url + "/docs").status_code == 200
+    assert "/score" in httpx.get(url + "/openapi.json").json()["paths"]
+
+
+@pytest.mark.parametrize("name, request_kwargs, status, words", [
+    ("empty body", {"content": b""}, 400, "empty request"),
+    ("malformed JSON", {"content": b"{not json", "headers": {"content-type": "application/json"}}, 400, "malformed JSON"),
+    ("JSON without images", {"json": {"picture": "x"}}, 400, 'without "images"'),
+    ("empty list", {"json": {"images": []}}, 400, "empty list"),
+    ("bad base64", {"json": {"images": ["@@not base64@@"]}}, 400, "not valid base64"),
+    ("base64 of text", {"json": {"image": base64.b64encode(b"hello").decode()}}, 415, "image 1: not an image"),
+    ("not an image", {"files": {"images": ("notes.jpg", b"just some text")}}, 415, "notes.jpg: not an image"),
+    ("truncated JPEG", {"files": {"images": ("cut.jpg", jpeg_bytes((200, 40, 40), size=(300, 200))[:400])}}, 415, "cut.jpg"),
+    ("empty file", {"files": {"images": ("zero.jpg", b"")}}, 400, "zero.jpg: empty file"),
+    ("no image field", {"files": {"photo": ("a.jpg", b"x")}}, 400, "no image in the request"),
+    ("text field", {"data": {"images": "abc"}, "files": {"other": ("a.jpg", b"x")}}, 400, "must be files"),
+    ("wrong content type", {"content": b"abc", "headers": {"content-type": "text/plain"}}, 415, "text/plain"),
+    ("too many images", {"files": [("images", (f"{i}.jpg", jpeg_bytes((200, 40, 40)))) for i in range(5)]}, 413, "limit of 4"),
+    ("far too many images", {"files": [("images", (f"{i}.jpg", b"x")) for i in range(40)]}, 413, "limit"),
+    ("too many base64 images", {"json": {"images": ["AAAA"] * 5}}, 413, "limit of 4"),
+    ("too many pixels", {"files": {"images": ("big.png", png_header_only(1001, 1000))}}, 413, "big.png: 1001x1000"),
+    ("decompression bomb", {"files": {"images": ("bomb.png", png_header_only(100_000, 100_000))}}, 413, "more than the limit"),
+    ("body too large", {"content": b"x" * 300_000, "headers": {"content-type": "application/json"}}, 413, "larger than the limit"),
+])
+def test_limits_and_bad_requests_get_clear_json_errors(url: str, name: str, request_kwargs: dict, status: int, words: str) -> None:
+    r = httpx.post(url + "/score", timeout=30, **request_kwargs)
+    assert r.status_code == status, (name, r.text)
+    assert words in r.json()["detail"], (name, r.json())
+
+
+def test_a_streamed_body_without_length_is_cut_off_at_the_limit(url: str) -> None:
+    def chunks():
+        for _ in range(50):
+            yield b"x" * 10_000  # 500 kB in total, no Content-Length header
+    r = httpx.post(url + "/score", content=chunks(), headers={"content-type": "application/json"}, timeout=30)
+    assert r.status_code == 413 and "larger than the limit" in r.json()["detail"]
+
+
+def test_concurrent_requests_all_answered_and_server_survives(url: str) -> None:
+    def one(i: int) -> str:
+        name, rgb = list(COLORS.items())[i % 3]
+        r = httpx.post(url + "/score", files={"images": (f"{i}.jpg", jpeg_bytes(rgb, seed=i))}, timeout=60)
+        assert r.status_code == 200, r.text
+        return r.json()["results"][0]["label"] == name
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(one, range(24)))
+    assert httpx.get(url + "/health").status_code == 200
+
+
+def test_two_worker_processes(bundle: Path) -> None:
+    with running_server(bundle, workers=2) as base:
+        with ThreadPoolExecutor(4) as pool:
+            replies = list(pool.map(lambda i: httpx.post(base + "/score", files={"images": ("r.jpg", jpeg_bytes((200, 40, 40), seed=i))}, timeout=60), range(8)))
+        assert all(r.status_code == 200 and r.json()["results"][0]["label"] == "red" for r in replies)
+
+
+def test_client_script(url: str, tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    for i, (name, rgb) in enumerate(COLORS.items()):
+        (folder / ("sub" if i == 2 else "") / f"{name}.jpg").write_bytes(jpeg_bytes(rgb, seed=20 + i))
+    for i in range(3):  # 6 images in all: more than one request of 4
+        (folder / f"z_red{i}.jpg").write_bytes(jpeg_bytes(COLORS["red"], seed=30 + i))
+    proc = run_script("6_callWebservice.py", str(folder), "--url", url, data_dir=tmp_path)
+    lines = [line.split("\t") for line in proc.stdout.splitlines()[1:]]
+    assert {Path(x[0]).name: x[1] for x in lines} == {"red.jpg": "red", "green.jpg": "green", "blue.jpg": "blue",
+                                                       "z_red0.jpg": "red", "z_red1.jpg": "red", "z_red2.jpg": "red"}
+    assert "red=" in lines[0][2] and "blue=" in lines[0][2]
+    # A broken file is named; the other images in its request are still answered.
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    proc = run_script("6_callWebservice.py", str(folder), "--url", url, data_dir=tmp_path, check=False)
+    assert proc.returncode == 1 and "broken.jpg" in proc.stderr and "not an image" in proc.stderr
+    assert len(proc.stdout.splitlines()) == 7
+
+
+def test_client_script_when_the_service_is_down(tmp_path: Path) -> None:
+    image = tmp_path / "a.jpg"
+    image.write_bytes(jpeg_bytes((200, 40, 40)))
+    proc = run_script("6_callWebservice.py", str(image), "--url", f"http://127.0.0.1:{free_port()}",
+                      "--timeout", "5", data_dir=tmp_path, check=False)
+    assert proc.returncode == 1 and "cannot reach the service" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_script("6_callWebservice.py", str(tmp_path / "missing"), data_dir=tmp_path, check=False)
+    assert proc.returncode == 1 and "no such file or folder" in proc.stderr
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="needs Linux /proc")
+def test_the_service_process_never_loads_torch(url: str) -> None:
+    # 6_deploy.py replaces itself with `python -m imgclass.serve` (same process id); after serving
+    # requests, no torch library may be mapped into it: it runs on ONNX Runtime alone.
+    assert httpx.post(url + "/score", files={"images": ("r.jpg", jpeg_bytes(COLORS["red"]))}).status_code == 200
+    maps = Path(f"/proc/{SERVER_PIDS[0]}/maps").read_text()
+    assert "onnxruntime" in maps
+    assert "libtorch" not in maps and "/torch/" not in maps
