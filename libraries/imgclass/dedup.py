@@ -237,7 +237,7 @@ def find_leaks(
     if not tr or not te:
         return []
     pairs = pairwise_close(
-        hash_bits([hashes[i] for i in te]), threshold, other=hash_bits([hashes[i] for i in tr])
+        hash_bits([hashes[len(train) + i] for i in te]), threshold, other=hash_bits([hashes[i] for i in tr])
     )
     labels_tr, labels_te = dict(split.train), dict(split.test)
     leaks = []
