@@ -107,3 +107,12 @@ dep_timeoutSec = 30.0  # 6_callWebservice.py: seconds to wait for the service's 
 # ----------------------------------------------------------------------------------------------
 # Building a data set (scraping, near duplicates, active learning; Part 3)
 # ----------------------------------------------------------------------------------------------
+scrape_provider = "openverse"  # image search service: "openverse" (openly licensed, no key) or "bing" (key and endpoint from BING_SEARCH_V7_SUBSCRIPTION_KEY / BING_SEARCH_V7_ENDPOINT)
+scrape_items = ["blouse", "hoodie", "pullover", "sweater", "shirt", "t-shirt", "vest"]  # clothing items; every item is combined with every attribute into one query
+scrape_attributes = ["striped", "dotted", "leopard"]  # attributes = class labels; query "<attribute> <item>" gives images of class <attribute>
+scrape_resultsPerQuery = 50  # top results kept per query (the service is paged until this many are found or it has no more)
+scrape_timeoutSec = 20.0  # per-request timeout of the search service in seconds
+dedup_threshold = 15  # near duplicates: images whose 256-bit dhashes differ in at most this many bits
+leakageCheck = "move"  # stage 1: "move" near-duplicate train/test pairs both into train, "report" them only, or "off"
+al_criterion = "margin"  # active learning: pick images with the smallest "margin" (top1 - top2), lowest "topScore", or highest "entropy"
+al_numImages = 20  # active learning: images to label per round

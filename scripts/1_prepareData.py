@@ -2,11 +2,13 @@
 
 Rules, in order: train/ and test/ (or val/) folders in the data set; a dedicatedTestImages.tsv;
 imagesSplitBy = "subdir" (each sub-folder of a class on one side); else a seeded random split of each
-class by ratioTrainTest. Files that do not decode are listed and left out.
+class by ratioTrainTest. Files that do not decode are listed and left out. Near duplicates across
+train and test (dhash, leakageCheck / dedup_threshold) are listed and, by default, both kept in train.
 """
 
 from imgclass.cli import parse_stage, run_stage, stage_parser
-from imgclass.data import DatasetError, exact_duplicates_across, make_split, save_split
+from imgclass.data import DatasetError, check_disjoint, exact_duplicates_across, make_split, save_split
+from imgclass.dedup import find_leaks, keep_leaks_in_train
 
 parser = stage_parser(
     __doc__.splitlines()[0],
@@ -18,6 +20,17 @@ parser = stage_parser(
 def main() -> int:
     _, p = parse_stage(parser)
     split = make_split(p.images_dir, p.ratioTrainTest, p.randomSeed, p.imagesSplitBy)
+    if p.leakageCheck != "off":
+        leaks = find_leaks(split, p.images_dir, p.dedup_threshold)
+        for leak in leaks:
+            note = "" if leak.same_class else " (DIFFERENT classes: check the labels)"
+            print(f"near duplicates across the split ({leak.distance} bits): {leak.train} (train) ~ {leak.test} (test){note}")
+        if leaks and p.leakageCheck == "move":
+            split = keep_leaks_in_train(split, leaks)
+            check_disjoint(split)
+            print(f"moved {len({x.test for x in leaks})} test image(s) to train so near duplicates stay on one side")
+        elif leaks:
+            print("leakageCheck = 'report': left as they are; test accuracy may be optimistic")
     for path, reason in split.excluded:
         print(f"left out (cannot decode): {path}: {reason}")
     print(f"split by: {split.method}")

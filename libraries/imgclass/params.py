@@ -96,6 +96,12 @@ def _float_list(v: Any) -> str | None:
     return None
 
 
+def _word_list(v: Any) -> str | None:
+    if not v or not all(isinstance(w, str) and w.strip() for w in v):
+        return "must be a non-empty list of non-empty strings"
+    return None
+
+
 _INT = (int,)
 _FLOAT = (float, int)
 _STR = (str,)
@@ -171,6 +177,15 @@ SCHEMA: dict[str, Spec] = {
     "dep_timeoutSec": Spec(_FLOAT, check=_positive),
 
     # --- building a data set (Part 3) ---
+    "scrape_provider": Spec(_STR, choices=("openverse", "bing")),
+    "scrape_items": Spec(_LIST, check=_word_list, expected="a list of search words"),
+    "scrape_attributes": Spec(_LIST, check=_word_list, expected="a list of search words"),
+    "scrape_resultsPerQuery": Spec(_INT, check=_positive),
+    "scrape_timeoutSec": Spec(_FLOAT, check=_positive),
+    "dedup_threshold": Spec(_INT, check=lambda v: None if 0 <= v < 128 else "must be between 0 and 127 bits"),
+    "leakageCheck": Spec(_STR, choices=("move", "report", "off")),
+    "al_criterion": Spec(_STR, choices=("margin", "topScore", "entropy")),
+    "al_numImages": Spec(_INT, check=_positive),
 
 }
 

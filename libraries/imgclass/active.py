@@ -1,0 +1,267 @@
+"""Active learning: let the current model pick which unlabelled images are worth labelling next.
+
+Labelling is the expensive part of a new data set. Images the model already classifies with
+confidence teach it little; the ones it is unsure about teach it most. Given a folder of unlabelled
+images, the current model (stages 2-4: the network, and the SVM unless classifier = "dnn") scores
+them, and the most uncertain ones by a criterion are shown for labelling:
+
+- "topScore": the lowest top score (the model likes no class much);
+- "margin": the smallest gap between the best and the second-best class (it hesitates between two);
+- "entropy": the highest entropy of the class probabilities (its doubt is spread over all classes).
+  SVM scores are turned into probabilities with a softmax, which ranks images but is not calibrated.
+
+Labelled images are COPIED into the data set's class folders (the unlabelled folder is left as it
+is), and every answer, skips included, is logged in proc/<dataset>/active_learning.tsv so an image
+is never asked twice. The next run of stages 1-5 trains on the new images.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from imgclass.dedup import list_folder_images
+from imgclass.fileio import atomic_open, atomic_path
+
+CRITERIA = ("margin", "topScore", "entropy")
+LOG_FILE = "active_learning.tsv"
+SKIP = "-"  # the label logged for an image the user chose not to label
+
+
+def _softmax(s: np.ndarray) -> np.ndarray:
+    e = np.exp(s - s.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def uncertainty(scores: np.ndarray, criterion: str = "margin", probabilities: bool = False) -> np.ndarray:
+    """One value per image (row of `scores`, one column per class): higher = less sure."""
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion {criterion!r}: allowed values are {', '.join(CRITERIA)}")
+    s = np.asarray(scores, dtype=np.float64)
+    if s.ndim != 2 or s.shape[1] < 2:
+        raise ValueError(f"scores of shape {s.shape}: expected (images, classes) with at least 2 classes")
+    if criterion == "topScore":
+        return -s.max(axis=1)
+    if criterion == "margin":
+        top2 = np.sort(s, axis=1)[:, -2:]
+        return -(top2[:, 1] - top2[:, 0])
+    p = s if probabilities else _softmax(s)
+    return -(p * np.log(np.clip(p, 1e-12, 1.0))).sum(axis=1)
+
+
+def select_uncertain(scores: np.ndarray, count: int, criterion: str = "margin", probabilities: bool = False) -> np.ndarray:
+    """Indices of the `count` most uncertain images, most uncertain first (ties: file order)."""
+    if count < 1:
+        raise ValueError(f"count = {count}: must be >= 1")
+    u = uncertainty(scores, criterion, probabilities)
+    return np.argsort(-u, kind="stable")[:count]
+
+
+@dataclass
+class Candidate:
+    """An unlabelled image picked for labelling, with what the model thinks of it."""
+
+    path: Path
+    scores: np.ndarray  # one per class
+    uncertainty: float
+
+    def ranked(self, classes: Sequence[str], top: int = 3) -> list[tuple[str, float]]:
+        order = np.argsort(-self.scores)[:top]
+        return [(classes[i], float(self.scores[i])) for i in order]
+
+
+@dataclass
+class ScoredFolder:
+    paths: list[Path]
+    scores: np.ndarray  # (N, K)
+    classes: list[str]
+    probabilities: bool  # True: softmax outputs of a refined network; False: SVM decision values
+
+    def candidates(self, count: int, criterion: str = "margin") -> list[Candidate]:
+        if not self.paths:
+            return []
+        u = uncertainty(self.scores, criterion, self.probabilities)
+        idx = select_uncertain(self.scores, count, criterion, self.probabilities)
+        return [Candidate(self.paths[i], self.scores[i], float(u[i])) for i in idx]
+
+
+def read_log(log_path: str | Path) -> dict[str, str]:
+    """{absolute source path: label or SKIP} of every image already answered."""
+    log_path = Path(log_path)
+    if not log_path.is_file():
+        return {}
+    out = {}
+    for line in log_path.read_text(encoding="utf-8").splitlines()[1:]:
+        fields = line.split("\t")
+        if len(fields) >= 2:
+            out[fields[0]] = fields[1]
+    return out
+
+
+def unlabelled_images(folder: str | Path, log_path: str | Path | None = None) -> list[Path]:
+    """Images below `folder` not answered yet (per the log)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder of unlabelled images")
+    done = read_log(log_path) if log_path is not None else {}
+    paths = [(folder / p).resolve() for p in list_folder_images(folder)]
+    return [p for p in paths if str(p) not in done]
+
+
+def score_images(
+    paths: Sequence[str | Path], model_path: str | Path, svm_path: str | Path | None = None,
+    batch_size: int = 32, flip_average: bool = True, workers: int = 2, progress: bool = True,
+) -> ScoredFolder:
+    """Score images with the current model: SVM decision values on the network's features, or
+    the refined network's own probabilities when `svm_path` is None."""
+    from imgclass.features import Featurizer
+    from imgclass.modelfile import load_model
+    from imgclass.svm import LinearSvm
+
+    model, spec = load_model(model_path)
+    svm = LinearSvm.load(svm_path) if svm_path is not None else None
+    if svm is None and not spec.classes:
+        raise ValueError(f"{model_path} is a fixed featurizer without a class head: score with its SVM (classifier 'svm')")
+    paths = [Path(p) for p in paths]
+    fz = Featurizer(model, spec, batch_size=batch_size, flip_average=flip_average, workers=workers)
+    result = fz.featurize_paths(paths, progress=progress, desc="score unlabelled")
+    if svm is not None:
+        classes = list(svm.classes) or [str(i) for i in range(svm.n_classes_)]
+        return ScoredFolder(paths, svm.decision_function(result.features), classes, probabilities=False)
+    assert result.probs is not None
+    return ScoredFolder(paths, result.probs, list(spec.classes), probabilities=True)
+
+
+def add_to_dataset(src: str | Path, label: str, images_dir: str | Path) -> Path:
+    """Copy `src` into images_dir/<label>/, keeping its name unless another file has it."""
+    src = Path(src)
+    dest_dir = Path(images_dir) / label
+    target = dest_dir / src.name
+    n = 1
+    while target.exists():
+        if filecmp.cmp(src, target, shallow=False):
+            return target  # already copied (e.g. an earlier run was interrupted before logging)
+        target = dest_dir / f"{src.stem}_{n}{src.suffix}"
+        n += 1
+    with atomic_path(target) as tmp:
+        shutil.copyfile(src, tmp)
+    return target
+
+
+def apply_labels(
+    labels: Mapping[str | Path, str], classes: Sequence[str], images_dir: str | Path, log_path: str | Path
+) -> list[Path]:
+    """Copy each labelled image into its class folder and log every answer (SKIP for none).
+    Usable from a notebook: `apply_labels({path: "striped", other: "-"}, classes, ...)`."""
+    for path, label in labels.items():
+        if label != SKIP and label not in classes:
+            raise ValueError(f"{path}: label {label!r} is not a class ({', '.join(classes)}) or {SKIP!r} (skip)")
+    log_path = Path(log_path)
+    previous = log_path.read_text(encoding="utf-8") if log_path.is_file() else "image\tlabel\tcopied_to\n"
+    lines, copied = [], []
+    for path, label in labels.items():
+        src = Path(path).resolve()
+        dest = add_to_dataset(src, label, images_dir) if label != SKIP else None
+        if dest is not None:
+            copied.append(dest)
+        lines.append(f"{src}\t{label}\t{'' if dest is None else dest.relative_to(images_dir).as_posix()}\n")
+    with atomic_open(log_path, "w", encoding="utf-8") as f:
+        f.write(previous + "".join(lines))
+    return copied
+
+
+def _parse_answer(answer: str, classes: Sequence[str]) -> str | None:
+    """A class name, SKIP, "q", or None when the answer is not understood."""
+    a = answer.strip()
+    if a.lower() in ("q", "quit"):
+        return "q"
+    if a.lower() in ("s", "skip", SKIP):
+        return SKIP
+    if a.isdigit() and 1 <= int(a) <= len(classes):
+        return classes[int(a) - 1]
+    if not a:
+        return None
+    exact = [c for c in classes if c.lower() == a.lower()]
+    matches = exact or [c for c in classes if c.lower().startswith(a.lower())]
+    return matches[0] if len(matches) == 1 else None
+
+
+def label_interactively(
+    candidates: Sequence[Candidate], classes: Sequence[str], images_dir: str | Path, log_path: str | Path,
+    input_fn: Callable[[str], str] = input, print_fn: Callable[..., None] = print,
+) -> list[Path]:
+    """Ask for the class of each candidate in a terminal (or a notebook: input() works there too).
+
+    Answers: a class number or name (a unique prefix will do), "s" to skip, "q" to stop. Each
+    answer is saved as it is given, so stopping (or Ctrl-D) loses nothing."""
+    menu = "  ".join(f"{i}={c}" for i, c in enumerate(classes, 1))
+    copied: list[Path] = []
+    for n, cand in enumerate(candidates, 1):
+        guess = ", ".join(f"{c} {s:.3g}" for c, s in cand.ranked(classes))
+        print_fn(f"[{n}/{len(candidates)}] {cand.path}\n    model: {guess}")
+        while True:
+            try:
+                answer = input_fn(f"    class? ({menu}, s=skip, q=quit): ")
+            except EOFError:
+                answer = "q"
+            label = _parse_answer(answer, classes)
+            if label is not None:
+                break
+            print_fn(f"    {answer.strip()!r} is not one of: {menu}, s, q")
+        if label == "q":
+            break
+        copied += apply_labels({cand.path: label}, classes, images_dir, log_path)
+        if label != SKIP:
+            print_fn(f"    -> {label}")
+    return copied
+
+
+def plot_candidates(candidates: Sequence[Candidate], classes: Sequence[str], path: str | Path | None = None, columns: int = 5):
+    """A contact sheet of the candidates with the model's top guesses (saved when `path` is given)."""
+    import matplotlib.pyplot as plt  # no backend forced: a notebook keeps its inline display
+
+    from imgclass.images import fit_square, load_rgb
+
+    rows = max(1, -(-len(candidates) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.4 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for n, (ax, cand) in enumerate(zip(axes.ravel(), candidates), 1):
+        ax.imshow(fit_square(load_rgb(cand.path, min_size=160), 160, "pad"))
+        guess = "\n".join(f"{c} {s:.2f}" for c, s in cand.ranked(classes, 2))
+        ax.set_title(f"{n}. {cand.path.name[:24]}\n{guess}", fontsize=8)
+    fig.tight_layout()
+    if path is not None:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=80)
+        plt.close(fig)
+    return fig
+
+
+def write_candidates(path: str | Path, candidates: Sequence[Candidate], classes: Sequence[str], criterion: str) -> Path:
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        f.write("\t".join(["rank", "image", f"uncertainty_{criterion}", *classes]) + "\n")
+        for n, c in enumerate(candidates, 1):
+            f.write("\t".join([str(n), str(c.path), f"{c.uncertainty:.6g}", *(f"{s:.6g}" for s in c.scores)]) + "\n")
+    return Path(path)
+
+
+__all__ = [
+    "CRITERIA",
+    "Candidate",
+    "ScoredFolder",
+    "add_to_dataset",
+    "apply_labels",
+    "label_interactively",
+    "plot_candidates",
+    "score_images",
+    "select_uncertain",
+    "uncertainty",
+    "unlabelled_images",
+    "write_candidates",
+]

@@ -1,0 +1,283 @@
+"""Find duplicate and near-duplicate images with a perceptual hash, and move the extras aside.
+
+Image search returns the same photo many times: re-sized by a shop, re-compressed by a blog,
+under another URL. Left in, such copies make the data set look bigger than it is and, split across
+train and test, inflate the measured accuracy. As in the tutorial, every image gets a difference hash
+(`imagehash.dhash` with hash_size = 16, i.e. 256 bits) in a first pass; a second pass keeps the first
+image of each hash. Beyond identical hashes, images whose hashes differ in at most `threshold` bits
+are near duplicates and are grouped (transitively: if A~B and B~C, A, B and C form one group).
+
+Nothing is ever deleted: `move_duplicates` moves every image but the first of each group to a
+`_duplicates/` folder (which the data set loader ignores, as it does every folder starting with '_')
+and lists what it moved in `_duplicates/moved.tsv`, so a move can be undone by hand.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections import defaultdict
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import imagehash
+import numpy as np
+from tqdm.auto import tqdm
+
+from imgclass.data import Split
+from imgclass.fileio import atomic_open
+from imgclass.images import ImageDecodeError, is_image_name, load_rgb
+
+HASH_SIZE = 16  # 16 x 16 = 256-bit hashes, as in the tutorial
+DEFAULT_THRESHOLD = 15  # bits of 256; see README "Part 3" for the distances measured on copies
+DUPLICATES_FOLDER = "_duplicates"
+MOVED_FILE = "moved.tsv"
+# dhash shrinks the image to 17 x 16 pixels, so decoding a 20-megapixel JPEG at full size would be
+# wasted work: libjpeg's DCT scaling to >= 256 px gives the same hash for a fraction of the time.
+_DECODE_MIN_SIZE = 256
+
+
+def image_hash(path: str | Path | bytes, hash_size: int = HASH_SIZE) -> imagehash.ImageHash:
+    """dhash of one image (decoded like every other stage: EXIF-rotated RGB)."""
+    return imagehash.dhash(load_rgb(path, min_size=_DECODE_MIN_SIZE), hash_size=hash_size)
+
+
+def hash_files(
+    paths: Sequence[str | Path], hash_size: int = HASH_SIZE, workers: int = 2, progress: bool = True
+) -> tuple[list[imagehash.ImageHash | None], list[str | None]]:
+    """Hash every file; returns (hashes, problems) aligned with `paths` (hash None where it failed)."""
+
+    def one(p: str | Path) -> tuple[imagehash.ImageHash | None, str | None]:
+        try:
+            return image_hash(p, hash_size), None
+        except ImageDecodeError as e:
+            return None, str(e)
+
+    # Threads, not processes: PIL releases the GIL while decoding, and hashes are tiny to return.
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        out = list(tqdm(pool.map(one, paths), total=len(paths), desc="hash images", unit="img", disable=not progress))
+    return [h for h, _ in out], [e for _, e in out]
+
+
+def hash_bits(hashes: Sequence[imagehash.ImageHash]) -> np.ndarray:
+    """(N, bits) bool matrix of the hashes."""
+    if not hashes:
+        return np.zeros((0, 0), bool)
+    return np.stack([np.asarray(h.hash, bool).ravel() for h in hashes])
+
+
+def pairwise_close(bits: np.ndarray, threshold: int, other: np.ndarray | None = None, block: int = 1024) -> list[tuple[int, int, int]]:
+    """Pairs (i, j, distance) with Hamming distance <= threshold.
+
+    Within `bits` (i < j) when `other` is None, else between bits[i] and other[j]. Hashes are packed
+    into bytes and compared block by block, so 10,000 images need no 10,000^2 bit matrix.
+    """
+    if threshold < 0:
+        raise ValueError(f"threshold = {threshold}: must be >= 0")
+    a = np.packbits(bits, axis=1)
+    b = a if other is None else np.packbits(other, axis=1)
+    pairs = []
+    for start in range(0, len(a), block):
+        chunk = a[start:start + block]
+        dist = np.bitwise_count(chunk[:, None, :] ^ b[None, :, :]).sum(axis=2, dtype=np.int32)
+        ii, jj = np.nonzero(dist <= threshold)
+        for i, j in zip(ii + start, jj):
+            if other is not None or i < j:
+                pairs.append((int(i), int(j), int(dist[i - start, j])))
+    return pairs
+
+
+def _groups(n: int, pairs: Sequence[tuple[int, int, int]]) -> list[list[int]]:
+    """Connected components (of size > 1) of the graph whose edges are `pairs`, each sorted."""
+    parent = list(range(n))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j, _ in pairs:
+        ri, rj = find(i), find(j)
+        if ri != rj:
+            parent[max(ri, rj)] = min(ri, rj)
+    comps: dict[int, list[int]] = defaultdict(list)
+    for i in range(n):
+        comps[find(i)].append(i)
+    return sorted((sorted(c) for c in comps.values() if len(c) > 1), key=lambda c: c[0])
+
+
+@dataclass
+class DuplicateReport:
+    """What `find_duplicates` found in a folder. Paths are relative to the folder, in sorted order.
+
+    `exact`: groups of images with identical hashes (pass 2 of the tutorial); `groups`: groups of
+    near duplicates (distance <= threshold, which includes the exact ones). In every group the first
+    path is the one kept.
+    """
+
+    folder: Path
+    threshold: int
+    paths: list[str]
+    hashes: list[str]  # hex dhash per path ("" where decoding failed)
+    exact: list[list[str]] = field(default_factory=list)
+    groups: list[list[str]] = field(default_factory=list)
+    distances: dict[tuple[str, str], int] = field(default_factory=dict)  # kept path, other -> bits
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def to_move(self) -> list[tuple[str, str]]:
+        """(duplicate, the image it duplicates) for every image but the first of each group."""
+        return [(p, g[0]) for g in self.groups for p in g[1:]]
+
+    def cross_class_groups(self) -> list[list[str]]:
+        """Groups whose images lie in different class folders: the same photo with two labels."""
+        return [g for g in self.groups if len({p.split("/")[0] for p in g}) > 1]
+
+
+def list_folder_images(folder: str | Path) -> list[str]:
+    """Image files below `folder`, relative and sorted; folders starting with '_' or '.' skipped
+    (so `_duplicates/` is never scanned again)."""
+    folder = Path(folder)
+    out = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(("_", ".")))
+        for name in files:
+            if not name.startswith(".") and is_image_name(name):
+                out.append((Path(root) / name).relative_to(folder).as_posix())
+    return sorted(out)
+
+
+def find_duplicates(
+    folder: str | Path, threshold: int = DEFAULT_THRESHOLD, hash_size: int = HASH_SIZE,
+    workers: int = 2, progress: bool = True,
+) -> DuplicateReport:
+    """Hash every image below `folder` and group identical and near-identical ones."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder")
+    if threshold < 0:
+        raise ValueError(f"threshold = {threshold}: must be >= 0 (bits that may differ)")
+    paths = list_folder_images(folder)
+    hashes, problems = hash_files([folder / p for p in paths], hash_size, workers, progress)
+    report = DuplicateReport(folder, threshold, paths, [str(h) if h is not None else "" for h in hashes])
+    report.failed = [(p, e) for p, e in zip(paths, problems) if e]
+    ok = [i for i, h in enumerate(hashes) if h is not None]
+
+    # Pass 2 of the tutorial: walk the images in order and keep the first of each hash.
+    first_of: dict[str, int] = {}
+    exact: dict[int, list[int]] = defaultdict(list)
+    for i in ok:
+        key = report.hashes[i]
+        if key in first_of:
+            exact[first_of[key]].append(i)
+        else:
+            first_of[key] = i
+    report.exact = [[paths[k]] + [paths[i] for i in v] for k, v in sorted(exact.items())]
+
+    # Near duplicates: a few bits apart. Groups are connected components, the first path kept.
+    bits = hash_bits([hashes[i] for i in ok])
+    pairs = [(ok[i], ok[j], d) for i, j, d in pairwise_close(bits, threshold)]
+    report.groups = [[paths[i] for i in g] for g in _groups(len(paths), pairs)]
+    report.distances = {(paths[i], paths[j]): d for i, j, d in pairs}
+    return report
+
+
+def move_duplicates(report: DuplicateReport, dest: str | Path | None = None) -> list[tuple[Path, Path]]:
+    """Move every image but the first of each group to `dest` (default FOLDER/_duplicates/),
+    keeping its relative path, and append what moved to dest/moved.tsv. Returns (from, to) pairs."""
+    dest = Path(dest) if dest is not None else report.folder / DUPLICATES_FOLDER
+    moved = []
+    log = dest / MOVED_FILE
+    previous = log.read_text(encoding="utf-8") if log.is_file() else "moved\tduplicate_of\n"
+    lines = []
+    for rel, kept in report.to_move:
+        src = report.folder / rel
+        if not src.is_file():
+            continue  # moved or deleted since the scan
+        target = dest / rel
+        n = 1
+        while target.exists():  # never overwrite an earlier move
+            target = target.with_name(f"{Path(rel).stem}_{n}{Path(rel).suffix}")
+            n += 1
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(src, target)
+        moved.append((src, target))
+        lines.append(f"{target.relative_to(dest).as_posix()}\t{kept}\n")
+    if lines:
+        with atomic_open(log, "w", encoding="utf-8") as f:
+            f.write(previous + "".join(lines))
+    return moved
+
+
+@dataclass
+class Leak:
+    """A test image that nearly duplicates a training image."""
+
+    train: str
+    test: str
+    distance: int
+    same_class: bool
+
+
+def find_leaks(
+    split: Split, images_dir: str | Path, threshold: int = DEFAULT_THRESHOLD, workers: int = 2, progress: bool = True
+) -> list[Leak]:
+    """Near-duplicate (train, test) pairs: the same photo on both sides lets the model score a test
+    image by memory, so the test accuracy overstates how it does on new photos."""
+    images_dir = Path(images_dir)
+    train = [p for p, _ in split.train]
+    test = [p for p, _ in split.test]
+    hashes, _ = hash_files([images_dir / p for p in train + test], workers=workers, progress=progress)
+    # Files that do not decode were excluded by make_split already; skip any that fail now.
+    tr = [i for i in range(len(train)) if hashes[i] is not None]
+    te = [i for i in range(len(test)) if hashes[len(train) + i] is not None]
+    if not tr or not te:
+        return []
+    pairs = pairwise_close(
+        hash_bits([hashes[len(train) + i] for i in te]), threshold, other=hash_bits([hashes[i] for i in tr])
+    )
+    labels_tr, labels_te = dict(split.train), dict(split.test)
+    leaks = []
+    for i, j, d in sorted(pairs, key=lambda t: (t[2], t[0], t[1])):
+        a, b = train[tr[j]], test[te[i]]
+        leaks.append(Leak(a, b, d, labels_tr[a] == labels_te[b]))
+    return leaks
+
+
+def keep_leaks_in_train(split: Split, leaks: Sequence[Leak]) -> Split:
+    """The split with every leaking test image moved to the training set.
+
+    Moving to train rather than dropping keeps every labelled photo in use; the test set then holds
+    only photos with no near copy among the training images."""
+    leaving = {leak.test for leak in leaks}
+    if not leaving:
+        return split
+    moved = [(p, y) for p, y in split.test if p in leaving]
+    return Split(
+        split.classes,
+        sorted(split.train + moved, key=lambda t: (t[1], t[0])),
+        [(p, y) for p, y in split.test if p not in leaving],
+        split.excluded,
+        split.method,
+    )
+
+
+__all__ = [
+    "Leak",
+    "find_leaks",
+    "keep_leaks_in_train",
+    "DEFAULT_THRESHOLD",
+    "DUPLICATES_FOLDER",
+    "HASH_SIZE",
+    "DuplicateReport",
+    "find_duplicates",
+    "hash_bits",
+    "hash_files",
+    "image_hash",
+    "list_folder_images",
+    "move_duplicates",
+    "pairwise_close",
+]

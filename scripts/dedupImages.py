@@ -1,0 +1,56 @@
+"""Find duplicate and near-duplicate images in a folder (dhash); with --remove, move the extras aside.
+
+Dry run by default: the groups are listed and nothing changes. With --remove, every image but the
+first of each group is moved to FOLDER/_duplicates/ (listed in _duplicates/moved.tsv), never deleted.
+"""
+
+from pathlib import Path
+
+from imgclass.cli import parse_stage, run_stage, stage_parser
+from imgclass.dedup import DUPLICATES_FOLDER, find_duplicates, move_duplicates
+from imgclass.fileio import atomic_open
+
+parser = stage_parser(
+    __doc__.splitlines()[0],
+    reads="FOLDER (default DATA_DIR/images/<datasetName>/), every image below it",
+    writes="FOLDER/duplicates.tsv (the groups); with --remove, FOLDER/_duplicates/ and its moved.tsv",
+)
+parser.add_argument("folder", nargs="?", default=None, help="folder to scan (default: the data set's images)")
+parser.add_argument("--remove", action="store_true", help="move duplicates to FOLDER/_duplicates/ (default: only report)")
+parser.add_argument("--threshold", type=int, default=None,
+                    help="bits of 256 that may differ for near duplicates (default: dedup_threshold)")
+
+
+def main() -> int:
+    args, p = parse_stage(parser)
+    folder = Path(args.folder) if args.folder else p.images_dir
+    threshold = p.dedup_threshold if args.threshold is None else args.threshold
+    report = find_duplicates(folder, threshold)
+    for path, reason in report.failed:
+        print(f"cannot decode, skipped: {path}: {reason}")
+    print(f"{len(report.paths)} images, {sum(len(g) - 1 for g in report.exact)} exact duplicates "
+          f"(identical hash), {len(report.to_move)} duplicates within {threshold} bits in {len(report.groups)} groups")
+    cross = report.cross_class_groups()
+    with atomic_open(folder / "duplicates.tsv", "w", encoding="utf-8") as f:
+        f.write("group\tkept\tduplicate\tbits\n")
+        for n, group in enumerate(report.groups, 1):
+            flag = "  <- in different class folders" if group in cross else ""
+            print(f"group {n}: keep {group[0]}{flag}")
+            for other in group[1:]:
+                bits = report.distances.get((group[0], other))
+                print(f"    {other}" + (f" ({bits} bits)" if bits is not None else " (via another member)"))
+                f.write(f"{n}\t{group[0]}\t{other}\t{'' if bits is None else bits}\n")
+    print(f"wrote {folder / 'duplicates.tsv'}")
+    if cross:
+        print(f"{len(cross)} group(s) span class folders: the same photo with different labels; check them by hand")
+    if not args.remove:
+        if report.to_move:
+            print("dry run: nothing moved; rerun with --remove to move the duplicates aside")
+        return 0
+    moved = move_duplicates(report)
+    print(f"moved {len(moved)} image(s) to {folder / DUPLICATES_FOLDER} (list: {DUPLICATES_FOLDER}/moved.tsv)")
+    return 0
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,180 @@
+"""Active learning: the selection criteria on scores with a known answer, then a tiny real model
+(EfficientNet-Lite0 at 64 px + SVM) scoring unlabelled images, and terminal labelling via stdin."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, SCRIPTS
+from imgclass.active import (
+    Candidate,
+    apply_labels,
+    label_interactively,
+    read_log,
+    score_images,
+    select_uncertain,
+    uncertainty,
+    unlabelled_images,
+)
+from imgclass.data import list_images, make_split
+from imgclass.synthetic import generate_demo_dataset
+
+# Four images, four classes; each criterion has a different most-uncertain image:
+#   T: lowest top score (0.30); M: smallest margin (0.50 - 0.49); E: flattest (highest entropy).
+PROBS = np.array([
+    [0.97, 0.01, 0.01, 0.01],  # C: confident
+    [0.30, 0.28, 0.27, 0.15],  # T
+    [0.50, 0.49, 0.01, 0.00],  # M
+    [0.31, 0.23, 0.23, 0.23],  # E
+])
+
+
+@pytest.mark.parametrize("criterion, expected", [("topScore", [1, 3]), ("margin", [2, 1]), ("entropy", [3, 1])])
+def test_each_criterion_picks_the_expected_images(criterion: str, expected: list[int]) -> None:
+    assert select_uncertain(PROBS, 2, criterion, probabilities=True).tolist() == expected
+    order = select_uncertain(PROBS, 10, criterion, probabilities=True).tolist()
+    assert sorted(order) == [0, 1, 2, 3] and order[-1] == 0  # the confident image comes last
+
+
+def test_svm_scores_and_bad_input() -> None:
+    # SVM decision values (not probabilities): margin and top score work on the raw values,
+    # entropy on their softmax.
+    svm = np.array([[2.0, -1.0, -1.5], [0.1, 0.0, -2.0], [-0.8, -0.9, -0.7], [1.0, -3.0, 0.2]])
+    assert select_uncertain(svm, 1, "margin").tolist() == [1]  # 0.1 vs 0.0
+    assert select_uncertain(svm, 1, "topScore").tolist() == [2]  # best score is negative
+    assert select_uncertain(svm, 1, "entropy").tolist() == [2]  # three nearly equal scores
+    assert np.all(np.diff(uncertainty(svm, "margin")[[1, 3, 0]]) < 0)
+    with pytest.raises(ValueError, match="allowed values are margin, topScore, entropy"):
+        uncertainty(svm, "random")
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        uncertainty(np.ones((3, 1)))
+
+
+def test_apply_labels_copies_and_logs(tmp_path: Path) -> None:
+    src = tmp_path / "unlabelled"
+    src.mkdir()
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        (src / name).write_bytes(name.encode() * 10)
+    images = tmp_path / "images"
+    (images / "dotted").mkdir(parents=True)
+    (images / "dotted" / "a.jpg").write_bytes(b"another photo with the same name")
+    log = tmp_path / "log.tsv"
+    copied = apply_labels({src / "a.jpg": "dotted", src / "b.jpg": "-"}, ["dotted", "striped"], images, log)
+    assert copied == [images / "dotted" / "a_1.jpg"] and copied[0].read_bytes() == (src / "a.jpg").read_bytes()
+    assert (src / "a.jpg").is_file()  # copied, not moved
+    assert read_log(log) == {str((src / "a.jpg").resolve()): "dotted", str((src / "b.jpg").resolve()): "-"}
+    assert unlabelled_images(src, log) == [(src / "c.jpg").resolve()]
+    with pytest.raises(ValueError, match="'leopard' is not a class"):
+        apply_labels({src / "c.jpg": "leopard"}, ["dotted", "striped"], images, log)
+    # The same image labelled again (an interrupted earlier run) is not copied twice.
+    assert apply_labels({src / "a.jpg": "dotted"}, ["dotted", "striped"], images, log) == [images / "dotted" / "a_1.jpg"]
+
+
+def test_label_interactively_understands_numbers_names_prefixes_skip_and_quit(tmp_path: Path) -> None:
+    src = tmp_path / "u"
+    src.mkdir()
+    cands = []
+    for i in range(5):
+        (src / f"{i}.jpg").write_bytes(bytes([i]) * 20)
+        cands.append(Candidate(src / f"{i}.jpg", np.array([0.2, 0.5, 0.3]), 0.1))
+    answers = iter(["2", "what?", "Stri", "s", "dotted", "q"])
+    printed: list[str] = []
+    images = tmp_path / "images"
+    copied = label_interactively(cands, ["dotted", "leopard", "striped"], images, tmp_path / "log.tsv",
+                                 input_fn=lambda prompt: next(answers), print_fn=lambda *a: printed.append(" ".join(map(str, a))))
+    assert [p.relative_to(images).as_posix() for p in copied] == ["leopard/0.jpg", "striped/1.jpg", "dotted/3.jpg"]
+    assert any("'what?' is not one of" in line for line in printed)
+    assert "leopard 0.5" in printed[0]  # shows the model's top guess
+    assert len(read_log(tmp_path / "log.tsv")) == 4  # image 4 was never answered (quit)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """DATA_DIR with a 6-per-class demo data set, a real EfficientNet-Lite0 at 64 px and its SVM,
+    plus a folder of 9 unlabelled images (other seed, names that do not give the class away)."""
+    from imgclass.features import Featurizer
+    from imgclass.modelfile import ModelSpec, build_model, save_model
+    from imgclass.svm import LinearSvm
+
+    data = tmp_path_factory.mktemp("al")
+    images = data / "images" / "tiny"
+    generate_demo_dataset(images, images_per_class=6, seed=0, progress=False)
+    extra = data / "extra"
+    generate_demo_dataset(extra, images_per_class=3, seed=11, progress=False)
+    unlabelled = data / "unlabelled"
+    unlabelled.mkdir()
+    for n, p in enumerate(sorted(extra.rglob("*.jpg"))):
+        shutil.copyfile(p, unlabelled / f"img{n:02d}.jpg")
+    spec = ModelSpec("efficientnet_lite0", 64, "squash", kind="fixed")
+    model = build_model(spec, pretrained=True)
+    proc = data / "proc" / "tiny"
+    save_model(proc / "model_fixed.pt", model, spec)
+    classes = ["dotted", "leopard", "striped"]
+    paths = [p for c in classes for p in list_images(images / c)]
+    labels = np.repeat(np.arange(3), 6)
+    feats = Featurizer(model, spec, batch_size=32, workers=0).featurize_paths(paths, progress=False).features
+    LinearSvm([1.0], cv_folds=2).fit(feats, labels).save(proc / "svm_fixed.npz", classes)
+    return data
+
+
+def test_real_model_ranks_unlabelled_images_by_uncertainty(tiny_model: Path) -> None:
+    proc = tiny_model / "proc" / "tiny"
+    paths = unlabelled_images(tiny_model / "unlabelled")
+    scored = score_images(paths, proc / "model_fixed.pt", proc / "svm_fixed.npz", workers=0, progress=False)
+    assert scored.classes == ["dotted", "leopard", "striped"] and scored.scores.shape == (9, 3)
+    cands = scored.candidates(4, "margin")
+    margins = {p: float(np.diff(np.sort(s)[-2:])[0]) for p, s in zip(scored.paths, scored.scores)}
+    picked = [c.path for c in cands]
+    # The four picked have the four smallest margins, smallest first.
+    assert [margins[p] for p in picked] == sorted(margins.values())[:4]
+    assert max(margins[p] for p in picked) <= min(margins[p] for p in paths if p not in picked)
+
+
+def _run_al(data: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
+    env = {**os.environ, "IMGCLASS_DATA_DIR": str(data), "IMGCLASS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, str(SCRIPTS / "activeLearning.py"), str(data / "unlabelled"), "--set", "datasetName=tiny",
+         "--set", "run_workers=0", "--set", "al_numImages=3", *args],
+        input=stdin, capture_output=True, text=True, env=env, timeout=300, cwd=ROOT,
+    )
+
+
+def test_script_labels_from_stdin_and_the_next_split_trains_on_them(tiny_model: Path) -> None:
+    before = {c: len(list_images(tiny_model / "images" / "tiny" / c)) for c in ("dotted", "leopard", "striped")}
+    proc = _run_al(tiny_model, stdin="1\nnonsense\nleo\ns\n")
+    assert proc.returncode == 0, proc.stderr
+    assert "9 unlabelled images scored; the 3 most uncertain by 'margin'" in proc.stdout
+    assert "copied 2 labelled image(s)" in proc.stdout and "not one of" in proc.stdout
+    results = tiny_model / "results" / "tiny" / "svm"
+    assert (results / "active_learning_candidates.png").stat().st_size > 1000
+    ranked = (results / "active_learning_candidates.tsv").read_text().splitlines()
+    assert ranked[0].split("\t") == ["rank", "image", "uncertainty_margin", "dotted", "leopard", "striped"]
+    first, second = (Path(line.split("\t")[1]) for line in ranked[1:3])
+    images = tiny_model / "images" / "tiny"
+    assert (images / "dotted" / first.name).read_bytes() == first.read_bytes()
+    assert (images / "leopard" / second.name).read_bytes() == second.read_bytes()
+    after = {c: len(list_images(images / c)) for c in before}
+    assert after == {"dotted": before["dotted"] + 1, "leopard": before["leopard"] + 1, "striped": before["striped"]}
+    split = make_split(images, 0.75, 0)
+    in_split = {p for p, _ in split.train + split.test}
+    assert f"dotted/{first.name}" in in_split and f"leopard/{second.name}" in in_split
+
+    # The next round does not ask about the three answered images again.
+    proc = _run_al(tiny_model, "--no-prompt")
+    assert proc.returncode == 0, proc.stderr
+    assert "6 unlabelled images scored" in proc.stdout
+    assert first.name not in proc.stdout and second.name not in proc.stdout
+
+
+def test_script_without_a_model_says_which_stage_to_run(tmp_path: Path) -> None:
+    (tmp_path / "unlabelled").mkdir()
+    generate_demo_dataset(tmp_path / "unlabelled", images_per_class=1, progress=False)
+    proc = _run_al(tmp_path)
+    assert proc.returncode == 1 and "run scripts/2_refineDNN.py first" in proc.stderr and "Traceback" not in proc.stderr

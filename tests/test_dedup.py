@@ -1,0 +1,189 @@
+"""Near-duplicate detection (dhash, 256 bits) on generated photo-like images and their copies,
+the dry-run / move-aside script, and stage 1's leakage check."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import FASHION, run_script
+from imgclass.data import Split, list_class_dirs, make_split
+from imgclass.dedup import (
+    DEFAULT_THRESHOLD,
+    find_duplicates,
+    find_leaks,
+    image_hash,
+    keep_leaks_in_train,
+    move_duplicates,
+    pairwise_close,
+)
+from imgclass.synthetic import generate_demo_dataset
+
+N_PER_CLASS = 5
+
+
+@pytest.fixture(scope="module")
+def originals(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """15 distinct photo-like images (3 classes x 5) from the synthetic generator."""
+    root = tmp_path_factory.mktemp("orig")
+    generate_demo_dataset(root, images_per_class=N_PER_CLASS, seed=3, progress=False)
+    (root / "README.txt").unlink()
+    return root
+
+
+def _copy(src: Path, dst: Path, scale: float, quality: int, fmt: str = "JPEG") -> Path:
+    """A re-sized and re-compressed copy, as another web site would serve it."""
+    img = Image.open(src).convert("RGB")
+    img = img.resize((round(img.width * scale), round(img.height * scale)), Image.LANCZOS)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    img.save(dst, fmt, **({"quality": quality} if fmt == "JPEG" else {}))
+    return dst
+
+
+COPIES = {"half_q60": (0.5, 60), "bigger_q90": (1.5, 90), "same_q30": (1.0, 30), "png": (0.8, 0)}
+
+
+@pytest.fixture
+def with_copies(originals: Path, tmp_path: Path) -> tuple[Path, dict[str, list[str]]]:
+    """The originals plus, for two of them, every kind of copy and a byte-identical duplicate."""
+    root = tmp_path / "ds"
+    shutil.copytree(originals, root)
+    expected = {}
+    for rel in ("dotted/dotted_0001.jpg", "striped/striped_0003.jpg"):
+        src = root / rel
+        cls = rel.split("/")[0]
+        group = [rel]
+        for tag, (scale, q) in COPIES.items():
+            ext = ".png" if tag == "png" else ".jpg"
+            dst = root / cls / "web" / f"{src.stem}_{tag}{ext}"
+            _copy(src, dst, scale, q, "PNG" if tag == "png" else "JPEG")
+            group.append(dst.relative_to(root).as_posix())
+        exact = root / cls / f"{src.stem}_exact.jpg"
+        shutil.copyfile(src, exact)
+        group.append(exact.relative_to(root).as_posix())
+        expected[rel] = sorted(group)
+    return root, expected
+
+
+def test_pairwise_close_matches_brute_force() -> None:
+    rng = np.random.default_rng(0)
+    bits = rng.random((70, 256)) < 0.5
+    bits[5] = bits[3]
+    bits[9] = bits[3] ^ (np.arange(256) < 7)  # 7 bits away from image 3
+    brute = [(i, j, int((bits[i] != bits[j]).sum())) for i in range(70) for j in range(i + 1, 70)]
+    for threshold in (0, 7, 110):
+        want = [t for t in brute if t[2] <= threshold]
+        assert sorted(pairwise_close(bits, threshold, block=16)) == want
+    other = bits[:10]
+    want = [(i, j, int((bits[i] != other[j]).sum())) for i in range(70) for j in range(10)]
+    assert sorted(pairwise_close(bits, 7, other=other, block=9)) == sorted(t for t in want if t[2] <= 7)
+
+
+def test_finds_resized_and_recompressed_copies_and_keeps_distinct_images_apart(with_copies) -> None:
+    root, expected = with_copies
+    report = find_duplicates(root, progress=False)
+    assert len(report.paths) == 3 * N_PER_CLASS + 2 * (len(COPIES) + 1)
+    assert sorted(sorted(g) for g in report.groups) == sorted(expected.values())
+    # Exact pass: the byte-identical copy (and nothing distinct) shares the original's hash.
+    for group in report.exact:
+        assert len({image_hash(root / p) for p in group}) == 1
+    assert any(set(g) >= {"dotted/dotted_0001.jpg", "dotted/dotted_0001_exact.jpg"} for g in report.exact)
+    assert not report.cross_class_groups() and not report.failed
+    # The kept image is the first of its group; all the others are to be moved.
+    assert {kept for _, kept in report.to_move} == {g[0] for g in report.groups}
+    assert len(report.to_move) == 2 * (len(COPIES) + 1)
+
+
+def test_distinct_images_are_far_apart(originals: Path) -> None:
+    report = find_duplicates(originals, threshold=3 * DEFAULT_THRESHOLD, progress=False)
+    assert report.groups == [] and len(report.paths) == 3 * N_PER_CLASS
+
+
+def test_script_is_a_dry_run_unless_asked_and_moves_never_deletes(with_copies, tmp_path: Path) -> None:
+    root, expected = with_copies
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    out = run_script("dedupImages.py", str(root), data_dir=tmp_path).stdout
+    assert "dry run: nothing moved" in out and "10 duplicates within 15 bits in 2 groups" in out
+    after = {p: p.read_bytes() for p in root.rglob("*") if p.is_file() and p.name != "duplicates.tsv"}
+    assert after == before
+    assert len((root / "duplicates.tsv").read_text().splitlines()) == 1 + 10
+
+    out = run_script("dedupImages.py", str(root), "--remove", data_dir=tmp_path).stdout
+    assert "moved 10 image(s)" in out
+    dup = root / "_duplicates"
+    moved = sorted(p.relative_to(dup).as_posix() for p in dup.rglob("*") if p.is_file() and p.name != "moved.tsv")
+    assert moved == sorted(p for g in expected.values() for p in g[1:])
+    for group in expected.values():  # the kept image is still in place, the copies are not
+        assert (root / group[0]).is_file() and not any((root / p).exists() for p in group[1:])
+    for p in moved:  # moved byte for byte, not re-encoded
+        assert (dup / p).read_bytes() == before[root / p]
+    log = (dup / "moved.tsv").read_text().splitlines()
+    assert log[0] == "moved\tduplicate_of" and len(log) == 11
+    # The data set loader ignores _duplicates/, and a second run finds nothing left to move.
+    assert list_class_dirs(root) == ["dotted", "leopard", "striped"]
+    split = make_split(root, 0.75, 0)
+    assert len(split.train) + len(split.test) == 3 * N_PER_CLASS
+    out = run_script("dedupImages.py", str(root), "--remove", data_dir=tmp_path).stdout
+    assert "0 duplicates within" in out and "moved 0 image(s)" in out
+
+
+def test_same_photo_in_two_classes_is_flagged_and_bad_files_are_reported(originals: Path, tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    shutil.copytree(originals, root)
+    _copy(root / "leopard/leopard_0002.jpg", root / "dotted/looks_dotted.jpg", 0.7, 70)
+    (root / "dotted" / "broken.jpg").write_bytes(b"<html>not an image</html>")
+    report = find_duplicates(root, progress=False)
+    assert report.cross_class_groups() == [["dotted/looks_dotted.jpg", "leopard/leopard_0002.jpg"]]
+    assert [p for p, _ in report.failed] == ["dotted/broken.jpg"] and "cannot decode" in report.failed[0][1]
+    moved = move_duplicates(report)
+    assert [m.relative_to(root).as_posix() for _, m in moved] == ["_duplicates/leopard/leopard_0002.jpg"]
+
+
+def test_leakage_check_finds_a_planted_duplicate_across_the_split(originals: Path, tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    shutil.copytree(originals, root)
+    _copy(root / "striped/striped_0000.jpg", root / "striped/from_another_site.jpg", 0.6, 50)
+    classes = ["dotted", "leopard", "striped"]
+    files = {c: sorted(p.relative_to(root).as_posix() for p in (root / c).iterdir()) for c in classes}
+    train = [(p, i) for i, c in enumerate(classes) for p in files[c] if p != "striped/striped_0000.jpg" and not p.endswith("_0004.jpg")]
+    test = [(p, i) for i, c in enumerate(classes) for p in files[c] if p == "striped/striped_0000.jpg" or p.endswith("_0004.jpg")]
+    split = Split(classes, train, test)
+    leaks = find_leaks(split, root, progress=False)
+    assert [(x.train, x.test, x.same_class) for x in leaks] == [("striped/from_another_site.jpg", "striped/striped_0000.jpg", True)]
+    fixed = keep_leaks_in_train(split, leaks)
+    assert ("striped/striped_0000.jpg", 2) in fixed.train and ("striped/striped_0000.jpg", 2) not in fixed.test
+    assert len(fixed.train) == len(train) + 1 and len(fixed.test) == len(test) - 1
+    assert find_leaks(fixed, root, progress=False) == []
+
+
+def test_stage1_keeps_near_duplicates_on_one_side(originals: Path, tmp_path: Path) -> None:
+    root = tmp_path / "images" / "leaky"
+    shutil.copytree(originals, root)
+    _copy(root / "dotted/dotted_0002.jpg", root / "dotted/resized_copy.jpg", 0.5, 60)
+    # The dedicated test list puts the original in test; its copy lands in train.
+    (root / "dedicatedTestImages.tsv").write_text("dotted/dotted_0002.jpg\nleopard/leopard_0000.jpg\nstriped/striped_0000.jpg\n")
+    out = run_script("1_prepareData.py", "--set", "datasetName=leaky", data_dir=tmp_path).stdout
+    assert "near duplicates across the split" in out and "dotted/resized_copy.jpg (train) ~ dotted/dotted_0002.jpg (test)" in out
+    split = json.loads((tmp_path / "proc" / "leaky" / "split.json").read_text())
+    assert ["dotted/dotted_0002.jpg", 0] in split["train"]
+    assert [p for p, _ in split["test"]] == ["leopard/leopard_0000.jpg", "striped/striped_0000.jpg"]
+
+    out = run_script("1_prepareData.py", "--set", "datasetName=leaky", "--set", "leakageCheck=report", data_dir=tmp_path).stdout
+    assert "leakageCheck = 'report'" in out
+    split = json.loads((tmp_path / "proc" / "leaky" / "split.json").read_text())
+    assert ["dotted/dotted_0002.jpg", 0] in split["test"]
+
+
+@pytest.mark.realdata
+def test_real_photos_hash_quickly_and_have_no_false_duplicates() -> None:
+    if not FASHION.is_dir():
+        pytest.skip(f"{FASHION} not found")
+    report = find_duplicates(FASHION / "leopard", progress=False)
+    assert len(report.paths) > 100 and not report.failed
+    assert report.groups == []  # measured: the closest two distinct photos are 19 bits apart
