@@ -66,6 +66,9 @@ eval_set = "test"  # "test" or "train": which side of the split stage 5 scores
 # ----------------------------------------------------------------------------------------------
 # Run tracking (MLflow)
 # ----------------------------------------------------------------------------------------------
+track_enabled = True  # record every stage in MLflow (env IMGCLASS_TRACKING=0 also turns it off)
+track_uri = ""  # MLflow store; "" = MLFLOW_TRACKING_URI, else aml_config/tracking.ini, else sqlite:///DATA_DIR/mlflow.db
+track_experiment = ""  # MLflow experiment that runs go to; "" = aml_config/tracking.ini, else "imgclass-<datasetName>"
 
 # ----------------------------------------------------------------------------------------------
 # Deployment (stage 6)

@@ -139,6 +139,9 @@ SCHEMA: dict[str, Spec] = {
     # --- featurization speed and cache ---
 
     # --- run tracking ---
+    "track_enabled": Spec(_BOOL),
+    "track_uri": Spec(_STR, expected="an MLflow tracking URI (sqlite:///..., http://...), or \"\""),
+    "track_experiment": Spec(_STR, expected="an MLflow experiment name, or \"\""),
 
     # --- deployment ---
 
