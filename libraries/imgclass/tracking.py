@@ -56,7 +56,9 @@ def tracking_enabled(p: Params) -> bool:
     return bool(p.track_enabled) and os.environ.get(ENV_SWITCH, "").strip().lower() not in ("0", "off", "false", "no")
 
 
-def _config(path: Path = CONFIG_FILE) -> dict[str, str]:
+def _config(path: Path | None = None) -> dict[str, str]:
+    """The [mlflow] section of aml_config/tracking.ini ({} when the file is absent)."""
+    path = path or CONFIG_FILE
     if not path.is_file():
         return {}
     cp = configparser.ConfigParser()
@@ -344,7 +346,7 @@ def format_comparison(runs: Sequence[RunSummary], all_params: bool = False) -> s
         ("dataset", [r.tags.get("dataset", "-") for r in runs]),
         ("classifier", [r.tags.get("classifier", "-") for r in runs]),
         ("git commit", [r.tags.get("git_commit", "-")[:10] for r in runs]),
-        ("stages", [r.tags.get("stages", "-") for r in runs]),
+        ("stages", [",".join(s.split("_")[0] for s in r.tags.get("stages", "-").split(",")) for r in runs]),
     ]
     names = sorted(set().union(*(r.params for r in runs)))
     differ = [n for n in names if all_params or len({r.params.get(n) for r in runs}) > 1]
