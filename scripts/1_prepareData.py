@@ -19,7 +19,7 @@ def main() -> int:
     _, p = parse_stage(parser)
     split = make_split(p.images_dir, p.ratioTrainTest, p.randomSeed, p.imagesSplitBy)
     for path, reason in split.excluded:
-        print(f"left out (cannot decode): {path}: {reason}")
+        print(f"left out: {path}: {reason}")
     print(f"split by: {split.method}")
     print(f"  {'class':<20} {'train':>6} {'test':>6}")
     for c, n in split.counts().items():
