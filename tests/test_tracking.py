@@ -203,3 +203,12 @@ def test_refinement_curves_become_metrics_with_epochs(tracked_demo: Path, monkey
         hist = client.get_metric_history(rec.run_id, f"curve_{key}")
         assert [(h.step, h.value) for h in sorted(hist, key=lambda h: h.step)] == list(zip(curves["epoch"], curves[key]))
     assert client.get_experiment(rec.experiment_id).name == "imgclass-curvesDemo"
+
+
+def test_conda_environment_matches_requirements() -> None:
+    req = {ln.strip() for ln in (ROOT / "requirements.txt").read_text().splitlines()
+           if ln.strip() and not ln.strip().startswith("#")}
+    yml = (ROOT / "aml_config" / "conda_dependencies.yml").read_text().split("- pip:", 1)[1]
+    pip = {ln.strip()[2:].strip() for ln in yml.splitlines() if ln.strip().startswith("- ")}
+    assert pip == req, f"only in requirements.txt: {sorted(req - pip)}; only in the conda file: {sorted(pip - req)}"
+    assert tracking._config(ROOT / "aml_config" / "tracking.ini") == {"tracking_uri": "", "experiment": ""}
