@@ -212,3 +212,8 @@ def test_conda_environment_matches_requirements() -> None:
     pip = {ln.strip()[2:].strip() for ln in yml.splitlines() if ln.strip().startswith("- ")}
     assert pip == req, f"only in requirements.txt: {sorted(req - pip)}; only in the conda file: {sorted(pip - req)}"
     assert tracking._config(ROOT / "aml_config" / "tracking.ini") == {"tracking_uri": "", "experiment": ""}
+
+
+def test_compare_runs_without_history_is_a_clear_error(tmp_path: Path) -> None:
+    proc = run_script("compareRuns.py", data_dir=tmp_path, check=False)
+    assert proc.returncode == 1 and "no run history in" in proc.stderr and "Traceback" not in proc.stderr
