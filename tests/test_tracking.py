@@ -70,10 +70,15 @@ def test_a_pipeline_is_one_run_with_its_stages_nested(tracked_demo: Path) -> Non
     assert not any((ROOT / n).exists() for n in ("mlruns", "mlartifacts", "mlflow.db"))
 
 
-def test_rerun_of_the_last_stage_joins_the_run(tracked_demo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rerun_of_the_last_stage_joins_the_run(tracked_demo: Path, monkeypatch: pytest.MonkeyPatch,
+                                              tmp_path: Path) -> None:
     _tracked(monkeypatch)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))  # MLflow writes nothing there either (no telemetry id file)
     before = _state(tracked_demo)["run_id"]
     out = run_script("5_evaluate.py", *TRACKED_SMALL, "--on", "train", data_dir=tracked_demo).stdout
+    assert not [f for f in home.rglob("*") if "mlflow" in f.name.lower()]  # (matplotlib caches its fonts there)
     assert f"tracked in pipeline run {before[:8]}" in out and "mlflow ui --backend-store-uri sqlite:///" in out
     run = _client(tracked_demo).get_run(before)
     m = json.loads((tracked_demo / "results" / DS / "svm" / "metrics_train.json").read_text())

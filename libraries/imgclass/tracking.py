@@ -164,11 +164,16 @@ def written_since(folder: Path, since: float, patterns: Iterable[str] = ARTIFACT
     return sorted(found)
 
 
-def _client(uri: str) -> Any:
-    # Before the import: no usage telemetry, and an unreachable server fails in seconds, not minutes.
+def _mlflow_env() -> None:
+    """Set before mlflow is first imported: no usage telemetry (nor its ~/.config/mlflow file), and an
+    unreachable server fails in seconds rather than after minutes of retries."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+
+
+def _client(uri: str) -> Any:
+    _mlflow_env()
     import logging
 
     from mlflow.tracking import MlflowClient
@@ -187,7 +192,7 @@ def _experiment_id(client: Any, name: str, uri: str) -> str:
     location = None
     if uri.startswith("sqlite:///"):
         # Artifacts beside the database, not in ./mlruns of whatever folder the stage ran from.
-        location = (Path(uri[len("sqlite:///"):]).parent / ARTIFACTS_DIR).as_uri()
+        location = (Path(uri[len("sqlite:///"):]).resolve().parent / ARTIFACTS_DIR).as_uri()
     return client.create_experiment(name, artifact_location=location)
 
 
@@ -222,6 +227,7 @@ def record_stage(p: Params, script: str | Path, started: float, argv: Sequence[s
     if stage is None or not tracking_enabled(p):
         return None
     t0 = time.time()
+    _mlflow_env()
     from mlflow.entities import Metric, Param, RunTag
 
     uri = resolve_uri(p)
