@@ -72,3 +72,21 @@ def test_thumbnails_and_pages_render(color_dataset: Path) -> None:
     assert len([ax for ax in fig.axes if ax.images]) == 8
     with pytest.raises(AnnotationError, match="pages are 0 to 0"):
         b.page("red", 1)
+
+
+def test_widget_pager_records_the_chosen_label(color_dataset: Path) -> None:
+    pytest.importorskip("ipywidgets")
+    b = AnnotationBrowser(color_dataset, page_size=4, thumb=48)
+    ui = b.widget("red")
+    (cls_box, page_box), grid, status = ui.children[0].children, ui.children[1], ui.children[2]
+    assert len(grid.children) == 4 and page_box.max == 1
+    image, label, menu = grid.children[1].children
+    assert label.value == "red_1.jpg" and menu.value == "red" and image.value[:2] == b"\xff\xd8"
+    menu.value = "blue"  # what picking a label in the menu does
+    assert read_fixes(color_dataset) == {"red/red_1.jpg": "blue"} and "red/red_1.jpg: blue" in status.value
+    grid.children[2].children[2].value = EXCLUDE
+    assert read_fixes(color_dataset)["red/red_2.jpg"] == EXCLUDE
+    page_box.value = 1
+    assert [c.children[1].value for c in grid.children] == ["red_4.jpg", "red_5.jpg"]
+    cls_box.value = "green"
+    assert [c.children[1].value for c in grid.children][0] == "green_0.jpg" and page_box.max == 1

@@ -211,7 +211,13 @@ class AnnotationBrowser:
                 cells.append(w.VBox([w.Image(value=self.thumbnail(p), format="jpeg"), w.Label(Path(p).name), menu]))
             grid.children = cells
 
-        cls_box.observe(render, names="value")
+        def on_class(_: Any) -> None:  # a new class starts at its first page
+            page_box.unobserve(render, names="value")
+            page_box.value = 0
+            page_box.observe(render, names="value")
+            render()
+
+        cls_box.observe(on_class, names="value")
         page_box.observe(render, names="value")
         render()
         return w.VBox([w.HBox([cls_box, page_box]), grid, status])
