@@ -17,7 +17,7 @@ FASHION = ROOT.parent / "shared" / "datasets" / "fashionTexture"
 
 # Tests never download: a backbone whose weights are missing must fail fast and clearly.
 os.environ.setdefault("IMGCLASS_OFFLINE", "1")
-# Run tracking (MLflow) costs ~2 s a stage: off in the suite except where a test turns it on
+# Run tracking (MLflow) adds ~2.5 s a stage: off in the suite except where a test turns it on
 # (tracked_demo below, tests/test_tracking.py), and never aimed at a store outside the test's folder.
 os.environ.setdefault("IMGCLASS_TRACKING", "0")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
