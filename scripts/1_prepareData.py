@@ -32,7 +32,7 @@ def main() -> int:
         elif leaks:
             print("leakageCheck = 'report': left as they are; test accuracy may be optimistic")
     for path, reason in split.excluded:
-        print(f"left out (cannot decode): {path}: {reason}")
+        print(f"left out: {path}: {reason}")
     print(f"split by: {split.method}")
     print(f"  {'class':<20} {'train':>6} {'test':>6}")
     for c, n in split.counts().items():

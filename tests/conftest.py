@@ -17,6 +17,10 @@ FASHION = ROOT.parent / "shared" / "datasets" / "fashionTexture"
 
 # Tests never download: a backbone whose weights are missing must fail fast and clearly.
 os.environ.setdefault("IMGCLASS_OFFLINE", "1")
+# Run tracking (MLflow) adds ~2.5 s a stage: off in the suite except where a test turns it on
+# (tracked_demo below, tests/test_tracking.py), and never aimed at a store outside the test's folder.
+os.environ.setdefault("IMGCLASS_TRACKING", "0")
+os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
 def write_image(path: Path, color: tuple[int, int, int], size: tuple[int, int] = (48, 40), seed: int = 0) -> Path:
@@ -48,3 +52,21 @@ def run_script(name: str, *args: str, data_dir: Path, check: bool = True, timeou
     if check and proc.returncode != 0:
         raise AssertionError(f"{name} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+TRACKED_SMALL = ["--set", "demoImagesPerClass=8", "--set", "rf_inputResolution=64", "--set", "run_mbSize=8",
+                 "--set", "svm_cvFolds=3"]
+
+
+@pytest.fixture(scope="session")
+def tracked_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """DATA_DIR after stages 0-5 on a small demo data set (64 px), with run tracking on.
+
+    Shared by the tracking and notebook tests, so the pipeline runs once per session."""
+    data_dir = tmp_path_factory.mktemp("tracked")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("IMGCLASS_TRACKING", "1")
+        for script in ("0_downloadData.py", "1_prepareData.py", "2_refineDNN.py", "3_runDNN.py",
+                       "4_trainSVM.py", "5_evaluate.py"):
+            run_script(script, *TRACKED_SMALL, data_dir=data_dir)
+    return data_dir

@@ -9,8 +9,10 @@ non-zero exit instead of a traceback.
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 import textwrap
+import time
 from collections.abc import Callable, Sequence
 
 from imgclass.params import ParameterError, Params, load_params, parse_overrides
@@ -36,12 +38,17 @@ def stage_parser(description: str, reads: str, writes: str) -> argparse.Argument
     return parser
 
 
+_parsed: Params | None = None  # the stage's parameters, for run_stage to record the run with
+
+
 def parse_stage(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, Params]:
+    global _parsed
     args = parser.parse_args(argv)
     try:
         params = load_params(args.params, parse_overrides(args.overrides))
     except ParameterError as e:
         parser.error(str(e))  # exits 2 with usage, like any other bad argument
+    _parsed = params
     return args, params
 
 
@@ -50,9 +57,13 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ParameterError, FileNotFoundErro
 
 
 def run_stage(main: Callable[[], int | None], user_errors: tuple[type[BaseException], ...] = ()) -> None:
-    """Run a stage's main(); user errors become `error: ...` on stderr and exit status 1."""
+    """Run a stage's main(); user errors become `error: ...` on stderr and exit status 1.
+
+    A stage that succeeds is then recorded in the run history (imgclass.tracking), after its
+    outputs are written, so a tracking problem can only ever be a warning."""
     from imgclass.backbones import WeightsUnavailableError
 
+    started = time.time()
     try:
         code = main()
     except (*USER_ERRORS, WeightsUnavailableError, *user_errors) as e:
@@ -61,4 +72,8 @@ def run_stage(main: Callable[[], int | None], user_errors: tuple[type[BaseExcept
     except KeyboardInterrupt:
         print("interrupted: files already written are complete; rerun the stage to finish", file=sys.stderr)
         sys.exit(130)
+    if not code and _parsed is not None:
+        from imgclass.tracking import track_stage
+
+        track_stage(_parsed, inspect.getfile(main), started, sys.argv[1:])
     sys.exit(code or 0)

@@ -19,6 +19,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from imgclass.annotations import EXCLUDE, FIXES_FILE, apply_fixes, read_fixes
 from imgclass.fileio import read_json, write_json
 from imgclass.images import check_image, is_image_name
 
@@ -128,9 +129,13 @@ def _collect(root: Path, classes: list[str], excluded: list[tuple[str, str]], ba
                 excluded.append((rel, problem))
             else:
                 good.append(rel)
+        out[c] = good
+    # The user's label fixes (annotations_fixes.tsv): relabel or leave out, never move the files.
+    out, dropped = apply_fixes(out, read_fixes(base), base / FIXES_FILE)
+    excluded += [(rel, f"marked {EXCLUDE} in {FIXES_FILE}") for rel in dropped]
+    for c, good in out.items():
         if not good:
             raise DatasetError(f"{root / c}: class {c!r} has no usable images")
-        out[c] = good
     return out
 
 

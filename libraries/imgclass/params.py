@@ -164,6 +164,9 @@ SCHEMA: dict[str, Spec] = {
     "run_boCache": Spec(_BOOL),
 
     # --- run tracking ---
+    "track_enabled": Spec(_BOOL),
+    "track_uri": Spec(_STR, expected="an MLflow tracking URI (sqlite:///..., http://...), or \"\""),
+    "track_experiment": Spec(_STR, expected="an MLflow experiment name, or \"\""),
 
     # --- deployment ---
     "dep_host": Spec(_STR, check=lambda v: None if v.strip() else "must be a host name or address"),

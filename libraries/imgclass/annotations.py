@@ -1,0 +1,230 @@
+"""Annotation fixes: move an image to another class, or exclude it, without touching the user's files.
+
+The fixes live in `annotations_fixes.tsv` in the data set folder, one line per image:
+`path<TAB>new_class` or `path<TAB>EXCLUDE`, the path relative to the data set folder as in
+`split.json` (e.g. `dotted/IMG_0012.jpg`). Stage 1 (imgclass.data.make_split) applies them, so a fix
+takes effect at the next `1_prepareData.py`, and deleting a line undoes it.
+
+`AnnotationBrowser` is what notebooks/showImages.ipynb uses to page through a class's images and
+record fixes; `browser.widget()` is the interactive version when ipywidgets is installed.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from imgclass.fileio import atomic_open
+from imgclass.images import ImageDecodeError, load_rgb
+
+FIXES_FILE = "annotations_fixes.tsv"
+EXCLUDE = "EXCLUDE"
+_HEADER = ("# Annotation fixes, applied by scripts/1_prepareData.py (the image files are never moved).\n"
+           "# path (relative to this folder)<TAB>new class, or EXCLUDE to leave the image out\n")
+
+
+class AnnotationError(ValueError):
+    """The fixes file or a requested fix is invalid; the message names the file and line or value."""
+
+
+def _norm(path: str) -> str:
+    return path.strip().replace("\\", "/")
+
+
+def read_fixes(images_dir: str | Path) -> dict[str, str]:
+    """{image path: new class or EXCLUDE} from the data set's fixes file ({} when there is none)."""
+    path = Path(images_dir) / FIXES_FILE
+    if not path.is_file():
+        return {}
+    fixes: dict[str, str] = {}
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip() or line.startswith("#"):
+                continue
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) != 2 or not parts[0].strip() or not parts[1].strip():
+                raise AnnotationError(f"{path}, line {n}: expected 'path<TAB>new_class' or 'path<TAB>{EXCLUDE}', got {line.strip()!r}")
+            fixes[_norm(parts[0])] = parts[1].strip()
+    return fixes
+
+
+def write_fixes(images_dir: str | Path, fixes: dict[str, str]) -> Path:
+    path = Path(images_dir) / FIXES_FILE
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        f.write(_HEADER)
+        for image, target in sorted(fixes.items()):
+            f.write(f"{image}\t{target}\n")
+    return path
+
+
+def apply_fixes(per_class: dict[str, list[str]], fixes: dict[str, str], where: str | Path = FIXES_FILE,
+                ) -> tuple[dict[str, list[str]], list[str]]:
+    """Per-class image lists with the fixes applied, and the images excluded by them.
+
+    A fix naming a class that is not one of the data set's class folders is an error; fixes for
+    images no longer in the data set are ignored (the image was deleted since)."""
+    classes = list(per_class)
+    out: dict[str, list[str]] = {c: [] for c in classes}
+    excluded: list[str] = []
+    for c, paths in per_class.items():
+        for p in paths:
+            target = fixes.get(p, c)
+            if target == EXCLUDE:
+                excluded.append(p)
+            elif target in out:
+                out[target].append(p)
+            else:
+                raise AnnotationError(f"{where}: {p} is moved to {target!r}, which is not a class "
+                                      f"(classes: {', '.join(classes)}; or {EXCLUDE})")
+    return {c: sorted(v) for c, v in out.items()}, excluded
+
+
+class AnnotationBrowser:
+    """Pages through a data set's images per class and records fixes in its annotations_fixes.tsv.
+
+    >>> b = AnnotationBrowser(p.images_dir)
+    >>> b.show("dotted", page=0)           # a grid of thumbnails, each titled with its number and path
+    >>> b.move("dotted/img_003.jpg", "striped"); b.exclude("dotted/img_007.jpg")
+    """
+
+    def __init__(self, images_dir: str | Path, page_size: int = 12, thumb: int = 160) -> None:
+        from imgclass.data import list_class_dirs, list_images  # data imports this module for read_fixes
+
+        if page_size < 1 or thumb < 16:
+            raise ValueError(f"page_size {page_size} must be >= 1 and thumb {thumb} >= 16")
+        self.images_dir = Path(images_dir)
+        self.classes = list_class_dirs(self.images_dir)
+        if not self.classes:
+            raise AnnotationError(f"{self.images_dir} holds no class folders")
+        self.page_size, self.thumb = page_size, thumb
+        self.images = {c: [p.relative_to(self.images_dir).as_posix() for p in list_images(self.images_dir / c)]
+                       for c in self.classes}
+
+    @property
+    def fixes(self) -> dict[str, str]:
+        return read_fixes(self.images_dir)
+
+    def n_pages(self, cls: str) -> int:
+        return max(1, -(-len(self._class_images(cls)) // self.page_size))
+
+    def _class_images(self, cls: str) -> list[str]:
+        if cls not in self.images:
+            raise AnnotationError(f"class {cls!r} is not one of {', '.join(self.classes)}")
+        return self.images[cls]
+
+    def page(self, cls: str, page: int = 0) -> list[str]:
+        """The image paths on one page of a class (the folder it is in, whatever its fixes say)."""
+        if not 0 <= page < self.n_pages(cls):
+            raise AnnotationError(f"page {page} of class {cls!r}: pages are 0 to {self.n_pages(cls) - 1}")
+        return self._class_images(cls)[page * self.page_size:(page + 1) * self.page_size]
+
+    def label_of(self, image: str) -> str:
+        """The class the image will have after the fixes, or EXCLUDE."""
+        image = _norm(image)
+        return self.fixes.get(image, self._folder_class(image))
+
+    def _folder_class(self, image: str) -> str:
+        for c, paths in self.images.items():
+            if image in paths:
+                return c
+        raise AnnotationError(f"{image!r} is not an image of {self.images_dir} (paths are like "
+                              f"{self.images[self.classes[0]][0] if self.images[self.classes[0]] else 'class/file.jpg'!r})")
+
+    def _set(self, image: str, target: str) -> str:
+        image = _norm(image)
+        folder = self._folder_class(image)
+        fixes = self.fixes
+        if target == folder:
+            fixes.pop(image, None)  # back to its folder's class: no fix needed
+        else:
+            fixes[image] = target
+        write_fixes(self.images_dir, fixes)
+        return target
+
+    def move(self, image: str, new_class: str) -> str:
+        if new_class not in self.classes:
+            raise AnnotationError(f"class {new_class!r} is not one of {', '.join(self.classes)}")
+        return self._set(image, new_class)
+
+    def exclude(self, image: str) -> str:
+        return self._set(image, EXCLUDE)
+
+    def reset(self, image: str) -> str:
+        return self._set(image, self._folder_class(_norm(image)))
+
+    def thumbnail(self, image: str) -> bytes:
+        """A JPEG thumbnail (large JPEGs decode at reduced scale, so paging stays quick)."""
+        try:
+            img = load_rgb(self.images_dir / image, min_size=self.thumb)
+        except ImageDecodeError:
+            from PIL import Image
+
+            img = Image.new("RGB", (self.thumb, self.thumb), (200, 60, 60))  # undecodable: a red tile
+        img.thumbnail((self.thumb, self.thumb))
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=85)
+        return buf.getvalue()
+
+    def show(self, cls: str, page: int = 0, columns: int = 6) -> Any:
+        """A matplotlib figure of one page; titles are 'number: label' (label in red when fixed)."""
+        import matplotlib.pyplot as plt
+        from PIL import Image
+
+        paths = self.page(cls, page)
+        rows = max(1, -(-len(paths) // columns))
+        fig, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.4 * rows), squeeze=False)
+        fixes = self.fixes
+        for ax in axes.flat:
+            ax.axis("off")
+        for i, (ax, p) in enumerate(zip(axes.flat, paths)):
+            ax.imshow(Image.open(io.BytesIO(self.thumbnail(p))))
+            label = fixes.get(p, cls)
+            ax.set_title(f"{page * self.page_size + i}: {label}\n{Path(p).name}", fontsize=8,
+                         color="red" if p in fixes else "black")
+        fig.suptitle(f"{cls}: page {page + 1} of {self.n_pages(cls)}")
+        fig.tight_layout()
+        return fig
+
+    def widget(self, cls: str | None = None) -> Any:
+        """Interactive pager (ipywidgets): a class and page chooser, a label menu under each image."""
+        import ipywidgets as w
+
+        choices = [*self.classes, EXCLUDE]
+        cls_box = w.Dropdown(options=self.classes, value=cls or self.classes[0], description="class")
+        page_box = w.BoundedIntText(value=0, min=0, max=self.n_pages(cls_box.value) - 1, description="page")
+        grid = w.GridBox(layout=w.Layout(grid_template_columns=f"repeat(6, {self.thumb + 20}px)"))
+        status = w.HTML()
+
+        def on_label(change: dict, image: str) -> None:
+            target = change["new"]
+            self.move(image, target) if target != EXCLUDE else self.exclude(image)
+            status.value = f"{image}: {target} (recorded in {FIXES_FILE})"
+
+        def render(*_: Any) -> None:
+            page_box.max = self.n_pages(cls_box.value) - 1
+            cells = []
+            for p in self.page(cls_box.value, min(page_box.value, page_box.max)):
+                menu = w.Dropdown(options=choices, value=self.label_of(p), layout=w.Layout(width=f"{self.thumb}px"))
+                menu.observe(lambda ch, p=p: on_label(ch, p), names="value")
+                cells.append(w.VBox([w.Image(value=self.thumbnail(p), format="jpeg"), w.Label(Path(p).name), menu]))
+            grid.children = cells
+
+        def on_class(_: Any) -> None:  # a new class starts at its first page
+            page_box.unobserve(render, names="value")
+            page_box.value = 0
+            page_box.observe(render, names="value")
+            render()
+
+        cls_box.observe(on_class, names="value")
+        page_box.observe(render, names="value")
+        render()
+        return w.VBox([w.HBox([cls_box, page_box]), grid, status])
+
+    def summary(self) -> dict[str, Sequence[str]]:
+        """The recorded fixes grouped by their target (a class or EXCLUDE)."""
+        out: dict[str, list[str]] = {}
+        for image, target in sorted(self.fixes.items()):
+            out.setdefault(target, []).append(image)
+        return out

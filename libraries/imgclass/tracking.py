@@ -1,0 +1,377 @@
+"""Run history in MLflow: every execution of the pipeline on a data set is one MLflow run.
+
+Stages are separate processes, so the run they belong to is remembered in
+`proc/<datasetName>/tracking_<classifier>.json`. A stage joins that *pipeline run* (as a nested
+child run of its own) unless it starts a new execution, which is the case when
+
+- no pipeline run is remembered, or it was deleted, or it lives in another store / experiment;
+- the parameters differ from the pipeline run's (every run's params describe all of its stages);
+- the stage comes before the last stage recorded (e.g. stage 0 or 1 after stage 5: a rerun).
+
+The pipeline run holds what a comparison needs: params = all of PARAMETERS.py; metrics = the
+accuracies and AUCs of `metrics.json` (plus per-epoch curves of `training_curves.json`); artifacts =
+the plots and metrics files the stages wrote; tags = data set, classifier, git commit. Each stage's
+child run records its command line and duration.
+
+Tracking runs after a stage has written its outputs, and its failures are warnings: a broken or
+unreachable store never costs a stage its results. `mlflow` is imported only when a stage is
+recorded (the import alone takes seconds).
+"""
+
+from __future__ import annotations
+
+import configparser
+import hashlib
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imgclass.fileio import read_json, write_json
+from imgclass.params import Params
+
+ENV_SWITCH = "IMGCLASS_TRACKING"  # "0", "off" or "false" turns tracking off whatever track_enabled says
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+CONFIG_FILE = PROJECT_ROOT / "aml_config" / "tracking.ini"
+DEFAULT_DB = "mlflow.db"
+ARTIFACTS_DIR = "mlartifacts"
+LEVEL_TAG = "imgclass.level"  # "pipeline" for a pipeline run, "stage" for a stage's child run
+# Files of results/<ds>/<classifier>/ that become artifacts of the pipeline run when a stage writes them.
+ARTIFACT_PATTERNS = ("*.png", "metrics*.json", "training_curves.json", "predictions*.tsv")
+_STAGE_SCRIPT = re.compile(r"^(\d+)_(\w+)$")
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used as configured."""
+
+
+def tracking_enabled(p: Params) -> bool:
+    return bool(p.track_enabled) and os.environ.get(ENV_SWITCH, "").strip().lower() not in ("0", "off", "false", "no")
+
+
+def _config(path: Path | None = None) -> dict[str, str]:
+    """The [mlflow] section of aml_config/tracking.ini ({} when the file is absent)."""
+    path = path or CONFIG_FILE
+    if not path.is_file():
+        return {}
+    cp = configparser.ConfigParser()
+    try:
+        cp.read(path, encoding="utf-8")
+    except configparser.Error as e:
+        raise TrackingError(f"{path}: {e}") from e
+    return {k: v.strip() for k, v in cp["mlflow"].items()} if cp.has_section("mlflow") else {}
+
+
+def default_uri(p: Params) -> str:
+    return "sqlite:///" + (p.data_dir.resolve() / DEFAULT_DB).as_posix()
+
+
+def resolve_uri(p: Params) -> str:
+    """track_uri, else $MLFLOW_TRACKING_URI, else aml_config/tracking.ini, else SQLite in DATA_DIR."""
+    return (p.track_uri or os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+            or _config().get("tracking_uri", "") or default_uri(p))
+
+
+def resolve_experiment(p: Params) -> str:
+    return p.track_experiment or _config().get("experiment", "") or f"imgclass-{p.datasetName}"
+
+
+def ui_command(uri: str) -> str:
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri} in a browser"
+    return f"mlflow ui --backend-store-uri {uri}"
+
+
+def stage_of(script: str | Path) -> tuple[int, str] | None:
+    """(2, "refineDNN") for scripts/2_refineDNN.py; None for scripts that are not pipeline stages."""
+    m = _STAGE_SCRIPT.match(Path(script).stem)
+    return (int(m.group(1)), m.group(2)) if m else None
+
+
+def params_digest(p: Params) -> str:
+    return hashlib.sha1(json.dumps(p.as_dict(), sort_keys=True, default=str).encode()).hexdigest()
+
+
+def state_path(p: Params) -> Path:
+    return p.proc_dir / f"tracking_{p.classifier}.json"
+
+
+def git_commit(root: Path = PROJECT_ROOT) -> tuple[str, bool]:
+    """(commit, has uncommitted changes) of the project, ("unknown", False) outside a git checkout."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return "unknown", False
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10)
+        return head.stdout.strip(), bool(dirty.stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        return "unknown", False
+
+
+def metric_key(name: str) -> str:
+    """MLflow keys allow letters, digits, _ - . space / :; anything else (e.g. in a class name) becomes _."""
+    return re.sub(r"[^\w\-. /:]", "_", name)
+
+
+def metrics_from_json(m: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """The numbers of a stage-5 metrics.json as flat MLflow metrics (accuracies as fractions)."""
+    out: dict[str, float] = {}
+
+    def put(key: str, value: Any) -> None:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            out[prefix + metric_key(key)] = float(value)
+
+    put("overall_accuracy", m.get("overall_accuracy"))
+    put("class_averaged_accuracy", m.get("class_averaged_accuracy"))
+    aucs = [v["auc"] for v in m.get("per_class", {}).values() if v.get("auc") is not None]
+    if aucs:
+        put("class_averaged_auc", sum(aucs) / len(aucs))
+    for c, v in m.get("per_class", {}).items():
+        put(f"accuracy_{c}", v.get("accuracy"))
+        put(f"auc_{c}", v.get("auc"))
+    for key in ("n_train", "n_test", "svm_C"):
+        put(key, m.get(key))
+    return out
+
+
+def curves_from_json(curves: dict[str, Any]) -> list[tuple[str, float, int]]:
+    """(key, value, epoch) for every per-epoch series of training_curves.json."""
+    epochs = curves.get("epoch")
+    out = []
+    for key, values in curves.items():
+        if key == "epoch" or not isinstance(values, list):
+            continue
+        for i, v in enumerate(values):
+            step = int(epochs[i]) if isinstance(epochs, list) and i < len(epochs) else i
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                out.append((f"curve_{metric_key(key)}", float(v), step))
+    return out
+
+
+def written_since(folder: Path, since: float, patterns: Iterable[str] = ARTIFACT_PATTERNS) -> list[Path]:
+    """Files of `folder` matching `patterns` modified at or after `since` (what this stage wrote)."""
+    if not folder.is_dir():
+        return []
+    found = {f for pat in patterns for f in folder.glob(pat) if f.is_file() and f.stat().st_mtime >= since - 1.0}
+    return sorted(found)
+
+
+def _mlflow_env() -> None:
+    """Set before mlflow is first imported: no usage telemetry (nor its ~/.config/mlflow file), and an
+    unreachable server fails in seconds rather than after minutes of retries."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+
+
+def _client(uri: str) -> Any:
+    _mlflow_env()
+    import logging
+
+    from mlflow.tracking import MlflowClient
+
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    return MlflowClient(tracking_uri=uri)
+
+
+def _experiment_id(client: Any, name: str, uri: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage != "active":
+            raise TrackingError(f"experiment {name!r} is deleted in {uri}: restore it or set track_experiment")
+        return exp.experiment_id
+    location = None
+    if uri.startswith("sqlite:///"):
+        # Artifacts beside the database, not in ./mlruns of whatever folder the stage ran from.
+        location = (Path(uri[len("sqlite:///"):]).resolve().parent / ARTIFACTS_DIR).as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
+@dataclass
+class StageRecord:
+    """What track_stage recorded: the pipeline run, the stage's child run and where they live."""
+
+    uri: str
+    experiment_id: str
+    run_id: str
+    stage_run_id: str
+    new_run: bool
+    artifacts: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _join_or_start(client: Any, p: Params, state: dict, uri: str, exp_id: str, stage: int) -> str | None:
+    """The remembered pipeline run when this stage continues it, else None."""
+    if (state.get("uri") != uri or state.get("experiment_id") != exp_id
+            or state.get("params_digest") != params_digest(p) or stage < state.get("last_stage", -1)):
+        return None
+    try:
+        run = client.get_run(state["run_id"])
+    except Exception:  # deleted for good, or never existed in this store
+        return None
+    return run.info.run_id if run.info.lifecycle_stage == "active" else None
+
+
+def record_stage(p: Params, script: str | Path, started: float, argv: Sequence[str] = ()) -> StageRecord | None:
+    """Record a finished stage in MLflow; None when tracking is off or `script` is not a stage."""
+    stage = stage_of(script)
+    if stage is None or not tracking_enabled(p):
+        return None
+    t0 = time.time()
+    _mlflow_env()
+    from mlflow.entities import Metric, Param, RunTag
+
+    uri = resolve_uri(p)
+    client = _client(uri)
+    exp_id = _experiment_id(client, resolve_experiment(p), uri)
+    path = state_path(p)
+    state = read_json(path) if path.is_file() else {}
+    run_id = _join_or_start(client, p, state, uri, exp_id, stage[0])
+    new_run = run_id is None
+    start_ms = int(started * 1000)
+    if new_run:
+        commit, dirty = git_commit()
+        stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(started))
+        tags = {"dataset": p.datasetName, "classifier": p.classifier, "backbone": p.rf_pretrainedModel,
+                "git_commit": commit, "git_dirty": str(dirty).lower(), "mlflow.source.git.commit": commit,
+                LEVEL_TAG: "pipeline"}
+        run_id = client.create_run(exp_id, start_time=start_ms, tags=tags,
+                                   run_name=f"{p.datasetName} {p.classifier} {stamp}").info.run_id
+        items = [Param(k, str(v)[:6000]) for k, v in sorted(p.as_dict().items())]
+        for i in range(0, len(items), 100):  # MLflow takes at most 100 params per call
+            client.log_batch(run_id, params=items[i:i + 100])
+        state = {"uri": uri, "experiment_id": exp_id, "run_id": run_id, "params_digest": params_digest(p),
+                 "stages": []}
+    label = f"{stage[0]}_{stage[1]}"
+    child = client.create_run(exp_id, start_time=start_ms, run_name=label, tags={
+        "mlflow.parentRunId": run_id, LEVEL_TAG: "stage", "stage": label,
+        "command": " ".join([Path(script).name, *argv])[:5000]})
+    now_ms = int(time.time() * 1000)
+    client.log_batch(child.info.run_id, metrics=[Metric("stage_seconds", (t0 - started), now_ms, 0)])
+    client.set_terminated(child.info.run_id, "FINISHED", end_time=int(t0 * 1000))
+
+    written = written_since(p.results_dir, started)
+    metrics: list[Any] = []
+    for f in written:
+        if f.name.startswith("metrics") and f.suffix == ".json":
+            prefix = "" if f.name == "metrics.json" else f.stem[len("metrics"):].strip("_") + "_"
+            metrics += [Metric(k, v, now_ms, 0) for k, v in metrics_from_json(read_json(f), prefix).items()]
+        elif f.name == "training_curves.json":
+            metrics += [Metric(k, v, now_ms, s) for k, v, s in curves_from_json(read_json(f))]
+    for i in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[i:i + 1000])
+    for f in written:
+        client.log_artifact(run_id, str(f))
+    stages = sorted(set(state.get("stages", [])) | {label})
+    client.log_batch(run_id, tags=[RunTag("stages", ",".join(stages))])
+    client.set_terminated(run_id, "FINISHED", end_time=int(time.time() * 1000))
+    write_json(path, {**state, "last_stage": stage[0], "stages": stages})
+    return StageRecord(uri, exp_id, run_id, child.info.run_id, new_run, [f.name for f in written], time.time() - t0)
+
+
+def track_stage(p: Params, script: str | Path, started: float, argv: Sequence[str] = ()) -> StageRecord | None:
+    """record_stage, with any failure turned into a warning: the stage's outputs are already written."""
+    try:
+        rec = record_stage(p, script, started, argv)
+    except Exception as e:  # noqa: BLE001 - whatever the store does, the stage itself succeeded
+        print(f"warning: run tracking failed ({type(e).__name__}: {e}); the stage's outputs are written. "
+              f"Set track_enabled = False (or {ENV_SWITCH}=0) to stop tracking.", file=sys.stderr)
+        return None
+    if rec is not None:
+        what = "new pipeline run" if rec.new_run else "pipeline run"
+        print(f"tracked in {what} {rec.run_id[:8]} ({rec.seconds:.1f} s); browse: {ui_command(rec.uri)}")
+    return rec
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading runs back: scripts/compareRuns.py and the tests
+# ------------------------------------------------------------------------------------------------
+
+@dataclass
+class RunSummary:
+    run_id: str
+    name: str
+    start_time: int  # ms since the epoch
+    params: dict[str, str]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+
+
+def find_runs(p: Params, last: int = 5, run_ids: Sequence[str] = ()) -> list[RunSummary]:
+    """The chosen runs (ids or unique id prefixes), else the `last` pipeline runs of the experiment, newest first."""
+    uri = resolve_uri(p)
+    if uri == default_uri(p) and not (p.data_dir / DEFAULT_DB).is_file():
+        raise FileNotFoundError(f"no run history in {p.data_dir / DEFAULT_DB}: run the pipeline with track_enabled = True")
+    client = _client(uri)
+    name = resolve_experiment(p)
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        raise FileNotFoundError(f"no experiment {name!r} in {uri}: run the pipeline on {p.datasetName!r} first")
+    pipeline = f"tags.`{LEVEL_TAG}` = 'pipeline'"
+    if run_ids:
+        every = client.search_runs([exp.experiment_id], pipeline, max_results=5000)
+        runs = []
+        for rid in run_ids:
+            match = [r for r in every if r.info.run_id.startswith(rid)]
+            if len(match) != 1:
+                raise ValueError(f"run id {rid!r} matches {len(match)} pipeline runs of experiment {name!r}")
+            runs.append(match[0])
+    else:
+        if last < 1:
+            raise ValueError(f"--last {last}: must be at least 1")
+        runs = client.search_runs([exp.experiment_id], pipeline, order_by=["attributes.start_time DESC"],
+                                  max_results=last)
+    return [RunSummary(r.info.run_id, r.info.run_name or "", r.info.start_time or 0, dict(r.data.params),
+                       dict(r.data.metrics), dict(r.data.tags)) for r in runs]
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.2f}%"
+
+
+def _num(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+def format_comparison(runs: Sequence[RunSummary], all_params: bool = False) -> str:
+    """Runs side by side: the parameters that differ, then overall / class-averaged / per-class figures."""
+    if not runs:
+        return "no runs"
+    rows: list[tuple[str, list[str]]] = [
+        ("run id", [r.run_id[:8] for r in runs]),
+        ("started", [time.strftime("%Y-%m-%d %H:%M", time.localtime(r.start_time / 1000)) for r in runs]),
+        ("dataset", [r.tags.get("dataset", "-") for r in runs]),
+        ("classifier", [r.tags.get("classifier", "-") for r in runs]),
+        ("git commit", [r.tags.get("git_commit", "-")[:10] for r in runs]),
+        ("stages", [",".join(s.split("_")[0] for s in r.tags.get("stages", "-").split(",")) for r in runs]),
+    ]
+    names = sorted(set().union(*(r.params for r in runs)))
+    differ = [n for n in names if all_params or len({r.params.get(n) for r in runs}) > 1]
+    rows.append((f"-- parameters{'' if all_params else ' that differ'} --", [""] * len(runs)))
+    if not differ:
+        rows.append(("(none)", [""] * len(runs)))
+    rows += [(n, [r.params.get(n, "-") for r in runs]) for n in differ]
+    rows.append(("-- test set --", [""] * len(runs)))
+    rows.append(("overall accuracy", [_pct(r.metrics.get("overall_accuracy")) for r in runs]))
+    rows.append(("class-averaged accuracy", [_pct(r.metrics.get("class_averaged_accuracy")) for r in runs]))
+    rows.append(("class-averaged AUC", [_num(r.metrics.get("class_averaged_auc")) for r in runs]))
+    classes = sorted({k[len("accuracy_"):] for r in runs for k in r.metrics if k.startswith("accuracy_")})
+    for c in classes:
+        rows.append((f"accuracy {c}", [_pct(r.metrics.get(f"accuracy_{c}")) for r in runs]))
+        rows.append((f"AUC {c}", [_num(r.metrics.get(f"auc_{c}")) for r in runs]))
+    label_w = max(len(k) for k, _ in rows)
+    col_w = [max(len(vals[i]) for _, vals in rows) for i in range(len(runs))]
+    lines = []
+    for key, vals in rows:
+        cells = "  ".join(f"{v:>{w}}" for v, w in zip(vals, col_w))
+        lines.append(f"{key:<{label_w}}  {cells}".rstrip())
+    return "\n".join(lines)

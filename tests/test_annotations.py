@@ -1,0 +1,92 @@
+"""Annotation fixes: recorded in the data set's annotations_fixes.tsv, honoured by the split, files untouched."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from PIL import Image
+
+from conftest import run_script, write_image
+from imgclass.annotations import EXCLUDE, FIXES_FILE, AnnotationBrowser, AnnotationError, read_fixes
+from imgclass.data import load_split, make_split
+
+
+def _files(root: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in root.rglob("*.jpg")}
+
+
+def test_fixes_move_and_exclude_images_in_the_split(color_dataset: Path) -> None:
+    before = _files(color_dataset)
+    b = AnnotationBrowser(color_dataset, page_size=4)
+    assert b.classes == ["blue", "green", "red"] and b.n_pages("red") == 2 and len(b.page("red", 1)) == 2
+    b.move("red/red_0.jpg", "blue")
+    b.exclude("green/green_1.jpg")
+    b.move("red/red_2.jpg", "green")
+    b.reset("red/red_2.jpg")  # changed my mind: back to its folder's class, and off the file
+    assert read_fixes(color_dataset) == {"red/red_0.jpg": "blue", "green/green_1.jpg": EXCLUDE}
+    assert b.label_of("red/red_0.jpg") == "blue" and b.summary() == {"blue": ["red/red_0.jpg"], EXCLUDE: ["green/green_1.jpg"]}
+
+    split = make_split(color_dataset, 0.5, seed=1)
+    labels = {p: split.classes[y] for p, y in split.train + split.test}
+    assert labels["red/red_0.jpg"] == "blue" and labels["red/red_2.jpg"] == "red"
+    assert "green/green_1.jpg" not in labels and ("green/green_1.jpg", f"marked {EXCLUDE} in {FIXES_FILE}") in split.excluded
+    assert len(labels) == 17
+    assert _files(color_dataset) == before  # the user's images are never moved or rewritten
+
+
+def test_bad_fixes_are_clear_errors(color_dataset: Path) -> None:
+    b = AnnotationBrowser(color_dataset)
+    with pytest.raises(AnnotationError, match="'purple' is not one of"):
+        b.move("red/red_0.jpg", "purple")
+    with pytest.raises(AnnotationError, match="not an image of"):
+        b.exclude("red/nope.jpg")
+    (color_dataset / FIXES_FILE).write_text("red/red_0.jpg\tpurple\n")
+    with pytest.raises(AnnotationError, match=r"red_0.jpg is moved to 'purple', which is not a class"):
+        make_split(color_dataset)
+    (color_dataset / FIXES_FILE).write_text("# comment\nred/red_0.jpg blue\n")
+    with pytest.raises(AnnotationError, match=r"line 2: expected 'path<TAB>new_class'"):
+        read_fixes(color_dataset)
+
+
+def test_stage1_honours_the_fixes_file(color_dataset: Path) -> None:
+    data_dir = color_dataset.parents[1]
+    (color_dataset / FIXES_FILE).write_text("blue/blue_3.jpg\tEXCLUDE\ngreen/green_0.jpg\tred\nred/deleted_since.jpg\tblue\n")
+    out = run_script("1_prepareData.py", "--set", "datasetName=colors", data_dir=data_dir).stdout
+    assert f"left out: blue/blue_3.jpg: marked EXCLUDE in {FIXES_FILE}" in out
+    split = load_split(data_dir / "proc" / "colors" / "split.json")
+    labels = {p: split.classes[y] for p, y in split.train + split.test}
+    assert labels["green/green_0.jpg"] == "red" and "blue/blue_3.jpg" not in labels
+
+
+def test_thumbnails_and_pages_render(color_dataset: Path) -> None:
+    write_image(color_dataset / "red" / "big.jpg", (200, 40, 40), size=(900, 600))
+    (color_dataset / "red" / "broken.jpg").write_bytes(b"not an image")
+    b = AnnotationBrowser(color_dataset, page_size=8, thumb=64)
+    for p in b.page("red", 0):
+        img = Image.open(io.BytesIO(b.thumbnail(p)))
+        assert max(img.size) <= 64
+    fig = b.show("red", 0, columns=4)
+    assert len([ax for ax in fig.axes if ax.images]) == 8
+    with pytest.raises(AnnotationError, match="pages are 0 to 0"):
+        b.page("red", 1)
+
+
+def test_widget_pager_records_the_chosen_label(color_dataset: Path) -> None:
+    pytest.importorskip("ipywidgets")
+    b = AnnotationBrowser(color_dataset, page_size=4, thumb=48)
+    ui = b.widget("red")
+    (cls_box, page_box), grid, status = ui.children[0].children, ui.children[1], ui.children[2]
+    assert len(grid.children) == 4 and page_box.max == 1
+    image, label, menu = grid.children[1].children
+    assert label.value == "red_1.jpg" and menu.value == "red" and image.value[:2] == b"\xff\xd8"
+    menu.value = "blue"  # what picking a label in the menu does
+    assert read_fixes(color_dataset) == {"red/red_1.jpg": "blue"} and "red/red_1.jpg: blue" in status.value
+    grid.children[2].children[2].value = EXCLUDE
+    assert read_fixes(color_dataset)["red/red_2.jpg"] == EXCLUDE
+    page_box.value = 1
+    assert [c.children[1].value for c in grid.children] == ["red_4.jpg", "red_5.jpg"]
+    cls_box.value = "green"
+    assert [c.children[1].value for c in grid.children][0] == "green_0.jpg" and page_box.max == 1

@@ -1,0 +1,84 @@
+"""The three notebooks, executed top to bottom in a real python3 kernel against a small pipeline's DATA_DIR."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from conftest import ROOT
+from imgclass.annotations import EXCLUDE, FIXES_FILE, read_fixes
+
+NOTEBOOKS = ROOT / "notebooks"
+DS = "fashionTextureDemo"
+
+
+def run_notebook(name: str, data_dir: Path, monkeypatch: pytest.MonkeyPatch, **params: Any) -> nbformat.NotebookNode:
+    """Execute notebooks/<name> with the parameters cell's values overridden; fails on any cell error."""
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    cell.source += "".join(f"\n{k} = {v!r}" for k, v in params.items())
+    monkeypatch.setenv("IMGCLASS_DATA_DIR", str(data_dir))  # the kernel inherits the environment
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+    return nb
+
+
+def _texts(nb: nbformat.NotebookNode) -> str:
+    out = []
+    for c in nb.cells:
+        for o in c.get("outputs", []):
+            out.append(o.get("text", "") or o.get("data", {}).get("text/plain", ""))
+    return "\n".join(out)
+
+
+def _count(nb: nbformat.NotebookNode, mime: str) -> int:
+    return sum(mime in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
+
+
+def test_notebooks_are_stored_clean_for_the_python3_kernel() -> None:
+    for path in sorted(NOTEBOOKS.glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        nbformat.validate(nb)
+        assert nb.metadata["kernelspec"]["name"] == "python3", path.name
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert all(not c.outputs and c.execution_count is None for c in code), f"{path.name} has outputs"
+        assert any("import" in c.source and "imgclass" in c.source for c in code), path.name
+    assert {p.name for p in NOTEBOOKS.glob("*.ipynb")} == {"showImages.ipynb", "showResults.ipynb", "deploy.ipynb"}
+
+
+def test_show_images_pages_and_records_a_fix(tracked_demo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    images = tracked_demo / "images" / DS
+    try:
+        nb = run_notebook("showImages.ipynb", tracked_demo, monkeypatch, example_fix=True, page_size=6)
+        text = _texts(nb)
+        fixes = read_fixes(images)
+        assert list(fixes.values()) == [EXCLUDE] and f"excluded {next(iter(fixes))}" in text
+        assert f"left out: {next(iter(fixes))}: marked EXCLUDE" in text  # the preview of the next split
+        assert "dotted" in text and "1 page(s)" not in text  # 8 images a class, 6 a page: 2 pages
+        assert _count(nb, "image/png") >= 1  # the page of thumbnails
+        assert _count(nb, "application/vnd.jupyter.widget-view+json") == 1 or "ipywidgets is not installed" in text
+    finally:
+        (images / FIXES_FILE).unlink(missing_ok=True)  # the data set is shared with other tests
+
+
+def test_show_results_lists_scores_and_errors(tracked_demo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    nb = run_notebook("showResults.ipynb", tracked_demo, monkeypatch)
+    text = _texts(nb)
+    assert "6 test images of fashionTextureDemo scored by svm" in text and "class-avg" in text
+    assert "misclassified of 6" in text
+    lines = [ln for ln in text.splitlines() if ln.startswith(("ok ", "ERR"))]
+    assert len(lines) == 6 and all("->" in ln and ln.count("=") == 3 for ln in lines)
+    assert _count(nb, "image/png") >= 3  # ROC, confusion matrix and at least one grid of images
+
+
+def test_deploy_runs_or_says_what_is_missing(tracked_demo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    nb = run_notebook("deploy.ipynb", tracked_demo, monkeypatch, startup_timeout=180)
+    text = _texts(nb)
+    if not (ROOT / "scripts" / "6_deploy.py").is_file():
+        assert "Not available in this checkout: scripts/6_deploy.py" in text and "stops here" in text
+    else:
+        assert "service up at http://127.0.0.1:" in text and "(multipart)" in text and "(JSON)" in text
+        assert "service stopped" in text
