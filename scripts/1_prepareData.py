@@ -26,9 +26,10 @@ def main() -> int:
             note = "" if leak.same_class else " (DIFFERENT classes: check the labels)"
             print(f"near duplicates across the split ({leak.distance} bits): {leak.train} (train) ~ {leak.test} (test){note}")
         if leaks and p.leakageCheck == "move":
+            before = len(split.test)
             split = keep_leaks_in_train(split, leaks)
             check_disjoint(split)
-            print(f"moved {len({x.test for x in leaks})} test image(s) to train so near duplicates stay on one side")
+            print(f"moved {before - len(split.test)} test image(s) with a same-class near duplicate in train to train")
         elif leaks:
             print("leakageCheck = 'report': left as they are; test accuracy may be optimistic")
     for path, reason in split.excluded:

@@ -167,12 +167,15 @@ def test_stage1_keeps_near_duplicates_on_one_side(originals: Path, tmp_path: Pat
     shutil.copytree(originals, root)
     _copy(root / "dotted/dotted_0002.jpg", root / "dotted/resized_copy.jpg", 0.5, 60)
     # The dedicated test list puts the original in test; its copy lands in train.
-    (root / "dedicatedTestImages.tsv").write_text("dotted/dotted_0002.jpg\nleopard/leopard_0000.jpg\nstriped/striped_0000.jpg\n")
+    # (dotted_0001 keeps class dotted tested once its leaking image moves to train)
+    (root / "dedicatedTestImages.tsv").write_text(
+        "dotted/dotted_0001.jpg\ndotted/dotted_0002.jpg\nleopard/leopard_0000.jpg\nstriped/striped_0000.jpg\n"
+    )
     out = run_script("1_prepareData.py", "--set", "datasetName=leaky", data_dir=tmp_path).stdout
     assert "near duplicates across the split" in out and "dotted/resized_copy.jpg (train) ~ dotted/dotted_0002.jpg (test)" in out
     split = json.loads((tmp_path / "proc" / "leaky" / "split.json").read_text())
     assert ["dotted/dotted_0002.jpg", 0] in split["train"]
-    assert [p for p, _ in split["test"]] == ["leopard/leopard_0000.jpg", "striped/striped_0000.jpg"]
+    assert [p for p, _ in split["test"]] == ["dotted/dotted_0001.jpg", "leopard/leopard_0000.jpg", "striped/striped_0000.jpg"]
 
     out = run_script("1_prepareData.py", "--set", "datasetName=leaky", "--set", "leakageCheck=report", data_dir=tmp_path).stdout
     assert "leakageCheck = 'report'" in out
@@ -187,3 +190,17 @@ def test_real_photos_hash_quickly_and_have_no_false_duplicates() -> None:
     report = find_duplicates(FASHION / "leopard", progress=False)
     assert len(report.paths) > 100 and not report.failed
     assert report.groups == []  # measured: the closest two distinct photos are 19 bits apart
+
+
+def test_leak_move_keeps_cross_class_copies_and_a_test_image_per_class() -> None:
+    from imgclass.dedup import Leak
+
+    split = Split(["a", "b"], [("a/t1", 0), ("b/t2", 1)], [("a/x", 0), ("a/y", 1 - 1), ("b/z", 1)])
+    leaks = [
+        Leak("a/t1", "a/x", 3, True),   # same class: moves
+        Leak("a/t1", "a/y", 4, True),   # same class, but it is class a's last test image: stays
+        Leak("a/t1", "b/z", 2, False),  # another class: a labelling question, reported, not moved
+    ]
+    fixed = keep_leaks_in_train(split, leaks)
+    assert sorted(p for p, _ in fixed.test) == ["a/y", "b/z"]
+    assert ("a/x", 0) in fixed.train and len(fixed.train) == 3

@@ -65,7 +65,7 @@ def test_bundle_describes_itself(pipeline: tuple[Path, Path]) -> None:
     assert info["classes"] == ["dotted", "leopard", "striped"] == metrics["classes"]
     assert info["metrics"] == metrics and info["classifier"] == "svm" and info["score_kind"] == "svm_decision"
     pre = info["preprocessing"]
-    assert (pre["resolution"], pre["resize_mode"], pre["flip_average"]) == (64, "squash", True)
+    assert (pre["resolution"], pre["resize_mode"], pre["flip_average"]) == (64, "crop", False)  # the defaults of PARAMETERS.py
     assert pre["mean"] == [0.5, 0.5, 0.5] and pre["std"] == [0.5, 0.5, 0.5]
     assert len(info["model_version"]) == 16 and info["export_check_max_abs_error"] < 1e-4
     assert not list(bundle_dir.glob(".*.tmp"))

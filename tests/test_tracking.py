@@ -117,7 +117,7 @@ def test_tracking_can_be_switched_off(tracked_demo: Path, monkeypatch: pytest.Mo
     # (the parameters differ); it keeps this test's time down while 'dnn' is not available.
     pytest.param(("svm", ["--set", "svm_boL2Normalize=False", "--set", "svm_CVals=[0.1, 1.0]"], 4), id="svm-vs-svm"),
     # stage 0 would only report the data set that is already there
-    pytest.param(("dnn", [], 1), id="svm-vs-dnn"),
+    pytest.param(("dnn", ["--set", "rf_maxEpochs=2", "--set", "rf_mbSize=8"], 1), id="svm-vs-dnn"),
 ])
 def test_two_pipelines_are_compared(tracked_demo: Path, monkeypatch: pytest.MonkeyPatch,
                                     second: tuple[str, list[str], int]) -> None:

@@ -252,7 +252,19 @@ def keep_leaks_in_train(split: Split, leaks: Sequence[Leak]) -> Split:
 
     Moving to train rather than dropping keeps every labelled photo in use; the test set then holds
     only photos with no near copy among the training images."""
-    leaving = {leak.test for leak in leaks}
+    # Only same-class copies move: a copy under another label is a labelling error to fix, not a
+    # reason to reshape the split. And each class keeps at least one test image, so the move can
+    # never leave a class (or the whole test set) untested.
+    test_left = {y: sum(1 for _, t in split.test if t == y) for y in range(len(split.classes))}
+    labels_te = dict(split.test)
+    leaving: set[str] = set()
+    for leak in leaks:
+        if not leak.same_class or leak.test in leaving:
+            continue
+        y = labels_te[leak.test]
+        if test_left[y] > 1:
+            leaving.add(leak.test)
+            test_left[y] -= 1
     if not leaving:
         return split
     moved = [(p, y) for p, y in split.test if p in leaving]
