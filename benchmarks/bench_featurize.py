@@ -5,7 +5,7 @@
 Images: the real photos of ../shared/datasets/fashionTexture when that folder exists, else generated
 photo-sized JPEGs (--images DIR picks another folder). Each measurement runs in its own process so
 that its peak memory (ru_maxrss) is its own:
-- baseline: PIL decode (full size) + resize, the timm model in eager PyTorch, batch 32, fp32;
+- baseline: PIL decode (full size) + centre-crop resize (ImageOps.fit), the timm model in eager PyTorch, batch 32, fp32;
 - project: imgclass.features.Featurizer as scripts/3_runDNN.py uses it (decode, preprocess, network,
   write the .npz), with flip averaging off and on; the one-off ONNX export is timed separately;
 - scaling: the project on N and 4N generated images, for peak memory and time per image.
@@ -88,7 +88,8 @@ def child_baseline(paths: list[str], resolution: int, out: Path) -> dict:
             batch = []
             for p in paths[s:s + 32]:
                 # exif_transpose so that its features are comparable image by image with the project's
-                img = ImageOps.exif_transpose(Image.open(p)).convert("RGB").resize((resolution, resolution), Image.BILINEAR)
+                # centre crop, the project's default geometry (rf_resizeMode = "crop")
+                img = ImageOps.fit(ImageOps.exif_transpose(Image.open(p)).convert("RGB"), (resolution, resolution), Image.BILINEAR)
                 batch.append(torch.from_numpy(np.asarray(img)).permute(2, 0, 1).float() / 255)
             x = (torch.stack(batch) - mean) / std
             feats.append(model(x).numpy())
