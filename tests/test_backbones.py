@@ -82,3 +82,18 @@ def test_model_file_round_trip_and_featurizer(tmp_path: Path, color_dataset: Pat
     (tmp_path / "junk.pt").write_bytes(b"junk")
     with pytest.raises(ValueError, match="not a model file"):
         load_model(tmp_path / "junk.pt")
+
+
+@pytest.mark.parametrize("resolution", [64, 97])
+def test_static_padding_gives_the_same_features_and_leaves_the_model_alone(resolution: int) -> None:
+    from timm.layers import Conv2dSame
+
+    from imgclass.backbones import static_padding
+
+    model = create_backbone("efficientnet_lite0")
+    fixed = static_padding(model, resolution)
+    assert not any(isinstance(m, Conv2dSame) for m in fixed.modules())
+    assert any(isinstance(m, Conv2dSame) for m in model.modules())  # the original still takes any size
+    x = torch.rand(3, 3, resolution, resolution) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(fixed(x), model(x))

@@ -144,3 +144,45 @@ def create_backbone(
         if not imagenet_head:
             model.fc = torch.nn.Identity()
     return model.eval()
+
+
+def static_padding(model: torch.nn.Module, resolution: int) -> torch.nn.Module:
+    """A copy of `model` whose TF-style "same" padding is fixed for `resolution` x `resolution` inputs.
+
+    timm's tf_* models pad each strided convolution by an amount computed from the input's size at
+    run time; exported to ONNX, that becomes Shape/Gather/Ceil/Pad chains that ONNX Runtime cannot
+    fold, which costs about a quarter of the network's time on a CPU. For a known input size the
+    pads are constants: replacing each such convolution with a fixed ZeroPad2d + Conv2d gives the
+    same numbers, faster. The model given is left as it is (training needs any input size).
+    """
+    import copy
+    import math
+
+    import torch
+    from timm.layers import Conv2dSame
+
+    model = copy.deepcopy(model).eval()
+    sizes: dict[str, tuple[int, int]] = {}
+    hooks = [
+        module.register_forward_hook(lambda m, inp, out, name=name: sizes.__setitem__(name, tuple(inp[0].shape[-2:])))
+        for name, module in model.named_modules()
+        if isinstance(module, Conv2dSame)
+    ]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, resolution, resolution))
+    finally:
+        for h in hooks:
+            h.remove()
+    for name, (ih, iw) in sizes.items():
+        conv = model.get_submodule(name)
+        (kh, kw), (sh, sw), (dh, dw) = conv.kernel_size, conv.stride, conv.dilation
+        ph = max((math.ceil(ih / sh) - 1) * sh + (kh - 1) * dh + 1 - ih, 0)
+        pw = max((math.ceil(iw / sw) - 1) * sw + (kw - 1) * dw + 1 - iw, 0)
+        plain = torch.nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, 0,
+                                conv.dilation, conv.groups, conv.bias is not None)
+        plain.load_state_dict(conv.state_dict())
+        fixed = torch.nn.Sequential(torch.nn.ZeroPad2d((pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)), plain)
+        parent_name, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, attr, fixed)
+    return model

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from imgclass.backbones import static_padding
 from imgclass.fileio import atomic_path, read_json, write_json
 
 MODEL_FILE = "model.onnx"
@@ -190,8 +191,8 @@ def export_model(
         if spec.kind == "refined" and spec.classes and tuple(spec.classes) != classes:
             raise ValueError(f"the SVM's classes {list(classes)} differ from the refined model's {list(spec.classes)}")
 
-    net = _scoring_net(model.eval(), flip_average, "softmax" if classifier == "dnn" else "svm", svm)
     res = spec.resolution
+    net = _scoring_net(static_padding(model, res), flip_average, "softmax" if classifier == "dnn" else "svm", svm)
     probe = torch.randn(2, 3, res, res, generator=torch.Generator().manual_seed(0))
     out_dir = Path(out_dir)
     model_path = out_dir / MODEL_FILE

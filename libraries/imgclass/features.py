@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from imgclass.backbones import static_padding
 from imgclass.fileio import atomic_path, load_npz, save_npz
 from imgclass.images import load_square
 from imgclass.modelfile import ImageClassifier, ModelSpec
@@ -101,12 +102,13 @@ def export_onnx(body: torch.nn.Module, preprocess: Preprocess, folder: str | Pat
     """
     # The graph depends on the weights, the input side and the normalisation, not on the resize mode.
     norm = hashlib.sha256(repr((preprocess.mean, preprocess.std)).encode()).hexdigest()[:8]
-    key = f"{_weights_hash(body)}_{preprocess.resolution}_{norm}"
+    # "sp": exported with static padding (exports from before that are not reused).
+    key = f"{_weights_hash(body)}_{preprocess.resolution}_{norm}_sp"
     path = Path(folder) / f"features_{key}.onnx"
     if path.is_file():
         return path
     r = preprocess.resolution
-    wrapper = _PixelsToFeatures(body, preprocess).eval()
+    wrapper = _PixelsToFeatures(static_padding(body, r), preprocess).eval()
     example = torch.zeros((2, r, r, 3), dtype=torch.uint8)
     with atomic_path(path) as tmp, warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice, nothing actionable
