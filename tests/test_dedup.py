@@ -204,3 +204,19 @@ def test_leak_move_keeps_cross_class_copies_and_a_test_image_per_class() -> None
     fixed = keep_leaks_in_train(split, leaks)
     assert sorted(p for p, _ in fixed.test) == ["a/y", "b/z"]
     assert ("a/x", 0) in fixed.train and len(fixed.train) == 3
+
+
+def test_stage1_reports_an_identical_file_once_in_either_mode(originals: Path, tmp_path: Path) -> None:
+    root = tmp_path / "images" / "same"
+    shutil.copytree(originals, root)
+    shutil.copy(root / "dotted/dotted_0002.jpg", root / "dotted/exact_copy.jpg")
+    (root / "dedicatedTestImages.tsv").write_text(
+        "dotted/dotted_0001.jpg\ndotted/dotted_0002.jpg\nleopard/leopard_0000.jpg\nstriped/striped_0000.jpg\n"
+    )
+    args = ["--set", "datasetName=same", "--set", "leakageCheck=report"]
+    out = run_script("1_prepareData.py", *args, data_dir=tmp_path).stdout
+    assert "(0 bits): dotted/exact_copy.jpg (train) ~ dotted/dotted_0002.jpg (test)" in out
+    assert "identical files on both sides" not in out
+    out = run_script("1_prepareData.py", "--set", "datasetName=same", "--set", "leakageCheck=off", data_dir=tmp_path).stdout
+    assert "near duplicates" not in out
+    assert "identical files on both sides: dotted/exact_copy.jpg (train) and dotted/dotted_0002.jpg (test)" in out
