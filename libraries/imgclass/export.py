@@ -268,8 +268,22 @@ def export_bundle(
                         metrics=metrics, source=source)
 
 
-def _run_onnx(path: str | Path, x: np.ndarray) -> np.ndarray:
+def cpu_session(path: str | Path, threads: int = 0) -> Any:
+    """An ONNX Runtime CPU session as stage 3 and the service run it: `threads` (0 = all cores)
+    for one operator at a time, full graph optimisation, and no busy-waiting, because idle
+    ONNX Runtime threads would otherwise spin after each batch on the cores that decoding (and
+    HTTP handling) need between batches."""
+    import os
+
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run(None, {INPUT_NAME: x})[0]
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _run_onnx(path: str | Path, x: np.ndarray) -> np.ndarray:
+    return cpu_session(path).run(None, {INPUT_NAME: x})[0]

@@ -127,15 +127,10 @@ class _OnnxEngine:
     """ONNX Runtime on the CPU, all cores, no busy-waiting (decode threads share the cores)."""
 
     def __init__(self, body: torch.nn.Module, preprocess: Preprocess, export_dir: str | Path | None) -> None:
-        import onnxruntime as ort
+        from imgclass.export import cpu_session
 
         path = export_onnx(body, preprocess, export_dir or default_export_dir())
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = os.cpu_count() or 1
-        opts.inter_op_num_threads = 1
-        # Spinning threads would steal the cores the decode threads need between batches.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.session = cpu_session(path)
         self.onnx_path = path
         self.name = "onnxruntime-cpu"
 

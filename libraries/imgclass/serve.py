@@ -47,7 +47,7 @@ from fastapi.staticfiles import StaticFiles
 from PIL import Image, UnidentifiedImageError
 from starlette.concurrency import run_in_threadpool
 
-from imgclass.export import Bundle, load_bundle
+from imgclass.export import Bundle, cpu_session, load_bundle
 from imgclass.images import ImageDecodeError, load_square
 
 ENV_CONFIG = "IMGCLASS_SERVE_CONFIG"  # how `workers > 1` hands the settings to each worker process
@@ -86,18 +86,9 @@ class Scorer:
     """The bundle's ONNX model behind a batching queue: score(images) from any thread."""
 
     def __init__(self, bundle: Bundle, threads: int = 0, max_batch: int = 16) -> None:
-        import onnxruntime as ort
-
         self.bundle = bundle
         self.max_batch = max_batch
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Idle ONNX Runtime threads would otherwise spin for a while after each batch, taking the
-        # cores that decoding and HTTP handling need between batches.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(bundle.model_path), opts, providers=["CPUExecutionProvider"])
+        self.session = cpu_session(bundle.model_path, threads)
         self.input_name = self.session.get_inputs()[0].name
         self._queue: queue.Queue[tuple[np.ndarray, concurrent.futures.Future] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="onnx-batcher", daemon=True)
