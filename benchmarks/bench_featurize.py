@@ -133,6 +133,16 @@ def run_child(kind: str, list_file: Path, out: Path, args: argparse.Namespace, f
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def describe(path: Path) -> str:
+    """Format and mode: files the two decoders treat differently on purpose (transparency) stand out."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        note = "; the baseline's convert('RGB') drops the alpha channel, the project composites on white" \
+            if "A" in im.mode or "transparency" in im.info else ""
+        return f"{im.format} {im.mode} {im.size[0]}x{im.size[1]}{note}"
+
+
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
 
@@ -199,6 +209,8 @@ def main() -> int:
                 cos = cosine(np.load(tmp / f"proj_{flip}.npz")["features"], base_feats)
                 line += (f"; cosine to baseline features min {cos.min():.5f} mean {cos.mean():.5f} "
                          f"({(cos < 0.999).sum()} of {len(cos)} below 0.999)")
+                line += "".join(f"\n  below 0.999: {paths[i]} ({describe(paths[i])}): cosine {cos[i]:.5f}"
+                                for i in np.flatnonzero(cos < 0.999))
             print(line)
 
         if not args.no_scaling:

@@ -206,3 +206,38 @@ def test_cache_hits_and_invalidation(backbone: torch.nn.Module, export_dir: Path
     _, cache, _ = run()
     assert (cache.hits, cache.misses) == (0, len(photos))
     assert not list(folder.glob(".*.tmp"))  # atomic writes leave no temp files
+
+
+def _fine_textures(folder: Path) -> list[Path]:
+    """Large JPEGs of the fine stripes and dots that a block-average decode aliases into moire."""
+    yy, xx = np.mgrid[0:1500, 0:2000].astype(np.float32)
+    patterns = {
+        "stripes5": np.sin(2 * np.pi * (xx + 0.3 * yy) / 5.3),
+        "stripes9": np.sin(2 * np.pi * (0.8 * xx - yy) / 9.1),
+        "dots": np.sin(2 * np.pi * xx / 6.7) * np.sin(2 * np.pi * yy / 6.7),
+    }
+    paths = []
+    for name, wave in patterns.items():
+        gray = (127 + 110 * wave).astype(np.uint8)
+        rgb = np.stack([gray, np.roll(gray, 3, axis=1), 255 - gray], axis=2)
+        paths.append(folder / f"{name}.jpg")
+        Image.fromarray(rgb).save(paths[-1], quality=92)
+    return paths
+
+
+def test_reduced_jpeg_decode_keeps_the_features(backbone: torch.nn.Module, export_dir: Path, tmp_path: Path) -> None:
+    """Stage 3 decodes large JPEGs at a reduced scale for speed; the network must not see the difference
+    (cosine >= 0.999 against decoding every pixel and resizing), even on textures that alias."""
+    from PIL import ImageOps
+
+    files = _fine_textures(tmp_path)
+    spec = _spec("fixed", resolution=224, mode="crop")
+    fz = Featurizer(backbone, spec, batch_size=4, flip_average=False, workers=0, export_dir=export_dir)
+    fast = fz.featurize_paths(files, progress=False).features
+    with Image.open(files[0]) as im:
+        im.draft("RGB", (224, 224))
+        assert im.size[0] < 2000  # the shortcut really is taken for these files
+    full = np.stack([np.asarray(ImageOps.fit(Image.open(f).convert("RGB"), (224, 224), Image.BILINEAR)) for f in files])
+    reference = fz.featurize_arrays(full).features
+    cos = _cosine(fast, reference)
+    assert cos.min() >= 0.999, cos

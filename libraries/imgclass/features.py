@@ -4,8 +4,9 @@ Speed on a laptop CPU comes from three things, each measured in benchmarks/bench
 - the network runs in ONNX Runtime (exported on the fly from the PyTorch model and kept in a file
   named by the weights' hash), which is several times faster than eager PyTorch on a CPU; with a
   CUDA (or MPS) device the same code runs the PyTorch model there instead;
-- each image is decoded once, at reduced JPEG scale (images.load_rgb), in threads that decode the
-  next batches while the network runs on this one (PIL and ONNX Runtime release the GIL);
+- each image is decoded once, at a reduced JPEG scale that keeps the features (images.load_square),
+  in threads that decode the next batches while the network runs on this one (PIL and ONNX Runtime
+  release the GIL);
 - normalisation happens inside the exported graph, so uint8 pixels go straight in.
 Memory stays flat in the number of images: a few batches of pixels are alive at any time, and the
 features go into one preallocated array.
@@ -35,7 +36,7 @@ from tqdm.auto import tqdm
 
 from imgclass.backbones import static_padding
 from imgclass.fileio import atomic_path, load_npz, save_npz
-from imgclass.images import load_square
+from imgclass.images import DRAFT_OVERSAMPLE, load_square
 from imgclass.modelfile import ImageClassifier, ModelSpec
 
 ENGINES = ("auto", "onnx", "torch")  # "auto": ONNX Runtime on a CPU, PyTorch on CUDA/MPS
@@ -345,7 +346,8 @@ class FeatureCache:
         self.folder = Path(folder)
         self.keep = keep
         config = {"model": file_hash(model_file), "resolution": spec.resolution, "resize_mode": spec.resize_mode,
-                  "flip_average": bool(flip_average), "kind": spec.kind}
+                  "flip_average": bool(flip_average), "kind": spec.kind,
+                  "decode": f"draft{DRAFT_OVERSAMPLE}"}  # features made with another JPEG decode scale are stale
         self.key = hashlib.sha256(repr(sorted(config.items())).encode()).hexdigest()[:16]
         self.path = self.folder / f"features_{spec.kind}_{self.key}.npz"
         self._stats: dict[str, tuple[int, int, str]] = {}  # path -> (size, mtime_ns, content hash)
