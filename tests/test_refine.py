@@ -127,6 +127,22 @@ def test_last_layer_fitted_on_pretrained_features_before_refining(color_dataset:
     assert _fit(color_dataset, init_last_layer=False, **tiny).history_.train_error[0] >= 0.3
 
 
+def test_refit_last_layer_changes_only_the_last_layer_and_fits_the_training_images(color_dataset: Path) -> None:
+    plain = _fit(color_dataset, max_epochs=1, lr_per_mb=(0.01,), refit_last_layer=False)
+    refit = _fit(color_dataset, max_epochs=1, lr_per_mb=(0.01,), refit_last_layer=True)
+    assert _same_weights(plain.model_.backbone, refit.model_.backbone)
+    assert not torch.equal(plain.model_.head.weight, refit.model_.head.weight)
+    paths, labels = _data(color_dataset)
+    pixels = decode_images(paths, RES, "squash", workers=0, progress=False)
+
+    def training_error(r: Refiner) -> float:
+        return r.error_rate(r.model_, pixels, torch.tensor(labels))
+
+    # Fitted on exactly these (un-augmented) images' features: it separates them at least as well.
+    assert training_error(refit) <= training_error(plain) and training_error(refit) <= 0.05
+    assert not refit.model_.training
+
+
 def test_same_seed_same_result_and_resume_continues_exactly(color_dataset: Path, tmp_path: Path) -> None:
     straight = _fit(color_dataset)
     again = _fit(color_dataset)

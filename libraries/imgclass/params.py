@@ -151,6 +151,7 @@ SCHEMA: dict[str, Spec] = {
     "rf_l2RegWeight": Spec(_FLOAT, check=_non_negative),
     "rf_boFreezeWeights": Spec(_BOOL),
     "rf_boInitLastLayer": Spec(_BOOL),
+    "rf_boRefitLastLayer": Spec(_BOOL),
     "rf_boFreezeBatchNorm": Spec(_BOOL),
     "rf_boBalanceTrainingSet": Spec(_BOOL),
     "rf_workers": Spec(_INT, check=_non_negative),

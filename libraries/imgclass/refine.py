@@ -57,13 +57,14 @@ class RefineConfig:
     mb_size: int = 32
     max_epochs: int = 8
     max_train_images: int = 0  # 0 = all
-    lr_per_mb: tuple[float, ...] = (0.001,) * 6 + (0.0003,) * 2  # per epoch; the last value repeats
+    lr_per_mb: tuple[float, ...] = (0.0003,) * 6 + (0.0001,) * 2  # per epoch; the last value repeats
     head_lr_factor: float = 10.0
     momentum: float = 0.9
     l2_reg_weight: float = 5e-4
     freeze_weights: bool = False
-    freeze_batchnorm: bool = False
+    freeze_batchnorm: bool = True
     init_last_layer: bool = True
+    refit_last_layer: bool = True
     balance_training_set: bool = False
     aug_crop_scale_min: float = 0.6
     aug_rotation_deg: float = 10.0
@@ -95,6 +96,7 @@ class RefineConfig:
             max_train_images=p.rf_maxTrainImages, lr_per_mb=tuple(p.rf_lrPerMb), head_lr_factor=p.rf_headLrFactor,
             momentum=p.rf_momentumPerMb, l2_reg_weight=p.rf_l2RegWeight, freeze_weights=p.rf_boFreezeWeights,
             freeze_batchnorm=p.rf_boFreezeBatchNorm, init_last_layer=p.rf_boInitLastLayer,
+            refit_last_layer=p.rf_boRefitLastLayer,
             balance_training_set=p.rf_boBalanceTrainingSet, aug_crop_scale_min=p.aug_cropScaleMin,
             aug_rotation_deg=p.aug_rotationDegrees, aug_flip=p.aug_boHorizontalFlip,
             aug_color_jitter=p.aug_colorJitter, seed=p.randomSeed, workers=p.rf_workers,
@@ -115,7 +117,7 @@ class RefineConfig:
     def resume_key(self) -> dict[str, Any]:
         """What must match for a checkpoint to be continued (more epochs or other workers are fine)."""
         d = asdict(self)
-        for free in ("max_epochs", "workers", "weights_dir"):
+        for free in ("max_epochs", "workers", "weights_dir", "refit_last_layer"):
             d.pop(free)
         d["lr_per_mb"] = list(d["lr_per_mb"])
         return d
@@ -409,12 +411,16 @@ class Refiner:
                 self._save_checkpoint(ckpt, model, opt, gen, history)
             if on_epoch is not None:
                 on_epoch(history)
+        if c.refit_last_layer and not c.freeze_weights:
+            # The last layer was trained on augmented, dropped-out features of a moving network; once
+            # the network is fixed, a fit on the clean features of the training images is a better one.
+            self._fit_head(model, train_cache, torch.from_numpy(labels[unique]), what="the refined features")
         self.model_ = model.eval()
         self.history_ = history
         return self
 
     def _fit_head(self, model: ImageClassifier, cache: torch.Tensor, labels: torch.Tensor,
-                  l2: float = 1e-3) -> None:
+                  l2: float = 1e-3, what: str = "the pretrained features") -> None:
         """Fit the new last layer on the pretrained features of the un-augmented training images
         (L2-regularised logistic regression) before refining: a random last layer would send large,
         meaningless gradients into the pretrained layers during the first epoch."""
@@ -441,12 +447,13 @@ class Refiner:
         opt.step(closure)
         err = float((head(f).argmax(1) != y).float().mean())
         if self.progress:
-            print(f"new last layer fitted on the pretrained features: training error {100 * err:.2f}%", flush=True)
+            print(f"last layer fitted on {what}: training error {100 * err:.2f}%", flush=True)
         self._train_mode(model)
 
     @torch.no_grad()
     def error_rate(self, model: torch.nn.Module, cache: torch.Tensor, labels: torch.Tensor, batch_size: int = 64) -> float:
         """Fraction misclassified of images already decoded at the input resolution (eval mode)."""
+        was_training = model.training
         model.eval()
         wrong = 0
         for i in range(0, len(cache), batch_size):
@@ -454,7 +461,8 @@ class Refiner:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.mixed_precision):
                 pred = model(x).argmax(1).cpu()
             wrong += int((pred != labels[i:i + batch_size]).sum())
-        self._train_mode(model)
+        if was_training:  # back to how training had it (frozen parts stay in eval mode)
+            self._train_mode(model)
         return wrong / max(1, len(cache))
 
 

@@ -1,0 +1,129 @@
+"""Compare Part-2 recipes on a validation set held out of each TRAINING set (the test set is not read).
+
+    flock /tmp/imgclass_cpu.lock python benchmarks/select_refine_recipe.py [--seeds 0 1 2] [--set NAME=VALUE ...]
+
+For each seed, stage 1's split is made as usual and its test side is ignored; the training side is
+split again (stratified, 80/20) into fit and validation images. The network is refined on the fit
+images with PARAMETERS.py's rf_* / aug_* values (overridable with --set), then several ways of
+scoring are measured on the validation images, from one training run:
+- head:        the network as trained (what `classifier = "dnn"` gave before rf_boRefitLastLayer);
+- refit:       the last layer fitted again on the refined features of the un-augmented fit images;
+- +flip:       either of those, with the features of each image averaged with its mirror image's;
+- svm refined: a linear SVM (C by CV on the fit images) on the refined features ("svmDnnRefined");
+- svm fixed:   the same SVM on the pretrained network's features (Part 1), for reference.
+Defaults in PARAMETERS.py were chosen with this script, never with test accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from imgclass.data import make_split
+from imgclass.modelfile import ImageClassifier
+from imgclass.params import load_params, parse_overrides
+from imgclass.refine import RefineConfig, Refiner, decode_images
+from imgclass.svm import LinearSvm
+
+DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "fashionTexture"
+
+
+def inner_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified: `fraction` of every class to validation, the rest to fitting."""
+    rng = np.random.default_rng(seed)
+    val = []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        val.extend(idx[: max(1, round(fraction * len(idx)))].tolist())
+    val_mask = np.zeros(len(labels), bool)
+    val_mask[val] = True
+    return np.flatnonzero(~val_mask), np.flatnonzero(val_mask)
+
+
+@torch.no_grad()
+def features(refiner: Refiner, body: torch.nn.Module, pixels: torch.Tensor, flip: bool) -> np.ndarray:
+    """Penultimate features of (N, 3, R, R) uint8 images at the network's resolution, eval mode."""
+    body.eval()
+    out = []
+    for i in range(0, len(pixels), 32):
+        x = refiner._normalize(pixels[i:i + 32].float().to(refiner.device))
+        f = body(x)
+        if flip:
+            f = (f + body(x.flip(3))) / 2
+        out.append(f.float().cpu())
+    return torch.cat(out).numpy()
+
+
+def head_accuracy(model: ImageClassifier, feats: np.ndarray, labels: np.ndarray) -> float:
+    with torch.no_grad():
+        pred = model.head(torch.from_numpy(feats)).argmax(1).numpy()
+    return float((pred == labels).mean())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of class folders")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--val-fraction", type=float, default=0.2, help="part of each training set held out")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE")
+    ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    args = ap.parse_args()
+    p = load_params(overrides=parse_overrides(args.overrides))
+
+    rows = []
+    for seed in args.seeds:
+        split = make_split(args.data, p.ratioTrainTest, seed, p.imagesSplitBy, check_decode=False)
+        paths = np.array([str(args.data / path) for path, _ in split.train])
+        labels = np.array([y for _, y in split.train])
+        fit, val = inner_split(labels, args.val_fraction, seed + 1000)
+        config = RefineConfig.from_params(p)
+        config = RefineConfig(**{**config.__dict__, "seed": seed, "refit_last_layer": False})
+        refiner = Refiner(config, split.classes, progress=True)
+        t0 = time.perf_counter()
+        refiner.fit(paths[fit], labels[fit], paths[val], labels[val])  # validation error per epoch, reported only
+        seconds = time.perf_counter() - t0
+        model = refiner.model_
+        fit_cache = decode_images(paths[fit], config.cache_size, config.resize_mode, config.workers, progress=False)
+        val_pixels = decode_images(paths[val], config.resolution, config.resize_mode, config.workers, progress=False)
+        refit = copy.deepcopy(model)
+        refiner._fit_head(refit, fit_cache, torch.from_numpy(labels[fit]), what="the refined features")
+        row: dict[str, float | int] = {"seed": seed, "n_fit": len(fit), "n_val": len(val), "seconds": round(seconds)}
+        fit_pixels = torch.nn.functional.interpolate(fit_cache.float(), size=(config.resolution,) * 2, mode="bilinear",
+                                                     antialias=True).round().clamp(0, 255).to(torch.uint8)
+        for flip in (False, True):
+            tag = "+flip" if flip else ""
+            fv = features(refiner, model.backbone, val_pixels, flip)
+            row["head" + tag] = head_accuracy(model, fv, labels[val])
+            row["refit" + tag] = head_accuracy(refit, fv, labels[val])
+            ff = features(refiner, model.backbone, fit_pixels, flip)
+            svm = LinearSvm(p.svm_CVals, p.svm_boL2Normalize, p.svm_cvFolds, seed).fit(ff, labels[fit])
+            row["svm refined" + tag] = float((svm.predict(fv) == labels[val]).mean())
+        pretrained = Refiner(RefineConfig(**{**config.__dict__, "freeze_weights": True}), split.classes, progress=False)
+        body = pretrained._build()[0].backbone
+        svm = LinearSvm(p.svm_CVals, p.svm_boL2Normalize, p.svm_cvFolds, seed).fit(
+            features(refiner, body, fit_pixels, False), labels[fit])
+        row["svm fixed"] = float((svm.predict(features(refiner, body, val_pixels, False)) == labels[val]).mean())
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    keys = [k for k in rows[0] if k not in ("seed", "n_fit", "n_val", "seconds")]
+    print(f"\nvalidation accuracy ({rows[0]['n_val']} held-out training images per seed), overrides {args.overrides}")
+    print("| scoring | " + " | ".join(f"seed {r['seed']}" for r in rows) + " | mean |")
+    print("| --- " * (len(rows) + 2) + "|")
+    for k in keys:
+        vals = [100 * float(r[k]) for r in rows]
+        print(f"| {k} | " + " | ".join(f"{v:.2f}%" for v in vals) + f" | {np.mean(vals):.2f}% |")
+    print(f"training time per seed: {np.mean([r['seconds'] for r in rows]):.0f} s")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"rows": rows, "overrides": args.overrides}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
