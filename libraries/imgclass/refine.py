@@ -415,6 +415,10 @@ class Refiner:
             # The last layer was trained on augmented, dropped-out features of a moving network; once
             # the network is fixed, a fit on the clean features of the training images is a better one.
             self._fit_head(model, train_cache, torch.from_numpy(labels[unique]), what="the refined features")
+            if self.progress and test_cache is not None:
+                # The curves end before this step; say what the model that is saved scores.
+                print(f"after the refit: {_pct('test error', self.error_rate(model, test_cache, test_y))} (reported only)",
+                      flush=True)
         self.model_ = model.eval()
         self.history_ = history
         return self
