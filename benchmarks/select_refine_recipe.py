@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from imgclass.backbones import create_backbone
 from imgclass.data import make_split
 from imgclass.modelfile import ImageClassifier
 from imgclass.params import load_params, parse_overrides
@@ -44,20 +45,6 @@ def inner_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndar
     val_mask = np.zeros(len(labels), bool)
     val_mask[val] = True
     return np.flatnonzero(~val_mask), np.flatnonzero(val_mask)
-
-
-@torch.no_grad()
-def features(refiner: Refiner, body: torch.nn.Module, pixels: torch.Tensor, flip: bool) -> np.ndarray:
-    """Penultimate features of (N, 3, R, R) uint8 images at the network's resolution, eval mode."""
-    body.eval()
-    out = []
-    for i in range(0, len(pixels), 32):
-        x = refiner._normalize(pixels[i:i + 32].float().to(refiner.device))
-        f = body(x)
-        if flip:
-            f = (f + body(x.flip(3))) / 2
-        out.append(f.float().cpu())
-    return torch.cat(out).numpy()
 
 
 def head_accuracy(model: ImageClassifier, feats: np.ndarray, labels: np.ndarray) -> float:
@@ -92,23 +79,23 @@ def main() -> None:
         fit_cache = decode_images(paths[fit], config.cache_size, config.resize_mode, config.workers, progress=False)
         val_pixels = decode_images(paths[val], config.resolution, config.resize_mode, config.workers, progress=False)
         refit = copy.deepcopy(model)
-        refiner._fit_head(refit, fit_cache, torch.from_numpy(labels[fit]), what="the refined features")
+        refiner.fit_last_layer(refit, fit_cache, torch.from_numpy(labels[fit]), what="the refined features")
         row: dict[str, float | int] = {"seed": seed, "n_fit": len(fit), "n_val": len(val), "seconds": round(seconds)}
-        fit_pixels = torch.nn.functional.interpolate(fit_cache.float(), size=(config.resolution,) * 2, mode="bilinear",
-                                                     antialias=True).round().clamp(0, 255).to(torch.uint8)
+
+        def features(body: torch.nn.Module, pixels: torch.Tensor, flip: bool = False) -> np.ndarray:
+            return refiner.features(body, pixels, flip).cpu().numpy()
+
         for flip in (False, True):
             tag = "+flip" if flip else ""
-            fv = features(refiner, model.backbone, val_pixels, flip)
+            fv = features(model.backbone, val_pixels, flip)
             row["head" + tag] = head_accuracy(model, fv, labels[val])
             row["refit" + tag] = head_accuracy(refit, fv, labels[val])
-            ff = features(refiner, model.backbone, fit_pixels, flip)
-            svm = LinearSvm(p.svm_CVals, p.svm_boL2Normalize, p.svm_cvFolds, seed).fit(ff, labels[fit])
+            svm = LinearSvm(p.svm_CVals, p.svm_boL2Normalize, p.svm_cvFolds, seed).fit(
+                features(model.backbone, fit_cache, flip), labels[fit])
             row["svm refined" + tag] = float((svm.predict(fv) == labels[val]).mean())
-        pretrained = Refiner(RefineConfig(**{**config.__dict__, "freeze_weights": True}), split.classes, progress=False)
-        body = pretrained._build()[0].backbone
-        svm = LinearSvm(p.svm_CVals, p.svm_boL2Normalize, p.svm_cvFolds, seed).fit(
-            features(refiner, body, fit_pixels, False), labels[fit])
-        row["svm fixed"] = float((svm.predict(features(refiner, body, val_pixels, False)) == labels[val]).mean())
+        body = create_backbone(config.backbone, weights_dir=config.weights_dir or None)
+        svm = LinearSvm(p.svm_CVals, p.svm_boL2Normalize, p.svm_cvFolds, seed).fit(features(body, fit_cache), labels[fit])
+        row["svm fixed"] = float((svm.predict(features(body, val_pixels)) == labels[val]).mean())
         rows.append(row)
         print(json.dumps(row), flush=True)
 

@@ -353,7 +353,7 @@ class Refiner:
             if self.progress:
                 print(f"resuming from {ckpt} after epoch {len(history.epoch)}")
         if not history.epoch and c.init_last_layer:
-            self._fit_head(model, train_cache, torch.from_numpy(labels[unique]))
+            self.fit_last_layer(model, train_cache, torch.from_numpy(labels[unique]))
         augment = c.augmenter()
         loss_fn = torch.nn.CrossEntropyLoss()
 
@@ -414,7 +414,7 @@ class Refiner:
         if c.refit_last_layer and not c.freeze_weights:
             # The last layer was trained on augmented, dropped-out features of a moving network; once
             # the network is fixed, a fit on the clean features of the training images is a better one.
-            self._fit_head(model, train_cache, torch.from_numpy(labels[unique]), what="the refined features")
+            self.fit_last_layer(model, train_cache, torch.from_numpy(labels[unique]), what="the refined features")
             if self.progress and test_cache is not None:
                 # The curves end before this step; say what the model that is saved scores.
                 print(f"after the refit: {_pct('test error', self.error_rate(model, test_cache, test_y))} (reported only)",
@@ -423,21 +423,31 @@ class Refiner:
         self.history_ = history
         return self
 
-    def _fit_head(self, model: ImageClassifier, cache: torch.Tensor, labels: torch.Tensor,
-                  l2: float = 1e-3, what: str = "the pretrained features") -> None:
-        """Fit the new last layer on the pretrained features of the un-augmented training images
-        (L2-regularised logistic regression) before refining: a random last layer would send large,
-        meaningless gradients into the pretrained layers during the first epoch."""
+    @torch.no_grad()
+    def features(self, backbone: torch.nn.Module, cache: torch.Tensor, flip: bool = False,
+                 batch_size: int = 64) -> torch.Tensor:
+        """Penultimate features (float32, on the device) of cached uint8 images, un-augmented: resized
+        to the input resolution, eval mode; with `flip`, averaged with the mirror image's."""
         plain = Augmenter(self.config.resolution, 1.0, 0.0, False, 0.0)
-        model.eval()
+        backbone.eval()
         feats = []
-        with torch.no_grad():
-            for i in range(0, len(cache), 64):
-                x = plain(cache[i:i + 64], torch.Generator()).to(self.device)
-                x = self._normalize(x)
-                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.mixed_precision):
-                    feats.append(model.backbone(x).float())
-        f, y = torch.cat(feats), labels.to(self.device)
+        for i in range(0, len(cache), batch_size):
+            x = self._normalize(plain(cache[i:i + batch_size], torch.Generator()).to(self.device))
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.mixed_precision):
+                f = backbone(x).float()
+                if flip:
+                    f = (f + backbone(x.flip(3)).float()) / 2
+            feats.append(f)
+        return torch.cat(feats)
+
+    def fit_last_layer(self, model: ImageClassifier, cache: torch.Tensor, labels: torch.Tensor,
+                       l2: float = 1e-3, what: str = "the pretrained features") -> None:
+        """Fit the last layer (L2-regularised logistic regression) on the backbone's features of the
+        un-augmented training images. Before refining, on the pretrained features: a random last layer
+        would send large, meaningless gradients into the pretrained layers during the first epoch.
+        After refining (`refit_last_layer`), on the refined ones."""
+        model.eval()
+        f, y = self.features(model.backbone, cache), labels.to(self.device)
         head = model.head
         opt = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=200, history_size=20,
                                 line_search_fn="strong_wolfe")
