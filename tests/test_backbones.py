@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import FASHION
-from imgclass.backbones import BACKBONE_NAMES, WeightsUnavailableError, create_backbone, get_info
+from imgclass.backbones import BACKBONE_NAMES, WeightsUnavailableError, create_backbone, folded_batchnorm, get_info
 from imgclass.features import Featurizer
 from imgclass.images import load_square
 from imgclass.modelfile import ModelSpec, build_model, load_model, save_model
@@ -97,3 +97,74 @@ def test_static_padding_gives_the_same_features_and_leaves_the_model_alone(resol
     x = torch.rand(3, 3, resolution, resolution) * 2 - 1
     with torch.no_grad():
         assert torch.equal(fixed(x), model(x))
+
+
+def _keep_batchnorm_statistics(model: torch.nn.Module) -> torch.nn.Module:
+    model.train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
+    return model
+
+
+def _output_and_grads(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    model.zero_grad(set_to_none=True)
+    out = model(x)
+    (out * torch.linspace(-1, 1, out.shape[1])).sum().backward()
+    return out.detach(), {k: p.grad.clone() for k, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet18"])
+def test_folded_batchnorm_gives_the_same_outputs_and_gradients(name: str) -> None:
+    torch.manual_seed(0)
+    model = _keep_batchnorm_statistics(create_backbone(name, pretrained=name == "efficientnet_lite0"))
+    for m in model.modules():  # the randomly initialised ResNet's statistics would be 0 and 1
+        if name == "resnet18" and isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(2, 3, 80, 80)
+    keys = list(model.state_dict())
+    out0, grads0 = _output_and_grads(model, x)
+    with folded_batchnorm(model) as n_folded:
+        out1, grads1 = _output_and_grads(model, x)
+        assert list(model.state_dict()) == keys  # checkpoints written inside look as ever
+    assert n_folded == {"efficientnet_lite0": 49, "resnet18": 20}[name]
+    assert torch.allclose(out0, out1, rtol=1e-4, atol=1e-5 * float(out0.abs().max()))
+    for k, g0 in grads0.items():  # conv weights, BN gamma and beta: the same gradients
+        assert torch.allclose(g0, grads1[k], rtol=1e-3, atol=1e-4 * float(g0.abs().max()) + 1e-12), k
+    assert not any("forward" in vars(m) for m in model.modules())  # everything restored
+    out2, _ = _output_and_grads(model, x)
+    assert torch.equal(out2, out0)
+
+
+def test_folded_batchnorm_refuses_batchnorm_in_training_mode() -> None:
+    model = _keep_batchnorm_statistics(create_backbone("resnet18", pretrained=False))
+    with folded_batchnorm(model) as n_folded:
+        assert n_folded == 20
+        model.bn1.train()
+        with pytest.raises(RuntimeError, match="training mode"):
+            model(torch.randn(2, 3, 64, 64))
+    model.train()  # BatchNorm re-estimating its statistics: nothing is folded
+    with folded_batchnorm(model) as n_folded:
+        assert n_folded == 0
+
+
+def test_folded_batchnorm_leaves_a_model_alone_when_declaration_order_misleads() -> None:
+    class BatchNormFirst(torch.nn.Module):  # declares conv then BN, but computes BN then conv
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+            self.bn = torch.nn.BatchNorm2d(3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(self.bn(x))
+
+    torch.manual_seed(0)
+    model = BatchNormFirst().eval()
+    model.bn.running_mean.uniform_(-1, 1)
+    model.bn.running_var.uniform_(0.2, 3)
+    x = torch.randn(1, 3, 16, 16)
+    expected = model(x)
+    with folded_batchnorm(model) as n_folded:
+        assert n_folded == 0
+        assert torch.equal(model(x), expected)

@@ -17,6 +17,7 @@ from imgclass.refine import (
     RefineOutOfMemoryError,
     balanced_indices,
     decode_images,
+    deterministic_algorithms,
 )
 
 RES = 64
@@ -199,3 +200,48 @@ def test_bad_settings_fail_early() -> None:
         RefineConfig(mb_size=0)
     with pytest.raises(ValueError, match="at least two classes"):
         Refiner(RefineConfig(), ["only"], device="cpu")
+
+
+# -- what fit sets up around training ---------------------------------------------------------------
+
+_FAULTS_OF_A_TRAINING_STEP = """
+import resource, sys, torch
+from imgclass.refine import keep_freed_memory
+applied = keep_freed_memory() if sys.argv[1] == "keep" else None
+torch.manual_seed(0)
+net = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3, padding=1), torch.nn.ReLU(),
+                          torch.nn.Conv2d(64, 64, 3, padding=1), torch.nn.ReLU())
+x = torch.randn(16, 3, 128, 128)  # activations of 64 MB each, as in real minibatches
+for _ in range(3):
+    net(x).square().mean().backward()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+net(x).square().mean().backward()  # the same sizes again: glibc could reuse the freed memory
+print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def test_training_steps_reuse_freed_memory_instead_of_page_faulting_it_in_again() -> None:
+    import subprocess
+    import sys
+
+    def run(mode: str) -> tuple[str, int]:  # a fresh process each: malloc's state is per process
+        out = subprocess.run([sys.executable, "-c", _FAULTS_OF_A_TRAINING_STEP, mode], capture_output=True,
+                             text=True, check=True).stdout.split()
+        return out[0], int(out[1])
+
+    applied, kept = run("keep")
+    if applied != "True":
+        pytest.skip("not glibc: nothing to tune")
+    _, default = run("default")
+    assert default > 100_000  # glibc's default: every activation freshly mapped and faulted in (~4 KB each)
+    assert kept < 0.1 * default
+
+
+def test_deterministic_algorithms_without_nan_fill_and_restored_afterwards() -> None:
+    import torch.utils.deterministic
+
+    before = (torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory)
+    with deterministic_algorithms():
+        assert torch.are_deterministic_algorithms_enabled()
+        assert not torch.utils.deterministic.fill_uninitialized_memory
+    assert (torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory) == before
