@@ -20,7 +20,7 @@ def test_project_parameters_load_and_every_parameter_is_documented() -> None:
 
 def test_tutorial_defaults() -> None:
     p = load_params(ROOT / "PARAMETERS.py")
-    assert p.ratioTrainTest == 0.75 and p.rf_inputResolution == 224 and p.classifier == "svm"
+    assert p.ratioTrainTest == 0.75 and p.rf_inputResolution == 320 and p.classifier == "svm"
     assert p.svm_boL2Normalize is True and min(p.svm_CVals) == 1e-4 and max(p.svm_CVals) == 100
 
 
