@@ -245,3 +245,9 @@ def test_deterministic_algorithms_without_nan_fill_and_restored_afterwards() -> 
         assert torch.are_deterministic_algorithms_enabled()
         assert not torch.utils.deterministic.fill_uninitialized_memory
     assert (torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory) == before
+
+
+def test_library_defaults_are_those_of_parameters_py() -> None:
+    from imgclass.params import load_params
+
+    assert RefineConfig.from_params(load_params()) == RefineConfig()

@@ -53,8 +53,8 @@ class RefineConfig:
     """How to refine; names follow the tutorial's rf_* parameters (see PARAMETERS.py)."""
 
     backbone: str = "efficientnet_lite0"
-    resolution: int = 224
-    resize_mode: str = "squash"
+    resolution: int = 320
+    resize_mode: str = "crop"
     dropout: float = 0.5
     mb_size: int = 32
     max_epochs: int = 8
