@@ -7,6 +7,10 @@ Why it is fast on a CPU:
 - every training image is decoded and resized ONCE into a uint8 cache in memory (slightly larger than
   the input, so random crops stay sharp); epochs then only augment tensors (augment.Augmenter);
 - channels-last memory layout, which the CPU convolution kernels prefer;
+- BatchNorm that keeps its statistics runs folded into the convolution before it
+  (backbones.folded_batchnorm: same numbers and gradients, two memory passes fewer per layer);
+- freed activation memory is kept for the next minibatch instead of being unmapped and
+  page-faulted in again (keep_freed_memory, glibc);
 - bfloat16 autocast only where the hardware has bf16 instructions (AVX512-BF16/AMX, or a GPU):
   emulated bf16 on an AVX2 CPU is slower than float32.
 
@@ -213,9 +217,9 @@ def _oom(e: BaseException, doing: str) -> BaseException:
 def deterministic_algorithms() -> Iterator[None]:
     """Deterministic kernels wherever torch has a choice (that matters on GPUs), restored on leaving.
 
-    Without torch's companion default of filling every new tensor with NaN first: on a CPU that fill
-    took a third of each training step, and it guards only against kernels reading memory they never
-    wrote, which would break the same-seed-same-result test anyway.
+    Without torch's companion default of filling every new tensor with NaN first: that is one more
+    pass over every activation of every step, and it guards only against kernels reading memory they
+    never wrote, which would break the same-seed-same-result test anyway.
     """
     import torch.utils.deterministic
 
