@@ -76,6 +76,7 @@ rf_l2RegWeight = 0.0005  # L2 weight decay
 rf_boFreezeWeights = False  # True: train only the new last layer, keep the pretrained layers as they are
 rf_boInitLastLayer = True  # fit the new last layer on the pretrained features before refining the whole network
 rf_boRefitLastLayer = True  # after refining, fit the last layer again on the refined features of the un-augmented training images
+rf_averageLastEpochs = 0  # average the network's weights over this many last epochs (SWA; 0 or 1: the last epoch's weights)
 rf_boFreezeBatchNorm = True  # keep the pretrained BatchNorm statistics while refining (False: re-estimate them from the minibatches)
 rf_boBalanceTrainingSet = False  # True: duplicate images of smaller classes so every class has as many as the largest
 rf_workers = 2  # processes decoding the images (once, before the first epoch)

@@ -8,9 +8,13 @@ images with PARAMETERS.py's rf_* / aug_* values (overridable with --set), then s
 scoring are measured on the validation images, from one training run:
 - head:        the network as trained (what `classifier = "dnn"` gave before rf_boRefitLastLayer);
 - refit:       the last layer fitted again on the refined features of the un-augmented fit images;
-- +flip:       either of those, with the features of each image averaged with its mirror image's;
+- +flip:       (with --flip) either of those, with the features of each image averaged with its mirror image's;
 - svm refined: a linear SVM (C by CV on the fit images) on the refined features ("svmDnnRefined");
-- svm fixed:   the same SVM on the pretrained network's features (Part 1), for reference.
+- svm fixed:   the same SVM on the pretrained network's features (Part 1), for reference;
+- refit logloss: the refit network's mean cross-entropy on the validation images (lower is better;
+  finer-grained than accuracy, which moves in steps of one image).
+With rf_averageLastEpochs >= 2 the same training run scores twice: the last epoch's weights (rows as
+above) and the averaged weights (rows prefixed "avg"), a paired comparison.
 Defaults in PARAMETERS.py were chosen with this script, never with test accuracy.
 """
 
@@ -28,7 +32,7 @@ import torch
 from imgclass.backbones import create_backbone
 from imgclass.data import make_split
 from imgclass.modelfile import ImageClassifier
-from imgclass.params import load_params, parse_overrides
+from imgclass.params import Params, load_params, parse_overrides
 from imgclass.refine import RefineConfig, Refiner, decode_images
 from imgclass.svm import LinearSvm
 
@@ -47,10 +51,31 @@ def inner_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndar
     return np.flatnonzero(~val_mask), np.flatnonzero(val_mask)
 
 
-def head_accuracy(model: ImageClassifier, feats: np.ndarray, labels: np.ndarray) -> float:
+def head_scores(model: ImageClassifier, feats: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy of the model's last layer on these features."""
     with torch.no_grad():
-        pred = model.head(torch.from_numpy(feats)).argmax(1).numpy()
-    return float((pred == labels).mean())
+        logits = model.head(torch.from_numpy(feats))
+        loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(labels)).item()
+    return float((logits.argmax(1).numpy() == labels).mean()), loss
+
+
+def score(refiner: Refiner, model: ImageClassifier, fit_pixels: torch.Tensor, fit_labels: np.ndarray,
+          val_pixels: torch.Tensor, val_labels: np.ndarray, p: Params, seed: int, flip: bool) -> dict[str, float]:
+    """Validation scores of one refined network: as trained, last layer refit, SVM on its features."""
+    refit = copy.deepcopy(model)
+    refiner.fit_last_layer(refit, fit_pixels, torch.from_numpy(fit_labels), what="the refined features")
+    out = {}
+    for f in (False, True) if flip else (False,):
+        tag = "+flip" if f else ""
+        fv = refiner.features(model.backbone, val_pixels, f).cpu().numpy()
+        out["head" + tag] = head_scores(model, fv, val_labels)[0]
+        out["refit" + tag], loss = head_scores(refit, fv, val_labels)
+        if not f:
+            out["refit logloss"] = loss
+        svm = LinearSvm(p.svm_CVals, p.svm_boL2Normalize, p.svm_cvFolds, seed).fit(
+            refiner.features(model.backbone, fit_pixels, f).cpu().numpy(), fit_labels)
+        out["svm refined" + tag] = float((svm.predict(fv) == val_labels).mean())
+    return out
 
 
 def main() -> None:
@@ -59,6 +84,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--val-fraction", type=float, default=0.2, help="part of each training set held out")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE")
+    ap.add_argument("--flip", action="store_true", help="also score with flip averaging (slower)")
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = ap.parse_args()
     p = load_params(overrides=parse_overrides(args.overrides))
@@ -75,27 +101,21 @@ def main() -> None:
         t0 = time.perf_counter()
         refiner.fit(paths[fit], labels[fit], paths[val], labels[val])  # validation error per epoch, reported only
         seconds = time.perf_counter() - t0
-        model = refiner.model_
         fit_cache = decode_images(paths[fit], config.cache_size, config.resize_mode, config.workers, progress=False)
         val_pixels = decode_images(paths[val], config.resolution, config.resize_mode, config.workers, progress=False)
-        refit = copy.deepcopy(model)
-        refiner.fit_last_layer(refit, fit_cache, torch.from_numpy(labels[fit]), what="the refined features")
         row: dict[str, float | int] = {"seed": seed, "n_fit": len(fit), "n_val": len(val), "seconds": round(seconds)}
-
-        def features(body: torch.nn.Module, pixels: torch.Tensor, flip: bool = False) -> np.ndarray:
-            return refiner.features(body, pixels, flip).cpu().numpy()
-
-        for flip in (False, True):
-            tag = "+flip" if flip else ""
-            fv = features(model.backbone, val_pixels, flip)
-            row["head" + tag] = head_accuracy(model, fv, labels[val])
-            row["refit" + tag] = head_accuracy(refit, fv, labels[val])
-            svm = LinearSvm(p.svm_CVals, p.svm_boL2Normalize, p.svm_cvFolds, seed).fit(
-                features(model.backbone, fit_cache, flip), labels[fit])
-            row["svm refined" + tag] = float((svm.predict(fv) == labels[val]).mean())
+        models = {"": refiner.model_}
+        if refiner.last_epoch_state_ is not None:  # the last epoch's weights, and their average
+            last = copy.deepcopy(refiner.model_)
+            last.load_state_dict(refiner.last_epoch_state_)
+            models = {"": last, "avg ": refiner.model_}
+        for prefix, model in models.items():
+            row.update({prefix + k: v for k, v in score(refiner, model, fit_cache, labels[fit], val_pixels,
+                                                         labels[val], p, seed, args.flip).items()})
         body = create_backbone(config.backbone, weights_dir=config.weights_dir or None)
-        svm = LinearSvm(p.svm_CVals, p.svm_boL2Normalize, p.svm_cvFolds, seed).fit(features(body, fit_cache), labels[fit])
-        row["svm fixed"] = float((svm.predict(features(body, val_pixels)) == labels[val]).mean())
+        fixed = [refiner.features(body, pixels).cpu().numpy() for pixels in (fit_cache, val_pixels)]
+        svm = LinearSvm(p.svm_CVals, p.svm_boL2Normalize, p.svm_cvFolds, seed).fit(fixed[0], labels[fit])
+        row["svm fixed"] = float((svm.predict(fixed[1]) == labels[val]).mean())
         rows.append(row)
         print(json.dumps(row), flush=True)
 
@@ -104,8 +124,12 @@ def main() -> None:
     print("| scoring | " + " | ".join(f"seed {r['seed']}" for r in rows) + " | mean |")
     print("| --- " * (len(rows) + 2) + "|")
     for k in keys:
-        vals = [100 * float(r[k]) for r in rows]
-        print(f"| {k} | " + " | ".join(f"{v:.2f}%" for v in vals) + f" | {np.mean(vals):.2f}% |")
+        if k.endswith("logloss"):
+            vals = [float(r[k]) for r in rows]
+            print(f"| {k} | " + " | ".join(f"{v:.4f}" for v in vals) + f" | {np.mean(vals):.4f} |")
+        else:
+            vals = [100 * float(r[k]) for r in rows]
+            print(f"| {k} | " + " | ".join(f"{v:.2f}%" for v in vals) + f" | {np.mean(vals):.2f}% |")
     print(f"training time per seed: {np.mean([r['seconds'] for r in rows]):.0f} s")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -61,6 +61,7 @@ def test_unknown_override_suggests_nearest_name() -> None:
         ("rf_pretrainedModel", "vgg16", "efficientnet_lite0"),
         ("svm_boL2Normalize", 1, "expected bool"),
         ("datasetName", "../x", "no slashes"),
+        ("rf_averageLastEpochs", -1, "must be >= 0"),
     ],
 )
 def test_bad_values_say_what_is_allowed(name: str, value: object, message: str) -> None:

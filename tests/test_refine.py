@@ -163,6 +163,57 @@ def test_same_seed_same_result_and_resume_continues_exactly(color_dataset: Path,
     assert not _same_weights(other_seed.model_, first.model_)
 
 
+def test_weights_averaged_over_the_last_epochs_also_across_a_resume(color_dataset: Path, tmp_path: Path) -> None:
+    # Epochs 1-3 of 3 are averaged. Interrupted after epoch 2, resumed: the average continues.
+    ckpt = tmp_path / "refine_checkpoint.pt"
+    kw = dict(average_last_epochs=3, refit_last_layer=False, lr_per_mb=(0.01,))
+    _fit(color_dataset, checkpoint=ckpt, max_epochs=2, **kw)
+    first_two = torch.load(ckpt, weights_only=True)["average"]
+    resumed = _fit(color_dataset, checkpoint=ckpt, resume=True, max_epochs=3, **kw)
+    last = resumed.last_epoch_state_
+    assert last is not None
+    straight = _fit(color_dataset, max_epochs=3, **kw)
+    assert _same_weights(resumed.model_, straight.model_)
+    plain = _fit(color_dataset, max_epochs=3, **{**kw, "average_last_epochs": 0})
+    assert plain.last_epoch_state_ is None
+    assert all(torch.equal(last[k], v) for k, v in plain.model_.state_dict().items())  # same training
+    averaged = resumed.model_.state_dict()
+    moved = 0
+    for k, v in averaged.items():
+        if v.is_floating_point():
+            expected = (2 * first_two[k] + last[k]) / 3  # first_two is the mean of epochs 1 and 2
+            torch.testing.assert_close(v, expected, rtol=1e-5, atol=1e-6)
+            moved += int(not torch.equal(v, last[k]))
+    assert moved > 0  # the average is not just the last epoch's weights
+
+
+def test_averaged_weights_get_batchnorm_statistics_of_their_own_when_those_are_learned(color_dataset: Path) -> None:
+    kw = dict(max_epochs=2, average_last_epochs=2, refit_last_layer=False, lr_per_mb=(0.01,))
+    kept = _fit(color_dataset, freeze_batchnorm=True, **kw)
+    learned = _fit(color_dataset, freeze_batchnorm=False, **kw)
+
+    def stats(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in state.items() if "running_" in k}
+
+    initial, _ = Refiner(_config(), CLASSES, device="cpu", progress=False)._build()
+    assert all(torch.equal(v, stats(initial.state_dict())[k]) for k, v in stats(kept.model_.state_dict()).items())
+    # Re-estimated for the averaged weights: the first BatchNorm's statistics are those of its input
+    # over the un-augmented training images (one batch of 18 here), not the last epoch's.
+    assert learned.last_epoch_state_ is not None
+    re, last = stats(learned.model_.state_dict()), stats(learned.last_epoch_state_)
+    assert all(not torch.equal(re[k], last[k]) for k in re if k.endswith("running_var"))
+    paths, _ = _data(color_dataset)
+    cache = decode_images(paths, learned.config.cache_size, learned.config.resize_mode, workers=0, progress=False)
+    seen = []
+    hook = learned.model_.backbone.bn1.register_forward_hook(lambda m, inputs, out: seen.append(inputs[0]))
+    learned.features(learned.model_.backbone, cache)
+    hook.remove()
+    x = torch.cat(seen).float()
+    bn1 = learned.model_.backbone.bn1
+    torch.testing.assert_close(bn1.running_mean, x.mean((0, 2, 3)), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(bn1.running_var, x.var((0, 2, 3)), rtol=1e-3, atol=1e-4)
+
+
 def test_frozen_refinement_changes_only_the_last_layer(color_dataset: Path) -> None:
     r = _fit(color_dataset, freeze_weights=True, max_epochs=1)
     initial, _ = Refiner(_config(freeze_weights=True), CLASSES, device="cpu", progress=False)._build()
@@ -198,6 +249,8 @@ def test_out_of_memory_is_a_clear_message(color_dataset: Path) -> None:
 def test_bad_settings_fail_early() -> None:
     with pytest.raises(ValueError, match="mb_size"):
         RefineConfig(mb_size=0)
+    with pytest.raises(ValueError, match="average_last_epochs"):
+        RefineConfig(average_last_epochs=-1)
     with pytest.raises(ValueError, match="at least two classes"):
         Refiner(RefineConfig(), ["only"], device="cpu")
 

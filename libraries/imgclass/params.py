@@ -152,6 +152,7 @@ SCHEMA: dict[str, Spec] = {
     "rf_boFreezeWeights": Spec(_BOOL),
     "rf_boInitLastLayer": Spec(_BOOL),
     "rf_boRefitLastLayer": Spec(_BOOL),
+    "rf_averageLastEpochs": Spec(_INT, check=_non_negative),
     "rf_boFreezeBatchNorm": Spec(_BOOL),
     "rf_boBalanceTrainingSet": Spec(_BOOL),
     "rf_workers": Spec(_INT, check=_non_negative),

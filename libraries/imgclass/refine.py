@@ -71,6 +71,7 @@ class RefineConfig:
     freeze_batchnorm: bool = True
     init_last_layer: bool = True
     refit_last_layer: bool = True
+    average_last_epochs: int = 0  # all epochs if fewer; 0 or 1: keep the last epoch's weights
     balance_training_set: bool = False
     aug_crop_scale_min: float = 0.6
     aug_rotation_deg: float = 10.0
@@ -88,6 +89,7 @@ class RefineConfig:
             "momentum": 0.0 <= self.momentum < 1.0, "l2_reg_weight": self.l2_reg_weight >= 0,
             "dropout": 0.0 <= self.dropout < 1.0, "head_lr_factor": self.head_lr_factor > 0,
             "resolution": 32 <= self.resolution <= 1024, "workers": self.workers >= 0,
+            "average_last_epochs": self.average_last_epochs >= 0,
         }
         for name, ok in checks.items():
             if not ok:
@@ -102,12 +104,16 @@ class RefineConfig:
             max_train_images=p.rf_maxTrainImages, lr_per_mb=tuple(p.rf_lrPerMb), head_lr_factor=p.rf_headLrFactor,
             momentum=p.rf_momentumPerMb, l2_reg_weight=p.rf_l2RegWeight, freeze_weights=p.rf_boFreezeWeights,
             freeze_batchnorm=p.rf_boFreezeBatchNorm, init_last_layer=p.rf_boInitLastLayer,
-            refit_last_layer=p.rf_boRefitLastLayer,
+            refit_last_layer=p.rf_boRefitLastLayer, average_last_epochs=p.rf_averageLastEpochs,
             balance_training_set=p.rf_boBalanceTrainingSet, aug_crop_scale_min=p.aug_cropScaleMin,
             aug_rotation_deg=p.aug_rotationDegrees, aug_flip=p.aug_boHorizontalFlip,
             aug_color_jitter=p.aug_colorJitter, seed=p.randomSeed, workers=p.rf_workers,
             weights_dir=p.rf_weightsDir,
         )
+
+    def averages(self, epoch: int) -> bool:
+        """Whether the weights after `epoch` (0-based) go into the average of the last epochs."""
+        return self.average_last_epochs >= 2 and epoch >= self.max_epochs - self.average_last_epochs
 
     def lr_at(self, epoch: int) -> float:
         return self.lr_per_mb[min(epoch, len(self.lr_per_mb) - 1)]
@@ -147,6 +153,34 @@ class History:
     @classmethod
     def from_json(cls, d: dict[str, list]) -> History:
         return cls(**{k: list(v) for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+class WeightAverage:
+    """Running mean of a network's weights taken at the ends of epochs (stochastic weight averaging,
+    Izmailov et al. 2018). With a constant or slowly falling rate, SGD's last epochs wander around a
+    minimum; their mean lies nearer its centre, where a small training set's test error is less
+    sensitive to which epoch training happened to stop at. Integer buffers keep the latest value."""
+
+    def __init__(self) -> None:
+        self.state: dict[str, torch.Tensor] | None = None
+        self.epochs: list[int] = []  # 1-based, as History.epoch
+
+    @torch.no_grad()
+    def add(self, model: torch.nn.Module, epoch: int) -> None:
+        current = model.state_dict()
+        if self.state is None:
+            self.state = {k: v.detach().clone() for k, v in current.items()}
+        else:
+            weight = 1.0 / (len(self.epochs) + 1)
+            for k, v in current.items():
+                if v.is_floating_point():
+                    self.state[k].add_(v - self.state[k], alpha=weight)
+                else:
+                    self.state[k].copy_(v)
+        self.epochs.append(epoch)
+
+    def span(self) -> str:
+        return f"epochs {self.epochs[0]}-{self.epochs[-1]}" if len(self.epochs) > 1 else f"epoch {self.epochs[0]}"
 
 
 def balanced_indices(labels: Sequence[int], n_classes: int, rng: np.random.Generator) -> np.ndarray:
@@ -346,8 +380,10 @@ class Refiner:
 
     # -- checkpoint ----------------------------------------------------------------------------
     def _save_checkpoint(self, path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
-                         gen: torch.Generator, history: History) -> None:
+                         gen: torch.Generator, history: History, average: WeightAverage) -> None:
         payload = {
+            "average": average.state,
+            "average_epochs_json": json.dumps(average.epochs),
             "key_json": json.dumps(self.config.resume_key()),
             "classes_json": json.dumps(list(self.classes)),
             "model": model.state_dict(),
@@ -360,7 +396,7 @@ class Refiner:
             torch.save(payload, tmp)
 
     def _load_checkpoint(self, path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
-                         gen: torch.Generator) -> History:
+                         gen: torch.Generator, average: WeightAverage) -> History:
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
             key = json.loads(payload["key_json"])
@@ -377,6 +413,12 @@ class Refiner:
         opt.load_state_dict(payload["optimizer"])
         gen.set_state(payload["generator"])
         torch.set_rng_state(payload["torch_rng"])
+        epochs = json.loads(payload.get("average_epochs_json", "[]"))
+        if epochs and all(self.config.averages(e - 1) for e in epochs):
+            average.state, average.epochs = payload["average"], epochs
+        elif epochs and self.progress:  # more epochs now: those averaged so far fall outside the window
+            print(f"the checkpoint's weight average (epochs {epochs}) is outside the last "
+                  f"{self.config.average_last_epochs} of {self.config.max_epochs} epochs; it starts afresh")
         return History.from_json(json.loads(payload["history_json"]))
 
     # -- training ------------------------------------------------------------------------------
@@ -411,10 +453,10 @@ class Refiner:
         model, opt = self._build()
         gen = torch.Generator().manual_seed(c.seed)
         torch.manual_seed(c.seed + 1)  # dropout
-        history = History()
+        history, average = History(), WeightAverage()
         ckpt = Path(checkpoint) if checkpoint is not None else None
         if resume and ckpt is not None and ckpt.is_file():
-            history = self._load_checkpoint(ckpt, model, opt, gen)
+            history = self._load_checkpoint(ckpt, model, opt, gen, average)
             if self.progress:
                 print(f"resuming from {ckpt} after epoch {len(history.epoch)}")
         self._train_mode(model)
@@ -446,18 +488,28 @@ class Refiner:
                     print(f"epoch {epoch + 1:>3}/{c.max_epochs}  lr {lr:<8g} train loss {loss_mean:.4f}  "
                           f"train error {100 * train_err:6.2f}%  {_pct('test error', test_err)}  "
                           f"({seconds:.0f} s, {n_seen / seconds:.1f} img/s)", flush=True)
+                if c.averages(epoch):
+                    average.add(model, epoch + 1)
                 if ckpt is not None:
-                    self._save_checkpoint(ckpt, model, opt, gen, history)
+                    self._save_checkpoint(ckpt, model, opt, gen, history, average)
                 if on_epoch is not None:
                     on_epoch(history)
+            done = []
+            self.last_epoch_state_ = None
+            if len(average.epochs) > 1:
+                self.last_epoch_state_ = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                model.load_state_dict(average.state)
+                self._reestimate_batchnorm(model, train_cache)
+                done.append(f"weights averaged over {average.span()}")
             if c.refit_last_layer and not c.freeze_weights:
                 # The last layer was trained on augmented, dropped-out features of a moving network; once
                 # the network is fixed, a fit on the clean features of the training images is a better one.
                 self.fit_last_layer(model, train_cache, unique_y, what="the refined features")
-                if self.progress and test_cache is not None:
-                    # The curves end before this step; say what the model that is saved scores.
-                    print(f"after the refit: {_pct('test error', self.error_rate(model, test_cache, test_y))} (reported only)",
-                          flush=True)
+                done.append("last layer refit")
+            if done and self.progress and test_cache is not None:
+                # The curves end before these steps; say what the model that is saved scores.
+                print(f"saved model ({', '.join(done)}): "
+                      f"{_pct('test error', self.error_rate(model, test_cache, test_y))} (reported only)", flush=True)
         self.model_ = model.eval()
         self.history_ = history
         return self
@@ -502,16 +554,39 @@ class Refiner:
             bar.set_postfix(loss=f"{loss_sum / n_seen:.3f}")
         return loss_sum / n_seen, wrong / n_seen, n_seen
 
+    def _plain_batches(self, cache: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+        """Cached uint8 images, un-augmented (resized to the input resolution), normalised, in batches."""
+        plain = Augmenter(self.config.resolution, 1.0, 0.0, False, 0.0)
+        for i in range(0, len(cache), batch_size):
+            yield self._normalize(plain(cache[i:i + batch_size], torch.Generator()).to(self.device))
+
+    @torch.no_grad()
+    def _reestimate_batchnorm(self, model: ImageClassifier, cache: torch.Tensor, batch_size: int = 32) -> None:
+        """BatchNorm layers that learn their statistics (rf_boFreezeBatchNorm off) estimate them afresh
+        for averaged weights, which no minibatch has seen; kept statistics need nothing."""
+        self._train_mode(model)
+        learning = [m for m in model.backbone.modules()
+                    if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training]
+        if not learning:
+            return
+        momenta = [m.momentum for m in learning]
+        for m in learning:
+            m.reset_running_stats()
+            m.momentum = None  # a plain mean over all the batches
+        for x in self._plain_batches(cache, batch_size):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.mixed_precision):
+                model.backbone(x)
+        for m, momentum in zip(learning, momenta):
+            m.momentum = momentum
+
     @torch.no_grad()
     def features(self, backbone: torch.nn.Module, cache: torch.Tensor, flip: bool = False,
                  batch_size: int = 64) -> torch.Tensor:
         """Penultimate features (float32, on the device) of cached uint8 images, un-augmented: resized
         to the input resolution, eval mode; with `flip`, averaged with the mirror image's."""
-        plain = Augmenter(self.config.resolution, 1.0, 0.0, False, 0.0)
         backbone.eval()
         feats = []
-        for i in range(0, len(cache), batch_size):
-            x = self._normalize(plain(cache[i:i + batch_size], torch.Generator()).to(self.device))
+        for x in self._plain_batches(cache, batch_size):
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.mixed_precision):
                 f = backbone(x).float()
                 if flip:
