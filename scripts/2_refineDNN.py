@@ -37,7 +37,7 @@ def main() -> int:
 
     split = load_split(p.split_path)
     config = RefineConfig.from_params(p)
-    refiner = Refiner(config, split.classes)
+    refiner = Refiner(config, split.classes, spill_dir=p.proc_dir)  # decoded images beyond memory go there
     what = "only the new last layer" if config.freeze_weights else "the whole network"
     print(f"refining {what} of {config.backbone} at {config.resolution} px on {refiner.device} "
           f"({'bfloat16 mixed precision' if refiner.mixed_precision else 'float32'}), "

@@ -10,11 +10,13 @@ import pytest
 import torch
 
 from imgclass.augment import Augmenter
+from imgclass import refine
 from imgclass.modelfile import ImageClassifier
 from imgclass.refine import (
     RefineConfig,
     Refiner,
     RefineOutOfMemoryError,
+    _oom,
     balanced_indices,
     decode_images,
     deterministic_algorithms,
@@ -240,10 +242,35 @@ def test_batchnorm_statistics_are_kept_unless_asked_to_reestimate(color_dataset:
 
 # -- errors ---------------------------------------------------------------------------------------
 
-def test_out_of_memory_is_a_clear_message(color_dataset: Path) -> None:
+def test_out_of_memory_is_a_clear_message(color_dataset: Path, tmp_path: Path) -> None:
     paths, _ = _data(color_dataset)
-    with pytest.raises(RefineOutOfMemoryError, match="rf_mbSize.*rf_inputResolution"):
-        decode_images(paths, 400_000, "squash", workers=0, progress=False)  # terabytes: cannot be allocated
+    spill = tmp_path / "spill"
+    # Terabytes: neither half the memory nor the free disk space holds them.
+    with pytest.raises(RefineOutOfMemoryError, match="rf_maxTrainImages or lower rf_inputResolution"):
+        decode_images(paths, 400_000, "squash", workers=0, progress=False, spill_dir=spill)
+    assert list(spill.iterdir()) == []
+    advice = _oom(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), "training on minibatches")
+    assert isinstance(advice, RefineOutOfMemoryError) and "rf_mbSize" in str(advice)
+    other = RuntimeError("shapes do not match")
+    assert _oom(other, "training") is other
+
+
+def test_decoded_images_beyond_memory_go_to_a_deleted_file_and_train_the_same(
+        color_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    paths, labels = _data(color_dataset)
+    in_memory = decode_images(paths, RES, "crop", workers=0, progress=False)
+    in_memory_fit = _fit(color_dataset, max_epochs=1)
+    monkeypatch.setattr(refine, "available_memory", lambda: 1000)  # as if 1 kB were left
+    spill = tmp_path / "spill"
+    spilled = decode_images(paths, RES, "crop", workers=0, progress=False, spill_dir=spill)
+    assert torch.equal(spilled, in_memory)
+    assert list(spill.iterdir()) == []  # already unlinked: nothing is left behind, even after a crash
+    maps = Path("/proc/self/maps")
+    if maps.is_file():
+        assert "imgclass_decoded_" in maps.read_text()  # but still mapped: the data lives in that file
+    r = Refiner(_config(max_epochs=1), CLASSES, device="cpu", progress=False, spill_dir=spill)
+    r.fit(paths, labels, paths[::3], labels[::3])
+    assert _same_weights(r.model_, in_memory_fit.model_)
 
 
 def test_bad_settings_fail_early() -> None:

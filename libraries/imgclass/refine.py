@@ -201,13 +201,15 @@ def balanced_indices(labels: Sequence[int], n_classes: int, rng: np.random.Gener
 
 
 def decode_images(paths: Sequence[str | Path], size: int, resize_mode: str, workers: int = 2,
-                  desc: str = "decode", progress: bool = True) -> torch.Tensor:
-    """Decode and resize every image once: (N, 3, size, size) uint8, in `workers` processes."""
+                  desc: str = "decode", progress: bool = True, spill_dir: str | Path | None = None) -> torch.Tensor:
+    """Decode and resize every image once: (N, 3, size, size) uint8, in `workers` processes.
+
+    The result lives in memory when it takes at most half the memory available now; otherwise in a
+    file in `spill_dir` (default: the system's temporary folder), mapped into memory and deleted once
+    nothing uses it, so that a data set larger than memory trains instead of being killed by the OS."""
     paths = [str(p) for p in paths]
-    try:
-        cache = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
-    except RuntimeError as e:
-        raise _oom(e, f"caching {len(paths)} images of {size} px") from e
+    cache = _uint8_array((len(paths), 3, size, size), spill_dir, f"caching {len(paths)} images of {size} px",
+                         progress)
     dataset = _Decoded(paths, size, resize_mode)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=16, num_workers=min(workers, max(1, len(paths) // 16)) if workers else 0,
@@ -220,6 +222,64 @@ def decode_images(paths: Sequence[str | Path], size: int, resize_mode: str, work
             i += len(batch)
             bar.update(len(batch))
     return cache
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation without swapping (None: unknown)."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _uint8_array(shape: tuple[int, ...], spill_dir: str | Path | None, doing: str, progress: bool) -> torch.Tensor:
+    """An uninitialised uint8 tensor: in memory if it fits comfortably, else file-backed (see decode_images).
+
+    Linux lets a process allocate more than it can ever fill and kills it later, without a message,
+    when it does; so the size is compared with the available memory first rather than trusting
+    torch.empty to fail."""
+    import os
+    import shutil
+    import tempfile
+
+    nbytes = math.prod(shape)
+    available = available_memory()
+    if available is None or nbytes <= available // 2:
+        try:
+            return torch.empty(shape, dtype=torch.uint8)
+        except RuntimeError as e:
+            raise _oom(e, doing) from e
+    folder = Path(spill_dir) if spill_dir is not None else Path(tempfile.gettempdir())
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if nbytes > free:
+        raise RefineOutOfMemoryError(
+            f"out of memory while {doing}: that needs {nbytes / 1e9:.1f} GB, more than half the "
+            f"{available / 1e9:.1f} GB of memory available and more than the {free / 1e9:.1f} GB free in "
+            f"{folder}; limit rf_maxTrainImages or lower rf_inputResolution")
+    fd, name = tempfile.mkstemp(prefix="imgclass_decoded_", suffix=".u8", dir=folder)
+    os.close(fd)
+    array = np.memmap(name, dtype=np.uint8, mode="w+", shape=shape)
+    try:
+        os.unlink(name)  # POSIX: the mapping keeps the data; the disk space returns when it is dropped
+    except OSError:  # Windows cannot delete a mapped file: delete it when the process ends
+        import atexit
+
+        atexit.register(lambda: Path(name).unlink(missing_ok=True))
+    if progress:
+        print(f"{doing}: {nbytes / 1e9:.1f} GB, more than half the {available / 1e9:.1f} GB of memory "
+              f"available, so they go to a file in {folder} (mapped into memory; deleted afterwards)", flush=True)
+    return torch.from_numpy(array)
 
 
 def _stack_chw(items: list[np.ndarray]) -> torch.Tensor:
@@ -320,16 +380,19 @@ class Refiner:
 
     `checkpoint`: a file written (atomically) after every epoch; with `resume=True` a run continues
     from it. `on_epoch(history)` is called after every epoch (e.g. to redraw the curves).
+    `spill_dir`: where decoded images go when they do not fit in memory (see decode_images).
     """
 
     def __init__(self, config: RefineConfig, classes: Sequence[str], device: str | torch.device | None = None,
-                 progress: bool = True, mixed_precision: bool | None = None) -> None:
+                 progress: bool = True, mixed_precision: bool | None = None,
+                 spill_dir: str | Path | None = None) -> None:
         if len(classes) < 2:
             raise ValueError(f"need at least two classes, got {list(classes)}")
         self.config = config
         self.classes = tuple(classes)
         self.device = pick_device(device)
         self.progress = progress
+        self.spill_dir = spill_dir
         self.mixed_precision = bf16_supported(self.device) if mixed_precision is None else mixed_precision
         self.spec = ModelSpec(config.backbone, config.resolution, config.resize_mode, kind="refined",
                               classes=self.classes, dropout=config.dropout)
@@ -443,11 +506,11 @@ class Refiner:
         unique = np.unique(chosen)  # duplicates (class balancing) share one cached copy
         position_t = torch.from_numpy(np.searchsorted(unique, chosen))  # row of each chosen image in the cache
         train_cache = decode_images([train_paths[i] for i in unique], c.cache_size, c.resize_mode,
-                                    c.workers, "decode train", self.progress)
+                                    c.workers, "decode train", self.progress, self.spill_dir)
         train_y = torch.from_numpy(labels[chosen])
         unique_y = torch.from_numpy(labels[unique])  # what the last-layer fits see, each image once
         test_cache = decode_images(test_paths, c.resolution, c.resize_mode, c.workers, "decode test",
-                                   self.progress) if len(test_paths) else None
+                                   self.progress, self.spill_dir) if len(test_paths) else None
         test_y = torch.as_tensor(np.asarray(test_labels, dtype=np.int64))
 
         model, opt = self._build()
