@@ -14,6 +14,9 @@ Why it is fast on a CPU:
 - bfloat16 autocast only where the hardware has bf16 instructions (AVX512-BF16/AMX, or a GPU):
   emulated bf16 on an AVX2 CPU is slower than float32.
 
+The model saved at the end: the weights averaged over the last `average_last_epochs` epochs
+(WeightAverage), then the last layer fitted again on the clean training features (`refit_last_layer`).
+
 What is reported per epoch: training loss and error (on the augmented minibatches, as the tutorial)
 and the test error. The test set is only reported: the number of epochs and the learning rates are
 fixed in advance, nothing is chosen by looking at it.
@@ -71,7 +74,7 @@ class RefineConfig:
     freeze_batchnorm: bool = True
     init_last_layer: bool = True
     refit_last_layer: bool = True
-    average_last_epochs: int = 0  # all epochs if fewer; 0 or 1: keep the last epoch's weights
+    average_last_epochs: int = 4  # all epochs if fewer; 0 or 1: keep the last epoch's weights
     balance_training_set: bool = False
     aug_crop_scale_min: float = 0.6
     aug_rotation_deg: float = 10.0
