@@ -38,7 +38,8 @@ def main() -> int:
         t0 = time.perf_counter()
         result = fz.featurize_paths([p.images_dir / r for r in rel], desc=side, cache=cache)
         arrays = {"paths": np.array(rel), "labels": np.array([y for _, y in items], dtype=np.int64),
-                  "classes": np.array(split.classes), "features": result.features}
+                  "classes": np.array(split.classes), "features": result.features,
+                  "flip_average": np.array(p.run_boFlipAverage)}  # stage 6 exports the same preprocessing
         if result.probs is not None:
             arrays["probs"] = result.probs
         out = save_npz(p.features_path(side), **arrays)

@@ -71,6 +71,16 @@ def test_bundle_describes_itself(pipeline: tuple[Path, Path]) -> None:
     assert not list(bundle_dir.glob(".*.tmp"))
 
 
+def test_bundle_keeps_the_mirror_averaging_stage_3_used(pipeline: tuple[Path, Path]) -> None:
+    # Stage 3 ran without mirror averaging; asking for it only at stage 6 would score images unlike
+    # the features the SVM was trained and evaluated on. The bundle follows stage 3 and says so.
+    data_dir, bundle_dir = pipeline
+    assert not bool(load_npz(data_dir / "proc" / DS / "features_fixed_train.npz")["flip_average"])
+    out = run_script("6_deploy.py", *SMALL, "--set", "run_boFlipAverage=True", "--no-serve", data_dir=data_dir).stdout
+    assert "stage 3 featurized with False" in out and "mirror averaging off" in out
+    assert json.loads((bundle_dir / "bundle.json").read_text())["preprocessing"]["flip_average"] is False
+
+
 def test_a_changed_model_file_is_refused(pipeline: tuple[Path, Path], tmp_path: Path) -> None:
     _, bundle_dir = pipeline
     copy = tmp_path / "b"
