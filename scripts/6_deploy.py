@@ -9,10 +9,7 @@ hash as model version. The service (python -m imgclass.serve) loads it with ONNX
 import os
 import sys
 
-import numpy as np
-
 from imgclass.cli import parse_stage, run_stage, stage_parser
-from imgclass.params import Params
 
 parser = stage_parser(
     __doc__.splitlines()[0],
@@ -27,22 +24,6 @@ parser.add_argument("--port", type=int, default=None, help="TCP port (default de
 parser.add_argument("--workers", type=int, default=None, help="server processes (default dep_workers)")
 
 
-def featurized_with_flip(p: Params) -> bool:
-    """Mirror averaging as stage 3 used it for the features the classifier was trained and evaluated
-    on, so that the service scores an image as stage 5 did; run_boFlipAverage if stage 3 did not say."""
-    path = p.features_path("train")
-    if not path.is_file():
-        return p.run_boFlipAverage
-    with np.load(path, allow_pickle=False) as z:
-        if "flip_average" not in z.files:
-            return p.run_boFlipAverage
-        used = bool(z["flip_average"])
-    if used != p.run_boFlipAverage:
-        print(f"run_boFlipAverage = {p.run_boFlipAverage} now, but stage 3 featurized with {used} ({path.name}): "
-              f"the bundle uses {used}, as the classifier was trained and evaluated; rerun stages 3-5 to change it")
-    return used
-
-
 def main() -> int:
     args, p = parse_stage(parser)
     if args.bundle:
@@ -51,9 +32,10 @@ def main() -> int:
         bundle = load_bundle(args.bundle)
     else:
         from imgclass.export import export_bundle
+        from imgclass.features import flip_average_of_stage3
         from imgclass.fileio import require_file
 
-        flip = featurized_with_flip(p)
+        flip = flip_average_of_stage3(p.features_path("train"), p.run_boFlipAverage)
         print(f"exporting {p.classifier} of {p.datasetName} (mirror averaging {'on' if flip else 'off'}) ...")
         bundle = export_bundle(
             require_file(p.model_path, "scripts/2_refineDNN.py"),

@@ -9,6 +9,7 @@ DATA_DIR/images/<datasetName>/<class>/; rerun stages 1-5 to train on them.
 
 from imgclass.active import label_interactively, plot_candidates, score_images, unlabelled_images, write_candidates
 from imgclass.cli import parse_stage, run_stage, stage_parser
+from imgclass.features import flip_average_of_stage3
 from imgclass.fileio import require_file
 
 parser = stage_parser(
@@ -30,8 +31,8 @@ def main() -> int:
         return 0
     model = require_file(p.model_path, "scripts/2_refineDNN.py")
     svm = None if p.classifier == "dnn" else require_file(p.svm_path, "scripts/4_trainSVM.py")
-    scored = score_images(paths, model, svm, batch_size=p.run_mbSize, flip_average=p.run_boFlipAverage,
-                          workers=p.run_workers)
+    flip = flip_average_of_stage3(p.features_path("train"), p.run_boFlipAverage)  # as the SVM was trained
+    scored = score_images(paths, model, svm, batch_size=p.run_mbSize, flip_average=flip, workers=p.run_workers)
     cands = scored.candidates(p.al_numImages, p.al_criterion)
     out = p.results_dir
     tsv = write_candidates(out / "active_learning_candidates.tsv", cands, scored.classes, p.al_criterion)

@@ -241,3 +241,19 @@ def test_reduced_jpeg_decode_keeps_the_features(backbone: torch.nn.Module, expor
     reference = fz.featurize_arrays(full).features
     cos = _cosine(fast, reference)
     assert cos.min() >= 0.999, cos
+
+
+def test_scoring_later_uses_the_mirror_averaging_stage_3_recorded(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from imgclass.features import flip_average_of_stage3
+    from imgclass.fileio import save_npz
+
+    recorded = save_npz(tmp_path / "features_fixed_train.npz", features=np.zeros((2, 4), np.float32),
+                        flip_average=np.array(True))
+    assert flip_average_of_stage3(recorded, requested=False) is True
+    assert "stage 3 featurized with True" in capsys.readouterr().out
+    assert flip_average_of_stage3(recorded, requested=True) is True
+    assert capsys.readouterr().out == ""
+    older = save_npz(tmp_path / "old.npz", features=np.zeros((2, 4), np.float32))  # before it was recorded
+    assert flip_average_of_stage3(older, requested=False) is False
+    assert flip_average_of_stage3(tmp_path / "missing.npz", requested=True) is True
+

@@ -430,3 +430,20 @@ def default_device() -> torch.device:
         return torch.device("mps")
     torch.set_num_threads(os.cpu_count() or 1)
     return torch.device("cpu")
+
+
+def flip_average_of_stage3(features_path: str | Path, requested: bool) -> bool:
+    """The mirror averaging stage 3 used for the features in `features_path`, which the classifier
+    was trained and evaluated on: scoring new images otherwise would not score them as stage 5 did.
+    `requested` (run_boFlipAverage now) when the file does not say; a note when the two differ."""
+    path = Path(features_path)
+    if not path.is_file():
+        return requested
+    with np.load(path, allow_pickle=False) as z:
+        if "flip_average" not in z.files:
+            return requested
+        used = bool(z["flip_average"])
+    if used != requested:
+        print(f"run_boFlipAverage = {requested} now, but stage 3 featurized with {used} ({path.name}): "
+              f"using {used}, as the classifier was trained and evaluated; rerun stages 3-5 to change it")
+    return used
