@@ -12,7 +12,8 @@ from PIL import Image
 
 from conftest import write_image
 from imgclass.backbones import create_backbone
-from imgclass.features import FeatureCache, Featurizer, Preprocess, _decoded_batches
+from imgclass.features import FeatureCache, Featurizer, Preprocess, _decoded_batches, flip_average_of_stage3
+from imgclass.fileio import save_npz
 from imgclass.images import load_square
 from imgclass.modelfile import ImageClassifier, ModelSpec, save_model
 
@@ -244,9 +245,6 @@ def test_reduced_jpeg_decode_keeps_the_features(backbone: torch.nn.Module, expor
 
 
 def test_scoring_later_uses_the_mirror_averaging_stage_3_recorded(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from imgclass.features import flip_average_of_stage3
-    from imgclass.fileio import save_npz
-
     recorded = save_npz(tmp_path / "features_fixed_train.npz", features=np.zeros((2, 4), np.float32),
                         flip_average=np.array(True))
     assert flip_average_of_stage3(recorded, requested=False) is True
