@@ -39,7 +39,8 @@ def color_bundle(root: Path) -> Path:
             labels.append(k)
     spec = ModelSpec("efficientnet_lite0", RESOLUTION)
     model = build_model(spec)
-    feats = Featurizer(model, spec, batch_size=18, flip_average=True, workers=0).featurize_paths(paths, progress=False).features
+    feats = Featurizer(model, spec, batch_size=18, flip_average=True, workers=0,
+                       export_dir=root / "onnx").featurize_paths(paths, progress=False).features
     svm = LinearSvm([1.0], cv_folds=3).fit(feats, np.array(labels))
     svm.classes = list(COLORS)
     bundle = export_model(model, spec, root / "bundle", "svm", svm=svm, flip_average=True,

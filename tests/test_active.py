@@ -119,7 +119,8 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     classes = ["dotted", "leopard", "striped"]
     paths = [p for c in classes for p in list_images(images / c)]
     labels = np.repeat(np.arange(3), 6)
-    feats = Featurizer(model, spec, batch_size=32, workers=0).featurize_paths(paths, progress=False).features
+    feats = Featurizer(model, spec, batch_size=32, workers=0, export_dir=data / "onnx").featurize_paths(
+        paths, progress=False).features
     LinearSvm([1.0], cv_folds=2).fit(feats, labels).save(proc / "svm_fixed.npz", classes)
     return data
 
@@ -127,7 +128,8 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_real_model_ranks_unlabelled_images_by_uncertainty(tiny_model: Path) -> None:
     proc = tiny_model / "proc" / "tiny"
     paths = unlabelled_images(tiny_model / "unlabelled")
-    scored = score_images(paths, proc / "model_fixed.pt", proc / "svm_fixed.npz", workers=0, progress=False)
+    scored = score_images(paths, proc / "model_fixed.pt", proc / "svm_fixed.npz", workers=0, progress=False,
+                          export_dir=tiny_model / "onnx")
     assert scored.classes == ["dotted", "leopard", "striped"] and scored.scores.shape == (9, 3)
     cands = scored.candidates(4, "margin")
     margins = {p: float(np.diff(np.sort(s)[-2:])[0]) for p, s in zip(scored.paths, scored.scores)}

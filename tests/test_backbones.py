@@ -75,8 +75,8 @@ def test_model_file_round_trip_and_featurizer(tmp_path: Path, color_dataset: Pat
     back, back_spec = load_model(path)
     assert back_spec == spec
     files = sorted(color_dataset.rglob("*.jpg"))[:5]
-    a = Featurizer(model, spec, batch_size=2, workers=0).featurize_paths(files, progress=False)
-    b = Featurizer(back, back_spec, batch_size=4, workers=2).featurize_paths(files, progress=False)
+    a = Featurizer(model, spec, batch_size=2, workers=0, export_dir=tmp_path).featurize_paths(files, progress=False)
+    b = Featurizer(back, back_spec, batch_size=4, workers=2, export_dir=tmp_path).featurize_paths(files, progress=False)
     assert a.features.shape == (5, 1280) and a.probs is None
     np.testing.assert_allclose(a.features, b.features, rtol=1e-4, atol=1e-4)
     (tmp_path / "junk.pt").write_bytes(b"junk")

@@ -112,7 +112,7 @@ def test_refined_models_export_for_dnn_and_svm_dnn_refined(tmp_path: Path) -> No
     model_path = save_model(tmp_path / "model_refined.pt", model, spec)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (6, 64, 64, 3), dtype=np.uint8)
-    ref = Featurizer(model, spec, batch_size=6, flip_average=True, workers=0).featurize_arrays(images)
+    ref = Featurizer(model, spec, batch_size=6, flip_average=True, workers=0, export_dir=tmp_path).featurize_arrays(images)
 
     dnn = export_bundle(model_path, tmp_path / "dnn", "dnn", flip_average=True)
     assert dnn.classes == classes and dnn.score_kind == "probability"

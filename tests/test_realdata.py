@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -26,7 +28,7 @@ def test_every_real_photo_decodes_and_splits() -> None:
     assert all(abs(n["train"] / (n["train"] + n["test"]) - 0.75) < 0.02 for n in counts.values())
 
 
-def test_svm_on_fixed_features_recognises_real_textures() -> None:
+def test_svm_on_fixed_features_recognises_real_textures(tmp_path: Path) -> None:
     # A subset keeps the test under a minute: 20 training and 10 test photos per class.
     split = make_split(FASHION, ratio=0.75, seed=0, check_decode=False)
     rng = np.random.default_rng(0)
@@ -40,7 +42,7 @@ def test_svm_on_fixed_features_recognises_real_textures() -> None:
 
     train, test = pick(split.train, 20), pick(split.test, 10)
     spec = ModelSpec("efficientnet_lite0", 224, "crop")
-    fz = Featurizer(build_model(spec), spec, batch_size=16, flip_average=False, workers=1)
+    fz = Featurizer(build_model(spec), spec, batch_size=16, flip_average=False, workers=1, export_dir=tmp_path)
     f_tr = fz.featurize_paths([FASHION / p for p, _ in train], progress=False).features
     f_te = fz.featurize_paths([FASHION / p for p, _ in test], progress=False).features
     svm = LinearSvm(cv_folds=3).fit(f_tr, np.array([y for _, y in train]))

@@ -116,9 +116,11 @@ def unlabelled_images(folder: str | Path, log_path: str | Path | None = None) ->
 def score_images(
     paths: Sequence[str | Path], model_path: str | Path, svm_path: str | Path | None = None,
     batch_size: int = 32, flip_average: bool = True, workers: int = 2, progress: bool = True,
+    export_dir: str | Path | None = None,
 ) -> ScoredFolder:
     """Score images with the current model: SVM decision values on the network's features, or
-    the refined network's own probabilities when `svm_path` is None."""
+    the refined network's own probabilities when `svm_path` is None. `export_dir`: where the
+    network's ONNX export goes (see Featurizer)."""
     from imgclass.features import Featurizer
     from imgclass.modelfile import load_model
     from imgclass.svm import LinearSvm
@@ -128,7 +130,8 @@ def score_images(
     if svm is None and not spec.classes:
         raise ValueError(f"{model_path} is a fixed featurizer without a class head: score with its SVM (classifier 'svm')")
     paths = [Path(p) for p in paths]
-    fz = Featurizer(model, spec, batch_size=batch_size, flip_average=flip_average, workers=workers)
+    fz = Featurizer(model, spec, batch_size=batch_size, flip_average=flip_average, workers=workers,
+                    export_dir=export_dir)
     result = fz.featurize_paths(paths, progress=progress, desc="score unlabelled")
     if svm is not None:
         classes = list(svm.classes) or [str(i) for i in range(svm.n_classes_)]
