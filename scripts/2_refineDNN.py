@@ -47,9 +47,9 @@ def main() -> int:
     curves_png = p.results_dir / "training_curves.png"
     title = f"{p.datasetName} / {p.classifier}: error per epoch"
 
-    def save_curves(history: History) -> None:
-        write_json(curves_json, history.to_json())
-        plot_history(history, curves_png, title=title)
+    def save_curves(history: History, saved: dict | None = None) -> None:
+        write_json(curves_json, {**history.to_json(), **(saved or {})})
+        plot_history(history, curves_png, title=title, **(saved or {}))
 
     start = time.perf_counter()
     refiner.fit([p.images_dir / r for r, _ in split.train], [y for _, y in split.train],
@@ -59,7 +59,7 @@ def main() -> int:
     save_model(p.model_path, refiner.model_, refiner.spec,
                extra={"history": refiner.history_.to_json(), "config": config.resume_key(),
                       "max_epochs": config.max_epochs, "device": str(refiner.device), "seconds": round(seconds, 1)})
-    save_curves(refiner.history_)
+    save_curves(refiner.history_, {"saved_test_error": refiner.saved_test_error_, "saved_as": refiner.saved_as_})
     checkpoint.unlink(missing_ok=True)  # the finished model supersedes it
     print(f"refined in {seconds:.0f} s")
     print(f"wrote {p.model_path}")

@@ -106,12 +106,16 @@ def test_refined_classifiers_run_stages_2_to_5_without_overwriting_each_other(pi
     assert curves["epoch"] == [1, 2]
     for key in ("train_loss", "train_error", "test_error"):
         assert len(curves[key]) == 2 and all(isinstance(v, float) for v in curves[key]), key
+    # The model as saved (averaged over both epochs, last layer refit) is what stage 5 evaluates.
+    assert curves["saved_as"] == "weights averaged over epochs 1-2, last layer refit"
+    assert f"saved model ({curves['saved_as']}): test error" in out
     assert (results / "dnn" / "training_curves.png").stat().st_size > 5000
     run_script("3_runDNN.py", *dnn, data_dir=pipeline_dir)
     assert "no SVM to train" in run_script("4_trainSVM.py", *dnn, data_dir=pipeline_dir).stdout
     run_script("5_evaluate.py", *dnn, data_dir=pipeline_dir)
     m = json.loads((results / "dnn" / "metrics.json").read_text())
     assert m["classifier"] == "dnn" and m["n_test"] == 6 and sum(map(sum, m["confusion_matrix"])) == 6
+    assert m["overall_accuracy"] == pytest.approx(1 - curves["saved_test_error"])  # the star on the curves
     rows = (results / "dnn" / "predictions.tsv").read_text().strip().splitlines()
     probs = [sum(float(v) for v in r.split("\t")[-3:]) for r in rows[1:]]
     assert len(probs) == 6 and all(abs(s - 1.0) < 1e-4 for s in probs)  # the network's class probabilities

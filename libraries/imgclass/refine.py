@@ -572,10 +572,14 @@ class Refiner:
                 # the network is fixed, a fit on the clean features of the training images is a better one.
                 self.fit_last_layer(model, train_cache, unique_y, what="the refined features")
                 done.append("last layer refit")
-            if done and self.progress and test_cache is not None:
-                # The curves end before these steps; say what the model that is saved scores.
-                print(f"saved model ({', '.join(done)}): "
-                      f"{_pct('test error', self.error_rate(model, test_cache, test_y))} (reported only)", flush=True)
+            # The curves end before these steps; say what the model that is saved scores.
+            self.saved_as_ = ", ".join(done) or "the last epoch's weights"
+            self.saved_test_error_ = None
+            if test_cache is not None:
+                self.saved_test_error_ = self.error_rate(model, test_cache, test_y) if done else history.test_error[-1]
+                if self.progress:
+                    print(f"saved model ({self.saved_as_}): {_pct('test error', self.saved_test_error_)} "
+                          f"(reported only)", flush=True)
         self.model_ = model.eval()
         self.history_ = history
         return self
@@ -704,8 +708,11 @@ def _pct(name: str, value: float | None) -> str:
     return f"{name} {100 * value:6.2f}%" if value is not None else ""
 
 
-def plot_history(history: History, path: str | Path, title: str = "") -> Path:
-    """The tutorial's figure: training and test error per epoch (and the training loss)."""
+def plot_history(history: History, path: str | Path, title: str = "", saved_test_error: float | None = None,
+                 saved_as: str = "") -> Path:
+    """The tutorial's figure: training and test error per epoch (and the training loss). With
+    `saved_test_error`, a star after the last epoch marks the test error of the model as saved
+    (weights averaged, last layer refit: `saved_as`), which the per-epoch points do not show."""
     from imgclass.evaluate import _save_figure, plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
@@ -713,8 +720,14 @@ def plot_history(history: History, path: str | Path, title: str = "") -> Path:
     if any(e is not None for e in history.test_error):
         ax1.plot(history.epoch, [float("nan") if e is None else 100 * e for e in history.test_error], "s-",
                  label="test error (reported only)")
-    ax1.set(xlabel="epoch", ylabel="error (%)", title=title or "error per epoch")
-    ax1.legend()
+    xlabel = "epoch"
+    if saved_test_error is not None and history.epoch:
+        ax1.plot([history.epoch[-1] + 0.5], [100 * saved_test_error], "*", color="C3", markersize=14,
+                 label=f"saved model: {100 * saved_test_error:.2f}% test error")
+        if saved_as:
+            xlabel += f"\n(saved model: {saved_as})"
+    ax1.set(xlabel=xlabel, ylabel="error (%)", title=title or "error per epoch")
+    ax1.legend(fontsize="small")
     ax1.grid(alpha=0.3)
     ax2.plot(history.epoch, history.train_loss, "o-", color="C2")
     ax2.set(xlabel="epoch", ylabel="training loss (cross-entropy)", title="training loss")
