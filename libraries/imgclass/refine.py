@@ -140,7 +140,8 @@ class RefineConfig:
 
 @dataclass
 class History:
-    """Per-epoch figures; saved as training_curves.json (lists of equal length)."""
+    """Per-epoch figures; saved as training_curves.json (lists of equal length; stage 2 adds the saved
+    model's `saved_test_error` and `saved_as`, which from_json ignores)."""
 
     epoch: list[int] = field(default_factory=list)
     train_loss: list[float] = field(default_factory=list)
@@ -481,7 +482,9 @@ class Refiner:
         torch.set_rng_state(payload["torch_rng"])
         epochs = json.loads(payload.get("average_epochs_json", "[]"))
         if epochs and all(self.config.averages(e - 1) for e in epochs):
-            average.state, average.epochs = payload["average"], epochs
+            # Loaded onto the CPU; the running mean is updated where the model is (CUDA, MPS).
+            average.state = {k: v.to(self.device) for k, v in payload["average"].items()}
+            average.epochs = epochs
         elif epochs and self.progress:  # more epochs now: those averaged so far fall outside the window
             print(f"the checkpoint's weight average (epochs {epochs}) is outside the last "
                   f"{self.config.average_last_epochs} of {self.config.max_epochs} epochs; it starts afresh")
