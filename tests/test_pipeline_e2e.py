@@ -100,6 +100,7 @@ def test_refined_classifiers_run_stages_2_to_5_without_overwriting_each_other(pi
     dnn = [*SMALL, *REFINE, "--set", "classifier=dnn", "--set", "rf_maxEpochs=2"]
     out = run_script("2_refineDNN.py", *dnn, data_dir=pipeline_dir).stdout
     assert "on cpu" in out and "epoch   2/2" in out and "test error" in out
+    assert "to go)" in out.split("epoch   1/2")[1].splitlines()[0]  # time left, after every epoch but the last
     proc = pipeline_dir / "proc" / ds
     assert (proc / "model_refined.pt").is_file() and not (proc / "refine_checkpoint.pt").exists()
     curves = json.loads((results / "dnn" / "training_curves.json").read_text())

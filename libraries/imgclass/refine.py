@@ -554,9 +554,11 @@ class Refiner:
                 history.seconds.append(round(seconds, 2))
                 history.images_per_second.append(round(n_seen / seconds, 2))
                 if self.progress:
+                    left = c.max_epochs - epoch - 1
+                    eta = f", about {_duration(left * seconds)} to go" if left else ""
                     print(f"epoch {epoch + 1:>3}/{c.max_epochs}  lr {lr:<8g} train loss {loss_mean:.4f}  "
                           f"train error {100 * train_err:6.2f}%  {_pct('test error', test_err)}  "
-                          f"({seconds:.0f} s, {n_seen / seconds:.1f} img/s)", flush=True)
+                          f"({seconds:.0f} s, {n_seen / seconds:.1f} img/s{eta})", flush=True)
                 if c.averages(epoch):
                     average.add(model, epoch + 1)
                 if ckpt is not None:
@@ -705,6 +707,10 @@ class Refiner:
         if was_training:  # back to how training had it (frozen parts stay in eval mode)
             self._train_mode(model)
         return wrong / max(1, len(cache))
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 def _pct(name: str, value: float | None) -> str:
