@@ -31,6 +31,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -252,10 +255,6 @@ def _uint8_array(shape: tuple[int, ...], spill_dir: str | Path | None, doing: st
     Linux lets a process allocate more than it can ever fill and kills it later, without a message,
     when it does; so the size is compared with the available memory first rather than trusting
     torch.empty to fail."""
-    import os
-    import shutil
-    import tempfile
-
     nbytes = math.prod(shape)
     available = available_memory()
     if available is None or nbytes <= available // 2:
@@ -581,7 +580,7 @@ class Refiner:
             self.saved_as_ = ", ".join(done) or "the last epoch's weights"
             self.saved_test_error_ = None
             if test_cache is not None:
-                self.saved_test_error_ = self.error_rate(model, test_cache, test_y) if done else history.test_error[-1]
+                self.saved_test_error_ = self.error_rate(model, test_cache, test_y)
                 if self.progress:
                     print(f"saved model ({self.saved_as_}): {_pct('test error', self.saved_test_error_)} "
                           f"(reported only)", flush=True)
