@@ -35,10 +35,11 @@ def main() -> int:
     for path, reason in split.excluded:
         print(f"left out: {path}: {reason}")
     print(f"split by: {split.method}")
-    print(f"  {'class':<20} {'train':>6} {'test':>6}")
+    width = max(20, *(len(c) for c in split.classes))
+    print(f"  {'class':<{width}} {'train':>6} {'test':>6}")
     for c, n in split.counts().items():
-        print(f"  {c:<20} {n['train']:>6} {n['test']:>6}")
-    print(f"  {'total':<20} {len(split.train):>6} {len(split.test):>6}")
+        print(f"  {c:<{width}} {n['train']:>6} {n['test']:>6}")
+    print(f"  {'total':<{width}} {len(split.train):>6} {len(split.test):>6}")
     if p.leakageCheck == "off":
         # Byte-identical files are at distance 0, so the near-duplicate check above already reports
         # them; only without it is this cheaper exact check worth reading every file again.

@@ -20,10 +20,13 @@ def main() -> int:
     classes = [str(c) for c in train["classes"]]
     svm = LinearSvm(p.svm_CVals, p.svm_boL2Normalize, p.svm_cvFolds, p.randomSeed)
     svm.fit(train["features"], train["labels"], n_classes=len(classes))
-    print(f"cross-validation accuracy on the training set ({svm.cv_folds} folds at most):")
+    if svm.cv_scores_:
+        print(f"cross-validation accuracy on the training set ({svm.cv_folds} folds at most):")
     for c, score in svm.cv_scores_.items():
         mark = "  <- chosen" if c == svm.C_ else ""
         print(f"  C = {c:<8g} {100 * score:6.2f}%{mark}")
+    if svm.cv_note_:
+        print(f"note: {svm.cv_note_}")
     out = svm.save(p.svm_path, classes)
     print(f"wrote {out} (C = {svm.C_:g}, {len(train['labels'])} training images)")
     return 0

@@ -1,6 +1,7 @@
 """Stage 6 client: send photos to the web service and print each one's label and class scores.
 
-IMAGE_OR_FOLDER is an image file or a folder (searched recursively for images). Images go in
+Each IMAGE_OR_FOLDER is an image file or a folder (searched recursively for images); give as many
+as you like, e.g. a shell glob. Images go in
 requests of at most the service's per-request limit; the reply's label and scores are printed one
 line per image.
 """
@@ -18,7 +19,7 @@ parser = stage_parser(
     reads="IMAGE_OR_FOLDER (image files), the service at --url",
     writes="nothing: prints <image> <label> <class>=<score> ... per image",
 )
-parser.add_argument("source", metavar="IMAGE_OR_FOLDER", help="an image file, or a folder of them")
+parser.add_argument("sources", metavar="IMAGE_OR_FOLDER", nargs="+", help="image files, or folders of them")
 parser.add_argument("--url", default=None, help="the service's address (default http://127.0.0.1:<dep_port>)")
 parser.add_argument("--timeout", type=float, default=None, help="seconds to wait for a reply (default dep_timeoutSec)")
 
@@ -61,7 +62,7 @@ def main() -> int:
     args, p = parse_stage(parser)
     url = (args.url or f"http://127.0.0.1:{p.dep_port}").rstrip("/")
     timeout = args.timeout if args.timeout is not None else p.dep_timeoutSec
-    images = find_images(Path(args.source))
+    images = [f for source in args.sources for f in find_images(Path(source))]
     failed = 0
     with httpx.Client(timeout=timeout) as client:
         info = call(client, url, "GET", "/info")

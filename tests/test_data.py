@@ -72,6 +72,18 @@ def test_undecodable_files_are_listed_and_left_out(color_dataset: Path) -> None:
     assert "red/broken.jpg" not in {p for p, _ in s.train + s.test}
 
 
+def test_images_outside_the_class_folders_are_named_as_left_out(color_dataset: Path, tmp_path: Path) -> None:
+    write_image(color_dataset / "stray photo.jpg", (5, 5, 5))
+    (color_dataset / "README.txt").write_text("not an image, not reported")
+    s = make_split(color_dataset)
+    assert s.excluded == [("stray photo.jpg", "not in a class sub-folder")]
+    for side in ("train", "test"):
+        for c in ("cat", "dog"):
+            write_image(tmp_path / side / c / "0.jpg", (90, 90, 90))
+    write_image(tmp_path / "train" / "loose.png", (1, 2, 3))
+    assert make_split(tmp_path).excluded == [("train/loose.png", "not in a class sub-folder")]
+
+
 def test_clear_errors_for_unusable_folders(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="does not exist"):
         make_split(tmp_path / "missing")

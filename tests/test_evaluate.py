@@ -48,3 +48,37 @@ def test_plots_and_pages_are_written(tmp_path: Path) -> None:
     page = write_browser(tmp_path / "out" / "b.html", tmp_path / "images", paths, labels, scores, classes, "t").read_text()
     assert page.count('class="card') == 15 and "../images/dotted/0.jpg" in page
     assert not list((tmp_path / "out").glob(".*tmp"))  # atomic writes leave no temp files
+
+
+def test_class_averaged_auc_is_the_mean_of_the_per_class_aucs() -> None:
+    rng = np.random.default_rng(1)
+    labels = np.repeat([0, 1, 2], 6)
+    scores = np.eye(3)[labels] + rng.normal(0, 0.7, (18, 3))
+    m = compute_metrics(scores, labels, ["a", "b", "c"])
+    aucs = [v["auc"] for v in m["per_class"].values()]
+    assert min(aucs) < 1.0  # the noise makes this a real average, not 1.0 by construction
+    assert m["class_averaged_auc"] == pytest.approx(np.mean(aucs))
+    assert format_table(m).splitlines()[-1].endswith(f"{m['class_averaged_auc']:.4f}")
+
+
+def test_roc_with_many_classes_keeps_the_legend_short_and_off_the_title() -> None:
+    from imgclass.evaluate import ROC_LEGEND_MAX, roc_figure
+
+    rng = np.random.default_rng(2)
+    k = 40
+    classes = [f"class_with_a_long_name_{i:02d}" for i in range(k)]
+    labels = np.repeat(np.arange(k), 3)
+    scores = np.eye(k)[labels] + rng.normal(0, 0.5, (3 * k, k))
+    fig = roc_figure(scores, labels, classes, title="ROC: many")
+    ax = fig.axes[0]
+    texts = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert len(texts) == 6 and texts[0].startswith("all 40 classes pooled")
+    aucs = {c: v["auc"] for c, v in compute_metrics(scores, labels, classes)["per_class"].items()}
+    weakest = sorted(aucs, key=aucs.get)[:5]
+    assert [t.split(": ", 1)[1].split(" (AUC")[0] for t in texts[1:]] == weakest
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    assert not ax.get_legend().get_window_extent(renderer).overlaps(ax.title.get_window_extent(renderer))
+    assert len(ax.lines) == k + 1 + 5 + 1  # every class, the pooled curve, the five named, the diagonal
+    few = roc_figure(scores[:30, :10], labels[:30], classes[:10])
+    assert len(few.axes[0].get_legend().get_texts()) == 10 == ROC_LEGEND_MAX

@@ -149,6 +149,11 @@ def test_client_script(url: str, tmp_path: Path) -> None:
     assert {Path(x[0]).name: x[1] for x in lines} == {"red.jpg": "red", "green.jpg": "green", "blue.jpg": "blue",
                                                        "z_red0.jpg": "red", "z_red1.jpg": "red", "z_red2.jpg": "red"}
     assert "red=" in lines[0][2] and "blue=" in lines[0][2]
+    # Several arguments, as a shell glob gives them: files and folders together.
+    proc = run_script("6_callWebservice.py", str(folder / "green.jpg"), str(folder / "sub"), str(folder / "red.jpg"),
+                      "--url", url, data_dir=tmp_path)
+    assert [tuple(x.split("\t")[:2]) for x in proc.stdout.splitlines()[1:]] == [
+        (str(folder / "green.jpg"), "green"), (str(folder / "sub" / "blue.jpg"), "blue"), (str(folder / "red.jpg"), "red")]
     # A broken file is named; the other images in its request are still answered.
     (folder / "broken.jpg").write_bytes(b"not an image")
     proc = run_script("6_callWebservice.py", str(folder), "--url", url, data_dir=tmp_path, check=False)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -62,3 +63,24 @@ def test_bad_parameters_fail_early(kwargs: dict, message: str) -> None:
 def test_one_class_is_an_error() -> None:
     with pytest.raises(ValueError, match="fewer than two classes"):
         LinearSvm().fit(np.ones((4, 3)), np.zeros(4, dtype=int))
+
+
+def test_a_class_with_a_single_training_image_still_lets_cv_choose_c() -> None:
+    x, y = _blobs(n_per_class=6)
+    x, y = x[:13], y[:13]  # classes of 6, 6 and 1 images
+    svm = LinearSvm(c_values=[1e-4, 0.1, 10.0], cv_folds=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # sklearn's "least populated class" warning is expected and hidden
+        svm.fit(x, y)
+    assert set(svm.cv_scores_) == {1e-4, 0.1, 10.0} and "single training image" in svm.cv_note_
+    assert svm.cv_scores_[svm.C_] == max(svm.cv_scores_.values())
+    assert np.abs(svm.coef_[2]).sum() > 0 and svm.intercept_[2] > -1e5  # the final fit still has its hyperplane
+
+
+def test_cv_is_skipped_with_a_note_when_no_two_classes_can_be_split() -> None:
+    x, y = _blobs(n_per_class=3, k=2)
+    x, y = x[[0, 1, 2, 3]], y[[0, 1, 2, 3]]  # 3 images of one class, 1 of the other
+    svm = LinearSvm(c_values=[0.01, 1.0, 100.0]).fit(x, y)
+    assert svm.cv_scores_ == {} and svm.C_ == 1.0 and "not chosen by cross-validation" in svm.cv_note_
+    full = LinearSvm(c_values=[0.01, 1.0]).fit(*_blobs())
+    assert full.cv_note_ == ""

@@ -103,6 +103,15 @@ def list_images(class_dir: Path) -> list[Path]:
     return out
 
 
+def loose_images(folder: Path, base: Path) -> list[tuple[str, str]]:
+    """Images lying directly in `folder`, outside every class folder: left out, but named, since a
+    user who dropped them there most likely expected them to be used."""
+    if not folder.is_dir():
+        return []
+    return [(p.relative_to(base).as_posix(), "not in a class sub-folder")
+            for p in sorted(folder.iterdir()) if p.is_file() and is_image_name(p) and not p.name.startswith(".")]
+
+
 def class_counts(images_dir: str | Path) -> dict[str, int]:
     """Images per class folder (for reporting an existing data set)."""
     images_dir = Path(images_dir)
@@ -200,6 +209,7 @@ def make_split(
                     f"and {test_name}/ ({', '.join(test_classes) or 'none'})"
                 )
             _check_classes(classes, train_dir)
+            excluded += loose_images(train_dir, images_dir) + loose_images(test_dir, images_dir)
             tr = _collect(train_dir, classes, excluded, images_dir, check_decode)
             te = _collect(test_dir, classes, excluded, images_dir, check_decode)
             split = Split(
@@ -214,6 +224,7 @@ def make_split(
 
     classes = list_class_dirs(images_dir)
     _check_classes(classes, images_dir)
+    excluded += loose_images(images_dir, images_dir)
     per_class = _collect(images_dir, classes, excluded, images_dir, check_decode)
     train: list[tuple[str, int]] = []
     test: list[tuple[str, int]] = []

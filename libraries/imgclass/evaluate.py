@@ -3,7 +3,8 @@
 - overall accuracy: the fraction of images whose top-scoring class is right;
 - class-averaged accuracy: the mean of the per-class accuracies (recalls), so a large class cannot
   hide a poorly recognised small one;
-- per class: accuracy, number of images and the one-vs-rest ROC AUC of that class's score.
+- per class: accuracy, number of images and the one-vs-rest ROC AUC of that class's score; their
+  mean is the class-averaged AUC.
 """
 
 from __future__ import annotations
@@ -45,10 +46,12 @@ def compute_metrics(scores: np.ndarray, labels: np.ndarray, classes: Sequence[st
             roc_auc = float(auc(fpr, tpr))
         per_class[c] = {"accuracy": float(cm[i, i] / n) if n else None, "auc": roc_auc, "n": n}
     accs = [v["accuracy"] for v in per_class.values() if v["accuracy"] is not None]
+    aucs = [v["auc"] for v in per_class.values() if v["auc"] is not None]
     return {
         "classes": list(classes),
         "overall_accuracy": float((pred == labels).mean()),
         "class_averaged_accuracy": float(np.mean(accs)),
+        "class_averaged_auc": float(np.mean(aucs)) if aucs else None,
         "per_class": per_class,
         "confusion_matrix": cm.tolist(),
     }
@@ -61,36 +64,70 @@ def _save_figure(fig: plt.Figure, path: str | Path) -> Path:
     return Path(path)
 
 
-def plot_roc(scores: np.ndarray, labels: np.ndarray, classes: Sequence[str], path: str | Path, title: str = "") -> Path:
-    """One-vs-rest ROC curve per class with its AUC in the legend."""
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+ROC_LEGEND_MAX = 10  # more classes than this: grey curves, the pooled curve and the weakest classes named
+
+
+def roc_figure(scores: np.ndarray, labels: np.ndarray, classes: Sequence[str], title: str = "") -> plt.Figure:
+    """One-vs-rest ROC curve per class with its AUC in the legend.
+
+    With many classes a legend of every curve would cover the plot, so beyond ROC_LEGEND_MAX classes
+    every class is drawn thin and grey, the curve of all one-vs-rest decisions pooled (micro average)
+    in black, and the few classes with the lowest AUC in colour: those are the ones worth a look.
+    """
+    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
+    curves = []
     for i, c in enumerate(classes):
         positives = labels == i
-        if not 0 < positives.sum() < len(labels):
-            continue
-        fpr, tpr, _ = roc_curve(positives, scores[:, i])
-        ax.plot(fpr, tpr, lw=2, label=f"{c} (AUC {auc(fpr, tpr):.3f})")
+        if 0 < positives.sum() < len(labels):  # a curve needs both positives and negatives
+            fpr, tpr, _ = roc_curve(positives, scores[:, i])
+            curves.append((c, fpr, tpr, auc(fpr, tpr)))
+    many = len(curves) > ROC_LEGEND_MAX
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    if many:
+        for _, fpr, tpr, _ in curves:
+            ax.plot(fpr, tpr, color="grey", lw=0.7, alpha=0.35)
+        onehot = labels[:, None] == np.arange(len(classes))[None, :]
+        fpr, tpr, _ = roc_curve(onehot.ravel(), scores.ravel())
+        ax.plot(fpr, tpr, color="black", lw=2.5, label=f"all {len(curves)} classes pooled (AUC {auc(fpr, tpr):.3f})")
+        for c, fpr, tpr, a in sorted(curves, key=lambda t: t[3])[:5]:
+            ax.plot(fpr, tpr, lw=1.8, label=f"lowest: {c} (AUC {a:.3f})")
+    else:
+        for c, fpr, tpr, a in curves:
+            ax.plot(fpr, tpr, lw=2, label=f"{c} (AUC {a:.3f})")
     ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--")
     ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="False positive rate", ylabel="True positive rate",
            title=title or "ROC curves (one class vs rest)")
-    ax.legend(loc="lower right")
+    if curves:
+        ax.legend(loc="lower right", fontsize="small" if many else None)
     ax.grid(alpha=0.3)
-    return _save_figure(fig, path)
+    return fig
+
+
+def plot_roc(scores: np.ndarray, labels: np.ndarray, classes: Sequence[str], path: str | Path, title: str = "") -> Path:
+    """Save `roc_figure` as a PNG."""
+    return _save_figure(roc_figure(scores, labels, classes, title), path)
 
 
 def plot_confusion(cm: np.ndarray | list, classes: Sequence[str], path: str | Path, title: str = "") -> Path:
-    """Counts, with each row (true class) shaded by its fraction so small classes read as clearly."""
+    """Counts, with each row (true class) shaded by its fraction so small classes read as clearly.
+
+    Beyond 15 classes the zeros are left blank, so the mistakes stand out of the grid of numbers.
+    """
     cm = np.asarray(cm)
+    k = len(classes)
     frac = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    size = max(4.5, 0.6 * len(classes) + 2.5)
+    size = min(max(4.5, 0.6 * k + 2.5), 40.0)
+    font = 10 if k <= 15 else max(5, 10 - k // 15)
     fig, ax = plt.subplots(figsize=(size, size))
     ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
-    ticks = range(len(classes))
-    ax.set_xticks(ticks, classes, rotation=45, ha="right")
-    ax.set_yticks(ticks, classes)
+    ticks = range(k)
+    ax.set_xticks(ticks, classes, rotation=45, ha="right", fontsize=font)
+    ax.set_yticks(ticks, classes, fontsize=font)
     for i in ticks:
         for j in ticks:
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if frac[i, j] > 0.5 else "black")
+            if cm[i, j] or k <= 15:
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=font,
+                        color="white" if frac[i, j] > 0.5 else "black")
     ax.set(xlabel="Predicted class", ylabel="True class", title=title or "Confusion matrix")
     return _save_figure(fig, path)
 
@@ -105,7 +142,9 @@ def format_table(metrics: dict[str, Any]) -> str:
         lines.append(f"{c:<{width}}  {v['n']:>5}  {acc:>8}  {roc:>6}")
     lines.append(f"{'overall':<{width}}  {sum(v['n'] for v in metrics['per_class'].values()):>5}  "
                  f"{100 * metrics['overall_accuracy']:7.2f}%")
-    lines.append(f"{'class-avg':<{width}}  {'':>5}  {100 * metrics['class_averaged_accuracy']:7.2f}%")
+    mean_auc = metrics.get("class_averaged_auc")
+    lines.append((f"{'class-avg':<{width}}  {'':>5}  {100 * metrics['class_averaged_accuracy']:7.2f}%  "
+                  + ("" if mean_auc is None else f"{mean_auc:.4f}")).rstrip())
     return "\n".join(lines)
 
 

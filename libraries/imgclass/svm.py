@@ -8,6 +8,7 @@ be loaded without unpickling and folded into the exported ONNX model.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,7 +29,8 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
 class LinearSvm:
     """Multi-class (one-vs-rest) linear SVM with CV-chosen C.
 
-    After `fit`: `C_` (chosen), `cv_scores_` ({C: mean CV accuracy}), `coef_` (K, D), `intercept_` (K,),
+    After `fit`: `C_` (chosen), `cv_scores_` ({C: mean CV accuracy}), `cv_note_` (why CV was limited
+    or skipped, else ""), `coef_` (K, D), `intercept_` (K,),
     `n_classes_`. `decision_function` returns one score column per class, also for two classes.
     """
 
@@ -64,18 +66,32 @@ class LinearSvm:
         if len(present) < 2:
             raise ValueError("the training set holds fewer than two classes")
         self.n_classes_ = int(n_classes if n_classes is not None else y.max() + 1)
-        min_count = int(np.bincount(y)[present].min())
-        folds = min(self.cv_folds, min_count)
+        counts = np.bincount(y)[present]
+        # A class with one training image cannot be in both a fold's training and validation part;
+        # it is left to be misclassified in its one validation fold (the same cost for every C), so
+        # the other classes still choose C. Folds are limited by the smallest class that can be split.
+        splittable = counts[counts >= 2]
+        folds = min(self.cv_folds, int(splittable.min())) if len(splittable) >= 2 else 0
         self.cv_scores_: dict[float, float] = {}
-        if folds >= 2 and len(self.c_values) > 1:
+        self.cv_note_ = ""
+        if len(self.c_values) == 1:
+            self.C_ = self.c_values[0]
+        elif folds < 2:
+            self.C_ = self.c_values[len(self.c_values) // 2]
+            self.cv_note_ = (f"C = {self.C_:g} not chosen by cross-validation: fewer than two classes have "
+                             "two or more training images")
+        else:
+            if (counts < 2).any():
+                self.cv_note_ = (f"{int((counts < 2).sum())} class(es) with a single training image cannot be "
+                                 "scored by cross-validation; the other classes chose C")
             cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=self.seed)
-            for c in self.c_values:
-                self.cv_scores_[c] = float(cross_val_score(self._svc(c), x, y, cv=cv).mean())
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+                for c in self.c_values:
+                    self.cv_scores_[c] = float(cross_val_score(self._svc(c), x, y, cv=cv).mean())
             best = max(self.cv_scores_.values())
             # Ties go to the smallest C: the widest margin among equally good models.
             self.C_ = min(c for c, s in self.cv_scores_.items() if s >= best - 1e-12)
-        else:
-            self.C_ = self.c_values[len(self.c_values) // 2] if len(self.c_values) > 1 else self.c_values[0]
         svc = self._svc(self.C_).fit(x, y)
         coef = np.zeros((self.n_classes_, x.shape[1]), np.float32)
         intercept = np.full(self.n_classes_, -1e6, np.float32)  # absent classes never win
