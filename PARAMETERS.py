@@ -31,7 +31,7 @@ dl_maxBytes = 25_000_000  # largest file accepted; bigger downloads are abandone
 # Classifier and network
 # ----------------------------------------------------------------------------------------------
 classifier = "svm"  # "svm": linear SVM on fixed DNN features; "dnn": refined network; "svmDnnRefined": SVM on refined features
-rf_pretrainedModel = "efficientnet_lite0"  # backbone: efficientnet_lite0 (offline weights), resnet18, resnet34, resnet50
+rf_pretrainedModel = "efficientnet_lite0"  # backbone: efficientnet_lite0, _lite1, _lite2 (offline weights; larger = slower), resnet18/34/50
 rf_inputResolution = 320  # side in pixels of the square image the network sees (320: fine textures survive; 224 is ~2x faster)
 rf_resizeMode = "crop"  # "crop": shorter side to the resolution, then centre square (best measured); "squash": whole photo; "pad": letterbox
 rf_weightsDir = ""  # folder with downloaded torchvision .pth files for resnet backbones ("" = torch hub cache)

