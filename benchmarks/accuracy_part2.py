@@ -79,8 +79,8 @@ def main() -> None:
         "mean_refine_seconds": sum(r["refine_seconds"] for r in rows) / len(rows),
         "sets": a.sets,
     }
-    print(f"| seed | dnn | svmDnnRefined | stage-2 time (s) |")
-    print(f"| --- | --- | --- | --- |")
+    print("| seed | dnn | svmDnnRefined | stage-2 time (s) |")
+    print("| --- | --- | --- | --- |")
     for r in rows:
         print(f"| {r['seed']} | {100 * r['dnn']:.2f}% | {100 * r['svmDnnRefined']:.2f}% | {r['refine_seconds']:.0f} |")
     print(f"| mean | {100 * summary['mean_dnn']:.2f}% | {100 * summary['mean_svmDnnRefined']:.2f}% | "

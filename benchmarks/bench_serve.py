@@ -12,7 +12,6 @@ overhead is a ratio. Run it alone: flock /tmp/imgclass_cpu.lock python benchmark
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import subprocess

@@ -15,6 +15,7 @@ from imgclass.data import load_split
 from imgclass.features import FeatureCache, Featurizer
 from imgclass.fileio import save_npz
 from imgclass.modelfile import load_model
+from imgclass.provenance import features_source
 
 parser = stage_parser(
     __doc__.splitlines()[0],
@@ -32,6 +33,7 @@ def main() -> int:
     cache = FeatureCache(p.feature_cache_dir, p.model_path, spec, p.run_boFlipAverage) if p.run_boCache else None
     print(f"featurizing with {spec.backbone} ({spec.kind}) at {spec.resolution} px, engine {fz.engine_name} on {fz.device}, "
           f"flip averaging {'on' if p.run_boFlipAverage else 'off'}, cache {'on' if cache else 'off'}")
+    source = features_source(p.model_path, p.run_boFlipAverage)
     for side in ("train", "test"):
         items = split.side(side)
         rel = [path for path, _ in items]
@@ -39,7 +41,8 @@ def main() -> int:
         result = fz.featurize_paths([p.images_dir / r for r in rel], desc=side, cache=cache)
         arrays = {"paths": np.array(rel), "labels": np.array([y for _, y in items], dtype=np.int64),
                   "classes": np.array(split.classes), "features": result.features,
-                  "flip_average": np.array(p.run_boFlipAverage)}  # stage 6 exports the same preprocessing
+                  "flip_average": np.array(p.run_boFlipAverage),  # stage 6 exports the same preprocessing
+                  "features_source": np.array(source)}  # stages 4-6 check they combine files of one origin
         if result.probs is not None:
             arrays["probs"] = result.probs
         out = save_npz(p.features_path(side), **arrays)

@@ -19,6 +19,7 @@ def main() -> int:
     train = load_npz(require_file(p.features_path("train"), "scripts/3_runDNN.py"))
     classes = [str(c) for c in train["classes"]]
     svm = LinearSvm(p.svm_CVals, p.svm_boL2Normalize, p.svm_cvFolds, p.randomSeed)
+    svm.features_source = str(train["features_source"]) if "features_source" in train else ""
     svm.fit(train["features"], train["labels"], n_classes=len(classes))
     if svm.cv_scores_:
         print(f"cross-validation accuracy on the training set ({svm.cv_folds} folds at most):")

@@ -2,11 +2,11 @@
 
 import datetime
 
-import numpy as np
 
 from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.evaluate import compute_metrics, format_table, plot_confusion, plot_roc, write_browser, write_predictions
 from imgclass.fileio import load_npz, require_file, write_json
+from imgclass.provenance import StaleFilesError, check_same_source
 from imgclass.svm import LinearSvm
 
 parser = stage_parser(
@@ -25,12 +25,14 @@ def main() -> int:
     classes = [str(c) for c in data["classes"]]
     labels = data["labels"]
     extra = {}
-    if p.classifier == "dnn":
+    svm = None if p.classifier == "dnn" else LinearSvm.load(p.svm_path)
+    check_same_source(require_file(p.model_path, "scripts/2_refineDNN.py"), p.features_path(side),
+                      svm.features_source if svm else "", str(p.svm_path) if svm else "")
+    if svm is None:
         if "probs" not in data:
             raise ValueError(f"{p.features_path(side)} has no class probabilities: rerun stages 2 and 3 with classifier = 'dnn'")
         scores = data["probs"]
     else:
-        svm = LinearSvm.load(p.svm_path)
         scores = svm.decision_function(data["features"])
         extra["svm_C"] = svm.C_
     metrics = {
@@ -61,4 +63,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, (StaleFilesError,))

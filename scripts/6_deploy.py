@@ -32,9 +32,12 @@ def main() -> int:
         bundle = load_bundle(args.bundle)
     else:
         from imgclass.export import export_bundle
-        from imgclass.features import flip_average_of_stage3
         from imgclass.fileio import require_file
+        from imgclass.provenance import check_model_and_svm, flip_average_of_stage3
 
+        if p.classifier != "dnn":
+            check_model_and_svm(require_file(p.model_path, "scripts/2_refineDNN.py"), p.features_path("train"),
+                                require_file(p.svm_path, "scripts/4_trainSVM.py"))
         flip = flip_average_of_stage3(p.features_path("train"), p.run_boFlipAverage)
         print(f"exporting {p.classifier} of {p.datasetName} (mirror averaging {'on' if flip else 'off'}) ...")
         bundle = export_bundle(
@@ -64,4 +67,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    run_stage(main)  # a missing or damaged bundle is a BundleError (a ValueError): one line, exit 1
+    from imgclass.provenance import StaleFilesError
+
+    run_stage(main, (StaleFilesError,))  # a missing or damaged bundle is a BundleError (a ValueError): one line, exit 1

@@ -3,7 +3,6 @@ the dry-run / move-aside script, and stage 1's leakage check."""
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 from pathlib import Path

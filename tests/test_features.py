@@ -12,7 +12,8 @@ from PIL import Image
 
 from conftest import write_image
 from imgclass.backbones import create_backbone
-from imgclass.features import FeatureCache, Featurizer, Preprocess, _decoded_batches, flip_average_of_stage3
+from imgclass.features import FeatureCache, Featurizer, Preprocess, _decoded_batches
+from imgclass.provenance import flip_average_of_stage3
 from imgclass.fileio import save_npz
 from imgclass.images import load_square
 from imgclass.modelfile import ImageClassifier, ModelSpec, save_model

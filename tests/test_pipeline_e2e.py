@@ -142,3 +142,26 @@ def test_refinement_resume_without_checkpoint_and_bad_values(pipeline_dir: Path)
     proc = run_script("2_refineDNN.py", *SMALL, "--set", "classifier=dnn", "--set", "datasetName=noSplit",
                       "--resume", data_dir=pipeline_dir, check=False)
     assert proc.returncode == 1 and "1_prepareData.py" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_files_of_different_origins_are_not_combined(pipeline_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    data_dir = tmp_path / "data"
+    shutil.copytree(pipeline_dir, data_dir)
+    # Another backbone with the same 1280 features: stage 2 and 3 rerun, stage 4 forgotten.
+    lite1 = [*SMALL, "--set", "rf_pretrainedModel=efficientnet_lite1"]
+    run_script("2_refineDNN.py", *lite1, data_dir=data_dir)
+    proc = run_script("5_evaluate.py", *lite1, data_dir=data_dir, check=False)
+    assert proc.returncode == 1 and "rerun scripts/3_runDNN.py, then scripts/4_trainSVM.py" in proc.stderr, proc.stderr
+    run_script("3_runDNN.py", *lite1, data_dir=data_dir)
+    metrics = data_dir / "results" / "fashionTextureDemo" / "svm" / "metrics.json"
+    before = metrics.read_bytes()
+    for script, extra in (("5_evaluate.py", ()), ("6_deploy.py", ("--no-serve",))):
+        proc = run_script(script, *lite1, *extra, data_dir=data_dir, check=False)
+        assert proc.returncode == 1 and "svm_fixed.npz was trained on features of another model" in proc.stderr, proc.stderr
+        assert "rerun scripts/4_trainSVM.py" in proc.stderr and "Traceback" not in proc.stderr
+    assert metrics.read_bytes() == before  # the refused evaluation left the earlier results as they were
+    run_script("4_trainSVM.py", *lite1, data_dir=data_dir)
+    out = run_script("5_evaluate.py", *lite1, data_dir=data_dir).stdout
+    assert json.loads(metrics.read_text())["backbone"] == "efficientnet_lite1" and "overall" in out

@@ -38,6 +38,7 @@ from imgclass.backbones import static_padding
 from imgclass.fileio import atomic_path, load_npz, save_npz
 from imgclass.images import DRAFT_OVERSAMPLE, load_square
 from imgclass.modelfile import ImageClassifier, ModelSpec
+from imgclass.provenance import file_hash
 
 ENGINES = ("auto", "onnx", "torch")  # "auto": ONNX Runtime on a CPU, PyTorch on CUDA/MPS
 
@@ -323,15 +324,6 @@ def _decoded_batches(
                     f.cancel()
 
 
-def file_hash(path: str | Path) -> str:
-    """Content hash of a file (BLAKE2b, 128 bits), read in 1 MiB blocks."""
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 class FeatureCache:
     """Features from earlier runs, reused when the model file, preprocessing and image bytes match.
 
@@ -430,20 +422,3 @@ def default_device() -> torch.device:
         return torch.device("mps")
     torch.set_num_threads(os.cpu_count() or 1)
     return torch.device("cpu")
-
-
-def flip_average_of_stage3(features_path: str | Path, requested: bool) -> bool:
-    """The mirror averaging stage 3 used for the features in `features_path`, which the classifier
-    was trained and evaluated on: scoring new images otherwise would not score them as stage 5 did.
-    `requested` (run_boFlipAverage now) when the file does not say; a note when the two differ."""
-    path = Path(features_path)
-    if not path.is_file():
-        return requested
-    with np.load(path, allow_pickle=False) as z:
-        if "flip_average" not in z.files:
-            return requested
-        used = bool(z["flip_average"])
-    if used != requested:
-        print(f"run_boFlipAverage = {requested} now, but stage 3 featurized with {used} ({path.name}): "
-              f"using {used}, as the classifier was trained and evaluated; rerun stages 3-5 to change it")
-    return used

@@ -50,6 +50,7 @@ class LinearSvm:
         self.l2_normalize = l2_normalize
         self.cv_folds = cv_folds
         self.seed = seed
+        self.features_source = ""  # what made the training features (imgclass.features.features_source)
 
     def _prep(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)
@@ -121,6 +122,7 @@ class LinearSvm:
             "cv_folds": self.cv_folds,
             "seed": self.seed,
             "classes": list(classes),
+            "features_source": self.features_source,
         }
         return save_npz(path, coef=self.coef_, intercept=self.intercept_, meta=np.array(json.dumps(meta)))
 
@@ -137,4 +139,5 @@ class LinearSvm:
         svm.cv_scores_ = {float(k): v for k, v in meta["cv_scores"].items()}
         svm.n_classes_ = len(svm.intercept_)
         svm.classes = meta.get("classes", [])
+        svm.features_source = meta.get("features_source", "")
         return svm

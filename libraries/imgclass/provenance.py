@@ -1,0 +1,83 @@
+"""Which files came from which: stages pass files through DATA_DIR, and rerunning an earlier stage
+without the later ones leaves files of different origins side by side. Stage 3 records what its
+features were computed with, stage 4 what its SVM was trained on, and stages 5 and 6 check that
+the files they combine belong together, naming the stage to rerun when they do not.
+
+No torch here: the web service's process (stage 6 --bundle) imports this module too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+
+def file_hash(path: str | Path) -> str:
+    """Content hash of a file (BLAKE2b, 128 bits), read in 1 MiB blocks."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+class StaleFilesError(RuntimeError):
+    """A stage's input was made from other inputs than the files beside it now (an earlier stage was
+    rerun and a later one was not); the message names the stage to rerun."""
+
+
+def features_source(model_file: str | Path, flip_average: bool) -> str:
+    """What a set of features depends on besides the images: the model file's content (backbone,
+    weights, resolution, resize mode) and the mirror averaging. Stage 3 stores it with the features,
+    stage 4 with the SVM, so stages 5 and 6 can refuse to combine files of different origins; the
+    Lite variants all give 1280 features, so the shapes alone would not tell."""
+    return hashlib.blake2b(f"{file_hash(model_file)}:{bool(flip_average)}".encode(), digest_size=8).hexdigest()
+
+
+def check_same_source(model_file: str | Path, features_path: str | Path, svm_source: str = "", svm_file: str = "") -> None:
+    """Raise StaleFilesError when the features in `features_path` were not computed with the model
+    file as it is now, or when the SVM (its stored `features_source`) was trained on other features.
+    Files written before sources were recorded are not checked."""
+    features_path = Path(features_path)
+    with np.load(features_path, allow_pickle=False) as z:
+        if "features_source" not in z.files:
+            return
+        source, flip = str(z["features_source"]), bool(z["flip_average"])
+    if source != features_source(model_file, flip):
+        raise StaleFilesError(
+            f"{features_path.name} was computed with an earlier {Path(model_file).name} (stage 2 ran again since): "
+            f"rerun scripts/3_runDNN.py" + (", then scripts/4_trainSVM.py" if svm_file else "")
+        )
+    if svm_source and svm_source != source:
+        raise StaleFilesError(
+            f"{Path(svm_file).name or 'the SVM'} was trained on features of another model or preprocessing than "
+            f"{features_path.name}: rerun scripts/4_trainSVM.py"
+        )
+
+
+def check_model_and_svm(model_file: str | Path, train_features: str | Path, svm_file: str | Path) -> None:
+    """Before a model file and an SVM are used together on new images (stage 6, active learning):
+    both must come from one run of stages 2-4. Not checked when stage 3's features are gone."""
+    from imgclass.svm import LinearSvm  # sklearn: only where an SVM is really loaded
+
+    if Path(train_features).is_file():
+        check_same_source(model_file, train_features, LinearSvm.load(svm_file).features_source, str(svm_file))
+
+
+def flip_average_of_stage3(features_path: str | Path, requested: bool) -> bool:
+    """The mirror averaging stage 3 used for the features in `features_path`, which the classifier
+    was trained and evaluated on: scoring new images otherwise would not score them as stage 5 did.
+    `requested` (run_boFlipAverage now) when the file does not say; a note when the two differ."""
+    path = Path(features_path)
+    if not path.is_file():
+        return requested
+    with np.load(path, allow_pickle=False) as z:
+        if "flip_average" not in z.files:
+            return requested
+        used = bool(z["flip_average"])
+    if used != requested:
+        print(f"run_boFlipAverage = {requested} now, but stage 3 featurized with {used} ({path.name}): "
+              f"using {used}, as the classifier was trained and evaluated; rerun stages 3-5 to change it")
+    return used

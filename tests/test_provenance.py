@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from imgclass.fileio import save_npz
+from imgclass.provenance import StaleFilesError, check_same_source, features_source
+
+
+def _features(path: Path, source: str | None, flip: bool = False) -> Path:
+    extra = {} if source is None else {"features_source": np.array(source)}
+    return save_npz(path, features=np.zeros((2, 4), np.float32), flip_average=np.array(flip), **extra)
+
+
+def test_the_source_follows_the_model_file_content_and_the_mirror_averaging(tmp_path: Path) -> None:
+    model = tmp_path / "model_fixed.pt"
+    model.write_bytes(b"weights A")
+    a = features_source(model, False)
+    assert features_source(model, False) == a != features_source(model, True)
+    model.write_bytes(b"weights B")
+    assert features_source(model, False) != a
+
+
+def test_stale_features_and_a_stale_svm_are_refused_with_the_stage_to_rerun(tmp_path: Path) -> None:
+    model = tmp_path / "model_fixed.pt"
+    model.write_bytes(b"weights A")
+    feats = _features(tmp_path / "features_fixed_test.npz", features_source(model, True), flip=True)
+    check_same_source(model, feats)  # consistent: nothing raised
+    check_same_source(model, feats, features_source(model, True), "svm_fixed.npz")
+    with pytest.raises(StaleFilesError, match="svm_fixed.npz was trained on features of another model.*4_trainSVM"):
+        check_same_source(model, feats, features_source(model, False), "svm_fixed.npz")
+    model.write_bytes(b"weights B")  # stage 2 ran again
+    with pytest.raises(StaleFilesError, match="earlier model_fixed.pt.*rerun scripts/3_runDNN.py, then scripts/4_trainSVM.py"):
+        check_same_source(model, feats, "", "svm_fixed.npz")
+    with pytest.raises(StaleFilesError, match=r"rerun scripts/3_runDNN.py$"):
+        check_same_source(model, feats)
+    # Files from before sources were recorded are not judged.
+    check_same_source(model, _features(tmp_path / "old.npz", None), "anything", "svm_fixed.npz")
