@@ -15,7 +15,7 @@ from imgclass.data import load_split
 from imgclass.features import FeatureCache, Featurizer
 from imgclass.fileio import save_npz
 from imgclass.modelfile import load_model
-from imgclass.provenance import features_source
+from imgclass.provenance import features_source, file_hash
 
 parser = stage_parser(
     __doc__.splitlines()[0],
@@ -34,6 +34,7 @@ def main() -> int:
     print(f"featurizing with {spec.backbone} ({spec.kind}) at {spec.resolution} px, engine {fz.engine_name} on {fz.device}, "
           f"flip averaging {'on' if p.run_boFlipAverage else 'off'}, cache {'on' if cache else 'off'}")
     source = features_source(p.model_path, p.run_boFlipAverage)
+    split_hash = file_hash(p.split_path)
     for side in ("train", "test"):
         items = split.side(side)
         rel = [path for path, _ in items]
@@ -42,7 +43,8 @@ def main() -> int:
         arrays = {"paths": np.array(rel), "labels": np.array([y for _, y in items], dtype=np.int64),
                   "classes": np.array(split.classes), "features": result.features,
                   "flip_average": np.array(p.run_boFlipAverage),  # stage 6 exports the same preprocessing
-                  "features_source": np.array(source)}  # stages 4-6 check they combine files of one origin
+                  "features_source": np.array(source),  # stages 4-6 check they combine files of one origin
+                  "split_hash": np.array(split_hash)}
         if result.probs is not None:
             arrays["probs"] = result.probs
         out = save_npz(p.features_path(side), **arrays)

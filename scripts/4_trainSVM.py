@@ -2,6 +2,7 @@
 
 from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.fileio import load_npz, require_file
+from imgclass.provenance import StaleFilesError, check_same_source
 from imgclass.svm import LinearSvm
 
 parser = stage_parser(
@@ -17,6 +18,8 @@ def main() -> int:
         print("classifier = 'dnn' scores with the refined network itself: no SVM to train.")
         return 0
     train = load_npz(require_file(p.features_path("train"), "scripts/3_runDNN.py"))
+    check_same_source(require_file(p.model_path, "scripts/2_refineDNN.py"), p.features_path("train"),
+                      split_file=require_file(p.split_path, "scripts/1_prepareData.py"))
     classes = [str(c) for c in train["classes"]]
     svm = LinearSvm(p.svm_CVals, p.svm_boL2Normalize, p.svm_cvFolds, p.randomSeed)
     svm.features_source = str(train["features_source"]) if "features_source" in train else ""
@@ -34,4 +37,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, (StaleFilesError,))

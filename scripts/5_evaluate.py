@@ -27,7 +27,8 @@ def main() -> int:
     extra = {}
     svm = None if p.classifier == "dnn" else LinearSvm.load(p.svm_path)
     check_same_source(require_file(p.model_path, "scripts/2_refineDNN.py"), p.features_path(side),
-                      svm.features_source if svm else "", str(p.svm_path) if svm else "")
+                      svm.features_source if svm else "", str(p.svm_path) if svm else "",
+                      split_file=require_file(p.split_path, "scripts/1_prepareData.py"))
     if svm is None:
         if "probs" not in data:
             raise ValueError(f"{p.features_path(side)} has no class probabilities: rerun stages 2 and 3 with classifier = 'dnn'")

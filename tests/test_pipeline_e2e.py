@@ -165,3 +165,9 @@ def test_files_of_different_origins_are_not_combined(pipeline_dir: Path, tmp_pat
     run_script("4_trainSVM.py", *lite1, data_dir=data_dir)
     out = run_script("5_evaluate.py", *lite1, data_dir=data_dir).stdout
     assert json.loads(metrics.read_text())["backbone"] == "efficientnet_lite1" and "overall" in out
+    # Stage 1 again with another seed: the features are those of the old split.
+    run_script("1_prepareData.py", *lite1, "--set", "randomSeed=7", data_dir=data_dir)
+    proc = run_script("4_trainSVM.py", *lite1, data_dir=data_dir, check=False)
+    assert proc.returncode == 1 and "earlier split.json (stage 1 ran again since): rerun scripts/3_runDNN.py" in proc.stderr
+    run_script("3_runDNN.py", *lite1, data_dir=data_dir)
+    run_script("4_trainSVM.py", *lite1, data_dir=data_dir)

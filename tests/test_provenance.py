@@ -38,3 +38,20 @@ def test_stale_features_and_a_stale_svm_are_refused_with_the_stage_to_rerun(tmp_
         check_same_source(model, feats)
     # Files from before sources were recorded are not judged.
     check_same_source(model, _features(tmp_path / "old.npz", None), "anything", "svm_fixed.npz")
+
+
+def test_features_of_an_earlier_split_are_refused(tmp_path: Path) -> None:
+    from imgclass.provenance import file_hash
+
+    model = tmp_path / "model_fixed.pt"
+    model.write_bytes(b"weights A")
+    split = tmp_path / "split.json"
+    split.write_text('{"train": ["a/1.jpg"], "test": ["b/2.jpg"]}')
+    feats = save_npz(tmp_path / "features_fixed_train.npz", features=np.zeros((1, 4), np.float32),
+                     flip_average=np.array(False), features_source=np.array(features_source(model, False)),
+                     split_hash=np.array(file_hash(split)))
+    check_same_source(model, feats, split_file=split)
+    split.write_text('{"train": ["b/2.jpg"], "test": ["a/1.jpg"]}')  # stage 1 ran again with another seed
+    with pytest.raises(StaleFilesError, match="earlier split.json .stage 1 ran again since.: rerun scripts/3_runDNN.py"):
+        check_same_source(model, feats, split_file=split)
+    check_same_source(model, feats)  # without a split file to compare, only the model is checked

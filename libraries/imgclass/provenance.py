@@ -36,19 +36,30 @@ def features_source(model_file: str | Path, flip_average: bool) -> str:
     return hashlib.blake2b(f"{file_hash(model_file)}:{bool(flip_average)}".encode(), digest_size=8).hexdigest()
 
 
-def check_same_source(model_file: str | Path, features_path: str | Path, svm_source: str = "", svm_file: str = "") -> None:
+def check_same_source(
+    model_file: str | Path, features_path: str | Path, svm_source: str = "", svm_file: str = "",
+    split_file: str | Path | None = None,
+) -> None:
     """Raise StaleFilesError when the features in `features_path` were not computed with the model
-    file as it is now, or when the SVM (its stored `features_source`) was trained on other features.
-    Files written before sources were recorded are not checked."""
+    file as it is now (or, given `split_file`, for the split as it is now), or when the SVM (its
+    stored `features_source`) was trained on other features. Files written before sources were
+    recorded are not checked."""
     features_path = Path(features_path)
     with np.load(features_path, allow_pickle=False) as z:
         if "features_source" not in z.files:
             return
         source, flip = str(z["features_source"]), bool(z["flip_average"])
+        split_hash = str(z["split_hash"]) if "split_hash" in z.files else ""
+    then_svm = ", then scripts/4_trainSVM.py" if svm_file else ""
     if source != features_source(model_file, flip):
         raise StaleFilesError(
             f"{features_path.name} was computed with an earlier {Path(model_file).name} (stage 2 ran again since): "
-            f"rerun scripts/3_runDNN.py" + (", then scripts/4_trainSVM.py" if svm_file else "")
+            f"rerun scripts/3_runDNN.py{then_svm}"
+        )
+    if split_file is not None and split_hash and split_hash != file_hash(split_file):
+        raise StaleFilesError(
+            f"{features_path.name} was computed for an earlier {Path(split_file).name} (stage 1 ran again since): "
+            f"rerun scripts/3_runDNN.py{then_svm}"
         )
     if svm_source and svm_source != source:
         raise StaleFilesError(
