@@ -86,3 +86,22 @@ def test_cv_is_skipped_with_a_note_when_no_two_classes_can_be_split() -> None:
     assert svm.cv_scores_ == {} and svm.C_ == 1.0 and "not chosen by cross-validation" in svm.cv_note_
     full = LinearSvm(c_values=[0.01, 1.0]).fit(*_blobs())
     assert full.cv_note_ == ""
+
+
+def test_parallel_cross_validation_gives_sklearns_scores() -> None:
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.svm import LinearSVC
+
+    x, y = _blobs(n_per_class=12, k=4, d=64, seed=3)  # fewer images than features: liblinear's dual solver
+    x = x + np.random.default_rng(4).normal(0, 6, x.shape).astype(np.float32)  # overlap: C matters
+    cs = [1e-3, 0.1, 10.0]
+    one = LinearSvm(c_values=cs, cv_folds=3, seed=2, workers=1).fit(x, y)
+    many = LinearSvm(c_values=cs, cv_folds=3, seed=2, workers=4).fit(x, y)
+    cv = StratifiedKFold(n_splits=3, shuffle=True, random_state=2)
+    expected = {c: cross_val_score(LinearSVC(C=c, max_iter=20000, random_state=2), l2_normalize(x), y, cv=cv).mean()
+                for c in cs}
+    assert one.cv_scores_ == many.cv_scores_
+    assert one.cv_scores_ == pytest.approx(expected)
+    assert len(set(expected.values())) > 1  # the scores differ between C values, so the order is checked too
+    with pytest.raises(ValueError, match="workers = -1"):
+        LinearSvm(workers=-1)

@@ -139,6 +139,7 @@ SCHEMA: dict[str, Spec] = {
     "svm_CVals": Spec(_LIST, check=_c_values, expected="a list of positive numbers"),
     "svm_boL2Normalize": Spec(_BOOL),
     "svm_cvFolds": Spec(_INT, check=_folds),
+    "svm_workers": Spec(_INT, check=_non_negative),
     "eval_set": Spec(_STR, choices=("test", "train")),
     # --- DNN refinement (Part 2) ---
     "rf_dropoutRate": Spec(_FLOAT, check=_fraction_closed_open),
