@@ -40,6 +40,33 @@ def test_exif_orientation_is_applied(tmp_path: Path) -> None:
     assert out.size == (40, 64)  # width and height swapped
 
 
+@pytest.mark.parametrize("suffix", [".heic", ".avif"])
+def test_phone_formats_heic_and_avif_decode(tmp_path: Path, suffix: str) -> None:
+    from imgclass.data import list_images
+
+    p = tmp_path / "cls" / f"IMG_0001{suffix.upper()}"  # phones write upper-case names
+    p.parent.mkdir()
+    Image.fromarray(_gradient()).save(p, quality=95)  # pillow-heif, registered by imgclass.images, writes HEIC
+    assert list_images(tmp_path / "cls") == [p]
+    out = np.asarray(load_rgb(p), dtype=np.float32)
+    assert out.shape == (40, 64, 3) and np.abs(out - _gradient()).mean() < 6  # lossy, but the same picture
+    assert check_image(p) is None
+
+
+def test_heic_without_the_plugin_says_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import imgclass.images as images
+
+    p = tmp_path / "x.heic"
+    Image.fromarray(_gradient()).save(p)
+    # As in an install without pillow-heif: Pillow alone does not know the format.
+    Image.init()  # every plugin registered first, so the patched tables below are complete
+    monkeypatch.setattr(images, "HEIF_SUPPORT", False)
+    monkeypatch.setattr(Image, "ID", [i for i in Image.ID if i != "HEIF"])
+    monkeypatch.setattr(Image, "OPEN", {k: v for k, v in Image.OPEN.items() if k != "HEIF"})
+    with pytest.raises(ImageDecodeError, match=r"x\.heic: HEIC/HEIF files need the pillow-heif package"):
+        load_rgb(p)
+
+
 def test_cmyk_grayscale_palette_alpha_16bit(tmp_path: Path) -> None:
     rgb = Image.fromarray(_gradient())
     cases = {

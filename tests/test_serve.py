@@ -56,6 +56,11 @@ def test_multipart_and_base64_give_the_right_labels(url: str, bundle: Path) -> N
 
     single = httpx.post(url + "/score", files={"image": ("g.png", _png((40, 190, 60)))}, timeout=30).json()
     assert single["results"][0]["label"] == "green"
+    # An iPhone's HEIC photo, as a phone's browser uploads it.
+    heic = io.BytesIO()
+    Image.new("RGB", (50, 40), COLORS["blue"]).save(heic, "HEIF")
+    r = httpx.post(url + "/score", files={"image": ("IMG_0001.HEIC", heic.getvalue())}, timeout=30)
+    assert r.status_code == 200 and r.json()["results"][0]["label"] == "blue"
 
     b64 = [base64.b64encode(jpeg_bytes(rgb, seed=9)).decode() for rgb in COLORS.values()]
     r = httpx.post(url + "/score", json={"images": b64}, timeout=30)

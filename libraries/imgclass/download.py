@@ -51,6 +51,8 @@ FORMAT_EXTENSIONS = {
     "BMP": ".bmp",
     "WEBP": ".webp",
     "TIFF": ".tif",
+    "AVIF": ".avif",
+    "HEIF": ".heic",
 }
 _KNOWN_EXTENSIONS = tuple(sorted(set(FORMAT_EXTENSIONS.values())))
 

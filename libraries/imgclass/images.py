@@ -1,6 +1,6 @@
 """Decode any photo a user brings into an RGB image the network can take.
 
-Real folders hold surprises: phone photos rotated by an EXIF tag, CMYK JPEGs from print workflows,
+Real folders hold surprises: phone photos rotated by an EXIF tag, iPhone HEIC files, CMYK JPEGs from print workflows,
 16-bit PNGs, palette GIF-style PNGs with transparency, PNG or BMP files named `.jpg`, and 20-megapixel
 originals. Every stage decodes through `load_rgb`, so training, evaluation and serving see the same
 pixels.
@@ -14,7 +14,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+try:  # HEIC/HEIF, the iPhone's format, needs the pillow-heif plugin; Pillow reads AVIF itself.
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+    HEIF_SUPPORT = True
+except ImportError:  # the service's slim install may lack it: such files then get a clear error
+    HEIF_SUPPORT = False
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".avif", ".heic", ".heif")
+HEIF_EXTENSIONS = (".heic", ".heif")
 RESIZE_MODES = ("squash", "crop", "pad")
 PAD_COLOR = (124, 116, 104)  # ImageNet mean colour: padding that the network treats as "nothing"
 # JPEGs are decoded at a reduced DCT scale that keeps at least this many times the output side.
@@ -73,6 +82,9 @@ def load_rgb(source: str | Path | bytes, min_size: int | None = None) -> Image.I
     except FileNotFoundError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        if not HEIF_SUPPORT and Path(name).suffix.lower() in HEIF_EXTENSIONS:
+            raise ImageDecodeError(f"{name}: HEIC/HEIF files need the pillow-heif package: "
+                                   f"pip install -r requirements.txt") from e
         raise ImageDecodeError(f"{name}: cannot decode as an image ({e})") from e
 
 
