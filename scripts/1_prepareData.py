@@ -19,7 +19,7 @@ parser = stage_parser(
 
 def main() -> int:
     _, p = parse_stage(parser)
-    split = make_split(p.images_dir, p.ratioTrainTest, p.randomSeed, p.imagesSplitBy)
+    split = make_split(p.images_dir, p.ratioTrainTest, p.randomSeed, p.imagesSplitBy, progress=True)
     if p.leakageCheck != "off":
         leaks = find_leaks(split, p.images_dir, p.dedup_threshold)
         for leak in leaks:
