@@ -721,6 +721,8 @@ def plot_history(history: History, path: str | Path, title: str = "", saved_test
     """The tutorial's figure: training and test error per epoch (and the training loss). With
     `saved_test_error`, a star after the last epoch marks the test error of the model as saved
     (weights averaged, last layer refit: `saved_as`), which the per-epoch points do not show."""
+    from matplotlib.ticker import MaxNLocator
+
     from imgclass.evaluate import _save_figure, plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
@@ -740,4 +742,6 @@ def plot_history(history: History, path: str | Path, title: str = "", saved_test
     ax2.plot(history.epoch, history.train_loss, "o-", color="C2")
     ax2.set(xlabel="epoch", ylabel="training loss (cross-entropy)", title="training loss")
     ax2.grid(alpha=0.3)
+    for ax in (ax1, ax2):  # whole epochs only: a tick at epoch 1.25 means nothing
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return _save_figure(fig, path)
