@@ -93,6 +93,9 @@ def test_model_file_round_trip_and_featurizer(tmp_path: Path, color_dataset: Pat
     path = save_model(tmp_path / "model_fixed.pt", model, spec)
     back, back_spec = load_model(path)
     assert back_spec == spec
+    # The same model saves to the same bytes (the feature cache and the provenance checks hash the file).
+    (tmp_path / "again").mkdir()
+    assert save_model(tmp_path / "again" / "model_fixed.pt", back, spec).read_bytes() == path.read_bytes()
     files = sorted(color_dataset.rglob("*.jpg"))[:5]
     a = Featurizer(model, spec, batch_size=2, workers=0, export_dir=tmp_path).featurize_paths(files, progress=False)
     b = Featurizer(back, back_spec, batch_size=4, workers=2, export_dir=tmp_path).featurize_paths(files, progress=False)

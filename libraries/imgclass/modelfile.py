@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from imgclass.backbones import create_backbone, get_info
-from imgclass.fileio import atomic_path
+from imgclass.fileio import atomic_open
 
 
 @dataclass(frozen=True)
@@ -82,8 +82,11 @@ def save_model(path: str | Path, model: torch.nn.Module, spec: ModelSpec, extra:
         "state_dict": model.state_dict(),
         "extra_json": json.dumps(extra or {}),
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    # Into an open file, not a path: torch names the archive inside after the file it writes, and the
+    # temp file's random name would make every save of the same model differ byte for byte (the
+    # feature cache and stage 5's provenance check key on the file's content).
+    with atomic_open(path, "wb") as f:
+        torch.save(payload, f)
     return Path(path)
 
 
