@@ -1,7 +1,8 @@
 """Atomic file writes: every output goes to a temp file in the same folder, then is renamed.
 
 A crash or a bad input half-way through a stage therefore never leaves a truncated file where a
-good one used to be: readers see the old file or the new one, nothing in between.
+good one used to be: readers see the old file or the new one, nothing in between. A file damaged
+some other way (edited, copied half-way) is a DamagedFileError naming it when read back.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import contextlib
 import json
 import os
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -47,9 +49,16 @@ def write_json(path: str | Path, obj: Any) -> Path:
     return Path(path)
 
 
+class DamagedFileError(ValueError):
+    """A file a stage reads is not what the pipeline writes (truncated, edited, or another file)."""
+
+
 def read_json(path: str | Path) -> Any:
     with open(path, encoding="utf-8") as f:
-        return json.load(f)
+        try:
+            return json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DamagedFileError(f"{path}: not valid JSON ({e}); rerun the stage that writes it") from None
 
 
 def write_bytes(path: str | Path, data: bytes) -> Path:
@@ -67,8 +76,14 @@ def save_npz(path: str | Path, **arrays: np.ndarray) -> Path:
 
 def load_npz(path: str | Path) -> dict[str, np.ndarray]:
     # allow_pickle=False: these files may come from elsewhere, and must never run code.
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise DamagedFileError(f"{path}: not a .npz file written by this pipeline ({e}); "
+                               f"rerun the stage that writes it") from None
 
 
 def require_file(path: str | Path, made_by: str) -> Path:

@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from imgclass.fileio import DamagedFileError, atomic_open, load_npz, read_json, save_npz, write_json
+
+
+def test_damaged_files_are_named_when_read(tmp_path: Path) -> None:
+    split = tmp_path / "split.json"
+    split.write_text("{garbage")
+    with pytest.raises(DamagedFileError, match=r"split\.json: not valid JSON"):
+        read_json(split)
+    good = save_npz(tmp_path / "features_fixed_train.npz", features=np.ones((2, 3), np.float32))
+    for name, data in (("text.npz", b"junk"), ("truncated.npz", good.read_bytes()[:100])):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(DamagedFileError, match=rf"{name}: not a \.npz file written by this pipeline"):
+            load_npz(tmp_path / name)
+    with pytest.raises(FileNotFoundError):
+        load_npz(tmp_path / "missing.npz")
+    assert load_npz(good)["features"].shape == (2, 3)
+
+
+def test_a_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
+    path = write_json(tmp_path / "metrics.json", {"accuracy": 0.9})
+    with pytest.raises(RuntimeError), atomic_open(path, "w") as f:
+        f.write('{"accura')
+        raise RuntimeError("crash half-way")
+    assert read_json(path) == {"accuracy": 0.9} and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
