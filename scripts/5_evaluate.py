@@ -2,7 +2,6 @@
 
 import datetime
 
-
 from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.evaluate import compute_metrics, format_table, plot_confusion, plot_roc, write_browser, write_predictions
 from imgclass.fileio import load_npz, require_file, write_json

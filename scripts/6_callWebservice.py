@@ -1,9 +1,8 @@
 """Stage 6 client: send photos to the web service and print each one's label and class scores.
 
 Each IMAGE_OR_FOLDER is an image file or a folder (searched recursively for images); give as many
-as you like, e.g. a shell glob. Images go in
-requests of at most the service's per-request limit; the reply's label and scores are printed one
-line per image.
+as you like, e.g. a shell glob. Images go in requests of at most the service's per-request limit;
+the reply's label and scores are printed one line per image.
 """
 
 import sys

@@ -10,6 +10,7 @@ import os
 import sys
 
 from imgclass.cli import parse_stage, run_stage, stage_parser
+from imgclass.provenance import StaleFilesError  # torch-free, like everything the --bundle path imports
 
 parser = stage_parser(
     __doc__.splitlines()[0],
@@ -67,6 +68,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    from imgclass.provenance import StaleFilesError
-
     run_stage(main, (StaleFilesError,))  # a missing or damaged bundle is a BundleError (a ValueError): one line, exit 1

@@ -63,7 +63,7 @@ class LinearSvm:
         self.seed = seed
         self.workers = workers
         self.progress = progress
-        self.features_source = ""  # what made the training features (imgclass.features.features_source)
+        self.features_source = ""  # what made the training features (imgclass.provenance.features_source)
 
     def _prep(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)
