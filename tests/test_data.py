@@ -65,6 +65,19 @@ def test_train_test_folders_are_used_and_must_agree(tmp_path: Path) -> None:
         make_split(tmp_path)
 
 
+def test_split_folders_are_recognised_in_the_names_downloaded_data_sets_use(tmp_path: Path) -> None:
+    # Kaggle-style Training/ and Testing/ must not become two classes "Training" and "Testing".
+    for side, n in (("Training", 3), ("Testing", 2), ("valid", 1)):
+        for c in ("glioma", "meningioma"):
+            for i in range(n):
+                write_image(tmp_path / side / c / f"{i}.jpg", (90, 90, 90), seed=i)
+    s = make_split(tmp_path)
+    assert s.classes == ["glioma", "meningioma"]
+    assert len(s.train) == 6 and all(p.startswith("Training/") for p, _ in s.train)
+    assert len(s.test) == 4 and all(p.startswith("Testing/") for p, _ in s.test)
+    assert s.method == "folders Training/ Testing/ (valid/ not used)"
+
+
 def test_undecodable_files_are_listed_and_left_out(color_dataset: Path) -> None:
     (color_dataset / "red" / "broken.jpg").write_bytes(b"not a jpeg at all")
     s = make_split(color_dataset)

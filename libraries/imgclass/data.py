@@ -4,7 +4,8 @@ A data set is a folder of class folders (`images/<dataset>/<class>/...`). The sp
 by stage 1, and written to `proc/<dataset>/split.json`; every later stage reads that file, so all
 of them agree on which image is on which side. Four ways to split, in order of precedence:
 
-1. the folder holds `train/` and `test/` (or `val/`) folders of class folders: that split is used;
+1. the folder holds `train/` and `test/` (or `val/`; `Training/`, `Testing/`, `valid/`, any case)
+   folders of class folders: that split is used;
 2. a `dedicatedTestImages.tsv` in the data set folder lists the test images (`class/filename`);
 3. `imagesSplitBy = "subdir"`: each sub-folder of a class goes wholly to one side (e.g. several
    photos of the same garment stay together, so the test set measures unseen garments);
@@ -28,7 +29,10 @@ from imgclass.fileio import read_json, write_json
 from imgclass.images import check_image, is_image_name
 
 DEDICATED_TEST_FILE = "dedicatedTestImages.tsv"
-SPLIT_FOLDERS = (("train", "test"), ("train", "val"))
+# Folder names (any case) that mean a split made in advance, as downloaded data sets ship them:
+# Kaggle's Training/Testing, Roboflow's train/valid/test, ... The first test-like name found wins.
+TRAIN_FOLDER_NAMES = ("train", "training")
+TEST_FOLDER_NAMES = ("test", "testing", "val", "valid", "validation")
 
 
 class DatasetError(ValueError):
@@ -191,6 +195,20 @@ def _read_dedicated(path: Path, classes: list[str]) -> set[str]:
     return test
 
 
+def find_split_folders(images_dir: Path) -> tuple[Path, Path, list[Path]] | None:
+    """(train folder, test folder, other split-like folders left unused) when the data set comes split
+    in advance, else None. Names are matched in any case, so Kaggle's `Training/` and `Testing/` are
+    not taken for two classes."""
+    if not images_dir.is_dir():
+        return None
+    subdirs = {p.name.lower(): p for p in sorted(images_dir.iterdir()) if p.is_dir()}
+    train = next((subdirs[n] for n in TRAIN_FOLDER_NAMES if n in subdirs), None)
+    tests = [subdirs[n] for n in TEST_FOLDER_NAMES if n in subdirs]
+    if train is None or not tests:
+        return None
+    return train, tests[0], tests[1:]
+
+
 def make_split(
     images_dir: str | Path,
     ratio: float = 0.75,
@@ -210,29 +228,30 @@ def make_split(
         raise ValueError(f"split_by {split_by!r}: allowed values are 'filename', 'subdir'")
     excluded: list[tuple[str, str]] = []
 
-    for train_name, test_name in SPLIT_FOLDERS:
-        train_dir, test_dir = images_dir / train_name, images_dir / test_name
-        if train_dir.is_dir() and test_dir.is_dir():
-            classes = list_class_dirs(train_dir)
-            test_classes = list_class_dirs(test_dir)
-            if classes != test_classes:
-                raise DatasetError(
-                    f"{images_dir}: classes differ between {train_name}/ ({', '.join(classes) or 'none'}) "
-                    f"and {test_name}/ ({', '.join(test_classes) or 'none'})"
-                )
-            _check_classes(classes, train_dir)
-            excluded += loose_images(train_dir, images_dir) + loose_images(test_dir, images_dir)
-            tr = _collect(train_dir, classes, excluded, images_dir, check_decode, progress)
-            te = _collect(test_dir, classes, excluded, images_dir, check_decode, progress)
-            split = Split(
-                classes,
-                [(p, i) for i, c in enumerate(classes) for p in tr[c]],
-                [(p, i) for i, c in enumerate(classes) for p in te[c]],
-                excluded,
-                method=f"folders {train_name}/ {test_name}/",
+    folders = find_split_folders(images_dir)
+    if folders is not None:
+        train_dir, test_dir, unused = folders
+        train_name, test_name = train_dir.name, test_dir.name
+        classes = list_class_dirs(train_dir)
+        test_classes = list_class_dirs(test_dir)
+        if classes != test_classes:
+            raise DatasetError(
+                f"{images_dir}: classes differ between {train_name}/ ({', '.join(classes) or 'none'}) "
+                f"and {test_name}/ ({', '.join(test_classes) or 'none'})"
             )
-            check_disjoint(split)
-            return split
+        _check_classes(classes, train_dir)
+        excluded += loose_images(train_dir, images_dir) + loose_images(test_dir, images_dir)
+        tr = _collect(train_dir, classes, excluded, images_dir, check_decode, progress)
+        te = _collect(test_dir, classes, excluded, images_dir, check_decode, progress)
+        split = Split(
+            classes,
+            [(p, i) for i, c in enumerate(classes) for p in tr[c]],
+            [(p, i) for i, c in enumerate(classes) for p in te[c]],
+            excluded,
+            method=f"folders {train_name}/ {test_name}/" + "".join(f" ({u.name}/ not used)" for u in unused),
+        )
+        check_disjoint(split)
+        return split
 
     classes = list_class_dirs(images_dir)
     _check_classes(classes, images_dir)
