@@ -106,6 +106,11 @@ def test_clear_errors_for_unusable_folders(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError, match="'empty' has no usable images"):
         make_split(tmp_path)
+    # An unpacked archive's extra folder level: the message points at the class folders inside.
+    for c in ("cats", "dogs"):
+        write_image(tmp_path / "nested" / "petImages" / c / "0.jpg", (1, 1, 1))
+    with pytest.raises(DatasetError, match=r"found petImages; petImages/ holds the folders cats, dogs: move them up"):
+        make_split(tmp_path / "nested")
 
 
 def test_split_round_trips_and_counts(color_dataset: Path, tmp_path: Path) -> None:

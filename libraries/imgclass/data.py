@@ -129,8 +129,13 @@ def class_counts(images_dir: str | Path) -> dict[str, int]:
 def _check_classes(classes: list[str], where: Path) -> None:
     if len(classes) < 2:
         found = ", ".join(classes) if classes else "none"
+        hint = ""
+        if len(classes) == 1 and len(inner := list_class_dirs(where / classes[0])) >= 2:
+            # An unpacked archive often adds one folder level: <dataset>/<archive name>/<class>/...
+            hint = (f"; {classes[0]}/ holds the folders {', '.join(inner[:5])}{', ...' if len(inner) > 5 else ''}: "
+                    f"move them up one level, or put their parent folder in DATA_DIR/images/ as the data set")
         raise DatasetError(
-            f"{where}: need at least two class folders (one sub-folder per class), found {found}"
+            f"{where}: need at least two class folders (one sub-folder per class), found {found}{hint}"
         )
 
 
