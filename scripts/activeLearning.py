@@ -36,6 +36,8 @@ def main() -> int:
     flip = flip_average_of_stage3(p.features_path("train"), p.run_boFlipAverage)  # as the SVM was trained
     scored = score_images(paths, model, svm, batch_size=p.run_mbSize, flip_average=flip, workers=p.run_workers,
                           export_dir=p.feature_cache_dir)
+    for path, problem in scored.failed:
+        print(f"left out: {path}: {problem}")
     cands = scored.candidates(p.al_numImages, p.al_criterion)
     out = p.results_dir
     tsv = write_candidates(out / "active_learning_candidates.tsv", cands, scored.classes, p.al_criterion)

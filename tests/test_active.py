@@ -180,3 +180,25 @@ def test_script_without_a_model_says_which_stage_to_run(tmp_path: Path) -> None:
     generate_demo_dataset(tmp_path / "unlabelled", images_per_class=1, progress=False)
     proc = _run_al(tmp_path)
     assert proc.returncode == 1 and "run scripts/2_refineDNN.py first" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_score_images_script_scores_a_folder_offline_and_names_bad_files(tiny_model: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "new photos"
+    shutil.copytree(tiny_model / "unlabelled", folder / "batch 1")
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    env = {**os.environ, "IMGCLASS_DATA_DIR": str(tiny_model), "IMGCLASS_OFFLINE": "1", "IMGCLASS_TRACKING": "0"}
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPTS / "scoreImages.py"), str(folder), "--set", "datasetName=tiny", "--set", "run_workers=0"],
+        capture_output=True, text=True, env=env, timeout=300, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "left out: broken.jpg" in proc.stdout and "9 images scored with svm of tiny" in proc.stdout
+    rows = [line.split("\t") for line in (tiny_model / "results" / "tiny" / "svm" / "scores_new photos.tsv").read_text().splitlines()]
+    assert rows[0] == ["image", "predicted", "dotted", "leopard", "striped"] and len(rows) == 10
+    # The same scores as the library gives for those files, and the predicted class is the top one.
+    proc_dir = tiny_model / "proc" / "tiny"
+    ref = score_images(sorted((folder / "batch 1").iterdir()), proc_dir / "model_fixed.pt", proc_dir / "svm_fixed.npz",
+                       flip_average=False, workers=0, progress=False, export_dir=tmp_path / "onnx")
+    assert [r[0] for r in rows[1:]] == [f"batch 1/{p.name}" for p in ref.paths]
+    np.testing.assert_allclose(np.array([[float(v) for v in r[2:]] for r in rows[1:]]), ref.scores, rtol=1e-4, atol=1e-4)
+    assert [r[1] for r in rows[1:]] == [ref.classes[i] for i in ref.scores.argmax(axis=1)]

@@ -20,13 +20,14 @@ from __future__ import annotations
 import filecmp
 import shutil
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from imgclass.dedup import list_folder_images
 from imgclass.fileio import atomic_open, atomic_path
+from imgclass.images import check_images
 
 CRITERIA = ("margin", "topScore", "entropy")
 LOG_FILE = "active_learning.tsv"
@@ -81,6 +82,7 @@ class ScoredFolder:
     scores: np.ndarray  # (N, K)
     classes: list[str]
     probabilities: bool  # True: softmax outputs of a refined network; False: SVM decision values
+    failed: list[tuple[Path, str]] = field(default_factory=list)  # files that did not decode, and why
 
     def candidates(self, count: int, criterion: str = "margin") -> list[Candidate]:
         if not self.paths:
@@ -129,15 +131,18 @@ def score_images(
     svm = LinearSvm.load(svm_path) if svm_path is not None else None
     if svm is None and not spec.classes:
         raise ValueError(f"{model_path} is a fixed featurizer without a class head: score with its SVM (classifier 'svm')")
-    paths = [Path(p) for p in paths]
+    # One unreadable file in a folder of new images must not stop the others from being scored.
+    checked = list(zip((Path(p) for p in paths), check_images(paths, progress=progress)))
+    paths = [p for p, problem in checked if problem is None]
+    failed = [(p, problem) for p, problem in checked if problem is not None]
     fz = Featurizer(model, spec, batch_size=batch_size, flip_average=flip_average, workers=workers,
                     export_dir=export_dir)
-    result = fz.featurize_paths(paths, progress=progress, desc="score unlabelled")
+    result = fz.featurize_paths(paths, progress=progress, desc="score images")
     if svm is not None:
         classes = list(svm.classes) or [str(i) for i in range(svm.n_classes_)]
-        return ScoredFolder(paths, svm.decision_function(result.features), classes, probabilities=False)
+        return ScoredFolder(paths, svm.decision_function(result.features), classes, False, failed)
     assert result.probs is not None
-    return ScoredFolder(paths, result.probs, list(spec.classes), probabilities=True)
+    return ScoredFolder(paths, result.probs, list(spec.classes), True, failed)
 
 
 def add_to_dataset(src: str | Path, label: str, images_dir: str | Path) -> Path:

@@ -15,18 +15,14 @@ of them agree on which image is on which side. Four ways to split, in order of p
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from imgclass.annotations import EXCLUDE, FIXES_FILE, apply_fixes, read_fixes
 from imgclass.fileio import read_json, write_json
-from imgclass.images import check_image, is_image_name
+from imgclass.images import check_images, is_image_name
 
 DEDICATED_TEST_FILE = "dedicatedTestImages.tsv"
 # Folder names (any case) that mean a split made in advance, as downloaded data sets ship them:
@@ -139,19 +135,11 @@ def _check_classes(classes: list[str], where: Path) -> None:
         )
 
 
-def _check_all(paths: list[Path], progress: bool) -> list[str | None]:
-    """check_image for every path, in threads (PIL releases the GIL while decoding), with a progress
-    bar: a data set of thousands of phone photos takes a minute to check."""
-    with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
-        return list(tqdm(pool.map(check_image, paths), total=len(paths), desc="check images", unit="img",
-                         disable=not progress))
-
-
 def _collect(root: Path, classes: list[str], excluded: list[tuple[str, str]], base: Path, check: bool,
              progress: bool = False) -> dict[str, list[str]]:
     """Per class, decodable image paths relative to `base`; undecodable ones go to `excluded`."""
     listed = [(c, p) for c in classes for p in list_images(root / c)]
-    problems = _check_all([p for _, p in listed], progress) if check else [None] * len(listed)
+    problems = check_images([p for _, p in listed], progress) if check else [None] * len(listed)
     out: dict[str, list[str]] = {c: [] for c in classes}
     for (c, p), problem in zip(listed, problems):
         rel = p.relative_to(base).as_posix()

@@ -148,12 +148,15 @@ def format_table(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_predictions(path: str | Path, paths: Sequence[str], labels: np.ndarray, scores: np.ndarray, classes: Sequence[str]) -> Path:
-    """One line per image: path, true class, predicted class, then one score column per class."""
+def write_predictions(path: str | Path, paths: Sequence[str], labels: np.ndarray | None, scores: np.ndarray,
+                      classes: Sequence[str]) -> Path:
+    """One line per image: path, true class (left out when `labels` is None: new, unlabelled
+    images), predicted class, then one score column per class."""
     with atomic_open(path, "w", encoding="utf-8") as f:
-        f.write("\t".join(["image", "true", "predicted", *classes]) + "\n")
-        for p, y, s in zip(paths, labels, scores):
-            f.write("\t".join([p, classes[y], classes[int(np.argmax(s))], *(f"{v:.6g}" for v in s)]) + "\n")
+        f.write("\t".join(["image", *(["true"] if labels is not None else []), "predicted", *classes]) + "\n")
+        for i, (p, s) in enumerate(zip(paths, scores)):
+            true = [classes[labels[i]]] if labels is not None else []
+            f.write("\t".join([p, *true, classes[int(np.argmax(s))], *(f"{v:.6g}" for v in s)]) + "\n")
     return Path(path)
 
 

@@ -1,0 +1,56 @@
+"""Score a folder of new images with the trained classifier, offline: one line per image in a TSV.
+
+Uses the model of stages 2-4 as stage 5 and the web service do (the network and its SVM, or the
+refined network's probabilities for classifier = "dnn"), with the same preprocessing as stage 3.
+No web service needed. Files that do not decode are listed and left out; the others are scored.
+"""
+
+from collections import Counter
+from pathlib import Path
+
+from imgclass.active import score_images
+from imgclass.cli import parse_stage, run_stage, stage_parser
+from imgclass.dedup import list_folder_images
+from imgclass.evaluate import write_predictions
+from imgclass.fileio import require_file
+from imgclass.provenance import StaleFilesError, check_model_and_svm, flip_average_of_stage3
+
+parser = stage_parser(
+    __doc__.splitlines()[0],
+    reads="FOLDER of images, proc/<datasetName>/model_*.pt and svm_*.npz",
+    writes="results/<datasetName>/<classifier>/scores_<folder name>.tsv (or --out): image, predicted class, "
+           "one score per class",
+)
+parser.add_argument("folder", help="folder of images to score (searched recursively)")
+parser.add_argument("--out", default=None, help="TSV to write (default: results/<datasetName>/<classifier>/scores_<folder>.tsv)")
+
+
+def main() -> int:
+    args, p = parse_stage(parser)
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder")
+    rel = list_folder_images(folder)
+    if not rel:
+        raise FileNotFoundError(f"{folder}: no image files in this folder")
+    model = require_file(p.model_path, "scripts/2_refineDNN.py")
+    svm = None if p.classifier == "dnn" else require_file(p.svm_path, "scripts/4_trainSVM.py")
+    if svm is not None:
+        check_model_and_svm(model, p.features_path("train"), svm)
+    flip = flip_average_of_stage3(p.features_path("train"), p.run_boFlipAverage)  # as stage 5 scored
+    scored = score_images([folder / r for r in rel], model, svm, batch_size=p.run_mbSize, flip_average=flip,
+                          workers=p.run_workers, export_dir=p.feature_cache_dir)
+    for path, problem in scored.failed:
+        print(f"left out: {path.relative_to(folder).as_posix()}: {problem}")
+    out = Path(args.out) if args.out else p.results_dir / f"scores_{folder.resolve().name}.tsv"
+    names = [path.relative_to(folder).as_posix() for path in scored.paths]
+    write_predictions(out, names, None, scored.scores, scored.classes)
+    counts = Counter(scored.classes[i] for i in scored.scores.argmax(axis=1)) if len(names) else Counter()
+    print(f"{len(names)} images scored with {p.classifier} of {p.datasetName}; predicted: "
+          + ", ".join(f"{c} {counts[c]}" for c in scored.classes))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_stage(main, (StaleFilesError,))
