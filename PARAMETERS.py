@@ -49,6 +49,7 @@ run_workers = 2  # threads decoding images in parallel with the network (0 = dec
 svm_CVals = [1e-4, 1e-3, 0.01, 0.1, 1.0, 10.0, 100.0]  # SVM regularisation values tried; the best is chosen by CV on train
 svm_boL2Normalize = True  # scale each feature vector to unit length before the SVM
 svm_cvFolds = 5  # folds of stratified cross-validation on the training set used to choose C
+svm_boBalanceClasses = False  # True: weigh each class inversely to its size and choose C by class-averaged accuracy (unequal classes)
 svm_workers = 0  # processes fitting the cross-validation's SVMs in parallel (0 = one per CPU core)
 
 # ----------------------------------------------------------------------------------------------

@@ -21,11 +21,13 @@ def main() -> int:
     check_same_source(require_file(p.model_path, "scripts/2_refineDNN.py"), p.features_path("train"),
                       split_file=require_file(p.split_path, "scripts/1_prepareData.py"))
     classes = [str(c) for c in train["classes"]]
-    svm = LinearSvm(p.svm_CVals, p.svm_boL2Normalize, p.svm_cvFolds, p.randomSeed, p.svm_workers, progress=True)
+    svm = LinearSvm(p.svm_CVals, p.svm_boL2Normalize, p.svm_cvFolds, p.randomSeed, p.svm_workers, progress=True,
+                    balance_classes=p.svm_boBalanceClasses)
     svm.features_source = str(train["features_source"]) if "features_source" in train else ""
     svm.fit(train["features"], train["labels"], n_classes=len(classes))
     if svm.cv_scores_:
-        print(f"cross-validation accuracy on the training set ({svm.cv_folds} folds at most):")
+        kind = "class-averaged accuracy" if svm.balance_classes else "accuracy"
+        print(f"cross-validation {kind} on the training set ({svm.cv_folds} folds at most):")
     for c, score in svm.cv_scores_.items():
         mark = "  <- chosen" if c == svm.C_ else ""
         print(f"  C = {c:<8g} {100 * score:6.2f}%{mark}")

@@ -105,3 +105,29 @@ def test_parallel_cross_validation_gives_sklearns_scores() -> None:
     assert len(set(expected.values())) > 1  # the scores differ between C values, so the order is checked too
     with pytest.raises(ValueError, match="workers = -1"):
         LinearSvm(workers=-1)
+
+
+def test_class_balancing_raises_the_small_class_recall_and_chooses_c_by_class_averaged_accuracy(tmp_path: Path) -> None:
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.svm import LinearSVC
+
+    def sample(n_big: int, n_small: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng(seed)
+        x = np.concatenate([rng.normal(0.0, 1, (n_big, 8)), rng.normal(0.8, 1, (n_small, 8))]).astype(np.float32)
+        return x, np.repeat([0, 1], [n_big, n_small])
+
+    x, y = sample(120, 12, seed=0)
+    xt, yt = sample(500, 500, seed=1)
+    cs = [0.01, 1.0, 100.0]
+    plain = LinearSvm(cs, l2_normalize=False, cv_folds=3, workers=1).fit(x, y)
+    balanced = LinearSvm(cs, l2_normalize=False, cv_folds=3, workers=1, balance_classes=True).fit(x, y)
+    recall_small = lambda m: (m.predict(xt[yt == 1]) == 1).mean()  # noqa: E731
+    assert recall_small(balanced) > recall_small(plain) + 0.2
+    class_avg = lambda m: ((m.predict(xt) == yt)[yt == 0].mean() + recall_small(m)) / 2  # noqa: E731
+    assert class_avg(balanced) > class_avg(plain)
+    cv = StratifiedKFold(n_splits=3, shuffle=True, random_state=0)
+    expected = {c: cross_val_score(LinearSVC(C=c, max_iter=20000, random_state=0, class_weight="balanced"), x, y,
+                                   cv=cv, scoring="balanced_accuracy").mean() for c in cs}
+    assert balanced.cv_scores_ == pytest.approx(expected)
+    back = LinearSvm.load(balanced.save(tmp_path / "svm.npz", ["big", "small"]))
+    assert back.balance_classes and not LinearSvm.load(plain.save(tmp_path / "p.npz", ["big", "small"])).balance_classes

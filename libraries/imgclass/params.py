@@ -140,6 +140,7 @@ SCHEMA: dict[str, Spec] = {
     "svm_boL2Normalize": Spec(_BOOL),
     "svm_cvFolds": Spec(_INT, check=_folds),
     "svm_workers": Spec(_INT, check=_non_negative),
+    "svm_boBalanceClasses": Spec(_BOOL),
     "eval_set": Spec(_STR, choices=("test", "train")),
     # --- DNN refinement (Part 2) ---
     "rf_dropoutRate": Spec(_FLOAT, check=_fraction_closed_open),

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 from joblib import Parallel, delayed
+from sklearn.metrics import balanced_accuracy_score
 from sklearn.model_selection import StratifiedKFold
 from sklearn.svm import LinearSVC
 from tqdm.auto import tqdm
@@ -29,12 +30,17 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
-def _validation_accuracy(svc: LinearSVC, x: np.ndarray, y: np.ndarray, train: np.ndarray, val: np.ndarray) -> float:
-    return float((svc.fit(x[train], y[train]).predict(x[val]) == y[val]).mean())
+def _validation_accuracy(svc: LinearSVC, x: np.ndarray, y: np.ndarray, train: np.ndarray, val: np.ndarray,
+                         class_averaged: bool = False) -> float:
+    pred = svc.fit(x[train], y[train]).predict(x[val])
+    return float(balanced_accuracy_score(y[val], pred) if class_averaged else (pred == y[val]).mean())
 
 
 class LinearSvm:
     """Multi-class (one-vs-rest) linear SVM with CV-chosen C.
+
+    `balance_classes`: weigh each class's errors inversely to its size, and choose C by class-averaged
+    accuracy; for data sets whose classes are of very different sizes.
 
     After `fit`: `C_` (chosen), `cv_scores_` ({C: mean CV accuracy}), `cv_note_` (why CV was limited
     or skipped, else ""), `coef_` (K, D), `intercept_` (K,),
@@ -49,6 +55,7 @@ class LinearSvm:
         seed: int = 0,
         workers: int = 0,
         progress: bool = False,
+        balance_classes: bool = False,
     ) -> None:
         c_values = list(c_values)
         if not c_values or any(not isinstance(c, (int, float)) or c <= 0 for c in c_values):
@@ -63,6 +70,7 @@ class LinearSvm:
         self.seed = seed
         self.workers = workers
         self.progress = progress
+        self.balance_classes = balance_classes
         self.features_source = ""  # what made the training features (imgclass.provenance.features_source)
 
     def _prep(self, x: np.ndarray) -> np.ndarray:
@@ -70,7 +78,9 @@ class LinearSvm:
         return l2_normalize(x) if self.l2_normalize else x
 
     def _svc(self, c: float) -> LinearSVC:
-        return LinearSVC(C=c, max_iter=20000, random_state=self.seed)
+        # "balanced": each class's errors weigh inversely to its size, as if every class had as many images.
+        return LinearSVC(C=c, max_iter=20000, random_state=self.seed,
+                         class_weight="balanced" if self.balance_classes else None)
 
     def fit(self, x: np.ndarray, y: np.ndarray, n_classes: int | None = None) -> LinearSvm:
         x, y = self._prep(x), np.asarray(y, dtype=np.int64)
@@ -117,7 +127,8 @@ class LinearSvm:
         return self
 
     def _cross_validate(self, x: np.ndarray, y: np.ndarray, folds: int) -> dict[float, float]:
-        """Mean validation accuracy per C, the (C, fold) fits spread over worker processes.
+        """Mean validation accuracy per C (class-averaged with balance_classes, the figure balancing is
+        for), the (C, fold) fits spread over worker processes.
 
         Processes, not threads: liblinear draws from one process-wide random generator, so fits
         running side by side in threads disturb each other's coordinate order and the scores would
@@ -129,7 +140,8 @@ class LinearSvm:
         jobs = [(c, train, val) for c in self.c_values for train, val in splits]
         workers = min(self.workers or os.cpu_count() or 1, len(jobs))
         fits = Parallel(n_jobs=workers, return_as="generator")(
-            delayed(_validation_accuracy)(self._svc(c), x, y, train, val) for c, train, val in jobs
+            delayed(_validation_accuracy)(self._svc(c), x, y, train, val, self.balance_classes)
+            for c, train, val in jobs
         )
         results = list(tqdm(fits, total=len(jobs), unit="fit", disable=not self.progress,
                             desc=f"SVM: {len(self.c_values)} C values x {folds} folds"))
@@ -149,6 +161,7 @@ class LinearSvm:
             "c_values": self.c_values,
             "cv_folds": self.cv_folds,
             "seed": self.seed,
+            "balance_classes": self.balance_classes,
             "classes": list(classes),
             "features_source": self.features_source,
         }
@@ -161,7 +174,8 @@ class LinearSvm:
             raise FileNotFoundError(f"{path} not found: run scripts/4_trainSVM.py first")
         z = load_npz(path)
         meta = json.loads(str(z["meta"]))
-        svm = cls(meta["c_values"], meta["l2_normalize"], meta["cv_folds"], meta["seed"])
+        svm = cls(meta["c_values"], meta["l2_normalize"], meta["cv_folds"], meta["seed"],
+                  balance_classes=meta.get("balance_classes", False))
         svm.coef_, svm.intercept_ = z["coef"], z["intercept"]
         svm.C_ = meta["C"]
         svm.cv_scores_ = {float(k): v for k, v in meta["cv_scores"].items()}
