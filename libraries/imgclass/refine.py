@@ -660,7 +660,9 @@ class Refiner:
         to the input resolution, eval mode; with `flip`, averaged with the mirror image's."""
         backbone.eval()
         feats = []
-        for x in self._plain_batches(cache, batch_size):
+        batches = tqdm(self._plain_batches(cache, batch_size), total=-(-len(cache) // batch_size), unit="batch",
+                       desc="features of the training images", leave=False, disable=not self.progress)
+        for x in batches:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.mixed_precision):
                 f = backbone(x).float()
                 if flip:
@@ -698,7 +700,9 @@ class Refiner:
         was_training = model.training
         model.eval()
         wrong = 0
-        for i in range(0, len(cache), batch_size):
+        # A pass over a large test set takes minutes on a CPU: show it (leave=False: the epoch's line stays).
+        for i in tqdm(range(0, len(cache), batch_size), unit="batch", desc="test error", leave=False,
+                      disable=not self.progress):
             x = self._normalize(cache[i:i + batch_size].to(self.device).float())
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.mixed_precision):
                 pred = model(x).argmax(1).cpu()
