@@ -72,3 +72,26 @@ def test_upload_a_photo_and_read_the_label(browser, tmp_path_factory: pytest.Tem
             "return Array.from(document.querySelectorAll('script[src],link[href],img[src]'))"
             ".map(e => e.src || e.href)")
         assert sources and all(s.startswith(url) or s.startswith("blob:") for s in sources), sources
+
+
+def test_the_results_browser_shows_every_image_even_heic_and_tiff(browser, tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from imgclass.evaluate import write_browser
+
+    images = tmp_path / "images"
+    (images / "red").mkdir(parents=True)
+    paths = []
+    for suffix in (".jpg", ".tif", ".heic", ".png"):
+        Image.new("RGB", (120, 80), (200, 30, 30)).save(images / "red" / f"photo{suffix}")  # HEIC via pillow-heif
+        paths.append(f"red/photo{suffix}")
+    scores = np.tile([[0.9, 0.1]], (len(paths), 1))
+    page = write_browser(tmp_path / "results" / "browser.html", images, paths, np.zeros(len(paths), int), scores,
+                         ["red", "blue"], title="t")
+    assert len(list((tmp_path / "results" / "browser_thumbs").glob("*.jpg"))) == 2  # the TIFF and the HEIC
+    browser.get(page.as_uri())
+    loaded = "return Array.from(document.images).map(i => i.complete && i.naturalWidth > 0)"
+    WebDriverWait(browser, 20).until(lambda b: all(b.execute_script(loaded)))
+    assert browser.execute_script(loaded) == [True] * 4

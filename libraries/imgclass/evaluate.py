@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import html
 import os
 from collections.abc import Sequence
@@ -23,6 +24,7 @@ import numpy as np  # noqa: E402
 from sklearn.metrics import auc, roc_curve  # noqa: E402
 
 from imgclass.fileio import atomic_open, atomic_path  # noqa: E402
+from imgclass.images import load_rgb  # noqa: E402
 
 
 def compute_metrics(scores: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
@@ -160,25 +162,44 @@ def write_predictions(path: str | Path, paths: Sequence[str], labels: np.ndarray
     return Path(path)
 
 
+NOT_IN_BROWSERS = (".heic", ".heif", ".tif", ".tiff")  # image files web browsers do not display
+
+
+def _thumbnail(source: Path, folder: Path, side: int = 360) -> Path:
+    """A JPEG of `source` at most `side` px, named by the source's path, made once."""
+    out = folder / (hashlib.sha1(str(source.resolve()).encode()).hexdigest()[:16] + ".jpg")
+    if not out.is_file() or out.stat().st_mtime < source.stat().st_mtime:
+        img = load_rgb(source, min_size=side)
+        img.thumbnail((side, side))
+        with atomic_path(out) as tmp:
+            img.save(tmp, format="JPEG", quality=85)
+    return out
+
+
 def write_browser(
     path: str | Path, images_dir: str | Path, paths: Sequence[str], labels: np.ndarray,
     scores: np.ndarray, classes: Sequence[str], title: str = "",
 ) -> Path:
     """A static HTML page of the evaluated images with their scores, errors first, then by confidence.
 
-    The page links to the original files (relative paths), so it is small and opens from disk.
+    The page links to the original files (relative paths), so it is small and opens from disk. Files
+    browsers cannot show (HEIC, TIFF) get a JPEG thumbnail in `<page name>_thumbs/` beside the page.
     """
     path = Path(path)
     pred = scores.argmax(axis=1)
     top = scores.max(axis=1)
     order = sorted(range(len(paths)), key=lambda i: (pred[i] == labels[i], top[i]))
     rel_root = Path(os.path.relpath(Path(images_dir).resolve(), path.parent.resolve()))
+    thumbs = path.parent / f"{path.stem}_thumbs"
     cards = []
     for i in order:
         ok = pred[i] == labels[i]
         ranked = np.argsort(-scores[i])[:3]
         rows = "".join(f"<li>{html.escape(classes[j])}: {scores[i, j]:.3f}</li>" for j in ranked)
-        src = html.escape((rel_root / paths[i]).as_posix())
+        if Path(paths[i]).suffix.lower() in NOT_IN_BROWSERS:
+            src = html.escape(_thumbnail(Path(images_dir) / paths[i], thumbs).relative_to(path.parent).as_posix())
+        else:
+            src = html.escape((rel_root / paths[i]).as_posix())
         cards.append(
             f'<div class="card {"ok" if ok else "err"}"><img loading="lazy" src="{src}" alt="">'
             f"<b>{html.escape(classes[labels[i]])} &rarr; {html.escape(classes[pred[i]])}</b>"
