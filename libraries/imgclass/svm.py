@@ -97,6 +97,7 @@ class LinearSvm:
         splittable = counts[counts >= 2]
         folds = min(self.cv_folds, int(splittable.min())) if len(splittable) >= 2 else 0
         self.cv_scores_: dict[float, float] = {}
+        self.cv_fold_scores_: dict[float, list[float]] = {}  # {C: accuracy of each validation fold}
         self.cv_note_ = ""
         if len(self.c_values) == 1:
             self.C_ = self.c_values[0]
@@ -145,7 +146,8 @@ class LinearSvm:
         )
         results = list(tqdm(fits, total=len(jobs), unit="fit", disable=not self.progress,
                             desc=f"SVM: {len(self.c_values)} C values x {folds} folds"))
-        return {c: float(np.mean(results[i * folds:(i + 1) * folds])) for i, c in enumerate(self.c_values)}
+        self.cv_fold_scores_ = {c: results[i * folds:(i + 1) * folds] for i, c in enumerate(self.c_values)}
+        return {c: float(np.mean(scores)) for c, scores in self.cv_fold_scores_.items()}
 
     def decision_function(self, x: np.ndarray) -> np.ndarray:
         return self._prep(x) @ self.coef_.T + self.intercept_

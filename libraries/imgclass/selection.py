@@ -1,0 +1,140 @@
+"""Choose the featurizer for a data set by the data itself, never by its test images.
+
+Every candidate (backbone x resolution x resize mode) featurizes the training images of the split,
+and the linear SVM's cross-validation accuracy within the training set scores it, as stage 4 would
+choose C. The recommendation follows the one-standard-error rule: the cheapest candidate (fewest
+floating-point operations per image, counted, so the choice does not depend on a noisy timing)
+whose accuracy is within one standard error (over the folds) of the best, since a difference
+smaller than that is as likely to be noise as a better featurizer.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from imgclass.backbones import WeightsUnavailableError
+from imgclass.features import FeatureCache, Featurizer
+from imgclass.modelfile import ModelSpec, build_model, save_model
+from imgclass.svm import LinearSvm
+
+
+@dataclass
+class CandidateScore:
+    spec: ModelSpec
+    cv_accuracy: float | None  # mean over the folds at the chosen C; None when the candidate could not run
+    cv_stderr: float | None  # standard error of that mean over the folds
+    C: float | None
+    gflops: float | None  # the network's floating-point operations per image, in billions (counted)
+    reused: int = 0  # training images whose features came from the cache
+    problem: str = ""  # why the candidate was skipped (e.g. weights not available offline)
+
+    @property
+    def name(self) -> str:
+        return f"{self.spec.backbone} {self.spec.resolution}px {self.spec.resize_mode}"
+
+
+def _gflops_per_image(model, resolution: int) -> float:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        model(torch.zeros(1, 3, resolution, resolution))
+    return counter.get_total_flops() / 1e9
+
+
+def compare_featurizers(
+    paths: Sequence[Path], labels: np.ndarray, backbones: Sequence[str], resolutions: Sequence[int],
+    resize_modes: Sequence[str], svm: LinearSvm, cache_dir: Path, flip_average: bool = False,
+    batch_size: int = 32, workers: int = 2, engine: str = "auto", weights_dir: str | None = None,
+    use_cache: bool = True, progress: bool = True,
+) -> list[CandidateScore]:
+    """Score every combination by the SVM's CV accuracy on (paths, labels): training images only.
+
+    `svm` is an unfitted LinearSvm with the settings stage 4 uses; each candidate fits a copy."""
+    candidates = list(itertools.product(backbones, resolutions, resize_modes))
+    out = []
+    for n, (backbone, resolution, mode) in enumerate(candidates, 1):
+        spec = ModelSpec(backbone, resolution, mode, kind="fixed")
+        if progress:
+            print(f"[{n}/{len(candidates)}] {backbone} at {resolution} px ({mode})", flush=True)
+        try:
+            model = build_model(spec, pretrained=True, weights_dir=weights_dir)
+        except WeightsUnavailableError as e:
+            out.append(CandidateScore(spec, None, None, None, None, problem=str(e)))
+            continue
+        gflops = _gflops_per_image(model, resolution)
+        cache = None
+        if use_cache:
+            # The same bytes stage 2 writes for this spec, so stage 3 later reuses these features.
+            model_file = save_model(cache_dir / f"candidate_{backbone}_{resolution}_{mode}.pt", model, spec)
+            cache = FeatureCache(cache_dir, model_file, spec, flip_average, keep=len(candidates) + 4)
+            model_file.unlink()  # the cache key is taken; the file is rebuilt identically when needed
+        fz = Featurizer(model, spec, batch_size=batch_size, flip_average=flip_average, workers=workers,
+                        engine=engine, export_dir=cache_dir)
+        feats = fz.featurize_paths(paths, progress=progress, desc="training images", cache=cache).features
+        fitted = LinearSvm(svm.c_values, svm.l2_normalize, svm.cv_folds, svm.seed, svm.workers,
+                           balance_classes=svm.balance_classes).fit(feats, labels)
+        folds = fitted.cv_fold_scores_.get(fitted.C_, [])
+        out.append(CandidateScore(
+            spec,
+            float(np.mean(folds)) if folds else None,
+            float(np.std(folds, ddof=1) / np.sqrt(len(folds))) if len(folds) > 1 else None,
+            fitted.C_, gflops, reused=cache.hits if cache else 0,
+            problem="" if folds else fitted.cv_note_ or "no cross-validation possible",
+        ))
+    return out
+
+
+def write_table(path: Path, scores: Sequence[CandidateScore]) -> Path:
+    """The comparison as a TSV, one line per candidate."""
+    from imgclass.fileio import atomic_open
+
+    def num(v: float | None, fmt: str) -> str:
+        return "" if v is None else format(v, fmt)
+
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        f.write("backbone\tresolution\tresize_mode\tcv_accuracy\tcv_stderr\tC\tgflops_per_image\tproblem\n")
+        for s in scores:
+            f.write("\t".join([s.spec.backbone, str(s.spec.resolution), s.spec.resize_mode, num(s.cv_accuracy, ".4f"),
+                               num(s.cv_stderr, ".4f"), num(s.C, "g"), num(s.gflops, ".3f"), s.problem]) + "\n")
+    return Path(path)
+
+
+def plot_comparison(path: Path, scores: Sequence[CandidateScore], chosen: CandidateScore | None, title: str = "") -> Path:
+    """Bars of CV accuracy with one-standard-error whiskers; the recommended candidate in colour."""
+    from imgclass.evaluate import _save_figure, plt
+
+    ran = [s for s in scores if s.cv_accuracy is not None]
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(ran) + 1.5))
+    y = np.arange(len(ran))
+    ax.barh(y, [100 * s.cv_accuracy for s in ran], xerr=[100 * (s.cv_stderr or 0) for s in ran],
+            color=["C2" if s is chosen else "C7" for s in ran], capsize=3)
+    ax.set_yticks(y, [f"{s.name} ({s.gflops:.1f} GFLOPs)" for s in ran])
+    best = max(ran, key=lambda s: s.cv_accuracy)
+    ax.axvline(100 * (best.cv_accuracy - (best.cv_stderr or 0)), color="C2", ls="--", lw=1,
+               label="one standard error below the best")
+    ax.legend(loc="lower right", fontsize="small")
+    low = min((100 * (s.cv_accuracy - (s.cv_stderr or 0)) for s in ran), default=0)
+    ax.set(xlim=(max(0, low - 5), 100), xlabel="cross-validation accuracy on the training set (%)",
+           title=title or "featurizers compared (green: recommended)")
+    ax.invert_yaxis()
+    ax.grid(axis="x", alpha=0.3)
+    return _save_figure(fig, path)
+
+
+def recommend(scores: Sequence[CandidateScore], prefer: ModelSpec | None = None) -> CandidateScore | None:
+    """The cheapest candidate within one standard error of the best CV accuracy (None if none ran).
+    Among equally cheap ones (crop and squash cost the same): `prefer` (the current parameters),
+    then the higher accuracy, then the order given."""
+    ran = [s for s in scores if s.cv_accuracy is not None]
+    if not ran:
+        return None
+    best = max(ran, key=lambda s: s.cv_accuracy)
+    bar = best.cv_accuracy - (best.cv_stderr or 0.0)
+    within = [s for s in ran if s.cv_accuracy >= bar - 1e-12]
+    return min(within, key=lambda s: (round(s.gflops, 3), s.spec != prefer, -s.cv_accuracy))
