@@ -7,10 +7,10 @@ DATA_DIR/images/<datasetName>/<class>/; rerun stages 1-5 to train on them.
 """
 
 
-from imgclass.active import label_interactively, plot_candidates, score_images, unlabelled_images, write_candidates
+from imgclass.active import (label_interactively, plot_candidates, score_with_trained_model, unlabelled_images,
+                             write_candidates)
 from imgclass.cli import parse_stage, run_stage, stage_parser
-from imgclass.fileio import require_file
-from imgclass.provenance import StaleFilesError, check_model_and_svm, flip_average_of_stage3
+from imgclass.provenance import StaleFilesError
 
 parser = stage_parser(
     __doc__.splitlines()[0],
@@ -29,13 +29,7 @@ def main() -> int:
     if not paths:
         print(f"no unlabelled images left in {args.folder} (answers so far: {log})")
         return 0
-    model = require_file(p.model_path, "scripts/2_refineDNN.py")
-    svm = None if p.classifier == "dnn" else require_file(p.svm_path, "scripts/4_trainSVM.py")
-    if svm is not None:
-        check_model_and_svm(model, p.features_path("train"), svm)
-    flip = flip_average_of_stage3(p.features_path("train"), p.run_boFlipAverage)  # as the SVM was trained
-    scored = score_images(paths, model, svm, batch_size=p.run_mbSize, flip_average=flip, workers=p.run_workers,
-                          export_dir=p.feature_cache_dir)
+    scored = score_with_trained_model(paths, p)
     for path, problem in scored.failed:
         print(f"left out: {path}: {problem}")
     cands = scored.candidates(p.al_numImages, p.al_criterion)

@@ -8,12 +8,11 @@ No web service needed. Files that do not decode are listed and left out; the oth
 from collections import Counter
 from pathlib import Path
 
-from imgclass.active import score_images
+from imgclass.active import score_with_trained_model
 from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.dedup import list_folder_images
 from imgclass.evaluate import write_predictions
-from imgclass.fileio import require_file
-from imgclass.provenance import StaleFilesError, check_model_and_svm, flip_average_of_stage3
+from imgclass.provenance import StaleFilesError
 
 parser = stage_parser(
     __doc__.splitlines()[0],
@@ -33,13 +32,7 @@ def main() -> int:
     rel = list_folder_images(folder)
     if not rel:
         raise FileNotFoundError(f"{folder}: no image files in this folder")
-    model = require_file(p.model_path, "scripts/2_refineDNN.py")
-    svm = None if p.classifier == "dnn" else require_file(p.svm_path, "scripts/4_trainSVM.py")
-    if svm is not None:
-        check_model_and_svm(model, p.features_path("train"), svm)
-    flip = flip_average_of_stage3(p.features_path("train"), p.run_boFlipAverage)  # as stage 5 scored
-    scored = score_images([folder / r for r in rel], model, svm, batch_size=p.run_mbSize, flip_average=flip,
-                          workers=p.run_workers, export_dir=p.feature_cache_dir)
+    scored = score_with_trained_model([folder / r for r in rel], p)
     for path, problem in scored.failed:
         print(f"left out: {path.relative_to(folder).as_posix()}: {problem}")
     out = Path(args.out) if args.out else p.results_dir / f"scores_{folder.resolve().name}.tsv"

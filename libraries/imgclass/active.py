@@ -26,8 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from imgclass.dedup import list_folder_images
-from imgclass.fileio import atomic_open, atomic_path
+from imgclass.fileio import atomic_open, atomic_path, require_file
 from imgclass.images import check_images
+from imgclass.params import Params
+from imgclass.provenance import check_model_and_svm, flip_average_of_stage3
 
 CRITERIA = ("margin", "topScore", "entropy")
 LOG_FILE = "active_learning.tsv"
@@ -143,6 +145,19 @@ def score_images(
         return ScoredFolder(paths, svm.decision_function(result.features), classes, False, failed)
     assert result.probs is not None
     return ScoredFolder(paths, result.probs, list(spec.classes), True, failed)
+
+
+def score_with_trained_model(paths: Sequence[str | Path], p: Params) -> ScoredFolder:
+    """`score_images` with the classifier stages 2-4 trained under the parameters `p`: the network and
+    its SVM, or the refined network for classifier "dnn", with the mirror averaging stage 3 used.
+    Refuses a model file and an SVM of different origins (imgclass.provenance)."""
+    model = require_file(p.model_path, "scripts/2_refineDNN.py")
+    svm = None if p.classifier == "dnn" else require_file(p.svm_path, "scripts/4_trainSVM.py")
+    if svm is not None:
+        check_model_and_svm(model, p.features_path("train"), svm)
+    flip = flip_average_of_stage3(p.features_path("train"), p.run_boFlipAverage)  # as the SVM was trained
+    return score_images(paths, model, svm, batch_size=p.run_mbSize, flip_average=flip, workers=p.run_workers,
+                        export_dir=p.feature_cache_dir)
 
 
 def add_to_dataset(src: str | Path, label: str, images_dir: str | Path) -> Path:
