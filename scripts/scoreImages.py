@@ -3,6 +3,7 @@
 Uses the model of stages 2-4 as stage 5 and the web service do (the network and its SVM, or the
 refined network's probabilities for classifier = "dnn"), with the same preprocessing as stage 3.
 No web service needed. Files that do not decode are listed and left out; the others are scored.
+A page beside the TSV shows the images grouped by predicted class, the least confident first.
 """
 
 from collections import Counter
@@ -11,14 +12,14 @@ from pathlib import Path
 from imgclass.active import score_with_trained_model
 from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.dedup import list_folder_images
-from imgclass.evaluate import write_predictions
+from imgclass.evaluate import write_browser, write_predictions
 from imgclass.provenance import StaleFilesError
 
 parser = stage_parser(
     __doc__.splitlines()[0],
     reads="FOLDER of images, proc/<datasetName>/model_*.pt and svm_*.npz",
     writes="results/<datasetName>/<classifier>/scores_<folder name>.tsv (or --out): image, predicted class, "
-           "one score per class",
+           "one score per class; beside it, the same name .html: the images by predicted class",
 )
 parser.add_argument("folder", help="folder of images to score (searched recursively)")
 parser.add_argument("--out", default=None, help="TSV to write (default: results/<datasetName>/<classifier>/scores_<folder>.tsv)")
@@ -38,10 +39,12 @@ def main() -> int:
     out = Path(args.out) if args.out else p.results_dir / f"scores_{folder.resolve().name}.tsv"
     names = [path.relative_to(folder).as_posix() for path in scored.paths]
     write_predictions(out, names, None, scored.scores, scored.classes)
+    page = write_browser(out.with_suffix(".html"), folder, names, None, scored.scores, scored.classes,
+                         title=f"{folder.resolve().name}: scored by {p.classifier} of {p.datasetName}")
     counts = Counter(scored.classes[i] for i in scored.scores.argmax(axis=1)) if len(names) else Counter()
     print(f"{len(names)} images scored with {p.classifier} of {p.datasetName}; predicted: "
           + ", ".join(f"{c} {counts[c]}" for c in scored.classes))
-    print(f"wrote {out}")
+    print(f"wrote {out} and {page} (the images by predicted class, least confident first)")
     return 0
 
 

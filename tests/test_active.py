@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -202,3 +203,8 @@ def test_score_images_script_scores_a_folder_offline_and_names_bad_files(tiny_mo
     assert [r[0] for r in rows[1:]] == [f"batch 1/{p.name}" for p in ref.paths]
     np.testing.assert_allclose(np.array([[float(v) for v in r[2:]] for r in rows[1:]]), ref.scores, rtol=1e-4, atol=1e-4)
     assert [r[1] for r in rows[1:]] == [ref.classes[i] for i in ref.scores.argmax(axis=1)]
+    page = (tiny_model / "results" / "tiny" / "svm" / "scores_new photos.html").read_text()
+    assert page.count('class="card new"') == 9 and "grouped by predicted class" in page
+    srcs = re.findall(r'<img loading="lazy" src="([^"]+)"', page)
+    page_dir = tiny_model / "results" / "tiny" / "svm"
+    assert len(srcs) == 9 and all((page_dir / src).resolve().is_file() for src in srcs)  # links reach the photos

@@ -177,42 +177,54 @@ def _thumbnail(source: Path, folder: Path, side: int = 360) -> Path:
 
 
 def write_browser(
-    path: str | Path, images_dir: str | Path, paths: Sequence[str], labels: np.ndarray,
+    path: str | Path, images_dir: str | Path, paths: Sequence[str], labels: np.ndarray | None,
     scores: np.ndarray, classes: Sequence[str], title: str = "",
 ) -> Path:
-    """A static HTML page of the evaluated images with their scores, errors first, then by confidence.
+    """A static HTML page of the scored images with their top scores.
 
-    The page links to the original files (relative paths), so it is small and opens from disk. Files
-    browsers cannot show (HEIC, TIFF) get a JPEG thumbnail in `<page name>_thumbs/` beside the page.
+    With `labels` (evaluation): errors first (red), then by confidence. Without (new images,
+    scripts/scoreImages.py): grouped by predicted class, the least confident first in each group,
+    since those are the ones to check. The page links to the original files (relative paths), so it
+    is small and opens from disk. Files browsers cannot show (HEIC, TIFF) get a JPEG thumbnail in
+    `<page name>_thumbs/` beside the page.
     """
     path = Path(path)
     pred = scores.argmax(axis=1)
     top = scores.max(axis=1)
-    order = sorted(range(len(paths)), key=lambda i: (pred[i] == labels[i], top[i]))
+    if labels is None:
+        order = sorted(range(len(paths)), key=lambda i: (pred[i], top[i]))
+    else:
+        order = sorted(range(len(paths)), key=lambda i: (pred[i] == labels[i], top[i]))
     rel_root = Path(os.path.relpath(Path(images_dir).resolve(), path.parent.resolve()))
     thumbs = path.parent / f"{path.stem}_thumbs"
     cards = []
     for i in order:
-        ok = pred[i] == labels[i]
+        state = "new" if labels is None else "ok" if pred[i] == labels[i] else "err"
         ranked = np.argsort(-scores[i])[:3]
         rows = "".join(f"<li>{html.escape(classes[j])}: {scores[i, j]:.3f}</li>" for j in ranked)
         if Path(paths[i]).suffix.lower() in NOT_IN_BROWSERS:
             src = html.escape(_thumbnail(Path(images_dir) / paths[i], thumbs).relative_to(path.parent).as_posix())
         else:
             src = html.escape((rel_root / paths[i]).as_posix())
+        head = "" if labels is None else f"{html.escape(classes[labels[i]])} &rarr; "
         cards.append(
-            f'<div class="card {"ok" if ok else "err"}"><img loading="lazy" src="{src}" alt="">'
-            f"<b>{html.escape(classes[labels[i]])} &rarr; {html.escape(classes[pred[i]])}</b>"
+            f'<div class="card {state}"><img loading="lazy" src="{src}" alt="">'
+            f"<b>{head}{html.escape(classes[pred[i]])}</b>"
             f"<ol>{rows}</ol><small>{html.escape(paths[i])}</small></div>"
         )
-    n_err = int((pred != labels).sum())
+    if labels is None:
+        summary = (f"{len(paths)} images, grouped by predicted class, the least confident first in each; "
+                   f"each card: predicted class and the top scores.")
+    else:
+        summary = (f"{len(paths)} images, {int((pred != labels).sum())} misclassified (red, shown first); "
+                   f"each card: true &rarr; predicted class and the top scores.")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:1em}} .grid{{display:flex;flex-wrap:wrap;gap:8px}}
 .card{{width:180px;border:3px solid #4a4;padding:4px;font-size:12px}} .card.err{{border-color:#d33}}
+.card.new{{border-color:#888}}
 .card img{{width:100%;height:160px;object-fit:contain;background:#eee}} ol{{margin:2px 0;padding-left:18px}}
 small{{color:#666;word-break:break-all}}</style></head><body>
-<h2>{html.escape(title)}</h2><p>{len(paths)} images, {n_err} misclassified (red, shown first);
-each card: true &rarr; predicted class and the top scores.</p><div class="grid">{''.join(cards)}</div></body></html>"""
+<h2>{html.escape(title)}</h2><p>{summary}</p><div class="grid">{''.join(cards)}</div></body></html>"""
     with atomic_open(path, "w", encoding="utf-8") as f:
         f.write(page)
     return path
