@@ -27,6 +27,18 @@ from imgclass.fileio import atomic_open, atomic_path  # noqa: E402
 from imgclass.images import load_rgb  # noqa: E402
 
 
+def roc_curves(scores: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> list[tuple[str, np.ndarray, np.ndarray, float]]:
+    """(class, false positive rates, true positive rates, AUC) of each class's one-vs-rest ROC curve,
+    for the classes that have both positives and negatives among `labels` (a curve needs both)."""
+    curves = []
+    for i, c in enumerate(classes):
+        positives = labels == i
+        if 0 < positives.sum() < len(labels):
+            fpr, tpr, _ = roc_curve(positives, scores[:, i])
+            curves.append((c, fpr, tpr, auc(fpr, tpr)))
+    return curves
+
+
 def compute_metrics(scores: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
     """Metrics for scores (N, K) (higher = more likely) against true class indices (N,)."""
     scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=np.int64)
@@ -38,15 +50,11 @@ def compute_metrics(scores: np.ndarray, labels: np.ndarray, classes: Sequence[st
     pred = scores.argmax(axis=1)
     cm = np.zeros((k, k), dtype=np.int64)
     np.add.at(cm, (labels, pred), 1)
+    aucs_by_class = {c: float(a) for c, _, _, a in roc_curves(scores, labels, classes)}
     per_class: dict[str, dict[str, Any]] = {}
     for i, c in enumerate(classes):
         n = int(cm[i].sum())
-        positives = labels == i
-        roc_auc = None
-        if 0 < positives.sum() < len(labels):  # AUC needs both positives and negatives
-            fpr, tpr, _ = roc_curve(positives, scores[:, i])
-            roc_auc = float(auc(fpr, tpr))
-        per_class[c] = {"accuracy": float(cm[i, i] / n) if n else None, "auc": roc_auc, "n": n}
+        per_class[c] = {"accuracy": float(cm[i, i] / n) if n else None, "auc": aucs_by_class.get(c), "n": n}
     accs = [v["accuracy"] for v in per_class.values() if v["accuracy"] is not None]
     aucs = [v["auc"] for v in per_class.values() if v["auc"] is not None]
     return {
@@ -77,12 +85,7 @@ def roc_figure(scores: np.ndarray, labels: np.ndarray, classes: Sequence[str], t
     in black, and the few classes with the lowest AUC in colour: those are the ones worth a look.
     """
     scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
-    curves = []
-    for i, c in enumerate(classes):
-        positives = labels == i
-        if 0 < positives.sum() < len(labels):  # a curve needs both positives and negatives
-            fpr, tpr, _ = roc_curve(positives, scores[:, i])
-            curves.append((c, fpr, tpr, auc(fpr, tpr)))
+    curves = roc_curves(scores, labels, classes)
     many = len(curves) > ROC_LEGEND_MAX
     fig, ax = plt.subplots(figsize=(5.5, 5))
     if many:
