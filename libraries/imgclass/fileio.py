@@ -79,9 +79,9 @@ def load_npz(path: str | Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-        if isinstance(e, FileNotFoundError):
-            raise
         raise DamagedFileError(f"{path}: not a .npz file written by this pipeline ({e}); "
                                f"rerun the stage that writes it") from None
 
