@@ -10,10 +10,12 @@ smaller than that is as likely to be noise as a better featurizer.
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -57,15 +59,20 @@ def compare_featurizers(
 
     `svm` is an unfitted LinearSvm with the settings stage 4 uses; each candidate fits a copy."""
     candidates = list(itertools.product(backbones, resolutions, resize_modes))
+    built: dict[str, Any] = {}  # backbone -> network (or why it cannot be had): its weights load once
     out = []
     for n, (backbone, resolution, mode) in enumerate(candidates, 1):
         spec = ModelSpec(backbone, resolution, mode, kind="fixed")
         if progress:
             print(f"[{n}/{len(candidates)}] {backbone} at {resolution} px ({mode})", flush=True)
-        try:
-            model = build_model(spec, pretrained=True, weights_dir=weights_dir)
-        except WeightsUnavailableError as e:
-            out.append(CandidateScore(spec, None, None, None, None, problem=str(e)))
+        if backbone not in built:
+            try:
+                built[backbone] = build_model(spec, pretrained=True, weights_dir=weights_dir)
+            except WeightsUnavailableError as e:
+                built[backbone] = e
+        model = built[backbone]
+        if isinstance(model, WeightsUnavailableError):
+            out.append(CandidateScore(spec, None, None, None, None, problem=str(model)))
             continue
         gflops = _gflops_per_image(model, resolution)
         cache = None
@@ -77,8 +84,7 @@ def compare_featurizers(
         fz = Featurizer(model, spec, batch_size=batch_size, flip_average=flip_average, workers=workers,
                         engine=engine, export_dir=cache_dir)
         feats = fz.featurize_paths(paths, progress=progress, desc="training images", cache=cache).features
-        fitted = LinearSvm(svm.c_values, svm.l2_normalize, svm.cv_folds, svm.seed, svm.workers,
-                           balance_classes=svm.balance_classes).fit(feats, labels)
+        fitted = copy.deepcopy(svm).fit(feats, labels)  # every setting of stage 4's SVM, unfitted
         folds = fitted.cv_fold_scores_.get(fitted.C_, [])
         out.append(CandidateScore(
             spec,
