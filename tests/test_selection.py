@@ -60,3 +60,15 @@ def test_script_scores_candidates_on_training_images_only(tmp_path: Path) -> Non
     again = run_script("selectFeaturizer.py", *args, "--backbones", "efficientnet_lite0", "efficientnet_lite1",
                        "--resize-modes", "crop", "squash", data_dir=tmp_path)
     assert f"(features of {4 * len(split.train)} image(s) came from the cache of earlier runs)" in again.stdout
+
+
+def test_a_backbone_without_weights_is_skipped_with_the_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))  # no ResNet weights there; downloads are off
+    args = ["--set", "demoImagesPerClass=4", "--set", "rf_inputResolution=64", "--set", "svm_cvFolds=2"]
+    run_script("0_downloadData.py", *args, data_dir=tmp_path)
+    run_script("1_prepareData.py", *args, data_dir=tmp_path)
+    proc = run_script("selectFeaturizer.py", *args, "--backbones", "resnet18", "--resize-modes", "crop",
+                      data_dir=tmp_path, check=False)
+    assert proc.returncode == 1
+    assert "resnet18 64px crop" in proc.stdout and "skipped: resnet18: weights file resnet18-f37072fd.pth not found" in proc.stdout
+    assert "no candidate could be scored" in proc.stdout
