@@ -10,10 +10,21 @@ ARGS ?=
 
 install: $(STAMP)
 
+# TORCH_INDEX: a package index to take torch and torchvision from first, e.g. PyTorch's CPU-only
+# builds on a machine with no NVIDIA GPU (about 2 GB less than the CUDA build on Linux):
+#   make install TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
+TORCH_PINS := $(shell grep -E '^(torch|torchvision)==' requirements.txt)
+
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip "setuptools>=61"
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(if $(TORCH_INDEX),$(PY) -m pip install --quiet --index-url $(TORCH_INDEX) $(TORCH_PINS))
+	@# pip's own error for a full disk is one line at the end of a long log; say what it needs.
+	$(PY) -m pip install --quiet -r requirements.txt || { \
+		echo "make install: pip failed. With PyTorch's CUDA build the environment takes about 7 GB" \
+			"(6.7 GB measured); free space where $(VENV) is:"; df -h $(VENV) | tail -n 1; \
+		echo "With no NVIDIA GPU: make install TORCH_INDEX=https://download.pytorch.org/whl/cpu"; exit 1; }
 	$(PY) -m pip install --quiet --no-build-isolation --no-deps -e .
 	touch $(STAMP)
 
