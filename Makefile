@@ -11,7 +11,7 @@ ARGS ?=
 install: $(STAMP)
 
 # TORCH_INDEX: a package index to take torch and torchvision from first, e.g. PyTorch's CPU-only
-# builds on a machine with no NVIDIA GPU (about 2 GB less than the CUDA build on Linux):
+# builds on a machine with no NVIDIA GPU (without the 4.1 GB of CUDA libraries the Linux build brings):
 #   make install TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
 TORCH_PINS := $(shell grep -E '^(torch|torchvision)==' requirements.txt)
