@@ -88,6 +88,18 @@ def test_cv_is_skipped_with_a_note_when_no_two_classes_can_be_split() -> None:
     assert full.cv_note_ == ""
 
 
+def test_a_c_at_the_edge_of_the_grid_that_was_still_improving_is_pointed_out() -> None:
+    x, y = _blobs(n_per_class=40, k=4, d=16, seed=3)
+    x = x + np.random.default_rng(4).normal(0, 3, x.shape).astype(np.float32)  # overlap: C matters
+    inside = LinearSvm(c_values=[1e-3, 0.1, 10.0], cv_folds=3).fit(x, y)
+    assert inside.C_ == 0.1 and inside.cv_note_ == ""
+    top = LinearSvm(c_values=[1e-3, 0.1], cv_folds=3).fit(x, y)  # the grid stops where the score still rose
+    assert top.C_ == 0.1 and top.cv_scores_[0.1] > top.cv_scores_[1e-3]
+    assert "C = 0.1 is the largest value tried" in top.cv_note_ and "a larger C may do better" in top.cv_note_
+    bottom = LinearSvm(c_values=[0.1, 10.0], cv_folds=3).fit(x, y)
+    assert bottom.C_ == 0.1 and "C = 0.1 is the smallest value tried" in bottom.cv_note_
+
+
 def test_parallel_cross_validation_gives_sklearns_scores() -> None:
     from sklearn.model_selection import StratifiedKFold, cross_val_score
     from sklearn.svm import LinearSVC

@@ -113,6 +113,7 @@ class LinearSvm:
             best = max(self.cv_scores_.values())
             # Ties go to the smallest C: the widest margin among equally good models.
             self.C_ = min(c for c, s in self.cv_scores_.items() if s >= best - 1e-12)
+            self.cv_note_ = " ".join(filter(None, [self.cv_note_, self._edge_note()]))
         svc = self._svc(self.C_).fit(x, y)
         coef = np.zeros((self.n_classes_, x.shape[1]), np.float32)
         intercept = np.full(self.n_classes_, -1e6, np.float32)  # absent classes never win
@@ -126,6 +127,20 @@ class LinearSvm:
             intercept[svc.classes_] = svc.intercept_
         self.coef_, self.intercept_ = coef, intercept
         return self
+
+    def _edge_note(self) -> str:
+        """Say so when the chosen C is the grid's largest or smallest value and the score was still
+        rising towards it: the best C may lie beyond the values tried."""
+        grid = sorted(self.cv_scores_)
+        if len(grid) < 2 or self.C_ not in (grid[0], grid[-1]):
+            return ""
+        neighbour = grid[1] if self.C_ == grid[0] else grid[-2]
+        if self.cv_scores_[self.C_] <= self.cv_scores_[neighbour] + 1e-12:
+            return ""
+        side, beyond = ("largest", "larger") if self.C_ == grid[-1] else ("smallest", "smaller")
+        return (f"C = {self.C_:g} is the {side} value tried and scored higher than C = {neighbour:g} "
+                f"({100 * self.cv_scores_[self.C_]:.2f}% against {100 * self.cv_scores_[neighbour]:.2f}%): "
+                f"a {beyond} C may do better; add it to svm_CVals to try it")
 
     def _cross_validate(self, x: np.ndarray, y: np.ndarray, folds: int) -> dict[float, float]:
         """Mean validation accuracy per C (class-averaged with balance_classes, the figure balancing is
