@@ -87,7 +87,7 @@ rf_boBalanceTrainingSet = False  # True: duplicate images of smaller classes so 
 rf_workers = 2  # processes decoding the images (once, before the first epoch)
 aug_cropScaleMin = 0.6  # random resized crops keep at least this fraction of the image area (1.0 = no crops)
 aug_rotationDegrees = 10.0  # random rotations up to this many degrees either way (0 = none)
-aug_boHorizontalFlip = True  # mirror half of the training images left-right
+aug_boHorizontalFlip = True  # mirror half of the training images left-right (False where a mirror image changes the class: text, digits, left/right)
 aug_colorJitter = 0.2  # random relative change of brightness, contrast and saturation up to this much (0 = none: when they tell the classes apart)
 
 # ----------------------------------------------------------------------------------------------
