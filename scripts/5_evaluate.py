@@ -3,7 +3,8 @@
 import datetime
 
 from imgclass.cli import parse_stage, run_stage, stage_parser
-from imgclass.evaluate import compute_metrics, format_table, plot_confusion, plot_roc, write_browser, write_predictions
+from imgclass.evaluate import (compute_metrics, format_confusions, format_table, plot_confusion, plot_roc,
+                               write_browser, write_predictions)
 from imgclass.fileio import load_npz, require_file, write_json
 from imgclass.provenance import StaleFilesError, check_same_source
 from imgclass.svm import LinearSvm
@@ -57,6 +58,8 @@ def main() -> int:
     write_browser(out / f"browser{suffix}.html", p.images_dir, paths, labels, scores, classes, title=title)
     write_json(out / f"metrics{suffix}.json", metrics)
     print(format_table(metrics))
+    if mistakes := format_confusions(metrics):
+        print(mistakes)
     print(f"results in {out}: metrics{suffix}.json, roc{suffix}.png, confusion{suffix}.png, "
           f"predictions{suffix}.tsv, browser{suffix}.html")
     return 0

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgclass.evaluate import compute_metrics, format_table, plot_confusion, plot_roc, write_browser, write_predictions
+from imgclass.evaluate import (compute_metrics, format_confusions, format_table, plot_confusion, plot_roc,
+                               write_browser, write_predictions)
 
 
 def test_metrics_follow_the_tutorial_definitions() -> None:
@@ -22,6 +23,18 @@ def test_metrics_follow_the_tutorial_definitions() -> None:
     perfect = compute_metrics(np.eye(3)[labels], labels, classes)
     assert all(v["auc"] == 1.0 for v in perfect["per_class"].values())
     assert "class-avg" in format_table(m) and "75.00%" in format_table(m)
+    # 1 image each: a -> b and c -> a; ties keep the classes' order
+    assert format_confusions(m) == "most frequent mistakes (true -> predicted: images): a -> b: 1, c -> a: 1"
+    assert format_confusions(perfect) == ""
+
+
+def test_the_most_frequent_mistakes_come_first_and_are_limited() -> None:
+    from imgclass.evaluate import top_confusions
+
+    cm = [[5, 0, 3, 1], [2, 7, 0, 0], [0, 0, 9, 0], [1, 0, 4, 2]]
+    m = {"classes": ["w", "x", "y", "z"], "confusion_matrix": cm}
+    assert top_confusions(m, n=3) == [("z", "y", 4), ("w", "y", 3), ("x", "w", 2)]
+    assert len(top_confusions(m, n=10)) == 5  # only the non-zero off-diagonal cells
 
 
 def test_auc_is_none_for_a_class_with_no_images_and_shapes_are_checked() -> None:

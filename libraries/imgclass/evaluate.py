@@ -153,6 +153,22 @@ def format_table(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def top_confusions(metrics: dict[str, Any], n: int = 5) -> list[tuple[str, str, int]]:
+    """The `n` most frequent mistakes as (true class, predicted class, images), most first; with
+    many classes the confusion matrix is hard to read, and these pairs are where to look."""
+    cm, classes = np.asarray(metrics["confusion_matrix"]), metrics["classes"]
+    off = [(int(cm[i, j]), i, j) for i in range(len(classes)) for j in range(len(classes)) if i != j and cm[i, j]]
+    off.sort(key=lambda t: (-t[0], t[1], t[2]))
+    return [(classes[i], classes[j], count) for count, i, j in off[:n]]
+
+
+def format_confusions(metrics: dict[str, Any], n: int = 5) -> str:
+    """One line naming the most frequent mistakes, as stage 5 prints it ("" when there are none)."""
+    pairs = top_confusions(metrics, n)
+    return ("most frequent mistakes (true -> predicted: images): "
+            + ", ".join(f"{t} -> {p}: {c}" for t, p, c in pairs)) if pairs else ""
+
+
 def write_predictions(path: str | Path, paths: Sequence[str], labels: np.ndarray | None, scores: np.ndarray,
                       classes: Sequence[str]) -> Path:
     """One line per image: path, true class (left out when `labels` is None: new, unlabelled
