@@ -70,18 +70,21 @@ def with_copies(originals: Path, tmp_path: Path) -> tuple[Path, dict[str, list[s
     return root, expected
 
 
-def test_pairwise_close_matches_brute_force() -> None:
+@pytest.mark.parametrize("n_bits", [256, 100])  # 100: the last 64-bit word is padded with zeros
+def test_pairwise_close_matches_brute_force(n_bits: int) -> None:
     rng = np.random.default_rng(0)
-    bits = rng.random((70, 256)) < 0.5
+    bits = rng.random((70, n_bits)) < 0.5
     bits[5] = bits[3]
-    bits[9] = bits[3] ^ (np.arange(256) < 7)  # 7 bits away from image 3
+    bits[9] = bits[3] ^ (np.arange(n_bits) < 7)  # 7 bits away from image 3
     brute = [(i, j, int((bits[i] != bits[j]).sum())) for i in range(70) for j in range(i + 1, 70)]
-    for threshold in (0, 7, 110):
+    for threshold in (0, 7, n_bits // 2 - 18):
         want = [t for t in brute if t[2] <= threshold]
-        assert sorted(pairwise_close(bits, threshold, block=16)) == want
+        assert sorted(pairwise_close(bits, threshold, max_pairs=16 * 70)) == want  # blocks of 16 rows
+        assert sorted(pairwise_close(bits, threshold)) == want  # one block
     other = bits[:10]
     want = [(i, j, int((bits[i] != other[j]).sum())) for i in range(70) for j in range(10)]
-    assert sorted(pairwise_close(bits, 7, other=other, block=9)) == sorted(t for t in want if t[2] <= 7)
+    assert sorted(pairwise_close(bits, 7, other=other, max_pairs=9 * 10)) == sorted(t for t in want if t[2] <= 7)
+    assert pairwise_close(bits[:0], 7, other=other) == []
 
 
 def test_finds_resized_and_recompressed_copies_and_keeps_distinct_images_apart(with_copies) -> None:

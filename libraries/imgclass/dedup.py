@@ -68,20 +68,34 @@ def hash_bits(hashes: Sequence[imagehash.ImageHash]) -> np.ndarray:
     return np.stack([np.asarray(h.hash, bool).ravel() for h in hashes])
 
 
-def pairwise_close(bits: np.ndarray, threshold: int, other: np.ndarray | None = None, block: int = 1024) -> list[tuple[int, int, int]]:
+def _as_words(bits: np.ndarray) -> np.ndarray:
+    """(N, bits) bool -> (N, words) uint64, zero-padded: 64 bits per XOR and popcount, not 8."""
+    packed = np.packbits(bits, axis=1)
+    packed = np.pad(packed, ((0, 0), (0, -packed.shape[1] % 8)))
+    return np.ascontiguousarray(packed).view(np.uint64)
+
+
+def pairwise_close(bits: np.ndarray, threshold: int, other: np.ndarray | None = None,
+                   max_pairs: int = 1 << 23) -> list[tuple[int, int, int]]:
     """Pairs (i, j, distance) with Hamming distance <= threshold.
 
-    Within `bits` (i < j) when `other` is None, else between bits[i] and other[j]. Hashes are packed
-    into bytes and compared block by block, so 10,000 images need no 10,000^2 bit matrix.
+    Within `bits` (i < j) when `other` is None, else between bits[i] and other[j]. Rows are compared
+    block by block, a block's distances to every row of the other side at once; blocks hold at most
+    `max_pairs` pairs (64 MB of temporaries), so memory stays flat however many images there are.
     """
     if threshold < 0:
         raise ValueError(f"threshold = {threshold}: must be >= 0")
-    a = np.packbits(bits, axis=1)
-    b = a if other is None else np.packbits(other, axis=1)
+    a = _as_words(bits)
+    b = a if other is None else _as_words(other)
+    if not len(a) or not len(b):
+        return []
+    block = max(1, min(len(a), max_pairs // len(b)))
     pairs = []
     for start in range(0, len(a), block):
         chunk = a[start:start + block]
-        dist = np.bitwise_count(chunk[:, None, :] ^ b[None, :, :]).sum(axis=2, dtype=np.int32)
+        dist = np.zeros((len(chunk), len(b)), np.int32)
+        for w in range(a.shape[1]):  # one 64-bit word at a time: no (block, N, words) temporary
+            dist += np.bitwise_count(chunk[:, w, None] ^ b[None, :, w])
         ii, jj = np.nonzero(dist <= threshold)
         for i, j in zip(ii + start, jj):
             if other is not None or i < j:
