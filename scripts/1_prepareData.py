@@ -7,7 +7,7 @@ train and test (dhash, leakageCheck / dedup_threshold) are listed and, by defaul
 """
 
 from imgclass.cli import parse_stage, run_stage, stage_parser
-from imgclass.data import DatasetError, check_disjoint, exact_duplicates_across, make_split, save_split
+from imgclass.data import DatasetError, balance_notes, check_disjoint, exact_duplicates_across, make_split, save_split
 from imgclass.dedup import find_leaks, keep_leaks_in_train
 
 parser = stage_parser(
@@ -40,6 +40,8 @@ def main() -> int:
     for c, n in split.counts().items():
         print(f"  {c:<{width}} {n['train']:>6} {n['test']:>6}")
     print(f"  {'total':<{width}} {len(split.train):>6} {len(split.test):>6}")
+    for note in balance_notes(split, balanced=p.svm_boBalanceClasses or p.rf_boBalanceTrainingSet):
+        print(f"note: {note}")
     if p.leakageCheck == "off":
         # Byte-identical files are at distance 0, so the near-duplicate check above already reports
         # them; only without it is this cheaper exact check worth reading every file again.

@@ -128,3 +128,19 @@ def test_exact_duplicates_across_the_split_are_found(color_dataset: Path) -> Non
     test_img = next(p for p, y in s.test if p.startswith("red/"))
     (color_dataset / test_img).write_bytes((color_dataset / train_img).read_bytes())
     assert exact_duplicates_across(s, color_dataset) == [(train_img, test_img)]
+
+
+def test_unequal_and_tiny_classes_are_pointed_out() -> None:
+    from imgclass.data import Split, balance_notes
+
+    def split(sizes: dict[str, int]) -> Split:
+        classes = list(sizes)
+        train = [(f"{c}/{i}.jpg", k) for k, c in enumerate(classes) for i in range(sizes[c])]
+        return Split(classes, train, [(f"{c}/t.jpg", k) for k, c in enumerate(classes)])
+
+    assert balance_notes(split({"a": 30, "b": 10, "c": 8})) == []  # under 4x, every class has 5 or more
+    unequal, few = balance_notes(split({"a": 40, "b": 10, "c": 3}))
+    assert "'a' has 40 training images, 'c' 3 (13x)" in unequal and "svm_boBalanceClasses = True" in unequal
+    assert few.startswith("fewer than 5 training images: c (3);")
+    assert balance_notes(split({"a": 40, "b": 10}), balanced=True) == []  # the options are on already
+    assert balance_notes(split({"a": 40, "b": 10})) != []

@@ -284,6 +284,30 @@ def make_split(
     return split
 
 
+IMBALANCE_RATIO = 4.0  # largest / smallest training class from which stage 1 points to the balancing options
+FEW_TRAINING_IMAGES = 5  # classes with fewer training images than this are named by stage 1
+
+
+def balance_notes(split: Split, balanced: bool = False) -> list[str]:
+    """Notes on class sizes that change how to train and read the results: a training set whose
+    largest class has IMBALANCE_RATIO times the images of its smallest (an SVM or network trained
+    for overall accuracy can then give up the small class; `balanced`: the balancing options are
+    already on), and classes with too few training images to learn or cross-validate well."""
+    train = {c: n["train"] for c, n in split.counts().items()}
+    notes = []
+    small, large = min(train, key=train.get), max(train, key=train.get)
+    if train[small] and train[large] / train[small] >= IMBALANCE_RATIO and not balanced:
+        notes.append(f"classes of unequal size: {large!r} has {train[large]} training images, {small!r} "
+                     f"{train[small]} ({train[large] / train[small]:.0f}x); the overall accuracy then "
+                     "favours the large classes: read the class-averaged accuracy, and consider "
+                     "svm_boBalanceClasses = True (SVM) or rf_boBalanceTrainingSet = True (refinement)")
+    few = [f"{c} ({n})" for c, n in train.items() if n < FEW_TRAINING_IMAGES]
+    if few:
+        notes.append(f"fewer than {FEW_TRAINING_IMAGES} training images: {', '.join(few)}; "
+                     "their accuracy rests on very few photos: add more where you can")
+    return notes
+
+
 def check_disjoint(split: Split) -> None:
     """Train and test share no image path (a bug in a split rule would otherwise inflate accuracy)."""
     shared = {p for p, _ in split.train} & {p for p, _ in split.test}
