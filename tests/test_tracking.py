@@ -228,3 +228,9 @@ def test_conda_environment_matches_requirements() -> None:
 def test_compare_runs_without_history_is_a_clear_error(tmp_path: Path) -> None:
     proc = run_script("compareRuns.py", data_dir=tmp_path, check=False)
     assert proc.returncode == 1 and "no run history in" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_compare_runs_for_a_data_set_without_runs_names_those_with_runs(tracked_demo: Path) -> None:
+    proc = run_script("compareRuns.py", "--set", "datasetName=elsewhere", data_dir=tracked_demo, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "no experiment 'imgclass-elsewhere'" in proc.stderr and f"runs of datasetName = {DS}" in proc.stderr

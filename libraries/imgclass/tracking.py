@@ -315,7 +315,10 @@ def find_runs(p: Params, last: int = 5, run_ids: Sequence[str] = ()) -> list[Run
     name = resolve_experiment(p)
     exp = client.get_experiment_by_name(name)
     if exp is None:
-        raise FileNotFoundError(f"no experiment {name!r} in {uri}: run the pipeline on {p.datasetName!r} first")
+        names = sorted(e.name for e in client.search_experiments())
+        datasets = [n.removeprefix("imgclass-") for n in names if n.startswith("imgclass-")]
+        there = f"; it holds runs of datasetName = {', '.join(datasets)}" if datasets else ""
+        raise FileNotFoundError(f"no experiment {name!r} in {uri}: run the pipeline on {p.datasetName!r} first{there}")
     pipeline = f"tags.`{LEVEL_TAG}` = 'pipeline'"
     if run_ids:
         every = client.search_runs([exp.experiment_id], pipeline, max_results=5000)
