@@ -34,21 +34,10 @@ from imgclass.data import make_split
 from imgclass.modelfile import ImageClassifier
 from imgclass.params import Params, load_params, parse_overrides
 from imgclass.refine import RefineConfig, Refiner, decode_images
+from imgclass.selection import holdout_indices
 from imgclass.svm import LinearSvm
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "fashionTexture"
-
-
-def inner_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified: `fraction` of every class to validation, the rest to fitting."""
-    rng = np.random.default_rng(seed)
-    val = []
-    for c in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        val.extend(idx[: max(1, round(fraction * len(idx)))].tolist())
-    val_mask = np.zeros(len(labels), bool)
-    val_mask[val] = True
-    return np.flatnonzero(~val_mask), np.flatnonzero(val_mask)
 
 
 def head_scores(model: ImageClassifier, feats: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
@@ -94,7 +83,7 @@ def main() -> None:
         split = make_split(args.data, p.ratioTrainTest, seed, p.imagesSplitBy, check_decode=False)
         paths = np.array([str(args.data / path) for path, _ in split.train])
         labels = np.array([y for _, y in split.train])
-        fit, val = inner_split(labels, args.val_fraction, seed + 1000)
+        fit, val = holdout_indices(labels, args.val_fraction, seed + 1000)
         config = RefineConfig.from_params(p)
         config = RefineConfig(**{**config.__dict__, "seed": seed, "refit_last_layer": False})
         refiner = Refiner(config, split.classes, progress=True)

@@ -72,3 +72,63 @@ def test_a_backbone_without_weights_is_skipped_with_the_reason(tmp_path: Path, m
     assert proc.returncode == 1
     assert "resnet18 64px crop" in proc.stdout and "skipped: resnet18: weights file resnet18-f37072fd.pth not found" in proc.stdout
     assert "no candidate could be scored" in proc.stdout
+
+
+# -- choosing the classifier (scripts/selectClassifier.py) -----------------------------------------
+
+def test_holdout_takes_a_share_of_every_class_and_leaves_single_images_to_fit() -> None:
+    from imgclass.selection import holdout_indices
+
+    labels = np.array([0] * 10 + [1] * 5 + [2] * 1 + [3] * 2)
+    fit, val = holdout_indices(labels, 0.2, seed=0)
+    assert sorted(np.concatenate([fit, val]).tolist()) == list(range(len(labels)))
+    assert np.bincount(labels[val], minlength=4).tolist() == [2, 1, 0, 1]  # at least one, never a whole class
+    assert np.array_equal(val, holdout_indices(labels, 0.2, seed=0)[1])  # seeded
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        holdout_indices(labels, 1.0, seed=0)
+
+
+def test_the_cheapest_classifier_within_one_standard_error_is_recommended() -> None:
+    from imgclass.selection import ClassifierScore, recommend_classifier
+
+    def s(name: str, acc: float) -> ClassifierScore:
+        return ClassifierScore(name, acc, acc, float(np.sqrt(acc * (1 - acc) / 100)), 100)
+
+    close = [s("svmDnnRefined", 0.93), s("dnn", 0.92), s("svm", 0.91)]  # SE of 93% over 100 images: 2.6 points
+    assert recommend_classifier(close).classifier == "svm"
+    apart = [s("svm", 0.85), s("dnn", 0.95), s("svmDnnRefined", 0.96)]
+    assert recommend_classifier(apart).classifier == "dnn"
+
+
+def test_select_classifier_scores_on_held_out_training_images_only(tmp_path: Path) -> None:
+    from imgclass.selection import holdout_indices, recommend_classifier, ClassifierScore
+
+    args = ["--set", "datasetName=fashionTextureDemo", "--set", "demoImagesPerClass=10", "--set", "rf_inputResolution=64",
+            "--set", "svm_cvFolds=2", "--set", "run_workers=0", "--set", "rf_workers=0", "--set", "rf_maxEpochs=2",
+            "--set", "rf_averageLastEpochs=0", "--set", "rf_mbSize=8"]
+    run_script("0_downloadData.py", *args, data_dir=tmp_path)
+    run_script("1_prepareData.py", *args, data_dir=tmp_path)
+    images = tmp_path / "images" / "fashionTextureDemo"
+    split = load_split(tmp_path / "proc" / "fashionTextureDemo" / "split.json")
+    for path, _ in split.test:  # the test images are gone: the script must not need them
+        (images / path).unlink()
+    proc = run_script("selectClassifier.py", *args, "--val-fraction", "0.3", data_dir=tmp_path)
+    assert f"{len(split.train)} training images of fashionTextureDemo; 30% of each class held out" in proc.stdout
+    results = tmp_path / "results" / "fashionTextureDemo"
+    rows = [line.split("\t") for line in (results / "classifier_selection.tsv").read_text().splitlines()]
+    assert rows[0] == ["classifier", "held_out_accuracy", "class_averaged_accuracy", "stderr", "n_held_out"]
+    labels = np.array([y for _, y in split.train])
+    fit, val = holdout_indices(labels, 0.3, seed=0)
+    assert [r[0] for r in rows[1:]] == ["svm", "dnn", "svmDnnRefined"] and {r[4] for r in rows[1:]} == {str(len(val))}
+    scores = [ClassifierScore(r[0], float(r[1]), float(r[2]), float(r[3]), int(r[4])) for r in rows[1:]]
+    for sc in scores:  # whole images out of the held-out ones
+        assert sc.accuracy * len(val) == pytest.approx(round(sc.accuracy * len(val)), abs=0.01)
+    assert f"recommended (the cheapest within one standard error of the best): {recommend_classifier(scores).classifier}" in proc.stdout
+    assert (results / "classifier_selection_curves.png").stat().st_size > 2000
+    # The svm row is what stages 3 and 4 give when trained on the fit images and scored on the held-out ones
+    # (stage 3's ONNX path against the refiner's PyTorch features: allow one image).
+    spec = ModelSpec("efficientnet_lite0", 64, "crop")
+    feats = Featurizer(build_model(spec), spec, flip_average=False, workers=0, export_dir=tmp_path / "onnx").featurize_paths(
+        [images / p for p, _ in split.train], progress=False).features
+    svm = LinearSvm(cv_folds=2, workers=1).fit(feats[fit], labels[fit])
+    assert abs(float((svm.predict(feats[val]) == labels[val]).mean()) - scores[0].accuracy) <= 1 / len(val) + 1e-9

@@ -721,10 +721,11 @@ def _pct(name: str, value: float | None) -> str:
 
 
 def plot_history(history: History, path: str | Path, title: str = "", saved_test_error: float | None = None,
-                 saved_as: str = "") -> Path:
+                 saved_as: str = "", held_out: str = "test error (reported only)") -> Path:
     """The tutorial's figure: training and test error per epoch (and the training loss). With
     `saved_test_error`, a star after the last epoch marks the test error of the model as saved
-    (weights averaged, last layer refit: `saved_as`), which the per-epoch points do not show."""
+    (weights averaged, last layer refit: `saved_as`), which the per-epoch points do not show.
+    `held_out`: the label of the second curve (`history.test_error`), for images other than the test set."""
     from matplotlib.ticker import MaxNLocator
 
     from imgclass.evaluate import _save_figure, plt
@@ -733,7 +734,7 @@ def plot_history(history: History, path: str | Path, title: str = "", saved_test
     ax1.plot(history.epoch, [100 * e for e in history.train_error], "o-", label="training error")
     if any(e is not None for e in history.test_error):
         ax1.plot(history.epoch, [float("nan") if e is None else 100 * e for e in history.test_error], "s-",
-                 label="test error (reported only)")
+                 label=held_out)
     xlabel = "epoch"
     if saved_test_error is not None and history.epoch:
         ax1.plot([history.epoch[-1] + 0.5], [100 * saved_test_error], "*", color="C3", markersize=14,

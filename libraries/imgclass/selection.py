@@ -1,4 +1,6 @@
-"""Choose the featurizer for a data set by the data itself, never by its test images.
+"""Choose the featurizer, and the classifier, for a data set by the data itself, never by its test images.
+
+Featurizer (`compare_featurizers`):
 
 Every candidate (backbone x resolution x resize mode) featurizes the training images of the split,
 and the linear SVM's cross-validation accuracy within the training set scores it, as stage 4 would
@@ -6,6 +8,11 @@ choose C. The recommendation follows the one-standard-error rule: the cheapest c
 floating-point operations per image, counted, so the choice does not depend on a noisy timing)
 whose accuracy is within one standard error (over the folds) of the best, since a difference
 smaller than that is as likely to be noise as a better featurizer.
+
+Classifier (`compare_classifiers`): part of the training images is held out; the network is refined
+on the rest exactly as stage 2 would refine it, and the three classifiers (svm on the fixed features,
+dnn, svmDnnRefined) are scored on the held-out images. The recommendation is again the cheapest
+within one standard error of the best: svm needs no refinement at all, dnn no SVM.
 """
 
 from __future__ import annotations
@@ -144,3 +151,97 @@ def recommend(scores: Sequence[CandidateScore], prefer: ModelSpec | None = None)
     bar = best.cv_accuracy - (best.cv_stderr or 0.0)
     within = [s for s in ran if s.cv_accuracy >= bar - 1e-12]
     return min(within, key=lambda s: (round(s.gflops, 3), s.spec != prefer, -s.cv_accuracy))
+
+
+CLASSIFIERS_CHEAPEST_FIRST = ("svm", "dnn", "svmDnnRefined")
+
+
+@dataclass
+class ClassifierScore:
+    classifier: str
+    accuracy: float  # on the held-out training images
+    class_averaged_accuracy: float
+    stderr: float  # binomial standard error of `accuracy` over the held-out images
+    n_val: int
+
+
+def holdout_indices(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(fit, held out) indices: `fraction` of every class held out, at least one image of each class
+    that has two or more; a class with a single image stays entirely on the fit side."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"held-out fraction = {fraction}: expected a number between 0 and 1")
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    val = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        if len(members) < 2:
+            continue
+        idx = rng.permutation(members)
+        val.extend(idx[: min(len(idx) - 1, max(1, round(fraction * len(idx))))].tolist())
+    held = np.zeros(len(labels), bool)
+    held[val] = True
+    return np.flatnonzero(~held), np.flatnonzero(held)
+
+
+def _score(name: str, pred: np.ndarray, truth: np.ndarray) -> ClassifierScore:
+    acc = float((pred == truth).mean())
+    per_class = [float((pred[truth == c] == c).mean()) for c in np.unique(truth)]
+    return ClassifierScore(name, acc, float(np.mean(per_class)), float(np.sqrt(acc * (1 - acc) / len(truth))), len(truth))
+
+
+def compare_classifiers(
+    paths: Sequence[str | Path], labels: np.ndarray, classes: Sequence[str], config: Any, svm: LinearSvm,
+    val_fraction: float = 0.2, seed: int = 0, progress: bool = True, spill_dir: Path | None = None,
+) -> tuple[list[ClassifierScore], Any]:
+    """Refine on the fit part of (paths, labels), training images only, with `config` (a
+    RefineConfig, as stage 2), and score svm / dnn / svmDnnRefined on the held-out part.
+
+    `svm` is an unfitted LinearSvm with stage 4's settings; each SVM fits a copy. Returns the scores,
+    cheapest classifier first, and the refinement's History (its "test" error is the held-out error)."""
+    import torch
+
+    from imgclass.backbones import create_backbone
+    from imgclass.refine import Refiner, decode_images
+
+    paths, labels = np.array([str(x) for x in paths]), np.asarray(labels, dtype=np.int64)
+    fit, val = holdout_indices(labels, val_fraction, seed)
+    if not len(val) or len(np.unique(labels[fit])) < 2:
+        raise ValueError(f"{len(labels)} training images are too few to hold {val_fraction:.0%} of each class out")
+    refiner = Refiner(config, classes, progress=progress, spill_dir=spill_dir)
+    refiner.fit(paths[fit], labels[fit], paths[val], labels[val])  # per-epoch held-out error, shown only
+    pixels = {side: decode_images(paths[idx], config.resolution, config.resize_mode, config.workers,
+                                  f"decode {side}", progress, spill_dir) for side, idx in (("fit", fit), ("held out", val))}
+
+    def svm_prediction(feats: dict[str, torch.Tensor]) -> np.ndarray:
+        fitted = copy.deepcopy(svm).fit(feats["fit"].cpu().numpy(), labels[fit], n_classes=len(classes))
+        return fitted.predict(feats["held out"].cpu().numpy())
+
+    model = refiner.model_
+    refined = {side: refiner.features(model.backbone, x) for side, x in pixels.items()}
+    with torch.no_grad():
+        dnn = model.head(refined["held out"]).argmax(1).cpu().numpy()  # eval mode: no dropout
+    body = create_backbone(config.backbone, weights_dir=config.weights_dir or None).to(refiner.device)
+    body = body.to(memory_format=torch.channels_last)
+    fixed = {side: refiner.features(body, x) for side, x in pixels.items()}
+    preds = {"svm": svm_prediction(fixed), "dnn": dnn, "svmDnnRefined": svm_prediction(refined)}
+    return [_score(name, preds[name], labels[val]) for name in CLASSIFIERS_CHEAPEST_FIRST], refiner.history_
+
+
+def recommend_classifier(scores: Sequence[ClassifierScore]) -> ClassifierScore:
+    """The cheapest classifier whose held-out accuracy is within one standard error of the best."""
+    best = max(scores, key=lambda s: s.accuracy)
+    order = {name: i for i, name in enumerate(CLASSIFIERS_CHEAPEST_FIRST)}
+    within = [s for s in scores if s.accuracy >= best.accuracy - best.stderr - 1e-12]
+    return min(within, key=lambda s: order[s.classifier])
+
+
+def write_classifier_table(path: Path, scores: Sequence[ClassifierScore]) -> Path:
+    """The classifier comparison as a TSV, one line per classifier, cheapest first."""
+    from imgclass.fileio import atomic_open
+
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        f.write("classifier\theld_out_accuracy\tclass_averaged_accuracy\tstderr\tn_held_out\n")
+        for s in scores:
+            f.write(f"{s.classifier}\t{s.accuracy:.4f}\t{s.class_averaged_accuracy:.4f}\t{s.stderr:.4f}\t{s.n_val}\n")
+    return Path(path)

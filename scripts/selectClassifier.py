@@ -1,0 +1,57 @@
+"""Choose between svm, dnn and svmDnnRefined for YOUR data, on images held out of its training set.
+
+A part (--val-fraction) of each class's training images in split.json (stage 1) is held out; the
+network is refined on the rest with PARAMETERS.py's rf_* and aug_* values, as stage 2 would refine
+it, and the three classifiers are scored on the held-out images: svm (Part 1, an SVM on the fixed
+pretrained features), dnn and svmDnnRefined (Part 2). The test images are never read. The
+recommendation is the cheapest classifier within one standard error of the best (svm needs no
+refinement; dnn needs no SVM). It takes about as long as stage 2.
+"""
+
+import numpy as np
+
+from imgclass.cli import parse_stage, run_stage, stage_parser
+from imgclass.data import load_split
+from imgclass.fileio import require_file
+from imgclass.refine import RefineConfig, plot_history
+from imgclass.selection import compare_classifiers, recommend_classifier, write_classifier_table
+from imgclass.svm import LinearSvm
+
+parser = stage_parser(
+    __doc__.splitlines()[0],
+    reads="DATA_DIR/proc/<datasetName>/split.json and the training images",
+    writes="DATA_DIR/results/<datasetName>/classifier_selection.tsv and classifier_selection_curves.png",
+)
+parser.add_argument("--val-fraction", type=float, default=0.2, metavar="F",
+                    help="part of each class's training images held out to score the classifiers (default 0.2)")
+
+
+def main() -> int:
+    args, p = parse_stage(parser)
+    split = load_split(require_file(p.split_path, "scripts/1_prepareData.py"))
+    paths = [p.images_dir / path for path, _ in split.train]
+    labels = np.array([y for _, y in split.train])
+    svm = LinearSvm(p.svm_CVals, p.svm_boL2Normalize, p.svm_cvFolds, p.randomSeed, p.svm_workers,
+                    balance_classes=p.svm_boBalanceClasses)
+    print(f"{len(paths)} training images of {p.datasetName}; {args.val_fraction:.0%} of each class held out to "
+          "score svm, dnn and svmDnnRefined; the test images are not used")
+    scores, history = compare_classifiers(paths, labels, split.classes, RefineConfig.from_params(p), svm,
+                                          args.val_fraction, p.randomSeed, spill_dir=p.proc_dir)
+    chosen = recommend_classifier(scores)
+    print(f"\n{'classifier':<15} {'held-out accuracy':>19} {'class-averaged':>15}   ({scores[0].n_val} images)")
+    for s in scores:
+        marks = ("  <- recommended" if s is chosen else "") + ("  (current parameters)" if s.classifier == p.classifier else "")
+        print(f"{s.classifier:<15} {100 * s.accuracy:10.2f}% ± {100 * s.stderr:5.2f} {100 * s.class_averaged_accuracy:14.2f}%{marks}")
+    out = p.results_dir.parent
+    tsv = write_classifier_table(out / "classifier_selection.tsv", scores)
+    png = plot_history(history, out / "classifier_selection_curves.png",
+                       title=f"{p.datasetName}: refining on {len(paths) - scores[0].n_val} training images",
+                       held_out="error on the held-out training images")
+    print(f"\nrecommended (the cheapest within one standard error of the best): {chosen.classifier}. "
+          f"To use it, set in PARAMETERS.py or pass to stages 2-5:\n  --set classifier={chosen.classifier}")
+    print(f"wrote {tsv} and {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_stage(main)
