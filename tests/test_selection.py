@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import run_script
-from imgclass.data import load_split
+from imgclass.data import Split, load_split
 from imgclass.features import Featurizer
 from imgclass.modelfile import ModelSpec, build_model
 from imgclass.selection import CandidateScore, recommend
@@ -17,6 +17,17 @@ from imgclass.svm import LinearSvm
 
 def _score(backbone: str, mode: str, acc: float, se: float, gflops: float) -> CandidateScore:
     return CandidateScore(ModelSpec(backbone, 224, mode), acc, se, 1.0, gflops)
+
+
+def _demo_without_test_images(tmp_path: Path, args: list[str]) -> tuple[Path, Split]:
+    """Stages 0 and 1 on the demo set, then its test images deleted: what runs next must not need them."""
+    run_script("0_downloadData.py", *args, data_dir=tmp_path)
+    run_script("1_prepareData.py", *args, data_dir=tmp_path)
+    images = tmp_path / "images" / "fashionTextureDemo"
+    split = load_split(tmp_path / "proc" / "fashionTextureDemo" / "split.json")
+    for path, _ in split.test:
+        (images / path).unlink()
+    return images, split
 
 
 def test_the_one_standard_error_rule_prefers_the_cheapest_close_candidate() -> None:
@@ -35,12 +46,7 @@ def test_the_one_standard_error_rule_prefers_the_cheapest_close_candidate() -> N
 def test_script_scores_candidates_on_training_images_only(tmp_path: Path) -> None:
     args = ["--set", "datasetName=fashionTextureDemo", "--set", "demoImagesPerClass=8", "--set", "rf_inputResolution=64",
             "--set", "svm_cvFolds=3", "--set", "run_workers=0"]
-    run_script("0_downloadData.py", *args, data_dir=tmp_path)
-    run_script("1_prepareData.py", *args, data_dir=tmp_path)
-    images = tmp_path / "images" / "fashionTextureDemo"
-    split = load_split(tmp_path / "proc" / "fashionTextureDemo" / "split.json")
-    for path, _ in split.test:  # the test images are gone: the script must not need them
-        (images / path).unlink()
+    images, split = _demo_without_test_images(tmp_path, args)
     proc = run_script("selectFeaturizer.py", *args, "--backbones", "efficientnet_lite0", "efficientnet_lite1",
                       "--resize-modes", "crop", "squash", data_dir=tmp_path)
     assert f"{len(split.train)} training images of fashionTextureDemo; 4 candidates; the test images are not used" in proc.stdout
@@ -101,17 +107,12 @@ def test_the_cheapest_classifier_within_one_standard_error_is_recommended() -> N
 
 
 def test_select_classifier_scores_on_held_out_training_images_only(tmp_path: Path) -> None:
-    from imgclass.selection import holdout_indices, recommend_classifier, ClassifierScore
+    from imgclass.selection import ClassifierScore, holdout_indices, recommend_classifier
 
     args = ["--set", "datasetName=fashionTextureDemo", "--set", "demoImagesPerClass=10", "--set", "rf_inputResolution=64",
             "--set", "svm_cvFolds=2", "--set", "run_workers=0", "--set", "rf_workers=0", "--set", "rf_maxEpochs=2",
             "--set", "rf_averageLastEpochs=0", "--set", "rf_mbSize=8"]
-    run_script("0_downloadData.py", *args, data_dir=tmp_path)
-    run_script("1_prepareData.py", *args, data_dir=tmp_path)
-    images = tmp_path / "images" / "fashionTextureDemo"
-    split = load_split(tmp_path / "proc" / "fashionTextureDemo" / "split.json")
-    for path, _ in split.test:  # the test images are gone: the script must not need them
-        (images / path).unlink()
+    images, split = _demo_without_test_images(tmp_path, args)
     proc = run_script("selectClassifier.py", *args, "--val-fraction", "0.3", data_dir=tmp_path)
     assert f"{len(split.train)} training images of fashionTextureDemo; 30% of each class held out" in proc.stdout
     results = tmp_path / "results" / "fashionTextureDemo"
