@@ -40,8 +40,10 @@ def main() -> int:
     chosen = recommend_classifier(scores)
     print(f"\n{'classifier':<15} {'held-out accuracy':>19} {'class-averaged':>15}   ({scores[0].n_val} images)")
     for s in scores:
-        marks = ("  <- recommended" if s is chosen else "") + ("  (current parameters)" if s.classifier == p.classifier else "")
-        print(f"{s.classifier:<15} {100 * s.accuracy:10.2f}% ± {100 * s.stderr:5.2f} {100 * s.class_averaged_accuracy:14.2f}%{marks}")
+        marks = ("  <- recommended" if s is chosen else "") + \
+                ("  (current parameters)" if s.classifier == p.classifier else "")
+        print(f"{s.classifier:<15} {100 * s.accuracy:10.2f}% ± {100 * s.stderr:5.2f} "
+              f"{100 * s.class_averaged_accuracy:14.2f}%{marks}")
     out = p.results_dir.parent
     tsv = write_classifier_table(out / "classifier_selection.tsv", scores)
     png = plot_history(history, out / "classifier_selection_curves.png",

@@ -115,6 +115,7 @@ def test_select_classifier_scores_on_held_out_training_images_only(tmp_path: Pat
     images, split = _demo_without_test_images(tmp_path, args)
     proc = run_script("selectClassifier.py", *args, "--val-fraction", "0.3", data_dir=tmp_path)
     assert f"{len(split.train)} training images of fashionTextureDemo; 30% of each class held out" in proc.stdout
+    assert "epoch   2/2" in proc.stdout and "held-out error" in proc.stdout and "test error" not in proc.stdout
     results = tmp_path / "results" / "fashionTextureDemo"
     rows = [line.split("\t") for line in (results / "classifier_selection.tsv").read_text().splitlines()]
     assert rows[0] == ["classifier", "held_out_accuracy", "class_averaged_accuracy", "stderr", "n_held_out"]

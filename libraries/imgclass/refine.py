@@ -384,11 +384,12 @@ class Refiner:
     `checkpoint`: a file written (atomically) after every epoch; with `resume=True` a run continues
     from it. `on_epoch(history)` is called after every epoch (e.g. to redraw the curves).
     `spill_dir`: where decoded images go when they do not fit in memory (see decode_images).
+    `held_out_name`: what the progress lines call the images passed to `fit` as test images.
     """
 
     def __init__(self, config: RefineConfig, classes: Sequence[str], device: str | torch.device | None = None,
                  progress: bool = True, mixed_precision: bool | None = None,
-                 spill_dir: str | Path | None = None) -> None:
+                 spill_dir: str | Path | None = None, held_out_name: str = "test") -> None:
         if len(classes) < 2:
             raise ValueError(f"need at least two classes, got {list(classes)}")
         self.config = config
@@ -396,6 +397,7 @@ class Refiner:
         self.device = pick_device(device)
         self.progress = progress
         self.spill_dir = spill_dir
+        self.held_out_name = held_out_name
         self.mixed_precision = bf16_supported(self.device) if mixed_precision is None else mixed_precision
         self.spec = ModelSpec(config.backbone, config.resolution, config.resize_mode, kind="refined",
                               classes=self.classes, dropout=config.dropout)
@@ -556,7 +558,7 @@ class Refiner:
                     left = c.max_epochs - epoch - 1
                     eta = f", about {_duration(left * seconds)} to go" if left else ""
                     print(f"epoch {epoch + 1:>3}/{c.max_epochs}  lr {lr:<8g} train loss {loss_mean:.4f}  "
-                          f"train error {100 * train_err:6.2f}%  {_pct('test error', test_err)}  "
+                          f"train error {100 * train_err:6.2f}%  {_pct(f'{self.held_out_name} error', test_err)}  "
                           f"({seconds:.0f} s, {n_seen / seconds:.1f} img/s{eta})", flush=True)
                 if c.averages(epoch):
                     average.add(model, epoch + 1)
@@ -582,8 +584,8 @@ class Refiner:
             if test_cache is not None:
                 self.saved_test_error_ = self.error_rate(model, test_cache, test_y)
                 if self.progress:
-                    print(f"saved model ({self.saved_as_}): {_pct('test error', self.saved_test_error_)} "
-                          f"(reported only)", flush=True)
+                    error = _pct(f"{self.held_out_name} error", self.saved_test_error_)
+                    print(f"saved model ({self.saved_as_}): {error} (reported only)", flush=True)
         self.model_ = model.eval()
         self.history_ = history
         return self
@@ -701,8 +703,8 @@ class Refiner:
         model.eval()
         wrong = 0
         # A pass over a large test set takes minutes on a CPU: show it (leave=False: the epoch's line stays).
-        for i in tqdm(range(0, len(cache), batch_size), unit="batch", desc="test error", leave=False,
-                      disable=not self.progress):
+        for i in tqdm(range(0, len(cache), batch_size), unit="batch", desc=f"{self.held_out_name} error",
+                      leave=False, disable=not self.progress):
             x = self._normalize(cache[i:i + batch_size].to(self.device).float())
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.mixed_precision):
                 pred = model(x).argmax(1).cpu()

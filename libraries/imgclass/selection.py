@@ -208,7 +208,7 @@ def compare_classifiers(
     fit, val = holdout_indices(labels, val_fraction, seed)
     if not len(val) or len(np.unique(labels[fit])) < 2:
         raise ValueError(f"{len(labels)} training images are too few to hold {val_fraction:.0%} of each class out")
-    refiner = Refiner(config, classes, progress=progress, spill_dir=spill_dir)
+    refiner = Refiner(config, classes, progress=progress, spill_dir=spill_dir, held_out_name="held-out")
     refiner.fit(paths[fit], labels[fit], paths[val], labels[val])  # per-epoch held-out error, shown only
     pixels = {side: decode_images(paths[idx], config.resolution, config.resize_mode, config.workers,
                                   f"decode {side}", progress, spill_dir) for side, idx in (("fit", fit), ("held out", val))}
