@@ -134,3 +134,13 @@ def test_select_classifier_scores_on_held_out_training_images_only(tmp_path: Pat
         [images / p for p, _ in split.train], progress=False).features
     svm = LinearSvm(cv_folds=2, workers=1).fit(feats[fit], labels[fit])
     assert abs(float((svm.predict(feats[val]) == labels[val]).mean()) - scores[0].accuracy) <= 1 / len(val) + 1e-9
+
+
+def test_compare_classifiers_refuses_a_training_set_too_small_to_hold_images_out() -> None:
+    from imgclass.refine import RefineConfig
+    from imgclass.selection import compare_classifiers
+
+    # One image per class: nothing can be held out without emptying a class; refused before any decoding.
+    with pytest.raises(ValueError, match="3 training images are too few to hold 20% of each class out"):
+        compare_classifiers(["a.jpg", "b.jpg", "c.jpg"], np.array([0, 1, 2]), ["x", "y", "z"],
+                            RefineConfig(resolution=64), LinearSvm())
