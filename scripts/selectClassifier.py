@@ -34,9 +34,11 @@ def main() -> int:
     svm = LinearSvm(p.svm_CVals, p.svm_boL2Normalize, p.svm_cvFolds, p.randomSeed, p.svm_workers,
                     balance_classes=p.svm_boBalanceClasses)
     print(f"{len(paths)} training images of {p.datasetName}; {args.val_fraction:.0%} of each class held out to "
-          "score svm, dnn and svmDnnRefined; the test images are not used")
+          f"score svm, dnn and svmDnnRefined; the test images are not used; flip averaging "
+          f"{'on' if p.run_boFlipAverage else 'off'} (run_boFlipAverage, as stage 3)")
     scores, history = compare_classifiers(paths, labels, split.classes, RefineConfig.from_params(p), svm,
-                                          args.val_fraction, p.randomSeed, spill_dir=p.proc_dir)
+                                          args.val_fraction, p.randomSeed, spill_dir=p.proc_dir,
+                                          flip_average=p.run_boFlipAverage)
     chosen = recommend_classifier(scores)
     print(f"\n{'classifier':<15} {'held-out accuracy':>19} {'class-averaged':>15}   ({scores[0].n_val} images)")
     for s in scores:

@@ -111,10 +111,11 @@ def test_select_classifier_scores_on_held_out_training_images_only(tmp_path: Pat
 
     args = ["--set", "datasetName=fashionTextureDemo", "--set", "demoImagesPerClass=10", "--set", "rf_inputResolution=64",
             "--set", "svm_cvFolds=2", "--set", "run_workers=0", "--set", "rf_workers=0", "--set", "rf_maxEpochs=2",
-            "--set", "rf_averageLastEpochs=0", "--set", "rf_mbSize=8"]
+            "--set", "rf_averageLastEpochs=0", "--set", "rf_mbSize=8", "--set", "run_boFlipAverage=True"]
     images, split = _demo_without_test_images(tmp_path, args)
     proc = run_script("selectClassifier.py", *args, "--val-fraction", "0.3", data_dir=tmp_path)
     assert f"{len(split.train)} training images of fashionTextureDemo; 30% of each class held out" in proc.stdout
+    assert "flip averaging on (run_boFlipAverage, as stage 3)" in proc.stdout
     assert "epoch   2/2" in proc.stdout and "held-out error" in proc.stdout and "test error" not in proc.stdout
     results = tmp_path / "results" / "fashionTextureDemo"
     rows = [line.split("\t") for line in (results / "classifier_selection.tsv").read_text().splitlines()]
@@ -128,9 +129,9 @@ def test_select_classifier_scores_on_held_out_training_images_only(tmp_path: Pat
     assert f"recommended (the cheapest within one standard error of the best): {recommend_classifier(scores).classifier}" in proc.stdout
     assert (results / "classifier_selection_curves.png").stat().st_size > 2000
     # The svm row is what stages 3 and 4 give when trained on the fit images and scored on the held-out ones
-    # (stage 3's ONNX path against the refiner's PyTorch features: allow one image).
+    # with flip averaging on (stage 3's ONNX path against the refiner's PyTorch features: allow one image).
     spec = ModelSpec("efficientnet_lite0", 64, "crop")
-    feats = Featurizer(build_model(spec), spec, flip_average=False, workers=0, export_dir=tmp_path / "onnx").featurize_paths(
+    feats = Featurizer(build_model(spec), spec, flip_average=True, workers=0, export_dir=tmp_path / "onnx").featurize_paths(
         [images / p for p, _ in split.train], progress=False).features
     svm = LinearSvm(cv_folds=2, workers=1).fit(feats[fit], labels[fit])
     assert abs(float((svm.predict(feats[val]) == labels[val]).mean()) - scores[0].accuracy) <= 1 / len(val) + 1e-9
@@ -144,3 +145,46 @@ def test_compare_classifiers_refuses_a_training_set_too_small_to_hold_images_out
     with pytest.raises(ValueError, match="3 training images are too few to hold 20% of each class out"):
         compare_classifiers(["a.jpg", "b.jpg", "c.jpg"], np.array([0, 1, 2]), ["x", "y", "z"],
                             RefineConfig(resolution=64), LinearSvm())
+
+
+def _arrow(seed: int, size: int = 64) -> np.ndarray:
+    """A bright wedge pointing left on a noisy background: its mirror image points right."""
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 90, (size, size, 3), dtype=np.uint8)
+    top, tip = int(rng.integers(8, 20)), int(rng.integers(6, 14))
+    for x in range(tip, size - 6):
+        half = (x - tip) * (size - 2 * top) // (2 * (size - 6 - tip))
+        img[size // 2 - half: size // 2 + half + 1, x] = (235, 220, 60)
+    return img
+
+
+def test_compare_classifiers_scores_flip_averaged_features_when_asked(tmp_path: Path) -> None:
+    """Left- and right-pointing wedges differ only by a mirror: the flip-averaged features (stage 3 with
+    run_boFlipAverage) cannot tell them apart, the plain ones can. compare_classifiers must score what
+    stage 3 would compute, so with flip_average=True every classifier is at chance."""
+    from PIL import Image
+
+    from imgclass.refine import RefineConfig
+    from imgclass.selection import compare_classifiers
+
+    paths, labels = [], []
+    for i in range(24):
+        for label, name in ((0, "left"), (1, "right")):
+            img = _arrow(1000 * label + i)
+            path = tmp_path / f"{name}_{i}.png"
+            Image.fromarray(img if label == 0 else img[:, ::-1]).save(path)
+            paths.append(path)
+            labels.append(label)
+    labels = np.array(labels)
+    svm = LinearSvm(cv_folds=2, workers=1)
+    # Control: without flip averaging, the fixed features separate the two directions.
+    spec = ModelSpec("efficientnet_lite0", 64, "crop")
+    plain = Featurizer(build_model(spec), spec, flip_average=False, workers=0, export_dir=tmp_path / "onnx")
+    assert max(LinearSvm(cv_folds=2, workers=1).fit(plain.featurize_paths(paths, progress=False).features, labels)
+               .cv_scores_.values()) >= 0.9
+    config = RefineConfig(resolution=64, max_epochs=1, mb_size=8, workers=0, average_last_epochs=0)
+    scores, _ = compare_classifiers(paths, labels, ["left", "right"], config, svm, val_fraction=0.5,
+                                    progress=False, flip_average=True)
+    assert [s.classifier for s in scores] == ["svm", "dnn", "svmDnnRefined"]
+    for s in scores:  # 24 held-out images; mirror-blind features cannot do much better than half of them
+        assert s.n_val == 24 and s.accuracy <= 0.75, s

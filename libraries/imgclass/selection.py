@@ -193,9 +193,13 @@ def _score(name: str, pred: np.ndarray, truth: np.ndarray) -> ClassifierScore:
 def compare_classifiers(
     paths: Sequence[str | Path], labels: np.ndarray, classes: Sequence[str], config: Any, svm: LinearSvm,
     val_fraction: float = 0.2, seed: int = 0, progress: bool = True, spill_dir: Path | None = None,
+    flip_average: bool = False,
 ) -> tuple[list[ClassifierScore], Any]:
     """Refine on the fit part of (paths, labels), training images only, with `config` (a
     RefineConfig, as stage 2), and score svm / dnn / svmDnnRefined on the held-out part.
+
+    `flip_average`: every classifier sees the mean of an image's and its mirror image's features,
+    as stage 3 computes them when `run_boFlipAverage` is on.
 
     `svm` is an unfitted LinearSvm with stage 4's settings; each SVM fits a copy. Returns the scores,
     cheapest classifier first, and the refinement's History (its "test" error is the held-out error)."""
@@ -218,12 +222,12 @@ def compare_classifiers(
         return fitted.predict(feats["held out"].cpu().numpy())
 
     model = refiner.model_
-    refined = {side: refiner.features(model.backbone, x) for side, x in pixels.items()}
+    refined = {side: refiner.features(model.backbone, x, flip=flip_average) for side, x in pixels.items()}
     with torch.no_grad():
         dnn = model.head(refined["held out"]).argmax(1).cpu().numpy()  # eval mode: no dropout
     body = create_backbone(config.backbone, weights_dir=config.weights_dir or None).to(refiner.device)
     body = body.to(memory_format=torch.channels_last)
-    fixed = {side: refiner.features(body, x) for side, x in pixels.items()}
+    fixed = {side: refiner.features(body, x, flip=flip_average) for side, x in pixels.items()}
     preds = {"svm": svm_prediction(fixed), "dnn": dnn, "svmDnnRefined": svm_prediction(refined)}
     return [_score(name, preds[name], labels[val]) for name in CLASSIFIERS_CHEAPEST_FIRST], refiner.history_
 
