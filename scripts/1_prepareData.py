@@ -8,29 +8,38 @@ train and test (dhash, leakageCheck / dedup_threshold) are listed and, by defaul
 
 from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.data import DatasetError, balance_notes, check_disjoint, exact_duplicates_across, make_split, save_split
-from imgclass.dedup import find_leaks, keep_leaks_in_train
+from imgclass.dedup import check_leaks, keep_leaks_in_train, write_leaks
 
 parser = stage_parser(
     __doc__.splitlines()[0],
     reads="DATA_DIR/images/<datasetName>/",
-    writes="DATA_DIR/proc/<datasetName>/split.json",
+    writes="DATA_DIR/proc/<datasetName>/split.json (and near_duplicates.tsv: the leakage check's pairs)",
 )
+SHOW_LEAKS = 10  # pairs printed; the rest are in near_duplicates.tsv
 
 
 def main() -> int:
     _, p = parse_stage(parser)
     split = make_split(p.images_dir, p.ratioTrainTest, p.randomSeed, p.imagesSplitBy, progress=True)
     if p.leakageCheck != "off":
-        leaks = find_leaks(split, p.images_dir, p.dedup_threshold)
-        for leak in leaks:
+        check = check_leaks(split, p.images_dir, p.dedup_threshold)
+        for leak in check.leaks[:SHOW_LEAKS]:
             note = "" if leak.same_class else " (DIFFERENT classes: check the labels)"
             print(f"near duplicates across the split ({leak.distance} bits): {leak.train} (train) ~ {leak.test} (test){note}")
-        if leaks and p.leakageCheck == "move":
+        listed = write_leaks(p.proc_dir / "near_duplicates.tsv", check.leaks)
+        if len(check.leaks) > SHOW_LEAKS:
+            others = sum(not leak.same_class for leak in check.leaks[SHOW_LEAKS:])
+            print(f"... and {len(check.leaks) - SHOW_LEAKS} more pairs ({others} across classes); all {len(check.leaks)} in {listed}")
+        if check.leaks and check.lookalike_note:
+            print(f"note: {check.lookalike_note}")
+            if p.leakageCheck == "move":
+                print("leakageCheck = 'move': nothing moved, since these pairs need not be copies")
+        elif check.leaks and p.leakageCheck == "move":
             before = len(split.test)
-            split = keep_leaks_in_train(split, leaks)
+            split = keep_leaks_in_train(split, check.leaks)
             check_disjoint(split)
             print(f"moved {before - len(split.test)} test image(s) with a same-class near duplicate in train to train")
-        elif leaks:
+        elif check.leaks:
             print("leakageCheck = 'report': left as they are; test accuracy may be optimistic")
     for path, reason in split.excluded:
         print(f"left out: {path}: {reason}")

@@ -7,7 +7,7 @@ first of each group is moved to FOLDER/_duplicates/ (listed in _duplicates/moved
 from pathlib import Path
 
 from imgclass.cli import parse_stage, run_stage, stage_parser
-from imgclass.dedup import DUPLICATES_FOLDER, find_duplicates, move_duplicates
+from imgclass.dedup import DUPLICATES_FOLDER, find_duplicates, lookalike_note, move_duplicates
 from imgclass.fileio import atomic_open
 
 parser = stage_parser(
@@ -19,6 +19,8 @@ parser.add_argument("folder", nargs="?", default=None, help="folder to scan (def
 parser.add_argument("--remove", action="store_true", help="move duplicates to FOLDER/_duplicates/ (default: only report)")
 parser.add_argument("--threshold", type=int, default=None,
                     help="bits of 256 that may differ for near duplicates (default: dedup_threshold)")
+parser.add_argument("--force", action="store_true",
+                    help="with --remove: move even where the images look alike to dhash (see the note it prints)")
 
 
 def main() -> int:
@@ -43,10 +45,17 @@ def main() -> int:
     print(f"wrote {folder / 'duplicates.tsv'}")
     if cross:
         print(f"{len(cross)} group(s) span class folders: the same photo with different labels; check them by hand")
+    note = lookalike_note(report.typical_distance, threshold)
+    if note and report.to_move:
+        print(f"note: {note}")
     if not args.remove:
         if report.to_move:
             print("dry run: nothing moved; rerun with --remove to move the duplicates aside")
         return 0
+    if note and report.to_move and not args.force:
+        print("not moving anything: these groups need not be copies (see the note); lower --threshold, "
+              "or add --force to move them anyway")
+        return 1
     moved = move_duplicates(report)
     print(f"moved {len(moved)} image(s) to {folder / DUPLICATES_FOLDER} (list: {DUPLICATES_FOLDER}/moved.tsv)")
     return 0

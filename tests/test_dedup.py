@@ -222,3 +222,66 @@ def test_stage1_reports_an_identical_file_once_in_either_mode(originals: Path, t
     out = run_script("1_prepareData.py", "--set", "datasetName=same", "--set", "leakageCheck=off", data_dir=tmp_path).stdout
     assert "near duplicates" not in out
     assert "identical files on both sides: dotted/exact_copy.jpg (train) and dotted/dotted_0002.jpg (test)" in out
+
+
+def test_typical_distance_measures_how_far_apart_distinct_images_lie() -> None:
+    from imgclass.dedup import lookalike_note, typical_distance
+
+    rng = np.random.default_rng(1)
+    photos = rng.random((200, 256)) < 0.5  # independent bits: distinct images ~100 bits apart
+    photos[100:120] = photos[:20] ^ (rng.random((20, 256)) < 0.01)  # 20 copies, a few bits off
+    nearest = np.array([min(int((photos[i] != photos[j]).sum()) for j in range(200) if j != i) for i in range(200)])
+    want = float(np.median(nearest[nearest > DEFAULT_THRESHOLD]))
+    assert typical_distance(photos, DEFAULT_THRESHOLD) == want  # the copies do not pull it down
+    assert typical_distance(photos, DEFAULT_THRESHOLD, max_pairs=7 * 200) == want  # in blocks of 7 rows
+    assert want > 60 and lookalike_note(want, DEFAULT_THRESHOLD) is None
+    sampled = typical_distance(photos, DEFAULT_THRESHOLD, sample=50)
+    assert sampled is not None and abs(sampled - want) <= 6
+    # Look-alikes: every image a few random bits from one pattern (uniform backgrounds, tiny images).
+    alike = rng.random(256) < 0.5
+    alike = alike[None, :] ^ (rng.random((200, 256)) < 0.05)
+    typical = typical_distance(alike, DEFAULT_THRESHOLD)
+    assert typical is not None and typical < 3 * DEFAULT_THRESHOLD
+    note = lookalike_note(typical, DEFAULT_THRESHOLD)
+    assert note and f"lower the threshold (dedup_threshold or --threshold) to about {int(typical) // 3 - 1}" in note
+    assert typical_distance(photos[:5], DEFAULT_THRESHOLD) is None  # too few images to tell
+
+
+def _digits(root: Path, per_class: int = 50) -> Path:
+    """Real handwritten digits (sklearn's 8x8 scans, shipped with it), three classes, as 32 px PNGs:
+    distinct images that dhash sees as alike (black background, few pixels)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    for label in (0, 1, 7):
+        for n, i in enumerate(np.flatnonzero(digits.target == label)[:per_class]):
+            (root / str(label)).mkdir(parents=True, exist_ok=True)
+            pixels = (digits.images[i] * 255 / 16).astype(np.uint8)
+            Image.fromarray(pixels).resize((32, 32), Image.NEAREST).save(root / str(label) / f"{n:03d}.png")
+    return root
+
+
+def test_look_alike_images_are_reported_not_moved(tmp_path: Path) -> None:
+    root = _digits(tmp_path / "images" / "digits")
+    args = ["--set", "datasetName=digits", "--set", "track_enabled=False"]
+    out = run_script("1_prepareData.py", *args, data_dir=tmp_path).stdout
+    assert "note: this data set's images look alike to dhash" in out
+    assert "leakageCheck = 'move': nothing moved" in out and "moved " not in out
+    rows = [line.split("\t") for line in (tmp_path / "proc" / "digits" / "near_duplicates.tsv").read_text().splitlines()]
+    assert rows[0] == ["train", "test", "bits", "same_class"] and len(rows) > 11  # more pairs than are printed
+    assert out.count("near duplicates across the split") == 10 and f"all {len(rows) - 1} in " in out
+    split = json.loads((tmp_path / "proc" / "digits" / "split.json").read_text())
+    assert {r[1] for r in rows[1:]} <= {p for p, _ in split["test"]}  # every flagged test image still tested
+    # At the threshold the note suggests, the data no longer looks alike, and what is that close moves.
+    suggested = int(out.split("to about ")[1].split()[0])
+    out = run_script("1_prepareData.py", *args, "--set", f"dedup_threshold={suggested}", data_dir=tmp_path).stdout
+    assert "look alike" not in out
+    close = {r[1] for r in rows[1:] if int(r[2]) <= suggested and r[3] == "True"}
+    assert ("moved " in out) == bool(close)
+    split = json.loads((tmp_path / "proc" / "digits" / "split.json").read_text())
+    assert not close & {p for p, _ in split["test"]}
+    # dedupImages --remove refuses to move look-alikes unless forced.
+    proc = run_script("dedupImages.py", *args, "--remove", data_dir=tmp_path, check=False)
+    assert proc.returncode == 1 and "not moving anything" in proc.stdout and not (root / "_duplicates").exists()
+    proc = run_script("dedupImages.py", *args, "--remove", "--force", data_dir=tmp_path)
+    assert "moved " in proc.stdout and (root / "_duplicates" / "moved.tsv").is_file()

@@ -75,13 +75,24 @@ def _as_words(bits: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(packed).view(np.uint64)
 
 
+def _distance_blocks(a: np.ndarray, b: np.ndarray, max_pairs: int):
+    """(start, distances) for blocks of rows of `a` (uint64 words) against every row of `b`: a block
+    holds at most `max_pairs` pairs (64 MB of temporaries), so memory stays flat however many images."""
+    block = max(1, min(len(a), max_pairs // max(1, len(b))))
+    for start in range(0, len(a), block):
+        chunk = a[start:start + block]
+        dist = np.zeros((len(chunk), len(b)), np.int32)
+        for w in range(a.shape[1]):  # one 64-bit word at a time: no (block, N, words) temporary
+            dist += np.bitwise_count(chunk[:, w, None] ^ b[None, :, w])
+        yield start, dist
+
+
 def pairwise_close(bits: np.ndarray, threshold: int, other: np.ndarray | None = None,
                    max_pairs: int = 1 << 23) -> list[tuple[int, int, int]]:
     """Pairs (i, j, distance) with Hamming distance <= threshold.
 
     Within `bits` (i < j) when `other` is None, else between bits[i] and other[j]. Rows are compared
-    block by block, a block's distances to every row of the other side at once; blocks hold at most
-    `max_pairs` pairs (64 MB of temporaries), so memory stays flat however many images there are.
+    block by block, a block's distances to every row of the other side at once.
     """
     if threshold < 0:
         raise ValueError(f"threshold = {threshold}: must be >= 0")
@@ -89,18 +100,52 @@ def pairwise_close(bits: np.ndarray, threshold: int, other: np.ndarray | None = 
     b = a if other is None else _as_words(other)
     if not len(a) or not len(b):
         return []
-    block = max(1, min(len(a), max_pairs // len(b)))
     pairs = []
-    for start in range(0, len(a), block):
-        chunk = a[start:start + block]
-        dist = np.zeros((len(chunk), len(b)), np.int32)
-        for w in range(a.shape[1]):  # one 64-bit word at a time: no (block, N, words) temporary
-            dist += np.bitwise_count(chunk[:, w, None] ^ b[None, :, w])
+    for start, dist in _distance_blocks(a, b, max_pairs):
         ii, jj = np.nonzero(dist <= threshold)
         for i, j in zip(ii + start, jj):
             if other is not None or i < j:
                 pairs.append((int(i), int(j), int(dist[i - start, j])))
     return pairs
+
+
+# A threshold separates copies from distinct images only where distinct images lie well beyond it.
+# Among the images with no other within the threshold, the median distance to the nearest other is
+# 73 bits on the 557 fashionTexture photos and 84 on the demo set, but 22 on sklearn's 8x8 digits
+# (large uniform backgrounds and few pixels leave dhash few free bits): there, 412 of 1797 distinct
+# digits have another within 15 bits, the lower edge of a continuum rather than a cluster of copies.
+LOOKALIKE_FACTOR = 3
+_MIN_FREE_IMAGES = 10  # fewer images than this beyond the threshold say nothing about the spread
+_SAMPLE = 2000  # rows whose nearest neighbour is measured: enough for a median, cheap for any N
+
+
+def typical_distance(bits: np.ndarray, threshold: int, sample: int = _SAMPLE, seed: int = 0,
+                     max_pairs: int = 1 << 23) -> float | None:
+    """The median distance from an image to its nearest other image, over the images (a seeded
+    sample of at most `sample`) with no other within `threshold`: how far apart distinct images of
+    this data set typically lie. None when too few images are beyond the threshold to tell."""
+    if len(bits) < 2:
+        return None
+    words = _as_words(bits)
+    rows = np.arange(len(words))
+    if len(rows) > sample:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, sample, replace=False))
+    nearest = np.empty(len(rows), np.int64)
+    for start, dist in _distance_blocks(words[rows], words, max_pairs):
+        dist[np.arange(len(dist)), rows[start:start + len(dist)]] = np.iinfo(np.int32).max  # not itself
+        nearest[start:start + len(dist)] = dist.min(axis=1)
+    free = nearest[nearest > threshold]
+    return float(np.median(free)) if len(free) >= _MIN_FREE_IMAGES else None
+
+
+def lookalike_note(typical: float | None, threshold: int) -> str | None:
+    """Why `threshold` catches look-alikes as well as copies on this data set, or None when it does not."""
+    if typical is None or typical >= LOOKALIKE_FACTOR * threshold:
+        return None
+    return (f"this data set's images look alike to dhash: distinct images typically lie {typical:.0f} bits from "
+            f"their nearest neighbour, within {LOOKALIKE_FACTOR}x the threshold of {threshold} bits (photos: 70 or more), "
+            f"so pairs within {threshold} bits are as likely look-alikes as copies. To catch only copies, "
+            f"lower the threshold (dedup_threshold or --threshold) to about {max(1, int(typical) // LOOKALIKE_FACTOR - 1)}")
 
 
 def _groups(n: int, pairs: Sequence[tuple[int, int, int]]) -> list[list[int]]:
@@ -140,6 +185,7 @@ class DuplicateReport:
     groups: list[list[str]] = field(default_factory=list)
     distances: dict[tuple[str, str], int] = field(default_factory=dict)  # kept path, other -> bits
     failed: list[tuple[str, str]] = field(default_factory=list)
+    typical_distance: float | None = None  # see `typical_distance`; judged by `lookalike_note`
 
     @property
     def to_move(self) -> list[tuple[str, str]]:
@@ -196,6 +242,7 @@ def find_duplicates(
     pairs = [(ok[i], ok[j], d) for i, j, d in pairwise_close(bits, threshold)]
     report.groups = [[paths[i] for i in g] for g in _groups(len(paths), pairs)]
     report.distances = {(paths[i], paths[j]): d for i, j, d in pairs}
+    report.typical_distance = typical_distance(bits, threshold)
     return report
 
 
@@ -236,9 +283,24 @@ class Leak:
     same_class: bool
 
 
-def find_leaks(
+@dataclass
+class LeakCheck:
+    """What `check_leaks` found: the (train, test) near-duplicate pairs, closest first, and how far
+    apart distinct images of the data set typically lie (`typical_distance`), which says whether the
+    threshold tells copies from look-alikes here (`lookalike_note`)."""
+
+    leaks: list[Leak]
+    threshold: int
+    typical_distance: float | None
+
+    @property
+    def lookalike_note(self) -> str | None:
+        return lookalike_note(self.typical_distance, self.threshold)
+
+
+def check_leaks(
     split: Split, images_dir: str | Path, threshold: int = DEFAULT_THRESHOLD, workers: int = 2, progress: bool = True
-) -> list[Leak]:
+) -> LeakCheck:
     """Near-duplicate (train, test) pairs: the same photo on both sides lets the model score a test
     image by memory, so the test accuracy overstates how it does on new photos."""
     images_dir = Path(images_dir)
@@ -249,16 +311,31 @@ def find_leaks(
     tr = [i for i in range(len(train)) if hashes[i] is not None]
     te = [i for i in range(len(test)) if hashes[len(train) + i] is not None]
     if not tr or not te:
-        return []
-    pairs = pairwise_close(
-        hash_bits([hashes[len(train) + i] for i in te]), threshold, other=hash_bits([hashes[i] for i in tr])
-    )
+        return LeakCheck([], threshold, None)
+    bits_tr, bits_te = hash_bits([hashes[i] for i in tr]), hash_bits([hashes[len(train) + i] for i in te])
+    pairs = pairwise_close(bits_te, threshold, other=bits_tr)
     labels_tr, labels_te = dict(split.train), dict(split.test)
     leaks = []
     for i, j, d in sorted(pairs, key=lambda t: (t[2], t[0], t[1])):
         a, b = train[tr[j]], test[te[i]]
         leaks.append(Leak(a, b, d, labels_tr[a] == labels_te[b]))
-    return leaks
+    return LeakCheck(leaks, threshold, typical_distance(np.concatenate([bits_tr, bits_te]), threshold))
+
+
+def find_leaks(
+    split: Split, images_dir: str | Path, threshold: int = DEFAULT_THRESHOLD, workers: int = 2, progress: bool = True
+) -> list[Leak]:
+    """`check_leaks`' pairs alone."""
+    return check_leaks(split, images_dir, threshold, workers, progress).leaks
+
+
+def write_leaks(path: str | Path, leaks: Sequence[Leak]) -> Path:
+    """The pairs as a TSV (train, test, bits, same_class), written atomically."""
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        f.write("train\ttest\tbits\tsame_class\n")
+        for leak in leaks:
+            f.write(f"{leak.train}\t{leak.test}\t{leak.distance}\t{leak.same_class}\n")
+    return Path(path)
 
 
 def keep_leaks_in_train(split: Split, leaks: Sequence[Leak]) -> Split:
@@ -293,7 +370,13 @@ def keep_leaks_in_train(split: Split, leaks: Sequence[Leak]) -> Split:
 
 __all__ = [
     "Leak",
+    "LeakCheck",
+    "LOOKALIKE_FACTOR",
+    "check_leaks",
     "find_leaks",
+    "lookalike_note",
+    "typical_distance",
+    "write_leaks",
     "keep_leaks_in_train",
     "DEFAULT_THRESHOLD",
     "DUPLICATES_FOLDER",
