@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -29,3 +31,22 @@ def test_a_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
         f.write('{"accura')
         raise RuntimeError("crash half-way")
     assert read_json(path) == {"accuracy": 0.9} and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_written_files_get_the_mode_open_would_give(tmp_path: Path, umask: int) -> None:
+    """Not mkstemp's private 0600: a web service in a container (another user) reads the bundle."""
+    old = os.umask(umask)
+    try:
+        json_file = write_json(tmp_path / "a.json", {"x": 1})
+        npz_file = save_npz(tmp_path / "b.npz", x=np.zeros(3))
+        with atomic_open(tmp_path / "c.txt") as f:
+            f.write("text")
+        with open(tmp_path / "plain.txt", "w") as f:  # what open() gives, for comparison
+            f.write("text")
+    finally:
+        os.umask(old)
+    want = 0o666 & ~umask
+    assert stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode) == want
+    for path in (json_file, npz_file, tmp_path / "c.txt"):
+        assert stat.S_IMODE(path.stat().st_mode) == want, path

@@ -19,9 +19,27 @@ from typing import IO, Any
 import numpy as np
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where the system allows (Linux): setting it to
+    read it back would briefly give files made by other threads meanwhile the wrong mode."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temp path beside `path`; on success rename it over `path`, on error delete it."""
+    """Yield a temp path beside `path`; on success rename it over `path`, on error delete it.
+
+    The file gets the mode `open()` would give it (0666 less the umask), not mkstemp's private 0600:
+    a web server, a container running as another user or a colleague must be able to read results."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -29,6 +47,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
