@@ -14,8 +14,8 @@ from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.data import load_split
 from imgclass.features import FeatureCache, Featurizer
 from imgclass.fileio import save_npz
-from imgclass.modelfile import load_model
-from imgclass.provenance import features_source, file_hash
+from imgclass.modelfile import load_model, load_model_extra
+from imgclass.provenance import StaleFilesError, check_model_split, features_source, file_hash
 
 parser = stage_parser(
     __doc__.splitlines()[0],
@@ -28,6 +28,8 @@ def main() -> int:
     _, p = parse_stage(parser)
     split = load_split(p.split_path)
     model, spec = load_model(p.model_path)
+    if spec.kind == "refined":
+        check_model_split(p.model_path, load_model_extra(p.model_path).get("split_hash", ""), p.split_path)
     fz = Featurizer(model, spec, batch_size=p.run_mbSize, flip_average=p.run_boFlipAverage, workers=p.run_workers,
                     engine=p.run_engine, export_dir=p.feature_cache_dir)
     cache = FeatureCache(p.feature_cache_dir, p.model_path, spec, p.run_boFlipAverage) if p.run_boCache else None
@@ -57,4 +59,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, (StaleFilesError,))

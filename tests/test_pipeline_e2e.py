@@ -93,7 +93,7 @@ def test_missing_inputs_and_bad_data_keep_earlier_outputs(pipeline_dir: Path, tm
 REFINE = ["--set", "rf_inputResolution=64", "--set", "rf_mbSize=6", "--set", "run_mbSize=6"]
 
 
-def test_refined_classifiers_run_stages_2_to_5_without_overwriting_each_other(pipeline_dir: Path) -> None:
+def test_refined_classifiers_run_stages_2_to_5_without_overwriting_each_other(pipeline_dir: Path, tmp_path: Path) -> None:
     ds = "fashionTextureDemo"
     results = pipeline_dir / "results" / ds
     svm_metrics = (results / "svm" / "metrics.json").read_bytes()
@@ -133,6 +133,18 @@ def test_refined_classifiers_run_stages_2_to_5_without_overwriting_each_other(pi
     assert (results / "svm" / "metrics.json").read_bytes() == svm_metrics
     assert json.loads((results / "dnn" / "metrics.json").read_text()) == m
     assert not list(pipeline_dir.rglob(".*.tmp"))
+
+    # Stage 1 again with another seed: some images the network was refined on are now test images,
+    # and stage 3 refuses to featurize the new split with it (a copy: later tests use the original).
+    import shutil
+
+    copy = tmp_path / "data"
+    shutil.copytree(pipeline_dir, copy)
+    run_script("1_prepareData.py", *sdr, "--set", "randomSeed=7", data_dir=copy)
+    stale = run_script("3_runDNN.py", *sdr, "--set", "randomSeed=7", data_dir=copy, check=False)
+    assert stale.returncode == 1 and "Traceback" not in stale.stderr, stale.stderr
+    assert ("model_refined.pt was refined on the training images of an earlier split.json (stage 1 ran again "
+            "since), some of which may now be test images: rerun scripts/2_refineDNN.py") in stale.stderr
 
 
 def test_refinement_resume_without_checkpoint_and_bad_values(pipeline_dir: Path) -> None:

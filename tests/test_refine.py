@@ -110,6 +110,47 @@ def test_balanced_refinement_trains_on_equal_class_counts(color_dataset: Path) -
     assert np.bincount(np.array([labels[keep[i]] for i in chosen]), minlength=3).tolist() == [6, 6, 6]
 
 
+def test_balanced_last_layer_fit_weighs_each_image_as_often_as_training_draws_it(color_dataset: Path) -> None:
+    """With rf_boBalanceTrainingSet the last-layer fits (before refining and the final refit) see the
+    balanced class counts too: a weight per image equal to its copies, the same fit as on the copies."""
+    paths, labels = _data(color_dataset)
+    keep = [i for i, y in enumerate(labels) if y != 2 or i % 6 < 2]  # "red": 2 images instead of 6
+    y = np.array([labels[i] for i in keep])
+    pixels = decode_images([paths[i] for i in keep], RES, "squash", workers=0, progress=False)
+    refiner = Refiner(_config(balance_training_set=True), CLASSES, device="cpu", progress=False)
+    chosen = refiner._select_train(y)
+    counts = np.bincount(chosen, minlength=len(y))
+    assert counts[y == 2].tolist() == [3, 3]  # each red image three times: 6 per class
+
+    def fitted_head(cache: torch.Tensor, labels_: np.ndarray, weights: torch.Tensor | None) -> torch.Tensor:
+        torch.manual_seed(0)
+        model, _ = refiner._build()
+        refiner.fit_last_layer(model, cache, torch.from_numpy(labels_), weights=weights)
+        return torch.cat([model.head.weight.detach(), model.head.bias.detach()[:, None]], 1)
+
+    weighted = fitted_head(pixels, y, torch.from_numpy(counts.astype(np.float32)))
+    copies = fitted_head(pixels[torch.from_numpy(chosen)], y[chosen], None)
+    plain = fitted_head(pixels, y, None)
+    torch.testing.assert_close(weighted, copies, atol=2e-3, rtol=1e-3)
+    assert float((weighted - plain).abs().max()) > 10 * float((weighted - copies).abs().max())
+    # And a balanced refinement's saved last layer is that weighted fit on its refined features (up to
+    # where L-BFGS stops), not the unweighted one.
+    refiner = Refiner(_config(balance_training_set=True, max_epochs=1), CLASSES, device="cpu", progress=False)
+    refiner.fit([paths[i] for i in keep], y)
+    c = refiner.config
+    cache = decode_images([paths[i] for i in keep], c.cache_size, c.resize_mode, workers=0, progress=False)
+    saved = {k: v.detach().clone() for k, v in refiner.model_.head.state_dict().items()}
+
+    def refit_distance(weights: torch.Tensor | None) -> float:
+        refiner.model_.head.load_state_dict(saved)
+        refiner.fit_last_layer(refiner.model_, cache, torch.from_numpy(y), weights=weights)
+        return max(float((refiner.model_.head.state_dict()[k] - v).abs().max()) for k, v in saved.items())
+
+    to_weighted = refit_distance(torch.from_numpy(counts.astype(np.float32)))
+    to_plain = refit_distance(None)
+    assert to_weighted < to_plain / 5, (to_weighted, to_plain)
+
+
 # -- training -------------------------------------------------------------------------------------
 
 def test_refinement_lowers_training_loss_and_writes_history(color_dataset: Path) -> None:
@@ -163,6 +204,10 @@ def test_same_seed_same_result_and_resume_continues_exactly(color_dataset: Path,
         _fit(color_dataset, checkpoint=ckpt, resume=True, lr_per_mb=(0.05,))
     other_seed = _fit(color_dataset, max_epochs=1, seed=4)
     assert not _same_weights(other_seed.model_, first.model_)
+    # Nor one written while training on other images (stage 1 rerun): same settings, one image fewer.
+    paths, labels = _data(color_dataset)
+    with pytest.raises(ValueError, match="other images or labels"):
+        Refiner(_config(), CLASSES, device="cpu", progress=False).fit(paths[1:], labels[1:], checkpoint=ckpt, resume=True)
 
 
 def test_weights_averaged_over_the_last_epochs_also_across_a_resume(color_dataset: Path, tmp_path: Path) -> None:

@@ -68,6 +68,18 @@ def check_same_source(
         )
 
 
+def check_model_split(model_file: str | Path, model_split_hash: str, split_file: str | Path) -> None:
+    """A refined network learned from the training images of one split: used with another (stage 1
+    rerun with another seed, ratio or new photos), some of its training images are now test images
+    and the test accuracy would be flattered. Raise StaleFilesError then. `model_split_hash` is what
+    stage 2 recorded in the model file ("" for fixed networks and older files: not checked)."""
+    if model_split_hash and model_split_hash != file_hash(split_file):
+        raise StaleFilesError(
+            f"{Path(model_file).name} was refined on the training images of an earlier {Path(split_file).name} "
+            f"(stage 1 ran again since), some of which may now be test images: rerun scripts/2_refineDNN.py"
+        )
+
+
 def check_model_and_svm(model_file: str | Path, train_features: str | Path, svm_file: str | Path) -> None:
     """Before a model file and an SVM are used together on new images (stage 6, active learning):
     both must come from one run of stages 2-4. Not checked when stage 3's features are gone."""

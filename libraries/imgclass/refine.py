@@ -29,6 +29,7 @@ continues exactly where the interrupted one stopped.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -398,6 +399,7 @@ class Refiner:
         self.progress = progress
         self.spill_dir = spill_dir
         self.held_out_name = held_out_name
+        self._data_key = ""  # identifies the training images and labels of the current fit
         self.mixed_precision = bf16_supported(self.device) if mixed_precision is None else mixed_precision
         self.spec = ModelSpec(config.backbone, config.resolution, config.resize_mode, kind="refined",
                               classes=self.classes, dropout=config.dropout)
@@ -454,10 +456,13 @@ class Refiner:
             "average_epochs_json": json.dumps(average.epochs),
             "key_json": json.dumps(self.config.resume_key()),
             "classes_json": json.dumps(list(self.classes)),
+            "data_key": self._data_key,
             "model": model.state_dict(),
             "optimizer": opt.state_dict(),
             "generator": gen.get_state(),
             "torch_rng": torch.get_rng_state(),
+            # Dropout on a GPU draws from the device's generator: resume must continue it too.
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
             "history_json": json.dumps(history.to_json()),
         }
         with atomic_path(path) as tmp:
@@ -477,10 +482,15 @@ class Refiner:
             what = ", ".join(diff) if diff else "classes"
             raise ValueError(f"{path} was written with different settings ({what}); "
                              f"delete it or run without --resume")
+        if payload.get("data_key", self._data_key) != self._data_key:
+            raise ValueError(f"{path} was written while training on other images or labels (stage 1 ran "
+                             f"again since?); delete it or run without --resume")
         model.load_state_dict(payload["model"])
         opt.load_state_dict(payload["optimizer"])
         gen.set_state(payload["generator"])
         torch.set_rng_state(payload["torch_rng"])
+        if self.device.type == "cuda" and payload.get("cuda_rng"):
+            torch.cuda.set_rng_state_all(payload["cuda_rng"])
         epochs = json.loads(payload.get("average_epochs_json", "[]"))
         if epochs and all(self.config.averages(e - 1) for e in epochs):
             # Loaded onto the CPU; the running mean is updated where the model is (CUDA, MPS).
@@ -510,12 +520,19 @@ class Refiner:
         if labels.min() < 0 or labels.max() >= len(self.classes):
             raise ValueError(f"training labels must be in 0..{len(self.classes) - 1}")
         chosen = self._select_train(labels)
+        # A checkpoint continues only the training it was written by: same images, same labels.
+        self._data_key = hashlib.blake2b("\n".join(f"{Path(p).as_posix()}\t{y}" for p, y in zip(train_paths, labels))
+                                         .encode("utf-8"), digest_size=16).hexdigest()
         unique = np.unique(chosen)  # duplicates (class balancing) share one cached copy
         position_t = torch.from_numpy(np.searchsorted(unique, chosen))  # row of each chosen image in the cache
         train_cache = decode_images([train_paths[i] for i in unique], c.cache_size, c.resize_mode,
                                     c.workers, "decode train", self.progress, self.spill_dir)
         train_y = torch.from_numpy(labels[chosen])
         unique_y = torch.from_numpy(labels[unique])  # what the last-layer fits see, each image once
+        # ... weighted by how often the epochs draw it, so that a balanced training set stays balanced
+        # in the last-layer fits (else the refit would bring back the imbalanced class priors).
+        unique_w = torch.from_numpy(np.bincount(np.searchsorted(unique, chosen), minlength=len(unique)).astype(np.float32)) \
+            if c.balance_training_set else None
         test_cache = decode_images(test_paths, c.resolution, c.resize_mode, c.workers, "decode test",
                                    self.progress, self.spill_dir) if len(test_paths) else None
         test_y = torch.as_tensor(np.asarray(test_labels, dtype=np.int64))
@@ -535,7 +552,7 @@ class Refiner:
         # BatchNorm that re-estimates its statistics is in training mode and left alone.
         with folded_batchnorm(model.backbone):
             if not history.epoch and c.init_last_layer:
-                self.fit_last_layer(model, train_cache, unique_y)
+                self.fit_last_layer(model, train_cache, unique_y, weights=unique_w)
             augment = c.augmenter()
 
             for epoch in range(len(history.epoch), c.max_epochs):
@@ -576,7 +593,7 @@ class Refiner:
             if c.refit_last_layer and not c.freeze_weights:
                 # The last layer was trained on augmented, dropped-out features of a moving network; once
                 # the network is fixed, a fit on the clean features of the training images is a better one.
-                self.fit_last_layer(model, train_cache, unique_y, what="the refined features")
+                self.fit_last_layer(model, train_cache, unique_y, what="the refined features", weights=unique_w)
                 done.append("last layer refit")
             # The curves end before these steps; say what the model that is saved scores.
             self.saved_as_ = ", ".join(done) or "the last epoch's weights"
@@ -673,20 +690,27 @@ class Refiner:
         return torch.cat(feats)
 
     def fit_last_layer(self, model: ImageClassifier, cache: torch.Tensor, labels: torch.Tensor,
-                       l2: float = 1e-3, what: str = "the pretrained features") -> None:
+                       l2: float = 1e-3, what: str = "the pretrained features",
+                       weights: torch.Tensor | None = None) -> None:
         """Fit the last layer (L2-regularised logistic regression) on the backbone's features of the
         un-augmented training images. Before refining, on the pretrained features: a random last layer
         would send large, meaningless gradients into the pretrained layers during the first epoch.
-        After refining (`refit_last_layer`), on the refined ones."""
+        After refining (`refit_last_layer`), on the refined ones. `weights`: one per image (how many
+        times the balanced training set holds it); None weighs every image once."""
         model.eval()
         f, y = self.features(model.backbone, cache), labels.to(self.device)
+        w = None if weights is None else (weights / weights.sum()).to(self.device)
         head = model.head
         opt = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=200, history_size=20,
                                 line_search_fn="strong_wolfe")
 
         def closure() -> torch.Tensor:
             opt.zero_grad()
-            loss = torch.nn.functional.cross_entropy(head(f), y) + l2 * head.weight.pow(2).sum()
+            if w is None:
+                fit = torch.nn.functional.cross_entropy(head(f), y)
+            else:
+                fit = (torch.nn.functional.cross_entropy(head(f), y, reduction="none") * w).sum()
+            loss = fit + l2 * head.weight.pow(2).sum()
             loss.backward()
             return loss
 
