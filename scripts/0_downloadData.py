@@ -5,6 +5,9 @@
 - the demo data set (datasetName = "fashionTextureDemo"): generate it (synthetic, offline).
 """
 
+from collections import Counter
+from pathlib import Path
+
 from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.data import class_counts
 from imgclass.download import download_images
@@ -23,12 +26,16 @@ parser.add_argument("--urls", default=None, metavar="FILE", help="TSV of label<T
 def main() -> int:
     args, p = parse_stage(parser)
     out = p.images_dir
-    urls = args.urls or p.urlsFile
+    # expanduser: "~/lists/urls.tsv" given in PARAMETERS.py or quoted on the command line is not
+    # expanded by the shell.
+    urls = Path(args.urls).expanduser() if args.urls else p.urls_file
     counts = class_counts(out)
     if urls:
         report = download_images(urls, out, workers=p.dl_workers, timeout=p.dl_timeoutSec,
                                  retries=p.dl_retries, max_bytes=p.dl_maxBytes)
         print(f"downloaded {report.ok}, already there {report.skipped_existing}, failed {report.failed}")
+        for (old, new), n in Counter((old, new) for _, old, new in report.moved).items():
+            print(f"moved {n} image{'' if n == 1 else 's'} from {old}/ to {new}/ (label changed in the URL list)")
         if report.failed:
             print(f"broken URLs and reasons: {out / 'download_failures.tsv'}")
         counts = class_counts(out)

@@ -7,7 +7,9 @@ train and test (dhash, leakageCheck / dedup_threshold) are listed and, by defaul
 """
 
 from imgclass.cli import parse_stage, run_stage, stage_parser
-from imgclass.data import DatasetError, balance_notes, check_disjoint, exact_duplicates_across, make_split, save_split
+from imgclass.data import (
+    DatasetError, balance_notes, check_disjoint, exact_duplicates_across, make_split, save_split, skipped_folders,
+)
 from imgclass.dedup import check_leaks, keep_leaks_in_train, write_leaks
 
 parser = stage_parser(
@@ -51,6 +53,11 @@ def main() -> int:
     print(f"  {'total':<{width}} {len(split.train):>6} {len(split.test):>6}")
     for note in balance_notes(split, balanced=p.svm_boBalanceClasses or p.rf_boBalanceTrainingSet):
         print(f"note: {note}")
+    # A class folder named _background or .misc would otherwise vanish without a word; _duplicates/
+    # (dedupImages.py --remove) is skipped on purpose, so this is a note, not an error.
+    if skipped := skipped_folders(p.images_dir):
+        print("note: not a class (folders starting with _ or . are skipped): "
+              + ", ".join(f"{f}/ ({n} image{'' if n == 1 else 's'})" for f, n in skipped))
     if p.leakageCheck == "off":
         # Byte-identical files are at distance 0, so the near-duplicate check above already reports
         # them; only without it is this cheaper exact check worth reading every file again.

@@ -90,3 +90,13 @@ def test_widget_pager_records_the_chosen_label(color_dataset: Path) -> None:
     assert [c.children[1].value for c in grid.children] == ["red_4.jpg", "red_5.jpg"]
     cls_box.value = "green"
     assert [c.children[1].value for c in grid.children][0] == "green_0.jpg" and page_box.max == 1
+
+
+def test_fixes_file_saved_with_a_byte_order_mark(color_dataset: Path) -> None:
+    # Edited in Notepad or Excel, the file starts with a BOM: line 1 must still name red/red_0.jpg.
+    text = "\ufeffred/red_0.jpg\tblue\r\ngreen/green_1.jpg\tEXCLUDE\r\n"
+    (color_dataset / FIXES_FILE).write_bytes(text.encode("utf-8"))
+    assert read_fixes(color_dataset) == {"red/red_0.jpg": "blue", "green/green_1.jpg": EXCLUDE}
+    split = make_split(color_dataset, 0.5, seed=1)
+    labels = {p: split.classes[y] for p, y in split.train + split.test}
+    assert labels["red/red_0.jpg"] == "blue" and "green/green_1.jpg" not in labels

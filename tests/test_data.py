@@ -4,8 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_image
-from imgclass.data import DatasetError, class_counts, exact_duplicates_across, load_split, make_split, save_split
+from conftest import run_script, write_image
+from imgclass.data import (
+    DatasetError, balance_notes, class_counts, exact_duplicates_across, list_images, load_split, make_split, save_split,
+)
 
 
 def test_random_split_is_seeded_stratified_and_disjoint(color_dataset: Path) -> None:
@@ -144,3 +146,68 @@ def test_unequal_and_tiny_classes_are_pointed_out() -> None:
     assert few.startswith("fewer than 5 training images: c (3);")
     assert balance_notes(split({"a": 40, "b": 10}), balanced=True) == []  # the options are on already
     assert balance_notes(split({"a": 40, "b": 10})) != []
+
+
+def test_images_in_a_symlinked_subfolder_are_found(tmp_path: Path) -> None:
+    # cat/batch2 -> ~/external: Python 3.11's rglob does not follow directory links, so these were lost.
+    root = tmp_path / "ds"
+    for c in ("cat", "dog"):
+        for i in range(2):
+            write_image(root / c / f"{i}.jpg", (90, 90, 90), seed=i)
+    external = tmp_path / "external"
+    for i in range(3):
+        write_image(external / f"x{i}.jpg", (10, 10, 10), seed=i)
+    write_image(external / ".thumbs" / "t.jpg", (10, 10, 10))  # hidden folder: still skipped
+    try:
+        (root / "cat" / "batch2").symlink_to(external, target_is_directory=True)
+        (external / "again").symlink_to(external, target_is_directory=True)  # a loop must end
+        (root / "dog" / "up").symlink_to(root / "dog", target_is_directory=True)
+    except OSError as e:
+        pytest.skip(f"cannot create symlinks here: {e}")
+    names = [p.relative_to(root).as_posix() for p in list_images(root / "cat")]
+    assert names == ["cat/0.jpg", "cat/1.jpg", "cat/batch2/x0.jpg", "cat/batch2/x1.jpg", "cat/batch2/x2.jpg"]
+    assert class_counts(root) == {"cat": 5, "dog": 2}
+    s = make_split(root, ratio=0.5, seed=0)
+    assert s.counts()["cat"]["train"] + s.counts()["cat"]["test"] == 5
+
+
+def test_a_class_without_training_images_stops_and_one_without_test_images_is_noted(color_dataset: Path) -> None:
+    # dedicatedTestImages.tsv listing every image of a class leaves nothing to learn it from.
+    (color_dataset / "dedicatedTestImages.tsv").write_text(
+        "red/red_0.jpg\ngreen/green_0.jpg\n" + "".join(f"blue/blue_{i}.jpg\n" for i in range(6)))
+    with pytest.raises(DatasetError, match=r"no training image: 'blue'.*dedicatedTestImages.tsv"):
+        make_split(color_dataset)
+    (color_dataset / "dedicatedTestImages.tsv").unlink()
+    # A one-image class goes to train at any ratio (round(0.5) is 0, which put it in test alone).
+    write_image(color_dataset / "bird" / "0.jpg", (1, 2, 3))
+    for ratio in (0.5, 0.75):
+        s = make_split(color_dataset, ratio=ratio, seed=0)
+        assert s.counts()["bird"] == {"train": 1, "test": 0}
+        assert any(n.startswith("no test image: bird;") for n in balance_notes(s))
+
+
+def test_dedicated_test_file_saved_with_a_byte_order_mark(color_dataset: Path) -> None:
+    # Notepad and Excel start a UTF-8 file with a BOM; line 1 must still read as red/red_0.jpg.
+    (color_dataset / "dedicatedTestImages.tsv").write_bytes(
+        "\ufeffred/red_0.jpg\r\nblue/blue_5.jpg\r\ngreen/green_1.jpg\r\n".encode("utf-8"))
+    s = make_split(color_dataset)
+    assert sorted(p for p, _ in s.test) == ["blue/blue_5.jpg", "green/green_1.jpg", "red/red_0.jpg"]
+
+
+def test_stage1_names_skipped_folders_and_classes_without_test_images(color_dataset: Path) -> None:
+    from imgclass.data import skipped_folders
+
+    write_image(color_dataset / "_duplicates" / "red" / "red_0.jpg", (200, 40, 40))
+    write_image(color_dataset / "_duplicates" / "blue_1.jpg", (40, 60, 200))
+    write_image(color_dataset / ".misc" / "a.png", (1, 1, 1))
+    (color_dataset / "_empty").mkdir()  # holds no image: not worth a word
+    write_image(color_dataset / "bird" / "0.jpg", (1, 2, 3))
+    assert skipped_folders(color_dataset) == [(".misc", 1), ("_duplicates", 2)]
+    data_dir = color_dataset.parents[1]
+    out = run_script("1_prepareData.py", "--set", "datasetName=colors", "--set", "leakageCheck=off",
+                     data_dir=data_dir).stdout
+    assert ("note: not a class (folders starting with _ or . are skipped): .misc/ (1 image), "
+            "_duplicates/ (2 images)") in out
+    assert "note: no test image: bird;" in out
+    split = load_split(data_dir / "proc" / "colors" / "split.json")
+    assert split.classes == ["bird", "blue", "green", "red"]

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from conftest import run_script
 from imgclass import download as dl
 from imgclass.download import DownloadReport, UrlListError, download_images, read_url_list
 from imgclass.images import check_image
@@ -79,7 +80,7 @@ def _make_handler(state: Server) -> type[BaseHTTPRequestHandler]:
                 pass  # the client gave up (timeout, size cap): expected in these tests
 
         def _route(self, path: str, hit: int) -> None:
-            if path in ("/cat.jpg", "/cat2.jpg"):
+            if path in ("/cat.jpg", "/cat2.jpg", "/caf%C3%A9%20photo.jpg", "/100%25%20cotton.jpg"):
                 self._send(200, JPEG)
             elif path == "/dog.png":
                 self._send(200, PNG, "image/png")
@@ -102,9 +103,17 @@ def _make_handler(state: Server) -> type[BaseHTTPRequestHandler]:
             elif path == "/slow.jpg":
                 self.closing.wait(3.0)  # far longer than the tests' timeout
                 self._send(200, JPEG)
+            elif path in ("/truncated.jpg", "/truncated-once.jpg"):
+                # The connection closes after half the declared body: a network error, worth a retry.
+                body = JPEG if path == "/truncated-once.jpg" and hit > 1 else JPEG[: len(JPEG) // 2]
+                self.send_response(200)
+                self.send_header("Content-Type", "image/jpeg")
+                self.send_header("Content-Length", str(len(JPEG)))
+                self.end_headers()
+                self.wfile.write(body)
             elif path == "/big-declared.jpg":
                 # Content-Length alone must reject it: the body sent is short, so a client that read
-                # on would see a truncated body (a network error), not "too large".
+                # on would see a truncated body (a network error, retried), not "too large".
                 self.send_response(200)
                 self.send_header("Content-Type", "image/jpeg")
                 self.send_header("Content-Length", str(BIG))
@@ -219,6 +228,9 @@ def test_read_url_list_keeps_header_like_line_only_at_the_top(tmp_path: Path) ->
         ("cats/evil\thttp://example.com/a.jpg", "'/'"),
         ("..\thttp://example.com/a.jpg", "'..'"),
         ("a\\b\thttp://example.com/a.jpg", "'\\\\'"),
+        # Stage 1 skips folders starting with '_' or '.': such a class would vanish from the data set.
+        ("_background\thttp://example.com/a.jpg", "starts with '_'"),
+        (".misc\thttp://example.com/a.jpg", "starts with '.'"),
     ],
 )
 def test_read_url_list_errors_name_file_and_line(tmp_path: Path, bad_line: str, words: str) -> None:
@@ -495,3 +507,76 @@ def test_write_errors_stop_the_run_instead_of_counting_as_failures(
     with pytest.raises(OSError):
         download_images(entries, out, workers=1, timeout=5, progress=False)
     assert not (out / dl.FAILURES_FILE).exists()
+
+
+def test_changing_a_urls_label_moves_its_file(server: Server, tmp_path: Path) -> None:
+    out = tmp_path / "images"
+    cat, cat2 = server.url("/cat.jpg"), server.url("/cat2.jpg")
+    download_images([("cat", cat), ("cat", cat2)], out, progress=False)
+    # The user fixes the label of the first URL in the list and runs stage 0 again.
+    report = download_images([("dog", cat), ("cat", cat2)], out, progress=False)
+    assert (report.ok, report.skipped_existing, report.failed) == (0, 2, 0)
+    assert report.per_class == {"dog": 1, "cat": 1}
+    assert report.moved == [(cat, "cat", "dog")]
+    assert _files(out) == {"cat": [_stem(cat2) + ".jpg"], "dog": [_stem(cat) + ".jpg"]}  # in one class only
+    assert server.hits["/cat.jpg"] == 1  # moved, not fetched again
+    again = download_images([("dog", cat), ("cat", cat2)], out, progress=False)
+    assert again.moved == [] and again.skipped_existing == 2
+
+
+def test_urls_copied_from_a_browser_are_percent_encoded(server: Server, tmp_path: Path) -> None:
+    # Address bars show spaces and accented letters; HTTP needs them %-encoded. Existing %XX stay.
+    urls = [server.url("/café photo.jpg"), server.url("/100%25 cotton.jpg"), server.url("/cat.jpg?q=tëst ä")]
+    report = download_images([("cat", u) for u in urls], tmp_path, retries=0, timeout=5, progress=False)
+    assert (report.ok, report.failed) == (3, 0), report.failures
+    assert server.hits["/caf%C3%A9%20photo.jpg"] == server.hits["/100%25%20cotton.jpg"] == 1
+    # The file name still derives from the URL as listed, so earlier downloads are found again.
+    assert _stem(urls[0]) + ".jpg" in _files(tmp_path)["cat"]
+    assert dl._encode_url("http://bücher.example:8080/ä b/%41.jpg?x=ü&y=1#frag ment") == (
+        "http://xn--bcher-kva.example:8080/%C3%A4%20b/%41.jpg?x=%C3%BC&y=1#frag%20ment")
+    assert dl._encode_url(server.url("/cat.jpg?a=1&b=%2F")) == server.url("/cat.jpg?a=1&b=%2F")
+
+
+def test_invalid_urls_are_not_retried(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    attempts = Counter()
+    fetch_once = dl._fetch_once
+
+    def counting(opener, url, *args):  # type: ignore[no-untyped-def]
+        attempts[url] += 1
+        return fetch_once(opener, url, *args)
+
+    monkeypatch.setattr(dl, "_fetch_once", counting)
+    url = server.base + "abc/cat.jpg"  # port "<n>abc": http.client.InvalidURL
+    report = download_images([("cat", url)], tmp_path, retries=2, timeout=5, progress=False)
+    assert report.failures[0][1].startswith("invalid URL: nonnumeric port"), report.failures
+    assert attempts[url] == 1
+
+
+def test_truncated_body_is_a_network_error_and_retried(server: Server, tmp_path: Path) -> None:
+    entries = [("cat", server.url("/truncated.jpg")), ("cat", server.url("/truncated-once.jpg"))]
+    report = download_images(entries, tmp_path, retries=1, timeout=5, progress=False)
+    assert report.failures == [(entries[0][1], f"truncated body: {len(JPEG) // 2} of {len(JPEG)} bytes")]
+    assert server.hits["/truncated.jpg"] == 2 and server.hits["/truncated-once.jpg"] == 2
+    assert _files(tmp_path) == {"cat": [_stem(entries[1][1]) + ".jpg"]}
+    assert (tmp_path / "cat" / (_stem(entries[1][1]) + ".jpg")).read_bytes() == JPEG
+
+
+def test_stage0_expands_tilde_in_urls_file(server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "home"
+    (home / "lists").mkdir(parents=True)
+    _write_tsv(home / "lists" / "urls.tsv", [f"cat\t{server.url('/cat.jpg')}", f"dog\t{server.url('/dog.png')}"])
+    monkeypatch.setenv("HOME", str(home))
+    data_dir = tmp_path / "data"
+    for how in (["--set", "urlsFile=~/lists/urls.tsv"], ["--urls", "~/lists/urls.tsv"]):
+        proc = run_script("0_downloadData.py", "--set", "datasetName=pets", *how, data_dir=data_dir)
+        assert "failed 0" in proc.stdout, proc.stdout
+    assert set(_files(data_dir / "images" / "pets")) == {"cat", "dog"}
+    assert server.hits["/cat.jpg"] == 1  # the second run found the first one's files
+    # Relabelled in the list: stage 0 says it moved the file.
+    _write_tsv(home / "lists" / "urls.tsv", [f"dog\t{server.url('/cat.jpg')}", f"dog\t{server.url('/dog.png')}"])
+    proc = run_script("0_downloadData.py", "--set", "datasetName=pets", "--urls", "~/lists/urls.tsv", data_dir=data_dir)
+    assert "moved 1 image from cat/ to dog/ (label changed in the URL list)" in proc.stdout, proc.stdout
+    assert _files(data_dir / "images" / "pets") == {"dog": sorted(  # cat/, emptied, is gone
+        [_stem(server.url("/cat.jpg")) + ".jpg", _stem(server.url("/dog.png")) + ".png"])}

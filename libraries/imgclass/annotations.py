@@ -39,7 +39,8 @@ def read_fixes(images_dir: str | Path) -> dict[str, str]:
     if not path.is_file():
         return {}
     fixes: dict[str, str] = {}
-    with open(path, encoding="utf-8") as f:
+    # utf-8-sig: a file edited in Notepad or Excel starts with a byte-order mark.
+    with open(path, encoding="utf-8-sig") as f:
         for n, line in enumerate(f, 1):
             if not line.strip() or line.startswith("#"):
                 continue

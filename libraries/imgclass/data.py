@@ -15,6 +15,7 @@ of them agree on which image is on which side. Four ways to split, in order of p
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -88,22 +89,54 @@ def load_split(path: str | Path) -> Split:
     return Split.from_json(read_json(path))
 
 
+NOT_CLASS_PREFIXES = (".", "_")  # folders that are not classes: hidden ones, _duplicates/ (dedupImages.py)
+
+
 def list_class_dirs(folder: Path) -> list[str]:
     """Class folders: visible sub-folders, sorted so class indices are stable."""
     if not folder.is_dir():
         return []
-    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(NOT_CLASS_PREFIXES))
 
 
 def list_images(class_dir: Path) -> list[Path]:
-    """Image files below a class folder (recursively), sorted, hidden files and folders skipped."""
+    """Image files below a class folder (recursively), sorted, hidden files and folders skipped.
+
+    Linked sub-folders are followed (cat/batch2 -> ~/external is how photos stored elsewhere join a
+    class; Path.rglob does not follow them before Python 3.13), each real folder once, so a link
+    back up the tree cannot loop."""
     out = []
-    for p in sorted(class_dir.rglob("*")):
-        rel = p.relative_to(class_dir)
-        if any(part.startswith(".") for part in rel.parts):
+    seen: set[str] = set()
+    for folder, dirs, files in os.walk(class_dir, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
             continue
-        if p.is_file() and is_image_name(p):
-            out.append(p)
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            p = Path(folder, name)
+            if not name.startswith(".") and is_image_name(name) and p.is_file():
+                out.append(p)
+    return sorted(out)
+
+
+def skipped_folders(images_dir: str | Path) -> list[tuple[str, int]]:
+    """(folder, images) for each folder beside the class folders that is not a class because its
+    name starts with '_' or '.' yet holds images, e.g. ("_duplicates", 12), sorted; stage 1 names them,
+    since a class named so would otherwise vanish without a word. In a data set split in advance the
+    folders inside train/ and test/ are looked at too ("train/_background")."""
+    images_dir = Path(images_dir)
+    if not images_dir.is_dir():
+        return []
+    folders = [images_dir]
+    if (split_folders := find_split_folders(images_dir)) is not None:
+        folders += split_folders[:2]
+    out = []
+    for folder in folders:
+        for p in sorted(folder.iterdir()):
+            if p.is_dir() and p.name.startswith(NOT_CLASS_PREFIXES) and (n := len(list_images(p))):
+                out.append((p.relative_to(images_dir).as_posix(), n))
     return out
 
 
@@ -159,9 +192,11 @@ def _collect(root: Path, classes: list[str], excluded: list[tuple[str, str]], ba
 def _split_list(items: list, ratio: float, rng: random.Random) -> tuple[list, list]:
     items = list(items)
     rng.shuffle(items)
-    n_train = round(len(items) * ratio)
-    if len(items) >= 2:  # both sides get at least one, so every class is trained on and tested
-        n_train = min(max(n_train, 1), len(items) - 1)
+    # Every class gets a training image, and a test image when it has two or more; a lone image goes
+    # to train (round(0.5) is 0, which put it in test with nothing to learn the class from).
+    n_train = max(round(len(items) * ratio), 1)
+    if len(items) >= 2:
+        n_train = min(n_train, len(items) - 1)
     return sorted(items[:n_train]), sorted(items[n_train:])
 
 
@@ -174,7 +209,8 @@ def _group_of(rel_path: str) -> str:
 
 def _read_dedicated(path: Path, classes: list[str]) -> set[str]:
     test = set()
-    with open(path, encoding="utf-8") as f:
+    # utf-8-sig: a list saved by Notepad or Excel starts with a byte-order mark.
+    with open(path, encoding="utf-8-sig") as f:
         for n, line in enumerate(f, 1):
             line = line.strip().replace("\\", "/")
             if not line or line.startswith("#"):
@@ -243,6 +279,7 @@ def make_split(
             excluded,
             method=f"folders {train_name}/ {test_name}/" + "".join(f" ({u.name}/ not used)" for u in unused),
         )
+        _check_trained(split, train_dir)
         check_disjoint(split)
         return split
 
@@ -280,8 +317,21 @@ def make_split(
             test += [(p, i) for p in sorted(te_paths)]
         method = "subdir" if split_by == "subdir" else "random"
     split = Split(classes, train, test, excluded, method)
+    _check_trained(split, images_dir)
     check_disjoint(split)
     return split
+
+
+def _check_trained(split: Split, where: Path) -> None:
+    """Every class has a training image: a class the model never saw can never be predicted, so its
+    test images would only count as errors. (A class with no test image is merely noted, see
+    balance_notes: the model still learns it, only its accuracy cannot be measured.)"""
+    untrained = [c for c, n in split.counts().items() if not n["train"]]
+    if untrained:
+        it = "it" if len(untrained) == 1 else "them"
+        why = (f"{DEDICATED_TEST_FILE} lists every image of {it}: leave at least one out of that file"
+               if split.method == DEDICATED_TEST_FILE else f"add images to {it}")
+        raise DatasetError(f"{where}: no training image: {', '.join(map(repr, untrained))}; {why}")
 
 
 IMBALANCE_RATIO = 4.0  # largest / smallest training class from which stage 1 points to the balancing options
@@ -292,8 +342,10 @@ def balance_notes(split: Split, balanced: bool = False) -> list[str]:
     """Notes on class sizes that change how to train and read the results: a training set whose
     largest class has IMBALANCE_RATIO times the images of its smallest (an SVM or network trained
     for overall accuracy can then give up the small class; `balanced`: the balancing options are
-    already on), and classes with too few training images to learn or cross-validate well."""
-    train = {c: n["train"] for c, n in split.counts().items()}
+    already on), classes with too few training images to learn or cross-validate well, and classes
+    with no test image (trained on, but their accuracy cannot be measured)."""
+    counts = split.counts()
+    train = {c: n["train"] for c, n in counts.items()}
     notes = []
     small, large = min(train, key=train.get), max(train, key=train.get)
     if train[small] and train[large] / train[small] >= IMBALANCE_RATIO and not balanced:
@@ -305,6 +357,11 @@ def balance_notes(split: Split, balanced: bool = False) -> list[str]:
     if few:
         notes.append(f"fewer than {FEW_TRAINING_IMAGES} training images: {', '.join(few)}; "
                      "their accuracy rests on very few photos: add more where you can")
+    untested = [c for c, n in counts.items() if not n["test"]]
+    if untested:
+        it = "it is" if len(untested) == 1 else "they are"
+        notes.append(f"no test image: {', '.join(untested)}; trained on but never tested, so the "
+                     f"results cannot say how well {it} recognised: add images")
     return notes
 
 

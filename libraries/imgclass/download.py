@@ -6,8 +6,9 @@ verified image on disk or as a line in `download_failures.tsv` with the reason.
 
 File names are derived from the URL (first 16 hex digits of its SHA-1) plus the extension of the
 format actually decoded, so a re-run maps every URL to the same file: URLs already on disk are
-skipped, URLs that failed before are tried again. Files are written atomically, so an interrupted
-run never leaves a truncated image behind.
+skipped, URLs that failed before are tried again, and a URL whose label changed in the list since
+has its file moved to the new class folder. Files are written atomically, so an interrupted run
+never leaves a truncated image behind.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import hashlib
 import http.client
 import io
 import logging
+import os
 import threading
 import time
 import urllib.error
@@ -32,6 +34,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from imgclass import __version__
+from imgclass.data import NOT_CLASS_PREFIXES, list_class_dirs
 from imgclass.fileio import atomic_open, write_bytes
 from imgclass.images import ImageDecodeError, load_rgb
 
@@ -63,6 +66,9 @@ _BACKOFF_S = 0.2  # sleep _BACKOFF_S * attempt between attempts
 # time out. Each attempt therefore also gets a total budget of _TOTAL_TIMEOUT_FACTOR * timeout.
 _TOTAL_TIMEOUT_FACTOR = 10.0
 _FORBIDDEN_LABEL_CHARS = ("/", "\\", ":", "\0")  # ':' because "C:" would escape out_dir on Windows
+# Characters left as they are when a URL is percent-encoded: the URL syntax's delimiters, and '%' so
+# that escapes already there (%20, %2F) are not encoded a second time.
+_URL_SAFE = "%/:?#[]@!$&'()*+,;=~"
 
 
 class UrlListError(ValueError):
@@ -76,6 +82,8 @@ class DownloadReport:
     `per_class`: images of each label of the list that are on disk after the run (downloaded now or
     in an earlier run); labels whose every URL failed appear with 0, so empty classes stand out.
     `failures`: (url, reason) in the order of the list.
+    `moved`: (url, old label, new label) of files found under another label than the list's now,
+    moved to the new label's folder (counted in `skipped_existing`).
     """
 
     ok: int = 0  # newly downloaded in this run
@@ -83,6 +91,7 @@ class DownloadReport:
     failed: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
     per_class: dict[str, int] = field(default_factory=dict)
+    moved: list[tuple[str, str, str]] = field(default_factory=list)
 
     def summary(self) -> str:
         return (
@@ -117,6 +126,10 @@ def check_label(label: str) -> str | None:
         return "label '.' is the output folder itself"
     if ".." in label:
         return f"label {label!r} contains '..'"
+    if label.startswith(NOT_CLASS_PREFIXES):
+        # Stage 1 skips such folders (hidden ones, dedupImages.py's _duplicates/): the class would vanish.
+        return (f"label {label!r} starts with {label[0]!r}, and folders starting with '_' or '.' "
+                "are not classes (stage 1 skips them)")
     for ch in _FORBIDDEN_LABEL_CHARS:
         if ch in label:
             return f"label {label!r} contains {ch!r}"
@@ -215,12 +228,33 @@ def file_stem(url: str) -> str:
     return hashlib.sha1(url.encode("utf-8")).hexdigest()[:16]
 
 
-def _existing_file(class_dir: Path, stem: str) -> Path | None:
-    for ext in _KNOWN_EXTENSIONS:
-        candidate = class_dir / (stem + ext)
-        if candidate.is_file():
-            return candidate
-    return None
+def _existing_files(out_dir: Path) -> dict[str, list[Path]]:
+    """{file stem: files named so} in every class folder of out_dir, listed once per run. Every
+    folder, not only the URL's label's: a URL relabelled in the list since the last run has its
+    file under the old label, and fetching it again would put the same image in two classes."""
+    found: dict[str, list[Path]] = {}
+    for label in list_class_dirs(out_dir):
+        for p in sorted((out_dir / label).iterdir()):
+            if p.suffix in _KNOWN_EXTENSIONS and p.is_file():
+                found.setdefault(p.stem, []).append(p)
+    return found
+
+
+def _encode_url(url: str) -> str:
+    """`url` as HTTP can send it: a URL copied from a browser's address bar may hold spaces and
+    non-ASCII letters, which http.client refuses. The path, query and fragment are percent-encoded
+    (as UTF-8; existing %XX escapes kept) and a non-ASCII host name IDNA-encoded (UnicodeError, a
+    ValueError, when it cannot be). Other URLs are returned unchanged."""
+    if url.isascii() and not any(c <= " " or c == "\x7f" for c in url):
+        return url
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.netloc
+    if not netloc.isascii():
+        userinfo, at, hostport = netloc.rpartition("@")
+        host, colon, port = hostport.partition(":")  # an IPv6 literal [..] is ASCII, never here
+        netloc = f"{userinfo}{at}{host.encode('idna').decode('ascii')}{colon}{port}"
+    path, query, fragment = (urllib.parse.quote(part, safe=_URL_SAFE) for part in parts[2:])
+    return urllib.parse.urlunsplit((parts.scheme, netloc, path, query, fragment))
 
 
 class _HttpOnlyRedirectHandler(urllib.request.HTTPRedirectHandler):
@@ -276,13 +310,15 @@ def _fetch_once(
     """One attempt: the body, or _Failure. The body is read in chunks so an oversized file is
     abandoned after max_bytes instead of being held in memory."""
     headers = {"User-Agent": USER_AGENT, "Accept": "image/*,*/*;q=0.8"}
-    request = urllib.request.Request(url, headers=headers)
     deadline = time.monotonic() + timeout * _TOTAL_TIMEOUT_FACTOR
     try:
+        request = urllib.request.Request(_encode_url(url), headers=headers)
         with opener.open(request, timeout=timeout) as response:
             length = response.headers.get("Content-Length")
-            if length and length.strip().isdigit() and int(length) > max_bytes:
-                raise _Failure(f"too large ({int(length)} bytes > max_bytes={max_bytes})")
+            chunked = "chunked" in (response.headers.get("Transfer-Encoding") or "").lower()
+            declared = int(length) if length and length.strip().isdigit() and not chunked else None
+            if declared is not None and declared > max_bytes:
+                raise _Failure(f"too large ({declared} bytes > max_bytes={max_bytes})")
             chunks: list[bytes] = []
             size = 0
             while True:
@@ -299,6 +335,10 @@ def _fetch_once(
                 if time.monotonic() > deadline:
                     raise _Failure("timeout (download too slow)", retryable=True)
                 chunks.append(chunk)
+            # read1 returns b"" when the server closes the connection early, without the
+            # IncompleteRead that read() raises: only the declared length shows the body is short.
+            if declared is not None and size < declared:
+                raise _Failure(f"truncated body: {size} of {declared} bytes", retryable=True)
             return b"".join(chunks)
     except (_Failure, _Cancelled):
         raise
@@ -313,9 +353,11 @@ def _fetch_once(
         raise _Failure(f"network error: {e.reason}", retryable=True) from e
     except TimeoutError as e:  # socket.timeout is TimeoutError since Python 3.10
         raise _Failure("timeout", retryable=True) from e
+    except http.client.InvalidURL as e:  # bad port, control characters: the same every attempt
+        raise _Failure(f"invalid URL: {e}") from e
     except (OSError, http.client.HTTPException) as e:  # reset connections, truncated bodies, TLS
         raise _Failure(f"network error: {type(e).__name__}: {e}", retryable=True) from e
-    except ValueError as e:  # http.client.InvalidURL, bad ports, IDNA errors: retrying cannot help
+    except ValueError as e:  # host names IDNA cannot encode, other malformed URLs: retrying cannot help
         raise _Failure(f"invalid URL: {e}") from e
 
 
@@ -410,8 +452,10 @@ def download_images(
     `timeout`: seconds per socket operation (connect, each read); an attempt also gives up after
     10 * timeout in total. `retries`: extra attempts after network errors, timeouts, HTTP 5xx and
     429 (never after other 4xx, oversized bodies or non-images). `max_bytes`: larger bodies are
-    abandoned. URLs whose file already exists are skipped; failures are listed in the report and
-    in out_dir/download_failures.tsv (removed when nothing failed) and retried by the next run.
+    abandoned. URLs whose file already exists are skipped (a file found under another label than
+    the URL's is moved to its label's folder, see `DownloadReport.moved`); failures are listed in
+    the report and in out_dir/download_failures.tsv (removed when nothing failed) and retried by
+    the next run.
     """
     if workers < 1:
         raise ValueError(f"workers = {workers!r}: expected an int >= 1")
@@ -429,15 +473,38 @@ def download_images(
     report = DownloadReport(per_class={label: 0 for label, _ in entries})
     reasons: dict[int, str] = {}  # entry index -> reason, so failures come out in list order
     todo: list[int] = []
+    existing = _existing_files(out_dir)
+    moved_from: set[Path] = set()
     for i, (label, url) in enumerate(entries):
         scheme = urllib.parse.urlsplit(url).scheme.lower()
+        files = existing.get(file_stem(url), [])
         if scheme not in ALLOWED_SCHEMES:
             reasons[i] = "unsupported scheme"  # never fetched: no file:, ftp:, javascript: ...
-        elif _existing_file(out_dir / label, file_stem(url)) is not None:
+        elif files:
+            here = [f for f in files if f.parent.name == label]
+            if not here:  # the URL's label changed in the list since the run that downloaded it
+                old = files.pop(0)
+                target = out_dir / label / old.name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(old, target)  # atomic: the image is in one class folder or the other
+                moved_from.add(old.parent)
+                report.moved.append((url, old.parent.name, label))
+                log.info("%s: label now %r, moved %s to %s/", url, label, old.relative_to(out_dir), label)
+            for other in files:
+                if other.parent.name != label:  # left by a version that downloaded it again
+                    log.warning("%s is listed as %r but also in %s: the same image in two classes; "
+                                "delete that copy", url, label, other.relative_to(out_dir))
             report.skipped_existing += 1
             report.per_class[label] += 1
         else:
             todo.append(i)
+    for folder in moved_from:
+        # A label renamed in the list (cats -> cat) leaves its old folder empty, which stage 1 would
+        # take for an empty class; rmdir removes only an empty folder.
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
 
     bar = tqdm(total=len(entries), unit="img", desc="download", disable=not progress)
     bar.update(len(entries) - len(todo))

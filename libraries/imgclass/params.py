@@ -241,6 +241,12 @@ class Params(Mapping[str, Any]):
         return Path(self._values["DATA_DIR"]).expanduser()
 
     @property
+    def urls_file(self) -> Path | None:
+        """urlsFile as a path, `~` expanded (open() would look for a folder named "~"); None when ""."""
+        value = self._values["urlsFile"]
+        return Path(value).expanduser() if value else None
+
+    @property
     def images_dir(self) -> Path:
         return self.data_dir / "images" / self._values["datasetName"]
 
