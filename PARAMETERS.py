@@ -13,7 +13,7 @@ import os
 # ----------------------------------------------------------------------------------------------
 DATA_DIR = os.path.join(os.path.expanduser("~"), "imgclass_data")  # root of images/, proc/, results/ (env IMGCLASS_DATA_DIR wins)
 datasetName = "fashionTextureDemo"  # folder under DATA_DIR/images/; "fashionTextureDemo" is generated offline by stage 0
-urlsFile = ""  # TSV of label<TAB>url that stage 0 downloads into DATA_DIR/images/<datasetName>/ ("" = none)
+urlsFile = ""  # TSV of label<TAB>url that stage 0 downloads into DATA_DIR/images/<datasetName>/ ("" = none; ~ is expanded)
 demoImagesPerClass = 100  # images per class that stage 0 generates for the synthetic demo data set
 ratioTrainTest = 0.75  # fraction of each class's images that goes to the training set
 imagesSplitBy = "filename"  # "filename": split images at random; "subdir": keep each sub-folder of a class on one side
