@@ -96,6 +96,28 @@ def test_label_interactively_understands_numbers_names_prefixes_skip_and_quit(tm
     assert len(read_log(tmp_path / "log.tsv")) == 4  # image 4 was never answered (quit)
 
 
+def test_classes_named_by_numbers_are_answered_by_name_not_menu_position(tmp_path: Path) -> None:
+    """Digits "0"-"9": typing 3 means the class "3" (menu position 3 would be "2")."""
+    src = tmp_path / "u"
+    src.mkdir()
+    cands = []
+    for i in range(3):
+        (src / f"{i}.jpg").write_bytes(bytes([i]) * 20)
+        cands.append(Candidate(src / f"{i}.jpg", np.full(10, 0.1), 0.1))
+    answers = iter(["3", "0", "9"])
+    prompts: list[str] = []
+    images = tmp_path / "images"
+
+    def ask(prompt: str) -> str:
+        prompts.append(prompt)
+        return next(answers)
+
+    copied = label_interactively(cands, [str(d) for d in range(10)], images, tmp_path / "log.tsv",
+                                 input_fn=ask, print_fn=lambda *a: None)
+    assert [p.relative_to(images).as_posix() for p in copied] == ["3/0.jpg", "0/1.jpg", "9/2.jpg"]
+    assert "1=0" not in prompts[0] and "0  1  2" in prompts[0]
+
+
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """DATA_DIR with a 6-per-class demo data set, a real EfficientNet-Lite0 at 64 px and its SVM,

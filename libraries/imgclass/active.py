@@ -198,6 +198,16 @@ def apply_labels(
     return copied
 
 
+def _numbered(classes: Sequence[str]) -> bool:
+    """Whether answers may give a class by its position in the menu: not when a class is itself named
+    by a number (digits "0"-"9"), where "3" must mean the class "3", not the third class."""
+    return not any(c.strip().isdigit() for c in classes)
+
+
+def _menu(classes: Sequence[str]) -> str:
+    return "  ".join(f"{i}={c}" for i, c in enumerate(classes, 1)) if _numbered(classes) else "  ".join(classes)
+
+
 def _parse_answer(answer: str, classes: Sequence[str]) -> str | None:
     """A class name, SKIP, "q", or None when the answer is not understood."""
     a = answer.strip()
@@ -205,7 +215,7 @@ def _parse_answer(answer: str, classes: Sequence[str]) -> str | None:
         return "q"
     if a.lower() in ("s", "skip", SKIP):
         return SKIP
-    if a.isdigit() and 1 <= int(a) <= len(classes):
+    if _numbered(classes) and a.isdigit() and 1 <= int(a) <= len(classes):
         return classes[int(a) - 1]
     if not a:
         return None
@@ -220,9 +230,10 @@ def label_interactively(
 ) -> list[Path]:
     """Ask for the class of each candidate in a terminal (or a notebook: input() works there too).
 
-    Answers: a class number or name (a unique prefix will do), "s" to skip, "q" to stop. Each
+    Answers: a class number or name (a unique prefix will do; only names when classes are named by
+    numbers), "s" to skip, "q" to stop. Each
     answer is saved as it is given, so stopping (or Ctrl-D) loses nothing."""
-    menu = "  ".join(f"{i}={c}" for i, c in enumerate(classes, 1))
+    menu = _menu(classes)
     copied: list[Path] = []
     for n, cand in enumerate(candidates, 1):
         guess = ", ".join(f"{c} {s:.3g}" for c, s in cand.ranked(classes))
