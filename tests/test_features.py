@@ -104,6 +104,28 @@ def test_torch_engine_matches_onnx_engine(backbone: torch.nn.Module, export_dir:
     assert _cosine(a.featurize_paths(photos, progress=False).features, b.featurize_paths(photos, progress=False).features).min() >= 0.9999
 
 
+def test_the_torch_engine_leaves_the_callers_model_as_it_was(photos: list[Path]) -> None:
+    """Module.to works in place: the engine must move and re-lay out a copy, so that a network reused
+    for several candidates (selectFeaturizer) stays on its device and saves to the same bytes."""
+    model = create_backbone("efficientnet_lite0")
+    before = {k: (v.stride(), v.device, v.data_ptr()) for k, v in model.state_dict().items()}
+    fz = Featurizer(model, _spec("fixed"), batch_size=2, flip_average=False, engine="torch", device="cpu")
+    assert fz.featurize_paths(photos[:3], progress=False).features.shape == (3, 1280)
+    assert {k: (v.stride(), v.device, v.data_ptr()) for k, v in model.state_dict().items()} == before
+
+
+def test_engine_onnx_runs_on_the_cpu_beside_a_gpu(backbone: torch.nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
+    """run_engine = "onnx" forces ONNX Runtime even where the default device would be a GPU."""
+    from imgclass import features
+
+    monkeypatch.setattr(features, "default_device", lambda: torch.device("cuda"))
+    fz = Featurizer(backbone, _spec("fixed"), engine="onnx")
+    assert fz.device.type == "cpu" and fz.engine_name == "onnx"
+    assert Featurizer(backbone, _spec("fixed")).engine_name == "torch"  # "auto" follows the device
+    with pytest.raises(ValueError, match="engine 'onnx' runs on the CPU"):
+        Featurizer(backbone, _spec("fixed"), engine="onnx", device="cuda")
+
+
 def _odd_images(folder: Path) -> list[Path]:
     rng = np.random.default_rng(1)
     # smooth random shapes: a 1-pixel shift or JPEG noise changes them little, a wrong rotation a lot

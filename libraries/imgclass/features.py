@@ -19,6 +19,7 @@ each image file's content, so featurizing a data set that did not change is not 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import threading
@@ -145,6 +146,9 @@ class _TorchEngine:
 
     def __init__(self, body: torch.nn.Module, preprocess: Preprocess, device: torch.device) -> None:
         self.device = device
+        # A copy: Module.to moves (and re-lays out) a module in place, and the caller's model must stay
+        # as it was (selectFeaturizer reuses one network for several candidates and saves it after).
+        body = copy.deepcopy(body)
         self.module = _PixelsToFeatures(body, preprocess).eval().to(device).to(memory_format=torch.channels_last)
         self.name = f"torch-{device.type}"
 
@@ -190,7 +194,9 @@ class Featurizer:
         self.batch_size = batch_size
         self.flip_average = flip_average
         self.workers = workers
-        self.device = torch.device(device) if device is not None else default_device()
+        if device is None:  # "onnx" forces ONNX Runtime, which runs on the CPU even beside a GPU
+            device = "cpu" if engine == "onnx" else default_device()
+        self.device = torch.device(device)
         if engine == "onnx" and self.device.type != "cpu":
             raise ValueError(f"engine 'onnx' runs on the CPU, not on device {self.device}")
         self.engine_name = engine if engine != "auto" else ("onnx" if self.device.type == "cpu" else "torch")
