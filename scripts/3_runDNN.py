@@ -15,7 +15,7 @@ from imgclass.data import load_split
 from imgclass.features import FeatureCache, Featurizer
 from imgclass.fileio import save_npz
 from imgclass.modelfile import load_model, load_model_extra
-from imgclass.provenance import StaleFilesError, check_model_split, features_source, file_hash
+from imgclass.provenance import StaleFilesError, check_model_settings, check_model_split, features_source, file_hash
 
 parser = stage_parser(
     __doc__.splitlines()[0],
@@ -28,6 +28,8 @@ def main() -> int:
     _, p = parse_stage(parser)
     split = load_split(p.split_path)
     model, spec = load_model(p.model_path)
+    made_with = {"rf_pretrainedModel": spec.backbone, "rf_inputResolution": spec.resolution, "rf_resizeMode": spec.resize_mode}
+    check_model_settings(made_with, p, p.model_path.name)
     if spec.kind == "refined":
         check_model_split(p.model_path, load_model_extra(p.model_path).get("split_hash", ""), p.split_path)
     fz = Featurizer(model, spec, batch_size=p.run_mbSize, flip_average=p.run_boFlipAverage, workers=p.run_workers,
@@ -46,7 +48,8 @@ def main() -> int:
                   "classes": np.array(split.classes), "features": result.features,
                   "flip_average": np.array(p.run_boFlipAverage),  # stage 6 exports the same preprocessing
                   "features_source": np.array(source),  # stages 4-6 check they combine files of one origin
-                  "split_hash": np.array(split_hash)}
+                  "split_hash": np.array(split_hash),
+                  **{k: np.array(v) for k, v in made_with.items()}}  # what stage 5 reports it was made with
         if result.probs is not None:
             arrays["probs"] = result.probs
         out = save_npz(p.features_path(side), **arrays)

@@ -6,7 +6,7 @@ from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.evaluate import (compute_metrics, format_confusions, format_table, plot_confusion, plot_roc,
                                write_browser, write_predictions)
 from imgclass.fileio import load_npz, require_file, write_json
-from imgclass.provenance import StaleFilesError, check_same_source
+from imgclass.provenance import MODEL_SETTINGS, StaleFilesError, check_model_settings, check_same_source
 from imgclass.svm import LinearSvm
 
 parser = stage_parser(
@@ -29,6 +29,9 @@ def main() -> int:
     check_same_source(require_file(p.model_path, "scripts/2_refineDNN.py"), p.features_path(side),
                       svm.features_source if svm else "", str(p.svm_path) if svm else "",
                       split_file=require_file(p.split_path, "scripts/1_prepareData.py"))
+    # Stage 3 records the network it used; older files do not (then the parameters are reported).
+    made_with = {k: data[k].item() for k in MODEL_SETTINGS if k in data}
+    check_model_settings(made_with, p, p.features_path(side).name)
     if svm is None:
         if "probs" not in data:
             raise ValueError(f"{p.features_path(side)} has no class probabilities: rerun stages 2 and 3 with classifier = 'dnn'")
@@ -39,8 +42,8 @@ def main() -> int:
     metrics = {
         "dataset": p.datasetName,
         "classifier": p.classifier,
-        "backbone": p.rf_pretrainedModel,
-        "resolution": p.rf_inputResolution,
+        "backbone": made_with.get("rf_pretrainedModel", p.rf_pretrainedModel),
+        "resolution": int(made_with.get("rf_inputResolution", p.rf_inputResolution)),
         "eval_set": side,
         "n_train": n_train,
         "n_test": len(labels) if side == "test" else None,

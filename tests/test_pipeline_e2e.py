@@ -147,6 +147,22 @@ def test_refined_classifiers_run_stages_2_to_5_without_overwriting_each_other(pi
             "since), some of which may now be test images: rerun scripts/2_refineDNN.py") in stale.stderr
 
 
+def test_results_are_not_credited_to_a_network_that_was_not_used(pipeline_dir: Path) -> None:
+    """PARAMETERS.py changed (another resolution or backbone) and stage 2 forgotten: stages 3 and 5
+    refuse, naming what the files were made with, instead of reporting the new settings' name."""
+    metrics = pipeline_dir / "results" / "fashionTextureDemo" / "svm" / "metrics.json"
+    before = metrics.read_bytes()
+    proc = run_script("3_runDNN.py", *SMALL, "--set", "rf_inputResolution=128", data_dir=pipeline_dir, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert ("model_fixed.pt was made with rf_inputResolution = 96, but the parameters now say 128: "
+            "rerun scripts/2_refineDNN.py, then the stages after it") in proc.stderr
+    proc = run_script("5_evaluate.py", *SMALL, "--set", "rf_pretrainedModel=efficientnet_lite1", data_dir=pipeline_dir, check=False)
+    assert proc.returncode == 1 and "features_fixed_test.npz was made with rf_pretrainedModel = 'efficientnet_lite0'" in proc.stderr
+    assert metrics.read_bytes() == before
+    m = json.loads(before)
+    assert (m["backbone"], m["resolution"]) == ("efficientnet_lite0", 96)
+
+
 def test_refinement_resume_without_checkpoint_and_bad_values(pipeline_dir: Path) -> None:
     proc = run_script("2_refineDNN.py", *SMALL, "--set", "classifier=dnn", "--set", "rf_lrPerMb=[]",
                       data_dir=pipeline_dir, check=False)

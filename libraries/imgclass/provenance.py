@@ -68,6 +68,22 @@ def check_same_source(
         )
 
 
+# The parameters a model file (and the features computed with it) fixes: set to other values in
+# PARAMETERS.py, they need stage 2 again, or the results would be credited to a network not used.
+MODEL_SETTINGS = ("rf_pretrainedModel", "rf_inputResolution", "rf_resizeMode")
+
+
+def check_model_settings(made_with: dict, now: dict, what: str, rerun: str = "scripts/2_refineDNN.py") -> None:
+    """Raise StaleFilesError when the file `what` was made with other MODEL_SETTINGS values
+    (`made_with`) than the parameters have now (`now`), naming both and the stage to rerun."""
+    differ = [k for k in MODEL_SETTINGS if k in made_with and str(made_with[k]) != str(now[k])]
+    if differ:
+        then = ", ".join(f"{k} = {made_with[k]!r}" for k in differ)
+        later = ", ".join(f"{now[k]!r}" for k in differ)
+        raise StaleFilesError(f"{what} was made with {then}, but the parameters now say {later}: "
+                              f"rerun {rerun}, then the stages after it")
+
+
 def check_model_split(model_file: str | Path, model_split_hash: str, split_file: str | Path) -> None:
     """A refined network learned from the training images of one split: used with another (stage 1
     rerun with another seed, ratio or new photos), some of its training images are now test images
