@@ -109,7 +109,7 @@ track_experiment = ""  # MLflow experiment that runs go to; "" = aml_config/trac
 dep_host = "127.0.0.1"  # address the web service listens on ("0.0.0.0" = every network interface, e.g. in Docker)
 dep_port = 8000  # TCP port of the web service
 dep_workers = 1  # server processes, each with its own copy of the model (more = more parallel requests, more memory)
-dep_threads = 0  # ONNX Runtime threads per worker for one batch (0 = one per CPU core)
+dep_threads = 0  # ONNX Runtime threads per worker for one batch (0 = the usable CPU cores shared among dep_workers)
 dep_maxBatch = 16  # most images the service scores in one ONNX Runtime call when requests arrive together
 dep_maxUploadBytes = 20_000_000  # largest request body accepted, all images together (bigger: HTTP 413)
 dep_maxPixels = 40_000_000  # largest image accepted, in width x height pixels; stops decompression bombs (bigger: HTTP 413)

@@ -1,8 +1,9 @@
 """Stage 6 client: send photos to the web service and print each one's label and class scores.
 
 Each IMAGE_OR_FOLDER is an image file or a folder (searched recursively for images); give as many
-as you like, e.g. a shell glob. Images go in requests of at most the service's per-request limit;
-the reply's label and scores are printed one line per image.
+as you like, e.g. a shell glob. Images go in requests within the service's per-request limits
+(images and bytes, from its /info); a file too large for any request is sent alone, so the service
+names it. The reply's label and scores are printed one line per image.
 """
 
 import sys
@@ -23,6 +24,13 @@ parser.add_argument("--url", default=None, help="the service's address (default 
 parser.add_argument("--timeout", type=float, default=None, help="seconds to wait for a reply (default dep_timeoutSec)")
 
 
+# Bytes a multipart request adds to the files it carries, counted generously: the closing boundary
+# (REQUEST_OVERHEAD) and per file a boundary line and headers of ~150 bytes plus the file name,
+# escaped (PART_OVERHEAD + 3 bytes per byte of name).
+REQUEST_OVERHEAD = 1024
+PART_OVERHEAD = 512
+
+
 class ServiceError(RuntimeError):
     """The service is unreachable or refused a request; the message says which and why."""
 
@@ -36,6 +44,24 @@ def find_images(source: Path) -> list[Path]:
             raise FileNotFoundError(f"{source}: no image files in this folder")
         return found
     raise FileNotFoundError(f"{source}: no such file or folder")
+
+
+def batches(images: list[Path], max_images: int, max_bytes: int | None) -> list[list[Path]]:
+    """The images in order, in groups of at most `max_images` whose request (multipart framing
+    included) stays within `max_bytes`; a file that fits in no request forms a group of its own."""
+    groups: list[list[Path]] = []
+    group: list[Path] = []
+    size = REQUEST_OVERHEAD
+    for f in images:
+        cost = f.stat().st_size + PART_OVERHEAD + 3 * len(f.name.encode())
+        if group and (len(group) >= max_images or (max_bytes is not None and size + cost > max_bytes)):
+            groups.append(group)
+            group, size = [], REQUEST_OVERHEAD
+        group.append(f)
+        size += cost
+    if group:
+        groups.append(group)
+    return groups
 
 
 def call(client: httpx.Client, url: str, method: str, path: str, **kwargs) -> dict:
@@ -65,18 +91,25 @@ def main() -> int:
     failed = 0
     with httpx.Client(timeout=timeout) as client:
         info = call(client, url, "GET", "/info")
-        per_request = int(info.get("limits", {}).get("max_images_per_request", 1))
+        limits = info.get("limits", {})
+        per_request = int(limits.get("max_images_per_request", 1))
+        max_bytes = limits.get("max_upload_bytes")  # older services do not say: count images only
         print(f"model {info['model_version']} ({info['classifier']}): {', '.join(info['classes'])}")
-        for start in range(0, len(images), per_request):
-            chunk = images[start:start + per_request]
+        for chunk in batches(images, per_request, None if max_bytes is None else int(max_bytes)):
             files = [("images", (f.name, f.read_bytes())) for f in chunk]
             try:
                 reply = call(client, url, "POST", "/score", files=files)
             except ServiceError as e:
                 if "HTTP 4" not in str(e):
                     raise
+                if len(chunk) == 1:
+                    failed += 1
+                    print(f"{chunk[0]}\tERROR\t{e}", file=sys.stderr)
+                    continue
                 # One bad file fails its request: retry that request's images one by one so every
                 # good image still gets its answer and the bad one is named.
+                print(f"a request of {len(chunk)} images was refused ({e}); sending them one at a time",
+                      file=sys.stderr)
                 for f in chunk:
                     try:
                         r = call(client, url, "POST", "/score", files=[("images", (f.name, f.read_bytes()))])

@@ -8,8 +8,10 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -64,17 +66,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _tail(log: Path, limit: int = 20_000) -> str:
+    text = log.read_text(errors="replace") if log.is_file() else ""
+    return f"server log {log}:\n" + (text if len(text) <= limit else "...\n" + text[-limit:])
+
+
 @contextlib.contextmanager
-def running_server(bundle: Path, *sets: str, workers: int = 1, timeout: float = 60, pids: list[int] | None = None) -> Iterator[str]:
+def running_server(bundle: Path, *sets: str, workers: int = 1, timeout: float = 60, pids: list[int] | None = None,
+                   log: Path | None = None, cpus: set[int] | None = None) -> Iterator[str]:
     """scripts/6_deploy.py --bundle serving on a free port of 127.0.0.1; yields its base URL (and
-    appends the server's process id to `pids` when given)."""
+    appends the server's process id to `pids` when given).
+
+    The server's output goes to the file `log` (default: server_<port>.log beside the bundle, in the
+    test's temporary folder), never to a pipe: nobody reads a pipe while a test runs, and a server
+    that logs more than the pipe holds (64 kB of tracebacks) would block. The log is shown when the
+    server fails to start, dies, or the test inside the `with` fails. `cpus`: the CPUs the server
+    may run on (its affinity, as taskset or a container's cpuset sets it)."""
     port = free_port()
+    log = log or bundle.parent / f"server_{port}.log"
     args = [sys.executable, str(SCRIPTS / "6_deploy.py"), "--bundle", str(bundle), "--port", str(port),
             "--workers", str(workers), "--set", "dep_threads=1"]
     for s in sets:
         args += ["--set", s]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    pin = None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=pin)
     url = f"http://127.0.0.1:{port}"
     if pids is not None:
         pids.append(proc.pid)
@@ -82,17 +99,21 @@ def running_server(bundle: Path, *sets: str, workers: int = 1, timeout: float = 
         deadline = time.monotonic() + timeout
         while True:
             if proc.poll() is not None:
-                raise AssertionError(f"server exited with {proc.returncode}:\n{proc.stdout.read()}")
+                raise AssertionError(f"server exited with {proc.returncode}; {_tail(log)}")
             try:
                 if httpx.get(url + "/health", timeout=1).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                raise AssertionError("server did not answer /health in time")
+                raise AssertionError(f"server did not answer /health in time; {_tail(log)}")
             time.sleep(0.2)
-        yield url
-        assert proc.poll() is None, "the server died during the test"
+        try:
+            yield url
+        except BaseException:
+            print(_tail(log))  # pytest shows a failed test's output: the server's side of it
+            raise
+        assert proc.poll() is None, f"the server died during the test; {_tail(log)}"
     finally:
         proc.terminate()
         try:
@@ -100,3 +121,36 @@ def running_server(bundle: Path, *sets: str, workers: int = 1, timeout: float = 
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@contextlib.contextmanager
+def recording_proxy(target: str) -> Iterator[tuple[str, list[tuple[str, str, int, int]]]]:
+    """A pass-through HTTP proxy in front of a real server, to see what a client sends: yields its
+    base URL and the list it fills with (method, path, request body bytes, reply status)."""
+    records: list[tuple[str, str, int, int]] = []
+
+    class Forward(BaseHTTPRequestHandler):
+        def _forward(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length", "connection")}
+            r = httpx.request(self.command, target + self.path, content=body, headers=headers, timeout=60)
+            records.append((self.command, self.path, len(body), r.status_code))
+            self.send_response(r.status_code)
+            self.send_header("Content-Type", r.headers.get("content-type", "application/octet-stream"))
+            self.send_header("Content-Length", str(len(r.content)))
+            self.end_headers()
+            self.wfile.write(r.content)
+
+        do_GET = do_POST = _forward
+
+        def log_message(self, *args: object) -> None:  # quiet
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Forward)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", records
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +98,48 @@ def test_a_changed_model_file_is_refused(pipeline: tuple[Path, Path], tmp_path: 
         load_bundle(tmp_path / "nothing")
     proc = run_script("6_deploy.py", "--bundle", str(copy), data_dir=tmp_path, check=False)
     assert proc.returncode == 1 and "does not match bundle.json" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", "null", '"a bundle"', "3"])
+def test_a_bundle_json_that_is_not_an_object_is_refused(tmp_path: Path, text: str) -> None:
+    (tmp_path / "bundle.json").write_text(text)
+    (tmp_path / "model.onnx").write_bytes(b"onnx")
+    with pytest.raises(BundleError, match=r"bundle\.json: damaged bundle description \(a JSON \w+, not an object\)"):
+        load_bundle(tmp_path)
+
+
+def _tiny_onnx(path: Path) -> Path:
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 3])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity (Linux)")
+def test_onnx_threads_follow_cpu_affinity_and_processes(tmp_path: Path) -> None:
+    model = _tiny_onnx(tmp_path / "relu.onnx")
+    # A process pinned to one core (taskset, a container's cpuset): os.cpu_count() still says all.
+    code = ("import os, sys; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+            "from imgclass.export import cpu_session; "
+            "print(os.cpu_count(), cpu_session(sys.argv[1]).get_session_options().intra_op_num_threads)")
+    out = subprocess.run([sys.executable, "-c", code, str(model)], capture_output=True, text=True, check=True).stdout
+    assert out.split()[1] == "1", f"os.cpu_count(), ONNX Runtime threads: {out}"
+
+    from imgclass.export import cpu_session, usable_cpus
+
+    cores = len(os.sched_getaffinity(0))
+    assert usable_cpus() == cores
+
+    def threads(session) -> int:
+        return session.get_session_options().intra_op_num_threads
+
+    assert threads(cpu_session(model)) == cores
+    assert threads(cpu_session(model, processes=2)) == max(1, cores // 2)  # two workers share the cores
+    assert threads(cpu_session(model, threads=3, processes=2)) == 3  # a number given is used as given
 
 
 def test_deploy_without_a_trained_model_says_what_to_run(tmp_path: Path) -> None:

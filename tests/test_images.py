@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgclass.images import ImageDecodeError, check_image, fit_square, load_rgb, load_square
+from imgclass.images import HEIF_SUPPORT, ImageDecodeError, check_image, fit_square, load_rgb, load_square
 
 
 def _gradient(w: int = 64, h: int = 40) -> np.ndarray:
@@ -44,6 +44,12 @@ def test_exif_orientation_is_applied(tmp_path: Path) -> None:
 def test_phone_formats_heic_and_avif_decode(tmp_path: Path, suffix: str) -> None:
     from imgclass.data import list_images
 
+    Image.init()
+    if suffix == ".heic" and not HEIF_SUPPORT:  # README allows a slim install without pillow-heif
+        pytest.skip("pillow-heif is not installed: this install reads no HEIC files")
+    if suffix == ".avif" and "AVIF" not in Image.OPEN:
+        pytest.skip("this Pillow was built without AVIF support")
+
     p = tmp_path / "cls" / f"IMG_0001{suffix.upper()}"  # phones write upper-case names
     p.parent.mkdir()
     Image.fromarray(_gradient()).save(p, quality=95)  # pillow-heif, registered by imgclass.images, writes HEIC
@@ -56,6 +62,8 @@ def test_phone_formats_heic_and_avif_decode(tmp_path: Path, suffix: str) -> None
 def test_heic_without_the_plugin_says_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import imgclass.images as images
 
+    if not HEIF_SUPPORT:
+        pytest.skip("pillow-heif is not installed: nothing here can write the HEIC file this test hides from Pillow")
     p = tmp_path / "x.heic"
     Image.fromarray(_gradient()).save(p)
     # As in an install without pillow-heif: Pillow alone does not know the format.
@@ -84,6 +92,74 @@ def test_cmyk_grayscale_palette_alpha_16bit(tmp_path: Path) -> None:
     Image.fromarray(arr16).save(tmp_path / "deep.png")
     out = np.asarray(load_rgb(tmp_path / "deep.png"))
     assert out[:, 0].max() < 5 and out[:, -1].min() > 250 and 100 < out[:, 32].mean() < 160
+
+
+def _scaled_as_before(img: Image.Image) -> np.ndarray:
+    """The 16/32-bit -> 8-bit scaling as _to_rgb always did it, on whole-image float64 arrays."""
+    arr = np.asarray(img, dtype=np.float64)
+    top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+    return np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def test_16bit_and_32bit_gray_scale_exactly_as_before(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    every16 = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    Image.fromarray(every16).save(tmp_path / "every16.png")
+    nan = rng.uniform(0, 70000, (30, 40)).astype(np.float32)
+    nan[3, 3] = np.nan  # a NaN keeps the 0..255 scale, as arr.max() > 255 is False
+    images = {
+        "16-bit PNG, every value": Image.open(tmp_path / "every16.png"),
+        "I;16B": Image.fromarray(every16).convert("I;16B"),
+        "tall 16-bit": Image.fromarray(rng.integers(0, 65536, (3000, 3), dtype=np.uint16)),
+        "32-bit, 0..255 scale": Image.fromarray(np.arange(-300, 200, dtype=np.int32).reshape(5, 100)),
+        "32-bit, 16-bit scale": Image.fromarray(np.arange(-70_000, 200_000, dtype=np.int32).reshape(270, 1000)),
+        "32-bit, extremes": Image.fromarray(rng.integers(-2**31, 2**31, (300, 1000)).astype(np.int32)),
+        "float": Image.fromarray(rng.uniform(-10, 300, (50, 4000)).astype(np.float32)),
+        "float, 0..255": Image.fromarray(np.arange(0, 256, 0.25, dtype=np.float32).reshape(16, 64) - 0.125),
+        "float with NaN": Image.fromarray(nan),
+    }
+    for name, img in images.items():
+        with np.errstate(invalid="ignore"):
+            expected = _scaled_as_before(img)
+            got = np.asarray(load_rgb(tmp_path / "every16.png") if name.startswith("16-bit PNG") else _rgb(img))
+        if name == "float with NaN":  # what a NaN becomes is the cast's business; every other pixel counts
+            got, expected = got[~np.isnan(nan)], expected[~np.isnan(nan)]
+        assert np.array_equal(got[..., 0], expected) and np.array_equal(got[..., 2], expected), name
+
+
+def _rgb(img: Image.Image) -> Image.Image:
+    from imgclass.images import _to_rgb
+
+    return _to_rgb(img)
+
+
+def test_16bit_png_decodes_without_whole_image_float_copies(tmp_path: Path) -> None:
+    import tracemalloc
+
+    # 3000 x 3000 16-bit grey: 14 kB of PNG, 9 Mpixels. Scaling it through float64 arrays took
+    # ~24 bytes per pixel of temporaries; the result itself is 1 byte per pixel ("L").
+    p = tmp_path / "deep.png"
+    Image.fromarray(np.full((3000, 3000), 40000, np.uint16)).save(p)
+    tracemalloc.start()
+    try:
+        out = load_rgb(p)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert out.size == (3000, 3000) and out.getpixel((5, 5)) == (156, 156, 156)  # 40000 / 65535 * 255
+    assert peak < 4 * 3000 * 3000, f"{peak / 1e6:.0f} MB of numpy temporaries for a 9-Mpixel image"
+
+
+def test_formats_restricts_what_is_decoded(tmp_path: Path) -> None:
+    Image.fromarray(_gradient()).save(tmp_path / "x.png")
+    Image.fromarray(_gradient()).save(tmp_path / "x.pcx")
+    data = (tmp_path / "x.png").read_bytes()
+    assert np.array_equal(np.asarray(load_rgb(data, formats=["JPEG", "PNG"])), _gradient())
+    assert np.array_equal(np.asarray(load_rgb(tmp_path / "x.pcx")), _gradient())  # no list: every format
+    with pytest.raises(ImageDecodeError, match="x.pcx: cannot decode"):
+        load_rgb(tmp_path / "x.pcx", formats=("JPEG", "PNG"))
+    with pytest.raises(ImageDecodeError, match="<bytes>: cannot decode"):
+        load_rgb(data, formats=["JPEG"])
 
 
 def test_transparent_pixels_become_white(tmp_path: Path) -> None:

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import base64
 import io
+import os
+import socket
 import struct
+import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image
 
 from conftest import run_script
-from deploy_support import COLORS, color_bundle, jpeg_bytes, free_port, running_server
+from deploy_support import COLORS, color_bundle, jpeg_bytes, free_port, recording_proxy, running_server
 from imgclass.export import load_bundle
+from imgclass.images import HEIF_SUPPORT, load_square
 
 LIMITS = ("dep_maxUploadBytes=200000", "dep_maxPixels=1000000", "dep_maxImagesPerRequest=4")
 
@@ -26,11 +31,14 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 SERVER_PIDS: list[int] = []
+SERVER_LOGS: list[Path] = []
 
 
 @pytest.fixture(scope="module")
-def url(bundle: Path):
-    with running_server(bundle, *LIMITS, pids=SERVER_PIDS) as base:
+def url(bundle: Path, tmp_path_factory: pytest.TempPathFactory):
+    log = tmp_path_factory.mktemp("serverlog") / "server.log"
+    SERVER_LOGS.append(log)
+    with running_server(bundle, *LIMITS, pids=SERVER_PIDS, log=log) as base:
         yield base
 
 
@@ -56,11 +64,6 @@ def test_multipart_and_base64_give_the_right_labels(url: str, bundle: Path) -> N
 
     single = httpx.post(url + "/score", files={"image": ("g.png", _png((40, 190, 60)))}, timeout=30).json()
     assert single["results"][0]["label"] == "green"
-    # An iPhone's HEIC photo, as a phone's browser uploads it.
-    heic = io.BytesIO()
-    Image.new("RGB", (50, 40), COLORS["blue"]).save(heic, "HEIF")
-    r = httpx.post(url + "/score", files={"image": ("IMG_0001.HEIC", heic.getvalue())}, timeout=30)
-    assert r.status_code == 200 and r.json()["results"][0]["label"] == "blue"
 
     b64 = [base64.b64encode(jpeg_bytes(rgb, seed=9)).decode() for rgb in COLORS.values()]
     r = httpx.post(url + "/score", json={"images": b64}, timeout=30)
@@ -71,6 +74,30 @@ def test_multipart_and_base64_give_the_right_labels(url: str, bundle: Path) -> N
     a = httpx.post(url + "/score", json={"image": b64[0]}).json()["results"][0]["scores"]
     b = httpx.post(url + "/score", files={"images": ("x.jpg", base64.b64decode(b64[0]))}).json()["results"][0]["scores"]
     assert a == b
+
+
+def test_heic_upload(url: str) -> None:
+    if not HEIF_SUPPORT:  # README allows the service a slim install without pillow-heif
+        pytest.skip("pillow-heif is not installed: this install reads no HEIC files")
+    # An iPhone's HEIC photo, as a phone's browser uploads it.
+    heic = io.BytesIO()
+    Image.new("RGB", (50, 40), COLORS["blue"]).save(heic, "HEIF")
+    r = httpx.post(url + "/score", files={"image": ("IMG_0001.HEIC", heic.getvalue())}, timeout=30)
+    assert r.status_code == 200 and r.json()["results"][0]["label"] == "blue"
+
+
+def test_base64_with_line_breaks(url: str) -> None:
+    # What `base64 photo.jpg` prints and base64.encodebytes returns: lines of 76 characters.
+    data = jpeg_bytes(COLORS["green"], seed=11)
+    lines = base64.encodebytes(data).decode()
+    assert "\n" in lines
+    for text in (lines, lines.replace("\n", "\r\n"), "data:image/jpeg;base64,\n" + lines + "  \t"):
+        r = httpx.post(url + "/score", json={"image": text}, timeout=30)
+        assert r.status_code == 200, r.text
+        assert r.json()["results"][0]["label"] == "green"
+    # Whitespace is all that is forgiven.
+    r = httpx.post(url + "/score", json={"image": lines.replace("\n", "\n*", 1)}, timeout=30)
+    assert r.status_code == 400 and "not valid base64" in r.json()["detail"]
 
 
 def _png(rgb: tuple[int, int, int]) -> bytes:
@@ -86,6 +113,7 @@ def test_health_info_and_docs(url: str, bundle: Path) -> None:
     assert info["classes"] == list(COLORS) and info["model_version"] == version
     assert info["metrics"]["overall_accuracy"] == 1.0 and info["preprocessing"]["resolution"] == 64
     assert info["limits"] == {"max_upload_bytes": 200000, "max_pixels": 1000000, "max_images_per_request": 4}
+    assert {"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"} <= set(info["formats"]) and "EPS" not in info["formats"]
     assert httpx.get(url + "/docs").status_code == 200
     assert "/score" in httpx.get(url + "/openapi.json").json()["paths"]
 
@@ -123,6 +151,97 @@ def test_a_streamed_body_without_length_is_cut_off_at_the_limit(url: str) -> Non
     r = httpx.post(url + "/score", content=chunks(), headers={"content-type": "application/json"}, timeout=30)
     assert r.status_code == 413 and "larger than the limit" in r.json()["detail"]
 
+    # The same as a multipart upload (a browser's or curl's chunked form): 413 too, not "malformed".
+    boundary = "imgclassboundary"
+
+    def form():
+        yield (f'--{boundary}\r\nContent-Disposition: form-data; name="images"; filename="big.jpg"\r\n'
+               f"Content-Type: image/jpeg\r\n\r\n").encode()
+        for _ in range(50):
+            yield b"x" * 10_000
+        yield f"\r\n--{boundary}--\r\n".encode()
+    r = httpx.post(url + "/score", content=form(), headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+                   timeout=30)
+    assert r.status_code == 413 and "larger than the limit of 200000 bytes" in r.json()["detail"], r.text
+    assert httpx.get(url + "/health").status_code == 200
+
+
+def _image_bytes(fmt: str) -> bytes:
+    buf = io.BytesIO()
+    img = Image.new("RGB", (50, 40), COLORS["red"])
+    # MPO: a camera's multi-picture JPEG (a single frame would be written as a plain JPEG).
+    img.save(buf, fmt, **({"save_all": True, "append_images": [img]} if fmt == "MPO" else {}))
+    with Image.open(io.BytesIO(buf.getvalue())) as check:
+        assert check.format == fmt
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt, name", [("EPS", "figure.eps"), ("PCX", "old.pcx"), ("TGA", "game.tga"), ("PPM", "x.jpg")])
+def test_formats_outside_the_allow_list_are_refused(url: str, fmt: str, name: str) -> None:
+    # Pillow reads these, but the service decodes only what cameras and browsers produce: an EPS
+    # would run Ghostscript. The reply names the format, whatever the file's name says.
+    r = httpx.post(url + "/score", files={"images": (name, _image_bytes(fmt))}, timeout=30)
+    assert r.status_code == 415, r.text
+    detail = r.json()["detail"]
+    assert detail.startswith(f"{name}: {fmt} images are not accepted") and "JPEG, PNG" in detail
+    for ok in ("PNG", "BMP", "GIF", "TIFF", "WEBP", "MPO"):  # and the accepted ones still are
+        r = httpx.post(url + "/score", files={"images": (f"x.{ok.lower()}", _image_bytes(ok))}, timeout=30)
+        assert r.status_code == 200 and r.json()["results"][0]["label"] == "red", (ok, r.text)
+
+
+def test_service_decodes_as_load_square(bundle: Path) -> None:
+    # The service decodes with its format allow-list; the accepted formats decode as stage 3 decodes them.
+    from imgclass.serve import decode_image
+
+    deep = io.BytesIO()
+    Image.fromarray((np.arange(120 * 90, dtype=np.uint32).reshape(90, 120) * 7).astype(np.uint16)).save(deep, "PNG")
+    for data in (jpeg_bytes(COLORS["red"], size=(1200, 900)), _png(COLORS["blue"]), deep.getvalue()):
+        for mode in ("squash", "crop", "pad"):
+            np.testing.assert_array_equal(decode_image(data, "x", 64, mode, 10**8), load_square(data, 64, mode))
+
+
+def test_worker_processes_share_the_cores(bundle: Path) -> None:
+    from imgclass.serve import ServeConfig, create_app
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    for workers in (1, 2):
+        app = create_app(ServeConfig(str(bundle), workers=workers)).app
+        try:
+            assert app.state.scorer.session.get_session_options().intra_op_num_threads == max(1, cores // workers)
+            assert app.state.decoder._max_workers == max(1, cores // workers)
+        finally:
+            app.state.scorer.close()
+            app.state.decoder.shutdown()
+
+
+def _peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM in /proc/PID/status")
+
+
+@pytest.mark.skipif(not (Path("/proc/self/status").is_file() and hasattr(os, "sched_setaffinity")),
+                    reason="needs Linux /proc and CPU affinity")
+def test_a_burst_of_huge_pixel_uploads_is_decoded_a_few_at_a_time(bundle: Path, tmp_path: Path) -> None:
+    # A 16-Mpixel PNG of one grey is 24 kB on the wire but ~100 MB while it is decoded. The server may
+    # use one core here, so it decodes one image at a time: a burst of 8 must not hold 8 decodes.
+    pids: list[int] = []
+    one_cpu = {min(os.sched_getaffinity(0))}
+    big = io.BytesIO()
+    Image.new("L", (4000, 4000), 128).save(big, "PNG")
+    with running_server(bundle, "dep_maxPixels=20000000", pids=pids, log=tmp_path / "server.log", cpus=one_cpu) as base:
+        def post(i: int) -> int:
+            return httpx.post(base + "/score", files={"images": (f"{i}.png", big.getvalue())}, timeout=120).status_code
+        before = _peak_rss_mb(pids[0])
+        assert post(0) == 200  # one decode: the peak a single upload costs
+        one = _peak_rss_mb(pids[0]) - before
+        with ThreadPoolExecutor(8) as pool:
+            assert list(pool.map(post, range(8))) == [200] * 8
+        burst = _peak_rss_mb(pids[0]) - before
+    assert one > 30, f"a 16-Mpixel decode raised the peak by only {one:.0f} MB: the test measures nothing"
+    assert burst < one + 2 * max(one, 50), f"8 concurrent uploads: peak +{burst:.0f} MB, one alone: +{one:.0f} MB"
+
 
 def test_concurrent_requests_all_answered_and_server_survives(url: str) -> None:
     def one(i: int) -> str:
@@ -136,7 +255,7 @@ def test_concurrent_requests_all_answered_and_server_survives(url: str) -> None:
 
 
 def test_two_worker_processes(bundle: Path) -> None:
-    with running_server(bundle, workers=2) as base:
+    with running_server(bundle, workers=2) as base:  # its log: server_<port>.log beside the bundle
         with ThreadPoolExecutor(4) as pool:
             replies = list(pool.map(lambda i: httpx.post(base + "/score", files={"images": ("r.jpg", jpeg_bytes((200, 40, 40), seed=i))}, timeout=60), range(8)))
         assert all(r.status_code == 200 and r.json()["results"][0]["label"] == "red" for r in replies)
@@ -164,6 +283,50 @@ def test_client_script(url: str, tmp_path: Path) -> None:
     proc = run_script("6_callWebservice.py", str(folder), "--url", url, data_dir=tmp_path, check=False)
     assert proc.returncode == 1 and "broken.jpg" in proc.stderr and "not an image" in proc.stderr
     assert len(proc.stdout.splitlines()) == 7
+
+
+def test_client_script_fills_requests_up_to_the_byte_limit(url: str, tmp_path: Path) -> None:
+    # The service takes 4 images but only 200 kB per request: three 93 kB photos need two
+    # requests, and a 250 kB one goes alone (and is refused, by name); nothing is sent twice.
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name, rgb in COLORS.items():
+        (folder / f"{name}.jpg").write_bytes(jpeg_bytes(rgb, size=(500, 400)))
+    huge = jpeg_bytes(COLORS["red"], size=(900, 700))
+    (folder / "huge.jpg").write_bytes(huge)
+    sizes = [f.stat().st_size for f in sorted(folder.iterdir())]
+    assert len(huge) > 200_000 and all(80_000 < n < 100_000 for n in sizes if n != len(huge)), sizes
+    with recording_proxy(url) as (proxy, records):
+        proc = run_script("6_callWebservice.py", str(folder), "--url", proxy, data_dir=tmp_path, check=False)
+    assert proc.returncode == 1 and "huge.jpg" in proc.stderr and "larger than the limit" in proc.stderr, proc.stderr
+    assert {Path(x.split("\t")[0]).name: x.split("\t")[1] for x in proc.stdout.splitlines()[1:]} == {
+        "blue.jpg": "blue", "green.jpg": "green", "red.jpg": "red"}
+    posts = [(n, status) for method, path, n, status in records if path == "/score"]
+    assert [status for _, status in posts] == [200, 413, 200], posts  # blue+green, huge alone, red
+    assert all(n <= 200_000 for n, status in posts if status == 200) and posts[1][0] > 200_000
+
+
+def test_server_output_goes_to_a_log_file_and_a_chatty_server_carries_on(url: str) -> None:
+    # Each request that is not HTTP makes uvicorn log a warning line: 2500 of them are ~100 kB, more
+    # than a pipe holds. Written to a pipe nobody reads, the server would block on the next line.
+    port = int(url.rsplit(":", 1)[1])
+    stuck = threading.Event()
+
+    def garbage(_: int) -> None:
+        if stuck.is_set():
+            return
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                s.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+                s.recv(1000)
+        except OSError:
+            stuck.set()
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(garbage, range(2500)))
+    assert not stuck.is_set(), "the server stopped answering"
+    assert httpx.get(url + "/health", timeout=5).status_code == 200
+    log = SERVER_LOGS[0].read_text()
+    assert f"on {url}/" in log and log.count("Invalid HTTP request") >= 2500
 
 
 def test_client_script_when_the_service_is_down(tmp_path: Path) -> None:

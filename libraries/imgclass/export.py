@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,8 @@ def load_bundle(folder: str | Path, verify: bool = True) -> Bundle:
                           f"make one with scripts/6_deploy.py --no-serve")
     try:
         info = read_json(meta_path)
+        if not isinstance(info, dict):  # valid JSON, but e.g. a list: name the file, not an AttributeError
+            raise BundleError(f"a JSON {type(info).__name__}, not an object")
         if info.get("format") != BUNDLE_FORMAT:
             raise BundleError(f"format {info.get('format')!r}, this code reads format {BUNDLE_FORMAT}")
         pre = info["preprocessing"]
@@ -268,17 +271,25 @@ def export_bundle(
                         metrics=metrics, source=source)
 
 
-def cpu_session(path: str | Path, threads: int = 0) -> Any:
-    """An ONNX Runtime CPU session as stage 3 and the service run it: `threads` (0 = all cores)
-    for one operator at a time, full graph optimisation, and no busy-waiting, because idle
-    ONNX Runtime threads would otherwise spin after each batch on the cores that decoding (and
-    HTTP handling) need between batches."""
-    import os
+def usable_cpus() -> int:
+    """The cores this process may run on: its CPU affinity (taskset, a container's cpuset), which
+    os.cpu_count() ignores; os.cpu_count() where the platform has no affinity (macOS, Windows)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
+
+def cpu_session(path: str | Path, threads: int = 0, processes: int = 1) -> Any:
+    """An ONNX Runtime CPU session as stage 3 and the service run it: `threads` (0 = the usable
+    cores, shared out among `processes` sessions running side by side, e.g. the service's worker
+    processes, so that they do not fight over the cores) for one operator at a time, full graph
+    optimisation, and no busy-waiting, because idle ONNX Runtime threads would otherwise spin after
+    each batch on the cores that decoding (and HTTP handling) need between batches."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
+    opts.intra_op_num_threads = threads or max(1, usable_cpus() // max(1, processes))
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")

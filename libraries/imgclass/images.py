@@ -45,16 +45,48 @@ def is_image_name(path: str | Path) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
+# 16/32-bit grey images are scaled to 8 bits this many pixels at a time: the temporaries stay a few MB
+# however large the image (whole-image float64 arrays cost ~430 MB for a 4000x4000 16-bit PNG).
+_DEEP_BLOCK_PIXELS = 1 << 18
+
+
+def _deep_to_l(img: Image.Image) -> Image.Image:
+    """16/32-bit grey ("I;16*", "I", "F") to "L": value / top * 255 + 0.5, clipped to 0..255, where
+    top is 65535 for 16-bit files and for "I"/"F" images whose values pass 255, else 255."""
+    w, h = img.size
+    step = max(1, _DEEP_BLOCK_PIXELS // max(1, w))
+
+    def blocks():  # rows [y, y + step) as arrays, cut from the image one block at a time
+        for y in range(0, h, step):
+            yield y, np.asarray(img.crop((0, y, w, min(h, y + step))))
+
+    # 16-bit files use the full 0..65535 range; scale instead of clipping at 255.
+    if img.mode.startswith("I;16"):
+        top = 65535
+    elif w * h == 0:
+        top = 255
+    else:  # np.max, not getextrema: a NaN in an "F" image keeps top = 255, as it always did
+        top = 65535 if np.max([b.max() for _, b in blocks()]) > 255 else 255
+    out = np.empty((h, w), np.uint8)
+    for y, block in blocks():
+        if img.mode == "F":
+            scaled = np.clip(block.astype(np.float64) / top * 255.0 + 0.5, 0, 255)
+        elif top == 65535:
+            # Integers: floor(v / 65535 * 255 + 0.5) = floor(v / 257 + 0.5) = (2v + 257) // 514, exactly
+            # (v / 257 + 0.5 is never within 1/514 of an integer, so float64 rounding never changed it).
+            scaled = np.clip((block.astype(np.int64) * 2 + 257) // 514, 0, 255)
+        else:  # top 255: v / 255 * 255 + 0.5 rounds back to v
+            scaled = np.clip(block, 0, 255)
+        out[y:y + len(block)] = scaled
+    return Image.fromarray(out)
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL mode to 8-bit RGB: alpha composited on white, 16-bit scaled, CMYK converted."""
     if img.mode == "RGB":
         return img
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        # 16-bit files use the full 0..65535 range; scale instead of clipping at 255.
-        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(arr, "L").convert("RGB")
+        return _deep_to_l(img).convert("RGB")
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
@@ -66,17 +98,22 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # L, CMYK, YCbCr, LAB, HSV
 
 
-def load_rgb(source: str | Path | bytes, min_size: int | None = None) -> Image.Image:
+def load_rgb(source: str | Path | bytes, min_size: int | None = None,
+             formats: Sequence[str] | None = None) -> Image.Image:
     """Decode a file (or bytes) to an upright RGB image.
 
     `min_size`: when given, JPEGs are decoded at a reduced scale (libjpeg's DCT scaling) that still
     leaves both sides >= min_size, which makes multi-megapixel photos several times faster to read
     without changing what the network sees after resizing.
+    `formats`: when given, only these Pillow format names (e.g. "JPEG", "PNG") are tried; any other
+    file fails as undecodable. The web service uses it so that uploads cannot reach decoders it
+    does not need (EPS, for one, runs Ghostscript).
     """
     name = "<bytes>" if isinstance(source, bytes) else str(source)
     try:
         fp = io.BytesIO(source) if isinstance(source, bytes) else source
-        with Image.open(fp) as img:
+        # Pillow takes a list or tuple only.
+        with Image.open(fp, formats=None if formats is None else tuple(formats)) as img:
             if min_size is not None and img.format == "JPEG":
                 img.draft("RGB", (min_size, min_size))
             img.load()
@@ -130,7 +167,10 @@ def fit_square(img: Image.Image, size: int, mode: str = "squash") -> Image.Image
     return canvas
 
 
-def load_square(source: str | Path | bytes, size: int, mode: str = "squash") -> np.ndarray:
+def load_square(source: str | Path | bytes, size: int, mode: str = "squash",
+                formats: Sequence[str] | None = None) -> np.ndarray:
     """Decode and resize in one step: an HxWx3 uint8 array of side `size`, the same (cosine >= 0.999
-    in the network's features) as a full-size decode would give, but faster for large JPEGs."""
-    return np.array(fit_square(load_rgb(source, min_size=DRAFT_OVERSAMPLE * size), size, mode), dtype=np.uint8)
+    in the network's features) as a full-size decode would give, but faster for large JPEGs.
+    `formats`: as for load_rgb."""
+    img = load_rgb(source, min_size=DRAFT_OVERSAMPLE * size, formats=formats)
+    return np.array(fit_square(img, size, mode), dtype=np.uint8)

@@ -4,18 +4,21 @@ Endpoints
 - POST /score: multipart upload (field "images", repeatable, or "image"), or a JSON body
   {"images": [base64, ...]} / {"image": base64} (the tutorial's style). Reply:
   {"model_version", "classes", "score_kind", "results": [{"name", "label", "scores": {class: score}}]}.
-- GET /health, GET /info (classes, model version, metrics, preprocessing, limits), GET / (the web
+- GET /health, GET /info (classes, model version, metrics, preprocessing, limits, formats), GET / (the web
   page), GET /docs (OpenAPI).
 
-Each image is decoded with imgclass.images.load_square, exactly as stage 3 decodes training images,
-so the service sees the same pixels. Requests run concurrently: decoding in a thread pool, and the
-network in one thread that takes every image waiting (up to `max_batch`) in one ONNX Runtime call,
-which scores a batch faster than the same images one by one. Several worker processes (`workers`)
-each load their own copy.
+Each image is decoded as imgclass.images.load_square decodes it, exactly as stage 3 decodes training
+images, so the service sees the same pixels; only the formats of ACCEPTED_FORMATS are decoded.
+Requests run concurrently: decoding in a pool of about one thread per usable core (a full-size
+decode can take hundreds of MB, so a burst of uploads must not decode all at once), and the network
+in one thread that takes every image waiting (up to `max_batch`) in one ONNX Runtime call, which
+scores a batch faster than the same images one by one. Several worker processes (`workers`) each
+load their own copy and share the cores out.
 
 Limits answer with a 4xx JSON error {"detail": "..."} and never stop the server: request bytes
-(413), pixels per image, which stops decompression bombs before decoding (413), images per request
-(413), empty request (400), malformed JSON or base64 (400), not an image (415).
+(413, also for chunked uploads), pixels per image, which stops decompression bombs before decoding
+(413), images per request (413), empty request (400), malformed JSON or base64 (400), not an image
+or a format not accepted (415).
 
 This module imports neither torch nor pickle: a worker starts in about a second and holds only the
 ONNX model.
@@ -35,7 +38,7 @@ import os
 import queue
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -45,13 +48,29 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image, UnidentifiedImageError
-from starlette.concurrency import run_in_threadpool
 
-from imgclass.export import Bundle, cpu_session, load_bundle
+from imgclass.export import Bundle, cpu_session, load_bundle, usable_cpus
 from imgclass.images import ImageDecodeError, load_square
 
 ENV_CONFIG = "IMGCLASS_SERVE_CONFIG"  # how `workers > 1` hands the settings to each worker process
 STATIC_DIR = Path(str(resources.files("imgclass") / "static"))
+# The Pillow formats the service decodes: what cameras, phones and browsers produce. Pillow reads
+# some 40 more, and an upload must not reach decoders nobody needs here (EPS runs Ghostscript).
+# HEIF needs pillow-heif and AVIF a Pillow built with libavif: `accepted_formats()` keeps those
+# this install has. MPO (a camera's multi-picture JPEG) has no opener of its own: JPEG's reads it.
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO", "HEIF", "AVIF")
+
+
+def accepted_formats() -> tuple[str, ...]:
+    """ACCEPTED_FORMATS that this install can read."""
+    Image.init()
+    return tuple(f for f in ACCEPTED_FORMATS if f in Image.OPEN or (f == "MPO" and "JPEG" in Image.OPEN))
+
+
+def _openers(formats: Sequence[str]) -> tuple[str, ...]:
+    """The Pillow openers for `formats`: Image.open(formats=...) fails on a name with none (MPO)."""
+    Image.init()
+    return tuple(f for f in formats if f in Image.OPEN)
 
 
 @dataclass(frozen=True)
@@ -63,14 +82,21 @@ class ServeConfig:
     max_pixels: int = 40_000_000
     max_images: int = 16
     max_batch: int = 16
-    threads: int = 0  # ONNX Runtime intra-op threads (0 = one per core)
+    threads: int = 0  # ONNX Runtime intra-op threads (0 = the usable cores / workers)
+    workers: int = 1  # processes serving side by side: the default thread counts share the cores out
+    decode_threads: int = 0  # images decoded at once (0 = the usable cores / workers)
 
     def __post_init__(self) -> None:
-        for name in ("max_upload_bytes", "max_pixels", "max_images", "max_batch"):
+        for name in ("max_upload_bytes", "max_pixels", "max_images", "max_batch", "workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} = {getattr(self, name)}: must be >= 1")
-        if self.threads < 0:
-            raise ValueError(f"threads = {self.threads}: must be >= 0")
+        for name in ("threads", "decode_threads"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} = {getattr(self, name)}: must be >= 0")
+
+    def cores_each(self) -> int:
+        """This process's share of the usable cores (its CPU affinity, not os.cpu_count())."""
+        return max(1, usable_cpus() // self.workers)
 
 
 class RequestError(Exception):
@@ -85,10 +111,10 @@ class RequestError(Exception):
 class Scorer:
     """The bundle's ONNX model behind a batching queue: score(images) from any thread."""
 
-    def __init__(self, bundle: Bundle, threads: int = 0, max_batch: int = 16) -> None:
+    def __init__(self, bundle: Bundle, threads: int = 0, max_batch: int = 16, processes: int = 1) -> None:
         self.bundle = bundle
         self.max_batch = max_batch
-        self.session = cpu_session(bundle.model_path, threads)
+        self.session = cpu_session(bundle.model_path, threads, processes)
         self.input_name = self.session.get_inputs()[0].name
         self._queue: queue.Queue[tuple[np.ndarray, concurrent.futures.Future] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="onnx-batcher", daemon=True)
@@ -144,25 +170,44 @@ def _settle(fut: concurrent.futures.Future, result: Any = None, exception: BaseE
         pass
 
 
-def decode_image(data: bytes, name: str, size: int, resize_mode: str, max_pixels: int) -> np.ndarray:
-    """Bytes -> (size, size, 3) uint8 as stage 3 decodes them; RequestError for anything unusable."""
+def _format_of(data: bytes) -> str | None:
+    """The Pillow format of a file the service does not accept (header only: nothing is decoded)."""
+    try:
+        with Image.open(io.BytesIO(data)) as probe:
+            return probe.format
+    except Exception:  # noqa: BLE001 - only to name the format in the error; unknown is fine
+        return None
+
+
+def decode_image(data: bytes, name: str, size: int, resize_mode: str, max_pixels: int,
+                 formats: Sequence[str] | None = None) -> np.ndarray:
+    """Bytes -> (size, size, 3) uint8 as stage 3 decodes them (load_square), reading only `formats`
+    (default: accepted_formats()); RequestError for anything unusable."""
     if not data:
         raise RequestError(400, f"{name}: empty file")
+    formats = accepted_formats() if formats is None else tuple(formats)
+    openers = _openers(formats)
     try:
-        with Image.open(io.BytesIO(data)) as probe:  # reads the header only
+        with Image.open(io.BytesIO(data), formats=openers) as probe:  # reads the header only
             w, h = probe.size
     except Image.DecompressionBombError as e:  # PIL's own cap, when it is below max_pixels
         raise RequestError(413, f"{name}: more than the limit of pixels ({e})") from None
     except UnidentifiedImageError:
+        other = _format_of(data)
+        if other is not None:
+            raise RequestError(415, f"{name}: {other} images are not accepted; send {', '.join(formats)}") from None
         raise RequestError(415, f"{name}: not an image (unrecognised file format, {len(data)} bytes)") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise RequestError(415, f"{name}: not an image ({e})") from None
     if w * h > max_pixels:
         raise RequestError(413, f"{name}: {w}x{h} = {w * h} pixels, more than the limit of {max_pixels}")
     try:
-        return load_square(data, size, resize_mode)
+        return load_square(data, size, resize_mode, formats=openers)
     except ImageDecodeError as e:
         raise RequestError(415, f"{name}: not an image ({e.__cause__ or e})") from None
+
+
+_B64_WHITESPACE = b" \t\n\r\v\f"
 
 
 def _b64(text: Any, name: str) -> bytes:
@@ -171,8 +216,10 @@ def _b64(text: Any, name: str) -> bytes:
     if text.startswith("data:"):  # a browser's data URL: "data:image/jpeg;base64,...."
         text = text.partition(",")[2]
     try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as e:
+        # The `base64` command and base64.encodebytes break lines every 76 characters: drop ASCII
+        # whitespace, then validate strictly (anything else that is not base64 is an error).
+        return base64.b64decode(text.encode("ascii").translate(None, _B64_WHITESPACE), validate=True)
+    except (binascii.Error, ValueError) as e:  # UnicodeEncodeError is a ValueError
         raise RequestError(400, f"{name}: not valid base64 ({e})") from None
 
 
@@ -186,6 +233,8 @@ async def read_images(request: Request, max_images: int) -> list[tuple[str, byte
     if ctype.startswith("multipart/form-data"):
         try:
             form = await request.form(max_files=max_images + 1, max_fields=max_images + 8)
+        except RequestError:  # BodyLimit's _BodyTooLarge, raised while the body streams in: a 413
+            raise
         except Exception as e:  # noqa: BLE001 - starlette raises several kinds for a broken body
             detail = str(getattr(e, "detail", e))
             if "too many files" in detail.lower():
@@ -286,11 +335,18 @@ class BodyLimit:
 def create_app(config: ServeConfig) -> Any:
     """The FastAPI app for one bundle."""
     bundle = load_bundle(config.bundle)
-    scorer = Scorer(bundle, threads=config.threads, max_batch=config.max_batch)
+    scorer = Scorer(bundle, threads=config.threads, max_batch=config.max_batch, processes=config.workers)
+    formats = accepted_formats()
+    # A full-size decode can hold hundreds of MB (a 16-Mpixel PNG of 24 kB takes ~100 MB), and
+    # decoding is CPU-bound: about one decode per core keeps throughput while a burst of such
+    # uploads waits its turn instead of exhausting memory (the default pool runs 40 at once).
+    decoder = concurrent.futures.ThreadPoolExecutor(config.decode_threads or config.cores_each(),
+                                                    thread_name_prefix="decode")
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Any) -> AsyncIterator[None]:
         yield
+        decoder.shutdown(wait=False, cancel_futures=True)
         scorer.close()
 
     app = FastAPI(
@@ -300,6 +356,7 @@ def create_app(config: ServeConfig) -> Any:
         description=f"Scores photos as one of {', '.join(bundle.classes)}. POST images to /score.",
     )
     app.state.scorer = scorer
+    app.state.decoder = decoder
     limits = {"max_upload_bytes": config.max_upload_bytes, "max_pixels": config.max_pixels,
               "max_images_per_request": config.max_images}
 
@@ -311,8 +368,15 @@ def create_app(config: ServeConfig) -> Any:
     async def _bug(_: Request, e: Exception) -> JSONResponse:
         return JSONResponse({"detail": f"internal error: {type(e).__name__}: {e}"}, status_code=500)
 
-    def decode_all(items: Sequence[tuple[str, bytes]]) -> list[np.ndarray]:
-        return [decode_image(data, name, bundle.resolution, bundle.resize_mode, config.max_pixels) for name, data in items]
+    async def decode_all(items: Sequence[tuple[str, bytes]]) -> list[np.ndarray]:
+        loop = asyncio.get_running_loop()
+        done = await asyncio.gather(*(loop.run_in_executor(
+            decoder, decode_image, data, name, bundle.resolution, bundle.resize_mode, config.max_pixels, formats)
+            for name, data in items), return_exceptions=True)
+        for x in done:  # the first bad image in the request's order is the one named
+            if isinstance(x, BaseException):
+                raise x
+        return done
 
     @app.post("/score", summary="Score one or more images",
               description=f"{USAGE}. Reply: label and score per class for each image, and the model version.",
@@ -323,7 +387,7 @@ def create_app(config: ServeConfig) -> Any:
                       "images": {"type": "array", "items": {"type": "string", "format": "byte"}}}}}}}})
     async def score(request: Request) -> dict[str, Any]:
         items = await read_images(request, config.max_images)
-        arrays = await run_in_threadpool(decode_all, items)
+        arrays = await decode_all(items)
         rows = await asyncio.gather(*(asyncio.wrap_future(scorer.submit(a)) for a in arrays))
         results = []
         for (name, _), row in zip(items, rows):
@@ -344,7 +408,7 @@ def create_app(config: ServeConfig) -> Any:
         return {"model_version": bundle.version, "classes": list(bundle.classes), "classifier": bundle.classifier,
                 "score_kind": bundle.score_kind, "backbone": bundle.info.get("backbone"),
                 "preprocessing": bundle.info["preprocessing"], "metrics": bundle.metrics, "limits": limits,
-                "created": bundle.info.get("created")}
+                "formats": list(formats), "created": bundle.info.get("created")}
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
@@ -365,6 +429,7 @@ def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, worker
     import uvicorn
 
     load_bundle(config.bundle)  # fail here, once, with a clear message, not in every worker
+    config = replace(config, workers=workers)  # each worker takes its share of the cores
     os.environ[ENV_CONFIG] = json.dumps(asdict(config))
     uvicorn.run("imgclass.serve:app_from_env", factory=True, host=host, port=port, workers=workers,
                 log_level="warning", access_log=False, timeout_graceful_shutdown=5)
@@ -380,12 +445,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-pixels", type=int, default=ServeConfig.max_pixels)
     parser.add_argument("--max-images", type=int, default=ServeConfig.max_images)
     parser.add_argument("--max-batch", type=int, default=ServeConfig.max_batch)
-    parser.add_argument("--threads", type=int, default=ServeConfig.threads)
+    parser.add_argument("--threads", type=int, default=ServeConfig.threads,
+                        help="ONNX Runtime threads per worker (0 = the usable cores divided among the workers)")
+    parser.add_argument("--decode-threads", type=int, default=ServeConfig.decode_threads,
+                        help="images decoded at once per worker (0 = the usable cores divided among the workers)")
     a = parser.parse_args(argv)
     try:
-        config = ServeConfig(a.bundle, a.max_upload_bytes, a.max_pixels, a.max_images, a.max_batch, a.threads)
         if a.workers < 1:
             raise ValueError(f"--workers {a.workers}: must be >= 1")
+        config = ServeConfig(a.bundle, a.max_upload_bytes, a.max_pixels, a.max_images, a.max_batch, a.threads,
+                             a.workers, a.decode_threads)
         print(f"serving {config.bundle} on http://{a.host}:{a.port}/ ({a.workers} worker(s)); "
               f"API docs at http://{a.host}:{a.port}/docs", flush=True)
         serve(config, a.host, a.port, a.workers)
