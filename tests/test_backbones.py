@@ -87,6 +87,47 @@ def test_resnet_reads_a_local_weights_file(tmp_path: Path, monkeypatch: pytest.M
         assert model(torch.rand(1, 3, 64, 64)).shape == (1, 512)
 
 
+def test_a_damaged_resnet_weights_file_is_named_with_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMGCLASS_OFFLINE", "1")
+    bad = tmp_path / "resnet18-f37072fd.pth"
+    bad.write_text("<html><body>Please log in to the Wi-Fi</body></html>")  # a captive portal's page
+    with pytest.raises(WeightsUnavailableError, match=r"resnet18-f37072fd\.pth is not resnet18's weights file .*delete it"):
+        create_backbone("resnet18", weights_dir=tmp_path)
+
+
+def test_a_downloaded_resnet_file_with_the_wrong_hash_is_not_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The download is checked against the hash prefix in the file name (a local server, no network)."""
+    import dataclasses
+    import http.server
+    import threading
+
+    from imgclass import backbones
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            body = b"<html>not the weights</html>"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/models/resnet18-f37072fd.pth"
+        monkeypatch.setitem(backbones.REGISTRY, "resnet18", dataclasses.replace(backbones.REGISTRY["resnet18"], url=url))
+        monkeypatch.delenv("IMGCLASS_OFFLINE", raising=False)
+        monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+        with pytest.raises(WeightsUnavailableError, match="could not download"):
+            create_backbone("resnet18")
+        assert not (tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth").exists()
+    finally:
+        server.shutdown()
+
+
 def test_model_file_round_trip_and_featurizer(tmp_path: Path, color_dataset: Path) -> None:
     spec = ModelSpec("efficientnet_lite0", 64, "crop")
     model = build_model(spec)

@@ -125,7 +125,10 @@ def _resnet_weights_file(info: BackboneInfo, weights_dir: str | Path | None) -> 
         )
     try:
         hub_dir.mkdir(parents=True, exist_ok=True)
-        torch.hub.download_url_to_file(info.url, str(hub_dir / filename), progress=True)
+        # The file name carries the first hex digits of its SHA-256: checked, so a proxy's or captive
+        # portal's HTML page is refused at download instead of being kept as the weights.
+        prefix = filename.rsplit("-", 1)[-1].split(".")[0]
+        torch.hub.download_url_to_file(info.url, str(hub_dir / filename), hash_prefix=prefix, progress=True)
     except Exception as e:  # noqa: BLE001 - any network failure gets the same advice
         raise WeightsUnavailableError(
             f"{info.name}: could not download {info.url} ({e}). Put {filename} in {where} "
@@ -158,7 +161,13 @@ def create_backbone(
         model = getattr(torchvision.models, name)(weights=None)
         if pretrained:
             path = _resnet_weights_file(info, weights_dir)
-            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            try:
+                model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            except Exception as e:  # noqa: BLE001 - truncated, an HTML page, another network's weights
+                raise WeightsUnavailableError(
+                    f"{info.name}: {path} is not {info.name}'s weights file ({type(e).__name__}: {str(e)[:200]}); "
+                    f"delete it and download {info.url} again"
+                ) from e
         if not imagenet_head:
             model.fc = torch.nn.Identity()
     return model.eval()
