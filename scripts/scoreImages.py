@@ -27,6 +27,9 @@ parser.add_argument("--out", default=None, help="TSV to write (default: results/
 
 def main() -> int:
     args, p = parse_stage(parser)
+    if args.out and Path(args.out).suffix.lower() in (".html", ".htm"):
+        # The page is written beside the TSV under the same name with .html: it would overwrite it.
+        parser.error(f"--out {args.out}: name the TSV (e.g. scores.tsv); the page goes beside it as .html")
     folder = Path(args.folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such folder")

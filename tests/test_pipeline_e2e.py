@@ -70,6 +70,11 @@ def test_bad_parameter_is_a_clear_error(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "ratioTrainTest = 2" in proc.stderr and "between 0 and 1" in proc.stderr
     proc = run_script("1_prepareData.py", "--set", "clasifier=svm", data_dir=tmp_path, check=False)
     assert proc.returncode == 2 and "did you mean 'classifier'" in proc.stderr
+    # scoreImages writes its page beside the TSV as .html: an --out ending in .html would overwrite it.
+    (tmp_path / "photos").mkdir()
+    proc = run_script("scoreImages.py", str(tmp_path / "photos"), "--out", str(tmp_path / "scores.html"),
+                      data_dir=tmp_path, check=False)
+    assert proc.returncode == 2 and "--out" in proc.stderr and "name the TSV" in proc.stderr
 
 
 def test_missing_inputs_and_bad_data_keep_earlier_outputs(pipeline_dir: Path, tmp_path: Path) -> None:
