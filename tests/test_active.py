@@ -25,6 +25,7 @@ from imgclass.active import (
     unlabelled_images,
 )
 from imgclass.data import list_images, make_split
+from imgclass.provenance import file_hash
 from imgclass.synthetic import generate_demo_dataset
 
 # Four images, four classes; each criterion has a different most-uncertain image:
@@ -70,7 +71,7 @@ def test_apply_labels_copies_and_logs(tmp_path: Path) -> None:
     copied = apply_labels({src / "a.jpg": "dotted", src / "b.jpg": "-"}, ["dotted", "striped"], images, log)
     assert copied == [images / "dotted" / "a_1.jpg"] and copied[0].read_bytes() == (src / "a.jpg").read_bytes()
     assert (src / "a.jpg").is_file()  # copied, not moved
-    assert read_log(log) == {str((src / "a.jpg").resolve()): "dotted", str((src / "b.jpg").resolve()): "-"}
+    assert read_log(log) == {file_hash(src / "a.jpg"): "dotted", file_hash(src / "b.jpg"): "-"}
     assert unlabelled_images(src, log) == [(src / "c.jpg").resolve()]
     with pytest.raises(ValueError, match="'leopard' is not a class"):
         apply_labels({src / "c.jpg": "leopard"}, ["dotted", "striped"], images, log)
@@ -116,6 +117,62 @@ def test_classes_named_by_numbers_are_answered_by_name_not_menu_position(tmp_pat
                                  input_fn=ask, print_fn=lambda *a: None)
     assert [p.relative_to(images).as_posix() for p in copied] == ["3/0.jpg", "0/1.jpg", "9/2.jpg"]
     assert "1=0" not in prompts[0] and "0  1  2" in prompts[0]
+
+
+def _unlabelled(folder: Path, n: int = 3) -> list[Path]:
+    folder.mkdir(parents=True)
+    out = []
+    for i in range(n):
+        out.append(folder / f"{'abc'[i]}.jpg")
+        out[-1].write_bytes(bytes([i + 1]) * 50)  # distinct contents
+    return out
+
+
+def test_answers_follow_the_images_when_the_folder_is_moved(tmp_path: Path) -> None:
+    """The log knows an image by its content: moving or renaming the unlabelled folder does not make
+    it ask again, nor lets a second answer copy the same photo into a second class folder."""
+    a, b, c = _unlabelled(tmp_path / "new_photos")
+    images, log, classes = tmp_path / "images", tmp_path / "log.tsv", ["dotted", "striped"]
+    answers = iter(["dotted", "s"])
+    label_interactively([Candidate(a, np.array([0.6, 0.4]), 0.2), Candidate(b, np.array([0.5, 0.5]), 0.0)],
+                        classes, images, log, input_fn=lambda prompt: next(answers), print_fn=lambda *x: None)
+    assert unlabelled_images(tmp_path / "new_photos", log) == [c.resolve()]
+
+    moved = tmp_path / "sorted_later" / "photos"
+    moved.parent.mkdir()
+    (tmp_path / "new_photos").rename(moved)
+    assert unlabelled_images(moved, log) == [(moved / "c.jpg").resolve()]
+    # Asked anyway (a candidate list made before): not asked again, not copied into a second class.
+    printed: list[str] = []
+    copied = label_interactively([Candidate(moved / "a.jpg", np.array([0.4, 0.6]), 0.2)], classes, images, log,
+                                 input_fn=lambda prompt: "striped",
+                                 print_fn=lambda *x: printed.append(" ".join(map(str, x))))
+    assert copied == [] and not (images / "striped").exists()
+    assert "not asked again" in printed[0] and "dotted" in printed[0]
+    with pytest.raises(ValueError, match="already labelled 'dotted'"):
+        apply_labels({moved / "a.jpg": "striped"}, classes, images, log)
+    assert sorted(p.relative_to(images).as_posix() for p in images.rglob("*.jpg")) == ["dotted/a.jpg"]
+    # the log still names each image by its path, for people reading it
+    lines = log.read_text(encoding="utf-8").splitlines()
+    assert lines[0].split("\t") == ["image", "label", "copied_to", "content"]
+    assert lines[1].split("\t") == [str(a.resolve()), "dotted", "dotted/a.jpg", file_hash(moved / "a.jpg")]
+
+
+def test_logs_from_before_the_content_column_are_still_read(tmp_path: Path) -> None:
+    a, b, c = _unlabelled(tmp_path / "u")
+    images, log, classes = tmp_path / "images", tmp_path / "log.tsv", ["dotted", "striped"]
+    (images / "dotted").mkdir(parents=True)
+    (images / "dotted" / "a.jpg").write_bytes(a.read_bytes())
+    log.write_text(f"image\tlabel\tcopied_to\n{a.resolve()}\tdotted\tdotted/a.jpg\n{b.resolve()}\t-\t\n",
+                   encoding="utf-8")
+    assert read_log(log) == {str(a.resolve()): "dotted", str(b.resolve()): "-"}
+    assert unlabelled_images(tmp_path / "u", log) == [c.resolve()]
+    with pytest.raises(ValueError, match="already labelled 'dotted'"):
+        apply_labels({a: "striped"}, classes, images, log)
+    assert apply_labels({c: "striped"}, classes, images, log) == [images / "striped" / "c.jpg"]
+    lines = log.read_text(encoding="utf-8").splitlines()
+    assert lines[0] == "image\tlabel\tcopied_to\tcontent" and len(lines) == 4
+    assert read_log(log) == {str(a.resolve()): "dotted", str(b.resolve()): "-", file_hash(c): "striped"}
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 
 from conftest import ROOT, TRACKED_SMALL, run_script
 from imgclass import tracking
-from imgclass.params import load_params
+from imgclass.params import Params, load_params
 
 DS = "fashionTextureDemo"
 STAGES = ("0_downloadData.py", "1_prepareData.py", "2_refineDNN.py", "3_runDNN.py", "4_trainSVM.py", "5_evaluate.py")
@@ -236,3 +237,75 @@ def test_compare_runs_for_a_data_set_without_runs_names_those_with_runs(tracked_
     assert "no experiment 'imgclass-elsewhere'" in proc.stderr
     listed = proc.stderr.split("it holds runs of datasetName = ")[1].strip().split(", ")
     assert DS in listed and "elsewhere" not in listed  # other tests may have added data sets of their own
+
+
+def _stage_outputs(p: Params, started: float) -> None:
+    """What a stage 5 writes into results/<ds>/<classifier>/: a metrics file and a plot."""
+    p.results_dir.mkdir(parents=True, exist_ok=True)
+    (p.results_dir / "metrics.json").write_text(json.dumps({"overall_accuracy": 0.5, "per_class": {}}))
+    (p.results_dir / "roc.png").write_bytes(b"\x89PNG not really")
+    for f in ("metrics.json", "roc.png"):  # written by this stage, after it started
+        os.utime(p.results_dir / f, (started + 0.5, started + 0.5))
+
+
+def test_moved_data_dir_keeps_new_artifacts_inside_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """An MLflow experiment keeps the absolute artifact folder it was created with: after DATA_DIR is
+    moved, new runs must not write to (and recreate) the old folder."""
+    _tracked(monkeypatch)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(tracking, "CONFIG_FILE", tmp_path / "no_tracking.ini")
+    old, new = tmp_path / "rv_a", tmp_path / "rv_b"
+    p = load_params(overrides={"DATA_DIR": str(old), "datasetName": "movedDemo"})
+    started = time.time()
+    _stage_outputs(p, started)
+    first = tracking.track_stage(p, "scripts/5_evaluate.py", started)
+    assert first is not None and (old / "mlartifacts").is_dir() and "note:" not in capsys.readouterr().out
+
+    old.rename(new)
+    q = load_params(overrides={"DATA_DIR": str(new), "datasetName": "movedDemo"})
+    started = time.time()
+    _stage_outputs(q, started)
+    rec = tracking.track_stage(q, "scripts/4_trainSVM.py", started)
+    out = capsys.readouterr()
+    assert rec is not None and "warning" not in out.err
+    assert not old.exists(), "MLflow recreated the old DATA_DIR"
+    client = _client(new)
+    run = client.get_run(rec.run_id)
+    stored = Path(run.info.artifact_uri.removeprefix("file://")) / "roc.png"
+    assert stored.is_file() and stored.resolve().is_relative_to(new.resolve())
+    exp = client.get_experiment(rec.experiment_id)
+    assert exp.name == tracking.relocated_experiment("imgclass-movedDemo", q)
+    # one note, naming the old folder, the experiment used and how to choose another
+    assert out.out.count("note:") == 1 and str(old / "mlartifacts") in out.out and exp.name in out.out
+    assert "track_experiment" in out.out
+    # the next stage joins that run, and the comparison shows the runs from before and after the move
+    started = time.time()
+    _stage_outputs(q, started)
+    again = tracking.record_stage(q, "scripts/5_evaluate.py", started)
+    assert again is not None and again.run_id == rec.run_id and not again.new_run and not old.exists()
+    assert {r.run_id for r in tracking.find_runs(q)} == {first.run_id, rec.run_id}
+
+
+def test_failed_artifact_upload_keeps_the_pipeline_run_together(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """The state file that ties the stages together is saved before the artifacts are uploaded."""
+    _tracked(monkeypatch)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(tracking, "CONFIG_FILE", tmp_path / "no_tracking.ini")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "mlartifacts").write_text("a file where the artifact folder should be")  # uploads fail
+    p = load_params(overrides={"DATA_DIR": str(data), "datasetName": "uploadDemo"})
+    started = time.time()
+    _stage_outputs(p, started)
+    assert tracking.track_stage(p, "scripts/4_trainSVM.py", started) is None
+    assert "warning: run tracking failed" in capsys.readouterr().err
+    state = json.loads(tracking.state_path(p).read_text())
+    assert state["last_stage"] == 4 and state["stages"] == ["4_trainSVM"]
+    started = time.time()
+    _stage_outputs(p, started)
+    assert tracking.track_stage(p, "scripts/5_evaluate.py", started) is None
+    assert json.loads(tracking.state_path(p).read_text())["run_id"] == state["run_id"]  # the same pipeline run
+    runs = _client(data).search_runs([state["experiment_id"]], "tags.`imgclass.level` = 'pipeline'")
+    assert [r.info.run_id for r in runs] == [state["run_id"]]

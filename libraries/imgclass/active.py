@@ -12,7 +12,9 @@ them, and the most uncertain ones by a criterion are shown for labelling:
 
 Labelled images are COPIED into the data set's class folders (the unlabelled folder is left as it
 is), and every answer, skips included, is logged in proc/<dataset>/active_learning.tsv so an image
-is never asked twice. The next run of stages 1-5 trains on the new images.
+is never asked twice. The log knows an image by its content (a hash), not its path: the unlabelled
+folder may be moved or renamed between rounds, and a copy of an answered photo is not asked again.
+The next run of stages 1-5 trains on the new images.
 """
 
 from __future__ import annotations
@@ -29,11 +31,16 @@ from imgclass.dedup import list_folder_images
 from imgclass.fileio import atomic_open, atomic_path, require_file
 from imgclass.images import check_images
 from imgclass.params import Params
-from imgclass.provenance import check_model_and_svm, flip_average_of_stage3
+from imgclass.provenance import check_model_and_svm, file_hash, flip_average_of_stage3
 
 CRITERIA = ("margin", "topScore", "entropy")
 LOG_FILE = "active_learning.tsv"
 SKIP = "-"  # the label logged for an image the user chose not to label
+# One line per answer. "content" (imgclass.provenance.file_hash) identifies the image; "image" (its
+# absolute path when answered) is for people reading the log. Logs written before the content column
+# existed have three columns and are matched by path.
+LOG_HEADER = "image\tlabel\tcopied_to\tcontent\n"
+_OLD_LOG_HEADER = "image\tlabel\tcopied_to\n"
 
 
 def _softmax(s: np.ndarray) -> np.ndarray:
@@ -95,26 +102,36 @@ class ScoredFolder:
 
 
 def read_log(log_path: str | Path) -> dict[str, str]:
-    """{absolute source path: label or SKIP} of every image already answered."""
+    """{content hash: label or SKIP} of every image already answered; lines of logs from before the
+    content column are keyed by the absolute path they give instead (see `answered`)."""
     log_path = Path(log_path)
     if not log_path.is_file():
         return {}
     out = {}
     for line in log_path.read_text(encoding="utf-8").splitlines()[1:]:
         fields = line.split("\t")
-        if len(fields) >= 2:
+        if len(fields) >= 4 and fields[3]:
+            out[fields[3]] = fields[1]
+        elif len(fields) >= 2:
             out[fields[0]] = fields[1]
     return out
 
 
+def answered(done: Mapping[str, str], path: str | Path, content: str | None = None) -> str | None:
+    """The logged answer for the image at `path` (its label or SKIP), None when it was never answered.
+    `done` is what read_log returned; `content`: the file's hash when already computed."""
+    content = content or file_hash(path)
+    return done.get(content, done.get(str(Path(path).resolve())))
+
+
 def unlabelled_images(folder: str | Path, log_path: str | Path | None = None) -> list[Path]:
-    """Images below `folder` not answered yet (per the log)."""
+    """Images below `folder` not answered yet (per the log, which knows them by content)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such folder of unlabelled images")
     done = read_log(log_path) if log_path is not None else {}
     paths = [(folder / p).resolve() for p in list_folder_images(folder)]
-    return [p for p in paths if str(p) not in done]
+    return [p for p in paths if not done or answered(done, p) is None]
 
 
 def score_images(
@@ -180,19 +197,33 @@ def apply_labels(
     labels: Mapping[str | Path, str], classes: Sequence[str], images_dir: str | Path, log_path: str | Path
 ) -> list[Path]:
     """Copy each labelled image into its class folder and log every answer (SKIP for none).
-    Usable from a notebook: `apply_labels({path: "striped", other: "-"}, classes, ...)`."""
+    Usable from a notebook: `apply_labels({path: "striped", other: "-"}, classes, ...)`.
+    Refuses to file an image (by content) under a class other than the one it was given before:
+    the same photo in two class folders would teach the model both."""
+    log_path = Path(log_path)
+    done = dict(read_log(log_path))
+    todo = []
     for path, label in labels.items():
         if label != SKIP and label not in classes:
             raise ValueError(f"{path}: label {label!r} is not a class ({', '.join(classes)}) or {SKIP!r} (skip)")
-    log_path = Path(log_path)
-    previous = log_path.read_text(encoding="utf-8") if log_path.is_file() else "image\tlabel\tcopied_to\n"
-    lines, copied = [], []
-    for path, label in labels.items():
         src = Path(path).resolve()
+        content = file_hash(src)
+        before = answered(done, src, content)
+        if label != SKIP and before not in (None, SKIP, label):
+            raise ValueError(f"{path}: the same image (by content) is already labelled {before!r} in {log_path}; "
+                             f"not copying it into {label!r} as well")
+        if label != SKIP:
+            done[content] = label
+        todo.append((src, label, content))
+    previous = log_path.read_text(encoding="utf-8") if log_path.is_file() else LOG_HEADER
+    if previous.startswith(_OLD_LOG_HEADER):  # a log from before the content column: name the new column
+        previous = LOG_HEADER + previous[len(_OLD_LOG_HEADER):]
+    lines, copied = [], []
+    for src, label, content in todo:
         dest = add_to_dataset(src, label, images_dir) if label != SKIP else None
         if dest is not None:
             copied.append(dest)
-        lines.append(f"{src}\t{label}\t{'' if dest is None else dest.relative_to(images_dir).as_posix()}\n")
+        lines.append(f"{src}\t{label}\t{'' if dest is None else dest.relative_to(images_dir).as_posix()}\t{content}\n")
     with atomic_open(log_path, "w", encoding="utf-8") as f:
         f.write(previous + "".join(lines))
     return copied
@@ -235,7 +266,15 @@ def label_interactively(
     answer is saved as it is given, so stopping (or Ctrl-D) loses nothing."""
     menu = _menu(classes)
     copied: list[Path] = []
+    done = read_log(log_path)
     for n, cand in enumerate(candidates, 1):
+        # A copy of an image answered earlier (in this round, or under another name) is not asked again.
+        content = file_hash(cand.path)
+        before = answered(done, cand.path, content)
+        if before is not None:
+            print_fn(f"[{n}/{len(candidates)}] {cand.path}: same image as one answered before "
+                     f"({'skipped' if before == SKIP else before}); not asked again")
+            continue
         guess = ", ".join(f"{c} {s:.3g}" for c, s in cand.ranked(classes))
         print_fn(f"[{n}/{len(candidates)}] {cand.path}\n    model: {guess}")
         while True:
@@ -250,6 +289,7 @@ def label_interactively(
         if label == "q":
             break
         copied += apply_labels({cand.path: label}, classes, images_dir, log_path)
+        done[content] = label
         if label != SKIP:
             print_fn(f"    -> {label}")
     return copied
@@ -290,9 +330,11 @@ __all__ = [
     "Candidate",
     "ScoredFolder",
     "add_to_dataset",
+    "answered",
     "apply_labels",
     "label_interactively",
     "plot_candidates",
+    "read_log",
     "score_images",
     "select_uncertain",
     "uncertainty",

@@ -33,6 +33,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 from imgclass.fileio import read_json, write_json
 from imgclass.params import Params
@@ -184,6 +186,7 @@ def _client(uri: str) -> Any:
 
 
 def _experiment_id(client: Any, name: str, uri: str) -> str:
+    """The id of the active experiment `name`, created (artifacts beside a SQLite store) when missing."""
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         if exp.lifecycle_stage != "active":
@@ -194,6 +197,54 @@ def _experiment_id(client: Any, name: str, uri: str) -> str:
         # Artifacts beside the database, not in ./mlruns of whatever folder the stage ran from.
         location = (Path(uri[len("sqlite:///"):]).resolve().parent / ARTIFACTS_DIR).as_uri()
     return client.create_experiment(name, artifact_location=location)
+
+
+def _local_folder(location: str) -> Path | None:
+    """The folder of a file: (or plain path) artifact location; None for a remote one (s3:, http:, ...)."""
+    parsed = urlparse(location)
+    if parsed.scheme == "file":
+        return Path(url2pathname(parsed.path)).resolve()
+    if len(parsed.scheme) <= 1:  # a plain path, or a Windows drive letter
+        return Path(location).resolve()
+    return None
+
+
+def _outside(location: str, data_dir: Path) -> Path | None:
+    """The local folder of `location` when it is not under `data_dir`, else None."""
+    folder = _local_folder(location)
+    return folder if folder is not None and not folder.is_relative_to(data_dir.resolve()) else None
+
+
+def relocated_experiment(name: str, p: Params) -> str:
+    """The experiment that takes the runs of `name` in this DATA_DIR when `name` keeps its artifacts
+    elsewhere (DATA_DIR was moved): one per DATA_DIR, so every stage of every later run finds it."""
+    return f"{name} ({p.data_dir.resolve().as_posix()})"
+
+
+def _experiment_for(client: Any, p: Params, uri: str) -> tuple[str, str]:
+    """(experiment id, note) for this stage: the configured experiment, except in the default store
+    when that experiment's artifacts live outside DATA_DIR. An MLflow experiment keeps the absolute
+    artifact folder it was created with, so after DATA_DIR is moved MLflow would write every new
+    artifact to (and silently recreate) the old folder; the runs go to an experiment of this DATA_DIR
+    instead, and the note says so (empty when nothing was changed)."""
+    name = resolve_experiment(p)
+    exp_id = _experiment_id(client, name, uri)
+    if uri != default_uri(p):
+        return exp_id, ""  # a store chosen by the user: its artifact folders are the user's choice too
+    elsewhere = _outside(client.get_experiment(exp_id).artifact_location, p.data_dir)
+    if elsewhere is None:
+        return exp_id, ""
+    here = relocated_experiment(name, p)
+    here_id = _experiment_id(client, here, uri)
+    location = client.get_experiment(here_id).artifact_location
+    if _outside(location, p.data_dir) is not None:
+        raise TrackingError(f"experiments {name!r} and {here!r} in {uri} both keep their artifacts outside "
+                            f"DATA_DIR {p.data_dir}: set track_experiment to a new experiment name")
+    note = (f"note: experiment {name!r} keeps its artifacts in {elsewhere}, outside DATA_DIR {p.data_dir} "
+            f"(was DATA_DIR moved?), so this run is recorded in experiment {here!r} with its artifacts in "
+            f"{_local_folder(location) or location}. To record elsewhere, set track_experiment to another name "
+            f"(a new experiment keeps its artifacts in DATA_DIR/{ARTIFACTS_DIR}).")
+    return here_id, note
 
 
 @dataclass
@@ -207,6 +258,7 @@ class StageRecord:
     new_run: bool
     artifacts: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    note: str = ""  # why the run went to another experiment than the configured one ("" when it did not)
 
 
 def _join_or_start(client: Any, p: Params, state: dict, uri: str, exp_id: str, stage: int) -> str | None:
@@ -232,7 +284,7 @@ def record_stage(p: Params, script: str | Path, started: float, argv: Sequence[s
 
     uri = resolve_uri(p)
     client = _client(uri)
-    exp_id = _experiment_id(client, resolve_experiment(p), uri)
+    exp_id, note = _experiment_for(client, p, uri)
     path = state_path(p)
     state = read_json(path) if path.is_file() else {}
     run_id = _join_or_start(client, p, state, uri, exp_id, stage[0])
@@ -259,6 +311,13 @@ def record_stage(p: Params, script: str | Path, started: float, argv: Sequence[s
     client.log_batch(child.info.run_id, metrics=[Metric("stage_seconds", (t0 - started), now_ms, 0)])
     client.set_terminated(child.info.run_id, "FINISHED", end_time=int(t0 * 1000))
 
+    stages = sorted(set(state.get("stages", [])) | {label})
+    # The state file is saved as soon as the run and this stage exist in the store: should logging the
+    # figures or uploading the artifacts fail below, the next stage still joins this pipeline run
+    # instead of starting one of its own.
+    write_json(path, {**state, "last_stage": stage[0], "stages": stages})
+    client.log_batch(run_id, tags=[RunTag("stages", ",".join(stages))])
+
     written = written_since(p.results_dir, started)
     metrics: list[Any] = []
     for f in written:
@@ -271,11 +330,9 @@ def record_stage(p: Params, script: str | Path, started: float, argv: Sequence[s
         client.log_batch(run_id, metrics=metrics[i:i + 1000])
     for f in written:
         client.log_artifact(run_id, str(f))
-    stages = sorted(set(state.get("stages", [])) | {label})
-    client.log_batch(run_id, tags=[RunTag("stages", ",".join(stages))])
     client.set_terminated(run_id, "FINISHED", end_time=int(time.time() * 1000))
-    write_json(path, {**state, "last_stage": stage[0], "stages": stages})
-    return StageRecord(uri, exp_id, run_id, child.info.run_id, new_run, [f.name for f in written], time.time() - t0)
+    return StageRecord(uri, exp_id, run_id, child.info.run_id, new_run, [f.name for f in written], time.time() - t0,
+                       note)
 
 
 def track_stage(p: Params, script: str | Path, started: float, argv: Sequence[str] = ()) -> StageRecord | None:
@@ -287,6 +344,8 @@ def track_stage(p: Params, script: str | Path, started: float, argv: Sequence[st
               f"Set track_enabled = False (or {ENV_SWITCH}=0) to stop tracking.", file=sys.stderr)
         return None
     if rec is not None:
+        if rec.note:
+            print(rec.note)
         what = "new pipeline run" if rec.new_run else "pipeline run"
         print(f"tracked in {what} {rec.run_id[:8]} ({rec.seconds:.1f} s); browse: {ui_command(rec.uri)}")
     return rec
@@ -314,14 +373,18 @@ def find_runs(p: Params, last: int = 5, run_ids: Sequence[str] = ()) -> list[Run
     client = _client(uri)
     name = resolve_experiment(p)
     exp = client.get_experiment_by_name(name)
-    if exp is None:
+    # After DATA_DIR was moved, record_stage puts new runs in an experiment of their own (see
+    # _experiment_for); the comparison shows them together with the runs from before the move.
+    moved = client.get_experiment_by_name(relocated_experiment(name, p)) if uri == default_uri(p) else None
+    exp_ids = [e.experiment_id for e in (exp, moved) if e is not None]
+    if not exp_ids:
         names = sorted(e.name for e in client.search_experiments())
-        datasets = [n.removeprefix("imgclass-") for n in names if n.startswith("imgclass-")]
+        datasets = [n.removeprefix("imgclass-") for n in names if n.startswith("imgclass-") and " (" not in n]
         there = f"; it holds runs of datasetName = {', '.join(datasets)}" if datasets else ""
         raise FileNotFoundError(f"no experiment {name!r} in {uri}: run the pipeline on {p.datasetName!r} first{there}")
     pipeline = f"tags.`{LEVEL_TAG}` = 'pipeline'"
     if run_ids:
-        every = client.search_runs([exp.experiment_id], pipeline, max_results=5000)
+        every = client.search_runs(exp_ids, pipeline, max_results=5000)
         runs = []
         for rid in run_ids:
             match = [r for r in every if r.info.run_id.startswith(rid)]
@@ -331,7 +394,7 @@ def find_runs(p: Params, last: int = 5, run_ids: Sequence[str] = ()) -> list[Run
     else:
         if last < 1:
             raise ValueError(f"--last {last}: must be at least 1")
-        runs = client.search_runs([exp.experiment_id], pipeline, order_by=["attributes.start_time DESC"],
+        runs = client.search_runs(exp_ids, pipeline, order_by=["attributes.start_time DESC"],
                                   max_results=last)
     return [RunSummary(r.info.run_id, r.info.run_name or "", r.info.start_time or 0, dict(r.data.params),
                        dict(r.data.metrics), dict(r.data.tags)) for r in runs]
