@@ -79,13 +79,16 @@ def test_apply_labels_copies_and_logs(tmp_path: Path) -> None:
     assert apply_labels({src / "a.jpg": "dotted"}, ["dotted", "striped"], images, log) == [images / "dotted" / "a_1.jpg"]
 
 
+def _candidates(folder: Path, n: int, scores: np.ndarray) -> list[Candidate]:
+    """n distinct small files in `folder` (content is all the labelling steps read), with `scores`."""
+    folder.mkdir()
+    for i in range(n):
+        (folder / f"{i}.jpg").write_bytes(bytes([i]) * 20)
+    return [Candidate(folder / f"{i}.jpg", scores, 0.1) for i in range(n)]
+
+
 def test_label_interactively_understands_numbers_names_prefixes_skip_and_quit(tmp_path: Path) -> None:
-    src = tmp_path / "u"
-    src.mkdir()
-    cands = []
-    for i in range(5):
-        (src / f"{i}.jpg").write_bytes(bytes([i]) * 20)
-        cands.append(Candidate(src / f"{i}.jpg", np.array([0.2, 0.5, 0.3]), 0.1))
+    cands = _candidates(tmp_path / "u", 5, np.array([0.2, 0.5, 0.3]))
     answers = iter(["2", "what?", "Stri", "s", "dotted", "q"])
     printed: list[str] = []
     images = tmp_path / "images"
@@ -99,12 +102,7 @@ def test_label_interactively_understands_numbers_names_prefixes_skip_and_quit(tm
 
 def test_classes_named_by_numbers_are_answered_by_name_not_menu_position(tmp_path: Path) -> None:
     """Digits "0"-"9": typing 3 means the class "3" (menu position 3 would be "2")."""
-    src = tmp_path / "u"
-    src.mkdir()
-    cands = []
-    for i in range(3):
-        (src / f"{i}.jpg").write_bytes(bytes([i]) * 20)
-        cands.append(Candidate(src / f"{i}.jpg", np.full(10, 0.1), 0.1))
+    cands = _candidates(tmp_path / "u", 3, np.full(10, 0.1))
     answers = iter(["3", "0", "9"])
     prompts: list[str] = []
     images = tmp_path / "images"
