@@ -9,7 +9,7 @@ hash as model version. The service (python -m imgclass.serve) loads it with ONNX
 import os
 import sys
 
-from imgclass.cli import parse_stage, run_stage, stage_parser
+from imgclass.cli import parse_stage, run_stage, stage_parser, track_now
 from imgclass.provenance import StaleFilesError  # torch-free, like everything the --bundle path imports
 
 parser = stage_parser(
@@ -58,6 +58,7 @@ def main() -> int:
     host = args.host or p.dep_host
     port = p.dep_port if args.port is None else args.port
     workers = p.dep_workers if args.workers is None else args.workers
+    track_now(__file__)  # the export is done; os.execv below never returns to run_stage to record it
     sys.stdout.flush()
     # A fresh interpreter serves: it never imports torch, so it starts fast and stays small.
     cmd = [sys.executable, "-m", "imgclass.serve", str(bundle.path), "--host", host, "--port", str(port),

@@ -309,3 +309,40 @@ def test_failed_artifact_upload_keeps_the_pipeline_run_together(tmp_path: Path, 
     assert json.loads(tracking.state_path(p).read_text())["run_id"] == state["run_id"]  # the same pipeline run
     runs = _client(data).search_runs([state["experiment_id"]], "tags.`imgclass.level` = 'pipeline'")
     assert [r.info.run_id for r in runs] == [state["run_id"]]
+
+
+def test_stage6_is_recorded_before_it_hands_over_to_the_web_service(tracked_demo: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stage 6 execs the server, so run_stage never returns to record it: it records itself first."""
+    import shutil
+    import subprocess
+    import sys
+    import urllib.request
+
+    from deploy_support import free_port
+
+    data_dir = tmp_path / "data"  # a copy: the other tests expect stages 0-5 only in tracked_demo
+    shutil.copytree(tracked_demo, data_dir)
+    env = {**os.environ, "IMGCLASS_DATA_DIR": str(data_dir), "IMGCLASS_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
+           "IMGCLASS_TRACKING": "1"}
+    port = free_port()
+    server = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "6_deploy.py"), *TRACKED_SMALL, "--port", str(port)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            raise AssertionError("the service did not come up")
+    finally:
+        server.terminate()
+        out = server.communicate(timeout=30)[0]
+    assert "tracked in" in out, out
+    client = _client(data_dir)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.`stage` = '6_deploy'")
+    assert len(runs) == 1 and runs[0].data.metrics["stage_seconds"] > 0

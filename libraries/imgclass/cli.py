@@ -39,6 +39,7 @@ def stage_parser(description: str, reads: str, writes: str) -> argparse.Argument
 
 
 _parsed: Params | None = None  # the stage's parameters, for run_stage to record the run with
+_started: float | None = None  # when run_stage started the stage
 
 
 def parse_stage(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, Params]:
@@ -63,7 +64,8 @@ def run_stage(main: Callable[[], int | None], user_errors: tuple[type[BaseExcept
     outputs are written, so a tracking problem can only ever be a warning."""
     from imgclass.backbones import WeightsUnavailableError
 
-    started = time.time()
+    global _started
+    started = _started = time.time()
     try:
         code = main()
     except (*USER_ERRORS, WeightsUnavailableError, *user_errors) as e:
@@ -77,3 +79,12 @@ def run_stage(main: Callable[[], int | None], user_errors: tuple[type[BaseExcept
 
         track_stage(_parsed, inspect.getfile(main), started, sys.argv[1:])
     sys.exit(code or 0)
+
+
+def track_now(script: str) -> None:
+    """Record the running stage in the run history now, for a stage that hands its process over to
+    another program (stage 6 execs the web service), so that run_stage never records it after main()."""
+    if _parsed is not None and _started is not None:
+        from imgclass.tracking import track_stage
+
+        track_stage(_parsed, script, _started, sys.argv[1:])
