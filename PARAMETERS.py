@@ -125,6 +125,6 @@ scrape_attributes = ["striped", "dotted", "leopard"]  # attributes = class label
 scrape_resultsPerQuery = 50  # top results kept per query (the service is paged until this many are found or it has no more)
 scrape_timeoutSec = 20.0  # per-request timeout of the search service in seconds
 dedup_threshold = 15  # near duplicates: images whose 256-bit dhashes differ in at most this many bits
-leakageCheck = "move"  # stage 1: "move" near-duplicate train/test pairs both into train (not where images look alike to dhash), "report" them only, or "off"
+leakageCheck = "move"  # stage 1: "move" the test image of each same-class near-duplicate train/test pair to train (each class keeps a test image; not where images look alike to dhash), "report" only, or "off"
 al_criterion = "margin"  # active learning: pick images with the smallest "margin" (top1 - top2), lowest "topScore", or highest "entropy"
 al_numImages = 20  # active learning: images to label per round

@@ -136,12 +136,13 @@ def unlabelled_images(folder: str | Path, log_path: str | Path | None = None) ->
 
 def score_images(
     paths: Sequence[str | Path], model_path: str | Path, svm_path: str | Path | None = None,
-    batch_size: int = 32, flip_average: bool = True, workers: int = 2, progress: bool = True,
+    batch_size: int = 32, flip_average: bool = False, workers: int = 2, progress: bool = True,
     export_dir: str | Path | None = None,
 ) -> ScoredFolder:
     """Score images with the current model: SVM decision values on the network's features, or
     the refined network's own probabilities when `svm_path` is None. `export_dir`: where the
-    network's ONNX export goes (see Featurizer)."""
+    network's ONNX export goes (see Featurizer). `flip_average` must be what stage 3 used (off by
+    default, as run_boFlipAverage): score_with_trained_model reads it from stage 3's features."""
     from imgclass.features import Featurizer
     from imgclass.modelfile import load_model
     from imgclass.svm import LinearSvm

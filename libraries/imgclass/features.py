@@ -92,7 +92,7 @@ def _weights_hash(module: torch.nn.Module) -> str:
 
 
 def default_export_dir() -> Path:
-    """Where exported ONNX files go when the caller names no folder (stage 3 uses proc/<ds>/onnx)."""
+    """Where exported ONNX files go when the caller names no folder (stage 3 uses proc/<ds>/featcache)."""
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "imgclass" / "onnx"
 

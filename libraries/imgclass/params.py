@@ -123,7 +123,8 @@ SCHEMA: dict[str, Spec] = {
     "demoImagesPerClass": Spec(_INT, check=lambda v: None if v >= 4 else "must be at least 4"),
     "ratioTrainTest": Spec(_FLOAT, check=_fraction_open),
     "imagesSplitBy": Spec(_STR, choices=("filename", "subdir")),
-    "randomSeed": Spec(_INT, check=_non_negative),
+    # numpy and scikit-learn take seeds below 2**32: a larger one would pass here and fail in stage 4.
+    "randomSeed": Spec(_INT, check=lambda v: None if 0 <= v < 2**32 else "must be between 0 and 4294967295 (2**32 - 1)"),
     "dl_workers": Spec(_INT, check=_positive),
     "dl_timeoutSec": Spec(_FLOAT, check=_positive),
     "dl_retries": Spec(_INT, check=_non_negative),
