@@ -124,6 +124,7 @@ scrape_items = ["blouse", "hoodie", "pullover", "sweater", "shirt", "t-shirt", "
 scrape_attributes = ["striped", "dotted", "leopard"]  # attributes = class labels; query "<attribute> <item>" gives images of class <attribute>
 scrape_resultsPerQuery = 50  # top results kept per query (the service is paged until this many are found or it has no more)
 scrape_timeoutSec = 20.0  # per-request timeout of the search service in seconds
+scrape_pauseSec = 1.0  # seconds between two requests to the search service (anonymous Openverse clients are limited in bursts); 0 = no pause
 dedup_threshold = 15  # near duplicates: images whose 256-bit dhashes differ in at most this many bits
 leakageCheck = "move"  # stage 1: "move" the test image of each same-class near-duplicate train/test pair to train (each class keeps a test image; not where images look alike to dhash), "report" only, or "off"
 al_criterion = "margin"  # active learning: pick images with the smallest "margin" (top1 - top2), lowest "topScore", or highest "entropy"

@@ -2,6 +2,10 @@
 
 Dry run by default: the groups are listed and nothing changes. With --remove, every image but the
 first of each group is moved to FOLDER/_duplicates/ (listed in _duplicates/moved.tsv), never deleted.
+Two kinds of group are not moved without --force: groups spanning class folders (the same photo
+with two labels: which label is right is for a person to decide) are left in place, and where the
+data set's images look alike to dhash nothing is moved (see the note it prints). --force overrides
+both, and says which it overrode.
 """
 
 from pathlib import Path
@@ -20,7 +24,8 @@ parser.add_argument("--remove", action="store_true", help="move duplicates to FO
 parser.add_argument("--threshold", type=int, default=None,
                     help="bits of 256 that may differ for near duplicates (default: dedup_threshold)")
 parser.add_argument("--force", action="store_true",
-                    help="with --remove: move even where the images look alike to dhash (see the note it prints)")
+                    help="with --remove: also move groups that span class folders (keeping the path that sorts "
+                         "first), and move even where the images look alike to dhash (see the note it prints)")
 
 
 def main() -> int:
@@ -44,7 +49,8 @@ def main() -> int:
                 f.write(f"{n}\t{group[0]}\t{other}\t{'' if bits is None else bits}\n")
     print(f"wrote {folder / 'duplicates.tsv'}")
     if cross:
-        print(f"{len(cross)} group(s) span class folders: the same photo with different labels; check them by hand")
+        print(f"{len(cross)} group(s) span class folders: the same photo with different labels; check them by hand "
+              f"(--remove leaves them in place; --force moves them too, keeping the path that sorts first)")
     note = lookalike_note(report.typical_distance, threshold)
     if note and report.to_move:
         print(f"note: {note}")
@@ -52,12 +58,18 @@ def main() -> int:
         if report.to_move:
             print("dry run: nothing moved; rerun with --remove to move the duplicates aside")
         return 0
-    if note and report.to_move and not args.force:
+    to_move = report.moves(cross_class=args.force)
+    if note and to_move and not args.force:
         print("not moving anything: these groups need not be copies (see the note); lower --threshold, "
               "or add --force to move them anyway")
         return 1
-    moved = move_duplicates(report)
-    print(f"moved {len(moved)} image(s) to {folder / DUPLICATES_FOLDER} (list: {DUPLICATES_FOLDER}/moved.tsv)")
+    if args.force and cross:
+        print(f"--force: moving the duplicates of the {len(cross)} group(s) that span class folders too")
+    if args.force and note and to_move:
+        print("--force: moving although the images look alike to dhash (see the note)")
+    moved = move_duplicates(report, cross_class=args.force)
+    left = f"; {len(cross)} group(s) spanning class folders left in place" if cross and not args.force else ""
+    print(f"moved {len(moved)} image(s) to {folder / DUPLICATES_FOLDER} (list: {DUPLICATES_FOLDER}/moved.tsv){left}")
     return 0
 
 

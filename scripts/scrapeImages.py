@@ -3,45 +3,62 @@
 The list (TSV: label, url, source, license, creator, query) is what 0_downloadData.py --urls reads.
 Provider (scrape_provider): "openverse" needs no key (endpoint: $OPENVERSE_ENDPOINT, default the
 public API); "bing" reads $BING_SEARCH_V7_SUBSCRIPTION_KEY and $BING_SEARCH_V7_ENDPOINT.
+A rerun resumes: an existing list is added to, never replaced, and the queries it already answered
+(recorded in <list>.state.json beside it) are not asked again; delete that file to ask them again.
 """
 
 from pathlib import Path
 
 from imgclass.cli import parse_stage, run_stage, stage_parser
-from imgclass.scrape import SearchError, build_queries, get_provider, scrape, write_url_list
+from imgclass.scrape import SearchError, build_queries, get_provider, scrape_to_file, state_path
 
 parser = stage_parser(
     __doc__.splitlines()[0],
-    reads="scrape_items, scrape_attributes, scrape_provider (and its environment variables)",
-    writes="--out FILE (default DATA_DIR/proc/<datasetName>/search_urls.tsv)",
+    reads="scrape_items, scrape_attributes, scrape_provider (and its environment variables), "
+          "scrape_pauseSec; an existing --out list and its .state.json",
+    writes="--out FILE (default DATA_DIR/proc/<datasetName>/search_urls.tsv) and FILE's .state.json "
+           "(the queries answered)",
 )
-parser.add_argument("--out", default=None, metavar="FILE", help="where to write the URL list")
+parser.add_argument("--out", default=None, metavar="FILE", help="the URL list to write or add to")
 
 
 def main() -> int:
     args, p = parse_stage(parser)
     out = Path(args.out) if args.out else p.proc_dir / "search_urls.tsv"
+    state = state_path(out)
     queries = build_queries(p.scrape_items, p.scrape_attributes)
-    provider = get_provider(p.scrape_provider, timeout=p.scrape_timeoutSec)
+    provider = get_provider(p.scrape_provider, timeout=p.scrape_timeoutSec, pause=p.scrape_pauseSec)
     print(f"{len(queries)} queries ({len(p.scrape_attributes)} attributes x {len(p.scrape_items)} items), "
           f"top {p.scrape_resultsPerQuery} each, from {provider.name}")
-    report = scrape(queries, provider, p.scrape_resultsPerQuery)
+    report, note = scrape_to_file(out, queries, provider, p.scrape_resultsPerQuery)
+    if note:
+        print(f"note: {note}")
+    if report.previous:
+        print(f"{out} held {report.previous} URLs: kept, the new ones added")
+    if report.earlier:
+        print(f"{report.earlier} of {len(queries)} queries answered by an earlier run (recorded in {state}), "
+              f"not asked again")
     for query, reason in report.failures:
         print(f"query {query!r} failed: {reason}")
-    if report.rows:
-        write_url_list(out, report.rows)
     per_label: dict[str, int] = {}
     for row in report.rows:
         per_label[row[0]] = per_label.get(row[0], 0) + 1
     for label, n in per_label.items():
         print(f"  {label:<20} {n:>6} URLs")
-    print(f"{len(report.rows)} URLs ({report.repeated} repeats across queries dropped)")
+    print(f"{len(report.rows)} URLs ({report.repeated} repeats of a listed URL under the same label dropped)")
+    if report.ambiguous:
+        # Kept under either label it would teach the classifier a wrong label half the time.
+        print(f"{len(report.ambiguous)} URLs returned for queries of two labels dropped as ambiguous")
     if report.stopped:
-        where = f"; the {len(report.rows)} URLs found before are in {out}" if report.rows else ""
-        raise SearchError(f"{report.stopped}{where}")
+        left = len({q.text for q in queries} - set(report.done))
+        where = f"; the {len(report.rows)} URLs found so far are in {out}" if report.rows else ""
+        raise SearchError(f"{report.stopped}{where}; rerun later to ask the {left} queries not yet answered")
     if not report.rows:
         raise SearchError("no image found for any query; nothing written")
-    print(f"wrote {out}")
+    if report.earlier == len({q.text for q in queries}):
+        print(f"every query was answered by an earlier run: {out} unchanged (delete {state} to ask them again)")
+    else:
+        print(f"wrote {out}")
     print(f"next: python scripts/0_downloadData.py --set datasetName={p.datasetName} --urls {out}")
     return 0
 

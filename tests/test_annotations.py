@@ -100,3 +100,22 @@ def test_fixes_file_saved_with_a_byte_order_mark(color_dataset: Path) -> None:
     split = make_split(color_dataset, 0.5, seed=1)
     labels = {p: split.classes[y] for p, y in split.train + split.test}
     assert labels["red/red_0.jpg"] == "blue" and "green/green_1.jpg" not in labels
+
+
+def test_a_data_set_split_in_advance_has_its_classes_inside_the_split_folders(tmp_path: Path) -> None:
+    root = tmp_path / "images" / "kaggle"
+    for side in ("Training", "Testing"):
+        for cls, color in (("dotted", (200, 30, 30)), ("striped", (30, 30, 200))):
+            for n in range(2):
+                write_image(root / side / cls / f"{cls}_{n}.jpg", color, seed=n)
+    b = AnnotationBrowser(root)
+    assert b.classes == ["dotted", "striped"]  # not ["Testing", "Training"]
+    assert b.page("dotted") == ["Training/dotted/dotted_0.jpg", "Training/dotted/dotted_1.jpg",
+                                "Testing/dotted/dotted_0.jpg", "Testing/dotted/dotted_1.jpg"]
+    b.move("Training/dotted/dotted_1.jpg", "striped")
+    b.exclude("Testing/striped/striped_0.jpg")
+    with pytest.raises(AnnotationError, match="'Testing' is not one of dotted, striped"):
+        b.move("Training/dotted/dotted_0.jpg", "Testing")
+    split = make_split(root)
+    labels = {p: split.classes[y] for p, y in split.train + split.test}
+    assert labels["Training/dotted/dotted_1.jpg"] == "striped" and "Testing/striped/striped_0.jpg" not in labels

@@ -4,6 +4,7 @@ the dry-run / move-aside script, and stage 1's leakage check."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from conftest import FASHION, run_script
 from imgclass.data import Split, list_class_dirs, make_split
 from imgclass.dedup import (
     DEFAULT_THRESHOLD,
+    DuplicateReport,
     find_duplicates,
     find_leaks,
     image_hash,
@@ -143,8 +145,69 @@ def test_same_photo_in_two_classes_is_flagged_and_bad_files_are_reported(origina
     report = find_duplicates(root, progress=False)
     assert report.cross_class_groups() == [["dotted/looks_dotted.jpg", "leopard/leopard_0002.jpg"]]
     assert [p for p, _ in report.failed] == ["dotted/broken.jpg"] and "cannot decode" in report.failed[0][1]
-    moved = move_duplicates(report)
+    # Which label is right is for a person to decide: not moved unless asked.
+    assert move_duplicates(report) == [] and (root / "leopard/leopard_0002.jpg").is_file()
+    moved = move_duplicates(report, cross_class=True)
     assert [m.relative_to(root).as_posix() for _, m in moved] == ["_duplicates/leopard/leopard_0002.jpg"]
+
+
+def test_remove_leaves_groups_spanning_classes_unless_forced(originals: Path, tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    shutil.copytree(originals, root)
+    _copy(root / "leopard/leopard_0002.jpg", root / "dotted/looks_dotted.jpg", 0.7, 70)  # two labels
+    _copy(root / "striped/striped_0001.jpg", root / "striped/copy.jpg", 0.5, 60)  # one label
+    out = run_script("dedupImages.py", str(root), "--remove", data_dir=tmp_path).stdout
+    assert "moved 1 image(s)" in out and "1 group(s) spanning class folders left in place" in out
+    assert (root / "striped/copy.jpg").is_file() and not (root / "striped/striped_0001.jpg").exists()
+    assert (root / "dotted/looks_dotted.jpg").is_file() and (root / "leopard/leopard_0002.jpg").is_file()
+    out = run_script("dedupImages.py", str(root), "--remove", "--force", data_dir=tmp_path).stdout
+    assert "--force: moving the duplicates of the 1 group(s) that span class folders too" in out
+    assert "moved 1 image(s)" in out and not (root / "leopard/leopard_0002.jpg").exists()
+    assert len((root / "_duplicates" / "moved.tsv").read_text().splitlines()) == 1 + 2
+
+
+def test_cross_class_groups_in_a_data_set_split_in_advance(tmp_path: Path) -> None:
+    for side in ("train", "test"):
+        for cls in ("dotted", "striped"):
+            (tmp_path / side / cls).mkdir(parents=True)
+    report = DuplicateReport(tmp_path, DEFAULT_THRESHOLD, [], [], groups=[
+        ["test/dotted/x.jpg", "train/dotted/x2.jpg"],  # one class on both sides of the split
+        ["train/dotted/y.jpg", "train/striped/y.jpg"],  # two classes
+    ])
+    assert report.cross_class_groups() == [["train/dotted/y.jpg", "train/striped/y.jpg"]]
+    assert report.moves() == [("train/dotted/x2.jpg", "test/dotted/x.jpg")]
+
+
+def test_a_linked_class_folder_is_scanned_once(originals: Path, tmp_path: Path) -> None:
+    root, elsewhere = tmp_path / "ds", tmp_path / "elsewhere"
+    shutil.copytree(originals / "dotted", root / "dotted")
+    shutil.copytree(originals / "striped", elsewhere / "striped")
+    _copy(elsewhere / "striped/striped_0001.jpg", elsewhere / "striped/copy.jpg", 0.5, 60)
+    os.symlink(elsewhere / "striped", root / "striped")  # a class kept elsewhere, as README suggests
+    os.symlink(root, root / "dotted" / "loop")  # a link back up the tree
+    report = find_duplicates(root, progress=False)
+    assert len(report.paths) == 2 * N_PER_CLASS + 1 and "striped/copy.jpg" in report.paths
+    assert report.groups == [["striped/copy.jpg", "striped/striped_0001.jpg"]]
+
+
+def test_an_interrupted_move_lists_every_file_it_moved(with_copies, monkeypatch: pytest.MonkeyPatch) -> None:
+    root, _ = with_copies
+    report = find_duplicates(root, progress=False)
+    real, calls = shutil.move, []
+
+    def interrupted(src: Path, dst: Path) -> object:
+        calls.append(src)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(src, dst)
+
+    monkeypatch.setattr(shutil, "move", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        move_duplicates(report)
+    dup = root / "_duplicates"
+    log = [line.split("\t") for line in (dup / "moved.tsv").read_text().splitlines()]
+    on_disk = sorted(p.relative_to(dup).as_posix() for p in dup.rglob("*") if p.is_file() and p.name != "moved.tsv")
+    assert log[0] == ["moved", "duplicate_of"] and sorted(r[0] for r in log[1:]) == on_disk and len(on_disk) == 2
 
 
 def test_leakage_check_finds_a_planted_duplicate_across_the_split(originals: Path, tmp_path: Path) -> None:

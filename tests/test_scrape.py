@@ -3,7 +3,8 @@
 The fake serves a Bing Image Search v7 endpoint (value[].contentUrl, nextOffset,
 totalEstimatedMatches; key in Ocp-Apim-Subscription-Key) and Openverse's /v1/images/ (results[],
 page_count), with pagination, a query that always fails with HTTP 500, a query throttled once with
-429 + Retry-After, and the images themselves, so the URL list can be downloaded by stage 0.
+429 + Retry-After, one throttled for an hour, queries of two labels returning the same image, and
+the images themselves, so the URL list can be downloaded by stage 0.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import json
 import math
 import threading
 import time
+import urllib.error
 import urllib.parse
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,6 +26,7 @@ import pytest
 from PIL import Image
 
 from conftest import run_script
+import imgclass.scrape
 from imgclass.download import read_url_list
 from imgclass.scrape import (
     BingImageSearch,
@@ -30,6 +34,8 @@ from imgclass.scrape import (
     SearchError,
     build_queries,
     scrape,
+    scrape_to_file,
+    state_path,
 )
 
 KEY = "good-key"
@@ -55,7 +61,10 @@ class Fake:
 
 def _items(q: str) -> list[str]:
     slug = urllib.parse.quote(q.replace(" ", "-"))
-    return [f"/img/{slug}-{i}.jpg" for i in range(TOTAL.get(q, TOTAL["default"]))]
+    items = [f"/img/{slug}-{i}.jpg" for i in range(TOTAL.get(q, TOTAL["default"]))]
+    if q.endswith("twinset"):  # every "<attribute> twinset" query returns this image first
+        items.insert(0, "/img/twinset-common.jpg")
+    return items
 
 
 def _handler(fake: Fake) -> type[BaseHTTPRequestHandler]:
@@ -122,6 +131,12 @@ def _handler(fake: Fake) -> type[BaseHTTPRequestHandler]:
             self._json(404, {"detail": "Not found."})
 
     return Handler
+
+
+@pytest.fixture(autouse=True)
+def no_pause(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No polite pause between requests to the fake: tests that measure the pause set it."""
+    monkeypatch.setattr(imgclass.scrape, "DEFAULT_PAUSE_SEC", 0.0)
 
 
 @pytest.fixture(scope="module")
@@ -218,7 +233,8 @@ def test_scrape_stops_at_a_fatal_error_keeping_what_it_found(fake: Fake) -> None
 def test_script_writes_a_list_that_stage0_downloads(fake: Fake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENVERSE_ENDPOINT", fake.url("/v1/images/"))
     args = ["--set", "datasetName=scraped", "--set", "scrape_items=['hoodie','vest']",
-            "--set", "scrape_attributes=['striped','leopard']", "--set", "scrape_resultsPerQuery=3"]
+            "--set", "scrape_attributes=['striped','leopard']", "--set", "scrape_resultsPerQuery=3",
+            "--set", "scrape_pauseSec=0"]
     out = run_script("scrapeImages.py", *args, data_dir=tmp_path).stdout
     tsv = tmp_path / "proc" / "scraped" / "search_urls.tsv"
     assert f"wrote {tsv}" in out and "4 queries" in out
@@ -248,3 +264,77 @@ def test_script_explains_missing_key_and_unreachable_service(
     assert proc.returncode == 1
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "proc").exists() or not list((tmp_path / "proc").rglob("*.tsv"))
+
+
+def test_requests_are_spaced_by_a_polite_pause(fake: Fake) -> None:
+    slept: list[float] = []
+    ov = OpenverseImageSearch(endpoint=fake.url("/v1/images/"), pause=0.5, sleep=slept.append)
+    assert len(ov.search("dotted cape", 45)) == 45 and fake.hits[("/v1/images/", "dotted cape")] == 3
+    assert len(slept) == 2 and all(0.3 < t <= 0.5 for t in slept)  # before the 2nd and 3rd page, not the 1st
+    with pytest.raises(ValueError, match="pause = -1"):
+        OpenverseImageSearch(endpoint=fake.url("/v1/images/"), pause=-1)
+
+
+def test_a_connect_timeout_is_retried_then_fatal(fake: Fake, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = urllib.request.urlopen
+    calls: list[str] = []
+
+    def times_out_first(request: urllib.request.Request, timeout: float) -> object:
+        calls.append(request.full_url)
+        if len(calls) == 1 or "never" in request.full_url:  # what urlopen raises for a connect timeout
+            raise urllib.error.URLError(TimeoutError("timed out"))
+        return real(request, timeout=timeout)
+
+    monkeypatch.setattr(urllib.request, "urlopen", times_out_first)
+    slept: list[float] = []
+    ov = OpenverseImageSearch(endpoint=fake.url("/v1/images/"), sleep=slept.append)
+    assert len(ov.search("striped cape", 5)) == 5 and len(calls) == 2 and slept == [0.5]
+    calls.clear()
+    with pytest.raises(SearchError, match="cannot reach Openverse.*timed out") as e:
+        ov.search("never answered", 5)
+    assert e.value.fatal and len(calls) == 3  # the default 2 retries, then the run stops
+
+
+def test_a_url_returned_for_two_labels_is_dropped_as_ambiguous(fake: Fake, tmp_path: Path) -> None:
+    ov = OpenverseImageSearch(endpoint=fake.url("/v1/images/"))
+    common = fake.url("/img/twinset-common.jpg")
+    queries = build_queries(["twinset"], ["striped", "dotted"]) + build_queries(["twinset"], ["striped"])
+    report = scrape(queries, ov, 3, progress=False)
+    assert report.ambiguous == {common} and common not in {r[1] for r in report.rows}
+    assert len(report.rows) == 4  # 2 striped + 2 dotted
+    assert report.repeated == 2  # only the same-label repeats of the second "striped twinset"
+    # Across runs too: a URL listed as striped and then returned for dotted leaves the list.
+    out = tmp_path / "urls.tsv"
+    first, _ = scrape_to_file(out, build_queries(["twinset"], ["striped"]), ov, 3, progress=False)
+    assert common in {r[1] for r in first.rows}
+    second, note = scrape_to_file(out, build_queries(["twinset"], ["striped", "dotted"]), ov, 3, progress=False)
+    assert second.skipped == ["striped twinset"] and note == ""
+    assert common not in {url for _, url in read_url_list(out)} and len(read_url_list(out)) == 4
+    assert json.loads(state_path(out).read_text())["ambiguous"] == [common]
+    # Another count per query: the recorded queries no longer say what was asked, so all are asked again.
+    third, note = scrape_to_file(out, build_queries(["twinset"], ["striped", "dotted"]), ov, 4, progress=False)
+    assert not third.skipped and "asking every query again" in note and third.repeated == 4
+
+
+def test_a_stopped_run_never_shrinks_the_list_and_a_rerun_skips_answered_queries(
+    fake: Fake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENVERSE_ENDPOINT", fake.url("/v1/images/"))
+    args = ["--set", "datasetName=resumed", "--set", "scrape_items=['poncho','cardigan']",
+            "--set", "scrape_resultsPerQuery=3", "--set", "scrape_pauseSec=0"]
+    tsv = tmp_path / "proc" / "resumed" / "search_urls.tsv"
+    run_script("scrapeImages.py", *args, "--set", "scrape_attributes=['striped','leopard']", data_dir=tmp_path)
+    assert len(read_url_list(tsv)) == 12
+    # Rerun with a new class; the service then throttles for an hour ("slowdown" queries).
+    proc = run_script("scrapeImages.py", *args, "--set", "scrape_attributes=['striped','dotted','slowdown','leopard']",
+                      data_dir=tmp_path, check=False)
+    assert proc.returncode == 1 and "throttling" in proc.stderr and "2 queries not yet answered" in proc.stderr
+    assert "4 of 8 queries answered by an earlier run" in proc.stdout
+    entries = read_url_list(tsv)
+    assert len(entries) == 18 and Counter(label for label, _ in entries) == {"striped": 6, "leopard": 6, "dotted": 6}
+    assert fake.hits[("/v1/images/", "striped poncho")] == 1  # answered by the first run: not asked again
+    assert fake.hits[("/v1/images/", "leopard cardigan")] == 1
+    # Throttling over: the rerun asks only what is left, and the list is complete.
+    proc = run_script("scrapeImages.py", *args, "--set", "scrape_attributes=['striped','dotted','leopard']", data_dir=tmp_path)
+    assert "every query was answered by an earlier run" in proc.stdout and len(read_url_list(tsv)) == 18
+    assert fake.hits[("/v1/images/", "dotted poncho")] == 1

@@ -91,16 +91,21 @@ class AnnotationBrowser:
     """
 
     def __init__(self, images_dir: str | Path, page_size: int = 12, thumb: int = 160) -> None:
-        from imgclass.data import list_class_dirs, list_images  # data imports this module for read_fixes
+        # data imports this module for read_fixes
+        from imgclass.data import find_split_folders, list_class_dirs, list_images
 
         if page_size < 1 or thumb < 16:
             raise ValueError(f"page_size {page_size} must be >= 1 and thumb {thumb} >= 16")
         self.images_dir = Path(images_dir)
-        self.classes = list_class_dirs(self.images_dir)
+        # A data set split in advance (train/ and test/, Training/ and Testing/) has its classes
+        # inside those folders, as stage 1 reads it; a class's page shows its images from both.
+        folders = find_split_folders(self.images_dir)
+        roots = [self.images_dir] if folders is None else [folders[0], folders[1]]
+        self.classes = list_class_dirs(roots[0])
         if not self.classes:
-            raise AnnotationError(f"{self.images_dir} holds no class folders")
+            raise AnnotationError(f"{roots[0]} holds no class folders")
         self.page_size, self.thumb = page_size, thumb
-        self.images = {c: [p.relative_to(self.images_dir).as_posix() for p in list_images(self.images_dir / c)]
+        self.images = {c: [p.relative_to(self.images_dir).as_posix() for r in roots for p in list_images(r / c)]
                        for c in self.classes}
 
     @property

@@ -9,7 +9,9 @@ are near duplicates and are grouped (transitively: if A~B and B~C, A, B and C fo
 
 Nothing is ever deleted: `move_duplicates` moves every image but the first of each group to a
 `_duplicates/` folder (which the data set loader ignores, as it does every folder starting with '_')
-and lists what it moved in `_duplicates/moved.tsv`, so a move can be undone by hand.
+and lists each move in `_duplicates/moved.tsv` as it is made, so a move can be undone by hand.
+Groups whose images lie in different class folders (the same photo with two labels) are left in
+place unless asked: which label is right is a question for a person, not for the sort order.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import imagehash
 import numpy as np
 from tqdm.auto import tqdm
 
-from imgclass.data import Split
+from imgclass.data import Split, find_split_folders
 from imgclass.fileio import atomic_open
 from imgclass.images import ImageDecodeError, is_image_name, load_rgb
 
@@ -192,17 +194,44 @@ class DuplicateReport:
         """(duplicate, the image it duplicates) for every image but the first of each group."""
         return [(p, g[0]) for g in self.groups for p in g[1:]]
 
+    def moves(self, cross_class: bool = False) -> list[tuple[str, str]]:
+        """`to_move`, without the groups that span class folders unless `cross_class`."""
+        if cross_class:
+            return self.to_move
+        cross = self.cross_class_groups()
+        return [(p, g[0]) for g in self.groups if g not in cross for p in g[1:]]
+
+    def class_of(self, path: str) -> str:
+        """The class folder of a path: its first component, or its second in a data set split in
+        advance (train/dotted/x.jpg is class dotted, as stage 1 reads it)."""
+        parts = path.split("/")
+        if len(parts) > 2 and parts[0] in self._split_names():
+            return parts[1]
+        return parts[0]
+
+    def _split_names(self) -> set[str]:
+        folders = find_split_folders(self.folder)
+        return set() if folders is None else {f.name for f in (folders[0], folders[1], *folders[2])}
+
     def cross_class_groups(self) -> list[list[str]]:
         """Groups whose images lie in different class folders: the same photo with two labels."""
-        return [g for g in self.groups if len({p.split("/")[0] for p in g}) > 1]
+        return [g for g in self.groups if len({self.class_of(p) for p in g}) > 1]
 
 
 def list_folder_images(folder: str | Path) -> list[str]:
     """Image files below `folder`, relative and sorted; folders starting with '_' or '.' skipped
-    (so `_duplicates/` is never scanned again)."""
+    (so `_duplicates/` is never scanned again). Linked folders are followed, each real folder once,
+    as stage 1 does (imgclass.data.list_images): a class linked in from elsewhere is checked too,
+    and a link back up the tree cannot loop."""
     folder = Path(folder)
     out = []
-    for root, dirs, files in os.walk(folder):
+    seen: set[str] = set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
         dirs[:] = sorted(d for d in dirs if not d.startswith(("_", ".")))
         for name in files:
             if not name.startswith(".") and is_image_name(name):
@@ -246,30 +275,38 @@ def find_duplicates(
     return report
 
 
-def move_duplicates(report: DuplicateReport, dest: str | Path | None = None) -> list[tuple[Path, Path]]:
+def move_duplicates(report: DuplicateReport, dest: str | Path | None = None,
+                    cross_class: bool = False) -> list[tuple[Path, Path]]:
     """Move every image but the first of each group to `dest` (default FOLDER/_duplicates/),
-    keeping its relative path, and append what moved to dest/moved.tsv. Returns (from, to) pairs."""
+    keeping its relative path, and append each move to dest/moved.tsv as it is made. Groups that
+    span class folders are left in place unless `cross_class`. Returns (from, to) pairs."""
     dest = Path(dest) if dest is not None else report.folder / DUPLICATES_FOLDER
-    moved = []
+    moved: list[tuple[Path, Path]] = []
     log = dest / MOVED_FILE
-    previous = log.read_text(encoding="utf-8") if log.is_file() else "moved\tduplicate_of\n"
-    lines = []
-    for rel, kept in report.to_move:
-        src = report.folder / rel
-        if not src.is_file():
-            continue  # moved or deleted since the scan
-        target = dest / rel
-        n = 1
-        while target.exists():  # never overwrite an earlier move
-            target = target.with_name(f"{Path(rel).stem}_{n}{Path(rel).suffix}")
-            n += 1
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(src, target)
-        moved.append((src, target))
-        lines.append(f"{target.relative_to(dest).as_posix()}\t{kept}\n")
-    if lines:
-        with atomic_open(log, "w", encoding="utf-8") as f:
-            f.write(previous + "".join(lines))
+    todo = [(rel, kept) for rel, kept in report.moves(cross_class) if (report.folder / rel).is_file()]
+    if not todo:  # (a missing file was moved or deleted since the scan)
+        return moved
+    dest.mkdir(parents=True, exist_ok=True)
+    # One line appended and flushed per move, right after it: an interrupted run (Ctrl-C, a full
+    # disk) leaves every file it moved listed, so each move can still be undone by hand.
+    unterminated = log.is_file() and not log.read_bytes().endswith(b"\n")  # edited by hand
+    with open(log, "a", encoding="utf-8") as f:
+        if f.tell() == 0:
+            f.write("moved\tduplicate_of\n")
+        elif unterminated:
+            f.write("\n")
+        for rel, kept in todo:
+            src = report.folder / rel
+            target = dest / rel
+            n = 1
+            while target.exists():  # never overwrite an earlier move
+                target = target.with_name(f"{Path(rel).stem}_{n}{Path(rel).suffix}")
+                n += 1
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(src, target)
+            moved.append((src, target))
+            f.write(f"{target.relative_to(dest).as_posix()}\t{kept}\n")
+            f.flush()
     return moved
 
 

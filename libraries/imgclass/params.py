@@ -190,6 +190,7 @@ SCHEMA: dict[str, Spec] = {
     "scrape_attributes": Spec(_LIST, check=_word_list, expected="a list of search words"),
     "scrape_resultsPerQuery": Spec(_INT, check=_positive),
     "scrape_timeoutSec": Spec(_FLOAT, check=_positive),
+    "scrape_pauseSec": Spec(_FLOAT, check=_non_negative),
     "dedup_threshold": Spec(_INT, check=lambda v: None if 0 <= v < 128 else "must be between 0 and 127 bits"),
     "leakageCheck": Spec(_STR, choices=("move", "report", "off")),
     "al_criterion": Spec(_STR, choices=("margin", "topScore", "entropy")),

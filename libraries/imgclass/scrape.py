@@ -15,8 +15,14 @@ Providers are small objects with `search(query, count) -> list[ImageHit]`:
   retired in August 2025, so there is no default: the endpoint comes from $BING_SEARCH_V7_ENDPOINT
   and the key from $BING_SEARCH_V7_SUBSCRIPTION_KEY.
 
-Throttling replies (HTTP 429) are honoured by waiting for Retry-After when it is short; failures
-end as `SearchError` with a message that says what to do, never as a traceback.
+Requests are spaced by a polite pause (`scrape_pauseSec`: anonymous Openverse clients are limited
+in bursts); throttling replies (HTTP 429) are honoured by waiting for Retry-After when it is short,
+and timeouts are retried; failures end as `SearchError` with a message that says what to do, never
+as a traceback.
+
+`scrape_to_file` makes a run resumable: the new URLs are merged into the existing list (never
+replacing it, so a run stopped by throttling cannot shrink a complete list), and the queries
+answered so far are recorded beside it (`<list>.state.json`), so a rerun asks only the others.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,7 +42,7 @@ from tqdm.auto import tqdm
 
 from imgclass import __version__
 from imgclass.download import _parse_retry_after, check_label
-from imgclass.fileio import atomic_open
+from imgclass.fileio import atomic_open, write_json
 
 ENV_BING_KEY = "BING_SEARCH_V7_SUBSCRIPTION_KEY"
 ENV_BING_ENDPOINT = "BING_SEARCH_V7_ENDPOINT"
@@ -48,6 +54,8 @@ BING_MAX_COUNT = 150  # the v7 API returns at most 150 images per request
 OPENVERSE_MAX_PAGE_SIZE = 20  # anonymous Openverse clients get at most 20 results a page
 PROVIDERS = ("openverse", "bing")
 TSV_COLUMNS = ("label", "url", "source", "license", "creator", "query")
+DEFAULT_PAUSE_SEC = 1.0  # between two requests; PARAMETERS.py scrape_pauseSec overrides it
+STATE_SUFFIX = ".state.json"  # search_urls.tsv -> search_urls.state.json: the queries already answered
 USER_AGENT = f"imgclass-scraper/{__version__} (+image classification dataset builder)"
 
 
@@ -98,12 +106,26 @@ class _JsonClient:
     """GET a JSON document, with retries after throttling (429) and server errors (5xx)."""
 
     def __init__(self, service: str, timeout: float, retries: int = 2, max_wait: float = 10.0,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep, pause: float | None = None) -> None:
         self.service = service
         self.timeout = timeout
         self.retries = retries
         self.max_wait = max_wait
         self.sleep = sleep
+        # Read at call time (not as a default argument), so tests can set the module constant to 0.
+        self.pause = DEFAULT_PAUSE_SEC if pause is None else pause
+        if self.pause < 0:
+            raise ValueError(f"pause = {self.pause}: must be >= 0 seconds")
+        self._last_request: float | None = None
+
+    def _wait_politely(self) -> None:
+        """Space requests by `pause` seconds: anonymous APIs (Openverse) throttle bursts, and a
+        throttled run stops, so a steady pace finishes sooner than a fast one."""
+        if self._last_request is not None and self.pause > 0:
+            left = self.pause - (time.monotonic() - self._last_request)
+            if left > 0:
+                self.sleep(left)
+        self._last_request = time.monotonic()
 
     def get(self, url: str, params: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
         full = url + ("&" if "?" in url else "?") + urllib.parse.urlencode(params)
@@ -111,6 +133,7 @@ class _JsonClient:
         attempt = 0
         while True:
             attempt += 1
+            self._wait_politely()
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:
                     body = response.read()
@@ -133,6 +156,11 @@ class _JsonClient:
                     continue
                 raise SearchError(f"{self.service}: HTTP {e.code}{detail} for {full}") from None
             except urllib.error.URLError as e:
+                # A connect timeout arrives wrapped in URLError; like a read timeout it is often
+                # transient (a busy service), unlike a refused connection or an unknown host.
+                if isinstance(e.reason, TimeoutError) and attempt <= self.retries:
+                    self.sleep(0.5 * attempt)
+                    continue
                 raise SearchError(f"cannot reach {self.service} at {url}: {e.reason}", fatal=True) from None
             except (TimeoutError, OSError) as e:
                 if attempt <= self.retries:
@@ -271,19 +299,42 @@ class ScrapeReport:
     rows: list[tuple[str, ...]] = field(default_factory=list)  # one per unique URL, TSV_COLUMNS order
     per_query: dict[str, int] = field(default_factory=dict)  # query -> new URLs it contributed
     failures: list[tuple[str, str]] = field(default_factory=list)  # (query, reason)
-    repeated: int = 0  # hits whose URL an earlier query had already returned
+    repeated: int = 0  # hits whose URL was already listed under the same label (harmless)
+    ambiguous: set[str] = field(default_factory=set)  # URLs returned for two labels: dropped
+    done: list[str] = field(default_factory=list)  # queries answered, in an earlier run or this one
+    skipped: list[str] = field(default_factory=list)  # queries not asked: answered in an earlier run
+    earlier: int = 0  # queries answered in an earlier run (skipped, or would be after a stop)
+    previous: int = 0  # rows the list held before this run
     stopped: str = ""  # why the run stopped early ("" when every query was asked)
 
 
-def scrape(queries: Sequence[Query], provider: SearchProvider, per_query: int, progress: bool = True) -> ScrapeReport:
-    """Ask `provider` for the top `per_query` images of each query; each URL is kept once, under
-    the label of the first query that returned it. A failing query is recorded and the run goes
-    on; a fatal error (unreachable, key refused, throttled) stops it, keeping what was found."""
+def scrape(
+    queries: Sequence[Query], provider: SearchProvider, per_query: int, progress: bool = True,
+    previous: Sequence[Sequence[str]] = (), done: Iterable[str] = (), ambiguous: Iterable[str] = (),
+    checkpoint: Callable[[ScrapeReport], None] | None = None,
+) -> ScrapeReport:
+    """Ask `provider` for the top `per_query` images of each query and add the hits to `previous`
+    (rows of an earlier run, kept as they are). Each URL is listed once; a URL returned for two
+    labels (a striped and a dotted query) is dropped as ambiguous, since it cannot train either
+    class, and so is every later hit of it. Queries in `done` (answered in an earlier run) are
+    skipped. A failing query is recorded and the run goes on; a fatal error (unreachable, key
+    refused, throttled) stops it, keeping what was found. `checkpoint` is called after each
+    answered query, so what was found can be saved as the run goes."""
     if per_query < 1:
         raise ValueError(f"per_query = {per_query}: must be >= 1")
-    report = ScrapeReport()
-    seen: set[str] = set()
+    skip = set(done)
+    report = ScrapeReport(done=list(dict.fromkeys(q.text for q in queries if q.text in skip)),
+                          previous=len(previous), ambiguous=set(ambiguous))
+    report.earlier = len(report.done)
+    listed: dict[str, tuple[str, ...]] = {}  # url -> row; dicts keep insertion (file) order
+    for row in previous:
+        row = tuple(row)
+        if row[1] not in report.ambiguous:
+            listed.setdefault(row[1], row)
     for q in tqdm(queries, desc=f"search {provider.name}", unit="query", disable=not progress):
+        if q.text in skip:
+            report.skipped.append(q.text)
+            continue
         try:
             hits = provider.search(q.text, per_query)
         except SearchError as e:
@@ -294,14 +345,103 @@ def scrape(queries: Sequence[Query], provider: SearchProvider, per_query: int, p
             continue
         new = 0
         for h in hits:
-            if h.url in seen:
-                report.repeated += 1
+            if h.url in report.ambiguous:
                 continue
-            seen.add(h.url)
-            report.rows.append((q.label, h.url, h.source, h.license, h.creator, q.text))
-            new += 1
+            row = listed.get(h.url)
+            if row is None:
+                listed[h.url] = (q.label, h.url, h.source, h.license, h.creator, q.text)
+                new += 1
+            elif row[0] == q.label:
+                report.repeated += 1
+            else:
+                report.ambiguous.add(h.url)
+                del listed[h.url]
         report.per_query[q.text] = new
+        if q.text not in report.done:
+            report.done.append(q.text)
+        report.rows = list(listed.values())
+        if checkpoint is not None:
+            checkpoint(report)
+    report.rows = list(listed.values())
     return report
+
+
+def state_path(url_list: str | Path) -> Path:
+    """Where the state of the list's runs is kept: search_urls.tsv -> search_urls.state.json."""
+    url_list = Path(url_list)
+    return url_list.with_name(url_list.stem + STATE_SUFFIX)
+
+
+def read_url_rows(path: str | Path) -> list[tuple[str, ...]]:
+    """The rows of a list written by `write_url_list` (header skipped; a shorter row, as in a
+    hand-made `label<TAB>url` list, is padded with empty fields), [] when there is no file."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    rows = []
+    # utf-8-sig: a list opened and saved in Excel or Notepad starts with a byte-order mark.
+    for n, line in enumerate(path.read_text(encoding="utf-8-sig").split("\n"), 1):
+        line = line.rstrip("\r")
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        fields = line.split("\t")
+        if fields[:2] == list(TSV_COLUMNS[:2]):
+            continue
+        if len(fields) < 2 or not fields[1].strip():
+            raise SearchError(f"{path}, line {n}: expected 'label<TAB>url<TAB>...', got {line.strip()[:100]!r}; "
+                              f"move the file away to start a new list")
+        fields = [f.strip() for f in fields[:len(TSV_COLUMNS)]]
+        rows.append(tuple(fields + [""] * (len(TSV_COLUMNS) - len(fields))))
+    return rows
+
+
+def read_state(path: str | Path, provider: str, per_query: int) -> tuple[list[str], list[str], str]:
+    """(queries answered, ambiguous URLs, note) from a state file. The answered queries count only
+    for the same provider and results per query (else every query is asked again, and the note
+    says why); a missing or unreadable file is an empty state."""
+    path = Path(path)
+    if not path.is_file():
+        return [], [], ""
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+        done = [str(q) for q in state.get("done", [])]
+        ambiguous = [str(u) for u in state.get("ambiguous", [])]
+        asked = (state.get("provider"), state.get("per_query"))
+    except (ValueError, AttributeError, TypeError):
+        return [], [], f"{path} is not a state file this script writes; asking every query again"
+    if asked != (provider, per_query) and done:
+        return [], ambiguous, (f"the queries recorded in {path} were asked of {asked[0]} for {asked[1]} results "
+                               f"each, not {provider} for {per_query}; asking every query again")
+    return done, ambiguous, ""
+
+
+def scrape_to_file(
+    out: str | Path, queries: Sequence[Query], provider: SearchProvider, per_query: int, progress: bool = True,
+) -> tuple[ScrapeReport, str]:
+    """`scrape`, resumed from and saved to the list `out`: its rows are kept and the new ones added
+    (so a run stopped early never shrinks a complete list), queries answered by an earlier run
+    (recorded in `state_path(out)`) are skipped, and the list and state are saved atomically after
+    every answered query, so a stop or Ctrl-C loses at most the query being asked. Returns the
+    report and a note on the state ("" when none)."""
+    out = Path(out)
+    previous = read_url_rows(out)
+    done, ambiguous, note = read_state(state_path(out), provider.name, per_query)
+    if not out.is_file():
+        done, note = [], ""  # the list was deleted or moved: start again from query 1
+
+    def save(report: ScrapeReport) -> None:
+        if not report.rows and not out.is_file():
+            return  # nothing found yet: no empty list (and no state without its list)
+        # The list first: if the state write fails, the next run asks a few queries again, and
+        # what they return is merged, not duplicated.
+        write_url_list(out, report.rows)
+        write_json(state_path(out), {"provider": provider.name, "per_query": per_query,
+                                     "done": report.done, "ambiguous": sorted(report.ambiguous)})
+
+    # Only an answered query changes the list or the state, and each is saved as it is answered:
+    # a run stopped before any answer leaves both files as they were.
+    report = scrape(queries, provider, per_query, progress, previous, done, ambiguous, checkpoint=save)
+    return report, note
 
 
 def _clean(text: str) -> str:
@@ -327,6 +467,10 @@ __all__ = [
     "SearchProvider",
     "build_queries",
     "get_provider",
+    "read_state",
+    "read_url_rows",
     "scrape",
+    "scrape_to_file",
+    "state_path",
     "write_url_list",
 ]
