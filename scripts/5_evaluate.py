@@ -6,7 +6,7 @@ from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.evaluate import (compute_metrics, format_confusions, format_table, plot_confusion, plot_roc,
                                write_browser, write_predictions)
 from imgclass.fileio import load_npz, require_file, write_json
-from imgclass.provenance import MODEL_SETTINGS, StaleFilesError, check_model_settings, check_same_source
+from imgclass.provenance import MODEL_SETTINGS, StaleFilesError, check_model_settings, check_same_source, file_hash
 from imgclass.svm import LinearSvm
 
 parser = stage_parser(
@@ -49,6 +49,9 @@ def main() -> int:
         "n_test": len(labels) if side == "test" else None,
         **compute_metrics(scores, labels, classes),
         **extra,
+        # What was evaluated, so that stage 6 embeds these metrics only in a bundle of the same files.
+        "provenance": {"features_source": str(data["features_source"]) if "features_source" in data else "",
+                       "svm_file_hash": file_hash(p.svm_path) if svm else ""},
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     out = p.results_dir

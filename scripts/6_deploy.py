@@ -50,8 +50,10 @@ def main() -> int:
             metrics_path=p.results_dir / "metrics.json",
             dataset=p.datasetName,
         )
-        print(f"classes: {', '.join(bundle.classes)}; model version {bundle.version}"
-              + ("" if bundle.metrics else " (no metrics.json: run scripts/5_evaluate.py to include them)"))
+        print(f"classes: {', '.join(bundle.classes)}; model version {bundle.version}")
+        if not bundle.metrics:  # none, or stage 5's describe another model or SVM (stage 2, 3 or 4 rerun since)
+            print(f"test metrics left out of the bundle ({bundle.info.get('metrics_left_out')}): "
+                  f"run scripts/5_evaluate.py, then this script again, to include them")
     print(f"bundle: {bundle.path}")
     if args.no_serve:
         return 0

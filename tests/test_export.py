@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -72,6 +73,74 @@ def test_bundle_describes_itself(pipeline: tuple[Path, Path]) -> None:
     assert pre["mean"] == [0.5, 0.5, 0.5] and pre["std"] == [0.5, 0.5, 0.5]
     assert len(info["model_version"]) == 16 and info["export_check_max_abs_error"] < 1e-4
     assert not list(bundle_dir.glob(".*.tmp"))
+
+
+def _copy_of(data_dir: Path, tmp_path: Path) -> Path:
+    """The pipeline's DATA_DIR copied (without its bundles), for a test that reruns stages in it."""
+    copy = tmp_path / "data"
+    shutil.copytree(data_dir, copy, ignore=lambda folder, names: ["deploy"] if Path(folder) == data_dir else [])
+    return copy
+
+
+def test_stage4_rerun_without_stage5_leaves_the_old_metrics_out(pipeline: tuple[Path, Path], tmp_path: Path) -> None:
+    # A new SVM (another C) and no stage 5: metrics.json still holds the old SVM's test accuracy,
+    # which the bundle and the web page would show as the new one's.
+    data = _copy_of(pipeline[0], tmp_path)
+    metrics_file = data / "results" / DS / "svm" / "metrics.json"
+    old = json.loads(metrics_file.read_text())
+    assert old["provenance"]["svm_file_hash"] and old["provenance"]["features_source"]
+    other_c = 100.0 if old["svm_C"] != 100.0 else 1e-4
+    run_script("4_trainSVM.py", *SMALL, "--set", f"svm_CVals=[{other_c}]", data_dir=data)
+    assert LinearSvm.load(data / "proc" / DS / "svm_fixed.npz").C_ == other_c
+    out = run_script("6_deploy.py", *SMALL, "--no-serve", data_dir=data).stdout
+    info = json.loads((data / "deploy" / DS / "svm" / "bundle.json").read_text())
+    assert info["metrics"] is None, "the bundle carries the metrics of an earlier SVM"
+    assert "metrics.json evaluated an earlier svm_fixed.npz" in info["metrics_left_out"]
+    assert "test metrics left out" in out and "run scripts/5_evaluate.py" in out
+    # Stage 5 on the new SVM: its metrics go in again.
+    run_script("5_evaluate.py", *SMALL, data_dir=data)
+    run_script("6_deploy.py", *SMALL, "--no-serve", data_dir=data)
+    info = json.loads((data / "deploy" / DS / "svm" / "bundle.json").read_text())
+    assert info["metrics"] == json.loads(metrics_file.read_text()) and info["metrics"]["svm_C"] == other_c
+
+
+def test_metrics_of_other_classes_or_older_than_the_files_are_left_out(pipeline: tuple[Path, Path], tmp_path: Path) -> None:
+    data_dir, _ = pipeline
+    proc = data_dir / "proc" / DS
+    model, svm = tmp_path / "model_fixed.pt", tmp_path / "svm_fixed.npz"
+    for f, age in ((model, 600), (svm, 0)):  # the model file made 10 minutes before the SVM file
+        shutil.copy(proc / f.name, f)
+        os.utime(f, (os.path.getmtime(f) - age,) * 2)
+    metrics = json.loads((data_dir / "results" / DS / "svm" / "metrics.json").read_text())
+    path = tmp_path / "metrics.json"
+    classes = ["dotted", "leopard", "striped"]
+
+    def write(m: dict, age_s: float) -> None:  # a metrics.json written `age_s` seconds before the SVM file
+        path.write_text(json.dumps(m))
+        t = svm.stat().st_mtime - age_s
+        os.utime(path, (t, t))
+
+    # A metrics.json of stage 5 before it recorded provenance, written before the SVM file: left out.
+    legacy = {k: v for k, v in metrics.items() if k != "provenance"}
+    write(legacy, 60)
+    bundle = export_bundle(model, tmp_path / "bundle", "svm", svm_path=svm, flip_average=False, metrics_path=path)
+    assert bundle.metrics is None and bundle.info["metrics_left_out"] == "metrics.json is older than svm_fixed.npz"
+
+    from imgclass.export import stage5_metrics
+
+    write(legacy, -60)  # written after both files: kept
+    assert stage5_metrics(path, classes, model, svm, False) == (legacy, "")
+    # Other classes: left out whatever the times or provenance say.
+    write({**metrics, "classes": ["dotted", "striped"]}, -60)
+    assert stage5_metrics(path, classes, model, svm, False) == (
+        None, "metrics.json is for the classes dotted, striped, the bundle's are dotted, leopard, striped")
+    # With provenance, the files' contents decide, not their times.
+    write(metrics, 60)
+    assert stage5_metrics(path, classes, model, svm, False) == (metrics, "")
+    assert stage5_metrics(path, classes, model, svm, True)[0] is None  # other mirror averaging: other features
+    write({**metrics, "provenance": {**metrics["provenance"], "svm_file_hash": "0" * 32}}, -60)
+    assert stage5_metrics(path, classes, model, svm, False)[1] == "metrics.json evaluated an earlier svm_fixed.npz (or other features)"
+    assert stage5_metrics(tmp_path / "none.json", classes, model, svm, False) == (None, "no none.json")
 
 
 def test_bundle_keeps_the_mirror_averaging_stage_3_used(pipeline: tuple[Path, Path]) -> None:

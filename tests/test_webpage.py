@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy_support import COLORS, color_bundle, jpeg_bytes, running_server
+from deploy_support import COLORS, color_bundle, jpeg_bytes, recording_proxy, running_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = "/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").is_file() else shutil.which("chromedriver")
@@ -72,6 +72,88 @@ def test_upload_a_photo_and_read_the_label(browser, tmp_path_factory: pytest.Tem
             "return Array.from(document.querySelectorAll('script[src],link[href],img[src]'))"
             ".map(e => e.src || e.href)")
         assert sources and all(s.startswith(url) or s.startswith("blob:") for s in sources), sources
+
+
+# Holds the page's /score replies until the test lets them through, one by one in the order it
+# chooses: the request itself goes out at once; only the page's view of the reply waits.
+HOLD_SCORE_REPLIES = """
+window.heldReplies = [];
+const realFetch = window.fetch;
+window.fetch = (resource, options) => {
+  const reply = realFetch(resource, options);
+  if (!String(resource).endsWith("/score")) return reply;
+  return new Promise((resolve, reject) => window.heldReplies.push(() => {
+    reply.then(resolve, reject);
+    return reply.then(() => null, () => null);
+  }));
+};
+"""
+# Lets held reply number arguments[0] through, and returns 0.5 s after it settled (the page has
+# long shown it by then, if it shows it at all).
+RELEASE_REPLY = """
+const done = arguments[arguments.length - 1];
+window.heldReplies[arguments[0]]().then(() => setTimeout(() => done(document.getElementById("status").textContent), 500));
+"""
+
+
+def test_a_late_reply_for_an_earlier_photo_does_not_replace_the_later_one(
+        browser, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    bundle = color_bundle(tmp_path_factory.mktemp("colorbundle"))
+    with running_server(bundle) as url:
+        browser.get(url + "/")
+        wait = WebDriverWait(browser, 30)
+        wait.until(lambda d: "Classes: red, green, blue" in d.find_element(By.ID, "model").text)
+        browser.execute_script(HOLD_SCORE_REPLIES)
+        large, small = tmp_path / "large green.jpg", tmp_path / "small blue.jpg"
+        large.write_bytes(jpeg_bytes(COLORS["green"], size=(1600, 1200), seed=4))
+        small.write_bytes(jpeg_bytes(COLORS["blue"], size=(120, 90), seed=5))
+        # A large photo, then quickly a small one: the large one's reply comes last.
+        browser.find_element(By.ID, "file").send_keys(str(large))
+        wait.until(lambda d: d.execute_script("return window.heldReplies.length") == 1)
+        browser.find_element(By.ID, "file").send_keys(str(small))
+        wait.until(lambda d: d.execute_script("return window.heldReplies.length") == 2)
+        assert "small blue.jpg" in browser.execute_async_script(RELEASE_REPLY, 1)
+        wait.until(lambda d: d.find_element(By.ID, "label").text == "blue")
+        late = browser.execute_async_script(RELEASE_REPLY, 0)
+        assert late.startswith("small blue.jpg: blue (model "), f"the large photo's late reply shown: {late}"
+        assert browser.find_element(By.ID, "label").text == "blue"
+        assert browser.find_elements(By.CSS_SELECTOR, "#bars .bar")[0].get_attribute("data-class") == "blue"
+        assert browser.find_element(By.ID, "result").is_displayed()
+        assert browser.execute_script("return document.getElementById('preview').naturalWidth") == 120
+
+
+def test_a_photo_over_the_upload_limit_is_named_before_it_is_sent(
+        browser, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    bundle = color_bundle(tmp_path_factory.mktemp("colorbundle"))
+    limit = 60_000
+    # Behind a proxy that records what the page sends (and reads whole bodies, so that a 413 sent
+    # before the upload is read reaches the page as an answer rather than a network error).
+    with running_server(bundle, f"dep_maxUploadBytes={limit}") as url, recording_proxy(url) as (proxy, records):
+        browser.get(proxy + "/")
+        wait = WebDriverWait(browser, 30)
+        wait.until(lambda d: "Classes: red, green, blue" in d.find_element(By.ID, "model").text)
+        big = tmp_path / "holiday photo.jpg"
+        big.write_bytes(jpeg_bytes(COLORS["red"], size=(600, 450), seed=6))
+        assert big.stat().st_size > limit
+        browser.find_element(By.ID, "file").send_keys(str(big))
+        wait.until(lambda d: "too large" in d.find_element(By.ID, "status").text)
+        status = browser.find_element(By.ID, "status")
+        assert status.text.startswith("holiday photo.jpg: ") and f"at most 0.1 MB ({limit} bytes)" in status.text
+        assert status.get_attribute("class") == "error"
+        assert not [r for r in records if r[0] == "POST"], records  # nothing was sent
+        # A photo within the limit is scored as usual, and replaces the message.
+        ok = tmp_path / "small red.jpg"
+        ok.write_bytes(jpeg_bytes(COLORS["red"], size=(120, 90), seed=6))
+        browser.find_element(By.ID, "file").send_keys(str(ok))
+        wait.until(lambda d: "small red.jpg: " in d.find_element(By.ID, "status").text)
+        assert browser.find_element(By.ID, "label").text == "red"
+        assert [r[:2] for r in records if r[0] == "POST"] == [("POST", "/score")]
 
 
 def test_the_results_browser_shows_every_image_even_heic_and_tiff(browser, tmp_path: Path) -> None:

@@ -7,7 +7,8 @@ A bundle is a folder holding
   normalisation + linear SVM (classifiers "svm" and "svmDnnRefined": SVM decision values, like
   stage 5) or the refined network's head + softmax (classifier "dnn": probabilities);
 - `bundle.json`: the class names, the preprocessing (resolution, resize mode, mean, std), the
-  training metrics of stage 5, the SHA-256 of model.onnx, and a content hash used as model version.
+  training metrics of stage 5 (only if they describe this model and SVM), the SHA-256 of
+  model.onnx, and a content hash used as model version.
 
 Reading a bundle (`load_bundle`) needs neither torch nor pickle: a server loads it with ONNX Runtime
 only. torch is imported by the export functions alone.
@@ -168,8 +169,10 @@ def export_model(
     metrics: dict[str, Any] | None = None,
     source: dict[str, Any] | None = None,
     opset: int = 17,
+    metrics_left_out: str = "",
 ) -> Bundle:
-    """Write a bundle for an in-memory model (+ SVM) and check the ONNX model reproduces it."""
+    """Write a bundle for an in-memory model (+ SVM) and check the ONNX model reproduces it.
+    `metrics_left_out`: why stage 5's metrics are not included (recorded in bundle.json)."""
     import torch
 
     if classifier not in SCORE_KINDS:
@@ -237,6 +240,7 @@ def export_model(
         "preprocessing": preprocessing,
         "svm_C": getattr(svm, "C_", None),
         "metrics": metrics,
+        "metrics_left_out": None if metrics else (metrics_left_out or "no metrics given"),
         "source": source or {},
         "export_check_max_abs_error": err,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -263,12 +267,53 @@ def export_bundle(
     svm = None
     if classifier != "dnn":
         svm = LinearSvm.load(require_file(svm_path, "scripts/4_trainSVM.py")) if svm_path else None
-    metrics = None
-    if metrics_path is not None and Path(metrics_path).is_file():
-        metrics = read_json(metrics_path)
+    metrics, left_out = None, "no metrics file given"
+    if metrics_path is not None:
+        classes = spec.classes if classifier == "dnn" else getattr(svm, "classes", ())
+        metrics, left_out = stage5_metrics(metrics_path, classes, model_path, svm_path if svm else None, flip_average)
     source = {"dataset": dataset, "model_file": str(model_path), "svm_file": str(svm_path) if svm else None}
     return export_model(model, spec, out_dir, classifier, svm=svm, flip_average=flip_average,
-                        metrics=metrics, source=source)
+                        metrics=metrics, source=source, metrics_left_out=left_out)
+
+
+def stage5_metrics(
+    metrics_path: str | Path, classes: Any, model_path: str | Path, svm_path: str | Path | None = None,
+    flip_average: bool = True,
+) -> tuple[dict[str, Any] | None, str]:
+    """Stage 5's metrics.json if it describes this model file (+ SVM file) as they are now, else
+    (None, why not): stage 4 (or 2 and 3) rerun without stage 5 leaves the metrics of an earlier
+    classifier beside the files, and a bundle must not show that classifier's accuracy as its own.
+
+    The classes must be the bundle's; then the provenance stage 5 records (the features source it
+    evaluated, the SVM file's hash) must match the files; a metrics.json written before stage 5
+    recorded them must at least be newer than the files (modification times)."""
+    from imgclass.provenance import features_source, file_hash
+
+    path, model_path = Path(metrics_path), Path(model_path)
+    if not path.is_file():
+        return None, f"no {path.name}"
+    try:
+        metrics = read_json(path)
+    except (OSError, ValueError) as e:
+        return None, f"{path.name} unreadable ({e})"
+    if not isinstance(metrics, dict):
+        return None, f"{path.name} is not a JSON object"
+    if [str(c) for c in metrics.get("classes") or []] != [str(c) for c in classes]:
+        return None, (f"{path.name} is for the classes {', '.join(map(str, metrics.get('classes') or [])) or '(none)'}, "
+                      f"the bundle's are {', '.join(map(str, classes))}")
+    made = metrics.get("provenance") if isinstance(metrics.get("provenance"), dict) else {}
+    written = path.stat().st_mtime_ns
+    files = [(model_path, "features_source", lambda f: features_source(f, flip_average))]
+    if svm_path is not None:
+        files.append((Path(svm_path), "svm_file_hash", file_hash))
+    for f, key, fingerprint in files:
+        recorded = made.get(key)
+        if recorded:
+            if recorded != fingerprint(f):
+                return None, f"{path.name} evaluated an earlier {f.name} (or other features)"
+        elif f.stat().st_mtime_ns > written:
+            return None, f"{path.name} is older than {f.name}"
+    return metrics, ""
 
 
 def usable_cpus() -> int:

@@ -2,6 +2,14 @@
 "use strict";
 const $ = (id) => document.getElementById(id);
 let scoreKind = "svm_decision";
+let maxUploadBytes = null; // the service's limit on a request body, from /info
+// Bytes a multipart request adds to the file it carries, counted generously (as 6_callWebservice.py does).
+const REQUEST_OVERHEAD = 1024 + 512;
+let current = null; // the request whose reply the page shows: a newer photo aborts and replaces it
+
+function megabytes(n) {
+  return (n / 1e6).toFixed(1) + " MB (" + n + " bytes)";
+}
 
 function setStatus(text, isError) {
   $("status").textContent = text;
@@ -41,14 +49,28 @@ function showScores(result) {
 
 async function classify(file) {
   if (!file) return;
+  if (current) current.abort(); // a reply for an earlier photo must not label this one
+  const request = new AbortController();
+  current = request;
   $("result").hidden = true;
   $("preview").src = URL.createObjectURL(file);
+  // Over the limit the service answers 413 and closes the connection before reading the upload,
+  // which browsers often report as a network error: say so before sending anything.
+  const bytes = file.size + REQUEST_OVERHEAD + 3 * new TextEncoder().encode(file.name).length;
+  if (maxUploadBytes !== null && bytes > maxUploadBytes) {
+    setStatus(file.name + ": " + megabytes(file.size) + ", too large: the service accepts uploads of at most "
+      + megabytes(maxUploadBytes) + ". Choose a smaller photo.", true);
+    current = null;
+    return;
+  }
   setStatus("Scoring " + file.name + "\u2026", false);
   const body = new FormData();
   body.append("images", file, file.name);
   try {
-    const reply = await fetch("/score", { method: "POST", body });
+    const reply = await fetch("/score", { method: "POST", body, signal: request.signal });
     const data = await reply.json().catch(() => ({ detail: reply.statusText }));
+    if (request !== current) return; // another photo was chosen meanwhile
+    current = null;
     if (!reply.ok) {
       setStatus("Error " + reply.status + ": " + (data.detail || "request refused"), true);
       return;
@@ -57,6 +79,8 @@ async function classify(file) {
     $("result").hidden = false;
     setStatus(file.name + ": " + data.results[0].label + " (model " + data.model_version + ")", false);
   } catch (err) {
+    if (request !== current) return; // aborted for a newer photo
+    current = null;
     setStatus("Cannot reach the service: " + err, true);
   }
 }
@@ -69,6 +93,7 @@ drop.addEventListener("drop", (e) => classify(e.dataTransfer.files[0]));
 
 fetch("/info").then((r) => r.json()).then((info) => {
   scoreKind = info.score_kind;
+  if (info.limits && typeof info.limits.max_upload_bytes === "number") maxUploadBytes = info.limits.max_upload_bytes;
   let text = "Classes: " + info.classes.join(", ") + " \u00b7 model " + info.model_version;
   if (info.metrics && typeof info.metrics.overall_accuracy === "number") {
     text += " \u00b7 test accuracy " + (100 * info.metrics.overall_accuracy).toFixed(1) + "%";
