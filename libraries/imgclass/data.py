@@ -99,26 +99,31 @@ def list_class_dirs(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(NOT_CLASS_PREFIXES))
 
 
-def list_images(class_dir: Path) -> list[Path]:
-    """Image files below a class folder (recursively), sorted, hidden files and folders skipped.
-
-    Linked sub-folders are followed (cat/batch2 -> ~/external is how photos stored elsewhere join a
-    class; Path.rglob does not follow them before Python 3.13), each real folder once, so a link
+def walk_image_files(root: str | Path, skip_prefixes: tuple[str, ...] = (".",)) -> list[Path]:
+    """Image files below `root`, sorted; files and folders whose names start with `skip_prefixes`
+    skipped. Linked folders are followed (cat/batch2 -> ~/external is how photos stored elsewhere join
+    a class; Path.rglob does not follow them before Python 3.13), each real folder once, so a link
     back up the tree cannot loop."""
     out = []
     seen: set[str] = set()
-    for folder, dirs, files in os.walk(class_dir, followlinks=True):
+    for folder, dirs, files in os.walk(root, followlinks=True):
         real = os.path.realpath(folder)
         if real in seen:
             dirs[:] = []
             continue
         seen.add(real)
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        dirs[:] = [d for d in dirs if not d.startswith(skip_prefixes)]
         for name in files:
             p = Path(folder, name)
             if not name.startswith(".") and is_image_name(name) and p.is_file():
                 out.append(p)
     return sorted(out)
+
+
+def list_images(class_dir: Path) -> list[Path]:
+    """Image files below a class folder (recursively), sorted, hidden files and folders skipped,
+    linked folders followed (see walk_image_files)."""
+    return walk_image_files(class_dir)
 
 
 def skipped_folders(images_dir: str | Path) -> list[tuple[str, int]]:

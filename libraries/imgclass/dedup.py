@@ -16,7 +16,6 @@ place unless asked: which label is right is a question for a person, not for the
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections import defaultdict
 from collections.abc import Sequence
@@ -28,9 +27,9 @@ import imagehash
 import numpy as np
 from tqdm.auto import tqdm
 
-from imgclass.data import Split, find_split_folders
+from imgclass.data import Split, find_split_folders, walk_image_files
 from imgclass.fileio import atomic_open
-from imgclass.images import ImageDecodeError, is_image_name, load_rgb
+from imgclass.images import ImageDecodeError, load_rgb
 
 HASH_SIZE = 16  # 16 x 16 = 256-bit hashes, as in the tutorial
 DEFAULT_THRESHOLD = 15  # bits of 256; see README "Part 3" for the distances measured on copies
@@ -221,22 +220,10 @@ class DuplicateReport:
 def list_folder_images(folder: str | Path) -> list[str]:
     """Image files below `folder`, relative and sorted; folders starting with '_' or '.' skipped
     (so `_duplicates/` is never scanned again). Linked folders are followed, each real folder once,
-    as stage 1 does (imgclass.data.list_images): a class linked in from elsewhere is checked too,
-    and a link back up the tree cannot loop."""
+    as stage 1 does: a class linked in from elsewhere is checked too, and a link back up the tree
+    cannot loop."""
     folder = Path(folder)
-    out = []
-    seen: set[str] = set()
-    for root, dirs, files in os.walk(folder, followlinks=True):
-        real = os.path.realpath(root)
-        if real in seen:
-            dirs[:] = []
-            continue
-        seen.add(real)
-        dirs[:] = sorted(d for d in dirs if not d.startswith(("_", ".")))
-        for name in files:
-            if not name.startswith(".") and is_image_name(name):
-                out.append((Path(root) / name).relative_to(folder).as_posix())
-    return sorted(out)
+    return sorted(p.relative_to(folder).as_posix() for p in walk_image_files(folder, skip_prefixes=("_", ".")))
 
 
 def find_duplicates(
