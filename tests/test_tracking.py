@@ -179,6 +179,8 @@ def test_metrics_and_curves_are_flattened_for_mlflow() -> None:
     assert tracking.curves_from_json(curves) == [("curve_train_loss", 1.5, 1), ("curve_train_loss", 0.5, 2),
                                                  ("curve_test_error", 0.4, 1)]
     assert tracking.stage_of("scripts/2_refineDNN.py") == (2, "refineDNN") and tracking.stage_of("compareRuns.py") is None
+    # The service's client is numbered 6 like the deploy stage, but it is not a step of the pipeline.
+    assert tracking.stage_of("scripts/6_deploy.py") == (6, "deploy") and tracking.stage_of("scripts/6_callWebservice.py") is None
 
 
 def test_store_location_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -48,6 +48,9 @@ LEVEL_TAG = "imgclass.level"  # "pipeline" for a pipeline run, "stage" for a sta
 # Files of results/<ds>/<classifier>/ that become artifacts of the pipeline run when a stage writes them.
 ARTIFACT_PATTERNS = ("*.png", "metrics*.json", "training_curves.json", "predictions*.tsv")
 _STAGE_SCRIPT = re.compile(r"^(\d+)_(\w+)$")
+# Numbered like a stage, but a client of the deployed service, not a step of the pipeline: recorded, it
+# would start a pipeline run of its own (with no results) each time a photo is sent.
+_NOT_STAGES = {"6_callWebservice"}
 
 
 class TrackingError(RuntimeError):
@@ -93,8 +96,9 @@ def ui_command(uri: str) -> str:
 
 def stage_of(script: str | Path) -> tuple[int, str] | None:
     """(2, "refineDNN") for scripts/2_refineDNN.py; None for scripts that are not pipeline stages."""
-    m = _STAGE_SCRIPT.match(Path(script).stem)
-    return (int(m.group(1)), m.group(2)) if m else None
+    stem = Path(script).stem
+    m = _STAGE_SCRIPT.match(stem)
+    return (int(m.group(1)), m.group(2)) if m and stem not in _NOT_STAGES else None
 
 
 def params_digest(p: Params) -> str:
