@@ -21,6 +21,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import imagehash
@@ -204,11 +205,13 @@ class DuplicateReport:
         """The class folder of a path: its first component, or its second in a data set split in
         advance (train/dotted/x.jpg is class dotted, as stage 1 reads it)."""
         parts = path.split("/")
-        if len(parts) > 2 and parts[0] in self._split_names():
+        if len(parts) > 2 and parts[0] in self._split_names:
             return parts[1]
         return parts[0]
 
+    @cached_property
     def _split_names(self) -> set[str]:
+        # Once per report: class_of runs for every path of every group, and this lists the folder.
         folders = find_split_folders(self.folder)
         return set() if folders is None else {f.name for f in (folders[0], folders[1], *folders[2])}
 
@@ -258,7 +261,8 @@ def find_duplicates(
     pairs = [(ok[i], ok[j], d) for i, j, d in pairwise_close(bits, threshold)]
     report.groups = [[paths[i] for i in g] for g in _groups(len(paths), pairs)]
     report.distances = {(paths[i], paths[j]): d for i, j, d in pairs}
-    report.typical_distance = typical_distance(bits, threshold)
+    # Only pairs need judging (the note is about them): no pass over the hashes when there are none.
+    report.typical_distance = typical_distance(bits, threshold) if pairs else None
     return report
 
 
@@ -343,7 +347,9 @@ def check_leaks(
     for i, j, d in sorted(pairs, key=lambda t: (t[2], t[0], t[1])):
         a, b = train[tr[j]], test[te[i]]
         leaks.append(Leak(a, b, d, labels_tr[a] == labels_te[b]))
-    return LeakCheck(leaks, threshold, typical_distance(np.concatenate([bits_tr, bits_te]), threshold))
+    # Only pairs need judging (the note is about them): no pass over the hashes when there are none.
+    typical = typical_distance(np.concatenate([bits_tr, bits_te]), threshold) if leaks else None
+    return LeakCheck(leaks, threshold, typical)
 
 
 def find_leaks(
