@@ -33,6 +33,8 @@ from imgclass.scrape import (
     OpenverseImageSearch,
     SearchError,
     build_queries,
+    read_state,
+    read_url_rows,
     scrape,
     scrape_to_file,
     state_path,
@@ -338,3 +340,20 @@ def test_a_stopped_run_never_shrinks_the_list_and_a_rerun_skips_answered_queries
     proc = run_script("scrapeImages.py", *args, "--set", "scrape_attributes=['striped','dotted','leopard']", data_dir=tmp_path)
     assert "every query was answered by an earlier run" in proc.stdout and len(read_url_list(tsv)) == 18
     assert fake.hits[("/v1/images/", "dotted poncho")] == 1
+
+
+def test_a_damaged_list_or_state_file_is_named(tmp_path: Path) -> None:
+    """A list the scraper would merge into must be one it can read: a bad line stops the run, naming
+    the file and line; an unreadable state file only means asking every query again."""
+    out = tmp_path / "urls.tsv"
+    out.write_text("\ufefflabel\turl\nstriped\thttp://a/1.jpg\nnot a row\n", encoding="utf-8")
+    with pytest.raises(SearchError, match=r"urls\.tsv, line 3: expected 'label<TAB>url<TAB>\.\.\.', got 'not a row'; "
+                                          r"move the file away to start a new list"):
+        read_url_rows(out)
+    out.write_text("label\turl\nstriped\thttp://a/1.jpg\n", encoding="utf-8")
+    assert read_url_rows(out) == [("striped", "http://a/1.jpg", "", "", "", "")]  # padded to TSV_COLUMNS
+    state = state_path(out)
+    state.write_text("[1, 2]", encoding="utf-8")
+    done, ambiguous, note = read_state(state, "openverse", 20)
+    assert (done, ambiguous) == ([], []) and note == f"{state} is not a state file this script writes; asking every query again"
+
