@@ -352,6 +352,10 @@ def test_a_damaged_list_or_state_file_is_named(tmp_path: Path) -> None:
         read_url_rows(out)
     out.write_text("label\turl\nstriped\thttp://a/1.jpg\n", encoding="utf-8")
     assert read_url_rows(out) == [("striped", "http://a/1.jpg", "", "", "", "")]  # padded to TSV_COLUMNS
+    # Saved from a Windows editor in cp1252: named like any other damage, not a UnicodeDecodeError.
+    out.write_bytes("label\turl\ncaf\u00e9\thttp://a/1.jpg\n".encode("cp1252"))
+    with pytest.raises(SearchError, match=r"urls\.tsv, line 2: not valid UTF-8 text"):
+        read_url_rows(out)
     state = state_path(out)
     state.write_text("[1, 2]", encoding="utf-8")
     done, ambiguous, note = read_state(state, "openverse", 20)

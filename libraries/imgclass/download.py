@@ -24,7 +24,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,6 +138,28 @@ def check_label(label: str) -> str | None:
     return None
 
 
+def tsv_lines(path: str | Path, error: Callable[[str], Exception] = UrlListError) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a tab-separated text file, blank and '#' lines skipped, '\r' removed.
+
+    The one reader of URL lists (download's and the scraper's), so both take the same files: a
+    byte-order mark (Excel, Notepad) is dropped, and text that is not UTF-8 raises `error` with the
+    file and line rather than a UnicodeDecodeError.
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line_no = data[: e.start].count(b"\n") + 1
+        raise error(f"{path}, line {line_no}: not valid UTF-8 text; save the list as UTF-8") from e
+    # split("\n") rather than splitlines(): splitlines also breaks at form feeds and other
+    # separators, which would make the line numbers in errors disagree with the user's editor.
+    for line_no, raw in enumerate(text.split("\n"), start=1):
+        line = raw.rstrip("\r")
+        if line.strip() and not line.lstrip().startswith("#"):
+            yield line_no, line
+
+
 def read_url_list(path: str | Path) -> list[tuple[str, str]]:
     """Read a `label<TAB>url` list into [(label, url), ...] in file order.
 
@@ -146,32 +168,16 @@ def read_url_list(path: str | Path) -> list[tuple[str, str]]:
     kept here; `download_images` fetches each URL once. Raises UrlListError naming the file and
     line for a line that is not `label<TAB>url` or whose label is not a safe folder name.
     """
-    path = Path(path)
-    data = path.read_bytes()
-    try:
-        # utf-8-sig: lists saved by Excel and Notepad start with a byte-order mark.
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line_no = data[: e.start].count(b"\n") + 1
-        raise UrlListError(f"{path}, line {line_no}: not valid UTF-8 text") from e
-
     entries: list[tuple[str, str]] = []
-    seen_content = False
-    # split("\n") rather than splitlines(): splitlines also breaks at form feeds and other
-    # separators, which would make the line numbers in errors disagree with the user's editor.
-    for line_no, raw in enumerate(text.split("\n"), start=1):
-        line = raw.rstrip("\r")
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
+    for n, (line_no, line) in enumerate(tsv_lines(path)):
         fields = [f.strip() for f in line.split("\t")]
-        first_content, seen_content = not seen_content, True
         if len(fields) < 2:
             raise UrlListError(
                 f"{path}, line {line_no}: expected 'label<TAB>url', "
                 f"found no tab in {line.strip()!r}"
             )
         label, url = fields[0], fields[1]
-        if first_content and label.lower() == "label" and url.lower() == "url":
+        if n == 0 and label.lower() == "label" and url.lower() == "url":
             continue
         if not url:
             raise UrlListError(

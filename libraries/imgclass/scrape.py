@@ -41,7 +41,7 @@ from typing import Any, Protocol
 from tqdm.auto import tqdm
 
 from imgclass import __version__
-from imgclass.download import _parse_retry_after, check_label
+from imgclass.download import _parse_retry_after, check_label, tsv_lines
 from imgclass.fileio import atomic_open, write_json
 
 ENV_BING_KEY = "BING_SEARCH_V7_SUBSCRIPTION_KEY"
@@ -379,11 +379,7 @@ def read_url_rows(path: str | Path) -> list[tuple[str, ...]]:
     if not path.is_file():
         return []
     rows = []
-    # utf-8-sig: a list opened and saved in Excel or Notepad starts with a byte-order mark.
-    for n, line in enumerate(path.read_text(encoding="utf-8-sig").split("\n"), 1):
-        line = line.rstrip("\r")
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
+    for n, line in tsv_lines(path, SearchError):
         fields = line.split("\t")
         if fields[:2] == list(TSV_COLUMNS[:2]):
             continue
