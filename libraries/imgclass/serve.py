@@ -32,6 +32,7 @@ import base64
 import binascii
 import concurrent.futures
 import contextlib
+import functools
 import io
 import json
 import os
@@ -67,8 +68,10 @@ def accepted_formats() -> tuple[str, ...]:
     return tuple(f for f in ACCEPTED_FORMATS if f in Image.OPEN or (f == "MPO" and "JPEG" in Image.OPEN))
 
 
-def _openers(formats: Sequence[str]) -> tuple[str, ...]:
-    """The Pillow openers for `formats`: Image.open(formats=...) fails on a name with none (MPO)."""
+@functools.lru_cache(maxsize=16)
+def _openers(formats: tuple[str, ...]) -> tuple[str, ...]:
+    """The Pillow openers for `formats`: Image.open(formats=...) fails on a name with none (MPO).
+    Cached: the same few format lists are asked for on every upload."""
     Image.init()
     return tuple(f for f in formats if f in Image.OPEN)
 
