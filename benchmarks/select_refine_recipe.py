@@ -50,7 +50,8 @@ def head_scores(model: ImageClassifier, feats: np.ndarray, labels: np.ndarray) -
 
 def score(refiner: Refiner, model: ImageClassifier, fit_pixels: torch.Tensor, fit_labels: np.ndarray,
           val_pixels: torch.Tensor, val_labels: np.ndarray, p: Params, seed: int, flip: bool) -> dict[str, float]:
-    """Validation scores of one refined network: as trained, last layer refit, SVM on its features."""
+    """Validation scores of one refined network: as trained, last layer refit, SVM on its features.
+    `fit_pixels`: the fit images decoded as stage 3 decodes them (as the Refiner's refit and stage 4 see them)."""
     refit = copy.deepcopy(model)
     refiner.fit_last_layer(refit, fit_pixels, torch.from_numpy(fit_labels), what="the refined features")
     out = {}
@@ -90,7 +91,9 @@ def main() -> None:
         t0 = time.perf_counter()
         refiner.fit(paths[fit], labels[fit], paths[val], labels[val])  # validation error per epoch, reported only
         seconds = time.perf_counter() - t0
-        fit_cache = decode_images(paths[fit], config.cache_size, config.resize_mode, config.workers, progress=False)
+        # Decoded straight to the input side, as stage 3 decodes them (until 2026-11-30 the fit images
+        # came from the training cache, decoded 15% larger and resized again: other features).
+        fit_pixels = decode_images(paths[fit], config.resolution, config.resize_mode, config.workers, progress=False)
         val_pixels = decode_images(paths[val], config.resolution, config.resize_mode, config.workers, progress=False)
         row: dict[str, float | int] = {"seed": seed, "n_fit": len(fit), "n_val": len(val), "seconds": round(seconds)}
         models = {"": refiner.model_}
@@ -99,10 +102,10 @@ def main() -> None:
             last.load_state_dict(refiner.last_epoch_state_)
             models = {"": last, "avg ": refiner.model_}
         for prefix, model in models.items():
-            row.update({prefix + k: v for k, v in score(refiner, model, fit_cache, labels[fit], val_pixels,
+            row.update({prefix + k: v for k, v in score(refiner, model, fit_pixels, labels[fit], val_pixels,
                                                          labels[val], p, seed, args.flip).items()})
         body = create_backbone(config.backbone, weights_dir=config.weights_dir or None)
-        fixed = [refiner.features(body, pixels).cpu().numpy() for pixels in (fit_cache, val_pixels)]
+        fixed = [refiner.features(body, pixels).cpu().numpy() for pixels in (fit_pixels, val_pixels)]
         svm = LinearSvm(p.svm_CVals, p.svm_boL2Normalize, p.svm_cvFolds, seed).fit(fixed[0], labels[fit])
         row["svm fixed"] = float((svm.predict(fixed[1]) == labels[val]).mean())
         rows.append(row)

@@ -147,7 +147,7 @@ def test_balanced_last_layer_fit_weighs_each_image_as_often_as_training_draws_it
     refiner = Refiner(_config(balance_training_set=True, max_epochs=1), CLASSES, device="cpu", progress=False)
     refiner.fit([paths[i] for i in keep], y)
     c = refiner.config
-    cache = decode_images([paths[i] for i in keep], c.cache_size, c.resize_mode, workers=0, progress=False)
+    cache = decode_images([paths[i] for i in keep], c.resolution, c.resize_mode, workers=0, progress=False)
     saved = {k: v.detach().clone() for k, v in refiner.model_.head.state_dict().items()}
     saved_centred = _centred_head(refiner.model_.head)
 
@@ -195,6 +195,28 @@ def test_refit_last_layer_changes_only_the_last_layer_and_fits_the_training_imag
     # Fitted on exactly these (un-augmented) images' features: it separates them at least as well.
     assert training_error(refit) <= training_error(plain) and training_error(refit) <= 0.05
     assert not refit.model_.training
+
+
+def test_refit_sees_the_training_images_as_stage_3_decodes_them(color_dataset: Path) -> None:
+    """The refit last layer scores stage 3's features (images decoded straight to the input side), so
+    it is fitted on those, not on the training cache's images (decoded 15% larger for the crops and
+    resized again), whose features differ. The saved layer is the fit's optimum for the first: fitting
+    again from it on those barely moves it, on the cache's it moves several times farther."""
+    paths, labels = _data(color_dataset)
+    refiner = _fit(color_dataset, max_epochs=1, lr_per_mb=(0.01,))
+    c = refiner.config
+    assert c.cache_size > c.resolution  # augmentation on: the cache is larger than the input
+    saved = {k: v.detach().clone() for k, v in refiner.model_.head.state_dict().items()}
+    saved_centred = _centred_head(refiner.model_.head)
+
+    def refit_distance(size: int) -> float:
+        pixels = decode_images(paths, size, c.resize_mode, workers=0, progress=False)
+        refiner.model_.head.load_state_dict(saved)
+        refiner.fit_last_layer(refiner.model_, pixels, torch.tensor(labels))
+        return float((_centred_head(refiner.model_.head) - saved_centred).abs().max())
+
+    as_stage_3, from_cache = refit_distance(c.resolution), refit_distance(c.cache_size)
+    assert as_stage_3 < from_cache / 4, (as_stage_3, from_cache)
 
 
 def test_same_seed_same_result_and_resume_continues_exactly(color_dataset: Path, tmp_path: Path) -> None:
