@@ -219,6 +219,19 @@ def test_refit_sees_the_training_images_as_stage_3_decodes_them(color_dataset: P
     assert as_stage_3 < from_cache / 4, (as_stage_3, from_cache)
 
 
+@pytest.mark.parametrize("workers", [0, 2])  # 2: the error comes back from a decoding process
+def test_a_training_file_gone_before_the_refit_costs_the_refit_its_stage_3_pixels_not_the_network(
+        color_dataset: Path, tmp_path: Path, workers: int) -> None:
+    """Photos may be moved while a long refinement runs: the refit then falls back to the training
+    cache's pixels and says why, instead of failing after the last epoch."""
+    paths, labels = _data(color_dataset)
+    gone = tmp_path / "moved.jpg"
+    r = Refiner(_config(max_epochs=2, workers=workers), CLASSES, device="cpu", progress=False)
+    r.fit(paths, labels, on_epoch=lambda h: paths[4].rename(gone) if h.epoch[-1] == 2 else None)
+    assert not paths[4].exists() and len(r.history_.epoch) == 2
+    assert "on the training cache's pixels" in r.saved_as_ and paths[4].name in r.saved_as_, r.saved_as_
+
+
 def test_same_seed_same_result_and_resume_continues_exactly(color_dataset: Path, tmp_path: Path) -> None:
     straight = _fit(color_dataset)
     again = _fit(color_dataset)

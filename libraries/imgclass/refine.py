@@ -596,13 +596,13 @@ class Refiner:
                 # It will score stage 3's features, of images decoded straight to the input side: the
                 # cache's (15% larger, resized again) give other features (pretrained Lite0 on
                 # fashionTexture: cosine 0.987 on average), so the refit sees stage 3's pixels.
+                refit_on = "last layer refit"
                 if c.cache_size != c.resolution:
-                    del train_cache  # its memory first: the two need not be held at once
-                    train_cache = decode_images([train_paths[i] for i in unique], c.resolution, c.resize_mode,
-                                                c.workers, "decode train as stage 3 does", self.progress,
-                                                self.spill_dir)
+                    train_cache, fallback = self._stage3_pixels([train_paths[i] for i in unique], train_cache)
+                    if fallback:
+                        refit_on += f" on the training cache's pixels ({fallback})"
                 self.fit_last_layer(model, train_cache, unique_y, what="the refined features", weights=unique_w)
-                done.append("last layer refit")
+                done.append(refit_on)
             # The curves end before these steps; say what the model that is saved scores.
             self.saved_as_ = ", ".join(done) or "the last epoch's weights"
             self.saved_test_error_ = None
@@ -614,6 +614,21 @@ class Refiner:
         self.model_ = model.eval()
         self.history_ = history
         return self
+
+    def _stage3_pixels(self, paths: list[str | Path], cache: torch.Tensor) -> tuple[torch.Tensor, str]:
+        """The training images decoded again as stage 3 decodes them (for the refit), and "" ; or,
+        where that fails, the training cache and the reason. Files can be moved or deleted while a
+        long refinement runs (dedupImages, activeLearning, a synced folder): a refit on the cache's
+        pixels (what it used before 2026-11-30) is better than losing the trained network at its last step."""
+        c = self.config
+        try:
+            return decode_images(paths, c.resolution, c.resize_mode, c.workers, "decode train as stage 3 does",
+                                 self.progress, self.spill_dir), ""
+        except (OSError, ValueError, RuntimeError) as e:  # a file gone or changed; out of memory
+            reason = f"the images could not be decoded again: {str(e).strip().splitlines()[-1][:300]}"
+            if self.progress:
+                print(f"refit of the last layer: {reason}; it uses the training cache's pixels", flush=True)
+            return cache, reason
 
     def _train_epoch(self, model: ImageClassifier, opt: torch.optim.Optimizer, augment: Augmenter,
                      cache: torch.Tensor, rows: torch.Tensor, labels: torch.Tensor, gen: torch.Generator,
