@@ -252,6 +252,19 @@ def test_read_url_list_rejects_non_utf8_with_line_number(tmp_path: Path) -> None
     path.write_bytes(b"cat\thttp://x/a.jpg\ncaf\xe9\thttp://x/b.jpg\n")
     with pytest.raises(UrlListError, match=r"latin1\.tsv, line 2"):
         read_url_list(path)
+    path.write_bytes(b"cat\thttp://x/a.jpg\rdog\thttp://x/c.jpg\rcaf\xe9\thttp://x/b.jpg\r")  # old Mac line ends
+    with pytest.raises(UrlListError, match=r"latin1\.tsv, line 3"):
+        read_url_list(path)
+
+
+def test_read_url_list_takes_every_kind_of_line_end(tmp_path: Path) -> None:
+    """Windows (CRLF), Unix (LF) and old Mac (CR alone) line ends, as an editor shows the lines."""
+    path = tmp_path / "mixed.tsv"
+    path.write_bytes(b"label\turl\r\ncat\thttp://x/a.jpg\rdog\thttp://x/b.jpg\nbird\thttp://x/c.jpg\r\n")
+    assert read_url_list(path) == [("cat", "http://x/a.jpg"), ("dog", "http://x/b.jpg"), ("bird", "http://x/c.jpg")]
+    path.write_bytes(b"cat\thttp://x/a.jpg\r\rdog\r")
+    with pytest.raises(UrlListError, match=r"mixed\.tsv, line 3: expected 'label<TAB>url', found no tab"):
+        read_url_list(path)
 
 
 def test_download_images_checks_labels_of_a_python_list(tmp_path: Path) -> None:

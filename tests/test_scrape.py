@@ -356,6 +356,8 @@ def test_a_damaged_list_or_state_file_is_named(tmp_path: Path) -> None:
     out.write_bytes("label\turl\ncaf\u00e9\thttp://a/1.jpg\n".encode("cp1252"))
     with pytest.raises(SearchError, match=r"urls\.tsv, line 2: not valid UTF-8 text"):
         read_url_rows(out)
+    out.write_bytes(b"label\turl\rstriped\thttp://a/1.jpg\rdotted\thttp://a/2.jpg\r")  # old Mac line ends
+    assert [r[:2] for r in read_url_rows(out)] == [("striped", "http://a/1.jpg"), ("dotted", "http://a/2.jpg")]
     state = state_path(out)
     state.write_text("[1, 2]", encoding="utf-8")
     done, ambiguous, note = read_state(state, "openverse", 20)

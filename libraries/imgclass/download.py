@@ -19,6 +19,7 @@ import http.client
 import io
 import logging
 import os
+import re
 import threading
 import time
 import urllib.error
@@ -139,7 +140,7 @@ def check_label(label: str) -> str | None:
 
 
 def tsv_lines(path: str | Path, error: Callable[[str], Exception] = UrlListError) -> Iterator[tuple[int, str]]:
-    """(line number, line) of a tab-separated text file, blank and '#' lines skipped, '\r' removed.
+    """(line number, line) of a tab-separated text file, blank and '#' lines skipped.
 
     The one reader of URL lists (download's and the scraper's), so both take the same files: a
     byte-order mark (Excel, Notepad) is dropped, and text that is not UTF-8 raises `error` with the
@@ -150,12 +151,11 @@ def tsv_lines(path: str | Path, error: Callable[[str], Exception] = UrlListError
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        line_no = data[: e.start].count(b"\n") + 1
+        line_no = len(re.findall(rb"\r\n|\r|\n", data[: e.start])) + 1
         raise error(f"{path}, line {line_no}: not valid UTF-8 text; save the list as UTF-8") from e
-    # split("\n") rather than splitlines(): splitlines also breaks at form feeds and other
-    # separators, which would make the line numbers in errors disagree with the user's editor.
-    for line_no, raw in enumerate(text.split("\n"), start=1):
-        line = raw.rstrip("\r")
+    # \r\n, \n or a lone \r (old Mac files) end a line, as in the user's editor; not splitlines(),
+    # which also breaks at form feeds and other separators and would put line numbers off.
+    for line_no, line in enumerate(re.split(r"\r\n|\r|\n", text), start=1):
         if line.strip() and not line.lstrip().startswith("#"):
             yield line_no, line
 

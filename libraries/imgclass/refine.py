@@ -624,8 +624,10 @@ class Refiner:
         try:
             return decode_images(paths, c.resolution, c.resize_mode, c.workers, "decode train as stage 3 does",
                                  self.progress, self.spill_dir), ""
-        except (OSError, ValueError, RuntimeError) as e:  # a file gone or changed; out of memory
-            reason = f"the images could not be decoded again: {str(e).strip().splitlines()[-1][:300]}"
+        except (OSError, ValueError, RuntimeError, MemoryError) as e:  # a file gone or changed; out of memory
+            # The last line of a decoding process's traceback names the error; its end, the file.
+            last = (str(e).strip().splitlines() or [type(e).__name__])[-1]
+            reason = f"the images could not be decoded again: {'...' if len(last) > 200 else ''}{last[-200:]}"
             if self.progress:
                 print(f"refit of the last layer: {reason}; it uses the training cache's pixels", flush=True)
             return cache, reason

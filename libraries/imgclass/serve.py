@@ -71,7 +71,9 @@ def accepted_formats() -> tuple[str, ...]:
 @functools.lru_cache(maxsize=16)
 def _openers(formats: tuple[str, ...]) -> tuple[str, ...]:
     """The Pillow openers for `formats`: Image.open(formats=...) fails on a name with none (MPO).
-    Cached: the same few format lists are asked for on every upload."""
+    Cached: the same few format lists are asked for on every upload. Openers registered later
+    (a Pillow plugin imported after the first upload) would not be seen; pillow-heif registers
+    when imgclass.images is imported, before any upload."""
     Image.init()
     return tuple(f for f in formats if f in Image.OPEN)
 
