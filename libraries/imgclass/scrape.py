@@ -359,8 +359,8 @@ def scrape(
         report.per_query[q.text] = new
         if q.text not in report.done:
             report.done.append(q.text)
-        report.rows = list(listed.values())
-        if checkpoint is not None:
+        if checkpoint is not None:  # it saves the rows found so far; without one they are listed once, below
+            report.rows = list(listed.values())
             checkpoint(report)
     report.rows = list(listed.values())
     return report
