@@ -17,7 +17,7 @@ urlsFile = ""  # TSV of label<TAB>url that stage 0 downloads into DATA_DIR/image
 demoImagesPerClass = 100  # images per class that stage 0 generates for the synthetic demo data set
 ratioTrainTest = 0.75  # fraction of each class's images that goes to the training set
 imagesSplitBy = "filename"  # "filename": split images at random; "subdir": keep each sub-folder of a class on one side
-randomSeed = 0  # seed for the train/test split, SVM cross-validation and demo generation
+randomSeed = 0  # seed for the train/test split, SVM cross-validation, refinement (order, augmentation, dropout) and demo generation
 
 # ----------------------------------------------------------------------------------------------
 # Download (stage 0 with a URL list)

@@ -24,6 +24,7 @@ def main() -> int:
     svm = LinearSvm(p.svm_CVals, p.svm_boL2Normalize, p.svm_cvFolds, p.randomSeed, p.svm_workers, progress=True,
                     balance_classes=p.svm_boBalanceClasses)
     svm.features_source = str(train["features_source"]) if "features_source" in train else ""
+    svm.split_hash = str(train["split_hash"]) if "split_hash" in train else ""
     svm.fit(train["features"], train["labels"], n_classes=len(classes))
     if svm.cv_scores_:
         kind = "class-averaged accuracy" if svm.balance_classes else "accuracy"

@@ -28,7 +28,8 @@ def main() -> int:
     svm = None if p.classifier == "dnn" else LinearSvm.load(p.svm_path)
     check_same_source(require_file(p.model_path, "scripts/2_refineDNN.py"), p.features_path(side),
                       svm.features_source if svm else "", str(p.svm_path) if svm else "",
-                      split_file=require_file(p.split_path, "scripts/1_prepareData.py"))
+                      split_file=require_file(p.split_path, "scripts/1_prepareData.py"),
+                      svm_split_hash=svm.split_hash if svm else "", svm_classes=svm.classes if svm else ())
     # Stage 3 records the network it used; older files do not (then the parameters are reported).
     made_with = {k: data[k].item() for k in MODEL_SETTINGS if k in data}
     check_model_settings(made_with, p, p.features_path(side).name)

@@ -203,4 +203,12 @@ def test_files_of_different_origins_are_not_combined(pipeline_dir: Path, tmp_pat
     proc = run_script("4_trainSVM.py", *lite1, data_dir=data_dir, check=False)
     assert proc.returncode == 1 and "earlier split.json (stage 1 ran again since): rerun scripts/3_runDNN.py" in proc.stderr
     run_script("3_runDNN.py", *lite1, data_dir=data_dir)
+    # ... and stage 4 forgotten: the fixed network is the same, but the SVM learned from the old split's
+    # training images, some of which are test images now (its test accuracy would be flattered).
+    for script, extra in (("5_evaluate.py", ()), ("6_deploy.py", ("--no-serve",))):
+        proc = run_script(script, *lite1, *extra, data_dir=data_dir, check=False)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert ("svm_fixed.npz was trained on the training images of another split than features_fixed_" in proc.stderr
+                and "rerun scripts/4_trainSVM.py" in proc.stderr), proc.stderr
     run_script("4_trainSVM.py", *lite1, data_dir=data_dir)
+    assert "overall" in run_script("5_evaluate.py", *lite1, data_dir=data_dir).stdout

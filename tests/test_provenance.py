@@ -55,3 +55,23 @@ def test_features_of_an_earlier_split_are_refused(tmp_path: Path) -> None:
     with pytest.raises(StaleFilesError, match="earlier split.json .stage 1 ran again since.: rerun scripts/3_runDNN.py"):
         check_same_source(model, feats, split_file=split)
     check_same_source(model, feats)  # without a split file to compare, only the model is checked
+
+
+def test_an_svm_of_another_split_or_other_classes_is_refused(tmp_path: Path) -> None:
+    """The fixed network never changes, so the model check cannot notice stage 1 rerun (another seed,
+    new photos, a renamed class folder) before stage 3 but not stage 4."""
+    model = tmp_path / "model_fixed.pt"
+    model.write_bytes(b"weights A")
+    source = features_source(model, False)
+    feats = save_npz(tmp_path / "features_fixed_test.npz", features=np.zeros((2, 4), np.float32),
+                     flip_average=np.array(False), features_source=np.array(source), split_hash=np.array("new"),
+                     classes=np.array(["cat", "dog"]))
+    check_same_source(model, feats, source, "svm_fixed.npz", svm_split_hash="new", svm_classes=["cat", "dog"])
+    check_same_source(model, feats, source, "svm_fixed.npz")  # an SVM file from before these were recorded
+    with pytest.raises(StaleFilesError, match="svm_fixed.npz was trained on the training images of another split "
+                                              "than features_fixed_test.npz .*rerun scripts/4_trainSVM.py"):
+        check_same_source(model, feats, source, "svm_fixed.npz", svm_split_hash="old", svm_classes=["cat", "dog"])
+    # A class folder renamed so that the sorted order changes: same count, scores under the wrong names.
+    with pytest.raises(StaleFilesError, match=r"trained for the classes \['dog', 'cat'\], but features_fixed_test.npz "
+                                              r"has \['cat', 'dog'\]: rerun scripts/4_trainSVM.py"):
+        check_same_source(model, feats, source, "svm_fixed.npz", svm_split_hash="new", svm_classes=["dog", "cat"])

@@ -46,10 +46,10 @@ def test_l2_normalisation_is_applied() -> None:
 def test_save_load_round_trip(tmp_path: Path) -> None:
     x, y = _blobs()
     svm = LinearSvm(c_values=[0.01, 1.0]).fit(x, y)
-    svm.features_source = "0123abcd"
+    svm.features_source, svm.split_hash = "0123abcd", "4567ef"
     path = svm.save(tmp_path / "svm.npz", classes=["a", "b", "c"])
     back = LinearSvm.load(path)
-    assert back.features_source == "0123abcd"
+    assert (back.features_source, back.split_hash) == ("0123abcd", "4567ef")
     np.testing.assert_allclose(back.decision_function(x), svm.decision_function(x), rtol=1e-6)
     assert back.C_ == svm.C_ and back.classes == ["a", "b", "c"]
     with pytest.raises(FileNotFoundError, match="4_trainSVM.py"):

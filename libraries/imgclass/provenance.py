@@ -9,6 +9,7 @@ No torch here: the web service's process (stage 6 --bundle) imports this module 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -38,18 +39,22 @@ def features_source(model_file: str | Path, flip_average: bool) -> str:
 
 def check_same_source(
     model_file: str | Path, features_path: str | Path, svm_source: str = "", svm_file: str = "",
-    split_file: str | Path | None = None,
+    split_file: str | Path | None = None, svm_split_hash: str = "", svm_classes: Sequence[str] = (),
 ) -> None:
     """Raise StaleFilesError when the features in `features_path` were not computed with the model
-    file as it is now (or, given `split_file`, for the split as it is now), or when the SVM (its
-    stored `features_source`) was trained on other features. Files written before sources were
-    recorded are not checked."""
+    file as it is now (or, given `split_file`, for the split as it is now), or when the SVM was
+    trained on other features: of another model (its stored `features_source`), of another split's
+    training images (`svm_split_hash`) or for other classes (`svm_classes`). The fixed network never
+    changes, so only the last two notice stage 1 rerun before stage 3 but not stage 4: the SVM would
+    score test images it was trained on, or give its scores to the wrong class names. Files written
+    before these were recorded are not checked."""
     features_path = Path(features_path)
     with np.load(features_path, allow_pickle=False) as z:
         if "features_source" not in z.files:
             return
         source, flip = str(z["features_source"]), bool(z["flip_average"])
         split_hash = str(z["split_hash"]) if "split_hash" in z.files else ""
+        classes = [str(c) for c in z["classes"]] if "classes" in z.files else []
     then_svm = ", then scripts/4_trainSVM.py" if svm_file else ""
     if source != features_source(model_file, flip):
         raise StaleFilesError(
@@ -61,10 +66,21 @@ def check_same_source(
             f"{features_path.name} was computed for an earlier {Path(split_file).name} (stage 1 ran again since): "
             f"rerun scripts/3_runDNN.py{then_svm}"
         )
+    svm_name = Path(svm_file).name or "the SVM"
     if svm_source and svm_source != source:
         raise StaleFilesError(
-            f"{Path(svm_file).name or 'the SVM'} was trained on features of another model or preprocessing than "
+            f"{svm_name} was trained on features of another model or preprocessing than "
             f"{features_path.name}: rerun scripts/4_trainSVM.py"
+        )
+    if svm_split_hash and split_hash and svm_split_hash != split_hash:
+        raise StaleFilesError(
+            f"{svm_name} was trained on the training images of another split than {features_path.name} "
+            f"(stage 1 ran again since), some of which may now be test images: rerun scripts/4_trainSVM.py"
+        )
+    if svm_classes and classes and list(svm_classes) != classes:
+        raise StaleFilesError(
+            f"{svm_name} was trained for the classes {list(svm_classes)}, but {features_path.name} has "
+            f"{classes}: rerun scripts/4_trainSVM.py"
         )
 
 
@@ -102,7 +118,9 @@ def check_model_and_svm(model_file: str | Path, train_features: str | Path, svm_
     from imgclass.svm import LinearSvm  # sklearn: only where an SVM is really loaded
 
     if Path(train_features).is_file():
-        check_same_source(model_file, train_features, LinearSvm.load(svm_file).features_source, str(svm_file))
+        svm = LinearSvm.load(svm_file)
+        check_same_source(model_file, train_features, svm.features_source, str(svm_file),
+                          svm_split_hash=svm.split_hash, svm_classes=svm.classes)
 
 
 def flip_average_of_stage3(features_path: str | Path, requested: bool) -> bool:

@@ -72,6 +72,8 @@ class LinearSvm:
         self.progress = progress
         self.balance_classes = balance_classes
         self.features_source = ""  # what made the training features (imgclass.provenance.features_source)
+        self.split_hash = ""  # the split whose training images they were (stage 1's split.json, hashed)
+        self.classes: list[str] = []  # the class names, in the order of the scores' columns
 
     def _prep(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)
@@ -181,6 +183,7 @@ class LinearSvm:
             "balance_classes": self.balance_classes,
             "classes": list(classes),
             "features_source": self.features_source,
+            "split_hash": self.split_hash,
         }
         return save_npz(path, coef=self.coef_, intercept=self.intercept_, meta=np.array(json.dumps(meta)))
 
@@ -199,4 +202,5 @@ class LinearSvm:
         svm.n_classes_ = len(svm.intercept_)
         svm.classes = meta.get("classes", [])
         svm.features_source = meta.get("features_source", "")
+        svm.split_hash = meta.get("split_hash", "")  # "" in files written before 2026-11-30: not checked
         return svm
