@@ -40,6 +40,33 @@ def test_exif_orientation_is_applied(tmp_path: Path) -> None:
     assert out.size == (40, 64)  # width and height swapped
 
 
+def _exif_with_a_mistyped_tag(orientation: int) -> bytes:
+    """EXIF as some cameras and editors write it: ResolutionUnit (a SHORT) stored as text. Pillow
+    reads it, but cannot write it back, which ImageOps.exif_transpose does (struct.error)."""
+    import struct
+
+    entries = [struct.pack("<HHI4s", 0x0112, 3, 1, struct.pack("<H", orientation) + b"\0\0"),
+               struct.pack("<HHI4s", 0x0128, 2, 4, b"abc\0")]
+    ifd = struct.pack("<H", len(entries)) + b"".join(entries) + struct.pack("<I", 0)
+    return b"Exif\0\0II*\0" + struct.pack("<I", 8) + ifd
+
+
+def test_a_photo_with_malformed_exif_decodes_upright(tmp_path: Path) -> None:
+    from PIL import ImageOps
+
+    good, bad = tmp_path / "good.jpg", tmp_path / "bad.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(_gradient(64, 40)).save(good, exif=exif, quality=95)
+    Image.fromarray(_gradient(64, 40)).save(bad, exif=_exif_with_a_mistyped_tag(6), quality=95)
+    with Image.open(bad) as img, pytest.raises(Exception):  # what stopped stage 1 before
+        ImageOps.exif_transpose(img)
+    assert check_image(bad) is None
+    out = load_rgb(bad)
+    assert out.size == (40, 64)  # turned as the orientation tag says, like the well-formed file
+    assert np.array_equal(np.asarray(out), np.asarray(load_rgb(good)))
+
+
 @pytest.mark.parametrize("suffix", [".heic", ".avif"])
 def test_phone_formats_heic_and_avif_decode(tmp_path: Path, suffix: str) -> None:
     from imgclass.data import list_images

@@ -98,6 +98,28 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # L, CMYK, YCbCr, LAB, HSV
 
 
+# EXIF orientation tag value -> the transposition that makes the image upright (as ImageOps.exif_transpose).
+_ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+                5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+                8: Image.Transpose.ROTATE_90}
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """The image turned as its EXIF orientation says. ImageOps.exif_transpose also writes the EXIF
+    anew for the turned image, and real cameras and editors write tags of the wrong type, which Pillow
+    then cannot serialise (struct.error, TypeError ...): one such photo would stop a whole stage. The
+    pixels need only the orientation tag, so where that rewrite fails the turn is done by hand."""
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception:  # noqa: BLE001 - any failure of the EXIF rewrite; the pixels are fine
+        try:
+            orientation = img.getexif().get(0x0112)
+        except Exception:  # noqa: BLE001 - EXIF unreadable: keep the image as stored
+            return img
+        method = _ORIENTATION.get(orientation) if isinstance(orientation, int) else None
+        return img.transpose(method) if method is not None else img
+
+
 def load_rgb(source: str | Path | bytes, min_size: int | None = None,
              formats: Sequence[str] | None = None) -> Image.Image:
     """Decode a file (or bytes) to an upright RGB image.
@@ -117,8 +139,7 @@ def load_rgb(source: str | Path | bytes, min_size: int | None = None,
             if min_size is not None and img.format == "JPEG":
                 img.draft("RGB", (min_size, min_size))
             img.load()
-            img = ImageOps.exif_transpose(img)
-            return _to_rgb(img)
+            return _to_rgb(_upright(img))
     except FileNotFoundError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
