@@ -211,3 +211,29 @@ def test_stage1_names_skipped_folders_and_classes_without_test_images(color_data
     assert "note: no test image: bird;" in out
     split = load_split(data_dir / "proc" / "colors" / "split.json")
     assert split.classes == ["bird", "blue", "green", "red"]
+
+
+def test_names_that_are_not_utf8_are_left_out_or_named(color_dataset: Path) -> None:
+    """A zip made on Windows, unpacked on Linux, leaves names in cp1252 bytes: a file so named is left
+    out with the reason (it would fail later, when a stage writes its path to a UTF-8 file), a class
+    folder so named stops stage 1 with the folder named, never a traceback."""
+    import os
+    import shutil
+
+    try:
+        bad_file = color_dataset / "red" / os.fsdecode(b"caf\xe9.jpg")
+        write_image(bad_file, (200, 40, 40))
+    except (OSError, UnicodeError):
+        pytest.skip("this file system takes only UTF-8 names")
+    data_dir = color_dataset.parents[1]
+    args = ("--set", "datasetName=colors", "--set", "leakageCheck=off")
+    out = run_script("1_prepareData.py", *args, data_dir=data_dir).stdout
+    assert "red/caf\\xe9.jpg" in out
+    split = load_split(data_dir / "proc" / "colors" / "split.json")
+    assert split.excluded == [("red/caf\\xe9.jpg", "the file name is not valid UTF-8 (written in another system's "
+                               "encoding, e.g. unpacked from a zip made on Windows): rename the file")]
+    assert len(split.train) + len(split.test) == 18
+    shutil.move(color_dataset / "red", color_dataset / os.fsdecode(b"r\xe9d"))
+    proc = run_script("1_prepareData.py", *args, data_dir=data_dir, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "the class folder name 'r\\xe9d' is not valid UTF-8" in proc.stderr and "rename the folder" in proc.stderr

@@ -160,7 +160,27 @@ def class_counts(images_dir: str | Path) -> dict[str, int]:
     return {c: len(list_images(images_dir / c)) for c in list_class_dirs(images_dir)}
 
 
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def shown(name: str) -> str:
+    """A file name as it can be printed and saved: a name that is not UTF-8 (unpacked from a zip made
+    on Windows, copied from an old NAS) reaches Python with stand-ins for its bytes, which print() and
+    UTF-8 files refuse; here those bytes appear as \\xNN."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+NOT_UTF8 = "is not valid UTF-8 (written in another system's encoding, e.g. unpacked from a zip made on Windows)"
+
+
 def _check_classes(classes: list[str], where: Path) -> None:
+    if bad := [c for c in classes if not _is_utf8(c)]:
+        raise DatasetError(f"{shown(str(where))}: the class folder name '{shown(bad[0])}' {NOT_UTF8}: rename the folder")
     if len(classes) < 2:
         found = ", ".join(classes) if classes else "none"
         hint = ""
@@ -181,7 +201,9 @@ def _collect(root: Path, classes: list[str], excluded: list[tuple[str, str]], ba
     out: dict[str, list[str]] = {c: [] for c in classes}
     for (c, p), problem in zip(listed, problems):
         rel = p.relative_to(base).as_posix()
-        if problem:
+        if not _is_utf8(rel):  # later stages write the path to UTF-8 files (split.json, predictions.tsv)
+            excluded.append((shown(rel), f"the file name {NOT_UTF8}: rename the file"))
+        elif problem:
             excluded.append((rel, problem))
         else:
             out[c].append(rel)
