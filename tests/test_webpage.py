@@ -177,3 +177,25 @@ def test_the_results_browser_shows_every_image_even_heic_and_tiff(browser, tmp_p
     loaded = "return Array.from(document.images).map(i => i.complete && i.naturalWidth > 0)"
     WebDriverWait(browser, 20).until(lambda b: all(b.execute_script(loaded)))
     assert browser.execute_script(loaded) == [True] * 4
+
+
+def test_the_results_browser_shows_images_whose_names_have_url_characters(browser, tmp_path: Path) -> None:
+    """'#' would end the address at a fragment, '?' start a query, '%' be taken for an escape."""
+    import numpy as np
+    from PIL import Image
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from imgclass.evaluate import write_browser
+
+    images = tmp_path / "images"
+    paths = ["red/IMG #2.jpg", "red/50% off.jpg", "C#/what?.png", "red/café &amp.jpg"]
+    for rel in paths:
+        (images / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (120, 80), (200, 30, 30)).save(images / rel)
+    scores = np.tile([[0.9, 0.1]], (len(paths), 1))
+    page = write_browser(tmp_path / "results" / "browser.html", images, paths, np.zeros(len(paths), int), scores,
+                         ["red", "C#"], title="t")
+    browser.get(page.as_uri())
+    loaded = "return Array.from(document.images).map(i => i.complete && i.naturalWidth > 0)"
+    WebDriverWait(browser, 20).until(lambda b: all(b.execute_script(loaded)))
+    assert browser.execute_script(loaded) == [True] * 4

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import html
 import os
+import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -222,9 +223,11 @@ def write_browser(
         ranked = np.argsort(-scores[i])[:3]
         rows = "".join(f"<li>{html.escape(classes[j])}: {scores[i, j]:.3f}</li>" for j in ranked)
         if Path(paths[i]).suffix.lower() in NOT_IN_BROWSERS:
-            src = html.escape(_thumbnail(Path(images_dir) / paths[i], thumbs).relative_to(path.parent).as_posix())
+            src = _thumbnail(Path(images_dir) / paths[i], thumbs).relative_to(path.parent).as_posix()
         else:
-            src = html.escape((rel_root / paths[i]).as_posix())
+            src = (rel_root / paths[i]).as_posix()
+        # A path is a URL here: "IMG #2.jpg" or "50% off.jpg" must not end at '#' or decode '%'.
+        src = html.escape(urllib.parse.quote(src))
         head = "" if labels is None else f"{html.escape(classes[labels[i]])} &rarr; "
         cards.append(
             f'<div class="card {state}"><img loading="lazy" src="{src}" alt="">'
