@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import urllib.parse
 from pathlib import Path
 
 import numpy as np
@@ -284,4 +285,26 @@ def test_score_images_script_scores_a_folder_offline_and_names_bad_files(tiny_mo
     assert page.count('class="card new"') == 9 and "grouped by predicted class" in page
     srcs = re.findall(r'<img loading="lazy" src="([^"]+)"', page)
     page_dir = tiny_model / "results" / "tiny" / "svm"
-    assert len(srcs) == 9 and all((page_dir / src).resolve().is_file() for src in srcs)  # links reach the photos
+    # The links (URL-quoted: "batch 1" is "batch%201") reach the photos.
+    assert len(srcs) == 9 and all((page_dir / urllib.parse.unquote(src)).resolve().is_file() for src in srcs)
+
+
+def test_score_images_script_runs_the_network_with_the_engine_run_engine_names(tiny_model: Path, tmp_path: Path) -> None:
+    """run_engine = "torch": PyTorch runs the network (no ONNX export is written), with the same scores."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_model, data, ignore=shutil.ignore_patterns("featcache", "results"))
+    env = {**os.environ, "IMGCLASS_DATA_DIR": str(data), "IMGCLASS_OFFLINE": "1", "IMGCLASS_TRACKING": "0"}
+    scores = {}
+    for engine in ("torch", "onnx"):
+        out = tmp_path / f"{engine}.tsv"
+        proc = subprocess.run(
+            [sys.executable, str(SCRIPTS / "scoreImages.py"), str(data / "unlabelled"), "--set", "datasetName=tiny",
+             "--set", "run_workers=0", "--set", f"run_engine={engine}", "--out", str(out)],
+            capture_output=True, text=True, env=env, timeout=300, cwd=ROOT,
+        )
+        assert proc.returncode == 0, proc.stderr
+        exported = list((data / "proc" / "tiny").rglob("*.onnx"))
+        assert bool(exported) == (engine == "onnx"), exported
+        scores[engine] = np.array([[float(v) for v in line.split("\t")[2:]] for line in out.read_text().splitlines()[1:]])
+    assert scores["torch"].shape == (9, 3)
+    np.testing.assert_allclose(scores["torch"], scores["onnx"], rtol=1e-3, atol=1e-3)

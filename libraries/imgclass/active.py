@@ -137,12 +137,13 @@ def unlabelled_images(folder: str | Path, log_path: str | Path | None = None) ->
 def score_images(
     paths: Sequence[str | Path], model_path: str | Path, svm_path: str | Path | None = None,
     batch_size: int = 32, flip_average: bool = False, workers: int = 2, progress: bool = True,
-    export_dir: str | Path | None = None,
+    export_dir: str | Path | None = None, engine: str = "auto",
 ) -> ScoredFolder:
     """Score images with the current model: SVM decision values on the network's features, or
     the refined network's own probabilities when `svm_path` is None. `export_dir`: where the
     network's ONNX export goes (see Featurizer). `flip_average` must be what stage 3 used (off by
-    default, as run_boFlipAverage): score_with_trained_model reads it from stage 3's features."""
+    default, as run_boFlipAverage): score_with_trained_model reads it from stage 3's features.
+    `engine`: what runs the network (run_engine: "auto", "onnx" or "torch"; see Featurizer)."""
     from imgclass.features import Featurizer
     from imgclass.modelfile import load_model
     from imgclass.svm import LinearSvm
@@ -156,7 +157,7 @@ def score_images(
     paths = [p for p, problem in checked if problem is None]
     failed = [(p, problem) for p, problem in checked if problem is not None]
     fz = Featurizer(model, spec, batch_size=batch_size, flip_average=flip_average, workers=workers,
-                    export_dir=export_dir)
+                    engine=engine, export_dir=export_dir)
     result = fz.featurize_paths(paths, progress=progress, desc="score images")
     if svm is not None:
         classes = list(svm.classes) or [str(i) for i in range(svm.n_classes_)]
@@ -175,7 +176,7 @@ def score_with_trained_model(paths: Sequence[str | Path], p: Params) -> ScoredFo
         check_model_and_svm(model, p.features_path("train"), svm)
     flip = flip_average_of_stage3(p.features_path("train"), p.run_boFlipAverage)  # as the SVM was trained
     return score_images(paths, model, svm, batch_size=p.run_mbSize, flip_average=flip, workers=p.run_workers,
-                        export_dir=p.feature_cache_dir)
+                        export_dir=p.feature_cache_dir, engine=p.run_engine)
 
 
 def add_to_dataset(src: str | Path, label: str, images_dir: str | Path) -> Path:
