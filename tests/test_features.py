@@ -278,3 +278,25 @@ def test_scoring_later_uses_the_mirror_averaging_stage_3_recorded(tmp_path: Path
     assert flip_average_of_stage3(older, requested=False) is False
     assert flip_average_of_stage3(tmp_path / "missing.npz", requested=True) is True
 
+
+
+@pytest.mark.parametrize("save_seconds", [60.0, 0.0])  # saved as the run stops / after every batch
+def test_features_computed_before_a_run_stops_are_kept_in_the_cache(backbone: torch.nn.Module, export_dir: Path,
+                                                                     photos: list[Path], tmp_path: Path,
+                                                                     save_seconds: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stage 3 that stops part way (Ctrl-C, a file that no longer decodes) keeps what it computed:
+    the rerun featurizes only the rest, with the same features."""
+    monkeypatch.setattr("imgclass.features.CACHE_SAVE_SECONDS", save_seconds)
+    spec = _spec("fixed")
+    model_file = save_model(tmp_path / "model_fixed.pt", backbone, spec)
+    folder = tmp_path / "featcache"
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not an image at all")
+    fz = Featurizer(backbone, spec, batch_size=2, workers=0, export_dir=export_dir)
+    with pytest.raises(ValueError, match="broken.jpg"):  # the 5th of 6 files: batches 1 and 2 are done
+        fz.featurize_paths(photos[:4] + [bad, photos[4]], progress=False, cache=FeatureCache(folder, model_file, spec, False))
+    cache = FeatureCache(folder, model_file, spec, False)
+    again = fz.featurize_paths(photos, progress=False, cache=cache)
+    assert (cache.hits, cache.misses) == (4, 1)
+    fresh = fz.featurize_paths(photos, progress=False)
+    np.testing.assert_array_equal(again.features, fresh.features)

@@ -23,6 +23,7 @@ import copy
 import hashlib
 import os
 import threading
+import time
 import warnings
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -42,6 +43,7 @@ from imgclass.modelfile import ImageClassifier, ModelSpec
 from imgclass.provenance import file_hash
 
 ENGINES = ("auto", "onnx", "torch")  # "auto": ONNX Runtime on a CPU, PyTorch on CUDA/MPS
+CACHE_SAVE_SECONDS = 60.0  # how often featurize_paths writes what it computed to the cache (a full rewrite)
 
 
 @dataclass(frozen=True)
@@ -264,7 +266,9 @@ class Featurizer:
         desc: str = "featurize",
         cache: FeatureCache | None = None,
     ) -> FeatureResult:
-        """Features of image files, in order. With `cache`, only files it does not hold are decoded."""
+        """Features of image files, in order. With `cache`, only files it does not hold are decoded,
+        and what is computed goes into it every CACHE_SAVE_SECONDS and when the run stops for any
+        reason (an interrupt, a file that no longer decodes): a rerun continues from there."""
         paths = list(paths)
         out = self._empty(len(paths))
         todo = list(range(len(paths)))
@@ -272,16 +276,25 @@ class Featurizer:
         if cache is not None:
             keys = [cache.file_key(p) for p in paths]
             todo = cache.fill(keys, out)
-        with tqdm(total=len(paths), initial=len(paths) - len(todo), desc=desc, unit="img", disable=not progress) as bar:
-            for start, pixels in _decoded_batches([paths[i] for i in todo], self.preprocess, self.batch_size, self.workers):
-                feats = self._features(pixels)
-                rows = todo[start:start + len(pixels)]
-                out.features[rows] = feats
-                if out.probs is not None:
-                    out.probs[rows] = self._probs(feats)
-                bar.update(len(pixels))
-        if cache is not None and todo:
-            cache.update(keys, out)
+        done: list[int] = []
+        saved, last_save = 0, time.monotonic()
+        try:
+            with tqdm(total=len(paths), initial=len(paths) - len(todo), desc=desc, unit="img", disable=not progress) as bar:
+                for start, pixels in _decoded_batches([paths[i] for i in todo], self.preprocess, self.batch_size,
+                                                      self.workers):
+                    feats = self._features(pixels)
+                    rows = todo[start:start + len(pixels)]
+                    out.features[rows] = feats
+                    if out.probs is not None:
+                        out.probs[rows] = self._probs(feats)
+                    done += rows
+                    bar.update(len(pixels))
+                    if cache is not None and time.monotonic() - last_save > CACHE_SAVE_SECONDS:
+                        cache.update(keys, out, done)
+                        saved, last_save = len(done), time.monotonic()
+        finally:
+            if cache is not None and len(done) > saved:
+                cache.update(keys, out, done)
         return out
 
 
@@ -389,9 +402,10 @@ class FeatureCache:
         self.misses += len(todo)
         return todo
 
-    def update(self, keys: list[str], result: FeatureResult) -> Path:
-        """Add these rows (old rows stay: train and test share one cache) and write atomically."""
-        new = {k: i for i, k in enumerate(keys) if k not in self._rows}
+    def update(self, keys: list[str], result: FeatureResult, rows: Sequence[int] | None = None) -> Path:
+        """Add these rows (only `rows` of them when given: those computed so far; old rows stay: train
+        and test share one cache) and write atomically."""
+        new = {keys[i]: i for i in (range(len(keys)) if rows is None else rows) if keys[i] not in self._rows}
         old_keys = list(self._rows)
         all_keys = old_keys + list(new)
         idx = list(new.values())
