@@ -62,8 +62,20 @@ def test_train_test_folders_are_used_and_must_agree(tmp_path: Path) -> None:
     s = make_split(tmp_path)
     assert len(s.train) == 6 and len(s.test) == 4 and "val" in s.method
     assert all(p.startswith("train/") for p, _ in s.train)
-    write_image(tmp_path / "val" / "bird" / "0.jpg", (1, 2, 3))
-    with pytest.raises(DatasetError, match="classes differ between train/"):
+    # A rare class without a test image: trained on, noted by stage 1 (as for a random split).
+    write_image(tmp_path / "train" / "bird" / "0.jpg", (1, 2, 3))
+    s = make_split(tmp_path)
+    assert s.classes == ["bird", "cat", "dog"] and len(s.train) == 7 and len(s.test) == 4
+    assert any("no test image: bird" in note for note in balance_notes(s))
+    write_image(tmp_path / "val" / "fish" / "0.jpg", (1, 2, 3))
+    with pytest.raises(DatasetError, match="val/ has classes that train/ has not: fish"):
+        make_split(tmp_path)
+    # Kaggle's unlabelled test/: images straight in the folder, no class folders.
+    import shutil
+
+    shutil.rmtree(tmp_path / "val")
+    write_image(tmp_path / "test" / "0001.jpg", (1, 2, 3))
+    with pytest.raises(DatasetError, match=r"test: no class folders.*or make train/ the data set"):
         make_split(tmp_path)
 
 

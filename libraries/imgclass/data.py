@@ -194,8 +194,9 @@ def _check_classes(classes: list[str], where: Path) -> None:
 
 
 def _collect(root: Path, classes: list[str], excluded: list[tuple[str, str]], base: Path, check: bool,
-             progress: bool = False) -> dict[str, list[str]]:
-    """Per class, decodable image paths relative to `base`; undecodable ones go to `excluded`."""
+             progress: bool = False, allow_empty: bool = False) -> dict[str, list[str]]:
+    """Per class, decodable image paths relative to `base`; undecodable ones go to `excluded`.
+    A class without a usable image is an error, unless `allow_empty` (the test side of a split made in advance)."""
     listed = [(c, p) for c in classes for p in list_images(root / c)]
     problems = check_images([p for _, p in listed], progress) if check else [None] * len(listed)
     out: dict[str, list[str]] = {c: [] for c in classes}
@@ -211,7 +212,7 @@ def _collect(root: Path, classes: list[str], excluded: list[tuple[str, str]], ba
     out, dropped = apply_fixes(out, read_fixes(base), base / FIXES_FILE)
     excluded += [(rel, f"marked {EXCLUDE} in {FIXES_FILE}") for rel in dropped]
     for c, good in out.items():
-        if not good:
+        if not good and not allow_empty:
             raise DatasetError(f"{root / c}: class {c!r} has no usable images")
     return out
 
@@ -290,15 +291,23 @@ def make_split(
         train_name, test_name = train_dir.name, test_dir.name
         classes = list_class_dirs(train_dir)
         test_classes = list_class_dirs(test_dir)
-        if classes != test_classes:
+        if not test_classes:
+            # Kaggle's test/ often holds the competition's unlabelled images, straight in the folder.
             raise DatasetError(
-                f"{images_dir}: classes differ between {train_name}/ ({', '.join(classes) or 'none'}) "
-                f"and {test_name}/ ({', '.join(test_classes) or 'none'})"
+                f"{test_dir}: no class folders, so its images have no labels to measure accuracy with: "
+                f"sort them into class folders as in {train_name}/, or make {train_name}/ the data set "
+                f"(its class folders straight in the data set folder) to split it at random"
+            )
+        if unknown := [c for c in test_classes if c not in classes]:
+            raise DatasetError(
+                f"{images_dir}: {test_name}/ has classes that {train_name}/ has not: {', '.join(unknown)} "
+                f"(a model cannot learn them from no training image; {train_name}/ has {', '.join(classes) or 'none'})"
             )
         _check_classes(classes, train_dir)
         excluded += loose_images(train_dir, images_dir) + loose_images(test_dir, images_dir)
         tr = _collect(train_dir, classes, excluded, images_dir, check_decode, progress)
-        te = _collect(test_dir, classes, excluded, images_dir, check_decode, progress)
+        # A rare class may have no test image in a split made in advance: noted by stage 1, as for a random split.
+        te = _collect(test_dir, classes, excluded, images_dir, check_decode, progress, allow_empty=True)
         split = Split(
             classes,
             [(p, i) for i, c in enumerate(classes) for p in tr[c]],
