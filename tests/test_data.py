@@ -249,3 +249,24 @@ def test_names_that_are_not_utf8_are_left_out_or_named(color_dataset: Path) -> N
     proc = run_script("1_prepareData.py", *args, data_dir=data_dir, check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "the class folder name 'r\\xe9d' is not valid UTF-8" in proc.stderr and "rename the folder" in proc.stderr
+
+
+def test_stage1_prints_class_names_the_console_cannot_encode(color_dataset: Path) -> None:
+    """A console whose encoding lacks the characters (Windows cp1252 and Chinese class names; here
+    ASCII and 'café'): escapes in the output, and the split is still written."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import ROOT, SCRIPTS
+
+    shutil.move(color_dataset / "red", color_dataset / "café")
+    data_dir = color_dataset.parents[1]
+    env = {**os.environ, "IMGCLASS_DATA_DIR": str(data_dir), "IMGCLASS_OFFLINE": "1", "IMGCLASS_TRACKING": "0",
+           "PYTHONIOENCODING": "ascii"}
+    proc = subprocess.run([sys.executable, str(SCRIPTS / "1_prepareData.py"), "--set", "datasetName=colors",
+                           "--set", "leakageCheck=off"], capture_output=True, env=env, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr.decode("ascii", "replace")
+    assert b"caf\\xe9" in proc.stdout
+    assert load_split(data_dir / "proc" / "colors" / "split.json").classes == ["blue", "café", "green"]

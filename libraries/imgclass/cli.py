@@ -42,8 +42,18 @@ _parsed: Params | None = None  # the stage's parameters, for run_stage to record
 _started: float | None = None  # when run_stage started the stage
 
 
+def _printable_output() -> None:
+    """A class or file name the console's encoding cannot show (Chinese names on a Windows cp1252
+    console, output redirected to a file) is printed with escapes instead of raising
+    UnicodeEncodeError in the middle of a stage, possibly before it has written its results."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):  # not when a caller has replaced the stream
+            stream.reconfigure(errors="backslashreplace")
+
+
 def parse_stage(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, Params]:
     global _parsed
+    _printable_output()
     args = parser.parse_args(argv)
     try:
         params = load_params(args.params, parse_overrides(args.overrides))
