@@ -18,7 +18,7 @@ DEMO_DATASET = "fashionTextureDemo"
 parser = stage_parser(
     __doc__.splitlines()[0],
     reads="urlsFile / --urls (a TSV of label<TAB>url), or nothing for the demo data set",
-    writes="DATA_DIR/images/<datasetName>/<class>/*.jpg (and download_failures.tsv for broken URLs)",
+    writes="DATA_DIR/images/<datasetName>/<class>/* (.jpg, .png, ... as each image decodes; and download_failures.tsv for broken URLs)",
 )
 parser.add_argument("--urls", default=None, metavar="FILE", help="TSV of label<TAB>url to download (overrides urlsFile)")
 

@@ -3,7 +3,8 @@
 Rules, in order: train/ and test/ (or val/) folders in the data set; a dedicatedTestImages.tsv;
 imagesSplitBy = "subdir" (each sub-folder of a class on one side); else a seeded random split of each
 class by ratioTrainTest. Files that do not decode are listed and left out. Near duplicates across
-train and test (dhash, leakageCheck / dedup_threshold) are listed and, by default, both kept in train.
+train and test (dhash, leakageCheck / dedup_threshold) are listed and, by default, both kept in train
+(unless a class would lose its last test image, or the data set looks too alike to dhash: see the README).
 """
 
 from imgclass.cli import parse_stage, run_stage, stage_parser

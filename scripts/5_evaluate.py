@@ -11,8 +11,8 @@ from imgclass.svm import LinearSvm
 
 parser = stage_parser(
     __doc__.splitlines()[0],
-    reads="DATA_DIR/proc/<datasetName>/features_*.npz and svm_*.npz",
-    writes="DATA_DIR/results/<datasetName>/<classifier>/: metrics.json, roc.png, confusion.png, predictions.tsv, browser.html",
+    reads="DATA_DIR/proc/<datasetName>/split.json, model_*.pt, features_*.npz and svm_*.npz",
+    writes="DATA_DIR/results/<datasetName>/<classifier>/: metrics.json, roc.png, confusion.png, predictions.tsv, browser.html (+ browser_thumbs/); with --on train: the same names with _train",
 )
 parser.add_argument("--on", choices=("test", "train"), default=None, help="which side to score (default: eval_set)")
 

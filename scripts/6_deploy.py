@@ -14,7 +14,7 @@ from imgclass.provenance import StaleFilesError  # torch-free, like everything t
 
 parser = stage_parser(
     __doc__.splitlines()[0],
-    reads="DATA_DIR/proc/<datasetName>/model_<fixed|refined>.pt, svm_*.npz; results/<datasetName>/<classifier>/metrics.json",
+    reads="DATA_DIR/proc/<datasetName>/model_<fixed|refined>.pt, svm_*.npz, features_<kind>_train.npz (flip averaging, provenance); results/<datasetName>/<classifier>/metrics.json",
     writes="DATA_DIR/deploy/<datasetName>/<classifier>/: model.onnx, bundle.json; then serves it on http://HOST:PORT/",
 )
 parser.add_argument("--no-serve", action="store_true", help="export the bundle and stop")
