@@ -270,3 +270,27 @@ def test_stage1_prints_class_names_the_console_cannot_encode(color_dataset: Path
     assert proc.returncode == 0, proc.stderr.decode("ascii", "replace")
     assert b"caf\\xe9" in proc.stdout
     assert load_split(data_dir / "proc" / "colors" / "split.json").classes == ["blue", "café", "green"]
+
+
+def test_a_split_made_in_advance_with_no_usable_test_image_or_a_non_utf8_test_class(tmp_path: Path) -> None:
+    import os
+
+    from imgclass.data import shown
+
+    for c in ("cat", "dog"):
+        write_image(tmp_path / "train" / c / "0.jpg", (90, 90, 90))
+        (tmp_path / "test" / c).mkdir(parents=True)
+        (tmp_path / "test" / c / "1.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(DatasetError, match=r"test: no usable test image in its class folders; 2 left out, e.g. test/cat/1.jpg: "):
+        make_split(tmp_path)
+    for c in ("cat", "dog"):
+        (tmp_path / "test" / c / "1.jpg").unlink()
+    with pytest.raises(DatasetError, match=r"test: no usable test image in its class folders$"):
+        make_split(tmp_path)
+    try:
+        write_image(tmp_path / "test" / os.fsdecode(b"d\xf6g") / "0.jpg", (1, 2, 3))
+    except (OSError, UnicodeError):
+        return  # a file system that takes only UTF-8 names
+    with pytest.raises(DatasetError, match=r"test: the class folder name 'd\\xf6g' is not valid UTF-8"):
+        make_split(tmp_path)
+    assert shown("a\ud800b") == "a\\ud800b"  # a lone surrogate standing for no byte (Windows names)

@@ -300,3 +300,17 @@ def test_features_computed_before_a_run_stops_are_kept_in_the_cache(backbone: to
     assert (cache.hits, cache.misses) == (4, 1)
     fresh = fz.featurize_paths(photos, progress=False)
     np.testing.assert_array_equal(again.features, fresh.features)
+
+
+def test_a_cache_that_cannot_be_saved_does_not_hide_why_the_run_stopped(backbone: torch.nn.Module, export_dir: Path,
+                                                                        photos: list[Path], tmp_path: Path) -> None:
+    spec = _spec("fixed")
+    model_file = save_model(tmp_path / "model_fixed.pt", backbone, spec)
+    blocker = tmp_path / "not a folder"
+    blocker.write_text("a file where the cache folder should be")
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not an image at all")
+    fz = Featurizer(backbone, spec, batch_size=2, workers=0, export_dir=export_dir)
+    with pytest.warns(UserWarning, match="could not save the features computed so far"), \
+            pytest.raises(ValueError, match="broken.jpg"):
+        fz.featurize_paths(photos[:2] + [bad], progress=False, cache=FeatureCache(blocker, model_file, spec, False))

@@ -52,15 +52,13 @@ def _exif_with_a_mistyped_tag(orientation: int) -> bytes:
 
 
 def test_a_photo_with_malformed_exif_decodes_upright(tmp_path: Path) -> None:
-    from PIL import ImageOps
-
     good, bad = tmp_path / "good.jpg", tmp_path / "bad.jpg"
     exif = Image.Exif()
     exif[0x0112] = 6
     Image.fromarray(_gradient(64, 40)).save(good, exif=exif, quality=95)
     Image.fromarray(_gradient(64, 40)).save(bad, exif=_exif_with_a_mistyped_tag(6), quality=95)
-    with Image.open(bad) as img, pytest.raises(Exception):  # what stopped stage 1 before
-        ImageOps.exif_transpose(img)
+    # Pillow 13's ImageOps.exif_transpose raises struct.error on this file (what stopped stage 1
+    # before); not asserted here, so that a Pillow that mends it does not fail this test.
     assert check_image(bad) is None
     out = load_rgb(bad)
     assert out.size == (40, 64)  # turned as the orientation tag says, like the well-formed file

@@ -75,3 +75,6 @@ def test_an_svm_of_another_split_or_other_classes_is_refused(tmp_path: Path) -> 
     with pytest.raises(StaleFilesError, match=r"trained for the classes \['dog', 'cat'\], but features_fixed_test.npz "
                                               r"has \['cat', 'dog'\]: rerun scripts/4_trainSVM.py"):
         check_same_source(model, feats, source, "svm_fixed.npz", svm_split_hash="new", svm_classes=["dog", "cat"])
+    # The same from an SVM file written before split hashes were recorded (the classes were).
+    with pytest.raises(StaleFilesError, match="trained for the classes"):
+        check_same_source(model, feats, source, "svm_fixed.npz", svm_classes=["dog", "cat"])

@@ -52,6 +52,7 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
     assert (back.features_source, back.split_hash) == ("0123abcd", "4567ef")
     np.testing.assert_allclose(back.decision_function(x), svm.decision_function(x), rtol=1e-6)
     assert back.C_ == svm.C_ and back.classes == ["a", "b", "c"]
+    assert LinearSvm.load(back.save(tmp_path / "again.npz")).classes == ["a", "b", "c"]  # its own classes
     with pytest.raises(FileNotFoundError, match="4_trainSVM.py"):
         LinearSvm.load(tmp_path / "missing.npz")
 

@@ -150,7 +150,7 @@ def loose_images(folder: Path, base: Path) -> list[tuple[str, str]]:
     user who dropped them there most likely expected them to be used."""
     if not folder.is_dir():
         return []
-    return [(p.relative_to(base).as_posix(), "not in a class sub-folder")
+    return [(shown(p.relative_to(base).as_posix()), "not in a class sub-folder")
             for p in sorted(folder.iterdir()) if p.is_file() and is_image_name(p) and not p.name.startswith(".")]
 
 
@@ -172,7 +172,10 @@ def shown(name: str) -> str:
     """A file name as it can be printed and saved: a name that is not UTF-8 (unpacked from a zip made
     on Windows, copied from an old NAS) reaches Python with stand-ins for its bytes, which print() and
     UTF-8 files refuse; here those bytes appear as \\xNN."""
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    try:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that stands for no byte (possible in Windows names)
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 NOT_UTF8 = "is not valid UTF-8 (written in another system's encoding, e.g. unpacked from a zip made on Windows)"
@@ -296,18 +299,25 @@ def make_split(
             raise DatasetError(
                 f"{test_dir}: no class folders, so its images have no labels to measure accuracy with: "
                 f"sort them into class folders as in {train_name}/, or make {train_name}/ the data set "
-                f"(its class folders straight in the data set folder) to split it at random"
+                f"(its class folders straight in the data set folder, {test_name}/ moved out or renamed "
+                f"_{test_name}/) to split it at random"
             )
+        _check_classes(classes, train_dir)
+        if bad := [c for c in test_classes if not _is_utf8(c)]:
+            raise DatasetError(f"{shown(str(test_dir))}: the class folder name '{shown(bad[0])}' {NOT_UTF8}: rename the folder")
         if unknown := [c for c in test_classes if c not in classes]:
             raise DatasetError(
                 f"{images_dir}: {test_name}/ has classes that {train_name}/ has not: {', '.join(unknown)} "
                 f"(a model cannot learn them from no training image; {train_name}/ has {', '.join(classes) or 'none'})"
             )
-        _check_classes(classes, train_dir)
         excluded += loose_images(train_dir, images_dir) + loose_images(test_dir, images_dir)
         tr = _collect(train_dir, classes, excluded, images_dir, check_decode, progress)
         # A rare class may have no test image in a split made in advance: noted by stage 1, as for a random split.
         te = _collect(test_dir, classes, excluded, images_dir, check_decode, progress, allow_empty=True)
+        if not any(te.values()):
+            left_out = [(p, why) for p, why in excluded if p.startswith(f"{test_name}/")]
+            raise DatasetError(f"{shown(str(test_dir))}: no usable test image in its class folders" + (
+                f"; {len(left_out)} left out, e.g. {left_out[0][0]}: {left_out[0][1]}" if left_out else ""))
         split = Split(
             classes,
             [(p, i) for i, c in enumerate(classes) for p in tr[c]],

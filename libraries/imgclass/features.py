@@ -277,7 +277,7 @@ class Featurizer:
             keys = [cache.file_key(p) for p in paths]
             todo = cache.fill(keys, out)
         done: list[int] = []
-        saved, last_save = 0, time.monotonic()
+        saved, last_save, save_every = 0, time.monotonic(), CACHE_SAVE_SECONDS
         try:
             with tqdm(total=len(paths), initial=len(paths) - len(todo), desc=desc, unit="img", disable=not progress) as bar:
                 for start, pixels in _decoded_batches([paths[i] for i in todo], self.preprocess, self.batch_size,
@@ -289,12 +289,19 @@ class Featurizer:
                         out.probs[rows] = self._probs(feats)
                     done += rows
                     bar.update(len(pixels))
-                    if cache is not None and time.monotonic() - last_save > CACHE_SAVE_SECONDS:
+                    if cache is not None and time.monotonic() - last_save > save_every:
+                        began = time.monotonic()
                         cache.update(keys, out, done)
                         saved, last_save = len(done), time.monotonic()
+                        # Each save rewrites the whole cache: a large one is saved less often, so that
+                        # saving takes at most about a tenth of the run.
+                        save_every = max(CACHE_SAVE_SECONDS, 10 * (last_save - began))
         finally:
             if cache is not None and len(done) > saved:
-                cache.update(keys, out, done)
+                try:
+                    cache.update(keys, out, done)
+                except OSError as e:  # disk full, read-only folder: the error that stopped the run matters more
+                    warnings.warn(f"could not save the features computed so far to {cache.path}: {e}", stacklevel=2)
         return out
 
 

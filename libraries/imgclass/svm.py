@@ -181,7 +181,7 @@ class LinearSvm:
             "cv_folds": self.cv_folds,
             "seed": self.seed,
             "balance_classes": self.balance_classes,
-            "classes": list(classes),
+            "classes": list(classes or self.classes),
             "features_source": self.features_source,
             "split_hash": self.split_hash,
         }
