@@ -33,7 +33,7 @@ def main() -> int:
     if urls:
         report = download_images(urls, out, workers=p.dl_workers, timeout=p.dl_timeoutSec,
                                  retries=p.dl_retries, max_bytes=p.dl_maxBytes)
-        print(f"downloaded {report.ok}, already there {report.skipped_existing}, failed {report.failed}")
+        print(report.summary())
         for (old, new), n in Counter((old, new) for _, old, new in report.moved).items():
             print(f"moved {n} image{'' if n == 1 else 's'} from {old}/ to {new}/ (label changed in the URL list)")
         if report.failed:

@@ -119,3 +119,15 @@ def test_a_data_set_split_in_advance_has_its_classes_inside_the_split_folders(tm
     split = make_split(root)
     labels = {p: split.classes[y] for p, y in split.train + split.test}
     assert labels["Training/dotted/dotted_1.jpg"] == "striped" and "Testing/striped/striped_0.jpg" not in labels
+
+
+def test_widget_pager_shows_file_names_as_text_not_html(color_dataset: Path) -> None:
+    """The status line is an HTML widget: a photo named '<img src=x onerror=...>.jpg' must not run."""
+    pytest.importorskip("ipywidgets")
+    write_image(color_dataset / "red" / "<img src=x onerror=alert(1)>.jpg", (200, 40, 40))
+    b = AnnotationBrowser(color_dataset, page_size=20, thumb=48)
+    ui = b.widget("red")
+    grid, status = ui.children[1], ui.children[2]
+    cell = next(c for c in grid.children if c.children[1].value.startswith("<img"))
+    cell.children[2].value = "blue"
+    assert "&lt;img src=x onerror=alert(1)&gt;.jpg: blue" in status.value and "<img" not in status.value

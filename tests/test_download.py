@@ -37,6 +37,7 @@ PNG = _image_bytes("PNG", (30, 200, 30))
 PNG_AS_JPG = _image_bytes("PNG", (30, 30, 200))
 HTML = b"<!doctype html><html><body>Sorry, this image is no longer available</body></html>"
 BIG = 50_000  # bytes; the tests use max_bytes=10_000
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\n0 0 moveto 16 16 lineto stroke\nshowpage\n%%EOF\n"
 
 
 @dataclass
@@ -134,6 +135,8 @@ def _make_handler(state: Server) -> type[BaseHTTPRequestHandler]:
                         break
                     self.wfile.write(b"\xff")
                     self.wfile.flush()
+            elif path == "/ghost.eps":  # PostScript: Pillow's EPS reader would run Ghostscript on it
+                self._send(200, EPS, "application/postscript")
             elif path == "/redirect-ok.jpg":
                 self.send_response(302)
                 self.send_header("Location", "/cat.jpg")
@@ -584,7 +587,7 @@ def test_stage0_expands_tilde_in_urls_file(server: Server, tmp_path: Path, monke
     data_dir = tmp_path / "data"
     for how in (["--set", "urlsFile=~/lists/urls.tsv"], ["--urls", "~/lists/urls.tsv"]):
         proc = run_script("0_downloadData.py", "--set", "datasetName=pets", *how, data_dir=data_dir)
-        assert "failed 0" in proc.stdout, proc.stdout
+        assert "0 failed" in proc.stdout, proc.stdout
     assert set(_files(data_dir / "images" / "pets")) == {"cat", "dog"}
     assert server.hits["/cat.jpg"] == 1  # the second run found the first one's files
     # Relabelled in the list: stage 0 says it moved the file.
@@ -593,3 +596,45 @@ def test_stage0_expands_tilde_in_urls_file(server: Server, tmp_path: Path, monke
     assert "moved 1 image from cat/ to dog/ (label changed in the URL list)" in proc.stdout, proc.stdout
     assert _files(data_dir / "images" / "pets") == {"dog": sorted(  # cat/, emptied, is gone
         [_stem(server.url("/cat.jpg")) + ".jpg", _stem(server.url("/dog.png")) + ".png"])}
+
+
+def test_downloaded_files_reach_only_the_readers_of_the_formats_kept(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file from the internet is as untrusted as an upload: an EPS body must never reach
+    Ghostscript, which Pillow's EPS reader runs to decode it."""
+    from PIL import EpsImagePlugin
+
+    ran = []
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *a, **k: ran.append(a) or Image.new("RGB", (16, 16)))
+    report = download_images([("cat", server.url("/ghost.eps"))], tmp_path, timeout=5, progress=False)
+    assert report.failures == [(server.url("/ghost.eps"), "unsupported image format (EPS)")]
+    assert ran == []
+
+
+def test_a_malformed_url_is_a_failure_of_its_line_not_of_the_run(server: Server, tmp_path: Path) -> None:
+    entries = [("cat", "http://[example.com/a.jpg"), ("cat", server.url("/cat.jpg"))]
+    report = download_images(entries, tmp_path, timeout=5, progress=False)
+    assert report.ok == 1 and report.failed == 1
+    assert report.failures[0][0] == "http://[example.com/a.jpg" and report.failures[0][1].startswith("invalid URL: ")
+
+
+def test_too_many_pixels_is_named_as_such(server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 32x24 JPEG: over twice the limit
+    report = download_images([("cat", server.url("/cat.jpg"))], tmp_path, timeout=5, progress=False)
+    assert report.failures[0][1].startswith("too many pixels ("), report.failures
+
+
+def test_images_dedup_set_aside_are_not_fetched_again(server: Server, tmp_path: Path) -> None:
+    """dedupImages.py moves duplicates to _duplicates/<class>/; rerunning stage 0 (to retry failed
+    URLs, or after scrapeImages.py added some) must not bring them back."""
+    out = tmp_path / "images"
+    entries = [("cat", server.url("/cat.jpg")), ("dog", server.url("/dog.png"))]
+    download_images(entries, out, timeout=5, progress=False)
+    cat = next((out / "cat").iterdir())
+    (out / "_duplicates" / "cat").mkdir(parents=True)
+    cat.rename(out / "_duplicates" / "cat" / cat.name)
+    again = download_images(entries, out, timeout=5, progress=False)
+    assert (again.ok, again.skipped_existing, again.set_aside, again.failed) == (0, 1, 1, 0)
+    assert server.hits["/cat.jpg"] == 1 and not list((out / "cat").iterdir())
+    assert "1 set aside as duplicates (in _duplicates/, not fetched again)" in again.summary()

@@ -228,3 +228,34 @@ def test_fit_square_modes(mode: str) -> None:
         assert arr[:, 0, 0].mean() < 20
     with pytest.raises(ValueError, match="allowed values"):
         fit_square(img, 32, "stretch")
+
+
+@pytest.mark.skipif(not HEIF_SUPPORT, reason="pillow-heif is not installed")
+def test_a_damaged_heic_is_a_decode_error_naming_the_file(tmp_path: Path) -> None:
+    """pillow-heif reports some damage as EOFError or RuntimeError, which are not Pillow's usual
+    decode errors: one such photo stopped a download, a dedup run or a request to the service."""
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(buf, format="HEIF")
+    good = buf.getvalue()
+    damaged = []
+    for pos in range(min(len(good), 600)):  # one byte zeroed in the header boxes, until both kinds are found
+        data = bytearray(good)
+        data[pos] = 0
+        try:
+            with Image.open(io.BytesIO(bytes(data))) as img:
+                img.load()
+        except (EOFError, RuntimeError) as e:
+            if type(e) not in {type(d[1]) for d in damaged}:
+                damaged.append((bytes(data), e))
+        except Exception:  # noqa: BLE001 - the usual decode errors, handled before this change
+            pass
+        if len(damaged) == 2:
+            break
+    if not damaged:
+        pytest.skip("this libheif reports these damages with Pillow's usual errors")
+    for n, (data, _) in enumerate(damaged):
+        path = tmp_path / f"damaged{n}.heic"
+        path.write_bytes(data)
+        with pytest.raises(ImageDecodeError, match=f"damaged{n}.heic: cannot decode"):
+            load_rgb(path)
+        assert check_image(path)

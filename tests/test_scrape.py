@@ -101,6 +101,13 @@ def _handler(fake: Fake) -> type[BaseHTTPRequestHandler]:
                 return
             if q.startswith("broken"):
                 return self._json(500, {"detail": "internal error"})
+            if q.startswith("cutoff") and n == 1:  # the reply ends before its Content-Length: IncompleteRead
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", "1000")
+                self.end_headers()
+                self.wfile.write(b'{"results": [')
+                return
             if q.startswith("throttled") and n == 1:
                 return self._json(429, {"detail": "Request was throttled."}, Retry_After="1")
             if q.startswith("slowdown"):
@@ -211,6 +218,11 @@ def test_throttling_waits_for_retry_after_then_succeeds(fake: Fake) -> None:
     with pytest.raises(SearchError, match="throttling.*3600 s") as e:
         ov.search("slowdown vest", 5)
     assert e.value.fatal and time.monotonic() - t0 < 5
+
+
+def test_a_reply_cut_off_is_retried(fake: Fake) -> None:
+    hits = OpenverseImageSearch(endpoint=fake.url("/v1/images/")).search("cutoff vest", 5)
+    assert len(hits) == 5 and fake.hits[("/v1/images/", "cutoff vest")] == 2
 
 
 def test_scrape_keeps_going_after_a_failing_query_and_drops_repeats(fake: Fake) -> None:

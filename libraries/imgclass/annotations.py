@@ -11,6 +11,7 @@ record fixes; `browser.widget()` is the interactive version when ipywidgets is i
 
 from __future__ import annotations
 
+import html
 import io
 from collections.abc import Sequence
 from pathlib import Path
@@ -206,7 +207,8 @@ class AnnotationBrowser:
         def on_label(change: dict, image: str) -> None:
             target = change["new"]
             self.move(image, target) if target != EXCLUDE else self.exclude(image)
-            status.value = f"{image}: {target} (recorded in {FIXES_FILE})"
+            # An HTML widget: a file named "<img src=x onerror=...>.jpg" must show as text, not run.
+            status.value = html.escape(f"{image}: {target} (recorded in {FIXES_FILE})")
 
         def render(*_: Any) -> None:
             page_box.max = self.n_pages(cls_box.value) - 1

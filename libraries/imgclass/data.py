@@ -90,6 +90,7 @@ def load_split(path: str | Path) -> Split:
 
 
 NOT_CLASS_PREFIXES = (".", "_")  # folders that are not classes: hidden ones, _duplicates/ (dedupImages.py)
+DUPLICATES_FOLDER = "_duplicates"  # where dedupImages.py moves duplicates (inside the data set folder)
 
 
 def list_class_dirs(folder: Path) -> list[str]:

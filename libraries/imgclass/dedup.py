@@ -28,13 +28,12 @@ import imagehash
 import numpy as np
 from tqdm.auto import tqdm
 
-from imgclass.data import Split, find_split_folders, walk_image_files
+from imgclass.data import DUPLICATES_FOLDER, Split, find_split_folders, walk_image_files
 from imgclass.fileio import atomic_open
 from imgclass.images import ImageDecodeError, load_rgb
 
 HASH_SIZE = 16  # 16 x 16 = 256-bit hashes, as in the tutorial
 DEFAULT_THRESHOLD = 15  # bits of 256; see README "Part 3" for the distances measured on copies
-DUPLICATES_FOLDER = "_duplicates"
 MOVED_FILE = "moved.tsv"
 # dhash shrinks the image to 17 x 16 pixels, so decoding a 20-megapixel JPEG at full size would be
 # wasted work: libjpeg's DCT scaling to >= 256 px gives the same hash for a fraction of the time.

@@ -31,13 +31,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from imgclass import __version__
-from imgclass.data import NOT_CLASS_PREFIXES, list_class_dirs
+from imgclass.data import DUPLICATES_FOLDER, NOT_CLASS_PREFIXES, list_class_dirs
 from imgclass.fileio import atomic_open, write_bytes
-from imgclass.images import ImageDecodeError, load_rgb
+from imgclass.images import ImageDecodeError, load_rgb, openers
 
 log = logging.getLogger(__name__)
 
@@ -93,12 +93,12 @@ class DownloadReport:
     failures: list[tuple[str, str]] = field(default_factory=list)
     per_class: dict[str, int] = field(default_factory=dict)
     moved: list[tuple[str, str, str]] = field(default_factory=list)
+    set_aside: int = 0  # not fetched: dedupImages.py moved their images to _duplicates/
 
     def summary(self) -> str:
-        return (
-            f"{self.ok} downloaded, {self.skipped_existing} already present, "
-            f"{self.failed} failed"
-        )
+        aside = f", {self.set_aside} set aside as duplicates (in {DUPLICATES_FOLDER}/, not fetched again)" \
+            if self.set_aside else ""
+        return f"{self.ok} downloaded, {self.skipped_existing} already present, {self.failed} failed{aside}"
 
 
 class _Failure(Exception):
@@ -388,18 +388,34 @@ def _fetch(
 
 def _image_extension(data: bytes) -> str:
     """Extension of the decoded format, or _Failure when `data` is no (usable) image."""
+    # Only the formats kept are opened: a downloaded file is as untrusted as an upload, and some
+    # Pillow readers run other programs (EPS: Ghostscript) on what they are given.
+    readers = openers(tuple(FORMAT_EXTENSIONS))
     try:
         # load_rgb decodes every pixel (at 1/8 scale for JPEG), so truncated files are caught too;
         # Image.open alone only reads the header.
-        load_rgb(data, min_size=8)
-        with Image.open(io.BytesIO(data)) as img:
+        load_rgb(data, min_size=8, formats=readers)
+        with Image.open(io.BytesIO(data), formats=readers) as img:
             fmt = img.format or ""
-    except ImageDecodeError as e:
+    except (ImageDecodeError, UnidentifiedImageError) as e:
+        if isinstance(e.__cause__, Image.DecompressionBombError):
+            raise _Failure(f"too many pixels ({e.__cause__})") from e
+        if (other := _format_name(data)) is not None:
+            raise _Failure(f"unsupported image format ({other})") from e
         raise _Failure("not an image") from e
     ext = FORMAT_EXTENSIONS.get(fmt)
     if ext is None:
         raise _Failure(f"unsupported image format ({fmt or 'unknown'})")
     return ext
+
+
+def _format_name(data: bytes) -> str | None:
+    """The format Pillow recognises `data` as from its header alone (nothing decoded), or None."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.format
+    except Exception:  # noqa: BLE001 - any reader's complaint means: not a format to name
+        return None
 
 
 def _download_one(
@@ -480,12 +496,19 @@ def download_images(
     reasons: dict[int, str] = {}  # entry index -> reason, so failures come out in list order
     todo: list[int] = []
     existing = _existing_files(out_dir)
+    set_aside = {p.stem for p in (out_dir / DUPLICATES_FOLDER).rglob("*") if p.suffix in _KNOWN_EXTENSIONS}
     moved_from: set[Path] = set()
     for i, (label, url) in enumerate(entries):
-        scheme = urllib.parse.urlsplit(url).scheme.lower()
+        try:
+            scheme = urllib.parse.urlsplit(url).scheme.lower()
+        except ValueError as e:  # "http://[example.com/a.jpg": one bad line must not stop the list
+            reasons[i] = f"invalid URL: {e}"
+            continue
         files = existing.get(file_stem(url), [])
         if scheme not in ALLOWED_SCHEMES:
             reasons[i] = "unsupported scheme"  # never fetched: no file:, ftp:, javascript: ...
+        elif not files and file_stem(url) in set_aside:
+            report.set_aside += 1  # moved to _duplicates/ by dedupImages.py: not fetched back
         elif files:
             here = [f for f in files if f.parent.name == label]
             if not here:  # the URL's label changed in the list since the run that downloaded it

@@ -8,6 +8,7 @@ pixels.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 from collections.abc import Sequence
@@ -98,6 +99,16 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # L, CMYK, YCbCr, LAB, HSV
 
 
+@functools.lru_cache(maxsize=16)
+def openers(formats: tuple[str, ...]) -> tuple[str, ...]:
+    """The Pillow openers for `formats`, for Image.open(formats=...), which fails on a name with none
+    (MPO: JPEG's opener reads it). Cached: the web service asks for the same list on every upload.
+    Openers registered later (a Pillow plugin imported afterwards) would not be seen; pillow-heif
+    registers when this module is imported."""
+    Image.init()
+    return tuple(f for f in formats if f in Image.OPEN)
+
+
 # EXIF orientation tag value -> the transposition that makes the image upright (as ImageOps.exif_transpose).
 _ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
                 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
@@ -142,7 +153,9 @@ def load_rgb(source: str | Path | bytes, min_size: int | None = None,
             return _to_rgb(_upright(img))
     except FileNotFoundError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    # EOFError and RuntimeError: what pillow-heif raises for a damaged HEIC.
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, RuntimeError,
+            Image.DecompressionBombError) as e:
         if not HEIF_SUPPORT and Path(name).suffix.lower() in HEIF_EXTENSIONS:
             raise ImageDecodeError(f"{name}: HEIC/HEIF files need the pillow-heif package: "
                                    f"pip install -r requirements.txt") from e

@@ -27,6 +27,7 @@ answered so far are recorded beside it (`<list>.state.json`), so a rerun asks on
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import time
@@ -162,7 +163,7 @@ class _JsonClient:
                     self.sleep(0.5 * attempt)
                     continue
                 raise SearchError(f"cannot reach {self.service} at {url}: {e.reason}", fatal=True) from None
-            except (TimeoutError, OSError) as e:
+            except (TimeoutError, OSError, http.client.HTTPException) as e:  # HTTPException: a reply cut off
                 if attempt <= self.retries:
                     continue
                 raise SearchError(f"cannot reach {self.service} at {url}: {e}", fatal=True) from None

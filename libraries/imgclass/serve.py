@@ -32,7 +32,6 @@ import base64
 import binascii
 import concurrent.futures
 import contextlib
-import functools
 import io
 import json
 import os
@@ -51,7 +50,7 @@ from fastapi.staticfiles import StaticFiles
 from PIL import Image, UnidentifiedImageError
 
 from imgclass.export import Bundle, cpu_session, load_bundle, usable_cpus
-from imgclass.images import ImageDecodeError, load_square
+from imgclass.images import ImageDecodeError, load_square, openers
 
 ENV_CONFIG = "IMGCLASS_SERVE_CONFIG"  # how `workers > 1` hands the settings to each worker process
 STATIC_DIR = Path(str(resources.files("imgclass") / "static"))
@@ -66,16 +65,6 @@ def accepted_formats() -> tuple[str, ...]:
     """ACCEPTED_FORMATS that this install can read."""
     Image.init()
     return tuple(f for f in ACCEPTED_FORMATS if f in Image.OPEN or (f == "MPO" and "JPEG" in Image.OPEN))
-
-
-@functools.lru_cache(maxsize=16)
-def _openers(formats: tuple[str, ...]) -> tuple[str, ...]:
-    """The Pillow openers for `formats`: Image.open(formats=...) fails on a name with none (MPO).
-    Cached: the same few format lists are asked for on every upload. Openers registered later
-    (a Pillow plugin imported after the first upload) would not be seen; pillow-heif registers
-    when imgclass.images is imported, before any upload."""
-    Image.init()
-    return tuple(f for f in formats if f in Image.OPEN)
 
 
 @dataclass(frozen=True)
@@ -191,9 +180,9 @@ def decode_image(data: bytes, name: str, size: int, resize_mode: str, max_pixels
     if not data:
         raise RequestError(400, f"{name}: empty file")
     formats = accepted_formats() if formats is None else tuple(formats)
-    openers = _openers(formats)
+    readers = openers(formats)
     try:
-        with Image.open(io.BytesIO(data), formats=openers) as probe:  # reads the header only
+        with Image.open(io.BytesIO(data), formats=readers) as probe:  # reads the header only
             w, h = probe.size
     except Image.DecompressionBombError as e:  # PIL's own cap, when it is below max_pixels
         raise RequestError(413, f"{name}: more than the limit of pixels ({e})") from None
@@ -207,7 +196,7 @@ def decode_image(data: bytes, name: str, size: int, resize_mode: str, max_pixels
     if w * h > max_pixels:
         raise RequestError(413, f"{name}: {w}x{h} = {w * h} pixels, more than the limit of {max_pixels}")
     try:
-        return load_square(data, size, resize_mode, formats=openers)
+        return load_square(data, size, resize_mode, formats=readers)
     except ImageDecodeError as e:
         raise RequestError(415, f"{name}: not an image ({e.__cause__ or e})") from None
 
