@@ -234,6 +234,11 @@ def test_read_url_list_keeps_header_like_line_only_at_the_top(tmp_path: Path) ->
         # Stage 1 skips folders starting with '_' or '.': such a class would vanish from the data set.
         ("_background\thttp://example.com/a.jpg", "starts with '_'"),
         (".misc\thttp://example.com/a.jpg", "starts with '.'"),
+        # Names Windows refuses or changes: a data set built here would not copy there.
+        ("what?\thttp://example.com/a.jpg", "'?'"),
+        ("a|b\thttp://example.com/a.jpg", "'|'"),
+        ("misc.\thttp://example.com/a.jpg", "ends with a dot or a space"),
+        ("con\thttp://example.com/a.jpg", "reserves for a device"),
     ],
 )
 def test_read_url_list_errors_name_file_and_line(tmp_path: Path, bad_line: str, words: str) -> None:

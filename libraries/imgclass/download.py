@@ -66,7 +66,10 @@ _BACKOFF_S = 0.2  # sleep _BACKOFF_S * attempt between attempts
 # `timeout` bounds each socket operation, so a host that drips a byte every few seconds would never
 # time out. Each attempt therefore also gets a total budget of _TOTAL_TIMEOUT_FACTOR * timeout.
 _TOTAL_TIMEOUT_FACTOR = 10.0
-_FORBIDDEN_LABEL_CHARS = ("/", "\\", ":", "\0")  # ':' because "C:" would escape out_dir on Windows
+# ':' because "C:" would escape out_dir on Windows; the others Windows refuses in file names, so a
+# data set built on Linux would not copy to Windows (and stage 0 there would fail at its first write).
+_FORBIDDEN_LABEL_CHARS = ("/", "\\", ":", "\0", "*", "?", '"', "<", ">", "|")
+_WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
 # Characters left as they are when a URL is percent-encoded: the URL syntax's delimiters, and '%' so
 # that escapes already there (%20, %2F) are not encoded a second time.
 _URL_SAFE = "%/:?#[]@!$&'()*+,;=~"
@@ -136,6 +139,10 @@ def check_label(label: str) -> str | None:
             return f"label {label!r} contains {ch!r}"
     if any(ord(c) < 32 for c in label):
         return f"label {label!r} contains a control character"
+    if label != label.rstrip(". "):
+        return f"label {label!r} ends with a dot or a space, which Windows drops from folder names"
+    if label.split(".")[0].upper() in _WINDOWS_RESERVED:
+        return f"label {label!r} is a name Windows reserves for a device"
     return None
 
 
