@@ -74,6 +74,25 @@ def test_upload_a_photo_and_read_the_label(browser, tmp_path_factory: pytest.Tem
         assert sources and all(s.startswith(url) or s.startswith("blob:") for s in sources), sources
 
 
+def test_the_page_works_behind_a_proxy_that_serves_it_under_a_path(
+        browser, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    bundle = color_bundle(tmp_path_factory.mktemp("colorbundle"))
+    with running_server(bundle) as url, recording_proxy(url, prefix="/classifier") as (proxy, records):
+        browser.get(proxy + "/classifier/")
+        wait = WebDriverWait(browser, 30)
+        wait.until(lambda d: "Classes: red, green, blue" in d.find_element(By.ID, "model").text)
+        photo = tmp_path / "a blue photo.jpg"
+        photo.write_bytes(jpeg_bytes(COLORS["blue"], size=(120, 90), seed=3))
+        browser.find_element(By.ID, "file").send_keys(str(photo))
+        wait.until(lambda d: f"{photo.name}: " in d.find_element(By.ID, "status").text)
+        assert browser.find_element(By.ID, "label").text == "blue"
+    assert ("POST", "/classifier/score") in {(m, p) for m, p, _, _ in records}
+    assert all(status != 404 for _, p, _, status in records if p != "/favicon.ico"), records
+
+
 # Holds the page's /score replies until the test lets them through, one by one in the order it
 # chooses: the request itself goes out at once; only the page's view of the reply waits.
 HOLD_SCORE_REPLIES = """
@@ -81,7 +100,7 @@ window.heldReplies = [];
 const realFetch = window.fetch;
 window.fetch = (resource, options) => {
   const reply = realFetch(resource, options);
-  if (!String(resource).endsWith("/score")) return reply;
+  if (!String(resource).endsWith("score")) return reply;
   return new Promise((resolve, reject) => window.heldReplies.push(() => {
     reply.then(resolve, reject);
     return reply.then(() => null, () => null);

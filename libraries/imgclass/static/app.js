@@ -1,4 +1,6 @@
 // The page posts the chosen photo to /score (same origin, multipart) and shows the reply as bars.
+// Addresses are relative ("score", not "/score"), so the page also works behind a reverse proxy
+// that serves the service under a path (https://host/classifier/).
 "use strict";
 const $ = (id) => document.getElementById(id);
 let scoreKind = "svm_decision";
@@ -67,7 +69,7 @@ async function classify(file) {
   const body = new FormData();
   body.append("images", file, file.name);
   try {
-    const reply = await fetch("/score", { method: "POST", body, signal: request.signal });
+    const reply = await fetch("score", { method: "POST", body, signal: request.signal });
     const data = await reply.json().catch(() => ({ detail: reply.statusText }));
     if (request !== current) return; // another photo was chosen meanwhile
     current = null;
@@ -91,7 +93,7 @@ const drop = $("drop");
 ["dragleave", "drop"].forEach((t) => drop.addEventListener(t, (e) => { e.preventDefault(); drop.classList.remove("over"); }));
 drop.addEventListener("drop", (e) => classify(e.dataTransfer.files[0]));
 
-fetch("/info").then((r) => r.json()).then((info) => {
+fetch("info").then((r) => r.json()).then((info) => {
   scoreKind = info.score_kind;
   if (info.limits && typeof info.limits.max_upload_bytes === "number") maxUploadBytes = info.limits.max_upload_bytes;
   let text = "Classes: " + info.classes.join(", ") + " \u00b7 model " + info.model_version;
