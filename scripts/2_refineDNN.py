@@ -24,6 +24,12 @@ parser = stage_parser(
 )
 parser.add_argument("--resume", action="store_true",
                     help="continue an interrupted refinement from proc/<datasetName>/refine_checkpoint.pt")
+parser.add_argument("--restart", action="store_true",
+                    help="start the refinement afresh, deleting the checkpoint of an interrupted one")
+
+
+def _counted(n: int, cap: int) -> str:
+    return f"{cap} (rf_maxTrainImages) of {n}" if cap and cap < n else str(n)
 
 
 def main() -> int:
@@ -42,8 +48,17 @@ def main() -> int:
     what = "only the new last layer" if config.freeze_weights else "the whole network"
     print(f"refining {what} of {config.backbone} at {config.resolution} px on {refiner.device} "
           f"({'bfloat16 mixed precision' if refiner.mixed_precision else 'float32'}), "
-          f"{len(split.train)} training images, {config.max_epochs} epochs")
+          f"{_counted(len(split.train), config.max_train_images)} training images, {config.max_epochs} epochs")
     checkpoint = p.proc_dir / "refine_checkpoint.pt"
+    if args.resume and args.restart:
+        parser.error("--resume and --restart: choose one")
+    if checkpoint.is_file() and not args.resume:
+        if not args.restart:  # the first epoch would overwrite the interrupted run's progress
+            raise ValueError(f"{checkpoint} holds an interrupted refinement: add --resume to continue it, "
+                             f"or --restart to start afresh (deleting it)")
+        checkpoint.unlink()
+    elif args.resume and not checkpoint.is_file():
+        print(f"--resume: no checkpoint ({checkpoint}), so the refinement starts from the first epoch")
     curves_json = p.results_dir / "training_curves.json"
     curves_png = p.results_dir / "training_curves.png"
     title = f"{p.datasetName} / {p.classifier}: error per epoch"
@@ -70,4 +85,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    run_stage(main, (RefineOutOfMemoryError, FloatingPointError))
+    run_stage(main, (RefineOutOfMemoryError, FloatingPointError),
+              on_interrupt="rerun it with --resume to continue the refinement from its last finished epoch")

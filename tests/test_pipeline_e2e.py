@@ -212,3 +212,34 @@ def test_files_of_different_origins_are_not_combined(pipeline_dir: Path, tmp_pat
                 and "rerun scripts/4_trainSVM.py" in proc.stderr), proc.stderr
     run_script("4_trainSVM.py", *lite1, data_dir=data_dir)
     assert "overall" in run_script("5_evaluate.py", *lite1, data_dir=data_dir).stdout
+
+
+def test_an_interrupted_refinement_is_not_overwritten_by_a_plain_rerun(pipeline_dir: Path, tmp_path: Path) -> None:
+    """Ctrl-C leaves refine_checkpoint.pt; the same command again would have overwritten it after its
+    first epoch. Stage 2 asks for --resume (continue) or --restart (start afresh) instead."""
+    import shutil
+
+    data_dir = tmp_path / "data"
+    shutil.copytree(pipeline_dir, data_dir)
+    ckpt = data_dir / "proc" / "fashionTextureDemo" / "refine_checkpoint.pt"
+    ckpt.write_bytes(b"the interrupted run's progress")
+    dnn = [*SMALL, *REFINE, "--set", "classifier=dnn", "--set", "rf_maxEpochs=1"]
+    proc = run_script("2_refineDNN.py", *dnn, data_dir=data_dir, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "holds an interrupted refinement: add --resume to continue it, or --restart" in proc.stderr
+    assert ckpt.read_bytes() == b"the interrupted run's progress"
+    assert run_script("2_refineDNN.py", *dnn, "--resume", "--restart", data_dir=data_dir, check=False).returncode == 2
+    out = run_script("2_refineDNN.py", *dnn, "--restart", data_dir=data_dir).stdout
+    assert "epoch   1/1" in out and not ckpt.exists()
+
+
+def test_the_interrupt_message_says_how_to_continue(capsys: pytest.CaptureFixture[str]) -> None:
+    from imgclass.cli import run_stage
+
+    def interrupted() -> int:
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as e:
+        run_stage(interrupted, on_interrupt="rerun it with --resume to continue the refinement")
+    assert e.value.code == 130
+    assert "interrupted: files already written are complete; rerun it with --resume" in capsys.readouterr().err

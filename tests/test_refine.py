@@ -421,3 +421,50 @@ def test_library_defaults_are_those_of_parameters_py() -> None:
     from imgclass.params import load_params
 
     assert RefineConfig.from_params(load_params()) == RefineConfig()
+
+
+def test_a_cap_on_training_images_keeps_every_class(color_dataset: Path) -> None:
+    """rf_maxTrainImages picks at random, but never leaves a class out: its output would remain, and
+    the last-layer fit would learn never to choose it."""
+    labels = np.array([0] * 60 + [1] * 60 + [2])  # one image of class 2: a plain random 10 of 121 misses it
+    for seed in range(5):
+        refiner = Refiner(_config(max_train_images=10, seed=seed), CLASSES, device="cpu", progress=False)
+        chosen = refiner._select_train(labels)
+        assert len(chosen) == 10 and len(set(chosen.tolist())) == 10 and set(labels[chosen]) == {0, 1, 2}
+    with pytest.raises(ValueError, match="rf_maxTrainImages = 2 is fewer than the 3 classes"):
+        Refiner(_config(max_train_images=2), CLASSES, device="cpu", progress=False)._select_train(labels)
+
+
+def test_resume_refuses_a_checkpoint_with_more_epochs_than_asked(color_dataset: Path, tmp_path: Path) -> None:
+    ckpt = tmp_path / "refine_checkpoint.pt"
+    _fit(color_dataset, checkpoint=ckpt, max_epochs=2, average_last_epochs=0)
+    with pytest.raises(ValueError, match="has 2 epochs done, more than rf_maxEpochs = 1"):
+        _fit(color_dataset, checkpoint=ckpt, resume=True, max_epochs=1, average_last_epochs=0)
+
+
+def test_images_missing_or_damaged_since_stage_1_are_named_in_one_line(color_dataset: Path, tmp_path: Path) -> None:
+    paths, _ = _data(color_dataset)
+    gone = paths[4]
+    gone.unlink()
+    with pytest.raises(FileNotFoundError, match=rf"{gone.name}: no such file \(1 of the 18 images .*1_prepareData"):
+        decode_images(paths, RES, "squash", workers=2, progress=False)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    with pytest.raises(ValueError) as e:  # from a decoding process: its one line, not torch's traceback
+        decode_images([p for p in paths if p != gone] + [broken], RES, "squash", workers=2, progress=False)
+    assert "broken.jpg: cannot decode" in str(e.value) and "Traceback" not in str(e.value), str(e.value)
+
+
+def test_batchnorm_statistics_reestimated_in_batches_of_equal_weight() -> None:
+    """momentum None averages the batches' statistics alike: 33 images go as 17 + 16, not 32 + 1
+    (where the last image alone would weigh as much as the other 32)."""
+    refiner = Refiner(_config(freeze_batchnorm=False), CLASSES, device="cpu", progress=False)
+    bn = torch.nn.BatchNorm2d(3)
+    model = ImageClassifier(torch.nn.Sequential(bn, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()), 3, 3)
+    cache = torch.zeros((33, 3, RES, RES), dtype=torch.uint8)
+    cache[-1] = 255  # 32 black images and a white one
+    refiner._reestimate_batchnorm(model, cache, batch_size=32)
+    x = torch.cat([refiner._normalize(cache[i:i + 1].float()) for i in range(33)])
+    black, white = x[0].mean((1, 2)), x[-1].mean((1, 2))
+    error = (bn.running_mean - x.mean((0, 2, 3))).abs() / (white - black).abs()
+    assert float(error.max()) < 0.01, error  # 32 + 1 would give 0.47

@@ -67,8 +67,10 @@ def parse_stage(parser: argparse.ArgumentParser, argv: Sequence[str] | None = No
 USER_ERRORS: tuple[type[BaseException], ...] = (ParameterError, FileNotFoundError, ValueError, PermissionError)
 
 
-def run_stage(main: Callable[[], int | None], user_errors: tuple[type[BaseException], ...] = ()) -> None:
+def run_stage(main: Callable[[], int | None], user_errors: tuple[type[BaseException], ...] = (),
+              on_interrupt: str = "rerun the stage to finish") -> None:
     """Run a stage's main(); user errors become `error: ...` on stderr and exit status 1.
+    `on_interrupt`: what to do after Ctrl-C, for a stage whose rerun needs more than the same command.
 
     A stage that succeeds is then recorded in the run history (imgclass.tracking), after its
     outputs are written, so a tracking problem can only ever be a warning."""
@@ -82,7 +84,7 @@ def run_stage(main: Callable[[], int | None], user_errors: tuple[type[BaseExcept
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
-        print("interrupted: files already written are complete; rerun the stage to finish", file=sys.stderr)
+        print(f"interrupted: files already written are complete; {on_interrupt}", file=sys.stderr)
         sys.exit(130)
     if not code and _parsed is not None:
         from imgclass.tracking import track_stage

@@ -217,6 +217,9 @@ def decode_images(paths: Sequence[str | Path], size: int, resize_mode: str, work
     file in `spill_dir` (default: the system's temporary folder), mapped into memory and deleted once
     nothing uses it, so that a data set larger than memory trains instead of being killed by the OS."""
     paths = [str(p) for p in paths]
+    if missing := [p for p in paths if not os.path.isfile(p)]:
+        raise FileNotFoundError(f"{missing[0]}: no such file ({len(missing)} of the {len(paths)} images to decode are "
+                                f"missing: moved or deleted since stage 1? rerun scripts/1_prepareData.py)")
     cache = _uint8_array((len(paths), 3, size, size), spill_dir, f"caching {len(paths)} images of {size} px",
                          progress)
     dataset = _Decoded(paths, size, resize_mode)
@@ -226,11 +229,25 @@ def decode_images(paths: Sequence[str | Path], size: int, resize_mode: str, work
     )
     i = 0
     with tqdm(total=len(paths), desc=desc, unit="img", disable=not progress) as bar:
-        for batch in loader:
-            cache[i:i + len(batch)] = batch
-            i += len(batch)
-            bar.update(len(batch))
+        try:
+            for batch in loader:
+                cache[i:i + len(batch)] = batch
+                i += len(batch)
+                bar.update(len(batch))
+        except (OSError, ValueError) as e:  # ImageDecodeError is a ValueError
+            if workers and len(str(e).splitlines()) > 1:
+                # From a decoding process: torch puts the whole traceback in the message; its last
+                # line is the error, which names the file.
+                raise type(e)(_last_line(e)) from e
+            raise
     return cache
+
+
+def _last_line(e: BaseException) -> str:
+    """The last line of an error's message (for an error from a DataLoader process, the original
+    error: torch puts its traceback before it), at most 300 characters."""
+    last = (str(e).strip().splitlines() or [type(e).__name__])[-1]
+    return ("..." + last[-300:]) if len(last) > 300 else last
 
 
 def available_memory() -> int | None:
@@ -414,8 +431,17 @@ class Refiner:
     def _select_train(self, labels: np.ndarray) -> np.ndarray:
         rng = np.random.default_rng(self.config.seed)
         idx = np.arange(len(labels))
-        if self.config.max_train_images and len(idx) > self.config.max_train_images:
-            idx = np.sort(rng.choice(idx, self.config.max_train_images, replace=False))
+        cap = self.config.max_train_images
+        if cap and len(idx) > cap:
+            # One image of every class first: a class the cap left out entirely would still have an
+            # output, which the last-layer fit would learn never to choose.
+            present = np.unique(labels)
+            if cap < len(present):
+                raise ValueError(f"rf_maxTrainImages = {cap} is fewer than the {len(present)} classes: "
+                                 f"every class needs a training image (0 = all)")
+            first = np.array([rng.choice(np.flatnonzero(labels == c)) for c in present])
+            rest = rng.choice(np.setdiff1d(idx, first), cap - len(first), replace=False)
+            idx = np.sort(np.concatenate([first, rest]))
         if self.config.balance_training_set:
             idx = idx[balanced_indices(labels[idx], len(self.classes), rng)]
         return idx
@@ -485,6 +511,10 @@ class Refiner:
         if payload.get("data_key", self._data_key) != self._data_key:
             raise ValueError(f"{path} was written while training on other images or labels (stage 1 ran "
                              f"again since?); delete it or run without --resume")
+        history = History.from_json(json.loads(payload["history_json"]))
+        if len(history.epoch) > self.config.max_epochs:
+            raise ValueError(f"{path} has {len(history.epoch)} epochs done, more than rf_maxEpochs = "
+                             f"{self.config.max_epochs}: set rf_maxEpochs >= {len(history.epoch)}, or run without --resume")
         model.load_state_dict(payload["model"])
         opt.load_state_dict(payload["optimizer"])
         gen.set_state(payload["generator"])
@@ -499,7 +529,7 @@ class Refiner:
         elif epochs and self.progress:  # more epochs now: those averaged so far fall outside the window
             print(f"the checkpoint's weight average (epochs {epochs}) is outside the last "
                   f"{self.config.average_last_epochs} of {self.config.max_epochs} epochs; it starts afresh")
-        return History.from_json(json.loads(payload["history_json"]))
+        return history
 
     # -- training ------------------------------------------------------------------------------
     def fit(self, train_paths: Sequence[str | Path], train_labels: Sequence[int],
@@ -625,9 +655,7 @@ class Refiner:
             return decode_images(paths, c.resolution, c.resize_mode, c.workers, "decode train as stage 3 does",
                                  self.progress, self.spill_dir), ""
         except (OSError, ValueError, RuntimeError, MemoryError) as e:  # a file gone or changed; out of memory
-            # The last line of a decoding process's traceback names the error; its end, the file.
-            last = (str(e).strip().splitlines() or [type(e).__name__])[-1]
-            reason = f"the images could not be decoded again: {'...' if len(last) > 200 else ''}{last[-200:]}"
+            reason = f"the images could not be decoded again: {_last_line(e)}"
             if self.progress:
                 print(f"refit of the last layer: {reason}; it uses the training cache's pixels", flush=True)
             return cache, reason
@@ -691,7 +719,10 @@ class Refiner:
         for m in learning:
             m.reset_running_stats()
             m.momentum = None  # a plain mean over all the batches
-        for x in self._plain_batches(cache, batch_size):
+        # momentum None: each batch's statistics count alike, so the batches are made as equal as
+        # possible (33 images: 17 + 16, not 32 + 1, where one image would weigh as much as 32).
+        n_batches = -(-len(cache) // batch_size)
+        for x in self._plain_batches(cache, -(-len(cache) // n_batches)):
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.mixed_precision):
                 model.backbone(x)
         for m, momentum in zip(learning, momenta):
