@@ -238,7 +238,11 @@ def decode_images(paths: Sequence[str | Path], size: int, resize_mode: str, work
             if workers and len(str(e).splitlines()) > 1:
                 # From a decoding process: torch puts the whole traceback in the message; its last
                 # line is the error, which names the file.
-                raise type(e)(_last_line(e)) from e
+                try:
+                    clean = type(e)(_last_line(e))
+                except TypeError:  # an error class that wants other arguments (UnicodeDecodeError)
+                    clean = ValueError(_last_line(e))
+                raise clean from e
             raise
     return cache
 
