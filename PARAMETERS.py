@@ -73,7 +73,7 @@ eval_set = "test"  # "test" or "train": which side of the split stage 5 scores
 rf_dropoutRate = 0.5  # dropout before the new last layer (fraction of features zeroed while training)
 rf_mbSize = 32  # images per minibatch when refining (~5 GB of memory at 320 px, ~3 GB at 224; lower it when memory runs out)
 rf_maxEpochs = 8  # passes over the training set
-rf_maxTrainImages = 0  # refine on at most this many training images, chosen at random (0 = all)
+rf_maxTrainImages = 0  # refine on at most this many training images, chosen at random but at least one per class (0 = all)
 rf_lrPerMb = [0.0003] * 6 + [0.0001] * 2  # learning rate per epoch (the last value repeats for later epochs)
 rf_headLrFactor = 10.0  # the new last layer's learning rate is this many times rf_lrPerMb
 rf_momentumPerMb = 0.9  # SGD momentum
@@ -108,6 +108,7 @@ track_experiment = ""  # MLflow experiment that runs go to; "" = aml_config/trac
 # ----------------------------------------------------------------------------------------------
 dep_host = "127.0.0.1"  # address the web service listens on ("0.0.0.0" = every network interface, e.g. in Docker)
 dep_port = 8000  # TCP port of the web service
+dep_rootPath = ""  # path a reverse proxy serves the service under, e.g. "/classifier" ("" = the site root); the API docs need it
 dep_workers = 1  # server processes, each with its own copy of the model (more = more parallel requests, more memory)
 dep_threads = 0  # ONNX Runtime threads per worker for one batch (0 = the usable CPU cores shared among dep_workers)
 dep_maxBatch = 16  # most images the service scores in one ONNX Runtime call when requests arrive together

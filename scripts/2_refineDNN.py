@@ -34,6 +34,8 @@ def _counted(n: int, cap: int) -> str:
 
 def main() -> int:
     args, p = parse_stage(parser)
+    if args.resume and args.restart:
+        parser.error("--resume and --restart: choose one")
     if p.classifier == "svm":
         spec = ModelSpec(p.rf_pretrainedModel, p.rf_inputResolution, p.rf_resizeMode, kind="fixed")
         model = build_model(spec, pretrained=True, weights_dir=p.rf_weightsDir or None)
@@ -50,12 +52,10 @@ def main() -> int:
           f"({'bfloat16 mixed precision' if refiner.mixed_precision else 'float32'}), "
           f"{_counted(len(split.train), config.max_train_images)} training images, {config.max_epochs} epochs")
     checkpoint = p.proc_dir / "refine_checkpoint.pt"
-    if args.resume and args.restart:
-        parser.error("--resume and --restart: choose one")
     if checkpoint.is_file() and not args.resume:
         if not args.restart:  # the first epoch would overwrite the interrupted run's progress
-            raise ValueError(f"{checkpoint} holds an interrupted refinement: add --resume to continue it, "
-                             f"or --restart to start afresh (deleting it)")
+            raise ValueError(f"{checkpoint} holds an interrupted refinement (stopped or failed): add --resume to "
+                             f"continue it, or --restart to start afresh (deleting it)")
         checkpoint.unlink()
     elif args.resume and not checkpoint.is_file():
         print(f"--resume: no checkpoint ({checkpoint}), so the refinement starts from the first epoch")

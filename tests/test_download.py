@@ -37,6 +37,17 @@ PNG = _image_bytes("PNG", (30, 200, 30))
 PNG_AS_JPG = _image_bytes("PNG", (30, 30, 200))
 HTML = b"<!doctype html><html><body>Sorry, this image is no longer available</body></html>"
 BIG = 50_000  # bytes; the tests use max_bytes=10_000
+
+
+def _noisy_jpeg() -> bytes:  # large enough that its first half still holds the whole header
+    import numpy as np
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (150, 200, 3), dtype=np.uint8)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+NOISY_JPEG = _noisy_jpeg()
 EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\n0 0 moveto 16 16 lineto stroke\nshowpage\n%%EOF\n"
 
 
@@ -135,6 +146,8 @@ def _make_handler(state: Server) -> type[BaseHTTPRequestHandler]:
                         break
                     self.wfile.write(b"\xff")
                     self.wfile.flush()
+            elif path == "/half.jpg":  # a JPEG cut in half, served whole as such
+                self._send(200, NOISY_JPEG[: len(NOISY_JPEG) // 2])
             elif path == "/ghost.eps":  # PostScript: Pillow's EPS reader would run Ghostscript on it
                 self._send(200, EPS, "application/postscript")
             elif path == "/redirect-ok.jpg":
@@ -638,8 +651,14 @@ def test_images_dedup_set_aside_are_not_fetched_again(server: Server, tmp_path: 
     download_images(entries, out, timeout=5, progress=False)
     cat = next((out / "cat").iterdir())
     (out / "_duplicates" / "cat").mkdir(parents=True)
-    cat.rename(out / "_duplicates" / "cat" / cat.name)
+    cat.rename(out / "_duplicates" / "cat" / f"{cat.stem}_1{cat.suffix}")  # as dedup names it beside a namesake
     again = download_images(entries, out, timeout=5, progress=False)
     assert (again.ok, again.skipped_existing, again.set_aside, again.failed) == (0, 1, 1, 0)
     assert server.hits["/cat.jpg"] == 1 and not list((out / "cat").iterdir())
     assert "1 set aside as duplicates (in _duplicates/, not fetched again)" in again.summary()
+
+
+def test_a_truncated_image_of_a_kept_format_is_named_damaged(server: Server, tmp_path: Path) -> None:
+    """Cut short with a matching Content-Length (a broken upload on the server): not 'unsupported'."""
+    report = download_images([("cat", server.url("/half.jpg"))], tmp_path, timeout=5, progress=False)
+    assert report.failures[0][1].startswith("damaged JPEG image ("), report.failures

@@ -408,6 +408,8 @@ def _image_extension(data: bytes) -> str:
         if isinstance(e.__cause__, Image.DecompressionBombError):
             raise _Failure(f"too many pixels ({e.__cause__})") from e
         if (other := _format_name(data)) is not None:
+            if other in readers or (other == "MPO" and "JPEG" in readers):  # a kept format, cut short or damaged
+                raise _Failure(f"damaged {other} image ({e.__cause__ or e})") from e
             raise _Failure(f"unsupported image format ({other})") from e
         raise _Failure("not an image") from e
     ext = FORMAT_EXTENSIONS.get(fmt)
@@ -503,7 +505,9 @@ def download_images(
     reasons: dict[int, str] = {}  # entry index -> reason, so failures come out in list order
     todo: list[int] = []
     existing = _existing_files(out_dir)
-    set_aside = {p.stem for p in (out_dir / DUPLICATES_FOLDER).rglob("*") if p.suffix in _KNOWN_EXTENSIONS}
+    # dedupImages.py names a moved file <stem>_1.jpg when <stem>.jpg is already there: the same URL.
+    set_aside = {re.sub(r"_\d+$", "", p.stem) for p in (out_dir / DUPLICATES_FOLDER).rglob("*")
+                 if p.suffix in _KNOWN_EXTENSIONS}
     moved_from: set[Path] = set()
     for i, (label, url) in enumerate(entries):
         try:

@@ -56,6 +56,10 @@ from imgclass.modelfile import ImageClassifier, ModelSpec, build_model
 CACHE_MARGIN = 1.15  # training images are cached this much larger than the input, for crops
 
 
+# What to do with a checkpoint that cannot be continued (stage 2 refuses to overwrite one silently).
+RESTART = "start afresh with scripts/2_refineDNN.py --restart (it deletes the checkpoint)"
+
+
 class RefineOutOfMemoryError(RuntimeError):
     """Training ran out of memory; the message says which parameters to lower."""
 
@@ -505,20 +509,20 @@ class Refiner:
             key = json.loads(payload["key_json"])
             classes = json.loads(payload["classes_json"])
         except Exception as e:  # noqa: BLE001 - one clear message for a damaged file
-            raise ValueError(f"{path}: not a refinement checkpoint ({e}); delete it or run without --resume") from e
+            raise ValueError(f"{path}: not a refinement checkpoint ({e}); {RESTART}") from e
         mine = self.config.resume_key()
         if key != mine or classes != list(self.classes):
             diff = sorted(k for k in set(key) | set(mine) if key.get(k) != mine.get(k))
             what = ", ".join(diff) if diff else "classes"
             raise ValueError(f"{path} was written with different settings ({what}); "
-                             f"delete it or run without --resume")
+                             f"{RESTART}")
         if payload.get("data_key", self._data_key) != self._data_key:
             raise ValueError(f"{path} was written while training on other images or labels (stage 1 ran "
-                             f"again since?); delete it or run without --resume")
+                             f"again since?); {RESTART}")
         history = History.from_json(json.loads(payload["history_json"]))
         if len(history.epoch) > self.config.max_epochs:
             raise ValueError(f"{path} has {len(history.epoch)} epochs done, more than rf_maxEpochs = "
-                             f"{self.config.max_epochs}: set rf_maxEpochs >= {len(history.epoch)}, or run without --resume")
+                             f"{self.config.max_epochs}: set rf_maxEpochs >= {len(history.epoch)}, or {RESTART}")
         model.load_state_dict(payload["model"])
         opt.load_state_dict(payload["optimizer"])
         gen.set_state(payload["generator"])
@@ -704,11 +708,16 @@ class Refiner:
             bar.set_postfix(loss=f"{loss_sum / n_seen:.3f}")
         return loss_sum / n_seen, wrong / n_seen, n_seen
 
-    def _plain_batches(self, cache: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
-        """Cached uint8 images, un-augmented (resized to the input resolution), normalised, in batches."""
+    def _plain_batches(self, cache: torch.Tensor, batch_size: int, equal: bool = False) -> Iterator[torch.Tensor]:
+        """Cached uint8 images, un-augmented (resized to the input resolution), normalised, in batches
+        of `batch_size`; with `equal`, in as many batches of sizes that differ by one at most."""
         plain = Augmenter(self.config.resolution, 1.0, 0.0, False, 0.0)
-        for i in range(0, len(cache), batch_size):
-            yield self._normalize(plain(cache[i:i + batch_size], torch.Generator()).to(self.device))
+        n = len(cache)
+        n_batches = -(-n // batch_size)
+        bounds = [round(k * n / n_batches) for k in range(n_batches + 1)] if equal else \
+            [*range(0, n, batch_size), n]
+        for a, b in zip(bounds, bounds[1:]):
+            yield self._normalize(plain(cache[a:b], torch.Generator()).to(self.device))
 
     @torch.no_grad()
     def _reestimate_batchnorm(self, model: ImageClassifier, cache: torch.Tensor, batch_size: int = 32) -> None:
@@ -725,8 +734,7 @@ class Refiner:
             m.momentum = None  # a plain mean over all the batches
         # momentum None: each batch's statistics count alike, so the batches are made as equal as
         # possible (33 images: 17 + 16, not 32 + 1, where one image would weigh as much as 32).
-        n_batches = -(-len(cache) // batch_size)
-        for x in self._plain_batches(cache, -(-len(cache) // n_batches)):
+        for x in self._plain_batches(cache, batch_size, equal=True):
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.mixed_precision):
                 model.backbone(x)
         for m, momentum in zip(learning, momenta):
