@@ -128,18 +128,19 @@ def recording_proxy(target: str, prefix: str = "") -> Iterator[tuple[str, list[t
     """A pass-through HTTP proxy in front of a real server, to see what a client sends: yields its
     base URL and the list it fills with (method, path, request body bytes, reply status). With
     `prefix` ("/classifier"), it serves the server under that path, as a site's reverse proxy
-    would: /classifier/score goes to /score, anything outside the prefix is a 404."""
+    would: /classifier/score goes to /score, /classifier to /, anything outside the prefix is a 404."""
     records: list[tuple[str, str, int, int]] = []
 
     class Forward(BaseHTTPRequestHandler):
         def _forward(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length", "connection")}
-            if prefix and not self.path.startswith(prefix + "/"):
+            if prefix and not (self.path == prefix or self.path.startswith(prefix + "/")):
                 records.append((self.command, self.path, len(body), 404))
                 self.send_error(404)
                 return
-            r = httpx.request(self.command, target + self.path[len(prefix):], content=body, headers=headers, timeout=60)
+            path = self.path[len(prefix):] or "/"  # /classifier is /classifier/ to the server (as Traefik's StripPrefix)
+            r = httpx.request(self.command, target + path, content=body, headers=headers, timeout=60)
             records.append((self.command, self.path, len(body), r.status_code))
             self.send_response(r.status_code)
             self.send_header("Content-Type", r.headers.get("content-type", "application/octet-stream"))

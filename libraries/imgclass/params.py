@@ -176,6 +176,8 @@ SCHEMA: dict[str, Spec] = {
     # --- deployment ---
     "dep_host": Spec(_STR, check=lambda v: None if v.strip() else "must be a host name or address"),
     "dep_port": Spec(_INT, check=lambda v: None if 1 <= v <= 65535 else "must be between 1 and 65535"),
+    "dep_rootPath": Spec(_STR, check=lambda v: None if v == "" or (v.startswith("/") and not v.endswith("/"))
+                         else 'must be "" or a path like "/classifier" (a leading /, no trailing /)'),
     "dep_workers": Spec(_INT, check=_positive),
     "dep_threads": Spec(_INT, check=_non_negative),
     "dep_maxBatch": Spec(_INT, check=_positive),

@@ -418,15 +418,17 @@ def app_from_env() -> Any:
     return create_app(ServeConfig(**json.loads(os.environ[ENV_CONFIG])))
 
 
-def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
-    """Run the service until interrupted."""
+def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
+          root_path: str = "") -> None:
+    """Run the service until interrupted. `root_path`: the path a reverse proxy serves it under
+    ("/classifier"), which the API documentation page needs to find /openapi.json."""
     import uvicorn
 
     load_bundle(config.bundle)  # fail here, once, with a clear message, not in every worker
     config = replace(config, workers=workers)  # each worker takes its share of the cores
     os.environ[ENV_CONFIG] = json.dumps(asdict(config))
     uvicorn.run("imgclass.serve:app_from_env", factory=True, host=host, port=port, workers=workers,
-                log_level="warning", access_log=False, timeout_graceful_shutdown=5)
+                log_level="warning", access_log=False, timeout_graceful_shutdown=5, root_path=root_path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -435,6 +437,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--root-path", default="", help='path a reverse proxy serves the service under, e.g. /classifier')
     parser.add_argument("--max-upload-bytes", type=int, default=ServeConfig.max_upload_bytes)
     parser.add_argument("--max-pixels", type=int, default=ServeConfig.max_pixels)
     parser.add_argument("--max-images", type=int, default=ServeConfig.max_images)
@@ -451,7 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              a.workers, a.decode_threads)
         print(f"serving {config.bundle} on http://{a.host}:{a.port}/ ({a.workers} worker(s)); "
               f"API docs at http://{a.host}:{a.port}/docs", flush=True)
-        serve(config, a.host, a.port, a.workers)
+        serve(config, a.host, a.port, a.workers, a.root_path)
     except ValueError as e:
         print(f"error: {e}", flush=True)
         return 1
