@@ -217,7 +217,9 @@ def test_throttling_waits_for_retry_after_then_succeeds(fake: Fake) -> None:
     t0 = time.monotonic()
     with pytest.raises(SearchError, match="throttling.*3600 s") as e:
         ov.search("slowdown vest", 5)
-    assert e.value.fatal and time.monotonic() - t0 < 5
+    # Under 60 s, not 3600: a bound with room for a loaded machine (5 s was once exceeded, 5.03 s, in a
+    # full run on 2 busy cores, where alone it takes milliseconds).
+    assert e.value.fatal and time.monotonic() - t0 < 60
 
 
 def test_a_reply_cut_off_is_retried(fake: Fake) -> None:
