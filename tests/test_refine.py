@@ -469,3 +469,31 @@ def test_batchnorm_statistics_reestimated_in_batches_of_equal_weight(n: int) -> 
     black, white = x[0].mean((1, 2)), x[-1].mean((1, 2))
     error = (bn.running_mean - x.mean((0, 2, 3))).abs() / (white - black).abs()
     assert float(error.max()) < 0.01, error  # 32 + 1 would give 0.47
+
+
+def test_out_of_memory_outside_a_training_step_is_advice_and_those_batches_follow_rf_mbsize(
+        color_dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last-layer fits and the scoring run in batches of twice rf_mbSize, so lowering it helps
+    there too; running out of memory there gets the same advice as in a training step."""
+    paths, _ = _data(color_dataset)
+    refiner = Refiner(_config(mb_size=5), CLASSES, device="cpu", progress=False)
+    model, _ = refiner._build()
+    sizes = []
+    model.backbone.register_forward_hook(lambda m, inputs, out: sizes.append(len(inputs[0])))
+    refiner.features(model.backbone, decode_images(paths, RES, "squash", workers=0, progress=False))
+    assert sizes == [10, 8]  # 18 images
+
+    def no_memory(*args: object, **kwargs: object) -> float:  # what the allocator raises on a GPU
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(Refiner, "error_rate", no_memory)
+    with pytest.raises(RefineOutOfMemoryError, match=r"scoring the images \(in batches of 12 images, twice rf_mbSize\): "
+                                                     r"lower rf_mbSize"):
+        _fit(color_dataset, max_epochs=1)
+
+    def mismatch(*args: object, **kwargs: object) -> float:
+        raise RuntimeError("shapes do not match")
+
+    monkeypatch.setattr(Refiner, "error_rate", mismatch)
+    with pytest.raises(RuntimeError, match="^shapes do not match$"):  # not memory: passed on as it is
+        _fit(color_dataset, max_epochs=1)

@@ -546,7 +546,22 @@ class Refiner:
             on_epoch: Callable[[History], None] | None = None) -> Refiner:
         keep_freed_memory()
         with deterministic_algorithms():
-            return self._fit(train_paths, train_labels, test_paths, test_labels, checkpoint, resume, on_epoch)
+            try:
+                return self._fit(train_paths, train_labels, test_paths, test_labels, checkpoint, resume, on_epoch)
+            except RefineOutOfMemoryError:
+                raise
+            except RuntimeError as e:  # out of memory outside a training step: the last-layer fits, scoring
+                advice = _oom(e, "fitting the last layer or scoring the images (in batches of "
+                                 f"{self._eval_batch} images, twice rf_mbSize)")
+                if advice is e:
+                    raise
+                raise advice from e
+
+    @property
+    def _eval_batch(self) -> int:
+        """Images per batch where no gradients are kept (features, scoring): twice a training
+        minibatch, which needs less memory than one training step; lowering rf_mbSize lowers it too."""
+        return 2 * self.config.mb_size
 
     def _fit(self, train_paths: Sequence[str | Path], train_labels: Sequence[int],
              test_paths: Sequence[str | Path], test_labels: Sequence[int], checkpoint: str | Path | None,
@@ -734,6 +749,7 @@ class Refiner:
             m.momentum = None  # a plain mean over all the batches
         # momentum None: each batch's statistics count alike, so the batches are made as equal as
         # possible (33 images: 17 + 16, not 32 + 1, where one image would weigh as much as 32).
+        # Not rf_mbSize: the mean of small batches' variances underestimates the variance over all images.
         for x in self._plain_batches(cache, batch_size, equal=True):
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.mixed_precision):
                 model.backbone(x)
@@ -742,11 +758,12 @@ class Refiner:
 
     @torch.no_grad()
     def features(self, backbone: torch.nn.Module, cache: torch.Tensor, flip: bool = False,
-                 batch_size: int = 64) -> torch.Tensor:
+                 batch_size: int | None = None) -> torch.Tensor:
         """Penultimate features (float32, on the device) of cached uint8 images, un-augmented: resized
         to the input resolution, eval mode; with `flip`, averaged with the mirror image's."""
         backbone.eval()
         feats = []
+        batch_size = batch_size or self._eval_batch
         batches = tqdm(self._plain_batches(cache, batch_size), total=-(-len(cache) // batch_size), unit="batch",
                        desc="features of the training images", leave=False, disable=not self.progress)
         for x in batches:
@@ -789,12 +806,14 @@ class Refiner:
         self._train_mode(model)
 
     @torch.no_grad()
-    def error_rate(self, model: torch.nn.Module, cache: torch.Tensor, labels: torch.Tensor, batch_size: int = 64) -> float:
+    def error_rate(self, model: torch.nn.Module, cache: torch.Tensor, labels: torch.Tensor,
+                   batch_size: int | None = None) -> float:
         """Fraction misclassified of images already decoded at the input resolution (eval mode)."""
         was_training = model.training
         model.eval()
         wrong = 0
         # A pass over a large test set takes minutes on a CPU: show it (leave=False: the epoch's line stays).
+        batch_size = batch_size or self._eval_batch
         for i in tqdm(range(0, len(cache), batch_size), unit="batch", desc=f"{self.held_out_name} error",
                       leave=False, disable=not self.progress):
             x = self._normalize(cache[i:i + batch_size].to(self.device).float())
