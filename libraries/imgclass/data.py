@@ -182,9 +182,13 @@ def shown(name: str) -> str:
 NOT_UTF8 = "is not valid UTF-8 (written in another system's encoding, e.g. unpacked from a zip made on Windows)"
 
 
-def _check_classes(classes: list[str], where: Path) -> None:
-    if bad := [c for c in classes if not _is_utf8(c)]:
+def _check_utf8_folders(names: list[str], where: Path) -> None:
+    if bad := [c for c in names if not _is_utf8(c)]:
         raise DatasetError(f"{shown(str(where))}: the class folder name '{shown(bad[0])}' {NOT_UTF8}: rename the folder")
+
+
+def _check_classes(classes: list[str], where: Path) -> None:
+    _check_utf8_folders(classes, where)
     if len(classes) < 2:
         found = ", ".join(classes) if classes else "none"
         hint = ""
@@ -304,8 +308,7 @@ def make_split(
                 f"_{test_name}/) to split it at random"
             )
         _check_classes(classes, train_dir)
-        if bad := [c for c in test_classes if not _is_utf8(c)]:
-            raise DatasetError(f"{shown(str(test_dir))}: the class folder name '{shown(bad[0])}' {NOT_UTF8}: rename the folder")
+        _check_utf8_folders(test_classes, test_dir)
         if unknown := [c for c in test_classes if c not in classes]:
             raise DatasetError(
                 f"{images_dir}: {test_name}/ has classes that {train_name}/ has not: {', '.join(unknown)} "

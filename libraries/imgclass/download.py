@@ -515,10 +515,11 @@ def download_images(
         except ValueError as e:  # "http://[example.com/a.jpg": one bad line must not stop the list
             reasons[i] = f"invalid URL: {e}"
             continue
-        files = existing.get(file_stem(url), [])
+        stem = file_stem(url)
+        files = existing.get(stem, [])
         if scheme not in ALLOWED_SCHEMES:
             reasons[i] = "unsupported scheme"  # never fetched: no file:, ftp:, javascript: ...
-        elif not files and file_stem(url) in set_aside:
+        elif not files and stem in set_aside:
             report.set_aside += 1  # moved to _duplicates/ by dedupImages.py: not fetched back
         elif files:
             here = [f for f in files if f.parent.name == label]
