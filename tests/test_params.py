@@ -63,6 +63,8 @@ def test_unknown_override_suggests_nearest_name() -> None:
         ("datasetName", "../x", "no slashes"),
         ("rf_averageLastEpochs", -1, "must be >= 0"),
         ("randomSeed", 2**32, "between 0 and 4294967295"),  # numpy and scikit-learn refuse larger seeds
+        ("dep_rootPath", "classifier", 'must be "" or a path like "/classifier"'),
+        ("dep_rootPath", "/classifier/", "no trailing /"),
     ],
 )
 def test_bad_values_say_what_is_allowed(name: str, value: object, message: str) -> None:
