@@ -3,10 +3,13 @@
 Each IMAGE_OR_FOLDER is an image file or a folder (searched recursively for images); give as many
 as you like, e.g. a shell glob. Images go in requests within the service's per-request limits
 (images and bytes, from its /info); a file too large for any request is sent alone, so the service
-names it. The reply's label and scores are printed one line per image.
+names it. The reply's label and scores are printed one line per image. A request that fails is
+sent again one image at a time (so one bad file costs only its own answer); while the service is
+busy (HTTP 503), requests are sent again after the wait it asks for.
 """
 
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -32,7 +35,20 @@ PART_OVERHEAD = 512
 
 
 class ServiceError(RuntimeError):
-    """The service is unreachable or refused a request; the message says which and why."""
+    """The service is unreachable or refused a request; the message says which and why. `status`:
+    the HTTP status of a refusal (None when no reply came); `retry_after`: the seconds a busy
+    service (503) asked the client to wait, when it said."""
+
+    def __init__(self, message: str, status: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+# A busy service (HTTP 503) is asked again after the wait it gives (Retry-After, else 1 s), doubled
+# after each refusal up to BUSY_MAX_WAIT seconds, at most BUSY_RETRIES times for one request.
+BUSY_RETRIES = 8
+BUSY_MAX_WAIT = 10.0
 
 
 def find_images(source: Path) -> list[Path]:
@@ -79,8 +95,47 @@ def call(client: httpx.Client, url: str, method: str, path: str, **kwargs) -> di
     except ValueError:
         body = {"detail": reply.text[:200]}
     if reply.status_code != 200:
-        raise ServiceError(f"{method} {path}: HTTP {reply.status_code}: {body.get('detail', body)}")
+        retry_after = reply.headers.get("retry-after", "")
+        raise ServiceError(f"{method} {path}: HTTP {reply.status_code}: {body.get('detail', body)}", reply.status_code,
+                           float(retry_after) if retry_after.isdigit() else None)
     return body
+
+
+def score(client: httpx.Client, url: str, chunk: list[Path]) -> list[dict]:
+    """The service's results for the images of `chunk`, sent in one request; while the service is
+    busy (503) the request is sent again after a wait."""
+    for attempt in range(BUSY_RETRIES + 1):
+        try:
+            files = [("images", (f.name, f.read_bytes())) for f in chunk]
+            return call(client, url, "POST", "/score", files=files)["results"]
+        except ServiceError as e:
+            if e.status != 503 or attempt == BUSY_RETRIES:
+                raise
+            wait = min(BUSY_MAX_WAIT, (e.retry_after or 1.0) * 2 ** attempt)
+            print(f"the service is busy ({e}); sending again in {wait:g} s", file=sys.stderr)
+            time.sleep(wait)
+    raise AssertionError("not reached")
+
+
+def send(client: httpx.Client, url: str, chunk: list[Path]) -> int:
+    """Score the images of `chunk` in one request and print a line for each; returns how many
+    the service refused or failed on."""
+    try:
+        results = score(client, url, chunk)
+    except ServiceError as e:
+        if e.status is None or e.status == 503:  # unreachable, or busy for good: no use going on
+            raise
+        if len(chunk) == 1:
+            print(f"{chunk[0]}\tERROR\t{e}", file=sys.stderr)
+            return 1
+        # A refusal (4xx) or a failure inside the service (5xx) may come from one file of the
+        # request: its images go again one at a time, so every other image still gets its answer
+        # and the file is named.
+        print(f"a request of {len(chunk)} images failed ({e}); sending them one at a time", file=sys.stderr)
+        return sum(send(client, url, [f]) for f in chunk)
+    for f, result in zip(chunk, results):
+        print(_line(f, result))
+    return 0
 
 
 def main() -> int:
@@ -88,42 +143,16 @@ def main() -> int:
     url = (args.url or f"http://127.0.0.1:{p.dep_port}").rstrip("/")
     timeout = args.timeout if args.timeout is not None else p.dep_timeoutSec
     images = [f for source in args.sources for f in find_images(Path(source))]
-    failed = 0
     with httpx.Client(timeout=timeout) as client:
         info = call(client, url, "GET", "/info")
         limits = info.get("limits", {})
         per_request = int(limits.get("max_images_per_request", 1))
         max_bytes = limits.get("max_upload_bytes")  # older services do not say: count images only
         print(f"model {info['model_version']} ({info['classifier']}): {', '.join(info['classes'])}")
-        for chunk in batches(images, per_request, None if max_bytes is None else int(max_bytes)):
-            files = [("images", (f.name, f.read_bytes())) for f in chunk]
-            try:
-                reply = call(client, url, "POST", "/score", files=files)
-            except ServiceError as e:
-                if "HTTP 4" not in str(e):
-                    raise
-                if len(chunk) == 1:
-                    failed += 1
-                    print(f"{chunk[0]}\tERROR\t{e}", file=sys.stderr)
-                    continue
-                # One bad file fails its request: retry that request's images one by one so every
-                # good image still gets its answer and the bad one is named.
-                print(f"a request of {len(chunk)} images was refused ({e}); sending them one at a time",
-                      file=sys.stderr)
-                for f in chunk:
-                    try:
-                        r = call(client, url, "POST", "/score", files=[("images", (f.name, f.read_bytes()))])
-                        print(_line(f, r["results"][0]))
-                    except ServiceError as e1:
-                        if "HTTP 4" not in str(e1):
-                            raise
-                        failed += 1
-                        print(f"{f}\tERROR\t{e1}", file=sys.stderr)
-                continue
-            for f, result in zip(chunk, reply["results"]):
-                print(_line(f, result))
+        failed = sum(send(client, url, chunk)
+                     for chunk in batches(images, per_request, None if max_bytes is None else int(max_bytes)))
     if failed:
-        print(f"{failed} of {len(images)} images refused by the service", file=sys.stderr)
+        print(f"{failed} of {len(images)} images refused by the service or failed in it", file=sys.stderr)
     return 1 if failed else 0
 
 

@@ -66,7 +66,8 @@ def main() -> int:
     cmd = [sys.executable, "-m", "imgclass.serve", str(bundle.path), "--host", host, "--port", str(port),
            "--workers", str(workers), "--threads", str(p.dep_threads), "--max-batch", str(p.dep_maxBatch),
            "--max-upload-bytes", str(p.dep_maxUploadBytes), "--max-pixels", str(p.dep_maxPixels),
-           "--max-images", str(p.dep_maxImagesPerRequest), "--root-path", p.dep_rootPath]
+           "--max-images", str(p.dep_maxImagesPerRequest), "--max-concurrent", str(p.dep_maxConcurrent),
+           "--root-path", p.dep_rootPath]
     os.execv(sys.executable, cmd)
 
 

@@ -124,11 +124,13 @@ def running_server(bundle: Path, *sets: str, workers: int = 1, timeout: float = 
 
 
 @contextlib.contextmanager
-def recording_proxy(target: str, prefix: str = "") -> Iterator[tuple[str, list[tuple[str, str, int, int]]]]:
+def recording_proxy(target: str, prefix: str = "", fail_when: bytes = b"") -> Iterator[tuple[str, list[tuple[str, str, int, int]]]]:
     """A pass-through HTTP proxy in front of a real server, to see what a client sends: yields its
     base URL and the list it fills with (method, path, request body bytes, reply status). With
     `prefix` ("/classifier"), it serves the server under that path, as a site's reverse proxy
-    would: /classifier/score goes to /score, /classifier to /, anything outside the prefix is a 404."""
+    would: /classifier/score goes to /score, /classifier to /, anything outside the prefix is a 404.
+    With `fail_when`, a request whose body contains those bytes gets the reply of a failing server
+    (HTTP 500 with a JSON detail) instead of being forwarded."""
     records: list[tuple[str, str, int, int]] = []
 
     class Forward(BaseHTTPRequestHandler):
@@ -138,6 +140,15 @@ def recording_proxy(target: str, prefix: str = "") -> Iterator[tuple[str, list[t
             if prefix and not (self.path == prefix or self.path.startswith(prefix + "/")):
                 records.append((self.command, self.path, len(body), 404))
                 self.send_error(404)
+                return
+            if fail_when and fail_when in body:
+                records.append((self.command, self.path, len(body), 500))
+                reply = b'{"detail": "internal error: RuntimeError: the test proxy failed this request"}'
+                self.send_response(500)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
                 return
             path = self.path[len(prefix):] or "/"  # /classifier is /classifier/ to the server (as Traefik's StripPrefix)
             r = httpx.request(self.command, target + path, content=body, headers=headers, timeout=60)

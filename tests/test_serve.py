@@ -7,7 +7,10 @@ import io
 import os
 import socket
 import struct
+import subprocess
+import sys
 import threading
+import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_script
+from conftest import ROOT, SCRIPTS, run_script
 from deploy_support import COLORS, color_bundle, jpeg_bytes, free_port, recording_proxy, running_server
 from imgclass.export import load_bundle
 from imgclass.images import HEIF_SUPPORT, load_square
@@ -205,7 +208,7 @@ def test_worker_processes_share_the_cores(bundle: Path) -> None:
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     for workers in (1, 2):
-        app = create_app(ServeConfig(str(bundle), workers=workers)).app
+        app = create_app(ServeConfig(str(bundle), workers=workers)).app.app  # inside the two limit middlewares
         try:
             assert app.state.scorer.session.get_session_options().intra_op_num_threads == max(1, cores // workers)
             assert app.state.decoder._max_workers == max(1, cores // workers)
@@ -304,6 +307,56 @@ def test_client_script_fills_requests_up_to_the_byte_limit(url: str, tmp_path: P
     posts = [(n, status) for method, path, n, status in records if path == "/score"]
     assert [status for _, status in posts] == [200, 413, 200], posts  # blue+green, huge alone, red
     assert all(n <= 200_000 for n, status in posts if status == 200) and posts[1][0] > 200_000
+
+
+def test_client_script_carries_on_past_a_server_failure(url: str, tmp_path: Path) -> None:
+    # A 500 for one request (here: any request carrying poison.jpg) used to end the run with the
+    # other images unanswered; now the request's images are sent one by one and only the one named.
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("green", "poison", "red"):
+        (folder / f"{name}.jpg").write_bytes(jpeg_bytes(COLORS["green" if name == "green" else "red"]))
+    with recording_proxy(url, fail_when=b"poison.jpg") as (proxy, records):
+        proc = run_script("6_callWebservice.py", str(folder), "--url", proxy, data_dir=tmp_path, check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert {Path(x.split("\t")[0]).name: x.split("\t")[1] for x in proc.stdout.splitlines()[1:]} == {
+        "green.jpg": "green", "red.jpg": "red"}
+    errors = [line for line in proc.stderr.splitlines() if "\tERROR\t" in line]
+    assert len(errors) == 1 and "poison.jpg" in errors[0] and "HTTP 500" in errors[0], proc.stderr
+    assert "1 of 3 images" in proc.stderr
+    assert [status for _, path, _, status in records if path == "/score"] == [500, 200, 500, 200]
+
+
+def _hold_a_request(url: str) -> socket.socket:
+    """Start a POST /score whose body never finishes arriving: the service counts it in progress."""
+    host, port = url.removeprefix("http://").split(":")
+    s = socket.create_connection((host, int(port)), timeout=10)
+    s.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+              b"Content-Length: 100000\r\n\r\n--b\r\n")
+    return s
+
+
+def test_a_busy_service_answers_503_and_the_client_waits(bundle: Path, tmp_path: Path) -> None:
+    image = tmp_path / "red.jpg"
+    image.write_bytes(jpeg_bytes(COLORS["red"]))
+    with running_server(bundle, "dep_maxConcurrent=1") as base:
+        held = _hold_a_request(base)
+        time.sleep(0.5)  # let the server take it in
+        r = httpx.post(base + "/score", files={"images": ("r.jpg", image.read_bytes())}, timeout=30)
+        assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+        assert "dep_maxConcurrent" in r.json()["detail"]
+        assert httpx.get(base + "/info", timeout=30).status_code == 200  # reading is never refused
+        # The client script is told to wait, asks again, and is answered once the slot is free.
+        env = {**os.environ, "IMGCLASS_DATA_DIR": str(tmp_path), "PYTHONUNBUFFERED": "1"}
+        client = subprocess.Popen([sys.executable, str(SCRIPTS / "6_callWebservice.py"), str(image), "--url", base],
+                                  cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(2.5)
+        assert client.poll() is None, client.communicate()
+        held.close()  # the held request ends (the client went away): its slot is free again
+        out, err = client.communicate(timeout=60)
+        assert client.returncode == 0, err
+        assert "busy" in err and out.splitlines()[1].split("\t")[:2] == [str(image), "red"], (out, err)
+        assert httpx.post(base + "/score", files={"images": ("r.jpg", image.read_bytes())}, timeout=30).status_code == 200
 
 
 def test_server_output_goes_to_a_log_file_and_a_chatty_server_carries_on(url: str) -> None:

@@ -184,6 +184,7 @@ SCHEMA: dict[str, Spec] = {
     "dep_maxUploadBytes": Spec(_INT, check=_positive),
     "dep_maxPixels": Spec(_INT, check=_positive),
     "dep_maxImagesPerRequest": Spec(_INT, check=_positive),
+    "dep_maxConcurrent": Spec(_INT, check=_positive),
     "dep_timeoutSec": Spec(_FLOAT, check=_positive),
 
     # --- building a data set (Part 3) ---

@@ -18,7 +18,8 @@ load their own copy and share the cores out.
 Limits answer with a 4xx JSON error {"detail": "..."} and never stop the server: request bytes
 (413, also for chunked uploads), pixels per image, which stops decompression bombs before decoding
 (413), images per request (413), empty request (400), malformed JSON or base64 (400), not an image
-or a format not accepted (415).
+or a format not accepted (415). More requests to score at once than `max_concurrent` per worker:
+503 with Retry-After (each holds its upload in memory while it waits).
 
 This module imports neither torch nor pickle: a worker starts in about a second and holds only the
 ONNX model.
@@ -79,9 +80,10 @@ class ServeConfig:
     threads: int = 0  # ONNX Runtime intra-op threads (0 = the usable cores / workers)
     workers: int = 1  # processes serving side by side: the default thread counts share the cores out
     decode_threads: int = 0  # images decoded at once (0 = the usable cores / workers)
+    max_concurrent: int = 32  # requests to score one worker holds at once (each with its body in memory)
 
     def __post_init__(self) -> None:
-        for name in ("max_upload_bytes", "max_pixels", "max_images", "max_batch", "workers"):
+        for name in ("max_upload_bytes", "max_pixels", "max_images", "max_batch", "workers", "max_concurrent"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} = {getattr(self, name)}: must be >= 1")
         for name in ("threads", "decode_threads"):
@@ -326,6 +328,41 @@ class BodyLimit:
                 await self._refuse(send, detail)
 
 
+class ConcurrencyLimit:
+    """ASGI middleware: at most `max_requests` POSTs (requests to score) in progress at once; one
+    more is answered 503 with Retry-After at once, before its body is read.
+
+    Each request in progress holds its upload (up to max_upload_bytes) in memory while it waits
+    for the decoders and the network, so without a bound a burst of large uploads could take
+    gigabytes. A client told to retry later loses nothing; one the server runs out of memory for
+    does. Requests that only read (the page, /info, /health) are not counted: they cost nothing."""
+
+    RETRY_AFTER_SECONDS = 1
+
+    def __init__(self, app: Callable[..., Awaitable[None]], max_requests: int) -> None:
+        self.app = app
+        self.max_requests = max_requests
+        self.active = 0  # one event loop per worker process: no lock needed
+
+    async def __call__(self, scope: dict, receive: Callable[..., Awaitable[dict]], send: Callable[..., Awaitable[None]]) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        if self.active >= self.max_requests:
+            body = json.dumps({"detail": f"busy: {self.active} requests in progress, the limit "
+                                         f"(dep_maxConcurrent); retry in a moment"}).encode()
+            await send({"type": "http.response.start", "status": 503,
+                        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                    (b"retry-after", str(self.RETRY_AFTER_SECONDS).encode()), (b"connection", b"close")]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        self.active += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.active -= 1
+
+
 def create_app(config: ServeConfig) -> Any:
     """The FastAPI app for one bundle."""
     bundle = load_bundle(config.bundle)
@@ -409,8 +446,8 @@ def create_app(config: ServeConfig) -> Any:
         return FileResponse(STATIC_DIR / "index.html")
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    # Outermost, so an oversized body is refused before any of it is parsed.
-    return BodyLimit(app, config.max_upload_bytes)
+    # Outermost, so a request over a limit is refused before any of its body is read.
+    return ConcurrencyLimit(BodyLimit(app, config.max_upload_bytes), config.max_concurrent)
 
 
 def app_from_env() -> Any:
@@ -446,12 +483,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="ONNX Runtime threads per worker (0 = the usable cores divided among the workers)")
     parser.add_argument("--decode-threads", type=int, default=ServeConfig.decode_threads,
                         help="images decoded at once per worker (0 = the usable cores divided among the workers)")
+    parser.add_argument("--max-concurrent", type=int, default=ServeConfig.max_concurrent,
+                        help="requests to score one worker holds at once; more are answered 503 with Retry-After")
     a = parser.parse_args(argv)
     try:
         if a.workers < 1:
             raise ValueError(f"--workers {a.workers}: must be >= 1")
         config = ServeConfig(a.bundle, a.max_upload_bytes, a.max_pixels, a.max_images, a.max_batch, a.threads,
-                             a.workers, a.decode_threads)
+                             a.workers, a.decode_threads, a.max_concurrent)
         print(f"serving {config.bundle} on http://{a.host}:{a.port}/ ({a.workers} worker(s)); "
               f"API docs at http://{a.host}:{a.port}/docs", flush=True)
         serve(config, a.host, a.port, a.workers, a.root_path)
