@@ -3,7 +3,7 @@
 The current model (stages 2-4: network and SVM, or the refined network for classifier = "dnn")
 ranks the images by al_criterion; the al_numImages most uncertain are listed, drawn, and asked for
 one by one (class number or name, s = skip, q = quit). Labelled images are COPIED into
-DATA_DIR/images/<datasetName>/<class>/; rerun stages 1-5 to train on them. Answers are logged in
+DATA_DIR/images/<datasetName>/<class>/ (train/<class>/ in a data set split in advance); rerun stages 1-5 to train on them. Answers are logged in
 proc/<datasetName>/active_learning.tsv by image content, so an answered image is not asked again
 even after FOLDER is moved or renamed.
 """

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, SCRIPTS
+from conftest import ROOT, SCRIPTS, write_image
 from imgclass.active import (
     Candidate,
     apply_labels,
@@ -116,6 +116,42 @@ def test_classes_named_by_numbers_are_answered_by_name_not_menu_position(tmp_pat
                                  input_fn=ask, print_fn=lambda *a: None)
     assert [p.relative_to(images).as_posix() for p in copied] == ["3/0.jpg", "0/1.jpg", "9/2.jpg"]
     assert "1=0" not in prompts[0] and "0  1  2" in prompts[0]
+
+
+def test_classes_named_like_the_skip_and_quit_letters_can_be_chosen(tmp_path: Path) -> None:
+    """Sizes S, M, L, q: "S" and "q" are those classes; "-" skips, Ctrl-D stops."""
+    cands = _candidates(tmp_path / "u", 4, np.full(4, 0.25))
+    answers = iter(["S", "q", "-"])
+    prompts: list[str] = []
+    images = tmp_path / "images"
+
+    def ask(prompt: str) -> str:
+        prompts.append(prompt)
+        try:
+            return next(answers)
+        except StopIteration:
+            raise EOFError from None
+
+    copied = label_interactively(cands, ["L", "M", "S", "q"], images, tmp_path / "log.tsv",
+                                 input_fn=ask, print_fn=lambda *a: None)
+    assert [p.relative_to(images).as_posix() for p in copied] == ["S/0.jpg", "q/1.jpg"]
+    assert list(read_log(tmp_path / "log.tsv").values()) == ["S", "q", "-"]  # image 3 unanswered (Ctrl-D)
+    assert "-=skip, Ctrl-D=quit" in prompts[0]
+
+
+def test_labels_go_to_the_training_side_of_a_data_set_split_in_advance(tmp_path: Path) -> None:
+    # Stage 1 reads only train/ and test/ of such a data set: a copy into images/<class>/ would be lost.
+    images = tmp_path / "images"
+    for side, seed in (("train", 1), ("test", 5)):
+        for k, c in enumerate(("dotted", "striped")):
+            for i in range(2):
+                write_image(images / side / c / f"{i}.jpg", (200, 40 + 150 * k, 40), seed=seed + i)
+    new = write_image(tmp_path / "u" / "new.jpg", (200, 40, 40), seed=99)
+    before = make_split(images).train
+    assert apply_labels({new: "dotted"}, ["dotted", "striped"], images, tmp_path / "log.tsv") == [
+        images / "train" / "dotted" / "new.jpg"]
+    after = make_split(images)
+    assert len(after.train) == len(before) + 1 and "train/dotted/new.jpg" in [p for p, _ in after.train]
 
 
 def _unlabelled(folder: Path, n: int = 3) -> list[Path]:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from imgclass.data import find_split_folders
 from imgclass.dedup import list_folder_images
 from imgclass.fileio import atomic_open, atomic_path, require_file
 from imgclass.images import check_images
@@ -36,6 +37,7 @@ from imgclass.provenance import check_model_and_svm, file_hash, flip_average_of_
 CRITERIA = ("margin", "topScore", "entropy")
 LOG_FILE = "active_learning.tsv"
 SKIP = "-"  # the label logged for an image the user chose not to label
+QUIT = "\0quit"  # what an answer to stop labelling parses to (no class name can be it)
 # One line per answer. "content" (imgclass.provenance.file_hash) identifies the image; "image" (its
 # absolute path when answered) is for people reading the log. Logs written before the content column
 # existed have three columns and are matched by path.
@@ -180,9 +182,12 @@ def score_with_trained_model(paths: Sequence[str | Path], p: Params) -> ScoredFo
 
 
 def add_to_dataset(src: str | Path, label: str, images_dir: str | Path) -> Path:
-    """Copy `src` into images_dir/<label>/, keeping its name unless another file has it."""
+    """Copy `src` into images_dir/<label>/ (into the training side's class folder, train/<label>/,
+    when the data set comes split in advance: stage 1 reads no class folder beside train/ and test/),
+    keeping its name unless another file has it."""
     src = Path(src)
-    dest_dir = Path(images_dir) / label
+    split = find_split_folders(Path(images_dir))
+    dest_dir = (split[0] if split else Path(images_dir)) / label
     target = dest_dir / src.name
     n = 1
     while target.exists():
@@ -242,17 +247,19 @@ def _menu(classes: Sequence[str]) -> str:
 
 
 def _parse_answer(answer: str, classes: Sequence[str]) -> str | None:
-    """A class name, SKIP, "q", or None when the answer is not understood."""
+    """A class name, SKIP, QUIT, or None when the answer is not understood."""
     a = answer.strip()
+    exact = [c for c in classes if c == a] or [c for c in classes if c.lower() == a.lower()]
+    if len(exact) == 1:  # a class named "S" or "skip" (sizes: S, M, L) is that class, not a skip
+        return exact[0]
     if a.lower() in ("q", "quit"):
-        return "q"
+        return QUIT
     if a.lower() in ("s", "skip", SKIP):
         return SKIP
     if _numbered(classes) and a.isdigit() and 1 <= int(a) <= len(classes):
         return classes[int(a) - 1]
     if not a:
         return None
-    exact = [c for c in classes if c.lower() == a.lower()]
     matches = exact or [c for c in classes if c.lower().startswith(a.lower())]
     return matches[0] if len(matches) == 1 else None
 
@@ -264,9 +271,12 @@ def label_interactively(
     """Ask for the class of each candidate in a terminal (or a notebook: input() works there too).
 
     Answers: a class number or name (a unique prefix will do; only names when classes are named by
-    numbers), "s" to skip, "q" to stop. Each
+    numbers; a class's exact name wins over the letters below), "s" or "-" to skip, "q" to stop. Each
     answer is saved as it is given, so stopping (or Ctrl-D) loses nothing."""
     menu = _menu(classes)
+    # A class named "s" or "q" (sizes S, M, L) takes the letter: skip with "-", stop with Ctrl-D.
+    names = {c.lower() for c in classes}
+    keys = f"{'-' if 's' in names else 's'}=skip, {'Ctrl-D' if 'q' in names else 'q'}=quit"
     copied: list[Path] = []
     done = read_log(log_path)
     for n, cand in enumerate(candidates, 1):
@@ -281,14 +291,15 @@ def label_interactively(
         print_fn(f"[{n}/{len(candidates)}] {cand.path}\n    model: {guess}")
         while True:
             try:
-                answer = input_fn(f"    class? ({menu}, s=skip, q=quit): ")
-            except EOFError:
-                answer = "q"
+                answer = input_fn(f"    class? ({menu}, {keys}): ")
+            except EOFError:  # Ctrl-D stops, whatever the classes are called
+                label = QUIT
+                break
             label = _parse_answer(answer, classes)
             if label is not None:
                 break
-            print_fn(f"    {answer.strip()!r} is not one of: {menu}, s, q")
-        if label == "q":
+            print_fn(f"    {answer.strip()!r} is not one of: {menu}, {keys}")
+        if label == QUIT:
             break
         copied += apply_labels({cand.path: label}, classes, images_dir, log_path)
         done[content] = label
