@@ -9,7 +9,8 @@ train and test (dhash, leakageCheck / dedup_threshold) are listed and, by defaul
 
 from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.data import (
-    DatasetError, balance_notes, check_disjoint, exact_duplicates_across, make_split, save_split, skipped_folders,
+    DatasetError, balance_notes, check_disjoint, exact_duplicates_across, fix_notes, make_split, save_split,
+    skipped_folders,
 )
 from imgclass.dedup import check_leaks, keep_leaks_in_train, write_leaks
 
@@ -53,6 +54,8 @@ def main() -> int:
         print(f"  {c:<{width}} {n['train']:>6} {n['test']:>6}")
     print(f"  {'total':<{width}} {len(split.train):>6} {len(split.test):>6}")
     for note in balance_notes(split, balanced=p.svm_boBalanceClasses or p.rf_boBalanceTrainingSet):
+        print(f"note: {note}")
+    for note in fix_notes(split, p.images_dir):
         print(f"note: {note}")
     # A class folder named _background or .misc would otherwise vanish without a word; _duplicates/
     # (dedupImages.py --remove) is skipped on purpose, so this is a note, not an error.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,22 @@ def test_stage1_honours_the_fixes_file(color_dataset: Path) -> None:
     split = load_split(data_dir / "proc" / "colors" / "split.json")
     labels = {p: split.classes[y] for p, y in split.train + split.test}
     assert labels["green/green_0.jpg"] == "red" and "blue/blue_3.jpg" not in labels
+    assert f"note: {FIXES_FILE}: red/deleted_since.jpg: no such image (deleted since, or mistyped" in out
+
+
+def test_fixes_that_match_no_image_are_named_by_stage1(color_dataset: Path) -> None:
+    # A hand-edited line with the wrong letter case, or an accent typed composed for a file whose
+    # name macOS wrote decomposed, changed nothing without a word; "./" in front now just works.
+    data_dir = color_dataset.parents[1]
+    nfd = unicodedata.normalize("NFD", "caf\u00e9.jpg")
+    write_image(color_dataset / "red" / nfd, (200, 40, 40), seed=9)
+    (color_dataset / FIXES_FILE).write_text("Red/red_1.jpg\tblue\n./red/red_2.jpg\tEXCLUDE\n"
+                                            "red/caf\u00e9.jpg\tEXCLUDE\n", encoding="utf-8")
+    out = run_script("1_prepareData.py", "--set", "datasetName=colors", data_dir=data_dir).stdout
+    assert "note: annotations_fixes.tsv: Red/red_1.jpg: no such image (did you mean red/red_1.jpg?" in out
+    assert f"note: annotations_fixes.tsv: red/caf\u00e9.jpg: no such image (did you mean red/{nfd}?" in out
+    assert f"left out: red/red_2.jpg: marked EXCLUDE in {FIXES_FILE}" in out
+    assert out.count(f"note: {FIXES_FILE}") == 2
 
 
 def test_thumbnails_and_pages_render(color_dataset: Path) -> None:

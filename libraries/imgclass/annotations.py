@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import html
 import io
-from collections.abc import Sequence
+import unicodedata
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,8 @@ class AnnotationError(ValueError):
 
 
 def _norm(path: str) -> str:
-    return path.strip().replace("\\", "/")
+    path = path.strip().replace("\\", "/")
+    return path[2:] if path.startswith("./") else path
 
 
 def read_fixes(images_dir: str | Path) -> dict[str, str]:
@@ -81,6 +83,20 @@ def apply_fixes(per_class: dict[str, list[str]], fixes: dict[str, str], where: s
                 raise AnnotationError(f"{where}: {p} is moved to {target!r}, which is not a class "
                                       f"(classes: {', '.join(classes)}; or {EXCLUDE})")
     return {c: sorted(v) for c, v in out.items()}, excluded
+
+
+def unmatched_fixes(fixes: dict[str, str], paths: Iterable[str]) -> list[str]:
+    """Notes on the fixes that name no image of `paths` (the data set's, relative to its folder):
+    deleted since, or mistyped. A name that differs only in letter case or Unicode form (macOS
+    writes accents decomposed) is pointed out, since to the eye the line looks right."""
+    paths = set(paths)
+    loose = {unicodedata.normalize("NFC", p).casefold(): p for p in sorted(paths)}
+    notes = []
+    for image in sorted(set(fixes) - paths):
+        near = loose.get(unicodedata.normalize("NFC", image).casefold())
+        notes.append(f"{image}: no such image" + (f" (did you mean {near}? names must match exactly)" if near else
+                                                  " (deleted since, or mistyped: the fix does nothing)"))
+    return notes
 
 
 class AnnotationBrowser:

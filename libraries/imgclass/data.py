@@ -21,7 +21,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imgclass.annotations import EXCLUDE, FIXES_FILE, apply_fixes, read_fixes
+from imgclass.annotations import EXCLUDE, FIXES_FILE, apply_fixes, read_fixes, unmatched_fixes
 from imgclass.fileio import read_json, write_json
 from imgclass.images import check_images, is_image_name
 
@@ -413,6 +413,13 @@ def balance_notes(split: Split, balanced: bool = False) -> list[str]:
         notes.append(f"no test image: {', '.join(untested)}; trained on but never tested, so the "
                      f"results cannot say how well {it} recognised: add images")
     return notes
+
+
+def fix_notes(split: Split, images_dir: str | Path) -> list[str]:
+    """Notes on the lines of the data set's annotations_fixes.tsv that name no image of `split`
+    (apply_fixes passes over them: an image deleted since is no error, but a typo would go unseen)."""
+    known = [p for p, _ in split.train] + [p for p, _ in split.test] + [p for p, _ in split.excluded]
+    return [f"{FIXES_FILE}: {note}" for note in unmatched_fixes(read_fixes(images_dir), known)]
 
 
 def check_disjoint(split: Split) -> None:
