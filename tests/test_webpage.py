@@ -209,8 +209,12 @@ def test_the_results_browser_shows_every_image_even_heic_and_tiff(browser, tmp_p
     assert browser.execute_script(loaded) == [True] * 4
 
 
-def test_the_results_browser_shows_images_whose_names_have_url_characters(browser, tmp_path: Path) -> None:
-    """'#' would end the address at a fragment, '?' start a query, '%' be taken for an escape."""
+@pytest.mark.parametrize("other_drive", [False, True])
+def test_the_results_browser_shows_images_whose_names_have_url_characters(
+        browser, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, other_drive: bool) -> None:
+    """'#' would end the address at a fragment, '?' start a query, '%' be taken for an escape.
+    `other_drive`: the images on another drive than the page (Windows: no relative path leads
+    there, os.path.relpath raises ValueError), so the page links them by absolute file: URLs."""
     import numpy as np
     from PIL import Image
     from selenium.webdriver.support.ui import WebDriverWait
@@ -223,8 +227,13 @@ def test_the_results_browser_shows_images_whose_names_have_url_characters(browse
         (images / rel).parent.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (120, 80), (200, 30, 30)).save(images / rel)
     scores = np.tile([[0.9, 0.1]], (len(paths), 1))
+    if other_drive:
+        def relpath(path: str, start: str) -> str:
+            raise ValueError("path is on mount 'E:', start on mount 'C:'")
+        monkeypatch.setattr("imgclass.evaluate.os.path.relpath", relpath)
     page = write_browser(tmp_path / "results" / "browser.html", images, paths, np.zeros(len(paths), int), scores,
                          ["red", "C#"], title="t")
+    assert ('src="file:///' in page.read_text()) == other_drive
     browser.get(page.as_uri())
     loaded = "return Array.from(document.images).map(i => i.complete && i.naturalWidth > 0)"
     WebDriverWait(browser, 20).until(lambda b: all(b.execute_script(loaded)))

@@ -215,19 +215,23 @@ def write_browser(
         order = sorted(range(len(paths)), key=lambda i: (pred[i], top[i]))
     else:
         order = sorted(range(len(paths)), key=lambda i: (pred[i] == labels[i], top[i]))
-    rel_root = Path(os.path.relpath(Path(images_dir).resolve(), path.parent.resolve()))
+    try:
+        rel_root = Path(os.path.relpath(Path(images_dir).resolve(), path.parent.resolve())).as_posix()
+        base = "" if rel_root == "." else urllib.parse.quote(rel_root) + "/"
+    except ValueError:  # Windows: the images are on another drive than the page, no relative path leads there
+        base = Path(images_dir).resolve().as_uri() + "/"
     thumbs = path.parent / f"{path.stem}_thumbs"
     cards = []
     for i in order:
         state = "new" if labels is None else "ok" if pred[i] == labels[i] else "err"
         ranked = np.argsort(-scores[i])[:3]
         rows = "".join(f"<li>{html.escape(classes[j])}: {scores[i, j]:.3f}</li>" for j in ranked)
-        if Path(paths[i]).suffix.lower() in NOT_IN_BROWSERS:
-            src = _thumbnail(Path(images_dir) / paths[i], thumbs).relative_to(path.parent).as_posix()
-        else:
-            src = (rel_root / paths[i]).as_posix()
         # A path is a URL here: "IMG #2.jpg" or "50% off.jpg" must not end at '#' or decode '%'.
-        src = html.escape(urllib.parse.quote(src))
+        if Path(paths[i]).suffix.lower() in NOT_IN_BROWSERS:
+            src = urllib.parse.quote(_thumbnail(Path(images_dir) / paths[i], thumbs).relative_to(path.parent).as_posix())
+        else:
+            src = base + urllib.parse.quote(Path(paths[i]).as_posix())
+        src = html.escape(src)
         head = "" if labels is None else f"{html.escape(classes[labels[i]])} &rarr; "
         cards.append(
             f'<div class="card {state}"><img loading="lazy" src="{src}" alt="">'
