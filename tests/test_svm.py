@@ -84,9 +84,18 @@ def test_cv_is_skipped_with_a_note_when_no_two_classes_can_be_split() -> None:
     x, y = _blobs(n_per_class=3, k=2)
     x, y = x[[0, 1, 2, 3]], y[[0, 1, 2, 3]]  # 3 images of one class, 1 of the other
     svm = LinearSvm(c_values=[0.01, 1.0, 100.0]).fit(x, y)
-    assert svm.cv_scores_ == {} and svm.C_ == 1.0 and "not chosen by cross-validation" in svm.cv_note_
+    assert svm.cv_scores_ == {} and svm.C_ == 1.0 and "1 not chosen: no cross-validation" in svm.cv_note_
     full = LinearSvm(c_values=[0.01, 1.0]).fit(*_blobs())
     assert full.cv_note_ == ""
+
+
+def test_a_single_c_value_is_cross_validated_too() -> None:
+    # Once C is known a user sets svm_CVals = [C]; its cross-validation accuracy is still reported
+    # (selectFeaturizer.py compares backbones by it: with no score it had nothing to compare).
+    x, y = _blobs()
+    svm = LinearSvm(c_values=[1.0], cv_folds=3).fit(x, y)
+    assert list(svm.cv_scores_) == [1.0] and len(svm.cv_fold_scores_[1.0]) == 3 and svm.C_ == 1.0
+    assert svm.cv_scores_[1.0] > 0.9 and svm.cv_note_ == ""
 
 
 def test_a_c_at_the_edge_of_the_grid_that_was_still_improving_is_pointed_out() -> None:

@@ -101,13 +101,13 @@ class LinearSvm:
         self.cv_scores_: dict[float, float] = {}
         self.cv_fold_scores_: dict[float, list[float]] = {}  # {C: accuracy of each validation fold}
         self.cv_note_ = ""
-        if len(self.c_values) == 1:
-            self.C_ = self.c_values[0]
-        elif folds < 2:
+        if folds < 2:
             self.C_ = self.c_values[len(self.c_values) // 2]
-            self.cv_note_ = (f"C = {self.C_:g} not chosen by cross-validation: fewer than two classes have "
-                             "two or more training images")
+            self.cv_note_ = (f"C = {self.C_:g}{' not chosen' if len(self.c_values) > 1 else ''}: no cross-validation, "
+                             "since fewer than two classes have two or more training images")
         else:
+            # With one C value too: the cross-validation accuracy is then what it costs to know how
+            # good that C is (selectFeaturizer.py compares backbones by it).
             if (counts < 2).any():
                 self.cv_note_ = (f"{int((counts < 2).sum())} class(es) with a single training image cannot be "
                                  "scored by cross-validation; the other classes chose C")
