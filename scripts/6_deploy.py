@@ -7,6 +7,7 @@ hash as model version. The service (python -m imgclass.serve) loads it with ONNX
 """
 
 import os
+import subprocess
 import sys
 
 from imgclass.cli import parse_stage, run_stage, stage_parser, track_now
@@ -68,6 +69,10 @@ def main() -> int:
            "--max-upload-bytes", str(p.dep_maxUploadBytes), "--max-pixels", str(p.dep_maxPixels),
            "--max-images", str(p.dep_maxImagesPerRequest), "--max-concurrent", str(p.dep_maxConcurrent),
            "--root-path", p.dep_rootPath]
+    if os.name == "nt":
+        # Windows has no exec: os.execv starts a new process and ends this one, which would leave the
+        # server running detached, out of reach of Ctrl-C and of whoever started this script.
+        return subprocess.call(cmd)
     os.execv(sys.executable, cmd)
 
 

@@ -40,6 +40,7 @@ def stage_parser(description: str, reads: str, writes: str) -> argparse.Argument
 
 _parsed: Params | None = None  # the stage's parameters, for run_stage to record the run with
 _started: float | None = None  # when run_stage started the stage
+_tracked = False  # track_now recorded the stage already
 
 
 def _printable_output() -> None:
@@ -86,7 +87,7 @@ def run_stage(main: Callable[[], int | None], user_errors: tuple[type[BaseExcept
     except KeyboardInterrupt:
         print(f"interrupted: files already written are complete; {on_interrupt}", file=sys.stderr)
         sys.exit(130)
-    if not code and _parsed is not None:
+    if not code and _parsed is not None and not _tracked:
         from imgclass.tracking import track_stage
 
         track_stage(_parsed, inspect.getfile(main), started, sys.argv[1:])
@@ -95,7 +96,10 @@ def run_stage(main: Callable[[], int | None], user_errors: tuple[type[BaseExcept
 
 def track_now(script: str) -> None:
     """Record the running stage in the run history now, for a stage that hands its process over to
-    another program (stage 6 execs the web service), so that run_stage never records it after main()."""
+    another program (stage 6 execs the web service), so that run_stage never records it after main()
+    (or, where main() does return, as on Windows, which has no exec: not a second time)."""
+    global _tracked
+    _tracked = True
     if _parsed is not None and _started is not None:
         from imgclass.tracking import track_stage
 
