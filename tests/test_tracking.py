@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -174,10 +175,15 @@ def test_metrics_and_curves_are_flattened_for_mlflow() -> None:
     flat = tracking.metrics_from_json(m, prefix="train_")
     assert flat == {"train_overall_accuracy": 0.5, "train_class_averaged_accuracy": 0.25,
                     "train_class_averaged_auc": 0.75, "train_accuracy_a b/c": 0.5, "train_auc_a b/c": 0.75,
-                    "train_accuracy_x_y_": 0.0, "train_n_test": 4.0, "train_svm_C": 0.1}
+                    "train_accuracy_x_y__dfdfae": 0.0, "train_n_test": 4.0, "train_svm_C": 0.1}
+    # Classes "a+b" and "a_b" both sanitise to a_b: each keeps its own figures.
+    two = tracking.metrics_from_json({"per_class": {"a+b": {"accuracy": 1.0}, "a_b": {"accuracy": 0.0}}})
+    assert two["accuracy_a_b"] == 0.0 and two[f"accuracy_a_b_{hashlib.sha1(b'a+b').hexdigest()[:6]}"] == 1.0
     curves = {"epoch": [1, 2], "train_loss": [1.5, 0.5], "test_error": [0.4, float("nan")], "note": "x"}
     assert tracking.curves_from_json(curves) == [("curve_train_loss", 1.5, 1), ("curve_train_loss", 0.5, 2),
                                                  ("curve_test_error", 0.4, 1)]
+    assert tracking.ui_command("sqlite:////home/j/my data/mlflow.db") == "mlflow ui --backend-store-uri 'sqlite:////home/j/my data/mlflow.db'"
+    assert tracking.ui_command("sqlite:////d/mlflow.db") == "mlflow ui --backend-store-uri sqlite:////d/mlflow.db"
     assert tracking.stage_of("scripts/2_refineDNN.py") == (2, "refineDNN") and tracking.stage_of("compareRuns.py") is None
     # The service's client is numbered 6 like the deploy stage, but it is not a step of the pipeline.
     assert tracking.stage_of("scripts/6_deploy.py") == (6, "deploy") and tracking.stage_of("scripts/6_callWebservice.py") is None

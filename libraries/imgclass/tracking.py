@@ -26,6 +26,7 @@ import json
 import math
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -91,7 +92,10 @@ def resolve_experiment(p: Params) -> str:
 def ui_command(uri: str) -> str:
     if uri.startswith(("http://", "https://")):
         return f"open {uri} in a browser"
-    return f"mlflow ui --backend-store-uri {uri}"
+    # Quoted for the shell it will be pasted into: a DATA_DIR under C:\Users\John Smith or
+    # ~/my data would otherwise split into two arguments.
+    quoted = (f'"{uri}"' if " " in uri else uri) if os.name == "nt" else shlex.quote(uri)
+    return f"mlflow ui --backend-store-uri {quoted}"
 
 
 def stage_of(script: str | Path) -> tuple[int, str] | None:
@@ -127,6 +131,14 @@ def metric_key(name: str) -> str:
     return re.sub(r"[^\w\-. /:]", "_", name)
 
 
+def class_key(name: str) -> str:
+    """A class name as part of a metric key. One that metric_key changes ("a+b", "T-Shirt (XL)")
+    also gets a short hash of its real name, so that it cannot take the key of another class
+    ("a_b") and have one class's figures shown under the other's name."""
+    key = metric_key(name)
+    return key if key == name else f"{key}_{hashlib.sha1(name.encode()).hexdigest()[:6]}"
+
+
 def metrics_from_json(m: dict[str, Any], prefix: str = "") -> dict[str, float]:
     """The numbers of a stage-5 metrics.json as flat MLflow metrics (accuracies as fractions)."""
     out: dict[str, float] = {}
@@ -141,8 +153,8 @@ def metrics_from_json(m: dict[str, Any], prefix: str = "") -> dict[str, float]:
     if aucs:
         put("class_averaged_auc", sum(aucs) / len(aucs))
     for c, v in m.get("per_class", {}).items():
-        put(f"accuracy_{c}", v.get("accuracy"))
-        put(f"auc_{c}", v.get("auc"))
+        put(f"accuracy_{class_key(c)}", v.get("accuracy"))
+        put(f"auc_{class_key(c)}", v.get("auc"))
     for key in ("n_train", "n_test", "svm_C"):
         put(key, m.get(key))
     return out
