@@ -251,6 +251,25 @@ def test_names_that_are_not_utf8_are_left_out_or_named(color_dataset: Path) -> N
     assert "the class folder name 'r\\xe9d' is not valid UTF-8" in proc.stderr and "rename the folder" in proc.stderr
 
 
+def test_names_with_a_tab_or_line_break_are_left_out_or_named(color_dataset: Path) -> None:
+    """Every later stage writes paths into tab-separated files, a path a line: a name with a tab
+    would shift the columns of predictions.tsv, one with a line break split its line."""
+    import shutil
+
+    write_image(color_dataset / "red" / "two\tcolumns.jpg", (200, 40, 40), seed=3)
+    write_image(color_dataset / "red" / "two\nlines.jpg", (200, 40, 40), seed=4)
+    split = make_split(color_dataset)
+    assert sorted(split.excluded) == [
+        ("red/two\\nlines.jpg", "the file or folder name holds a tab or line break, which the pipeline's "
+                                "tab-separated files cannot hold: rename it"),
+        ("red/two\\tcolumns.jpg", "the file or folder name holds a tab or line break, which the pipeline's "
+                                  "tab-separated files cannot hold: rename it")]
+    assert len(split.train) + len(split.test) == 18
+    shutil.move(color_dataset / "red", color_dataset / "re\td")
+    with pytest.raises(DatasetError, match=r"the class folder name 're\\td' holds a tab or line break"):
+        make_split(color_dataset)
+
+
 def test_stage1_prints_class_names_the_console_cannot_encode(color_dataset: Path) -> None:
     """A console whose encoding lacks the characters (Windows cp1252 and Chinese class names; here
     ASCII and 'café'): escapes in the output, and the split is still written."""

@@ -97,3 +97,18 @@ def test_roc_with_many_classes_keeps_the_legend_short_and_off_the_title() -> Non
     assert len(ax.lines) == k + 1 + 5 + 1  # every class, the pooled curve, the five named, the diagonal
     few = roc_figure(scores[:30, :10], labels[:30], classes[:10])
     assert len(few.axes[0].get_legend().get_texts()) == 10 == ROC_LEGEND_MAX
+
+
+def test_predictions_read_back_names_that_start_with_a_quote(tmp_path: Path) -> None:
+    # predictions.tsv is plain tab-separated text: a class (and so a path) named '"best"' is a name,
+    # not a quoted field, and an unmatched '"' must not swallow the lines after it.
+    from imgclass.results import Predictions
+
+    classes = ['"best"', '"odd']
+    paths = ['"best"/shirt.jpg', '"odd/x.jpg', '"best"/plain.jpg']
+    scores = np.array([[0.9, 0.1], [0.2, 0.8], [0.4, 0.6]])
+    tsv = write_predictions(tmp_path / "p.tsv", paths, np.array([0, 1, 0]), scores, classes)
+    back = Predictions.load(tsv)
+    assert back.classes == classes and [r.image for r in back.rows] == paths
+    assert [(r.true, r.predicted) for r in back.rows] == [('"best"', '"best"'), ('"odd', '"odd'), ('"best"', '"odd')]
+    assert back.rows[1].scores == {'"best"': 0.2, '"odd': 0.8}

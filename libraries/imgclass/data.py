@@ -180,11 +180,19 @@ def shown(name: str) -> str:
 
 
 NOT_UTF8 = "is not valid UTF-8 (written in another system's encoding, e.g. unpacked from a zip made on Windows)"
+# Later stages write paths into tab-separated files (predictions.tsv, near_duplicates.tsv), one a line.
+TAB_OR_BREAK = "holds a tab or line break, which the pipeline's tab-separated files cannot hold"
+
+
+def _has_tab_or_break(name: str) -> bool:
+    return any(ch in name for ch in "\t\n\r")
 
 
 def _check_utf8_folders(names: list[str], where: Path) -> None:
     if bad := [c for c in names if not _is_utf8(c)]:
         raise DatasetError(f"{shown(str(where))}: the class folder name '{shown(bad[0])}' {NOT_UTF8}: rename the folder")
+    if bad := [c for c in names if _has_tab_or_break(c)]:
+        raise DatasetError(f"{shown(str(where))}: the class folder name {bad[0]!r} {TAB_OR_BREAK}: rename the folder")
 
 
 def _check_classes(classes: list[str], where: Path) -> None:
@@ -212,6 +220,8 @@ def _collect(root: Path, classes: list[str], excluded: list[tuple[str, str]], ba
         rel = p.relative_to(base).as_posix()
         if not _is_utf8(rel):  # later stages write the path to UTF-8 files (split.json, predictions.tsv)
             excluded.append((shown(rel), f"the file name {NOT_UTF8}: rename the file"))
+        elif _has_tab_or_break(rel):
+            excluded.append((repr(rel)[1:-1], f"the file or folder name {TAB_OR_BREAK}: rename it"))
         elif problem:
             excluded.append((rel, problem))
         else:

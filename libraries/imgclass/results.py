@@ -47,7 +47,9 @@ class Predictions:
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: run scripts/5_evaluate.py first")
         with open(path, encoding="utf-8", newline="") as f:
-            reader = csv.reader(f, delimiter="\t")
+            # Written as plain tab-separated text (evaluate.write_predictions), never quoted: a file
+            # name that starts with '"' is a name, not a quoted field.
+            reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
             header = next(reader, None)
             if not header or header[:3] != ["image", "true", "predicted"] or len(header) < 5:
                 raise ValueError(f"{path}: expected a header 'image, true, predicted, <class scores>', got {header}")
