@@ -1,7 +1,8 @@
 """Every knob of the pipeline, in one place.
 
 Each stage script in scripts/ reads this file; `--set NAME=VALUE` overrides a value for one run
-(VALUE is read as a Python literal, else as a string), and the environment variable
+(VALUE is read as a Python literal, else as a string; a text parameter takes it as typed: datasetName=2024
+is the text "2024"), and the environment variable
 IMGCLASS_DATA_DIR overrides DATA_DIR. Values are validated when loaded (libraries/imgclass/params.py),
 so a typo fails at once with a message that says what is allowed.
 """

@@ -41,6 +41,15 @@ def test_parse_value_literal_else_string() -> None:
     assert parse_value("myPhotos") == "myPhotos"
 
 
+def test_text_parameters_take_the_text_as_typed() -> None:
+    # A data set named 2024 or 1e3, a port given as text elsewhere: quotes are needed nowhere for text.
+    assert parse_overrides(["datasetName=2024", "urlsFile=1e3", "dep_rootPath=", "classifier='dnn'"]) == {
+        "datasetName": "2024", "urlsFile": "1e3", "dep_rootPath": "", "classifier": "dnn"}
+    assert parse_overrides(['datasetName="2024"'])["datasetName"] == "2024"
+    assert parse_overrides(["dep_port=8080", "run_boFlipAverage=True"]) == {"dep_port": 8080, "run_boFlipAverage": True}
+    assert load_params(overrides=parse_overrides(["datasetName=2024"])).datasetName == "2024"
+
+
 def test_unknown_override_suggests_nearest_name() -> None:
     with pytest.raises(ParameterError, match="did you mean 'ratioTrainTest'"):
         parse_overrides(["ratioTrainTset=0.5"])

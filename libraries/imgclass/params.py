@@ -352,7 +352,12 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
             raise ParameterError(f"--set expects NAME=VALUE, got {item!r}")
         if name not in SCHEMA:
             raise ParameterError(_unknown_message(name))
-        out[name] = parse_value(text.strip())
+        text = text.strip()
+        if SCHEMA[name].types == _STR and not (len(text) >= 2 and text[0] == text[-1] and text[0] in "'\""):
+            # A text parameter takes the text as typed: datasetName=2024 is the folder "2024", not a number.
+            out[name] = text
+        else:
+            out[name] = parse_value(text)
     return out
 
 
