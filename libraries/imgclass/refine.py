@@ -255,6 +255,9 @@ def _last_line(e: BaseException) -> str:
     """The last line of an error's message (for an error from a DataLoader process, the original
     error: torch puts its traceback before it), at most 300 characters."""
     last = (str(e).strip().splitlines() or [type(e).__name__])[-1]
+    # The traceback's last line starts with the error's qualified class name: the message is what follows.
+    for name in (f"{type(e).__module__}.{type(e).__qualname__}: ", f"{type(e).__qualname__}: "):
+        last = last.removeprefix(name)
     return ("..." + last[-300:]) if len(last) > 300 else last
 
 
