@@ -8,6 +8,7 @@ sent again one image at a time (so one bad file costs only its own answer); whil
 busy (HTTP 503), requests are sent again after the wait it asks for.
 """
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import httpx
 
 from imgclass.cli import parse_stage, run_stage, stage_parser
+from imgclass.data import shown
 from imgclass.images import is_image_name
 
 parser = stage_parser(
@@ -55,7 +57,10 @@ def find_images(source: Path) -> list[Path]:
     if source.is_file():
         return [source]
     if source.is_dir():
-        found = sorted(f for f in source.rglob("*") if f.is_file() and is_image_name(f))
+        # Hidden files are skipped, as stage 1 skips them: macOS leaves "._IMG_1.jpg" beside every
+        # photo copied to a USB stick, 4 kB of metadata that no decoder reads.
+        found = sorted(f for f in source.rglob("*") if f.is_file() and is_image_name(f)
+                       and not any(part.startswith(".") for part in f.relative_to(source).parts))
         if not found:
             raise FileNotFoundError(f"{source}: no image files in this folder")
         return found
@@ -69,7 +74,7 @@ def batches(images: list[Path], max_images: int, max_bytes: int | None) -> list[
     group: list[Path] = []
     size = REQUEST_OVERHEAD
     for f in images:
-        cost = f.stat().st_size + PART_OVERHEAD + 3 * len(f.name.encode())
+        cost = f.stat().st_size + PART_OVERHEAD + 3 * len(os.fsencode(f.name))
         if group and (len(group) >= max_images or (max_bytes is not None and size + cost > max_bytes)):
             groups.append(group)
             group, size = [], REQUEST_OVERHEAD
@@ -106,7 +111,7 @@ def score(client: httpx.Client, url: str, chunk: list[Path]) -> list[dict]:
     busy (503) the request is sent again after a wait."""
     for attempt in range(BUSY_RETRIES + 1):
         try:
-            files = [("images", (f.name, f.read_bytes())) for f in chunk]
+            files = [("images", (shown(f.name), f.read_bytes())) for f in chunk]
             return call(client, url, "POST", "/score", files=files)["results"]
         except ServiceError as e:
             if e.status != 503 or attempt == BUSY_RETRIES:
@@ -126,7 +131,7 @@ def send(client: httpx.Client, url: str, chunk: list[Path]) -> int:
         if e.status is None or e.status == 503:  # unreachable, or busy for good: no use going on
             raise
         if len(chunk) == 1:
-            print(f"{chunk[0]}\tERROR\t{e}", file=sys.stderr)
+            print(f"{shown(str(chunk[0]))}\tERROR\t{e}", file=sys.stderr)
             return 1
         # A refusal (4xx) or a failure inside the service (5xx) may come from one file of the
         # request: its images go again one at a time, so every other image still gets its answer
@@ -158,7 +163,7 @@ def main() -> int:
 
 def _line(path: Path, result: dict) -> str:
     scores = "  ".join(f"{c}={s:.4f}" for c, s in result["scores"].items())
-    return f"{path}\t{result['label']}\t{scores}"
+    return f"{shown(str(path))}\t{result['label']}\t{scores}"
 
 
 if __name__ == "__main__":

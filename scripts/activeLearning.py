@@ -27,7 +27,10 @@ parser.add_argument("--no-prompt", action="store_true", help="only list and draw
 def main() -> int:
     args, p = parse_stage(parser)
     log = p.proc_dir / "active_learning.tsv"
-    paths = unlabelled_images(args.folder, log)
+    left_out: list[tuple[str, str]] = []
+    paths = unlabelled_images(args.folder, log, left_out)
+    for name, problem in left_out:
+        print(f"left out: {name}: {problem}")
     if not paths:
         print(f"no unlabelled images left in {args.folder} (answers so far: {log})")
         return 0

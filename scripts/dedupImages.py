@@ -34,7 +34,7 @@ def main() -> int:
     threshold = p.dedup_threshold if args.threshold is None else args.threshold
     report = find_duplicates(folder, threshold)
     for path, reason in report.failed:
-        print(f"cannot decode, skipped: {path}: {reason}")
+        print(f"skipped: {path}: {reason}")
     print(f"{len(report.paths)} images, {sum(len(g) - 1 for g in report.exact)} exact duplicates "
           f"(identical hash), {len(report.to_move)} duplicates within {threshold} bits in {len(report.groups)} groups")
     cross = report.cross_class_groups()

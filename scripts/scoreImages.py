@@ -33,9 +33,12 @@ def main() -> int:
     folder = Path(args.folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such folder")
-    rel = list_folder_images(folder)
+    left_out: list[tuple[str, str]] = []
+    rel = list_folder_images(folder, left_out)
+    for name, problem in left_out:
+        print(f"left out: {name}: {problem}")
     if not rel:
-        raise FileNotFoundError(f"{folder}: no image files in this folder")
+        raise FileNotFoundError(f"{folder}: no image files in this folder" + (" that can be scored" if left_out else ""))
     scored = score_with_trained_model([folder / r for r in rel], p)
     for path, problem in scored.failed:
         print(f"left out: {path.relative_to(folder).as_posix()}: {problem}")

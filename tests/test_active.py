@@ -74,6 +74,12 @@ def test_apply_labels_copies_and_logs(tmp_path: Path) -> None:
     assert (src / "a.jpg").is_file()  # copied, not moved
     assert read_log(log) == {file_hash(src / "a.jpg"): "dotted", file_hash(src / "b.jpg"): "-"}
     assert unlabelled_images(src, log) == [(src / "c.jpg").resolve()]
+    # A name no log line can hold (not UTF-8) is left out with the reason, not a crash when logged.
+    (src / os.fsdecode(b"d\xe9.jpg")).write_bytes(b"d" * 10)
+    left_out: list[tuple[str, str]] = []
+    assert unlabelled_images(src, log, left_out) == [(src / "c.jpg").resolve()]
+    assert left_out == [("d\\xe9.jpg", "the file name is not valid UTF-8 (written in another system's encoding, "
+                                      "e.g. unpacked from a zip made on Windows): rename the file")]
     with pytest.raises(ValueError, match="'leopard' is not a class"):
         apply_labels({src / "c.jpg": "leopard"}, ["dotted", "striped"], images, log)
     # The same image labelled again (an interrupted earlier run) is not copied twice.
@@ -301,6 +307,9 @@ def test_score_images_script_scores_a_folder_offline_and_names_bad_files(tiny_mo
     folder = tmp_path / "new photos"
     shutil.copytree(tiny_model / "unlabelled", folder / "batch 1")
     (folder / "broken.jpg").write_bytes(b"not an image")
+    # A name that is not UTF-8 (a zip made on Windows) used to stop the run before anything was written.
+    non_utf8 = os.fsdecode(b"caf\xe9.jpg")
+    shutil.copy(next((folder / "batch 1").iterdir()), folder / non_utf8)
     env = {**os.environ, "IMGCLASS_DATA_DIR": str(tiny_model), "IMGCLASS_OFFLINE": "1", "IMGCLASS_TRACKING": "0"}
     proc = subprocess.run(
         [sys.executable, str(SCRIPTS / "scoreImages.py"), str(folder), "--set", "datasetName=tiny", "--set", "run_workers=0"],
@@ -308,6 +317,7 @@ def test_score_images_script_scores_a_folder_offline_and_names_bad_files(tiny_mo
     )
     assert proc.returncode == 0, proc.stderr
     assert "left out: broken.jpg" in proc.stdout and "9 images scored with svm of tiny" in proc.stdout
+    assert "left out: caf\\xe9.jpg: the file name is not valid UTF-8" in proc.stdout
     rows = [line.split("\t") for line in (tiny_model / "results" / "tiny" / "svm" / "scores_new photos.tsv").read_text().splitlines()]
     assert rows[0] == ["image", "predicted", "dotted", "leopard", "striped"] and len(rows) == 10
     # The same scores as the library gives for those files, and the predicted class is the top one.

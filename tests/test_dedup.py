@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import FASHION, run_script
+from conftest import FASHION, run_script, write_image
 from imgclass.data import Split, list_class_dirs, make_split
 from imgclass.dedup import (
     DEFAULT_THRESHOLD,
@@ -348,3 +348,19 @@ def test_look_alike_images_are_reported_not_moved(tmp_path: Path) -> None:
     assert proc.returncode == 1 and "not moving anything" in proc.stdout and not (root / "_duplicates").exists()
     proc = run_script("dedupImages.py", *args, "--remove", "--force", data_dir=tmp_path)
     assert "moved " in proc.stdout and (root / "_duplicates" / "moved.tsv").is_file()
+
+
+def test_script_leaves_out_names_no_output_file_can_hold(tmp_path: Path) -> None:
+    """A name that is not UTF-8 (a zip made on Windows) or holds a tab is left out with the reason,
+    as stage 1 leaves it out; before, writing duplicates.tsv stopped the run."""
+    import os
+
+    root = tmp_path / "ds"
+    for i in range(3):
+        write_image(root / "a" / f"{i}.jpg", (200, 40, 40), seed=i)
+    write_image(root / "a" / os.fsdecode(b"caf\xe9.jpg"), (200, 40, 40), seed=0)
+    write_image(root / "a" / "tab\there.jpg", (200, 40, 40), seed=0)
+    out = run_script("dedupImages.py", str(root), data_dir=tmp_path).stdout
+    assert "skipped: a/caf\\xe9.jpg: the file name is not valid UTF-8" in out
+    assert "skipped: a/tab\\there.jpg: the file or folder name holds a tab or line break" in out
+    assert "3 images" in out and (root / "duplicates.tsv").read_text().startswith("group\tkept")

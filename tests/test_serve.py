@@ -327,6 +327,20 @@ def test_client_script_carries_on_past_a_server_failure(url: str, tmp_path: Path
     assert [status for _, path, _, status in records if path == "/score"] == [500, 200, 500, 200]
 
 
+def test_client_script_skips_hidden_files_and_sends_names_that_are_not_utf8(url: str, tmp_path: Path) -> None:
+    # macOS leaves "._photo.jpg" metadata beside photos on a USB stick: not an image, now not sent.
+    # A name from a zip made on Windows (not UTF-8) used to stop the client before the first request.
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "red.jpg").write_bytes(jpeg_bytes(COLORS["red"]))
+    (folder / "._red.jpg").write_bytes(b"\x00\x05\x16\x07 AppleDouble metadata")
+    (folder / os.fsdecode(b"caf\xe9.jpg")).write_bytes(jpeg_bytes(COLORS["green"], seed=3))
+    proc = run_script("6_callWebservice.py", str(folder), "--url", url, data_dir=tmp_path, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert {Path(x.split("\t")[0]).name: x.split("\t")[1] for x in proc.stdout.splitlines()[1:]} == {
+        "caf\\xe9.jpg": "green", "red.jpg": "red"}
+
+
 def _hold_a_request(url: str) -> socket.socket:
     """Start a POST /score whose body never finishes arriving: the service counts it in progress."""
     host, port = url.removeprefix("http://").split(":")

@@ -126,13 +126,15 @@ def answered(done: Mapping[str, str], path: str | Path, content: str | None = No
     return done.get(content, done.get(str(Path(path).resolve())))
 
 
-def unlabelled_images(folder: str | Path, log_path: str | Path | None = None) -> list[Path]:
-    """Images below `folder` not answered yet (per the log, which knows them by content)."""
+def unlabelled_images(folder: str | Path, log_path: str | Path | None = None,
+                      left_out: list[tuple[str, str]] | None = None) -> list[Path]:
+    """Images below `folder` not answered yet (per the log, which knows them by content). Names
+    no output file can hold are left out and added to `left_out` (see list_folder_images)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such folder of unlabelled images")
     done = read_log(log_path) if log_path is not None else {}
-    paths = [(folder / p).resolve() for p in list_folder_images(folder)]
+    paths = [(folder / p).resolve() for p in list_folder_images(folder, left_out)]
     return [p for p in paths if not done or answered(done, p) is None]
 
 

@@ -188,6 +188,15 @@ def _has_tab_or_break(name: str) -> bool:
     return any(ch in name for ch in "\t\n\r")
 
 
+def name_problem(rel: str) -> tuple[str, str] | None:
+    """(the name as it can be shown, why it is left out) for a path no output file can hold, else None."""
+    if not _is_utf8(rel):  # the outputs are UTF-8 files (split.json, predictions.tsv, duplicates.tsv)
+        return shown(rel), f"the file name {NOT_UTF8}: rename the file"
+    if _has_tab_or_break(rel):
+        return repr(rel)[1:-1], f"the file or folder name {TAB_OR_BREAK}: rename it"
+    return None
+
+
 def _check_utf8_folders(names: list[str], where: Path) -> None:
     if bad := [c for c in names if not _is_utf8(c)]:
         raise DatasetError(f"{shown(str(where))}: the class folder name '{shown(bad[0])}' {NOT_UTF8}: rename the folder")
@@ -218,10 +227,8 @@ def _collect(root: Path, classes: list[str], excluded: list[tuple[str, str]], ba
     out: dict[str, list[str]] = {c: [] for c in classes}
     for (c, p), problem in zip(listed, problems):
         rel = p.relative_to(base).as_posix()
-        if not _is_utf8(rel):  # later stages write the path to UTF-8 files (split.json, predictions.tsv)
-            excluded.append((shown(rel), f"the file name {NOT_UTF8}: rename the file"))
-        elif _has_tab_or_break(rel):
-            excluded.append((repr(rel)[1:-1], f"the file or folder name {TAB_OR_BREAK}: rename it"))
+        if bad_name := name_problem(rel):
+            excluded.append(bad_name)
         elif problem:
             excluded.append((rel, problem))
         else:

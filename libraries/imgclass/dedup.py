@@ -28,7 +28,7 @@ import imagehash
 import numpy as np
 from tqdm.auto import tqdm
 
-from imgclass.data import DUPLICATES_FOLDER, Split, find_split_folders, walk_image_files
+from imgclass.data import DUPLICATES_FOLDER, Split, find_split_folders, name_problem, walk_image_files
 from imgclass.fileio import atomic_open
 from imgclass.images import ImageDecodeError, load_rgb
 
@@ -219,13 +219,22 @@ class DuplicateReport:
         return [g for g in self.groups if len({self.class_of(p) for p in g}) > 1]
 
 
-def list_folder_images(folder: str | Path) -> list[str]:
+def list_folder_images(folder: str | Path, left_out: list[tuple[str, str]] | None = None) -> list[str]:
     """Image files below `folder`, relative and sorted; folders starting with '_' or '.' skipped
     (so `_duplicates/` is never scanned again). Linked folders are followed, each real folder once,
     as stage 1 does: a class linked in from elsewhere is checked too, and a link back up the tree
-    cannot loop."""
+    cannot loop. Names no output file can hold (not UTF-8, a tab or line break) are left out, as
+    stage 1 leaves them out, and added to `left_out` as (name as shown, reason)."""
     folder = Path(folder)
-    return sorted(p.relative_to(folder).as_posix() for p in walk_image_files(folder, skip_prefixes=("_", ".")))
+    out = []
+    for p in walk_image_files(folder, skip_prefixes=("_", ".")):
+        rel = p.relative_to(folder).as_posix()
+        if bad := name_problem(rel):
+            if left_out is not None:
+                left_out.append(bad)
+        else:
+            out.append(rel)
+    return sorted(out)
 
 
 def find_duplicates(
@@ -238,10 +247,11 @@ def find_duplicates(
         raise FileNotFoundError(f"{folder}: no such folder")
     if threshold < 0:
         raise ValueError(f"threshold = {threshold}: must be >= 0 (bits that may differ)")
-    paths = list_folder_images(folder)
+    left_out: list[tuple[str, str]] = []
+    paths = list_folder_images(folder, left_out)
     hashes, problems = hash_files([folder / p for p in paths], hash_size, workers, progress)
     report = DuplicateReport(folder, threshold, paths, [str(h) if h is not None else "" for h in hashes])
-    report.failed = [(p, e) for p, e in zip(paths, problems) if e]
+    report.failed = left_out + [(p, e) for p, e in zip(paths, problems) if e]
     ok = [i for i, h in enumerate(hashes) if h is not None]
 
     # Pass 2 of the tutorial: walk the images in order and keep the first of each hash.
