@@ -1,6 +1,7 @@
 """Stage 6 client: send photos to the web service and print each one's label and class scores.
 
-Each IMAGE_OR_FOLDER is an image file or a folder (searched recursively for images); give as many
+Each IMAGE_OR_FOLDER is an image file or a folder (searched recursively for images, hidden files
+left out); give as many
 as you like, e.g. a shell glob. Images go in requests within the service's per-request limits
 (images and bytes, from its /info); a file too large for any request is sent alone, so the service
 names it. The reply's label and scores are printed one line per image. A request that fails is
