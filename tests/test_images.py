@@ -259,3 +259,35 @@ def test_a_damaged_heic_is_a_decode_error_naming_the_file(tmp_path: Path) -> Non
         with pytest.raises(ImageDecodeError, match=f"damaged{n}.heic: cannot decode"):
             load_rgb(path)
         assert check_image(path)
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that claims width x height pixels in its header (and holds almost none)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+
+
+def test_a_108_megapixel_phone_photo_decodes_without_a_warning_and_a_bomb_is_named(tmp_path: Path) -> None:
+    # Pillow warns above 89 million pixels and refused 179 million ("decompression bomb DOS attack"):
+    # phones take 108- and 200-megapixel photos. Files above MAX_PIXELS are refused, in our words.
+    import subprocess
+    import sys
+
+    photo = tmp_path / "phone.jpg"
+    Image.new("RGB", (12000, 9000), (30, 90, 200)).save(photo, quality=50)
+    # A fresh process, as a stage runs: the warning filter is set when imgclass.images is imported.
+    code = ("import sys, warnings; warnings.simplefilter('default'); from imgclass.images import load_square; "
+            "print(load_square(sys.argv[1], 64, 'crop')[0, 0].tolist())")
+    out = subprocess.run([sys.executable, "-c", code, str(photo)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "DecompressionBomb" not in out.stderr, out.stderr
+    assert [abs(a - b) <= 3 for a, b in zip(eval(out.stdout), (30, 90, 200))] == [True] * 3
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(_png_header(20000, 13000))  # 260 million pixels
+    with pytest.raises(ImageDecodeError, match=r"bomb.png: more than 250 million pixels, the limit for one image"):
+        load_rgb(bomb)
+    assert check_image(bomb).startswith("more than 250 million pixels, the limit")  # as stage 1 lists it

@@ -192,6 +192,19 @@ def test_formats_outside_the_allow_list_are_refused(url: str, fmt: str, name: st
         assert r.status_code == 200 and r.json()["results"][0]["label"] == "red", (ok, r.text)
 
 
+def test_the_default_pixel_limit_takes_phone_photos_and_refuses_bombs() -> None:
+    # 40 million pixels refused a 48-megapixel iPhone photo (8064 x 6048) and 50-108 MP Android ones.
+    from imgclass.params import load_params
+    from imgclass.serve import RequestError, ServeConfig, decode_image
+
+    limit = load_params().dep_maxPixels
+    assert limit == ServeConfig("x").max_pixels
+    for w, h, status in ((8064, 6048, 415), (12000, 9000, 415), (12001, 10000, 413), (100_000, 100_000, 413)):
+        with pytest.raises(RequestError) as e:  # 415: past the limit, then no pixel data to decode
+            decode_image(png_header_only(w, h), "p.png", 64, "crop", limit)
+        assert e.value.status == status, (w, h, e.value.message)
+
+
 def test_service_decodes_as_load_square(bundle: Path) -> None:
     # The service decodes with its format allow-list; the accepted formats decode as stage 3 decodes them.
     from imgclass.serve import decode_image

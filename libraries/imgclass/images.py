@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import io
 import os
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -29,6 +30,16 @@ except ImportError:  # the service's slim install may lack it: such files then g
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".avif", ".heic", ".heif")
 HEIF_EXTENSIONS = (".heic", ".heif")
 RESIZE_MODES = ("squash", "crop", "pad")
+# Pillow guards against decompression bombs by the pixel count in a file's header: it warns above
+# Image.MAX_IMAGE_PIXELS (89 million by default) and refuses above twice that. Phones now take 108-
+# and 200-megapixel photos: the warning was noise in every stage's output, and a 200-megapixel photo
+# was refused with "could be decompression bomb DOS attack". Here an image is refused above
+# MAX_PIXELS, with a reason that says so (the web service has its own, lower dep_maxPixels).
+MAX_PIXELS = 250_000_000
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS // 2
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+TOO_MANY_PIXELS = (f"more than {MAX_PIXELS // 1_000_000} million pixels, the limit for one image "
+                   "(a decompression bomb, or a huge scan or panorama: downscale it)")
 PAD_COLOR = (124, 116, 104)  # ImageNet mean colour: padding that the network treats as "nothing"
 # JPEGs are decoded at a reduced DCT scale that keeps at least this many times the output side.
 # libjpeg's 1/8 scale is an 8x8 block average, which aliases fine stripes and dots: decoding straight
@@ -153,9 +164,10 @@ def load_rgb(source: str | Path | bytes, min_size: int | None = None,
             return _to_rgb(_upright(img))
     except FileNotFoundError:
         raise
+    except Image.DecompressionBombError as e:
+        raise ImageDecodeError(f"{name}: {TOO_MANY_PIXELS}") from e
     # EOFError and RuntimeError: what pillow-heif raises for a damaged HEIC.
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, RuntimeError,
-            Image.DecompressionBombError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, RuntimeError) as e:
         if not HEIF_SUPPORT and Path(name).suffix.lower() in HEIF_EXTENSIONS:
             raise ImageDecodeError(f"{name}: HEIC/HEIF files need the pillow-heif package: "
                                    f"pip install -r requirements.txt") from e
@@ -167,6 +179,8 @@ def check_image(path: str | Path) -> str | None:
     try:
         load_rgb(path, min_size=8)
     except ImageDecodeError as e:
+        if isinstance(e.__cause__, Image.DecompressionBombError):
+            return TOO_MANY_PIXELS  # Pillow's own words call the user's photo a DOS attack
         return str(e.__cause__ or e)
     return None
 

@@ -74,7 +74,7 @@ class ServeConfig:
 
     bundle: str
     max_upload_bytes: int = 20_000_000
-    max_pixels: int = 40_000_000
+    max_pixels: int = 120_000_000  # a 108-megapixel phone photo passes
     max_images: int = 16
     max_batch: int = 16
     threads: int = 0  # ONNX Runtime intra-op threads (0 = the usable cores / workers)
