@@ -6,7 +6,8 @@ import pytest
 
 from conftest import run_script, write_image
 from imgclass.data import (
-    DatasetError, balance_notes, class_counts, exact_duplicates_across, list_images, load_split, make_split, save_split,
+    DatasetError, Split, balance_notes, class_counts, exact_duplicates_across, list_images, load_split, make_split,
+    save_split,
 )
 
 
@@ -181,6 +182,45 @@ def test_images_in_a_symlinked_subfolder_are_found(tmp_path: Path) -> None:
     assert class_counts(root) == {"cat": 5, "dog": 2}
     s = make_split(root, ratio=0.5, seed=0)
     assert s.counts()["cat"]["train"] + s.counts()["cat"]["test"] == 5
+
+
+def test_one_file_linked_into_two_classes_keeps_one_class_or_none(color_dataset: Path, tmp_path: Path) -> None:
+    """A link from one class into another (red/shared -> ../green), or back up the tree, read the
+    same photos under two labels without a word; a dangling link vanished silently."""
+    root = color_dataset
+    external = tmp_path / "external"
+    for i in range(2):
+        write_image(external / f"x{i}.jpg", (10, 10, 10), seed=i)
+    try:
+        (root / "red" / "shared").symlink_to(root / "green", target_is_directory=True)
+        (root / "red" / "ext").symlink_to(external, target_is_directory=True)  # the same outside folder ...
+        (root / "blue" / "ext").symlink_to(external, target_is_directory=True)  # ... in two classes
+        (root / "green" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    except OSError as e:
+        pytest.skip(f"cannot create symlinks here: {e}")
+
+    def check(split: Split) -> dict[str, str]:
+        labels = {p: split.classes[y] for p, y in split.train + split.test}
+        assert sorted(labels) == sorted(f"{c}/{c}_{i}.jpg" for c in ("red", "green", "blue") for i in range(6))
+        assert all(labels[p] == p.split("/")[0] for p in labels)
+        return dict(split.excluded)
+
+    why = check(make_split(root, ratio=0.5, seed=0))
+    assert why["red/shared/green_0.jpg"] == ("the same file as green/green_0.jpg (class green), reached through a "
+                                             "link: one file cannot have two classes")
+    assert why["red/ext/x1.jpg"] == why["blue/ext/x1.jpg"] == (
+        "one file linked into the classes blue, red: which is it? move it into one of them")
+    assert why["green/gone.jpg"] == f"a link to {tmp_path / 'nowhere.jpg'}, which does not exist"
+    assert len(why) == 6 + 2 * 2 + 2  # the dangling link is seen through red/shared too
+    # A link back up the tree in one class reads every other class again: those listings go.
+    for link in ("shared", "ext"):
+        (root / "red" / link).unlink()
+    (root / "blue" / "ext").unlink()
+    (root / "blue" / "up").symlink_to(root, target_is_directory=True)
+    why = check(make_split(root, ratio=0.5, seed=0))
+    assert why["blue/up/red/red_3.jpg"] == ("the same file as red/red_3.jpg (class red), reached through a link: "
+                                            "one file cannot have two classes")
+    assert len(why) == 6 + 6 + 2  # the dangling link, in green and in blue/up/green
 
 
 def test_a_class_without_training_images_stops_and_one_without_test_images_is_noted(color_dataset: Path) -> None:

@@ -100,11 +100,13 @@ def list_class_dirs(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(NOT_CLASS_PREFIXES))
 
 
-def walk_image_files(root: str | Path, skip_prefixes: tuple[str, ...] = (".",)) -> list[Path]:
+def walk_image_files(root: str | Path, skip_prefixes: tuple[str, ...] = (".",),
+                     broken_links: list[Path] | None = None) -> list[Path]:
     """Image files below `root`, sorted; files and folders whose names start with `skip_prefixes`
     skipped. Linked folders are followed (cat/batch2 -> ~/external is how photos stored elsewhere join
     a class; Path.rglob does not follow them before Python 3.13), each real folder once, so a link
-    back up the tree cannot loop."""
+    back up the tree cannot loop. Links with an image's name whose target does not exist go to
+    `broken_links`, when given."""
     out = []
     seen: set[str] = set()
     for folder, dirs, files in os.walk(root, followlinks=True):
@@ -116,15 +118,50 @@ def walk_image_files(root: str | Path, skip_prefixes: tuple[str, ...] = (".",)) 
         dirs[:] = [d for d in dirs if not d.startswith(skip_prefixes)]
         for name in files:
             p = Path(folder, name)
-            if not name.startswith(".") and is_image_name(name) and p.is_file():
-                out.append(p)
+            if not name.startswith(".") and is_image_name(name):
+                if p.is_file():
+                    out.append(p)
+                elif broken_links is not None and p.is_symlink():
+                    broken_links.append(p)
     return sorted(out)
 
 
-def list_images(class_dir: Path) -> list[Path]:
+def list_images(class_dir: Path, broken_links: list[Path] | None = None) -> list[Path]:
     """Image files below a class folder (recursively), sorted, hidden files and folders skipped,
     linked folders followed (see walk_image_files)."""
-    return walk_image_files(class_dir)
+    return walk_image_files(class_dir, broken_links=broken_links)
+
+
+def _one_class_per_file(listed: list[tuple[str, Path]], root: Path, base: Path) -> dict[Path, str]:
+    """{file listed: why it is left out} for files that are one real file listed under two classes,
+    through a link (dotted/shared -> ../striped, or a link back up the tree in one class folder):
+    one file cannot teach the model two classes. The listing inside its own class's real folder
+    stays; the others go, or all of them when no listing, or several, are inside their class."""
+    real_dir: dict[Path, str] = {}
+
+    def real(p: Path) -> str:
+        if p.is_symlink():
+            return os.path.realpath(p)
+        if p.parent not in real_dir:
+            real_dir[p.parent] = os.path.realpath(p.parent)
+        return os.path.join(real_dir[p.parent], p.name)
+
+    by_file: dict[str, list[tuple[str, Path]]] = defaultdict(list)
+    for c, p in listed:
+        by_file[real(p)].append((c, p))
+    out: dict[Path, str] = {}
+    for target, listings in by_file.items():
+        if len({c for c, _ in listings}) < 2:
+            continue
+        home = [(c, p) for c, p in listings if target.startswith(os.path.realpath(root / c) + os.sep)]
+        names = ", ".join(sorted({c for c, _ in listings}))
+        for c, p in listings:
+            if len(home) == 1 and (c, p) == home[0]:
+                continue
+            out[p] = (f"the same file as {home[0][1].relative_to(base).as_posix()} (class {home[0][0]}), reached "
+                      f"through a link: one file cannot have two classes" if len(home) == 1 else
+                      f"one file linked into the classes {names}: which is it? move it into one of them")
+    return out
 
 
 def skipped_folders(images_dir: str | Path) -> list[tuple[str, int]]:
@@ -222,7 +259,13 @@ def _collect(root: Path, classes: list[str], excluded: list[tuple[str, str]], ba
              progress: bool = False, allow_empty: bool = False) -> dict[str, list[str]]:
     """Per class, decodable image paths relative to `base`; undecodable ones go to `excluded`.
     A class without a usable image is an error, unless `allow_empty` (the test side of a split made in advance)."""
-    listed = [(c, p) for c in classes for p in list_images(root / c)]
+    broken: list[Path] = []
+    listed = [(c, p) for c in classes for p in list_images(root / c, broken)]
+    excluded += [(shown(p.relative_to(base).as_posix()), f"a link to {shown(os.readlink(p))}, which does not exist")
+                 for p in broken]
+    twice = _one_class_per_file(listed, root, base)
+    listed = [(c, p) for c, p in listed if p not in twice]
+    excluded += [(shown(p.relative_to(base).as_posix()), why) for p, why in twice.items()]
     problems = check_images([p for _, p in listed], progress) if check else [None] * len(listed)
     out: dict[str, list[str]] = {c: [] for c in classes}
     for (c, p), problem in zip(listed, problems):
