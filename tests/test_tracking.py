@@ -354,3 +354,24 @@ def test_stage6_is_recorded_before_it_hands_over_to_the_web_service(tracked_demo
     client = _client(data_dir)
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.`stage` = '6_deploy'")
     assert len(runs) == 1 and runs[0].data.metrics["stage_seconds"] > 0
+
+
+def test_compare_runs_shows_the_real_names_of_classes_whose_keys_changed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """MLflow keys refuse '%' and '#': 'a+b' and 'a_b' once shared a key (one class showed the other's
+    figure), and the comparison showed keys like '100_ horiz' instead of the class names."""
+    _tracked(monkeypatch)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(tracking, "CONFIG_FILE", tmp_path / "no_tracking.ini")
+    p = load_params(overrides={"DATA_DIR": str(tmp_path / "d"), "datasetName": "oddNames"})
+    started = time.time()
+    p.results_dir.mkdir(parents=True)
+    per_class = {"a+b": {"accuracy": 1.0, "auc": 0.9}, "a_b": {"accuracy": 0.25, "auc": 0.5},
+                 "100% horiz": {"accuracy": 0.5, "auc": 0.75}}
+    (p.results_dir / "metrics.json").write_text(json.dumps({"overall_accuracy": 0.6, "per_class": per_class}))
+    os.utime(p.results_dir / "metrics.json", (started + 0.5, started + 0.5))
+    assert tracking.track_stage(p, "scripts/5_evaluate.py", started) is not None
+    table = tracking.format_comparison(tracking.find_runs(p)).splitlines()
+    row = {line[:len("accuracy 100% horiz")].strip(): line.split()[-1] for line in table if line.startswith(("accuracy", "AUC"))}
+    assert row["accuracy a+b"] == "100.00%" and row["accuracy a_b"] == "25.00%" and row["accuracy 100% horiz"] == "50.00%"
+    assert row["AUC a+b"] == "0.9000" and row["AUC a_b"] == "0.5000"

@@ -131,6 +131,9 @@ def metric_key(name: str) -> str:
     return re.sub(r"[^\w\-. /:]", "_", name)
 
 
+CLASS_NAMES_TAG = "class_names"  # {metric key of a class: its real name}, for classes whose key differs
+
+
 def class_key(name: str) -> str:
     """A class name as part of a metric key. One that metric_key changes ("a+b", "T-Shirt (XL)")
     also gets a short hash of its real name, so that it cannot take the key of another class
@@ -336,12 +339,18 @@ def record_stage(p: Params, script: str | Path, started: float, argv: Sequence[s
 
     written = written_since(p.results_dir, started)
     metrics: list[Any] = []
+    renamed: dict[str, str] = {}
     for f in written:
         if f.name.startswith("metrics") and f.suffix == ".json":
             prefix = "" if f.name == "metrics.json" else f.stem[len("metrics"):].strip("_") + "_"
-            metrics += [Metric(k, v, now_ms, 0) for k, v in metrics_from_json(read_json(f), prefix).items()]
+            m = read_json(f)
+            metrics += [Metric(k, v, now_ms, 0) for k, v in metrics_from_json(m, prefix).items()]
+            renamed.update({class_key(c): c for c in m.get("per_class", {}) if class_key(c) != c})
         elif f.name == "training_curves.json":
             metrics += [Metric(k, v, now_ms, s) for k, v, s in curves_from_json(read_json(f))]
+    if renamed and len(text := json.dumps(renamed, ensure_ascii=False)) <= 5000:
+        # The real names of classes whose metric keys had to change, for compareRuns.py to show.
+        client.log_batch(run_id, tags=[RunTag(CLASS_NAMES_TAG, text)])
     for i in range(0, len(metrics), 1000):
         client.log_batch(run_id, metrics=metrics[i:i + 1000])
     for f in written:
@@ -447,9 +456,15 @@ def format_comparison(runs: Sequence[RunSummary], all_params: bool = False) -> s
     rows.append(("class-averaged accuracy", [_pct(r.metrics.get("class_averaged_accuracy")) for r in runs]))
     rows.append(("class-averaged AUC", [_num(r.metrics.get("class_averaged_auc")) for r in runs]))
     classes = sorted({k[len("accuracy_"):] for r in runs for k in r.metrics if k.startswith("accuracy_")})
+    real: dict[str, str] = {}
+    for r in runs:
+        try:
+            real.update(json.loads(r.tags.get(CLASS_NAMES_TAG, "{}")))
+        except ValueError:
+            pass
     for c in classes:
-        rows.append((f"accuracy {c}", [_pct(r.metrics.get(f"accuracy_{c}")) for r in runs]))
-        rows.append((f"AUC {c}", [_num(r.metrics.get(f"auc_{c}")) for r in runs]))
+        rows.append((f"accuracy {real.get(c, c)}", [_pct(r.metrics.get(f"accuracy_{c}")) for r in runs]))
+        rows.append((f"AUC {real.get(c, c)}", [_num(r.metrics.get(f"auc_{c}")) for r in runs]))
     label_w = max(len(k) for k, _ in rows)
     col_w = [max(len(vals[i]) for _, vals in rows) for i in range(len(runs))]
     lines = []
