@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +95,21 @@ def _candidates(folder: Path, n: int, scores: np.ndarray) -> list[Candidate]:
     return [Candidate(folder / f"{i}.jpg", scores, 0.1) for i in range(n)]
 
 
+def _typing(*answers: str) -> tuple[Callable[[str], str], list[str]]:
+    """An input() that gives `answers` in turn, then Ctrl-D (EOFError), and the prompts it was shown."""
+    given = iter(answers)
+    prompts: list[str] = []
+
+    def ask(prompt: str) -> str:
+        prompts.append(prompt)
+        try:
+            return next(given)
+        except StopIteration:
+            raise EOFError from None
+
+    return ask, prompts
+
+
 def test_label_interactively_understands_numbers_names_prefixes_skip_and_quit(tmp_path: Path) -> None:
     cands = _candidates(tmp_path / "u", 5, np.array([0.2, 0.5, 0.3]))
     answers = iter(["2", "what?", "Stri", "s", "dotted", "q"])
@@ -110,14 +126,8 @@ def test_label_interactively_understands_numbers_names_prefixes_skip_and_quit(tm
 def test_classes_named_by_numbers_are_answered_by_name_not_menu_position(tmp_path: Path) -> None:
     """Digits "0"-"9": typing 3 means the class "3" (menu position 3 would be "2")."""
     cands = _candidates(tmp_path / "u", 3, np.full(10, 0.1))
-    answers = iter(["3", "0", "9"])
-    prompts: list[str] = []
+    ask, prompts = _typing("3", "0", "9")
     images = tmp_path / "images"
-
-    def ask(prompt: str) -> str:
-        prompts.append(prompt)
-        return next(answers)
-
     copied = label_interactively(cands, [str(d) for d in range(10)], images, tmp_path / "log.tsv",
                                  input_fn=ask, print_fn=lambda *a: None)
     assert [p.relative_to(images).as_posix() for p in copied] == ["3/0.jpg", "0/1.jpg", "9/2.jpg"]
@@ -127,17 +137,8 @@ def test_classes_named_by_numbers_are_answered_by_name_not_menu_position(tmp_pat
 def test_classes_named_like_the_skip_and_quit_letters_can_be_chosen(tmp_path: Path) -> None:
     """Sizes S, M, L, q: "S" and "q" are those classes; "-" skips, Ctrl-D stops."""
     cands = _candidates(tmp_path / "u", 4, np.full(4, 0.25))
-    answers = iter(["S", "q", "-"])
-    prompts: list[str] = []
+    ask, prompts = _typing("S", "q", "-")
     images = tmp_path / "images"
-
-    def ask(prompt: str) -> str:
-        prompts.append(prompt)
-        try:
-            return next(answers)
-        except StopIteration:
-            raise EOFError from None
-
     copied = label_interactively(cands, ["L", "M", "S", "q"], images, tmp_path / "log.tsv",
                                  input_fn=ask, print_fn=lambda *a: None)
     assert [p.relative_to(images).as_posix() for p in copied] == ["S/0.jpg", "q/1.jpg"]
