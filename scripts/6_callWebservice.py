@@ -48,10 +48,12 @@ class ServiceError(RuntimeError):
         self.retry_after = retry_after
 
 
-# A busy service (HTTP 503) is asked again after the wait it gives (Retry-After, else 1 s), doubled
-# after each refusal up to BUSY_MAX_WAIT seconds, at most BUSY_RETRIES times for one request.
+# A busy service (HTTP 503) is asked again after 1, 2, 4, 8, then 10 s (BUSY_MAX_WAIT), or after the
+# longer wait it asks for in Retry-After (a proxy in maintenance: up to GIVEN_MAX_WAIT), at most
+# BUSY_RETRIES times for one request.
 BUSY_RETRIES = 8
 BUSY_MAX_WAIT = 10.0
+GIVEN_MAX_WAIT = 120.0
 
 
 def find_images(source: Path) -> list[Path]:
@@ -117,7 +119,7 @@ def score(client: httpx.Client, url: str, chunk: list[Path]) -> list[dict]:
         except ServiceError as e:
             if e.status != 503 or attempt == BUSY_RETRIES:
                 raise
-            wait = min(BUSY_MAX_WAIT, (e.retry_after or 1.0) * 2 ** attempt)
+            wait = min(GIVEN_MAX_WAIT, max(e.retry_after or 0.0, min(BUSY_MAX_WAIT, 2.0 ** attempt)))
             print(f"the service is busy ({e}); sending again in {wait:g} s", file=sys.stderr)
             time.sleep(wait)
     raise AssertionError("not reached")
@@ -126,22 +128,39 @@ def score(client: httpx.Client, url: str, chunk: list[Path]) -> list[dict]:
 def send(client: httpx.Client, url: str, chunk: list[Path]) -> int:
     """Score the images of `chunk` in one request and print a line for each; returns how many
     the service refused or failed on."""
+    if len(chunk) == 1:
+        return int(_send_one(client, url, chunk[0]) is not None)
     try:
         results = score(client, url, chunk)
     except ServiceError as e:
         if e.status is None or e.status == 503:  # unreachable, or busy for good: no use going on
             raise
-        if len(chunk) == 1:
-            print(f"{shown(str(chunk[0]))}\tERROR\t{e}", file=sys.stderr)
-            return 1
         # A refusal (4xx) or a failure inside the service (5xx) may come from one file of the
         # request: its images go again one at a time, so every other image still gets its answer
         # and the file is named.
         print(f"a request of {len(chunk)} images failed ({e}); sending them one at a time", file=sys.stderr)
-        return sum(send(client, url, [f]) for f in chunk)
+        statuses = [_send_one(client, url, f) for f in chunk]
+        if e.status >= 500 and all(s is not None and s >= 500 for s in statuses):
+            raise ServiceError(f"the service failed on each image alone too ({e}): not one bad file but the "
+                               f"service (or a proxy before it); stopping", e.status) from None
+        return sum(s is not None for s in statuses)
     for f, result in zip(chunk, results):
         print(_line(f, result))
     return 0
+
+
+def _send_one(client: httpx.Client, url: str, image: Path) -> int | None:
+    """Score one image and print its line; None when it was answered, else the HTTP status of the
+    refusal (printed as an ERROR line)."""
+    try:
+        result = score(client, url, [image])[0]
+    except ServiceError as e:
+        if e.status is None or e.status == 503:
+            raise
+        print(f"{shown(str(image))}\tERROR\t{e}", file=sys.stderr)
+        return e.status
+    print(_line(image, result))
+    return None
 
 
 def main() -> int:

@@ -68,11 +68,22 @@ def main() -> int:
            "--workers", str(workers), "--threads", str(p.dep_threads), "--max-batch", str(p.dep_maxBatch),
            "--max-upload-bytes", str(p.dep_maxUploadBytes), "--max-pixels", str(p.dep_maxPixels),
            "--max-images", str(p.dep_maxImagesPerRequest), "--max-concurrent", str(p.dep_maxConcurrent),
+           "--body-timeout", str(p.dep_bodyTimeoutSec),
            "--root-path", p.dep_rootPath]
     if os.name == "nt":
         # Windows has no exec: os.execv starts a new process and ends this one, which would leave the
-        # server running detached, out of reach of Ctrl-C and of whoever started this script.
-        return subprocess.call(cmd)
+        # server running detached, out of reach of Ctrl-C and of whoever started this script. So the
+        # server runs as a child; Ctrl-C reaches both, and the server is given time to shut down
+        # (subprocess.call would kill it after a quarter of a second).
+        server = subprocess.Popen(cmd)
+        try:
+            return server.wait()
+        except KeyboardInterrupt:
+            try:
+                return server.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                return 1
     os.execv(sys.executable, cmd)
 
 

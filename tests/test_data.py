@@ -223,6 +223,36 @@ def test_one_file_linked_into_two_classes_keeps_one_class_or_none(color_dataset:
     assert len(why) == 6 + 6 + 2  # the dangling link, in green and in blue/up/green
 
 
+def test_a_class_folder_linked_to_a_sub_folder_of_another_class_keeps_its_images(tmp_path: Path) -> None:
+    """kittens -> cat/kittens: the images lie in both classes' real folders; the innermost, the
+    kittens class, keeps them (they were left out of both, and stage 1 stopped). A second name for a
+    photo inside its own class (cat/best.jpg -> x.jpg) does not cost it its class either."""
+    root = tmp_path / "ds"
+    for i in range(3):
+        write_image(root / "cat" / f"{i}.jpg", (90, 90, 90), seed=i)
+        write_image(root / "cat" / "kittens" / f"k{i}.jpg", (200, 90, 90), seed=i)
+        write_image(root / "dog" / f"{i}.jpg", (10, 10, 10), seed=i)
+    try:
+        (root / "kittens").symlink_to(root / "cat" / "kittens", target_is_directory=True)
+        (root / "cat" / "best.jpg").symlink_to(root / "cat" / "0.jpg")
+        (root / "dog" / "0_cat.jpg").symlink_to(root / "cat" / "0.jpg")
+    except OSError as e:
+        pytest.skip(f"cannot create symlinks here: {e}")
+    split = make_split(root, ratio=0.5, seed=0)
+    labels = {p: split.classes[y] for p, y in split.train + split.test}
+    assert {p for p, c in labels.items() if c == "kittens"} == {f"kittens/k{i}.jpg" for i in range(3)}
+    assert {p for p, c in labels.items() if c == "cat"} == {"cat/0.jpg", "cat/1.jpg", "cat/2.jpg", "cat/best.jpg"}
+    assert dict(split.excluded) == {
+        **{f"cat/kittens/k{i}.jpg": f"the same file as kittens/k{i}.jpg (class kittens), reached through a link: "
+                                    "one file cannot have two classes" for i in range(3)},
+        "dog/0_cat.jpg": "the same file as cat/0.jpg (class cat), reached through a link: one file cannot have two classes"}
+    # A class whose every image is another class's file: stage 1 says why it has none left.
+    for i in range(3):
+        (root / "dog" / f"{i}.jpg").unlink()
+    with pytest.raises(DatasetError, match=r"class 'dog' has no usable images \(1 left out, e\.g\. dog/0_cat\.jpg: the same file"):
+        make_split(root, ratio=0.5, seed=0)
+
+
 def test_a_class_without_training_images_stops_and_one_without_test_images_is_noted(color_dataset: Path) -> None:
     # dedicatedTestImages.tsv listing every image of a class leaves nothing to learn it from.
     (color_dataset / "dedicatedTestImages.tsv").write_text(

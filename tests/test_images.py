@@ -280,12 +280,16 @@ def test_a_108_megapixel_phone_photo_decodes_without_a_warning_and_a_bomb_is_nam
 
     photo = tmp_path / "phone.jpg"
     Image.new("RGB", (12000, 9000), (30, 90, 200)).save(photo, quality=50)
+    big = tmp_path / "200mp.png"
+    big.write_bytes(_png_header(16320, 12240))  # a 200-megapixel phone's size; its pixel data cut short
     # A fresh process, as a stage runs: the warning filter is set when imgclass.images is imported.
-    code = ("import sys, warnings; warnings.simplefilter('default'); from imgclass.images import load_square; "
-            "print(load_square(sys.argv[1], 64, 'crop')[0, 0].tolist())")
-    out = subprocess.run([sys.executable, "-c", code, str(photo)], capture_output=True, text=True, timeout=120)
+    code = ("import sys, warnings; warnings.simplefilter('default'); from imgclass.images import check_image, load_square; "
+            "print(load_square(sys.argv[1], 64, 'crop')[0, 0].tolist()); print(check_image(sys.argv[2]))")
+    out = subprocess.run([sys.executable, "-c", code, str(photo), str(big)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "DecompressionBomb" not in out.stderr, out.stderr
-    assert [abs(a - b) <= 3 for a, b in zip(eval(out.stdout), (30, 90, 200))] == [True] * 3
+    pixel, problem = out.stdout.splitlines()
+    assert [abs(a - b) <= 3 for a, b in zip(eval(pixel), (30, 90, 200))] == [True] * 3
+    assert "pixels" not in problem and problem, problem  # opened (not refused for its size), then found damaged
     bomb = tmp_path / "bomb.png"
     bomb.write_bytes(_png_header(20000, 13000))  # 260 million pixels
     with pytest.raises(ImageDecodeError, match=r"bomb.png: more than 250 million pixels, the limit for one image"):

@@ -135,8 +135,10 @@ def list_images(class_dir: Path, broken_links: list[Path] | None = None) -> list
 def _one_class_per_file(listed: list[tuple[str, Path]], root: Path, base: Path) -> dict[Path, str]:
     """{file listed: why it is left out} for files that are one real file listed under two classes,
     through a link (dotted/shared -> ../striped, or a link back up the tree in one class folder):
-    one file cannot teach the model two classes. The listing inside its own class's real folder
-    stays; the others go, or all of them when no listing, or several, are inside their class."""
+    one file cannot teach the model two classes. The file keeps the class whose real folder it lies
+    in (the innermost, when a class folder is a link to a sub-folder of another class:
+    kittens -> cat/kittens); it is left out of the others, or of all when it lies in none of them
+    or in two classes' same folder."""
     real_dir: dict[Path, str] = {}
 
     def real(p: Path) -> str:
@@ -146,21 +148,27 @@ def _one_class_per_file(listed: list[tuple[str, Path]], root: Path, base: Path) 
             real_dir[p.parent] = os.path.realpath(p.parent)
         return os.path.join(real_dir[p.parent], p.name)
 
+    class_dir = {c: os.path.realpath(root / c) for c, _ in listed}
     by_file: dict[str, list[tuple[str, Path]]] = defaultdict(list)
     for c, p in listed:
         by_file[real(p)].append((c, p))
     out: dict[Path, str] = {}
     for target, listings in by_file.items():
-        if len({c for c, _ in listings}) < 2:
+        classes = sorted({c for c, _ in listings})
+        if len(classes) < 2:
             continue
-        home = [(c, p) for c, p in listings if target.startswith(os.path.realpath(root / c) + os.sep)]
-        names = ", ".join(sorted({c for c, _ in listings}))
+        homes = [c for c in classes if target.startswith(class_dir[c] + os.sep)]
+        depth = {c: len(class_dir[c]) for c in homes}
+        home = max(homes, key=depth.get) if homes else None
+        if home is not None and list(depth.values()).count(depth[home]) > 1:
+            home = None  # two classes are the same real folder
+        kept = next((p for c, p in listings if c == home), None)
         for c, p in listings:
-            if len(home) == 1 and (c, p) == home[0]:
+            if c == home:
                 continue
-            out[p] = (f"the same file as {home[0][1].relative_to(base).as_posix()} (class {home[0][0]}), reached "
-                      f"through a link: one file cannot have two classes" if len(home) == 1 else
-                      f"one file linked into the classes {names}: which is it? move it into one of them")
+            out[p] = (f"the same file as {kept.relative_to(base).as_posix()} (class {home}), reached through a "
+                      f"link: one file cannot have two classes" if kept is not None else
+                      f"one file linked into the classes {', '.join(classes)}: which is it? move it into one of them")
     return out
 
 
@@ -281,7 +289,9 @@ def _collect(root: Path, classes: list[str], excluded: list[tuple[str, str]], ba
     excluded += [(rel, f"marked {EXCLUDE} in {FIXES_FILE}") for rel in dropped]
     for c, good in out.items():
         if not good and not allow_empty:
-            raise DatasetError(f"{root / c}: class {c!r} has no usable images")
+            gone = [(p, why) for p, why in excluded if p.startswith(f"{(root / c).relative_to(base).as_posix()}/")]
+            raise DatasetError(f"{root / c}: class {c!r} has no usable images" + (
+                f" ({len(gone)} left out, e.g. {gone[0][0]}: {gone[0][1]})" if gone else ""))
     return out
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from imgclass.backbones import BACKBONE_NAMES
+from imgclass.images import MAX_PIXELS
 
 ENV_DATA_DIR = "IMGCLASS_DATA_DIR"
 ENV_PARAMS_FILE = "IMGCLASS_PARAMS"
@@ -182,9 +183,11 @@ SCHEMA: dict[str, Spec] = {
     "dep_threads": Spec(_INT, check=_non_negative),
     "dep_maxBatch": Spec(_INT, check=_positive),
     "dep_maxUploadBytes": Spec(_INT, check=_positive),
-    "dep_maxPixels": Spec(_INT, check=_positive),
+    "dep_maxPixels": Spec(_INT, check=lambda v: None if 1 <= v <= MAX_PIXELS else
+                          f"must be between 1 and {MAX_PIXELS} (imgclass.images.MAX_PIXELS: no image has more)"),
     "dep_maxImagesPerRequest": Spec(_INT, check=_positive),
     "dep_maxConcurrent": Spec(_INT, check=_positive),
+    "dep_bodyTimeoutSec": Spec(_FLOAT, check=_positive),
     "dep_timeoutSec": Spec(_FLOAT, check=_positive),
 
     # --- building a data set (Part 3) ---
@@ -352,12 +355,12 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
             raise ParameterError(f"--set expects NAME=VALUE, got {item!r}")
         if name not in SCHEMA:
             raise ParameterError(_unknown_message(name))
-        text = text.strip()
-        if SCHEMA[name].types == _STR and not (len(text) >= 2 and text[0] == text[-1] and text[0] in "'\""):
-            # A text parameter takes the text as typed: datasetName=2024 is the folder "2024", not a number.
-            out[name] = text
-        else:
-            out[name] = parse_value(text)
+        value = parse_value(text.strip())
+        if SCHEMA[name].types == _STR and isinstance(value, (int, float)) and not isinstance(value, bool):
+            # A number given to a text parameter is that text: datasetName=2024 is the folder "2024".
+            # (None, True or a list stay what they are, and validation refuses them.)
+            value = text.strip()
+        out[name] = value
     return out
 
 

@@ -19,7 +19,8 @@ Limits answer with a 4xx JSON error {"detail": "..."} and never stop the server:
 (413, also for chunked uploads), pixels per image, which stops decompression bombs before decoding
 (413), images per request (413), empty request (400), malformed JSON or base64 (400), not an image
 or a format not accepted (415). More requests to score at once than `max_concurrent` per worker:
-503 with Retry-After (each holds its upload in memory while it waits).
+503 with Retry-After (each holds its upload in memory while it waits); a body that stops arriving
+for `body_timeout` seconds: 408.
 
 This module imports neither torch nor pickle: a worker starts in about a second and holds only the
 ONNX model.
@@ -51,7 +52,7 @@ from fastapi.staticfiles import StaticFiles
 from PIL import Image, UnidentifiedImageError
 
 from imgclass.export import Bundle, cpu_session, load_bundle, usable_cpus
-from imgclass.images import ImageDecodeError, load_square, openers
+from imgclass.images import DRAFT_OVERSAMPLE, ImageDecodeError, load_square, openers
 
 ENV_CONFIG = "IMGCLASS_SERVE_CONFIG"  # how `workers > 1` hands the settings to each worker process
 STATIC_DIR = Path(str(resources.files("imgclass") / "static"))
@@ -74,13 +75,14 @@ class ServeConfig:
 
     bundle: str
     max_upload_bytes: int = 20_000_000
-    max_pixels: int = 120_000_000  # a 108-megapixel phone photo passes
+    max_pixels: int = 40_000_000  # as decoded: a JPEG at its reduced scale (a 108-megapixel photo passes)
     max_images: int = 16
     max_batch: int = 16
     threads: int = 0  # ONNX Runtime intra-op threads (0 = the usable cores / workers)
     workers: int = 1  # processes serving side by side: the default thread counts share the cores out
     decode_threads: int = 0  # images decoded at once (0 = the usable cores / workers)
     max_concurrent: int = 32  # requests to score one worker holds at once (each with its body in memory)
+    body_timeout: float = 30.0  # seconds a request may pause while sending its body before it is dropped (408)
 
     def __post_init__(self) -> None:
         for name in ("max_upload_bytes", "max_pixels", "max_images", "max_batch", "workers", "max_concurrent"):
@@ -89,6 +91,8 @@ class ServeConfig:
         for name in ("threads", "decode_threads"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} = {getattr(self, name)}: must be >= 0")
+        if not self.body_timeout > 0:
+            raise ValueError(f"body_timeout = {self.body_timeout}: must be > 0")
 
     def cores_each(self) -> int:
         """This process's share of the usable cores (its CPU affinity, not os.cpu_count())."""
@@ -186,6 +190,12 @@ def decode_image(data: bytes, name: str, size: int, resize_mode: str, max_pixels
     try:
         with Image.open(io.BytesIO(data), formats=readers) as probe:  # reads the header only
             w, h = probe.size
+            # What counts is what decoding will hold in memory: a JPEG is decoded at the reduced
+            # scale load_square asks for (draft() sets it without decoding), so a 108-megapixel
+            # phone photo takes a few megapixels; every other format is decoded whole.
+            if probe.format == "JPEG":  # as load_rgb decides
+                probe.draft("RGB", (DRAFT_OVERSAMPLE * size, DRAFT_OVERSAMPLE * size))
+            dw, dh = probe.size
     except Image.DecompressionBombError as e:  # PIL's own cap, when it is below max_pixels
         raise RequestError(413, f"{name}: more than the limit of pixels ({e})") from None
     except UnidentifiedImageError:
@@ -195,8 +205,9 @@ def decode_image(data: bytes, name: str, size: int, resize_mode: str, max_pixels
         raise RequestError(415, f"{name}: not an image (unrecognised file format, {len(data)} bytes)") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise RequestError(415, f"{name}: not an image ({e})") from None
-    if w * h > max_pixels:
-        raise RequestError(413, f"{name}: {w}x{h} = {w * h} pixels, more than the limit of {max_pixels}")
+    if dw * dh > max_pixels:
+        decoded = f" (decoded at {dw}x{dh})" if (dw, dh) != (w, h) else ""
+        raise RequestError(413, f"{name}: {w}x{h}{decoded} = {dw * dh} pixels, more than the limit of {max_pixels}")
     try:
         return load_square(data, size, resize_mode, formats=readers)
     except ImageDecodeError as e:
@@ -328,37 +339,74 @@ class BodyLimit:
                 await self._refuse(send, detail)
 
 
+class _BodyTimeout(RequestError):
+    """Raised from inside receive(): the client stopped sending its body; the app answers 408."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(408, f"the request body stopped arriving for {seconds:g} s (dep_bodyTimeoutSec); send it again")
+
+
 class ConcurrencyLimit:
     """ASGI middleware: at most `max_requests` POSTs (requests to score) in progress at once; one
     more is answered 503 with Retry-After at once, before its body is read.
 
-    Each request in progress holds its upload (up to max_upload_bytes) in memory while it waits
-    for the decoders and the network, so without a bound a burst of large uploads could take
-    gigabytes. A client told to retry later loses nothing; one the server runs out of memory for
-    does. Requests that only read (the page, /info, /health) are not counted: they cost nothing."""
+    Each request in progress holds its upload (up to max_upload_bytes) in memory while it arrives
+    and while it waits for the decoders and the network, so without a bound a burst of large
+    uploads could take gigabytes. A client told to retry later loses nothing; one the server runs
+    out of memory for does. A request whose body stops arriving for `body_timeout` seconds is
+    answered 408 and its place freed: without that, a few stalled uploads would shut every other
+    client out for good (uvicorn sets no such timeout). Requests that only read (the page, /info,
+    /health) are not counted: they cost nothing."""
 
     RETRY_AFTER_SECONDS = 1
 
-    def __init__(self, app: Callable[..., Awaitable[None]], max_requests: int) -> None:
+    def __init__(self, app: Callable[..., Awaitable[None]], max_requests: int, body_timeout: float = 30.0) -> None:
         self.app = app
         self.max_requests = max_requests
+        self.body_timeout = body_timeout
         self.active = 0  # one event loop per worker process: no lock needed
+
+    async def _reply(self, send: Callable[..., Awaitable[None]], status: int, detail: str,
+                     headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+        body = json.dumps({"detail": detail}).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                *headers, (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
 
     async def __call__(self, scope: dict, receive: Callable[..., Awaitable[dict]], send: Callable[..., Awaitable[None]]) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
         if self.active >= self.max_requests:
-            body = json.dumps({"detail": f"busy: {self.active} requests in progress, the limit "
-                                         f"(dep_maxConcurrent); retry in a moment"}).encode()
-            await send({"type": "http.response.start", "status": 503,
-                        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                    (b"retry-after", str(self.RETRY_AFTER_SECONDS).encode()), (b"connection", b"close")]})
-            await send({"type": "http.response.body", "body": body})
+            await self._reply(send, 503, f"busy: {self.active} requests in progress, the limit (dep_maxConcurrent); "
+                                         f"retry in a moment", [(b"retry-after", str(self.RETRY_AFTER_SECONDS).encode())])
             return
+        body_done = False
+        started = False
+
+        async def timed_receive() -> dict:
+            nonlocal body_done
+            if body_done:  # after the body only a disconnect can come: no deadline for that
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.body_timeout)
+            except asyncio.TimeoutError:
+                raise _BodyTimeout(self.body_timeout) from None
+            body_done = message["type"] != "http.request" or not message.get("more_body", False)
+            return message
+
+        async def tracked_send(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
         self.active += 1
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, timed_receive, tracked_send)
+        except _BodyTimeout as e:  # the app's RequestError handler answers it; this is in case it escaped
+            if not started:
+                await self._reply(send, e.status, e.message)
         finally:
             self.active -= 1
 
@@ -447,7 +495,7 @@ def create_app(config: ServeConfig) -> Any:
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     # Outermost, so a request over a limit is refused before any of its body is read.
-    return ConcurrencyLimit(BodyLimit(app, config.max_upload_bytes), config.max_concurrent)
+    return ConcurrencyLimit(BodyLimit(app, config.max_upload_bytes), config.max_concurrent, config.body_timeout)
 
 
 def app_from_env() -> Any:
@@ -485,12 +533,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="images decoded at once per worker (0 = the usable cores divided among the workers)")
     parser.add_argument("--max-concurrent", type=int, default=ServeConfig.max_concurrent,
                         help="requests to score one worker holds at once; more are answered 503 with Retry-After")
+    parser.add_argument("--body-timeout", type=float, default=ServeConfig.body_timeout,
+                        help="seconds a request may pause while sending its body; then 408 and its place is free")
     a = parser.parse_args(argv)
     try:
         if a.workers < 1:
             raise ValueError(f"--workers {a.workers}: must be >= 1")
         config = ServeConfig(a.bundle, a.max_upload_bytes, a.max_pixels, a.max_images, a.max_batch, a.threads,
-                             a.workers, a.decode_threads, a.max_concurrent)
+                             a.workers, a.decode_threads, a.max_concurrent, a.body_timeout)
         print(f"serving {config.bundle} on http://{a.host}:{a.port}/ ({a.workers} worker(s)); "
               f"API docs at http://{a.host}:{a.port}/docs", flush=True)
         serve(config, a.host, a.port, a.workers, a.root_path)
