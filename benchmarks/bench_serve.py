@@ -135,6 +135,14 @@ def in_process_ms(bundle: Path, image: Path, threads: int, n: int) -> float:
     return percentile_ms(times, 50)
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def start_server(bundle: Path, port: int, workers: int, threads: int) -> subprocess.Popen:
     import httpx
 
@@ -142,6 +150,8 @@ def start_server(bundle: Path, port: int, workers: int, threads: int) -> subproc
                              "--workers", str(workers), "--threads", str(threads)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(300):
+        if proc.poll() is not None:  # e.g. the port is taken: ask for another with --port
+            raise RuntimeError(f"the server exited with status {proc.returncode} (port {port} taken?)")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
                 return proc
@@ -186,7 +196,7 @@ def main() -> None:
     ap.add_argument("--latency-requests", type=int, default=200)
     ap.add_argument("--throughput-requests", type=int, default=600)
     ap.add_argument("--max-seconds", type=float, default=30.0)
-    ap.add_argument("--port", type=int, default=8765)
+    ap.add_argument("--port", type=int, default=0, help="port for the service (default: a free one)")
     ap.add_argument("--load", default=None, help=argparse.SUPPRESS)  # internal: the load-generator process
     ap.add_argument("--image", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -201,7 +211,7 @@ def main() -> None:
         print(f"image: 640x480 JPEG, {image.stat().st_size} bytes; workers={args.workers} threads={args.threads or 'all'}")
         for name, bundle in bundles.items():
             base = in_process_ms(bundle, image, args.threads, 50)
-            m = measure(bundle, image, args.port, args)
+            m = measure(bundle, image, args.port or _free_port(), args)
             print(f"[{'flip averaging on ' if name == 'flip' else 'flip averaging off'}] "
                   f"in-process decode+score p50 {base:6.1f} ms | HTTP p50 {m['p50_ms']:6.1f} ms "
                   f"(x{m['p50_ms'] / base:.2f} of in-process), p99 {m['p99_ms']:6.1f} ms | "
