@@ -10,7 +10,7 @@ from pathlib import Path
 
 from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.data import class_counts
-from imgclass.download import download_images
+from imgclass.download import MANIFEST_FILE, download_images
 from imgclass.synthetic import generate_demo_dataset
 
 DEMO_DATASET = "fashionTextureDemo"
@@ -36,6 +36,17 @@ def main() -> int:
         print(report.summary())
         for (old, new), n in Counter((old, new) for _, old, new in report.moved).items():
             print(f"moved {n} image{'' if n == 1 else 's'} from {old}/ to {new}/ (label changed in the URL list)")
+        for (folder, listed), n in Counter((f, lab) for _, f, lab in report.left_by_hand).items():
+            print(f"note: {n} image{'' if n == 1 else 's'} listed as {listed!r} {'is' if n == 1 else 'are'} in {folder}/ "
+                  f"(moved by hand to fix a label?): left there; change the list's label to match")
+        if report.deleted:
+            print(f"note: {len(report.deleted)} image(s) deleted since an earlier run fetched them: not fetched again "
+                  f"(delete their lines in {out / MANIFEST_FILE} to fetch them again)")
+        if report.unlisted:
+            print(f"note: {len(report.unlisted)} image(s) fetched for URLs no longer in the list (e.g. dropped as "
+                  f"ambiguous by scrapeImages.py) are still in the data set, e.g. "
+                  f"{report.unlisted[0].relative_to(out).as_posix()}: delete them, or mark them EXCLUDE in "
+                  f"annotations_fixes.tsv")
         if report.failed:
             print(f"broken URLs and reasons: {out / 'download_failures.tsv'}")
         counts = class_counts(out)

@@ -597,6 +597,37 @@ def test_truncated_body_is_a_network_error_and_retried(server: Server, tmp_path:
     assert (tmp_path / "cat" / (_stem(entries[1][1]) + ".jpg")).read_bytes() == JPEG
 
 
+def test_a_rerun_leaves_what_the_user_did_by_hand(server: Server, tmp_path: Path) -> None:
+    """A file moved to another class folder to fix its label stays there (it was moved back, and
+    said "label changed in the URL list"); one sorted into a sub-folder of its class is not fetched
+    again; one deleted is not fetched again; one whose URL left the list is named."""
+    out = tmp_path / "images"
+    cat, cat2, dog = server.url("/cat.jpg"), server.url("/cat2.jpg"), server.url("/dog.png")
+    entries = [("cat", cat), ("cat", cat2), ("dog", dog)]
+    download_images(entries, out, progress=False)
+    assert dl.read_manifest(out) == {cat: "cat", cat2: "cat", dog: "dog"}
+    (out / "cat" / f"{_stem(cat)}.jpg").rename(out / "dog" / f"{_stem(cat)}.jpg")  # "that one is a dog"
+    (out / "cat" / "batch1").mkdir()
+    (out / "cat" / f"{_stem(cat2)}.jpg").rename(out / "cat" / "batch1" / f"{_stem(cat2)}.jpg")
+    (out / "dog" / f"{_stem(dog)}.png").unlink()  # "not a usable photo"
+    report = download_images(entries, out, progress=False)
+    assert (report.ok, report.skipped_existing, report.moved) == (0, 2, [])
+    assert report.left_by_hand == [(cat, "dog", "cat")] and report.deleted == [dog]
+    assert server.hits["/cat.jpg"] == server.hits["/cat2.jpg"] == server.hits["/dog.png"] == 1
+    assert (out / "dog" / f"{_stem(cat)}.jpg").is_file() and (out / "cat" / "batch1" / f"{_stem(cat2)}.jpg").is_file()
+    # The list itself relabels cat2 now: that change is followed, from the sub-folder.
+    report = download_images([("cat", cat), ("dog", cat2), ("dog", dog)], out, progress=False)
+    assert report.moved == [(cat2, "cat", "dog")] and (out / "dog" / f"{_stem(cat2)}.jpg").is_file()
+    # A URL dropped from the list (scrapeImages.py found it for two labels) keeps its file, named.
+    report = download_images([("cat", cat)], out, progress=False)
+    assert report.unlisted == [out / "dog" / f"{_stem(cat2)}.jpg"]
+    # Deleting the manifest's line fetches the deleted image again.
+    manifest = out / dl.MANIFEST_FILE
+    manifest.write_text("".join(line + "\n" for line in manifest.read_text().splitlines() if dog not in line))
+    report = download_images(entries, out, progress=False)
+    assert report.ok == 1 and server.hits["/dog.png"] == 2
+
+
 def test_stage0_expands_tilde_in_urls_file(server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     home = tmp_path / "home"
     (home / "lists").mkdir(parents=True)
@@ -614,6 +645,19 @@ def test_stage0_expands_tilde_in_urls_file(server: Server, tmp_path: Path, monke
     assert "moved 1 image from cat/ to dog/ (label changed in the URL list)" in proc.stdout, proc.stdout
     assert _files(data_dir / "images" / "pets") == {"dog": sorted(  # cat/, emptied, is gone
         [_stem(server.url("/cat.jpg")) + ".jpg", _stem(server.url("/dog.png")) + ".png"])}
+    # Moved back by hand, deleted by hand, and dropped from the list: each said once, nothing fetched.
+    pets = data_dir / "images" / "pets"
+    (pets / "cat").mkdir()
+    (pets / "dog" / f"{_stem(server.url('/cat.jpg'))}.jpg").rename(pets / "cat" / f"{_stem(server.url('/cat.jpg'))}.jpg")
+    (pets / "dog" / f"{_stem(server.url('/dog.png'))}.png").unlink()
+    _write_tsv(home / "lists" / "urls.tsv", [f"dog\t{server.url('/cat.jpg')}", f"dog\t{server.url('/dog.png')}"])
+    proc = run_script("0_downloadData.py", "--set", "datasetName=pets", "--urls", "~/lists/urls.tsv", data_dir=data_dir)
+    assert "note: 1 image listed as 'dog' is in cat/ (moved by hand to fix a label?): left there" in proc.stdout
+    assert "note: 1 image(s) deleted since an earlier run fetched them: not fetched again" in proc.stdout, proc.stdout
+    _write_tsv(home / "lists" / "urls.tsv", [f"dog\t{server.url('/dog.png')}"])
+    proc = run_script("0_downloadData.py", "--set", "datasetName=pets", "--urls", "~/lists/urls.tsv", data_dir=data_dir)
+    assert "note: 1 image(s) fetched for URLs no longer in the list" in proc.stdout, proc.stdout
+    assert server.hits["/cat.jpg"] == server.hits["/dog.png"] == 1
 
 
 def test_downloaded_files_reach_only_the_readers_of_the_formats_kept(

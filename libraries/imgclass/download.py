@@ -35,13 +35,17 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from imgclass import __version__
-from imgclass.data import DUPLICATES_FOLDER, NOT_CLASS_PREFIXES, list_class_dirs
+from imgclass.data import DUPLICATES_FOLDER, NOT_CLASS_PREFIXES, list_class_dirs, walk_image_files
 from imgclass.fileio import atomic_open, write_bytes
 from imgclass.images import ImageDecodeError, load_rgb, openers
 
 log = logging.getLogger(__name__)
 
 FAILURES_FILE = "download_failures.tsv"
+# url<TAB>label of every image stage 0 has put on disk, kept across runs: what it fetched and under
+# which label, so that a rerun can tell a label changed in the list (move the file) from a file
+# moved or deleted by hand (leave it), and name files whose URL has left the list.
+MANIFEST_FILE = "download_manifest.tsv"
 USER_AGENT = f"imgclass-downloader/{__version__} (+image classification dataset builder)"
 ALLOWED_SCHEMES = ("http", "https")
 
@@ -87,7 +91,13 @@ class DownloadReport:
     in an earlier run); labels whose every URL failed appear with 0, so empty classes stand out.
     `failures`: (url, reason) in the order of the list.
     `moved`: (url, old label, new label) of files found under another label than the list's now,
-    moved to the new label's folder (counted in `skipped_existing`).
+    moved to the new label's folder (counted in `skipped_existing`): the list's label changed
+    since the run that fetched them.
+    `left_by_hand`: (url, folder's label, list's label) of files found in another class folder
+    although the list's label has not changed: moved by hand to fix a label, so left there.
+    `deleted`: URLs fetched before whose file is gone (deleted by hand): not fetched again.
+    `unlisted`: files of URLs fetched before that are no longer in the list (e.g. dropped as
+    ambiguous by scrapeImages.py): left in place.
     """
 
     ok: int = 0  # newly downloaded in this run
@@ -97,6 +107,9 @@ class DownloadReport:
     per_class: dict[str, int] = field(default_factory=dict)
     moved: list[tuple[str, str, str]] = field(default_factory=list)
     set_aside: int = 0  # not fetched: dedupImages.py moved their images to _duplicates/
+    left_by_hand: list[tuple[str, str, str]] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    unlisted: list[Path] = field(default_factory=list)
 
     def summary(self) -> str:
         aside = f", {self.set_aside} set aside as duplicates (in {DUPLICATES_FOLDER}/, not fetched again)" \
@@ -242,15 +255,41 @@ def file_stem(url: str) -> str:
 
 
 def _existing_files(out_dir: Path) -> dict[str, list[Path]]:
-    """{file stem: files named so} in every class folder of out_dir, listed once per run. Every
-    folder, not only the URL's label's: a URL relabelled in the list since the last run has its
-    file under the old label, and fetching it again would put the same image in two classes."""
+    """{file stem: files named so} in every class folder of out_dir, at any depth (a user may sort a
+    class into sub-folders), listed once per run. Every folder, not only the URL's label's: a URL
+    relabelled in the list since the last run has its file under the old label, and fetching it
+    again would put the same image in two classes."""
     found: dict[str, list[Path]] = {}
     for label in list_class_dirs(out_dir):
-        for p in sorted((out_dir / label).iterdir()):
-            if p.suffix in _KNOWN_EXTENSIONS and p.is_file():
+        for p in walk_image_files(out_dir / label):
+            if p.suffix in _KNOWN_EXTENSIONS:
                 found.setdefault(p.stem, []).append(p)
     return found
+
+
+def _label_of(path: Path, out_dir: Path) -> str:
+    """The class folder a file found by _existing_files is in."""
+    return path.relative_to(out_dir).parts[0]
+
+
+def read_manifest(out_dir: str | Path) -> dict[str, str]:
+    """{url: label} of the images earlier runs put on disk ({} before the first run)."""
+    path = Path(out_dir) / MANIFEST_FILE
+    if not path.is_file():
+        return {}
+    out = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        url, sep, label = line.partition("\t")
+        if sep and not line.startswith("#"):
+            out[url] = label
+    return out
+
+
+def _write_manifest(out_dir: Path, manifest: dict[str, str]) -> None:
+    with atomic_open(out_dir / MANIFEST_FILE, "w", encoding="utf-8", newline="\n") as f:
+        f.write("# url<TAB>label of each image 0_downloadData.py fetched (delete a line to fetch its URL again)\n")
+        for url, label in manifest.items():
+            f.write(f"{_clean(url)}\t{label}\n")
 
 
 def _encode_url(url: str) -> str:
@@ -505,6 +544,9 @@ def download_images(
     reasons: dict[int, str] = {}  # entry index -> reason, so failures come out in list order
     todo: list[int] = []
     existing = _existing_files(out_dir)
+    manifest = read_manifest(out_dir)
+    listed = {url for _, url in entries}
+    report.unlisted = [f for url in manifest if url not in listed for f in existing.get(file_stem(url), [])]
     # dedupImages.py names a moved file <stem>_1.jpg when <stem>.jpg is already there: the same URL.
     set_aside = {re.sub(r"_\d+$", "", p.stem) for p in (out_dir / DUPLICATES_FOLDER).rglob("*")
                  if p.suffix in _KNOWN_EXTENSIONS}
@@ -522,21 +564,32 @@ def download_images(
         elif not files and stem in set_aside:
             report.set_aside += 1  # moved to _duplicates/ by dedupImages.py: not fetched back
         elif files:
-            here = [f for f in files if f.parent.name == label]
-            if not here:  # the URL's label changed in the list since the run that downloaded it
+            here = [f for f in files if _label_of(f, out_dir) == label]
+            if here:
+                report.per_class[label] += 1
+            elif manifest.get(url, label) != label:
+                # The URL's label changed in the list since the run that downloaded it: follow it.
                 old = files.pop(0)
                 target = out_dir / label / old.name
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(old, target)  # atomic: the image is in one class folder or the other
                 moved_from.add(old.parent)
-                report.moved.append((url, old.parent.name, label))
+                report.moved.append((url, _label_of(old, out_dir), label))
+                report.per_class[label] += 1
                 log.info("%s: label now %r, moved %s to %s/", url, label, old.relative_to(out_dir), label)
+            else:
+                # The list still says what it said, but the file is in another class folder: the user
+                # moved it there to fix its label (or it predates the manifest). The folder wins.
+                report.left_by_hand.append((url, _label_of(files[0], out_dir), label))
+                files.pop(0)
             for other in files:
-                if other.parent.name != label:  # left by a version that downloaded it again
+                if _label_of(other, out_dir) != label:  # left by a version that downloaded it again
                     log.warning("%s is listed as %r but also in %s: the same image in two classes; "
                                 "delete that copy", url, label, other.relative_to(out_dir))
             report.skipped_existing += 1
-            report.per_class[label] += 1
+            manifest[url] = label
+        elif url in manifest:
+            report.deleted.append(url)  # fetched by an earlier run, deleted by hand since: not again
         else:
             todo.append(i)
     for folder in moved_from:
@@ -564,6 +617,7 @@ def download_images(
                 if reason is None:
                     report.ok += 1
                     report.per_class[entries[i][0]] += 1
+                    manifest[entries[i][1]] = entries[i][0]
                 else:
                     reasons[i] = reason
                 bar.update(1)
@@ -576,6 +630,7 @@ def download_images(
         raise
     finally:
         bar.close()
+        _write_manifest(out_dir, manifest)  # what is on disk now, also after Ctrl-C
     pool.shutdown(wait=True)
 
     report.failures = [(entries[i][1], reasons[i]) for i in sorted(reasons)]
@@ -590,5 +645,6 @@ __all__ = [
     "check_label",
     "download_images",
     "file_stem",
+    "read_manifest",
     "read_url_list",
 ]
