@@ -112,6 +112,10 @@ def _handler(fake: Fake) -> type[BaseHTTPRequestHandler]:
                 return self._json(429, {"detail": "Request was throttled."}, Retry_After="1")
             if q.startswith("slowdown"):
                 return self._json(429, {"detail": "Request was throttled."}, Retry_After="3600")
+            if q.startswith("nourls"):  # an odd "compatible" service: results without URLs, no page count
+                if parts.path == "/bing/v7.0/images/search":
+                    return self._json(200, {"value": [{"name": "x"}] * 4, "nextOffset": int(qs["offset"]) + 4})
+                return self._json(200, {"results": [{"title": "x"}] * 20})
             items = _items(q)
             if parts.path == "/bing/v7.0/images/search":
                 if self.headers.get("Ocp-Apim-Subscription-Key") != KEY:
@@ -181,6 +185,13 @@ def test_openverse_pages_until_enough_or_no_more(fake: Fake) -> None:
     # More asked than exist: stops at page_count instead of asking for page 4 (which is an error).
     all_hits = ov.search("leopard shirt", 100)
     assert len(all_hits) == 45 and fake.hits[("/v1/images/", "leopard shirt")] == 3
+
+
+def test_pages_without_a_usable_result_end_the_search(fake: Fake) -> None:
+    # Such a service, asked page after page, kept the scraper going forever (21,403 requests in 20 s).
+    assert OpenverseImageSearch(endpoint=fake.url("/v1/images/")).search("nourls vest", 50) == []
+    assert BingImageSearch(key=KEY, endpoint=fake.url("/bing/")).search("nourls vest", 50) == []
+    assert fake.hits[("/v1/images/", "nourls vest")] == 1 and fake.hits[("/bing/v7.0/images/search", "nourls vest")] == 1
 
 
 def test_openverse_endpoint_may_be_the_site_root(fake: Fake) -> None:

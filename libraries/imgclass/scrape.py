@@ -226,6 +226,7 @@ class BingImageSearch:
                       "mkt": self.market, "safeSearch": self.safe_search}
             data = self.client.get(self.url, params, {"Ocp-Apim-Subscription-Key": self.key})
             values = data.get("value") or []
+            before = len(hits)
             for v in values:
                 if isinstance(v, dict) and v.get("contentUrl"):
                     hits.append(ImageHit(str(v["contentUrl"]), str(v.get("hostPageUrl", "")), "unknown",
@@ -233,7 +234,9 @@ class BingImageSearch:
             next_offset = data.get("nextOffset")
             next_offset = int(next_offset) if isinstance(next_offset, (int, float)) else offset + len(values)
             total = data.get("totalEstimatedMatches")
-            if not values or next_offset <= offset or (isinstance(total, int) and next_offset >= total):
+            # A page with no usable result ends the search: a service that keeps answering with
+            # such pages (and no total) would otherwise be asked forever.
+            if len(hits) == before or next_offset <= offset or (isinstance(total, int) and next_offset >= total):
                 break
             offset = next_offset
         return hits[:count]
@@ -274,13 +277,15 @@ class OpenverseImageSearch:
         while len(hits) < count:
             data = self.client.get(self.url, {"q": query, "page": page, "page_size": self.page_size}, headers)
             results = data.get("results") or []
+            before = len(hits)
             for r in results:
                 if isinstance(r, dict) and r.get("url"):
                     licence = " ".join(str(r.get(k) or "") for k in ("license", "license_version")).strip()
                     hits.append(ImageHit(str(r["url"]), str(r.get("foreign_landing_url") or ""), licence,
                                          str(r.get("creator") or ""), str(r.get("title") or "")))
             page_count = data.get("page_count")
-            if not results or (isinstance(page_count, int) and page >= page_count):
+            # A page with no usable result ends the search (see BingImageSearch.search).
+            if len(hits) == before or (isinstance(page_count, int) and page >= page_count):
                 break
             page += 1
         return hits[:count]
