@@ -42,7 +42,7 @@ def main() -> int:
     tsv = write_candidates(out / "active_learning_candidates.tsv", cands, scored.classes, p.al_criterion)
     png = out / "active_learning_candidates.png"
     plot_candidates(cands, scored.classes, png)
-    print(f"{len(paths)} unlabelled images scored; the {len(cands)} most uncertain by {p.al_criterion!r}: {tsv}, {png}")
+    print(f"{len(scored.paths)} unlabelled images scored; the {len(cands)} most uncertain by {p.al_criterion!r}: {tsv}, {png}")
     if args.no_prompt:
         for n, c in enumerate(cands, 1):
             print(f"  {n:>3}. {c.path}  " + ", ".join(f"{k} {s:.3g}" for k, s in c.ranked(scored.classes)))

@@ -290,10 +290,16 @@ def test_script_labels_from_stdin_and_the_next_split_trains_on_them(tiny_model: 
     in_split = {p for p, _ in split.train + split.test}
     assert f"dotted/{first.name}" in in_split and f"leopard/{second.name}" in in_split
 
-    # The next round does not ask about the three answered images again.
-    proc = _run_al(tiny_model, "--no-prompt")
+    # The next round does not ask about the three answered images again; a broken file is left out
+    # and not counted as scored.
+    broken = tiny_model / "unlabelled" / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    try:
+        proc = _run_al(tiny_model, "--no-prompt")
+    finally:
+        broken.unlink()
     assert proc.returncode == 0, proc.stderr
-    assert "6 unlabelled images scored" in proc.stdout
+    assert "6 unlabelled images scored" in proc.stdout and "left out: " in proc.stdout and "broken.jpg" in proc.stdout
     assert first.name not in proc.stdout and second.name not in proc.stdout
 
 
