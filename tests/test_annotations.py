@@ -12,7 +12,7 @@ from PIL import Image
 
 from conftest import run_script, write_image
 from imgclass.annotations import EXCLUDE, FIXES_FILE, AnnotationBrowser, AnnotationError, read_fixes
-from imgclass.data import load_split, make_split
+from imgclass.data import DatasetError, load_split, make_split
 
 
 def _files(root: Path) -> dict[Path, bytes]:
@@ -46,6 +46,10 @@ def test_bad_fixes_are_clear_errors(color_dataset: Path) -> None:
         b.exclude("red/nope.jpg")
     (color_dataset / FIXES_FILE).write_text("red/red_0.jpg\tpurple\n")
     with pytest.raises(AnnotationError, match=r"red_0.jpg is moved to 'purple', which is not a class"):
+        make_split(color_dataset)
+    # Every image of a class given to another (merging a misnamed class): the error says why it is empty.
+    (color_dataset / FIXES_FILE).write_text("".join(f"red/red_{i}.jpg\tgreen\n" for i in range(6)))
+    with pytest.raises(DatasetError, match=r"class 'red' has no usable images; annotations_fixes.tsv gives its 6 "):
         make_split(color_dataset)
     (color_dataset / FIXES_FILE).write_text("# comment\nred/red_0.jpg blue\n")
     with pytest.raises(AnnotationError, match=r"line 2: expected 'path<TAB>new_class'"):

@@ -285,13 +285,18 @@ def _collect(root: Path, classes: list[str], excluded: list[tuple[str, str]], ba
         else:
             out[c].append(rel)
     # The user's label fixes (annotations_fixes.tsv): relabel or leave out, never move the files.
+    found = {c: list(v) for c, v in out.items()}
     out, dropped = apply_fixes(out, read_fixes(base), base / FIXES_FILE)
     excluded += [(rel, f"marked {EXCLUDE} in {FIXES_FILE}") for rel in dropped]
     for c, good in out.items():
         if not good and not allow_empty:
             gone = [(p, why) for p, why in excluded if p.startswith(f"{(root / c).relative_to(base).as_posix()}/")]
+            relabelled = [p for p in found[c] if p not in dropped]  # all moved to other classes by the fixes
             raise DatasetError(f"{root / c}: class {c!r} has no usable images" + (
-                f" ({len(gone)} left out, e.g. {gone[0][0]}: {gone[0][1]})" if gone else ""))
+                f" ({len(gone)} left out, e.g. {gone[0][0]}: {gone[0][1]})" if gone else "") + (
+                f"; {FIXES_FILE} gives its {len(relabelled)} other image(s) to other classes: to merge the class "
+                f"into another, move its files there (stage 1 needs each class folder to keep an image)"
+                if relabelled else ""))
     return out
 
 
