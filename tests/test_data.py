@@ -159,6 +159,11 @@ def test_unequal_and_tiny_classes_are_pointed_out() -> None:
     assert few.startswith("fewer than 5 training images: c (3);")
     assert balance_notes(split({"a": 40, "b": 10}), balanced=True) == []  # the options are on already
     assert balance_notes(split({"a": 40, "b": 10})) != []
+    # Two folders that print alike: one class split in two by accident?
+    nfc, nfd = "p\u00fcnktchen", "pu\u0308nktchen"
+    case, form = balance_notes(split({"Stripes": 10, "stripes": 10, nfc: 10, nfd: 10}))
+    assert case == "classes 'Stripes', 'stripes' differ only in letter case: one class split in two? merge the folders if so"
+    assert form.startswith(f"classes {nfc!r}, {nfd!r} differ only in Unicode form (NFC/NFD)")
 
 
 def test_images_in_a_symlinked_subfolder_are_found(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import unicodedata
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -468,7 +469,8 @@ def balance_notes(split: Split, balanced: bool = False) -> list[str]:
     largest class has IMBALANCE_RATIO times the images of its smallest (an SVM or network trained
     for overall accuracy can then give up the small class; `balanced`: the balancing options are
     already on), classes with too few training images to learn or cross-validate well, and classes
-    with no test image (trained on, but their accuracy cannot be measured)."""
+    with no test image (trained on, but their accuracy cannot be measured); and classes whose names
+    differ only in letter case or Unicode form (one class split in two by accident?)."""
     counts = split.counts()
     train = {c: n["train"] for c, n in counts.items()}
     notes = []
@@ -482,6 +484,15 @@ def balance_notes(split: Split, balanced: bool = False) -> list[str]:
     if few:
         notes.append(f"fewer than {FEW_TRAINING_IMAGES} training images: {', '.join(few)}; "
                      "their accuracy rests on very few photos: add more where you can")
+    # Folders that print alike but are two classes: "Stripes" and "stripes", or an accent written
+    # composed in one name and decomposed (as macOS writes it) in the other.
+    alike: dict[str, list[str]] = defaultdict(list)
+    for c in split.classes:
+        alike[unicodedata.normalize("NFC", c).casefold()].append(c)
+    for group in (g for g in alike.values() if len(g) > 1):
+        how = "letter case" if len({unicodedata.normalize("NFC", c) for c in group}) > 1 else "Unicode form (NFC/NFD)"
+        notes.append(f"classes {', '.join(map(repr, group))} differ only in {how}: one class split in two? "
+                     "merge the folders if so")
     untested = [c for c, n in counts.items() if not n["test"]]
     if untested:
         it = "it is" if len(untested) == 1 else "they are"
