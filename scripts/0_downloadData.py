@@ -50,6 +50,8 @@ def main() -> int:
         if report.failed:
             print(f"broken URLs and reasons: {out / 'download_failures.tsv'}")
         counts = class_counts(out)
+        # A label whose every URL failed has no folder: list it, or a whole missing class goes unseen.
+        counts.update({label: 0 for label, n in report.per_class.items() if label not in counts})
     elif any(counts.values()):
         print(f"{out} already holds {len(counts)} class folders; nothing to do.")
     elif p.datasetName == DEMO_DATASET:
@@ -64,7 +66,7 @@ def main() -> int:
             f"or use the demo data set: --set datasetName={DEMO_DATASET}"
         )
     for c, n in counts.items():
-        print(f"  {c:<20} {n:>6} images")
+        print(f"  {c:<20} {n:>6} images" + ("  <- none: every URL of this label failed" if n == 0 and urls else ""))
     print(f"images: {out}")
     return 0
 

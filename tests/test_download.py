@@ -654,9 +654,10 @@ def test_stage0_expands_tilde_in_urls_file(server: Server, tmp_path: Path, monke
     proc = run_script("0_downloadData.py", "--set", "datasetName=pets", "--urls", "~/lists/urls.tsv", data_dir=data_dir)
     assert "note: 1 image listed as 'dog' is in cat/ (moved by hand to fix a label?): left there" in proc.stdout
     assert "note: 1 image(s) deleted since an earlier run fetched them: not fetched again" in proc.stdout, proc.stdout
-    _write_tsv(home / "lists" / "urls.tsv", [f"dog\t{server.url('/dog.png')}"])
+    _write_tsv(home / "lists" / "urls.tsv", [f"dog\t{server.url('/dog.png')}", f"bird\t{server.url('/no-such.jpg')}"])
     proc = run_script("0_downloadData.py", "--set", "datasetName=pets", "--urls", "~/lists/urls.tsv", data_dir=data_dir)
     assert "note: 1 image(s) fetched for URLs no longer in the list" in proc.stdout, proc.stdout
+    assert "  bird                      0 images  <- none: every URL of this label failed" in proc.stdout, proc.stdout
     assert server.hits["/cat.jpg"] == server.hits["/dog.png"] == 1
 
 
@@ -706,3 +707,29 @@ def test_a_truncated_image_of_a_kept_format_is_named_damaged(server: Server, tmp
     """Cut short with a matching Content-Length (a broken upload on the server): not 'unsupported'."""
     report = download_images([("cat", server.url("/half.jpg"))], tmp_path, timeout=5, progress=False)
     assert report.failures[0][1].startswith("damaged JPEG image ("), report.failures
+
+
+def test_ctrl_c_says_it_is_waiting_and_keeps_what_was_fetched(server: Server, tmp_path: Path) -> None:
+    """The first Ctrl-C seemed to do nothing while a silent host kept its request open."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import ROOT, SCRIPTS
+
+    urls = tmp_path / "urls.tsv"
+    _write_tsv(urls, [f"cat\t{server.url('/cat.jpg')}", f"cat\t{server.url('/slow.jpg')}"])
+    env = {**os.environ, "IMGCLASS_DATA_DIR": str(tmp_path / "data"), "IMGCLASS_OFFLINE": "1", "IMGCLASS_TRACKING": "0"}
+    proc = subprocess.Popen([sys.executable, str(SCRIPTS / "0_downloadData.py"), "--set", "datasetName=pets",
+                             "--set", "dl_workers=1", "--urls", str(urls)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while server.hits["/slow.jpg"] == 0 and time.monotonic() < deadline:  # cat.jpg done, slow.jpg open
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "stopping: waiting for the 1 download(s) in progress to end" in err, err
+    pets = tmp_path / "data" / "images" / "pets"
+    assert dl.read_manifest(pets) == {server.url("/cat.jpg"): "cat"}  # what finished is recorded

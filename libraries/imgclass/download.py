@@ -20,6 +20,7 @@ import io
 import logging
 import os
 import re
+import sys
 import threading
 import time
 import urllib.error
@@ -604,11 +605,10 @@ def download_images(
     bar.update(len(entries) - len(todo))
     stop = threading.Event()
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="imgclass-download")
+    pending: dict[Future[str | None], int] = {}
     try:
-        pending: dict[Future[str | None], int] = {
-            pool.submit(_download_one, *entries[i], out_dir, timeout, retries, max_bytes, stop): i
-            for i in todo
-        }
+        for i in todo:
+            pending[pool.submit(_download_one, *entries[i], out_dir, timeout, retries, max_bytes, stop)] = i
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
@@ -622,9 +622,13 @@ def download_images(
                     reasons[i] = reason
                 bar.update(1)
                 bar.set_postfix(failed=len(reasons), refresh=False)
-    except BaseException:
+    except BaseException as e:
         # Ctrl-C or a write error: drop the queued URLs and make running ones stop at their next
         # chunk, instead of letting `with ThreadPoolExecutor` finish the whole list first.
+        if isinstance(e, KeyboardInterrupt) and progress:  # a silent host takes up to `timeout` to let go
+            running = sum(f.running() for f in pending)
+            print(f"\nstopping: waiting for the {running} download(s) in progress to end "
+                  f"(at most {timeout:g} s each; Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
         stop.set()
         pool.shutdown(wait=True, cancel_futures=True)
         raise
