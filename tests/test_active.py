@@ -87,6 +87,27 @@ def test_apply_labels_copies_and_logs(tmp_path: Path) -> None:
     assert apply_labels({src / "a.jpg": "dotted"}, ["dotted", "striped"], images, log) == [images / "dotted" / "a_1.jpg"]
 
 
+def test_a_copy_of_a_photo_already_in_the_data_set_is_not_filed_under_another_class(tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    (images / "dotted").mkdir(parents=True)
+    (images / "dotted" / "IMG_1.jpg").write_bytes(b"the same photo" * 10)
+    (images / "dotted" / "IMG_2.jpg").write_bytes(b"another photo!" * 10)  # same size, other content
+    src = tmp_path / "unlabelled"
+    src.mkdir()
+    (src / "copy.jpg").write_bytes(b"the same photo" * 10)
+    (src / "new.jpg").write_bytes(b"a new photo!!!" * 10)
+    classes, log = ["dotted", "striped"], tmp_path / "log.tsv"
+    with pytest.raises(ValueError, match=r"copy.jpg: the same image \(by content\) is in the data set already, as "
+                                         r".*IMG_1.jpg \(class 'dotted'\); not copying it into 'striped'"):
+        apply_labels({src / "copy.jpg": "striped"}, classes, images, log)
+    printed: list[str] = []
+    ask, _ = _typing("striped")
+    cands = [Candidate(src / "copy.jpg", np.array([0.5, 0.5]), 0.0), Candidate(src / "new.jpg", np.array([0.5, 0.5]), 0.0)]
+    copied = label_interactively(cands, classes, images, log, input_fn=ask, print_fn=lambda *a: printed.append(" ".join(map(str, a))))
+    assert copied == [images / "striped" / "new.jpg"]
+    assert "copy.jpg: same image as" in printed[0] and "(class dotted); not asked" in printed[0]
+
+
 def _candidates(folder: Path, n: int, scores: np.ndarray) -> list[Candidate]:
     """n distinct small files in `folder` (content is all the labelling steps read), with `scores`."""
     folder.mkdir()

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imgclass.data import find_split_folders
+from imgclass.data import find_split_folders, walk_image_files
 from imgclass.dedup import list_folder_images
 from imgclass.fileio import atomic_open, atomic_path, require_file
 from imgclass.images import check_images
@@ -202,16 +202,42 @@ def add_to_dataset(src: str | Path, label: str, images_dir: str | Path) -> Path:
     return target
 
 
+def class_in_dataset(path: str | Path, images_dir: str | Path, _index: dict | None = None) -> tuple[str, Path] | None:
+    """(class, file) of a file in the data set with the same content as `path`, else None: an
+    "unlabelled" photo may be a copy of one labelled long ago. Only files of the same size are
+    read. `_index`: a dict to keep the data set's listing in between calls (one labelling round)."""
+    images_dir = Path(images_dir)
+    index = _index if _index is not None else {}
+    if "by_size" not in index:
+        split = find_split_folders(images_dir)
+        roots = [images_dir] if split is None else [split[0], split[1]]
+        by_size: dict[int, list[tuple[str, Path]]] = {}
+        for root in roots:
+            for f in walk_image_files(root, skip_prefixes=("_", ".")):
+                parts = f.relative_to(root).parts
+                if len(parts) > 1:  # in a class folder
+                    by_size.setdefault(f.stat().st_size, []).append((parts[0], f))
+        index["by_size"] = by_size
+    size = Path(path).stat().st_size
+    same = index["by_size"].get(size, [])
+    if not same:
+        return None
+    content = file_hash(path)
+    return next(((c, f) for c, f in same if file_hash(f) == content), None)
+
+
 def apply_labels(
     labels: Mapping[str | Path, str], classes: Sequence[str], images_dir: str | Path, log_path: str | Path
 ) -> list[Path]:
     """Copy each labelled image into its class folder and log every answer (SKIP for none).
     Usable from a notebook: `apply_labels({path: "striped", other: "-"}, classes, ...)`.
-    Refuses to file an image (by content) under a class other than the one it was given before:
-    the same photo in two class folders would teach the model both."""
+    Refuses to file an image (by content) under a class other than the one it was given before, or
+    than the one it is in already in the data set: the same photo in two class folders would teach
+    the model both."""
     log_path = Path(log_path)
     done = dict(read_log(log_path))
     todo = []
+    index: dict = {}
     for path, label in labels.items():
         if label != SKIP and label not in classes:
             raise ValueError(f"{path}: label {label!r} is not a class ({', '.join(classes)}) or {SKIP!r} (skip)")
@@ -221,6 +247,10 @@ def apply_labels(
         if label != SKIP and before not in (None, SKIP, label):
             raise ValueError(f"{path}: the same image (by content) is already labelled {before!r} in {log_path}; "
                              f"not copying it into {label!r} as well")
+        there = class_in_dataset(src, images_dir, index) if label != SKIP else None
+        if there is not None and there[0] != label:
+            raise ValueError(f"{path}: the same image (by content) is in the data set already, as {there[1]} "
+                             f"(class {there[0]!r}); not copying it into {label!r} as well")
         if label != SKIP:
             done[content] = label
         todo.append((src, label, content))
@@ -281,6 +311,7 @@ def label_interactively(
     keys = f"{'-' if 's' in names else 's'}=skip, {'Ctrl-D' if 'q' in names else 'q'}=quit"
     copied: list[Path] = []
     done = read_log(log_path)
+    index: dict = {}
     for n, cand in enumerate(candidates, 1):
         # A copy of an image answered earlier (in this round, or under another name) is not asked again.
         content = file_hash(cand.path)
@@ -288,6 +319,10 @@ def label_interactively(
         if before is not None:
             print_fn(f"[{n}/{len(candidates)}] {cand.path}: same image as one answered before "
                      f"({'skipped' if before == SKIP else before}); not asked again")
+            continue
+        if (there := class_in_dataset(cand.path, images_dir, index)) is not None:
+            print_fn(f"[{n}/{len(candidates)}] {cand.path}: same image as {there[1]} in the data set "
+                     f"(class {there[0]}); not asked")
             continue
         guess = ", ".join(f"{c} {s:.3g}" for c, s in cand.ranked(classes))
         print_fn(f"[{n}/{len(candidates)}] {cand.path}\n    model: {guess}")
