@@ -96,6 +96,10 @@ def _make_handler(state: Server) -> type[BaseHTTPRequestHandler]:
                 self._send(200, JPEG)
             elif path == "/dog.png":
                 self._send(200, PNG, "image/png")
+            elif path == "/pixel.gif":  # a 1x1 tracking pixel, as sites serve for hotlinked images
+                buf = io.BytesIO()
+                Image.new("P", (1, 1)).save(buf, "GIF")
+                self._send(200, buf.getvalue(), "image/gif")
             elif path == "/png-named.jpg":
                 self._send(200, PNG_AS_JPG)
             elif path == "/page.jpg":  # an error page served with 200, as many CDNs do
@@ -733,3 +737,10 @@ def test_ctrl_c_says_it_is_waiting_and_keeps_what_was_fetched(server: Server, tm
     assert "stopping: waiting for the 1 download(s) in progress to end" in err, err
     pets = tmp_path / "data" / "images" / "pets"
     assert dl.read_manifest(pets) == {server.url("/cat.jpg"): "cat"}  # what finished is recorded
+
+
+def test_a_tracking_pixel_is_refused_as_too_small(server: Server, tmp_path: Path) -> None:
+    report = download_images([("cat", server.url("/pixel.gif")), ("cat", server.url("/cat.jpg"))], tmp_path,
+                             timeout=5, progress=False)
+    assert report.ok == 1
+    assert report.failures == [(server.url("/pixel.gif"), "too small (1x1 pixels): a placeholder, not a photo")]

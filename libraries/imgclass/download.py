@@ -47,6 +47,7 @@ FAILURES_FILE = "download_failures.tsv"
 # which label, so that a rerun can tell a label changed in the list (move the file) from a file
 # moved or deleted by hand (leave it), and name files whose URL has left the list.
 MANIFEST_FILE = "download_manifest.tsv"
+MIN_SIDE = 8  # downloads with a shorter side are placeholders (1x1 tracking pixels), refused
 USER_AGENT = f"imgclass-downloader/{__version__} (+image classification dataset builder)"
 ALLOWED_SCHEMES = ("http", "https")
 
@@ -444,6 +445,7 @@ def _image_extension(data: bytes) -> str:
         load_rgb(data, min_size=8, formats=readers)
         with Image.open(io.BytesIO(data), formats=readers) as img:
             fmt = img.format or ""
+            size = img.size
     except (ImageDecodeError, UnidentifiedImageError) as e:
         if isinstance(e.__cause__, Image.DecompressionBombError):
             raise _Failure(f"too many pixels ({e.__cause__})") from e
@@ -452,6 +454,8 @@ def _image_extension(data: bytes) -> str:
                 raise _Failure(f"damaged {other} image ({e.__cause__ or e})") from e
             raise _Failure(f"unsupported image format ({other})") from e
         raise _Failure("not an image") from e
+    if min(size) < MIN_SIDE:  # a site's 1x1 tracking pixel or placeholder, not a photo of anything
+        raise _Failure(f"too small ({size[0]}x{size[1]} pixels): a placeholder, not a photo")
     ext = FORMAT_EXTENSIONS.get(fmt)
     if ext is None:
         raise _Failure(f"unsupported image format ({fmt or 'unknown'})")
