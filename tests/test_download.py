@@ -246,6 +246,7 @@ def test_read_url_list_keeps_header_like_line_only_at_the_top(tmp_path: Path) ->
         ("\thttp://example.com/a.jpg", "empty label"),
         ("cat\t", "URL is empty"),
         ("cats/evil\thttp://example.com/a.jpg", "'/'"),
+        ("http://example.com/a.jpg\tcat", "the columns look swapped"),
         ("..\thttp://example.com/a.jpg", "'..'"),
         ("a\\b\thttp://example.com/a.jpg", "'\\\\'"),
         # Stage 1 skips folders starting with '_' or '.': such a class would vanish from the data set.
@@ -270,6 +271,12 @@ def test_read_url_list_errors_name_file_and_line(tmp_path: Path, bad_line: str, 
     assert "line 5" in message
     assert words in message
     assert isinstance(info.value, ValueError)  # callers catching ValueError still see it
+
+
+def test_a_list_with_no_url_line_is_an_error(tmp_path: Path) -> None:
+    for lines in ([], ["label\turl"], ["# urls", ""]):  # most likely the wrong file
+        with pytest.raises(UrlListError, match=r"empty.tsv: no 'label<TAB>url' line in it"):
+            read_url_list(_write_tsv(tmp_path / "empty.tsv", lines))
 
 
 def test_read_url_list_rejects_non_utf8_with_line_number(tmp_path: Path) -> None:

@@ -94,8 +94,15 @@ def unmatched_fixes(fixes: dict[str, str], paths: Iterable[str]) -> list[str]:
     notes = []
     for image in sorted(set(fixes) - paths):
         near = loose.get(unicodedata.normalize("NFC", image).casefold())
-        notes.append(f"{image}: no such image" + (f" (did you mean {near}? names must match exactly)" if near else
-                                                  " (deleted since, or mistyped: the fix does nothing)"))
+        if near and unicodedata.normalize("NFC", near) == unicodedata.normalize("NFC", image):
+            # They print alike: say how they differ, or the hint reads as nonsense.
+            hint = (f" (the file's name has the same letters, its accents encoded otherwise (composed or "
+                    f"decomposed, as macOS writes them): copy the name from the file, {near!r})")
+        elif near:
+            hint = f" (did you mean {near}? names must match exactly)"
+        else:
+            hint = " (deleted since, or mistyped: the fix does nothing)"
+        notes.append(f"{image}: no such image{hint}")
     return notes
 
 

@@ -207,8 +207,12 @@ def read_url_list(path: str | Path) -> list[tuple[str, str]]:
             )
         problem = check_label(label)
         if problem:
-            raise UrlListError(f"{path}, line {line_no}: {problem}; it must be a plain folder name")
+            swapped = "://" in label and "://" not in url
+            raise UrlListError(f"{path}, line {line_no}: {problem}; it must be a plain folder name"
+                               + ("; the columns look swapped: the label comes first, then the URL" if swapped else ""))
         entries.append((label, url))
+    if not entries:  # an empty file, or a header alone: most likely the wrong file
+        raise UrlListError(f"{path}: no 'label<TAB>url' line in it")
     return entries
 
 
