@@ -77,8 +77,8 @@ def test_fixes_that_match_no_image_are_named_by_stage1(color_dataset: Path) -> N
                                             "red/caf\u00e9.jpg\tEXCLUDE\n", encoding="utf-8")
     out = run_script("1_prepareData.py", "--set", "datasetName=colors", data_dir=data_dir).stdout
     assert "note: annotations_fixes.tsv: Red/red_1.jpg: no such image (did you mean red/red_1.jpg?" in out
-    assert (f"note: annotations_fixes.tsv: red/caf\u00e9.jpg: no such image (the file's name has the same letters, "
-            f"its accents encoded otherwise") in out and repr(f"red/{nfd}") in out
+    assert ("note: annotations_fixes.tsv: red/caf\u00e9.jpg: no such image (the file's name has the same letters, "
+            "its accents encoded otherwise") in out and repr(f"red/{nfd}") in out
     assert f"left out: red/red_2.jpg: marked EXCLUDE in {FIXES_FILE}" in out
     assert out.count(f"note: {FIXES_FILE}") == 2
 
