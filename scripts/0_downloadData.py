@@ -36,9 +36,11 @@ def main() -> int:
         print(report.summary())
         for (old, new), n in Counter((old, new) for _, old, new in report.moved).items():
             print(f"moved {n} image{'' if n == 1 else 's'} from {old}/ to {new}/ (label changed in the URL list)")
-        for (folder, listed), n in Counter((f, lab) for _, f, lab in report.left_by_hand).items():
-            print(f"note: {n} image{'' if n == 1 else 's'} listed as {listed!r} {'is' if n == 1 else 'are'} in {folder}/ "
-                  f"(moved by hand to fix a label?): left there; change the list's label to match")
+        for (folder, listed), n in Counter((f, lab) for _, f, lab in report.left_by_hand + report.unsure).items():
+            print(f"note: {n} image{'' if n == 1 else 's'} listed as {listed!r} {'is' if n == 1 else 'are'} in {folder}/: "
+                  f"left there (moved by hand to fix a label, or the list changed since they were fetched"
+                  f"{' before stage 0 kept ' + MANIFEST_FILE if report.unsure else ''}); "
+                  f"if the list is right, move {'it' if n == 1 else 'them'} to {listed}/ yourself")
         if report.deleted:
             print(f"note: {len(report.deleted)} image(s) deleted since an earlier run fetched them: not fetched again "
                   f"(delete their lines in {out / MANIFEST_FILE} to fetch them again)")
@@ -51,7 +53,7 @@ def main() -> int:
             print(f"broken URLs and reasons: {out / 'download_failures.tsv'}")
         counts = class_counts(out)
         # A label whose every URL failed has no folder: list it, or a whole missing class goes unseen.
-        counts.update({label: 0 for label, n in report.per_class.items() if label not in counts})
+        counts.update({label: 0 for label in report.failed_labels if label not in counts})
     elif any(counts.values()):
         print(f"{out} already holds {len(counts)} class folders; nothing to do.")
     elif p.datasetName == DEMO_DATASET:
@@ -66,7 +68,8 @@ def main() -> int:
             f"or use the demo data set: --set datasetName={DEMO_DATASET}"
         )
     for c, n in counts.items():
-        print(f"  {c:<20} {n:>6} images" + ("  <- none: every URL of this label failed" if n == 0 and urls else ""))
+        failed_all = urls and n == 0 and c in report.failed_labels
+        print(f"  {c:<20} {n:>6} images" + ("  <- none: every URL of this label failed" if failed_all else ""))
     print(f"images: {out}")
     return 0
 

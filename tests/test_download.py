@@ -626,14 +626,23 @@ def test_a_rerun_leaves_what_the_user_did_by_hand(server: Server, tmp_path: Path
     assert report.left_by_hand == [(cat, "dog", "cat")] and report.deleted == [dog]
     assert server.hits["/cat.jpg"] == server.hits["/cat2.jpg"] == server.hits["/dog.png"] == 1
     assert (out / "dog" / f"{_stem(cat)}.jpg").is_file() and (out / "cat" / "batch1" / f"{_stem(cat2)}.jpg").is_file()
-    # The list itself relabels cat2 now: that change is followed, from the sub-folder.
+    # The list itself relabels cat2 now: that change is followed, from the sub-folder; cat/, emptied
+    # (its batch1/ too), goes, or stage 1 would stop at an empty class.
     report = download_images([("cat", cat), ("dog", cat2), ("dog", dog)], out, progress=False)
     assert report.moved == [(cat2, "cat", "dog")] and (out / "dog" / f"{_stem(cat2)}.jpg").is_file()
+    assert not (out / "cat").exists()
     # A URL dropped from the list (scrapeImages.py found it for two labels) keeps its file, named.
     report = download_images([("cat", cat)], out, progress=False)
     assert report.unlisted == [out / "dog" / f"{_stem(cat2)}.jpg"]
-    # Deleting the manifest's line fetches the deleted image again.
+    # A data set fetched before the manifest existed: a file in another folder than the list says is
+    # left (the list may have changed, or the file been moved), and said; nothing is moved.
     manifest = out / dl.MANIFEST_FILE
+    saved = manifest.read_text()
+    manifest.unlink()
+    report = download_images([("cat", cat2)], out, progress=False)
+    assert report.unsure == [(cat2, "dog", "cat")] and report.moved == [] and (out / "dog" / f"{_stem(cat2)}.jpg").is_file()
+    manifest.write_text(saved)
+    # Deleting the manifest's line fetches the deleted image again.
     manifest.write_text("".join(line + "\n" for line in manifest.read_text().splitlines() if dog not in line))
     report = download_images(entries, out, progress=False)
     assert report.ok == 1 and server.hits["/dog.png"] == 2
@@ -663,7 +672,9 @@ def test_stage0_expands_tilde_in_urls_file(server: Server, tmp_path: Path, monke
     (pets / "dog" / f"{_stem(server.url('/dog.png'))}.png").unlink()
     _write_tsv(home / "lists" / "urls.tsv", [f"dog\t{server.url('/cat.jpg')}", f"dog\t{server.url('/dog.png')}"])
     proc = run_script("0_downloadData.py", "--set", "datasetName=pets", "--urls", "~/lists/urls.tsv", data_dir=data_dir)
-    assert "note: 1 image listed as 'dog' is in cat/ (moved by hand to fix a label?): left there" in proc.stdout
+    assert ("note: 1 image listed as 'dog' is in cat/: left there (moved by hand to fix a label, or the list changed "
+            "since they were fetched); if the list is right, move it to dog/ yourself") in proc.stdout, proc.stdout
+    assert "every URL of this label failed" not in proc.stdout
     assert "note: 1 image(s) deleted since an earlier run fetched them: not fetched again" in proc.stdout, proc.stdout
     _write_tsv(home / "lists" / "urls.tsv", [f"dog\t{server.url('/dog.png')}", f"bird\t{server.url('/no-such.jpg')}"])
     proc = run_script("0_downloadData.py", "--set", "datasetName=pets", "--urls", "~/lists/urls.tsv", data_dir=data_dir)

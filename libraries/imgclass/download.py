@@ -47,6 +47,7 @@ FAILURES_FILE = "download_failures.tsv"
 # which label, so that a rerun can tell a label changed in the list (move the file) from a file
 # moved or deleted by hand (leave it), and name files whose URL has left the list.
 MANIFEST_FILE = "download_manifest.tsv"
+_LINE_BREAKERS = re.compile(r"[\t\r\n]")
 MIN_SIDE = 8  # downloads with a shorter side are placeholders (1x1 tracking pixels), refused
 USER_AGENT = f"imgclass-downloader/{__version__} (+image classification dataset builder)"
 ALLOWED_SCHEMES = ("http", "https")
@@ -97,6 +98,9 @@ class DownloadReport:
     since the run that fetched them.
     `left_by_hand`: (url, folder's label, list's label) of files found in another class folder
     although the list's label has not changed: moved by hand to fix a label, so left there.
+    `unsure`: the same, for files the manifest has no label for (fetched before it existed) or in a
+    folder linked into the data set: a list changed since and a file moved by hand look alike, so
+    the file is left where it is.
     `deleted`: URLs fetched before whose file is gone (deleted by hand): not fetched again.
     `unlisted`: files of URLs fetched before that are no longer in the list (e.g. dropped as
     ambiguous by scrapeImages.py): left in place.
@@ -110,6 +114,8 @@ class DownloadReport:
     moved: list[tuple[str, str, str]] = field(default_factory=list)
     set_aside: int = 0  # not fetched: dedupImages.py moved their images to _duplicates/
     left_by_hand: list[tuple[str, str, str]] = field(default_factory=list)
+    unsure: list[tuple[str, str, str]] = field(default_factory=list)  # (url, folder's label, list's label)
+    failed_labels: set[str] = field(default_factory=set)  # labels with a URL that failed in this run
     deleted: list[str] = field(default_factory=list)
     unlisted: list[Path] = field(default_factory=list)
 
@@ -294,8 +300,8 @@ def read_manifest(out_dir: str | Path) -> dict[str, str]:
 def _write_manifest(out_dir: Path, manifest: dict[str, str]) -> None:
     with atomic_open(out_dir / MANIFEST_FILE, "w", encoding="utf-8", newline="\n") as f:
         f.write("# url<TAB>label of each image 0_downloadData.py fetched (delete a line to fetch its URL again)\n")
-        for url, label in manifest.items():
-            f.write(f"{_clean(url)}\t{label}\n")
+        for url, label in manifest.items():  # the URL as listed (a key): only what would break the line goes
+            f.write(_LINE_BREAKERS.sub(" ", url) + "\t" + label + "\n")
 
 
 def _encode_url(url: str) -> str:
@@ -553,6 +559,7 @@ def download_images(
     reasons: dict[int, str] = {}  # entry index -> reason, so failures come out in list order
     todo: list[int] = []
     existing = _existing_files(out_dir)
+    real_out = os.path.realpath(out_dir)
     manifest = read_manifest(out_dir)
     listed = {url for _, url in entries}
     report.unlisted = [f for url in manifest if url not in listed for f in existing.get(file_stem(url), [])]
@@ -574,22 +581,29 @@ def download_images(
             report.set_aside += 1  # moved to _duplicates/ by dedupImages.py: not fetched back
         elif files:
             here = [f for f in files if _label_of(f, out_dir) == label]
+            inside = os.path.realpath(files[0]).startswith(real_out + os.sep)  # not in a folder linked in
             if here:
                 report.per_class[label] += 1
-            elif manifest.get(url, label) != label:
+            elif url in manifest and manifest[url] != label and inside:
                 # The URL's label changed in the list since the run that downloaded it: follow it.
                 old = files.pop(0)
                 target = out_dir / label / old.name
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(old, target)  # atomic: the image is in one class folder or the other
-                moved_from.add(old.parent)
+                moved_from.update(f for f in old.parents if f != out_dir and out_dir in f.parents)
                 report.moved.append((url, _label_of(old, out_dir), label))
                 report.per_class[label] += 1
                 log.info("%s: label now %r, moved %s to %s/", url, label, old.relative_to(out_dir), label)
-            else:
+            elif url in manifest and inside:
                 # The list still says what it said, but the file is in another class folder: the user
-                # moved it there to fix its label (or it predates the manifest). The folder wins.
+                # moved it there to fix its label. The folder wins.
                 report.left_by_hand.append((url, _label_of(files[0], out_dir), label))
+                files.pop(0)
+            else:
+                # No record of the label it was fetched under (a data set from before the manifest), or
+                # the file is in a folder linked in from elsewhere: a list changed since and a file moved
+                # by hand look the same, and nothing outside the data set is moved. Left, and said.
+                report.unsure.append((url, _label_of(files[0], out_dir), label))
                 files.pop(0)
             for other in files:
                 if _label_of(other, out_dir) != label:  # left by a version that downloaded it again
@@ -601,7 +615,7 @@ def download_images(
             report.deleted.append(url)  # fetched by an earlier run, deleted by hand since: not again
         else:
             todo.append(i)
-    for folder in moved_from:
+    for folder in sorted(moved_from, key=lambda f: -len(f.parts)):  # sub-folders before their class folder
         # A label renamed in the list (cats -> cat) leaves its old folder empty, which stage 1 would
         # take for an empty class; rmdir removes only an empty folder.
         try:
@@ -646,6 +660,7 @@ def download_images(
     pool.shutdown(wait=True)
 
     report.failures = [(entries[i][1], reasons[i]) for i in sorted(reasons)]
+    report.failed_labels = {entries[i][0] for i in reasons}
     report.failed = len(report.failures)
     _write_failures(out_dir, report.failures)
     return report
