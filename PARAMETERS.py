@@ -114,7 +114,7 @@ dep_workers = 1  # server processes, each with its own copy of the model (more =
 dep_threads = 0  # ONNX Runtime threads per worker for one batch (0 = the usable CPU cores shared among dep_workers)
 dep_maxBatch = 16  # most images the service scores in one ONNX Runtime call when requests arrive together
 dep_maxUploadBytes = 20_000_000  # largest request body accepted, all images together (bigger: HTTP 413)
-dep_maxPixels = 40_000_000  # largest image accepted, in pixels as decoded (a JPEG at its reduced scale: 108 MP photos pass); stops decompression bombs (bigger: HTTP 413)
+dep_maxPixels = 50_000_000  # largest image accepted, in pixels as decoded (a plain JPEG at its reduced scale; HEIC/MPO/PNG whole: 50 M takes 48-50 MP phones); stops decompression bombs (bigger: HTTP 413)
 dep_maxImagesPerRequest = 16  # most images in one request (more: HTTP 413)
 dep_maxConcurrent = 32  # requests to score one worker holds at once, each with its upload in memory (more: HTTP 503, retry)
 dep_bodyTimeoutSec = 30.0  # seconds a request may pause while sending its body; then HTTP 408 and its place is free

@@ -51,6 +51,7 @@ class ServiceError(RuntimeError):
 # A busy service (HTTP 503) is asked again after 1, 2, 4, 8, then 10 s (BUSY_MAX_WAIT), or after the
 # longer wait it asks for in Retry-After (a proxy in maintenance: up to GIVEN_MAX_WAIT), at most
 # BUSY_RETRIES times for one request.
+TRY_AGAIN = (502, 503, 504)  # busy, or a proxy's backend away for a moment
 BUSY_RETRIES = 8
 BUSY_MAX_WAIT = 10.0
 GIVEN_MAX_WAIT = 120.0
@@ -111,16 +112,17 @@ def call(client: httpx.Client, url: str, method: str, path: str, **kwargs) -> di
 
 def score(client: httpx.Client, url: str, chunk: list[Path]) -> list[dict]:
     """The service's results for the images of `chunk`, sent in one request; while the service is
-    busy (503) the request is sent again after a wait."""
+    busy (503), or a proxy in front of it cannot reach it for now (502, 504: a restart), the request
+    is sent again after a wait."""
     for attempt in range(BUSY_RETRIES + 1):
         try:
             files = [("images", (shown(f.name), f.read_bytes())) for f in chunk]
             return call(client, url, "POST", "/score", files=files)["results"]
         except ServiceError as e:
-            if e.status != 503 or attempt == BUSY_RETRIES:
+            if e.status not in TRY_AGAIN or attempt == BUSY_RETRIES:
                 raise
             wait = min(GIVEN_MAX_WAIT, max(e.retry_after or 0.0, min(BUSY_MAX_WAIT, 2.0 ** attempt)))
-            print(f"the service is busy ({e}); sending again in {wait:g} s", file=sys.stderr)
+            print(f"the service cannot take the request now ({e}); sending again in {wait:g} s", file=sys.stderr)
             time.sleep(wait)
     raise AssertionError("not reached")
 
@@ -133,7 +135,7 @@ def send(client: httpx.Client, url: str, chunk: list[Path]) -> int:
     try:
         results = score(client, url, chunk)
     except ServiceError as e:
-        if e.status is None or e.status == 503:  # unreachable, or busy for good: no use going on
+        if e.status is None or e.status in TRY_AGAIN:  # unreachable, or busy for good: no use going on
             raise
         # A refusal (4xx) or a failure inside the service (5xx) may come from one file of the
         # request: its images go again one at a time, so every other image still gets its answer
@@ -155,7 +157,7 @@ def _send_one(client: httpx.Client, url: str, image: Path) -> int | None:
     try:
         result = score(client, url, [image])[0]
     except ServiceError as e:
-        if e.status is None or e.status == 503:
+        if e.status is None or e.status in TRY_AGAIN:
             raise
         print(f"{shown(str(image))}\tERROR\t{e}", file=sys.stderr)
         return e.status

@@ -124,14 +124,17 @@ def running_server(bundle: Path, *sets: str, workers: int = 1, timeout: float = 
 
 
 @contextlib.contextmanager
-def recording_proxy(target: str, prefix: str = "", fail_when: bytes = b"") -> Iterator[tuple[str, list[tuple[str, str, int, int]]]]:
+def recording_proxy(target: str, prefix: str = "", fail_when: bytes = b"", fail_status: int = 500,
+                    fail_times: int | None = None) -> Iterator[tuple[str, list[tuple[str, str, int, int]]]]:
     """A pass-through HTTP proxy in front of a real server, to see what a client sends: yields its
     base URL and the list it fills with (method, path, request body bytes, reply status). With
     `prefix` ("/classifier"), it serves the server under that path, as a site's reverse proxy
     would: /classifier/score goes to /score, /classifier to /, anything outside the prefix is a 404.
     With `fail_when`, a request whose body contains those bytes gets the reply of a failing server
-    (HTTP 500 with a JSON detail) instead of being forwarded."""
+    (HTTP `fail_status` with a JSON detail) instead of being forwarded, the first `fail_times` such
+    requests only when given."""
     records: list[tuple[str, str, int, int]] = []
+    failed = [0]
 
     class Forward(BaseHTTPRequestHandler):
         def _forward(self) -> None:
@@ -141,10 +144,11 @@ def recording_proxy(target: str, prefix: str = "", fail_when: bytes = b"") -> It
                 records.append((self.command, self.path, len(body), 404))
                 self.send_error(404)
                 return
-            if fail_when and fail_when in body:
-                records.append((self.command, self.path, len(body), 500))
+            if fail_when and fail_when in body and (fail_times is None or failed[0] < fail_times):
+                failed[0] += 1
+                records.append((self.command, self.path, len(body), fail_status))
                 reply = b'{"detail": "internal error: RuntimeError: the test proxy failed this request"}'
-                self.send_response(500)
+                self.send_response(fail_status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(reply)))
                 self.end_headers()

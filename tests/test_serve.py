@@ -199,16 +199,19 @@ def test_the_pixel_limit_counts_pixels_as_decoded_so_phone_jpegs_pass() -> None:
     from imgclass.serve import RequestError, ServeConfig, decode_image
 
     limit = load_params().dep_maxPixels
-    assert limit == ServeConfig("x").max_pixels == 40_000_000
+    assert limit == ServeConfig("x").max_pixels == 50_000_000
     phone = io.BytesIO()
-    Image.new("RGB", (8064, 6048), (200, 40, 40)).save(phone, "JPEG", quality=50)
+    Image.new("RGB", (12000, 9000), (200, 40, 40)).save(phone, "JPEG", quality=50)  # 108 MP
     assert decode_image(phone.getvalue(), "phone.jpg", 224, "crop", limit).shape == (224, 224, 3)
-    with pytest.raises(RequestError) as e:  # the same size as a PNG: 48.8 million pixels decoded
+    with pytest.raises(RequestError) as e:  # the same size as a PNG: 108 million pixels decoded
+        decode_image(png_header_only(12000, 9000), "p.png", 224, "crop", limit)
+    assert e.value.status == 413 and "p.png: 12000x9000 = 108000000 pixels, more than the limit" in e.value.message
+    with pytest.raises(RequestError) as e:  # a 48-megapixel size in a format decoded whole passes the limit
         decode_image(png_header_only(8064, 6048), "p.png", 224, "crop", limit)
-    assert e.value.status == 413 and "p.png: 8064x6048 = 48771072 pixels, more than the limit" in e.value.message
-    with pytest.raises(RequestError) as e:  # a JPEG too large even at 1/8 scale
+    assert e.value.status == 415, e.value.message  # (then fails: this PNG has no pixel data)
+    with pytest.raises(RequestError) as e:  # a JPEG too large even at its reduced scale
         decode_image(phone.getvalue(), "phone.jpg", 224, "crop", 1_000_000)
-    assert e.value.status == 413 and "8064x6048 (decoded at 2016x1512) = 3048192 pixels" in e.value.message
+    assert e.value.status == 413 and "12000x9000 (decoded at 1500x1125) = 1687500 pixels" in e.value.message
 
 
 def test_service_decodes_as_load_square(bundle: Path) -> None:
@@ -352,6 +355,11 @@ def test_client_script_carries_on_past_a_server_failure(url: str, tmp_path: Path
         proc = run_script("6_callWebservice.py", str(folder), "--url", proxy, data_dir=tmp_path, check=False)
     assert proc.returncode == 1 and "failed on each image alone too" in proc.stderr and "stopping" in proc.stderr
     assert [status for _, path, _, status in records if path == "/score"] == [500] * 5  # 4 at once, 4 alone
+    # A proxy whose backend is away for a moment (502 while the service restarts): asked again, not failed.
+    with recording_proxy(url, fail_when=b"Content-Type: image/jpeg", fail_status=502, fail_times=2) as (proxy, records):
+        proc = run_script("6_callWebservice.py", str(folder / "green.jpg"), "--url", proxy, data_dir=tmp_path)
+    assert "sending again in 1 s" in proc.stderr and "sending again in 2 s" in proc.stderr
+    assert [status for _, path, _, status in records if path == "/score"] == [502, 502, 200]
 
 
 def test_client_script_skips_hidden_files_and_sends_names_that_are_not_utf8(url: str, tmp_path: Path) -> None:

@@ -75,7 +75,7 @@ class ServeConfig:
 
     bundle: str
     max_upload_bytes: int = 20_000_000
-    max_pixels: int = 40_000_000  # as decoded: a JPEG at its reduced scale (a 108-megapixel photo passes)
+    max_pixels: int = 50_000_000  # as decoded: a plain JPEG at its reduced scale, other formats (HEIC, MPO) whole
     max_images: int = 16
     max_batch: int = 16
     threads: int = 0  # ONNX Runtime intra-op threads (0 = the usable cores / workers)
