@@ -106,6 +106,15 @@ def test_a_copy_of_a_photo_already_in_the_data_set_is_not_filed_under_another_cl
     copied = label_interactively(cands, classes, images, log, input_fn=ask, print_fn=lambda *a: printed.append(" ".join(map(str, a))))
     assert copied == [images / "striped" / "new.jpg"]
     assert "copy.jpg: same image as" in printed[0] and "(class dotted); not asked" in printed[0]
+    # Its own class again: logged, not copied a second time; a sub-folder stage 1 reads is looked in too.
+    assert apply_labels({src / "copy.jpg": "dotted"}, classes, images, log) == [images / "dotted" / "IMG_1.jpg"]
+    assert sorted(p.name for p in (images / "dotted").iterdir()) == ["IMG_1.jpg", "IMG_2.jpg"]
+    assert read_log(log)[file_hash(src / "copy.jpg")] == "dotted"
+    (images / "dotted" / "_old").mkdir()
+    (images / "dotted" / "_old" / "IMG_0.jpg").write_bytes(b"an old photo!!" * 10)
+    (src / "old.jpg").write_bytes(b"an old photo!!" * 10)
+    with pytest.raises(ValueError, match=r"old.jpg: the same image .* as .*_old.IMG_0.jpg \(class 'dotted'\)"):
+        apply_labels({src / "old.jpg": "striped"}, classes, images, log)
 
 
 def _candidates(folder: Path, n: int, scores: np.ndarray) -> list[Candidate]:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imgclass.data import find_split_folders, walk_image_files
+from imgclass.data import find_split_folders, list_class_dirs, list_images
 from imgclass.dedup import list_folder_images
 from imgclass.fileio import atomic_open, atomic_path, require_file
 from imgclass.images import check_images
@@ -213,31 +213,37 @@ def class_in_dataset(path: str | Path, images_dir: str | Path, _index: dict | No
         roots = [images_dir] if split is None else [split[0], split[1]]
         by_size: dict[int, list[tuple[str, Path]]] = {}
         for root in roots:
-            for f in walk_image_files(root, skip_prefixes=("_", ".")):
-                parts = f.relative_to(root).parts
-                if len(parts) > 1:  # in a class folder
-                    by_size.setdefault(f.stat().st_size, []).append((parts[0], f))
-        index["by_size"] = by_size
-    size = Path(path).stat().st_size
-    same = index["by_size"].get(size, [])
+            for c in list_class_dirs(root):
+                for f in list_images(root / c):  # what stage 1 reads of the class
+                    by_size.setdefault(f.stat().st_size, []).append((c, f))
+        index["by_size"], index["hashes"] = by_size, {}
+    same = index["by_size"].get(Path(path).stat().st_size, [])
     if not same:
         return None
     content = file_hash(path)
-    return next(((c, f) for c, f in same if file_hash(f) == content), None)
+    hashes = index["hashes"]
+    for c, f in same:
+        if f not in hashes:
+            hashes[f] = file_hash(f)
+        if hashes[f] == content:
+            return c, f
+    return None
 
 
 def apply_labels(
-    labels: Mapping[str | Path, str], classes: Sequence[str], images_dir: str | Path, log_path: str | Path
+    labels: Mapping[str | Path, str], classes: Sequence[str], images_dir: str | Path, log_path: str | Path,
+    _index: dict | None = None,
 ) -> list[Path]:
     """Copy each labelled image into its class folder and log every answer (SKIP for none).
     Usable from a notebook: `apply_labels({path: "striped", other: "-"}, classes, ...)`.
     Refuses to file an image (by content) under a class other than the one it was given before, or
     than the one it is in already in the data set: the same photo in two class folders would teach
-    the model both."""
+    the model both; a copy of a photo already in its class is not copied again (that file is returned). `_index`: the data
+    set's listing, kept between calls (label_interactively's round)."""
     log_path = Path(log_path)
     done = dict(read_log(log_path))
     todo = []
-    index: dict = {}
+    index = _index if _index is not None else {}
     for path, label in labels.items():
         if label != SKIP and label not in classes:
             raise ValueError(f"{path}: label {label!r} is not a class ({', '.join(classes)}) or {SKIP!r} (skip)")
@@ -253,14 +259,14 @@ def apply_labels(
                              f"(class {there[0]!r}); not copying it into {label!r} as well")
         if label != SKIP:
             done[content] = label
-        todo.append((src, label, content))
+        todo.append((src, label, content, None if there is None else there[1]))
     previous = log_path.read_text(encoding="utf-8") if log_path.is_file() else LOG_HEADER
     if previous.startswith(_OLD_LOG_HEADER):  # a log from before the content column: name the new column
         previous = LOG_HEADER + previous[len(_OLD_LOG_HEADER):]
     lines, copied = [], []
-    for src, label, content in todo:
-        dest = add_to_dataset(src, label, images_dir) if label != SKIP else None
-        if dest is not None:
+    for src, label, content, present in todo:
+        dest = present or (add_to_dataset(src, label, images_dir) if label != SKIP else None)
+        if dest is not None:  # (an identical file already there is returned as add_to_dataset returns it)
             copied.append(dest)
         lines.append(f"{src}\t{label}\t{'' if dest is None else dest.relative_to(images_dir).as_posix()}\t{content}\n")
     with atomic_open(log_path, "w", encoding="utf-8") as f:
@@ -338,7 +344,7 @@ def label_interactively(
             print_fn(f"    {answer.strip()!r} is not one of: {menu}, {keys}")
         if label == QUIT:
             break
-        copied += apply_labels({cand.path: label}, classes, images_dir, log_path)
+        copied += apply_labels({cand.path: label}, classes, images_dir, log_path, _index=index)
         done[content] = label
         if label != SKIP:
             print_fn(f"    -> {label}")
