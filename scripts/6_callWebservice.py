@@ -48,7 +48,8 @@ class ServiceError(RuntimeError):
         self.retry_after = retry_after
 
 
-# A busy service (HTTP 503) is asked again after 1, 2, 4, 8, then 10 s (BUSY_MAX_WAIT), or after the
+# A busy service (HTTP 503; 502 or 504 from a proxy whose backend is restarting) is asked again
+# after 1, 2, 4, 8, then 10 s (BUSY_MAX_WAIT), or after the
 # longer wait it asks for in Retry-After (a proxy in maintenance: up to GIVEN_MAX_WAIT), at most
 # BUSY_RETRIES times for one request.
 TRY_AGAIN = (502, 503, 504)  # busy, or a proxy's backend away for a moment
