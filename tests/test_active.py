@@ -173,7 +173,7 @@ def test_classes_named_like_the_skip_and_quit_letters_can_be_chosen(tmp_path: Pa
                                  input_fn=ask, print_fn=lambda *a: None)
     assert [p.relative_to(images).as_posix() for p in copied] == ["S/0.jpg", "q/1.jpg"]
     assert list(read_log(tmp_path / "log.tsv").values()) == ["S", "q", "-"]  # image 3 unanswered (Ctrl-D)
-    assert "-=skip, Ctrl-D=quit" in prompts[0]
+    assert "-=skip (for good), Ctrl-D=quit" in prompts[0]
 
 
 def test_labels_go_to_the_training_side_of_a_data_set_split_in_advance(tmp_path: Path) -> None:

@@ -432,7 +432,7 @@ def test_a_cap_on_training_images_keeps_every_class(color_dataset: Path) -> None
         chosen = refiner._select_train(labels)
         assert len(chosen) == 10 and len(set(chosen.tolist())) == 10 and set(labels[chosen]) == {0, 1, 2}
     with pytest.raises(ValueError, match="rf_maxTrainImages = 2 is fewer than the 3 classes"):
-        Refiner(_config(max_train_images=2), CLASSES, device="cpu", progress=False)._select_train(labels)
+        Refiner(_config(max_train_images=2), CLASSES, device="cpu", progress=False)  # before any work
 
 
 def test_resume_refuses_a_checkpoint_with_more_epochs_than_asked(color_dataset: Path, tmp_path: Path) -> None:

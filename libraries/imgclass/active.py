@@ -314,7 +314,7 @@ def label_interactively(
     menu = _menu(classes)
     # A class named "s" or "q" (sizes S, M, L) takes the letter: skip with "-", stop with Ctrl-D.
     names = {c.lower() for c in classes}
-    keys = f"{'-' if 's' in names else 's'}=skip, {'Ctrl-D' if 'q' in names else 'q'}=quit"
+    keys = f"{'-' if 's' in names else 's'}=skip (for good), {'Ctrl-D' if 'q' in names else 'q'}=quit"
     copied: list[Path] = []
     done = read_log(log_path)
     index: dict = {}

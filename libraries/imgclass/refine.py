@@ -421,6 +421,9 @@ class Refiner:
                  spill_dir: str | Path | None = None, held_out_name: str = "test") -> None:
         if len(classes) < 2:
             raise ValueError(f"need at least two classes, got {list(classes)}")
+        if config.max_train_images and config.max_train_images < len(classes):  # said before any work starts
+            raise ValueError(f"rf_maxTrainImages = {config.max_train_images} is fewer than the {len(classes)} classes: "
+                             f"every class needs a training image (0 = all)")
         self.config = config
         self.classes = tuple(classes)
         self.device = pick_device(device)
@@ -446,10 +449,7 @@ class Refiner:
         if cap and len(idx) > cap:
             # One image of every class first: a class the cap left out entirely would still have an
             # output, which the last-layer fit would learn never to choose.
-            present = np.unique(labels)
-            if cap < len(present):
-                raise ValueError(f"rf_maxTrainImages = {cap} is fewer than the {len(present)} classes: "
-                                 f"every class needs a training image (0 = all)")
+            present = np.unique(labels)  # (the cap is at least the number of classes: see __init__)
             first = np.array([rng.choice(np.flatnonzero(labels == c)) for c in present])
             rest = rng.choice(np.setdiff1d(idx, first), cap - len(first), replace=False)
             idx = np.sort(np.concatenate([first, rest]))
