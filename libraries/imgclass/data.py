@@ -149,7 +149,7 @@ def _one_class_per_file(listed: list[tuple[str, Path]], root: Path, base: Path) 
             real_dir[p.parent] = os.path.realpath(p.parent)
         return os.path.join(real_dir[p.parent], p.name)
 
-    class_dir = {c: os.path.realpath(root / c) for c, _ in listed}
+    class_dir = {c: os.path.realpath(root / c) for c in {c for c, _ in listed}}  # once per class, not per file
     by_file: dict[str, list[tuple[str, Path]]] = defaultdict(list)
     for c, p in listed:
         by_file[real(p)].append((c, p))
@@ -243,7 +243,7 @@ def name_problem(rel: str) -> tuple[str, str] | None:
     return None
 
 
-def _check_utf8_folders(names: list[str], where: Path) -> None:
+def _check_folder_names(names: list[str], where: Path) -> None:
     if bad := [c for c in names if not _is_utf8(c)]:
         raise DatasetError(f"{shown(str(where))}: the class folder name '{shown(bad[0])}' {NOT_UTF8}: rename the folder")
     if bad := [c for c in names if _has_tab_or_break(c)]:
@@ -251,7 +251,7 @@ def _check_utf8_folders(names: list[str], where: Path) -> None:
 
 
 def _check_classes(classes: list[str], where: Path) -> None:
-    _check_utf8_folders(classes, where)
+    _check_folder_names(classes, where)
     if len(classes) < 2:
         found = ", ".join(classes) if classes else "none"
         hint = ""
@@ -384,7 +384,7 @@ def make_split(
                 f"_{test_name}/) to split it at random"
             )
         _check_classes(classes, train_dir)
-        _check_utf8_folders(test_classes, test_dir)
+        _check_folder_names(test_classes, test_dir)
         if unknown := [c for c in test_classes if c not in classes]:
             raise DatasetError(
                 f"{images_dir}: {test_name}/ has classes that {train_name}/ has not: {', '.join(unknown)} "

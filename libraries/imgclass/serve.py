@@ -291,19 +291,23 @@ class _BodyTooLarge(RequestError):
         super().__init__(413, f"request body larger than the limit of {max_bytes} bytes")
 
 
+async def _json_reply(send: Callable[..., Awaitable[None]], status: int, detail: str,
+                      headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+    """A JSON error reply {"detail": ...} sent by a middleware, before the app: the connection is closed
+    after it, since the request's body was not (all) read."""
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *headers, (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
 class BodyLimit:
     """ASGI middleware: refuse a request body over `max_bytes` before it is read into memory."""
 
     def __init__(self, app: Callable[..., Awaitable[None]], max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
-
-    async def _refuse(self, send: Callable[..., Awaitable[None]], detail: str) -> None:
-        body = json.dumps({"detail": detail}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})
 
     async def __call__(self, scope: dict, receive: Callable[..., Awaitable[dict]], send: Callable[..., Awaitable[None]]) -> None:
         if scope["type"] != "http":
@@ -313,7 +317,7 @@ class BodyLimit:
         detail = _BodyTooLarge(limit).message
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
-            await self._refuse(send, detail)
+            await _json_reply(send, 413, detail)
             return
         seen = 0
         started = False
@@ -336,7 +340,7 @@ class BodyLimit:
             await self.app(scope, counted_receive, tracked_send)
         except _BodyTooLarge:
             if not started:
-                await self._refuse(send, detail)
+                await _json_reply(send, 413, detail)
 
 
 class _BodyTimeout(RequestError):
@@ -366,20 +370,12 @@ class ConcurrencyLimit:
         self.body_timeout = body_timeout
         self.active = 0  # one event loop per worker process: no lock needed
 
-    async def _reply(self, send: Callable[..., Awaitable[None]], status: int, detail: str,
-                     headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
-        body = json.dumps({"detail": detail}).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                *headers, (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})
-
     async def __call__(self, scope: dict, receive: Callable[..., Awaitable[dict]], send: Callable[..., Awaitable[None]]) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
         if self.active >= self.max_requests:
-            await self._reply(send, 503, f"busy: {self.active} requests in progress, the limit (dep_maxConcurrent); "
+            await _json_reply(send, 503, f"busy: {self.active} requests in progress, the limit (dep_maxConcurrent); "
                                          f"retry in a moment", [(b"retry-after", str(self.RETRY_AFTER_SECONDS).encode())])
             return
         body_done = False
@@ -406,7 +402,7 @@ class ConcurrencyLimit:
             await self.app(scope, timed_receive, tracked_send)
         except _BodyTimeout as e:  # the app's RequestError handler answers it; this is in case it escaped
             if not started:
-                await self._reply(send, e.status, e.message)
+                await _json_reply(send, e.status, e.message)
         finally:
             self.active -= 1
 
