@@ -382,10 +382,11 @@ torch.manual_seed(0)
 net = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3, padding=1), torch.nn.ReLU(),
                           torch.nn.Conv2d(64, 64, 3, padding=1), torch.nn.ReLU())
 x = torch.randn(16, 3, 128, 128)  # activations of 64 MB each, as in real minibatches
-for _ in range(3):
+for _ in range(2):
     net(x).square().mean().backward()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-net(x).square().mean().backward()  # the same sizes again: glibc could reuse the freed memory
+for _ in range(6):  # the same sizes again: glibc could reuse the freed memory
+    net(x).square().mean().backward()
 print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
@@ -403,7 +404,10 @@ def test_training_steps_reuse_freed_memory_instead_of_page_faulting_it_in_again(
     if applied != "True":
         pytest.skip("not glibc: nothing to tune")
     _, default = run("default")
-    assert default > 100_000  # glibc's default: every activation freshly mapped and faulted in (~4 KB each)
+    # glibc's default: every activation freshly mapped and faulted in, ~330,000 faults (4 KB each) a step.
+    # Kept, the heap still grows by a 64 MB block now and then (thread timing varies the order of frees:
+    # 0 to 3 blocks in one step were seen), so the test counts six steps, not one, against the bound.
+    assert default > 6 * 100_000
     assert kept < 0.1 * default
 
 
