@@ -310,6 +310,28 @@ def test_client_script(url: str, tmp_path: Path) -> None:
     assert len(proc.stdout.splitlines()) == 7
 
 
+def test_client_library_yields_each_answer_and_names_the_refused_file(url: str, tmp_path: Path) -> None:
+    from imgclass.client import ServiceClient, ServiceError, find_images
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name, rgb in COLORS.items():
+        (folder / f"{name}.jpg").write_bytes(jpeg_bytes(rgb))
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    notes: list[str] = []
+    with ServiceClient(url + "/", timeout=60, say=notes.append) as client:
+        assert client.info()["classes"] == list(COLORS)
+        answers = list(client.score_files(find_images(folder)))
+    assert [(p.name, r["label"] if r else None) for p, r, _ in answers] == [
+        ("blue.jpg", "blue"), ("broken.jpg", None), ("green.jpg", "green"), ("red.jpg", "red")]
+    error = answers[1][2]
+    assert isinstance(error, ServiceError) and error.status == 415 and "not an image" in str(error)
+    assert notes == [notes[0]] and "a request of 4 images failed" in notes[0]
+    with ServiceClient(f"http://127.0.0.1:{free_port()}", timeout=5) as client, \
+            pytest.raises(ServiceError, match="cannot reach the service .*6_deploy.py"):
+        client.info()
+
+
 def test_client_script_fills_requests_up_to_the_byte_limit(url: str, tmp_path: Path) -> None:
     # The service takes 4 images but only 200 kB per request: three 93 kB photos need two
     # requests, and a 250 kB one goes alone (and is refused, by name); nothing is sent twice.
