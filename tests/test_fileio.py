@@ -25,6 +25,38 @@ def test_damaged_files_are_named_when_read(tmp_path: Path) -> None:
     assert load_npz(good)["features"].shape == (2, 3)
 
 
+def test_valid_files_of_the_wrong_kind_are_named_not_a_traceback(tmp_path: Path) -> None:
+    """A features file where the SVM should be, a metrics.json copied over split.json, a torch file of
+    someone else's: each reader names the file and the stage that writes it (they raised KeyError)."""
+    from imgclass.data import load_split
+    from imgclass.modelfile import load_model_extra
+    from imgclass.provenance import check_same_source, flip_average_of_stage3
+    from imgclass.svm import LinearSvm
+
+    foreign = save_npz(tmp_path / "svm_fixed.npz", features=np.ones((2, 3), np.float32))
+    with pytest.raises(DamagedFileError, match=r"svm_fixed\.npz: not an SVM file written by scripts/4_trainSVM\.py"):
+        LinearSvm.load(foreign)
+    split = write_json(tmp_path / "split.json", {"accuracy": 0.9})
+    with pytest.raises(DamagedFileError, match=r"split\.json: not a split written by scripts/1_prepareData\.py"):
+        load_split(split)
+    import torch
+
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "model_refined.pt")
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    for name in ("model_refined.pt", "junk.pt"):
+        with pytest.raises(ValueError, match=rf"{name}: not a model file written by scripts/2_refineDNN\.py"):
+            load_model_extra(tmp_path / name)
+    # A truncated features file reaching the provenance checks of stage 6 and active learning.
+    features = tmp_path / "features_fixed_train.npz"
+    features.write_bytes(save_npz(tmp_path / "whole.npz", features=np.ones((50, 3)), flip_average=np.array(True),
+                                  features_source=np.array("x")).read_bytes()[:200])
+    with pytest.raises(DamagedFileError, match=r"features_fixed_train\.npz: not a \.npz file"):
+        flip_average_of_stage3(features, requested=False)
+    with pytest.raises(DamagedFileError, match=r"features_fixed_train\.npz: not a \.npz file"):
+        check_same_source(tmp_path / "model_refined.pt", features)
+    assert load_npz(tmp_path / "whole.npz", keys=("flip_average", "absent")) == {"flip_average": np.array(True)}
+
+
 def test_a_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
     path = write_json(tmp_path / "metrics.json", {"accuracy": 0.9})
     with pytest.raises(RuntimeError), atomic_open(path, "w") as f:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imgclass.annotations import EXCLUDE, FIXES_FILE, apply_fixes, read_fixes, unmatched_fixes
-from imgclass.fileio import read_json, write_json
+from imgclass.fileio import DamagedFileError, read_json, write_json
 from imgclass.images import check_images, is_image_name
 
 DEDICATED_TEST_FILE = "dedicatedTestImages.tsv"
@@ -87,7 +87,12 @@ def load_split(path: str | Path) -> Split:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run scripts/1_prepareData.py first")
-    return Split.from_json(read_json(path))
+    d = read_json(path)
+    try:
+        return Split.from_json(d)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:  # valid JSON, but not a split
+        raise DamagedFileError(f"{path}: not a split written by scripts/1_prepareData.py "
+                               f"({type(e).__name__}: {e}); rerun stage 1") from None
 
 
 NOT_CLASS_PREFIXES = (".", "_")  # folders that are not classes: hidden ones, _duplicates/ (dedupImages.py)

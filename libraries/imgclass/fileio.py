@@ -12,7 +12,7 @@ import json
 import os
 import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -93,11 +93,12 @@ def save_npz(path: str | Path, **arrays: np.ndarray) -> Path:
     return Path(path)
 
 
-def load_npz(path: str | Path) -> dict[str, np.ndarray]:
+def load_npz(path: str | Path, keys: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """The arrays of a .npz file; given `keys`, only those of them it has (the others are not read)."""
     # allow_pickle=False: these files may come from elsewhere, and must never run code.
     try:
         with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+            return {k: z[k] for k in z.files if keys is None or k in keys}
     except FileNotFoundError:
         raise
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:

@@ -106,5 +106,12 @@ def load_model(path: str | Path) -> tuple[torch.nn.Module, ModelSpec]:
 
 
 def load_model_extra(path: str | Path) -> dict[str, Any]:
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    return json.loads(payload.get("extra_json", "{}"))
+    """What stage 2 stored beside the weights (the split it was refined on, its settings)."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        json.loads(payload["spec_json"])  # every model file has its spec: without one, it is not ours
+        return json.loads(payload.get("extra_json", "{}"))
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a damaged or foreign file gets one clear message
+        raise ValueError(f"{path}: not a model file written by scripts/2_refineDNN.py ({e})") from e

@@ -12,7 +12,7 @@ import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
+from imgclass.fileio import load_npz
 
 
 def file_hash(path: str | Path) -> str:
@@ -49,12 +49,12 @@ def check_same_source(
     score test images it was trained on, or give its scores to the wrong class names. Files written
     before these were recorded are not checked."""
     features_path = Path(features_path)
-    with np.load(features_path, allow_pickle=False) as z:
-        if "features_source" not in z.files:
-            return
-        source, flip = str(z["features_source"]), bool(z["flip_average"])
-        split_hash = str(z["split_hash"]) if "split_hash" in z.files else ""
-        classes = [str(c) for c in z["classes"]] if "classes" in z.files else []
+    z = load_npz(features_path, keys=("features_source", "flip_average", "split_hash", "classes"))
+    if "features_source" not in z:
+        return
+    source, flip = str(z["features_source"]), bool(z.get("flip_average", False))
+    split_hash = str(z["split_hash"]) if "split_hash" in z else ""
+    classes = [str(c) for c in z["classes"]] if "classes" in z else []
     then_svm = ", then scripts/4_trainSVM.py" if svm_file else ""
     if source != features_source(model_file, flip):
         raise StaleFilesError(
@@ -130,10 +130,10 @@ def flip_average_of_stage3(features_path: str | Path, requested: bool) -> bool:
     path = Path(features_path)
     if not path.is_file():
         return requested
-    with np.load(path, allow_pickle=False) as z:
-        if "flip_average" not in z.files:
-            return requested
-        used = bool(z["flip_average"])
+    z = load_npz(path, keys=("flip_average",))
+    if "flip_average" not in z:
+        return requested
+    used = bool(z["flip_average"])
     if used != requested:
         print(f"run_boFlipAverage = {requested} now, but stage 3 featurized with {used} ({path.name}): "
               f"using {used}, as the classifier was trained and evaluated; rerun stages 3-5 to change it")

@@ -20,7 +20,7 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.svm import LinearSVC
 from tqdm.auto import tqdm
 
-from imgclass.fileio import load_npz, save_npz
+from imgclass.fileio import DamagedFileError, load_npz, save_npz
 
 DEFAULT_C_VALUES = (1e-4, 1e-3, 0.01, 0.1, 1.0, 10.0, 100.0)
 
@@ -193,12 +193,16 @@ class LinearSvm:
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: run scripts/4_trainSVM.py first")
         z = load_npz(path)
-        meta = json.loads(str(z["meta"]))
-        svm = cls(meta["c_values"], meta["l2_normalize"], meta["cv_folds"], meta["seed"],
-                  balance_classes=meta.get("balance_classes", False))
-        svm.coef_, svm.intercept_ = z["coef"], z["intercept"]
-        svm.C_ = meta["C"]
-        svm.cv_scores_ = {float(k): v for k, v in meta["cv_scores"].items()}
+        try:
+            meta = json.loads(str(z["meta"]))
+            svm = cls(meta["c_values"], meta["l2_normalize"], meta["cv_folds"], meta["seed"],
+                      balance_classes=meta.get("balance_classes", False))
+            svm.coef_, svm.intercept_ = z["coef"], z["intercept"]
+            svm.C_ = meta["C"]
+            svm.cv_scores_ = {float(k): v for k, v in meta["cv_scores"].items()}
+        except (KeyError, TypeError, ValueError, AttributeError) as e:  # another .npz, or an edited one
+            raise DamagedFileError(f"{path}: not an SVM file written by scripts/4_trainSVM.py "
+                                   f"({type(e).__name__}: {e}); rerun stage 4") from None
         svm.n_classes_ = len(svm.intercept_)
         svm.classes = meta.get("classes", [])
         svm.features_source = meta.get("features_source", "")
