@@ -25,7 +25,7 @@ randomSeed = 0  # seed for the train/test split, SVM cross-validation, refinemen
 # ----------------------------------------------------------------------------------------------
 dl_workers = 8  # parallel downloads
 dl_timeoutSec = 20.0  # per-request timeout in seconds
-dl_retries = 1  # extra attempts for a URL that failed with a network error or a 5xx reply
+dl_retries = 1  # extra attempts for a URL that failed with a network error, a timeout, or a 5xx or 429 (too many requests) reply
 dl_maxBytes = 25_000_000  # largest file accepted; bigger downloads are abandoned
 
 # ----------------------------------------------------------------------------------------------

@@ -17,8 +17,8 @@ from imgclass.data import Split, list_class_dirs, make_split
 from imgclass.dedup import (
     DEFAULT_THRESHOLD,
     DuplicateReport,
+    check_leaks,
     find_duplicates,
-    find_leaks,
     image_hash,
     keep_leaks_in_train,
     move_duplicates,
@@ -219,12 +219,12 @@ def test_leakage_check_finds_a_planted_duplicate_across_the_split(originals: Pat
     train = [(p, i) for i, c in enumerate(classes) for p in files[c] if p != "striped/striped_0000.jpg" and not p.endswith("_0004.jpg")]
     test = [(p, i) for i, c in enumerate(classes) for p in files[c] if p == "striped/striped_0000.jpg" or p.endswith("_0004.jpg")]
     split = Split(classes, train, test)
-    leaks = find_leaks(split, root, progress=False)
+    leaks = check_leaks(split, root, progress=False).leaks
     assert [(x.train, x.test, x.same_class) for x in leaks] == [("striped/from_another_site.jpg", "striped/striped_0000.jpg", True)]
     fixed = keep_leaks_in_train(split, leaks)
     assert ("striped/striped_0000.jpg", 2) in fixed.train and ("striped/striped_0000.jpg", 2) not in fixed.test
     assert len(fixed.train) == len(train) + 1 and len(fixed.test) == len(test) - 1
-    assert find_leaks(fixed, root, progress=False) == []
+    assert check_leaks(fixed, root, progress=False).leaks == []
 
 
 def test_stage1_keeps_near_duplicates_on_one_side(originals: Path, tmp_path: Path) -> None:

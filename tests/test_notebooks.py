@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,7 @@ def test_show_results_lists_scores_and_errors(tracked_demo: Path, monkeypatch: p
     text = _texts(nb)
     assert "6 test images of fashionTextureDemo scored by svm" in text and "class-avg" in text
     assert "misclassified of 6" in text
+    assert re.search(r"dotted: \d+\.\d% of its 2 test images classified right", text), text
     lines = [ln for ln in text.splitlines() if ln.startswith(("ok ", "ERR"))]
     assert len(lines) == 6 and all("->" in ln and ln.count("=") == 3 for ln in lines)
     assert _count(nb, "image/png") >= 3  # ROC, confusion matrix and at least one grid of images

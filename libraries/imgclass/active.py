@@ -35,7 +35,6 @@ from imgclass.params import Params
 from imgclass.provenance import check_model_and_svm, file_hash, flip_average_of_stage3
 
 CRITERIA = ("margin", "topScore", "entropy")
-LOG_FILE = "active_learning.tsv"
 SKIP = "-"  # the label logged for an image the user chose not to label
 QUIT = "\0quit"  # what an answer to stop labelling parses to (no class name can be it)
 # One line per answer. "content" (imgclass.provenance.file_hash) identifies the image; "image" (its

@@ -361,13 +361,6 @@ def check_leaks(
     return LeakCheck(leaks, threshold, typical)
 
 
-def find_leaks(
-    split: Split, images_dir: str | Path, threshold: int = DEFAULT_THRESHOLD, workers: int = 2, progress: bool = True
-) -> list[Leak]:
-    """`check_leaks`' pairs alone."""
-    return check_leaks(split, images_dir, threshold, workers, progress).leaks
-
-
 def write_leaks(path: str | Path, leaks: Sequence[Leak]) -> Path:
     """The pairs as a TSV (train, test, bits, same_class), written atomically."""
     with atomic_open(path, "w", encoding="utf-8") as f:
@@ -412,7 +405,6 @@ __all__ = [
     "LeakCheck",
     "LOOKALIKE_FACTOR",
     "check_leaks",
-    "find_leaks",
     "lookalike_note",
     "typical_distance",
     "write_leaks",

@@ -243,7 +243,8 @@ class Params(Mapping[str, Any]):
     def as_dict(self) -> dict[str, Any]:
         return dict(self._values)
 
-    # Where each stage's files live. One definition, so no stage builds a path of its own.
+    # Where the files that pass from stage to stage live: one definition, so the stage that writes a
+    # file and those that read it agree on its path. A file only one script uses is named there.
     @property
     def data_dir(self) -> Path:
         return Path(self._values["DATA_DIR"]).expanduser()
