@@ -526,3 +526,10 @@ def test_out_of_memory_outside_a_training_step_is_advice_and_those_batches_follo
     monkeypatch.setattr(Refiner, "error_rate", mismatch)
     with pytest.raises(RuntimeError, match="^shapes do not match$"):  # not memory: passed on as it is
         _fit(color_dataset, max_epochs=1)
+
+
+def test_refine_config_says_what_it_expected() -> None:
+    with pytest.raises(ValueError, match=r"RefineConfig\.momentum = 1\.0: expected in \[0, 1\)"):
+        RefineConfig(momentum=1.0)
+    with pytest.raises(ValueError, match=r"RefineConfig\.lr_per_mb = \(0\.001, 0\.0\): expected one or more values, all above 0"):
+        RefineConfig(lr_per_mb=[0.001, 0.0])

@@ -24,15 +24,19 @@ import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from imgclass.data import find_split_folders, list_class_dirs, list_images
 from imgclass.dedup import list_folder_images
-from imgclass.fileio import atomic_open, atomic_path, require_file
+from imgclass.fileio import atomic_open, atomic_path, require_file, save_figure
 from imgclass.images import check_images
 from imgclass.params import Params
 from imgclass.provenance import check_model_and_svm, file_hash, flip_average_of_stage3
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 CRITERIA = ("margin", "topScore", "entropy")
 SKIP = "-"  # the label logged for an image the user chose not to label
@@ -350,7 +354,8 @@ def label_interactively(
     return copied
 
 
-def plot_candidates(candidates: Sequence[Candidate], classes: Sequence[str], path: str | Path | None = None, columns: int = 5):
+def plot_candidates(candidates: Sequence[Candidate], classes: Sequence[str], path: str | Path | None = None,
+                    columns: int = 5) -> Figure:
     """A contact sheet of the candidates with the model's top guesses (saved when `path` is given)."""
     import matplotlib.pyplot as plt  # no backend forced: a notebook keeps its inline display
 
@@ -366,9 +371,7 @@ def plot_candidates(candidates: Sequence[Candidate], classes: Sequence[str], pat
         ax.set_title(f"{n}. {cand.path.name[:24]}\n{guess}", fontsize=8)
     fig.tight_layout()
     if path is not None:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=80)
-        plt.close(fig)
+        save_figure(fig, path, dpi=80)
     return fig
 
 
@@ -391,6 +394,7 @@ __all__ = [
     "plot_candidates",
     "read_log",
     "score_images",
+    "score_with_trained_model",
     "select_uncertain",
     "uncertainty",
     "unlabelled_images",

@@ -24,7 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import auc, roc_curve  # noqa: E402
 
-from imgclass.fileio import atomic_open, atomic_path  # noqa: E402
+from imgclass.fileio import atomic_open, atomic_path, save_figure  # noqa: E402
 from imgclass.images import load_rgb  # noqa: E402
 
 
@@ -68,13 +68,6 @@ def compute_metrics(scores: np.ndarray, labels: np.ndarray, classes: Sequence[st
     }
 
 
-def _save_figure(fig: plt.Figure, path: str | Path) -> Path:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return Path(path)
-
-
 ROC_LEGEND_MAX = 10  # more classes than this: grey curves, the pooled curve and the weakest classes named
 
 
@@ -111,7 +104,7 @@ def roc_figure(scores: np.ndarray, labels: np.ndarray, classes: Sequence[str], t
 
 def plot_roc(scores: np.ndarray, labels: np.ndarray, classes: Sequence[str], path: str | Path, title: str = "") -> Path:
     """Save `roc_figure` as a PNG."""
-    return _save_figure(roc_figure(scores, labels, classes, title), path)
+    return save_figure(roc_figure(scores, labels, classes, title), path)
 
 
 def plot_confusion(cm: np.ndarray | list, classes: Sequence[str], path: str | Path, title: str = "") -> Path:
@@ -135,7 +128,7 @@ def plot_confusion(cm: np.ndarray | list, classes: Sequence[str], path: str | Pa
                 ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=font,
                         color="white" if frac[i, j] > 0.5 else "black")
     ax.set(xlabel="Predicted class", ylabel="True class", title=title or "Confusion matrix")
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def format_table(metrics: dict[str, Any]) -> str:

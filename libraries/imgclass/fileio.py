@@ -14,9 +14,12 @@ import tempfile
 import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def _umask() -> int:
@@ -112,3 +115,15 @@ def require_file(path: str | Path, made_by: str) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run {made_by} first")
     return path
+
+
+def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
+    """Write `fig` as a PNG atomically (a half-written plot never replaces a good one) and close it.
+    pyplot is imported here and not above: importing it selects no backend, so a notebook that
+    calls this keeps its inline display."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return Path(path)

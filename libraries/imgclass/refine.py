@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -52,6 +52,9 @@ from imgclass.features import default_device
 from imgclass.fileio import atomic_path
 from imgclass.images import load_square
 from imgclass.modelfile import ImageClassifier, ModelSpec, build_model
+
+if TYPE_CHECKING:
+    from imgclass.params import Params
 
 CACHE_MARGIN = 1.15  # training images are cached this much larger than the input, for crops
 
@@ -95,21 +98,22 @@ class RefineConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lr_per_mb", tuple(float(v) for v in self.lr_per_mb))
-        checks = {
-            "mb_size": self.mb_size >= 1, "max_epochs": self.max_epochs >= 1,
-            "max_train_images": self.max_train_images >= 0, "lr_per_mb": bool(self.lr_per_mb) and min(self.lr_per_mb) > 0,
-            "momentum": 0.0 <= self.momentum < 1.0, "l2_reg_weight": self.l2_reg_weight >= 0,
-            "dropout": 0.0 <= self.dropout < 1.0, "head_lr_factor": self.head_lr_factor > 0,
-            "resolution": 32 <= self.resolution <= 1024, "workers": self.workers >= 0,
-            "average_last_epochs": self.average_last_epochs >= 0,
+        checks = {  # name: (valid, what is expected)
+            "mb_size": (self.mb_size >= 1, "at least 1"), "max_epochs": (self.max_epochs >= 1, "at least 1"),
+            "max_train_images": (self.max_train_images >= 0, "0 (all) or more"),
+            "lr_per_mb": (bool(self.lr_per_mb) and min(self.lr_per_mb) > 0, "one or more values, all above 0"),
+            "momentum": (0.0 <= self.momentum < 1.0, "in [0, 1)"), "l2_reg_weight": (self.l2_reg_weight >= 0, "0 or more"),
+            "dropout": (0.0 <= self.dropout < 1.0, "in [0, 1)"), "head_lr_factor": (self.head_lr_factor > 0, "above 0"),
+            "resolution": (32 <= self.resolution <= 1024, "32 to 1024 pixels"), "workers": (self.workers >= 0, "0 or more"),
+            "average_last_epochs": (self.average_last_epochs >= 0, "0 or more"),
         }
-        for name, ok in checks.items():
+        for name, (ok, expected) in checks.items():
             if not ok:
-                raise ValueError(f"RefineConfig.{name} = {getattr(self, name)!r} is not allowed")
+                raise ValueError(f"RefineConfig.{name} = {getattr(self, name)!r}: expected {expected}")
         self.augmenter()  # validates the aug_* values
 
     @classmethod
-    def from_params(cls, p: Any) -> RefineConfig:
+    def from_params(cls, p: Params) -> RefineConfig:
         return cls(
             backbone=p.rf_pretrainedModel, resolution=p.rf_inputResolution, resize_mode=p.rf_resizeMode,
             dropout=p.rf_dropoutRate, mb_size=p.rf_mbSize, max_epochs=p.rf_maxEpochs,
@@ -844,7 +848,8 @@ def plot_history(history: History, path: str | Path, title: str = "", saved_test
     `held_out`: the label of the second curve (`history.test_error`), for images other than the test set."""
     from matplotlib.ticker import MaxNLocator
 
-    from imgclass.evaluate import _save_figure, plt
+    from imgclass.evaluate import plt  # the file-only backend
+    from imgclass.fileio import save_figure
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     ax1.plot(history.epoch, [100 * e for e in history.train_error], "o-", label="training error")
@@ -865,4 +870,4 @@ def plot_history(history: History, path: str | Path, title: str = "", saved_test
     ax2.grid(alpha=0.3)
     for ax in (ax1, ax2):  # whole epochs only: a tick at epoch 1.25 means nothing
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    return _save_figure(fig, path)
+    return save_figure(fig, path)

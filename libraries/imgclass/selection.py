@@ -120,7 +120,8 @@ def write_table(path: Path, scores: Sequence[CandidateScore]) -> Path:
 
 def plot_comparison(path: Path, scores: Sequence[CandidateScore], chosen: CandidateScore | None, title: str = "") -> Path:
     """Bars of CV accuracy with one-standard-error whiskers; the recommended candidate in colour."""
-    from imgclass.evaluate import _save_figure, plt
+    from imgclass.evaluate import plt  # the file-only backend
+    from imgclass.fileio import save_figure
 
     ran = [s for s in scores if s.cv_accuracy is not None]
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(ran) + 1.5))
@@ -137,7 +138,7 @@ def plot_comparison(path: Path, scores: Sequence[CandidateScore], chosen: Candid
            title=title or "featurizers compared (green: recommended)")
     ax.invert_yaxis()
     ax.grid(axis="x", alpha=0.3)
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def recommend(scores: Sequence[CandidateScore], prefer: ModelSpec | None = None) -> CandidateScore | None:
