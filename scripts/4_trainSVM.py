@@ -21,8 +21,7 @@ def main() -> int:
     check_same_source(require_file(p.model_path, "scripts/2_refineDNN.py"), p.features_path("train"),
                       split_file=require_file(p.split_path, "scripts/1_prepareData.py"))
     classes = [str(c) for c in train["classes"]]
-    svm = LinearSvm(p.svm_CVals, p.svm_boL2Normalize, p.svm_cvFolds, p.randomSeed, p.svm_workers, progress=True,
-                    balance_classes=p.svm_boBalanceClasses)
+    svm = LinearSvm.from_params(p, progress=True)
     svm.features_source = str(train["features_source"]) if "features_source" in train else ""
     svm.split_hash = str(train["split_hash"]) if "split_hash" in train else ""
     svm.fit(train["features"], train["labels"], n_classes=len(classes))

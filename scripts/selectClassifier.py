@@ -31,8 +31,7 @@ def main() -> int:
     split = load_split(require_file(p.split_path, "scripts/1_prepareData.py"))
     paths = [p.images_dir / path for path, _ in split.train]
     labels = np.array([y for _, y in split.train])
-    svm = LinearSvm(p.svm_CVals, p.svm_boL2Normalize, p.svm_cvFolds, p.randomSeed, p.svm_workers,
-                    balance_classes=p.svm_boBalanceClasses)
+    svm = LinearSvm.from_params(p)
     print(f"{len(paths)} training images of {p.datasetName}; {args.val_fraction:.0%} of each class held out to "
           f"score svm, dnn and svmDnnRefined; the test images are not used; flip averaging "
           f"{'on' if p.run_boFlipAverage else 'off'} (run_boFlipAverage, as stage 3)")

@@ -36,8 +36,7 @@ def main() -> int:
     split = load_split(p.split_path)
     paths = [p.images_dir / path for path, _ in split.train]
     labels = [y for _, y in split.train]
-    svm = LinearSvm(p.svm_CVals, p.svm_boL2Normalize, p.svm_cvFolds, p.randomSeed, p.svm_workers,
-                    balance_classes=p.svm_boBalanceClasses)
+    svm = LinearSvm.from_params(p)
     resolutions = args.resolutions or [p.rf_inputResolution]
     print(f"{len(paths)} training images of {p.datasetName}; {len(args.backbones) * len(resolutions) * len(args.resize_modes)} "
           f"candidates; the test images are not used")

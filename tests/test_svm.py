@@ -153,3 +153,12 @@ def test_class_balancing_raises_the_small_class_recall_and_chooses_c_by_class_av
     assert balanced.cv_scores_ == pytest.approx(expected)
     back = LinearSvm.load(balanced.save(tmp_path / "svm.npz", ["big", "small"]))
     assert back.balance_classes and not LinearSvm.load(plain.save(tmp_path / "p.npz", ["big", "small"])).balance_classes
+
+
+def test_from_params_takes_the_svm_values_of_parameters_py() -> None:
+    from imgclass.params import load_params
+
+    p = load_params(overrides={"svm_CVals": [0.5, 2.0], "svm_cvFolds": 3, "randomSeed": 7, "svm_boBalanceClasses": True})
+    svm = LinearSvm.from_params(p)
+    assert (svm.c_values, svm.cv_folds, svm.seed, svm.balance_classes, svm.l2_normalize, svm.workers) == (
+        [0.5, 2.0], 3, 7, True, p.svm_boL2Normalize, p.svm_workers)

@@ -22,6 +22,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from imgclass.annotations import EXCLUDE, FIXES_FILE, apply_fixes, read_fixes, unmatched_fixes
 from imgclass.fileio import DamagedFileError, read_json, write_json
 from imgclass.images import check_images, is_image_name
@@ -523,12 +525,15 @@ def check_disjoint(split: Split) -> None:
             raise DatasetError(f"the {side} set is empty: add images or change ratioTrainTest")
 
 
-def exact_duplicates_across(split: Split, images_dir: str | Path) -> list[tuple[str, str]]:
+def exact_duplicates_across(split: Split, images_dir: str | Path, progress: bool = True) -> list[tuple[str, str]]:
     """Pairs (train, test) of byte-identical files: the same photo on both sides leaks the label."""
     images_dir = Path(images_dir)
+    bar = tqdm(total=len(split.train) + len(split.test), desc="identical files", unit="img", disable=not progress)
 
     def digest(rel: str) -> str:
+        bar.update()
         return hashlib.sha1((images_dir / rel).read_bytes()).hexdigest()
 
-    train_hashes = {digest(p): p for p, _ in split.train}
-    return [(train_hashes[h], p) for p, _ in split.test if (h := digest(p)) in train_hashes]
+    with bar:
+        train_hashes = {digest(p): p for p, _ in split.train}
+        return [(train_hashes[h], p) for p, _ in split.test if (h := digest(p)) in train_hashes]

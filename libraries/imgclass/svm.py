@@ -12,6 +12,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from joblib import Parallel, delayed
@@ -21,6 +22,9 @@ from sklearn.svm import LinearSVC
 from tqdm.auto import tqdm
 
 from imgclass.fileio import DamagedFileError, load_npz, save_npz
+
+if TYPE_CHECKING:
+    from imgclass.params import Params
 
 DEFAULT_C_VALUES = (1e-4, 1e-3, 0.01, 0.1, 1.0, 10.0, 100.0)
 
@@ -74,6 +78,12 @@ class LinearSvm:
         self.features_source = ""  # what made the training features (imgclass.provenance.features_source)
         self.split_hash = ""  # the split whose training images they were (stage 1's split.json, hashed)
         self.classes: list[str] = []  # the class names, in the order of the scores' columns
+
+    @classmethod
+    def from_params(cls, p: Params, progress: bool = False) -> LinearSvm:
+        """The SVM that PARAMETERS.py's svm_* values (and randomSeed) describe."""
+        return cls(p.svm_CVals, p.svm_boL2Normalize, p.svm_cvFolds, p.randomSeed, p.svm_workers, progress=progress,
+                   balance_classes=p.svm_boBalanceClasses)
 
     def _prep(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)
