@@ -13,7 +13,7 @@ import numpy as np
 from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.data import load_split
 from imgclass.features import FeatureCache, Featurizer
-from imgclass.fileio import save_npz
+from imgclass.featureset import FeatureSet
 from imgclass.modelfile import load_model, load_model_extra
 from imgclass.provenance import StaleFilesError, check_model_settings, check_model_split, features_source, file_hash
 
@@ -44,15 +44,11 @@ def main() -> int:
         rel = [path for path, _ in items]
         t0 = time.perf_counter()
         result = fz.featurize_paths([p.images_dir / r for r in rel], desc=side, cache=cache)
-        arrays = {"paths": np.array(rel), "labels": np.array([y for _, y in items], dtype=np.int64),
-                  "classes": np.array(split.classes), "features": result.features,
-                  "flip_average": np.array(p.run_boFlipAverage),  # stage 6 exports the same preprocessing
-                  "features_source": np.array(source),  # stages 4-6 check they combine files of one origin
-                  "split_hash": np.array(split_hash),
-                  **{k: np.array(v) for k, v in made_with.items()}}  # what stage 5 reports it was made with
-        if result.probs is not None:
-            arrays["probs"] = result.probs
-        out = save_npz(p.features_path(side), **arrays)
+        out = FeatureSet(rel, np.array([y for _, y in items]), split.classes, result.features, result.probs,
+                         flip_average=p.run_boFlipAverage,  # stage 6 exports the same preprocessing
+                         source=source, split_hash=split_hash,  # stages 4-6 check they combine files of one origin
+                         made_with=made_with,  # what stage 5 reports it was made with
+                         ).save(p.features_path(side))
         seconds = time.perf_counter() - t0
         print(f"wrote {out} ({result.features.shape[0]} x {result.features.shape[1]}) in {seconds:.1f} s"
               f" ({len(rel) / max(seconds, 1e-9):.0f} img/s)")

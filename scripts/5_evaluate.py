@@ -5,7 +5,8 @@ import datetime
 from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.evaluate import (compute_metrics, format_confusions, format_table, plot_confusion, plot_roc,
                                write_browser, write_predictions)
-from imgclass.fileio import load_npz, require_file, write_json
+from imgclass.featureset import FeatureSet
+from imgclass.fileio import require_file, write_json
 from imgclass.provenance import MODEL_SETTINGS, StaleFilesError, check_model_settings, check_same_source, file_hash
 from imgclass.svm import LinearSvm
 
@@ -20,10 +21,9 @@ parser.add_argument("--on", choices=("test", "train"), default=None, help="which
 def main() -> int:
     args, p = parse_stage(parser)
     side = args.on or p.eval_set
-    data = load_npz(require_file(p.features_path(side), "scripts/3_runDNN.py"))
-    n_train = len(load_npz(require_file(p.features_path("train"), "scripts/3_runDNN.py"))["labels"])
-    classes = [str(c) for c in data["classes"]]
-    labels = data["labels"]
+    data = FeatureSet.load(p.features_path(side), made_with_keys=MODEL_SETTINGS)
+    n_train = len(data) if side == "train" else len(FeatureSet.load(p.features_path("train")))
+    classes, labels = data.classes, data.labels
     extra = {}
     svm = None if p.classifier == "dnn" else LinearSvm.load(p.svm_path)
     check_same_source(require_file(p.model_path, "scripts/2_refineDNN.py"), p.features_path(side),
@@ -31,14 +31,14 @@ def main() -> int:
                       split_file=require_file(p.split_path, "scripts/1_prepareData.py"),
                       svm_split_hash=svm.split_hash if svm else "", svm_classes=svm.classes if svm else ())
     # Stage 3 records the network it used; older files do not (then the parameters are reported).
-    made_with = {k: data[k].item() for k in MODEL_SETTINGS if k in data}
+    made_with = data.made_with
     check_model_settings(made_with, p, p.features_path(side).name)
     if svm is None:
-        if "probs" not in data:
+        if data.probs is None:
             raise ValueError(f"{p.features_path(side)} has no class probabilities: rerun stages 2 and 3 with classifier = 'dnn'")
-        scores = data["probs"]
+        scores = data.probs
     else:
-        scores = svm.decision_function(data["features"])
+        scores = svm.decision_function(data.features)
         extra["svm_C"] = svm.C_
     metrics = {
         "dataset": p.datasetName,
@@ -51,7 +51,7 @@ def main() -> int:
         **compute_metrics(scores, labels, classes),
         **extra,
         # What was evaluated, so that stage 6 embeds these metrics only in a bundle of the same files.
-        "provenance": {"features_source": str(data["features_source"]) if "features_source" in data else "",
+        "provenance": {"features_source": data.source,
                        "svm_file_hash": file_hash(p.svm_path) if svm else ""},
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -60,7 +60,7 @@ def main() -> int:
     title = f"{p.datasetName} / {p.classifier} / {side}"
     plot_roc(scores, labels, classes, out / f"roc{suffix}.png", title=f"ROC: {title}")
     plot_confusion(metrics["confusion_matrix"], classes, out / f"confusion{suffix}.png", title=f"Confusion: {title}")
-    paths = [str(x) for x in data["paths"]]
+    paths = data.paths
     write_predictions(out / f"predictions{suffix}.tsv", paths, labels, scores, classes)
     write_browser(out / f"browser{suffix}.html", p.images_dir, paths, labels, scores, classes, title=title)
     write_json(out / f"metrics{suffix}.json", metrics)

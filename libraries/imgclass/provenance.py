@@ -12,7 +12,7 @@ import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
-from imgclass.fileio import load_npz
+from imgclass.featureset import FeatureSet
 
 
 def file_hash(path: str | Path) -> str:
@@ -49,12 +49,10 @@ def check_same_source(
     score test images it was trained on, or give its scores to the wrong class names. Files written
     before these were recorded are not checked."""
     features_path = Path(features_path)
-    z = load_npz(features_path, keys=("features_source", "flip_average", "split_hash", "classes"))
-    if "features_source" not in z:
+    made = FeatureSet.load(features_path, header_only=True)
+    if not made.source:
         return
-    source, flip = str(z["features_source"]), bool(z.get("flip_average", False))
-    split_hash = str(z["split_hash"]) if "split_hash" in z else ""
-    classes = [str(c) for c in z["classes"]] if "classes" in z else []
+    source, flip, split_hash, classes = made.source, bool(made.flip_average), made.split_hash, made.classes
     then_svm = ", then scripts/4_trainSVM.py" if svm_file else ""
     if source != features_source(model_file, flip):
         raise StaleFilesError(
@@ -130,10 +128,9 @@ def flip_average_of_stage3(features_path: str | Path, requested: bool) -> bool:
     path = Path(features_path)
     if not path.is_file():
         return requested
-    z = load_npz(path, keys=("flip_average",))
-    if "flip_average" not in z:
+    used = FeatureSet.load(path, header_only=True).flip_average
+    if used is None:
         return requested
-    used = bool(z["flip_average"])
     if used != requested:
         print(f"run_boFlipAverage = {requested} now, but stage 3 featurized with {used} ({path.name}): "
               f"using {used}, as the classifier was trained and evaluated; rerun stages 3-5 to change it")

@@ -1,0 +1,80 @@
+"""The features file: what stage 3 writes for each side of the split (proc/<dataset>/
+features_<fixed|refined>_<train|test>.npz) and stages 4-6 read. Its arrays are named here once, so
+the writer and the readers agree.
+
+No torch here: stages 4 and 5 and the provenance checks of the web service's process read these files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from imgclass.fileio import DamagedFileError, load_npz, require_file, save_npz
+
+MADE_BY = "scripts/3_runDNN.py"
+_REQUIRED = ("paths", "labels", "classes", "features")
+# The small arrays that say where the features came from: a reader that only checks them skips the rest.
+_HEADER = ("classes", "flip_average", "features_source", "split_hash")
+
+
+@dataclass
+class FeatureSet:
+    """One side of the split as the network saw it: image paths (relative to the data set folder),
+    labels (indices into `classes`), one feature row per image and, for a refined network, its class
+    probabilities. `flip_average`, `source` (imgclass.provenance.features_source of the model file)
+    and `split_hash` (of split.json) say what made the features, so later stages can refuse to mix
+    files of different origins; `made_with` holds the network settings (MODEL_SETTINGS) they used.
+    Files written before these were recorded read back with `source` "" and `flip_average` None."""
+
+    paths: list[str]
+    labels: np.ndarray
+    classes: list[str]
+    features: np.ndarray
+    probs: np.ndarray | None = None
+    flip_average: bool | None = None
+    source: str = ""
+    split_hash: str = ""
+    made_with: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the file atomically (a half-written file never replaces a good one)."""
+        arrays = {"paths": np.array(self.paths), "labels": np.asarray(self.labels, dtype=np.int64),
+                  "classes": np.array(self.classes), "features": self.features,
+                  "features_source": np.array(self.source), "split_hash": np.array(self.split_hash),
+                  **{k: np.array(v) for k, v in self.made_with.items()}}
+        if self.flip_average is not None:
+            arrays["flip_average"] = np.array(self.flip_average)
+        if self.probs is not None:
+            arrays["probs"] = self.probs
+        return save_npz(path, **arrays)
+
+    @classmethod
+    def load(cls, path: str | Path, made_with_keys: tuple[str, ...] = (), header_only: bool = False) -> FeatureSet:
+        """Read the file back; `made_with_keys`: the settings to read into `made_with` (those the file
+        has). With `header_only`, only the classes and what made the features are read, as far as the
+        file has them (the paths, labels and features come back empty): enough for the provenance
+        checks, without the features of every image."""
+        path = require_file(path, MADE_BY)
+        z = load_npz(path, keys=_HEADER + made_with_keys if header_only else None)
+        missing = [k for k in _REQUIRED if k not in z and not header_only]
+        if missing:
+            raise DamagedFileError(f"{path}: not a features file written by {MADE_BY} (it has no "
+                                   f"{', '.join(missing)}); rerun stage 3")
+        return cls(
+            paths=[str(x) for x in z.get("paths", [])],
+            labels=z.get("labels", np.zeros(0, np.int64)),
+            classes=[str(c) for c in z.get("classes", [])],
+            features=z.get("features", np.zeros((0, 0), np.float32)),
+            probs=z.get("probs"),
+            flip_average=bool(z["flip_average"]) if "flip_average" in z else None,
+            source=str(z["features_source"]) if "features_source" in z else "",
+            split_hash=str(z["split_hash"]) if "split_hash" in z else "",
+            made_with={k: z[k].item() for k in made_with_keys if k in z},
+        )
+
+    def __len__(self) -> int:
+        return len(self.labels)

@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from imgclass.featureset import FeatureSet
+from imgclass.fileio import DamagedFileError, load_npz, save_npz
+
+
+def test_what_stage_3_writes_reads_back_whole_or_header_only(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    written = FeatureSet(["dotted/a.jpg", "striped/b.jpg"], np.array([0, 1]), ["dotted", "striped"],
+                         rng.normal(size=(2, 5)).astype(np.float32), probs=np.array([[0.9, 0.1], [0.2, 0.8]]),
+                         flip_average=True, source="abc", split_hash="def",
+                         made_with={"rf_inputResolution": 320, "rf_resizeMode": "crop"})
+    path = written.save(tmp_path / "features_refined_test.npz")
+    back = FeatureSet.load(path, made_with_keys=("rf_inputResolution", "rf_resizeMode", "rf_pretrainedModel"))
+    assert (back.paths, back.labels.tolist(), back.classes, back.flip_average, back.source, back.split_hash) == (
+        written.paths, [0, 1], written.classes, True, "abc", "def")
+    assert back.made_with == {"rf_inputResolution": 320, "rf_resizeMode": "crop"} and len(back) == 2
+    np.testing.assert_array_equal(back.features, written.features)
+    np.testing.assert_array_equal(back.probs, written.probs)
+    header = FeatureSet.load(path, header_only=True)
+    assert (header.classes, header.source, header.flip_average, len(header), header.probs) == (
+        written.classes, "abc", True, 0, None)
+    # Fixed features have no probabilities; a file from before provenance was recorded says nothing.
+    plain = FeatureSet(["a.jpg"], np.array([0]), ["a"], np.zeros((1, 3), np.float32)).save(tmp_path / "old.npz")
+    assert "flip_average" not in load_npz(plain)
+    old = FeatureSet.load(plain)
+    assert (old.probs, old.flip_average, old.source) == (None, None, "")
+
+
+def test_a_file_that_is_not_stage_3s_is_named(tmp_path: Path) -> None:
+    other = save_npz(tmp_path / "features_fixed_train.npz", coef=np.zeros((2, 3)))
+    with pytest.raises(DamagedFileError, match=r"features_fixed_train\.npz: not a features file written by "
+                                               r"scripts/3_runDNN\.py \(it has no paths, labels, classes, features\)"):
+        FeatureSet.load(other)
+    with pytest.raises(FileNotFoundError, match=r"missing\.npz not found: run scripts/3_runDNN\.py first"):
+        FeatureSet.load(tmp_path / "missing.npz")
