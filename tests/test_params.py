@@ -100,3 +100,40 @@ def test_unknown_name_in_parameters_file_is_an_error(tmp_path: Path) -> None:
     f.write_text(text)
     with pytest.raises(ParameterError, match=r"PARAMETERS.py: unknown parameter 'svm_Cvals'; did you mean 'svm_CVals'"):
         load_params(f)
+
+
+def test_a_parameters_file_of_ones_own_needs_only_what_it_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    f = tmp_path / "shirts.py"
+    f.write_text('datasetName = "shirts"\nclassifier = "dnn"\nrf_maxEpochs = 2\n')
+    p = load_params(f)
+    project = load_params(ROOT / "PARAMETERS.py")
+    assert (p.datasetName, p.classifier, p.rf_maxEpochs) == ("shirts", "dnn", 2)
+    assert p.as_dict() == {**project.as_dict(), "datasetName": "shirts", "classifier": "dnn", "rf_maxEpochs": 2}
+    assert p.source == f
+    # The project's own file must still define everything: it is where the defaults are.
+    own = tmp_path / "project" / "PARAMETERS.py"
+    own.parent.mkdir()
+    own.write_text('datasetName = "shirts"\n')
+    monkeypatch.setattr("imgclass.params.project_params_file", lambda: own)
+    with pytest.raises(ParameterError, match=r"PARAMETERS\.py: missing parameter\(s\) DATA_DIR, urlsFile"):
+        load_params(own)
+
+
+@pytest.mark.parametrize("text, words", [
+    ('datasetName = "photos"\nclassifier = dnn\n', r'bad\.py, line 2: NameError: name \'dnn\' is not defined \(text values go in quotes'),
+    ('from my_settings import *\n', r"bad\.py, line 1: ModuleNotFoundError: .*needs only the values it changes"),
+    ('x = (\n', r"bad\.py, line 1: SyntaxError"),
+])
+def test_python_errors_in_a_parameters_file_are_one_line_naming_it(tmp_path: Path, text: str, words: str) -> None:
+    f = tmp_path / "bad.py"
+    f.write_text(text)
+    with pytest.raises(ParameterError, match=words):
+        load_params(f)
+
+
+def test_a_missing_parameters_file_says_where_its_name_came_from(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ParameterError, match=r"parameters file not found: .*nope\.py \(--params\)"):
+        load_params(tmp_path / "nope.py")
+    monkeypatch.setenv("IMGCLASS_PARAMS", str(tmp_path / "env.py"))
+    with pytest.raises(ParameterError, match=r"parameters file not found: .*env\.py \(IMGCLASS_PARAMS names it\)"):
+        load_params()

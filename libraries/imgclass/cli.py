@@ -34,7 +34,7 @@ def stage_parser(description: str, reads: str, writes: str) -> argparse.Argument
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
                         help="override a parameter of PARAMETERS.py for this run (repeatable)")
     parser.add_argument("--params", default=None, metavar="FILE",
-                        help="read this parameters file instead of the project's PARAMETERS.py")
+                        help="a parameters file of your own, read on top of PARAMETERS.py (it needs only what it changes)")
     return parser
 
 

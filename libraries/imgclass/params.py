@@ -10,6 +10,7 @@ import ast
 import difflib
 import importlib.util
 import os
+import traceback
 import types
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -313,24 +314,35 @@ def _validate_one(name: str, value: Any) -> Any:
 
 
 def default_params_file() -> Path:
-    """PARAMETERS.py: $IMGCLASS_PARAMS, else the project root this package lives in, else the cwd."""
+    """PARAMETERS.py: $IMGCLASS_PARAMS, else the project's own."""
     env = os.environ.get(ENV_PARAMS_FILE)
-    if env:
-        return Path(env)
-    project_root = Path(__file__).resolve().parents[2]
-    candidate = project_root / "PARAMETERS.py"
-    if candidate.is_file():
-        return candidate
-    return Path.cwd() / "PARAMETERS.py"
+    return Path(env) if env else project_params_file()
 
 
-def _read_file(path: Path) -> dict[str, Any]:
+def project_params_file() -> Path:
+    """The project's PARAMETERS.py: at the root of the project this package lives in, else in the cwd."""
+    candidate = Path(__file__).resolve().parents[2] / "PARAMETERS.py"
+    return candidate if candidate.is_file() else Path.cwd() / "PARAMETERS.py"
+
+
+def _read_file(path: Path, given_as: str) -> dict[str, Any]:
     if not path.is_file():
-        raise ParameterError(f"parameters file not found: {path} (set {ENV_PARAMS_FILE} to point at PARAMETERS.py)")
+        raise ParameterError(f"parameters file not found: {path} ({given_as})")
     spec = importlib.util.spec_from_file_location("_imgclass_parameters", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # noqa: BLE001 - the file is the user's Python: any error is theirs to fix
+        # The line of the user's file, not the importlib frames around it.
+        line = e.lineno if isinstance(e, SyntaxError) else next(
+            (frame.lineno for frame in traceback.extract_tb(e.__traceback__) if Path(frame.filename).resolve() == path.resolve()), None)
+        hint = " (text values go in quotes: classifier = \"dnn\")" if isinstance(e, NameError) else ""
+        if isinstance(e, ImportError):
+            hint = (" (a parameters file of your own needs only the values it changes; the others come from "
+                    f"{project_params_file()}, so it need not import it)")
+        where = f"{path}, line {line}" if line else str(path)
+        raise ParameterError(f"{where}: {type(e).__name__}: {e}{hint}") from None
     return {
         k: v
         for k, v in vars(module).items()
@@ -369,11 +381,19 @@ def load_params(
     path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
 ) -> Params:
     """Read PARAMETERS.py, apply IMGCLASS_DATA_DIR and overrides, validate everything."""
+    given_as = ("--params" if path is not None else
+                f"{ENV_PARAMS_FILE} names it" if os.environ.get(ENV_PARAMS_FILE) else
+                f"pass --params FILE or set {ENV_PARAMS_FILE}")
     source = Path(path) if path is not None else default_params_file()
-    values = _read_file(source)
+    values = _read_file(source, given_as)
     for name in values:
         if name not in SCHEMA:
             raise ParameterError(f"{source}: {_unknown_message(name)}")
+    project = project_params_file()
+    if project.is_file() and source.resolve() != project.resolve():
+        # A file of one's own (one per data set, say) needs only what it changes: the rest is the
+        # project's PARAMETERS.py, read first.
+        values = {**_read_file(project, "the project's parameters"), **values}
     missing = [name for name in SCHEMA if name not in values]
     if missing:
         raise ParameterError(f"{source}: missing parameter(s) {', '.join(missing)}")
