@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 
-from imgclass.cli import parse_stage, run_stage, stage_parser, track_now
+from imgclass.cli import do_not_track, parse_stage, run_stage, stage_parser, track_now
 from imgclass.provenance import StaleFilesError  # torch-free, like everything the --bundle path imports
 
 parser = stage_parser(
@@ -32,6 +32,9 @@ def main() -> int:
         from imgclass.export import load_bundle
 
         bundle = load_bundle(args.bundle)
+        # Its data set and classifier are the bundle's, not the parameters': recording it under the
+        # parameters' would show a deployment of a model that was never deployed.
+        do_not_track()
     else:
         from imgclass.export import export_bundle
         from imgclass.fileio import require_file
@@ -62,6 +65,7 @@ def main() -> int:
     port = p.dep_port if args.port is None else args.port
     workers = p.dep_workers if args.workers is None else args.workers
     track_now(__file__)  # the export is done; os.execv below never returns to run_stage to record it
+    # (after do_not_track, a no-op)
     sys.stdout.flush()
     # A fresh interpreter serves: it never imports torch, so it starts fast and stays small.
     cmd = [sys.executable, "-m", "imgclass.serve", str(bundle.path), "--host", host, "--port", str(port),

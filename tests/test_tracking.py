@@ -333,27 +333,41 @@ def test_stage6_is_recorded_before_it_hands_over_to_the_web_service(tracked_demo
     shutil.copytree(tracked_demo, data_dir)
     env = {**os.environ, "IMGCLASS_DATA_DIR": str(data_dir), "IMGCLASS_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
            "IMGCLASS_TRACKING": "1"}
-    port = free_port()
-    server = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "6_deploy.py"), *TRACKED_SMALL, "--port", str(port)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            raise AssertionError("the service did not come up")
-    finally:
-        server.terminate()
-        out = server.communicate(timeout=30)[0]
+
+    def serve(*args: str) -> str:
+        """Start stage 6 with `args`, wait for the service to answer, stop it; its output."""
+        port = free_port()
+        server = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "6_deploy.py"), *args, "--port", str(port)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
+        try:
+            deadline = time.time() + 120
+            while time.time() < deadline:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    time.sleep(0.5)
+            else:
+                raise AssertionError("the service did not come up")
+        finally:
+            server.terminate()
+            out = server.communicate(timeout=30)[0]
+        return out
+
+    out = serve(*TRACKED_SMALL)
     assert "tracked in" in out, out
     client = _client(data_dir)
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.`stage` = '6_deploy'")
     assert len(runs) == 1 and runs[0].data.metrics["stage_seconds"] > 0
+    # Serving a bundle as it is (it may be another data set's, another classifier's) is no stage of
+    # the parameters' data set: it was recorded under their datasetName and classifier.
+    bundles = list((data_dir / "deploy").glob("*/*/bundle.json"))
+    assert len(bundles) == 1
+    out = serve("--bundle", str(bundles[0].parent), "--set", "datasetName=another", "--set", "classifier=dnn")
+    assert "tracked in" not in out, out
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.`stage` = '6_deploy'")
+    assert len(runs) == 1 and not (data_dir / "proc" / "another").exists()
 
 
 def test_compare_runs_shows_the_real_names_of_classes_whose_keys_changed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -40,7 +40,7 @@ def stage_parser(description: str, reads: str, writes: str) -> argparse.Argument
 
 _parsed: Params | None = None  # the stage's parameters, for run_stage to record the run with
 _started: float | None = None  # when run_stage started the stage
-_tracked = False  # track_now recorded the stage already
+_tracked = False  # track_now recorded the stage already, or do_not_track left it out
 
 
 def _printable_output() -> None:
@@ -94,11 +94,20 @@ def run_stage(main: Callable[[], int | None], user_errors: tuple[type[BaseExcept
     sys.exit(code or 0)
 
 
+def do_not_track() -> None:
+    """Leave the running script out of the run history: it did no work on the parameters' data set
+    (stage 6 serving a bundle that may come from another data set, classifier or machine)."""
+    global _tracked
+    _tracked = True
+
+
 def track_now(script: str) -> None:
     """Record the running stage in the run history now, for a stage that hands its process over to
     another program (stage 6 execs the web service), so that run_stage never records it after main()
     (or, where main() does return, as on Windows, which has no exec: not a second time)."""
     global _tracked
+    if _tracked:  # recorded already, or left out on purpose (do_not_track)
+        return
     _tracked = True
     if _parsed is not None and _started is not None:
         from imgclass.tracking import track_stage
