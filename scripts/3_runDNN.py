@@ -27,7 +27,7 @@ parser = stage_parser(
 def main() -> int:
     _, p = parse_stage(parser)
     split = load_split(p.split_path)
-    model, spec = load_model(p.model_path)
+    model, spec = load_model(p.require_model())
     made_with = {"rf_pretrainedModel": spec.backbone, "rf_inputResolution": spec.resolution, "rf_resizeMode": spec.resize_mode}
     check_model_settings(made_with, p, p.model_path.name)
     if spec.kind == "refined":

@@ -19,7 +19,7 @@ def main() -> int:
         print("classifier = 'dnn' scores with the refined network itself: no SVM to train.")
         return 0
     train = FeatureSet.load(p.features_path("train"))
-    check_same_source(require_file(p.model_path, "scripts/2_refineDNN.py"), p.features_path("train"),
+    check_same_source(p.require_model(), p.features_path("train"),
                       split_file=require_file(p.split_path, "scripts/1_prepareData.py"))
     svm = LinearSvm.from_params(p, progress=True)
     svm.features_source, svm.split_hash = train.source, train.split_hash

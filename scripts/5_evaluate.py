@@ -26,7 +26,7 @@ def main() -> int:
     classes, labels = data.classes, data.labels
     extra = {}
     svm = None if p.classifier == "dnn" else LinearSvm.load(p.svm_path)
-    check_same_source(require_file(p.model_path, "scripts/2_refineDNN.py"), p.features_path(side),
+    check_same_source(p.require_model(), p.features_path(side),
                       svm.features_source if svm else "", str(p.svm_path) if svm else "",
                       split_file=require_file(p.split_path, "scripts/1_prepareData.py"),
                       svm_split_hash=svm.split_hash if svm else "", svm_classes=svm.classes if svm else ())

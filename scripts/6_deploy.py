@@ -41,12 +41,12 @@ def main() -> int:
         from imgclass.provenance import check_model_and_svm, flip_average_of_stage3
 
         if p.classifier != "dnn":
-            check_model_and_svm(require_file(p.model_path, "scripts/2_refineDNN.py"), p.features_path("train"),
+            check_model_and_svm(p.require_model(), p.features_path("train"),
                                 require_file(p.svm_path, "scripts/4_trainSVM.py"))
         flip = flip_average_of_stage3(p.features_path("train"), p.run_boFlipAverage)
         print(f"exporting {p.classifier} of {p.datasetName} (mirror averaging {'on' if flip else 'off'}) ...")
         bundle = export_bundle(
-            require_file(p.model_path, "scripts/2_refineDNN.py"),
+            p.require_model(),
             p.bundle_dir,
             p.classifier,
             svm_path=None if p.classifier == "dnn" else p.svm_path,

@@ -137,3 +137,14 @@ def test_a_missing_parameters_file_says_where_its_name_came_from(tmp_path: Path,
     monkeypatch.setenv("IMGCLASS_PARAMS", str(tmp_path / "env.py"))
     with pytest.raises(ParameterError, match=r"parameters file not found: .*env\.py \(IMGCLASS_PARAMS names it\)"):
         load_params()
+
+
+def test_a_missing_model_says_which_classifier_stage_2_must_run_with(tmp_path: Path) -> None:
+    for classifier, how in (("svm", r"scripts/2_refineDNN\.py first"),
+                            ("svmDnnRefined", r"scripts/2_refineDNN\.py with classifier = 'svmDnnRefined' first")):
+        p = load_params(overrides={"DATA_DIR": str(tmp_path), "classifier": classifier})
+        with pytest.raises(FileNotFoundError, match=rf"model_(fixed|refined)\.pt not found: run {how}"):
+            p.require_model()
+    (tmp_path / "proc" / "fashionTextureDemo").mkdir(parents=True)
+    (tmp_path / "proc" / "fashionTextureDemo" / "model_refined.pt").write_bytes(b"")
+    assert load_params(overrides={"DATA_DIR": str(tmp_path), "classifier": "dnn"}).require_model().name == "model_refined.pt"

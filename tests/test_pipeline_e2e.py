@@ -159,8 +159,9 @@ def test_results_are_not_credited_to_a_network_that_was_not_used(pipeline_dir: P
     before = metrics.read_bytes()
     proc = run_script("3_runDNN.py", *SMALL, "--set", "rf_inputResolution=128", data_dir=pipeline_dir, check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert ("model_fixed.pt was made with rf_inputResolution = 96, but the parameters now say 128: "
-            "rerun scripts/2_refineDNN.py, then the stages after it") in proc.stderr
+    assert ("model_fixed.pt was made with rf_inputResolution = 96, but the parameters now say 128: give the same "
+            "values again (--set rf_inputResolution=96, or put them in PARAMETERS.py or a --params file for every "
+            "stage), or, to change them, rerun scripts/2_refineDNN.py, then the stages after it") in proc.stderr
     proc = run_script("5_evaluate.py", *SMALL, "--set", "rf_pretrainedModel=efficientnet_lite1", data_dir=pipeline_dir, check=False)
     assert proc.returncode == 1 and "features_fixed_test.npz was made with rf_pretrainedModel = 'efficientnet_lite0'" in proc.stderr
     assert metrics.read_bytes() == before

@@ -177,7 +177,7 @@ def score_with_trained_model(paths: Sequence[str | Path], p: Params) -> ScoredFo
     """`score_images` with the classifier stages 2-4 trained under the parameters `p`: the network and
     its SVM, or the refined network for classifier "dnn", with the mirror averaging stage 3 used.
     Refuses a model file and an SVM of different origins (imgclass.provenance)."""
-    model = require_file(p.model_path, "scripts/2_refineDNN.py")
+    model = p.require_model()
     svm = None if p.classifier == "dnn" else require_file(p.svm_path, "scripts/4_trainSVM.py")
     if svm is not None:
         check_model_and_svm(model, p.features_path("train"), svm)

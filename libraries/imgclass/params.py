@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from imgclass.backbones import BACKBONE_NAMES
+from imgclass.fileio import require_file
 from imgclass.images import MAX_PIXELS
 
 ENV_DATA_DIR = "IMGCLASS_DATA_DIR"
@@ -280,6 +281,13 @@ class Params(Mapping[str, Any]):
     @property
     def model_path(self) -> Path:
         return self.proc_dir / f"model_{self.model_kind}.pt"
+
+    def require_model(self) -> Path:
+        """model_path, or a FileNotFoundError saying how to make it: stage 2 with this classifier (run
+        without it, stage 2 makes the other kind of model, and the same error would come back)."""
+        classifier = self._values["classifier"]
+        stage2 = "scripts/2_refineDNN.py" + ("" if classifier == "svm" else f" with classifier = {classifier!r}")
+        return require_file(self.model_path, stage2)
 
     @property
     def feature_cache_dir(self) -> Path:

@@ -11,8 +11,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from imgclass.featureset import FeatureSet
+
+if TYPE_CHECKING:
+    from imgclass.params import Params
 
 
 def file_hash(path: str | Path) -> str:
@@ -87,15 +91,19 @@ def check_same_source(
 MODEL_SETTINGS = ("rf_pretrainedModel", "rf_inputResolution", "rf_resizeMode")
 
 
-def check_model_settings(made_with: dict, now: dict, what: str, rerun: str = "scripts/2_refineDNN.py") -> None:
+def check_model_settings(made_with: dict, now: Params | dict, what: str, rerun: str = "scripts/2_refineDNN.py") -> None:
     """Raise StaleFilesError when the file `what` was made with other MODEL_SETTINGS values
     (`made_with`) than the parameters have now (`now`), naming both and the stage to rerun."""
     differ = [k for k in MODEL_SETTINGS if k in made_with and str(made_with[k]) != str(now[k])]
     if differ:
         then = ", ".join(f"{k} = {made_with[k]!r}" for k in differ)
         later = ", ".join(f"{now[k]!r}" for k in differ)
+        # Most often a --set given to stage 2 and forgotten here, so the cheap way out comes first.
+        again = " ".join(f"--set {k}={made_with[k]}" for k in differ)
         raise StaleFilesError(f"{what} was made with {then}, but the parameters now say {later}: "
-                              f"rerun {rerun}, then the stages after it")
+                              f"give the same values again ({again}, or put them in PARAMETERS.py or a "
+                              f"--params file for every stage), or, to change them, rerun {rerun}, then the "
+                              f"stages after it")
 
 
 def check_model_split(model_file: str | Path, model_split_hash: str, split_file: str | Path) -> None:
