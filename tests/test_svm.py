@@ -162,3 +162,20 @@ def test_from_params_takes_the_svm_values_of_parameters_py() -> None:
     svm = LinearSvm.from_params(p)
     assert (svm.c_values, svm.cv_folds, svm.seed, svm.balance_classes, svm.l2_normalize, svm.workers) == (
         [0.5, 2.0], 3, 7, True, p.svm_boL2Normalize, p.svm_workers)
+
+
+def test_c_values_that_score_only_the_largest_class_share_are_named() -> None:
+    """181 and 19 images: 90.5% for always answering the larger class, which a too-small C does."""
+    rng = np.random.default_rng(0)
+    y = np.array([0] * 90 + [1] * 10)
+    x = rng.normal(size=(100, 8)).astype(np.float32)
+    x[:, 0] += 3 * y  # separable along one axis
+    svm = LinearSvm([1e-6, 10.0], cv_folds=5).fit(x, y)
+    assert svm.cv_scores_[1e-6] == pytest.approx(0.9) and svm.C_ == 10.0
+    assert "C = 1e-06 scored no more than always answering the largest class would (90.00%)" in svm.cv_note_
+    # Noise: every C scores the larger class's share, and the chosen one is called out.
+    noise = LinearSvm([1e-6, 1e-5], cv_folds=5).fit(rng.normal(size=(100, 8)).astype(np.float32), y)
+    assert "the chosen C = 1e-06 scores 90.00%, no more than always answering the largest class" in noise.cv_note_
+    assert "svm_boBalanceClasses = True" in noise.cv_note_
+    balanced = LinearSvm([1e-6, 1e-5], cv_folds=5, balance_classes=True).fit(rng.normal(size=(100, 8)).astype(np.float32), y)
+    assert "largest class" not in balanced.cv_note_

@@ -125,7 +125,7 @@ class LinearSvm:
             best = max(self.cv_scores_.values())
             # Ties go to the smallest C: the widest margin among equally good models.
             self.C_ = min(c for c, s in self.cv_scores_.items() if s >= best - 1e-12)
-            self.cv_note_ = " ".join(filter(None, [self.cv_note_, self._edge_note()]))
+            self.cv_note_ = " ".join(filter(None, [self.cv_note_, self._edge_note(), self._majority_note(counts)]))
         svc = self._svc(self.C_).fit(x, y)
         coef = np.zeros((self.n_classes_, x.shape[1]), np.float32)
         intercept = np.full(self.n_classes_, -1e6, np.float32)  # absent classes never win
@@ -153,6 +153,22 @@ class LinearSvm:
         return (f"C = {self.C_:g} is the {side} value tried and scored higher than C = {neighbour:g} "
                 f"({100 * self.cv_scores_[self.C_]:.2f}% against {100 * self.cv_scores_[neighbour]:.2f}%): "
                 f"a {beyond} C may do better; add it to svm_CVals to try it")
+
+    def _majority_note(self, counts: np.ndarray) -> str:
+        """Say so when C values score no more than always answering the largest class would: with
+        unequal classes (181 and 19 images: 90.5%) such a score looks good and means nothing."""
+        if self.balance_classes:  # class-averaged accuracy: always answering one class scores 1/classes
+            return ""
+        share = counts.max() / counts.sum()
+        at = [c for c, s in sorted(self.cv_scores_.items()) if s <= share + 1e-9]
+        if not at:
+            return ""
+        if self.C_ in at:
+            return (f"the chosen C = {self.C_:g} scores {100 * share:.2f}%, no more than always answering the "
+                    f"largest class would: the SVM learned nothing the class sizes do not say; with classes this "
+                    f"unequal, set svm_boBalanceClasses = True (C chosen by class-averaged accuracy)")
+        return (f"C = {', '.join(f'{c:g}' for c in at)} scored no more than always answering the largest class "
+                f"would ({100 * share:.2f}%): too small a C to learn from these features")
 
     def _cross_validate(self, x: np.ndarray, y: np.ndarray, folds: int) -> dict[float, float]:
         """Mean validation accuracy per C (class-averaged with balance_classes, the figure balancing is
