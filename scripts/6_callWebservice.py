@@ -19,7 +19,7 @@ from imgclass.data import shown
 parser = stage_parser(
     __doc__.splitlines()[0],
     reads="IMAGE_OR_FOLDER (image files), the service at --url",
-    writes="nothing: prints <image> <label> <class>=<score> ... per image",
+    writes="nothing: prints <image> TAB <label> TAB <class>=<score> ... per image on stdout (notes on stderr)",
 )
 parser.add_argument("sources", metavar="IMAGE_OR_FOLDER", nargs="+", help="image files, or folders of them")
 parser.add_argument("--url", default=None, help="the service's address (default http://127.0.0.1:<dep_port>)")
@@ -34,7 +34,8 @@ def main() -> int:
     failed = 0
     with ServiceClient(url, timeout) as client:
         info = client.info()
-        print(f"model {info['model_version']} ({info['classifier']}): {', '.join(info['classes'])}")
+        # On stderr, with the other notes: stdout is the answers alone, a TSV to pipe on.
+        print(f"model {info['model_version']} ({info['classifier']}): {', '.join(info['classes'])}", file=sys.stderr)
         for path, result, error in client.score_files(images):
             if result is None:
                 print(f"{shown(str(path))}\tERROR\t{error}", file=sys.stderr)
