@@ -118,7 +118,9 @@ def plot_confusion(cm: np.ndarray | list, classes: Sequence[str], path: str | Pa
     size = min(max(4.5, 0.6 * k + 2.5), 40.0)
     font = 10 if k <= 15 else max(5, 10 - k // 15)
     fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
+    shading = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
+    # Without a scale, 6 of 6 and 60 of 60 equally dark read as a mistake in the plot.
+    fig.colorbar(shading, ax=ax, fraction=0.046, pad=0.04).set_label("share of the true class (row)")
     ticks = range(k)
     ax.set_xticks(ticks, classes, rotation=45, ha="right", fontsize=font)
     ax.set_yticks(ticks, classes, fontsize=font)
