@@ -77,6 +77,8 @@ def test_unknown_override_suggests_nearest_name() -> None:
         ("randomSeed", 2**32, "between 0 and 4294967295"),  # numpy and scikit-learn refuse larger seeds
         ("dep_rootPath", "classifier", 'must be "" or a path like "/classifier"'),
         ("dep_rootPath", "/classifier/", "no trailing /"),
+        ("rf_lrPerMb", 0.001, r"one per epoch \(in brackets, even for one: \[0\.001\]\)"),
+        ("svm_boL2Normalize", "true", r"expected bool \(True or False, capitalised: True\)"),
     ],
 )
 def test_bad_values_say_what_is_allowed(name: str, value: object, message: str) -> None:

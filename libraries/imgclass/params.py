@@ -45,7 +45,7 @@ class Spec:
             isinstance(value, bool) and bool not in self.types
         )
         if not ok_type:
-            raise ParameterError(f"{name} = {value!r}: expected {self._describe()}")
+            raise ParameterError(f"{name} = {value!r}: expected {self._describe()}{_spelling_hint(value, self.types)}")
         if self.choices is not None and value not in self.choices:
             allowed = ", ".join(repr(c) for c in self.choices)
             raise ParameterError(f"{name} = {value!r}: allowed values are {allowed}")
@@ -59,6 +59,15 @@ class Spec:
         if self.expected:
             return self.expected
         return " or ".join(t.__name__ for t in self.types)
+
+
+def _spelling_hint(value: Any, types: tuple[type, ...]) -> str:
+    """How to write what was probably meant: a one-value list, a Python truth value."""
+    if list in types and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f" (in brackets, even for one: [{value!r}])"
+    if bool in types and isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off"):
+        return f" (True or False, capitalised: {value.lower() in ('true', 'yes', 'on')})"
+    return ""
 
 
 def _positive(v: Any) -> str | None:
