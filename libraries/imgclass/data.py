@@ -14,6 +14,7 @@ of them agree on which image is on which side. Four ways to split, in order of p
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
 import random
@@ -357,6 +358,22 @@ def find_split_folders(images_dir: Path) -> tuple[Path, Path, list[Path]] | None
     return train, tests[0], tests[1:]
 
 
+def _other_datasets_hint(images_dir: Path) -> str:
+    """The data sets beside a missing one, the likely one first: datasetName=Photos for photos/."""
+    try:
+        others = sorted(d.name for d in images_dir.parent.iterdir() if d.is_dir() and not d.name.startswith("."))
+    except OSError:  # no images/ folder at all: a new DATA_DIR
+        return ""
+    if not others:
+        return ""
+    near = [d for d in others if d.lower() == images_dir.name.lower()] or difflib.get_close_matches(
+        images_dir.name, others, n=1, cutoff=0.6)
+    if near:
+        return f"; did you mean datasetName = {near[0]!r}?"
+    shown = ", ".join(others[:10]) + (", ..." if len(others) > 10 else "")
+    return f"; data sets in {images_dir.parent}: {shown}"
+
+
 def make_split(
     images_dir: str | Path,
     ratio: float = 0.75,
@@ -370,7 +387,7 @@ def make_split(
     if not images_dir.is_dir():
         raise DatasetError(
             f"{images_dir} does not exist: put one sub-folder of images per class there, "
-            f"or run scripts/0_downloadData.py"
+            f"or run scripts/0_downloadData.py{_other_datasets_hint(images_dir)}"
         )
     if split_by not in ("filename", "subdir"):
         raise ValueError(f"split_by {split_by!r}: allowed values are 'filename', 'subdir'")
