@@ -112,10 +112,8 @@ def test_images_outside_the_class_folders_are_named_as_left_out(color_dataset: P
     assert make_split(tmp_path).excluded == [("train/loose.png", "not in a class sub-folder")]
 
 
-def test_clear_errors_for_unusable_folders(tmp_path: Path) -> None:
-    with pytest.raises(DatasetError, match="does not exist"):
-        make_split(tmp_path / "missing")
-    # datasetName typed in another case or a letter short: the data set meant is named.
+def test_a_missing_data_set_names_the_one_probably_meant(tmp_path: Path) -> None:
+    """datasetName typed in another case or a letter short: the data set meant is named."""
     images = tmp_path / "images"
     for name in ("photos", "shirts"):
         (images / name).mkdir(parents=True)
@@ -124,6 +122,11 @@ def test_clear_errors_for_unusable_folders(tmp_path: Path) -> None:
             make_split(images / typed)
     with pytest.raises(DatasetError, match=r"; data sets in .*images: photos, shirts$"):
         make_split(images / "zzz")
+
+
+def test_clear_errors_for_unusable_folders(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="does not exist"):
+        make_split(tmp_path / "missing")
     write_image(tmp_path / "only" / "a.jpg", (1, 1, 1))
     with pytest.raises(DatasetError, match="at least two class folders"):
         make_split(tmp_path)
