@@ -5,12 +5,11 @@
 - the demo data set (datasetName = "fashionTextureDemo"): generate it (synthetic, offline).
 """
 
-from collections import Counter
 from pathlib import Path
 
 from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.data import class_counts
-from imgclass.download import MANIFEST_FILE, download_images
+from imgclass.download import download_images
 from imgclass.synthetic import generate_demo_dataset
 
 DEMO_DATASET = "fashionTextureDemo"
@@ -34,23 +33,8 @@ def main() -> int:
         report = download_images(urls, out, workers=p.dl_workers, timeout=p.dl_timeoutSec,
                                  retries=p.dl_retries, max_bytes=p.dl_maxBytes)
         print(report.summary())
-        for (old, new), n in Counter((old, new) for _, old, new in report.moved).items():
-            print(f"moved {n} image{'' if n == 1 else 's'} from {old}/ to {new}/ (label changed in the URL list)")
-        for (folder, listed), n in Counter((f, lab) for _, f, lab in report.left_by_hand + report.unsure).items():
-            print(f"note: {n} image{'' if n == 1 else 's'} listed as {listed!r} {'is' if n == 1 else 'are'} in {folder}/: "
-                  f"left there (moved by hand to fix a label, or the list changed since they were fetched"
-                  f"{' before stage 0 kept ' + MANIFEST_FILE if report.unsure else ''}); "
-                  f"if the list is right, move {'it' if n == 1 else 'them'} to {listed}/ yourself")
-        if report.deleted:
-            print(f"note: {len(report.deleted)} image(s) deleted since an earlier run fetched them: not fetched again "
-                  f"(delete their lines in {out / MANIFEST_FILE} to fetch them again)")
-        if report.unlisted:
-            print(f"note: {len(report.unlisted)} image(s) fetched for URLs no longer in the list (e.g. dropped as "
-                  f"ambiguous by scrapeImages.py) are still in the data set, e.g. "
-                  f"{report.unlisted[0].relative_to(out).as_posix()}: delete them, or mark them EXCLUDE in "
-                  f"annotations_fixes.tsv")
-        if report.failed:
-            print(f"broken URLs and reasons: {out / 'download_failures.tsv'}")
+        for line in report.notes(out):
+            print(line)
         counts = class_counts(out)
         # A label whose every URL failed has no folder: list it, or a whole missing class goes unseen.
         counts.update({label: 0 for label in report.failed_labels if label not in counts})

@@ -26,6 +26,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -123,6 +124,30 @@ class DownloadReport:
         aside = f", {self.set_aside} set aside as duplicates (in {DUPLICATES_FOLDER}/, not fetched again)" \
             if self.set_aside else ""
         return f"{self.ok} downloaded, {self.skipped_existing} already present, {self.failed} failed{aside}"
+
+    def notes(self, out: Path) -> list[str]:
+        """What a person should know after the run into `out`, beyond the summary: images moved,
+        left where a person put them, deleted or no longer listed, and where the failures are."""
+        lines = []
+        for (old, new), n in Counter((old, new) for _, old, new in self.moved).items():
+            lines.append(f"moved {n} image{'' if n == 1 else 's'} from {old}/ to {new}/ (label changed in the URL list)")
+        for (folder, listed), n in Counter((f, lab) for _, f, lab in self.left_by_hand + self.unsure).items():
+            lines.append(
+                f"note: {n} image{'' if n == 1 else 's'} listed as {listed!r} {'is' if n == 1 else 'are'} in {folder}/: "
+                f"left there (moved by hand to fix a label, or the list changed since they were fetched"
+                f"{' before stage 0 kept ' + MANIFEST_FILE if self.unsure else ''}); "
+                f"if the list is right, move {'it' if n == 1 else 'them'} to {listed}/ yourself")
+        if self.deleted:
+            lines.append(f"note: {len(self.deleted)} image(s) deleted since an earlier run fetched them: not fetched "
+                         f"again (delete their lines in {out / MANIFEST_FILE} to fetch them again)")
+        if self.unlisted:
+            lines.append(f"note: {len(self.unlisted)} image(s) fetched for URLs no longer in the list (e.g. dropped as "
+                         f"ambiguous by scrapeImages.py) are still in the data set, e.g. "
+                         f"{self.unlisted[0].relative_to(out).as_posix()}: delete them, or mark them EXCLUDE in "
+                         f"annotations_fixes.tsv")
+        if self.failed:
+            lines.append(f"broken URLs and reasons: {out / FAILURES_FILE}")
+        return lines
 
 
 class _Failure(Exception):
