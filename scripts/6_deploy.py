@@ -37,19 +37,15 @@ def main() -> int:
         do_not_track()
     else:
         from imgclass.export import export_bundle
-        from imgclass.fileio import require_file
-        from imgclass.provenance import check_model_and_svm, flip_average_of_stage3
+        from imgclass.provenance import trained_classifier
 
-        if p.classifier != "dnn":
-            check_model_and_svm(p.require_model(), p.features_path("train"),
-                                require_file(p.svm_path, "scripts/4_trainSVM.py"))
-        flip = flip_average_of_stage3(p.features_path("train"), p.run_boFlipAverage)
+        model, svm, flip = trained_classifier(p)
         print(f"exporting {p.classifier} of {p.datasetName} (mirror averaging {'on' if flip else 'off'}) ...")
         bundle = export_bundle(
-            p.require_model(),
+            model,
             p.bundle_dir,
             p.classifier,
-            svm_path=None if p.classifier == "dnn" else p.svm_path,
+            svm_path=svm,
             flip_average=flip,
             metrics_path=p.results_dir / "metrics.json",
             dataset=p.datasetName,

@@ -12,7 +12,6 @@ from pathlib import Path
 
 from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.dedup import DUPLICATES_FOLDER, find_duplicates, lookalike_note, move_duplicates
-from imgclass.fileio import atomic_open
 
 parser = stage_parser(
     __doc__.splitlines()[0],
@@ -38,16 +37,13 @@ def main() -> int:
     print(f"{len(report.paths)} images, {sum(len(g) - 1 for g in report.exact)} exact duplicates "
           f"(identical hash), {len(report.to_move)} duplicates within {threshold} bits in {len(report.groups)} groups")
     cross = report.cross_class_groups()
-    with atomic_open(folder / "duplicates.tsv", "w", encoding="utf-8") as f:
-        f.write("group\tkept\tduplicate\tbits\n")
-        for n, group in enumerate(report.groups, 1):
-            flag = "  <- in different class folders" if group in cross else ""
-            print(f"group {n}: keep {group[0]}{flag}")
-            for other in group[1:]:
-                bits = report.distances.get((group[0], other))
-                print(f"    {other}" + (f" ({bits} bits)" if bits is not None else " (via another member)"))
-                f.write(f"{n}\t{group[0]}\t{other}\t{'' if bits is None else bits}\n")
-    print(f"wrote {folder / 'duplicates.tsv'}")
+    for n, group in enumerate(report.groups, 1):
+        flag = "  <- in different class folders" if group in cross else ""
+        print(f"group {n}: keep {group[0]}{flag}")
+        for other in group[1:]:
+            bits = report.distances.get((group[0], other))
+            print(f"    {other}" + (f" ({bits} bits)" if bits is not None else " (via another member)"))
+    print(f"wrote {report.write_groups(folder / 'duplicates.tsv')}")
     if cross:
         print(f"{len(cross)} group(s) span class folders: the same photo with different labels; check them by hand "
               f"(--remove leaves them in place; --force moves them too, keeping the path that sorts first)")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from imgclass.active import score_with_trained_model
 from imgclass.cli import parse_stage, run_stage, stage_parser
-from imgclass.dedup import list_folder_images
+from imgclass.data import list_folder_images
 from imgclass.evaluate import write_browser, write_predictions
 from imgclass.provenance import StaleFilesError
 

@@ -28,12 +28,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from imgclass.data import find_split_folders, list_class_dirs, list_images
-from imgclass.dedup import list_folder_images
-from imgclass.fileio import atomic_open, atomic_path, require_file, save_figure
+from imgclass.data import find_split_folders, list_class_dirs, list_folder_images, list_images
+from imgclass.fileio import atomic_open, atomic_path, save_figure
 from imgclass.images import check_images
 from imgclass.params import Params
-from imgclass.provenance import check_model_and_svm, file_hash, flip_average_of_stage3
+from imgclass.provenance import file_hash, trained_classifier
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -177,11 +176,7 @@ def score_with_trained_model(paths: Sequence[str | Path], p: Params) -> ScoredFo
     """`score_images` with the classifier stages 2-4 trained under the parameters `p`: the network and
     its SVM, or the refined network for classifier "dnn", with the mirror averaging stage 3 used.
     Refuses a model file and an SVM of different origins (imgclass.provenance)."""
-    model = p.require_model()
-    svm = None if p.classifier == "dnn" else require_file(p.svm_path, "scripts/4_trainSVM.py")
-    if svm is not None:
-        check_model_and_svm(model, p.features_path("train"), svm)
-    flip = flip_average_of_stage3(p.features_path("train"), p.run_boFlipAverage)  # as the SVM was trained
+    model, svm, flip = trained_classifier(p)
     return score_images(paths, model, svm, batch_size=p.run_mbSize, flip_average=flip, workers=p.run_workers,
                         export_dir=p.feature_cache_dir, engine=p.run_engine)
 

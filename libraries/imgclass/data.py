@@ -554,3 +554,21 @@ def exact_duplicates_across(split: Split, images_dir: str | Path, progress: bool
     with bar:
         train_hashes = {digest(p): p for p, _ in split.train}
         return [(train_hashes[h], p) for p, _ in split.test if (h := digest(p)) in train_hashes]
+
+
+def list_folder_images(folder: str | Path, left_out: list[tuple[str, str]] | None = None) -> list[str]:
+    """Image files below `folder`, relative and sorted; folders starting with '_' or '.' skipped
+    (so `_duplicates/` is never scanned again). Linked folders are followed, each real folder once,
+    as stage 1 does: a class linked in from elsewhere is checked too, and a link back up the tree
+    cannot loop. Names no output file can hold (not UTF-8, a tab or line break) are left out, as
+    stage 1 leaves them out, and added to `left_out` as (name as shown, reason)."""
+    folder = Path(folder)
+    out = []
+    for p in walk_image_files(folder, skip_prefixes=("_", ".")):
+        rel = p.relative_to(folder).as_posix()
+        if bad := name_problem(rel):
+            if left_out is not None:
+                left_out.append(bad)
+        else:
+            out.append(rel)
+    return sorted(out)

@@ -28,7 +28,7 @@ import imagehash
 import numpy as np
 from tqdm.auto import tqdm
 
-from imgclass.data import DUPLICATES_FOLDER, Split, find_split_folders, name_problem, walk_image_files
+from imgclass.data import DUPLICATES_FOLDER, Split, find_split_folders, list_folder_images
 from imgclass.fileio import atomic_open
 from imgclass.images import ImageDecodeError, load_rgb
 
@@ -218,23 +218,16 @@ class DuplicateReport:
         """Groups whose images lie in different class folders: the same photo with two labels."""
         return [g for g in self.groups if len({self.class_of(p) for p in g}) > 1]
 
-
-def list_folder_images(folder: str | Path, left_out: list[tuple[str, str]] | None = None) -> list[str]:
-    """Image files below `folder`, relative and sorted; folders starting with '_' or '.' skipped
-    (so `_duplicates/` is never scanned again). Linked folders are followed, each real folder once,
-    as stage 1 does: a class linked in from elsewhere is checked too, and a link back up the tree
-    cannot loop. Names no output file can hold (not UTF-8, a tab or line break) are left out, as
-    stage 1 leaves them out, and added to `left_out` as (name as shown, reason)."""
-    folder = Path(folder)
-    out = []
-    for p in walk_image_files(folder, skip_prefixes=("_", ".")):
-        rel = p.relative_to(folder).as_posix()
-        if bad := name_problem(rel):
-            if left_out is not None:
-                left_out.append(bad)
-        else:
-            out.append(rel)
-    return sorted(out)
+    def write_groups(self, path: str | Path) -> Path:
+        """The groups as a TSV (group, kept, duplicate, bits; bits empty for a member joined through
+        another one), written atomically."""
+        with atomic_open(path, "w", encoding="utf-8") as f:
+            f.write("group\tkept\tduplicate\tbits\n")
+            for n, group in enumerate(self.groups, 1):
+                for other in group[1:]:
+                    bits = self.distances.get((group[0], other))
+                    f.write(f"{n}\t{group[0]}\t{other}\t{'' if bits is None else bits}\n")
+        return Path(path)
 
 
 def find_duplicates(
@@ -417,7 +410,6 @@ __all__ = [
     "hash_bits",
     "hash_files",
     "image_hash",
-    "list_folder_images",
     "move_duplicates",
     "pairwise_close",
 ]

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from imgclass.featureset import FeatureSet
+from imgclass.fileio import require_file
 
 if TYPE_CHECKING:
     from imgclass.params import Params
@@ -143,3 +144,15 @@ def flip_average_of_stage3(features_path: str | Path, requested: bool) -> bool:
         print(f"run_boFlipAverage = {requested} now, but stage 3 featurized with {used} ({path.name}): "
               f"using {used}, as the classifier was trained and evaluated; rerun stages 3-5 to change it")
     return used
+
+
+def trained_classifier(p: Params) -> tuple[Path, Path | None, bool]:
+    """The classifier that stages 2-4 trained under the parameters `p`: the model file, the SVM file
+    (None for classifier "dnn": the refined network scores alone), refused when the two are of
+    different origins, and the mirror averaging stage 3 used (new images are scored as the SVM was
+    trained and evaluated)."""
+    model = p.require_model()
+    svm = None if p.classifier == "dnn" else require_file(p.svm_path, "scripts/4_trainSVM.py")
+    if svm is not None:
+        check_model_and_svm(model, p.features_path("train"), svm)
+    return model, svm, flip_average_of_stage3(p.features_path("train"), p.run_boFlipAverage)
