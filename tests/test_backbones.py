@@ -231,3 +231,14 @@ def test_folded_batchnorm_leaves_a_model_alone_when_declaration_order_misleads()
     with folded_batchnorm(model) as n_folded:
         assert n_folded == 0
         assert torch.equal(model(x), expected)
+
+
+def test_a_model_spec_is_checked_when_made() -> None:
+    with pytest.raises(ValueError, match="unknown backbone 'vgg16'"):
+        ModelSpec("vgg16", 224)
+    with pytest.raises(ValueError, match="resize_mode 'fit': allowed values are squash, crop, pad"):
+        ModelSpec("efficientnet_lite0", 224, "fit")
+    with pytest.raises(ValueError, match="a refined model needs two or more classes"):
+        ModelSpec("efficientnet_lite0", 224, "crop", kind="refined", classes=("only",))
+    # Files from before resize modes existed say nothing of theirs: they were squashed.
+    assert ModelSpec.from_json({"backbone": "efficientnet_lite0", "resolution": 224, "kind": "fixed"}).resize_mode == "squash"

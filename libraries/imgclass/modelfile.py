@@ -15,6 +15,7 @@ import torch
 
 from imgclass.backbones import create_backbone, get_info
 from imgclass.fileio import atomic_open
+from imgclass.images import RESIZE_MODES
 
 
 @dataclass(frozen=True)
@@ -23,10 +24,19 @@ class ModelSpec:
 
     backbone: str
     resolution: int
-    resize_mode: str = "squash"
+    resize_mode: str = "squash"  # what model files written before resize modes existed were fed
     kind: str = "fixed"  # "fixed" (pretrained as is) or "refined" (fine-tuned, with a class head)
     classes: tuple[str, ...] = field(default_factory=tuple)  # the head's outputs (refined models)
     dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        get_info(self.backbone)  # an unknown backbone names the known ones
+        if self.resize_mode not in RESIZE_MODES:
+            raise ValueError(f"resize_mode {self.resize_mode!r}: allowed values are {', '.join(RESIZE_MODES)}")
+        if self.kind not in ("fixed", "refined"):
+            raise ValueError(f"kind {self.kind!r}: allowed values are 'fixed', 'refined'")
+        if self.kind == "refined" and len(self.classes) < 2:
+            raise ValueError(f"a refined model needs two or more classes, got {list(self.classes)}")
 
     @property
     def mean(self) -> tuple[float, float, float]:
