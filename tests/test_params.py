@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import run_script
 from imgclass.params import SCHEMA, ParameterError, load_params, parse_overrides, parse_value
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,7 +124,9 @@ def test_a_parameters_file_of_ones_own_needs_only_what_it_changes(tmp_path: Path
 
 @pytest.mark.parametrize("text, words", [
     ('datasetName = "photos"\nclassifier = dnn\n', r'bad\.py, line 2: NameError: name \'dnn\' is not defined \(text values go in quotes'),
-    ('from my_settings import *\n', r"bad\.py, line 1: ModuleNotFoundError: .*needs only the values it changes"),
+    ('DATA_DIR = os.path.join("a", "b")\n', r"bad\.py, line 1: NameError: .*'os'.* \(import os at the top of the file\)"),
+    ('randomSeed = randomSeed + 1\n', r"bad\.py, line 1: NameError: .*\(a --params file does not see PARAMETERS\.py's values"),
+    ('import numpyy\n', r"bad\.py, line 1: ModuleNotFoundError: No module named 'numpyy'$"),
     ('x = (\n', r"bad\.py, line 1: SyntaxError"),
 ])
 def test_python_errors_in_a_parameters_file_are_one_line_naming_it(tmp_path: Path, text: str, words: str) -> None:
@@ -131,6 +134,42 @@ def test_python_errors_in_a_parameters_file_are_one_line_naming_it(tmp_path: Pat
     f.write_text(text)
     with pytest.raises(ParameterError, match=words):
         load_params(f)
+
+
+def test_a_parameters_file_that_imports_parameters_py_is_told_it_need_not(tmp_path: Path) -> None:
+    """The habit of config files elsewhere; a stage script cannot import PARAMETERS (not on its path)."""
+    f = tmp_path / "mine.py"
+    f.write_text('from PARAMETERS import *\nclassifier = "dnn"\n')
+    proc = run_script("4_trainSVM.py", "--params", str(f), data_dir=tmp_path, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "mine.py, line 1: ModuleNotFoundError: No module named 'PARAMETERS' (a parameters file of your own " \
+           "needs only the values it changes" in proc.stderr
+
+
+def test_the_projects_own_file_is_blamed_for_its_own_mistakes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    mine = tmp_path / "mine.py"
+    mine.write_text('datasetName = "shirts"\n')
+    project = tmp_path / "project" / "PARAMETERS.py"
+    project.parent.mkdir()
+    monkeypatch.setattr("imgclass.params.project_params_file", lambda: project)
+    with pytest.raises(ParameterError, match=r"mine\.py sets 1 of the \d+ parameters, and the project's PARAMETERS\.py, "
+                                             r"which gives the others, is not at .*project/PARAMETERS\.py"):
+        load_params(mine)
+    full = (ROOT / "PARAMETERS.py").read_text()
+    project.write_text(full + "\nmyHelper = 3\n")
+    with pytest.raises(ParameterError, match=r"project/PARAMETERS\.py: unknown parameter 'myHelper'"):
+        load_params(mine)
+    project.write_text(full.replace("svm_CVals =", "svm_Cvals_typo ="))
+    with pytest.raises(ParameterError, match=r"project/PARAMETERS\.py: unknown parameter 'svm_Cvals_typo'"):
+        load_params(mine)
+    project.write_text(full.replace("\nsvm_CVals =", "\n# svm_CVals ="))
+    with pytest.raises(ParameterError, match=r"missing parameter\(s\) svm_CVals: in neither .*mine\.py nor .*PARAMETERS\.py"):
+        load_params(mine)
+    # A full copy of its own reads nothing else: a broken project file does not matter to it.
+    project.write_text("x = (\n")
+    copy = tmp_path / "copy.py"
+    copy.write_text(full.replace('datasetName = "fashionTextureDemo"', 'datasetName = "copied"'))
+    assert load_params(copy).datasetName == "copied"
 
 
 def test_a_missing_parameters_file_says_where_its_name_came_from(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -175,7 +175,7 @@ def test_c_values_that_score_only_the_largest_class_share_are_named() -> None:
     assert "C = 1e-06 scored no more than always answering the largest class would (90.00%)" in svm.cv_note_
     # Noise: every C scores the larger class's share, and the chosen one is called out.
     noise = LinearSvm([1e-6, 1e-5], cv_folds=5).fit(rng.normal(size=(100, 8)).astype(np.float32), y)
-    assert "the chosen C = 1e-06 scores 90.00%, no more than always answering the largest class" in noise.cv_note_
+    assert "the chosen C = 1e-06 scores 90.00%, no more than always answering the largest class would (90.00%)" in noise.cv_note_
     assert "svm_boBalanceClasses = True" in noise.cv_note_
     balanced = LinearSvm([1e-6, 1e-5], cv_folds=5, balance_classes=True).fit(rng.normal(size=(100, 8)).astype(np.float32), y)
     assert "largest class" not in balanced.cv_note_

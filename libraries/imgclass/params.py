@@ -10,6 +10,7 @@ import ast
 import difflib
 import importlib.util
 import os
+import sys
 import traceback
 import types
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -343,6 +344,7 @@ def project_params_file() -> Path:
 
 
 def _read_file(path: Path, given_as: str) -> dict[str, Any]:
+    """The parameters a file sets (its public names), each checked to be a known parameter."""
     if not path.is_file():
         raise ParameterError(f"parameters file not found: {path} ({given_as})")
     spec = importlib.util.spec_from_file_location("_imgclass_parameters", path)
@@ -351,20 +353,39 @@ def _read_file(path: Path, given_as: str) -> dict[str, Any]:
     try:
         spec.loader.exec_module(module)
     except Exception as e:  # noqa: BLE001 - the file is the user's Python: any error is theirs to fix
-        # The line of the user's file, not the importlib frames around it.
-        line = e.lineno if isinstance(e, SyntaxError) else next(
-            (frame.lineno for frame in traceback.extract_tb(e.__traceback__) if Path(frame.filename).resolve() == path.resolve()), None)
-        hint = " (text values go in quotes: classifier = \"dnn\")" if isinstance(e, NameError) else ""
-        if isinstance(e, ImportError):
-            hint = (" (a parameters file of your own needs only the values it changes; the others come from "
-                    f"{project_params_file()}, so it need not import it)")
-        where = f"{path}, line {line}" if line else str(path)
-        raise ParameterError(f"{where}: {type(e).__name__}: {e}{hint}") from None
-    return {
+        raise ParameterError(_python_error(path, e)) from None
+    values = {
         k: v
         for k, v in vars(module).items()
         if not k.startswith("_") and not isinstance(v, types.ModuleType) and not callable(v)
     }
+    for name in values:
+        if name not in SCHEMA:
+            raise ParameterError(f"{path}: {_unknown_message(name)}")
+    return values
+
+
+def _python_error(path: Path, e: Exception) -> str:
+    """One line for a Python error in a parameters file: where (the file's line, not importlib's, or
+    the imported file's for a syntax error there) and, for the usual slips, what to write instead."""
+    if isinstance(e, SyntaxError) and e.filename:
+        where = f"{e.filename}, line {e.lineno}"
+    else:
+        line = next((frame.lineno for frame in traceback.extract_tb(e.__traceback__)
+                     if Path(frame.filename).resolve() == path.resolve()), None)
+        where = f"{path}, line {line}" if line else str(path)
+    hint = ""
+    own_file = path.resolve() != project_params_file().resolve()
+    if isinstance(e, NameError) and own_file and e.name in SCHEMA:
+        hint = f" (a --params file does not see {project_params_file().name}'s values: write the value itself)"
+    elif isinstance(e, NameError) and e.name in sys.stdlib_module_names:
+        hint = f" (import {e.name} at the top of the file)"
+    elif isinstance(e, NameError):
+        hint = ' (text values go in quotes: classifier = "dnn")'
+    elif isinstance(e, ImportError) and own_file and e.name == "PARAMETERS":
+        hint = (" (a parameters file of your own needs only the values it changes; the others come from "
+                f"{project_params_file()}, so it need not import it)")
+    return f"{where}: {type(e).__name__}: {e}{hint}"
 
 
 def parse_value(text: str) -> Any:
@@ -397,22 +418,27 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
 def load_params(
     path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
 ) -> Params:
-    """Read PARAMETERS.py, apply IMGCLASS_DATA_DIR and overrides, validate everything."""
+    """Read the parameters file (`path`, else $IMGCLASS_PARAMS, else the project's PARAMETERS.py),
+    with the project's PARAMETERS.py under it for what it leaves out, then IMGCLASS_DATA_DIR and
+    `overrides`; validate everything."""
     given_as = ("--params" if path is not None else
                 f"{ENV_PARAMS_FILE} names it" if os.environ.get(ENV_PARAMS_FILE) else
                 f"pass --params FILE or set {ENV_PARAMS_FILE}")
     source = Path(path) if path is not None else default_params_file()
     values = _read_file(source, given_as)
-    for name in values:
-        if name not in SCHEMA:
-            raise ParameterError(f"{source}: {_unknown_message(name)}")
-    project = project_params_file()
-    if project.is_file() and source.resolve() != project.resolve():
-        # A file of one's own (one per data set, say) needs only what it changes: the rest is the
-        # project's PARAMETERS.py, read first.
-        values = {**_read_file(project, "the project's parameters"), **values}
     missing = [name for name in SCHEMA if name not in values]
-    if missing:
+    project = project_params_file()
+    if missing and source.resolve() != project.resolve():
+        # A file of one's own (one per data set, say) needs only what it changes: the rest is the
+        # project's PARAMETERS.py. (A full copy does not read it at all.)
+        if not project.is_file():
+            raise ParameterError(f"{source} sets {len(values)} of the {len(SCHEMA)} parameters, and the project's "
+                                 f"PARAMETERS.py, which gives the others, is not at {project}")
+        values = {**_read_file(project, "the project's parameters"), **values}
+        missing = [name for name in SCHEMA if name not in values]
+        if missing:
+            raise ParameterError(f"missing parameter(s) {', '.join(missing)}: in neither {source} nor {project}")
+    elif missing:
         raise ParameterError(f"{source}: missing parameter(s) {', '.join(missing)}")
     env_dir = os.environ.get(ENV_DATA_DIR)
     if env_dir:

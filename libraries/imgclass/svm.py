@@ -164,9 +164,10 @@ class LinearSvm:
         if not at:
             return ""
         if self.C_ in at:
-            return (f"the chosen C = {self.C_:g} scores {100 * share:.2f}%, no more than always answering the "
-                    f"largest class would: the SVM learned nothing the class sizes do not say; with classes this "
-                    f"unequal, set svm_boBalanceClasses = True (C chosen by class-averaged accuracy)")
+            return (f"the chosen C = {self.C_:g} scores {100 * self.cv_scores_[self.C_]:.2f}%, no more than always "
+                    f"answering the largest class would ({100 * share:.2f}%): the SVM learned nothing the class sizes "
+                    f"do not say; with classes this unequal, set svm_boBalanceClasses = True (C chosen by "
+                    f"class-averaged accuracy)")
         return (f"C = {', '.join(f'{c:g}' for c in at)} scored no more than always answering the largest class "
                 f"would ({100 * share:.2f}%): too small a C to learn from these features")
 
