@@ -389,3 +389,18 @@ def test_compare_runs_shows_the_real_names_of_classes_whose_keys_changed(tmp_pat
     row = {line[:len("accuracy 100% horiz")].strip(): line.split()[-1] for line in table if line.startswith(("accuracy", "AUC"))}
     assert row["accuracy a+b"] == "100.00%" and row["accuracy a_b"] == "25.00%" and row["accuracy 100% horiz"] == "50.00%"
     assert row["AUC a+b"] == "0.9000" and row["AUC a_b"] == "0.5000"
+
+
+def test_comparison_marks_parameters_a_classifier_does_not_use() -> None:
+    """An svm run does not refine and a dnn run has no SVM: their values there are the defaults of
+    PARAMETERS.py, shown as unused rather than as a difference between the runs."""
+    def run(classifier: str, **params: str) -> tracking.RunSummary:
+        return tracking.RunSummary(f"{classifier:0<32}", classifier, 0, params, {}, {"classifier": classifier})
+
+    table = tracking.format_comparison([
+        run("svm", rf_maxEpochs="8", rf_inputResolution="320", aug_colorJitter="0.2", svm_cvFolds="5"),
+        run("dnn", rf_maxEpochs="2", rf_inputResolution="160", aug_colorJitter="0.2", svm_cvFolds="3"),
+    ])
+    rows = {line.split()[0]: line.split()[1:] for line in table.splitlines() if line.startswith(("rf_", "aug_", "svm_"))}
+    assert rows == {"rf_inputResolution": ["320", "160"], "rf_maxEpochs": ["unused", "2"],
+                    "aug_colorJitter": ["unused", "0.2"], "svm_cvFolds": ["5", "unused"]}

@@ -433,6 +433,20 @@ def _num(v: float | None) -> str:
     return "-" if v is None else f"{v:.4f}"
 
 
+# The network settings every classifier uses; the other rf_* and the aug_* values only refine it.
+_NETWORK_PARAMS = ("rf_pretrainedModel", "rf_inputResolution", "rf_resizeMode", "rf_weightsDir")
+
+
+def _applies(name: str, classifier: str) -> bool:
+    """Whether a run of `classifier` used the parameter: an svm run has no refinement, a dnn run no
+    SVM, so their values there are PARAMETERS.py's, not a difference worth a row."""
+    if classifier == "svm":
+        return not name.startswith("aug_") and (not name.startswith("rf_") or name in _NETWORK_PARAMS)
+    if classifier == "dnn":
+        return not name.startswith("svm_")
+    return True
+
+
 def format_comparison(runs: Sequence[RunSummary], all_params: bool = False) -> str:
     """Runs side by side: the parameters that differ, then overall / class-averaged / per-class figures."""
     if not runs:
@@ -446,11 +460,13 @@ def format_comparison(runs: Sequence[RunSummary], all_params: bool = False) -> s
         ("stages", [",".join(s.split("_")[0] for s in r.tags.get("stages", "-").split(",")) for r in runs]),
     ]
     names = sorted(set().union(*(r.params for r in runs)))
-    differ = [n for n in names if all_params or len({r.params.get(n) for r in runs}) > 1]
+    shown = {n: [r.params.get(n, "-") if _applies(n, r.tags.get("classifier", "")) else "unused" for r in runs]
+             for n in names}
+    differ = [n for n in names if all_params or len(set(shown[n])) > 1]
     rows.append((f"-- parameters{'' if all_params else ' that differ'} --", [""] * len(runs)))
     if not differ:
         rows.append(("(none)", [""] * len(runs)))
-    rows += [(n, [r.params.get(n, "-") for r in runs]) for n in differ]
+    rows += [(n, shown[n]) for n in differ]
     rows.append(("-- test set --", [""] * len(runs)))
     rows.append(("overall accuracy", [_pct(r.metrics.get("overall_accuracy")) for r in runs]))
     rows.append(("class-averaged accuracy", [_pct(r.metrics.get("class_averaged_accuracy")) for r in runs]))
