@@ -703,7 +703,7 @@ class Refiner:
         if len(batches) > 1 and len(batches[-1]) < 2:  # BatchNorm cannot train on one image
             batches.pop()
         n_seen, loss_sum, wrong = 0, 0.0, 0
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{c.max_epochs}", unit="mb", disable=not self.progress, leave=False)
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{c.max_epochs}", unit="batch", disable=not self.progress, leave=False)
         for idx in bar:
             x = self._normalize(augment(cache[rows[idx]], gen).to(self.device))
             y = labels[idx].to(self.device)
