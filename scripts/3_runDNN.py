@@ -30,8 +30,12 @@ def main() -> int:
     model, spec = load_model(p.require_model())
     made_with = {"rf_pretrainedModel": spec.backbone, "rf_inputResolution": spec.resolution, "rf_resizeMode": spec.resize_mode}
     check_model_settings(made_with, p, p.model_path.name)
+    refined_with: dict = {}
     if spec.kind == "refined":
-        check_model_split(p.model_path, load_model_extra(p.model_path).get("split_hash", ""), p.split_path)
+        extra = load_model_extra(p.model_path)
+        check_model_split(p.model_path, extra.get("split_hash", ""), p.split_path)
+        refined_with = extra.get("params", {})  # model files from before 2026-12-01 do not say
+        check_model_settings(refined_with, p, p.model_path.name)
     fz = Featurizer(model, spec, batch_size=p.run_mbSize, flip_average=p.run_boFlipAverage, workers=p.run_workers,
                     engine=p.run_engine, export_dir=p.feature_cache_dir)
     cache = FeatureCache(p.feature_cache_dir, p.model_path, spec, p.run_boFlipAverage) if p.run_boCache else None
@@ -48,6 +52,7 @@ def main() -> int:
                          flip_average=p.run_boFlipAverage,  # stage 6 exports the same preprocessing
                          source=source, split_hash=split_hash,  # stages 4-6 check they combine files of one origin
                          made_with=made_with,  # what stage 5 reports it was made with
+                         refined_with=refined_with,  # what stages 4 and 5 check the parameters against
                          ).save(p.features_path(side))
         seconds = time.perf_counter() - t0
         print(f"wrote {out} ({result.features.shape[0]} x {result.features.shape[1]}) in {seconds:.1f} s"

@@ -14,12 +14,14 @@ def test_what_stage_3_writes_reads_back_whole_or_header_only(tmp_path: Path) -> 
     written = FeatureSet(["dotted/a.jpg", "striped/b.jpg"], np.array([0, 1]), ["dotted", "striped"],
                          rng.normal(size=(2, 5)).astype(np.float32), probs=np.array([[0.9, 0.1], [0.2, 0.8]]),
                          flip_average=True, source="abc", split_hash="def",
-                         made_with={"rf_inputResolution": 320, "rf_resizeMode": "crop"})
+                         made_with={"rf_inputResolution": 320, "rf_resizeMode": "crop"},
+                         refined_with={"rf_maxEpochs": 8, "rf_lrPerMb": [0.0003, 0.0001]})
     path = written.save(tmp_path / "features_refined_test.npz")
     back = FeatureSet.load(path, made_with_keys=("rf_inputResolution", "rf_resizeMode", "rf_pretrainedModel"))
     assert (back.paths, back.labels.tolist(), back.classes, back.flip_average, back.source, back.split_hash) == (
         written.paths, [0, 1], written.classes, True, "abc", "def")
     assert back.made_with == {"rf_inputResolution": 320, "rf_resizeMode": "crop"} and len(back) == 2
+    assert back.refined_with == FeatureSet.load(path, header_only=True).refined_with == written.refined_with
     np.testing.assert_array_equal(back.features, written.features)
     np.testing.assert_array_equal(back.probs, written.probs)
     header = FeatureSet.load(path, header_only=True)
@@ -29,7 +31,7 @@ def test_what_stage_3_writes_reads_back_whole_or_header_only(tmp_path: Path) -> 
     plain = FeatureSet(["a.jpg"], np.array([0]), ["a"], np.zeros((1, 3), np.float32)).save(tmp_path / "old.npz")
     assert "flip_average" not in load_npz(plain)
     old = FeatureSet.load(plain)
-    assert (old.probs, old.flip_average, old.source) == (None, None, "")
+    assert (old.probs, old.flip_average, old.source, old.refined_with) == (None, None, "", {})
 
 
 def test_a_file_that_is_not_stage_3s_is_named(tmp_path: Path) -> None:

@@ -138,6 +138,14 @@ def test_refined_classifiers_run_stages_2_to_5_without_overwriting_each_other(pi
     assert (results / "svm" / "metrics.json").read_bytes() == svm_metrics
     assert json.loads((results / "dnn" / "metrics.json").read_text()) == m
     assert not list(pipeline_dir.rglob(".*.tmp"))
+    # dnn and svmDnnRefined share the refined network: svmDnnRefined's stage 2 replaced dnn's 2-epoch
+    # network with a 1-epoch one, so dnn's stages 3 and 5 refuse to credit it to rf_maxEpochs = 2.
+    for script, args in (("3_runDNN.py", dnn), ("5_evaluate.py", [*sdr, "--set", "rf_maxEpochs=2"])):
+        stale = run_script(script, *args, data_dir=pipeline_dir, check=False)
+        assert stale.returncode == 1 and "Traceback" not in stale.stderr, stale.stderr
+        assert "was made with rf_maxEpochs = 1, but the parameters now say 2: give the same values again " \
+               "(--set rf_maxEpochs=1" in stale.stderr, stale.stderr
+    assert json.loads((results / "dnn" / "metrics.json").read_text()) == m
 
     # Stage 1 again with another seed: some images the network was refined on are now test images,
     # and stage 3 refuses to featurize the new split with it (a copy: later tests use the original).

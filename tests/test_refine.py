@@ -245,7 +245,8 @@ def test_same_seed_same_result_and_resume_continues_exactly(color_dataset: Path,
     assert resumed.history_.train_loss == straight.history_.train_loss
     assert _same_weights(resumed.model_, straight.model_)
     # A checkpoint written with other settings is not silently continued.
-    with pytest.raises(ValueError, match="lr_per_mb"):
+    with pytest.raises(ValueError, match=r"other settings \(rf_lrPerMb = \[0\.001\] there, \[0\.05\] now\): give the "
+                                         r"same values again to continue it, or start afresh"):
         _fit(color_dataset, checkpoint=ckpt, resume=True, lr_per_mb=(0.05,))
     other_seed = _fit(color_dataset, max_epochs=1, seed=4)
     assert not _same_weights(other_seed.model_, first.model_)
@@ -533,3 +534,16 @@ def test_refine_config_says_what_it_expected() -> None:
         RefineConfig(momentum=1.0)
     with pytest.raises(ValueError, match=r"RefineConfig\.lr_per_mb = \(0\.001, 0\.0\): expected one or more values, all above 0"):
         RefineConfig(lr_per_mb=[0.001, 0.0])
+
+
+def test_every_refinement_setting_comes_from_a_parameter_of_parameters_py() -> None:
+    from dataclasses import fields
+
+    from imgclass.params import SCHEMA
+    from imgclass.provenance import REFINE_SETTINGS
+    from imgclass.refine import PARAM_OF_FIELD
+
+    assert set(PARAM_OF_FIELD) == {f.name for f in fields(RefineConfig)} and set(PARAM_OF_FIELD.values()) <= set(SCHEMA)
+    # Those that shape the refined network (not how many decoding processes, nor where weights lie).
+    assert set(REFINE_SETTINGS) == set(PARAM_OF_FIELD.values()) - {"rf_workers", "rf_weightsDir"}
+

@@ -7,6 +7,7 @@ No torch here: stages 4 and 5 and the provenance checks of the web service's pro
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from imgclass.fileio import DamagedFileError, load_npz, require_file, save_npz
 MADE_BY = "scripts/3_runDNN.py"
 _REQUIRED = ("paths", "labels", "classes", "features")
 # The small arrays that say where the features came from: a reader that only checks them skips the rest.
-_HEADER = ("classes", "flip_average", "features_source", "split_hash")
+_HEADER = ("classes", "flip_average", "features_source", "split_hash", "refined_with_json")
 
 
 @dataclass
@@ -27,8 +28,10 @@ class FeatureSet:
     labels (indices into `classes`), one feature row per image and, for a refined network, its class
     probabilities. `flip_average`, `source` (imgclass.provenance.features_source of the model file)
     and `split_hash` (of split.json) say what made the features, so later stages can refuse to mix
-    files of different origins; `made_with` holds the network settings (MODEL_SETTINGS) they used.
-    Files written before these were recorded read back with `source` "" and `flip_average` None."""
+    files of different origins; `made_with` holds the network settings (MODEL_SETTINGS) they used,
+    and `refined_with` the settings a refined network was refined with (REFINE_SETTINGS, from the
+    model file). Files written before these were recorded read back with `source` "",
+    `flip_average` None and `refined_with` empty."""
 
     paths: list[str]
     labels: np.ndarray
@@ -39,12 +42,14 @@ class FeatureSet:
     source: str = ""
     split_hash: str = ""
     made_with: dict[str, Any] = field(default_factory=dict)
+    refined_with: dict[str, Any] = field(default_factory=dict)
 
     def save(self, path: str | Path) -> Path:
         """Write the file atomically (a half-written file never replaces a good one)."""
         arrays = {"paths": np.array(self.paths), "labels": np.asarray(self.labels, dtype=np.int64),
                   "classes": np.array(self.classes), "features": self.features,
                   "features_source": np.array(self.source), "split_hash": np.array(self.split_hash),
+                  "refined_with_json": np.array(json.dumps(self.refined_with)),
                   **{k: np.array(v) for k, v in self.made_with.items()}}
         if self.flip_average is not None:
             arrays["flip_average"] = np.array(self.flip_average)
@@ -74,6 +79,7 @@ class FeatureSet:
             source=str(z["features_source"]) if "features_source" in z else "",
             split_hash=str(z["split_hash"]) if "split_hash" in z else "",
             made_with={k: z[k].item() for k in made_with_keys if k in z},
+            refined_with=json.loads(str(z["refined_with_json"])) if "refined_with_json" in z else {},
         )
 
     def __len__(self) -> int:

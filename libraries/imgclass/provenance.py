@@ -90,21 +90,39 @@ def check_same_source(
 # The parameters a model file (and the features computed with it) fixes: set to other values in
 # PARAMETERS.py, they need stage 2 again, or the results would be credited to a network not used.
 MODEL_SETTINGS = ("rf_pretrainedModel", "rf_inputResolution", "rf_resizeMode")
+# The parameters that shape a refined network (stage 2 records them in the model file, stage 3 in
+# its features): with another value now, the results would be credited to a network refined
+# otherwise. (imgclass.refine.PARAM_OF_FIELD maps them to RefineConfig; a test keeps the two in step.)
+REFINE_SETTINGS = (
+    "rf_pretrainedModel", "rf_inputResolution", "rf_resizeMode", "rf_dropoutRate", "rf_mbSize", "rf_maxEpochs",
+    "rf_maxTrainImages", "rf_lrPerMb", "rf_headLrFactor", "rf_momentumPerMb", "rf_l2RegWeight",
+    "rf_boFreezeWeights", "rf_boFreezeBatchNorm", "rf_boInitLastLayer", "rf_boRefitLastLayer",
+    "rf_averageLastEpochs", "rf_boBalanceTrainingSet", "aug_cropScaleMin", "aug_rotationDegrees",
+    "aug_boHorizontalFlip", "aug_colorJitter", "randomSeed",
+)
 
 
 def check_model_settings(made_with: dict, now: Params | dict, what: str, rerun: str = "scripts/2_refineDNN.py") -> None:
-    """Raise StaleFilesError when the file `what` was made with other MODEL_SETTINGS values
-    (`made_with`) than the parameters have now (`now`), naming both and the stage to rerun."""
-    differ = [k for k in MODEL_SETTINGS if k in made_with and str(made_with[k]) != str(now[k])]
+    """Raise StaleFilesError when the file `what` was made with other values of the settings in
+    `made_with` (MODEL_SETTINGS, and REFINE_SETTINGS for a refined network) than the parameters have
+    now (`now`), naming both and the stage to rerun."""
+    differ = [k for k in made_with if _text(made_with[k]) != _text(now[k])]
     if differ:
         then = ", ".join(f"{k} = {made_with[k]!r}" for k in differ)
         later = ", ".join(f"{now[k]!r}" for k in differ)
         # Most often a --set given to stage 2 and forgotten here, so the cheap way out comes first.
-        again = " ".join(f"--set {k}={made_with[k]}" for k in differ)
+        again = " ".join(f"--set {k}={_text(made_with[k])}" for k in differ)
         raise StaleFilesError(f"{what} was made with {then}, but the parameters now say {later}: "
                               f"give the same values again ({again}, or put them in PARAMETERS.py or a "
                               f"--params file for every stage), or, to change them, rerun {rerun}, then the "
                               f"stages after it")
+
+
+def _text(value: object) -> str:
+    """A value as --set takes it, without spaces (a shell would split them): [0.001,0.0001]."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_text(v) for v in value) + "]"
+    return str(value)
 
 
 def check_model_split(model_file: str | Path, model_split_hash: str, split_file: str | Path) -> None:

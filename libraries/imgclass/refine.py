@@ -59,6 +59,20 @@ if TYPE_CHECKING:
 CACHE_MARGIN = 1.15  # training images are cached this much larger than the input, for crops
 
 
+# Each RefineConfig field and the parameter of PARAMETERS.py it comes from.
+PARAM_OF_FIELD = {
+    "backbone": "rf_pretrainedModel", "resolution": "rf_inputResolution", "resize_mode": "rf_resizeMode",
+    "dropout": "rf_dropoutRate", "mb_size": "rf_mbSize", "max_epochs": "rf_maxEpochs",
+    "max_train_images": "rf_maxTrainImages", "lr_per_mb": "rf_lrPerMb", "head_lr_factor": "rf_headLrFactor",
+    "momentum": "rf_momentumPerMb", "l2_reg_weight": "rf_l2RegWeight", "freeze_weights": "rf_boFreezeWeights",
+    "freeze_batchnorm": "rf_boFreezeBatchNorm", "init_last_layer": "rf_boInitLastLayer",
+    "refit_last_layer": "rf_boRefitLastLayer", "average_last_epochs": "rf_averageLastEpochs",
+    "balance_training_set": "rf_boBalanceTrainingSet", "aug_crop_scale_min": "aug_cropScaleMin",
+    "aug_rotation_deg": "aug_rotationDegrees", "aug_flip": "aug_boHorizontalFlip",
+    "aug_color_jitter": "aug_colorJitter", "seed": "randomSeed", "workers": "rf_workers",
+    "weights_dir": "rf_weightsDir",
+}
+
 # What to do with a checkpoint that cannot be continued (stage 2 refuses to overwrite one silently).
 RESTART = "start afresh with scripts/2_refineDNN.py --restart (it deletes the checkpoint)"
 
@@ -114,18 +128,7 @@ class RefineConfig:
 
     @classmethod
     def from_params(cls, p: Params) -> RefineConfig:
-        return cls(
-            backbone=p.rf_pretrainedModel, resolution=p.rf_inputResolution, resize_mode=p.rf_resizeMode,
-            dropout=p.rf_dropoutRate, mb_size=p.rf_mbSize, max_epochs=p.rf_maxEpochs,
-            max_train_images=p.rf_maxTrainImages, lr_per_mb=tuple(p.rf_lrPerMb), head_lr_factor=p.rf_headLrFactor,
-            momentum=p.rf_momentumPerMb, l2_reg_weight=p.rf_l2RegWeight, freeze_weights=p.rf_boFreezeWeights,
-            freeze_batchnorm=p.rf_boFreezeBatchNorm, init_last_layer=p.rf_boInitLastLayer,
-            refit_last_layer=p.rf_boRefitLastLayer, average_last_epochs=p.rf_averageLastEpochs,
-            balance_training_set=p.rf_boBalanceTrainingSet, aug_crop_scale_min=p.aug_cropScaleMin,
-            aug_rotation_deg=p.aug_rotationDegrees, aug_flip=p.aug_boHorizontalFlip,
-            aug_color_jitter=p.aug_colorJitter, seed=p.randomSeed, workers=p.rf_workers,
-            weights_dir=p.rf_weightsDir,
-        )
+        return cls(**{name: p[param] for name, param in PARAM_OF_FIELD.items()})
 
     def averages(self, epoch: int) -> bool:
         """Whether the weights after `epoch` (0-based) go into the average of the last epochs."""
@@ -519,10 +522,13 @@ class Refiner:
             raise ValueError(f"{path}: not a refinement checkpoint ({e}); {RESTART}") from e
         mine = self.config.resume_key()
         if key != mine or classes != list(self.classes):
-            diff = sorted(k for k in set(key) | set(mine) if key.get(k) != mine.get(k))
-            what = ", ".join(diff) if diff else "classes"
-            raise ValueError(f"{path} was written with different settings ({what}); "
-                             f"{RESTART}")
+            # In the parameters' names, with the checkpoint's values: the usual cause is a --set
+            # given to the interrupted run and not to this one.
+            diff = [f"{PARAM_OF_FIELD.get(k, k)} = {key.get(k)!r} there, {mine.get(k)!r} now"
+                    for k in sorted(set(key) | set(mine)) if key.get(k) != mine.get(k)]
+            what = "; ".join(diff) if diff else f"classes {classes} there, {list(self.classes)} now"
+            raise ValueError(f"{path} was written with other settings ({what}): give the same values again "
+                             f"to continue it, or {RESTART}")
         if payload.get("data_key", self._data_key) != self._data_key:
             raise ValueError(f"{path} was written while training on other images or labels (stage 1 ran "
                              f"again since?); {RESTART}")
