@@ -51,6 +51,8 @@ def main() -> int:
     print(f"refining {what} of {config.backbone} at {config.resolution} px on {refiner.device} "
           f"({'bfloat16 mixed precision' if refiner.mixed_precision else 'float32'}), "
           f"{_counted(len(split.train), config.max_train_images)} training images, {config.max_epochs} epochs")
+    if note := config.schedule_note():
+        print(f"note: {note}")
     checkpoint = p.proc_dir / "refine_checkpoint.pt"
     if checkpoint.is_file() and not args.resume:
         if not args.restart:  # the first epoch would overwrite the interrupted run's progress

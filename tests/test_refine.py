@@ -342,6 +342,9 @@ def test_out_of_memory_is_a_clear_message(color_dataset: Path, tmp_path: Path) -
     assert list(spill.iterdir()) == []
     advice = _oom(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), "training on minibatches")
     assert isinstance(advice, RefineOutOfMemoryError) and "rf_mbSize" in str(advice)
+    # oneDNN under a process memory limit (prlimit --as=4000000000) says it this way.
+    onednn = _oom(RuntimeError("could not create a primitive"), "training on minibatches")
+    assert isinstance(onednn, RefineOutOfMemoryError) and "leave this process more memory" in str(onednn)
     other = RuntimeError("shapes do not match")
     assert _oom(other, "training") is other
 
@@ -547,3 +550,10 @@ def test_every_refinement_setting_comes_from_a_parameter_of_parameters_py() -> N
     # Those that shape the refined network (not how many decoding processes, nor where weights lie).
     assert set(REFINE_SETTINGS) == set(PARAM_OF_FIELD.values()) - {"rf_workers", "rf_weightsDir"}
 
+
+
+def test_a_schedule_cut_short_by_fewer_epochs_is_named() -> None:
+    assert "0.0001 of the later epochs are never used" in RefineConfig(max_epochs=3).schedule_note()
+    assert RefineConfig().schedule_note() == ""  # the default: 8 rates, 8 epochs
+    assert RefineConfig(max_epochs=20).schedule_note() == ""  # the last rate repeats: nothing unused
+    assert RefineConfig(max_epochs=3, lr_per_mb=[0.001] * 5).schedule_note() == ""  # the same rate throughout

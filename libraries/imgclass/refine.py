@@ -137,6 +137,16 @@ class RefineConfig:
     def lr_at(self, epoch: int) -> float:
         return self.lr_per_mb[min(epoch, len(self.lr_per_mb) - 1)]
 
+    def schedule_note(self) -> str:
+        """A word when fewer epochs than rates leave the schedule's later (lower) rates unused: a
+        shortened run is then not the default schedule in brief."""
+        unused = sorted(set(self.lr_per_mb[self.max_epochs:]) - set(self.lr_per_mb[:self.max_epochs]))
+        if not unused:
+            return ""
+        return (f"rf_lrPerMb lists {len(self.lr_per_mb)} rates and rf_maxEpochs = {self.max_epochs}: the rate(s) "
+                f"{', '.join(f'{v:g}' for v in unused)} of the later epochs are never used; give rf_lrPerMb "
+                f"one rate per epoch to shorten the schedule itself")
+
     def augmenter(self) -> Augmenter:
         return Augmenter(self.resolution, self.aug_crop_scale_min, self.aug_rotation_deg, self.aug_flip,
                          self.aug_color_jitter)
@@ -337,13 +347,18 @@ class _Decoded(torch.utils.data.Dataset):
         return load_square(self.paths[i], self.size, self.resize_mode)
 
 
+# How running out of memory reads on the CPU besides "out of memory": the allocator's mmap failing,
+# and oneDNN failing to set up a convolution for want of scratch memory (seen under a 4 GB limit).
+_OOM_WORDS = ("memory", "unable to mmap", "could not create a primitive")
+
+
 def _oom(e: BaseException, doing: str) -> BaseException:
     """Out-of-memory errors become advice; anything else passes through unchanged."""
-    if "memory" not in str(e).lower() and not isinstance(e, getattr(torch, "OutOfMemoryError", ())):
+    if not any(w in str(e).lower() for w in _OOM_WORDS) and not isinstance(e, getattr(torch, "OutOfMemoryError", ())):
         return e
     return RefineOutOfMemoryError(
         f"out of memory while {doing}: lower rf_mbSize (now too large for this machine) or "
-        f"rf_inputResolution, or limit rf_maxTrainImages ({e})"
+        f"rf_inputResolution, or limit rf_maxTrainImages, or leave this process more memory ({e})"
     )
 
 
