@@ -45,10 +45,14 @@ def main() -> int:
                 ("  (current parameters)" if s.classifier == p.classifier else "")
         print(f"{s.classifier:<15} {100 * s.accuracy:10.2f}% ± {100 * s.stderr:5.2f} "
               f"{100 * s.class_averaged_accuracy:14.2f}%{marks}")
+    fit = len(paths) - scores[0].n_val
+    refined_on = f"{p.rf_maxTrainImages} (rf_maxTrainImages) of {fit}" if 0 < p.rf_maxTrainImages < fit else str(fit)
+    if refined_on != str(fit):
+        print(f"note: dnn and svmDnnRefined were refined on {refined_on} images; the svm row's SVM used all {fit}")
     out = p.results_dir.parent
     tsv = write_classifier_table(out / "classifier_selection.tsv", scores)
     png = plot_history(history, out / "classifier_selection_curves.png",
-                       title=f"{p.datasetName}: refining on {len(paths) - scores[0].n_val} training images",
+                       title=f"{p.datasetName}: refining on {refined_on} training images",
                        held_out="error on the held-out training images")
     print(f"\nrecommended (the cheapest within one standard error of the best): {chosen.classifier}. "
           f"To use it, set in PARAMETERS.py or pass to stages 2-5:\n  --set classifier={chosen.classifier}")

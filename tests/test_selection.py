@@ -117,6 +117,8 @@ def test_select_classifier_scores_on_held_out_training_images_only(tmp_path: Pat
     assert f"{len(split.train)} training images of fashionTextureDemo; 30% of each class held out" in proc.stdout
     assert "flip averaging on (run_boFlipAverage, as stage 3)" in proc.stdout
     assert "epoch   2/2" in proc.stdout and "held-out error" in proc.stdout and "test error" not in proc.stdout
+    # The held-out error is what the choice is made by: not "reported only", as the test error is in stage 2.
+    assert "saved model (" in proc.stdout and "reported only" not in proc.stdout
     results = tmp_path / "results" / "fashionTextureDemo"
     rows = [line.split("\t") for line in (results / "classifier_selection.tsv").read_text().splitlines()]
     assert rows[0] == ["classifier", "held_out_accuracy", "class_averaged_accuracy", "stderr", "n_held_out"]

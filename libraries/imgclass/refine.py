@@ -691,7 +691,9 @@ class Refiner:
                 self.saved_test_error_ = self.error_rate(model, test_cache, test_y)
                 if self.progress:
                     error = _pct(f"{self.held_out_name} error", self.saved_test_error_)
-                    print(f"saved model ({self.saved_as_}): {error} (reported only)", flush=True)
+                    # The test set chooses nothing; held-out training images (selectClassifier) do.
+                    only = " (reported only)" if self.held_out_name == "test" else ""
+                    print(f"saved model ({self.saved_as_}): {error}{only}", flush=True)
         self.model_ = model.eval()
         self.history_ = history
         return self
