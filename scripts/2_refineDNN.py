@@ -50,7 +50,8 @@ def main() -> int:
     what = "only the new last layer" if config.freeze_weights else "the whole network"
     print(f"refining {what} of {config.backbone} at {config.resolution} px on {refiner.device} "
           f"({'bfloat16 mixed precision' if refiner.mixed_precision else 'float32'}), "
-          f"{_counted(len(split.train), config.max_train_images)} training images, {config.max_epochs} epochs")
+          f"{_counted(len(split.train), config.max_train_images)} training images, "
+          f"{config.max_epochs} epoch{'' if config.max_epochs == 1 else 's'}")
     if note := config.schedule_note():
         print(f"note: {note}")
     checkpoint = p.proc_dir / "refine_checkpoint.pt"

@@ -3,7 +3,7 @@
 from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.featureset import FeatureSet
 from imgclass.fileio import require_file
-from imgclass.provenance import StaleFilesError, check_model_settings, check_same_source
+from imgclass.provenance import MODEL_SETTINGS, StaleFilesError, check_model_settings, check_same_source
 from imgclass.svm import LinearSvm
 
 parser = stage_parser(
@@ -18,10 +18,11 @@ def main() -> int:
     if p.classifier == "dnn":
         print("classifier = 'dnn' scores with the refined network itself: no SVM to train.")
         return 0
-    train = FeatureSet.load(p.features_path("train"))
+    train = FeatureSet.load(p.features_path("train"), made_with_keys=MODEL_SETTINGS)
     check_same_source(p.require_model(), p.features_path("train"),
                       split_file=require_file(p.split_path, "scripts/1_prepareData.py"))
-    check_model_settings(train.refined_with, p, p.features_path("train").name)
+    # Before the SVM is written: a network setting changed and stage 2 forgotten is refused here, not at stage 5.
+    check_model_settings({**train.made_with, **train.refined_with}, p, p.features_path("train").name)
     svm = LinearSvm.from_params(p, progress=True)
     svm.features_source, svm.split_hash = train.source, train.split_hash
     svm.fit(train.features, train.labels, n_classes=len(train.classes))

@@ -161,7 +161,7 @@ def test_refined_classifiers_run_stages_2_to_5_without_overwriting_each_other(pi
 
 
 def test_results_are_not_credited_to_a_network_that_was_not_used(pipeline_dir: Path) -> None:
-    """PARAMETERS.py changed (another resolution or backbone) and stage 2 forgotten: stages 3 and 5
+    """PARAMETERS.py changed (another resolution or backbone) and stage 2 forgotten: stages 3, 4 and 5
     refuse, naming what the files were made with, instead of reporting the new settings' name."""
     metrics = pipeline_dir / "results" / "fashionTextureDemo" / "svm" / "metrics.json"
     before = metrics.read_bytes()
@@ -172,6 +172,11 @@ def test_results_are_not_credited_to_a_network_that_was_not_used(pipeline_dir: P
             "stage), or, to change them, rerun scripts/2_refineDNN.py, then the stages after it") in proc.stderr
     proc = run_script("5_evaluate.py", *SMALL, "--set", "rf_pretrainedModel=efficientnet_lite1", data_dir=pipeline_dir, check=False)
     assert proc.returncode == 1 and "features_fixed_test.npz was made with rf_pretrainedModel = 'efficientnet_lite0'" in proc.stderr
+    svm = pipeline_dir / "proc" / "fashionTextureDemo" / "svm_fixed.npz"
+    svm_before = svm.read_bytes()
+    proc = run_script("4_trainSVM.py", *SMALL, "--set", "rf_resizeMode=pad", data_dir=pipeline_dir, check=False)
+    assert proc.returncode == 1 and "features_fixed_train.npz was made with rf_resizeMode = 'crop'" in proc.stderr
+    assert svm.read_bytes() == svm_before  # refused before an SVM was written
     assert metrics.read_bytes() == before
     m = json.loads(before)
     assert (m["backbone"], m["resolution"]) == ("efficientnet_lite0", 96)
