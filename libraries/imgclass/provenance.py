@@ -106,7 +106,8 @@ def check_model_settings(made_with: dict, now: Params | dict, what: str, rerun: 
     """Raise StaleFilesError when the file `what` was made with other values of the settings in
     `made_with` (MODEL_SETTINGS, and REFINE_SETTINGS for a refined network) than the parameters have
     now (`now`), naming both and the stage to rerun."""
-    differ = [k for k in made_with if _text(made_with[k]) != _text(now[k])]
+    # A setting no parameter has any more (retired since the file was written) is not checked.
+    differ = [k for k in made_with if k in now and _text(made_with[k]) != _text(now[k])]
     if differ:
         then = ", ".join(f"{k} = {made_with[k]!r}" for k in differ)
         later = ", ".join(f"{now[k]!r}" for k in differ)
