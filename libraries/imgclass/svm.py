@@ -164,10 +164,12 @@ class LinearSvm:
         if not at:
             return ""
         if self.C_ in at:
+            advice = ("with classes this unequal, set svm_boBalanceClasses = True (C chosen by class-averaged "
+                      "accuracy)" if counts.max() >= 1.5 * counts.min() else
+                      "the features do not tell these classes apart: check the labels, or try another backbone")
             return (f"the chosen C = {self.C_:g} scores {100 * self.cv_scores_[self.C_]:.2f}%, no more than always "
                     f"answering the largest class would ({100 * share:.2f}%): the SVM learned nothing the class sizes "
-                    f"do not say; with classes this unequal, set svm_boBalanceClasses = True (C chosen by "
-                    f"class-averaged accuracy)")
+                    f"do not say; {advice}")
         return (f"C = {', '.join(f'{c:g}' for c in at)} scored no more than always answering the largest class "
                 f"would ({100 * share:.2f}%): too small a C to learn from these features")
 
