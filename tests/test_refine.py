@@ -557,3 +557,24 @@ def test_a_schedule_cut_short_by_fewer_epochs_is_named() -> None:
     assert RefineConfig().schedule_note() == ""  # the default: 8 rates, 8 epochs
     assert RefineConfig(max_epochs=20).schedule_note() == ""  # the last rate repeats: nothing unused
     assert RefineConfig(max_epochs=3, lr_per_mb=[0.001] * 5).schedule_note() == ""  # the same rate throughout
+
+
+def test_an_epoch_interrupted_in_its_test_pass_is_not_trained_again(color_dataset: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C while the first epoch's test error is computed: the checkpoint holds the epoch already,
+    so --resume goes on with the second (its test error stays unknown: a gap in the curves)."""
+    ckpt = tmp_path / "refine_checkpoint.pt"
+    real = Refiner.error_rate
+
+    def interrupted(self: Refiner, *args: object, **kwargs: object) -> float:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Refiner, "error_rate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _fit(color_dataset, checkpoint=ckpt, max_epochs=2, average_last_epochs=0)
+    monkeypatch.setattr(Refiner, "error_rate", real)
+    resumed = _fit(color_dataset, checkpoint=ckpt, resume=True, max_epochs=2, average_last_epochs=0)
+    straight = _fit(color_dataset, max_epochs=2, average_last_epochs=0)
+    assert resumed.history_.epoch == [1, 2] and resumed.history_.test_error[0] is None
+    assert resumed.history_.test_error[1] == straight.history_.test_error[1]
+    assert resumed.history_.train_loss == straight.history_.train_loss  # epoch 1 was not trained twice

@@ -644,24 +644,29 @@ class Refiner:
                 loss_mean, train_err, n_seen = self._train_epoch(model, opt, augment, train_cache, position_t, train_y,
                                                                  gen, epoch)
                 seconds = time.perf_counter() - start
-                test_err = self.error_rate(model, test_cache, test_y) if test_cache is not None else None
                 history.epoch.append(epoch + 1)
                 history.train_loss.append(loss_mean)
                 history.train_error.append(train_err)
-                history.test_error.append(test_err)
+                history.test_error.append(None)
                 history.lr.append(lr)
                 history.seconds.append(round(seconds, 2))
                 history.images_per_second.append(round(n_seen / seconds, 2))
+                if c.averages(epoch):
+                    average.add(model, epoch + 1)
+                # The epoch's training is kept before its test pass, so a Ctrl-C or an out-of-memory
+                # error there does not cost the epoch; then kept again with the test error, for the curves.
+                if ckpt is not None:
+                    self._save_checkpoint(ckpt, model, opt, gen, history, average)
+                test_err = self.error_rate(model, test_cache, test_y) if test_cache is not None else None
+                history.test_error[-1] = test_err
+                if ckpt is not None and test_err is not None:
+                    self._save_checkpoint(ckpt, model, opt, gen, history, average)
                 if self.progress:
                     left = c.max_epochs - epoch - 1
                     eta = f", about {_duration(left * seconds)} to go" if left else ""
                     print(f"epoch {epoch + 1:>3}/{c.max_epochs}  lr {lr:<8g} train loss {loss_mean:.4f}  "
                           f"train error {100 * train_err:6.2f}%  {_pct(f'{self.held_out_name} error', test_err)}  "
                           f"({seconds:.0f} s, {n_seen / seconds:.1f} img/s{eta})", flush=True)
-                if c.averages(epoch):
-                    average.add(model, epoch + 1)
-                if ckpt is not None:
-                    self._save_checkpoint(ckpt, model, opt, gen, history, average)
                 if on_epoch is not None:
                     on_epoch(history)
             done = []
