@@ -8,7 +8,8 @@ from imgclass.svm import LinearSvm
 
 parser = stage_parser(
     __doc__.splitlines()[0],
-    reads="DATA_DIR/proc/<datasetName>/features_<fixed|refined>_train.npz",
+    reads="DATA_DIR/proc/<datasetName>/features_<fixed|refined>_train.npz (and split.json and "
+          "model_<fixed|refined>.pt, to check they belong together)",
     writes="DATA_DIR/proc/<datasetName>/svm_<fixed|refined>.npz",
 )
 

@@ -5,7 +5,8 @@ left out); give as many as you like, e.g. a shell glob. Images go in requests wi
 per-request limits (images and bytes, from its /info); a file too large for any request is sent
 alone, so the service names it. The reply's label and scores are printed one line per image. A
 request that fails is sent again one image at a time (so one bad file costs only its own answer);
-while the service is busy (HTTP 503), requests are sent again after the wait it asks for. The
+while the service is busy (HTTP 503; 502 or 504 from a proxy), requests are sent again after a
+growing wait, or the one it asks for. The
 client itself is imgclass.client, for use from Python.
 """
 

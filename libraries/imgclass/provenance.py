@@ -1,6 +1,6 @@
 """Which files came from which: stages pass files through DATA_DIR, and rerunning an earlier stage
 without the later ones leaves files of different origins side by side. Stage 3 records what its
-features were computed with, stage 4 what its SVM was trained on, and stages 5 and 6 check that
+features were computed with, stage 4 what its SVM was trained on, and stages 3 to 6 check that
 the files they combine belong together, naming the stage to rerun when they do not.
 
 No torch here: the web service's process (stage 6 --bundle) imports this module too.
