@@ -13,7 +13,7 @@ from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.data import load_split
 from imgclass.fileio import write_json
 from imgclass.modelfile import ModelSpec, build_model, save_model
-from imgclass.provenance import REFINE_SETTINGS, file_hash
+from imgclass.provenance import file_hash
 from imgclass.refine import History, RefineConfig, Refiner, RefineOutOfMemoryError, plot_history
 
 parser = stage_parser(
@@ -76,10 +76,10 @@ def main() -> int:
                 checkpoint=checkpoint, resume=args.resume, on_epoch=save_curves)
     seconds = time.perf_counter() - start
     save_model(p.model_path, refiner.model_, refiner.spec,
-               extra={"history": refiner.history_.to_json(), "config": config.resume_key(),
+               extra={"history": refiner.history_.to_json(),
                       "split_hash": file_hash(p.split_path),  # stage 3 refuses it with another split
-                      "params": {k: p[k] for k in REFINE_SETTINGS},  # and with other settings
-                      "max_epochs": config.max_epochs, "device": str(refiner.device), "seconds": round(seconds, 1)})
+                      "params": config.settings(),  # and with other settings
+                      "device": str(refiner.device), "seconds": round(seconds, 1)})
     save_curves(refiner.history_, {"saved_test_error": refiner.saved_test_error_, "saved_as": refiner.saved_as_})
     checkpoint.unlink(missing_ok=True)  # the finished model supersedes it
     print(f"refined in {seconds:.0f} s")

@@ -542,13 +542,16 @@ def test_refine_config_says_what_it_expected() -> None:
 def test_every_refinement_setting_comes_from_a_parameter_of_parameters_py() -> None:
     from dataclasses import fields
 
-    from imgclass.params import SCHEMA
-    from imgclass.provenance import REFINE_SETTINGS
+    from imgclass.params import SCHEMA, load_params
     from imgclass.refine import PARAM_OF_FIELD
 
     assert set(PARAM_OF_FIELD) == {f.name for f in fields(RefineConfig)} and set(PARAM_OF_FIELD.values()) <= set(SCHEMA)
-    # Those that shape the refined network (not how many decoding processes, nor where weights lie).
-    assert set(REFINE_SETTINGS) == set(PARAM_OF_FIELD.values()) - {"rf_workers", "rf_weightsDir"}
+    # Those that shape the refined network (not how many decoding processes, nor where weights lie),
+    # with the values the parameters give, as stages 3-5 compare them.
+    p = load_params()
+    settings = RefineConfig.from_params(p).settings()
+    assert set(settings) == set(PARAM_OF_FIELD.values()) - {"rf_workers", "rf_weightsDir"}
+    assert settings == {k: p[k] for k in settings}
 
 
 

@@ -29,7 +29,7 @@ class FeatureSet:
     probabilities. `flip_average`, `source` (imgclass.provenance.features_source of the model file)
     and `split_hash` (of split.json) say what made the features, so later stages can refuse to mix
     files of different origins; `made_with` holds the network settings (MODEL_SETTINGS) they used,
-    and `refined_with` the settings a refined network was refined with (REFINE_SETTINGS, from the
+    and `refined_with` the settings a refined network was refined with (RefineConfig.settings(), from the
     model file). Files written before these were recorded read back with `source` "",
     `flip_average` None and `refined_with` empty."""
 

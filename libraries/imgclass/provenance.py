@@ -90,22 +90,12 @@ def check_same_source(
 # The parameters a model file (and the features computed with it) fixes: set to other values in
 # PARAMETERS.py, they need stage 2 again, or the results would be credited to a network not used.
 MODEL_SETTINGS = ("rf_pretrainedModel", "rf_inputResolution", "rf_resizeMode")
-# The parameters that shape a refined network (stage 2 records them in the model file, stage 3 in
-# its features): with another value now, the results would be credited to a network refined
-# otherwise. (imgclass.refine.PARAM_OF_FIELD maps them to RefineConfig; a test keeps the two in step.)
-REFINE_SETTINGS = (
-    "rf_pretrainedModel", "rf_inputResolution", "rf_resizeMode", "rf_dropoutRate", "rf_mbSize", "rf_maxEpochs",
-    "rf_maxTrainImages", "rf_lrPerMb", "rf_headLrFactor", "rf_momentumPerMb", "rf_l2RegWeight",
-    "rf_boFreezeWeights", "rf_boFreezeBatchNorm", "rf_boInitLastLayer", "rf_boRefitLastLayer",
-    "rf_averageLastEpochs", "rf_boBalanceTrainingSet", "aug_cropScaleMin", "aug_rotationDegrees",
-    "aug_boHorizontalFlip", "aug_colorJitter", "randomSeed",
-)
 
 
 def check_model_settings(made_with: dict, now: Params | dict, what: str, rerun: str = "scripts/2_refineDNN.py") -> None:
     """Raise StaleFilesError when the file `what` was made with other values of the settings in
-    `made_with` (MODEL_SETTINGS, and REFINE_SETTINGS for a refined network) than the parameters have
-    now (`now`), naming both and the stage to rerun."""
+    `made_with` (MODEL_SETTINGS, and RefineConfig.settings() for a refined network) than the
+    parameters have now (`now`), naming both and the stage to rerun."""
     # A setting no parameter has any more (retired since the file was written) is not checked.
     differ = [k for k in made_with if k in now and _text(made_with[k]) != _text(now[k])]
     if differ:

@@ -155,6 +155,13 @@ class RefineConfig:
     def cache_size(self) -> int:
         return self.resolution if self.augmenter().is_identity else math.ceil(self.resolution * CACHE_MARGIN)
 
+    def settings(self) -> dict[str, Any]:
+        """The values that shaped the refined network, under their PARAMETERS.py names: every field but
+        how many processes decode and where weights are read from. Stage 2 records them in the model
+        file; stages 3-5 refuse other values (imgclass.provenance.check_model_settings)."""
+        return {param: list(v) if isinstance(v := getattr(self, name), tuple) else v
+                for name, param in PARAM_OF_FIELD.items() if name not in ("workers", "weights_dir")}
+
     def resume_key(self) -> dict[str, Any]:
         """What must match for a checkpoint to be continued (more epochs or other workers are fine)."""
         d = asdict(self)
