@@ -39,6 +39,7 @@ from urllib.request import url2pathname
 
 from imgclass.fileio import read_json, write_json
 from imgclass.params import Params
+from imgclass.provenance import MODEL_SETTINGS
 
 ENV_SWITCH = "IMGCLASS_TRACKING"  # "0", "off" or "false" turns tracking off whatever track_enabled says
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -433,8 +434,9 @@ def _num(v: float | None) -> str:
     return "-" if v is None else f"{v:.4f}"
 
 
-# The network settings every classifier uses; the other rf_* and the aug_* values only refine it.
-_NETWORK_PARAMS = ("rf_pretrainedModel", "rf_inputResolution", "rf_resizeMode", "rf_weightsDir")
+# The network settings every classifier uses (and where its weights are read from); the other rf_* and
+# the aug_* values only refine it.
+_NETWORK_PARAMS = (*MODEL_SETTINGS, "rf_weightsDir")
 
 
 def _applies(name: str, classifier: str) -> bool:
