@@ -200,10 +200,12 @@ def add_to_dataset(src: str | Path, label: str, images_dir: str | Path) -> Path:
     return target
 
 
-def class_in_dataset(path: str | Path, images_dir: str | Path, _index: dict | None = None) -> tuple[str, Path] | None:
+def class_in_dataset(path: str | Path, images_dir: str | Path, _index: dict | None = None,
+                     content: str | None = None) -> tuple[str, Path] | None:
     """(class, file) of a file in the data set with the same content as `path`, else None: an
     "unlabelled" photo may be a copy of one labelled long ago. Only files of the same size are
-    read. `_index`: a dict to keep the data set's listing in between calls (one labelling round)."""
+    read. `_index`: a dict to keep the data set's listing in between calls (one labelling round);
+    `content`: the file's hash when already computed."""
     images_dir = Path(images_dir)
     index = _index if _index is not None else {}
     if "by_size" not in index:
@@ -218,7 +220,7 @@ def class_in_dataset(path: str | Path, images_dir: str | Path, _index: dict | No
     same = index["by_size"].get(Path(path).stat().st_size, [])
     if not same:
         return None
-    content = file_hash(path)
+    content = content or file_hash(path)
     hashes = index["hashes"]
     for c, f in same:
         if f not in hashes:
@@ -251,7 +253,7 @@ def apply_labels(
         if label != SKIP and before not in (None, SKIP, label):
             raise ValueError(f"{path}: the same image (by content) is already labelled {before!r} in {log_path}; "
                              f"not copying it into {label!r} as well")
-        there = class_in_dataset(src, images_dir, index) if label != SKIP else None
+        there = class_in_dataset(src, images_dir, index, content) if label != SKIP else None
         if there is not None and there[0] != label:
             raise ValueError(f"{path}: the same image (by content) is in the data set already, as {there[1]} "
                              f"(class {there[0]!r}); not copying it into {label!r} as well")
@@ -324,7 +326,7 @@ def label_interactively(
             print_fn(f"[{n}/{len(candidates)}] {cand.path}: same image as one answered before "
                      f"({'skipped' if before == SKIP else before}); not asked again")
             continue
-        if (there := class_in_dataset(cand.path, images_dir, index)) is not None:
+        if (there := class_in_dataset(cand.path, images_dir, index, content)) is not None:
             print_fn(f"[{n}/{len(candidates)}] {cand.path}: same image as {there[1]} in the data set "
                      f"(class {there[0]}); not asked")
             continue
