@@ -11,6 +11,7 @@ import time
 
 from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.data import load_split
+from imgclass.features import device_name
 from imgclass.fileio import write_json
 from imgclass.modelfile import ModelSpec, build_model, save_model
 from imgclass.provenance import file_hash
@@ -48,7 +49,7 @@ def main() -> int:
     config = RefineConfig.from_params(p)
     refiner = Refiner(config, split.classes, spill_dir=p.proc_dir)  # decoded images beyond memory go there
     what = "only the new last layer" if config.freeze_weights else "the whole network"
-    print(f"refining {what} of {config.backbone} at {config.resolution} px on {refiner.device} "
+    print(f"refining {what} of {config.backbone} at {config.resolution} px on {device_name(refiner.device)} "
           f"({'bfloat16 mixed precision' if refiner.mixed_precision else 'float32'}), "
           f"{_counted(len(split.train), config.max_train_images)} training images, "
           f"{config.max_epochs} epoch{'' if config.max_epochs == 1 else 's'}")
@@ -79,7 +80,7 @@ def main() -> int:
                extra={"history": refiner.history_.to_json(),
                       "split_hash": file_hash(p.split_path),  # stage 3 refuses it with another split
                       "params": config.settings(),  # and with other settings
-                      "device": str(refiner.device), "seconds": round(seconds, 1)})
+                      "device": device_name(refiner.device), "seconds": round(seconds, 1)})
     save_curves(refiner.history_, {"saved_test_error": refiner.saved_test_error_, "saved_as": refiner.saved_as_})
     checkpoint.unlink(missing_ok=True)  # the finished model supersedes it
     print(f"refined in {seconds:.0f} s")

@@ -12,7 +12,7 @@ import numpy as np
 
 from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.data import load_split
-from imgclass.features import FeatureCache, Featurizer
+from imgclass.features import FeatureCache, Featurizer, device_name
 from imgclass.featureset import FeatureSet
 from imgclass.modelfile import load_model, load_model_extra
 from imgclass.provenance import StaleFilesError, check_model_settings, check_model_split, features_source, file_hash
@@ -39,7 +39,9 @@ def main() -> int:
     fz = Featurizer(model, spec, batch_size=p.run_mbSize, flip_average=p.run_boFlipAverage, workers=p.run_workers,
                     engine=p.run_engine, export_dir=p.feature_cache_dir)
     cache = FeatureCache(p.feature_cache_dir, p.model_path, spec, p.run_boFlipAverage) if p.run_boCache else None
-    print(f"featurizing with {spec.backbone} ({spec.kind}) at {spec.resolution} px, engine {fz.engine_name} on {fz.device}, "
+    # ONNX Runtime sets its own threads on a CPU: torch's count would be the wrong one to show.
+    where = device_name(fz.device) if fz.engine_name == "torch" else str(fz.device)
+    print(f"featurizing with {spec.backbone} ({spec.kind}) at {spec.resolution} px, engine {fz.engine_name} on {where}, "
           f"flip averaging {'on' if p.run_boFlipAverage else 'off'}, cache {'on' if cache else 'off'}")
     source = features_source(p.model_path, p.run_boFlipAverage)
     split_hash = file_hash(p.split_path)

@@ -78,8 +78,8 @@ def test_fast_path_equals_eager_pytorch(kind: str, flip: bool, backbone: torch.n
                                         photos: list[Path]) -> None:
     model = backbone if kind == "fixed" else _refined(backbone)
     spec = _spec(kind)
-    fz = Featurizer(model, spec, batch_size=2, flip_average=flip, workers=2, export_dir=export_dir)
-    assert fz.engine.name == "onnxruntime-cpu"  # the CPU engine, not PyTorch again
+    fz = Featurizer(model, spec, batch_size=2, flip_average=flip, workers=2, engine="onnx", export_dir=export_dir)
+    assert fz.engine.name == "onnxruntime-cpu"  # the CPU engine (also beside a GPU), not PyTorch again
     got = fz.featurize_paths(photos, progress=False)
     feats, probs = _eager(model, spec, photos, flip)
     assert got.features.shape == (len(photos), 1280) and got.features.dtype == np.float32

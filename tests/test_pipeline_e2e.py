@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import run_script
 
@@ -104,7 +105,9 @@ def test_refined_classifiers_run_stages_2_to_5_without_overwriting_each_other(pi
     svm_metrics = (results / "svm" / "metrics.json").read_bytes()
     dnn = [*SMALL, *REFINE, "--set", "classifier=dnn", "--set", "rf_maxEpochs=2"]
     out = run_script("2_refineDNN.py", *dnn, data_dir=pipeline_dir).stdout
-    assert "on cpu" in out and "epoch   2/2" in out and "test error" in out
+    # Where it ran, by name: the GPU on a CUDA machine, else the CPU with its thread count.
+    where = f"on cuda:0 ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "on cpu ("
+    assert where in out and "epoch   2/2" in out and "test error" in out
     assert "to go)" in out.split("epoch   1/2")[1].splitlines()[0]  # time left, after every epoch but the last
     proc = pipeline_dir / "proc" / ds
     assert (proc / "model_refined.pt").is_file() and not (proc / "refine_checkpoint.pt").exists()
@@ -116,7 +119,8 @@ def test_refined_classifiers_run_stages_2_to_5_without_overwriting_each_other(pi
     assert curves["saved_as"] == "weights averaged over epochs 1-2, last layer refit"
     assert f"saved model ({curves['saved_as']}): test error" in out
     assert (results / "dnn" / "training_curves.png").stat().st_size > 5000
-    run_script("3_runDNN.py", *dnn, data_dir=pipeline_dir)
+    out = run_script("3_runDNN.py", *dnn, data_dir=pipeline_dir).stdout
+    assert (f"engine torch {where}" if torch.cuda.is_available() else "engine onnx on cpu,") in out
     assert "no SVM to train" in run_script("4_trainSVM.py", *dnn, data_dir=pipeline_dir).stdout
     run_script("5_evaluate.py", *dnn, data_dir=pipeline_dir)
     m = json.loads((results / "dnn" / "metrics.json").read_text())

@@ -153,11 +153,16 @@ class _TorchEngine:
         body = copy.deepcopy(body)
         self.module = _PixelsToFeatures(body, preprocess).eval().to(device).to(memory_format=torch.channels_last)
         self.name = f"torch-{device.type}"
+        self._lock = threading.Lock()  # the cuDNN flag below is process-wide: one call at a time sets it
 
     @torch.inference_mode()
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, non_blocking=True)
-        return self.module(x).float().cpu().numpy()
+        # Full float32 on a GPU too: cuDNN's default TF32 convolutions give features 1e-3 away from the
+        # CPU engine's, and an SVM trained on one device's features is served on another's (a bundle
+        # runs ONNX Runtime on a CPU). Featurizing waits on decoding, so the cost does not show.
+        with self._lock, torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, allow_tf32=False):
+            return self.module(x).float().cpu().numpy()
 
 
 @dataclass
@@ -449,3 +454,15 @@ def default_device() -> torch.device:
         return torch.device("mps")
     torch.set_num_threads(os.cpu_count() or 1)
     return torch.device("cpu")
+
+
+def device_name(device: torch.device) -> str:
+    """What a stage prints for where it runs: "cuda:0 (NVIDIA H200)", "mps (Apple GPU)", "cpu (2 threads)"."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    if device.type == "mps":
+        return "mps (Apple GPU)"
+    if device.type == "cpu":
+        return f"cpu ({torch.get_num_threads()} threads)"
+    return str(device)
