@@ -23,11 +23,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from imgclass.annotations import EXCLUDE, FIXES_FILE, apply_fixes, read_fixes, unmatched_fixes
 from imgclass.fileio import DamagedFileError, read_json, write_json
 from imgclass.images import check_images, is_image_name
+from imgclass.progress import progress_bar
 
 DEDICATED_TEST_FILE = "dedicatedTestImages.tsv"
 # Folder names (any case) that mean a split made in advance, as downloaded data sets ship them:
@@ -545,7 +544,7 @@ def check_disjoint(split: Split) -> None:
 def exact_duplicates_across(split: Split, images_dir: str | Path, progress: bool = True) -> list[tuple[str, str]]:
     """Pairs (train, test) of byte-identical files: the same photo on both sides leaks the label."""
     images_dir = Path(images_dir)
-    bar = tqdm(total=len(split.train) + len(split.test), desc="identical files", unit="img", disable=not progress)
+    bar = progress_bar(total=len(split.train) + len(split.test), desc="identical files", unit="img", disable=not progress)
 
     def digest(rel: str) -> str:
         bar.update()

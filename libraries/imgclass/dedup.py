@@ -26,11 +26,11 @@ from pathlib import Path
 
 import imagehash
 import numpy as np
-from tqdm.auto import tqdm
 
 from imgclass.data import DUPLICATES_FOLDER, Split, find_split_folders, list_folder_images
 from imgclass.fileio import atomic_open
 from imgclass.images import ImageDecodeError, load_rgb
+from imgclass.progress import progress_bar
 
 HASH_SIZE = 16  # 16 x 16 = 256-bit hashes, as in the tutorial
 DEFAULT_THRESHOLD = 15  # bits of 256; see README "Part 3" for the distances measured on copies
@@ -58,7 +58,7 @@ def hash_files(
 
     # Threads, not processes: PIL releases the GIL while decoding, and hashes are tiny to return.
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        out = list(tqdm(pool.map(one, paths), total=len(paths), desc="hash images", unit="img", disable=not progress))
+        out = list(progress_bar(pool.map(one, paths), total=len(paths), desc="hash images", unit="img", disable=not progress))
     return [h for h, _ in out], [e for _, e in out]
 
 

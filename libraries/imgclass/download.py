@@ -34,12 +34,12 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image, UnidentifiedImageError
-from tqdm import tqdm
 
 from imgclass import __version__
 from imgclass.data import DUPLICATES_FOLDER, NOT_CLASS_PREFIXES, list_class_dirs, walk_image_files
 from imgclass.fileio import atomic_open, write_bytes
 from imgclass.images import ImageDecodeError, load_rgb, openers
+from imgclass.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -648,7 +648,7 @@ def download_images(
         except OSError:
             pass
 
-    bar = tqdm(total=len(entries), unit="img", desc="download", disable=not progress)
+    bar = progress_bar(total=len(entries), unit="img", desc="download", disable=not progress)
     bar.update(len(entries) - len(todo))
     stop = threading.Event()
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="imgclass-download")

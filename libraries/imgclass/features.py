@@ -34,12 +34,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from imgclass.backbones import static_padding
 from imgclass.fileio import atomic_path, load_npz, save_npz
 from imgclass.images import DRAFT_OVERSAMPLE, load_square
 from imgclass.modelfile import ImageClassifier, ModelSpec
+from imgclass.progress import progress_bar
 from imgclass.provenance import file_hash
 
 ENGINES = ("auto", "onnx", "torch")  # "auto": ONNX Runtime on a CPU, PyTorch on CUDA/MPS
@@ -284,7 +284,7 @@ class Featurizer:
         done: list[int] = []
         saved, last_save, save_every = 0, time.monotonic(), CACHE_SAVE_SECONDS
         try:
-            with tqdm(total=len(paths), initial=len(paths) - len(todo), desc=desc, unit="img", disable=not progress) as bar:
+            with progress_bar(total=len(paths), initial=len(paths) - len(todo), desc=desc, unit="img", disable=not progress) as bar:
                 for start, pixels in _decoded_batches([paths[i] for i in todo], self.preprocess, self.batch_size,
                                                       self.workers):
                     feats = self._features(pixels)

@@ -188,11 +188,11 @@ def check_image(path: str | Path) -> str | None:
 def check_images(paths: Sequence[str | Path], progress: bool = False) -> list[str | None]:
     """check_image for every path, in threads (PIL releases the GIL while decoding), with an optional
     progress bar: a folder of thousands of phone photos takes a minute to check."""
-    from tqdm.auto import tqdm
+    from imgclass.progress import progress_bar
 
     with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
-        return list(tqdm(pool.map(check_image, paths), total=len(paths), desc="check images", unit="img",
-                         disable=not progress))
+        return list(progress_bar(pool.map(check_image, paths), total=len(paths), desc="check images", unit="img",
+                                 disable=not progress))
 
 
 def fit_square(img: Image.Image, size: int, mode: str = "squash") -> Image.Image:

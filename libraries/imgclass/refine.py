@@ -44,7 +44,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from imgclass.augment import Augmenter
 from imgclass.backbones import folded_batchnorm
@@ -52,6 +51,7 @@ from imgclass.features import default_device
 from imgclass.fileio import atomic_path
 from imgclass.images import load_square
 from imgclass.modelfile import ImageClassifier, ModelSpec, build_model
+from imgclass.progress import progress_bar
 
 if TYPE_CHECKING:
     from imgclass.params import Params
@@ -256,7 +256,7 @@ def decode_images(paths: Sequence[str | Path], size: int, resize_mode: str, work
         collate_fn=_stack_chw,
     )
     i = 0
-    with tqdm(total=len(paths), desc=desc, unit="img", disable=not progress) as bar:
+    with progress_bar(total=len(paths), desc=desc, unit="img", disable=not progress) as bar:
         try:
             for batch in loader:
                 cache[i:i + len(batch)] = batch
@@ -738,7 +738,7 @@ class Refiner:
         if len(batches) > 1 and len(batches[-1]) < 2:  # BatchNorm cannot train on one image
             batches.pop()
         n_seen, loss_sum, wrong = 0, 0.0, 0
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{c.max_epochs}", unit="batch", disable=not self.progress, leave=False)
+        bar = progress_bar(batches, desc=f"epoch {epoch + 1}/{c.max_epochs}", unit="batch", disable=not self.progress, leave=False)
         for idx in bar:
             # Augmented where the network runs: on a GPU the warp and colour change of a minibatch take
             # a CPU longer than the training step itself (110 img/s on an H200 when done on its 16
@@ -809,7 +809,7 @@ class Refiner:
         backbone.eval()
         feats = []
         batch_size = batch_size or self._eval_batch
-        batches = tqdm(self._plain_batches(cache, batch_size), total=-(-len(cache) // batch_size), unit="batch",
+        batches = progress_bar(self._plain_batches(cache, batch_size), total=-(-len(cache) // batch_size), unit="batch",
                        desc="features of the training images", leave=False, disable=not self.progress)
         for x in batches:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.mixed_precision):
@@ -859,7 +859,7 @@ class Refiner:
         wrong = 0
         # A pass over a large test set takes minutes on a CPU: show it (leave=False: the epoch's line stays).
         batch_size = batch_size or self._eval_batch
-        for i in tqdm(range(0, len(cache), batch_size), unit="batch", desc=f"{self.held_out_name} error",
+        for i in progress_bar(range(0, len(cache), batch_size), unit="batch", desc=f"{self.held_out_name} error",
                       leave=False, disable=not self.progress):
             x = self._normalize(cache[i:i + batch_size].to(self.device).float())
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.mixed_precision):

@@ -39,11 +39,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from tqdm.auto import tqdm
-
 from imgclass import __version__
 from imgclass.download import _parse_retry_after, check_label, tsv_lines
 from imgclass.fileio import atomic_open, write_json
+from imgclass.progress import progress_bar
 
 ENV_BING_KEY = "BING_SEARCH_V7_SUBSCRIPTION_KEY"
 ENV_BING_ENDPOINT = "BING_SEARCH_V7_ENDPOINT"
@@ -337,7 +336,7 @@ def scrape(
         row = tuple(row)
         if row[1] not in report.ambiguous:
             listed.setdefault(row[1], row)
-    for q in tqdm(queries, desc=f"search {provider.name}", unit="query", disable=not progress):
+    for q in progress_bar(queries, desc=f"search {provider.name}", unit="query", disable=not progress):
         if q.text in skip:
             report.skipped.append(q.text)
             continue

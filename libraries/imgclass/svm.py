@@ -19,9 +19,9 @@ from joblib import Parallel, delayed
 from sklearn.metrics import balanced_accuracy_score
 from sklearn.model_selection import StratifiedKFold
 from sklearn.svm import LinearSVC
-from tqdm.auto import tqdm
 
 from imgclass.fileio import DamagedFileError, load_npz, save_npz
+from imgclass.progress import progress_bar
 
 if TYPE_CHECKING:
     from imgclass.params import Params
@@ -190,7 +190,7 @@ class LinearSvm:
             delayed(_validation_accuracy)(self._svc(c), x, y, train, val, self.balance_classes)
             for c, train, val in jobs
         )
-        results = list(tqdm(fits, total=len(jobs), unit="fit", disable=not self.progress,
+        results = list(progress_bar(fits, total=len(jobs), unit="fit", disable=not self.progress,
                             desc=f"SVM: {len(self.c_values)} C values x {folds} folds"))
         self.cv_fold_scores_ = {c: results[i * folds:(i + 1) * folds] for i, c in enumerate(self.c_values)}
         return {c: float(np.mean(scores)) for c, scores in self.cv_fold_scores_.items()}

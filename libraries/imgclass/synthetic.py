@@ -29,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
-from tqdm import tqdm
 
 from imgclass.fileio import write_bytes
+from imgclass.progress import progress_bar
 
 CLASSES: tuple[str, ...] = ("dotted", "leopard", "striped")
 
@@ -71,7 +71,7 @@ def generate_demo_dataset(
 
     counts = {c: 0 for c in CLASSES}
     jobs = [(ci, i) for ci in range(len(CLASSES)) for i in range(images_per_class)]
-    for ci, i in tqdm(jobs, desc="synthetic demo images", unit="img", disable=not progress):
+    for ci, i in progress_bar(jobs, desc="synthetic demo images", unit="img", disable=not progress):
         name = CLASSES[ci]
         _write_if_changed(out_dir / name / f"{name}_{i:04d}.jpg", _render_jpeg(ci, i, seed))
         counts[name] += 1

@@ -1,0 +1,59 @@
+"""Progress bars: live in a terminal, a redraw every 30 s in a log file or pipe."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+LOOP = "import time; from {module} import {name} as bar\nfor _ in bar(range(40), desc='work'): time.sleep(0.05)"
+
+
+def _draws(module: str, name: str, env: dict[str, str] | None = None, terminal: bool = False) -> list[str]:
+    """The redraws of a 2-second loop's bar, as its stderr received them."""
+    env = {**{k: v for k, v in os.environ.items() if k != "TQDM_MININTERVAL"}, **(env or {})}
+    code = LOOP.format(module=module, name=name)
+    if not terminal:
+        err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stderr
+    else:
+        import fcntl
+        import pty
+        import struct
+        import termios
+
+        main, side = pty.openpty()
+        # 120 columns: in a terminal of width 0 (a bare pseudo-terminal's) tqdm draws nothing at all.
+        fcntl.ioctl(side, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+        proc = subprocess.Popen([sys.executable, "-c", code], stderr=side, env=env)
+        os.close(side)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(main, 4096)
+            except OSError:  # the child closed its end
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        assert proc.wait(timeout=60) == 0
+        os.close(main)
+        err = b"".join(chunks).decode(errors="replace")
+    return [d for d in err.replace("\n", "\r").split("\r") if "work" in d]
+
+
+def test_a_bar_written_to_a_log_is_redrawn_rarely_and_ends_complete() -> None:
+    plain = _draws("tqdm.auto", "tqdm")
+    assert len(plain) >= 10  # tqdm itself: a redraw every 0.1 s, each one more "line" in the log
+    ours = _draws("imgclass.progress", "progress_bar")
+    assert 1 <= len(ours) <= 3 and "40/40" in ours[-1], ours
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal")
+def test_a_terminal_still_gets_a_live_bar() -> None:
+    assert len(_draws("imgclass.progress", "progress_bar", terminal=True)) >= 10
+
+
+def test_tqdm_mininterval_in_the_environment_wins() -> None:
+    assert len(_draws("imgclass.progress", "progress_bar", env={"TQDM_MININTERVAL": "0.1"})) >= 10
