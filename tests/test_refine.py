@@ -581,3 +581,13 @@ def test_an_epoch_interrupted_in_its_test_pass_is_not_trained_again(color_datase
     assert resumed.history_.epoch == [1, 2] and resumed.history_.test_error[0] is None
     assert resumed.history_.test_error[1] == straight.history_.test_error[1]
     assert resumed.history_.train_loss == straight.history_.train_loss  # epoch 1 was not trained twice
+
+
+def test_in_a_log_the_epoch_bar_is_not_redrawn_at_every_step(color_dataset: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    # Captured output is no terminal, so bars redraw every 30 s: a step's new loss must not force a
+    # redraw of its own (it did, showing "0/3" beside the loss of step 3).
+    paths, labels = _data(color_dataset)
+    Refiner(_config(max_epochs=1), CLASSES, device="cpu", progress=True).fit(paths, labels)
+    draws = [d for d in capsys.readouterr().err.replace("\n", "\r").split("\r") if d.startswith("epoch 1/1:")]
+    assert len(draws) <= 2, draws

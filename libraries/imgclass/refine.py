@@ -765,7 +765,7 @@ class Refiner:
             n_seen += len(idx)
             loss_sum += loss.item() * len(idx)
             wrong += int((logits.argmax(1) != y).sum())
-            bar.set_postfix(loss=f"{loss_sum / n_seen:.3f}")
+            bar.set_postfix(loss=f"{loss_sum / n_seen:.3f}", refresh=False)  # drawn with the next step
         return loss_sum / n_seen, wrong / n_seen, n_seen
 
     def _plain_batches(self, cache: torch.Tensor, batch_size: int, equal: bool = False) -> Iterator[torch.Tensor]:
