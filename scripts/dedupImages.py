@@ -1,7 +1,8 @@
 """Find duplicate and near-duplicate images in a folder (dhash); with --remove, move the extras aside.
 
 Dry run by default: the groups are listed and nothing changes. With --remove, every image but the
-first of each group is moved to FOLDER/_duplicates/ (listed in _duplicates/moved.tsv), never deleted.
+kept one of each group (the copy with the most pixels) is moved to FOLDER/_duplicates/ (listed in
+_duplicates/moved.tsv), never deleted.
 Two kinds of group are not moved without --force: groups spanning class folders (the same photo
 with two labels: which label is right is for a person to decide) are left in place, and where the
 data set's images look alike to dhash nothing is moved (see the note it prints). --force overrides
@@ -11,7 +12,7 @@ both, and says which it overrode.
 from pathlib import Path
 
 from imgclass.cli import parse_stage, run_stage, stage_parser
-from imgclass.dedup import DUPLICATES_FOLDER, find_duplicates, lookalike_note, move_duplicates
+from imgclass.dedup import DUPLICATES_FOLDER, DuplicateReport, find_duplicates, lookalike_note, move_duplicates
 
 parser = stage_parser(
     __doc__.splitlines()[0],
@@ -23,8 +24,13 @@ parser.add_argument("--remove", action="store_true", help="move duplicates to FO
 parser.add_argument("--threshold", type=int, default=None,
                     help="bits of 256 that may differ for near duplicates (default: dedup_threshold)")
 parser.add_argument("--force", action="store_true",
-                    help="with --remove: also move groups that span class folders (keeping the path that sorts "
-                         "first), and move even where the images look alike to dhash (see the note it prints)")
+                    help="with --remove: also move groups that span class folders (keeping the copy with the "
+                         "most pixels), and move even where the images look alike to dhash (see the note it prints)")
+
+
+def _size(report: DuplicateReport, path: str) -> str:
+    w, h = report.sizes.get(path, (0, 0))
+    return f"{w}x{h}" if w else "size unknown"
 
 
 def main() -> int:
@@ -39,14 +45,14 @@ def main() -> int:
     cross = report.cross_class_groups()
     for n, group in enumerate(report.groups, 1):
         flag = "  <- in different class folders" if group in cross else ""
-        print(f"group {n}: keep {group[0]}{flag}")
+        print(f"group {n}: keep {group[0]} ({_size(report, group[0])}){flag}")
         for other in group[1:]:
-            bits = report.distances.get((group[0], other))
-            print(f"    {other}" + (f" ({bits} bits)" if bits is not None else " (via another member)"))
+            bits = report.bits_between(group[0], other)
+            print(f"    {other} ({_size(report, other)}, " + (f"{bits} bits)" if bits is not None else "via another member)"))
     print(f"wrote {report.write_groups(folder / 'duplicates.tsv')}")
     if cross:
         print(f"{len(cross)} group(s) span class folders: the same photo with different labels; check them by hand "
-              f"(--remove leaves them in place; --force moves them too, keeping the path that sorts first)")
+              f"(--remove leaves them in place; --force moves them too, keeping the copy with the most pixels)")
     note = lookalike_note(report.typical_distance, threshold)
     if note and report.to_move:
         print(f"note: {note}")

@@ -99,9 +99,34 @@ def test_finds_resized_and_recompressed_copies_and_keeps_distinct_images_apart(w
         assert len({image_hash(root / p) for p in group}) == 1
     assert any(set(g) >= {"dotted/dotted_0001.jpg", "dotted/dotted_0001_exact.jpg"} for g in report.exact)
     assert not report.cross_class_groups() and not report.failed
-    # The kept image is the first of its group; all the others are to be moved.
+    # Each group keeps its copy with the most pixels (the 1.5x one here), first; the others are moved.
+    assert [g[0] for g in report.groups] == [_kept(g) for g in sorted(expected.values())]
+    for g in report.groups:
+        w, h = report.sizes[g[0]]
+        assert all(w * h > report.sizes[p][0] * report.sizes[p][1] for p in g[1:]) and g[1:] == sorted(g[1:])
     assert {kept for _, kept in report.to_move} == {g[0] for g in report.groups}
     assert len(report.to_move) == 2 * (len(COPIES) + 1)
+
+
+def _kept(group: list[str]) -> str:
+    return next(p for p in group if p.endswith("_bigger_q90.jpg"))
+
+
+def test_the_copy_with_the_most_pixels_is_kept_then_the_largest_file_then_the_first_path(originals: Path,
+                                                                                       tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    shutil.copytree(originals, root)
+    src = root / "dotted" / "dotted_0001.jpg"
+    _copy(src, root / "dotted" / "0_thumbnail.jpg", 0.3, 90)  # sorts first, fewer pixels
+    _copy(src, root / "dotted" / "1_recompressed.jpg", 1.0, 20)  # as many pixels, a smaller file
+    shutil.copyfile(root / "striped" / "striped_0002.jpg", root / "striped" / "0_same_bytes.jpg")
+    report = find_duplicates(root, progress=False)
+    assert (root / "dotted" / "1_recompressed.jpg").stat().st_size < src.stat().st_size
+    assert report.groups == [["dotted/dotted_0001.jpg", "dotted/0_thumbnail.jpg", "dotted/1_recompressed.jpg"],
+                             ["striped/0_same_bytes.jpg", "striped/striped_0002.jpg"]]  # a tie: the first path
+    assert report.exact == [["striped/0_same_bytes.jpg", "striped/striped_0002.jpg"]]
+    assert report.bits_between("dotted/0_thumbnail.jpg", "dotted/dotted_0001.jpg") == \
+        report.bits_between("dotted/dotted_0001.jpg", "dotted/0_thumbnail.jpg") is not None
 
 
 def test_distinct_images_are_far_apart(originals: Path) -> None:
@@ -114,6 +139,8 @@ def test_script_is_a_dry_run_unless_asked_and_moves_never_deletes(with_copies, t
     before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
     out = run_script("dedupImages.py", str(root), data_dir=tmp_path).stdout
     assert "dry run: nothing moved" in out and "10 duplicates within 15 bits in 2 groups" in out
+    w, h = Image.open(root / "dotted/web/dotted_0001_bigger_q90.jpg").size
+    assert f"keep dotted/web/dotted_0001_bigger_q90.jpg ({w}x{h})" in out
     after = {p: p.read_bytes() for p in root.rglob("*") if p.is_file() and p.name != "duplicates.tsv"}
     assert after == before
     assert len((root / "duplicates.tsv").read_text().splitlines()) == 1 + 10
@@ -122,9 +149,9 @@ def test_script_is_a_dry_run_unless_asked_and_moves_never_deletes(with_copies, t
     assert "moved 10 image(s)" in out
     dup = root / "_duplicates"
     moved = sorted(p.relative_to(dup).as_posix() for p in dup.rglob("*") if p.is_file() and p.name != "moved.tsv")
-    assert moved == sorted(p for g in expected.values() for p in g[1:])
+    assert moved == sorted(p for g in expected.values() for p in g if p != _kept(g))
     for group in expected.values():  # the kept image is still in place, the copies are not
-        assert (root / group[0]).is_file() and not any((root / p).exists() for p in group[1:])
+        assert (root / _kept(group)).is_file() and not any((root / p).exists() for p in group if p != _kept(group))
     for p in moved:  # moved byte for byte, not re-encoded
         assert (dup / p).read_bytes() == before[root / p]
     log = (dup / "moved.tsv").read_text().splitlines()
@@ -143,12 +170,12 @@ def test_same_photo_in_two_classes_is_flagged_and_bad_files_are_reported(origina
     _copy(root / "leopard/leopard_0002.jpg", root / "dotted/looks_dotted.jpg", 0.7, 70)
     (root / "dotted" / "broken.jpg").write_bytes(b"<html>not an image</html>")
     report = find_duplicates(root, progress=False)
-    assert report.cross_class_groups() == [["dotted/looks_dotted.jpg", "leopard/leopard_0002.jpg"]]
+    assert report.cross_class_groups() == [["leopard/leopard_0002.jpg", "dotted/looks_dotted.jpg"]]
     assert [p for p, _ in report.failed] == ["dotted/broken.jpg"] and "cannot decode" in report.failed[0][1]
     # Which label is right is for a person to decide: not moved unless asked.
-    assert move_duplicates(report) == [] and (root / "leopard/leopard_0002.jpg").is_file()
-    moved = move_duplicates(report, cross_class=True)
-    assert [m.relative_to(root).as_posix() for _, m in moved] == ["_duplicates/leopard/leopard_0002.jpg"]
+    assert move_duplicates(report) == [] and (root / "dotted/looks_dotted.jpg").is_file()
+    moved = move_duplicates(report, cross_class=True)  # the smaller copy goes
+    assert [m.relative_to(root).as_posix() for _, m in moved] == ["_duplicates/dotted/looks_dotted.jpg"]
 
 
 def test_remove_leaves_groups_spanning_classes_unless_forced(originals: Path, tmp_path: Path) -> None:
@@ -158,11 +185,11 @@ def test_remove_leaves_groups_spanning_classes_unless_forced(originals: Path, tm
     _copy(root / "striped/striped_0001.jpg", root / "striped/copy.jpg", 0.5, 60)  # one label
     out = run_script("dedupImages.py", str(root), "--remove", data_dir=tmp_path).stdout
     assert "moved 1 image(s)" in out and "1 group(s) spanning class folders left in place" in out
-    assert (root / "striped/copy.jpg").is_file() and not (root / "striped/striped_0001.jpg").exists()
+    assert (root / "striped/striped_0001.jpg").is_file() and not (root / "striped/copy.jpg").exists()
     assert (root / "dotted/looks_dotted.jpg").is_file() and (root / "leopard/leopard_0002.jpg").is_file()
     out = run_script("dedupImages.py", str(root), "--remove", "--force", data_dir=tmp_path).stdout
     assert "--force: moving the duplicates of the 1 group(s) that span class folders too" in out
-    assert "moved 1 image(s)" in out and not (root / "leopard/leopard_0002.jpg").exists()
+    assert "moved 1 image(s)" in out and not (root / "dotted/looks_dotted.jpg").exists()
     assert len((root / "_duplicates" / "moved.tsv").read_text().splitlines()) == 1 + 2
 
 
@@ -187,7 +214,7 @@ def test_a_linked_class_folder_is_scanned_once(originals: Path, tmp_path: Path) 
     os.symlink(root, root / "dotted" / "loop")  # a link back up the tree
     report = find_duplicates(root, progress=False)
     assert len(report.paths) == 2 * N_PER_CLASS + 1 and "striped/copy.jpg" in report.paths
-    assert report.groups == [["striped/copy.jpg", "striped/striped_0001.jpg"]]
+    assert report.groups == [["striped/striped_0001.jpg", "striped/copy.jpg"]]
 
 
 def test_an_interrupted_move_lists_every_file_it_moved(with_copies, monkeypatch: pytest.MonkeyPatch) -> None:

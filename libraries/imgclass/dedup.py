@@ -3,11 +3,15 @@
 Image search returns the same photo many times: re-sized by a shop, re-compressed by a blog,
 under another URL. Left in, such copies make the data set look bigger than it is and, split across
 train and test, inflate the measured accuracy. As in the tutorial, every image gets a difference hash
-(`imagehash.dhash` with hash_size = 16, i.e. 256 bits) in a first pass; a second pass keeps the first
-image of each hash. Beyond identical hashes, images whose hashes differ in at most `threshold` bits
+(`imagehash.dhash` with hash_size = 16, i.e. 256 bits) in a first pass; a second pass groups the
+images of each hash. Beyond identical hashes, images whose hashes differ in at most `threshold` bits
 are near duplicates and are grouped (transitively: if A~B and B~C, A, B and C form one group).
 
-Nothing is ever deleted: `move_duplicates` moves every image but the first of each group to a
+Each group keeps its copy with the most pixels (then the largest file, then the path that sorts
+first), not the tutorial's first one: a search returns thumbnails beside the full-size photo, and a
+150-pixel thumbnail kept for training is a blurred 320-pixel input.
+
+Nothing is ever deleted: `move_duplicates` moves every image but the kept one of each group to a
 `_duplicates/` folder (which the data set loader ignores, as it does every folder starting with '_')
 and lists each move in `_duplicates/moved.tsv` as it is made, so a move can be undone by hand.
 Groups whose images lie in different class folders (the same photo with two labels) are left in
@@ -26,6 +30,7 @@ from pathlib import Path
 
 import imagehash
 import numpy as np
+from PIL import Image
 
 from imgclass.data import DUPLICATES_FOLDER, Split, find_split_folders, list_folder_images
 from imgclass.fileio import atomic_open
@@ -175,7 +180,7 @@ class DuplicateReport:
 
     `exact`: groups of images with identical hashes (pass 2 of the tutorial); `groups`: groups of
     near duplicates (distance <= threshold, which includes the exact ones). In every group the first
-    path is the one kept.
+    path is the one kept (the most pixels; see the module's docstring), the others in sorted order.
     """
 
     folder: Path
@@ -184,13 +189,18 @@ class DuplicateReport:
     hashes: list[str]  # hex dhash per path ("" where decoding failed)
     exact: list[list[str]] = field(default_factory=list)
     groups: list[list[str]] = field(default_factory=list)
-    distances: dict[tuple[str, str], int] = field(default_factory=dict)  # kept path, other -> bits
+    distances: dict[tuple[str, str], int] = field(default_factory=dict)  # (a, b), a sorting first -> bits
+    sizes: dict[str, tuple[int, int]] = field(default_factory=dict)  # (width, height) of every grouped image
     failed: list[tuple[str, str]] = field(default_factory=list)
     typical_distance: float | None = None  # see `typical_distance`; judged by `lookalike_note`
 
+    def bits_between(self, a: str, b: str) -> int | None:
+        """Bits between the hashes of two images of a group; None for a member joined through another."""
+        return self.distances.get((a, b) if a < b else (b, a))
+
     @property
     def to_move(self) -> list[tuple[str, str]]:
-        """(duplicate, the image it duplicates) for every image but the first of each group."""
+        """(duplicate, the image it duplicates) for every image but the kept one of each group."""
         return [(p, g[0]) for g in self.groups for p in g[1:]]
 
     def moves(self, cross_class: bool = False) -> list[tuple[str, str]]:
@@ -225,7 +235,7 @@ class DuplicateReport:
             f.write("group\tkept\tduplicate\tbits\n")
             for n, group in enumerate(self.groups, 1):
                 for other in group[1:]:
-                    bits = self.distances.get((group[0], other))
+                    bits = self.bits_between(group[0], other)
                     f.write(f"{n}\t{group[0]}\t{other}\t{'' if bits is None else bits}\n")
         return Path(path)
 
@@ -247,7 +257,7 @@ def find_duplicates(
     report.failed = left_out + [(p, e) for p, e in zip(paths, problems) if e]
     ok = [i for i, h in enumerate(hashes) if h is not None]
 
-    # Pass 2 of the tutorial: walk the images in order and keep the first of each hash.
+    # Pass 2 of the tutorial: walk the images in order and group them by hash.
     first_of: dict[str, int] = {}
     exact: dict[int, list[int]] = defaultdict(list)
     for i in ok:
@@ -256,21 +266,49 @@ def find_duplicates(
             exact[first_of[key]].append(i)
         else:
             first_of[key] = i
-    report.exact = [[paths[k]] + [paths[i] for i in v] for k, v in sorted(exact.items())]
+    exact_groups = [[k, *v] for k, v in sorted(exact.items())]
 
-    # Near duplicates: a few bits apart. Groups are connected components, the first path kept.
+    # Near duplicates: a few bits apart. Groups are connected components.
     bits = hash_bits([hashes[i] for i in ok])
     pairs = [(ok[i], ok[j], d) for i, j, d in pairwise_close(bits, threshold)]
-    report.groups = [[paths[i] for i in g] for g in _groups(len(paths), pairs)]
+    near_groups = _groups(len(paths), pairs)
     report.distances = {(paths[i], paths[j]): d for i, j, d in pairs}
+    # Every exact group lies within a near group (0 bits apart), so these are all the grouped images.
+    report.sizes = {paths[i]: _image_size(folder / paths[i]) for g in near_groups for i in g}
+    report.exact = [_kept_first([paths[i] for i in g], report.sizes, folder) for g in exact_groups]
+    report.groups = [_kept_first([paths[i] for i in g], report.sizes, folder) for g in near_groups]
     # Only pairs need judging (the note is about them): no pass over the hashes when there are none.
     report.typical_distance = typical_distance(bits, threshold) if pairs else None
     return report
 
 
+def _image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the file's header, as stored (EXIF rotation does not change the count);
+    (0, 0) when it cannot be read now (the file went away since it was hashed)."""
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except (OSError, ValueError, SyntaxError, EOFError, RuntimeError, Image.DecompressionBombError):
+        return 0, 0
+
+
+def _kept_first(group: list[str], sizes: dict[str, tuple[int, int]], folder: Path) -> list[str]:
+    """The group (in path order) with the image it keeps moved to the front: the most pixels, then
+    the largest file (less compressed), then the path that sorts first."""
+
+    def file_bytes(p: str) -> int:
+        try:
+            return (folder / p).stat().st_size
+        except OSError:
+            return 0
+
+    kept = min(group, key=lambda p: (-sizes[p][0] * sizes[p][1], -file_bytes(p), p))
+    return [kept, *(p for p in group if p != kept)]
+
+
 def move_duplicates(report: DuplicateReport, dest: str | Path | None = None,
                     cross_class: bool = False) -> list[tuple[Path, Path]]:
-    """Move every image but the first of each group to `dest` (default FOLDER/_duplicates/),
+    """Move every image but the kept one of each group to `dest` (default FOLDER/_duplicates/),
     keeping its relative path, and append each move to dest/moved.tsv as it is made. Groups that
     span class folders are left in place unless `cross_class`. Returns (from, to) pairs."""
     dest = Path(dest) if dest is not None else report.folder / DUPLICATES_FOLDER
