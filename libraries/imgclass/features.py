@@ -158,9 +158,9 @@ class _TorchEngine:
     @torch.inference_mode()
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, non_blocking=True)
-        # Full float32 on a GPU too: cuDNN's default TF32 convolutions give features 1e-3 away from the
-        # CPU engine's, and an SVM trained on one device's features is served on another's (a bundle
-        # runs ONNX Runtime on a CPU). Featurizing waits on decoding, so the cost does not show.
+        # Full float32 on a GPU too: with cuDNN's default TF32 convolutions Lite0's features lay up to
+        # 2e-2 from the CPU engine's (1e-5 in float32; H200, 2026-12-01), and an SVM trained on one
+        # device's features is served on another's (a bundle runs ONNX Runtime on a CPU).
         with self._lock, torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, allow_tf32=False):
             return self.module(x).float().cpu().numpy()
 

@@ -740,9 +740,8 @@ class Refiner:
         n_seen, loss_sum, wrong = 0, 0.0, 0
         bar = progress_bar(batches, desc=f"epoch {epoch + 1}/{c.max_epochs}", unit="batch", disable=not self.progress, leave=False)
         for idx in bar:
-            # Augmented where the network runs: on a GPU the warp and colour change of a minibatch take
-            # a CPU longer than the training step itself (110 img/s on an H200 when done on its 16
-            # CPU cores). The random draws stay on the CPU generator: same seed, same crops anywhere.
+            # Augmented where the network runs: a GPU would otherwise wait for the CPU to warp and
+            # colour every minibatch. The random draws stay on the CPU generator: same seed, same crops.
             x = self._normalize(augment(cache[rows[idx]].to(self.device), gen))
             y = labels[idx].to(self.device)
             try:
@@ -810,7 +809,7 @@ class Refiner:
         feats = []
         batch_size = batch_size or self._eval_batch
         batches = progress_bar(self._plain_batches(cache, batch_size), total=-(-len(cache) // batch_size), unit="batch",
-                       desc="features of the training images", leave=False, disable=not self.progress)
+                               desc="features of the training images", leave=False, disable=not self.progress)
         for x in batches:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.mixed_precision):
                 f = backbone(x).float()
@@ -860,7 +859,7 @@ class Refiner:
         # A pass over a large test set takes minutes on a CPU: show it (leave=False: the epoch's line stays).
         batch_size = batch_size or self._eval_batch
         for i in progress_bar(range(0, len(cache), batch_size), unit="batch", desc=f"{self.held_out_name} error",
-                      leave=False, disable=not self.progress):
+                              leave=False, disable=not self.progress):
             x = self._normalize(cache[i:i + batch_size].to(self.device).float())
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.mixed_precision):
                 pred = model(x).argmax(1).cpu()
