@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -48,6 +50,28 @@ def test_a_bar_written_to_a_log_is_redrawn_rarely_and_ends_complete() -> None:
     assert len(plain) >= 10  # tqdm itself: a redraw every 0.1 s, each one more "line" in the log
     ours = _draws("imgclass.progress", "progress_bar")
     assert 1 <= len(ours) <= 3 and "40/40" in ours[-1], ours
+
+
+def test_a_jupyter_package_imported_outside_a_kernel_is_no_notebook(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The test suite imports ipykernel (the notebook tests); the bars there still write to a log.
+    from imgclass.progress import LOG_INTERVAL_S, progress_bar
+
+    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
+    with progress_bar(range(3), file=io.StringIO()) as bar:
+        assert bar.mininterval == LOG_INTERVAL_S
+
+
+def test_in_a_jupyter_kernel_the_bar_is_tqdms_widget() -> None:
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    code = ("from imgclass.progress import progress_bar, _writes_to_a_log\n"
+            "for _ in progress_bar(range(3), desc='work'): pass\n"
+            "print('to a log:', _writes_to_a_log(None))")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
+    nbclient.NotebookClient(nb, timeout=120, kernel_name="python3").execute()
+    outputs = nb.cells[0].outputs
+    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs), outputs
+    assert any(o.get("text", "").strip() == "to a log: False" for o in outputs), outputs
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal")

@@ -25,8 +25,13 @@ def progress_bar(iterable: Iterable[Any] | None = None, **kwargs: Any) -> tqdm:
     return tqdm(iterable, **kwargs)
 
 
+# tqdm.auto chose its Jupyter widget (it does so in a running kernel only; a test or script that
+# merely imported ipykernel still gets text bars).
+_WIDGET = any(c.__module__ == "tqdm.notebook" for c in tqdm.__mro__)
+
+
 def _writes_to_a_log(stream: Any) -> bool:
-    if "ipykernel" in sys.modules:  # a notebook: tqdm.auto draws a widget, not text
+    if _WIDGET:  # a notebook: a widget, not text
         return False
     stream = sys.stderr if stream is None else stream
     try:
