@@ -6,10 +6,14 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 from PIL import Image
+
+if TYPE_CHECKING:  # torch is imported by the tests that need it, not by every test run
+    import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
@@ -40,6 +44,27 @@ def color_dataset(tmp_path: Path) -> Path:
         for i in range(6):
             write_image(root / c / f"{c}_{i}.jpg", rgb, seed=i)
     return root
+
+
+COLOR_CLASSES = ("blue", "green", "red")  # color_dataset's classes, in label order
+
+
+def color_images(color_dataset: Path) -> tuple[list[Path], list[int]]:
+    """color_dataset's images and their labels (indices into COLOR_CLASSES), class by class."""
+    paths, labels = [], []
+    for i, c in enumerate(COLOR_CLASSES):
+        for p in sorted((color_dataset / c).iterdir()):
+            paths.append(p)
+            labels.append(i)
+    return paths, labels
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    """Every tensor of the two state dicts equal (BatchNorm statistics included)."""
+    import torch
+
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 def run_script(name: str, *args: str, data_dir: Path, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -1,6 +1,7 @@
 """The same refinement, features and scoring on a CUDA GPU. Skipped on machines without one (CI has
 none); run on a GPU machine with `python -m pytest tests/test_gpu.py`. The other test files also run
-their stage scripts on the GPU there, since stages pick CUDA when it is present."""
+their stage scripts on the GPU there, since stages pick CUDA when it is present, and
+tests/test_refine.py checks same seed, same result and an exact resume on CUDA as on the CPU."""
 
 from __future__ import annotations
 
@@ -10,30 +11,22 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import COLOR_CLASSES, color_images
 from imgclass.backbones import create_backbone
 from imgclass.features import Featurizer
-from imgclass.modelfile import ImageClassifier, ModelSpec, load_model, save_model
+from imgclass.modelfile import ModelSpec, load_model, save_model
 from imgclass.refine import RefineConfig, Refiner
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
 
 RES = 64
-CLASSES = ("blue", "green", "red")
-
-
-def _data(color_dataset: Path) -> tuple[list[Path], list[int]]:
-    paths, labels = [], []
-    for i, c in enumerate(CLASSES):
-        for p in sorted((color_dataset / c).iterdir()):
-            paths.append(p)
-            labels.append(i)
-    return paths, labels
+CLASSES = COLOR_CLASSES
 
 
 def _fit(color_dataset: Path, checkpoint: Path | None = None, resume: bool = False, **kw: object) -> Refiner:
     base: dict[str, object] = dict(resolution=RES, mb_size=6, max_epochs=2, lr_per_mb=(0.001,), workers=0, seed=3)
     base.update(kw)
-    paths, labels = _data(color_dataset)
+    paths, labels = color_images(color_dataset)
     return Refiner(RefineConfig(**base), CLASSES, device="cuda", progress=False).fit(  # type: ignore[arg-type]
         paths, labels, paths[::3], labels[::3], checkpoint=checkpoint, resume=resume)
 
@@ -53,7 +46,7 @@ def test_refinement_on_cuda_trains_in_bfloat16_and_its_network_scores_alike_on_a
     spec = ModelSpec("efficientnet_lite0", RES, "squash", kind="refined", classes=CLASSES)
     model, spec = load_model(save_model(tmp_path / "model_refined.pt", r.model_, spec))
     assert all(p.device.type == "cpu" for p in model.parameters())
-    paths, _ = _data(color_dataset)
+    paths, _ = color_images(color_dataset)
     on_gpu = Featurizer(r.model_, spec, batch_size=4, engine="torch", device="cuda").featurize_paths(paths, progress=False)
     on_cpu = Featurizer(model, spec, batch_size=4, engine="onnx", export_dir=tmp_path).featurize_paths(paths, progress=False)
     assert _cosine(on_gpu.features, on_cpu.features).min() >= 0.999
@@ -65,7 +58,7 @@ def test_refinement_on_cuda_trains_in_bfloat16_and_its_network_scores_alike_on_a
 def test_features_on_cuda_match_those_of_the_cpu_engine(color_dataset: Path, tmp_path: Path) -> None:
     backbone = create_backbone("efficientnet_lite0")
     spec = ModelSpec("efficientnet_lite0", RES, "pad", kind="fixed")
-    paths, _ = _data(color_dataset)
+    paths, _ = color_images(color_dataset)
     gpu = Featurizer(backbone, spec, batch_size=5, flip_average=True)  # "auto": the torch engine on CUDA
     assert gpu.engine.name == "torch-cuda"
     cpu = Featurizer(backbone, spec, batch_size=5, flip_average=True, engine="onnx", export_dir=tmp_path)
@@ -73,24 +66,6 @@ def test_features_on_cuda_match_those_of_the_cpu_engine(color_dataset: Path, tmp
     a = gpu.featurize_paths(paths, progress=False).features
     b = cpu.featurize_paths(paths, progress=False).features
     assert a.dtype == np.float32 and a.shape == b.shape
-    # Full float32 on the GPU: TF32 convolutions would put them about 1e-2 apart.
+    # Full float32 on the GPU: TF32 convolutions put them up to 2e-2 apart (H200, 2026-12-01).
     assert np.abs(a - b).max() < 1e-3, np.abs(a - b).max()
     assert torch.backends.cudnn.allow_tf32 == tf32  # the process-wide setting is left as it was
-
-
-def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
-
-
-def test_same_seed_same_result_on_cuda_and_resume_continues_exactly(color_dataset: Path, tmp_path: Path) -> None:
-    straight = _fit(color_dataset)
-    again = _fit(color_dataset)
-    assert _same_weights(straight.model_, again.model_) and straight.history_.train_loss == again.history_.train_loss
-    ckpt = tmp_path / "refine_checkpoint.pt"
-    first = _fit(color_dataset, checkpoint=ckpt, max_epochs=1)
-    assert ckpt.is_file() and first.history_.epoch == [1]
-    resumed = _fit(color_dataset, checkpoint=ckpt, resume=True)  # dropout continues the GPU's generator
-    assert resumed.history_.epoch == [1, 2] and resumed.history_.train_loss == straight.history_.train_loss
-    assert isinstance(resumed.model_, ImageClassifier) and next(resumed.model_.parameters()).device.type == "cuda"
-    assert _same_weights(resumed.model_, straight.model_)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import COLOR_CLASSES, color_images, same_weights
 from imgclass.augment import Augmenter
 from imgclass import refine
 from imgclass.modelfile import ImageClassifier
@@ -23,16 +24,7 @@ from imgclass.refine import (
 )
 
 RES = 64
-CLASSES = ("blue", "green", "red")
-
-
-def _data(color_dataset: Path) -> tuple[list[Path], list[int]]:
-    paths, labels = [], []
-    for i, c in enumerate(CLASSES):
-        for p in sorted((color_dataset / c).iterdir()):
-            paths.append(p)
-            labels.append(i)
-    return paths, labels
+CLASSES = COLOR_CLASSES
 
 
 def _config(**kw: object) -> RefineConfig:
@@ -41,15 +33,11 @@ def _config(**kw: object) -> RefineConfig:
     return RefineConfig(**base)  # type: ignore[arg-type]
 
 
-def _fit(color_dataset: Path, checkpoint: Path | None = None, resume: bool = False, **kw: object) -> Refiner:
-    paths, labels = _data(color_dataset)
-    return Refiner(_config(**kw), CLASSES, device="cpu", progress=False).fit(
+def _fit(color_dataset: Path, checkpoint: Path | None = None, resume: bool = False, device: str = "cpu",
+         **kw: object) -> Refiner:
+    paths, labels = color_images(color_dataset)
+    return Refiner(_config(**kw), CLASSES, device=device, progress=False).fit(
         paths, labels, paths[::3], labels[::3], checkpoint=checkpoint, resume=resume)
-
-
-def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 # -- augmentation ---------------------------------------------------------------------------------
@@ -103,7 +91,7 @@ def test_balancing_duplicates_images_of_the_smaller_classes_only() -> None:
 
 
 def test_balanced_refinement_trains_on_equal_class_counts(color_dataset: Path) -> None:
-    paths, labels = _data(color_dataset)
+    paths, labels = color_images(color_dataset)
     keep = [i for i, y in enumerate(labels) if y != 2 or i % 6 < 2]  # "red": 2 images instead of 6
     refiner = Refiner(_config(balance_training_set=True, max_epochs=1), CLASSES, device="cpu", progress=False)
     chosen = refiner._select_train(np.array([labels[i] for i in keep]))
@@ -120,7 +108,7 @@ def _centred_head(head: torch.nn.Linear) -> torch.Tensor:
 def test_balanced_last_layer_fit_weighs_each_image_as_often_as_training_draws_it(color_dataset: Path) -> None:
     """With rf_boBalanceTrainingSet the last-layer fits (before refining and the final refit) see the
     balanced class counts too: a weight per image equal to its copies, the same fit as on the copies."""
-    paths, labels = _data(color_dataset)
+    paths, labels = color_images(color_dataset)
     keep = [i for i, y in enumerate(labels) if y != 2 or i % 6 < 2]  # "red": 2 images instead of 6
     y = np.array([labels[i] for i in keep])
     pixels = decode_images([paths[i] for i in keep], RES, "squash", workers=0, progress=False)
@@ -184,9 +172,9 @@ def test_last_layer_fitted_on_pretrained_features_before_refining(color_dataset:
 def test_refit_last_layer_changes_only_the_last_layer_and_fits_the_training_images(color_dataset: Path) -> None:
     plain = _fit(color_dataset, max_epochs=1, lr_per_mb=(0.01,), refit_last_layer=False)
     refit = _fit(color_dataset, max_epochs=1, lr_per_mb=(0.01,), refit_last_layer=True)
-    assert _same_weights(plain.model_.backbone, refit.model_.backbone)
+    assert same_weights(plain.model_.backbone, refit.model_.backbone)
     assert not torch.equal(plain.model_.head.weight, refit.model_.head.weight)
-    paths, labels = _data(color_dataset)
+    paths, labels = color_images(color_dataset)
     pixels = decode_images(paths, RES, "squash", workers=0, progress=False)
 
     def training_error(r: Refiner) -> float:
@@ -202,7 +190,7 @@ def test_refit_sees_the_training_images_as_stage_3_decodes_them(color_dataset: P
     it is fitted on those, not on the training cache's images (decoded 15% larger for the crops and
     resized again), whose features differ. The saved layer is the fit's optimum for the first: fitting
     again from it on those barely moves it, on the cache's it moves several times farther."""
-    paths, labels = _data(color_dataset)
+    paths, labels = color_images(color_dataset)
     refiner = _fit(color_dataset, max_epochs=1, lr_per_mb=(0.01,))
     c = refiner.config
     assert c.cache_size > c.resolution  # augmentation on: the cache is larger than the input
@@ -224,7 +212,7 @@ def test_a_training_file_gone_before_the_refit_costs_the_refit_its_stage_3_pixel
         color_dataset: Path, tmp_path: Path, workers: int) -> None:
     """Photos may be moved while a long refinement runs: the refit then falls back to the training
     cache's pixels and says why, instead of failing after the last epoch."""
-    paths, labels = _data(color_dataset)
+    paths, labels = color_images(color_dataset)
     gone = tmp_path / "moved.jpg"
     r = Refiner(_config(max_epochs=2, workers=workers), CLASSES, device="cpu", progress=False)
     r.fit(paths, labels, on_epoch=lambda h: paths[4].rename(gone) if h.epoch[-1] == 2 else None)
@@ -232,28 +220,33 @@ def test_a_training_file_gone_before_the_refit_costs_the_refit_its_stage_3_pixel
     assert "on the training cache's pixels" in r.saved_as_ and paths[4].name in r.saved_as_, r.saved_as_
 
 
-def test_same_seed_same_result_and_resume_continues_exactly(color_dataset: Path, tmp_path: Path) -> None:
-    straight = _fit(color_dataset)
-    again = _fit(color_dataset)
-    assert _same_weights(straight.model_, again.model_) and straight.history_.train_loss == again.history_.train_loss
+# On a GPU too (bfloat16, augmentation there, dropout drawing from the GPU's generator); CI has none.
+CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU"))
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
+def test_same_seed_same_result_and_resume_continues_exactly(color_dataset: Path, tmp_path: Path, device: str) -> None:
+    straight = _fit(color_dataset, device=device)
+    again = _fit(color_dataset, device=device)
+    assert same_weights(straight.model_, again.model_) and straight.history_.train_loss == again.history_.train_loss
     # Interrupted after one epoch, resumed for the second: the same network as the straight run.
     ckpt = tmp_path / "refine_checkpoint.pt"
-    first = _fit(color_dataset, checkpoint=ckpt, max_epochs=1)
+    first = _fit(color_dataset, checkpoint=ckpt, max_epochs=1, device=device)
     assert ckpt.is_file() and first.history_.epoch == [1]
-    resumed = _fit(color_dataset, checkpoint=ckpt, resume=True)
-    assert resumed.history_.epoch == [1, 2]
+    resumed = _fit(color_dataset, checkpoint=ckpt, resume=True, device=device)
+    assert resumed.history_.epoch == [1, 2] and next(resumed.model_.parameters()).device.type == device
     assert resumed.history_.train_loss == straight.history_.train_loss
-    assert _same_weights(resumed.model_, straight.model_)
+    assert same_weights(resumed.model_, straight.model_)
     # A checkpoint written with other settings is not silently continued.
     with pytest.raises(ValueError, match=r"other settings \(rf_lrPerMb = \[0\.001\] there, \[0\.05\] now\): give the "
                                          r"same values again to continue it, or start afresh"):
-        _fit(color_dataset, checkpoint=ckpt, resume=True, lr_per_mb=(0.05,))
-    other_seed = _fit(color_dataset, max_epochs=1, seed=4)
-    assert not _same_weights(other_seed.model_, first.model_)
+        _fit(color_dataset, checkpoint=ckpt, resume=True, lr_per_mb=(0.05,), device=device)
+    other_seed = _fit(color_dataset, max_epochs=1, seed=4, device=device)
+    assert not same_weights(other_seed.model_, first.model_)
     # Nor one written while training on other images (stage 1 rerun): same settings, one image fewer.
-    paths, labels = _data(color_dataset)
+    paths, labels = color_images(color_dataset)
     with pytest.raises(ValueError, match="other images or labels"):
-        Refiner(_config(), CLASSES, device="cpu", progress=False).fit(paths[1:], labels[1:], checkpoint=ckpt, resume=True)
+        Refiner(_config(), CLASSES, device=device, progress=False).fit(paths[1:], labels[1:], checkpoint=ckpt, resume=True)
 
 
 def test_weights_averaged_over_the_last_epochs_also_across_a_resume(color_dataset: Path, tmp_path: Path) -> None:
@@ -266,7 +259,7 @@ def test_weights_averaged_over_the_last_epochs_also_across_a_resume(color_datase
     last = resumed.last_epoch_state_
     assert last is not None
     straight = _fit(color_dataset, max_epochs=3, **kw)
-    assert _same_weights(resumed.model_, straight.model_)
+    assert same_weights(resumed.model_, straight.model_)
     plain = _fit(color_dataset, max_epochs=3, **{**kw, "average_last_epochs": 0})
     assert plain.last_epoch_state_ is None
     assert all(torch.equal(last[k], v) for k, v in plain.model_.state_dict().items())  # same training
@@ -295,7 +288,7 @@ def test_averaged_weights_get_batchnorm_statistics_of_their_own_when_those_are_l
     assert learned.last_epoch_state_ is not None
     re, last = stats(learned.model_.state_dict()), stats(learned.last_epoch_state_)
     assert all(not torch.equal(re[k], last[k]) for k in re if k.endswith("running_var"))
-    paths, _ = _data(color_dataset)
+    paths, _ = color_images(color_dataset)
     cache = decode_images(paths, learned.config.cache_size, learned.config.resize_mode, workers=0, progress=False)
     seen = []
     hook = learned.model_.backbone.bn1.register_forward_hook(lambda m, inputs, out: seen.append(inputs[0]))
@@ -310,7 +303,7 @@ def test_averaged_weights_get_batchnorm_statistics_of_their_own_when_those_are_l
 def test_frozen_refinement_changes_only_the_last_layer(color_dataset: Path) -> None:
     r = _fit(color_dataset, freeze_weights=True, max_epochs=1)
     initial, _ = Refiner(_config(freeze_weights=True), CLASSES, device="cpu", progress=False)._build()
-    assert _same_weights(r.model_.backbone, initial.backbone)  # BatchNorm statistics included
+    assert same_weights(r.model_.backbone, initial.backbone)  # BatchNorm statistics included
     assert not torch.equal(r.model_.head.weight, initial.head.weight)
     assert not torch.equal(r.model_.head.bias, initial.head.bias)
 
@@ -334,7 +327,7 @@ def test_batchnorm_statistics_are_kept_unless_asked_to_reestimate(color_dataset:
 # -- errors ---------------------------------------------------------------------------------------
 
 def test_out_of_memory_is_a_clear_message(color_dataset: Path, tmp_path: Path) -> None:
-    paths, _ = _data(color_dataset)
+    paths, _ = color_images(color_dataset)
     spill = tmp_path / "spill"
     # Terabytes: neither half the memory nor the free disk space holds them.
     with pytest.raises(RefineOutOfMemoryError, match="rf_maxTrainImages or lower rf_inputResolution"):
@@ -351,7 +344,7 @@ def test_out_of_memory_is_a_clear_message(color_dataset: Path, tmp_path: Path) -
 
 def test_decoded_images_beyond_memory_go_to_a_deleted_file_and_train_the_same(
         color_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    paths, labels = _data(color_dataset)
+    paths, labels = color_images(color_dataset)
     in_memory = decode_images(paths, RES, "crop", workers=0, progress=False)
     in_memory_fit = _fit(color_dataset, max_epochs=1)
     monkeypatch.setattr(refine, "available_memory", lambda: 1000)  # as if 1 kB were left
@@ -364,7 +357,7 @@ def test_decoded_images_beyond_memory_go_to_a_deleted_file_and_train_the_same(
         assert "imgclass_decoded_" in maps.read_text()  # but still mapped: the data lives in that file
     r = Refiner(_config(max_epochs=1), CLASSES, device="cpu", progress=False, spill_dir=spill)
     r.fit(paths, labels, paths[::3], labels[::3])
-    assert _same_weights(r.model_, in_memory_fit.model_)
+    assert same_weights(r.model_, in_memory_fit.model_)
 
 
 def test_bad_settings_fail_early() -> None:
@@ -451,7 +444,7 @@ def test_resume_refuses_a_checkpoint_with_more_epochs_than_asked(color_dataset: 
 
 
 def test_images_missing_or_damaged_since_stage_1_are_named_in_one_line(color_dataset: Path, tmp_path: Path) -> None:
-    paths, _ = _data(color_dataset)
+    paths, _ = color_images(color_dataset)
     gone = paths[4]
     gone.unlink()
     with pytest.raises(FileNotFoundError, match=rf"{gone.name}: no such file \(1 of the 18 images .*1_prepareData"):
@@ -479,7 +472,7 @@ def test_decoding_processes_start_as_on_macos_and_windows(color_dataset: Path, t
     import subprocess
     import sys
 
-    paths, _ = _data(color_dataset)
+    paths, _ = color_images(color_dataset)
     script = tmp_path / "decode_spawn.py"  # a file: spawned workers re-import the main module
     script.write_text(_DECODE_UNDER_SPAWN)
     out = subprocess.run([sys.executable, str(script), str(RES), *map(str, paths)], capture_output=True, text=True,
@@ -508,7 +501,7 @@ def test_out_of_memory_outside_a_training_step_is_advice_and_those_batches_follo
         color_dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The last-layer fits and the scoring run in batches of twice rf_mbSize, so lowering it helps
     there too; running out of memory there gets the same advice as in a training step."""
-    paths, _ = _data(color_dataset)
+    paths, _ = color_images(color_dataset)
     refiner = Refiner(_config(mb_size=5), CLASSES, device="cpu", progress=False)
     model, _ = refiner._build()
     sizes = []
@@ -554,7 +547,6 @@ def test_every_refinement_setting_comes_from_a_parameter_of_parameters_py() -> N
     assert settings == {k: p[k] for k in settings}
 
 
-
 def test_a_schedule_cut_short_by_fewer_epochs_is_named() -> None:
     assert "0.0001 of the later epochs are never used" in RefineConfig(max_epochs=3).schedule_note()
     assert RefineConfig().schedule_note() == ""  # the default: 8 rates, 8 epochs
@@ -587,7 +579,7 @@ def test_in_a_log_the_epoch_bar_is_not_redrawn_at_every_step(color_dataset: Path
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     # Captured output is no terminal, so bars redraw every 30 s: a step's new loss must not force a
     # redraw of its own (it did, showing "0/3" beside the loss of step 3).
-    paths, labels = _data(color_dataset)
+    paths, labels = color_images(color_dataset)
     Refiner(_config(max_epochs=1), CLASSES, device="cpu", progress=True).fit(paths, labels)
     draws = [d for d in capsys.readouterr().err.replace("\n", "\r").split("\r") if d.startswith("epoch 1/1:")]
     assert len(draws) <= 2, draws
