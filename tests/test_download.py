@@ -743,9 +743,15 @@ def test_ctrl_c_says_it_is_waiting_and_keeps_what_was_fetched(server: Server, tm
     urls = tmp_path / "urls.tsv"
     _write_tsv(urls, [f"cat\t{server.url('/cat.jpg')}", f"cat\t{server.url('/slow.jpg')}"])
     env = {**os.environ, "IMGCLASS_DATA_DIR": str(tmp_path / "data"), "IMGCLASS_OFFLINE": "1", "IMGCLASS_TRACKING": "0"}
-    proc = subprocess.Popen([sys.executable, str(SCRIPTS / "0_downloadData.py"), "--set", "datasetName=pets",
-                             "--set", "dl_workers=1", "--urls", str(urls)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A test run started in the background (`make test &`, some CI runners) ignores SIGINT, and its
+    # children inherit that: start this one as a terminal starts a command, with SIGINT caught.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen([sys.executable, str(SCRIPTS / "0_downloadData.py"), "--set", "datasetName=pets",
+                                 "--set", "dl_workers=1", "--urls", str(urls)], cwd=ROOT, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     deadline = time.monotonic() + 60
     while server.hits["/slow.jpg"] == 0 and time.monotonic() < deadline:  # cat.jpg done, slow.jpg open
         time.sleep(0.05)
