@@ -23,7 +23,7 @@ def main() -> int:
     check_same_source(p.require_model(), p.features_path("train"),
                       split_file=require_file(p.split_path, "scripts/1_prepareData.py"))
     # Before the SVM is written: a network setting changed and stage 2 forgotten is refused here, not at stage 5.
-    check_model_settings({**train.made_with, **train.refined_with}, p, p.features_path("train").name)
+    check_model_settings(train.settings, p, p.features_path("train").name)
     svm = LinearSvm.from_params(p, progress=True)
     svm.features_source, svm.split_hash = train.source, train.split_hash
     svm.fit(train.features, train.labels, n_classes=len(train.classes))

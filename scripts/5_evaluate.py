@@ -32,7 +32,7 @@ def main() -> int:
                       svm_split_hash=svm.split_hash if svm else "", svm_classes=svm.classes if svm else ())
     # Stage 3 records the network it used; older files do not (then the parameters are reported).
     made_with = data.made_with
-    check_model_settings({**made_with, **data.refined_with}, p, p.features_path(side).name)
+    check_model_settings(data.settings, p, p.features_path(side).name)
     if svm is None:
         if data.probs is None:
             raise ValueError(f"{p.features_path(side)} has no class probabilities: rerun stages 2 and 3 with classifier = 'dnn'")

@@ -46,8 +46,9 @@ def main() -> int:
         print(f"{s.classifier:<15} {100 * s.accuracy:10.2f}% ± {100 * s.stderr:5.2f} "
               f"{100 * s.class_averaged_accuracy:14.2f}%{marks}")
     fit = len(paths) - scores[0].n_val
-    refined_on = f"{p.rf_maxTrainImages} (rf_maxTrainImages) of {fit}" if 0 < p.rf_maxTrainImages < fit else str(fit)
-    if refined_on != str(fit):
+    capped = 0 < p.rf_maxTrainImages < fit
+    refined_on = f"{p.rf_maxTrainImages} (rf_maxTrainImages) of {fit}" if capped else str(fit)
+    if capped:
         print(f"note: dnn and svmDnnRefined were refined on {refined_on} images; the svm row's SVM used all {fit}")
     out = p.results_dir.parent
     tsv = write_classifier_table(out / "classifier_selection.tsv", scores)

@@ -82,5 +82,11 @@ class FeatureSet:
             refined_with=json.loads(str(z["refined_with_json"])) if "refined_with_json" in z else {},
         )
 
+    @property
+    def settings(self) -> dict[str, Any]:
+        """Every network setting the features were made with (`made_with`, and `refined_with` for a
+        refined network): what stages 4 and 5 check the parameters against."""
+        return {**self.made_with, **self.refined_with}
+
     def __len__(self) -> int:
         return len(self.labels)
