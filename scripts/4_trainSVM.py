@@ -26,7 +26,7 @@ def main() -> int:
     check_model_settings(train.settings, p, p.features_path("train").name)
     svm = LinearSvm.from_params(p, progress=True)
     svm.features_source, svm.split_hash = train.source, train.split_hash
-    svm.fit(train.features, train.labels, n_classes=len(train.classes))
+    svm.fit(train.features, train.labels, n_classes=len(train.classes), classes=train.classes)
     if svm.cv_scores_:
         kind = "class-averaged accuracy" if svm.balance_classes else "accuracy"
         print(f"cross-validation {kind} on the training set ({svm.cv_folds} folds at most):")
