@@ -99,6 +99,23 @@ def test_roc_with_many_classes_keeps_the_legend_short_and_off_the_title() -> Non
     assert len(few.axes[0].get_legend().get_texts()) == 10 == ROC_LEGEND_MAX
 
 
+def test_a_roc_legend_too_wide_for_the_plot_goes_below_it() -> None:
+    from imgclass.evaluate import roc_figure
+
+    labels = np.repeat(np.arange(3), 4)
+    scores = np.eye(3)[labels] + np.random.default_rng(0).normal(0, 0.6, (12, 3))
+
+    def legend_and_axes(classes: list[str]) -> tuple:
+        fig = roc_figure(scores, labels, classes)
+        fig.draw_without_rendering()
+        return fig.axes[0].get_legend().get_window_extent(), fig.axes[0].get_window_extent()
+
+    legend, area = legend_and_axes(["dotted", "leopard", "striped"])
+    assert area.contains(legend.x0, legend.y0) and area.contains(legend.x1, legend.y1)  # short names: inside
+    legend, area = legend_and_axes(["dotted", "leopard", "a very long class name for striped garments with many words"])
+    assert legend.y1 < area.y0  # below the plot, the curves all visible
+
+
 def test_predictions_read_back_names_that_start_with_a_quote(tmp_path: Path) -> None:
     # predictions.tsv is plain tab-separated text: a class (and so a path) named '"best"' is a name,
     # not a quoted field, and an unmatched '"' must not swallow the lines after it.

@@ -356,6 +356,7 @@ def plot_candidates(candidates: Sequence[Candidate], classes: Sequence[str], pat
     """A contact sheet of the candidates with the model's top guesses (saved when `path` is given)."""
     import matplotlib.pyplot as plt  # no backend forced: a notebook keeps its inline display
 
+    from imgclass.fonts import fit_fonts
     from imgclass.images import fit_square, load_rgb
 
     rows = max(1, -(-len(candidates) // columns))
@@ -366,6 +367,7 @@ def plot_candidates(candidates: Sequence[Candidate], classes: Sequence[str], pat
         ax.imshow(fit_square(load_rgb(cand.path, min_size=160), 160, "pad"))
         guess = "\n".join(f"{c} {s:.2f}" for c, s in cand.ranked(classes, 2))
         ax.set_title(f"{n}. {cand.path.name[:24]}\n{guess}", fontsize=8)
+    fit_fonts(fig)  # class and file names in any script
     fig.tight_layout()
     if path is not None:
         save_figure(fig, path, dpi=80)

@@ -202,6 +202,8 @@ class AnnotationBrowser:
         import matplotlib.pyplot as plt
         from PIL import Image
 
+        from imgclass.fonts import fit_fonts
+
         paths = self.page(cls, page)
         rows = max(1, -(-len(paths) // columns))
         fig, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.4 * rows), squeeze=False)
@@ -214,6 +216,7 @@ class AnnotationBrowser:
             ax.set_title(f"{page * self.page_size + i}: {label}\n{Path(p).name}", fontsize=8,
                          color="red" if p in fixes else "black")
         fig.suptitle(f"{cls}: page {page + 1} of {self.n_pages(cls)}")
+        fit_fonts(fig)  # class and file names in any script
         fig.tight_layout()
         return fig
 

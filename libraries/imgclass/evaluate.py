@@ -25,6 +25,7 @@ import numpy as np  # noqa: E402
 from sklearn.metrics import auc, roc_curve  # noqa: E402
 
 from imgclass.fileio import atomic_open, atomic_path, save_figure  # noqa: E402
+from imgclass.fonts import lay_out  # noqa: E402
 from imgclass.images import load_rgb  # noqa: E402
 
 
@@ -97,7 +98,13 @@ def roc_figure(scores: np.ndarray, labels: np.ndarray, classes: Sequence[str], t
     ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="False positive rate", ylabel="True positive rate",
            title=title or "ROC curves (one class vs rest)")
     if curves:
-        ax.legend(loc="lower right", fontsize="small" if many else None)
+        legend = ax.legend(loc="lower right", fontsize="small" if many else None)
+        # Long class names make a legend that covers the curves where they start: then it goes below.
+        lay_out(fig)
+        box, area = legend.get_window_extent(), ax.get_window_extent()
+        if box.width > 0.6 * area.width or box.height > 0.5 * area.height:
+            legend.remove()
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize="small" if many else None)
     ax.grid(alpha=0.3)
     return fig
 

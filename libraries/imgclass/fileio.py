@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -123,7 +124,11 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
     calls this keeps its inline display."""
     import matplotlib.pyplot as plt
 
-    with atomic_path(path) as tmp:
+    from imgclass.fonts import MISSING_GLYPH_WARNING, fit_fonts
+
+    fit_fonts(fig)
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=MISSING_GLYPH_WARNING, category=UserWarning)
         fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     return Path(path)

@@ -85,6 +85,7 @@ class Predictions:
         """A matplotlib grid of `count` images from `start`: true -> predicted (red when wrong), top-k scores."""
         import matplotlib.pyplot as plt
 
+        from imgclass.fonts import fit_fonts
         from imgclass.images import ImageDecodeError, load_rgb
 
         page = self.rows[start:start + count]
@@ -101,5 +102,6 @@ class Predictions:
                 ax.text(0.5, 0.5, f"cannot show\n{e}", ha="center", va="center", wrap=True, fontsize=7)
             tops = "\n".join(f"{c}: {s:.3f}" for c, s in r.top(k))
             ax.set_title(f"{r.true} -> {r.predicted}\n{tops}", fontsize=8, color="black" if r.correct else "red")
+        fit_fonts(fig)  # class and file names in any script
         fig.tight_layout()
         return fig
