@@ -45,7 +45,7 @@ def main() -> int:
         print(f"wrote {p.model_path}")
         return 0
 
-    split = load_split(p.split_path)
+    split = load_split(p.split_path, p.images_dir)
     config = RefineConfig.from_params(p)
     refiner = Refiner(config, split.classes, spill_dir=p.proc_dir)  # decoded images beyond memory go there
     what = "only the new last layer" if config.freeze_weights else "the whole network"

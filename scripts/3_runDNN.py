@@ -26,7 +26,7 @@ parser = stage_parser(
 
 def main() -> int:
     _, p = parse_stage(parser)
-    split = load_split(p.split_path)
+    split = load_split(p.split_path, p.images_dir)
     model, spec = load_model(p.require_model())
     made_with = {"rf_pretrainedModel": spec.backbone, "rf_inputResolution": spec.resolution, "rf_resizeMode": spec.resize_mode}
     check_model_settings(made_with, p, p.model_path.name)

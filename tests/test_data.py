@@ -400,3 +400,15 @@ def test_a_split_made_in_advance_with_no_usable_test_image_or_a_non_utf8_test_cl
     with pytest.raises(DatasetError, match=r"test: the class folder name 'd\\xf6g' is not valid UTF-8"):
         make_split(tmp_path)
     assert shown("a\ud800b") == "a\\ud800b"  # a lone surrogate standing for no byte (Windows names)
+
+
+def test_images_gone_since_stage_1_are_named_when_the_split_is_loaded(color_dataset: Path, tmp_path: Path) -> None:
+    path = save_split(make_split(color_dataset, ratio=0.5, seed=0), tmp_path / "split.json")
+    assert load_split(path, color_dataset).train  # all there
+    moved = sorted(color_dataset.glob("red/*"))[0]
+    moved.rename(tmp_path / moved.name)
+    with pytest.raises(FileNotFoundError, match=rf"1 image\(s\) that split.json lists are gone from {color_dataset} "
+                                                rf"\(moved or deleted since stage 1\): 'red/{moved.name}'; "
+                                                r"rerun scripts/1_prepareData.py"):
+        load_split(path, color_dataset)
+    assert load_split(path).classes  # without the images folder, not checked

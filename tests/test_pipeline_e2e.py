@@ -220,6 +220,11 @@ def test_files_of_different_origins_are_not_combined(pipeline_dir: Path, tmp_pat
     run_script("1_prepareData.py", *lite1, "--set", "randomSeed=7", data_dir=data_dir)
     proc = run_script("4_trainSVM.py", *lite1, data_dir=data_dir, check=False)
     assert proc.returncode == 1 and "earlier split.json (stage 1 ran again since): rerun scripts/3_runDNN.py" in proc.stderr
+    # Deploying now would export the classifier of the earlier split under parameters of this one.
+    proc = run_script("6_deploy.py", *lite1, "--set", "randomSeed=7", "--no-serve", data_dir=data_dir, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert ("the svm classifier of 'fashionTextureDemo' learned from the training images of an earlier split.json "
+            "(stage 1 ran again since): rerun 3_runDNN.py, 4_trainSVM.py and 5_evaluate.py") in proc.stderr
     run_script("3_runDNN.py", *lite1, data_dir=data_dir)
     # ... and stage 4 forgotten: the fixed network is the same, but the SVM learned from the old split's
     # training images, some of which are test images now (its test accuracy would be flattered).

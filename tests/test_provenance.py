@@ -78,3 +78,26 @@ def test_an_svm_of_another_split_or_other_classes_is_refused(tmp_path: Path) -> 
     # The same from an SVM file written before split hashes were recorded (the classes were).
     with pytest.raises(StaleFilesError, match="trained for the classes"):
         check_same_source(model, feats, source, "svm_fixed.npz", svm_classes=["dog", "cat"])
+
+
+@pytest.mark.parametrize("classifier, rerun", [("svm", "3_runDNN.py, 4_trainSVM.py"),
+                                               ("dnn", "2_refineDNN.py, 3_runDNN.py"),
+                                               ("svmDnnRefined", "2_refineDNN.py, 3_runDNN.py, 4_trainSVM.py")])
+def test_a_classifier_of_an_earlier_split_is_not_used_on_new_images(tmp_path: Path, classifier: str, rerun: str) -> None:
+    """Stage 6, scoreImages.py and activeLearning.py after stage 1 ran again: the classifier learned
+    from the old split, the parameters (and the tracked run) describe the new one."""
+    from imgclass.params import load_params
+    from imgclass.provenance import check_trained_on_split, file_hash
+
+    p = load_params(overrides={"DATA_DIR": str(tmp_path), "datasetName": "shirts", "classifier": classifier})
+    check_trained_on_split(p)  # no split, no features: nothing to compare
+    p.split_path.parent.mkdir(parents=True)
+    p.split_path.write_text('{"train": ["a/1.jpg"], "test": ["b/2.jpg"]}')
+    save_npz(p.features_path("train"), features=np.zeros((1, 4), np.float32), flip_average=np.array(False),
+             features_source=np.array("x"), split_hash=np.array(file_hash(p.split_path)))
+    check_trained_on_split(p)
+    p.split_path.write_text('{"train": ["b/2.jpg"], "test": ["a/1.jpg"]}')  # stage 1 ran again with another seed
+    with pytest.raises(StaleFilesError, match=rf"the {classifier} classifier of 'shirts' learned from the training "
+                                              rf"images of an earlier split.json \(stage 1 ran again since\): "
+                                              rf"rerun {rerun} and 5_evaluate.py in scripts/"):
+        check_trained_on_split(p)

@@ -85,16 +85,26 @@ def save_split(split: Split, path: str | Path) -> Path:
     return write_json(path, split.to_json())
 
 
-def load_split(path: str | Path) -> Split:
+def load_split(path: str | Path, images_dir: str | Path | None = None) -> Split:
+    """The split stage 1 wrote; given `images_dir`, a FileNotFoundError naming the images it lists that
+    are gone from there (moved or deleted since stage 1), before a stage spends minutes on the rest."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run scripts/1_prepareData.py first")
     d = read_json(path)
     try:
-        return Split.from_json(d)
+        split = Split.from_json(d)
     except (KeyError, TypeError, ValueError, AttributeError) as e:  # valid JSON, but not a split
         raise DamagedFileError(f"{path}: not a split written by scripts/1_prepareData.py "
                                f"({type(e).__name__}: {e}); rerun stage 1") from None
+    if images_dir is not None:
+        gone = [rel for rel, _ in split.train + split.test if not (Path(images_dir) / rel).is_file()]
+        if gone:
+            shown = ", ".join(repr(g) for g in gone[:3]) + (f" and {len(gone) - 3} more" if len(gone) > 3 else "")
+            raise FileNotFoundError(f"{len(gone)} image(s) that {path.name} lists are gone from {images_dir} "
+                                    f"(moved or deleted since stage 1): {shown}; rerun scripts/1_prepareData.py "
+                                    "to split the images as they are now, then the stages after it")
+    return split
 
 
 NOT_CLASS_PREFIXES = (".", "_")  # folders that are not classes: hidden ones, _duplicates/ (dedupImages.py)

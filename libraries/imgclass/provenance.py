@@ -164,4 +164,26 @@ def trained_classifier(p: Params) -> tuple[Path, Path | None, bool]:
     svm = None if p.classifier == "dnn" else require_file(p.svm_path, "scripts/4_trainSVM.py")
     if svm is not None:
         check_model_and_svm(model, p.features_path("train"), svm)
+    check_trained_on_split(p)
     return model, svm, flip_average_of_stage3(p.features_path("train"), p.run_boFlipAverage)
+
+
+def check_trained_on_split(p: Params) -> None:
+    """Raise StaleFilesError when stage 1 ran again after stage 3 featurized the training images the
+    classifier learned from: the parameters (and a tracked run) would then describe a split that the
+    deployed or scoring classifier never saw, and its evaluation another test set. Stage 3 checks that
+    a refined network was refined on its split, so the training features' split stands for both.
+    Not checked when stage 3's features or stage 1's split are gone, or for files that do not say."""
+    train, split = p.features_path("train"), p.split_path
+    if not (train.is_file() and split.is_file()):
+        return
+    made = FeatureSet.load(train, header_only=True).split_hash
+    if made and made != file_hash(split):
+        stages = "3_runDNN.py" if p.classifier == "svm" else "2_refineDNN.py, 3_runDNN.py"
+        if p.classifier != "dnn":
+            stages += ", 4_trainSVM.py"
+        raise StaleFilesError(
+            f"the {p.classifier} classifier of {p.datasetName!r} learned from the training images of an earlier "
+            f"{split.name} (stage 1 ran again since): rerun {stages} and 5_evaluate.py in scripts/, so that "
+            "what is used is the classifier of this split, evaluated on its test images"
+        )
