@@ -10,7 +10,7 @@ train and test (dhash, leakageCheck / dedup_threshold) are listed and, by defaul
 from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.data import (
     DatasetError, balance_notes, check_disjoint, exact_duplicates_across, fix_notes, make_split, save_split,
-    skipped_folders,
+    skipped_folders, skipped_note,
 )
 from imgclass.dedup import check_leaks, keep_leaks_in_train, write_leaks
 
@@ -60,8 +60,7 @@ def main() -> int:
     # A class folder named _background or .misc would otherwise vanish without a word; _duplicates/
     # (dedupImages.py --remove) is skipped on purpose, so this is a note, not an error.
     if skipped := skipped_folders(p.images_dir):
-        print("note: not a class (folders starting with _ or . are skipped): "
-              + ", ".join(f"{f}/ ({n} image{'' if n == 1 else 's'})" for f, n in skipped))
+        print(f"note: not a class (folders starting with _ or . are skipped): {skipped_note(skipped)}")
     if p.leakageCheck == "off":
         # Byte-identical files are at distance 0, so the near-duplicate check above already reports
         # them; only without it is this cheaper exact check worth reading every file again.

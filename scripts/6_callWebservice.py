@@ -15,7 +15,7 @@ from pathlib import Path
 
 from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.client import ServiceClient, ServiceError, find_images
-from imgclass.data import shown
+from imgclass.data import shown, skipped_below, skipped_note
 
 parser = stage_parser(
     __doc__.splitlines()[0],
@@ -32,6 +32,10 @@ def main() -> int:
     url = args.url or f"http://127.0.0.1:{p.dep_port}"
     timeout = args.timeout if args.timeout is not None else p.dep_timeoutSec
     images = [f for source in args.sources for f in find_images(Path(source))]
+    for source in map(Path, args.sources):
+        if source.is_dir() and (skipped := skipped_below(source)):
+            print(f"note: not sent (folders starting with _ are skipped, as stage 1 skips them): {skipped_note(skipped)}",
+                  file=sys.stderr)
     failed = 0
     with ServiceClient(url, timeout) as client:
         info = client.info()

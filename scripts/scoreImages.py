@@ -11,7 +11,7 @@ from pathlib import Path
 
 from imgclass.active import score_with_trained_model
 from imgclass.cli import parse_stage, run_stage, stage_parser
-from imgclass.data import list_folder_images
+from imgclass.data import list_folder_images, skipped_below, skipped_note
 from imgclass.evaluate import write_browser, write_predictions
 from imgclass.provenance import StaleFilesError
 
@@ -21,7 +21,7 @@ parser = stage_parser(
     writes="results/<datasetName>/<classifier>/scores_<folder name>.tsv (or --out): image, predicted class, "
            "one score per class; beside it, the same name .html: the images by predicted class",
 )
-parser.add_argument("folder", help="folder of images to score (searched recursively)")
+parser.add_argument("folder", help="folder of images to score (searched recursively), or one image file")
 parser.add_argument("--out", default=None, help="TSV to write (default: results/<datasetName>/<classifier>/scores_<folder>.tsv)")
 
 
@@ -30,25 +30,30 @@ def main() -> int:
     if args.out and Path(args.out).suffix.lower() in (".html", ".htm"):
         # The page is written beside the TSV under the same name with .html: it would overwrite it.
         parser.error(f"--out {args.out}: name the TSV (e.g. scores.tsv); the page goes beside it as .html")
-    folder = Path(args.folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: no such folder")
+    target = Path(args.folder)
     left_out: list[tuple[str, str]] = []
-    rel = list_folder_images(folder, left_out)
-    for name, problem in left_out:
-        print(f"left out: {name}: {problem}")
+    if target.is_file():  # one photo: scored where it lies, its name for the output's
+        folder, rel, name = target.parent, [target.name], target.stem
+    elif target.is_dir():
+        folder, rel, name = target, list_folder_images(target, left_out), target.resolve().name
+        if skipped := skipped_below(folder):
+            print(f"note: not scored (folders starting with _ are skipped, as stage 1 skips them): {skipped_note(skipped)}")
+    else:
+        raise FileNotFoundError(f"{target}: no such file or folder")
+    for shown_name, problem in left_out:
+        print(f"left out: {shown_name}: {problem}")
     if not rel:
         raise FileNotFoundError(f"{folder}: no image files in this folder" + (" that can be scored" if left_out else ""))
     scored = score_with_trained_model([folder / r for r in rel], p)
     for path, problem in scored.failed:
         print(f"left out: {path.relative_to(folder).as_posix()}: {problem}")
-    out = Path(args.out) if args.out else p.results_dir / f"scores_{folder.resolve().name}.tsv"
+    out = Path(args.out) if args.out else p.results_dir / f"scores_{name}.tsv"
     names = [path.relative_to(folder).as_posix() for path in scored.paths]
     write_predictions(out, names, None, scored.scores, scored.classes)
     page = write_browser(out.with_suffix(".html"), folder, names, None, scored.scores, scored.classes,
-                         title=f"{folder.resolve().name}: scored by {p.classifier} of {p.datasetName}")
+                         title=f"{name}: scored by {p.classifier} of {p.datasetName}")
     counts = Counter(scored.classes[i] for i in scored.scores.argmax(axis=1)) if len(names) else Counter()
-    print(f"{len(names)} images scored with {p.classifier} of {p.datasetName}; predicted: "
+    print(f"{len(names)} image{'' if len(names) == 1 else 's'} scored with {p.classifier} of {p.datasetName}; predicted: "
           + ", ".join(f"{c} {counts[c]}" for c in scored.classes))
     print(f"wrote {out} and {page} (the images by predicted class, least confident first)")
     return 0

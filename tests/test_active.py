@@ -347,12 +347,15 @@ def test_score_images_script_scores_a_folder_offline_and_names_bad_files(tiny_mo
     # A name that is not UTF-8 (a zip made on Windows) used to stop the run before anything was written.
     non_utf8 = os.fsdecode(b"caf\xe9.jpg")
     shutil.copy(next((folder / "batch 1").iterdir()), folder / non_utf8)
+    (folder / "_old" / "x").mkdir(parents=True)  # skipped, as stage 1 skips _duplicates/, and said
+    shutil.copy(next((folder / "batch 1").iterdir()), folder / "_old" / "x" / "a.jpg")
     env = {**os.environ, "IMGCLASS_DATA_DIR": str(tiny_model), "IMGCLASS_OFFLINE": "1", "IMGCLASS_TRACKING": "0"}
     proc = subprocess.run(
         [sys.executable, str(SCRIPTS / "scoreImages.py"), str(folder), "--set", "datasetName=tiny", "--set", "run_workers=0"],
         capture_output=True, text=True, env=env, timeout=300, cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr
+    assert "note: not scored (folders starting with _ are skipped, as stage 1 skips them): _old/ (1 image)" in proc.stdout
     assert "left out: broken.jpg" in proc.stdout and "9 images scored with svm of tiny" in proc.stdout
     assert "left out: caf\\xe9.jpg: the file name is not valid UTF-8" in proc.stdout
     rows = [line.split("\t") for line in (tiny_model / "results" / "tiny" / "svm" / "scores_new photos.tsv").read_text().splitlines()]
@@ -370,6 +373,15 @@ def test_score_images_script_scores_a_folder_offline_and_names_bad_files(tiny_mo
     page_dir = tiny_model / "results" / "tiny" / "svm"
     # The links (URL-quoted: "batch 1" is "batch%201") reach the photos.
     assert len(srcs) == 9 and all((page_dir / urllib.parse.unquote(src)).resolve().is_file() for src in srcs)
+    # One photo named on its own is scored too (it was "no such folder"), under its own name.
+    one = ref.paths[0]
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPTS / "scoreImages.py"), str(one), "--set", "datasetName=tiny", "--set", "run_workers=0"],
+        capture_output=True, text=True, env=env, timeout=300, cwd=ROOT,
+    )
+    assert proc.returncode == 0 and "1 image scored with svm of tiny" in proc.stdout, proc.stderr
+    single = (page_dir / f"scores_{one.stem}.tsv").read_text().splitlines()
+    assert len(single) == 2 and single[1].split("\t")[:2] == [one.name, rows[1][1]]
 
 
 def test_score_images_script_runs_the_network_with_the_engine_run_engine_names(tiny_model: Path, tmp_path: Path) -> None:

@@ -293,7 +293,11 @@ def test_client_script(url: str, tmp_path: Path) -> None:
         (folder / ("sub" if i == 2 else "") / f"{name}.jpg").write_bytes(jpeg_bytes(rgb, seed=20 + i))
     for i in range(3):  # 6 images in all: more than one request of 4
         (folder / f"z_red{i}.jpg").write_bytes(jpeg_bytes(COLORS["red"], seed=30 + i))
+    # Skipped as scoreImages.py and stage 1 skip them (dedupImages.py moves duplicates to _duplicates/).
+    (folder / "_duplicates").mkdir()
+    (folder / "_duplicates" / "red.jpg").write_bytes(jpeg_bytes(COLORS["red"], seed=20))
     proc = run_script("6_callWebservice.py", str(folder), "--url", url, data_dir=tmp_path)
+    assert "note: not sent (folders starting with _ are skipped, as stage 1 skips them): _duplicates/ (1 image)" in proc.stderr
     lines = [line.split("\t") for line in proc.stdout.splitlines()]
     assert {Path(x[0]).name: x[1] for x in lines} == {"red.jpg": "red", "green.jpg": "green", "blue.jpg": "blue",
                                                        "z_red0.jpg": "red", "z_red1.jpg": "red", "z_red2.jpg": "red"}

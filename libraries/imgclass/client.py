@@ -17,8 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from imgclass.data import shown
-from imgclass.images import is_image_name
+from imgclass.data import NOT_CLASS_PREFIXES, shown, skipped_below, skipped_note, walk_image_files
 
 # Bytes a multipart request adds to the files it carries, counted generously: the closing boundary
 # (REQUEST_OVERHEAD) and per file a boundary line and headers of ~150 bytes plus the file name,
@@ -47,16 +46,18 @@ class ServiceError(RuntimeError):
 
 
 def find_images(source: Path) -> list[Path]:
-    """`source` itself when it is a file, else the image files under the folder, sorted."""
+    """`source` itself when it is a file, else the image files under the folder, sorted, chosen as
+    scoreImages.py and stage 1 choose them: hidden files skipped (macOS leaves "._IMG_1.jpg" beside
+    every photo copied to a USB stick, 4 kB of metadata that no decoder reads), and folders whose
+    names start with '_' or '.' (`_duplicates/`); see skipped_below for the ones to mention."""
     if source.is_file():
         return [source]
     if source.is_dir():
-        # Hidden files are skipped, as stage 1 skips them: macOS leaves "._IMG_1.jpg" beside every
-        # photo copied to a USB stick, 4 kB of metadata that no decoder reads.
-        found = sorted(f for f in source.rglob("*") if f.is_file() and is_image_name(f)
-                       and not any(part.startswith(".") for part in f.relative_to(source).parts))
+        found = walk_image_files(source, skip_prefixes=NOT_CLASS_PREFIXES)
         if not found:
-            raise FileNotFoundError(f"{source}: no image files in this folder")
+            skipped = skipped_below(source)
+            raise FileNotFoundError(f"{source}: no image files in this folder"
+                                    + (f" outside folders starting with _: {skipped_note(skipped)}" if skipped else ""))
         return found
     raise FileNotFoundError(f"{source}: no such file or folder")
 

@@ -565,6 +565,26 @@ def exact_duplicates_across(split: Split, images_dir: str | Path, progress: bool
         return [(train_hashes[h], p) for p, _ in split.test if (h := digest(p)) in train_hashes]
 
 
+def skipped_below(folder: str | Path) -> list[tuple[str, int]]:
+    """(sub-folder, images) for each folder below `folder` whose name starts with '_' yet holds images
+    (counted with those of its sub-folders), sorted: list_folder_images skips them, as stage 1 does
+    (`_duplicates/`), and a user who keeps photos in `_new/` is told rather than left wondering.
+    Hidden folders are not named: they are hidden on purpose (.thumbnails, .git)."""
+    folder = Path(folder)
+    counts: dict[str, int] = defaultdict(int)
+    for p in walk_image_files(folder):
+        parts = p.relative_to(folder).parts[:-1]
+        first = next((i for i, part in enumerate(parts) if part.startswith("_")), None)
+        if first is not None:
+            counts["/".join(parts[:first + 1])] += 1
+    return sorted(counts.items())
+
+
+def skipped_note(skipped: list[tuple[str, int]]) -> str:
+    """A line naming the folders of `skipped_below` (or `skipped_folders`) and their images."""
+    return ", ".join(f"{f}/ ({n} image{'' if n == 1 else 's'})" for f, n in skipped)
+
+
 def list_folder_images(folder: str | Path, left_out: list[tuple[str, str]] | None = None) -> list[str]:
     """Image files below `folder`, relative and sorted; folders starting with '_' or '.' skipped
     (so `_duplicates/` is never scanned again). Linked folders are followed, each real folder once,
