@@ -127,13 +127,19 @@ def test_two_pipelines_are_compared(tracked_demo: Path, monkeypatch: pytest.Monk
     classifier, extra, first_stage = second
     args = [*TRACKED_SMALL, "--set", f"classifier={classifier}", *extra]
     first_id = _state(tracked_demo)["run_id"]
+    outputs = []
     for script in STAGES[first_stage:]:
         proc = run_script(script, *args, data_dir=tracked_demo, check=False)
         if proc.returncode != 0 and "not implemented yet" in proc.stderr:
             pytest.skip(f"classifier {classifier!r} is not implemented in this branch yet")
         assert proc.returncode == 0, f"{script} failed:\n{proc.stdout}\n{proc.stderr}"
+        outputs.append(proc.stdout)
     second_id = _state(tracked_demo, classifier)["run_id"]
     assert second_id != first_id
+    if classifier == "svm":  # the first stage says why it did not join the run it would have joined
+        assert (f"tracked in new pipeline run {second_id[:8]} (parameters differ from run {first_id[:8]}'s: "
+                "svm_CVals, svm_boL2Normalize)") in outputs[0], outputs[0]
+        assert f"tracked in pipeline run {second_id[:8]} in " in outputs[1]
 
     client = _client(tracked_demo)
     ids = [r.info.run_id for r in _pipeline_runs(tracked_demo)]
@@ -218,6 +224,7 @@ def test_refinement_curves_become_metrics_with_epochs(tracked_demo: Path, monkey
     (p.results_dir / "training_curves.png").write_bytes((tracked_demo / "results" / DS / "svm" / "roc.png").read_bytes())
     rec = tracking.record_stage(p, "scripts/2_refineDNN.py", started, ["--set", "classifier=dnn"])
     assert rec is not None and rec.new_run and set(rec.artifacts) == {"training_curves.json", "training_curves.png"}
+    assert rec.why_new == ""  # the data set's first run: nothing to explain
     client = _client(tracked_demo)
     for key in ("train_loss", "train_error", "test_error"):
         hist = client.get_metric_history(rec.run_id, f"curve_{key}")
@@ -404,3 +411,18 @@ def test_comparison_marks_parameters_a_classifier_does_not_use() -> None:
     rows = {line.split()[0]: line.split()[1:] for line in table.splitlines() if line.startswith(("rf_", "aug_", "svm_"))}
     assert rows == {"rf_inputResolution": ["320", "160"], "rf_maxEpochs": ["unused", "2"],
                     "aug_colorJitter": ["unused", "0.2"], "svm_cvFolds": ["5", "unused"]}
+
+
+def test_a_stage_that_starts_a_new_run_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _tracked(monkeypatch)
+    p = load_params(overrides={"DATA_DIR": str(tmp_path), "datasetName": "whyDemo"})
+    p.results_dir.mkdir(parents=True)
+    first = tracking.record_stage(p, "scripts/5_evaluate.py", time.time())
+    assert first is not None and first.new_run and first.why_new == ""
+    rerun = tracking.record_stage(p, "scripts/1_prepareData.py", time.time())
+    assert rerun is not None and rerun.new_run and rerun.why_new == f"stage 1 after stage 5 of run {first.run_id[:8]}: a rerun"
+    _client(tmp_path).delete_run(rerun.run_id)
+    after = tracking.record_stage(p, "scripts/2_refineDNN.py", time.time())
+    assert after is not None and after.new_run and after.why_new == f"run {rerun.run_id[:8]} was deleted"
+    joined = tracking.record_stage(p, "scripts/3_runDNN.py", time.time())
+    assert joined is not None and not joined.new_run and joined.run_id == after.run_id and joined.why_new == ""

@@ -279,18 +279,30 @@ class StageRecord:
     artifacts: list[str] = field(default_factory=list)
     seconds: float = 0.0
     note: str = ""  # why the run went to another experiment than the configured one ("" when it did not)
+    why_new: str = ""  # why a new pipeline run was started rather than the remembered one continued
 
 
-def _join_or_start(client: Any, p: Params, state: dict, uri: str, exp_id: str, stage: int) -> str | None:
-    """The remembered pipeline run when this stage continues it, else None."""
-    if (state.get("uri") != uri or state.get("experiment_id") != exp_id
-            or state.get("params_digest") != params_digest(p) or stage < state.get("last_stage", -1)):
-        return None
+def _join_or_start(client: Any, p: Params, state: dict, uri: str, exp_id: str, stage: int) -> tuple[str | None, str]:
+    """(the remembered pipeline run, "") when this stage continues it, else (None, why not), so that
+    a user who sees runs split knows which parameter or rerun split them ("" for a first run)."""
+    if not state.get("run_id"):
+        return None, ""
+    if state.get("uri") != uri or state.get("experiment_id") != exp_id:
+        return None, f"run {state['run_id'][:8]} is in another store or experiment"
     try:
         run = client.get_run(state["run_id"])
     except Exception:  # deleted for good, or never existed in this store
-        return None
-    return run.info.run_id if run.info.lifecycle_stage == "active" else None
+        return None, f"run {state['run_id'][:8]} is gone from the store"
+    if run.info.lifecycle_stage != "active":
+        return None, f"run {state['run_id'][:8]} was deleted"
+    if state.get("params_digest") != params_digest(p):
+        then = run.data.params
+        differ = sorted(k for k, v in p.as_dict().items() if then.get(k) != str(v)[:6000])
+        shown = ", ".join(differ[:5]) + (f" and {len(differ) - 5} more" if len(differ) > 5 else "")
+        return None, f"parameters differ from run {state['run_id'][:8]}'s: {shown or 'not recorded alike'}"
+    if stage < state.get("last_stage", -1):
+        return None, f"stage {stage} after stage {state['last_stage']} of run {state['run_id'][:8]}: a rerun"
+    return run.info.run_id, ""
 
 
 def record_stage(p: Params, script: str | Path, started: float, argv: Sequence[str] = ()) -> StageRecord | None:
@@ -307,7 +319,7 @@ def record_stage(p: Params, script: str | Path, started: float, argv: Sequence[s
     exp_id, note = _experiment_for(client, p, uri)
     path = state_path(p)
     state = read_json(path) if path.is_file() else {}
-    run_id = _join_or_start(client, p, state, uri, exp_id, stage[0])
+    run_id, why_new = _join_or_start(client, p, state, uri, exp_id, stage[0])
     new_run = run_id is None
     start_ms = int(started * 1000)
     if new_run:
@@ -358,7 +370,7 @@ def record_stage(p: Params, script: str | Path, started: float, argv: Sequence[s
         client.log_artifact(run_id, str(f))
     client.set_terminated(run_id, "FINISHED", end_time=int(time.time() * 1000))
     return StageRecord(uri, exp_id, run_id, child.info.run_id, new_run, [f.name for f in written], time.time() - t0,
-                       note)
+                       note, why_new)
 
 
 def track_stage(p: Params, script: str | Path, started: float, argv: Sequence[str] = ()) -> StageRecord | None:
@@ -373,7 +385,8 @@ def track_stage(p: Params, script: str | Path, started: float, argv: Sequence[st
         if rec.note:
             print(rec.note)
         what = "new pipeline run" if rec.new_run else "pipeline run"
-        print(f"tracked in {what} {rec.run_id[:8]} ({rec.seconds:.1f} s); browse: {ui_command(rec.uri)}")
+        why = f" ({rec.why_new})" if rec.why_new else ""
+        print(f"tracked in {what} {rec.run_id[:8]}{why} in {rec.seconds:.1f} s; browse: {ui_command(rec.uri)}")
     return rec
 
 
