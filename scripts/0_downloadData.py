@@ -8,7 +8,7 @@
 from pathlib import Path
 
 from imgclass.cli import parse_stage, run_stage, stage_parser
-from imgclass.data import class_counts
+from imgclass.data import class_counts, loose_images_hint, other_datasets_hint
 from imgclass.download import download_images
 from imgclass.synthetic import generate_demo_dataset
 
@@ -46,10 +46,11 @@ def main() -> int:
         generate_demo_dataset(out, images_per_class=p.demoImagesPerClass, seed=p.randomSeed)
         counts = class_counts(out)
     else:
+        found = loose_images_hint(out) if out.is_dir() else other_datasets_hint(out)
         raise FileNotFoundError(
-            f"{out} holds no class folders. Put your photos in {out}/<class>/, "
-            f"or give a URL list with --urls FILE (TSV: label<TAB>url), "
-            f"or use the demo data set: --set datasetName={DEMO_DATASET}"
+            f"{out} {'holds no class folders' if out.is_dir() else 'does not exist'}. Put your photos in "
+            f"{out}/<class>/, or give a URL list with --urls FILE (TSV: label<TAB>url), "
+            f"or use the demo data set: --set datasetName={DEMO_DATASET}{found}"
         )
     for c, n in counts.items():
         failed_all = urls and n == 0 and c in report.failed_labels

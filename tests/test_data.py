@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -412,3 +413,20 @@ def test_images_gone_since_stage_1_are_named_when_the_split_is_loaded(color_data
                                                 r"rerun scripts/1_prepareData.py"):
         load_split(path, color_dataset)
     assert load_split(path).classes  # without the images folder, not checked
+
+
+def test_photos_dropped_straight_into_the_data_set_folder_are_pointed_out(tmp_path: Path) -> None:
+    """Stage 0 and stage 1 on a folder of photos with no class folders yet, and stage 0 on a
+    misspelt data set name: each says what it found and what to do."""
+    images = tmp_path / "images"
+    for i in range(3):
+        write_image(images / "shirts" / f"IMG_{i}.jpg", (40 * i, 0, 0))
+    hint = r"3 images lie directly in it \(e.g. IMG_0.jpg\), where no class is: move them into one sub-folder per class"
+    with pytest.raises(DatasetError, match=rf"found none; {hint}$"):
+        make_split(images / "shirts")
+    proc = run_script("0_downloadData.py", "--set", "datasetName=shirts", data_dir=tmp_path, check=False)
+    assert proc.returncode == 1 and "shirts holds no class folders. Put your photos in" in proc.stderr, proc.stderr
+    assert re.search(hint, proc.stderr)
+    proc = run_script("0_downloadData.py", "--set", "datasetName=shirt", data_dir=tmp_path, check=False)
+    assert proc.returncode == 1 and "shirt does not exist." in proc.stderr
+    assert proc.stderr.rstrip().endswith("did you mean datasetName = 'shirts'?"), proc.stderr

@@ -218,6 +218,15 @@ def loose_images(folder: Path, base: Path) -> list[tuple[str, str]]:
             for p in sorted(folder.iterdir()) if p.is_file() and is_image_name(p) and not p.name.startswith(".")]
 
 
+def loose_images_hint(folder: Path) -> str:
+    """For a data set folder without class folders: "; its N images lie directly in it ..." when
+    they do (photos copied in, the classes not yet sorted), else ""."""
+    if not (loose := loose_images(folder, folder)):
+        return ""
+    return (f"; {len(loose)} image{'s lie' if len(loose) > 1 else ' lies'} directly in it (e.g. {loose[0][0]}), "
+            "where no class is: move them into one sub-folder per class")
+
+
 def class_counts(images_dir: str | Path) -> dict[str, int]:
     """Images per class folder (for reporting an existing data set)."""
     images_dir = Path(images_dir)
@@ -276,6 +285,8 @@ def _check_classes(classes: list[str], where: Path) -> None:
             # An unpacked archive often adds one folder level: <dataset>/<archive name>/<class>/...
             hint = (f"; {classes[0]}/ holds the folders {', '.join(inner[:5])}{', ...' if len(inner) > 5 else ''}: "
                     f"move them up one level, or put their parent folder in DATA_DIR/images/ as the data set")
+        else:
+            hint = loose_images_hint(where)
         raise DatasetError(
             f"{where}: need at least two class folders (one sub-folder per class), found {found}{hint}"
         )
@@ -367,7 +378,7 @@ def find_split_folders(images_dir: Path) -> tuple[Path, Path, list[Path]] | None
     return train, tests[0], tests[1:]
 
 
-def _other_datasets_hint(images_dir: Path) -> str:
+def other_datasets_hint(images_dir: Path) -> str:
     """The data sets beside a missing one, the likely one first: datasetName=Photos for photos/."""
     try:
         others = sorted(d.name for d in images_dir.parent.iterdir() if d.is_dir() and not d.name.startswith("."))
@@ -396,7 +407,7 @@ def make_split(
     if not images_dir.is_dir():
         raise DatasetError(
             f"{images_dir} does not exist: put one sub-folder of images per class there, "
-            f"or run scripts/0_downloadData.py{_other_datasets_hint(images_dir)}"
+            f"or run scripts/0_downloadData.py{other_datasets_hint(images_dir)}"
         )
     if split_by not in ("filename", "subdir"):
         raise ValueError(f"split_by {split_by!r}: allowed values are 'filename', 'subdir'")
