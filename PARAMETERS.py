@@ -3,7 +3,7 @@
 Each stage script in scripts/ reads this file; `--set NAME=VALUE` overrides a value for one run
 (VALUE is read as a Python literal, else as a string; a text parameter takes it as typed: datasetName=2024
 is the text "2024"), `--params FILE` reads a file of your own that sets only what it changes (one per
-data set, say) on top of this one, and the environment variable IMGCLASS_DATA_DIR overrides DATA_DIR.
+data set, say) on top of this one, and the environment variable IMGCLASS_DATA_DIR overrides DATA_DIR (a --set DATA_DIR=... overrides both).
 Values are validated when loaded (libraries/imgclass/params.py), so a typo fails at once with a
 message that says what is allowed.
 """
@@ -13,7 +13,7 @@ import os
 # ----------------------------------------------------------------------------------------------
 # Data
 # ----------------------------------------------------------------------------------------------
-DATA_DIR = os.path.join(os.path.expanduser("~"), "imgclass_data")  # root of images/, proc/, results/ (env IMGCLASS_DATA_DIR wins)
+DATA_DIR = os.path.join(os.path.expanduser("~"), "imgclass_data")  # root of images/, proc/, results/ (env IMGCLASS_DATA_DIR wins over this, --set over both)
 datasetName = "fashionTextureDemo"  # folder under DATA_DIR/images/; "fashionTextureDemo" is generated offline by stage 0
 urlsFile = ""  # TSV of label<TAB>url that stage 0 downloads into DATA_DIR/images/<datasetName>/ ("" = none; ~ is expanded)
 demoImagesPerClass = 100  # images per class that stage 0 generates for the synthetic demo data set
@@ -35,7 +35,7 @@ dl_maxBytes = 25_000_000  # largest file accepted; bigger downloads are abandone
 classifier = "svm"  # "svm": linear SVM on fixed DNN features; "dnn": refined network; "svmDnnRefined": SVM on refined features
 rf_pretrainedModel = "efficientnet_lite0"  # backbone: efficientnet_lite0, _lite1, _lite2 (offline weights; larger = slower), resnet18/34/50
 rf_inputResolution = 320  # side in pixels of the square image the network sees (320: fine textures survive; 224 is ~2x faster)
-rf_resizeMode = "crop"  # "crop": shorter side to the resolution, then centre square (best measured); "squash": whole photo; "pad": letterbox
+rf_resizeMode = "crop"  # "crop": shorter side to the resolution, then centre square (tied with squash on training CV); "squash": whole photo; "pad": letterbox
 rf_weightsDir = ""  # folder with downloaded torchvision .pth files for resnet backbones ("" = torch hub cache)
 
 # ----------------------------------------------------------------------------------------------

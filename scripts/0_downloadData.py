@@ -17,7 +17,7 @@ DEMO_DATASET = "fashionTextureDemo"
 parser = stage_parser(
     __doc__.splitlines()[0],
     reads="urlsFile / --urls (a TSV of label<TAB>url), or nothing for the demo data set",
-    writes="DATA_DIR/images/<datasetName>/<class>/* (.jpg, .png, ... as each image decodes; and download_failures.tsv for broken URLs)",
+    writes="DATA_DIR/images/<datasetName>/<class>/* (.jpg, .png, ... as each image decodes; download_manifest.tsv: where each image came from; download_failures.tsv: broken URLs). The demo data set (datasetName = fashionTextureDemo) is generated when its folder is empty: demoImagesPerClass images per class",
 )
 parser.add_argument("--urls", default=None, metavar="FILE", help="TSV of label<TAB>url to download (overrides urlsFile)")
 

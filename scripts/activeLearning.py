@@ -16,7 +16,7 @@ from imgclass.provenance import StaleFilesError
 
 parser = stage_parser(
     __doc__.splitlines()[0],
-    reads="FOLDER of unlabelled images, proc/<datasetName>/model_*.pt and svm_*.npz",
+    reads="FOLDER of unlabelled images, proc/<datasetName>/model_*.pt, svm_*.npz and features_<kind>_train.npz (mirror averaging, provenance)",
     writes="images/<datasetName>/<class>/ (copies), proc/<datasetName>/active_learning.tsv (answers), "
            "results/<datasetName>/<classifier>/active_learning_candidates.{tsv,png}",
 )

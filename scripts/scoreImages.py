@@ -17,7 +17,7 @@ from imgclass.provenance import StaleFilesError
 
 parser = stage_parser(
     __doc__.splitlines()[0],
-    reads="FOLDER of images, proc/<datasetName>/model_*.pt and svm_*.npz",
+    reads="FOLDER of images (or one image), proc/<datasetName>/model_*.pt, svm_*.npz and features_<kind>_train.npz (mirror averaging, provenance)",
     writes="results/<datasetName>/<classifier>/scores_<folder name>.tsv (or --out): image, predicted class, "
            "one score per class; beside it, the same name .html: the images by predicted class",
 )

@@ -85,6 +85,9 @@ def test_resnet_reads_a_local_weights_file(tmp_path: Path, monkeypatch: pytest.M
     assert torch.equal(model.conv1.weight, reference.conv1.weight)
     with torch.no_grad():
         assert model(torch.rand(1, 3, 64, 64)).shape == (1, 512)
+    # rf_weightsDir = "~/weights" as a user writes it in PARAMETERS.py (no shell expands it there)
+    monkeypatch.setenv("HOME", str(tmp_path.parent))
+    assert torch.equal(create_backbone("resnet18", weights_dir=f"~/{tmp_path.name}").conv1.weight, reference.conv1.weight)
 
 
 def test_a_damaged_resnet_weights_file_is_named_with_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

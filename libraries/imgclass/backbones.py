@@ -112,7 +112,7 @@ def _resnet_weights_file(info: BackboneInfo, weights_dir: str | Path | None) -> 
 
     filename = info.url.rsplit("/", 1)[-1]
     hub_dir = Path(torch.hub.get_dir()) / "checkpoints"
-    candidates = ([Path(weights_dir) / filename] if weights_dir else []) + [hub_dir / filename]
+    candidates = ([Path(weights_dir).expanduser() / filename] if weights_dir else []) + [hub_dir / filename]
     for c in candidates:
         if c.is_file():
             return c
