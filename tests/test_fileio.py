@@ -82,3 +82,13 @@ def test_written_files_get_the_mode_open_would_give(tmp_path: Path, umask: int) 
     assert stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode) == want
     for path in (json_file, npz_file, tmp_path / "c.txt"):
         assert stat.S_IMODE(path.stat().st_mode) == want, path
+
+
+def test_json_keeps_names_readable_and_still_writes_names_that_are_not_utf8(tmp_path: Path) -> None:
+    """split.json is read by people too: "Rayé" as such, not "Ray\\u00e9"; a file name decoded with
+    surrogate escapes (not UTF-8) cannot be written so, and is escaped instead of failing the stage."""
+    path = write_json(tmp_path / "split.json", {"classes": ["Rayé", "点"]})
+    assert '"Rayé"' in path.read_text(encoding="utf-8") and read_json(path) == {"classes": ["Rayé", "点"]}
+    odd = os.fsdecode(b"caf\xe9.jpg")
+    path = write_json(tmp_path / "odd.json", {"image": odd, "class": "Rayé"})
+    assert path.read_bytes().isascii() and read_json(path) == {"image": odd, "class": "Rayé"}

@@ -204,6 +204,14 @@ def test_undecodable_file_names_the_file(tmp_path: Path) -> None:
     Image.fromarray(_gradient(200, 200)).save(buf, format="JPEG")
     truncated.write_bytes(buf.getvalue()[:300])
     assert check_image(truncated) is not None
+    # A copy that wrote nothing is called what it is, as the web service calls it (not "cannot identify").
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    with pytest.raises(ImageDecodeError, match=r"empty.jpg: empty file \(0 bytes\)$"):
+        load_rgb(empty)
+    assert check_image(empty) == "empty file (0 bytes)"
+    with pytest.raises(ImageDecodeError, match=r"<bytes>: empty file"):
+        load_rgb(b"")
 
 
 def test_draft_decoding_keeps_at_least_target_size(tmp_path: Path) -> None:

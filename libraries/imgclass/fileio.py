@@ -66,9 +66,15 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
-    with atomic_open(path, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=False)
-        f.write("\n")
+    """`obj` as indented JSON, written atomically; class and file names as they read ("Rayé", not
+    "Ray\\u00e9"), unless one cannot be UTF-8 (a name decoded with surrogate escapes): then escaped."""
+    text = json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:
+        data = (json.dumps(obj, indent=2) + "\n").encode("ascii")
+    with atomic_open(path, "wb") as f:
+        f.write(data)
     return Path(path)
 
 

@@ -171,7 +171,25 @@ def load_rgb(source: str | Path | bytes, min_size: int | None = None,
         if not HEIF_SUPPORT and Path(name).suffix.lower() in HEIF_EXTENSIONS:
             raise ImageDecodeError(f"{name}: HEIC/HEIF files need the pillow-heif package: "
                                    f"pip install -r requirements.txt") from e
+        if _is_empty(source):  # a copy or download that wrote nothing: say so, not "cannot identify"
+            raise ImageDecodeError(f"{name}: empty file (0 bytes)") from EmptyImageFile()
         raise ImageDecodeError(f"{name}: cannot decode as an image ({e})") from e
+
+
+class EmptyImageFile(ValueError):
+    """A file of 0 bytes where an image was expected."""
+
+    def __str__(self) -> str:
+        return "empty file (0 bytes)"
+
+
+def _is_empty(source: str | Path | bytes) -> bool:
+    if isinstance(source, bytes):
+        return not source
+    try:
+        return os.path.getsize(source) == 0
+    except OSError:
+        return False
 
 
 def check_image(path: str | Path) -> str | None:
