@@ -9,6 +9,7 @@ from pathlib import Path
 
 from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.data import class_counts, loose_images_hint, other_datasets_hint
+from imgclass.terminal import column_width, ljust
 from imgclass.download import download_images
 from imgclass.synthetic import generate_demo_dataset
 
@@ -52,9 +53,10 @@ def main() -> int:
             f"{out}/<class>/, or give a URL list with --urls FILE (TSV: label<TAB>url), "
             f"or use the demo data set: --set datasetName={DEMO_DATASET}{found}"
         )
+    width = column_width(list(counts), at_least=20)
     for c, n in counts.items():
         failed_all = urls and n == 0 and c in report.failed_labels
-        print(f"  {c:<20} {n:>6} images" + ("  <- none: every URL of this label failed" if failed_all else ""))
+        print(f"  {ljust(c, width)} {n:>6} image files" + ("  <- none: every URL of this label failed" if failed_all else ""))
     print(f"images: {out}")
     return 0
 

@@ -13,6 +13,7 @@ from imgclass.data import (
     skipped_folders, skipped_note,
 )
 from imgclass.dedup import check_leaks, keep_leaks_in_train, write_leaks
+from imgclass.terminal import column_width, ljust
 
 parser = stage_parser(
     __doc__.splitlines()[0],
@@ -48,10 +49,10 @@ def main() -> int:
     for path, reason in split.excluded:
         print(f"left out: {path}: {reason}")
     print(f"split by: {split.method}")
-    width = max(20, *(len(c) for c in split.classes))
+    width = column_width(split.classes, at_least=20)
     print(f"  {'class':<{width}} {'train':>6} {'test':>6}")
     for c, n in split.counts().items():
-        print(f"  {c:<{width}} {n['train']:>6} {n['test']:>6}")
+        print(f"  {ljust(c, width)} {n['train']:>6} {n['test']:>6}")
     print(f"  {'total':<{width}} {len(split.train):>6} {len(split.test):>6}")
     for note in balance_notes(split, balanced=p.svm_boBalanceClasses or p.rf_boBalanceTrainingSet):
         print(f"note: {note}")

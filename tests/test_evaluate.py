@@ -129,3 +129,18 @@ def test_predictions_read_back_names_that_start_with_a_quote(tmp_path: Path) -> 
     assert back.classes == classes and [r.image for r in back.rows] == paths
     assert [(r.true, r.predicted) for r in back.rows] == [('"best"', '"best"'), ('"odd', '"odd'), ('"best"', '"odd')]
     assert back.rows[1].scores == {'"best"': 0.2, '"odd': 0.8}
+
+
+def test_tables_line_up_with_wide_and_decomposed_class_names() -> None:
+    """"点" takes two terminal columns and the accent of a decomposed "é" (macOS folder names) none:
+    padded by len(), their rows were shifted by one column against the others."""
+    import unicodedata
+
+    from imgclass.terminal import display_width
+
+    classes = ["dotted", "点点", unicodedata.normalize("NFD", "Rayé")]
+    assert [display_width(c) for c in classes] == [6, 4, 4]
+    labels = np.repeat(np.arange(3), 4)
+    scores = np.eye(3)[labels] + np.random.default_rng(0).normal(0, 0.6, (12, 3))
+    rows = format_table(compute_metrics(scores, labels, classes)).splitlines()[1:4]
+    assert len({display_width(r) for r in rows}) == 1, rows

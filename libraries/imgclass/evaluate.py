@@ -26,6 +26,7 @@ from sklearn.metrics import auc, roc_curve  # noqa: E402
 
 from imgclass.fileio import atomic_open, atomic_path, save_figure  # noqa: E402
 from imgclass.fonts import lay_out  # noqa: E402
+from imgclass.terminal import column_width, ljust  # noqa: E402
 from imgclass.images import load_rgb  # noqa: E402
 
 
@@ -142,12 +143,12 @@ def plot_confusion(cm: np.ndarray | list, classes: Sequence[str], path: str | Pa
 
 def format_table(metrics: dict[str, Any]) -> str:
     """The accuracy table stage 5 prints."""
-    width = max(12, *(len(c) for c in metrics["classes"]))
+    width = column_width(metrics["classes"], at_least=12)
     lines = [f"{'class':<{width}}  {'n':>5}  {'accuracy':>8}  {'AUC':>6}"]
     for c, v in metrics["per_class"].items():
         acc = "-" if v["accuracy"] is None else f"{100 * v['accuracy']:7.2f}%"
         roc = "-" if v["auc"] is None else f"{v['auc']:.4f}"
-        lines.append(f"{c:<{width}}  {v['n']:>5}  {acc:>8}  {roc:>6}")
+        lines.append(f"{ljust(c, width)}  {v['n']:>5}  {acc:>8}  {roc:>6}")
     lines.append(f"{'overall':<{width}}  {sum(v['n'] for v in metrics['per_class'].values()):>5}  "
                  f"{100 * metrics['overall_accuracy']:7.2f}%")
     mean_auc = metrics.get("class_averaged_auc")

@@ -40,6 +40,7 @@ from urllib.request import url2pathname
 from imgclass.fileio import read_json, write_json
 from imgclass.params import Params
 from imgclass.provenance import MODEL_SETTINGS
+from imgclass.terminal import column_width, ljust
 
 ENV_SWITCH = "IMGCLASS_TRACKING"  # "0", "off" or "false" turns tracking off whatever track_enabled says
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -496,10 +497,10 @@ def format_comparison(runs: Sequence[RunSummary], all_params: bool = False) -> s
     for c in classes:
         rows.append((f"accuracy {real.get(c, c)}", [_pct(r.metrics.get(f"accuracy_{c}")) for r in runs]))
         rows.append((f"AUC {real.get(c, c)}", [_num(r.metrics.get(f"auc_{c}")) for r in runs]))
-    label_w = max(len(k) for k, _ in rows)
+    label_w = column_width([k for k, _ in rows])
     col_w = [max(len(vals[i]) for _, vals in rows) for i in range(len(runs))]
     lines = []
     for key, vals in rows:
         cells = "  ".join(f"{v:>{w}}" for v, w in zip(vals, col_w))
-        lines.append(f"{key:<{label_w}}  {cells}".rstrip())
+        lines.append(f"{ljust(key, label_w)}  {cells}".rstrip())
     return "\n".join(lines)
