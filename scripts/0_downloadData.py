@@ -9,9 +9,9 @@ from pathlib import Path
 
 from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.data import class_counts, loose_images_hint, other_datasets_hint
-from imgclass.terminal import column_width, ljust
 from imgclass.download import download_images
 from imgclass.synthetic import generate_demo_dataset
+from imgclass.terminal import column_width, ljust
 
 DEMO_DATASET = "fashionTextureDemo"
 

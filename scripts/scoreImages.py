@@ -11,7 +11,7 @@ from pathlib import Path
 
 from imgclass.active import score_with_trained_model
 from imgclass.cli import parse_stage, run_stage, stage_parser
-from imgclass.data import list_folder_images, skipped_below, skipped_note
+from imgclass.data import list_folder_images, name_problem, skipped_below, skipped_note
 from imgclass.evaluate import write_browser, write_predictions
 from imgclass.provenance import StaleFilesError
 
@@ -33,7 +33,10 @@ def main() -> int:
     target = Path(args.folder)
     left_out: list[tuple[str, str]] = []
     if target.is_file():  # one photo: scored where it lies, its name for the output's
-        folder, rel, name = target.parent, [target.name], target.stem
+        folder, name = target.parent, target.stem
+        bad = name_problem(target.name)
+        rel = [] if bad else [target.name]
+        left_out += [bad] if bad else []
     elif target.is_dir():
         folder, rel, name = target, list_folder_images(target, left_out), target.resolve().name
         if skipped := skipped_below(folder):

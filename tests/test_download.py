@@ -679,7 +679,7 @@ def test_stage0_expands_tilde_in_urls_file(server: Server, tmp_path: Path, monke
     _write_tsv(home / "lists" / "urls.tsv", [f"dog\t{server.url('/dog.png')}", f"bird\t{server.url('/no-such.jpg')}"])
     proc = run_script("0_downloadData.py", "--set", "datasetName=pets", "--urls", "~/lists/urls.tsv", data_dir=data_dir)
     assert "note: 1 image(s) fetched for URLs no longer in the list" in proc.stdout, proc.stdout
-    assert "  bird                      0 images  <- none: every URL of this label failed" in proc.stdout, proc.stdout
+    assert "  bird                      0 image files  <- none: every URL of this label failed" in proc.stdout, proc.stdout
     assert server.hits["/cat.jpg"] == server.hits["/dog.png"] == 1
 
 

@@ -1,8 +1,9 @@
 """Fonts for plot text that matplotlib's default font cannot draw: class names in Chinese, Japanese,
 Korean, Arabic ... (DejaVu Sans, the default, has none of these).
 
-matplotlib draws a missing character as an empty box and warns once per glyph per plot, so a
-confusion matrix of classes "点" and "线" shows two identical boxes. `fit_fonts` gives each text of a
+matplotlib draws a character its font lacks as a placeholder box (its "Last Resort" font's, which
+names only the script) and warns once per glyph per plot, so a confusion matrix of classes "点"
+and "线" shows two identical boxes. `fit_fonts` gives each text of a
 figure, before it is saved, the installed fonts that have its characters as fallbacks (matplotlib
 then takes each character from the first font of the list that has it), and where no installed
 font has them says so once, naming the characters and what to install.
