@@ -28,7 +28,7 @@ parser.add_argument("--val-fraction", type=float, default=0.2, metavar="F",
 
 def main() -> int:
     args, p = parse_stage(parser)
-    split = load_split(require_file(p.split_path, "scripts/1_prepareData.py"), p.images_dir)
+    split = load_split(require_file(p.split_path, "scripts/1_prepareData.py"), p.images_dir, sides=("train",))
     paths = [p.images_dir / path for path, _ in split.train]
     labels = np.array([y for _, y in split.train])
     svm = LinearSvm.from_params(p)

@@ -33,7 +33,7 @@ parser.add_argument("--resize-modes", nargs="+", choices=RESIZE_MODES, default=[
 
 def main() -> int:
     args, p = parse_stage(parser)
-    split = load_split(p.split_path, p.images_dir)
+    split = load_split(p.split_path, p.images_dir, sides=("train",))
     paths = [p.images_dir / path for path, _ in split.train]
     labels = [y for _, y in split.train]
     svm = LinearSvm.from_params(p)

@@ -413,6 +413,9 @@ def test_images_gone_since_stage_1_are_named_when_the_split_is_loaded(color_data
                                                 r"rerun scripts/1_prepareData.py"):
         load_split(path, color_dataset)
     assert load_split(path).classes  # without the images folder, not checked
+    side = "train" if any(rel == f"red/{moved.name}" for rel, _ in load_split(path).train) else "test"
+    other = "test" if side == "train" else "train"
+    assert load_split(path, color_dataset, sides=(other,)).classes  # the select scripts read the training side only
 
 
 def test_photos_dropped_straight_into_the_data_set_folder_are_pointed_out(tmp_path: Path) -> None:

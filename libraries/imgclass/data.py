@@ -20,6 +20,7 @@ import os
 import random
 import unicodedata
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,9 +86,10 @@ def save_split(split: Split, path: str | Path) -> Path:
     return write_json(path, split.to_json())
 
 
-def load_split(path: str | Path, images_dir: str | Path | None = None) -> Split:
-    """The split stage 1 wrote; given `images_dir`, a FileNotFoundError naming the images it lists that
-    are gone from there (moved or deleted since stage 1), before a stage spends minutes on the rest."""
+def load_split(path: str | Path, images_dir: str | Path | None = None, sides: Sequence[str] = ("train", "test")) -> Split:
+    """The split stage 1 wrote; given `images_dir`, a FileNotFoundError naming the images of `sides`
+    that it lists and are gone from there (moved or deleted since stage 1), before a stage spends
+    minutes on the rest (the select scripts read the training side only, and check only that)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run scripts/1_prepareData.py first")
@@ -98,7 +100,7 @@ def load_split(path: str | Path, images_dir: str | Path | None = None) -> Split:
         raise DamagedFileError(f"{path}: not a split written by scripts/1_prepareData.py "
                                f"({type(e).__name__}: {e}); rerun stage 1") from None
     if images_dir is not None:
-        gone = [rel for rel, _ in split.train + split.test if not (Path(images_dir) / rel).is_file()]
+        gone = [rel for side in sides for rel, _ in split.side(side) if not (Path(images_dir) / rel).is_file()]
         if gone:
             shown = ", ".join(repr(g) for g in gone[:3]) + (f" and {len(gone) - 3} more" if len(gone) > 3 else "")
             raise FileNotFoundError(f"{len(gone)} image(s) that {path.name} lists are gone from {images_dir} "
