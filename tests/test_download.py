@@ -279,6 +279,16 @@ def test_a_list_with_no_url_line_is_an_error(tmp_path: Path) -> None:
             read_url_list(_write_tsv(tmp_path / "empty.tsv", lines))
 
 
+
+def test_a_folder_or_a_missing_file_given_as_the_url_list_is_named_as_such(tmp_path: Path) -> None:
+    with pytest.raises(UrlListError, match=rf"{tmp_path} is a folder: give the URL list, a text file of label<TAB>url lines"):
+        read_url_list(tmp_path)  # it was an IsADirectoryError traceback
+    with pytest.raises(UrlListError, match=r"missing.tsv: no such file \(the URL list"):
+        read_url_list(tmp_path / "missing.tsv")
+    proc = run_script("0_downloadData.py", "--set", "datasetName=pets", "--urls", str(tmp_path), data_dir=tmp_path / "d", check=False)
+    assert proc.returncode == 1 and "is a folder: give the URL list" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_read_url_list_rejects_non_utf8_with_line_number(tmp_path: Path) -> None:
     path = tmp_path / "latin1.tsv"
     path.write_bytes(b"cat\thttp://x/a.jpg\ncaf\xe9\thttp://x/b.jpg\n")

@@ -200,7 +200,12 @@ def tsv_lines(path: str | Path, error: Callable[[str], Exception] = UrlListError
     file and line rather than a UnicodeDecodeError.
     """
     path = Path(path)
-    data = path.read_bytes()
+    if path.is_dir():
+        raise error(f"{path} is a folder: give the URL list, a text file of label<TAB>url lines")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise error(f"{path}: no such file (the URL list, a text file of label<TAB>url lines)") from None
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
