@@ -1,8 +1,9 @@
 """Find duplicate and near-duplicate images in a folder (dhash); with --remove, move the extras aside.
 
 Dry run by default: the groups are listed and nothing changes. With --remove, every image but the
-kept one of each group (the copy with the most pixels) is moved to FOLDER/_duplicates/ (listed in
-_duplicates/moved.tsv), never deleted.
+kept one of each group (the copy with the most pixels, never one that annotations_fixes.tsv excludes
+while another copy is left in) is moved to FOLDER/_duplicates/ (listed in _duplicates/moved.tsv),
+never deleted. Images relabelled in annotations_fixes.tsv count in their new class.
 Two kinds of group are not moved without --force: groups spanning class folders (the same photo
 with two labels: which label is right is for a person to decide) are left in place, and where the
 data set's images look alike to dhash nothing is moved (see the note it prints). --force overrides
@@ -11,6 +12,7 @@ both, and says which it overrode.
 
 from pathlib import Path
 
+from imgclass.annotations import FIXES_FILE
 from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.dedup import DUPLICATES_FOLDER, DuplicateReport, find_duplicates, lookalike_note, move_duplicates
 
@@ -30,7 +32,9 @@ parser.add_argument("--force", action="store_true",
 
 def _size(report: DuplicateReport, path: str) -> str:
     w, h = report.sizes.get(path, (0, 0))
-    return f"{w}x{h}" if w else "size unknown"
+    fix = report.fixes.get(path)
+    fixed = "" if fix is None else ", excluded by" if report.excluded(path) else f", labelled {fix} by"
+    return (f"{w}x{h}" if w else "size unknown") + (f"{fixed} {FIXES_FILE}" if fixed else "")
 
 
 def main() -> int:

@@ -193,6 +193,30 @@ def test_remove_leaves_groups_spanning_classes_unless_forced(originals: Path, tm
     assert len((root / "_duplicates" / "moved.tsv").read_text().splitlines()) == 1 + 2
 
 
+def test_label_fixes_decide_the_class_and_an_excluded_copy_is_never_the_one_kept(originals: Path, tmp_path: Path) -> None:
+    """The same photo under two labels, the wrong one excluded in the notebook (annotations_fixes.tsv):
+    it was kept, being the larger copy, with --force, and the right one moved aside, so the photo
+    left training without a word. Now the fixed labels decide: one class, nothing to force."""
+    from imgclass.annotations import write_fixes
+
+    root = tmp_path / "ds"
+    shutil.copytree(originals, root)
+    _copy(root / "leopard/leopard_0002.jpg", root / "dotted/big_copy.jpg", 1.5, 95)  # more pixels than the original
+    _copy(root / "striped/striped_0001.jpg", root / "dotted/striped_copy.jpg", 0.7, 70)
+    report = find_duplicates(root, progress=False)
+    assert sorted(report.cross_class_groups()) == [["dotted/big_copy.jpg", "leopard/leopard_0002.jpg"],
+                                                   ["striped/striped_0001.jpg", "dotted/striped_copy.jpg"]]
+    write_fixes(root, {"dotted/big_copy.jpg": "EXCLUDE", "dotted/striped_copy.jpg": "striped"})
+    report = find_duplicates(root, progress=False)
+    assert report.cross_class_groups() == []
+    assert sorted(report.groups) == [["leopard/leopard_0002.jpg", "dotted/big_copy.jpg"],
+                                     ["striped/striped_0001.jpg", "dotted/striped_copy.jpg"]]
+    out = run_script("dedupImages.py", str(root), "--remove", data_dir=tmp_path).stdout
+    assert "dotted/big_copy.jpg (" in out and "excluded by annotations_fixes.tsv" in out
+    assert "labelled striped by annotations_fixes.tsv" in out and "moved 2 image(s)" in out
+    assert (root / "leopard/leopard_0002.jpg").is_file() and not (root / "dotted/big_copy.jpg").exists()
+
+
 def test_cross_class_groups_in_a_data_set_split_in_advance(tmp_path: Path) -> None:
     for side in ("train", "test"):
         for cls in ("dotted", "striped"):

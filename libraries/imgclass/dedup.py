@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import shutil
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -32,6 +32,7 @@ import imagehash
 import numpy as np
 from PIL import Image
 
+from imgclass.annotations import EXCLUDE, read_fixes
 from imgclass.data import DUPLICATES_FOLDER, Split, find_split_folders, list_folder_images
 from imgclass.fileio import atomic_open
 from imgclass.images import ImageDecodeError, load_rgb
@@ -193,6 +194,10 @@ class DuplicateReport:
     sizes: dict[str, tuple[int, int]] = field(default_factory=dict)  # (width, height) of every grouped image
     failed: list[tuple[str, str]] = field(default_factory=list)
     typical_distance: float | None = None  # see `typical_distance`; judged by `lookalike_note`
+    # The data set's label fixes (annotations_fixes.tsv): {path: new class or EXCLUDE}. A relabelled
+    # image counts in its new class, and an excluded one is never the copy kept while a copy the
+    # user left in is moved aside (the photo would vanish from training without a word).
+    fixes: dict[str, str] = field(default_factory=dict)
 
     def bits_between(self, a: str, b: str) -> int | None:
         """Bits between the hashes of two images of a group; None for a member joined through another."""
@@ -211,8 +216,11 @@ class DuplicateReport:
         return [(p, g[0]) for g in self.groups if g not in cross for p in g[1:]]
 
     def class_of(self, path: str) -> str:
-        """The class folder of a path: its first component, or its second in a data set split in
-        advance (train/dotted/x.jpg is class dotted, as stage 1 reads it)."""
+        """The class of a path: its fixed class when annotations_fixes.tsv gives one, else its class
+        folder, the first component, or the second in a data set split in advance
+        (train/dotted/x.jpg is class dotted, as stage 1 reads it)."""
+        if (fixed := self.fixes.get(path)) not in (None, EXCLUDE):
+            return fixed
         parts = path.split("/")
         if len(parts) > 2 and parts[0] in self._split_names:
             return parts[1]
@@ -224,9 +232,14 @@ class DuplicateReport:
         folders = find_split_folders(self.folder)
         return set() if folders is None else {f.name for f in (folders[0], folders[1], *folders[2])}
 
+    def excluded(self, path: str) -> bool:
+        """Whether annotations_fixes.tsv leaves the image out of the data set."""
+        return self.fixes.get(path) == EXCLUDE
+
     def cross_class_groups(self) -> list[list[str]]:
-        """Groups whose images lie in different class folders: the same photo with two labels."""
-        return [g for g in self.groups if len({self.class_of(p) for p in g}) > 1]
+        """Groups whose images lie in different classes (after the label fixes; excluded images do
+        not count): the same photo with two labels."""
+        return [g for g in self.groups if len({self.class_of(p) for p in g if not self.excluded(p)}) > 1]
 
     def write_groups(self, path: str | Path) -> Path:
         """The groups as a TSV (group, kept, duplicate, bits; bits empty for a member joined through
@@ -242,9 +255,10 @@ class DuplicateReport:
 
 def find_duplicates(
     folder: str | Path, threshold: int = DEFAULT_THRESHOLD, hash_size: int = HASH_SIZE,
-    workers: int = 2, progress: bool = True,
+    workers: int = 2, progress: bool = True, fixes: dict[str, str] | None = None,
 ) -> DuplicateReport:
-    """Hash every image below `folder` and group identical and near-identical ones."""
+    """Hash every image below `folder` and group identical and near-identical ones. `fixes`: the
+    label fixes of the data set in `folder` (default: its annotations_fixes.tsv, when there is one)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such folder")
@@ -253,7 +267,8 @@ def find_duplicates(
     left_out: list[tuple[str, str]] = []
     paths = list_folder_images(folder, left_out)
     hashes, problems = hash_files([folder / p for p in paths], hash_size, workers, progress)
-    report = DuplicateReport(folder, threshold, paths, [str(h) if h is not None else "" for h in hashes])
+    report = DuplicateReport(folder, threshold, paths, [str(h) if h is not None else "" for h in hashes],
+                             fixes=read_fixes(folder) if fixes is None else fixes)
     report.failed = left_out + [(p, e) for p, e in zip(paths, problems) if e]
     ok = [i for i, h in enumerate(hashes) if h is not None]
 
@@ -275,8 +290,9 @@ def find_duplicates(
     report.distances = {(paths[i], paths[j]): d for i, j, d in pairs}
     # Every exact group lies within a near group (0 bits apart), so these are all the grouped images.
     report.sizes = {paths[i]: _image_size(folder / paths[i]) for g in near_groups for i in g}
-    report.exact = [_kept_first([paths[i] for i in g], report.sizes, folder) for g in exact_groups]
-    report.groups = [_kept_first([paths[i] for i in g], report.sizes, folder) for g in near_groups]
+    excluded = {p for p, c in report.fixes.items() if c == EXCLUDE}
+    report.exact = [_kept_first([paths[i] for i in g], report.sizes, folder, excluded) for g in exact_groups]
+    report.groups = [_kept_first([paths[i] for i in g], report.sizes, folder, excluded) for g in near_groups]
     # Only pairs need judging (the note is about them): no pass over the hashes when there are none.
     report.typical_distance = typical_distance(bits, threshold) if pairs else None
     return report
@@ -292,9 +308,11 @@ def _image_size(path: Path) -> tuple[int, int]:
         return 0, 0
 
 
-def _kept_first(group: list[str], sizes: dict[str, tuple[int, int]], folder: Path) -> list[str]:
-    """The group (in path order) with the image it keeps moved to the front: the most pixels, then
-    the largest file (less compressed), then the path that sorts first."""
+def _kept_first(group: list[str], sizes: dict[str, tuple[int, int]], folder: Path,
+                excluded: Collection[str] = ()) -> list[str]:
+    """The group (in path order) with the image it keeps moved to the front: one not `excluded` by
+    the label fixes, then the most pixels, then the largest file (less compressed), then the path
+    that sorts first."""
 
     def file_bytes(p: str) -> int:
         try:
@@ -302,7 +320,7 @@ def _kept_first(group: list[str], sizes: dict[str, tuple[int, int]], folder: Pat
         except OSError:
             return 0
 
-    kept = min(group, key=lambda p: (-sizes[p][0] * sizes[p][1], -file_bytes(p), p))
+    kept = min(group, key=lambda p: (p in excluded, -sizes[p][0] * sizes[p][1], -file_bytes(p), p))
     return [kept, *(p for p in group if p != kept)]
 
 
