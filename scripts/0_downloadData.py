@@ -8,7 +8,7 @@
 from pathlib import Path
 
 from imgclass.cli import parse_stage, run_stage, stage_parser
-from imgclass.data import class_counts, loose_images_hint, other_datasets_hint
+from imgclass.data import alike_class_notes, class_counts, loose_images_hint, other_datasets_hint
 from imgclass.download import download_images
 from imgclass.synthetic import generate_demo_dataset
 from imgclass.terminal import column_width, ljust
@@ -57,6 +57,8 @@ def main() -> int:
     for c, n in counts.items():
         failed_all = urls and n == 0 and c in report.failed_labels
         print(f"  {ljust(c, width)} {n:>6} image files" + ("  <- none: every URL of this label failed" if failed_all else ""))
+    for note in alike_class_notes(list(counts)):  # a list's "Dotted" beside the folder dotted/
+        print(f"note: {note}")
     print(f"images: {out}")
     return 0
 

@@ -8,6 +8,7 @@ per path, so the tests can prove what was (not) fetched.
 from __future__ import annotations
 
 import hashlib
+import shutil
 import io
 import threading
 import time
@@ -691,6 +692,13 @@ def test_stage0_expands_tilde_in_urls_file(server: Server, tmp_path: Path, monke
     assert "note: 1 image(s) fetched for URLs no longer in the list" in proc.stdout, proc.stdout
     assert "  bird                      0 image files  <- none: every URL of this label failed" in proc.stdout, proc.stdout
     assert server.hits["/cat.jpg"] == server.hits["/dog.png"] == 1
+    # A label typed "Dog" beside the folder dog/: two classes; stage 0 says so, before stage 1 would.
+    (data_dir / "images" / "pets" / "Dog").mkdir()
+    (data_dir / "images" / "pets" / "dog").mkdir(exist_ok=True)
+    for folder in ("Dog", "dog"):
+        shutil.copy(next((data_dir / "images" / "pets" / "cat").iterdir()), data_dir / "images" / "pets" / folder / "x.jpg")
+    proc = run_script("0_downloadData.py", "--set", "datasetName=pets", data_dir=data_dir)
+    assert "note: classes 'Dog', 'dog' differ only in letter case: one class split in two?" in proc.stdout, proc.stdout
 
 
 def test_downloaded_files_reach_only_the_readers_of_the_formats_kept(
@@ -778,3 +786,19 @@ def test_a_tracking_pixel_is_refused_as_too_small(server: Server, tmp_path: Path
                              timeout=5, progress=False)
     assert report.ok == 1
     assert report.failures == [(server.url("/pixel.gif"), "too small (1x1 pixels): a placeholder, not a photo")]
+
+
+def test_a_fix_made_by_hand_follows_its_image_when_the_list_relabels_it(server: Server, tmp_path: Path) -> None:
+    """An image excluded in the notebook, then relabelled in the URL list: stage 0 moves the file,
+    and the EXCLUDE moved with it (it pointed at the old path, and the image came back into training)."""
+    from imgclass.annotations import read_fixes, write_fixes
+
+    out = tmp_path / "images"
+    cat, dog = server.url("/cat.jpg"), server.url("/dog.png")
+    download_images([("cat", cat), ("dog", dog)], out, workers=1, progress=False)
+    write_fixes(out, {f"cat/{_stem(cat)}.jpg": "EXCLUDE", f"dog/{_stem(dog)}.png": "cat"})
+    report = download_images([("dog", cat), ("cat", dog)], out, workers=1, progress=False)
+    assert len(report.moved) == 2 and report.fixes_moved == 2
+    # The EXCLUDE follows its image; the relabel to 'cat' is what the folder says now, so it goes.
+    assert read_fixes(out) == {f"dog/{_stem(cat)}.jpg": "EXCLUDE"}
+    assert any("2 of the moved images had a fix in annotations_fixes.tsv" in line for line in report.notes(out))

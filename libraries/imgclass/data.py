@@ -530,20 +530,26 @@ def balance_notes(split: Split, balanced: bool = False) -> list[str]:
     if few:
         notes.append(f"fewer than {FEW_TRAINING_IMAGES} training images: {', '.join(few)}; "
                      "their accuracy rests on very few photos: add more where you can")
-    # Folders that print alike but are two classes: "Stripes" and "stripes", or an accent written
-    # composed in one name and decomposed (as macOS writes it) in the other.
-    alike: dict[str, list[str]] = defaultdict(list)
-    for c in split.classes:
-        alike[unicodedata.normalize("NFC", c).casefold()].append(c)
-    for group in (g for g in alike.values() if len(g) > 1):
-        how = "letter case" if len({unicodedata.normalize("NFC", c) for c in group}) > 1 else "Unicode form (NFC/NFD)"
-        notes.append(f"classes {', '.join(map(repr, group))} differ only in {how}: one class split in two? "
-                     "merge the folders if so")
+    notes += alike_class_notes(split.classes)
     untested = [c for c, n in counts.items() if not n["test"]]
     if untested:
         it = "it is" if len(untested) == 1 else "they are"
         notes.append(f"no test image: {', '.join(untested)}; trained on but never tested, so the "
                      f"results cannot say how well {it} recognised: add images")
+    return notes
+
+
+def alike_class_notes(classes: Sequence[str]) -> list[str]:
+    """Notes on class folders that print alike but are two classes: "Stripes" and "stripes", or an
+    accent written composed in one name and decomposed (as macOS writes it) in the other."""
+    alike: dict[str, list[str]] = defaultdict(list)
+    for c in classes:
+        alike[unicodedata.normalize("NFC", c).casefold()].append(c)
+    notes = []
+    for group in (g for g in alike.values() if len(g) > 1):
+        how = "letter case" if len({unicodedata.normalize("NFC", c) for c in group}) > 1 else "Unicode form (NFC/NFD)"
+        notes.append(f"classes {', '.join(map(repr, group))} differ only in {how}: one class split in two? "
+                     "merge the folders if so")
     return notes
 
 

@@ -36,6 +36,7 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from imgclass import __version__
+from imgclass.annotations import FIXES_FILE, read_fixes, write_fixes
 from imgclass.data import DUPLICATES_FOLDER, NOT_CLASS_PREFIXES, list_class_dirs, walk_image_files
 from imgclass.fileio import atomic_open, write_bytes
 from imgclass.images import ImageDecodeError, load_rgb, openers
@@ -119,6 +120,7 @@ class DownloadReport:
     failed_labels: set[str] = field(default_factory=set)  # labels with a URL that failed in this run
     deleted: list[str] = field(default_factory=list)
     unlisted: list[Path] = field(default_factory=list)
+    fixes_moved: int = 0  # label fixes (annotations_fixes.tsv) that followed a moved file to its new path
 
     def summary(self) -> str:
         aside = f", {self.set_aside} set aside as duplicates (in {DUPLICATES_FOLDER}/, not fetched again)" \
@@ -131,6 +133,10 @@ class DownloadReport:
         lines = []
         for (old, new), n in Counter((old, new) for _, old, new in self.moved).items():
             lines.append(f"moved {n} image{'' if n == 1 else 's'} from {old}/ to {new}/ (label changed in the URL list)")
+        if self.fixes_moved:
+            lines.append(f"note: {self.fixes_moved} of the moved images had a fix in {FIXES_FILE} (EXCLUDE, or a "
+                         f"label): {'it follows its image' if self.fixes_moved == 1 else 'they follow their images'} "
+                         f"to the new path, since a fix made by hand outranks the list")
         for (folder, listed), n in Counter((f, lab) for _, f, lab in self.left_by_hand + self.unsure).items():
             lines.append(
                 f"note: {n} image{'' if n == 1 else 's'} listed as {listed!r} {'is' if n == 1 else 'are'} in {folder}/: "
@@ -138,13 +144,15 @@ class DownloadReport:
                 f"{' before stage 0 kept ' + MANIFEST_FILE if self.unsure else ''}); "
                 f"if the list is right, move {'it' if n == 1 else 'them'} to {listed}/ yourself")
         if self.deleted:
+            shown = ", ".join(self.deleted[:3]) + (f" and {len(self.deleted) - 3} more" if len(self.deleted) > 3 else "")
             lines.append(f"note: {len(self.deleted)} image(s) deleted since an earlier run fetched them: not fetched "
-                         f"again (delete their lines in {out / MANIFEST_FILE} to fetch them again)")
+                         f"again (delete their lines in {out / MANIFEST_FILE} to fetch them again): {shown}")
         if self.unlisted:
             lines.append(f"note: {len(self.unlisted)} image(s) fetched for URLs no longer in the list (e.g. dropped as "
                          f"ambiguous by scrapeImages.py) are still in the data set, e.g. "
-                         f"{self.unlisted[0].relative_to(out).as_posix()}: delete them, or mark them EXCLUDE in "
-                         f"annotations_fixes.tsv")
+                         f"{self.unlisted[0].relative_to(out).as_posix()}: left in place; if this list is a further "
+                         f"batch, nothing needs doing; if it was trimmed on purpose, delete them, or mark them "
+                         f"EXCLUDE in {FIXES_FILE}")
         if self.failed:
             lines.append(f"broken URLs and reasons: {out / FAILURES_FILE}")
         return lines
@@ -312,6 +320,24 @@ def _existing_files(out_dir: Path) -> dict[str, list[Path]]:
 def _label_of(path: Path, out_dir: Path) -> str:
     """The class folder a file found by _existing_files is in."""
     return path.relative_to(out_dir).parts[0]
+
+
+def _carry_fixes(out_dir: Path, renamed: list[tuple[str, str, str]]) -> int:
+    """Rewrite annotations_fixes.tsv so that the fix of each file stage 0 moved, (old path, new path,
+    new label), follows it: an EXCLUDE made in the notebook would otherwise point at a path that is
+    gone and the image come back into training. A relabel to the class the file now lies in is
+    dropped (the folder says it now). Returns how many fixes followed their files."""
+    fixes = read_fixes(out_dir) if renamed else {}
+    carried = 0
+    for old, new, label in renamed:
+        if old in fixes:
+            fix = fixes.pop(old)
+            if fix != label:
+                fixes[new] = fix
+            carried += 1
+    if carried:
+        write_fixes(out_dir, fixes)
+    return carried
 
 
 def read_manifest(out_dir: str | Path) -> dict[str, str]:
@@ -597,6 +623,7 @@ def download_images(
     set_aside = {re.sub(r"_\d+$", "", p.stem) for p in (out_dir / DUPLICATES_FOLDER).rglob("*")
                  if p.suffix in _KNOWN_EXTENSIONS}
     moved_from: set[Path] = set()
+    renamed: list[tuple[str, str, str]] = []  # (old path, new path, new label) of files moved to follow the list
     for i, (label, url) in enumerate(entries):
         try:
             scheme = urllib.parse.urlsplit(url).scheme.lower()
@@ -622,6 +649,7 @@ def download_images(
                 os.replace(old, target)  # atomic: the image is in one class folder or the other
                 moved_from.update(f for f in old.parents if f != out_dir and out_dir in f.parents)
                 report.moved.append((url, _label_of(old, out_dir), label))
+                renamed.append((old.relative_to(out_dir).as_posix(), target.relative_to(out_dir).as_posix(), label))
                 report.per_class[label] += 1
                 log.info("%s: label now %r, moved %s to %s/", url, label, old.relative_to(out_dir), label)
             elif url in manifest and inside:
@@ -645,6 +673,7 @@ def download_images(
             report.deleted.append(url)  # fetched by an earlier run, deleted by hand since: not again
         else:
             todo.append(i)
+    report.fixes_moved = _carry_fixes(out_dir, renamed)
     for folder in sorted(moved_from, key=lambda f: -len(f.parts)):  # sub-folders before their class folder
         # A label renamed in the list (cats -> cat) leaves its old folder empty, which stage 1 would
         # take for an empty class; rmdir removes only an empty folder.
