@@ -11,6 +11,7 @@ from pathlib import Path
 
 from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.scrape import SearchError, build_queries, get_provider, scrape_to_file, state_path
+from imgclass.terminal import column_width, ljust
 
 parser = stage_parser(
     __doc__.splitlines()[0],
@@ -40,12 +41,17 @@ def main() -> int:
               f"not asked again")
     for query, reason in report.failures:
         print(f"query {query!r} failed: {reason}")
+    if report.failures:  # not recorded as answered: the next run asks them again
+        n = len(report.failures)
+        print(f"rerun this script later to retry the {n} failed quer{'y' if n == 1 else 'ies'} (the others are not asked again)")
     per_label: dict[str, int] = {}
     for row in report.rows:
         per_label[row[0]] = per_label.get(row[0], 0) + 1
+    width = column_width(list(per_label), at_least=20)
     for label, n in per_label.items():
-        print(f"  {label:<20} {n:>6} URLs")
-    print(f"{len(report.rows)} URLs ({report.repeated} repeats of a listed URL under the same label dropped)")
+        print(f"  {ljust(label, width)} {n:>6} URL{'' if n == 1 else 's'}")
+    print(f"{len(report.rows)} URL{'' if len(report.rows) == 1 else 's'} ({report.repeated} repeats of a listed URL "
+          f"under the same label dropped)")
     if report.ambiguous:
         # Kept under either label it would teach the classifier a wrong label half the time.
         print(f"{len(report.ambiguous)} URLs returned for queries of two labels dropped as ambiguous")

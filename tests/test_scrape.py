@@ -275,6 +275,20 @@ def test_script_writes_a_list_that_stage0_downloads(fake: Fake, tmp_path: Path, 
     assert len(list((images / "striped").glob("*.jpg"))) == 6 and len(list((images / "leopard").glob("*.jpg"))) == 6
 
 
+def test_script_says_a_failed_query_is_asked_again_by_a_rerun(fake: Fake, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENVERSE_ENDPOINT", fake.url("/v1/images/"))
+    args = ["--set", "datasetName=scraped", "--set", "scrape_items=['vest']", "--set", "scrape_resultsPerQuery=1",
+            "--set", "scrape_attributes=['striped','broken']", "--set", "scrape_pauseSec=0"]
+    out = run_script("scrapeImages.py", *args, data_dir=tmp_path).stdout
+    assert "query 'broken vest' failed: " in out and "rerun this script later to retry the 1 failed query" in out, out
+    assert "  striped                   1 URL\n" in out and "\n1 URL (0 repeats" in out
+    asked = fake.hits[("/v1/images/", "broken vest")], fake.hits[("/v1/images/", "striped vest")]
+    run_script("scrapeImages.py", *args, data_dir=tmp_path)
+    assert fake.hits[("/v1/images/", "broken vest")] == 2 * asked[0]  # asked again, as said
+    assert fake.hits[("/v1/images/", "striped vest")] == asked[1]  # answered: not asked again
+
+
 @pytest.mark.parametrize("env, args, message", [
     ({}, ["--set", "scrape_provider=bing"], "no Bing Image Search key: set BING_SEARCH_V7_SUBSCRIPTION_KEY"),
     ({"BING_SEARCH_V7_SUBSCRIPTION_KEY": KEY}, ["--set", "scrape_provider=bing"], "no Bing Image Search endpoint"),
