@@ -285,7 +285,7 @@ def test_script_says_a_failed_query_is_asked_again_by_a_rerun(fake: Fake, tmp_pa
     assert "  striped                   1 URL\n" in out and "\n1 URL (0 repeats" in out
     asked = fake.hits[("/v1/images/", "broken vest")], fake.hits[("/v1/images/", "striped vest")]
     run_script("scrapeImages.py", *args, data_dir=tmp_path)
-    assert fake.hits[("/v1/images/", "broken vest")] == 2 * asked[0]  # asked again, as said
+    assert fake.hits[("/v1/images/", "broken vest")] > asked[0]  # asked again, as said
     assert fake.hits[("/v1/images/", "striped vest")] == asked[1]  # answered: not asked again
 
 
