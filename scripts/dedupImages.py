@@ -30,6 +30,10 @@ parser.add_argument("--force", action="store_true",
                          "most pixels), and move even where the images look alike to dhash (see the note it prints)")
 
 
+def _s(n: int) -> str:
+    return "" if n == 1 else "s"
+
+
 def _size(report: DuplicateReport, path: str) -> str:
     w, h = report.sizes.get(path, (0, 0))
     fix = report.fixes.get(path)
@@ -44,15 +48,16 @@ def main() -> int:
     report = find_duplicates(folder, threshold)
     for path, reason in report.failed:
         print(f"skipped: {path}: {reason}")
-    print(f"{len(report.paths)} images, {sum(len(g) - 1 for g in report.exact)} exact duplicates "
-          f"(identical hash), {len(report.to_move)} duplicates within {threshold} bits in {len(report.groups)} groups")
+    exact, near, groups = sum(len(g) - 1 for g in report.exact), len(report.to_move), len(report.groups)
+    print(f"{len(report.paths)} images, {exact} exact duplicate{_s(exact)} (identical hash), {near} duplicate{_s(near)} "
+          f"within {threshold} bit{_s(threshold)} in {groups} group{_s(groups)}")
     cross = report.cross_class_groups()
     for n, group in enumerate(report.groups, 1):
         flag = "  <- in different class folders" if group in cross else ""
         print(f"group {n}: keep {group[0]} ({_size(report, group[0])}){flag}")
         for other in group[1:]:
             bits = report.bits_between(group[0], other)
-            print(f"    {other} ({_size(report, other)}, " + (f"{bits} bits)" if bits is not None else "via another member)"))
+            print(f"    {other} ({_size(report, other)}, " + (f"{bits} bit{_s(bits)})" if bits is not None else "via another member)"))
     print(f"wrote {report.write_groups(folder / 'duplicates.tsv')}")
     if cross:
         print(f"{len(cross)} group(s) span class folders: the same photo with different labels; check them by hand "

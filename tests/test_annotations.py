@@ -122,6 +122,9 @@ def test_fixes_file_saved_with_a_byte_order_mark(color_dataset: Path) -> None:
     split = make_split(color_dataset, 0.5, seed=1)
     labels = {p: split.classes[y] for p, y in split.train + split.test}
     assert labels["red/red_0.jpg"] == "blue" and "green/green_1.jpg" not in labels
+    # Saved from a spreadsheet with its header row: a header, not an image named "path".
+    (color_dataset / FIXES_FILE).write_bytes(("\ufeffPath\tNew class\r\n" + text[1:]).encode("utf-8"))
+    assert read_fixes(color_dataset) == {"red/red_0.jpg": "blue", "green/green_1.jpg": EXCLUDE}
 
 
 def test_a_data_set_split_in_advance_has_its_classes_inside_the_split_folders(tmp_path: Path) -> None:

@@ -492,7 +492,9 @@ def test_unsupported_schemes_are_never_fetched(server: Server, tmp_path: Path) -
     out = tmp_path / "out"
     report = download_images([("cat", url) for url in bad], out, progress=False)
     assert report.ok == 0
-    assert report.failures == [(url, "unsupported scheme") for url in bad]
+    assert [(url, reason.split(" (")[0]) for url, reason in report.failures] == [(url, "unsupported scheme") for url in bad]
+    assert report.failures[-1][1] == "unsupported scheme (data): only http and https URLs are fetched"
+    assert report.failures[-3][1].startswith("unsupported scheme (none)")
     assert sum(server.hits.values()) == 0, "nothing may reach the server"
     assert _files(out) == {}
     assert len(_failures_tsv(out)) == len(bad)

@@ -59,8 +59,9 @@ def hash_files(
     def one(p: str | Path) -> tuple[imagehash.ImageHash | None, str | None]:
         try:
             return image_hash(p, hash_size), None
-        except ImageDecodeError as e:
-            return None, str(e)
+        except ImageDecodeError as e:  # the reason alone: the caller names the file
+            text, name = str(e), f"{p}: "
+            return None, text[len(name):] if text.startswith(name) else text
 
     # Threads, not processes: PIL releases the GIL while decoding, and hashes are tiny to return.
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:

@@ -633,7 +633,8 @@ def download_images(
         stem = file_stem(url)
         files = existing.get(stem, [])
         if scheme not in ALLOWED_SCHEMES:
-            reasons[i] = "unsupported scheme"  # never fetched: no file:, ftp:, javascript: ...
+            # Never fetched: no file:, ftp:, javascript: ... ("none": a bare host or a path, "not a url").
+            reasons[i] = f"unsupported scheme ({scheme or 'none'}): only {' and '.join(sorted(ALLOWED_SCHEMES))} URLs are fetched"
         elif not files and stem in set_aside:
             report.set_aside += 1  # moved to _duplicates/ by dedupImages.py: not fetched back
         elif files:
