@@ -30,7 +30,8 @@ def main() -> int:
         check = check_leaks(split, p.images_dir, p.dedup_threshold)
         for leak in check.leaks[:SHOW_LEAKS]:
             note = "" if leak.same_class else " (DIFFERENT classes: check the labels)"
-            print(f"near duplicates across the split ({leak.distance} bits): {leak.train} (train) ~ {leak.test} (test){note}")
+            how = f"{leak.distance} bits{', mirrored' if leak.mirrored else ''}"
+            print(f"near duplicates across the split ({how}): {leak.train} (train) ~ {leak.test} (test){note}")
         listed = write_leaks(p.proc_dir / "near_duplicates.tsv", check.leaks)
         if len(check.leaks) > SHOW_LEAKS:
             others = sum(not leak.same_class for leak in check.leaks[SHOW_LEAKS:])

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from conftest import FASHION, run_script, write_image
 from imgclass.data import Split, list_class_dirs, make_split
@@ -23,6 +23,7 @@ from imgclass.dedup import (
     keep_leaks_in_train,
     move_duplicates,
     pairwise_close,
+    write_leaks,
 )
 from imgclass.synthetic import generate_demo_dataset
 
@@ -278,6 +279,26 @@ def test_leakage_check_finds_a_planted_duplicate_across_the_split(originals: Pat
     assert check_leaks(fixed, root, progress=False).leaks == []
 
 
+def test_leakage_check_finds_a_mirrored_copy_across_the_split(originals: Path, tmp_path: Path) -> None:
+    """A copy flipped left-right (and recompressed) is far from its original by dhash, and the
+    more of a leak with run_boFlipAverage, which scores every image with its mirror image."""
+    root = tmp_path / "ds"
+    shutil.copytree(originals, root)
+    flipped = ImageOps.mirror(Image.open(root / "leopard/leopard_0001.jpg").convert("RGB"))
+    flipped.save(root / "leopard/flipped.jpg", "JPEG", quality=70)
+    plain = image_hash(root / "leopard/flipped.jpg") - image_hash(root / "leopard/leopard_0001.jpg")
+    assert plain > DEFAULT_THRESHOLD  # missed without the mirror
+    classes = ["dotted", "leopard", "striped"]
+    files = {c: sorted(p.relative_to(root).as_posix() for p in (root / c).iterdir()) for c in classes}
+    split = Split(classes, [(p, i) for i, c in enumerate(classes) for p in files[c] if p != "leopard/flipped.jpg"],
+                  [("leopard/flipped.jpg", 1)])
+    leaks = check_leaks(split, root, progress=False).leaks
+    assert [(x.train, x.test, x.same_class, x.mirrored) for x in leaks] == [
+        ("leopard/leopard_0001.jpg", "leopard/flipped.jpg", True, True)]
+    assert leaks[0].distance <= DEFAULT_THRESHOLD < plain
+    assert write_leaks(tmp_path / "near.tsv", leaks).read_text().splitlines()[1].endswith("\tTrue\tTrue")
+
+
 def test_stage1_keeps_near_duplicates_on_one_side(originals: Path, tmp_path: Path) -> None:
     root = tmp_path / "images" / "leaky"
     shutil.copytree(originals, root)
@@ -382,7 +403,7 @@ def test_look_alike_images_are_reported_not_moved(tmp_path: Path) -> None:
     assert "note: this data set's images look alike to dhash" in out
     assert "leakageCheck = 'move': nothing moved" in out and "moved " not in out
     rows = [line.split("\t") for line in (tmp_path / "proc" / "digits" / "near_duplicates.tsv").read_text().splitlines()]
-    assert rows[0] == ["train", "test", "bits", "same_class"] and len(rows) > 11  # more pairs than are printed
+    assert rows[0] == ["train", "test", "bits", "same_class", "mirrored"] and len(rows) > 11  # more pairs than are printed
     assert out.count("near duplicates across the split") == 10 and f"all {len(rows) - 1} in " in out
     split = json.loads((tmp_path / "proc" / "digits" / "split.json").read_text())
     assert {r[1] for r in rows[1:]} <= {p for p, _ in split["test"]}  # every flagged test image still tested
