@@ -271,6 +271,15 @@ def test_weights_averaged_over_the_last_epochs_also_across_a_resume(color_datase
             torch.testing.assert_close(v, expected, rtol=1e-5, atol=1e-6)
             moved += int(not torch.equal(v, last[k]))
     assert moved > 0  # the average is not just the last epoch's weights
+    # Resumed with an rf_maxEpochs whose window of averaged epochs takes in only part of those done
+    # (epochs 2-3 of 3, where the interrupted run averaged 1-2 of 2): no run from the start gives that.
+    ckpt.unlink()
+    kw2 = {**kw, "average_last_epochs": 2}
+    _fit(color_dataset, checkpoint=ckpt, max_epochs=2, **kw2)
+    with pytest.raises(ValueError, match=r"with rf_maxEpochs = 3 \(2 there\), the saved weights are the average of "
+                                         r"epochs 2-3, but the interrupted run averaged epochs \[1, 2\]: give the "
+                                         r"interrupted run's rf_maxEpochs again"):
+        _fit(color_dataset, checkpoint=ckpt, resume=True, max_epochs=3, **kw2)
 
 
 def test_averaged_weights_get_batchnorm_statistics_of_their_own_when_those_are_learned(color_dataset: Path) -> None:

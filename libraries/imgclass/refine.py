@@ -521,6 +521,7 @@ class Refiner:
             "average": average.state,
             "average_epochs_json": json.dumps(average.epochs),
             "key_json": json.dumps(self.config.resume_key()),
+            "max_epochs": self.config.max_epochs,  # may change on resume (see _load_checkpoint), named when it matters
             "classes_json": json.dumps(list(self.classes)),
             "data_key": self._data_key,
             "model": model.state_dict(),
@@ -565,13 +566,23 @@ class Refiner:
         if self.device.type == "cuda" and payload.get("cuda_rng"):
             torch.cuda.set_rng_state_all(payload["cuda_rng"])
         epochs = json.loads(payload.get("average_epochs_json", "[]"))
-        if epochs and all(self.config.averages(e - 1) for e in epochs):
-            # Loaded onto the CPU; the running mean is updated where the model is (CUDA, MPS).
-            average.state = {k: v.to(self.device) for k, v in payload["average"].items()}
-            average.epochs = epochs
-        elif epochs and self.progress:  # more epochs now: those averaged so far fall outside the window
-            print(f"the checkpoint's weight average (epochs {epochs}) is outside the last "
-                  f"{self.config.average_last_epochs} of {self.config.max_epochs} epochs; it starts afresh")
+        # rf_maxEpochs may differ from the interrupted run's: the same result as a run of this many
+        # epochs from the start needs the epochs done to be averaged as that run would have averaged them.
+        wanted = [e for e in history.epoch if self.config.averages(e - 1)]
+        if epochs == wanted:
+            if epochs:  # loaded onto the CPU; the running mean is updated where the model is (CUDA, MPS)
+                average.state = {k: v.to(self.device) for k, v in payload["average"].items()}
+                average.epochs = epochs
+        elif not wanted:  # more epochs now: those averaged so far fall outside the window
+            if self.progress:
+                print(f"the checkpoint's weight average (epochs {epochs}) is outside the last "
+                      f"{self.config.average_last_epochs} of {self.config.max_epochs} epochs; it starts afresh")
+        else:
+            there = f" ({payload['max_epochs']} there)" if "max_epochs" in payload else ""
+            raise ValueError(f"{path}: with rf_maxEpochs = {self.config.max_epochs}{there}, the saved weights are the "
+                             f"average of epochs {wanted[0]}-{self.config.max_epochs}, but the interrupted run averaged "
+                             f"{'epochs ' + str(epochs) if epochs else 'none of them'}: give the interrupted run's "
+                             f"rf_maxEpochs again to continue it (the same result as an uninterrupted run), or {RESTART}")
         return history
 
     # -- training ------------------------------------------------------------------------------
