@@ -91,4 +91,5 @@ def main() -> int:
 
 if __name__ == "__main__":
     run_stage(main, (RefineOutOfMemoryError, FloatingPointError),
-              on_interrupt="rerun it with --resume to continue the refinement from its last finished epoch")
+              on_interrupt="rerun it with --resume to continue the refinement from its last finished epoch "
+                           "(from the first, if none had finished)")

@@ -1,6 +1,6 @@
 """Stage 4: train a linear SVM on the training features, choosing C by cross-validation on them."""
 
-from imgclass.cli import parse_stage, run_stage, stage_parser
+from imgclass.cli import do_not_track, parse_stage, run_stage, stage_parser
 from imgclass.featureset import FeatureSet
 from imgclass.fileio import require_file
 from imgclass.provenance import MODEL_SETTINGS, StaleFilesError, check_model_settings, check_same_source
@@ -18,6 +18,7 @@ def main() -> int:
     _, p = parse_stage(parser)
     if p.classifier == "dnn":
         print("classifier = 'dnn' scores with the refined network itself: no SVM to train.")
+        do_not_track()  # it did nothing: recorded, it would start a run of its own with no results
         return 0
     train = FeatureSet.load(p.features_path("train"), made_with_keys=MODEL_SETTINGS)
     check_same_source(p.require_model(), p.features_path("train"),

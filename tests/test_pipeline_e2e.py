@@ -267,3 +267,23 @@ def test_the_interrupt_message_says_how_to_continue(capsys: pytest.CaptureFixtur
         run_stage(interrupted, on_interrupt="rerun it with --resume to continue the refinement")
     assert e.value.code == 130
     assert "interrupted: files already written are complete; rerun it with --resume" in capsys.readouterr().err
+
+
+def test_ctrl_c_while_the_stage_is_being_recorded_is_one_line_not_a_traceback(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Recording in MLflow takes seconds after a stage's work: a Ctrl-C then printed ~70 lines."""
+    import imgclass.cli as cli
+    import imgclass.tracking as tracking
+    from imgclass.params import load_params
+
+    def recording(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tracking, "track_stage", recording)
+    monkeypatch.setattr(cli, "_parsed", load_params())
+    monkeypatch.setattr(cli, "_tracked", False)
+    with pytest.raises(SystemExit) as e:
+        cli.run_stage(lambda: 0)
+    assert e.value.code == 130
+    assert capsys.readouterr().err == ("interrupted while recording the stage in the run history: its outputs are "
+                                       "written and complete; the run history may lack this stage (compareRuns.py)\n")

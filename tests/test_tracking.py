@@ -426,3 +426,12 @@ def test_a_stage_that_starts_a_new_run_says_why(tmp_path: Path, monkeypatch: pyt
     assert after is not None and after.new_run and after.why_new == f"run {rerun.run_id[:8]} was deleted"
     joined = tracking.record_stage(p, "scripts/3_runDNN.py", time.time())
     assert joined is not None and not joined.new_run and joined.run_id == after.run_id and joined.why_new == ""
+
+
+def test_stage4_of_the_dnn_classifier_leaves_no_run_behind(tracked_demo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """It trains nothing ('no SVM to train'): recorded, it started a pipeline run with no results."""
+    _tracked(monkeypatch)
+    before = len(_pipeline_runs(tracked_demo))
+    out = run_script("4_trainSVM.py", *TRACKED_SMALL, "--set", "classifier=dnn", data_dir=tracked_demo).stdout
+    assert "no SVM to train" in out and "tracked in" not in out
+    assert len(_pipeline_runs(tracked_demo)) == before

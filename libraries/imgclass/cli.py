@@ -90,7 +90,12 @@ def run_stage(main: Callable[[], int | None], user_errors: tuple[type[BaseExcept
     if not code and _parsed is not None and not _tracked:
         from imgclass.tracking import track_stage
 
-        track_stage(_parsed, inspect.getfile(main), started, sys.argv[1:])
+        try:
+            track_stage(_parsed, inspect.getfile(main), started, sys.argv[1:])
+        except KeyboardInterrupt:  # the stage's work is done and written: say so, not a traceback
+            print("interrupted while recording the stage in the run history: its outputs are written and "
+                  "complete; the run history may lack this stage (compareRuns.py)", file=sys.stderr)
+            sys.exit(130)
     sys.exit(code or 0)
 
 
