@@ -249,6 +249,23 @@ def test_same_seed_same_result_and_resume_continues_exactly(color_dataset: Path,
         Refiner(_config(), CLASSES, device=device, progress=False).fit(paths[1:], labels[1:], checkpoint=ckpt, resume=True)
 
 
+def test_a_checkpoint_that_cannot_be_continued_is_refused_before_the_images_are_decoded(
+        color_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decoding a large data set takes minutes: a --resume with other settings spent them first."""
+    import imgclass.refine as refine
+
+    ckpt = tmp_path / "refine_checkpoint.pt"
+    _fit(color_dataset, checkpoint=ckpt, max_epochs=1)
+    decoded: list[int] = []
+    real = refine.decode_images
+    monkeypatch.setattr(refine, "decode_images", lambda paths, *a, **k: decoded.append(len(paths)) or real(paths, *a, **k))
+    with pytest.raises(ValueError, match="other settings"):
+        _fit(color_dataset, checkpoint=ckpt, resume=True, lr_per_mb=(0.05,))
+    assert decoded == []
+    _fit(color_dataset, checkpoint=ckpt, resume=True)  # the same settings: continued, after decoding
+    assert decoded
+
+
 def test_weights_averaged_over_the_last_epochs_also_across_a_resume(color_dataset: Path, tmp_path: Path) -> None:
     # Epochs 1-3 of 3 are averaged. Interrupted after epoch 2, resumed: the average continues.
     ckpt = tmp_path / "refine_checkpoint.pt"

@@ -521,7 +521,7 @@ class Refiner:
             "average": average.state,
             "average_epochs_json": json.dumps(average.epochs),
             "key_json": json.dumps(self.config.resume_key()),
-            "max_epochs": self.config.max_epochs,  # may change on resume (see _load_checkpoint), named when it matters
+            "max_epochs": self.config.max_epochs,  # may change on resume (see _read_checkpoint), named when it matters
             "classes_json": json.dumps(list(self.classes)),
             "data_key": self._data_key,
             "model": model.state_dict(),
@@ -535,8 +535,10 @@ class Refiner:
         with atomic_path(path) as tmp:
             torch.save(payload, tmp)
 
-    def _load_checkpoint(self, path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
-                         gen: torch.Generator, average: WeightAverage) -> History:
+    def _read_checkpoint(self, path: Path) -> tuple[dict[str, Any], History]:
+        """The checkpoint at `path` and its history, refused (ValueError) unless this run can continue
+        it to the result an uninterrupted run would give. Read before the images are decoded, so a
+        refusal costs no minutes of decoding."""
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
             key = json.loads(payload["key_json"])
@@ -559,6 +561,22 @@ class Refiner:
         if len(history.epoch) > self.config.max_epochs:
             raise ValueError(f"{path} has {len(history.epoch)} epochs done, more than rf_maxEpochs = "
                              f"{self.config.max_epochs}: set rf_maxEpochs >= {len(history.epoch)}, or {RESTART}")
+        epochs = json.loads(payload.get("average_epochs_json", "[]"))
+        # rf_maxEpochs may differ from the interrupted run's: the same result as a run of this many
+        # epochs from the start needs the epochs done to be averaged as that run would have averaged them.
+        wanted = [e for e in history.epoch if self.config.averages(e - 1)]
+        if epochs != wanted and wanted:
+            there = f" ({payload['max_epochs']} there)" if "max_epochs" in payload else ""
+            raise ValueError(f"{path}: with rf_maxEpochs = {self.config.max_epochs}{there}, the saved weights are the "
+                             f"average of epochs {wanted[0]}-{self.config.max_epochs}, but the interrupted run averaged "
+                             f"{'epochs ' + str(epochs) if epochs else 'none of them'}: give the interrupted run's "
+                             f"rf_maxEpochs again to continue it (the same result as an uninterrupted run), or {RESTART}")
+        return payload, history
+
+    def _restore(self, payload: dict[str, Any], model: torch.nn.Module, opt: torch.optim.Optimizer,
+                 gen: torch.Generator, average: WeightAverage) -> None:
+        """Put the network, optimizer, random generators and weight average back as the checkpoint
+        read by _read_checkpoint has them."""
         model.load_state_dict(payload["model"])
         opt.load_state_dict(payload["optimizer"])
         gen.set_state(payload["generator"])
@@ -566,24 +584,13 @@ class Refiner:
         if self.device.type == "cuda" and payload.get("cuda_rng"):
             torch.cuda.set_rng_state_all(payload["cuda_rng"])
         epochs = json.loads(payload.get("average_epochs_json", "[]"))
-        # rf_maxEpochs may differ from the interrupted run's: the same result as a run of this many
-        # epochs from the start needs the epochs done to be averaged as that run would have averaged them.
-        wanted = [e for e in history.epoch if self.config.averages(e - 1)]
-        if epochs == wanted:
-            if epochs:  # loaded onto the CPU; the running mean is updated where the model is (CUDA, MPS)
-                average.state = {k: v.to(self.device) for k, v in payload["average"].items()}
-                average.epochs = epochs
-        elif not wanted:  # more epochs now: those averaged so far fall outside the window
-            if self.progress:
-                print(f"the checkpoint's weight average (epochs {epochs}) is outside the last "
-                      f"{self.config.average_last_epochs} of {self.config.max_epochs} epochs; it starts afresh")
-        else:
-            there = f" ({payload['max_epochs']} there)" if "max_epochs" in payload else ""
-            raise ValueError(f"{path}: with rf_maxEpochs = {self.config.max_epochs}{there}, the saved weights are the "
-                             f"average of epochs {wanted[0]}-{self.config.max_epochs}, but the interrupted run averaged "
-                             f"{'epochs ' + str(epochs) if epochs else 'none of them'}: give the interrupted run's "
-                             f"rf_maxEpochs again to continue it (the same result as an uninterrupted run), or {RESTART}")
-        return history
+        if epochs and all(self.config.averages(e - 1) for e in epochs):
+            # Loaded onto the CPU; the running mean is updated where the model is (CUDA, MPS).
+            average.state = {k: v.to(self.device) for k, v in payload["average"].items()}
+            average.epochs = epochs
+        elif epochs and self.progress:  # more epochs now: those averaged so far fall outside the window
+            print(f"the checkpoint's weight average (epochs {epochs}) is outside the last "
+                  f"{self.config.average_last_epochs} of {self.config.max_epochs} epochs; it starts afresh")
 
     # -- training ------------------------------------------------------------------------------
     def fit(self, train_paths: Sequence[str | Path], train_labels: Sequence[int],
@@ -622,6 +629,8 @@ class Refiner:
         # A checkpoint continues only the training it was written by: same images, same labels.
         self._data_key = hashlib.blake2b("\n".join(f"{Path(p).as_posix()}\t{y}" for p, y in zip(train_paths, labels))
                                          .encode("utf-8"), digest_size=16).hexdigest()
+        ckpt = Path(checkpoint) if checkpoint is not None else None
+        resumed = self._read_checkpoint(ckpt) if resume and ckpt is not None and ckpt.is_file() else None
         unique = np.unique(chosen)  # duplicates (class balancing) share one cached copy
         position_t = torch.from_numpy(np.searchsorted(unique, chosen))  # row of each chosen image in the cache
         train_cache = decode_images([train_paths[i] for i in unique], c.cache_size, c.resize_mode,
@@ -640,9 +649,9 @@ class Refiner:
         gen = torch.Generator().manual_seed(c.seed)
         torch.manual_seed(c.seed + 1)  # dropout
         history, average = History(), WeightAverage()
-        ckpt = Path(checkpoint) if checkpoint is not None else None
-        if resume and ckpt is not None and ckpt.is_file():
-            history = self._load_checkpoint(ckpt, model, opt, gen, average)
+        if resumed is not None:
+            payload, history = resumed
+            self._restore(payload, model, opt, gen, average)
             if self.progress:
                 print(f"resuming from {ckpt} after epoch {len(history.epoch)}")
         self._train_mode(model)
