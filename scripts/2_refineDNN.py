@@ -8,6 +8,7 @@ chooses nothing. A checkpoint after every epoch lets `--resume` continue an inte
 """
 
 import time
+from pathlib import Path
 
 from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.data import load_split
@@ -21,7 +22,8 @@ parser = stage_parser(
     __doc__.splitlines()[0],
     reads="DATA_DIR/proc/<datasetName>/split.json (refinement only), the backbone's pretrained weights",
     writes="DATA_DIR/proc/<datasetName>/model_fixed.pt (svm) or model_refined.pt (dnn, svmDnnRefined), "
-           "refine_checkpoint.pt while refining; results/<datasetName>/<classifier>/training_curves.json and .png",
+           "refine_checkpoint.pt while refining; results/<datasetName>/<classifier>/training_curves.json and .png "
+           "(training_curves_running.* while it trains, replaced by those at the end)",
 )
 parser.add_argument("--resume", action="store_true",
                     help="continue an interrupted refinement from proc/<datasetName>/refine_checkpoint.pt")
@@ -65,11 +67,14 @@ def main() -> int:
         print(f"--resume: no checkpoint ({checkpoint}), so the refinement starts from the first epoch")
     curves_json = p.results_dir / "training_curves.json"
     curves_png = p.results_dir / "training_curves.png"
+    # While it trains, the curves go to files of their own: an interrupted run must not replace the
+    # curves of the finished run whose model is still the one stages 3-5 use.
+    running = [curves_json.with_name("training_curves_running.json"), curves_png.with_name("training_curves_running.png")]
     title = f"{p.datasetName} / {p.classifier}: error per epoch"
 
-    def save_curves(history: History, saved: dict | None = None) -> None:
-        write_json(curves_json, {**history.to_json(), **(saved or {})})
-        plot_history(history, curves_png, title=title, **(saved or {}))
+    def save_curves(history: History, saved: dict | None = None, files: list[Path] = running) -> None:
+        write_json(files[0], {**history.to_json(), **(saved or {})})
+        plot_history(history, files[1], title=title + ("" if saved else " (running)"), **(saved or {}))
 
     start = time.perf_counter()
     refiner.fit([p.images_dir / r for r, _ in split.train], [y for _, y in split.train],
@@ -81,8 +86,10 @@ def main() -> int:
                       "split_hash": file_hash(p.split_path),  # stage 3 refuses it with another split
                       "params": config.settings(),  # and with other settings
                       "device": device_name(refiner.device), "seconds": round(seconds, 1)})
-    save_curves(refiner.history_, {"saved_test_error": refiner.saved_test_error_, "saved_as": refiner.saved_as_})
-    checkpoint.unlink(missing_ok=True)  # the finished model supersedes it
+    save_curves(refiner.history_, {"saved_test_error": refiner.saved_test_error_, "saved_as": refiner.saved_as_},
+                [curves_json, curves_png])
+    for f in (checkpoint, *running):  # the finished model and its curves supersede them
+        f.unlink(missing_ok=True)
     print(f"refined in {seconds:.0f} s")
     print(f"wrote {p.model_path}")
     print(f"wrote {curves_json} and {curves_png}")

@@ -257,6 +257,45 @@ def test_an_interrupted_refinement_is_not_overwritten_by_a_plain_rerun(pipeline_
     assert "epoch   1/1" in out and not ckpt.exists()
 
 
+def test_an_interrupted_refinement_leaves_the_finished_runs_curves(pipeline_dir: Path, tmp_path: Path) -> None:
+    """Ctrl-C after an epoch: the curves of the finished run, whose model stages 3-5 still use, stay;
+    the interrupted run's are in training_curves_running.* (they replaced the finished run's)."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import ROOT, SCRIPTS
+
+    data = tmp_path / "data"
+    shutil.copytree(pipeline_dir, data, ignore=shutil.ignore_patterns("featcache"))
+    dnn = [*SMALL, *REFINE, "--set", "classifier=dnn", "--set", "rf_averageLastEpochs=0"]
+    run_script("2_refineDNN.py", *dnn, "--set", "rf_maxEpochs=1", "--restart", data_dir=data)
+    results = data / "results" / "fashionTextureDemo" / "dnn"
+    finished = (results / "training_curves.json").read_bytes()
+    assert json.loads(finished)["epoch"] == [1] and not list(results.glob("training_curves_running.*"))
+    env = {**os.environ, "IMGCLASS_DATA_DIR": str(data), "IMGCLASS_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
+           "IMGCLASS_TRACKING": "0"}
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as a terminal starts it (see test_download)
+    try:
+        proc = subprocess.Popen([sys.executable, str(SCRIPTS / "2_refineDNN.py"), *dnn, "--set", "rf_maxEpochs=4"],
+                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert proc.stdout is not None
+    for line in proc.stdout:  # by the second epoch's line the first epoch's curves are written
+        if line.startswith("epoch   2/4"):
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted: files already written are complete" in err, err
+    assert (results / "training_curves.json").read_bytes() == finished
+    assert json.loads((results / "training_curves_running.json").read_text())["epoch"][0] == 1
+    assert (results / "training_curves_running.png").is_file()
+    assert (data / "proc" / "fashionTextureDemo" / "refine_checkpoint.pt").is_file()
+
+
 def test_the_interrupt_message_says_how_to_continue(capsys: pytest.CaptureFixture[str]) -> None:
     from imgclass.cli import run_stage
 
