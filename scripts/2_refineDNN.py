@@ -14,7 +14,7 @@ from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.data import load_split
 from imgclass.features import device_name
 from imgclass.fileio import write_json
-from imgclass.modelfile import ModelSpec, build_model, save_model
+from imgclass.modelfile import ModelSpec, build_model, load_model_extra, save_model
 from imgclass.provenance import file_hash
 from imgclass.refine import History, RefineConfig, Refiner, RefineOutOfMemoryError, plot_history
 
@@ -33,6 +33,22 @@ parser.add_argument("--restart", action="store_true",
 
 def _counted(n: int, cap: int) -> str:
     return f"{cap} (rf_maxTrainImages) of {n}" if cap and cap < n else str(n)
+
+
+def _replacing_note(model_path: Path, settings: dict) -> str:
+    """dnn and svmDnnRefined share the refined network: refining for one with other settings
+    replaces the other's too, and its stages 3-5 then refuse its files. Said before it happens."""
+    if not model_path.is_file():
+        return ""
+    try:
+        before = load_model_extra(model_path).get("params", {})
+    except (ValueError, OSError):  # damaged or foreign: replacing it is what the user wants
+        return ""
+    differ = [f"{k} = {before[k]!r} there" for k in settings if k in before and before[k] != settings[k]]
+    if not differ:
+        return ""
+    return (f"this replaces {model_path.name} ({', '.join(differ)}), the refined network of both dnn and "
+            f"svmDnnRefined: the classifier that used it needs stages 3-5 again, or these values back")
 
 
 def main() -> int:
@@ -56,6 +72,8 @@ def main() -> int:
           f"{_counted(len(split.train), config.max_train_images)} training images, "
           f"{config.max_epochs} epoch{'' if config.max_epochs == 1 else 's'}")
     if note := config.schedule_note():
+        print(f"note: {note}")
+    if note := _replacing_note(p.model_path, config.settings()):
         print(f"note: {note}")
     checkpoint = p.proc_dir / "refine_checkpoint.pt"
     if checkpoint.is_file() and not args.resume:

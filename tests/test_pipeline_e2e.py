@@ -133,7 +133,10 @@ def test_refined_classifiers_run_stages_2_to_5_without_overwriting_each_other(pi
     # svmDnnRefined: refine again (1 epoch), then an SVM on the refined features.
     sdr = [*SMALL, *REFINE, "--set", "classifier=svmDnnRefined", "--set", "rf_maxEpochs=1"]
     for script in ("2_refineDNN.py", "3_runDNN.py", "4_trainSVM.py", "5_evaluate.py"):
-        run_script(script, *sdr, data_dir=pipeline_dir)
+        out = run_script(script, *sdr, data_dir=pipeline_dir).stdout
+        if script == "2_refineDNN.py":  # dnn's network, of 2 epochs, is replaced: said before it happens
+            assert ("note: this replaces model_refined.pt (rf_maxEpochs = 2 there), the refined network of both "
+                    "dnn and svmDnnRefined") in out, out
     assert (proc / "svm_refined.npz").is_file()
     m2 = json.loads((results / "svmDnnRefined" / "metrics.json").read_text())
     assert m2["classifier"] == "svmDnnRefined" and "svm_C" in m2
