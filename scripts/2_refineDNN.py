@@ -69,8 +69,12 @@ def main() -> int:
     what = "only the new last layer" if config.freeze_weights else "the whole network"
     print(f"refining {what} of {config.backbone} at {config.resolution} px on {device_name(refiner.device)} "
           f"({'bfloat16 mixed precision' if refiner.mixed_precision else 'float32'}), "
-          f"{_counted(len(split.train), config.max_train_images)} training images, "
+          f"{_counted(len(split.train), config.max_train_images)} training images"
+          f"{' (balanced: each class drawn as often as the largest, rf_boBalanceTrainingSet)' if config.balance_training_set else ''}, "
           f"{config.max_epochs} epoch{'' if config.max_epochs == 1 else 's'}")
+    if config.mb_size > len(split.train):
+        print(f"note: rf_mbSize = {config.mb_size} is more than the {len(split.train)} training images: each epoch "
+              f"is a single step of one minibatch; a smaller rf_mbSize trains in more steps")
     if note := config.schedule_note():
         print(f"note: {note}")
     if note := _replacing_note(p.model_path, config.settings()):
