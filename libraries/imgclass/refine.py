@@ -908,19 +908,26 @@ def plot_history(history: History, path: str | Path, title: str = "", saved_test
     from imgclass.evaluate import plt  # the file-only backend
     from imgclass.fileio import save_figure
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.plot(history.epoch, [100 * e for e in history.train_error], "o-", label="training error")
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"wspace": 0.3})  # room for ax2's label
+    errors = [100 * e for e in history.train_error]
+    ax1.plot(history.epoch, errors, "o-", label="training error")
     if any(e is not None for e in history.test_error):
-        ax1.plot(history.epoch, [float("nan") if e is None else 100 * e for e in history.test_error], "s-",
-                 label=held_out)
+        # Dashed and hollow: where the two curves coincide (both 0% on an easy set), both still show.
+        held = [float("nan") if e is None else 100 * e for e in history.test_error]
+        ax1.plot(history.epoch, held, "s--", mfc="none", markersize=8, label=held_out)
+        errors += [e for e in held if e == e]
     xlabel = "epoch"
     if saved_test_error is not None and history.epoch:
         ax1.plot([history.epoch[-1] + 0.5], [100 * saved_test_error], "*", color="C3", markersize=14,
                  label=f"saved model: {100 * saved_test_error:.2f}% test error")
         if saved_as:
             xlabel += f"\n(saved model: {saved_as})"
+        errors.append(100 * saved_test_error)
     ax1.set(xlabel=xlabel, ylabel="error (%)", title=title or "error per epoch")
-    ax1.legend(fontsize="small")
+    top = max(5.0, 1.15 * max(errors, default=0.0))  # errors of 0%: not an axis from -0.04 to 0.04
+    ax1.set_ylim(-0.04 * top, top)  # a little below 0, so that points at 0% show whole
+    # Below the plot: inside, it covered the star of the saved model at the right end.
+    ax1.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.25 if saved_as else -0.15), ncol=2)
     ax1.grid(alpha=0.3)
     ax2.plot(history.epoch, history.train_loss, "o-", color="C2")
     ax2.set(xlabel="epoch", ylabel="training loss (cross-entropy)", title="training loss")
