@@ -190,3 +190,16 @@ def test_compare_classifiers_scores_flip_averaged_features_when_asked(tmp_path: 
     assert [s.classifier for s in scores] == ["svm", "dnn", "svmDnnRefined"]
     for s in scores:  # 24 held-out images; mirror-blind features cannot do much better than half of them
         assert s.n_val == 24 and s.accuracy <= 0.75, s
+
+
+def test_a_perfect_score_on_few_held_out_images_still_has_an_error_bar() -> None:
+    """9 of 9 held out: the plain binomial error is 0 ("100.00% ± 0.00"), as if one image more or
+    less could not change the ranking."""
+    import math
+
+    from imgclass.selection import held_out_stderr
+
+    assert held_out_stderr(9, 9) == pytest.approx(math.sqrt((11 / 13) * (2 / 13) / 13)) and held_out_stderr(9, 9) > 0.09
+    assert held_out_stderr(0, 9) == held_out_stderr(9, 9)
+    # With many images it is the plain binomial error, near enough.
+    assert held_out_stderr(900, 1000) == pytest.approx(math.sqrt(0.9 * 0.1 / 1000), rel=0.01)

@@ -162,7 +162,7 @@ class ClassifierScore:
     classifier: str
     accuracy: float  # on the held-out training images
     class_averaged_accuracy: float
-    stderr: float  # binomial standard error of `accuracy` over the held-out images
+    stderr: float  # standard error of `accuracy` over the held-out images (held_out_stderr)
     n_val: int
 
 
@@ -185,10 +185,19 @@ def holdout_indices(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.
     return np.flatnonzero(~held), np.flatnonzero(held)
 
 
+def held_out_stderr(correct: int, n: int) -> float:
+    """Standard error of an accuracy of `correct` of `n` images, Agresti-Coull adjusted (two
+    successes and two failures added): the plain binomial sqrt(p(1-p)/n) is 0 at 9 of 9, which
+    reads as certainty and would let one image decide the recommendation."""
+    p = (correct + 2) / (n + 4)
+    return float(np.sqrt(p * (1 - p) / (n + 4)))
+
+
 def _score(name: str, pred: np.ndarray, truth: np.ndarray) -> ClassifierScore:
     acc = float((pred == truth).mean())
     per_class = [float((pred[truth == c] == c).mean()) for c in np.unique(truth)]
-    return ClassifierScore(name, acc, float(np.mean(per_class)), float(np.sqrt(acc * (1 - acc) / len(truth))), len(truth))
+    return ClassifierScore(name, acc, float(np.mean(per_class)), held_out_stderr(int((pred == truth).sum()), len(truth)),
+                           len(truth))
 
 
 def compare_classifiers(
