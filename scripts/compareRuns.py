@@ -15,6 +15,7 @@ parser = stage_parser(
 parser.add_argument("--last", type=int, default=5, metavar="N", help="compare the N most recent runs (default 5)")
 parser.add_argument("--runs", nargs="+", default=(), metavar="ID", help="compare these runs (ids or id prefixes)")
 parser.add_argument("--all-params", action="store_true", help="list every parameter, not only those that differ")
+parser.add_argument("--wide", action="store_true", help="show long values (lists of rates, C values) whole, not shortened with …")
 
 
 def main() -> int:
@@ -22,7 +23,7 @@ def main() -> int:
     runs = find_runs(p, last=args.last, run_ids=args.runs)
     uri = resolve_uri(p)
     print(f"{len(runs)} run(s) of experiment {resolve_experiment(p)!r} in {uri}")
-    print(format_comparison(runs, all_params=args.all_params))
+    print(format_comparison(runs, all_params=args.all_params, wide=args.wide))
     print(f"plots and per-epoch curves: {ui_command(uri)}")
     return 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import os
 import time
 from pathlib import Path
@@ -435,3 +436,20 @@ def test_stage4_of_the_dnn_classifier_leaves_no_run_behind(tracked_demo: Path, m
     out = run_script("4_trainSVM.py", *TRACKED_SMALL, "--set", "classifier=dnn", data_dir=tracked_demo).stdout
     assert "no SVM to train" in out and "tracked in" not in out
     assert len(_pipeline_runs(tracked_demo)) == before
+
+
+def test_comparison_shortens_long_values_but_judges_them_whole() -> None:
+    """Two runs' rf_lrPerMb lists made every column 60 characters wide."""
+    def run(rates: str) -> tracking.RunSummary:
+        return tracking.RunSummary(f"{rates[:8]:0<32}", "dnn", 0, {"rf_lrPerMb": rates}, {}, {"classifier": "dnn"})
+
+    a = "[0.01, 0.01, 0.01, 0.01, 0.005, 0.001, 0.001, 0.001]"
+    b = "[0.01, 0.01, 0.01, 0.02, 0.005, 0.001, 0.001, 0.001]"  # differs in the middle only
+    row = next(line for line in tracking.format_comparison([run(a), run(b)]).splitlines() if line.startswith("rf_lrPerMb"))
+    assert re.split(r"\s{2,}", row)[1:] == [a, b]  # shortened, the two would read alike: this row whole
+    c = "[0.05, 0.01, 0.01, 0.02, 0.005, 0.001, 0.001, 0.002]"  # differs at both ends
+    row = next(line for line in tracking.format_comparison([run(a), run(c)]).splitlines() if line.startswith("rf_lrPerMb"))
+    cells = re.split(r"\s{2,}", row)[1:]
+    assert len(cells) == 2 and cells[0] != cells[1] and all("…" in x and len(x) == tracking.CELL_MAX for x in cells), cells
+    wide = tracking.format_comparison([run(a), run(b)], wide=True)
+    assert a in wide and b in wide

@@ -463,8 +463,21 @@ def _applies(name: str, classifier: str) -> bool:
     return True
 
 
-def format_comparison(runs: Sequence[RunSummary], all_params: bool = False) -> str:
-    """Runs side by side: the parameters that differ, then overall / class-averaged / per-class figures."""
+CELL_MAX = 24  # characters of a value shown in a comparison cell unless `wide` (rf_lrPerMb, svm_CVals lists)
+
+
+def _cell(value: str, wide: bool) -> str:
+    """A value as a comparison cell: whole, or its beginning and end around a '…' when it is longer
+    than CELL_MAX, so that two runs still fit side by side in a terminal."""
+    if wide or len(value) <= CELL_MAX:
+        return value
+    head = (CELL_MAX - 1) // 2
+    return value[:head] + "…" + value[-(CELL_MAX - 1 - head):]
+
+
+def format_comparison(runs: Sequence[RunSummary], all_params: bool = False, wide: bool = False) -> str:
+    """Runs side by side: the parameters that differ, then overall / class-averaged / per-class figures.
+    Values longer than CELL_MAX are shortened unless `wide`."""
     if not runs:
         return "no runs"
     rows: list[tuple[str, list[str]]] = [
@@ -476,9 +489,13 @@ def format_comparison(runs: Sequence[RunSummary], all_params: bool = False) -> s
         ("stages", [",".join(s.split("_")[0] for s in r.tags.get("stages", "-").split(",")) for r in runs]),
     ]
     names = sorted(set().union(*(r.params for r in runs)))
-    shown = {n: [r.params.get(n, "-") if _applies(n, r.tags.get("classifier", "")) else "unused" for r in runs]
-             for n in names}
-    differ = [n for n in names if all_params or len(set(shown[n])) > 1]
+    values = {n: [r.params.get(n, "-") if _applies(n, r.tags.get("classifier", "")) else "unused" for r in runs]
+              for n in names}
+    differ = [n for n in names if all_params or len(set(values[n])) > 1]  # judged on whole values
+    shown = {n: [_cell(v, wide) for v in values[n]] for n in differ}
+    for n in differ:  # shortened alike where they differ: that row whole
+        if len(set(shown[n])) < len(set(values[n])):
+            shown[n] = values[n]
     rows.append((f"-- parameters{'' if all_params else ' that differ'} --", [""] * len(runs)))
     if not differ:
         rows.append(("(none)", [""] * len(runs)))
