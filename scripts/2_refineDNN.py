@@ -67,10 +67,11 @@ def main() -> int:
     config = RefineConfig.from_params(p)
     refiner = Refiner(config, split.classes, spill_dir=p.proc_dir)  # decoded images beyond memory go there
     what = "only the new last layer" if config.freeze_weights else "the whole network"
+    balanced = " (balanced: each class drawn as often as the largest, rf_boBalanceTrainingSet)" \
+        if config.balance_training_set else ""
     print(f"refining {what} of {config.backbone} at {config.resolution} px on {device_name(refiner.device)} "
           f"({'bfloat16 mixed precision' if refiner.mixed_precision else 'float32'}), "
-          f"{_counted(len(split.train), config.max_train_images)} training images"
-          f"{' (balanced: each class drawn as often as the largest, rf_boBalanceTrainingSet)' if config.balance_training_set else ''}, "
+          f"{_counted(len(split.train), config.max_train_images)} training images{balanced}, "
           f"{config.max_epochs} epoch{'' if config.max_epochs == 1 else 's'}")
     if config.mb_size > len(split.train):
         print(f"note: rf_mbSize = {config.mb_size} is more than the {len(split.train)} training images: each epoch "

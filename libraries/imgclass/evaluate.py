@@ -26,8 +26,8 @@ from sklearn.metrics import auc, roc_curve  # noqa: E402
 
 from imgclass.fileio import atomic_open, atomic_path, save_figure  # noqa: E402
 from imgclass.fonts import lay_out  # noqa: E402
-from imgclass.terminal import column_width, ljust  # noqa: E402
 from imgclass.images import load_rgb  # noqa: E402
+from imgclass.terminal import column_width, ljust  # noqa: E402
 
 
 def roc_curves(scores: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> list[tuple[str, np.ndarray, np.ndarray, float]]:
