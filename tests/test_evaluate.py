@@ -144,3 +144,10 @@ def test_tables_line_up_with_wide_and_decomposed_class_names() -> None:
     scores = np.eye(3)[labels] + np.random.default_rng(0).normal(0, 0.6, (12, 3))
     rows = format_table(compute_metrics(scores, labels, classes)).splitlines()[1:4]
     assert len({display_width(r) for r in rows}) == 1, rows
+
+
+def test_first_few_names_some_and_counts_the_rest() -> None:
+    from imgclass.terminal import first_few
+
+    assert first_few(["a", "b"]) == "a, b" and first_few(["a", "b", "c"]) == "a, b, c"
+    assert first_few(["a", "b", "c", "d", "e"]) == "a, b, c and 2 more" and first_few([], 5) == ""

@@ -28,6 +28,7 @@ from imgclass.annotations import EXCLUDE, FIXES_FILE, apply_fixes, read_fixes, u
 from imgclass.fileio import DamagedFileError, read_json, write_json
 from imgclass.images import check_images, is_image_name
 from imgclass.progress import progress_bar
+from imgclass.terminal import first_few
 
 DEDICATED_TEST_FILE = "dedicatedTestImages.tsv"
 # Folder names (any case) that mean a split made in advance, as downloaded data sets ship them:
@@ -102,9 +103,9 @@ def load_split(path: str | Path, images_dir: str | Path | None = None, sides: Se
     if images_dir is not None:
         gone = [rel for side in sides for rel, _ in split.side(side) if not (Path(images_dir) / rel).is_file()]
         if gone:
-            shown = ", ".join(repr(g) for g in gone[:3]) + (f" and {len(gone) - 3} more" if len(gone) > 3 else "")
             raise FileNotFoundError(f"{len(gone)} image(s) that {path.name} lists are gone from {images_dir} "
-                                    f"(moved or deleted since stage 1): {shown}; rerun scripts/1_prepareData.py "
+                                    f"(moved or deleted since stage 1): {first_few([repr(g) for g in gone])}; "
+                                    "rerun scripts/1_prepareData.py "
                                     "to split the images as they are now, then the stages after it")
     return split
 

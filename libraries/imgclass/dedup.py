@@ -47,10 +47,9 @@ MOVED_FILE = "moved.tsv"
 _DECODE_MIN_SIZE = 256
 
 
-def image_hash(path: str | Path | bytes, hash_size: int = HASH_SIZE, mirrored: bool = False) -> imagehash.ImageHash:
-    """dhash of one image (decoded like every other stage: EXIF-rotated RGB), or of its mirror image."""
-    img = load_rgb(path, min_size=_DECODE_MIN_SIZE)
-    return imagehash.dhash(ImageOps.mirror(img) if mirrored else img, hash_size=hash_size)
+def image_hash(path: str | Path | bytes, hash_size: int = HASH_SIZE) -> imagehash.ImageHash:
+    """dhash of one image (decoded like every other stage: EXIF-rotated RGB)."""
+    return imagehash.dhash(load_rgb(path, min_size=_DECODE_MIN_SIZE), hash_size=hash_size)
 
 
 class MirroredHash(NamedTuple):
@@ -59,6 +58,12 @@ class MirroredHash(NamedTuple):
 
     plain: imagehash.ImageHash
     mirror: imagehash.ImageHash
+
+
+def mirrored_hash(path: str | Path | bytes, hash_size: int = HASH_SIZE) -> MirroredHash:
+    """image_hash of an image and of its mirror image, from one decode."""
+    img = load_rgb(path, min_size=_DECODE_MIN_SIZE)
+    return MirroredHash(imagehash.dhash(img, hash_size), imagehash.dhash(ImageOps.mirror(img), hash_size))
 
 
 def hash_files(
@@ -70,10 +75,7 @@ def hash_files(
 
     def one(p: str | Path) -> tuple[Any, str | None]:
         try:
-            if with_mirror:
-                img = load_rgb(p, min_size=_DECODE_MIN_SIZE)
-                return MirroredHash(imagehash.dhash(img, hash_size), imagehash.dhash(ImageOps.mirror(img), hash_size)), None
-            return image_hash(p, hash_size), None
+            return (mirrored_hash if with_mirror else image_hash)(p, hash_size), None
         except ImageDecodeError as e:  # the reason alone: the caller names the file
             text, name = str(e), f"{p}: "
             return None, text[len(name):] if text.startswith(name) else text
@@ -491,6 +493,7 @@ __all__ = [
     "hash_files",
     "image_hash",
     "MirroredHash",
+    "mirrored_hash",
     "move_duplicates",
     "pairwise_close",
 ]

@@ -41,6 +41,7 @@ from imgclass.data import DUPLICATES_FOLDER, NOT_CLASS_PREFIXES, list_class_dirs
 from imgclass.fileio import atomic_open, write_bytes
 from imgclass.images import ImageDecodeError, load_rgb, openers
 from imgclass.progress import progress_bar
+from imgclass.terminal import first_few
 
 log = logging.getLogger(__name__)
 
@@ -144,9 +145,8 @@ class DownloadReport:
                 f"{' before stage 0 kept ' + MANIFEST_FILE if self.unsure else ''}); "
                 f"if the list is right, move {'it' if n == 1 else 'them'} to {listed}/ yourself")
         if self.deleted:
-            shown = ", ".join(self.deleted[:3]) + (f" and {len(self.deleted) - 3} more" if len(self.deleted) > 3 else "")
             lines.append(f"note: {len(self.deleted)} image(s) deleted since an earlier run fetched them: not fetched "
-                         f"again (delete their lines in {out / MANIFEST_FILE} to fetch them again): {shown}")
+                         f"again (delete their lines in {out / MANIFEST_FILE} to fetch them again): {first_few(self.deleted)}")
         if self.unlisted:
             lines.append(f"note: {len(self.unlisted)} image(s) fetched for URLs no longer in the list (e.g. dropped as "
                          f"ambiguous by scrapeImages.py) are still in the data set, e.g. "

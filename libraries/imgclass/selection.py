@@ -194,9 +194,9 @@ def held_out_stderr(correct: int, n: int) -> float:
 
 
 def _score(name: str, pred: np.ndarray, truth: np.ndarray) -> ClassifierScore:
-    acc = float((pred == truth).mean())
+    correct = int((pred == truth).sum())
     per_class = [float((pred[truth == c] == c).mean()) for c in np.unique(truth)]
-    return ClassifierScore(name, acc, float(np.mean(per_class)), held_out_stderr(int((pred == truth).sum()), len(truth)),
+    return ClassifierScore(name, correct / len(truth), float(np.mean(per_class)), held_out_stderr(correct, len(truth)),
                            len(truth))
 
 

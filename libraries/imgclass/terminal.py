@@ -7,6 +7,7 @@ such a class name."""
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Sequence
 
 
 def display_width(text: str) -> int:
@@ -25,6 +26,13 @@ def ljust(text: str, width: int) -> str:
     return text + " " * max(0, width - display_width(text))
 
 
-def column_width(names: list[str] | tuple[str, ...], at_least: int = 0) -> int:
+def first_few(items: Sequence[str], most: int = 3) -> str:
+    """The first `most` of `items`, comma-separated, and how many more there are: for messages that
+    name what they are about without printing a thousand paths."""
+    more = len(items) - most
+    return ", ".join(items[:most]) + (f" and {more} more" if more > 0 else "")
+
+
+def column_width(names: Sequence[str], at_least: int = 0) -> int:
     """The columns the widest of `names` takes, and at least `at_least`."""
     return max([at_least, *(display_width(n) for n in names)])

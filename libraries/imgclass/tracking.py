@@ -40,7 +40,7 @@ from urllib.request import url2pathname
 from imgclass.fileio import read_json, write_json
 from imgclass.params import Params
 from imgclass.provenance import MODEL_SETTINGS
-from imgclass.terminal import column_width, ljust
+from imgclass.terminal import column_width, first_few, ljust
 
 ENV_SWITCH = "IMGCLASS_TRACKING"  # "0", "off" or "false" turns tracking off whatever track_enabled says
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -299,8 +299,7 @@ def _join_or_start(client: Any, p: Params, state: dict, uri: str, exp_id: str, s
     if state.get("params_digest") != params_digest(p):
         then = run.data.params
         differ = sorted(k for k, v in p.as_dict().items() if then.get(k) != str(v)[:6000])
-        shown = ", ".join(differ[:5]) + (f" and {len(differ) - 5} more" if len(differ) > 5 else "")
-        return None, f"parameters differ from run {state['run_id'][:8]}'s: {shown or 'not recorded alike'}"
+        return None, f"parameters differ from run {state['run_id'][:8]}'s: {first_few(differ, 5) or 'not recorded alike'}"
     if stage < state.get("last_stage", -1):
         return None, f"stage {stage} after stage {state['last_stage']} of run {state['run_id'][:8]}: a rerun"
     return run.info.run_id, ""
