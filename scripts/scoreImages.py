@@ -33,10 +33,9 @@ def main() -> int:
     target = Path(args.folder)
     left_out: list[tuple[str, str]] = []
     if target.is_file():  # one photo: scored where it lies, its name for the output's
-        folder, name = target.parent, target.stem
-        bad = name_problem(target.name)
-        rel = [] if bad else [target.name]
-        left_out += [bad] if bad else []
+        if bad := name_problem(target.name):  # no output file could hold it, as in a folder
+            raise ValueError(f"{bad[0]}: {bad[1]}")
+        folder, rel, name = target.parent, [target.name], target.stem
     elif target.is_dir():
         folder, rel, name = target, list_folder_images(target, left_out), target.resolve().name
         if skipped := skipped_below(folder):

@@ -382,6 +382,15 @@ def test_score_images_script_scores_a_folder_offline_and_names_bad_files(tiny_mo
     assert proc.returncode == 0 and "1 image scored with svm of tiny" in proc.stdout, proc.stderr
     single = (page_dir / f"scores_{one.stem}.tsv").read_text().splitlines()
     assert len(single) == 2 and single[1].split("\t")[:2] == [one.name, rows[1][1]]
+    # A name no output line can hold: the file is named with the reason, nothing is written.
+    tabbed = shutil.copy(one, tmp_path / "a\tb.jpg")
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPTS / "scoreImages.py"), str(tabbed), "--set", "datasetName=tiny", "--set", "run_workers=0"],
+        capture_output=True, text=True, env=env, timeout=300, cwd=ROOT,
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("error: a\\tb.jpg: the file or folder name") and "rename it" in proc.stderr, proc.stderr
+    assert not (page_dir / "scores_a\tb.tsv").exists()
 
 
 def test_score_images_script_runs_the_network_with_the_engine_run_engine_names(tiny_model: Path, tmp_path: Path) -> None:
