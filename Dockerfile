@@ -1,6 +1,6 @@
 # The web service in a container, for a cloud host. Build and run (from the project folder):
 #   python scripts/6_deploy.py --no-serve        # prints the bundle folder, e.g. ~/imgclass_data/deploy/<ds>/svm
-#   cp -r <bundle folder> bundle/                 # the image serves the bundle copied in here
+#   rm -rf bundle && cp -r <bundle folder> bundle  # the image serves the bundle copied in here (git ignores it)
 #   docker build -t imgclass-service .
 #   docker run -p 8000:8000 imgclass-service      # then open http://localhost:8000/
 # The service needs only the bundle (model.onnx + bundle.json): no training data, no torch at run time.
@@ -10,7 +10,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 IMGCLASS_OFF
 WORKDIR /app
 
 COPY requirements.txt pyproject.toml README.md PARAMETERS.py ./
-# Only the requirements the service imports (same pins as requirements.txt): no torch, so the image
+# Only the requirements the service imports (with requirements.txt's version bounds): no torch, so the image
 # is a few hundred MB instead of several GB. Use `pip install -r requirements.txt` to export in it too.
 RUN grep -E '^(numpy|pillow|pillow-heif|onnxruntime|fastapi|uvicorn|python-multipart)[<>=]' requirements.txt > /tmp/serve-req.txt \
     && pip install -r /tmp/serve-req.txt

@@ -119,6 +119,8 @@ dep_maxPixels = 50_000_000  # largest image accepted, in pixels as decoded (a pl
 dep_maxImagesPerRequest = 16  # most images in one request (more: HTTP 413)
 dep_maxConcurrent = 32  # requests to score one worker holds at once, each with its upload in memory (more: HTTP 503, retry)
 dep_bodyTimeoutSec = 30.0  # seconds a request may pause while sending its body; then HTTP 408 and its place is free
+dep_graceSec = 5.0  # after SIGTERM / Ctrl-C, seconds requests in progress get to finish; those still waiting then get HTTP 503
+dep_corsOrigins = []  # web pages elsewhere that may call the service from a browser, e.g. ["https://example.com"]; ["*"] = any ([] = none)
 dep_timeoutSec = 30.0  # 6_callWebservice.py: seconds to wait for the service's reply
 
 # ----------------------------------------------------------------------------------------------

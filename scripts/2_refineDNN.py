@@ -121,5 +121,5 @@ def main() -> int:
 
 if __name__ == "__main__":
     run_stage(main, (RefineOutOfMemoryError, FloatingPointError),
-              on_interrupt="rerun it with --resume to continue the refinement from its last finished epoch "
+              on_interrupt="files already written are complete; rerun it with --resume to continue the refinement from its last finished epoch "
                            "(from the first, if none had finished)")

@@ -54,4 +54,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    run_stage(main, (ServiceError,))
+    run_stage(main, (ServiceError,), on_interrupt="the answers printed above are complete; the images after "
+                                                  "them were not scored (this script writes no files)")

@@ -28,6 +28,13 @@ parser.add_argument("--workers", type=int, default=None, help="server processes 
 
 def main() -> int:
     args, p = parse_stage(parser)
+    host = args.host or p.dep_host
+    port = p.dep_port if args.port is None else args.port
+    workers = p.dep_workers if args.workers is None else args.workers
+    if not args.no_serve:
+        from imgclass.serve import check_port_free
+
+        check_port_free(host, port)  # now, not after an export that takes half a minute
     if args.bundle:
         from imgclass.export import load_bundle
 
@@ -57,9 +64,6 @@ def main() -> int:
     print(f"bundle: {bundle.path}")
     if args.no_serve:
         return 0
-    host = args.host or p.dep_host
-    port = p.dep_port if args.port is None else args.port
-    workers = p.dep_workers if args.workers is None else args.workers
     track_now(__file__)  # the export is done; os.execv below never returns to run_stage to record it
     # (after do_not_track, a no-op)
     sys.stdout.flush()
@@ -68,8 +72,8 @@ def main() -> int:
            "--workers", str(workers), "--threads", str(p.dep_threads), "--max-batch", str(p.dep_maxBatch),
            "--max-upload-bytes", str(p.dep_maxUploadBytes), "--max-pixels", str(p.dep_maxPixels),
            "--max-images", str(p.dep_maxImagesPerRequest), "--max-concurrent", str(p.dep_maxConcurrent),
-           "--body-timeout", str(p.dep_bodyTimeoutSec),
-           "--root-path", p.dep_rootPath]
+           "--body-timeout", str(p.dep_bodyTimeoutSec), "--grace", str(p.dep_graceSec),
+           "--root-path", p.dep_rootPath, *(f"--cors-origin={o}" for o in p.dep_corsOrigins)]
     if os.name == "nt":
         # Windows has no exec: os.execv starts a new process and ends this one, which would leave the
         # server running detached, out of reach of Ctrl-C and of whoever started this script. So the

@@ -200,9 +200,13 @@ def test_onnx_threads_follow_cpu_affinity_and_processes(tmp_path: Path) -> None:
     out = proc.stdout
     assert out.split()[1] == "1", f"os.cpu_count(), ONNX Runtime threads: {out}"
 
-    from imgclass.export import cpu_session, usable_cpus
+    from imgclass.cpus import usable_cpus
+    from imgclass.export import cpu_session
 
-    cores = len(os.sched_getaffinity(0))
+    from imgclass.cpus import cgroup_cpu_limit
+
+    quota = cgroup_cpu_limit()  # a container's CPU limit bounds it too (tests/test_cpus.py)
+    cores = len(os.sched_getaffinity(0)) if quota is None else max(1, min(len(os.sched_getaffinity(0)), int(quota)))
     assert usable_cpus() == cores
 
     def threads(session) -> int:

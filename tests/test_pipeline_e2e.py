@@ -306,7 +306,8 @@ def test_the_interrupt_message_says_how_to_continue(capsys: pytest.CaptureFixtur
         raise KeyboardInterrupt
 
     with pytest.raises(SystemExit) as e:
-        run_stage(interrupted, on_interrupt="rerun it with --resume to continue the refinement")
+        run_stage(interrupted, on_interrupt="files already written are complete; rerun it with --resume to continue "
+                                            "the refinement")
     assert e.value.code == 130
     assert "interrupted: files already written are complete; rerun it with --resume" in capsys.readouterr().err
 

@@ -477,3 +477,150 @@ def test_the_service_process_never_loads_torch(url: str) -> None:
     maps = Path(f"/proc/{SERVER_PIDS[0]}/maps").read_text()
     assert "onnxruntime" in maps
     assert "libtorch" not in maps and "/torch/" not in maps
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_stopping_under_load_answers_every_request_in_json(bundle: Path, tmp_path: Path, sig: str) -> None:
+    # docker stop (SIGTERM) or Ctrl-C while requests wait: past the grace period (0 s here) uvicorn
+    # cancels them, which gave a bare-text 500 each, and Ctrl-C then aborted the process (exit 134).
+    import signal
+
+    pids: list[int] = []
+    log = tmp_path / "server.log"
+    images = [("images", (f"{i}.jpg", jpeg_bytes(COLORS["red"], seed=i))) for i in range(16)]
+    replies: list[tuple[int, dict]] = []
+    with running_server(bundle, "dep_graceSec=0", "dep_maxBatch=4", pids=pids, log=log, stopped_by_test=True) as base:
+        stop = threading.Event()
+
+        def client() -> None:
+            while not stop.is_set():
+                try:
+                    r = httpx.post(base + "/score", files=images, timeout=60)
+                except httpx.TransportError:  # no longer listening, or the connection closed at shutdown
+                    return
+                replies.append((r.status_code, r.json() if r.headers.get("content-type") == "application/json"
+                                else {"text": r.text}))
+        threads = [threading.Thread(target=client) for _ in range(12)]
+        for t in threads:
+            t.start()
+        while len(replies) < 6:  # the server is busy scoring: every thread has a request in progress
+            time.sleep(0.05)
+        os.kill(pids[0], getattr(signal, sig))
+        deadline = time.monotonic() + 60
+        while _alive(pids[0]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+    statuses = [s for s, _ in replies]
+    assert set(statuses) <= {200, 503}, statuses
+    refused = [body for s, body in replies if s == 503]
+    assert refused, f"no request was still waiting at the signal ({len(replies)} replies): the test tested nothing"
+    assert all("shutting down" in body.get("detail", "") for body in refused), refused
+    text = log.read_text()
+    assert "Traceback" not in text and "terminate called" not in text, text[-3000:]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet waited for by running_server's Popen) counts as gone.
+    status = Path(f"/proc/{pid}/status")
+    return not (status.is_file() and "State:\tZ" in status.read_text())
+
+
+def test_a_busy_port_is_said_at_once_before_anything_is_exported(bundle: Path, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = run_script("6_deploy.py", "--bundle", str(bundle), "--port", str(port), data_dir=tmp_path, check=False)
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr and "another program" in proc.stderr
+        assert "serving" not in proc.stdout  # it used to say "serving ..." first, then fail
+        # Exporting (half a minute on a real model) would come first without a bundle: the port is checked before.
+        proc = run_script("6_deploy.py", "--port", str(port), data_dir=tmp_path, check=False)
+        assert proc.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in proc.stderr, proc.stderr
+        assert "exporting" not in proc.stdout
+
+
+def test_head_requests_and_cors_for_pages_elsewhere(bundle: Path, tmp_path: Path) -> None:
+    page = "https://app.example"
+    with running_server(bundle, f"dep_corsOrigins=['{page}']", "dep_maxUploadBytes=100000",
+                        log=tmp_path / "server.log") as base:
+        for path in ("/", "/health", "/info"):  # monitors and load balancers probe with HEAD
+            r = httpx.head(base + path)
+            assert r.status_code == 200 and r.content == b"", (path, r.status_code)
+        # A browser's preflight before a JSON POST from the page, then the POST itself.
+        r = httpx.options(base + "/score", headers={"Origin": page, "Access-Control-Request-Method": "POST",
+                                                    "Access-Control-Request-Headers": "content-type"})
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == page
+        body = {"images": [base64.b64encode(jpeg_bytes(COLORS["green"])).decode()]}
+        r = httpx.post(base + "/score", json=body, headers={"Origin": page})
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == page
+        assert r.json()["results"][0]["label"] == "green"
+        # The limits' replies reach the page too, so it can tell its user why.
+        r = httpx.post(base + "/score", content=b"x" * 200_000, headers={"Origin": page, "Content-Type": "application/json"})
+        assert r.status_code == 413 and r.headers["access-control-allow-origin"] == page
+        r = httpx.post(base + "/score", json=body, headers={"Origin": "https://elsewhere.example"})
+        assert "access-control-allow-origin" not in r.headers  # a page not listed: the browser keeps the reply from it
+
+
+def test_no_cors_headers_unless_asked_for(url: str) -> None:
+    r = httpx.get(url + "/health", headers={"Origin": "https://app.example"})
+    assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
+
+
+def test_bad_cors_origins_are_refused_when_loaded(tmp_path: Path) -> None:
+    proc = run_script("6_deploy.py", "--no-serve", "--set", "dep_corsOrigins=['https://app.example/']",
+                      data_dir=tmp_path, check=False)
+    assert proc.returncode == 2 and 'a browser sends no path: "https://app.example"' in proc.stderr, proc.stderr
+
+
+def test_a_client_that_hangs_up_mid_upload_leaves_no_traceback(url: str) -> None:
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as s:
+        s.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 5000\r\n\r\n{\"images\": [\"")
+        time.sleep(0.3)
+    time.sleep(0.5)
+    assert httpx.get(url + "/health").status_code == 200
+    log = SERVER_LOGS[0].read_text()
+    assert "ClientDisconnect" not in log and "Traceback" not in log, log[-3000:]
+
+
+def test_scorer_close_answers_what_waits_and_refuses_more(bundle: Path) -> None:
+    from imgclass.serve import Scorer, ShuttingDown
+
+    scorer = Scorer(load_bundle(bundle), threads=1, max_batch=2)
+    image = load_square(jpeg_bytes(COLORS["blue"]), 64, "crop")
+    futures = [scorer.submit(image) for _ in range(40)]
+    scorer.close()
+    outcomes = [f.exception() or f.result() for f in futures]
+    assert all(isinstance(o, (ShuttingDown, np.ndarray)) for o in outcomes)  # every one answered, none left hanging
+    assert any(isinstance(o, ShuttingDown) for o in outcomes), "all 40 were scored before close(): nothing tested"
+    with pytest.raises(ShuttingDown):
+        scorer.submit(image)
+    scorer.close()  # twice is harmless
+
+
+def test_client_ctrl_c_says_what_was_answered_not_files(tmp_path: Path) -> None:
+    import signal
+
+    image = tmp_path / "a.jpg"
+    image.write_bytes(jpeg_bytes(COLORS["red"]))
+    with socket.socket() as silent:  # a service that takes the connection and never replies
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        env = {**os.environ, "IMGCLASS_DATA_DIR": str(tmp_path), "IMGCLASS_TRACKING": "0"}
+        proc = subprocess.Popen([sys.executable, str(SCRIPTS / "6_callWebservice.py"), str(image), "--url",
+                                 f"http://127.0.0.1:{silent.getsockname()[1]}"], cwd=ROOT, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        conn, _ = silent.accept()  # the client is waiting for /info
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        conn.close()
+    assert proc.returncode == 130, err
+    assert "interrupted: the answers printed above are complete" in err and "files already written" not in err, err

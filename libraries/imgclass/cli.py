@@ -69,9 +69,10 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ParameterError, FileNotFoundErro
 
 
 def run_stage(main: Callable[[], int | None], user_errors: tuple[type[BaseException], ...] = (),
-              on_interrupt: str = "rerun the stage to finish") -> None:
+              on_interrupt: str = "files already written are complete; rerun the stage to finish") -> None:
     """Run a stage's main(); user errors become `error: ...` on stderr and exit status 1.
-    `on_interrupt`: what to do after Ctrl-C, for a stage whose rerun needs more than the same command.
+    `on_interrupt`: what is said after Ctrl-C, for a stage whose rerun needs more than the same
+    command, or which writes no files.
 
     A stage that succeeds is then recorded in the run history (imgclass.tracking), after its
     outputs are written, so a tracking problem can only ever be a warning."""
@@ -85,7 +86,7 @@ def run_stage(main: Callable[[], int | None], user_errors: tuple[type[BaseExcept
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
-        print(f"interrupted: files already written are complete; {on_interrupt}", file=sys.stderr)
+        print(f"interrupted: {on_interrupt}", file=sys.stderr)
         sys.exit(130)
     if not code and _parsed is not None and not _tracked:
         from imgclass.tracking import track_stage

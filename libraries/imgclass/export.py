@@ -19,7 +19,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from imgclass.backbones import static_padding
+from imgclass.cpus import usable_cpus
 from imgclass.fileio import atomic_path, read_json, write_json
 
 MODEL_FILE = "model.onnx"
@@ -314,15 +314,6 @@ def stage5_metrics(
         elif f.stat().st_mtime_ns > written:
             return None, f"{path.name} is older than {f.name}"
     return metrics, ""
-
-
-def usable_cpus() -> int:
-    """The cores this process may run on: its CPU affinity (taskset, a container's cpuset), which
-    os.cpu_count() ignores; os.cpu_count() where the platform has no affinity (macOS, Windows)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def cpu_session(path: str | Path, threads: int = 0, processes: int = 1) -> Any:

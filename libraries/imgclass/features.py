@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from imgclass.backbones import static_padding
+from imgclass.cpus import usable_cpus
 from imgclass.fileio import atomic_path, load_npz, save_npz
 from imgclass.images import DRAFT_OVERSAMPLE, load_square
 from imgclass.modelfile import ImageClassifier, ModelSpec
@@ -452,7 +453,7 @@ def default_device() -> torch.device:
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(usable_cpus())
     return torch.device("cpu")
 
 

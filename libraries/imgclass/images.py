@@ -206,9 +206,10 @@ def check_image(path: str | Path) -> str | None:
 def check_images(paths: Sequence[str | Path], progress: bool = False) -> list[str | None]:
     """check_image for every path, in threads (PIL releases the GIL while decoding), with an optional
     progress bar: a folder of thousands of phone photos takes a minute to check."""
+    from imgclass.cpus import usable_cpus
     from imgclass.progress import progress_bar
 
-    with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
+    with ThreadPoolExecutor(max_workers=min(8, usable_cpus())) as pool:
         return list(progress_bar(pool.map(check_image, paths), total=len(paths), desc="check images", unit="img",
                                  disable=not progress))
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from imgclass.backbones import BACKBONE_NAMES
 from imgclass.fileio import require_file
@@ -115,6 +116,27 @@ def _word_list(v: Any) -> str | None:
     return None
 
 
+def origin_problem(origin: str) -> str | None:
+    """Why `origin` can never match a browser's Origin header (scheme://host[:port], nothing after), or None."""
+    if origin == "*":
+        return None
+    parts = urlsplit(origin)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return 'expected scheme://host[:port], e.g. "https://example.com", or "*" for any'
+    if parts.path or parts.query or parts.fragment:
+        return f'a browser sends no path: "{parts.scheme}://{parts.netloc}"'
+    return None
+
+
+def _origins(v: Any) -> str | None:
+    for origin in v:
+        if not isinstance(origin, str):
+            return f"{origin!r} is not a string"
+        if problem := origin_problem(origin):
+            return f"{origin!r}: {problem}"
+    return None
+
+
 _INT = (int,)
 _FLOAT = (float, int)
 _STR = (str,)
@@ -201,6 +223,8 @@ SCHEMA: dict[str, Spec] = {
     "dep_maxConcurrent": Spec(_INT, check=_positive),
     "dep_bodyTimeoutSec": Spec(_FLOAT, check=_positive),
     "dep_timeoutSec": Spec(_FLOAT, check=_positive),
+    "dep_graceSec": Spec(_FLOAT, check=_non_negative),
+    "dep_corsOrigins": Spec(_LIST, check=_origins, expected='a list of origins such as "https://example.com", or ["*"]'),
 
     # --- building a data set (Part 3) ---
     "scrape_provider": Spec(_STR, choices=("openverse", "bing")),

@@ -30,14 +30,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import base64
 import binascii
 import concurrent.futures
 import contextlib
+import errno
 import io
 import json
 import os
 import queue
+import socket
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -50,9 +53,13 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image, UnidentifiedImageError
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect
 
-from imgclass.export import Bundle, cpu_session, load_bundle, usable_cpus
+from imgclass.cpus import usable_cpus
+from imgclass.export import Bundle, cpu_session, load_bundle
 from imgclass.images import DRAFT_OVERSAMPLE, ImageDecodeError, load_square, openers
+from imgclass.params import origin_problem
 
 ENV_CONFIG = "IMGCLASS_SERVE_CONFIG"  # how `workers > 1` hands the settings to each worker process
 STATIC_DIR = Path(str(resources.files("imgclass") / "static"))
@@ -83,6 +90,7 @@ class ServeConfig:
     decode_threads: int = 0  # images decoded at once (0 = the usable cores / workers)
     max_concurrent: int = 32  # requests to score one worker holds at once (each with its body in memory)
     body_timeout: float = 30.0  # seconds a request may pause while sending its body before it is dropped (408)
+    cors_origins: tuple[str, ...] = ()  # web pages (origins) elsewhere allowed to call it from a browser; "*" = any
 
     def __post_init__(self) -> None:
         for name in ("max_upload_bytes", "max_pixels", "max_images", "max_batch", "workers", "max_concurrent"):
@@ -93,10 +101,28 @@ class ServeConfig:
                 raise ValueError(f"{name} = {getattr(self, name)}: must be >= 0")
         if not self.body_timeout > 0:
             raise ValueError(f"body_timeout = {self.body_timeout}: must be > 0")
+        for origin in self.cors_origins:
+            if problem := origin_problem(origin):
+                raise ValueError(f"CORS origin {origin!r}: {problem}")
 
     def cores_each(self) -> int:
-        """This process's share of the usable cores (its CPU affinity, not os.cpu_count())."""
+        """This process's share of the usable cores (affinity and CPU quota, not os.cpu_count())."""
         return max(1, usable_cpus() // self.workers)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise ValueError naming host and port where the service could not listen (another program on
+    the port, an address this machine does not have): said before anything slow, not after it."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as s:
+            # As uvicorn binds: a port left in TIME_WAIT by the service's own last run is free.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(address)
+    except OSError as e:
+        hint = "another program listens there: stop it, or choose another port (--port, dep_port)" \
+            if e.errno == errno.EADDRINUSE else "check the address (--host, dep_host)"
+        raise ValueError(f"cannot listen on {host}:{port}: {e.strerror or e}; {hint}") from None
 
 
 class RequestError(Exception):
@@ -108,6 +134,15 @@ class RequestError(Exception):
         self.message = message
 
 
+class ShuttingDown(RequestError):
+    """The reply to a request still waiting when the service stops (SIGTERM, Ctrl-C): a JSON 503
+    the caller can retry elsewhere, not uvicorn's bare-text 500 for a cancelled request."""
+
+    def __init__(self) -> None:
+        super().__init__(503, "the service is shutting down; send the request again (to another instance, "
+                              "or once it is back)")
+
+
 class Scorer:
     """The bundle's ONNX model behind a batching queue: score(images) from any thread."""
 
@@ -117,8 +152,13 @@ class Scorer:
         self.session = cpu_session(bundle.model_path, threads, processes)
         self.input_name = self.session.get_inputs()[0].name
         self._queue: queue.Queue[tuple[np.ndarray, concurrent.futures.Future] | None] = queue.Queue()
+        self._lock = threading.Lock()  # submit() and close() agree on whether the queue still takes work
+        self._closed = False
         self._thread = threading.Thread(target=self._loop, name="onnx-batcher", daemon=True)
         self._thread.start()
+        # A second Ctrl-C makes uvicorn skip the app's shutdown: without this the interpreter could
+        # exit with the batcher inside ONNX Runtime, which aborts the process ("terminate called").
+        atexit.register(self.close)
 
     def run(self, images: np.ndarray) -> np.ndarray:
         """(N, R, R, 3) uint8 -> (N, K) scores, directly (no queue)."""
@@ -126,7 +166,10 @@ class Scorer:
 
     def submit(self, image: np.ndarray) -> concurrent.futures.Future:
         fut: concurrent.futures.Future = concurrent.futures.Future()
-        self._queue.put((image, fut))
+        with self._lock:
+            if self._closed:
+                raise ShuttingDown()
+            self._queue.put((image, fut))
         return fut
 
     def _loop(self) -> None:
@@ -145,6 +188,10 @@ class Scorer:
                     self._queue.put(None)
                     break
                 batch.append(item)
+            # Requests that have gone (client hung up, or cancelled at shutdown) are not scored.
+            batch = [(img, fut) for img, fut in batch if fut.set_running_or_notify_cancel()]
+            if not batch:
+                continue
             try:
                 scores = self.run(np.stack([img for img, _ in batch]))
             except Exception as e:  # noqa: BLE001 - every waiting request must hear about it
@@ -155,8 +202,22 @@ class Scorer:
                 _settle(fut, result=row)
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=5)
+        """Answer every request still queued with ShuttingDown, let the batch in progress finish
+        (one ONNX Runtime call: seconds at most), and stop the thread. Safe to call twice."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not None:
+                    _settle(item[1], exception=ShuttingDown())
+            self._queue.put(None)
+        self._thread.join()
+        atexit.unregister(self.close)
 
 
 def _settle(fut: concurrent.futures.Future, result: Any = None, exception: BaseException | None = None) -> None:
@@ -260,7 +321,10 @@ async def read_images(request: Request, max_images: int) -> list[tuple[str, byte
             out.append((f.filename or f"image {i + 1}", await f.read()))
             await f.close()
         return out
-    body = await request.body()
+    try:
+        body = await request.body()
+    except ClientDisconnect:  # nobody to answer; without this, a ~60-line traceback in the log
+        raise RequestError(400, "the client disconnected before its request had arrived") from None
     if not body:
         raise RequestError(400, f"empty request; {USAGE}")
     if ctype and not ctype.startswith("application/json"):
@@ -461,9 +525,14 @@ def create_app(config: ServeConfig) -> Any:
                   "application/json": {"schema": {"type": "object", "properties": {
                       "images": {"type": "array", "items": {"type": "string", "format": "byte"}}}}}}}})
     async def score(request: Request) -> dict[str, Any]:
-        items = await read_images(request, config.max_images)
-        arrays = await decode_all(items)
-        rows = await asyncio.gather(*(asyncio.wrap_future(scorer.submit(a)) for a in arrays))
+        try:
+            items = await read_images(request, config.max_images)
+            arrays = await decode_all(items)
+            rows = await asyncio.gather(*(asyncio.wrap_future(scorer.submit(a)) for a in arrays))
+        except asyncio.CancelledError:
+            # Only uvicorn cancels a request: its grace period after SIGTERM / Ctrl-C
+            # (dep_graceSec) is over. Answer it; uncaught, the caller gets a bare-text 500.
+            raise ShuttingDown() from None
         results = []
         for (name, _), row in zip(items, rows):
             results.append({
@@ -474,24 +543,29 @@ def create_app(config: ServeConfig) -> Any:
         return {"model_version": bundle.version, "classes": list(bundle.classes),
                 "score_kind": bundle.score_kind, "results": results}
 
-    @app.get("/health", summary="Liveness and the model version")
+    @app.api_route("/health", methods=["GET", "HEAD"], summary="Liveness and the model version")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "model_version": bundle.version}
 
-    @app.get("/info", summary="Classes, model version, training metrics, preprocessing and limits")
+    @app.api_route("/info", methods=["GET", "HEAD"], summary="Classes, model version, training metrics, preprocessing and limits")
     async def info() -> dict[str, Any]:
         return {"model_version": bundle.version, "classes": list(bundle.classes), "classifier": bundle.classifier,
                 "score_kind": bundle.score_kind, "backbone": bundle.info.get("backbone"),
                 "preprocessing": bundle.info["preprocessing"], "metrics": bundle.metrics, "limits": limits,
                 "formats": list(formats), "created": bundle.info.get("created")}
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def page() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html")
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    # Outermost, so a request over a limit is refused before any of its body is read.
-    return ConcurrencyLimit(BodyLimit(app, config.max_upload_bytes), config.max_concurrent, config.body_timeout)
+    # Outside the app, so a request over a limit is refused before any of its body is read.
+    limited = ConcurrencyLimit(BodyLimit(app, config.max_upload_bytes), config.max_concurrent, config.body_timeout)
+    if not config.cors_origins:
+        return limited
+    # Outermost: a browser then reads the limits' 413 / 503 replies too, and their Retry-After.
+    return CORSMiddleware(limited, allow_origins=list(config.cors_origins), allow_methods=["GET", "HEAD", "POST"],
+                          allow_headers=["*"], expose_headers=["Retry-After"], max_age=600)
 
 
 def app_from_env() -> Any:
@@ -500,16 +574,21 @@ def app_from_env() -> Any:
 
 
 def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
-          root_path: str = "") -> None:
+          root_path: str = "", grace: float = 5.0) -> None:
     """Run the service until interrupted. `root_path`: the path a reverse proxy serves it under
-    ("/classifier"), which the API documentation page needs to find /openapi.json."""
+    ("/classifier"), which the API documentation page needs to find /openapi.json. `grace`: seconds
+    that requests in progress get to finish after SIGTERM / Ctrl-C; those still waiting then get a
+    503 (docker stop waits 10 s before it kills, Kubernetes 30 s)."""
     import uvicorn
 
     load_bundle(config.bundle)  # fail here, once, with a clear message, not in every worker
+    check_port_free(host, port)  # before "serving ...", which would otherwise come first
+    print(f"serving {config.bundle} on http://{host}:{port}/ ({workers} worker(s)); "
+          f"API docs at http://{host}:{port}/docs", flush=True)
     config = replace(config, workers=workers)  # each worker takes its share of the cores
     os.environ[ENV_CONFIG] = json.dumps(asdict(config))
     uvicorn.run("imgclass.serve:app_from_env", factory=True, host=host, port=port, workers=workers,
-                log_level="warning", access_log=False, timeout_graceful_shutdown=5, root_path=root_path)
+                log_level="warning", access_log=False, timeout_graceful_shutdown=grace, root_path=root_path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -531,15 +610,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="requests to score one worker holds at once; more are answered 503 with Retry-After")
     parser.add_argument("--body-timeout", type=float, default=ServeConfig.body_timeout,
                         help="seconds a request may pause while sending its body; then 408 and its place is free")
+    parser.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                        help='a web page elsewhere allowed to call the service from a browser, e.g. '
+                             'https://example.com (repeatable; "*" = any page)')
+    parser.add_argument("--grace", type=float, default=5.0,
+                        help="seconds requests in progress get to finish after SIGTERM / Ctrl-C; then 503")
     a = parser.parse_args(argv)
     try:
         if a.workers < 1:
             raise ValueError(f"--workers {a.workers}: must be >= 1")
+        if not a.grace >= 0:
+            raise ValueError(f"--grace {a.grace}: must be >= 0")
         config = ServeConfig(a.bundle, a.max_upload_bytes, a.max_pixels, a.max_images, a.max_batch, a.threads,
-                             a.workers, a.decode_threads, a.max_concurrent, a.body_timeout)
-        print(f"serving {config.bundle} on http://{a.host}:{a.port}/ ({a.workers} worker(s)); "
-              f"API docs at http://{a.host}:{a.port}/docs", flush=True)
-        serve(config, a.host, a.port, a.workers, a.root_path)
+                             a.workers, a.decode_threads, a.max_concurrent, a.body_timeout, tuple(a.cors_origin))
+        serve(config, a.host, a.port, a.workers, a.root_path, a.grace)
     except ValueError as e:
         print(f"error: {e}", flush=True)
         return 1

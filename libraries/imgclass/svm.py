@@ -8,7 +8,6 @@ be loaded without unpickling and folded into the exported ONNX model.
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +19,7 @@ from sklearn.metrics import balanced_accuracy_score
 from sklearn.model_selection import StratifiedKFold
 from sklearn.svm import LinearSVC
 
+from imgclass.cpus import usable_cpus
 from imgclass.fileio import DamagedFileError, load_npz, save_npz
 from imgclass.progress import progress_bar
 
@@ -197,7 +197,7 @@ class LinearSvm:
             warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
             splits = list(cv.split(x, y))
         jobs = [(c, train, val) for c in self.c_values for train, val in splits]
-        workers = min(self.workers or os.cpu_count() or 1, len(jobs))
+        workers = min(self.workers or usable_cpus(), len(jobs))
         fits = Parallel(n_jobs=workers, return_as="generator")(
             delayed(_validation_accuracy)(self._svc(c), x, y, train, val, self.balance_classes)
             for c, train, val in jobs
