@@ -2,15 +2,18 @@
 
 Rules, in order: train/ and test/ (or val/) folders in the data set; a dedicatedTestImages.tsv;
 imagesSplitBy = "subdir" (each sub-folder of a class on one side); else a seeded random split of each
-class by ratioTrainTest. Files that do not decode are listed and left out. Near duplicates across
+class by ratioTrainTest; rerun, a random or subdir split keeps each image's earlier side and shares
+out only the new images (--resplit: split anew). Files that do not decode are listed and left out. Near duplicates across
 train and test (dhash, leakageCheck / dedup_threshold) are listed and, by default, both kept in train
 (unless a class would lose its last test image, or the data set looks too alike to dhash: see the README).
 """
 
+from pathlib import Path
+
 from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.data import (
-    DatasetError, balance_notes, check_disjoint, exact_duplicates_across, fix_notes, make_split, save_split,
-    skipped_folders, skipped_note,
+    DatasetError, Split, balance_notes, check_disjoint, exact_duplicates_across, fix_notes, load_split, make_split,
+    save_split, skipped_folders, skipped_note, split_change_note,
 )
 from imgclass.dedup import check_leaks, keep_leaks_in_train, write_leaks
 from imgclass.terminal import column_width, ljust
@@ -20,12 +23,30 @@ parser = stage_parser(
     reads="DATA_DIR/images/<datasetName>/",
     writes="DATA_DIR/proc/<datasetName>/split.json (and near_duplicates.tsv: the leakage check's pairs)",
 )
+parser.add_argument("--resplit", action="store_true",
+                    help="split anew; without it, images keep the side an earlier split.json gave them "
+                         "(same randomSeed, ratioTrainTest, imagesSplitBy), and only new images are shared out")
 SHOW_LEAKS = 10  # pairs printed; the rest are in near_duplicates.tsv
 
 
+def earlier_split(path: Path) -> Split | None:
+    """The split.json of an earlier run, if there is a readable one."""
+    try:
+        return load_split(path)
+    except FileNotFoundError:
+        return None
+    except ValueError as e:  # damaged: it is replaced below
+        print(f"note: splitting anew: {e}")
+        return None
+
+
 def main() -> int:
-    _, p = parse_stage(parser)
-    split = make_split(p.images_dir, p.ratioTrainTest, p.randomSeed, p.imagesSplitBy, progress=True)
+    args, p = parse_stage(parser)
+    previous = earlier_split(p.split_path)
+    split = make_split(p.images_dir, p.ratioTrainTest, p.randomSeed, p.imagesSplitBy, progress=True,
+                       previous=None if args.resplit else previous)
+    if note := split_change_note(previous, split, args.resplit):
+        print(f"note: {note}")
     if p.leakageCheck != "off":
         check = check_leaks(split, p.images_dir, p.dedup_threshold)
         for leak in check.leaks[:SHOW_LEAKS]:

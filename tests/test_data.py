@@ -433,3 +433,77 @@ def test_photos_dropped_straight_into_the_data_set_folder_are_pointed_out(tmp_pa
     proc = run_script("0_downloadData.py", "--set", "datasetName=shirt", data_dir=tmp_path, check=False)
     assert proc.returncode == 1 and "shirt does not exist." in proc.stderr
     assert proc.stderr.rstrip().endswith("did you mean datasetName = 'shirts'?"), proc.stderr
+
+
+def _sides(split: Split) -> dict[str, str]:
+    return {p: side for side in ("train", "test") for p, _ in split.side(side)}
+
+
+def test_a_growing_data_set_keeps_every_image_on_its_side(color_dataset: Path) -> None:
+    # Weeks later: photos added to a class, some deleted, one excluded by a fix. Splitting anew
+    # moved about half of each changed class between train and test (and the test set with it).
+    first = make_split(color_dataset, ratio=0.5, seed=3)
+    assert first.settings == {"randomSeed": 3, "ratioTrainTest": 0.5, "imagesSplitBy": "filename"}
+    assert make_split(color_dataset, ratio=0.5, seed=3, previous=first).train == first.train  # nothing new
+    for i in range(6, 14):
+        write_image(color_dataset / "red" / f"red_{i}.jpg", (200, 40, 40), seed=i)
+    (color_dataset / "green" / "green_0.jpg").unlink()
+    (color_dataset / "annotations_fixes.tsv").write_text("blue/blue_1.jpg\tEXCLUDE\n")
+    later = make_split(color_dataset, ratio=0.5, seed=3, previous=first)
+    before, after = _sides(first), _sides(later)
+    assert all(after[p] == side for p, side in before.items() if p in after)  # no image changed sides
+    assert set(before) - set(after) == {"green/green_0.jpg", "blue/blue_1.jpg"}
+    assert later.counts()["red"] == {"train": 7, "test": 7}  # the 8 new red photos brought red to its share
+    assert later.kept == len(before) - 2
+    anew = make_split(color_dataset, ratio=0.5, seed=3)
+    assert any(_sides(anew)[p] != side for p, side in before.items() if p in after), "the test does not test"
+
+
+def test_other_settings_split_anew_and_say_why(color_dataset: Path) -> None:
+    from imgclass.data import split_change_note
+
+    first = make_split(color_dataset, ratio=0.5, seed=3)
+    for i in range(6, 10):
+        write_image(color_dataset / "red" / f"red_{i}.jpg", (200, 40, 40), seed=i)
+    other_seed = make_split(color_dataset, ratio=0.5, seed=4, previous=first)
+    assert _sides(other_seed) == _sides(make_split(color_dataset, ratio=0.5, seed=4))
+    assert split_change_note(first, other_seed).startswith("split anew (randomSeed 3 -> 4)")
+    kept = make_split(color_dataset, ratio=0.5, seed=3, previous=first)
+    assert split_change_note(first, kept).startswith("kept the side of the 18 images of the earlier split.json")
+    assert "4 new: 2 to train, 2 to test" in split_change_note(first, kept)
+    unrecorded = Split.from_json({**first.to_json(), "settings": {}})  # a split.json of an earlier version
+    assert make_split(color_dataset, ratio=0.5, seed=3, previous=unrecorded).train == make_split(
+        color_dataset, ratio=0.5, seed=3).train
+
+
+def test_a_subdir_split_keeps_sub_folders_and_sends_new_photos_of_a_test_item_to_test(tmp_path: Path) -> None:
+    for g in range(4):
+        for i in range(3):
+            write_image(tmp_path / "dotted" / f"item{g}" / f"{i}.jpg", (100, 100, 100), seed=g * 10 + i)
+            write_image(tmp_path / "striped" / f"item{g}" / f"{i}.jpg", (10, 100, 100), seed=g * 10 + i)
+    first = make_split(tmp_path, ratio=0.5, seed=0, split_by="subdir")
+    test_item = sorted({p.split("/")[1] for p, _ in first.test if p.startswith("dotted/")})[0]
+    write_image(tmp_path / "dotted" / test_item / "new.jpg", (100, 100, 100), seed=99)  # another photo of it
+    for g in range(4, 8):
+        write_image(tmp_path / "dotted" / f"item{g}" / "0.jpg", (100, 100, 100), seed=g)
+    later = make_split(tmp_path, ratio=0.5, seed=0, split_by="subdir", previous=first)
+    after = _sides(later)
+    assert all(after[p] == side for p, side in _sides(first).items())
+    assert after[f"dotted/{test_item}/new.jpg"] == "test"  # the same garment is never on both sides
+    groups = lambda side: {"/".join(p.split("/")[:2]) for p, _ in later.side(side)}  # noqa: E731
+    assert not groups("train") & groups("test")
+    assert len({g for g in groups("test") if g.startswith("dotted/")}) == 4  # 2 of the 4 new items to test
+
+
+def test_stage1_rerun_keeps_the_split_and_resplit_makes_a_new_one(color_dataset: Path) -> None:
+    data_dir = color_dataset.parents[1]
+    args = ("--set", "datasetName=colors", "--set", "leakageCheck=off", "--set", "ratioTrainTest=0.5")
+    run_script("1_prepareData.py", *args, data_dir=data_dir)
+    for i in range(6, 10):
+        write_image(color_dataset / "red" / f"red_{i}.jpg", (200, 40, 40), seed=i)
+    out = run_script("1_prepareData.py", *args, data_dir=data_dir).stdout
+    assert "note: kept the side of the 18 images of the earlier split.json" in out and "4 new: 2 to train, 2 to test" in out
+    out = run_script("1_prepareData.py", *args, data_dir=data_dir).stdout
+    assert "note: the same split as the earlier split.json (22 images)" in out
+    out = run_script("1_prepareData.py", *args, "--resplit", data_dir=data_dir).stdout
+    assert "note: split anew (--resplit)" in out  # the new photos' sides differ between the two ways

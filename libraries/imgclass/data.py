@@ -10,6 +10,11 @@ of them agree on which image is on which side. Four ways to split, in order of p
 3. `imagesSplitBy = "subdir"`: each sub-folder of a class goes wholly to one side (e.g. several
    photos of the same garment stay together, so the test set measures unseen garments);
 4. otherwise each class is split at random by `ratioTrainTest`, seeded.
+
+The random and subdir splits keep what an earlier split.json decided, when it was made with the
+same seed, ratio and rule: images (and sub-folders) keep their side, and only images new since
+then are shared out, so that the test set of a growing data set stays the test set and the
+results of runs weeks apart stay comparable. `make_split(previous=None)` splits anew.
 """
 
 from __future__ import annotations
@@ -50,6 +55,8 @@ class Split:
     test: list[tuple[str, int]]
     excluded: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) left out
     method: str = "random"
+    settings: dict = field(default_factory=dict)  # randomSeed, ratioTrainTest, imagesSplitBy of a random split
+    kept: int = 0  # images whose side an earlier split decided (make_split's `previous`)
 
     def side(self, name: str) -> list[tuple[str, int]]:
         if name not in ("train", "test"):
@@ -70,6 +77,7 @@ class Split:
             "train": [[p, int(y)] for p, y in self.train],
             "test": [[p, int(y)] for p, y in self.test],
             "excluded": [[p, r] for p, r in self.excluded],
+            "settings": self.settings,
         }
 
     @classmethod
@@ -80,6 +88,7 @@ class Split:
             test=[(p, int(y)) for p, y in d["test"]],
             excluded=[(p, r) for p, r in d.get("excluded", [])],
             method=d.get("method", "random"),
+            settings=dict(d.get("settings") or {}),
         )
 
 
@@ -332,15 +341,73 @@ def _collect(root: Path, classes: list[str], excluded: list[tuple[str, str]], ba
     return out
 
 
+def _train_share(n: int, ratio: float) -> int:
+    """How many of a class's n images go to train. Every class gets a training image, and a test
+    image when it has two or more; a lone image goes to train (round(0.5) is 0, which put it in test
+    with nothing to learn the class from)."""
+    n_train = max(round(n * ratio), 1)
+    return min(n_train, n - 1) if n >= 2 else n_train
+
+
 def _split_list(items: list, ratio: float, rng: random.Random) -> tuple[list, list]:
     items = list(items)
     rng.shuffle(items)
-    # Every class gets a training image, and a test image when it has two or more; a lone image goes
-    # to train (round(0.5) is 0, which put it in test with nothing to learn the class from).
-    n_train = max(round(len(items) * ratio), 1)
-    if len(items) >= 2:
-        n_train = min(n_train, len(items) - 1)
+    n_train = _train_share(len(items), ratio)
     return sorted(items[:n_train]), sorted(items[n_train:])
+
+
+def _split_keeping(items: list, ratio: float, rng: random.Random, earlier: dict) -> tuple[list, list]:
+    """_split_list, except that items with a side in `earlier` ("train" / "test") keep it: the new
+    ones go to test until the class has its share there (as far as they reach), the rest to train.
+    With no item seen before it is exactly _split_list, so a first split does not depend on this."""
+    kept_train = [x for x in items if earlier.get(x) == "train"]
+    kept_test = [x for x in items if earlier.get(x) == "test"]
+    if not kept_train and not kept_test:
+        return _split_list(items, ratio, rng)
+    new = sorted(x for x in items if x not in earlier)
+    rng.shuffle(new)
+    to_test = min(len(new), max(0, len(items) - _train_share(len(items), ratio) - len(kept_test)))
+    if not kept_train and to_test == len(new) and new:  # a class always keeps a training image
+        to_test -= 1
+    return sorted(kept_train + new[to_test:]), sorted(kept_test + new[:to_test])
+
+
+def earlier_sides(previous: Split | None, ratio: float, seed: int, split_by: str) -> tuple[dict[str, str], str]:
+    """The side of each image in `previous` (an earlier split.json), when it was made by the same rule
+    with the same seed and ratio; else none, and why it cannot be kept ("" without a previous split)."""
+    if previous is None:
+        return {}, ""
+    settings = {"randomSeed": seed, "ratioTrainTest": ratio, "imagesSplitBy": split_by}
+    if not previous.settings:
+        return {}, f"the earlier split ({previous.method}) does not record its settings"
+    changed = [f"{k} {previous.settings.get(k)!r} -> {v!r}" for k, v in settings.items() if previous.settings.get(k) != v]
+    if changed:
+        return {}, ", ".join(changed)
+    return {p: side for side in ("train", "test") for p, _ in previous.side(side)}, ""
+
+
+def split_change_note(previous: Split | None, split: Split, resplit: bool = False) -> str:
+    """What stage 1 did with an earlier split.json: kept its sides (and where the new images went),
+    or split anew and why; "" for a first split or a split made in advance (folders, test list)."""
+    if previous is None or split.method not in ("random", "subdir"):
+        return ""
+    now = {p: side for side in ("train", "test") for p, _ in split.side(side)}
+    if now == {p: side for side in ("train", "test") for p, _ in previous.side(side)}:
+        return f"the same split as the earlier split.json ({len(now)} images)"
+    earlier, why = earlier_sides(previous, split.settings["ratioTrainTest"], split.settings["randomSeed"],
+                                 split.settings["imagesSplitBy"])
+    if resplit or why:
+        return (f"split anew ({'--resplit' if resplit else why}): earlier test images may be in train now, so "
+                "test results are not comparable with those of earlier runs")
+    new = [side for p, side in now.items() if p not in earlier]
+    gone = sum(1 for p in earlier if p not in now)
+    parts = [f"kept the side of the {split.kept} images of the earlier split.json (test images stay test images, "
+             "so results stay comparable; --resplit to split anew)"]
+    if new:
+        parts.append(f"{len(new)} new: {new.count('train')} to train, {new.count('test')} to test")
+    if gone:
+        parts.append(f"{gone} of its images gone (deleted, moved, renamed or left out now)")
+    return "; ".join(parts)
 
 
 def _group_of(rel_path: str) -> str:
@@ -404,8 +471,11 @@ def make_split(
     split_by: str = "filename",
     check_decode: bool = True,
     progress: bool = False,
+    previous: Split | None = None,
 ) -> Split:
-    """Decide the train/test split of a data set folder (see the module docstring for the rules)."""
+    """Decide the train/test split of a data set folder (see the module docstring for the rules).
+    `previous`: the split.json of an earlier run, whose sides a random or subdir split keeps (if it
+    was made with the same seed, ratio and rule: `earlier_sides`)."""
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
         raise DatasetError(
@@ -472,8 +542,9 @@ def make_split(
         for i, c in enumerate(classes):
             train += [(p, i) for p in per_class[c] if p not in test_set]
             test += [(p, i) for p in per_class[c] if p in test_set]
-        method = DEDICATED_TEST_FILE
+        method, settings, kept = DEDICATED_TEST_FILE, {}, 0
     else:
+        earlier, _ = earlier_sides(previous, ratio, seed, split_by)
         for i, c in enumerate(classes):
             # One generator per class, seeded by class name: adding a class leaves the others' split as is.
             rng = random.Random(f"{seed}:{c}")
@@ -481,15 +552,22 @@ def make_split(
                 groups: dict[str, list[str]] = defaultdict(list)
                 for p in per_class[c]:
                     groups[_group_of(p)].append(p)
-                tr_groups, te_groups = _split_list(sorted(groups), ratio, rng)
-                tr_paths = [p for g in tr_groups for p in groups[g]]
-                te_paths = [p for g in te_groups for p in groups[g]]
+                # A sub-folder with a test image before is a test folder (stage 1's leakage check
+                # may have moved single images of it to train: those stay there).
+                group_side = {g: ("test" if any(earlier.get(p) == "test" for p in ps) else "train")
+                              for g, ps in groups.items() if any(p in earlier for p in ps)}
+                tr_groups, te_groups = _split_keeping(sorted(groups), ratio, rng, group_side)
+                tr_paths = [p for g in tr_groups for p in groups[g] if earlier.get(p, "train") == "train"]
+                te_paths = [p for g in te_groups for p in groups[g] if earlier.get(p, "test") == "test"]
+                tr_paths += [p for g in te_groups for p in groups[g] if earlier.get(p) == "train"]
             else:
-                tr_paths, te_paths = _split_list(per_class[c], ratio, rng)
+                tr_paths, te_paths = _split_keeping(per_class[c], ratio, rng, earlier)
             train += [(p, i) for p in sorted(tr_paths)]
             test += [(p, i) for p in sorted(te_paths)]
         method = "subdir" if split_by == "subdir" else "random"
-    split = Split(classes, train, test, excluded, method)
+        settings = {"randomSeed": seed, "ratioTrainTest": ratio, "imagesSplitBy": split_by}
+        kept = sum(1 for p, _ in train + test if p in earlier)
+    split = Split(classes, train, test, excluded, method, settings, kept)
     _check_trained(split, images_dir)
     check_disjoint(split)
     return split

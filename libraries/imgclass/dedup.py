@@ -24,7 +24,7 @@ import shutil
 from collections import defaultdict
 from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, NamedTuple
 from pathlib import Path
@@ -466,13 +466,8 @@ def keep_leaks_in_train(split: Split, leaks: Sequence[Leak]) -> Split:
     if not leaving:
         return split
     moved = [(p, y) for p, y in split.test if p in leaving]
-    return Split(
-        split.classes,
-        sorted(split.train + moved, key=lambda t: (t[1], t[0])),
-        [(p, y) for p, y in split.test if p not in leaving],
-        split.excluded,
-        split.method,
-    )
+    return replace(split, train=sorted(split.train + moved, key=lambda t: (t[1], t[0])),
+                   test=[(p, y) for p, y in split.test if p not in leaving])
 
 
 __all__ = [
