@@ -15,7 +15,7 @@ from imgclass.data import (
     DatasetError, Split, balance_notes, check_disjoint, exact_duplicates_across, fix_notes, load_split, make_split,
     save_split, skipped_folders, skipped_note, split_change_note,
 )
-from imgclass.dedup import check_leaks, keep_leaks_in_train, write_leaks
+from imgclass.dedup import check_leaks, depleted_test_classes, keep_leaks_in_train, write_leaks
 from imgclass.terminal import column_width, ljust
 
 parser = stage_parser(
@@ -49,23 +49,30 @@ def main() -> int:
         print(f"note: {note}")
     if p.leakageCheck != "off":
         check = check_leaks(split, p.images_dir, p.dedup_threshold)
-        for leak in check.leaks[:SHOW_LEAKS]:
+        # Pairs across classes first: those are label problems, and would hide among the rest.
+        leaks = sorted(check.leaks, key=lambda leak: leak.same_class)
+        for leak in leaks[:SHOW_LEAKS]:
             note = "" if leak.same_class else " (DIFFERENT classes: check the labels)"
             how = f"{leak.distance} bits{', mirrored' if leak.mirrored else ''}"
             print(f"near duplicates across the split ({how}): {leak.train} (train) ~ {leak.test} (test){note}")
         listed = write_leaks(p.proc_dir / "near_duplicates.tsv", check.leaks)
         if len(check.leaks) > SHOW_LEAKS:
-            others = sum(not leak.same_class for leak in check.leaks[SHOW_LEAKS:])
+            others = sum(not leak.same_class for leak in leaks[SHOW_LEAKS:])
             print(f"... and {len(check.leaks) - SHOW_LEAKS} more pairs ({others} across classes); all {len(check.leaks)} in {listed}")
         if check.leaks and check.lookalike_note:
             print(f"note: {check.lookalike_note}")
             if p.leakageCheck == "move":
                 print("leakageCheck = 'move': nothing moved, since these pairs need not be copies")
         elif check.leaks and p.leakageCheck == "move":
-            before = len(split.test)
+            before = split
             split = keep_leaks_in_train(split, check.leaks)
             check_disjoint(split)
-            print(f"moved {before - len(split.test)} test image(s) with a same-class near duplicate in train to train")
+            print(f"moved {len(before.test) - len(split.test)} test image(s) with a same-class near duplicate in "
+                  "train to train")
+            for c, moved, left in depleted_test_classes(before, split):
+                print(f"note: {c}: {moved} of its {moved + left} test images moved, {left} left: its photos are "
+                      f"near copies of one another, or look alike to dhash (plain or smooth images); see "
+                      f"{listed.name}, and if they are not copies, set leakageCheck = 'report' or a lower dedup_threshold")
         elif check.leaks:
             print("leakageCheck = 'report': left as they are; test accuracy may be optimistic")
     for path, reason in split.excluded:

@@ -445,6 +445,20 @@ def write_leaks(path: str | Path, leaks: Sequence[Leak]) -> Path:
     return Path(path)
 
 
+def depleted_test_classes(before: Split, after: Split, share: float = 0.5) -> list[tuple[str, int, int]]:
+    """(class, test images moved, test images left) for each class that keep_leaks_in_train took at
+    least `share` of the test images of (2 or more): its photos are copies of one another, or look
+    alike to dhash (smooth or plain images, which the data-set-wide look-alike note can miss when
+    only a few classes are so), and either way its test accuracy now rests on very few photos."""
+    had, left = before.counts(), after.counts()
+    out = []
+    for c in before.classes:
+        moved = had[c]["test"] - left[c]["test"]
+        if moved >= 2 and moved >= share * had[c]["test"]:
+            out.append((c, moved, left[c]["test"]))
+    return out
+
+
 def keep_leaks_in_train(split: Split, leaks: Sequence[Leak]) -> Split:
     """The split with every leaking test image moved to the training set.
 
@@ -471,6 +485,7 @@ def keep_leaks_in_train(split: Split, leaks: Sequence[Leak]) -> Split:
 
 
 __all__ = [
+    "depleted_test_classes",
     "Leak",
     "LeakCheck",
     "LOOKALIKE_FACTOR",
