@@ -30,7 +30,11 @@ def main() -> int:
     svm.fit(train.features, train.labels, n_classes=len(train.classes), classes=train.classes)
     if svm.cv_scores_:
         kind = "class-averaged accuracy" if svm.balance_classes else "accuracy"
-        print(f"cross-validation {kind} on the training set ({svm.cv_folds} folds at most):")
+        folds = f"{svm.cv_folds_used_} folds"
+        if svm.cv_folds_limited_by_:  # a fold needs an image of every class: the smallest class sets the limit
+            folds += (f", not svm_cvFolds = {svm.cv_folds}: {svm.cv_folds_limited_by_} has {svm.cv_folds_used_} "
+                      "training images")
+        print(f"cross-validation {kind} on the training set ({folds}):")
     for c, score in svm.cv_scores_.items():
         mark = "  <- chosen" if c == svm.C_ else ""
         print(f"  C = {c:<8g} {100 * score:6.2f}%{mark}")

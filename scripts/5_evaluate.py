@@ -33,6 +33,8 @@ def main() -> int:
     # Stage 3 records the network it used; older files do not (then the parameters are reported).
     made_with = data.made_with
     check_model_settings(data.settings, p, p.features_path(side).name)
+    if svm is not None:  # or the run history would credit these results to SVM settings not used
+        check_model_settings(svm.settings(), p, p.svm_path.name, rerun="scripts/4_trainSVM.py")
     if svm is None:
         if data.probs is None:
             raise ValueError(f"{p.features_path(side)} has no class probabilities: rerun stages 2 and 3 with classifier = 'dnn'")

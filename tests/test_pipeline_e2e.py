@@ -330,3 +330,21 @@ def test_ctrl_c_while_the_stage_is_being_recorded_is_one_line_not_a_traceback(
     assert e.value.code == 130
     assert capsys.readouterr().err == ("interrupted while recording the stage in the run history: its outputs are "
                                        "written and complete; the run history may lack this stage (compareRuns.py)\n")
+
+
+def test_stage5_refuses_svm_settings_other_than_stage4s(pipeline_dir: Path, tmp_path: Path) -> None:
+    """A --set given to stage 4 and forgotten at stage 5 recorded a run whose svm_CVals did not hold
+    the C it reported (the run history credited 94.67% at C = 300 to the default grid)."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(pipeline_dir, data)
+    out = run_script("4_trainSVM.py", *SMALL, "--set", "svm_CVals=[0.1,1]", data_dir=data).stdout
+    assert "cross-validation accuracy on the training set (3 folds):" in out
+    stale = run_script("5_evaluate.py", *SMALL, data_dir=data, check=False)
+    assert stale.returncode == 1 and "Traceback" not in stale.stderr, stale.stderr
+    assert ("svm_fixed.npz was made with svm_CVals = [0.1, 1.0], but the parameters now say "
+            "[0.0001, 0.001, 0.01, 0.1, 1.0, 10.0, 100.0]: give the same values again (--set svm_CVals=[0.1,1.0]") \
+        in stale.stderr, stale.stderr
+    assert "rerun scripts/4_trainSVM.py" in stale.stderr
+    run_script("5_evaluate.py", *SMALL, "--set", "svm_CVals=[0.1,1.0]", data_dir=data)

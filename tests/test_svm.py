@@ -193,3 +193,14 @@ def test_the_largest_class_note_compares_with_the_same_folds_not_the_pooled_shar
     assert svm.cv_scores_[1e-6] == pytest.approx((3 * 12 / 22 + 12 / 21) / 4) == svm.cv_majority_
     assert svm.cv_scores_[1e-6] > 48 / 87
     assert "the chosen C = 1e-06 scores 55.19%, no more than always answering the largest class would (55.19%)" in svm.cv_note_
+
+
+def test_the_smallest_class_limits_the_folds_and_is_named() -> None:
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 1, (20, 8)), rng.normal(3, 1, (20, 8)), rng.normal(-3, 1, (3, 8))])
+    y = np.array([0] * 20 + [1] * 20 + [2] * 3)
+    svm = LinearSvm([0.1, 1.0], cv_folds=5).fit(x, y, classes=["a", "b", "rare"])
+    assert (svm.cv_folds_used_, svm.cv_folds_limited_by_) == (3, "'rare'")
+    assert all(len(folds) == 3 for folds in svm.cv_fold_scores_.values())
+    svm = LinearSvm([0.1, 1.0], cv_folds=3).fit(x, y, classes=["a", "b", "rare"])
+    assert (svm.cv_folds_used_, svm.cv_folds_limited_by_) == (3, "")  # as many as asked for: nothing to say

@@ -86,6 +86,12 @@ class LinearSvm:
         return cls(p.svm_CVals, p.svm_boL2Normalize, p.svm_cvFolds, p.randomSeed, p.svm_workers, progress=progress,
                    balance_classes=p.svm_boBalanceClasses)
 
+    def settings(self) -> dict[str, object]:
+        """The parameters (PARAMETERS.py's names) this SVM was trained with: stage 5 refuses to credit
+        its results to others (a --set given to stage 4 and forgotten at stage 5)."""
+        return {"svm_CVals": list(self.c_values), "svm_boL2Normalize": self.l2_normalize, "svm_cvFolds": self.cv_folds,
+                "svm_boBalanceClasses": self.balance_classes, "randomSeed": self.seed}
+
     def _prep(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)
         return l2_normalize(x) if self.l2_normalize else x
@@ -113,6 +119,10 @@ class LinearSvm:
         # the other classes still choose C. Folds are limited by the smallest class that can be split.
         splittable = counts[counts >= 2]
         folds = min(self.cv_folds, int(splittable.min())) if len(splittable) >= 2 else 0
+        self.cv_folds_used_ = folds
+        # The class that limits them, for stage 4 to say why there were fewer folds than svm_cvFolds.
+        self.cv_folds_limited_by_ = (self._name(int(present[counts == splittable.min()][0]))
+                                     if 2 <= folds < self.cv_folds else "")
         self.cv_scores_: dict[float, float] = {}
         self.cv_fold_scores_: dict[float, list[float]] = {}  # {C: accuracy of each validation fold}
         self.cv_note_ = ""
@@ -131,7 +141,7 @@ class LinearSvm:
             best = max(self.cv_scores_.values())
             # Ties go to the smallest C: the widest margin among equally good models.
             self.C_ = min(c for c, s in self.cv_scores_.items() if s >= best - 1e-12)
-            self.cv_note_ = " ".join(filter(None, [self.cv_note_, self._edge_note(), self._majority_note(counts)]))
+            self.cv_note_ = "; ".join(filter(None, [self.cv_note_, self._edge_note(), self._majority_note(counts)]))
         svc = self._svc(self.C_).fit(x, y)
         coef = np.zeros((self.n_classes_, x.shape[1]), np.float32)
         intercept = np.full(self.n_classes_, -1e6, np.float32)  # absent classes never win
