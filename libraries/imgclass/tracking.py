@@ -39,7 +39,7 @@ from urllib.request import url2pathname
 
 from imgclass.fileio import read_json, write_json
 from imgclass.params import Params
-from imgclass.provenance import MODEL_SETTINGS
+from imgclass.provenance import MODEL_SETTINGS, file_hash
 from imgclass.terminal import column_width, first_few, ljust
 
 ENV_SWITCH = "IMGCLASS_TRACKING"  # "0", "off" or "false" turns tracking off whatever track_enabled says
@@ -48,6 +48,7 @@ CONFIG_FILE = PROJECT_ROOT / "aml_config" / "tracking.ini"
 DEFAULT_DB = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
 LEVEL_TAG = "imgclass.level"  # "pipeline" for a pipeline run, "stage" for a stage's child run
+SPLIT_TAG = "split"  # the start of split.json's SHA-256 when the run's stages ran: which images it used
 # Files of results/<ds>/<classifier>/ that become artifacts of the pipeline run when a stage writes them.
 ARTIFACT_PATTERNS = ("*.png", "metrics*.json", "training_curves.json", "predictions*.tsv")
 _STAGE_SCRIPT = re.compile(r"^(\d+)_(\w+)$")
@@ -344,6 +345,10 @@ def record_stage(p: Params, script: str | Path, started: float, argv: Sequence[s
     client.set_terminated(child.info.run_id, "FINISHED", end_time=int(t0 * 1000))
 
     stages = sorted(set(state.get("stages", [])) | {label})
+    if p.split_path.is_file():
+        # Which images the run trained and tested on: runs on different data (photos added, the split
+        # made anew) can have the same parameters, and compareRuns.py shows this to tell them apart.
+        client.log_batch(run_id, tags=[RunTag(SPLIT_TAG, file_hash(p.split_path)[:10])])
     # The state file is saved as soon as the run and this stage exist in the store: should logging the
     # figures or uploading the artifacts fail below, the next stage still joins this pipeline run
     # instead of starting one of its own.
@@ -443,6 +448,10 @@ def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.2f}%"
 
 
+def _count(v: float | None) -> str:
+    return "-" if v is None else str(int(v))
+
+
 def _num(v: float | None) -> str:
     return "-" if v is None else f"{v:.4f}"
 
@@ -499,6 +508,12 @@ def format_comparison(runs: Sequence[RunSummary], all_params: bool = False, wide
     if not differ:
         rows.append(("(none)", [""] * len(runs)))
     rows += [(n, shown[n]) for n in differ]
+    rows.append(("-- data --", [""] * len(runs)))
+    rows.append(("split.json (hash)", [r.tags.get(SPLIT_TAG, "-") for r in runs]))
+    rows.append(("train / test images", [_count(r.metrics.get("n_train")) + " / " + _count(r.metrics.get("n_test"))
+                                         for r in runs]))
+    if any("svm_C" in r.metrics for r in runs):
+        rows.append(("C chosen", ["-" if r.metrics.get("svm_C") is None else f"{r.metrics['svm_C']:g}" for r in runs]))
     rows.append(("-- test set --", [""] * len(runs)))
     rows.append(("overall accuracy", [_pct(r.metrics.get("overall_accuracy")) for r in runs]))
     rows.append(("class-averaged accuracy", [_pct(r.metrics.get("class_averaged_accuracy")) for r in runs]))
