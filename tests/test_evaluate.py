@@ -151,3 +151,27 @@ def test_first_few_names_some_and_counts_the_rest() -> None:
 
     assert first_few(["a", "b"]) == "a, b" and first_few(["a", "b", "c"]) == "a, b, c"
     assert first_few(["a", "b", "c", "d", "e"]) == "a, b, c and 2 more" and first_few([], 5) == ""
+
+
+def test_browser_pages_are_in_sections_with_links_to_each(tmp_path: Path) -> None:
+    import re
+
+    classes = ["dotted", "leopard", "striped"]
+    labels = np.array([0, 0, 0, 1, 1, 2])
+    scores = np.array([[0.9, 0.1, 0.0], [0.6, 0.3, 0.1], [0.2, 0.7, 0.1],  # the last dotted one wrong
+                       [0.1, 0.8, 0.1], [0.0, 0.4, 0.6],                     # a leopard taken for striped
+                       [0.1, 0.1, 0.8]])
+    paths = [f"{classes[y]}/{i}.jpg" for i, y in enumerate(labels)]
+    page = write_browser(tmp_path / "b.html", tmp_path, paths, labels, scores, classes, "t").read_text()
+    headings = re.findall(r'<h3 id="(s\d+)">([^<]*)</h3>', page)
+    assert [h for _, h in headings] == ["misclassified (2)", "dotted: correct (2)", "leopard: correct (1)",
+                                        "striped: correct (1)"]
+    assert all(f'href="#{anchor}"' in page for anchor, _ in headings)
+    mistakes = page.split('<h3 id="s1">')[0]
+    assert mistakes.index("dotted/2.jpg") < mistakes.index("leopard/4.jpg")  # the more confident mistake first
+    dotted = page.split('<h3 id="s1">')[1].split('<h3 id="s2">')[0]
+    assert dotted.index("dotted/1.jpg") < dotted.index("dotted/0.jpg")  # the least confident first
+    new = write_browser(tmp_path / "n.html", tmp_path, paths, None, scores, classes, "n").read_text()
+    assert re.findall(r"<h3 [^>]*>([^<]*)</h3>", new) == ["predicted dotted (2)", "predicted leopard (2)",
+                                                          "predicted striped (2)"]
+    assert new.count('class="card new"') == 6

@@ -203,10 +203,12 @@ def write_browser(
     path: str | Path, images_dir: str | Path, paths: Sequence[str], labels: np.ndarray | None,
     scores: np.ndarray, classes: Sequence[str], title: str = "",
 ) -> Path:
-    """A static HTML page of the scored images with their top scores.
+    """A static HTML page of the scored images with their top scores, in sections with a list of
+    links to them at the top (with 30 classes a flat grid of cards shows no class boundaries).
 
-    With `labels` (evaluation): errors first (red), then by confidence. Without (new images,
-    scripts/scoreImages.py): grouped by predicted class, the least confident first in each group,
+    With `labels` (evaluation): the misclassified images first (red, the most confident mistakes
+    first), then the correctly classified ones of each class, the least confident first. Without
+    (new images, scripts/scoreImages.py): one section per predicted class, the least confident first,
     since those are the ones to check. The page links to the original files (relative paths), so it
     is small and opens from disk. Files browsers cannot show (HEIC, TIFF) get a JPEG thumbnail in
     `<page name>_thumbs/` beside the page.
@@ -214,18 +216,14 @@ def write_browser(
     path = Path(path)
     pred = scores.argmax(axis=1)
     top = scores.max(axis=1)
-    if labels is None:
-        order = sorted(range(len(paths)), key=lambda i: (pred[i], top[i]))
-    else:
-        order = sorted(range(len(paths)), key=lambda i: (pred[i] == labels[i], top[i]))
     try:
         rel_root = Path(os.path.relpath(Path(images_dir).resolve(), path.parent.resolve())).as_posix()
         base = "" if rel_root == "." else urllib.parse.quote(rel_root) + "/"
     except ValueError:  # Windows: the images are on another drive than the page, no relative path leads there
         base = Path(images_dir).resolve().as_uri() + "/"
     thumbs = path.parent / f"{path.stem}_thumbs"
-    cards = []
-    for i in order:
+
+    def card(i: int) -> str:
         state = "new" if labels is None else "ok" if pred[i] == labels[i] else "err"
         ranked = np.argsort(-scores[i])[:3]
         rows = "".join(f"<li>{html.escape(classes[j])}: {scores[i, j]:.3f}</li>" for j in ranked)
@@ -234,26 +232,40 @@ def write_browser(
             src = urllib.parse.quote(_thumbnail(Path(images_dir) / paths[i], thumbs).relative_to(path.parent).as_posix())
         else:
             src = base + urllib.parse.quote(Path(paths[i]).as_posix())
-        src = html.escape(src)
         head = "" if labels is None else f"{html.escape(classes[labels[i]])} &rarr; "
-        cards.append(
-            f'<div class="card {state}"><img loading="lazy" src="{src}" alt="">'
-            f"<b>{head}{html.escape(classes[pred[i]])}</b>"
-            f"<ol>{rows}</ol><small>{html.escape(paths[i])}</small></div>"
-        )
+        return (f'<div class="card {state}"><img loading="lazy" src="{html.escape(src)}" alt="">'
+                f"<b>{head}{html.escape(classes[pred[i]])}</b>"
+                f"<ol>{rows}</ol><small>{html.escape(paths[i])}</small></div>")
+
+    sections: list[tuple[str, list[int]]] = []  # (heading, image indices in the order shown)
     if labels is None:
-        summary = (f"{len(paths)} images, grouped by predicted class, the least confident first in each; "
+        for j, c in enumerate(classes):
+            members = sorted((i for i in range(len(paths)) if pred[i] == j), key=lambda i: top[i])
+            if members:
+                sections.append((f"predicted {c}", members))
+        summary = (f"{len(paths)} images, one section per predicted class, the least confident first in each; "
                    f"each card: predicted class and the top scores.")
     else:
-        summary = (f"{len(paths)} images, {int((pred != labels).sum())} misclassified (red, shown first); "
-                   f"each card: true &rarr; predicted class and the top scores.")
+        wrong = sorted((i for i in range(len(paths)) if pred[i] != labels[i]), key=lambda i: -top[i])
+        if wrong:
+            sections.append(("misclassified", wrong))
+        for j, c in enumerate(classes):
+            right = sorted((i for i in range(len(paths)) if labels[i] == j and pred[i] == j), key=lambda i: top[i])
+            if right:
+                sections.append((f"{c}: correct", right))
+        summary = (f"{len(paths)} images, {len(wrong)} misclassified (red, first, the most confident first), then "
+                   f"the correct ones of each class, the least confident first; each card: true &rarr; predicted "
+                   f"class and the top scores.")
+    jumps = " &middot; ".join(f'<a href="#s{k}">{html.escape(h)} ({len(m)})</a>' for k, (h, m) in enumerate(sections))
+    body = "".join(f'<h3 id="s{k}">{html.escape(h)} ({len(m)})</h3><div class="grid">{"".join(card(i) for i in m)}</div>'
+                   for k, (h, m) in enumerate(sections))
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:1em}} .grid{{display:flex;flex-wrap:wrap;gap:8px}}
 .card{{width:180px;border:3px solid #4a4;padding:4px;font-size:12px}} .card.err{{border-color:#d33}}
-.card.new{{border-color:#888}}
+.card.new{{border-color:#888}} nav{{line-height:1.6}} h3{{margin:1.2em 0 .4em}}
 .card img{{width:100%;height:160px;object-fit:contain;background:#eee}} ol{{margin:2px 0;padding-left:18px}}
 small{{color:#666;word-break:break-all}}</style></head><body>
-<h2>{html.escape(title)}</h2><p>{summary}</p><div class="grid">{''.join(cards)}</div></body></html>"""
+<h2>{html.escape(title)}</h2><p>{summary}</p><nav>{jumps}</nav>{body}</body></html>"""
     with atomic_open(path, "w", encoding="utf-8") as f:
         f.write(page)
     return path
