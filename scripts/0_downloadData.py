@@ -11,7 +11,7 @@ from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.data import alike_class_notes, class_counts, loose_images_hint, other_datasets_hint
 from imgclass.download import download_images
 from imgclass.synthetic import generate_demo_dataset
-from imgclass.terminal import column_width, ljust
+from imgclass.terminal import ljust, name_column
 
 DEMO_DATASET = "fashionTextureDemo"
 
@@ -53,10 +53,10 @@ def main() -> int:
             f"{out}/<class>/, or give a URL list with --urls FILE (TSV: label<TAB>url), "
             f"or use the demo data set: --set datasetName={DEMO_DATASET}{found}"
         )
-    width = column_width(list(counts), at_least=20)
+    shown, width = name_column(list(counts), at_least=20)
     for c, n in counts.items():
         failed_all = urls and n == 0 and c in report.failed_labels
-        print(f"  {ljust(c, width)} {n:>6} image files" + ("  <- none: every URL of this label failed" if failed_all else ""))
+        print(f"  {ljust(shown[c], width)} {n:>6} image files" + ("  <- none: every URL of this label failed" if failed_all else ""))
     for note in alike_class_notes(list(counts)):  # a list's "Dotted" beside the folder dotted/
         print(f"note: {note}")
     print(f"images: {out}")

@@ -16,7 +16,7 @@ from imgclass.data import (
     save_split, skipped_folders, skipped_note, split_change_note,
 )
 from imgclass.dedup import check_leaks, depleted_test_classes, keep_leaks_in_train, write_leaks
-from imgclass.terminal import column_width, ljust
+from imgclass.terminal import ljust, name_column
 
 parser = stage_parser(
     __doc__.splitlines()[0],
@@ -78,10 +78,10 @@ def main() -> int:
     for path, reason in split.excluded:
         print(f"left out: {path}: {reason}")
     print(f"split by: {split.method}")
-    width = column_width(split.classes, at_least=20)
+    shown, width = name_column(split.classes, at_least=20)
     print(f"  {'class':<{width}} {'train':>6} {'test':>6}")
     for c, n in split.counts().items():
-        print(f"  {ljust(c, width)} {n['train']:>6} {n['test']:>6}")
+        print(f"  {ljust(shown[c], width)} {n['train']:>6} {n['test']:>6}")
     print(f"  {'total':<{width}} {len(split.train):>6} {len(split.test):>6}")
     for note in balance_notes(split, balanced=p.svm_boBalanceClasses or p.rf_boBalanceTrainingSet):
         print(f"note: {note}")

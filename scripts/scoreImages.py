@@ -14,6 +14,7 @@ from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.data import list_folder_images, name_problem, skipped_below, skipped_note
 from imgclass.evaluate import write_browser, write_predictions
 from imgclass.provenance import StaleFilesError
+from imgclass.terminal import ljust, name_column
 
 parser = stage_parser(
     __doc__.splitlines()[0],
@@ -55,8 +56,11 @@ def main() -> int:
     page = write_browser(out.with_suffix(".html"), folder, names, None, scored.scores, scored.classes,
                          title=f"{name}: scored by {p.classifier} of {p.datasetName}")
     counts = Counter(scored.classes[i] for i in scored.scores.argmax(axis=1)) if len(names) else Counter()
-    print(f"{len(names)} image{'' if len(names) == 1 else 's'} scored with {p.classifier} of {p.datasetName}; predicted: "
-          + ", ".join(f"{c} {counts[c]}" for c in scored.classes))
+    print(f"{len(names)} image{'' if len(names) == 1 else 's'} scored with {p.classifier} of {p.datasetName}:")
+    shown, width = name_column(scored.classes, at_least=15)
+    print(f"  {ljust('predicted', width)} {'images':>6}")
+    for c in scored.classes:
+        print(f"  {ljust(shown[c], width)} {counts[c]:>6}")
     print(f"wrote {out} and {page} (the images by predicted class, least confident first)")
     return 0
 

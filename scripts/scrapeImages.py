@@ -11,7 +11,7 @@ from pathlib import Path
 
 from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.scrape import SearchError, build_queries, get_provider, scrape_to_file, state_path
-from imgclass.terminal import column_width, ljust
+from imgclass.terminal import ljust, name_column
 
 parser = stage_parser(
     __doc__.splitlines()[0],
@@ -47,9 +47,9 @@ def main() -> int:
     per_label: dict[str, int] = {}
     for row in report.rows:
         per_label[row[0]] = per_label.get(row[0], 0) + 1
-    width = column_width(list(per_label), at_least=20)
+    shown, width = name_column(list(per_label), at_least=20)
     for label, n in per_label.items():
-        print(f"  {ljust(label, width)} {n:>6} URL{'' if n == 1 else 's'}")
+        print(f"  {ljust(shown[label], width)} {n:>6} URL{'' if n == 1 else 's'}")
     print(f"{len(report.rows)} URL{'' if len(report.rows) == 1 else 's'} ({report.repeated} repeats of a listed URL "
           f"under the same label dropped)")
     if report.ambiguous:

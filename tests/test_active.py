@@ -368,7 +368,7 @@ def test_score_images_script_scores_a_folder_offline_and_names_bad_files(tiny_mo
     np.testing.assert_allclose(np.array([[float(v) for v in r[2:]] for r in rows[1:]]), ref.scores, rtol=1e-4, atol=1e-4)
     assert [r[1] for r in rows[1:]] == [ref.classes[i] for i in ref.scores.argmax(axis=1)]
     page = (tiny_model / "results" / "tiny" / "svm" / "scores_new photos.html").read_text()
-    assert page.count('class="card new"') == 9 and "grouped by predicted class" in page
+    assert page.count('class="card new"') == 9 and "one section per predicted class" in page
     srcs = re.findall(r'<img loading="lazy" src="([^"]+)"', page)
     page_dir = tiny_model / "results" / "tiny" / "svm"
     # The links (URL-quoted: "batch 1" is "batch%201") reach the photos.

@@ -26,7 +26,8 @@ def test_metrics_follow_the_tutorial_definitions() -> None:
     assert all(v["auc"] == 1.0 for v in perfect["per_class"].values())
     assert "class-avg" in format_table(m) and "75.00%" in format_table(m)
     # 1 image each: a -> b and c -> a; ties keep the classes' order
-    assert format_confusions(m) == "most frequent mistakes (true -> predicted: images): a -> b: 1, c -> a: 1"
+    assert format_confusions(m).splitlines() == ["most frequent mistakes (true -> predicted: images):",
+                                                 "  a -> b: 1", "  c -> a: 1"]
     assert format_confusions(perfect) == ""
 
 
@@ -175,3 +176,23 @@ def test_browser_pages_are_in_sections_with_links_to_each(tmp_path: Path) -> Non
     assert re.findall(r"<h3 [^>]*>([^<]*)</h3>", new) == ["predicted dotted (2)", "predicted leopard (2)",
                                                           "predicted striped (2)"]
     assert new.count('class="card new"') == 6
+
+
+def test_long_class_names_are_shortened_in_tables_unless_two_would_read_alike() -> None:
+    from imgclass.terminal import display_width, name_column, shorten
+
+    long_a = "Horizontal stripes, thin and high frequency, on a pale background"
+    long_b = "Horizontal stripes, thick and low frequency, on a pale background"
+    assert shorten("dotted", 40) == "dotted"
+    cut = shorten(long_a, 40)
+    assert display_width(cut) == 40 and cut.startswith("Horizontal stripes, ") and cut.endswith("background")
+    assert display_width(shorten("条纹图案" * 10, 15)) <= 15  # wide characters count two columns
+    shown, width = name_column(["dotted", long_a, long_b], at_least=12)
+    assert width == 40 and shown["dotted"] == "dotted" and len(set(shown.values())) == 3
+    assert shown[long_a].startswith("Horizontal stripes, thin")  # where the two differ is kept
+    same_ends = [f"Horizontal stripes, {m * 40}, on a pale background" for m in "xy"]  # differ in the middle only
+    assert all(shorten(same_ends[0], 20, share) == shorten(same_ends[1], 20, share) for share in (0.5, 0.8, 0.2))
+    shown, width = name_column(same_ends, at_most=20)  # shortened they would read alike: shown whole
+    assert shown == {n: n for n in same_ends} and width == len(same_ends[0])
+    m = compute_metrics(np.eye(3)[[0, 1, 2, 0]], np.array([0, 1, 2, 1]), ["dotted", long_a, long_b])
+    assert max(display_width(line) for line in format_table(m).splitlines()) < 80

@@ -27,7 +27,7 @@ from sklearn.metrics import auc, roc_curve  # noqa: E402
 from imgclass.fileio import atomic_open, atomic_path, save_figure  # noqa: E402
 from imgclass.fonts import lay_out  # noqa: E402
 from imgclass.images import load_rgb  # noqa: E402
-from imgclass.terminal import column_width, ljust  # noqa: E402
+from imgclass.terminal import ljust, name_column  # noqa: E402
 
 
 def roc_curves(scores: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> list[tuple[str, np.ndarray, np.ndarray, float]]:
@@ -143,12 +143,12 @@ def plot_confusion(cm: np.ndarray | list, classes: Sequence[str], path: str | Pa
 
 def format_table(metrics: dict[str, Any]) -> str:
     """The accuracy table stage 5 prints."""
-    width = column_width(metrics["classes"], at_least=12)
+    shown, width = name_column(metrics["classes"], at_least=12)
     lines = [f"{'class':<{width}}  {'n':>5}  {'accuracy':>8}  {'AUC':>6}"]
     for c, v in metrics["per_class"].items():
         acc = "-" if v["accuracy"] is None else f"{100 * v['accuracy']:7.2f}%"
         roc = "-" if v["auc"] is None else f"{v['auc']:.4f}"
-        lines.append(f"{ljust(c, width)}  {v['n']:>5}  {acc:>8}  {roc:>6}")
+        lines.append(f"{ljust(shown.get(c, c), width)}  {v['n']:>5}  {acc:>8}  {roc:>6}")
     lines.append(f"{'overall':<{width}}  {sum(v['n'] for v in metrics['per_class'].values()):>5}  "
                  f"{100 * metrics['overall_accuracy']:7.2f}%")
     mean_auc = metrics.get("class_averaged_auc")
@@ -167,10 +167,14 @@ def top_confusions(metrics: dict[str, Any], n: int = 5) -> list[tuple[str, str, 
 
 
 def format_confusions(metrics: dict[str, Any], n: int = 5) -> str:
-    """One line naming the most frequent mistakes, as stage 5 prints it ("" when there are none)."""
+    """The most frequent mistakes, one a line, as stage 5 prints them ("" when there are none): on one
+    line, a few long class names made it hundreds of characters wide."""
     pairs = top_confusions(metrics, n)
-    return ("most frequent mistakes (true -> predicted: images): "
-            + ", ".join(f"{t} -> {p}: {c}" for t, p, c in pairs)) if pairs else ""
+    if not pairs:
+        return ""
+    shown, width = name_column([t for t, _, _ in pairs])
+    return "\n".join(["most frequent mistakes (true -> predicted: images):",
+                      *(f"  {ljust(shown[t], width)} -> {p}: {c}" for t, p, c in pairs)])
 
 
 def write_predictions(path: str | Path, paths: Sequence[str], labels: np.ndarray | None, scores: np.ndarray,

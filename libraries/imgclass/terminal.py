@@ -36,3 +36,35 @@ def first_few(items: Sequence[str], most: int = 3) -> str:
 def column_width(names: Sequence[str], at_least: int = 0) -> int:
     """The columns the widest of `names` takes, and at least `at_least`."""
     return max([at_least, *(display_width(n) for n in names)])
+
+
+NAME_COLUMNS = 40  # most columns a name takes in a table column: rows then fit an 80-column terminal
+
+
+def shorten(text: str, width: int, head_share: float = 0.5) -> str:
+    """`text` in at most `width` terminal columns: its beginning and end around a "…" when longer,
+    the beginning taking `head_share` of the columns left."""
+    if display_width(text) <= width:
+        return text
+    keep = width - 1
+    head, tail = "", ""
+    for ch in text:
+        if display_width(head + ch) > round(keep * head_share):
+            break
+        head += ch
+    for ch in reversed(text):
+        if display_width(tail + ch) > keep - display_width(head):
+            break
+        tail = ch + tail
+    return head + "…" + tail
+
+
+def name_column(names: Sequence[str], at_least: int = 0, at_most: int = NAME_COLUMNS) -> tuple[dict[str, str], int]:
+    """How each of `names` is shown in a table column, and the column's width: names longer than
+    `at_most` columns shortened (shorten: the beginning and end kept, else more of the beginning or
+    of the end where the names differ there), or all whole if they would still read alike."""
+    for share in (0.5, 0.8, 0.2):
+        shown = {n: shorten(n, at_most, share) for n in names}
+        if len(set(shown.values())) == len(set(names)):
+            return shown, column_width(list(shown.values()), at_least)
+    return {n: n for n in names}, column_width(list(names), at_least)

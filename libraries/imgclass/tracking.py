@@ -40,7 +40,7 @@ from urllib.request import url2pathname
 from imgclass.fileio import read_json, write_json
 from imgclass.params import Params
 from imgclass.provenance import MODEL_SETTINGS, file_hash
-from imgclass.terminal import column_width, first_few, ljust
+from imgclass.terminal import NAME_COLUMNS, first_few, ljust, name_column
 
 ENV_SWITCH = "IMGCLASS_TRACKING"  # "0", "off" or "false" turns tracking off whatever track_enabled says
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -528,10 +528,11 @@ def format_comparison(runs: Sequence[RunSummary], all_params: bool = False, wide
     for c in classes:
         rows.append((f"accuracy {real.get(c, c)}", [_pct(r.metrics.get(f"accuracy_{c}")) for r in runs]))
         rows.append((f"AUC {real.get(c, c)}", [_num(r.metrics.get(f"auc_{c}")) for r in runs]))
-    label_w = column_width([k for k, _ in rows])
+    # "accuracy <a class name of 60 characters>" would push every run's column off an 80-column terminal.
+    shown, label_w = name_column([k for k, _ in rows], at_most=NAME_COLUMNS + len("accuracy "))
     col_w = [max(len(vals[i]) for _, vals in rows) for i in range(len(runs))]
     lines = []
     for key, vals in rows:
         cells = "  ".join(f"{v:>{w}}" for v, w in zip(vals, col_w))
-        lines.append(f"{ljust(key, label_w)}  {cells}".rstrip())
+        lines.append(f"{ljust(shown[key], label_w)}  {cells}".rstrip())
     return "\n".join(lines)
