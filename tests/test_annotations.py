@@ -156,3 +156,13 @@ def test_widget_pager_shows_file_names_as_text_not_html(color_dataset: Path) -> 
     cell = next(c for c in grid.children if c.children[1].value.startswith("<img"))
     cell.children[2].value = "blue"
     assert "&lt;img src=x onerror=alert(1)&gt;.jpg: blue" in status.value and "<img" not in status.value
+
+
+def test_a_fix_left_behind_by_a_renamed_class_folder_points_to_the_image(color_dataset: Path) -> None:
+    # leopard/ renamed animalprint/: its "EXCLUDE" line silently lapsed and the photo came back.
+    data_dir = color_dataset.parents[1]
+    (color_dataset / FIXES_FILE).write_text("red/red_3.jpg\tEXCLUDE\n")
+    (color_dataset / "red").rename(color_dataset / "crimson")
+    out = run_script("1_prepareData.py", "--set", "datasetName=colors", data_dir=data_dir).stdout
+    assert (f"note: {FIXES_FILE}: red/red_3.jpg: no such image (did you mean crimson/red_3.jpg, the one image of "
+            "that name?") in out, out

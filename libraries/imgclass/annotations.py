@@ -93,15 +93,24 @@ def unmatched_fixes(fixes: dict[str, str], paths: Iterable[str]) -> list[str]:
     writes accents decomposed) is pointed out, since to the eye the line looks right."""
     paths = set(paths)
     loose = {unicodedata.normalize("NFC", p).casefold(): p for p in sorted(paths)}
+    # A class folder renamed (leopard/ to animalprint/) leaves its fixes behind: the same file name
+    # in another folder is most likely the image meant, and an EXCLUDE would otherwise silently lapse.
+    by_name: dict[str, list[str]] = {}
+    for p in sorted(paths):
+        by_name.setdefault(p.rsplit("/", 1)[-1], []).append(p)
     notes = []
     for image in sorted(set(fixes) - paths):
         near = loose.get(unicodedata.normalize("NFC", image).casefold())
+        elsewhere = by_name.get(image.rsplit("/", 1)[-1], [])
         if near and unicodedata.normalize("NFC", near) == unicodedata.normalize("NFC", image):
             # They print alike: say how they differ, or the hint reads as nonsense.
             hint = (f" (the file's name has the same letters, its accents encoded otherwise (composed or "
                     f"decomposed, as macOS writes them): copy the name from the file, {near!r})")
         elif near:
             hint = f" (did you mean {near}? names must match exactly)"
+        elif len(elsewhere) == 1:
+            hint = (f" (did you mean {elsewhere[0]}, the one image of that name? a class folder renamed or the file "
+                    f"moved: correct the line, or the fix does nothing)")
         else:
             hint = " (deleted since, or mistyped: the fix does nothing)"
         notes.append(f"{image}: no such image{hint}")
