@@ -387,7 +387,7 @@ def track_stage(p: Params, script: str | Path, started: float, argv: Sequence[st
               f"Set track_enabled = False (or {ENV_SWITCH}=0) to stop tracking.", file=sys.stderr)
         return None
     if rec is not None:
-        if rec.note:
+        if rec.note and rec.new_run:  # once per pipeline run, not again at each of its stages
             print(rec.note)
         what = "new pipeline run" if rec.new_run else "pipeline run"
         why = f" ({rec.why_new})" if rec.why_new else ""
