@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 from imgclass.cli import parse_stage, run_stage, stage_parser
-from imgclass.data import load_split
+from imgclass.data import load_split, since_split_notes
 from imgclass.features import FeatureCache, Featurizer, device_name
 from imgclass.featureset import FeatureSet
 from imgclass.modelfile import load_model, load_model_extra
@@ -27,6 +27,8 @@ parser = stage_parser(
 def main() -> int:
     _, p = parse_stage(parser)
     split = load_split(p.split_path, p.images_dir)
+    for note in since_split_notes(split, p.images_dir, p.split_path):
+        print(f"note: {note}")
     model, spec = load_model(p.require_model())
     made_with = {"rf_pretrainedModel": spec.backbone, "rf_inputResolution": spec.resolution, "rf_resizeMode": spec.resize_mode}
     check_model_settings(made_with, p, p.model_path.name)

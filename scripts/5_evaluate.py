@@ -3,8 +3,9 @@
 import datetime
 
 from imgclass.cli import parse_stage, run_stage, stage_parser
-from imgclass.evaluate import (compute_metrics, format_confusions, format_table, plot_confusion, plot_roc,
-                               write_browser, write_predictions)
+from imgclass.data import load_split, since_split_notes
+from imgclass.evaluate import (compute_metrics, few_test_images_notes, format_confusions, format_table, plot_confusion,
+                               plot_roc, write_browser, write_predictions)
 from imgclass.featureset import FeatureSet
 from imgclass.fileio import require_file, write_json
 from imgclass.provenance import MODEL_SETTINGS, StaleFilesError, check_model_settings, check_same_source, file_hash
@@ -69,6 +70,8 @@ def main() -> int:
     print(format_table(metrics))
     if mistakes := format_confusions(metrics):
         print(mistakes)
+    for note in few_test_images_notes(metrics) + since_split_notes(load_split(p.split_path), p.images_dir, p.split_path):
+        print(f"note: {note}")
     print(f"results in {out}: metrics{suffix}.json, roc{suffix}.png, confusion{suffix}.png, "
           f"predictions{suffix}.tsv, browser{suffix}.html")
     return 0

@@ -507,3 +507,23 @@ def test_stage1_rerun_keeps_the_split_and_resplit_makes_a_new_one(color_dataset:
     assert "note: the same split as the earlier split.json (22 images)" in out
     out = run_script("1_prepareData.py", *args, "--resplit", data_dir=data_dir).stdout
     assert "note: split anew (--resplit)" in out  # the new photos' sides differ between the two ways
+
+
+def test_later_stages_name_images_added_and_fixes_edited_since_stage1(color_dataset: Path, tmp_path: Path) -> None:
+    import os
+
+    from imgclass.data import since_split_notes
+
+    (color_dataset / "red" / "broken.jpg").write_bytes(b"not an image")  # left out by stage 1: not "new"
+    write_image(color_dataset / "red" / os.fsdecode(b"caf\xe9.jpg"), (200, 40, 40))  # a name stage 1 leaves out
+    write_image(color_dataset / "loose.jpg", (1, 2, 3))  # outside every class folder: stage 1 names it
+    write_image(color_dataset / "_duplicates" / "red" / "x.jpg", (200, 40, 40))  # not a class
+    split = make_split(color_dataset)
+    split_path = save_split(split, tmp_path / "split.json")
+    assert since_split_notes(split, color_dataset, split_path) == []
+    write_image(color_dataset / "green" / "new_1.jpg", (40, 190, 60), seed=50)
+    (color_dataset / "annotations_fixes.tsv").write_text("red/red_1.jpg\tEXCLUDE\n")
+    os.utime(split_path, (1_000_000, 1_000_000))  # stage 1 ran long before both
+    notes = since_split_notes(split, color_dataset, split_path)
+    assert len(notes) == 2 and notes[0].startswith("1 image file(s) in ") and "green/new_1.jpg" in notes[0]
+    assert notes[1].startswith("annotations_fixes.tsv was edited after stage 1 wrote split.json")

@@ -196,3 +196,14 @@ def test_long_class_names_are_shortened_in_tables_unless_two_would_read_alike() 
     assert shown == {n: n for n in same_ends} and width == len(same_ends[0])
     m = compute_metrics(np.eye(3)[[0, 1, 2, 0]], np.array([0, 1, 2, 1]), ["dotted", long_a, long_b])
     assert max(display_width(line) for line in format_table(m).splitlines()) < 80
+
+
+def test_classes_with_few_test_images_are_named() -> None:
+    from imgclass.evaluate import few_test_images_notes
+
+    labels = np.array([0] * 6 + [1] * 2 + [2])
+    m = compute_metrics(np.eye(3)[labels], labels, ["plenty", "two", "one"])
+    assert few_test_images_notes(m) == ["fewer than 5 test images: two (2), one (1); their accuracy and AUC rest on "
+                                        "very few photos: read them as rough, and add images where you can"]
+    labels = np.repeat([0, 1], 5)
+    assert few_test_images_notes(compute_metrics(np.eye(2)[labels], labels, ["a", "b"])) == []

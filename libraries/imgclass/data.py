@@ -639,6 +639,30 @@ def fix_notes(split: Split, images_dir: str | Path) -> list[str]:
     return [f"{FIXES_FILE}: {note}" for note in unmatched_fixes(read_fixes(images_dir), known)]
 
 
+def since_split_notes(split: Split, images_dir: str | Path, split_path: str | Path) -> list[str]:
+    """Notes for the stages after stage 1 on what changed in the data set folder since it wrote
+    `split_path`: image files it does not list (added since; they are in no result until stage 1
+    runs again) and a label fixes file edited after it (its fixes are applied by stage 1)."""
+    images_dir, split_path = Path(images_dir), Path(split_path)
+    if not images_dir.is_dir() or not split_path.is_file():
+        return []
+    listed = {p for side in ("train", "test") for p, _ in split.side(side)} | {p for p, _ in split.excluded}
+    # Loose files (no "/") and names no output can hold (name_problem) are left out by stage 1 and
+    # named there: not new.
+    new = [rel for f in walk_image_files(images_dir, NOT_CLASS_PREFIXES)
+           if (rel := f.relative_to(images_dir).as_posix()) not in listed and "/" in rel and not name_problem(rel)]
+    notes = []
+    if new:
+        notes.append(f"{len(new)} image file(s) in {shown(str(images_dir))} are not in {split_path.name} (added since "
+                     f"stage 1: {first_few(new)}): they are in no result until scripts/1_prepareData.py runs again "
+                     "(earlier images keep their sides), then the stages after it")
+    fixes = images_dir / FIXES_FILE
+    if fixes.is_file() and fixes.stat().st_mtime > split_path.stat().st_mtime:
+        notes.append(f"{FIXES_FILE} was edited after stage 1 wrote {split_path.name}: its fixes apply once "
+                     "scripts/1_prepareData.py runs again, then the stages after it")
+    return notes
+
+
 def check_disjoint(split: Split) -> None:
     """Train and test share no image path (a bug in a split rule would otherwise inflate accuracy)."""
     shared = {p for p, _ in split.train} & {p for p, _ in split.test}

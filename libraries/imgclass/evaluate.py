@@ -157,6 +157,19 @@ def format_table(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+FEW_TEST_IMAGES = 5  # classes with fewer test images than this are named by stage 5
+
+
+def few_test_images_notes(metrics: dict[str, Any]) -> list[str]:
+    """A note naming the classes whose accuracy rests on fewer than FEW_TEST_IMAGES images: 100% on
+    one image reads like a fact in the table, and is a coin toss."""
+    few = [f"{c} ({v['n']})" for c, v in metrics["per_class"].items() if 0 < v["n"] < FEW_TEST_IMAGES]
+    if not few:
+        return []
+    return [f"fewer than {FEW_TEST_IMAGES} test images: {', '.join(few)}; their accuracy and AUC rest on very few "
+            "photos: read them as rough, and add images where you can"]
+
+
 def top_confusions(metrics: dict[str, Any], n: int = 5) -> list[tuple[str, str, int]]:
     """The `n` most frequent mistakes as (true class, predicted class, images), most first; with
     many classes the confusion matrix is hard to read, and these pairs are where to look."""
