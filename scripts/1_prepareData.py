@@ -36,7 +36,7 @@ def earlier_split(path: Path) -> Split | None:
     except FileNotFoundError:
         return None
     except ValueError as e:  # damaged: it is replaced below
-        print(f"note: splitting anew: {e}")
+        print(f"note: splitting anew, since the earlier {path.name} cannot be read ({str(e).split('; rerun')[0]})")
         return None
 
 
@@ -45,8 +45,6 @@ def main() -> int:
     previous = earlier_split(p.split_path)
     split = make_split(p.images_dir, p.ratioTrainTest, p.randomSeed, p.imagesSplitBy, progress=True,
                        previous=None if args.resplit else previous)
-    if note := split_change_note(previous, split, args.resplit):
-        print(f"note: {note}")
     if p.leakageCheck != "off":
         check = check_leaks(split, p.images_dir, p.dedup_threshold)
         # Pairs across classes first: those are label problems, and would hide among the rest.
@@ -75,6 +73,8 @@ def main() -> int:
                       f"{listed.name}, and if they are not copies, set leakageCheck = 'report' or a lower dedup_threshold")
         elif check.leaks:
             print("leakageCheck = 'report': left as they are; test accuracy may be optimistic")
+    if note := split_change_note(previous, split, args.resplit):
+        print(f"note: {note}")
     for path, reason in split.excluded:
         print(f"left out: {path}: {reason}")
     print(f"split by: {split.method}")

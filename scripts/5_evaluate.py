@@ -70,7 +70,7 @@ def main() -> int:
     print(format_table(metrics))
     if mistakes := format_confusions(metrics):
         print(mistakes)
-    for note in few_test_images_notes(metrics) + since_split_notes(load_split(p.split_path), p.images_dir, p.split_path):
+    for note in few_test_images_notes(metrics, side) + since_split_notes(load_split(p.split_path), p.images_dir, p.split_path):
         print(f"note: {note}")
     print(f"results in {out}: metrics{suffix}.json, roc{suffix}.png, confusion{suffix}.png, "
           f"predictions{suffix}.tsv, browser{suffix}.html")

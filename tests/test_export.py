@@ -98,8 +98,9 @@ def test_stage4_rerun_without_stage5_leaves_the_old_metrics_out(pipeline: tuple[
     assert "metrics.json evaluated an earlier svm_fixed.npz" in info["metrics_left_out"]
     assert "test metrics left out" in out and "run scripts/5_evaluate.py" in out
     # Stage 5 on the new SVM: its metrics go in again.
-    run_script("5_evaluate.py", *SMALL, data_dir=data)
-    run_script("6_deploy.py", *SMALL, "--no-serve", data_dir=data)
+    again = ("--set", f"svm_CVals=[{other_c}]")  # as stage 4 had it: stage 5 refuses an SVM of other settings
+    run_script("5_evaluate.py", *SMALL, *again, data_dir=data)
+    run_script("6_deploy.py", *SMALL, *again, "--no-serve", data_dir=data)
     info = json.loads((data / "deploy" / DS / "svm" / "bundle.json").read_text())
     assert info["metrics"] == json.loads(metrics_file.read_text()) and info["metrics"]["svm_C"] == other_c
 

@@ -350,5 +350,5 @@ def test_stage5_refuses_svm_settings_other_than_stage4s(pipeline_dir: Path, tmp_
     # A photo added since stage 1 is in no result: stage 5 says so (and stage 3 would).
     images = data / "images" / "fashionTextureDemo"
     shutil.copy(next((images / "dotted").iterdir()), images / "dotted" / "added_later.jpg")
-    out = run_script("5_evaluate.py", *SMALL, "--set", "svm_CVals=[0.1,1.0]", data_dir=data).stdout
+    out = run_script("5_evaluate.py", *SMALL, "--set", "svm_CVals=[0.1,1]", data_dir=data).stdout  # as typed at stage 4
     assert "note: 1 image file(s) in " in out and "dotted/added_later.jpg" in out, out

@@ -489,6 +489,7 @@ def test_stopping_under_load_answers_every_request_in_json(bundle: Path, tmp_pat
     log = tmp_path / "server.log"
     images = [("images", (f"{i}.jpg", jpeg_bytes(COLORS["red"], seed=i))) for i in range(16)]
     replies: list[tuple[int, dict]] = []
+    dropped: list[str] = []  # requests the server took and then left without an answer
     with running_server(bundle, "dep_graceSec=0", "dep_maxBatch=4", pids=pids, log=log, stopped_by_test=True) as base:
         stop = threading.Event()
 
@@ -496,14 +497,19 @@ def test_stopping_under_load_answers_every_request_in_json(bundle: Path, tmp_pat
             while not stop.is_set():
                 try:
                     r = httpx.post(base + "/score", files=images, timeout=60)
-                except httpx.TransportError:  # no longer listening, or the connection closed at shutdown
+                except httpx.ConnectError:  # no longer listening: a request never taken
+                    return
+                except httpx.TransportError as e:
+                    dropped.append(repr(e))
                     return
                 replies.append((r.status_code, r.json() if r.headers.get("content-type") == "application/json"
                                 else {"text": r.text}))
         threads = [threading.Thread(target=client) for _ in range(12)]
         for t in threads:
             t.start()
+        deadline = time.monotonic() + 120
         while len(replies) < 6:  # the server is busy scoring: every thread has a request in progress
+            assert time.monotonic() < deadline, f"the server answered {len(replies)} requests in 120 s"
             time.sleep(0.05)
         os.kill(pids[0], getattr(signal, sig))
         deadline = time.monotonic() + 60
@@ -513,7 +519,7 @@ def test_stopping_under_load_answers_every_request_in_json(bundle: Path, tmp_pat
         for t in threads:
             t.join(timeout=60)
     statuses = [s for s, _ in replies]
-    assert set(statuses) <= {200, 503}, statuses
+    assert set(statuses) <= {200, 503} and not dropped, (statuses, dropped)
     refused = [body for s, body in replies if s == 503]
     assert refused, f"no request was still waiting at the signal ({len(replies)} replies): the test tested nothing"
     assert all("shutting down" in body.get("detail", "") for body in refused), refused
@@ -550,9 +556,11 @@ def test_head_requests_and_cors_for_pages_elsewhere(bundle: Path, tmp_path: Path
     page = "https://app.example"
     with running_server(bundle, f"dep_corsOrigins=['{page}']", "dep_maxUploadBytes=100000",
                         log=tmp_path / "server.log") as base:
-        for path in ("/", "/health", "/info"):  # monitors and load balancers probe with HEAD
-            r = httpx.head(base + path)
-            assert r.status_code == 200 and r.content == b"", (path, r.status_code)
+        with httpx.Client() as client:  # one connection: a body sent after a HEAD reply would garble the next reply
+            for path in ("/", "/health", "/info"):  # monitors and load balancers probe with HEAD
+                got, head = client.get(base + path), client.head(base + path)
+                assert head.status_code == 200 and head.headers["content-length"] == str(len(got.content)), path
+                assert client.get(base + path).content == got.content, path
         # A browser's preflight before a JSON POST from the page, then the POST itself.
         r = httpx.options(base + "/score", headers={"Origin": page, "Access-Control-Request-Method": "POST",
                                                     "Access-Control-Request-Headers": "content-type"})
@@ -576,7 +584,7 @@ def test_no_cors_headers_unless_asked_for(url: str) -> None:
 def test_bad_cors_origins_are_refused_when_loaded(tmp_path: Path) -> None:
     proc = run_script("6_deploy.py", "--no-serve", "--set", "dep_corsOrigins=['https://app.example/']",
                       data_dir=tmp_path, check=False)
-    assert proc.returncode == 2 and 'a browser sends no path: "https://app.example"' in proc.stderr, proc.stderr
+    assert proc.returncode == 2 and 'a browser sends it as "https://app.example"' in proc.stderr, proc.stderr
 
 
 def test_a_client_that_hangs_up_mid_upload_leaves_no_traceback(url: str) -> None:

@@ -56,12 +56,16 @@ class Split:
     excluded: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) left out
     method: str = "random"
     settings: dict = field(default_factory=dict)  # randomSeed, ratioTrainTest, imagesSplitBy of a random split
-    kept: int = 0  # images whose side an earlier split decided (make_split's `previous`)
+    moved: list[str] = field(default_factory=list)  # test images the leakage check moved to train (stage 1)
 
     def side(self, name: str) -> list[tuple[str, int]]:
         if name not in ("train", "test"):
             raise ValueError(f"side {name!r}: expected 'train' or 'test'")
         return self.train if name == "train" else self.test
+
+    def sides(self) -> dict[str, str]:
+        """{image: "train" or "test"}."""
+        return {p: side for side in ("train", "test") for p, _ in self.side(side)}
 
     def counts(self) -> dict[str, dict[str, int]]:
         out = {c: {"train": 0, "test": 0} for c in self.classes}
@@ -78,6 +82,7 @@ class Split:
             "test": [[p, int(y)] for p, y in self.test],
             "excluded": [[p, r] for p, r in self.excluded],
             "settings": self.settings,
+            "moved": self.moved,
         }
 
     @classmethod
@@ -89,6 +94,7 @@ class Split:
             excluded=[(p, r) for p, r in d.get("excluded", [])],
             method=d.get("method", "random"),
             settings=dict(d.get("settings") or {}),
+            moved=list(d.get("moved") or []),
         )
 
 
@@ -367,46 +373,58 @@ def _split_keeping(items: list, ratio: float, rng: random.Random, earlier: dict)
     new = sorted(x for x in items if x not in earlier)
     rng.shuffle(new)
     to_test = min(len(new), max(0, len(items) - _train_share(len(items), ratio) - len(kept_test)))
-    if not kept_train and to_test == len(new) and new:  # a class always keeps a training image
-        to_test -= 1
-    return sorted(kept_train + new[to_test:]), sorted(kept_test + new[:to_test])
+    train, test = kept_train + new[to_test:], kept_test + new[:to_test]
+    if not train and test:  # a class always keeps a training image, also when its earlier ones are all gone
+        pick = rng.choice(sorted(set(test) - set(kept_test)) or sorted(test))  # a new image, where there is one
+        test.remove(pick)
+        train.append(pick)
+    return sorted(train), sorted(test)
 
 
 def earlier_sides(previous: Split | None, ratio: float, seed: int, split_by: str) -> tuple[dict[str, str], str]:
-    """The side of each image in `previous` (an earlier split.json), when it was made by the same rule
-    with the same seed and ratio; else none, and why it cannot be kept ("" without a previous split)."""
+    """The side of each image in `previous` (an earlier split.json) as its rule decided it, when it
+    was made by the same rule with the same seed and ratio; else none, and why it cannot be kept (""
+    without a previous split). Images the leakage check moved count as test images, their side before
+    the check: stage 1 checks them again, so that another leakageCheck or dedup_threshold takes effect."""
     if previous is None:
         return {}, ""
-    settings = {"randomSeed": seed, "ratioTrainTest": ratio, "imagesSplitBy": split_by}
+    if previous.method not in ("random", "subdir"):
+        return {}, f"the earlier split was made another way ({previous.method})"
     if not previous.settings:
-        return {}, f"the earlier split ({previous.method}) does not record its settings"
+        return {}, "the earlier split.json, of an earlier version, does not record its settings"
+    settings = {"randomSeed": seed, "ratioTrainTest": ratio, "imagesSplitBy": split_by}
     changed = [f"{k} {previous.settings.get(k)!r} -> {v!r}" for k, v in settings.items() if previous.settings.get(k) != v]
     if changed:
         return {}, ", ".join(changed)
-    return {p: side for side in ("train", "test") for p, _ in previous.side(side)}, ""
+    return {**previous.sides(), **{p: "test" for p in previous.moved}}, ""
 
 
 def split_change_note(previous: Split | None, split: Split, resplit: bool = False) -> str:
-    """What stage 1 did with an earlier split.json: kept its sides (and where the new images went),
-    or split anew and why; "" for a first split or a split made in advance (folders, test list)."""
+    """What stage 1 did with an earlier split.json, given the final `split` (after the leakage check):
+    kept its sides (and where the new images went), or split anew and why; "" for a first split or a
+    split made in advance (folders, test list)."""
     if previous is None or split.method not in ("random", "subdir"):
         return ""
-    now = {p: side for side in ("train", "test") for p, _ in split.side(side)}
-    if now == {p: side for side in ("train", "test") for p, _ in previous.side(side)}:
+    now, before = split.sides(), previous.sides()
+    if now == before:
         return f"the same split as the earlier split.json ({len(now)} images)"
-    earlier, why = earlier_sides(previous, split.settings["ratioTrainTest"], split.settings["randomSeed"],
-                                 split.settings["imagesSplitBy"])
+    _, why = earlier_sides(previous, split.settings["ratioTrainTest"], split.settings["randomSeed"],
+                           split.settings["imagesSplitBy"])
     if resplit or why:
         return (f"split anew ({'--resplit' if resplit else why}): earlier test images may be in train now, so "
                 "test results are not comparable with those of earlier runs")
-    new = [side for p, side in now.items() if p not in earlier]
-    gone = sum(1 for p in earlier if p not in now)
-    parts = [f"kept the side of the {split.kept} images of the earlier split.json (test images stay test images, "
-             "so results stay comparable; --resplit to split anew)"]
+    new = [side for p, side in now.items() if p not in before]
+    gone = sum(1 for p in before if p not in now)
+    changed = sum(1 for p, side in now.items() if p in before and before[p] != side)
+    parts = [f"kept the side of {len(now) - len(new) - changed} images of the earlier split.json (test images stay "
+             "test images, so results stay comparable; --resplit to split anew)"]
     if new:
         parts.append(f"{len(new)} new: {new.count('train')} to train, {new.count('test')} to test")
     if gone:
         parts.append(f"{gone} of its images gone (deleted, moved, renamed or left out now)")
+    if changed:
+        parts.append(f"{changed} changed sides (near duplicates the leakage check judges otherwise now, or a class "
+                     "whose training images are all gone)")
     return "; ".join(parts)
 
 
@@ -542,7 +560,7 @@ def make_split(
         for i, c in enumerate(classes):
             train += [(p, i) for p in per_class[c] if p not in test_set]
             test += [(p, i) for p in per_class[c] if p in test_set]
-        method, settings, kept = DEDICATED_TEST_FILE, {}, 0
+        method, settings = DEDICATED_TEST_FILE, {}
     else:
         earlier, _ = earlier_sides(previous, ratio, seed, split_by)
         for i, c in enumerate(classes):
@@ -566,8 +584,7 @@ def make_split(
             test += [(p, i) for p in sorted(te_paths)]
         method = "subdir" if split_by == "subdir" else "random"
         settings = {"randomSeed": seed, "ratioTrainTest": ratio, "imagesSplitBy": split_by}
-        kept = sum(1 for p, _ in train + test if p in earlier)
-    split = Split(classes, train, test, excluded, method, settings, kept)
+    split = Split(classes, train, test, excluded, method, settings)
     _check_trained(split, images_dir)
     check_disjoint(split)
     return split
@@ -646,16 +663,19 @@ def since_split_notes(split: Split, images_dir: str | Path, split_path: str | Pa
     images_dir, split_path = Path(images_dir), Path(split_path)
     if not images_dir.is_dir() or not split_path.is_file():
         return []
-    listed = {p for side in ("train", "test") for p, _ in split.side(side)} | {p for p, _ in split.excluded}
-    # Loose files (no "/") and names no output can hold (name_problem) are left out by stage 1 and
-    # named there: not new.
-    new = [rel for f in walk_image_files(images_dir, NOT_CLASS_PREFIXES)
-           if (rel := f.relative_to(images_dir).as_posix()) not in listed and "/" in rel and not name_problem(rel)]
+    listed = set(split.sides()) | {p for p, _ in split.excluded}
+    # Only the class folders stage 1 reads (of train/ and test/, in a split made in advance: not val/);
+    # names no output can hold (name_problem) it leaves out and names itself: not new.
+    folders = find_split_folders(images_dir)
+    roots = [images_dir] if folders is None else [folders[0], folders[1]]
+    files = [f for root in roots for c in list_class_dirs(root) for f in walk_image_files(root / c, NOT_CLASS_PREFIXES)]
+    new = [rel for f in files if (rel := f.relative_to(images_dir).as_posix()) not in listed and not name_problem(rel)]
     notes = []
     if new:
+        keeps = " (earlier images keep their sides)" if split.method in ("random", "subdir") and split.settings else ""
         notes.append(f"{len(new)} image file(s) in {shown(str(images_dir))} are not in {split_path.name} (added since "
-                     f"stage 1: {first_few(new)}): they are in no result until scripts/1_prepareData.py runs again "
-                     "(earlier images keep their sides), then the stages after it")
+                     f"stage 1: {first_few(new)}): they are in no result until scripts/1_prepareData.py runs "
+                     f"again{keeps}, then the stages after it")
     fixes = images_dir / FIXES_FILE
     if fixes.is_file() and fixes.stat().st_mtime > split_path.stat().st_mtime:
         notes.append(f"{FIXES_FILE} was edited after stage 1 wrote {split_path.name}: its fixes apply once "

@@ -480,8 +480,9 @@ def keep_leaks_in_train(split: Split, leaks: Sequence[Leak]) -> Split:
     if not leaving:
         return split
     moved = [(p, y) for p, y in split.test if p in leaving]
+    # Recorded, so that a later stage 1 checks them again instead of keeping them in train for good.
     return replace(split, train=sorted(split.train + moved, key=lambda t: (t[1], t[0])),
-                   test=[(p, y) for p, y in split.test if p not in leaving])
+                   test=[(p, y) for p, y in split.test if p not in leaving], moved=sorted(set(split.moved) | leaving))
 
 
 __all__ = [

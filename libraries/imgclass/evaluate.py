@@ -27,7 +27,7 @@ from sklearn.metrics import auc, roc_curve  # noqa: E402
 from imgclass.fileio import atomic_open, atomic_path, save_figure  # noqa: E402
 from imgclass.fonts import lay_out  # noqa: E402
 from imgclass.images import load_rgb  # noqa: E402
-from imgclass.terminal import ljust, name_column  # noqa: E402
+from imgclass.terminal import display_width, ljust, name_column  # noqa: E402
 
 
 def roc_curves(scores: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> list[tuple[str, np.ndarray, np.ndarray, float]]:
@@ -160,13 +160,13 @@ def format_table(metrics: dict[str, Any]) -> str:
 FEW_TEST_IMAGES = 5  # classes with fewer test images than this are named by stage 5
 
 
-def few_test_images_notes(metrics: dict[str, Any]) -> list[str]:
-    """A note naming the classes whose accuracy rests on fewer than FEW_TEST_IMAGES images: 100% on
-    one image reads like a fact in the table, and is a coin toss."""
+def few_test_images_notes(metrics: dict[str, Any], side: str = "test") -> list[str]:
+    """A note naming the classes whose accuracy rests on fewer than FEW_TEST_IMAGES images of `side`
+    (the set scored): 100% on one image reads like a fact in the table, and is a coin toss."""
     few = [f"{c} ({v['n']})" for c, v in metrics["per_class"].items() if 0 < v["n"] < FEW_TEST_IMAGES]
     if not few:
         return []
-    return [f"fewer than {FEW_TEST_IMAGES} test images: {', '.join(few)}; their accuracy and AUC rest on very few "
+    return [f"fewer than {FEW_TEST_IMAGES} {side} images: {', '.join(few)}; their accuracy and AUC rest on very few "
             "photos: read them as rough, and add images where you can"]
 
 
@@ -185,9 +185,10 @@ def format_confusions(metrics: dict[str, Any], n: int = 5) -> str:
     pairs = top_confusions(metrics, n)
     if not pairs:
         return ""
-    shown, width = name_column([t for t, _, _ in pairs])
+    shown, _ = name_column(metrics["classes"])  # shortened as in the table above
+    width = max(display_width(shown[t]) for t, _, _ in pairs)
     return "\n".join(["most frequent mistakes (true -> predicted: images):",
-                      *(f"  {ljust(shown[t], width)} -> {p}: {c}" for t, p, c in pairs)])
+                      *(f"  {ljust(shown[t], width)} -> {shown[p]}: {c}" for t, p, c in pairs)])
 
 
 def write_predictions(path: str | Path, paths: Sequence[str], labels: np.ndarray | None, scores: np.ndarray,

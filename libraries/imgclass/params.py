@@ -120,11 +120,20 @@ def origin_problem(origin: str) -> str | None:
     """Why `origin` can never match a browser's Origin header (scheme://host[:port], nothing after), or None."""
     if origin == "*":
         return None
+    # The service compares the browser's Origin header with these strings exactly, and a browser
+    # writes it one way: lower case, no user, no default port, nothing after the host.
     parts = urlsplit(origin)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    if parts.scheme not in ("http", "https") or not parts.hostname:
         return 'expected scheme://host[:port], e.g. "https://example.com", or "*" for any'
-    if parts.path or parts.query or parts.fragment:
-        return f'a browser sends no path: "{parts.scheme}://{parts.netloc}"'
+    try:
+        port = parts.port
+    except ValueError:
+        return "the port is not a number from 0 to 65535"
+    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    default = {"http": 80, "https": 443}[parts.scheme]
+    canonical = f"{parts.scheme}://{host}" + ("" if port in (None, default) else f":{port}")
+    if origin != canonical:
+        return f'a browser sends it as "{canonical}" (lower case, no user, no default port, no path)'
     return None
 
 

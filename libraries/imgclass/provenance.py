@@ -97,7 +97,7 @@ def check_model_settings(made_with: dict, now: Params | dict, what: str, rerun: 
     `made_with` (MODEL_SETTINGS, and RefineConfig.settings() for a refined network) than the
     parameters have now (`now`), naming both and the stage to rerun."""
     # A setting no parameter has any more (retired since the file was written) is not checked.
-    differ = [k for k in made_with if k in now and _text(made_with[k]) != _text(now[k])]
+    differ = [k for k in made_with if k in now and not _same(made_with[k], now[k])]
     if differ:
         then = ", ".join(f"{k} = {made_with[k]!r}" for k in differ)
         later = ", ".join(f"{now[k]!r}" for k in differ)
@@ -107,6 +107,17 @@ def check_model_settings(made_with: dict, now: Params | dict, what: str, rerun: 
                               f"give the same values again ({again}, or put them in PARAMETERS.py or a "
                               f"--params file for every stage), or, to change them, rerun {rerun}, then the "
                               f"stages after it")
+
+
+def _same(a: object, b: object) -> bool:
+    """Whether two parameter values are one setting: numbers by value (svm_CVals = [1, 10] typed in
+    PARAMETERS.py is the SVM's [1.0, 10.0]), lists element by element, anything else as --set writes it."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    numbers = (int, float)
+    if isinstance(a, numbers) and isinstance(b, numbers) and not isinstance(a, bool) and not isinstance(b, bool):
+        return float(a) == float(b)
+    return _text(a) == _text(b)
 
 
 def _text(value: object) -> str:

@@ -61,6 +61,7 @@ from imgclass.export import Bundle, cpu_session, load_bundle
 from imgclass.images import DRAFT_OVERSAMPLE, ImageDecodeError, load_square, openers
 from imgclass.params import origin_problem
 
+GRACE_SECONDS = 5.0  # after SIGTERM / Ctrl-C, for requests in progress (docker stop kills after 10 s)
 ENV_CONFIG = "IMGCLASS_SERVE_CONFIG"  # how `workers > 1` hands the settings to each worker process
 STATIC_DIR = Path(str(resources.files("imgclass") / "static"))
 # The Pillow formats the service decodes: what cameras, phones and browsers produce. Pillow reads
@@ -114,15 +115,26 @@ def check_port_free(host: str, port: int) -> None:
     """Raise ValueError naming host and port where the service could not listen (another program on
     the port, an address this machine does not have): said before anything slow, not after it."""
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-        with socket.socket(family, kind, proto) as s:
-            # As uvicorn binds: a port left in TIME_WAIT by the service's own last run is free.
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(address)
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError as e:
-        hint = "another program listens there: stop it, or choose another port (--port, dep_port)" \
-            if e.errno == errno.EADDRINUSE else "check the address (--host, dep_host)"
-        raise ValueError(f"cannot listen on {host}:{port}: {e.strerror or e}; {hint}") from None
+        raise ValueError(f"cannot listen on {host}:{port}: {e.strerror or e}; check the address (--host, dep_host)") from None
+    failures = []
+    for family, kind, proto, _, address in addresses:  # "localhost" is ::1 and 127.0.0.1: uvicorn takes both
+        with socket.socket(family, kind, proto) as s:
+            if os.name == "posix":
+                # As uvicorn binds there: a port left in TIME_WAIT by the service's own last run is free.
+                # (On Windows SO_REUSEADDR would let this bind a port another program listens on.)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(address)
+            except OSError as e:
+                if e.errno == errno.EADDRINUSE:
+                    raise ValueError(f"cannot listen on {host}:{port}: {e.strerror}; another program listens there: "
+                                     f"stop it, or choose another port (--port, dep_port)") from None
+                failures.append(e)
+    if failures and len(failures) == len(addresses):  # one usable address is enough (IPv6 may be off)
+        raise ValueError(f"cannot listen on {host}:{port}: {failures[0].strerror or failures[0]}; "
+                         f"check the address (--host, dep_host)")
 
 
 class RequestError(Exception):
@@ -574,7 +586,7 @@ def app_from_env() -> Any:
 
 
 def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
-          root_path: str = "", grace: float = 5.0) -> None:
+          root_path: str = "", grace: float = GRACE_SECONDS) -> None:
     """Run the service until interrupted. `root_path`: the path a reverse proxy serves it under
     ("/classifier"), which the API documentation page needs to find /openapi.json. `grace`: seconds
     that requests in progress get to finish after SIGTERM / Ctrl-C; those still waiting then get a
@@ -613,7 +625,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                         help='a web page elsewhere allowed to call the service from a browser, e.g. '
                              'https://example.com (repeatable; "*" = any page)')
-    parser.add_argument("--grace", type=float, default=5.0,
+    parser.add_argument("--grace", type=float, default=GRACE_SECONDS,
                         help="seconds requests in progress get to finish after SIGTERM / Ctrl-C; then 503")
     a = parser.parse_args(argv)
     try:
