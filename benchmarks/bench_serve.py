@@ -135,6 +135,29 @@ def in_process_ms(bundle: Path, image: Path, threads: int, n: int) -> float:
     return percentile_ms(times, 50)
 
 
+def batch_sweep(bundle: Path, image: Path, threads: int, sizes: list[int], images: int = 32, rounds: int = 3) -> dict[int, float]:
+    """ms per image when the network scores `images` decoded images in batches of each size, the
+    sizes taken in turn `rounds` times (so a machine that slows down mid-run weighs on all alike);
+    the best round of each size. What dep_maxBatch decides when requests arrive together."""
+    from imgclass.export import load_bundle
+    from imgclass.images import load_square
+    from imgclass.serve import Scorer
+
+    b = load_bundle(bundle)
+    scorer = Scorer(b, threads=threads)
+    x = np.repeat(load_square(image.read_bytes(), b.resolution, b.resize_mode)[None], images, axis=0)
+    scorer.run(x[:max(sizes)])  # warm-up
+    best = {n: float("inf") for n in sizes}
+    for _ in range(rounds):
+        for n in sizes:
+            t = time.perf_counter()
+            for i in range(0, images, n):
+                scorer.run(x[i:i + n])
+            best[n] = min(best[n], (time.perf_counter() - t) * 1000 / images)
+    scorer.close()
+    return best
+
+
 def _free_port() -> int:
     import socket
 
@@ -197,6 +220,8 @@ def main() -> None:
     ap.add_argument("--throughput-requests", type=int, default=600)
     ap.add_argument("--max-seconds", type=float, default=30.0)
     ap.add_argument("--port", type=int, default=0, help="port for the service (default: a free one)")
+    ap.add_argument("--batch-sweep", default=None, metavar="SIZES",
+                    help="only time the network on batches of these sizes (e.g. 1,4,16), in process, and stop")
     ap.add_argument("--load", default=None, help=argparse.SUPPRESS)  # internal: the load-generator process
     ap.add_argument("--image", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -209,6 +234,13 @@ def main() -> None:
         bundles = make_bundles(work, args.resolution, args.images)
         image = test_jpeg(work, args.images)
         print(f"image: 640x480 JPEG, {image.stat().st_size} bytes; workers={args.workers} threads={args.threads or 'all'}")
+        if args.batch_sweep:
+            sizes = [int(n) for n in args.batch_sweep.split(",")]
+            for name, bundle in bundles.items():
+                best = batch_sweep(bundle, image, args.threads, sizes)
+                print(f"[flip averaging {'on ' if name == 'flip' else 'off'}] ms per image by batch size (best of 3): "
+                      + ", ".join(f"{n}: {ms:.1f} (x{ms / best[sizes[0]]:.2f})" for n, ms in best.items()), flush=True)
+            return
         for name, bundle in bundles.items():
             base = in_process_ms(bundle, image, args.threads, 50)
             m = measure(bundle, image, args.port or _free_port(), args)

@@ -11,8 +11,9 @@ Each image is decoded as imgclass.images.load_square decodes it, exactly as stag
 images, so the service sees the same pixels; only the formats of ACCEPTED_FORMATS are decoded.
 Requests run concurrently: decoding in a pool of about one thread per usable core (a full-size
 decode can take hundreds of MB, so a burst of uploads must not decode all at once), and the network
-in one thread that takes every image waiting (up to `max_batch`) in one ONNX Runtime call, which
-scores a batch faster than the same images one by one. Several worker processes (`workers`) each
+in one thread that takes every image waiting (up to `max_batch`) in one ONNX Runtime call. On two
+cores a batch costs about what its images cost one by one (README, "Deployment"): a small batch
+keeps a request from waiting behind many others' images. Several worker processes (`workers`) each
 load their own copy and share the cores out.
 
 Limits answer with a 4xx JSON error {"detail": "..."} and never stop the server: request bytes
@@ -85,7 +86,7 @@ class ServeConfig:
     max_upload_bytes: int = 20_000_000
     max_pixels: int = 50_000_000  # as decoded: a plain JPEG at its reduced scale, other formats (HEIC, MPO) whole
     max_images: int = 16
-    max_batch: int = 16
+    max_batch: int = 4
     threads: int = 0  # ONNX Runtime intra-op threads (0 = the usable cores / workers)
     workers: int = 1  # processes serving side by side: the default thread counts share the cores out
     decode_threads: int = 0  # images decoded at once (0 = the usable cores / workers)
@@ -158,7 +159,7 @@ class ShuttingDown(RequestError):
 class Scorer:
     """The bundle's ONNX model behind a batching queue: score(images) from any thread."""
 
-    def __init__(self, bundle: Bundle, threads: int = 0, max_batch: int = 16, processes: int = 1) -> None:
+    def __init__(self, bundle: Bundle, threads: int = 0, max_batch: int = 4, processes: int = 1) -> None:
         self.bundle = bundle
         self.max_batch = max_batch
         self.session = cpu_session(bundle.model_path, threads, processes)
