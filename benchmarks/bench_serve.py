@@ -166,11 +166,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(bundle: Path, port: int, workers: int, threads: int) -> subprocess.Popen:
+def start_server(bundle: Path, port: int, workers: int, threads: int, max_batch: int) -> subprocess.Popen:
     import httpx
 
     proc = subprocess.Popen([sys.executable, "-m", "imgclass.serve", str(bundle), "--port", str(port),
-                             "--workers", str(workers), "--threads", str(threads)],
+                             "--workers", str(workers), "--threads", str(threads), "--max-batch", str(max_batch)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(300):
         if proc.poll() is not None:  # e.g. the port is taken: ask for another with --port
@@ -187,7 +187,7 @@ def start_server(bundle: Path, port: int, workers: int, threads: int) -> subproc
 def measure(bundle: Path, image: Path, port: int, args: argparse.Namespace) -> dict:
     import httpx
 
-    proc = start_server(bundle, port, args.workers, args.threads)
+    proc = start_server(bundle, port, args.workers, args.threads, args.max_batch)
     url = f"http://127.0.0.1:{port}"
     try:
         data = image.read_bytes()
@@ -215,6 +215,7 @@ def main() -> None:
     ap.add_argument("--resolution", type=int, default=224)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0 = one per core)")
+    ap.add_argument("--max-batch", type=int, default=4, help="the service's dep_maxBatch")
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--latency-requests", type=int, default=200)
     ap.add_argument("--throughput-requests", type=int, default=600)
@@ -233,7 +234,8 @@ def main() -> None:
         print(f"{os.cpu_count()} CPU cores; exporting bundles at {args.resolution} px ...", flush=True)
         bundles = make_bundles(work, args.resolution, args.images)
         image = test_jpeg(work, args.images)
-        print(f"image: 640x480 JPEG, {image.stat().st_size} bytes; workers={args.workers} threads={args.threads or 'all'}")
+        print(f"image: 640x480 JPEG, {image.stat().st_size} bytes; workers={args.workers} threads={args.threads or 'all'} "
+              f"max batch={args.max_batch}")
         if args.batch_sweep:
             sizes = [int(n) for n in args.batch_sweep.split(",")]
             for name, bundle in bundles.items():
