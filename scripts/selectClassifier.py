@@ -31,7 +31,7 @@ def main() -> int:
     split = load_split(require_file(p.split_path, "scripts/1_prepareData.py"), p.images_dir, sides=("train",))
     paths = [p.images_dir / path for path, _ in split.train]
     labels = np.array([y for _, y in split.train])
-    svm = LinearSvm.from_params(p)
+    svm = LinearSvm.from_params(p, progress=True)  # minutes of fits per candidate on large data sets
     print(f"{len(paths)} training images of {p.datasetName}; {args.val_fraction:.0%} of each class held out to "
           f"score svm, dnn and svmDnnRefined; the test images are not used; flip averaging "
           f"{'on' if p.run_boFlipAverage else 'off'} (run_boFlipAverage, as stage 3)")

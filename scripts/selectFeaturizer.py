@@ -36,7 +36,7 @@ def main() -> int:
     split = load_split(p.split_path, p.images_dir, sides=("train",))
     paths = [p.images_dir / path for path, _ in split.train]
     labels = [y for _, y in split.train]
-    svm = LinearSvm.from_params(p)
+    svm = LinearSvm.from_params(p, progress=True)  # minutes of fits per candidate on large data sets
     resolutions = args.resolutions or [p.rf_inputResolution]
     print(f"{len(paths)} training images of {p.datasetName}; {len(args.backbones) * len(resolutions) * len(args.resize_modes)} "
           f"candidates; the test images are not used")
