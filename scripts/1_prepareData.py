@@ -62,8 +62,13 @@ def main() -> int:
             if p.leakageCheck == "move":
                 print("leakageCheck = 'move': nothing moved, since these pairs need not be copies")
         elif check.leaks and p.leakageCheck == "move":
+            if check.lookalike_classes:
+                print(f"note: the images of {', '.join(check.lookalike_classes)} look alike to dhash within their "
+                      f"class (distinct images lie within {p.dedup_threshold} bits of one another as often as copies "
+                      "would), so their pairs are not moved: they need not be copies; to catch only copies there, "
+                      "lower dedup_threshold")
             before = split
-            split = keep_leaks_in_train(split, check.leaks)
+            split = keep_leaks_in_train(split, check.movable(split))
             check_disjoint(split)
             print(f"moved {len(before.test) - len(split.test)} test image(s) with a same-class near duplicate in "
                   "train to train")
