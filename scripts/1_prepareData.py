@@ -13,7 +13,7 @@ from pathlib import Path
 from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.data import (
     DatasetError, Split, balance_notes, check_disjoint, exact_duplicates_across, fix_notes, load_split, make_split,
-    save_split, skipped_folders, skipped_note, split_change_note,
+    save_split, skipped_folders, skipped_note, small_images_note, split_change_note,
 )
 from imgclass.dedup import check_leaks, depleted_test_classes, keep_leaks_in_train, write_leaks
 from imgclass.terminal import ljust, name_column
@@ -91,6 +91,8 @@ def main() -> int:
     for note in balance_notes(split, balanced=p.svm_boBalanceClasses or p.rf_boBalanceTrainingSet):
         print(f"note: {note}")
     for note in fix_notes(split, p.images_dir):
+        print(f"note: {note}")
+    if note := small_images_note(split, p.images_dir, p.rf_inputResolution):
         print(f"note: {note}")
     # A class folder named _background or .misc would otherwise vanish without a word; _duplicates/
     # (dedupImages.py --remove) is skipped on purpose, so this is a note, not an error.

@@ -570,3 +570,16 @@ def test_images_stage1_never_reads_are_not_called_added(tmp_path: Path) -> None:
     write_image(tmp_path / "train" / "a" / "2.jpg", (200, 40, 40), seed=2)
     notes = since_split_notes(split, tmp_path, path)
     assert len(notes) == 1 and "train/a/2.jpg" in notes[0] and "keep their sides" not in notes[0]
+
+
+def test_small_training_images_point_to_a_lower_resolution(color_dataset: Path) -> None:
+    from imgclass.data import small_images_note
+
+    split = make_split(color_dataset)  # 48 x 40 photos
+    note = small_images_note(split, color_dataset, 320)
+    assert note.startswith("the training images are small for rf_inputResolution = 320 (median shorter side 40 px): "
+                           "each is enlarged 8x") and note.endswith("--resolutions 64 128 224 320")
+    assert small_images_note(split, color_dataset, 64) == ""  # 40 px for 64: enlarged less than 2x, not worth a word
+    out = run_script("1_prepareData.py", "--set", "datasetName=colors", "--set", "leakageCheck=off",
+                     data_dir=color_dataset.parents[1]).stdout
+    assert "note: the training images are small for rf_inputResolution = 320" in out

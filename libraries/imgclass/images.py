@@ -203,6 +203,15 @@ def check_image(path: str | Path) -> str | None:
     return None
 
 
+def shorter_side(path: str | Path) -> int | None:
+    """The shorter side of an image in pixels, read from its header (nothing decoded); None if unreadable."""
+    try:
+        with Image.open(path) as img:
+            return min(img.size)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+
+
 def check_images(paths: Sequence[str | Path], progress: bool = False) -> list[str | None]:
     """check_image for every path, in threads (PIL releases the GIL while decoding), with an optional
     progress bar: a folder of thousands of phone photos takes a minute to check."""
