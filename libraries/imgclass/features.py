@@ -285,7 +285,9 @@ class Featurizer:
         done: list[int] = []
         saved, last_save, save_every = 0, time.monotonic(), CACHE_SAVE_SECONDS
         try:
-            with progress_bar(total=len(paths), initial=len(paths) - len(todo), desc=desc, unit="img", disable=not progress) as bar:
+            # Nothing to compute (all from the cache): no bar, which would print a finished line twice.
+            with progress_bar(total=len(paths), initial=len(paths) - len(todo), desc=desc, unit="img",
+                              disable=not progress or not todo) as bar:
                 for start, pixels in _decoded_batches([paths[i] for i in todo], self.preprocess, self.batch_size,
                                                       self.workers):
                     feats = self._features(pixels)
