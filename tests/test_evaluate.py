@@ -207,3 +207,18 @@ def test_classes_with_few_test_images_are_named() -> None:
                                         "very few photos: read them as rough, and add images where you can"]
     labels = np.repeat([0, 1], 5)
     assert few_test_images_notes(compute_metrics(np.eye(2)[labels], labels, ["a", "b"])) == []
+
+
+def test_roc_enlarges_the_top_left_corner_when_every_auc_is_high() -> None:
+    from imgclass.evaluate import roc_figure
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 40)
+    easy = np.eye(4)[labels] * 3 + rng.normal(0, 0.6, (160, 4))
+    fig = roc_figure(easy, labels, list("abcd"))
+    (zoom,) = fig.axes[0].child_axes
+    left, right = zoom.get_xlim()
+    assert left == 0 and 0.01 <= right <= 0.2 and zoom.get_ylim()[1] > 1.0
+    assert len(zoom.lines) == 4  # every curve, enlarged
+    hard = np.eye(4)[labels] + rng.normal(0, 0.9, (160, 4))
+    assert not roc_figure(hard, labels, list("abcd")).axes[0].child_axes  # curves apart: nothing to enlarge

@@ -73,6 +73,9 @@ def compute_metrics(scores: np.ndarray, labels: np.ndarray, classes: Sequence[st
 ROC_LEGEND_MAX = 10  # more classes than this: grey curves, the pooled curve and the weakest classes named
 
 
+ROC_ZOOM_AUC = 0.97  # every class's AUC at least this: the ROC plot adds an enlarged top-left corner
+
+
 def roc_figure(scores: np.ndarray, labels: np.ndarray, classes: Sequence[str], title: str = "") -> plt.Figure:
     """One-vs-rest ROC curve per class with its AUC in the legend.
 
@@ -84,18 +87,35 @@ def roc_figure(scores: np.ndarray, labels: np.ndarray, classes: Sequence[str], t
     curves = roc_curves(scores, labels, classes)
     many = len(curves) > ROC_LEGEND_MAX
     fig, ax = plt.subplots(figsize=(5.5, 5))
+    drawn: list[tuple[np.ndarray, np.ndarray, dict]] = []  # (fpr, tpr, style) of each curve, for the zoom
     if many:
         for _, fpr, tpr, _ in curves:
-            ax.plot(fpr, tpr, color="grey", lw=0.7, alpha=0.35)
+            drawn.append((fpr, tpr, {"color": "grey", "lw": 0.7, "alpha": 0.35}))
         onehot = labels[:, None] == np.arange(len(classes))[None, :]
         fpr, tpr, _ = roc_curve(onehot.ravel(), scores.ravel())
-        ax.plot(fpr, tpr, color="black", lw=2.5, label=f"all {len(curves)} classes pooled (AUC {auc(fpr, tpr):.3f})")
-        for c, fpr, tpr, a in sorted(curves, key=lambda t: t[3])[:5]:
-            ax.plot(fpr, tpr, lw=1.8, label=f"lowest: {c} (AUC {a:.3f})")
+        drawn.append((fpr, tpr, {"color": "black", "lw": 2.5,
+                                 "label": f"all {len(curves)} classes pooled (AUC {auc(fpr, tpr):.3f})"}))
+        for i, (c, fpr, tpr, a) in enumerate(sorted(curves, key=lambda t: t[3])[:5]):
+            drawn.append((fpr, tpr, {"lw": 1.8, "color": f"C{i}", "label": f"lowest: {c} (AUC {a:.3f})"}))
     else:
-        for c, fpr, tpr, a in curves:
-            ax.plot(fpr, tpr, lw=2, label=f"{c} (AUC {a:.3f})")
+        for i, (c, fpr, tpr, a) in enumerate(curves):
+            drawn.append((fpr, tpr, {"lw": 2, "color": f"C{i % 10}", "label": f"{c} (AUC {a:.3f})"}))
+    for fpr, tpr, style in drawn:
+        ax.plot(fpr, tpr, **style)
     ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--")
+    if curves and min(a for *_, a in curves) >= ROC_ZOOM_AUC:
+        # Every curve hugs the top-left corner, where at full scale they are one line: show it enlarged.
+        # Wide enough that every curve has reached its top, from about where they leave the left edge.
+        reach = max(float(fpr[np.argmax(tpr >= tpr.max() - 1e-12)]) for fpr, tpr, _ in drawn)
+        right = float(np.clip(1.5 * reach, 0.01, 0.2))
+        low = min(float(np.interp(right / 20, fpr, tpr)) for fpr, tpr, _ in drawn)
+        zoom = ax.inset_axes([0.3, 0.3, 0.42, 0.42])
+        for fpr, tpr, style in drawn:
+            zoom.plot(fpr, tpr, **{k: v for k, v in style.items() if k != "label"})
+        zoom.set(xlim=(0, right), ylim=(max(0.0, min(low, 0.98) - 0.02), 1.005), title="top left, enlarged")
+        zoom.title.set_fontsize("small")
+        zoom.tick_params(labelsize="x-small")
+        zoom.grid(alpha=0.3)
     ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="False positive rate", ylabel="True positive rate",
            title=title or "ROC curves (one class vs rest)")
     if curves:
