@@ -65,11 +65,19 @@ def main() -> int:
     note = lookalike_note(report.typical_distance, threshold)
     if note and report.to_move:
         print(f"note: {note}")
+    alike = report.lookalike_groups() if not note else []
+    if alike:
+        print(f"note: the images of {', '.join(report.lookalike_classes)} look alike to dhash within their class "
+              f"(distinct images lie within {threshold} bits of one another as often as copies would): their "
+              f"{len(alike)} group(s) need not be copies, so --remove leaves them in place (--force moves them "
+              "too; a lower --threshold catches copies only)")
     if not args.remove:
         if report.to_move:
             print("dry run: nothing moved; rerun with --remove to move the duplicates aside")
         return 0
-    to_move = report.moves(cross_class=args.force)
+    # With the data set's own look-alike note, the refusal below stands for every group, per class or not.
+    alike_too = args.force or bool(note)
+    to_move = report.moves(cross_class=args.force, alike=alike_too)
     if note and to_move and not args.force:
         print("not moving anything: these groups need not be copies (see the note); lower --threshold, "
               "or add --force to move them anyway")
@@ -78,8 +86,9 @@ def main() -> int:
         print(f"--force: moving the duplicates of the {len(cross)} group(s) that span class folders too")
     if args.force and note and to_move:
         print("--force: moving although the images look alike to dhash (see the note)")
-    moved = move_duplicates(report, cross_class=args.force)
-    left = f"; {len(cross)} group(s) spanning class folders left in place" if cross and not args.force else ""
+    moved = move_duplicates(report, cross_class=args.force, alike=alike_too)
+    left = "".join(f"; {n} group(s) {what} left in place" for n, what in (
+        (len(cross), "spanning class folders"), (len(alike), "of look-alike classes")) if n and not args.force)
     print(f"moved {len(moved)} image(s) to {folder / DUPLICATES_FOLDER} (list: {DUPLICATES_FOLDER}/moved.tsv){left}")
     return 0
 

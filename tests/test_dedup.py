@@ -441,33 +441,35 @@ def test_script_leaves_out_names_no_output_file_can_hold(tmp_path: Path) -> None
     assert "3 images" in out and (root / "duplicates.tsv").read_text().startswith("group\tkept")
 
 
-def _gradients(folder: Path, n: int) -> None:
-    """Different smooth gradients (colours, noise): distinct images that dhash sees as one."""
-    rng = np.random.default_rng(5)
-    ramp = np.linspace(0, 1, 96)[None, :, None]
+def _colour_stripes(folder: Path, n: int, seed: int = 5) -> None:
+    """Vertical stripes of random colours, periods and phases: distinct pictures, much alike in grey."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    x = np.arange(96)
     for i in range(n):
-        lo, hi = rng.integers(0, 100, 3), rng.integers(150, 256, 3)
-        arr = lo + (hi - lo) * ramp + rng.normal(0, 4, (72, 96, 3))
-        folder.mkdir(parents=True, exist_ok=True)
+        period = rng.uniform(10, 16)
+        on = ((x + rng.uniform(0, period)) % period) < period / 2
+        row = np.where(on[:, None], rng.integers(0, 256, 3), rng.integers(0, 256, 3))
+        arr = np.repeat(row[None], 72, axis=0) + rng.normal(0, 6, (72, 96, 3))
         Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(folder / f"{i:02d}.png")
 
 
 def test_a_class_whose_own_images_look_alike_keeps_its_test_images_and_label_conflicts_come_first(
         tmp_path: Path) -> None:
-    # Gradients among classes of photos: the data set as a whole does not look alike to dhash, so the
-    # data-set-wide note stays silent; the gradients (distinct, one hash to dhash) emptied their
-    # class's test set. Now judged per class: named, and not moved.
+    # Stripes of many colours among classes of photos: the data set as a whole does not look alike to
+    # dhash, so the data-set-wide note stays silent, and the check moved distinct stripe pictures out
+    # of the class's test set. Now judged per class: named, and not moved.
     root = tmp_path / "images" / "mixed"
     generate_demo_dataset(root, images_per_class=8, seed=4, progress=False)
     (root / "README.txt").unlink()
-    _gradients(root / "gradient", 12)
+    _colour_stripes(root / "gradient", 40)
     for i in range(11):  # dotted copies of leopard photos: label problems, farther apart than the gradients
         shutil.copy(sorted((root / "leopard").iterdir())[i % 8], root / "dotted" / f"copy_{i}.jpg")
     out = run_script("1_prepareData.py", "--set", "datasetName=mixed", data_dir=tmp_path).stdout
     assert "note: this data set's images look alike" not in out  # not the data-set-wide note
     assert "note: the images of gradient look alike to dhash within their class" in out, out
     split = json.loads((tmp_path / "proc" / "mixed" / "split.json").read_text())
-    assert sum(1 for p, _ in split["test"] if p.startswith("gradient/")) == 3  # none moved
+    assert sum(1 for p, _ in split["test"] if p.startswith("gradient/")) == 10  # none moved
     shown = [line for line in out.splitlines() if line.startswith("near duplicates across the split")]
     across = [line for line in shown if "DIFFERENT classes" in line]
     assert across and shown[:len(across)] == across  # the label problems come first, whatever their distance
@@ -498,7 +500,26 @@ def test_looks_alike_tells_a_class_of_look_alikes_from_one_of_photos_with_a_few_
     photos = rng.random((60, 256)) < 0.5  # distinct: ~100 bits apart
     with_copies = np.concatenate([photos, photos[:12] ^ (rng.random((12, 256)) < 0.01)])
     stripes = (rng.random(256) < 0.5)[None, :] ^ (rng.random((60, 256)) < 0.06)  # one pattern, ~30 bits apart
-    gradients = np.repeat((rng.random(256) < 0.5)[None, :], 12, axis=0)  # one hash
+    gradients = np.repeat((rng.random(256) < 0.5)[None, :], 12, axis=0)  # one hash: look-alikes, or copies?
+    few_with_copies = np.concatenate([photos[:5], np.repeat(photos[:1], 6, axis=0)])
     assert not looks_alike(photos, DEFAULT_THRESHOLD) and not looks_alike(with_copies, DEFAULT_THRESHOLD)
-    assert looks_alike(stripes, DEFAULT_THRESHOLD) and looks_alike(gradients, DEFAULT_THRESHOLD)
-    assert not looks_alike(gradients[:5], DEFAULT_THRESHOLD)  # too few images to tell
+    assert looks_alike(stripes, DEFAULT_THRESHOLD)
+    assert not looks_alike(gradients, DEFAULT_THRESHOLD) and not looks_alike(few_with_copies, DEFAULT_THRESHOLD)
+    assert not looks_alike(stripes[:8], DEFAULT_THRESHOLD)  # too few images to tell
+
+
+def test_dedup_leaves_groups_of_a_look_alike_class_in_place_and_moves_the_copies(originals: Path,
+                                                                                 tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    shutil.copytree(originals, root)
+    generate_demo_dataset(root, images_per_class=N_PER_CLASS + 8, seed=9, progress=False)  # more photos
+    _colour_stripes(root / "gradient", 40)
+    _copy(root / "dotted" / "dotted_0001.jpg", root / "dotted" / "copy_a.jpg", 0.5, 60)
+    _copy(root / "dotted" / "dotted_0001.jpg", root / "dotted" / "copy_b.png", 0.8, 0, "PNG")
+    proc = run_script("dedupImages.py", str(root), "--remove", data_dir=tmp_path)
+    assert "note: the images of gradient look alike to dhash within their class" in proc.stdout, proc.stdout
+    assert "this data set's images look alike" not in proc.stdout
+    assert len(list((root / "gradient").iterdir())) == 40  # none moved
+    moved = (root / "_duplicates" / "moved.tsv").read_text().splitlines()[1:]
+    assert sorted(line.split("\t")[0] for line in moved) == ["dotted/copy_a.jpg", "dotted/copy_b.png"], moved
+    assert "group(s) of look-alike classes left in place" in proc.stdout

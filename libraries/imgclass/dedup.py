@@ -173,8 +173,8 @@ def looks_alike(bits: np.ndarray, threshold: int) -> bool:
     """Whether distinct images among `bits` (one class's) come within `threshold` of one another as
     copies would: a quarter of those with no other within it have their nearest under
     LOOKALIKE_FACTOR x the threshold (a continuum reaching down to it, not copies apart from
-    distinct photos), or most of them have another within it (too few beyond to measure: a class of
-    smooth gradients is one hash to dhash). False for fewer than _MIN_FREE_IMAGES images: too few to tell.
+    distinct photos). False with fewer than _MIN_FREE_IMAGES such images: too few to tell look-alikes
+    (a class of smooth gradients, one hash to dhash) from a small class with many copies.
 
     The data-set-wide measure (typical_distance) misses such a class among classes of photos: two
     classes of stripes and checks among 10 of 2,000 generated images each (other colours, alike in
@@ -185,9 +185,7 @@ def looks_alike(bits: np.ndarray, threshold: int) -> bool:
         return False
     nearest = _nearest(bits)
     free = nearest[nearest > threshold]
-    if len(free) >= _MIN_FREE_IMAGES:
-        return float(np.percentile(free, 25)) < LOOKALIKE_FACTOR * threshold
-    return len(free) < len(nearest) / 2
+    return len(free) >= _MIN_FREE_IMAGES and float(np.percentile(free, 25)) < LOOKALIKE_FACTOR * threshold
 
 
 def lookalike_note(typical: float | None, threshold: int) -> str | None:
@@ -239,6 +237,7 @@ class DuplicateReport:
     sizes: dict[str, tuple[int, int]] = field(default_factory=dict)  # (width, height) of every grouped image
     failed: list[tuple[str, str]] = field(default_factory=list)
     typical_distance: float | None = None  # see `typical_distance`; judged by `lookalike_note`
+    lookalike_classes: list[str] = field(default_factory=list)  # classes with groups whose images look alike
     # The data set's label fixes (annotations_fixes.tsv): {path: new class or EXCLUDE}. A relabelled
     # image counts in its new class, and an excluded one is never the copy kept while a copy the
     # user left in is moved aside (the photo would vanish from training without a word).
@@ -253,12 +252,17 @@ class DuplicateReport:
         """(duplicate, the image it duplicates) for every image but the kept one of each group."""
         return [(p, g[0]) for g in self.groups for p in g[1:]]
 
-    def moves(self, cross_class: bool = False) -> list[tuple[str, str]]:
-        """`to_move`, without the groups that span class folders unless `cross_class`."""
-        if cross_class:
-            return self.to_move
-        cross = self.cross_class_groups()
-        return [(p, g[0]) for g in self.groups if g not in cross for p in g[1:]]
+    def moves(self, cross_class: bool = False, alike: bool = False) -> list[tuple[str, str]]:
+        """`to_move`, without the groups that span class folders unless `cross_class`, and without
+        the groups of a class whose images look alike to dhash (`lookalike_classes`) unless `alike`."""
+        cross = [] if cross_class else self.cross_class_groups()
+        kept = [] if alike else self.lookalike_groups()
+        return [(p, g[0]) for g in self.groups if g not in cross and g not in kept for p in g[1:]]
+
+    def lookalike_groups(self) -> list[list[str]]:
+        """Groups within one class of `lookalike_classes`: they need not be copies."""
+        alike = set(self.lookalike_classes)
+        return [g for g in self.groups if {self.class_of(p) for p in g} <= alike]
 
     def class_of(self, path: str) -> str:
         """The class of a path: its fixed class when annotations_fixes.tsv gives one, else its class
@@ -338,8 +342,14 @@ def find_duplicates(
     excluded = {p for p, c in report.fixes.items() if c == EXCLUDE}
     report.exact = [_kept_first([paths[i] for i in g], report.sizes, folder, excluded) for g in exact_groups]
     report.groups = [_kept_first([paths[i] for i in g], report.sizes, folder, excluded) for g in near_groups]
-    # Only pairs need judging (the note is about them): no pass over the hashes when there are none.
-    report.typical_distance = typical_distance(bits, threshold) if pairs else None
+    # Only pairs need judging (the notes are about them): no pass over the hashes when there are none.
+    if pairs:
+        report.typical_distance = typical_distance(bits, threshold)
+        # Judged class by class too (looks_alike): a class of stripes in many colours among classes of
+        # photos is missed by the data set's measure, and its distinct pictures would be moved aside.
+        classes = np.array([report.class_of(paths[i]) for i in ok])
+        grouped = sorted({report.class_of(p) for g in report.groups for p in g})
+        report.lookalike_classes = [c for c in grouped if looks_alike(bits[classes == c], threshold)]
     return report
 
 
@@ -370,14 +380,15 @@ def _kept_first(group: list[str], sizes: dict[str, tuple[int, int]], folder: Pat
 
 
 def move_duplicates(report: DuplicateReport, dest: str | Path | None = None,
-                    cross_class: bool = False) -> list[tuple[Path, Path]]:
+                    cross_class: bool = False, alike: bool = False) -> list[tuple[Path, Path]]:
     """Move every image but the kept one of each group to `dest` (default FOLDER/_duplicates/),
     keeping its relative path, and append each move to dest/moved.tsv as it is made. Groups that
-    span class folders are left in place unless `cross_class`. Returns (from, to) pairs."""
+    span class folders are left in place unless `cross_class`, groups of a class whose images look
+    alike to dhash unless `alike`. Returns (from, to) pairs."""
     dest = Path(dest) if dest is not None else report.folder / DUPLICATES_FOLDER
     moved: list[tuple[Path, Path]] = []
     log = dest / MOVED_FILE
-    todo = [(rel, kept) for rel, kept in report.moves(cross_class) if (report.folder / rel).is_file()]
+    todo = [(rel, kept) for rel, kept in report.moves(cross_class, alike) if (report.folder / rel).is_file()]
     if not todo:  # (a missing file was moved or deleted since the scan)
         return moved
     dest.mkdir(parents=True, exist_ok=True)
