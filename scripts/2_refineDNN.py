@@ -15,7 +15,7 @@ from imgclass.data import load_split
 from imgclass.features import device_name
 from imgclass.fileio import write_json
 from imgclass.modelfile import ModelSpec, build_model, load_model_extra, save_model
-from imgclass.provenance import file_hash
+from imgclass.provenance import split_hash
 from imgclass.refine import History, RefineConfig, Refiner, RefineOutOfMemoryError, plot_history
 
 parser = stage_parser(
@@ -106,7 +106,7 @@ def main() -> int:
     seconds = time.perf_counter() - start
     save_model(p.model_path, refiner.model_, refiner.spec,
                extra={"history": refiner.history_.to_json(),
-                      "split_hash": file_hash(p.split_path),  # stage 3 refuses it with another split
+                      "split_hash": split_hash(p.split_path),  # stage 3 refuses it with another split
                       "params": config.settings(),  # and with other settings
                       "device": device_name(refiner.device), "seconds": round(seconds, 1)})
     save_curves(refiner.history_, {"saved_test_error": refiner.saved_test_error_, "saved_as": refiner.saved_as_},

@@ -15,7 +15,7 @@ from imgclass.data import load_split, since_split_notes
 from imgclass.features import FeatureCache, Featurizer, device_name
 from imgclass.featureset import FeatureSet
 from imgclass.modelfile import load_model, load_model_extra
-from imgclass.provenance import StaleFilesError, check_model_settings, check_model_split, features_source, file_hash
+from imgclass.provenance import StaleFilesError, check_model_settings, check_model_split, features_source, split_hash
 
 parser = stage_parser(
     __doc__.splitlines()[0],
@@ -46,7 +46,7 @@ def main() -> int:
     print(f"featurizing with {spec.backbone} ({spec.kind}) at {spec.resolution} px, engine {fz.engine_name} on {where}, "
           f"flip averaging {'on' if p.run_boFlipAverage else 'off'}, cache {'on' if cache else 'off'}")
     source = features_source(p.model_path, p.run_boFlipAverage)
-    split_hash = file_hash(p.split_path)
+    split_of_features = split_hash(p.split_path)
     for side in ("train", "test"):
         items = split.side(side)
         rel = [path for path, _ in items]
@@ -54,7 +54,7 @@ def main() -> int:
         result = fz.featurize_paths([p.images_dir / r for r in rel], desc=side, cache=cache)
         out = FeatureSet(rel, np.array([y for _, y in items]), split.classes, result.features, result.probs,
                          flip_average=p.run_boFlipAverage,  # stage 6 exports the same preprocessing
-                         source=source, split_hash=split_hash,  # stages 4-6 check they combine files of one origin
+                         source=source, split_hash=split_of_features,  # stages 4-6 check they combine files of one origin
                          made_with=made_with,  # what stage 5 reports it was made with
                          refined_with=refined_with,  # what stages 4 and 5 check the parameters against
                          ).save(p.features_path(side))

@@ -41,7 +41,7 @@ def test_stale_features_and_a_stale_svm_are_refused_with_the_stage_to_rerun(tmp_
 
 
 def test_features_of_an_earlier_split_are_refused(tmp_path: Path) -> None:
-    from imgclass.provenance import file_hash
+    from imgclass.provenance import split_hash
 
     model = tmp_path / "model_fixed.pt"
     model.write_bytes(b"weights A")
@@ -49,7 +49,7 @@ def test_features_of_an_earlier_split_are_refused(tmp_path: Path) -> None:
     split.write_text('{"train": ["a/1.jpg"], "test": ["b/2.jpg"]}')
     feats = save_npz(tmp_path / "features_fixed_train.npz", features=np.zeros((1, 4), np.float32),
                      flip_average=np.array(False), features_source=np.array(features_source(model, False)),
-                     split_hash=np.array(file_hash(split)))
+                     split_hash=np.array(split_hash(split)))
     check_same_source(model, feats, split_file=split)
     split.write_text('{"train": ["b/2.jpg"], "test": ["a/1.jpg"]}')  # stage 1 ran again with another seed
     with pytest.raises(StaleFilesError, match="earlier split.json .stage 1 ran again since.: rerun scripts/3_runDNN.py"):
@@ -87,17 +87,35 @@ def test_a_classifier_of_an_earlier_split_is_not_used_on_new_images(tmp_path: Pa
     """Stage 6, scoreImages.py and activeLearning.py after stage 1 ran again: the classifier learned
     from the old split, the parameters (and the tracked run) describe the new one."""
     from imgclass.params import load_params
-    from imgclass.provenance import check_trained_on_split, file_hash
+    from imgclass.provenance import check_trained_on_split, split_hash
 
     p = load_params(overrides={"DATA_DIR": str(tmp_path), "datasetName": "shirts", "classifier": classifier})
     check_trained_on_split(p)  # no split, no features: nothing to compare
     p.split_path.parent.mkdir(parents=True)
     p.split_path.write_text('{"train": ["a/1.jpg"], "test": ["b/2.jpg"]}')
     save_npz(p.features_path("train"), features=np.zeros((1, 4), np.float32), flip_average=np.array(False),
-             features_source=np.array("x"), split_hash=np.array(file_hash(p.split_path)))
+             features_source=np.array("x"), split_hash=np.array(split_hash(p.split_path)))
     check_trained_on_split(p)
     p.split_path.write_text('{"train": ["b/2.jpg"], "test": ["a/1.jpg"]}')  # stage 1 ran again with another seed
     with pytest.raises(StaleFilesError, match=rf"the {classifier} classifier of 'shirts' learned from the training "
                                               rf"images of an earlier split.json \(stage 1 ran again since\): "
                                               rf"rerun {rerun} and 5_evaluate.py in scripts/"):
         check_trained_on_split(p)
+
+
+def test_a_split_hashes_alike_with_or_without_its_records(color_dataset: Path, tmp_path: Path) -> None:
+    # split.json gained "settings" and "moved" (2026-12-01): a data folder of the earlier version,
+    # stage 1 rerun with nothing changed, read every model and features file as stale.
+    import json
+
+    from imgclass.data import make_split, save_split
+    from imgclass.provenance import file_hash, split_hash
+
+    split = make_split(color_dataset)
+    new = save_split(split, tmp_path / "new.json")
+    old = tmp_path / "old.json"  # as the earlier version wrote it, byte for byte
+    old.write_text(json.dumps({k: v for k, v in split.to_json().items() if k not in ("settings", "moved")},
+                              indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert file_hash(old) != file_hash(new) and split_hash(old) == split_hash(new) == file_hash(old)
+    other = save_split(make_split(color_dataset, seed=5), tmp_path / "other.json")
+    assert split_hash(other) != split_hash(new)  # another split is another hash

@@ -170,10 +170,10 @@ def test_two_pipelines_are_compared(tracked_demo: Path, monkeypatch: pytest.Monk
     for row in ("overall accuracy", "class-averaged accuracy", "class-averaged AUC", "accuracy dotted", "AUC striped"):
         assert any(line.startswith(row) for line in lines), row
     # The data each run used: the same split.json here, and its image counts (from stage 5's metrics).
-    from imgclass.provenance import file_hash
+    from imgclass.provenance import split_hash
 
     split_row = next(line for line in lines if line.startswith("split.json (hash)")).split()[2:]
-    assert split_row == [file_hash(tracked_demo / "proc" / DS / "split.json")[:10]] * 2
+    assert split_row == [split_hash(tracked_demo / "proc" / DS / "split.json")[:10]] * 2
     counts = next(line for line in lines if line.startswith("train / test images"))
     assert counts.count(f"{m['n_train']} / {m['n_test']}") == 2, counts
     acc = next(line for line in lines if line.startswith("overall accuracy")).split()[2:]

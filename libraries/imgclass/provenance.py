@@ -9,6 +9,7 @@ No torch here: the web service's process (stage 6 --bundle) imports this module 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +28,26 @@ def file_hash(path: str | Path) -> str:
         while block := f.read(1 << 20):
             h.update(block)
     return h.hexdigest()
+
+
+# Records in split.json that change no image's side: left out of split_hash.
+SPLIT_RECORDS = ("settings", "moved")
+
+
+def split_hash(path: str | Path) -> str:
+    """The hash of a split.json's classes and sides: file_hash of the file as it was written before
+    it recorded its settings and the leakage check's moves (2026-12-01). Those records change no
+    image's side; hashed with them, every model and features file of a data folder made by the
+    earlier version read as stale once stage 1 ran again, and a refined network had to be refined anew."""
+    from imgclass.fileio import read_json
+
+    core = {k: v for k, v in read_json(path).items() if k not in SPLIT_RECORDS}
+    text = json.dumps(core, indent=2, ensure_ascii=False) + "\n"  # as fileio.write_json writes it
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:
+        data = (json.dumps(core, indent=2) + "\n").encode("ascii")
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 class StaleFilesError(RuntimeError):
@@ -57,14 +78,14 @@ def check_same_source(
     made = FeatureSet.load(features_path, header_only=True)
     if not made.source:
         return
-    source, flip, split_hash, classes = made.source, bool(made.flip_average), made.split_hash, made.classes
+    source, flip, made_split, classes = made.source, bool(made.flip_average), made.split_hash, made.classes
     then_svm = ", then scripts/4_trainSVM.py" if svm_file else ""
     if source != features_source(model_file, flip):
         raise StaleFilesError(
             f"{features_path.name} was computed with an earlier {Path(model_file).name} (stage 2 ran again since): "
             f"rerun scripts/3_runDNN.py{then_svm}"
         )
-    if split_file is not None and split_hash and split_hash != file_hash(split_file):
+    if split_file is not None and made_split and made_split != split_hash(split_file):
         raise StaleFilesError(
             f"{features_path.name} was computed for an earlier {Path(split_file).name} (stage 1 ran again since): "
             f"rerun scripts/3_runDNN.py{then_svm}"
@@ -75,7 +96,7 @@ def check_same_source(
             f"{svm_name} was trained on features of another model or preprocessing than "
             f"{features_path.name}: rerun scripts/4_trainSVM.py"
         )
-    if svm_split_hash and split_hash and svm_split_hash != split_hash:
+    if svm_split_hash and made_split and svm_split_hash != made_split:
         raise StaleFilesError(
             f"{svm_name} was trained on the training images of another split than {features_path.name} "
             f"(stage 1 ran again since), some of which may now be test images: rerun scripts/4_trainSVM.py"
@@ -132,7 +153,7 @@ def check_model_split(model_file: str | Path, model_split_hash: str, split_file:
     rerun with another seed, ratio or new photos), some of its training images are now test images
     and the test accuracy would be flattered. Raise StaleFilesError then. `model_split_hash` is what
     stage 2 recorded in the model file ("" for fixed networks and older files: not checked)."""
-    if model_split_hash and model_split_hash != file_hash(split_file):
+    if model_split_hash and model_split_hash != split_hash(split_file):
         raise StaleFilesError(
             f"{Path(model_file).name} was refined on the training images of an earlier {Path(split_file).name} "
             f"(stage 1 ran again since), some of which may now be test images: rerun scripts/2_refineDNN.py"
@@ -189,7 +210,7 @@ def check_trained_on_split(p: Params) -> None:
     if not (train.is_file() and split.is_file()):
         return
     made = FeatureSet.load(train, header_only=True).split_hash
-    if made and made != file_hash(split):
+    if made and made != split_hash(split):
         stages = "3_runDNN.py" if p.classifier == "svm" else "2_refineDNN.py, 3_runDNN.py"
         if p.classifier != "dnn":
             stages += ", 4_trainSVM.py"

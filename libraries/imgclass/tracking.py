@@ -39,7 +39,7 @@ from urllib.request import url2pathname
 
 from imgclass.fileio import read_json, write_json
 from imgclass.params import Params
-from imgclass.provenance import MODEL_SETTINGS, file_hash
+from imgclass.provenance import MODEL_SETTINGS, split_hash
 from imgclass.terminal import NAME_COLUMNS, first_few, ljust, name_column
 
 ENV_SWITCH = "IMGCLASS_TRACKING"  # "0", "off" or "false" turns tracking off whatever track_enabled says
@@ -348,7 +348,7 @@ def record_stage(p: Params, script: str | Path, started: float, argv: Sequence[s
     if p.split_path.is_file():
         # Which images the run trained and tested on: runs on different data (photos added, the split
         # made anew) can have the same parameters, and compareRuns.py shows this to tell them apart.
-        client.log_batch(run_id, tags=[RunTag(SPLIT_TAG, file_hash(p.split_path)[:10])])
+        client.log_batch(run_id, tags=[RunTag(SPLIT_TAG, split_hash(p.split_path)[:10])])
     # The state file is saved as soon as the run and this stage exist in the store: should logging the
     # figures or uploading the artifacts fail below, the next stage still joins this pipeline run
     # instead of starting one of its own.
