@@ -381,9 +381,10 @@ def _split_keeping(items: list, ratio: float, rng: random.Random, earlier: dict)
     return sorted(train), sorted(test)
 
 
-def earlier_sides(previous: Split | None, ratio: float, seed: int, split_by: str) -> tuple[dict[str, str], str]:
+def earlier_sides(previous: Split | None, settings: dict) -> tuple[dict[str, str], str]:
     """The side of each image in `previous` (an earlier split.json) as its rule decided it, when it
-    was made by the same rule with the same seed and ratio; else none, and why it cannot be kept (""
+    was made with the same `settings` (a random split's: randomSeed, ratioTrainTest, imagesSplitBy,
+    as Split.settings records them); else none, and why it cannot be kept (""
     without a previous split). Images the leakage check moved count as test images, their side before
     the check: stage 1 checks them again, so that another leakageCheck or dedup_threshold takes effect."""
     if previous is None:
@@ -392,7 +393,6 @@ def earlier_sides(previous: Split | None, ratio: float, seed: int, split_by: str
         return {}, f"the earlier split was made another way ({previous.method})"
     if not previous.settings:
         return {}, "the earlier split.json, of an earlier version, does not record its settings"
-    settings = {"randomSeed": seed, "ratioTrainTest": ratio, "imagesSplitBy": split_by}
     changed = [f"{k} {previous.settings.get(k)!r} -> {v!r}" for k, v in settings.items() if previous.settings.get(k) != v]
     if changed:
         return {}, ", ".join(changed)
@@ -408,8 +408,7 @@ def split_change_note(previous: Split | None, split: Split, resplit: bool = Fals
     now, before = split.sides(), previous.sides()
     if now == before:
         return f"the same split as the earlier split.json ({len(now)} images)"
-    _, why = earlier_sides(previous, split.settings["ratioTrainTest"], split.settings["randomSeed"],
-                           split.settings["imagesSplitBy"])
+    _, why = earlier_sides(previous, split.settings)
     if resplit or why:
         return (f"split anew ({'--resplit' if resplit else why}): earlier test images may be in train now, so "
                 "test results are not comparable with those of earlier runs")
@@ -562,7 +561,8 @@ def make_split(
             test += [(p, i) for p in per_class[c] if p in test_set]
         method, settings = DEDICATED_TEST_FILE, {}
     else:
-        earlier, _ = earlier_sides(previous, ratio, seed, split_by)
+        settings = {"randomSeed": seed, "ratioTrainTest": ratio, "imagesSplitBy": split_by}
+        earlier, _ = earlier_sides(previous, settings)
         for i, c in enumerate(classes):
             # One generator per class, seeded by class name: adding a class leaves the others' split as is.
             rng = random.Random(f"{seed}:{c}")
@@ -583,7 +583,6 @@ def make_split(
             train += [(p, i) for p in sorted(tr_paths)]
             test += [(p, i) for p in sorted(te_paths)]
         method = "subdir" if split_by == "subdir" else "random"
-        settings = {"randomSeed": seed, "ratioTrainTest": ratio, "imagesSplitBy": split_by}
     split = Split(classes, train, test, excluded, method, settings)
     _check_trained(split, images_dir)
     check_disjoint(split)
