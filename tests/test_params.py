@@ -189,3 +189,18 @@ def test_a_missing_model_says_which_classifier_stage_2_must_run_with(tmp_path: P
     (tmp_path / "proc" / "fashionTextureDemo").mkdir(parents=True)
     (tmp_path / "proc" / "fashionTextureDemo" / "model_refined.pt").write_bytes(b"")
     assert load_params(overrides={"DATA_DIR": str(tmp_path), "classifier": "dnn"}).require_model().name == "model_refined.pt"
+
+
+def test_the_service_grace_and_cors_parameters_are_checked_when_loaded() -> None:
+    with pytest.raises(ParameterError, match=r"dep_graceSec = -1"):
+        load_params(overrides={"dep_graceSec": -1})
+    with pytest.raises(ParameterError, match=r"'https://App.example': a browser sends it as \"https://app.example\""):
+        load_params(overrides={"dep_corsOrigins": ["https://App.example"]})
+    assert load_params(overrides={"dep_graceSec": 0, "dep_corsOrigins": ["*"]}).dep_graceSec == 0
+
+
+def test_the_service_refuses_a_negative_grace(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from imgclass.serve import main
+
+    assert main([str(tmp_path), "--grace", "-1"]) == 1  # said before the bundle is even looked at
+    assert "error: --grace -1.0: must be >= 0" in capsys.readouterr().out
