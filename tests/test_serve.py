@@ -574,6 +574,12 @@ def test_head_requests_and_cors_for_pages_elsewhere(bundle: Path, tmp_path: Path
         assert r.status_code == 413 and r.headers["access-control-allow-origin"] == page
         r = httpx.post(base + "/score", json=body, headers={"Origin": "https://elsewhere.example"})
         assert "access-control-allow-origin" not in r.headers  # a page not listed: the browser keeps the reply from it
+        # HEAD stays out of the API description: GET and HEAD as one route shared an operationId, which
+        # OpenAPI forbids; FastAPI warned about it in the server's log when /docs was opened.
+        spec = httpx.get(base + "/openapi.json").json()
+        ids = [op["operationId"] for route in spec["paths"].values() for op in route.values()]
+        assert len(ids) == len(set(ids)) and {"/health", "/info", "/score"} <= set(spec["paths"]), ids
+    assert "Duplicate Operation ID" not in (tmp_path / "server.log").read_text()
 
 
 def test_no_cors_headers_unless_asked_for(url: str) -> None:

@@ -284,8 +284,8 @@ def decode_image(data: bytes, name: str, size: int, resize_mode: str, max_pixels
         raise RequestError(413, f"{name}: {w}x{h}{decoded} = {dw * dh} pixels, more than the limit of {max_pixels}")
     try:
         return load_square(data, size, resize_mode, formats=readers)
-    except ImageDecodeError as e:
-        raise RequestError(415, f"{name}: not an image ({e.__cause__ or e})") from None
+    except ImageDecodeError as e:  # its reason in the words every stage uses for the same file
+        raise RequestError(415, f"{name}: {e.reason}") from None
 
 
 _B64_WHITESPACE = b" \t\n\r\v\f"
@@ -556,11 +556,16 @@ def create_app(config: ServeConfig) -> Any:
         return {"model_version": bundle.version, "classes": list(bundle.classes),
                 "score_kind": bundle.score_kind, "results": results}
 
-    @app.api_route("/health", methods=["GET", "HEAD"], summary="Liveness and the model version")
+    # HEAD (what uptime monitors send) answers as GET does, but stays out of the API description: one
+    # route for both methods gave both the same operationId there, which OpenAPI forbids (FastAPI
+    # warned in the server's log at every /docs, and client generators may refuse the file).
+    @app.get("/health", summary="Liveness and the model version")
+    @app.head("/health", include_in_schema=False)
     async def health() -> dict[str, Any]:
         return {"status": "ok", "model_version": bundle.version}
 
-    @app.api_route("/info", methods=["GET", "HEAD"], summary="Classes, model version, training metrics, preprocessing and limits")
+    @app.get("/info", summary="Classes, model version, training metrics, preprocessing and limits")
+    @app.head("/info", include_in_schema=False)
     async def info() -> dict[str, Any]:
         return {"model_version": bundle.version, "classes": list(bundle.classes), "classifier": bundle.classifier,
                 "score_kind": bundle.score_kind, "backbone": bundle.info.get("backbone"),
