@@ -76,9 +76,8 @@ def hash_files(
     def one(p: str | Path) -> tuple[Any, str | None]:
         try:
             return (mirrored_hash if with_mirror else image_hash)(p, hash_size), None
-        except ImageDecodeError as e:  # the reason alone: the caller names the file
-            text, name = str(e), f"{p}: "
-            return None, text[len(name):] if text.startswith(name) else text
+        except ImageDecodeError as e:
+            return None, e.reason  # the reason alone: the caller names the file
 
     # Threads, not processes: PIL releases the GIL while decoding, and hashes are tiny to return.
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:

@@ -517,7 +517,7 @@ def _image_extension(data: bytes) -> str:
             raise _Failure(f"too many pixels ({e.__cause__})") from e
         if (other := _format_name(data)) is not None:
             if other in readers or (other == "MPO" and "JPEG" in readers):  # a kept format, cut short or damaged
-                raise _Failure(f"damaged {other} image ({e.__cause__ or e})") from e
+                raise _Failure(f"damaged {other} image ({getattr(e, 'reason', e)})") from e
             raise _Failure(f"unsupported image format ({other})") from e
         raise _Failure("not an image") from e
     if min(size) < MIN_SIDE:  # a site's 1x1 tracking pixel or placeholder, not a photo of anything

@@ -50,7 +50,36 @@ DRAFT_OVERSAMPLE = 4
 
 
 class ImageDecodeError(ValueError):
-    """A file could not be decoded as an image; the message names the file and the reason."""
+    """A file could not be decoded as an image; the message names the file and the reason, and
+    `reason` is the reason alone (for a list of files that already names each)."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"{name}: {reason}")
+        self.reason = reason
+
+
+def _size_of(source: str | Path | bytes) -> int | None:
+    if isinstance(source, bytes):
+        return len(source)
+    try:
+        return os.path.getsize(source)
+    except OSError:
+        return None
+
+
+def _decode_reason(e: BaseException, source: str | Path | bytes, formats: Sequence[str] | None = None) -> str:
+    """Pillow's complaint in a user's words. Its own say "cannot identify image file '<the full path
+    again>'" for a text file named .jpg, and "image file is truncated (64 bytes not processed)" for a
+    JPEG cut in half, which reads as if 64 bytes were missing."""
+    size = _size_of(source)
+    of_size = "" if size is None else f", {size} bytes"
+    if isinstance(e, UnidentifiedImageError):
+        if formats is not None:  # it may be an image of a format not tried
+            return f"not an image in any of the formats {', '.join(formats)}" + ("" if size is None else f" ({size} bytes)")
+        return f"not an image (unrecognised file format{of_size})"
+    if isinstance(e, OSError) and str(e).startswith("image file is truncated"):
+        return f"truncated: the file ends before its image data does (cut short{of_size})"
+    return f"cannot decode as an image ({e})"
 
 
 def is_image_name(path: str | Path) -> bool:
@@ -165,15 +194,15 @@ def load_rgb(source: str | Path | bytes, min_size: int | None = None,
     except FileNotFoundError:
         raise
     except Image.DecompressionBombError as e:
-        raise ImageDecodeError(f"{name}: {TOO_MANY_PIXELS}") from e
+        raise ImageDecodeError(name, TOO_MANY_PIXELS) from e
     # EOFError and RuntimeError: what pillow-heif raises for a damaged HEIC.
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, RuntimeError) as e:
         if not HEIF_SUPPORT and Path(name).suffix.lower() in HEIF_EXTENSIONS:
-            raise ImageDecodeError(f"{name}: HEIC/HEIF files need the pillow-heif package: "
-                                   f"pip install -r requirements.txt") from e
+            raise ImageDecodeError(name, "HEIC/HEIF files need the pillow-heif package: "
+                                         "pip install -r requirements.txt") from e
         if _is_empty(source):  # a copy or download that wrote nothing: say so, not "cannot identify"
-            raise ImageDecodeError(f"{name}: empty file (0 bytes)") from EmptyImageFile()
-        raise ImageDecodeError(f"{name}: cannot decode as an image ({e})") from e
+            raise ImageDecodeError(name, "empty file (0 bytes)") from EmptyImageFile()
+        raise ImageDecodeError(name, _decode_reason(e, source, formats)) from e
 
 
 class EmptyImageFile(ValueError):
@@ -184,12 +213,7 @@ class EmptyImageFile(ValueError):
 
 
 def _is_empty(source: str | Path | bytes) -> bool:
-    if isinstance(source, bytes):
-        return not source
-    try:
-        return os.path.getsize(source) == 0
-    except OSError:
-        return False
+    return _size_of(source) == 0
 
 
 def check_image(path: str | Path) -> str | None:
@@ -197,9 +221,7 @@ def check_image(path: str | Path) -> str | None:
     try:
         load_rgb(path, min_size=8)
     except ImageDecodeError as e:
-        if isinstance(e.__cause__, Image.DecompressionBombError):
-            return TOO_MANY_PIXELS  # Pillow's own words call the user's photo a DOS attack
-        return str(e.__cause__ or e)
+        return e.reason  # (for a decompression bomb not Pillow's words, which call the photo a DOS attack)
     return None
 
 
