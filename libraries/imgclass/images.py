@@ -53,9 +53,10 @@ class ImageDecodeError(ValueError):
     """A file could not be decoded as an image; the message names the file and the reason, and
     `reason` is the reason alone (for a list of files that already names each)."""
 
-    def __init__(self, name: str, reason: str) -> None:
-        super().__init__(f"{name}: {reason}")
-        self.reason = reason
+    def __init__(self, name: str, reason: str | None = None) -> None:
+        # One argument too: DataLoader workers and unpickling rebuild an exception from its message.
+        super().__init__(name if reason is None else f"{name}: {reason}")
+        self.reason = name if reason is None else reason
 
 
 def _size_of(source: str | Path | bytes) -> int | None:
