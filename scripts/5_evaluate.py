@@ -4,8 +4,8 @@ import datetime
 
 from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.data import load_split, since_split_notes
-from imgclass.evaluate import (compute_metrics, few_test_images_notes, format_confusions, format_table, plot_confusion,
-                               plot_roc, write_browser, write_predictions)
+from imgclass.evaluate import (compute_metrics, few_test_images_notes, format_confusions, format_table, majority_note,
+                               plot_confusion, plot_roc, write_browser, write_predictions)
 from imgclass.featureset import FeatureSet
 from imgclass.fileio import require_file, write_json
 from imgclass.provenance import MODEL_SETTINGS, StaleFilesError, check_model_settings, check_same_source, file_hash
@@ -65,12 +65,16 @@ def main() -> int:
     plot_confusion(metrics["confusion_matrix"], classes, out / f"confusion{suffix}.png", title=f"Confusion: {title}")
     paths = data.paths
     write_predictions(out / f"predictions{suffix}.tsv", paths, labels, scores, classes)
-    write_browser(out / f"browser{suffix}.html", p.images_dir, paths, labels, scores, classes, title=title)
+    write_browser(out / f"browser{suffix}.html", p.images_dir, paths, labels, scores, classes, title=title,
+                  score_kind="svm_decision" if svm else "probability")
     write_json(out / f"metrics{suffix}.json", metrics)
     print(format_table(metrics))
     if mistakes := format_confusions(metrics):
         print(mistakes)
-    for note in few_test_images_notes(metrics, side) + since_split_notes(load_split(p.split_path), p.images_dir, p.split_path):
+    balanced = p.rf_boBalanceTrainingSet if p.classifier == "dnn" else p.svm_boBalanceClasses
+    notes = [*few_test_images_notes(metrics, side), *filter(None, [majority_note(metrics, balanced)]),
+             *since_split_notes(load_split(p.split_path), p.images_dir, p.split_path)]
+    for note in notes:
         print(f"note: {note}")
     print(f"results in {out}: metrics{suffix}.json, roc{suffix}.png, confusion{suffix}.png, "
           f"predictions{suffix}.tsv, browser{suffix}.html")

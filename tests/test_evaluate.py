@@ -222,3 +222,72 @@ def test_roc_enlarges_the_top_left_corner_when_every_auc_is_high() -> None:
     assert len(zoom.lines) == 4  # every curve, enlarged
     hard = np.eye(4)[labels] + rng.normal(0, 0.9, (160, 4))
     assert not roc_figure(hard, labels, list("abcd")).axes[0].child_axes  # curves apart: nothing to enlarge
+
+
+def test_two_classes_get_one_roc_curve_of_the_rarer_class() -> None:
+    from imgclass.evaluate import roc_figure
+
+    rng = np.random.default_rng(3)
+    labels = np.array([0] * 30 + [1] * 4)  # 30 "ok", 4 "defect"
+    p_defect = np.clip(0.3 * labels + rng.uniform(0, 0.7, len(labels)), 0, 1)
+    scores = np.stack([1 - p_defect, p_defect], axis=1)
+    ax = roc_figure(scores, labels, ["ok", "defect"]).axes[0]
+    auc_defect = compute_metrics(scores, labels, ["ok", "defect"])["per_class"]["defect"]["auc"]
+    # The "ok" curve is the same ranking mirrored, with the same AUC: drawn once, for the rarer class.
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [f"defect vs ok (AUC {auc_defect:.3f})"]
+    assert ax.get_title() == "ROC curve (defect vs ok)" and len(ax.lines) == 2  # the curve and the diagonal
+    assert ax.get_xlabel() == "False positive rate"  # (no "no curve for ok")
+
+
+def test_roc_says_why_a_curve_is_missing_and_enlarges_only_what_the_plot_cannot_show() -> None:
+    from imgclass.evaluate import roc_figure
+
+    # A rare class with no test image: no curve at all in a two-class problem, and the plot says why.
+    labels = np.zeros(30, dtype=int)
+    ax = roc_figure(np.eye(2)[labels], labels, ["ok", "defect"]).axes[0]
+    assert ax.get_legend() is None and any("every image scored is of one class (ok)" in t.get_text() for t in ax.texts)
+    # Three classes, one never scored: named under the axis.
+    labels = np.repeat([0, 1], 10)
+    ax = roc_figure(np.eye(3)[labels], labels, ["a", "b", "c"]).axes[0]
+    assert "no curve for c: no image of it scored" in ax.get_xlabel()
+    # Perfect curves: no corner worth enlarging. A near-perfect curve on 4 negatives steps by 0.25,
+    # which the full plot shows: no inset either (it used to span false positive rates 0 to 0.01).
+    assert not roc_figure(np.eye(3)[labels], labels, ["a", "b", "c"]).axes[0].child_axes
+    labels = np.array([0] * 30 + [1] * 4)
+    scores = np.eye(2)[labels] * 1.0
+    scores[30, :] = [0.6, 0.4]  # one defect below two "ok" images
+    scores[0, :] = [0.55, 0.45]
+    scores[1, :] = [0.52, 0.48]
+    assert compute_metrics(scores, labels, ["ok", "defect"])["per_class"]["defect"]["auc"] >= 0.97
+    assert not roc_figure(scores, labels, ["ok", "defect"]).axes[0].child_axes
+
+
+def test_a_class_without_test_images_and_a_majority_accuracy_are_said() -> None:
+    from imgclass.evaluate import few_test_images_notes, majority_note
+
+    labels = np.zeros(30, dtype=int)  # the one "defect" photo went to train: none to test
+    m = compute_metrics(np.eye(2)[labels], labels, ["ok", "defect"])
+    assert m["class_averaged_accuracy"] == 1.0  # of "ok" alone, which the table and a note now say
+    assert format_table(m).splitlines()[-1].endswith("(over 1 of 2 classes)")
+    assert few_test_images_notes(m)[0].startswith("no test image of defect: not measured at all, and the "
+                                                  "class-averaged accuracy and AUC are of the other 1 classes only")
+    # 30 "ok" and 4 "defect", every image answered "ok": 88% overall is the majority's share.
+    labels = np.array([0] * 30 + [1] * 4)
+    m = {**compute_metrics(np.eye(2)[np.zeros(34, dtype=int)], labels, ["ok", "defect"]), "classifier": "svm"}
+    assert majority_note(m) == ("the overall accuracy (88.24%) is no more than always answering ok would score on "
+                                "these images (30 of 34): read the class-averaged accuracy (50.00%), and consider "
+                                "svm_boBalanceClasses = True")
+    assert majority_note(m, balanced=True).endswith("(50.00%)")
+    good = compute_metrics(np.eye(2)[labels], labels, ["ok", "defect"])
+    assert majority_note(good) is None and format_table(good).splitlines()[-1].endswith("1.0000")
+
+
+def test_small_svm_scores_keep_their_digits_and_sign_on_the_page(tmp_path: Path) -> None:
+    from imgclass.evaluate import score_text
+
+    assert [score_text(v) for v in (0.98765, -1.5, 0.000412, -0.00003, 0.0)] == ["0.988", "-1.500", "0.000412", "-3e-05", "0"]
+    labels = np.array([0, 1])
+    page = write_browser(tmp_path / "b.html", tmp_path, ["a/1.jpg", "b/2.jpg"], labels,
+                         np.array([[0.0004, -0.0004], [-0.0002, 0.0002]]), ["a", "b"], "t",
+                         score_kind="svm_decision").read_text()
+    assert "<li>a: 0.0004</li>" in page and "-0.000<" not in page and "not probabilities" in page

@@ -42,6 +42,13 @@ def roc_curves(scores: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -
     return curves
 
 
+def binary_positive(labels: np.ndarray, classes: Sequence[str]) -> int:
+    """The class a two-class ROC curve is drawn for: the one with fewer images among `labels` (the
+    defect, the disease: what a two-class problem is usually about), the second on a tie."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(classes))
+    return 0 if counts[0] < counts[1] else 1
+
+
 def compute_metrics(scores: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
     """Metrics for scores (N, K) (higher = more likely) against true class indices (N,)."""
     scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=np.int64)
@@ -76,8 +83,21 @@ ROC_LEGEND_MAX = 10  # more classes than this: grey curves, the pooled curve and
 ROC_ZOOM_AUC = 0.97  # every class's AUC at least this: the ROC plot adds an enlarged top-left corner
 
 
+def _enlarge_corner(ax: plt.Axes, drawn: list[tuple[np.ndarray, np.ndarray, dict]], right: float) -> None:
+    """An inset of the ROC plot's top-left corner, false positive rates 0 to `right`."""
+    low = min(float(np.interp(right / 20, fpr, tpr)) for fpr, tpr, _ in drawn)
+    zoom = ax.inset_axes([0.3, 0.3, 0.42, 0.42])
+    for fpr, tpr, style in drawn:
+        zoom.plot(fpr, tpr, **{k: v for k, v in style.items() if k != "label"})
+    zoom.set(xlim=(0, right), ylim=(max(0.0, min(low, 0.98) - 0.02), 1.005), title="top left, enlarged")
+    zoom.title.set_fontsize("small")
+    zoom.tick_params(labelsize="x-small")
+    zoom.grid(alpha=0.3)
+
+
 def roc_figure(scores: np.ndarray, labels: np.ndarray, classes: Sequence[str], title: str = "") -> plt.Figure:
-    """One-vs-rest ROC curve per class with its AUC in the legend.
+    """One-vs-rest ROC curve per class with its AUC in the legend; for two classes one curve, of the
+    class with fewer images (`binary_positive`), since the other's is the same one mirrored.
 
     With many classes a legend of every curve would cover the plot, so beyond ROC_LEGEND_MAX classes
     every class is drawn thin and grey, the curve of all one-vs-rest decisions pooled (micro average)
@@ -85,6 +105,16 @@ def roc_figure(scores: np.ndarray, labels: np.ndarray, classes: Sequence[str], t
     """
     scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
     curves = roc_curves(scores, labels, classes)
+    missing = [c for c in classes if c not in {name for name, *_ in curves}]
+    # A curve steps right by 1 / (its class's negatives), the images of the other classes.
+    fpr_step = max((1 / int((labels != list(classes).index(c)).sum()) for c, *_ in curves), default=1.0)
+    default_title = "ROC curves (one class vs rest)"
+    if len(classes) == 2 and len(curves) == 2:
+        # The other class's curve is this one mirrored (same AUC): two curves read as two results,
+        # and with good scores one hides the other.
+        pos = binary_positive(labels, classes)
+        curves = [(f"{classes[pos]} vs {classes[1 - pos]}", *curves[pos][1:])]
+        default_title = f"ROC curve ({curves[0][0]})"
     many = len(curves) > ROC_LEGEND_MAX
     fig, ax = plt.subplots(figsize=(5.5, 5))
     drawn: list[tuple[np.ndarray, np.ndarray, dict]] = []  # (fpr, tpr, style) of each curve, for the zoom
@@ -103,21 +133,25 @@ def roc_figure(scores: np.ndarray, labels: np.ndarray, classes: Sequence[str], t
     for fpr, tpr, style in drawn:
         ax.plot(fpr, tpr, **style)
     ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--")
-    if curves and min(a for *_, a in curves) >= ROC_ZOOM_AUC:
+    present = sorted(set(labels.tolist()))
+    if len(present) == 1:  # no curve at all: say why in the plot, not with empty axes
+        ax.text(0.5, 0.55, f"no ROC curve: every image scored is of one class ({classes[present[0]]})",
+                transform=ax.transAxes, ha="center", fontsize="small", color="dimgrey", wrap=True,
+                bbox={"facecolor": "white", "edgecolor": "none"})
+    xlabel = "False positive rate"
+    if missing and len(present) > 1:  # under the axis title: inside the plot it would cover a curve or the legend
+        names = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        xlabel += f"\n(no curve for {names}: no image of it scored)"
+    lowest = min((a for *_, a in curves), default=0.0)
+    if ROC_ZOOM_AUC <= lowest < 1.0:  # (perfect curves have no corner to show)
         # Every curve hugs the top-left corner, where at full scale they are one line: show it enlarged.
         # Wide enough that every curve has reached its top, from about where they leave the left edge.
         reach = max(float(fpr[np.argmax(tpr >= tpr.max() - 1e-12)]) for fpr, tpr, _ in drawn)
         right = float(np.clip(1.5 * reach, 0.01, 0.2))
-        low = min(float(np.interp(right / 20, fpr, tpr)) for fpr, tpr, _ in drawn)
-        zoom = ax.inset_axes([0.3, 0.3, 0.42, 0.42])
-        for fpr, tpr, style in drawn:
-            zoom.plot(fpr, tpr, **{k: v for k, v in style.items() if k != "label"})
-        zoom.set(xlim=(0, right), ylim=(max(0.0, min(low, 0.98) - 0.02), 1.005), title="top left, enlarged")
-        zoom.title.set_fontsize("small")
-        zoom.tick_params(labelsize="x-small")
-        zoom.grid(alpha=0.3)
-    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="False positive rate", ylabel="True positive rate",
-           title=title or "ROC curves (one class vs rest)")
+        if fpr_step <= right / 5:  # else the full plot shows the steps as well as an enlargement would
+            _enlarge_corner(ax, drawn, right)
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel=xlabel, ylabel="True positive rate",
+           title=title or default_title)
     if curves:
         legend = ax.legend(loc="lower right", fontsize="small" if many else None)
         # Long class names make a legend that covers the curves where they start: then it goes below.
@@ -172,8 +206,10 @@ def format_table(metrics: dict[str, Any]) -> str:
     lines.append(f"{'overall':<{width}}  {sum(v['n'] for v in metrics['per_class'].values()):>5}  "
                  f"{100 * metrics['overall_accuracy']:7.2f}%")
     mean_auc = metrics.get("class_averaged_auc")
+    scored = sum(1 for v in metrics["per_class"].values() if v["n"])
+    of = f"  (over {scored} of {len(metrics['per_class'])} classes)" if scored < len(metrics["per_class"]) else ""
     lines.append((f"{'class-avg':<{width}}  {'':>5}  {100 * metrics['class_averaged_accuracy']:7.2f}%  "
-                  + ("" if mean_auc is None else f"{mean_auc:.4f}")).rstrip())
+                  + ("" if mean_auc is None else f"{mean_auc:.4f}") + of).rstrip())
     return "\n".join(lines)
 
 
@@ -181,13 +217,37 @@ FEW_TEST_IMAGES = 5  # classes with fewer test images than this are named by sta
 
 
 def few_test_images_notes(metrics: dict[str, Any], side: str = "test") -> list[str]:
-    """A note naming the classes whose accuracy rests on fewer than FEW_TEST_IMAGES images of `side`
-    (the set scored): 100% on one image reads like a fact in the table, and is a coin toss."""
+    """Notes naming the classes with no image of `side` (the set scored), which the class-averaged
+    figures then leave out (a rare class missing from a two-class test set left a class-averaged
+    accuracy of 100% over the other class alone), and those whose accuracy rests on fewer than
+    FEW_TEST_IMAGES images: 100% on one image reads like a fact in the table, and is a coin toss."""
+    notes = []
+    none = [c for c, v in metrics["per_class"].items() if v["n"] == 0]
+    if none:
+        notes.append(f"no {side} image of {', '.join(none)}: not measured at all, and the class-averaged accuracy "
+                     f"and AUC are of the other {len(metrics['per_class']) - len(none)} classes only"
+                     + ("; add images of it (stage 1 then gives it test images)" if side == "test" else ""))
     few = [f"{c} ({v['n']})" for c, v in metrics["per_class"].items() if 0 < v["n"] < FEW_TEST_IMAGES]
-    if not few:
-        return []
-    return [f"fewer than {FEW_TEST_IMAGES} {side} images: {', '.join(few)}; their accuracy and AUC rest on very few "
-            "photos: read them as rough, and add images where you can"]
+    if few:
+        notes.append(f"fewer than {FEW_TEST_IMAGES} {side} images: {', '.join(few)}; their accuracy and AUC rest on "
+                     "very few photos: read them as rough, and add images where you can")
+    return notes
+
+
+def majority_note(metrics: dict[str, Any], balanced: bool = False) -> str | None:
+    """A note when the overall accuracy is no better than always answering the largest class would
+    score on the same images: on a data set of 30 "ok" and 4 "defect" photos, 88% overall is what a
+    model that never finds a defect gets; the class-averaged accuracy tells. `balanced`: the
+    classifier's balancing option is on already (else the note points to it)."""
+    counts = {c: v["n"] for c, v in metrics["per_class"].items()}
+    total = sum(counts.values())
+    largest = max(counts, key=lambda c: counts[c])
+    if total == 0 or sum(1 for n in counts.values() if n) < 2 or metrics["overall_accuracy"] > counts[largest] / total:
+        return None
+    return (f"the overall accuracy ({100 * metrics['overall_accuracy']:.2f}%) is no more than always answering "
+            f"{largest} would score on these images ({counts[largest]} of {total}): read the class-averaged accuracy "
+            f"({100 * metrics['class_averaged_accuracy']:.2f}%)" + ("" if balanced else ", and consider " + (
+                "rf_boBalanceTrainingSet = True" if metrics.get("classifier") == "dnn" else "svm_boBalanceClasses = True")))
 
 
 def top_confusions(metrics: dict[str, Any], n: int = 5) -> list[tuple[str, str, int]]:
@@ -237,9 +297,24 @@ def _thumbnail(source: Path, folder: Path, side: int = 360) -> Path:
     return out
 
 
+def score_text(value: float) -> str:
+    """A score as the pages show it: 3 decimals, but small SVM decision values (a strongly regularised
+    SVM's lie within +-0.001) with 3 significant digits, so they neither read 0.000 nor -0.000."""
+    if value == 0:
+        return "0"
+    return f"{value:.3f}" if abs(value) >= 0.01 else f"{value:.3g}"
+
+
+SCORE_MEANINGS = {
+    "probability": "class probabilities (0 to 1, summing to 1)",
+    "svm_decision": "SVM decision values (higher = more likely; not probabilities: they can be negative)",
+}
+
+
 def write_browser(
     path: str | Path, images_dir: str | Path, paths: Sequence[str], labels: np.ndarray | None,
-    scores: np.ndarray, classes: Sequence[str], title: str = "",
+    scores: np.ndarray, classes: Sequence[str], title: str = "", score_kind: str = "",
+    left_out: Sequence[tuple[str, str]] = (),
 ) -> Path:
     """A static HTML page of the scored images with their top scores, in sections with a list of
     links to them at the top (with 30 classes a flat grid of cards shows no class boundaries).
@@ -249,7 +324,9 @@ def write_browser(
     (new images, scripts/scoreImages.py): one section per predicted class, the least confident first,
     since those are the ones to check. The page links to the original files (relative paths), so it
     is small and opens from disk. Files browsers cannot show (HEIC, TIFF) get a JPEG thumbnail in
-    `<page name>_thumbs/` beside the page.
+    `<page name>_thumbs/` beside the page. `score_kind`: "probability" or "svm_decision" (as the
+    exported model says it, imgclass.export), said on the page. `left_out`: (file, reason) of files
+    that were not scored, listed first (whoever opens the page later has not seen the terminal).
     """
     path = Path(path)
     pred = scores.argmax(axis=1)
@@ -264,7 +341,7 @@ def write_browser(
     def card(i: int) -> str:
         state = "new" if labels is None else "ok" if pred[i] == labels[i] else "err"
         ranked = np.argsort(-scores[i])[:3]
-        rows = "".join(f"<li>{html.escape(classes[j])}: {scores[i, j]:.3f}</li>" for j in ranked)
+        rows = "".join(f"<li>{html.escape(classes[j])}: {score_text(scores[i, j])}</li>" for j in ranked)
         # A path is a URL here: "IMG #2.jpg" or "50% off.jpg" must not end at '#' or decode '%'.
         if Path(paths[i]).suffix.lower() in NOT_IN_BROWSERS:
             src = urllib.parse.quote(_thumbnail(Path(images_dir) / paths[i], thumbs).relative_to(path.parent).as_posix())
@@ -294,6 +371,14 @@ def write_browser(
         summary = (f"{len(paths)} images, {len(wrong)} misclassified (red, first, the most confident first), then "
                    f"the correct ones of each class, the least confident first; each card: true &rarr; predicted "
                    f"class and the top scores.")
+    if score_kind:
+        summary += f" Scores: {html.escape(SCORE_MEANINGS.get(score_kind, score_kind))}."
+    if left_out:
+        summary += f' <a href="#left-out">{len(left_out)} file(s) not scored</a>, listed at the end.'
+        items = "".join(f"<li>{html.escape(name)}: {html.escape(reason)}</li>" for name, reason in left_out)
+        tail = f'<h3 id="left-out">not scored ({len(left_out)})</h3><ul>{items}</ul>'
+    else:
+        tail = ""
     jumps = " &middot; ".join(f'<a href="#s{k}">{html.escape(h)} ({len(m)})</a>' for k, (h, m) in enumerate(sections))
     body = "".join(f'<h3 id="s{k}">{html.escape(h)} ({len(m)})</h3><div class="grid">{"".join(card(i) for i in m)}</div>'
                    for k, (h, m) in enumerate(sections))
@@ -303,7 +388,7 @@ def write_browser(
 .card.new{{border-color:#888}} nav{{line-height:1.6}} h3{{margin:1.2em 0 .4em}}
 .card img{{width:100%;height:160px;object-fit:contain;background:#eee}} ol{{margin:2px 0;padding-left:18px}}
 small{{color:#666;word-break:break-all}}</style></head><body>
-<h2>{html.escape(title)}</h2><p>{summary}</p><nav>{jumps}</nav>{body}</body></html>"""
+<h2>{html.escape(title)}</h2><p>{summary}</p><nav>{jumps}</nav>{body}{tail}</body></html>"""
     with atomic_open(path, "w", encoding="utf-8") as f:
         f.write(page)
     return path
