@@ -2,7 +2,8 @@
 
 Uses the model of stages 2-4 as stage 5 and the web service do (the network and its SVM, or the
 refined network's probabilities for classifier = "dnn"), with the same preprocessing as stage 3.
-No web service needed. Files that do not decode are listed and left out; the others are scored.
+No web service needed. Files that do not decode are listed (here and on the page) and left out; the
+others are scored, and the exit status is then 1, as 6_callWebservice.py's (none scored: no output).
 A page beside the TSV shows the images grouped by predicted class, the least confident first.
 """
 
@@ -49,12 +50,16 @@ def main() -> int:
         raise FileNotFoundError(f"{folder}: no image files in this folder" + (" that can be scored" if left_out else ""))
     scored = score_with_trained_model([folder / r for r in rel], p)
     for path, problem in scored.failed:
-        print(f"left out: {path.relative_to(folder).as_posix()}: {problem}")
+        left_out.append((path.relative_to(folder).as_posix(), problem))
+        print(f"left out: {left_out[-1][0]}: {problem}")
+    if not scored.paths:  # nothing to write: an empty table and page would read as a result
+        raise ValueError(f"{target}: none of its {len(left_out)} image file(s) could be scored (reasons above)")
     out = Path(args.out) if args.out else p.results_dir / f"scores_{name}.tsv"
     names = [path.relative_to(folder).as_posix() for path in scored.paths]
     write_predictions(out, names, None, scored.scores, scored.classes)
     page = write_browser(out.with_suffix(".html"), folder, names, None, scored.scores, scored.classes,
-                         title=f"{name}: scored by {p.classifier} of {p.datasetName}")
+                         title=f"{name}: scored by {p.classifier} of {p.datasetName}",
+                         score_kind="probability" if scored.probabilities else "svm_decision", left_out=left_out)
     counts = Counter(scored.classes[i] for i in scored.scores.argmax(axis=1)) if len(names) else Counter()
     print(f"{len(names)} image{'' if len(names) == 1 else 's'} scored with {p.classifier} of {p.datasetName}:")
     shown, width = name_column(scored.classes, at_least=15)
@@ -62,6 +67,9 @@ def main() -> int:
     for c in scored.classes:
         print(f"  {ljust(shown[c], width)} {counts[c]:>6}")
     print(f"wrote {out} and {page} (the images by predicted class, least confident first)")
+    if left_out:  # as 6_callWebservice.py: a script or cron job running this can tell
+        print(f"{len(left_out)} file(s) not scored (listed above and on the page): exit status 1")
+        return 1
     return 0
 
 

@@ -354,10 +354,12 @@ def test_score_images_script_scores_a_folder_offline_and_names_bad_files(tiny_mo
         [sys.executable, str(SCRIPTS / "scoreImages.py"), str(folder), "--set", "datasetName=tiny", "--set", "run_workers=0"],
         capture_output=True, text=True, env=env, timeout=300, cwd=ROOT,
     )
-    assert proc.returncode == 0, proc.stderr
+    # Files left out make the exit status 1 (as 6_callWebservice.py's), the others scored and written.
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "note: not scored (folders starting with _ are skipped, as stage 1 skips them): _old/ (1 image)" in proc.stdout
-    assert "left out: broken.jpg" in proc.stdout and "9 images scored with svm of tiny" in proc.stdout
+    assert "left out: broken.jpg: not an image" in proc.stdout and "9 images scored with svm of tiny" in proc.stdout
     assert "left out: caf\\xe9.jpg: the file name is not valid UTF-8" in proc.stdout
+    assert proc.stdout.rstrip().endswith("2 file(s) not scored (listed above and on the page): exit status 1")
     rows = [line.split("\t") for line in (tiny_model / "results" / "tiny" / "svm" / "scores_new photos.tsv").read_text().splitlines()]
     assert rows[0] == ["image", "predicted", "dotted", "leopard", "striped"] and len(rows) == 10
     # The same scores as the library gives for those files, and the predicted class is the top one.
@@ -369,6 +371,9 @@ def test_score_images_script_scores_a_folder_offline_and_names_bad_files(tiny_mo
     assert [r[1] for r in rows[1:]] == [ref.classes[i] for i in ref.scores.argmax(axis=1)]
     page = (tiny_model / "results" / "tiny" / "svm" / "scores_new photos.html").read_text()
     assert page.count('class="card new"') == 9 and "one section per predicted class" in page
+    # Whoever opens the page later learns what was not scored, and what the numbers are.
+    assert "not scored (2)" in page and "<li>broken.jpg: not an image (unrecognised file format, 12 bytes)</li>" in page
+    assert "SVM decision values" in page
     srcs = re.findall(r'<img loading="lazy" src="([^"]+)"', page)
     page_dir = tiny_model / "results" / "tiny" / "svm"
     # The links (URL-quoted: "batch 1" is "batch%201") reach the photos.
@@ -391,6 +396,16 @@ def test_score_images_script_scores_a_folder_offline_and_names_bad_files(tiny_mo
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.startswith("error: a\\tb.jpg: the file or folder name") and "rename it" in proc.stderr, proc.stderr
     assert not (page_dir / "scores_a\tb.tsv").exists()
+    # Nothing that decodes: an error, and no empty table or page that would read as a result.
+    (junk := tmp_path / "junk").mkdir()
+    (junk / "notes.jpg").write_text("a text file")
+    (junk / "empty.png").write_bytes(b"")
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPTS / "scoreImages.py"), str(junk), "--set", "datasetName=tiny", "--set", "run_workers=0"],
+        capture_output=True, text=True, env=env, timeout=300, cwd=ROOT,
+    )
+    assert proc.returncode == 1 and "none of its 2 image file(s) could be scored" in proc.stderr, proc.stderr
+    assert "left out: empty.png: empty file (0 bytes)" in proc.stdout and not (page_dir / "scores_junk.tsv").exists()
 
 
 def test_score_images_script_runs_the_network_with_the_engine_run_engine_names(tiny_model: Path, tmp_path: Path) -> None:
