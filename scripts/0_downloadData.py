@@ -40,7 +40,7 @@ def main() -> int:
         # A label whose every URL failed has no folder: list it, or a whole missing class goes unseen.
         counts.update({label: 0 for label in report.failed_labels if label not in counts})
     elif any(counts.values()):
-        print(f"{out} already holds {len(counts)} class folders; nothing to do.")
+        print(f"{out} already holds {len(counts)} class folder{'' if len(counts) == 1 else 's'}; nothing to do.")
     elif p.datasetName == DEMO_DATASET:
         print(f"Generating the SYNTHETIC demo data set in {out} (drawn garments, not photographs).")
         print("To use your own photos: put them in DATA_DIR/images/<name>/<class>/ and set datasetName.")
@@ -59,6 +59,12 @@ def main() -> int:
         print(f"  {ljust(shown[c], width)} {n:>6} image files" + ("  <- none: every URL of this label failed" if failed_all else ""))
     for note in alike_class_notes(list(counts)):  # a list's "Dotted" beside the folder dotted/
         print(f"note: {note}")
+    # Said here, where the folders are listed, rather than first by stage 1's error.
+    if empty := [c for c, n in counts.items() if n == 0 and not (urls and c in report.failed_labels)]:
+        print(f"note: no image files in {', '.join(empty)}: stage 1 needs an image in every class folder "
+              "(add photos, or remove the folder)")
+    if len(counts) == 1:
+        print("note: one class folder only: stage 1 needs two or more (one sub-folder of photos per class)")
     print(f"images: {out}")
     return 0
 

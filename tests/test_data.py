@@ -132,7 +132,7 @@ def test_clear_errors_for_unusable_folders(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="at least two class folders"):
         make_split(tmp_path)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DatasetError, match="'empty' has no usable images"):
+    with pytest.raises(DatasetError, match="'empty' has no usable images: add photos to it, or remove the folder$"):
         make_split(tmp_path)
     # An unpacked archive's extra folder level: the message points at the class folders inside.
     for c in ("cats", "dogs"):
@@ -433,6 +433,16 @@ def test_photos_dropped_straight_into_the_data_set_folder_are_pointed_out(tmp_pa
     proc = run_script("0_downloadData.py", "--set", "datasetName=shirt", data_dir=tmp_path, check=False)
     assert proc.returncode == 1 and "shirt does not exist." in proc.stderr
     assert proc.stderr.rstrip().endswith("did you mean datasetName = 'shirts'?"), proc.stderr
+    # One class folder, and an empty one beside it: stage 0 says what stage 1 will refuse.
+    (images / "shirts" / "striped").mkdir()
+    for photo in (images / "shirts").glob("IMG_*.jpg"):
+        photo.rename(images / "shirts" / "striped" / photo.name)
+    proc = run_script("0_downloadData.py", "--set", "datasetName=shirts", data_dir=tmp_path)
+    assert "already holds 1 class folder; nothing to do." in proc.stdout
+    assert "note: one class folder only: stage 1 needs two or more" in proc.stdout, proc.stdout
+    (images / "shirts" / "dotted").mkdir()
+    proc = run_script("0_downloadData.py", "--set", "datasetName=shirts", data_dir=tmp_path)
+    assert "note: no image files in dotted: stage 1 needs an image in every class folder" in proc.stdout, proc.stdout
 
 
 def test_a_growing_data_set_keeps_every_image_on_its_side(color_dataset: Path) -> None:

@@ -85,7 +85,10 @@ def test_cv_is_skipped_with_a_note_when_no_two_classes_can_be_split() -> None:
     x, y = _blobs(n_per_class=3, k=2)
     x, y = x[[0, 1, 2, 3]], y[[0, 1, 2, 3]]  # 3 images of one class, 1 of the other
     svm = LinearSvm(c_values=[0.01, 1.0, 100.0]).fit(x, y)
-    assert svm.cv_scores_ == {} and svm.C_ == 1.0 and "1 not chosen: no cross-validation" in svm.cv_note_
+    assert svm.cv_scores_ == {} and svm.C_ == 1.0
+    assert svm.cv_note_ == ("C = 1 (the middle of svm_CVals) taken without choosing: no cross-validation, since fewer "
+                            "than two classes have two or more training images (one only: label 1); add images to "
+                            "them to have C chosen")
     full = LinearSvm(c_values=[0.01, 1.0]).fit(*_blobs())
     assert full.cv_note_ == ""
 

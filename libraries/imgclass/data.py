@@ -343,7 +343,7 @@ def _collect(root: Path, classes: list[str], excluded: list[tuple[str, str]], ba
                 f" ({len(gone)} left out, e.g. {gone[0][0]}: {gone[0][1]})" if gone else "") + (
                 f"; {FIXES_FILE} gives its {len(relabelled)} other image(s) to other classes: to merge the class "
                 f"into another, move its files there (stage 1 needs each class folder to keep an image)"
-                if relabelled else ""))
+                if relabelled else "" if gone else ": add photos to it, or remove the folder"))
     return out
 
 

@@ -128,8 +128,11 @@ class LinearSvm:
         self.cv_note_ = ""
         if folds < 2:
             self.C_ = self.c_values[len(self.c_values) // 2]
-            self.cv_note_ = (f"C = {self.C_:g}{' not chosen' if len(self.c_values) > 1 else ''}: no cross-validation, "
-                             "since fewer than two classes have two or more training images")
+            alone = ", ".join(self._name(int(c)) for c in present[counts < 2])
+            self.cv_note_ = (f"C = {self.C_:g}" + (" (the middle of svm_CVals) taken without choosing"
+                                                   if len(self.c_values) > 1 else "")
+                             + f": no cross-validation, since fewer than two classes have two or more training "
+                             f"images (one only: {alone}); add images to them to have C chosen")
         else:
             # With one C value too: the cross-validation accuracy is then what it costs to know how
             # good that C is (selectFeaturizer.py compares backbones by it).
