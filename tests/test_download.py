@@ -160,6 +160,13 @@ def _make_handler(state: Server) -> type[BaseHTTPRequestHandler]:
                 self.send_header("Location", "/cat.jpg")
                 self.send_header("Content-Length", "0")
                 self.end_headers()
+            elif path == "/loop.jpg":  # a redirect to itself
+                self.send_response(302)
+                self.send_header("Location", "/loop.jpg")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+            elif path == "/empty.jpg":
+                self._send(200, b"")
             elif path == "/redirect-ftp.jpg":
                 self.send_response(302)
                 self.send_header("Location", f"ftp://127.0.0.1:{self.server.server_address[1]}/x")
@@ -210,8 +217,10 @@ def _write_tsv(path: Path, lines: list[str]) -> Path:
 
 
 def _failures_tsv(out: Path) -> list[list[str]]:
-    text = (out / dl.FAILURES_FILE).read_text(encoding="utf-8")
-    return [line.split("\t") for line in text.splitlines()]
+    """The rows of download_failures.tsv (url, label, reason), after its header."""
+    lines = (out / dl.FAILURES_FILE).read_text(encoding="utf-8").splitlines()
+    assert lines[0] == "url\tlabel\treason"
+    return [line.split("\t") for line in lines[1:]]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,10 +243,29 @@ def test_read_url_list_header_comments_blank_lines_and_extra_columns(tmp_path: P
     ]
 
 
-def test_read_url_list_keeps_header_like_line_only_at_the_top(tmp_path: Path) -> None:
-    path = _write_tsv(tmp_path / "urls.tsv", ["cat\thttp://x/a.jpg", "label\turl"])
-    # Not at the top it is data (and would fail later as an unsupported scheme), not a header.
-    assert read_url_list(path) == [("cat", "http://x/a.jpg"), ("label", "url")]
+def test_read_url_list_takes_headers_for_headers(tmp_path: Path) -> None:
+    # Two lists joined with cat: the second's header "label<TAB>url" was read as a class "label".
+    path = _write_tsv(tmp_path / "urls.tsv", ["label\turl", "cat\thttp://x/a.jpg", "label\turl", "dog\thttp://x/b.jpg"])
+    assert read_url_list(path) == [("cat", "http://x/a.jpg"), ("dog", "http://x/b.jpg")]
+    # A first line of other column names was a class "category" whose one URL failed.
+    path = _write_tsv(tmp_path / "urls.tsv", ["category\timage_url", "cat\thttp://x/a.jpg"])
+    assert read_url_list(path) == [("cat", "http://x/a.jpg")]
+    # Not a header: a first line with an address in it (its scheme missing fails as that URL's fault).
+    path = _write_tsv(tmp_path / "urls.tsv", ["cat\twww.example.com/a.jpg", "dog\thttp://x/b.jpg"])
+    assert read_url_list(path)[0] == ("cat", "www.example.com/a.jpg")
+    # Fields in double quotes, as Excel writes some.
+    path = _write_tsv(tmp_path / "urls.tsv", ['"cat"\t"http://x/a ""b"".jpg"'])
+    assert read_url_list(path) == [("cat", 'http://x/a "b".jpg')]
+
+
+def test_every_bad_line_of_a_url_list_is_named_at_once(tmp_path: Path) -> None:
+    lines = ["cat\thttp://x/a.jpg", "cat http://x/b.jpg", "dog\thttp://x/c.jpg", "dog http://x/d.jpg"]
+    with pytest.raises(UrlListError, match=r"urls.tsv: 2 lines to mend:\n  line 2: expected 'label<TAB>url', found no "
+                                           r"tab in 'cat http://x/b.jpg'\n  line 4: "):
+        read_url_list(_write_tsv(tmp_path / "urls.tsv", lines))
+    many = [f"cat http://x/{i}.jpg" for i in range(15)]
+    with pytest.raises(UrlListError, match=r"15 lines to mend:(\n  line \d+: [^\n]+){10}\n  \.\.\. and 5 more$"):
+        read_url_list(_write_tsv(tmp_path / "many.tsv", many))
 
 
 @pytest.mark.parametrize(
@@ -258,6 +286,9 @@ def test_read_url_list_keeps_header_like_line_only_at_the_top(tmp_path: Path) ->
         ("a|b\thttp://example.com/a.jpg", "'|'"),
         ("misc.\thttp://example.com/a.jpg", "ends with a dot or a space"),
         ("con\thttp://example.com/a.jpg", "reserves for a device"),
+        # Checked before anything is fetched: both stopped the run half-way with a traceback.
+        ("\u732b" * 88 + "\thttp://example.com/a.jpg", "is 264 bytes long as UTF-8 (a folder name holds at most 255"),
+        ("download_manifest.tsv\thttp://example.com/a.jpg", "the name of a file the pipeline keeps in the data set folder"),
     ],
 )
 def test_read_url_list_errors_name_file_and_line(tmp_path: Path, bad_line: str, words: str) -> None:
@@ -339,8 +370,9 @@ def test_mixed_list_counts_files_and_failures(server: Server, tmp_path: Path) ->
     assert isinstance(report, DownloadReport)
     assert (report.ok, report.skipped_existing, report.failed) == (4, 0, 2)
     assert report.per_class == {"cat": 1, "dog": 2, "bird": 1}
+    page = "a web page (HTML), not an image: the address of a page showing the image, not of the image itself?"
     assert report.failures == [
-        (server.url("/page.jpg"), "not an image"),
+        (server.url("/page.jpg"), page),
         (server.url("/missing.jpg"), "HTTP 404"),
     ]
     # Names: sha1 of the URL + the extension of the decoded format, not of the URL.
@@ -355,9 +387,10 @@ def test_mixed_list_counts_files_and_failures(server: Server, tmp_path: Path) ->
         assert check_image(image) is None, image
     assert (out / "dog" / (_stem(server.url("/png-named.jpg")) + ".png")).read_bytes() == PNG_AS_JPG
     assert _failures_tsv(out) == [
-        [server.url("/page.jpg"), "not an image"],
-        [server.url("/missing.jpg"), "HTTP 404"],
+        [server.url("/page.jpg"), "cat", page],
+        [server.url("/missing.jpg"), "cat", "HTTP 404"],
     ]
+    assert report.notes(out)[-1].startswith("failed: 1 a web page, 1 HTTP 404; each URL, its label and the reason: ")
     assert server.hits["/missing.jpg"] == 1  # 4xx is never retried
     assert not list(out.rglob("*.tmp")), "no temp files may be left behind"
     assert all(ua.startswith("imgclass-downloader/") for ua in server.user_agents)
@@ -397,7 +430,7 @@ def test_failures_file_written_then_removed_when_a_rerun_succeeds(
 
     first = download_images(entries, out, retries=0, timeout=5, progress=False)
     assert first.failures == [(server.url("/flaky.jpg"), "HTTP 500")]
-    assert _failures_tsv(out) == [[server.url("/flaky.jpg"), "HTTP 500"]]
+    assert _failures_tsv(out) == [[server.url("/flaky.jpg"), "cat", "HTTP 500"]]
     assert server.hits["/flaky.jpg"] == 1  # retries=0: a single attempt
 
     second = download_images(entries, out, retries=0, timeout=5, progress=False)
@@ -418,7 +451,7 @@ def test_retries_are_bounded_and_4xx_is_not_retried(server: Server, tmp_path: Pa
     entries = [("cat", server.url("/always500.jpg")), ("cat", server.url("/missing.jpg"))]
     report = download_images(entries, tmp_path, retries=2, timeout=5, progress=False)
     assert report.failures == [
-        (server.url("/always500.jpg"), "HTTP 503"),
+        (server.url("/always500.jpg"), "HTTP 503 (3 attempts)"),  # a rerun waits on it again: said
         (server.url("/missing.jpg"), "HTTP 404"),
     ]
     assert server.hits["/always500.jpg"] == 3  # 1 attempt + 2 retries
@@ -442,7 +475,7 @@ def test_slow_server_times_out_without_stalling_the_run(server: Server, tmp_path
     report = download_images(entries, tmp_path, timeout=0.5, retries=0, progress=False)
     elapsed = time.monotonic() - start
     assert report.ok == 1
-    assert report.failures == [(server.url("/slow.jpg"), "timeout")]
+    assert report.failures == [(server.url("/slow.jpg"), "timeout (no reply within 0.5 s: dl_timeoutSec)")]
     assert elapsed < 2.5  # the endpoint would take 3 s
     assert _files(tmp_path) == {"cat": [_stem(server.url("/cat.jpg")) + ".jpg"]}
 
@@ -469,8 +502,8 @@ def test_size_cap_by_content_length_and_while_streaming(server: Server, tmp_path
     report = download_images(entries, tmp_path, max_bytes=10_000, timeout=5, progress=False)
     assert report.ok == 1
     assert report.failures == [
-        (entries[0][1], f"too large ({BIG} bytes > max_bytes=10000)"),  # rejected by the header
-        (entries[1][1], "too large (more than max_bytes=10000 bytes)"),  # cut off while streaming
+        (entries[0][1], f"too large ({BIG} bytes, over the limit of 10000: dl_maxBytes)"),  # rejected by the header
+        (entries[1][1], "too large (over the limit of 10000 bytes: dl_maxBytes)"),  # cut off while streaming
     ]
     assert report.per_class == {"big": 0, "cat": 1}
     assert not (tmp_path / "big").exists() or not any((tmp_path / "big").iterdir())
@@ -522,15 +555,15 @@ def test_duplicate_urls_are_fetched_once(server: Server, tmp_path: Path) -> None
     assert len(_files(tmp_path / "out")["cat"]) == 2
 
 
-def test_same_url_under_two_labels_keeps_the_first(
-    server: Server, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    url = server.url("/cat.jpg")
-    with caplog.at_level("WARNING", logger="imgclass.download"):
-        report = download_images([("cat", url), ("dog", url)], tmp_path, progress=False)
-    assert report.per_class == {"cat": 1}
-    assert server.hits["/cat.jpg"] == 1
-    assert "'cat' and 'dog'" in caplog.text
+def test_same_url_under_two_labels_is_not_fetched(server: Server, tmp_path: Path) -> None:
+    """Its class was whichever line came first, said only in a log line above the progress bar; it is
+    a failure of the list now, as scrapeImages.py drops such URLs."""
+    url, other = server.url("/cat.jpg"), server.url("/dog.png")
+    report = download_images([("cat", url), ("dog", other), ("dog", url), ("cat", url)], tmp_path, progress=False)
+    assert report.per_class == {"cat": 0, "dog": 1} and server.hits.get("/cat.jpg", 0) == 0
+    assert report.failures == [(url, "listed under 2 labels (cat, dog): not fetched, since an image can be of one "
+                                     "class only; keep the line with the right label")]
+    assert _failures_tsv(tmp_path)[0][:2] == [url, "cat"]
 
 
 def test_progress_false_prints_nothing(
@@ -615,7 +648,7 @@ def test_invalid_urls_are_not_retried(
 def test_truncated_body_is_a_network_error_and_retried(server: Server, tmp_path: Path) -> None:
     entries = [("cat", server.url("/truncated.jpg")), ("cat", server.url("/truncated-once.jpg"))]
     report = download_images(entries, tmp_path, retries=1, timeout=5, progress=False)
-    assert report.failures == [(entries[0][1], f"truncated body: {len(JPEG) // 2} of {len(JPEG)} bytes")]
+    assert report.failures == [(entries[0][1], f"truncated body: {len(JPEG) // 2} of {len(JPEG)} bytes (2 attempts)")]
     assert server.hits["/truncated.jpg"] == 2 and server.hits["/truncated-once.jpg"] == 2
     assert _files(tmp_path) == {"cat": [_stem(entries[1][1]) + ".jpg"]}
     assert (tmp_path / "cat" / (_stem(entries[1][1]) + ".jpg")).read_bytes() == JPEG
@@ -761,7 +794,7 @@ def test_ctrl_c_says_it_is_waiting_and_keeps_what_was_fetched(server: Server, tm
     from conftest import ROOT, SCRIPTS
 
     urls = tmp_path / "urls.tsv"
-    _write_tsv(urls, [f"cat\t{server.url('/cat.jpg')}", f"cat\t{server.url('/slow.jpg')}"])
+    _write_tsv(urls, [f"cat\t{server.url('/cat.jpg')}", f"cat\t{server.url('/missing.jpg')}", f"cat\t{server.url('/slow.jpg')}"])
     env = {**os.environ, "IMGCLASS_DATA_DIR": str(tmp_path / "data"), "IMGCLASS_OFFLINE": "1", "IMGCLASS_TRACKING": "0"}
     # A test run started in the background (`make test &`, some CI runners) ignores SIGINT, and its
     # children inherit that: start this one as a terminal starts a command, with SIGINT caught.
@@ -781,6 +814,29 @@ def test_ctrl_c_says_it_is_waiting_and_keeps_what_was_fetched(server: Server, tm
     assert "stopping: waiting for the 1 download(s) in progress to end" in err, err
     pets = tmp_path / "data" / "images" / "pets"
     assert dl.read_manifest(pets) == {server.url("/cat.jpg"): "cat"}  # what finished is recorded
+    # ... failures too (they were lost), and the counts so far are said.
+    assert _failures_tsv(pets) == [[server.url("/missing.jpg"), "cat", "HTTP 404"]]
+    assert "so far in this run: 1 downloaded, 1 failed (in download_failures.tsv)" in err, err
+
+
+def test_failures_say_what_went_wrong(server: Server, tmp_path: Path) -> None:
+    entries = [("cat", server.url("/loop.jpg")), ("cat", server.url("/empty.jpg"))]
+    report = download_images(entries, tmp_path, timeout=5, retries=0, progress=False)
+    assert report.failures == [(entries[0][1], "HTTP 302: a redirect loop, or more than 10 redirects"),
+                               (entries[1][1], "empty reply (0 bytes)")]
+
+
+def test_the_manifest_leads_from_a_file_back_to_its_url(server: Server, tmp_path: Path) -> None:
+    """Files are named by a hash of their URL: the manifest's third column is how a suspect image (or
+    one whose licence must be checked) leads back to where it came from."""
+    cat, dog = server.url("/cat.jpg"), server.url("/dog.png")
+    download_images([("cat", cat), ("dog", dog)], tmp_path, progress=False)
+    rows = [line.split("\t") for line in (tmp_path / dl.MANIFEST_FILE).read_text().splitlines()[1:]]
+    assert sorted(rows) == sorted([[cat, "cat", f"cat/{_stem(cat)}.jpg"], [dog, "dog", f"dog/{_stem(dog)}.png"]])
+    assert dl.read_manifest(tmp_path) == {cat: "cat", dog: "dog"}
+    # A manifest of the earlier two columns still reads.
+    (tmp_path / dl.MANIFEST_FILE).write_text(f"# url<TAB>label\n{cat}\tcat\n")
+    assert dl.read_manifest(tmp_path) == {cat: "cat"}
 
 
 def test_a_tracking_pixel_is_refused_as_too_small(server: Server, tmp_path: Path) -> None:

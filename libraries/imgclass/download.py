@@ -37,7 +37,7 @@ from PIL import Image, UnidentifiedImageError
 
 from imgclass import __version__
 from imgclass.annotations import FIXES_FILE, read_fixes, write_fixes
-from imgclass.data import DUPLICATES_FOLDER, NOT_CLASS_PREFIXES, list_class_dirs, walk_image_files
+from imgclass.data import DEDICATED_TEST_FILE, DUPLICATES_FOLDER, NOT_CLASS_PREFIXES, list_class_dirs, walk_image_files
 from imgclass.fileio import atomic_open, write_bytes
 from imgclass.images import ImageDecodeError, load_rgb, openers
 from imgclass.progress import progress_bar
@@ -83,6 +83,11 @@ _WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 1
 # Characters left as they are when a URL is percent-encoded: the URL syntax's delimiters, and '%' so
 # that escapes already there (%20, %2F) are not encoded a second time.
 _URL_SAFE = "%/:?#[]@!$&'()*+,;=~"
+
+
+_MAX_LABEL_BYTES = 200
+# Files the stages keep beside the class folders: a class folder of the same name cannot be made.
+_PROJECT_FILES = {n.lower() for n in (MANIFEST_FILE, FAILURES_FILE, FIXES_FILE, DEDICATED_TEST_FILE, "duplicates.tsv")}
 
 
 class UrlListError(ValueError):
@@ -154,7 +159,7 @@ class DownloadReport:
                          f"batch, nothing needs doing; if it was trimmed on purpose, delete them, or mark them "
                          f"EXCLUDE in {FIXES_FILE}")
         if self.failed:
-            lines.append(f"broken URLs and reasons: {out / FAILURES_FILE}")
+            lines.append(f"failed: {failure_kinds(self.failures)}; each URL, its label and the reason: {out / FAILURES_FILE}")
         return lines
 
 
@@ -197,6 +202,11 @@ def check_label(label: str) -> str | None:
         return f"label {label!r} ends with a dot or a space, which Windows drops from folder names"
     if label.split(".")[0].upper() in _WINDOWS_RESERVED:
         return f"label {label!r} is a name Windows reserves for a device"
+    if len(label.encode("utf-8")) > _MAX_LABEL_BYTES:  # file systems hold 255 bytes a name
+        return (f"label {label[:20]!r}... is {len(label.encode('utf-8'))} bytes long as UTF-8 (a folder name holds "
+                f"at most 255; labels here at most {_MAX_LABEL_BYTES})")
+    if label.lower() in _PROJECT_FILES:
+        return f"label {label!r} is the name of a file the pipeline keeps in the data set folder"
     return None
 
 
@@ -235,29 +245,51 @@ def read_url_list(path: str | Path) -> list[tuple[str, str]]:
     line for a line that is not `label<TAB>url` or whose label is not a safe folder name.
     """
     entries: list[tuple[str, str]] = []
+    problems: list[str] = []  # every bad line, not one per rerun
     for n, (line_no, line) in enumerate(tsv_lines(path)):
-        fields = [f.strip() for f in line.split("\t")]
+        # Excel writes a field holding a quote or a comma in double quotes.
+        fields = [_unquote(f.strip()) for f in line.split("\t")]
         if len(fields) < 2:
-            raise UrlListError(
-                f"{path}, line {line_no}: expected 'label<TAB>url', "
-                f"found no tab in {line.strip()!r}"
-            )
+            problems.append(f"line {line_no}: expected 'label<TAB>url', found no tab in {line.strip()!r}")
+            continue
         label, url = fields[0], fields[1]
-        if n == 0 and label.lower() == "label" and url.lower() == "url":
+        if (label.lower(), url.lower()) == ("label", "url") or (n == 0 and _column_name(label) and _column_name(url)):
+            # A header: "label<TAB>url" (again where two lists were joined with cat), or a first line
+            # of two column names ("category<TAB>image_url"), which would otherwise become a class.
             continue
         if not url:
-            raise UrlListError(
-                f"{path}, line {line_no}: expected 'label<TAB>url', the URL is empty"
-            )
+            problems.append(f"line {line_no}: expected 'label<TAB>url', the URL is empty")
+            continue
         problem = check_label(label)
         if problem:
             swapped = "://" in label and "://" not in url
-            raise UrlListError(f"{path}, line {line_no}: {problem}; it must be a plain folder name"
-                               + ("; the columns look swapped: the label comes first, then the URL" if swapped else ""))
+            problems.append(f"line {line_no}: {problem}; it must be a plain folder name"
+                            + ("; the columns look swapped: the label comes first, then the URL" if swapped else ""))
+            continue
         entries.append((label, url))
+    if problems:
+        shown = problems[:_SHOW_PROBLEMS] + ([f"... and {len(problems) - _SHOW_PROBLEMS} more"]
+                                            if len(problems) > _SHOW_PROBLEMS else [])
+        raise UrlListError(f"{path}, " + shown[0] if len(problems) == 1 else
+                           f"{path}: {len(problems)} lines to mend:\n  " + "\n  ".join(shown))
     if not entries:  # an empty file, or a header alone: most likely the wrong file
         raise UrlListError(f"{path}: no 'label<TAB>url' line in it")
     return entries
+
+
+_SHOW_PROBLEMS = 10  # bad lines of a URL list named in one error
+
+
+def _column_name(field: str) -> bool:
+    """Whether a field reads as a column's name: a word or two, no address (no '/', '.' or ':')."""
+    return bool(re.fullmatch(r"[A-Za-z][A-Za-z0-9_ -]{0,30}", field))
+
+
+def _unquote(field: str) -> str:
+    """A field without the double quotes Excel puts around some ('""' inside is one quote)."""
+    if len(field) >= 2 and field[0] == field[-1] == '"':
+        return field[1:-1].replace('""', '"').strip()
+    return field
 
 
 def _normalise_entries(url_list: str | Path | Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -277,22 +309,19 @@ def _normalise_entries(url_list: str | Path | Sequence[tuple[str, str]]) -> list
     return entries
 
 
-def _dedupe(entries: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    """First occurrence of each URL wins; the same URL under two labels is a list error worth a
-    warning (the image can only be one class), but not worth stopping for."""
-    first_label: dict[str, str] = {}
+def _dedupe(entries: Iterable[tuple[str, str]]) -> tuple[list[tuple[str, str]], dict[str, list[str]]]:
+    """Each URL once (its first line), and {url: its labels} of URLs listed under two or more labels:
+    the image can only be one class, and which one the list does not say (line order decided it
+    once); such a URL is a failure of the run, as scrapeImages.py drops it."""
+    labels: dict[str, list[str]] = {}
     unique = []
     for label, url in entries:
-        if url in first_label:
-            if first_label[url] != label:
-                log.warning(
-                    "%s is listed as %r and %r; keeping %r", url, first_label[url], label,
-                    first_label[url],
-                )
-            continue
-        first_label[url] = label
-        unique.append((label, url))
-    return unique
+        if url not in labels:
+            labels[url] = [label]
+            unique.append((label, url))
+        elif label not in labels[url]:
+            labels[url].append(label)
+    return unique, {url: found for url, found in labels.items() if len(found) > 1}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -347,17 +376,20 @@ def read_manifest(out_dir: str | Path) -> dict[str, str]:
         return {}
     out = {}
     for line in path.read_text(encoding="utf-8").splitlines():
-        url, sep, label = line.partition("\t")
-        if sep and not line.startswith("#"):
-            out[url] = label
+        fields = line.split("\t")  # url, label (and, since a later version, the file)
+        if len(fields) >= 2 and not line.startswith("#"):
+            out[fields[0]] = fields[1]
     return out
 
 
 def _write_manifest(out_dir: Path, manifest: dict[str, str]) -> None:
+    """url, label and the file (its path in the data set, "" when gone) of each image fetched: the
+    file names are hashes of the URLs, so this is how a file leads back to its source (and licence)."""
+    on_disk = {stem: files[0].relative_to(out_dir).as_posix() for stem, files in _existing_files(out_dir).items()}
     with atomic_open(out_dir / MANIFEST_FILE, "w", encoding="utf-8", newline="\n") as f:
-        f.write("# url<TAB>label of each image 0_downloadData.py fetched (delete a line to fetch its URL again)\n")
+        f.write("# url<TAB>label<TAB>file of each image 0_downloadData.py fetched (delete a line to fetch its URL again)\n")
         for url, label in manifest.items():  # the URL as listed (a key): only what would break the line goes
-            f.write(_LINE_BREAKERS.sub(" ", url) + "\t" + label + "\n")
+            f.write(_LINE_BREAKERS.sub(" ", url) + "\t" + label + "\t" + on_disk.get(file_stem(url), "") + "\n")
 
 
 def _encode_url(url: str) -> str:
@@ -438,7 +470,7 @@ def _fetch_once(
             chunked = "chunked" in (response.headers.get("Transfer-Encoding") or "").lower()
             declared = int(length) if length and length.strip().isdigit() and not chunked else None
             if declared is not None and declared > max_bytes:
-                raise _Failure(f"too large ({declared} bytes > max_bytes={max_bytes})")
+                raise _Failure(f"too large ({declared} bytes, over the limit of {max_bytes}: dl_maxBytes)")
             chunks: list[bytes] = []
             size = 0
             while True:
@@ -451,7 +483,7 @@ def _fetch_once(
                     break
                 size += len(chunk)
                 if size > max_bytes:
-                    raise _Failure(f"too large (more than max_bytes={max_bytes} bytes)")
+                    raise _Failure(f"too large (over the limit of {max_bytes} bytes: dl_maxBytes)")
                 if time.monotonic() > deadline:
                     raise _Failure("timeout (download too slow)", retryable=True)
                 chunks.append(chunk)
@@ -466,13 +498,15 @@ def _fetch_once(
         retry_after = _parse_retry_after(e.headers.get("Retry-After") if e.headers else None)
         e.close()
         retryable = e.code >= 500 or e.code == 429
-        raise _Failure(f"HTTP {e.code}", retryable=retryable, retry_after=retry_after) from e
+        # urllib gives up on a redirect that loops, or after 10, as an HTTPError of the redirect's code.
+        loop = ": a redirect loop, or more than 10 redirects" if 300 <= e.code < 400 else ""
+        raise _Failure(f"HTTP {e.code}{loop}", retryable=retryable, retry_after=retry_after) from e
     except urllib.error.URLError as e:
         if isinstance(e.reason, TimeoutError):
-            raise _Failure("timeout", retryable=True) from e
+            raise _Failure(f"timeout (no reply within {timeout:g} s: dl_timeoutSec)", retryable=True) from e
         raise _Failure(f"network error: {e.reason}", retryable=True) from e
     except TimeoutError as e:  # socket.timeout is TimeoutError since Python 3.10
-        raise _Failure("timeout", retryable=True) from e
+        raise _Failure(f"timeout (no reply within {timeout:g} s: dl_timeoutSec)", retryable=True) from e
     except http.client.InvalidURL as e:  # bad port, control characters: the same every attempt
         raise _Failure(f"invalid URL: {e}") from e
     except (OSError, http.client.HTTPException) as e:  # reset connections, truncated bodies, TLS
@@ -492,6 +526,8 @@ def _fetch(
         except _Failure as failure:
             attempt += 1
             if not failure.retryable or attempt > retries:
+                if attempt > 1:  # a rerun waits as long again on the same host: say it was tried
+                    failure.reason += f" ({attempt} attempts)"
                 raise
             delay = _BACKOFF_S * attempt
             if failure.retry_after is not None:
@@ -519,6 +555,11 @@ def _image_extension(data: bytes) -> str:
             if other in readers or (other == "MPO" and "JPEG" in readers):  # a kept format, cut short or damaged
                 raise _Failure(f"damaged {other} image ({getattr(e, 'reason', e)})") from e
             raise _Failure(f"unsupported image format ({other})") from e
+        if not data:
+            raise _Failure("empty reply (0 bytes)") from e
+        if re.match(rb"\s*<(!doctype html|html|head|body)", data[:512], re.IGNORECASE):
+            raise _Failure("a web page (HTML), not an image: the address of a page showing the image, not of "
+                           "the image itself?") from e
         raise _Failure("not an image") from e
     if min(size) < MIN_SIDE:  # a site's 1x1 tracking pixel or placeholder, not a photo of anything
         raise _Failure(f"too small ({size[0]}x{size[1]} pixels): a placeholder, not a photo")
@@ -564,14 +605,39 @@ def _clean(text: str) -> str:
     return " ".join(text.split())
 
 
-def _write_failures(out_dir: Path, failures: list[tuple[str, str]]) -> None:
+_FAILURES_HEADER = "url\tlabel\treason\n"
+
+
+def _read_failures(out_dir: Path) -> list[tuple[str, str, str]]:
+    """(url, label, reason) of download_failures.tsv (label "" in a file of the earlier two columns)."""
+    path = out_dir / FAILURES_FILE
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        fields = line.split("\t")
+        if line + "\n" == _FAILURES_HEADER or len(fields) < 2:
+            continue
+        rows.append((fields[0], fields[1], fields[2]) if len(fields) >= 3 else (fields[0], "", fields[1]))
+    return rows
+
+
+def _write_failures(out_dir: Path, failures: list[tuple[str, str, str]]) -> None:
+    """(url, label, reason) of each URL that failed, with a header; the file is removed when none did."""
     path = out_dir / FAILURES_FILE
     if not failures:
         path.unlink(missing_ok=True)  # a stale list from an earlier run would mislead
         return
     with atomic_open(path, "w", encoding="utf-8", newline="\n") as f:
-        for url, reason in failures:
-            f.write(f"{_clean(url)}\t{_clean(reason)}\n")
+        f.write(_FAILURES_HEADER)
+        for url, label, reason in failures:
+            f.write(f"{_clean(url)}\t{_clean(label)}\t{_clean(reason)}\n")
+
+
+def failure_kinds(failures: Sequence[tuple[str, str]]) -> str:
+    """The reasons counted by kind, the most frequent first: "4 HTTP 404, 2 timeout, 1 not an image"."""
+    kinds = Counter(reason.split(" (")[0].split(":")[0] for _, reason in failures)
+    return ", ".join(f"{n} {kind}" for kind, n in kinds.most_common())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -607,7 +673,7 @@ def download_images(
     if max_bytes < 1:
         raise ValueError(f"max_bytes = {max_bytes!r}: expected an int >= 1")
 
-    entries = _dedupe(_normalise_entries(url_list))
+    entries, ambiguous = _dedupe(_normalise_entries(url_list))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -632,7 +698,10 @@ def download_images(
             continue
         stem = file_stem(url)
         files = existing.get(stem, [])
-        if scheme not in ALLOWED_SCHEMES:
+        if url in ambiguous:  # not fetched; a file of an earlier run stays where it is
+            reasons[i] = (f"listed under {len(ambiguous[url])} labels ({', '.join(ambiguous[url])}): not fetched, since "
+                          "an image can be of one class only; keep the line with the right label")
+        elif scheme not in ALLOWED_SCHEMES:
             # Never fetched: no file:, ftp:, javascript: ... ("none": a bare host or a path, "not a url").
             reasons[i] = f"unsupported scheme ({scheme or 'none'}): only {' and '.join(sorted(ALLOWED_SCHEMES))} URLs are fetched"
         elif not files and stem in set_aside:
@@ -713,6 +782,13 @@ def download_images(
                   f"(at most {timeout:g} s each; Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
         stop.set()
         pool.shutdown(wait=True, cancel_futures=True)
+        # What failed so far is recorded, with the earlier run's failures of URLs not tried again yet.
+        tried = {entries[i][1] for i in reasons} | {url for url in manifest}
+        _write_failures(out_dir, [(entries[i][1], entries[i][0], reasons[i]) for i in sorted(reasons)]
+                        + [row for row in _read_failures(out_dir) if row[0] not in tried])
+        if isinstance(e, KeyboardInterrupt) and progress:
+            print(f"so far in this run: {report.ok} downloaded, {len(reasons)} failed (in {FAILURES_FILE})",
+                  file=sys.stderr, flush=True)
         raise
     finally:
         bar.close()
@@ -722,7 +798,7 @@ def download_images(
     report.failures = [(entries[i][1], reasons[i]) for i in sorted(reasons)]
     report.failed_labels = {entries[i][0] for i in reasons}
     report.failed = len(report.failures)
-    _write_failures(out_dir, report.failures)
+    _write_failures(out_dir, [(entries[i][1], entries[i][0], reasons[i]) for i in sorted(reasons)])
     return report
 
 
