@@ -49,8 +49,10 @@ def main() -> int:
     for path, reason in report.failed:
         print(f"skipped: {path}: {reason}")
     exact, near, groups = sum(len(g) - 1 for g in report.exact), len(report.to_move), len(report.groups)
-    print(f"{len(report.paths)} images, {exact} exact duplicate{_s(exact)} (identical hash), {near} duplicate{_s(near)} "
-          f"within {threshold} bit{_s(threshold)} in {groups} group{_s(groups)}")
+    # The exact copies are among the near duplicates (0 bits apart): one count, the exact ones in it.
+    exactly = f" ({exact} of them with an identical hash)" if exact else ""
+    print(f"{len(report.paths)} images: {near} duplicate{_s(near)} within {threshold} bit{_s(threshold)} of "
+          f"another image, in {groups} group{_s(groups)}{exactly}")
     cross = report.cross_class_groups()
     for n, group in enumerate(report.groups, 1):
         flag = "  <- in different class folders" if group in cross else ""

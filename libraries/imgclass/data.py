@@ -672,7 +672,10 @@ def fix_notes(split: Split, images_dir: str | Path) -> list[str]:
     """Notes on the lines of the data set's annotations_fixes.tsv that name no image of `split`
     (apply_fixes passes over them: an image deleted since is no error, but a typo would go unseen)."""
     known = [p for p, _ in split.train] + [p for p, _ in split.test] + [p for p, _ in split.excluded]
-    return [f"{FIXES_FILE}: {note}" for note in unmatched_fixes(read_fixes(images_dir), known)]
+    # An image dedupImages.py --remove set aside in _duplicates/ (under the same path) is not missing.
+    aside = Path(images_dir) / DUPLICATES_FOLDER
+    fixes = {p: fix for p, fix in read_fixes(images_dir).items() if not (aside / p).is_file()}
+    return [f"{FIXES_FILE}: {note}" for note in unmatched_fixes(fixes, known)]
 
 
 def since_split_notes(split: Split, images_dir: str | Path, split_path: str | Path) -> list[str]:

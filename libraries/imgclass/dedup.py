@@ -252,11 +252,13 @@ class DuplicateReport:
         return [(p, g[0]) for g in self.groups for p in g[1:]]
 
     def moves(self, cross_class: bool = False, alike: bool = False) -> list[tuple[str, str]]:
-        """`to_move`, without the groups that span class folders unless `cross_class`, and without
-        the groups of a class whose images look alike to dhash (`lookalike_classes`) unless `alike`."""
+        """`to_move`, without the groups that span class folders unless `cross_class`, without the
+        groups of a class whose images look alike to dhash (`lookalike_classes`) unless `alike`, and
+        without the images annotations_fixes.tsv excludes (out of training already; moved, their
+        fix would name a missing file, which stage 1 then pointed out at every run)."""
         cross = [] if cross_class else self.cross_class_groups()
         kept = [] if alike else self.lookalike_groups()
-        return [(p, g[0]) for g in self.groups if g not in cross and g not in kept for p in g[1:]]
+        return [(p, g[0]) for g in self.groups if g not in cross and g not in kept for p in g[1:] if not self.excluded(p)]
 
     def lookalike_groups(self) -> list[list[str]]:
         """Groups within one class of `lookalike_classes`: they need not be copies."""
