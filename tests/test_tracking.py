@@ -87,6 +87,11 @@ def test_rerun_of_the_last_stage_joins_the_run(tracked_demo: Path, monkeypatch: 
     m = json.loads((tracked_demo / "results" / DS / "svm" / "metrics_train.json").read_text())
     assert run.data.metrics["train_overall_accuracy"] == pytest.approx(m["overall_accuracy"])
     assert _state(tracked_demo)["run_id"] == before
+    # Where the service listens and how many processes work change no result: the run goes on (a
+    # new port started a new pipeline run, and the stages after it read as a rerun).
+    out = run_script("5_evaluate.py", *TRACKED_SMALL, "--on", "train", "--set", "dep_port=8123", "--set", "run_workers=0",
+                     data_dir=tracked_demo).stdout
+    assert f"tracked in pipeline run {before[:8]}" in out and _state(tracked_demo)["run_id"] == before, out
 
 
 def test_tracking_failure_is_a_warning_and_keeps_the_outputs(tracked_demo: Path, tmp_path: Path,

@@ -108,6 +108,14 @@ def stage_of(script: str | Path) -> tuple[int, str] | None:
     return (int(m.group(1)), m.group(2)) if m and stem not in _NOT_STAGES else None
 
 
+def affects_results(name: str) -> bool:
+    """Whether a parameter can change what the stages compute: not where the service listens or how
+    many processes do the work (dep_*, *workers, run_boCache), nor where runs are recorded (track_*),
+    nor active learning's choices (al_*). Only these split a pipeline run in two (moving the service
+    to another port started a new run, and the stages after it looked like a rerun)."""
+    return not (name.startswith(("dep_", "track_", "al_")) or name.endswith("workers") or name == "run_boCache")
+
+
 def params_digest(p: Params) -> str:
     return hashlib.sha1(json.dumps(p.as_dict(), sort_keys=True, default=str).encode()).hexdigest()
 
@@ -299,8 +307,9 @@ def _join_or_start(client: Any, p: Params, state: dict, uri: str, exp_id: str, s
         return None, f"run {state['run_id'][:8]} was deleted"
     if state.get("params_digest") != params_digest(p):
         then = run.data.params
-        differ = sorted(k for k, v in p.as_dict().items() if then.get(k) != str(v)[:6000])
-        return None, f"parameters differ from run {state['run_id'][:8]}'s: {first_few(differ, 5) or 'not recorded alike'}"
+        differ = sorted(k for k, v in p.as_dict().items() if affects_results(k) and then.get(k) != str(v)[:6000])
+        if differ:
+            return None, f"parameters differ from run {state['run_id'][:8]}'s: {first_few(differ, 5)}"
     if stage < state.get("last_stage", -1):
         return None, f"stage {stage} after stage {state['last_stage']} of run {state['run_id'][:8]}: a rerun"
     return run.info.run_id, ""
