@@ -9,6 +9,8 @@ even after FOLDER is moved or renamed.
 """
 
 
+from pathlib import Path
+
 from imgclass.active import (label_interactively, plot_candidates, score_with_trained_model, unlabelled_images,
                              write_candidates)
 from imgclass.cli import parse_stage, run_stage, stage_parser
@@ -28,9 +30,14 @@ def main() -> int:
     args, p = parse_stage(parser)
     log = p.proc_dir / "active_learning.tsv"
     left_out: list[tuple[str, str]] = []
-    paths = unlabelled_images(args.folder, log, left_out)
+    known: list[tuple[Path, str, Path]] = []
+    paths = unlabelled_images(args.folder, log, left_out, p.images_dir, known)
     for name, problem in left_out:
         print(f"left out: {name}: {problem}")
+    if known:
+        image, cls, there = known[0]
+        print(f"{len(known)} image(s) already in the data set (the same file content, e.g. {image.name} = "
+              f"{there.relative_to(p.images_dir).as_posix()}, class {cls}): not scored, not asked")
     if not paths:
         print(f"no unlabelled images left in {args.folder} (answers so far: {log})")
         return 0

@@ -331,6 +331,20 @@ def test_script_labels_from_stdin_and_the_next_split_trains_on_them(tiny_model: 
     assert proc.returncode == 0, proc.stderr
     assert "6 unlabelled images scored" in proc.stdout and "left out: " in proc.stdout and "broken.jpg" in proc.stdout
     assert first.name not in proc.stdout and second.name not in proc.stdout
+    # Photos the data set holds already (by content) take no slot: pointed at a class folder of the
+    # data set, or a folder holding copies of its photos, the round has nothing to ask.
+    copies = tiny_model / "copies"
+    shutil.copytree(images / "striped", copies)
+    try:
+        env = {**os.environ, "IMGCLASS_DATA_DIR": str(tiny_model), "IMGCLASS_OFFLINE": "1"}
+        proc = subprocess.run([sys.executable, str(SCRIPTS / "activeLearning.py"), str(copies), "--no-prompt",
+                               "--set", "datasetName=tiny", "--set", "run_workers=0"],
+                              capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+    finally:
+        shutil.rmtree(copies)
+    assert proc.returncode == 0, proc.stderr
+    assert f"{before['striped']} image(s) already in the data set (the same file content, e.g. " in proc.stdout
+    assert "not scored, not asked" in proc.stdout and "no unlabelled images left in" in proc.stdout, proc.stdout
 
 
 def test_script_without_a_model_says_which_stage_to_run(tmp_path: Path) -> None:

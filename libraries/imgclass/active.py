@@ -129,15 +129,30 @@ def answered(done: Mapping[str, str], path: str | Path, content: str | None = No
 
 
 def unlabelled_images(folder: str | Path, log_path: str | Path | None = None,
-                      left_out: list[tuple[str, str]] | None = None) -> list[Path]:
+                      left_out: list[tuple[str, str]] | None = None, images_dir: str | Path | None = None,
+                      in_dataset: list[tuple[Path, str, Path]] | None = None) -> list[Path]:
     """Images below `folder` not answered yet (per the log, which knows them by content). Names
-    no output file can hold are left out and added to `left_out` (see list_folder_images)."""
+    no output file can hold are left out and added to `left_out` (see list_folder_images). With
+    `images_dir` (the data set's folder), images whose content is in the data set already are left
+    out too, and added to `in_dataset` as (image, class, data set file): pointed at a folder that
+    overlaps the data set (or the data set itself), a round would spend its slots on photos that
+    have a label."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such folder of unlabelled images")
     done = read_log(log_path) if log_path is not None else {}
     paths = [(folder / p).resolve() for p in list_folder_images(folder, left_out)]
-    return [p for p in paths if not done or answered(done, p) is None]
+    paths = [p for p in paths if not done or answered(done, p) is None]
+    if images_dir is None or not Path(images_dir).is_dir():
+        return paths
+    index: dict = {}
+    out = []
+    for p in paths:
+        if (there := class_in_dataset(p, images_dir, index)) is None:
+            out.append(p)
+        elif in_dataset is not None:
+            in_dataset.append((p, *there))
+    return out
 
 
 def score_images(
