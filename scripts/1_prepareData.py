@@ -12,10 +12,10 @@ from pathlib import Path
 
 from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.data import (
-    DatasetError, Split, balance_notes, check_disjoint, exact_duplicates_across, fix_notes, load_split, make_split,
-    save_split, skipped_folders, skipped_note, small_images_note, split_change_note,
+    DatasetError, Split, balance_notes, check_disjoint, earlier_sides, exact_duplicates_across, fix_notes, load_split,
+    make_split, save_split, skipped_folders, skipped_note, small_images_note, split_change_note,
 )
-from imgclass.dedup import check_leaks, depleted_test_classes, keep_leaks_in_train, write_leaks
+from imgclass.dedup import check_leaks, depleted_test_classes, settle_leaks, write_leaks
 from imgclass.terminal import ljust, name_column
 
 parser = stage_parser(
@@ -68,10 +68,19 @@ def main() -> int:
                       "would), so their pairs are not moved: they need not be copies; to catch only copies there, "
                       "lower dedup_threshold")
             before = split
-            split = keep_leaks_in_train(split, check.movable(split))
+            # A random split kept from an earlier run: an image new since then that copies one of its test
+            # images joins that one in test (else the old test image went to train, and the test set that
+            # results are compared on lost it). Not in a subdir split, whose sub-folders stay whole.
+            kept = earlier_sides(previous, split.settings)[0] if previous and not args.resplit and \
+                split.method == "random" else {}
+            split = settle_leaks(split, check, p.images_dir, kept)
             check_disjoint(split)
-            print(f"moved {len(before.test) - len(split.test)} test image(s) with a same-class near duplicate in "
-                  "train to train")
+            was, now = before.sides(), split.sides()
+            out = sum(1 for path, side in now.items() if side == "train" and was[path] == "test")
+            joined = sum(1 for path, side in now.items() if side == "test" and was[path] == "train")
+            print(f"moved {out} test image(s) with a same-class near duplicate in train to train" + (
+                f"; {joined} new image(s) joined their near copy in test (an earlier test image, kept there)"
+                if joined else ""))
             for c, moved, left in depleted_test_classes(before, split):
                 print(f"note: {c}: {moved} of its {moved + left} test images moved, {left} left: its photos are "
                       f"near copies of one another, or look alike to dhash (plain or smooth images); see "

@@ -289,6 +289,61 @@ def test_leakage_check_finds_a_planted_duplicate_across_the_split(originals: Pat
     assert check_leaks(fixed, root, progress=False).leaks == []
 
 
+def test_a_new_copy_of_an_earlier_test_image_joins_it_in_test(originals: Path, tmp_path: Path) -> None:
+    """Photos added weeks later: a new near copy of a test image of the kept split took that test image
+    out of the test set (to train, with its copy); now the new one joins it in test, unless that test
+    image has a copy in train anyway, when both go to train as before."""
+    from imgclass.dedup import settle_leaks
+
+    root = tmp_path / "ds"
+    shutil.copytree(originals, root)
+    classes = ["dotted", "leopard", "striped"]
+    files = {c: sorted(p.relative_to(root).as_posix() for p in (root / c).iterdir()) for c in classes}
+    # The earlier split: _0000 and _0004 of each class in test; and (leakageCheck = 'report' then) an old
+    # copy of striped_0004 in train.
+    _copy(root / "striped/striped_0004.jpg", root / "striped/old_train_copy.jpg", 0.8, 80)
+    earlier = {p: ("test" if p.endswith(("_0000.jpg", "_0004.jpg")) else "train") for c in classes for p in files[c]}
+    earlier["striped/old_train_copy.jpg"] = "train"
+    # New since: a copy of dotted_0000 and one of striped_0004, both given to train by the split.
+    _copy(root / "dotted/dotted_0000.jpg", root / "dotted/new_copy.jpg", 0.6, 50)
+    _copy(root / "striped/striped_0004.jpg", root / "striped/new_copy.jpg", 0.7, 60)
+    train = [(p, classes.index(p.split("/")[0])) for p, side in earlier.items() if side == "train"]
+    train += [("dotted/new_copy.jpg", 0), ("striped/new_copy.jpg", 2)]
+    test = [(p, classes.index(p.split("/")[0])) for p, side in earlier.items() if side == "test"]
+    split = Split(classes, sorted(train, key=lambda t: (t[1], t[0])), sorted(test, key=lambda t: (t[1], t[0])))
+    check = check_leaks(split, root, progress=False)
+    assert {(x.train, x.test) for x in check.leaks} == {("dotted/new_copy.jpg", "dotted/dotted_0000.jpg"),
+                                                       ("striped/new_copy.jpg", "striped/striped_0004.jpg"),
+                                                       ("striped/old_train_copy.jpg", "striped/striped_0004.jpg")}
+    settled = settle_leaks(split, check, root, earlier)
+    sides = settled.sides()
+    assert sides["dotted/dotted_0000.jpg"] == "test" and sides["dotted/new_copy.jpg"] == "test"  # joined it
+    # striped_0004 has an old copy in train: it goes there, and the new copy with it.
+    assert sides["striped/striped_0004.jpg"] == "train" and sides["striped/new_copy.jpg"] == "train"
+    assert check_leaks(settled, root, progress=False).leaks == []
+    assert settled.moved == ["striped/striped_0004.jpg"]
+    # Without an earlier split (a first run, --resplit) every test image of a pair goes to train.
+    plain = settle_leaks(split, check, root)
+    assert plain.sides()["dotted/dotted_0000.jpg"] == "train" and plain.sides()["dotted/new_copy.jpg"] == "train"
+
+
+def test_stage1_rerun_keeps_an_earlier_test_image_that_a_new_photo_copies(originals: Path, tmp_path: Path) -> None:
+    images = tmp_path / "images" / "ds"
+    shutil.copytree(originals, images)
+    run_script("1_prepareData.py", "--set", "datasetName=ds", data_dir=tmp_path)
+    split_file = tmp_path / "proc" / "ds" / "split.json"
+    first = Split.from_json(json.loads(split_file.read_text()))
+    test_image = next(p for p, _ in first.test if p.startswith("leopard/"))
+    for n in range(3):  # copies from other sites; some of them the split gives to train
+        _copy(images / test_image, images / "leopard" / f"web_{n}.jpg", 0.5 + 0.1 * n, 50 + 10 * n)
+    out = run_script("1_prepareData.py", "--set", "datasetName=ds", data_dir=tmp_path).stdout
+    again = Split.from_json(json.loads(split_file.read_text()))
+    assert {p for p, _ in again.test} >= {p for p, _ in first.test}, out  # no earlier test image left test
+    assert all(again.sides()[f"leopard/web_{n}.jpg"] == "test" for n in range(3))
+    # 8 leopard images now: 2 of them test images, so one new copy went to test and two to train.
+    assert "moved 0 test image(s) with a same-class near duplicate in train to train; 2 new image(s) joined " in out, out
+
+
 def test_leakage_check_finds_a_mirrored_copy_across_the_split(originals: Path, tmp_path: Path) -> None:
     """A copy flipped left-right (and recompressed) is far from its original by dhash, and the
     more of a leak with run_boFlipAverage, which scores every image with its mirror image."""

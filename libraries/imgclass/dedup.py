@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import shutil
 from collections import defaultdict
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -437,6 +437,7 @@ class LeakCheck:
     threshold: int
     typical_distance: float | None
     lookalike_classes: list[str] = field(default_factory=list)  # classes whose own images look alike (looks_alike)
+    hashes: dict[str, MirroredHash] = field(default_factory=dict, repr=False)  # of every image that decoded, by path
 
     @property
     def lookalike_note(self) -> str | None:
@@ -450,19 +451,26 @@ class LeakCheck:
 
 
 def check_leaks(
-    split: Split, images_dir: str | Path, threshold: int = DEFAULT_THRESHOLD, workers: int = 2, progress: bool = True
+    split: Split, images_dir: str | Path, threshold: int = DEFAULT_THRESHOLD, workers: int = 2, progress: bool = True,
+    known: Mapping[str, MirroredHash] | None = None,
 ) -> LeakCheck:
     """Near-duplicate (train, test) pairs: the same photo on both sides lets the model score a test
-    image by memory, so the test accuracy overstates how it does on new photos."""
+    image by memory, so the test accuracy overstates how it does on new photos. `known`: hashes of
+    an earlier check of the same images (LeakCheck.hashes), to check another split of them again."""
     images_dir = Path(images_dir)
     train = [p for p, _ in split.train]
     test = [p for p, _ in split.test]
-    hashes, _ = hash_files([images_dir / p for p in train + test], workers=workers, progress=progress, with_mirror=True)
+    known = known or {}
+    todo = [p for p in train + test if p not in known]
+    fresh, _ = hash_files([images_dir / p for p in todo], workers=workers, progress=progress and bool(todo),
+                          with_mirror=True)
+    by_path = {**known, **{p: h for p, h in zip(todo, fresh) if h is not None}}
+    hashes = [by_path.get(p) for p in train + test]
     # Files that do not decode were excluded by make_split already; skip any that fail now.
     tr = [i for i in range(len(train)) if hashes[i] is not None]
     te = [i for i in range(len(test)) if hashes[len(train) + i] is not None]
     if not tr or not te:
-        return LeakCheck([], threshold, None)
+        return LeakCheck([], threshold, None, hashes=by_path)
     bits_tr, bits_te = hash_bits([hashes[i].plain for i in tr]), hash_bits([hashes[len(train) + i].plain for i in te])
     # A test image flipped left-right from a training image is as much a leak (more so with
     # run_boFlipAverage, which scores each image with its mirror): compared with the mirrors too.
@@ -479,12 +487,12 @@ def check_leaks(
         leaks.append(Leak(a, b, d, labels_tr[a] == labels_te[b], mirrored))
     # Only pairs need judging (the notes are about them): no pass over the hashes when there are none.
     if not leaks:
-        return LeakCheck(leaks, threshold, None)
+        return LeakCheck(leaks, threshold, None, hashes=by_path)
     every = np.concatenate([bits_tr, bits_te])
     label_of = np.array([labels_tr[train[i]] for i in tr] + [labels_te[test[i]] for i in te])
     with_pairs = sorted({labels_te[leak.test] for leak in leaks if leak.same_class})
     alike = [split.classes[y] for y in with_pairs if looks_alike(every[label_of == y], threshold)]
-    return LeakCheck(leaks, threshold, typical_distance(every, threshold), alike)
+    return LeakCheck(leaks, threshold, typical_distance(every, threshold), alike, hashes=by_path)
 
 
 def write_leaks(path: str | Path, leaks: Sequence[Leak]) -> Path:
@@ -510,30 +518,70 @@ def depleted_test_classes(before: Split, after: Split, share: float = 0.5) -> li
     return out
 
 
-def keep_leaks_in_train(split: Split, leaks: Sequence[Leak]) -> Split:
+def keep_leaks_in_train(split: Split, leaks: Sequence[Leak], earlier: Mapping[str, str] | None = None) -> Split:
     """The split with every leaking test image moved to the training set.
 
     Moving to train rather than dropping keeps every labelled photo in use; the test set then holds
-    only photos with no near copy among the training images."""
+    only photos with no near copy among the training images. `earlier`: the images' sides in the
+    split stage 1 kept (data.earlier_sides); copies of a test image of that split that are new since
+    (no earlier training image among them) are settled the other way: they join it in test, so that
+    photos added weeks later do not take test images out of a test set that results are compared on
+    (the caller checks again, since one joining may have a copy in train it was not compared with:
+    `settle_leaks`)."""
     # Only same-class copies move: a copy under another label is a labelling error to fix, not a
     # reason to reshape the split. And each class keeps at least one test image, so the move can
     # never leave a class (or the whole test set) untested.
+    earlier = earlier or {}
+    # Copies are settled group by group (the pairs joined through shared images): a group with an
+    # earlier test image and no earlier training image goes to test whole, the others as before.
+    same = [leak for leak in leaks if leak.same_class]
+    names = sorted({p for leak in same for p in (leak.train, leak.test)})
+    index = {p: i for i, p in enumerate(names)}
+    groups = _groups(len(names), [(index[leak.train], index[leak.test], 0) for leak in same])
+    to_test = {names[i] for g in groups if any(earlier.get(names[i]) == "test" for i in g)
+               and not any(earlier.get(names[i]) == "train" for i in g) for i in g}
+
+    def joins(leak: Leak) -> bool:
+        return leak.test in to_test
+
     test_left = {y: sum(1 for _, t in split.test if t == y) for y in range(len(split.classes))}
     labels_te = dict(split.test)
     leaving: set[str] = set()
     for leak in leaks:
-        if not leak.same_class or leak.test in leaving:
+        if not leak.same_class or leak.test in leaving or joins(leak):
             continue
         y = labels_te[leak.test]
         if test_left[y] > 1:
             leaving.add(leak.test)
             test_left[y] -= 1
-    if not leaving:
+    joining = {leak.train for leak in same if joins(leak)}
+    if not leaving and not joining:
         return split
     moved = [(p, y) for p, y in split.test if p in leaving]
+    joined = [(p, y) for p, y in split.train if p in joining]
     # Recorded, so that a later stage 1 checks them again instead of keeping them in train for good.
-    return replace(split, train=sorted(split.train + moved, key=lambda t: (t[1], t[0])),
-                   test=[(p, y) for p, y in split.test if p not in leaving], moved=sorted(set(split.moved) | leaving))
+    return replace(split, train=sorted([t for t in split.train if t[0] not in joining] + moved, key=lambda t: (t[1], t[0])),
+                   test=sorted([t for t in split.test if t[0] not in leaving] + joined, key=lambda t: (t[1], t[0])),
+                   moved=sorted(set(split.moved) | leaving))
+
+
+def settle_leaks(split: Split, check: LeakCheck, images_dir: str | Path, earlier: Mapping[str, str] | None = None,
+                 workers: int = 2) -> Split:
+    """keep_leaks_in_train with the pairs `check` may move, then checked again (with its hashes, so
+    no image is decoded twice) until no pair is left to move: a new image that joined its copy in
+    test may have another copy in train, and then goes back, its test copy with it."""
+    start = split
+    split = keep_leaks_in_train(split, check.movable(split), earlier)
+    for _ in range(len(split.test) + 1):  # each round after the first only moves test images to train
+        again = check_leaks(split, images_dir, check.threshold, workers, progress=False, known=check.hashes)
+        after = keep_leaks_in_train(split, again.movable(split))
+        if after.sides() == split.sides():
+            break
+        split = after
+    # `moved` holds the test images the check took out of test, for the next run to check again: not a
+    # new image that joined test and went back (its side before the check was train).
+    was = start.sides()
+    return replace(split, moved=[p for p in split.moved if was.get(p) != "train"])
 
 
 __all__ = [
@@ -547,6 +595,7 @@ __all__ = [
     "typical_distance",
     "write_leaks",
     "keep_leaks_in_train",
+    "settle_leaks",
     "DEFAULT_THRESHOLD",
     "DUPLICATES_FOLDER",
     "HASH_SIZE",
