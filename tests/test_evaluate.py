@@ -270,7 +270,7 @@ def test_a_class_without_test_images_and_a_majority_accuracy_are_said() -> None:
     assert m["class_averaged_accuracy"] == 1.0  # of "ok" alone, which the table and a note now say
     assert format_table(m).splitlines()[-1].endswith("(over 1 of 2 classes)")
     assert few_test_images_notes(m)[0].startswith("no test image of defect: not measured at all, and the "
-                                                  "class-averaged accuracy and AUC are of the other 1 classes only")
+                                                  "class-averaged accuracy and AUC are of the other class only")
     # 30 "ok" and 4 "defect", every image answered "ok": 88% overall is the majority's share.
     labels = np.array([0] * 30 + [1] * 4)
     m = {**compute_metrics(np.eye(2)[np.zeros(34, dtype=int)], labels, ["ok", "defect"]), "classifier": "svm"}
@@ -278,6 +278,10 @@ def test_a_class_without_test_images_and_a_majority_accuracy_are_said() -> None:
                                 "these images (30 of 34): read the class-averaged accuracy (50.00%), and consider "
                                 "svm_boBalanceClasses = True")
     assert majority_note(m, balanced=True).endswith("(50.00%)")
+    # Equal classes and a weak model: true, but balancing would not help, so not suggested.
+    equal = np.repeat([0, 1], 10)
+    weak = compute_metrics(np.eye(2)[np.zeros(20, dtype=int)], equal, ["ok", "defect"])
+    assert majority_note(weak).endswith("read the class-averaged accuracy (50.00%)")
     good = compute_metrics(np.eye(2)[labels], labels, ["ok", "defect"])
     assert majority_note(good) is None and format_table(good).splitlines()[-1].endswith("1.0000")
 

@@ -224,8 +224,9 @@ def few_test_images_notes(metrics: dict[str, Any], side: str = "test") -> list[s
     notes = []
     none = [c for c, v in metrics["per_class"].items() if v["n"] == 0]
     if none:
+        others = len(metrics["per_class"]) - len(none)
         notes.append(f"no {side} image of {', '.join(none)}: not measured at all, and the class-averaged accuracy "
-                     f"and AUC are of the other {len(metrics['per_class']) - len(none)} classes only"
+                     f"and AUC are of the other {'class' if others == 1 else f'{others} classes'} only"
                      + ("; add images of it (stage 1 then gives it test images)" if side == "test" else ""))
     few = [f"{c} ({v['n']})" for c, v in metrics["per_class"].items() if 0 < v["n"] < FEW_TEST_IMAGES]
     if few:
@@ -242,11 +243,14 @@ def majority_note(metrics: dict[str, Any], balanced: bool = False) -> str | None
     counts = {c: v["n"] for c, v in metrics["per_class"].items()}
     total = sum(counts.values())
     largest = max(counts, key=lambda c: counts[c])
-    if total == 0 or sum(1 for n in counts.values() if n) < 2 or metrics["overall_accuracy"] > counts[largest] / total:
+    present = [n for n in counts.values() if n]
+    if len(present) < 2 or metrics["overall_accuracy"] > counts[largest] / total:
         return None
+    # Balancing is worth a try where the classes differ in size; with equal ones the model is just weak.
+    unequal = max(present) >= 2 * min(present) and not balanced
     return (f"the overall accuracy ({100 * metrics['overall_accuracy']:.2f}%) is no more than always answering "
             f"{largest} would score on these images ({counts[largest]} of {total}): read the class-averaged accuracy "
-            f"({100 * metrics['class_averaged_accuracy']:.2f}%)" + ("" if balanced else ", and consider " + (
+            f"({100 * metrics['class_averaged_accuracy']:.2f}%)" + ("" if not unequal else ", and consider " + (
                 "rf_boBalanceTrainingSet = True" if metrics.get("classifier") == "dnn" else "svm_boBalanceClasses = True")))
 
 
