@@ -4,7 +4,9 @@ classifier = "svm": the ImageNet-pretrained backbone as is (a fixed featurizer).
 classifier = "dnn" / "svmDnnRefined": refine the network on the training set (Part 2): a new last
 layer with one output per class, then the whole network (or only that layer, rf_boFreezeWeights)
 trained for rf_maxEpochs on augmented training images. The test error is printed per epoch but
-chooses nothing. A checkpoint after every epoch lets `--resume` continue an interrupted run.
+chooses nothing. A checkpoint after every epoch lets `--resume` continue an interrupted run. A
+network refined already with the same settings on the same split (by the other of dnn and
+svmDnnRefined, which share it) is kept, not refined again (--restart does).
 """
 
 import time
@@ -28,7 +30,8 @@ parser = stage_parser(
 parser.add_argument("--resume", action="store_true",
                     help="continue an interrupted refinement from proc/<datasetName>/refine_checkpoint.pt")
 parser.add_argument("--restart", action="store_true",
-                    help="start the refinement afresh, deleting the checkpoint of an interrupted one")
+                    help="start the refinement afresh, deleting the checkpoint of an interrupted one; or refine again "
+                         "a network refined already with the same settings on the same split (otherwise kept)")
 
 
 def _counted(n: int, cap: int) -> str:
@@ -51,6 +54,19 @@ def _replacing_note(model_path: Path, settings: dict) -> str:
             f"svmDnnRefined: the classifier that used it needs stages 3-5 again, or these values back")
 
 
+def _already_refined(model_path: Path, settings: dict, split: str) -> dict | None:
+    """What stage 2 stored in `model_path` when it is a refinement with these `settings` on this split
+    (its split.json hash), else None. dnn and svmDnnRefined share the refined network: stage 2 for the
+    second must not refine it again (the file would change, and with it every result made from it)."""
+    if not model_path.is_file():
+        return None
+    try:
+        extra = load_model_extra(model_path)
+    except (ValueError, OSError):
+        return None
+    return extra if extra.get("split_hash") == split and extra.get("params") == settings else None
+
+
 def main() -> int:
     args, p = parse_stage(parser)
     if args.resume and args.restart:
@@ -65,6 +81,23 @@ def main() -> int:
 
     split = load_split(p.split_path, p.images_dir)
     config = RefineConfig.from_params(p)
+    checkpoint = p.proc_dir / "refine_checkpoint.pt"
+    curves_json = p.results_dir / "training_curves.json"
+    curves_png = p.results_dir / "training_curves.png"
+    title = f"{p.datasetName} / {p.classifier}: error per epoch"
+    done = None if args.restart or args.resume or checkpoint.is_file() else \
+        _already_refined(p.model_path, config.settings(), split_hash(p.split_path))
+    if done is not None:
+        took = f", {done['seconds']:.0f} s on {done.get('device', '?')}" if "seconds" in done else ""
+        print(f"{p.model_path.name} is refined already with these settings on this split{took}: nothing to refine "
+              f"(dnn and svmDnnRefined share it; refined again, it would change under the other classifier's "
+              f"results); --restart refines it anew")
+        if "history" in done:  # this classifier's copy of the curves, of this network (not an older one)
+            saved = {k: done[k] for k in ("saved_test_error", "saved_as") if k in done}
+            write_json(curves_json, {**done["history"], **saved})
+            plot_history(History.from_json(done["history"]), curves_png, title=title, **saved)
+            print(f"wrote {curves_json} and {curves_png} (from {p.model_path.name})")
+        return 0
     refiner = Refiner(config, split.classes, spill_dir=p.proc_dir)  # decoded images beyond memory go there
     what = "only the new last layer" if config.freeze_weights else "the whole network"
     balanced = " (balanced: each class drawn as often as the largest, rf_boBalanceTrainingSet)" \
@@ -80,7 +113,6 @@ def main() -> int:
         print(f"note: {note}")
     if note := _replacing_note(p.model_path, config.settings()):
         print(f"note: {note}")
-    checkpoint = p.proc_dir / "refine_checkpoint.pt"
     if checkpoint.is_file() and not args.resume:
         if not args.restart:  # the first epoch would overwrite the interrupted run's progress
             raise ValueError(f"{checkpoint} holds an interrupted refinement (stopped or failed): add --resume to "
@@ -88,12 +120,9 @@ def main() -> int:
         checkpoint.unlink()
     elif args.resume and not checkpoint.is_file():
         print(f"--resume: no checkpoint ({checkpoint}), so the refinement starts from the first epoch")
-    curves_json = p.results_dir / "training_curves.json"
-    curves_png = p.results_dir / "training_curves.png"
     # While it trains, the curves go to files of their own: an interrupted run must not replace the
     # curves of the finished run whose model is still the one stages 3-5 use.
     running = [curves_json.with_name("training_curves_running.json"), curves_png.with_name("training_curves_running.png")]
-    title = f"{p.datasetName} / {p.classifier}: error per epoch"
 
     def save_curves(history: History, saved: dict | None = None, files: list[Path] = running) -> None:
         write_json(files[0], {**history.to_json(), **(saved or {})})
@@ -108,7 +137,8 @@ def main() -> int:
                extra={"history": refiner.history_.to_json(),
                       "split_hash": split_hash(p.split_path),  # stage 3 refuses it with another split
                       "params": config.settings(),  # and with other settings
-                      "device": device_name(refiner.device), "seconds": round(seconds, 1)})
+                      "device": device_name(refiner.device), "seconds": round(seconds, 1),
+                      "saved_test_error": refiner.saved_test_error_, "saved_as": refiner.saved_as_})
     save_curves(refiner.history_, {"saved_test_error": refiner.saved_test_error_, "saved_as": refiner.saved_as_},
                 [curves_json, curves_png])
     for f in (checkpoint, *running):  # the finished model and its curves supersede them

@@ -130,6 +130,16 @@ def test_refined_classifiers_run_stages_2_to_5_without_overwriting_each_other(pi
     probs = [sum(float(v) for v in r.split("\t")[-3:]) for r in rows[1:]]
     assert len(probs) == 6 and all(abs(s - 1.0) < 1e-4 for s in probs)  # the network's class probabilities
 
+    # svmDnnRefined with dnn's settings: the same network, kept. Refined again, the file changed under
+    # dnn's results (stage 6 then left dnn's metrics out of its bundle, as of another model).
+    model_bytes = (proc / "model_refined.pt").read_bytes()
+    same = [*SMALL, *REFINE, "--set", "classifier=svmDnnRefined", "--set", "rf_maxEpochs=2"]
+    out = run_script("2_refineDNN.py", *same, data_dir=pipeline_dir).stdout
+    assert "model_refined.pt is refined already with these settings on this split" in out, out
+    assert "epoch   1/2" not in out and (proc / "model_refined.pt").read_bytes() == model_bytes
+    copied = json.loads((results / "svmDnnRefined" / "training_curves.json").read_text())
+    assert copied["epoch"] == [1, 2] and copied["saved_test_error"] == curves["saved_test_error"]
+
     # svmDnnRefined: refine again (1 epoch), then an SVM on the refined features.
     sdr = [*SMALL, *REFINE, "--set", "classifier=svmDnnRefined", "--set", "rf_maxEpochs=1"]
     for script in ("2_refineDNN.py", "3_runDNN.py", "4_trainSVM.py", "5_evaluate.py"):
