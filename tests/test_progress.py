@@ -81,3 +81,43 @@ def test_a_terminal_still_gets_a_live_bar() -> None:
 
 def test_tqdm_mininterval_in_the_environment_wins() -> None:
     assert len(_draws("imgclass.progress", "progress_bar", env={"TQDM_MININTERVAL": "0.1"})) >= 10
+
+
+SWALLOWED = """
+import signal
+from imgclass.cli import run_stage
+from imgclass.progress import progress_bar
+
+
+class Collected:
+    def __del__(self) -> None:  # Ctrl-C arriving in a garbage collector's callback: Python swallows it
+        signal.raise_signal(signal.SIGINT)
+
+
+def main() -> int:
+    for i in progress_bar(range(5), disable=True):
+        if i == 1:
+            Collected()
+        print("step", i, flush=True)
+    print("finished")
+    return 0
+
+
+run_stage(main)
+"""
+
+
+def test_a_ctrl_c_python_swallows_still_stops_the_stage() -> None:
+    """A refinement ran to its end once after Ctrl-C ("Exception ignored in: ... KeyboardInterrupt"):
+    the interrupt is remembered and raised again at the loop's next step."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as a terminal starts a command
+    try:
+        proc = subprocess.run([sys.executable, "-c", SWALLOWED], capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "IMGCLASS_TRACKING": "0"})
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert "Exception ignored" in proc.stderr  # Python's own report: the interrupt was swallowed there
+    assert proc.returncode == 130 and "step 1" in proc.stdout and "step 2" not in proc.stdout, proc.stdout + proc.stderr
+    assert "finished" not in proc.stdout and "interrupted:" in proc.stderr

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from imgclass.params import ParameterError, Params, load_params, parse_overrides
+from imgclass.progress import remember_interrupts
 
 
 def stage_parser(description: str, reads: str, writes: str) -> argparse.ArgumentParser:
@@ -80,6 +81,7 @@ def run_stage(main: Callable[[], int | None], user_errors: tuple[type[BaseExcept
 
     global _started
     started = _started = time.time()
+    remember_interrupts()  # a Ctrl-C Python swallows still stops the stage at its next progress step
     try:
         code = main()
     except (*USER_ERRORS, WeightsUnavailableError, *user_errors) as e:

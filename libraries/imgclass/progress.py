@@ -9,20 +9,51 @@ Jupyter keeps tqdm's own widget. `TQDM_MININTERVAL` in the environment overrides
 from __future__ import annotations
 
 import os
+import signal
 import sys
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from tqdm.auto import tqdm
 
 LOG_INTERVAL_S = 30.0  # seconds between redraws when the output is not a terminal
 
+# Ctrl-C raises KeyboardInterrupt wherever Python happens to be; inside a garbage collector's callback
+# (a weakref's, during a training step) Python prints "Exception ignored in ..." and goes on: a
+# refinement ran to its end after one. The handler below also remembers the Ctrl-C, and every loop
+# that shows a progress bar raises it again at its next step.
+_INTERRUPTED = threading.Event()
+
+
+def _on_sigint(signum: int, frame: Any) -> None:
+    _INTERRUPTED.set()
+    raise KeyboardInterrupt
+
+
+def remember_interrupts() -> None:
+    """Install the handler (a stage does, at its start): only where Ctrl-C raises KeyboardInterrupt now,
+    in the main thread (a process started in the background ignores SIGINT, and keeps ignoring it)."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _on_sigint)
+
+
+class _Stoppable(tqdm):  # type: ignore[misc,valid-type]
+    """tqdm whose iteration stops with KeyboardInterrupt once a Ctrl-C was remembered."""
+
+    def __iter__(self) -> Iterator[Any]:
+        for item in super().__iter__():
+            if _INTERRUPTED.is_set():
+                raise KeyboardInterrupt
+            yield item
+
 
 def progress_bar(iterable: Iterable[Any] | None = None, **kwargs: Any) -> tqdm:
-    """tqdm(iterable, **kwargs), redrawn at most every LOG_INTERVAL_S when its stream is no terminal."""
+    """tqdm(iterable, **kwargs), redrawn at most every LOG_INTERVAL_S when its stream is no terminal;
+    iterating it raises KeyboardInterrupt after a Ctrl-C that Python swallowed (remember_interrupts)."""
     if "mininterval" not in kwargs and "TQDM_MININTERVAL" not in os.environ and _writes_to_a_log(kwargs.get("file")):
         kwargs["mininterval"] = LOG_INTERVAL_S
-    return tqdm(iterable, **kwargs)
+    return _Stoppable(iterable, **kwargs)
 
 
 # tqdm.auto chose its Jupyter widget (it does so in a running kernel only; a test or script that
