@@ -34,6 +34,10 @@ def main() -> int:
     check_model_settings(made_with, p, p.model_path.name)
     refined_with: dict = {}
     if spec.kind == "refined":
+        if (pending := p.proc_dir / "refine_checkpoint.pt").is_file():
+            # Stage 2 was stopped (Ctrl-C, out of memory) half-way: the network here is the earlier one.
+            print(f"note: {pending.name} holds an interrupted refinement; this uses the last finished one, "
+                  f"{p.model_path.name}: to use the new one, finish it first (scripts/2_refineDNN.py --resume)")
         extra = load_model_extra(p.model_path)
         check_model_split(p.model_path, extra.get("split_hash", ""), p.split_path)
         refined_with = extra.get("params", {})  # model files written before 2026-11-30 do not say: not checked

@@ -307,6 +307,10 @@ def test_an_interrupted_refinement_leaves_the_finished_runs_curves(pipeline_dir:
     assert json.loads((results / "training_curves_running.json").read_text())["epoch"][0] == 1
     assert (results / "training_curves_running.png").is_file()
     assert (data / "proc" / "fashionTextureDemo" / "refine_checkpoint.pt").is_file()
+    # Stage 3 now featurizes with the finished run's network: said, with the way to the new one.
+    out = run_script("3_runDNN.py", *dnn, "--set", "rf_maxEpochs=1", data_dir=data).stdout
+    assert ("note: refine_checkpoint.pt holds an interrupted refinement; this uses the last finished one, "
+            "model_refined.pt: to use the new one, finish it first (scripts/2_refineDNN.py --resume)") in out, out
 
 
 def test_the_interrupt_message_says_how_to_continue(capsys: pytest.CaptureFixture[str]) -> None:
