@@ -84,3 +84,21 @@ def test_deploy_runs_or_says_what_is_missing(tracked_demo: Path, monkeypatch: py
     else:
         assert "service up at http://127.0.0.1:" in text and "(multipart)" in text and "(JSON)" in text
         assert "service stopped" in text
+
+
+def test_notebooks_take_the_data_set_and_classifier_of_the_parameters_file(tracked_demo: Path, tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The parameters cell said datasetName = "fashionTextureDemo", which won over IMGCLASS_PARAMS and
+    PARAMETERS.py: a user's own data set's results were "not found: run scripts/5_evaluate.py first"."""
+    import shutil
+
+    data = tmp_path / "data"
+    for part in ("images", "results"):  # the demo's results, as another data set's
+        shutil.copytree(tracked_demo / part / DS, data / part / "myShirts")
+    params = tmp_path / "myShirts.py"
+    params.write_text('datasetName = "myShirts"\nclassifier = "svm"\n')
+    monkeypatch.setenv("IMGCLASS_PARAMS", str(params))
+    text = _texts(run_notebook("showResults.ipynb", data, monkeypatch))
+    assert "6 test images of myShirts scored by svm" in text, text
+    text = _texts(run_notebook("showImages.ipynb", data, monkeypatch))
+    assert f"data set: {data / 'images' / 'myShirts'}" in text, text
