@@ -14,7 +14,7 @@ from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.data import load_split, since_split_notes
 from imgclass.features import FeatureCache, Featurizer, device_name
 from imgclass.featureset import FeatureSet
-from imgclass.modelfile import load_model, load_model_extra
+from imgclass.modelfile import load_model, load_model_extra, spec_settings
 from imgclass.provenance import StaleFilesError, check_model_settings, check_model_split, features_source, split_hash
 
 parser = stage_parser(
@@ -30,7 +30,7 @@ def main() -> int:
     for note in since_split_notes(split, p.images_dir, p.split_path):
         print(f"note: {note}")
     model, spec = load_model(p.require_model())
-    made_with = {"rf_pretrainedModel": spec.backbone, "rf_inputResolution": spec.resolution, "rf_resizeMode": spec.resize_mode}
+    made_with = spec_settings(spec)
     check_model_settings(made_with, p, p.model_path.name)
     refined_with: dict = {}
     if spec.kind == "refined":

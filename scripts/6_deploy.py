@@ -44,9 +44,10 @@ def main() -> int:
         do_not_track()
     else:
         from imgclass.export import export_bundle
-        from imgclass.provenance import trained_classifier
+        from imgclass.provenance import check_trained_settings, trained_classifier
 
         model, svm, flip = trained_classifier(p)
+        check_trained_settings(p, model, svm)  # the run history records this deployment under the parameters
         print(f"exporting {p.classifier} of {p.datasetName} (mirror averaging {'on' if flip else 'off'}) ...")
         bundle = export_bundle(
             model,

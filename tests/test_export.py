@@ -90,15 +90,15 @@ def test_stage4_rerun_without_stage5_leaves_the_old_metrics_out(pipeline: tuple[
     old = json.loads(metrics_file.read_text())
     assert old["provenance"]["svm_file_hash"] and old["provenance"]["features_source"]
     other_c = 100.0 if old["svm_C"] != 100.0 else 1e-4
-    run_script("4_trainSVM.py", *SMALL, "--set", f"svm_CVals=[{other_c}]", data_dir=data)
+    again = ("--set", f"svm_CVals=[{other_c}]")  # as stage 4 had it: stages 5 and 6 refuse an SVM of other settings
+    run_script("4_trainSVM.py", *SMALL, *again, data_dir=data)
     assert LinearSvm.load(data / "proc" / DS / "svm_fixed.npz").C_ == other_c
-    out = run_script("6_deploy.py", *SMALL, "--no-serve", data_dir=data).stdout
+    out = run_script("6_deploy.py", *SMALL, *again, "--no-serve", data_dir=data).stdout
     info = json.loads((data / "deploy" / DS / "svm" / "bundle.json").read_text())
     assert info["metrics"] is None, "the bundle carries the metrics of an earlier SVM"
     assert "metrics.json evaluated an earlier svm_fixed.npz" in info["metrics_left_out"]
     assert "test metrics left out" in out and "run scripts/5_evaluate.py" in out
     # Stage 5 on the new SVM: its metrics go in again.
-    again = ("--set", f"svm_CVals=[{other_c}]")  # as stage 4 had it: stage 5 refuses an SVM of other settings
     run_script("5_evaluate.py", *SMALL, *again, data_dir=data)
     run_script("6_deploy.py", *SMALL, *again, "--no-serve", data_dir=data)
     info = json.loads((data / "deploy" / DS / "svm" / "bundle.json").read_text())

@@ -194,6 +194,13 @@ def test_results_are_not_credited_to_a_network_that_was_not_used(pipeline_dir: P
     proc = run_script("4_trainSVM.py", *SMALL, "--set", "rf_resizeMode=pad", data_dir=pipeline_dir, check=False)
     assert proc.returncode == 1 and "features_fixed_train.npz was made with rf_resizeMode = 'crop'" in proc.stderr
     assert svm.read_bytes() == svm_before  # refused before an SVM was written
+    # Stage 6 too: it exported the 96 px model, and the run history credited it to 128 px.
+    proc = run_script("6_deploy.py", *SMALL, "--no-serve", "--set", "rf_inputResolution=128", data_dir=pipeline_dir,
+                      check=False)
+    assert proc.returncode == 1 and "model_fixed.pt was made with rf_inputResolution = 96" in proc.stderr, proc.stderr
+    assert "exporting" not in proc.stdout
+    proc = run_script("6_deploy.py", *SMALL, "--no-serve", "--set", "svm_cvFolds=4", data_dir=pipeline_dir, check=False)
+    assert proc.returncode == 1 and "svm_fixed.npz was made with svm_cvFolds = 3" in proc.stderr, proc.stderr
     assert metrics.read_bytes() == before
     m = json.loads(before)
     assert (m["backbone"], m["resolution"]) == ("efficientnet_lite0", 96)

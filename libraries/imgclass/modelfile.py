@@ -115,13 +115,24 @@ def load_model(path: str | Path) -> tuple[torch.nn.Module, ModelSpec]:
     return model.eval(), spec
 
 
-def load_model_extra(path: str | Path) -> dict[str, Any]:
-    """What stage 2 stored beside the weights (the split it was refined on, its settings)."""
+def load_model_info(path: str | Path) -> tuple[ModelSpec, dict[str, Any]]:
+    """The spec of a model file and what stage 2 stored beside the weights (the split it was refined
+    on, its settings), without building the network."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-        json.loads(payload["spec_json"])  # every model file has its spec: without one, it is not ours
-        return json.loads(payload.get("extra_json", "{}"))
+        # every model file has its spec: without one, it is not ours
+        return ModelSpec.from_json(json.loads(payload["spec_json"])), json.loads(payload.get("extra_json", "{}"))
     except FileNotFoundError:
         raise
     except Exception as e:  # noqa: BLE001 - a damaged or foreign file gets one clear message
         raise ValueError(f"{path}: not a model file written by scripts/2_refineDNN.py ({e})") from e
+
+
+def load_model_extra(path: str | Path) -> dict[str, Any]:
+    """What stage 2 stored beside the weights (the split it was refined on, its settings)."""
+    return load_model_info(path)[1]
+
+
+def spec_settings(spec: ModelSpec) -> dict[str, Any]:
+    """The parameters a model file's spec answers to, by their PARAMETERS.py names."""
+    return {"rf_pretrainedModel": spec.backbone, "rf_inputResolution": spec.resolution, "rf_resizeMode": spec.resize_mode}

@@ -200,6 +200,21 @@ def trained_classifier(p: Params) -> tuple[Path, Path | None, bool]:
     return model, svm, flip_average_of_stage3(p.features_path("train"), p.run_boFlipAverage)
 
 
+def check_trained_settings(p: Params, model: Path, svm: Path | None) -> None:
+    """Raise StaleFilesError, as stages 3-5 do, when the model file or the SVM was made with other
+    settings than the parameters say now. For stage 6, which exported the model as it was while the
+    run history credited the deployment to the other values (rf_inputResolution = 96 for a 128 px
+    model); scoring new images (scoreImages.py, activeLearning.py) records nothing, and uses the
+    trained classifier whatever the parameters say now."""
+    from imgclass.modelfile import load_model_info, spec_settings
+    from imgclass.svm import LinearSvm
+
+    spec, extra = load_model_info(model)
+    check_model_settings({**spec_settings(spec), **extra.get("params", {})}, p, model.name)
+    if svm is not None:
+        check_model_settings(LinearSvm.load(svm).settings(), p, svm.name, rerun="scripts/4_trainSVM.py")
+
+
 def check_trained_on_split(p: Params) -> None:
     """Raise StaleFilesError when stage 1 ran again after stage 3 featurized the training images the
     classifier learned from: the parameters (and a tracked run) would then describe a split that the
