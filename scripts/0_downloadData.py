@@ -8,7 +8,7 @@
 from pathlib import Path
 
 from imgclass.cli import parse_stage, run_stage, stage_parser
-from imgclass.data import alike_class_notes, class_counts, loose_images_hint, other_datasets_hint
+from imgclass.data import alike_class_notes, class_counts, find_split_folders, loose_images_hint, other_datasets_hint
 from imgclass.download import download_images
 from imgclass.synthetic import generate_demo_dataset
 from imgclass.terminal import ljust, name_column
@@ -40,7 +40,9 @@ def main() -> int:
         # A label whose every URL failed has no folder: list it, or a whole missing class goes unseen.
         counts.update({label: 0 for label in report.failed_labels if label not in counts})
     elif any(counts.values()):
-        print(f"{out} already holds {len(counts)} class folder{'' if len(counts) == 1 else 's'}; nothing to do.")
+        n = len({k.rsplit("/", 1)[-1] for k in counts})  # (train/dotted and test/dotted: one class)
+        sides = " in train and test folders (split in advance)" if any("/" in k for k in counts) else ""
+        print(f"{out} already holds {n} class folder{'' if n == 1 else 's'}{sides}; nothing to do.")
     elif p.datasetName == DEMO_DATASET:
         print(f"Generating the SYNTHETIC demo data set in {out} (drawn garments, not photographs).")
         print("To use your own photos: put them in DATA_DIR/images/<name>/<class>/ and set datasetName.")
@@ -60,10 +62,13 @@ def main() -> int:
     for note in alike_class_notes(list(counts)):  # a list's "Dotted" beside the folder dotted/
         print(f"note: {note}")
     # Said here, where the folders are listed, rather than first by stage 1's error.
-    if empty := [c for c, n in counts.items() if n == 0 and not (urls and c in report.failed_labels)]:
+    # (A test folder's class may be empty in a data set split in advance: stage 1 only notes it.)
+    test_side = f"{folders[1].name}/" if (folders := find_split_folders(out)) else None
+    if empty := [c for c, n in counts.items() if n == 0 and not (urls and c in report.failed_labels)
+                 and not (test_side and c.startswith(test_side))]:
         print(f"note: no image files in {', '.join(empty)}: stage 1 needs an image in every class folder "
               "(add photos, or remove the folder)")
-    if len(counts) == 1:
+    if len({k.rsplit("/", 1)[-1] for k in counts}) == 1:
         print("note: one class folder only: stage 1 needs two or more (one sub-folder of photos per class)")
     print(f"images: {out}")
     return 0

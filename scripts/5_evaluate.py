@@ -3,7 +3,7 @@
 import datetime
 
 from imgclass.cli import parse_stage, run_stage, stage_parser
-from imgclass.data import load_split, since_split_notes
+from imgclass.data import load_split, since_split_notes, test_image_hint
 from imgclass.evaluate import (compute_metrics, few_test_images_notes, format_confusions, format_table, majority_note,
                                plot_confusion, plot_roc, write_browser, write_predictions)
 from imgclass.featureset import FeatureSet
@@ -72,8 +72,9 @@ def main() -> int:
     if mistakes := format_confusions(metrics):
         print(mistakes)
     balanced = p.rf_boBalanceTrainingSet if p.classifier == "dnn" else p.svm_boBalanceClasses
-    notes = [*few_test_images_notes(metrics, side), *filter(None, [majority_note(metrics, balanced)]),
-             *since_split_notes(load_split(p.split_path), p.images_dir, p.split_path)]
+    split = load_split(p.split_path)
+    notes = [*few_test_images_notes(metrics, side, test_image_hint(split)), *filter(None, [majority_note(metrics, balanced)]),
+             *since_split_notes(split, p.images_dir, p.split_path)]
     for note in notes:
         print(f"note: {note}")
     print(f"results in {out}: metrics{suffix}.json, roc{suffix}.png, confusion{suffix}.png, "

@@ -111,6 +111,27 @@ def test_images_outside_the_class_folders_are_named_as_left_out(color_dataset: P
             write_image(tmp_path / side / c / "0.jpg", (90, 90, 90))
     write_image(tmp_path / "train" / "loose.png", (1, 2, 3))
     assert make_split(tmp_path).excluded == [("train/loose.png", "not in a class sub-folder")]
+    # Beside train/ and test/ nothing is read: photos dropped there, and other folders, are named.
+    write_image(tmp_path / "new.jpg", (4, 4, 4))
+    write_image(tmp_path / "cat" / "more.jpg", (4, 4, 4))
+    s = make_split(tmp_path)
+    assert ("new.jpg", "not in a class sub-folder") in s.excluded and "(cat/ not used)" in s.method
+
+
+def test_how_to_give_a_class_test_images_follows_the_split_rule(tmp_path: Path) -> None:
+    """Adding photos to the class folder gives a class test images only in a random split."""
+    from imgclass.data import test_image_hint
+
+    folders = Split(["a"], [("train/a/0.jpg", 0)], [], method="folders train/ test/")
+    assert test_image_hint(folders).startswith("put some of its photos in test/<class>/")
+    assert test_image_hint(Split(["a"], [], [], method="dedicatedTestImages.tsv")).startswith("list some of its images in")
+    assert "a second sub-folder" in test_image_hint(Split(["a"], [], [], method="subdir"))
+    assert test_image_hint(Split(["a"], [], [], method="random")).startswith("add images")
+    for c in ("cat", "dog"):
+        write_image(tmp_path / "train" / c / "0.jpg", (90, 90, 90))
+    write_image(tmp_path / "test" / "cat" / "0.jpg", (90, 90, 90))
+    note = next(n for n in balance_notes(make_split(tmp_path)) if n.startswith("no test image: dog;"))
+    assert note.endswith("put some of its photos in test/<class>/ (the test side of a split made in advance)")
 
 
 def test_a_missing_data_set_names_the_one_probably_meant(tmp_path: Path) -> None:

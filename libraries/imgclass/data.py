@@ -246,8 +246,11 @@ def loose_images_hint(folder: Path) -> str:
 
 
 def class_counts(images_dir: str | Path) -> dict[str, int]:
-    """Images per class folder (for reporting an existing data set)."""
+    """Images per class folder (for reporting an existing data set); in a data set split in advance,
+    per class folder of its train and test folders ("train/dotted"), the folders stage 1 reads."""
     images_dir = Path(images_dir)
+    if (folders := find_split_folders(images_dir)) is not None:
+        return {f"{side.name}/{c}": len(list_images(side / c)) for side in folders[:2] for c in list_class_dirs(side)}
     return {c: len(list_images(images_dir / c)) for c in list_class_dirs(images_dir)}
 
 
@@ -524,7 +527,10 @@ def make_split(
                 f"{images_dir}: {test_name}/ has classes that {train_name}/ has not: {', '.join(unknown)} "
                 f"(a model cannot learn them from no training image; {train_name}/ has {', '.join(classes) or 'none'})"
             )
-        excluded += loose_images(train_dir, images_dir) + loose_images(test_dir, images_dir)
+        # Beside train/ and test/ nothing is read: photos dropped there (or a second train folder) are named.
+        excluded += loose_images(images_dir, images_dir) + loose_images(train_dir, images_dir) + loose_images(test_dir, images_dir)
+        unused = [*unused, *(d for d in sorted(images_dir.iterdir()) if d.is_dir() and d not in (train_dir, test_dir, *unused)
+                             and not d.name.startswith(NOT_CLASS_PREFIXES))]
         tr = _collect(train_dir, classes, excluded, images_dir, check_decode, progress)
         # A rare class may have no test image in a split made in advance: noted by stage 1, as for a random split.
         te = _collect(test_dir, classes, excluded, images_dir, check_decode, progress, allow_empty=True)
@@ -630,8 +636,22 @@ def balance_notes(split: Split, balanced: bool = False) -> list[str]:
     if untested:
         it = "it is" if len(untested) == 1 else "they are"
         notes.append(f"no test image: {', '.join(untested)}; trained on but never tested, so the "
-                     f"results cannot say how well {it} recognised: add images")
+                     f"results cannot say how well {it} recognised: {test_image_hint(split)}")
     return notes
+
+
+def test_image_hint(split: Split) -> str:
+    """How a class gets test images under the rule `split` was made by (adding photos to its class
+    folder only helps a random split)."""
+    if split.method.startswith("folders "):
+        test_dir = split.method.split()[2]  # "folders train/ test/ ...": the test folder's name
+        return f"put some of its photos in {test_dir}<class>/ (the test side of a split made in advance)"
+    if split.method == DEDICATED_TEST_FILE:
+        return f"list some of its images in {DEDICATED_TEST_FILE}"
+    if split.method == "subdir":
+        return ("imagesSplitBy = 'subdir' keeps each sub-folder of a class on one side, and a class of one "
+                "sub-folder has it in train: add photos in a second sub-folder (or directly in the class folder)")
+    return "add images (stage 1 gives new images their share of test)"
 
 
 def small_images_note(split: Split, images_dir: str | Path, resolution: int, sample: int = 200) -> str:

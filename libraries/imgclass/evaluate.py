@@ -216,18 +216,19 @@ def format_table(metrics: dict[str, Any]) -> str:
 FEW_TEST_IMAGES = 5  # classes with fewer test images than this are named by stage 5
 
 
-def few_test_images_notes(metrics: dict[str, Any], side: str = "test") -> list[str]:
+def few_test_images_notes(metrics: dict[str, Any], side: str = "test", hint: str = "add images") -> list[str]:
     """Notes naming the classes with no image of `side` (the set scored), which the class-averaged
     figures then leave out (a rare class missing from a two-class test set left a class-averaged
     accuracy of 100% over the other class alone), and those whose accuracy rests on fewer than
-    FEW_TEST_IMAGES images: 100% on one image reads like a fact in the table, and is a coin toss."""
+    FEW_TEST_IMAGES images: 100% on one image reads like a fact in the table, and is a coin toss.
+    `hint`: how a class gets test images under the split's rule (imgclass.data.test_image_hint)."""
     notes = []
     none = [c for c, v in metrics["per_class"].items() if v["n"] == 0]
     if none:
         others = len(metrics["per_class"]) - len(none)
         notes.append(f"no {side} image of {', '.join(none)}: not measured at all, and the class-averaged accuracy "
                      f"and AUC are of the other {'class' if others == 1 else f'{others} classes'} only"
-                     + ("; add images of it (stage 1 then gives it test images)" if side == "test" else ""))
+                     + (f": {hint}" if side == "test" else ""))
     few = [f"{c} ({v['n']})" for c, v in metrics["per_class"].items() if 0 < v["n"] < FEW_TEST_IMAGES]
     if few:
         notes.append(f"fewer than {FEW_TEST_IMAGES} {side} images: {', '.join(few)}; their accuracy and AUC rest on "
