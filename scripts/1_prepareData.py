@@ -12,8 +12,9 @@ from pathlib import Path
 
 from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.data import (
-    DatasetError, Split, balance_notes, check_disjoint, earlier_sides, exact_duplicates_across, fix_notes, load_split,
-    make_split, save_split, skipped_folders, skipped_note, small_images_note, split_change_note,
+    DatasetError, Split, balance_notes, check_disjoint, dedicated_file_hint, earlier_sides, exact_duplicates_across,
+    fix_notes, load_split, make_split, save_split, skipped_folders, skipped_note, small_images_note, split_change_note,
+    subdir_notes,
 )
 from imgclass.dedup import check_leaks, depleted_test_classes, settle_leaks, write_leaks
 from imgclass.terminal import ljust, name_column
@@ -81,6 +82,14 @@ def main() -> int:
             print(f"moved {out} test image(s) with a same-class near duplicate in train to train" + (
                 f"; {joined} new image(s) joined their near copy in test (an earlier test image, kept there)"
                 if joined else ""))
+            # Each class keeps a test image: where its last ones are copies of training images, say so.
+            remaining = check_leaks(split, p.images_dir, p.dedup_threshold, progress=False, known=check.hashes)
+            labels = dict(split.test)
+            kept_copies = sorted({split.classes[labels[leak.test]] for leak in remaining.movable(split)})
+            if kept_copies:
+                print(f"note: {', '.join(kept_copies)}: test image(s) with a near copy in train stay in test, so that "
+                      f"the class keeps a test image; its accuracy there measures memory as much as recognition: "
+                      f"add test images ({listed.name} lists the pairs)")
             for c, moved, left in depleted_test_classes(before, split):
                 print(f"note: {c}: {moved} of its {moved + left} test images moved, {left} left: its photos are "
                       f"near copies of one another, or look alike to dhash (plain or smooth images); see "
@@ -99,7 +108,8 @@ def main() -> int:
     print(f"  {'total':<{width}} {len(split.train):>6} {len(split.test):>6}")
     for note in balance_notes(split, balanced=p.svm_boBalanceClasses or p.rf_boBalanceTrainingSet):
         print(f"note: {note}")
-    for note in fix_notes(split, p.images_dir):
+    for note in [*subdir_notes(split, p.ratioTrainTest), *fix_notes(split, p.images_dir),
+                 *filter(None, [dedicated_file_hint(p.images_dir)])]:
         print(f"note: {note}")
     if note := small_images_note(split, p.images_dir, p.rf_inputResolution):
         print(f"note: {note}")

@@ -614,3 +614,37 @@ def test_small_training_images_point_to_a_lower_resolution(color_dataset: Path) 
     out = run_script("1_prepareData.py", "--set", "datasetName=colors", "--set", "leakageCheck=off",
                      data_dir=color_dataset.parents[1]).stdout
     assert "note: the training images are small for rf_inputResolution = 320" in out
+
+
+def test_subdir_splits_and_near_names_of_the_test_list_are_noted(tmp_path: Path) -> None:
+    from imgclass.data import dedicated_file_hint, split_change_note, subdir_notes
+
+    # A class of an 18-photo and a 2-photo session: whichever goes to test, the share is far off.
+    for i in range(18):
+        write_image(tmp_path / "leopard" / "session1" / f"{i}.jpg", (200, 100, 40), seed=i)
+    for i in range(2):
+        write_image(tmp_path / "leopard" / "session2" / f"{i}.jpg", (200, 100, 40), seed=50 + i)
+    for s_ in range(4):
+        for i in range(3):
+            write_image(tmp_path / "dotted" / f"s{s_}" / f"{i}.jpg", (40, 40, 200), seed=10 * s_ + i)
+    split = make_split(tmp_path, ratio=0.75, seed=0, split_by="subdir")
+    notes = subdir_notes(split, 0.75)
+    assert len(notes) == 1 and notes[0].startswith("leopard: ") and "keeps each of its 2 sub-folders whole" in notes[0]
+    flat = tmp_path / "flat"
+    for c in ("a", "b"):
+        for i in range(4):
+            write_image(flat / c / f"{i}.jpg", (9, 9, 9), seed=i)
+    assert subdir_notes(make_split(flat, split_by="subdir"), 0.75)[0].startswith(
+        "imagesSplitBy = 'subdir', but no class folder has sub-folders")
+    assert subdir_notes(make_split(flat), 0.75) == []  # a random split: nothing to say
+    # A list of test images saved under another name would be passed over without a word.
+    assert dedicated_file_hint(flat) is None
+    (flat / "dedicatedtestimages.txt").write_text("a/0.jpg\n")
+    assert dedicated_file_hint(flat).startswith("dedicatedtestimages.txt is not read: the list of test images must be "
+                                                "named dedicatedTestImages.tsv exactly")
+    # Another rule than the earlier split's: said, also when the new one is not a random split.
+    random_split = make_split(flat)
+    (flat / "dedicatedtestimages.txt").rename(flat / "dedicatedTestImages.tsv")
+    listed = make_split(flat, previous=random_split)
+    assert split_change_note(random_split, listed).startswith(
+        "split another way than the earlier split.json (random -> dedicatedTestImages.tsv)")

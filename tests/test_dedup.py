@@ -344,6 +344,21 @@ def test_stage1_rerun_keeps_an_earlier_test_image_that_a_new_photo_copies(origin
     assert "moved 0 test image(s) with a same-class near duplicate in train to train; 2 new image(s) joined " in out, out
 
 
+def test_a_class_whose_last_test_image_is_a_copy_is_named(originals: Path, tmp_path: Path) -> None:
+    """Each class keeps a test image: where the one left is a copy of a training image, its accuracy
+    measures memory, which stage 1 now says (it printed the pair among others, and moved the rest)."""
+    images = tmp_path / "images" / "ds"
+    for c in ("dotted", "leopard", "striped"):
+        shutil.copytree(originals / c, images / "train" / c)
+        (images / "test" / c).mkdir(parents=True)
+    shutil.move(images / "train" / "dotted" / "dotted_0004.jpg", images / "test" / "dotted" / "dotted_0004.jpg")
+    shutil.move(images / "train" / "striped" / "striped_0004.jpg", images / "test" / "striped" / "striped_0004.jpg")
+    _copy(images / "train" / "leopard" / "leopard_0001.jpg", images / "test" / "leopard" / "copy.jpg", 0.7, 60)
+    out = run_script("1_prepareData.py", "--set", "datasetName=ds", data_dir=tmp_path).stdout
+    assert ("note: leopard: test image(s) with a near copy in train stay in test, so that the class keeps a test "
+            "image; its accuracy there measures memory as much as recognition") in out, out
+
+
 def test_leakage_check_finds_a_mirrored_copy_across_the_split(originals: Path, tmp_path: Path) -> None:
     """A copy flipped left-right (and recompressed) is far from its original by dhash, and the
     more of a leak with run_boFlipAverage, which scores every image with its mirror image."""

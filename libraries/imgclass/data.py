@@ -406,11 +406,16 @@ def split_change_note(previous: Split | None, split: Split, resplit: bool = Fals
     """What stage 1 did with an earlier split.json, given the final `split` (after the leakage check):
     kept its sides (and where the new images went), or split anew and why; "" for a first split or a
     split made in advance (folders, test list)."""
-    if previous is None or split.method not in ("random", "subdir"):
+    if previous is None:
         return ""
     now, before = split.sides(), previous.sides()
     if now == before:
         return f"the same split as the earlier split.json ({len(now)} images)"
+    if split.method not in ("random", "subdir"):
+        if previous.method.split()[0] != split.method.split()[0]:  # (folders: the user's own to change)
+            return (f"split another way than the earlier split.json ({previous.method} -> {split.method}): test "
+                    "results are not comparable with those of earlier runs")
+        return ""
     _, why = earlier_sides(previous, split.settings)
     if resplit or why:
         return (f"split anew ({'--resplit' if resplit else why}): earlier test images may be in train now, so "
@@ -630,7 +635,7 @@ def balance_notes(split: Split, balanced: bool = False) -> list[str]:
     few = [f"{c} ({n})" for c, n in train.items() if n < FEW_TRAINING_IMAGES]
     if few:
         notes.append(f"fewer than {FEW_TRAINING_IMAGES} training images: {', '.join(few)}; "
-                     "their accuracy rests on very few photos: add more where you can")
+                     "too few photos to learn a class from well: add more where you can")
     notes += alike_class_notes(split.classes)
     untested = [c for c, n in counts.items() if not n["test"]]
     if untested:
@@ -638,6 +643,46 @@ def balance_notes(split: Split, balanced: bool = False) -> list[str]:
         notes.append(f"no test image: {', '.join(untested)}; trained on but never tested, so the "
                      f"results cannot say how well {it} recognised: {test_image_hint(split)}")
     return notes
+
+
+def subdir_notes(split: Split, ratio: float) -> list[str]:
+    """Notes on a split by sub-folder (imagesSplitBy = "subdir"): classes whose sub-folders differ so
+    much in size that their test images are under half or over twice their share (a class of an 18-photo
+    and a 2-photo session had 18 of 20 in test, and stage 1 only blamed its few training images), and
+    a data set with no sub-folder at all, where "subdir" is a random split of single images."""
+    if split.method != "subdir":
+        return []
+    groups: dict[int, set[str]] = defaultdict(set)
+    for path, y in split.train + split.test:
+        groups[y].add(_group_of(path))
+    if all(_group_of(path) == path for path, _ in split.train + split.test):  # every image a group of its own
+        return ["imagesSplitBy = 'subdir', but no class folder has sub-folders: each image was split on its own, "
+                "as by a random split"]
+    notes = []
+    counts = split.counts()
+    for y, c in enumerate(split.classes):
+        n, test = counts[c]["train"] + counts[c]["test"], counts[c]["test"]
+        expected = n * (1 - ratio)
+        sub = len(groups[y])
+        if sub >= 2 and expected >= 2 and not expected / 2 <= test <= 2 * expected:  # off by half or double
+            notes.append(f"{c}: {test} of its {n} images are in test (ratioTrainTest = {ratio:g} asks for about "
+                         f"{round(expected)}): 'subdir' keeps each of its {sub} sub-folders whole, and they differ "
+                         "in size")
+    return notes
+
+
+def dedicated_file_hint(images_dir: str | Path) -> str | None:
+    """A note when the data set folder holds a file named almost like dedicatedTestImages.tsv (another
+    case, extension or a letter off): stage 1 reads that name only, and would split at random."""
+    images_dir = Path(images_dir)
+    if (images_dir / DEDICATED_TEST_FILE).is_file() or not images_dir.is_dir():
+        return None
+    stem = Path(DEDICATED_TEST_FILE).stem.lower()
+    for f in sorted(images_dir.iterdir()):
+        if f.is_file() and f.name != DEDICATED_TEST_FILE and difflib.SequenceMatcher(None, f.stem.lower(), stem).ratio() > 0.85:
+            return (f"{f.name} is not read: the list of test images must be named {DEDICATED_TEST_FILE} exactly "
+                    "(so this split is not made from it)")
+    return None
 
 
 def test_image_hint(split: Split) -> str:
