@@ -77,6 +77,11 @@ def test_show_results_lists_scores_and_errors(tracked_demo: Path, monkeypatch: p
 
 
 def test_deploy_runs_or_says_what_is_missing(tracked_demo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The data set was trained with --set overrides (TRACKED_SMALL): stage 6 refuses a model made with
+    # other settings than the parameters say, so the notebook gets them as a user would, in a file.
+    params = tracked_demo.parent / "tracked_small_params.py"
+    params.write_text("demoImagesPerClass = 8\nrf_inputResolution = 64\nrun_mbSize = 8\nsvm_cvFolds = 3\n")
+    monkeypatch.setenv("IMGCLASS_PARAMS", str(params))
     nb = run_notebook("deploy.ipynb", tracked_demo, monkeypatch, startup_timeout=180)
     text = _texts(nb)
     if not (ROOT / "scripts" / "6_deploy.py").is_file():
