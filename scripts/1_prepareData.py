@@ -46,6 +46,7 @@ def main() -> int:
     previous = earlier_split(p.split_path)
     split = make_split(p.images_dir, p.ratioTrainTest, p.randomSeed, p.imagesSplitBy, progress=True,
                        previous=None if args.resplit else previous)
+    uneven = subdir_notes(split, p.ratioTrainTest)  # of the rule's split, before the leakage check moves images
     if p.leakageCheck != "off":
         check = check_leaks(split, p.images_dir, p.dedup_threshold)
         # Pairs across classes first: those are label problems, and would hide among the rest.
@@ -85,7 +86,7 @@ def main() -> int:
             # Each class keeps a test image: where its last ones are copies of training images, say so.
             remaining = check_leaks(split, p.images_dir, p.dedup_threshold, progress=False, known=check.hashes)
             labels = dict(split.test)
-            kept_copies = sorted({split.classes[labels[leak.test]] for leak in remaining.movable(split)})
+            kept_copies = sorted({split.classes[labels[leak.test]] for leak in remaining.movable(split) if leak.same_class})
             if kept_copies:
                 print(f"note: {', '.join(kept_copies)}: test image(s) with a near copy in train stay in test, so that "
                       f"the class keeps a test image; its accuracy there measures memory as much as recognition: "
@@ -108,7 +109,7 @@ def main() -> int:
     print(f"  {'total':<{width}} {len(split.train):>6} {len(split.test):>6}")
     for note in balance_notes(split, balanced=p.svm_boBalanceClasses or p.rf_boBalanceTrainingSet):
         print(f"note: {note}")
-    for note in [*subdir_notes(split, p.ratioTrainTest), *fix_notes(split, p.images_dir),
+    for note in [*uneven, *fix_notes(split, p.images_dir),
                  *filter(None, [dedicated_file_hint(p.images_dir)])]:
         print(f"note: {note}")
     if note := small_images_note(split, p.images_dir, p.rf_inputResolution):

@@ -85,7 +85,7 @@ def main() -> int:
     curves_json = p.results_dir / "training_curves.json"
     curves_png = p.results_dir / "training_curves.png"
     title = f"{p.datasetName} / {p.classifier}: error per epoch"
-    done = None if args.restart or args.resume or checkpoint.is_file() else \
+    done = None if args.restart or checkpoint.is_file() else \
         _already_refined(p.model_path, config.settings(), split_hash(p.split_path))
     if done is not None:
         took = f", {done['seconds']:.0f} s on {done.get('device', '?')}" if "seconds" in done else ""

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from imgclass.annotations import FIXES_FILE
 from imgclass.cli import parse_stage, run_stage, stage_parser
+from imgclass.data import DUPLICATES_LIST
 from imgclass.dedup import DUPLICATES_FOLDER, DuplicateReport, find_duplicates, lookalike_note, move_duplicates
 
 parser = stage_parser(
@@ -60,7 +61,7 @@ def main() -> int:
         for other in group[1:]:
             bits = report.bits_between(group[0], other)
             print(f"    {other} ({_size(report, other)}, " + (f"{bits} bit{_s(bits)})" if bits is not None else "via another member)"))
-    print(f"wrote {report.write_groups(folder / 'duplicates.tsv')}")
+    print(f"wrote {report.write_groups(folder / DUPLICATES_LIST)}")
     if cross:
         print(f"{len(cross)} group(s) span class folders: the same photo with different labels; check them by hand "
               f"(--remove leaves them in place; --force moves them too, keeping the copy with the most pixels)")

@@ -639,6 +639,8 @@ def test_subdir_splits_and_near_names_of_the_test_list_are_noted(tmp_path: Path)
     assert subdir_notes(make_split(flat), 0.75) == []  # a random split: nothing to say
     # A list of test images saved under another name would be passed over without a word.
     assert dedicated_file_hint(flat) is None
+    (flat / "dedicatedTestImages.tsv.bak").write_text("a/0.jpg\n")  # a backup: kept on purpose
+    assert dedicated_file_hint(flat) is None
     (flat / "dedicatedtestimages.txt").write_text("a/0.jpg\n")
     assert dedicated_file_hint(flat).startswith("dedicatedtestimages.txt is not read: the list of test images must be "
                                                 "named dedicatedTestImages.tsv exactly")

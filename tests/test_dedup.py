@@ -17,6 +17,7 @@ from imgclass.data import Split, list_class_dirs, make_split
 from imgclass.dedup import (
     DEFAULT_THRESHOLD,
     DuplicateReport,
+    Leak,
     check_leaks,
     find_duplicates,
     image_hash,
@@ -322,6 +323,11 @@ def test_a_new_copy_of_an_earlier_test_image_joins_it_in_test(originals: Path, t
     assert sides["striped/striped_0004.jpg"] == "train" and sides["striped/new_copy.jpg"] == "train"
     assert check_leaks(settled, root, progress=False).leaks == []
     assert settled.moved == ["striped/striped_0004.jpg"]
+    # A class whose only training image is a new copy of its test image: it stays in train (joining
+    # would leave the class nothing to learn from), its test copy goes there too, as before.
+    lone = Split(["a", "b"], [("a/n1.jpg", 0), ("b/x.jpg", 1)], [("a/t.jpg", 0), ("a/u.jpg", 0), ("b/y.jpg", 1)])
+    kept = keep_leaks_in_train(lone, [Leak("a/n1.jpg", "a/t.jpg", 2, True)], {"a/t.jpg": "test", "a/u.jpg": "test"})
+    assert kept.counts()["a"] == {"train": 2, "test": 1} and kept.sides()["a/n1.jpg"] == "train"
     # Without an earlier split (a first run, --resplit) every test image of a pair goes to train.
     plain = settle_leaks(split, check, root)
     assert plain.sides()["dotted/dotted_0000.jpg"] == "train" and plain.sides()["dotted/new_copy.jpg"] == "train"

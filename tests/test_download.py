@@ -165,6 +165,10 @@ def _make_handler(state: Server) -> type[BaseHTTPRequestHandler]:
                 self.send_header("Location", "/loop.jpg")
                 self.send_header("Content-Length", "0")
                 self.end_headers()
+            elif path == "/nowhere.jpg":  # a redirect that says not where to
+                self.send_response(302)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
             elif path == "/empty.jpg":
                 self._send(200, b"")
             elif path == "/redirect-ftp.jpg":
@@ -289,6 +293,7 @@ def test_every_bad_line_of_a_url_list_is_named_at_once(tmp_path: Path) -> None:
         # Checked before anything is fetched: both stopped the run half-way with a traceback.
         ("\u732b" * 88 + "\thttp://example.com/a.jpg", "is 264 bytes long as UTF-8 (a folder name holds at most 255"),
         ("download_manifest.tsv\thttp://example.com/a.jpg", "the name of a file the pipeline keeps in the data set folder"),
+        ("Train\thttp://example.com/a.jpg", "names a side of a split made in advance"),
     ],
 )
 def test_read_url_list_errors_name_file_and_line(tmp_path: Path, bad_line: str, words: str) -> None:
@@ -564,6 +569,9 @@ def test_same_url_under_two_labels_is_not_fetched(server: Server, tmp_path: Path
     assert report.failures == [(url, "listed under 2 labels (cat, dog): not fetched, since an image can be of one "
                                      "class only; keep the line with the right label")]
     assert _failures_tsv(tmp_path)[0][:2] == [url, "cat"]
+    # A label whose one URL is listed under another label too: its class is shown (0), and as failed.
+    report = download_images([("cat", other), ("bird", other)], tmp_path / "b", progress=False)
+    assert report.per_class == {"cat": 0, "bird": 0} and report.failed_labels == {"cat", "bird"}
 
 
 def test_progress_false_prints_nothing(
@@ -820,10 +828,11 @@ def test_ctrl_c_says_it_is_waiting_and_keeps_what_was_fetched(server: Server, tm
 
 
 def test_failures_say_what_went_wrong(server: Server, tmp_path: Path) -> None:
-    entries = [("cat", server.url("/loop.jpg")), ("cat", server.url("/empty.jpg"))]
+    entries = [("cat", server.url("/loop.jpg")), ("cat", server.url("/empty.jpg")), ("cat", server.url("/nowhere.jpg"))]
     report = download_images(entries, tmp_path, timeout=5, retries=0, progress=False)
     assert report.failures == [(entries[0][1], "HTTP 302: a redirect loop, or more than 10 redirects"),
-                               (entries[1][1], "empty reply (0 bytes)")]
+                               (entries[1][1], "empty reply (0 bytes)"),
+                               (entries[2][1], "HTTP 302: a redirect without a Location to follow")]
 
 
 def test_the_manifest_leads_from_a_file_back_to_its_url(server: Server, tmp_path: Path) -> None:

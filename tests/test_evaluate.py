@@ -250,9 +250,10 @@ def test_roc_says_why_a_curve_is_missing_and_enlarges_only_what_the_plot_cannot_
     labels = np.repeat([0, 1], 10)
     ax = roc_figure(np.eye(3)[labels], labels, ["a", "b", "c"]).axes[0]
     assert "no curve for c: no image of it scored" in ax.get_xlabel()
-    # Perfect curves: no corner worth enlarging. A near-perfect curve on 4 negatives steps by 0.25,
-    # which the full plot shows: no inset either (it used to span false positive rates 0 to 0.01).
+    # Perfect curves: no corner worth enlarging.
     assert not roc_figure(np.eye(3)[labels], labels, ["a", "b", "c"]).axes[0].child_axes
+    # A near-perfect "defect vs ok" curve steps right by 1/30 (30 "ok" images): the full plot shows its
+    # steps, no inset (it used to span false positive rates 0 to 0.01).
     labels = np.array([0] * 30 + [1] * 4)
     scores = np.eye(2)[labels] * 1.0
     scores[30, :] = [0.6, 0.4]  # one defect below two "ok" images
@@ -260,6 +261,13 @@ def test_roc_says_why_a_curve_is_missing_and_enlarges_only_what_the_plot_cannot_
     scores[1, :] = [0.52, 0.48]
     assert compute_metrics(scores, labels, ["ok", "defect"])["per_class"]["defect"]["auc"] >= 0.97
     assert not roc_figure(scores, labels, ["ok", "defect"]).axes[0].child_axes
+    # With 300 "ok" images the steps are 1/300: the corner is enlarged (the step of the "ok" curve, not
+    # drawn, 1/4 here, hid it).
+    labels = np.array([0] * 300 + [1] * 4)
+    scores = np.eye(2)[labels] * 1.0
+    scores[300, :] = [0.6, 0.4]
+    scores[:6, :] = [[0.55, 0.45], [0.54, 0.46], [0.53, 0.47], [0.52, 0.48], [0.51, 0.49], [0.505, 0.495]]
+    assert len(roc_figure(scores, labels, ["ok", "defect"]).axes[0].child_axes) == 1
 
 
 def test_a_class_without_test_images_and_a_majority_accuracy_are_said() -> None:

@@ -354,26 +354,27 @@ def test_stage6_is_recorded_before_it_hands_over_to_the_web_service(tracked_demo
     shutil.copytree(tracked_demo, data_dir)
     env = {**os.environ, "IMGCLASS_DATA_DIR": str(data_dir), "IMGCLASS_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
            "IMGCLASS_TRACKING": "1"}
+    # Another test here trains tracked_demo's SVM with other settings, which stage 6 refuses with these.
+    run_script("4_trainSVM.py", *TRACKED_SMALL, data_dir=data_dir)
 
     def serve(*args: str) -> str:
         """Start stage 6 with `args`, wait for the service to answer, stop it; its output."""
         port = free_port()
         server = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "6_deploy.py"), *args, "--port", str(port)],
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
+        up = False
         try:
             deadline = time.time() + 120
-            while time.time() < deadline:
+            while time.time() < deadline and not up and server.poll() is None:  # (it stops when it refuses to export)
                 try:
                     with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                        if r.status == 200:
-                            break
+                        up = r.status == 200
                 except OSError:
                     time.sleep(0.5)
-            else:
-                raise AssertionError("the service did not come up")
         finally:
             server.terminate()
             out = server.communicate(timeout=30)[0]
+        assert up, f"the service did not come up (exit status {server.returncode}):\n{out}"
         return out
 
     out = serve(*TRACKED_SMALL)

@@ -127,6 +127,7 @@ def load_split(path: str | Path, images_dir: str | Path | None = None, sides: Se
 
 NOT_CLASS_PREFIXES = (".", "_")  # folders that are not classes: hidden ones, _duplicates/ (dedupImages.py)
 DUPLICATES_FOLDER = "_duplicates"  # where dedupImages.py moves duplicates (inside the data set folder)
+DUPLICATES_LIST = "duplicates.tsv"  # dedupImages.py's groups, in the folder it scanned
 
 
 def list_class_dirs(folder: Path) -> list[str]:
@@ -679,7 +680,9 @@ def dedicated_file_hint(images_dir: str | Path) -> str | None:
         return None
     stem = Path(DEDICATED_TEST_FILE).stem.lower()
     for f in sorted(images_dir.iterdir()):
-        if f.is_file() and f.name != DEDICATED_TEST_FILE and difflib.SequenceMatcher(None, f.stem.lower(), stem).ratio() > 0.85:
+        if f.suffix.lower() not in ("", ".tsv", ".txt", ".csv"):  # dedicatedTestImages.tsv.bak: a backup, kept on purpose
+            continue
+        if f.is_file() and difflib.SequenceMatcher(None, f.stem.lower(), stem).ratio() > 0.85:
             return (f"{f.name} is not read: the list of test images must be named {DEDICATED_TEST_FILE} exactly "
                     "(so this split is not made from it)")
     return None

@@ -537,9 +537,20 @@ def keep_leaks_in_train(split: Split, leaks: Sequence[Leak], earlier: Mapping[st
     same = [leak for leak in leaks if leak.same_class]
     names = sorted({p for leak in same for p in (leak.train, leak.test)})
     index = {p: i for i, p in enumerate(names)}
-    groups = _groups(len(names), [(index[leak.train], index[leak.test], 0) for leak in same])
-    to_test = {names[i] for g in groups if any(earlier.get(names[i]) == "test" for i in g)
-               and not any(earlier.get(names[i]) == "train" for i in g) for i in g}
+    labels_tr = dict(split.train)
+    train_left = {y: sum(1 for _, t in split.train if t == y) for y in range(len(split.classes))}
+    to_test: set[str] = set()
+    for g in _groups(len(names), [(index[leak.train], index[leak.test], 0) for leak in same]):
+        members = [names[i] for i in g]
+        if not any(earlier.get(m) == "test" for m in members) or any(earlier.get(m) == "train" for m in members):
+            continue
+        joining_train = [m for m in members if m in labels_tr]
+        y = labels_tr[joining_train[0]] if joining_train else None
+        if y is not None and train_left[y] - len(joining_train) < 1:
+            continue  # the class's only training images: settled the old way, so that it keeps one
+        if y is not None:
+            train_left[y] -= len(joining_train)
+        to_test.update(members)
 
     def joins(leak: Leak) -> bool:
         return leak.test in to_test

@@ -37,7 +37,8 @@ from PIL import Image, UnidentifiedImageError
 
 from imgclass import __version__
 from imgclass.annotations import FIXES_FILE, read_fixes, write_fixes
-from imgclass.data import DEDICATED_TEST_FILE, DUPLICATES_FOLDER, NOT_CLASS_PREFIXES, list_class_dirs, walk_image_files
+from imgclass.data import (DEDICATED_TEST_FILE, DUPLICATES_FOLDER, DUPLICATES_LIST, NOT_CLASS_PREFIXES, TEST_FOLDER_NAMES,
+                           TRAIN_FOLDER_NAMES, list_class_dirs, walk_image_files)
 from imgclass.fileio import atomic_open, write_bytes
 from imgclass.images import ImageDecodeError, load_rgb, openers
 from imgclass.progress import progress_bar
@@ -87,7 +88,7 @@ _URL_SAFE = "%/:?#[]@!$&'()*+,;=~"
 
 _MAX_LABEL_BYTES = 200
 # Files the stages keep beside the class folders: a class folder of the same name cannot be made.
-_PROJECT_FILES = {n.lower() for n in (MANIFEST_FILE, FAILURES_FILE, FIXES_FILE, DEDICATED_TEST_FILE, "duplicates.tsv")}
+_PROJECT_FILES = {n.lower() for n in (MANIFEST_FILE, FAILURES_FILE, FIXES_FILE, DEDICATED_TEST_FILE, DUPLICATES_LIST)}
 
 
 class UrlListError(ValueError):
@@ -207,6 +208,8 @@ def check_label(label: str) -> str | None:
                 f"at most 255; labels here at most {_MAX_LABEL_BYTES})")
     if label.lower() in _PROJECT_FILES:
         return f"label {label!r} is the name of a file the pipeline keeps in the data set folder"
+    if label.lower() in (*TRAIN_FOLDER_NAMES, *TEST_FOLDER_NAMES):  # a "train" folder beside a "test" one
+        return f"label {label!r} names a side of a split made in advance (stage 1 would read the data set so)"
     return None
 
 
@@ -498,8 +501,10 @@ def _fetch_once(
         retry_after = _parse_retry_after(e.headers.get("Retry-After") if e.headers else None)
         e.close()
         retryable = e.code >= 500 or e.code == 429
-        # urllib gives up on a redirect that loops, or after 10, as an HTTPError of the redirect's code.
-        loop = ": a redirect loop, or more than 10 redirects" if 300 <= e.code < 400 else ""
+        # urllib gives up on a redirect that loops, or after 10, as an HTTPError of the redirect's code;
+        # also on one that says not where to (no Location).
+        loop = "" if not 300 <= e.code < 400 else ": a redirect loop, or more than 10 redirects" \
+            if e.headers and e.headers.get("Location") else ": a redirect without a Location to follow"
         raise _Failure(f"HTTP {e.code}{loop}", retryable=retryable, retry_after=retry_after) from e
     except urllib.error.URLError as e:
         if isinstance(e.reason, TimeoutError):
@@ -677,7 +682,9 @@ def download_images(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    report = DownloadReport(per_class={label: 0 for label, _ in entries})
+    # Every label of a URL listed under two: its class shows (with 0 if nothing else) and is named as failed.
+    report = DownloadReport(per_class={label: 0 for label in [*(lab for lab, _ in entries), *(
+        lab for labels in ambiguous.values() for lab in labels)]})
     reasons: dict[int, str] = {}  # entry index -> reason, so failures come out in list order
     todo: list[int] = []
     existing = _existing_files(out_dir)
@@ -782,10 +789,14 @@ def download_images(
                   f"(at most {timeout:g} s each; Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
         stop.set()
         pool.shutdown(wait=True, cancel_futures=True)
-        # What failed so far is recorded, with the earlier run's failures of URLs not tried again yet.
-        tried = {entries[i][1] for i in reasons} | {url for url in manifest}
-        _write_failures(out_dir, [(entries[i][1], entries[i][0], reasons[i]) for i in sorted(reasons)]
-                        + [row for row in _read_failures(out_dir) if row[0] not in tried])
+        # What failed so far is recorded, with the earlier run's failures of listed URLs not tried again yet.
+        tried = {_clean(url) for url in [*(entries[i][1] for i in reasons), *manifest]}
+        try:
+            _write_failures(out_dir, [(entries[i][1], entries[i][0], reasons[i]) for i in sorted(reasons)]
+                            + [row for row in _read_failures(out_dir) if row[0] not in tried
+                               and row[0] in {_clean(u) for u in listed}])
+        except (OSError, UnicodeError) as failed:  # (edited by hand since): the interrupt is what to report
+            log.warning("%s not updated: %s", FAILURES_FILE, failed)
         if isinstance(e, KeyboardInterrupt) and progress:
             print(f"so far in this run: {report.ok} downloaded, {len(reasons)} failed (in {FAILURES_FILE})",
                   file=sys.stderr, flush=True)
@@ -796,7 +807,7 @@ def download_images(
     pool.shutdown(wait=True)
 
     report.failures = [(entries[i][1], reasons[i]) for i in sorted(reasons)]
-    report.failed_labels = {entries[i][0] for i in reasons}
+    report.failed_labels = {entries[i][0] for i in reasons} | {lab for labels in ambiguous.values() for lab in labels}
     report.failed = len(report.failures)
     _write_failures(out_dir, [(entries[i][1], entries[i][0], reasons[i]) for i in sorted(reasons)])
     return report

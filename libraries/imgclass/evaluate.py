@@ -106,15 +106,16 @@ def roc_figure(scores: np.ndarray, labels: np.ndarray, classes: Sequence[str], t
     scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
     curves = roc_curves(scores, labels, classes)
     missing = [c for c in classes if c not in {name for name, *_ in curves}]
-    # A curve steps right by 1 / (its class's negatives), the images of the other classes.
-    fpr_step = max((1 / int((labels != list(classes).index(c)).sum()) for c, *_ in curves), default=1.0)
+    drawn_classes = [list(classes).index(c) for c, *_ in curves]
     default_title = "ROC curves (one class vs rest)"
     if len(classes) == 2 and len(curves) == 2:
         # The other class's curve is this one mirrored (same AUC): two curves read as two results,
         # and with good scores one hides the other.
         pos = binary_positive(labels, classes)
-        curves = [(f"{classes[pos]} vs {classes[1 - pos]}", *curves[pos][1:])]
+        curves, drawn_classes = [(f"{classes[pos]} vs {classes[1 - pos]}", *curves[pos][1:])], [pos]
         default_title = f"ROC curve ({curves[0][0]})"
+    # A curve steps right by 1 / (its class's negatives), the images of the other classes.
+    fpr_step = max((1 / int((labels != y).sum()) for y in drawn_classes), default=1.0)
     many = len(curves) > ROC_LEGEND_MAX
     fig, ax = plt.subplots(figsize=(5.5, 5))
     drawn: list[tuple[np.ndarray, np.ndarray, dict]] = []  # (fpr, tpr, style) of each curve, for the zoom

@@ -34,18 +34,25 @@ def _on_sigint(signum: int, frame: Any) -> None:
 def remember_interrupts() -> None:
     """Install the handler (a stage does, at its start): only where Ctrl-C raises KeyboardInterrupt now,
     in the main thread (a process started in the background ignores SIGINT, and keeps ignoring it)."""
+    _INTERRUPTED.clear()  # (a long-lived process calling this again starts afresh)
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _on_sigint)
 
 
 class _Stoppable(tqdm):  # type: ignore[misc,valid-type]
-    """tqdm whose iteration stops with KeyboardInterrupt once a Ctrl-C was remembered."""
+    """tqdm that raises KeyboardInterrupt at its next step once a Ctrl-C was remembered: iterated, or
+    moved on with update() (featurizing and decoding count their batches that way)."""
 
     def __iter__(self) -> Iterator[Any]:
         for item in super().__iter__():
             if _INTERRUPTED.is_set():
                 raise KeyboardInterrupt
             yield item
+
+    def update(self, n: float | None = 1) -> bool | None:
+        if _INTERRUPTED.is_set():
+            raise KeyboardInterrupt
+        return super().update(n)
 
 
 def progress_bar(iterable: Iterable[Any] | None = None, **kwargs: Any) -> tqdm:

@@ -116,8 +116,10 @@ def affects_results(name: str) -> bool:
     return not (name.startswith(("dep_", "track_", "al_")) or name.endswith("workers") or name == "run_boCache")
 
 
-def params_digest(p: Params) -> str:
-    return hashlib.sha1(json.dumps(p.as_dict(), sort_keys=True, default=str).encode()).hexdigest()
+def params_digest(p: Params, results_only: bool = False) -> str:
+    """A hash of the parameters (with `results_only`, of those that can change a result)."""
+    values = {k: v for k, v in p.as_dict().items() if not results_only or affects_results(k)}
+    return hashlib.sha1(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def state_path(p: Params) -> Path:
@@ -308,8 +310,10 @@ def _join_or_start(client: Any, p: Params, state: dict, uri: str, exp_id: str, s
     if state.get("params_digest") != params_digest(p):
         then = run.data.params
         differ = sorted(k for k, v in p.as_dict().items() if affects_results(k) and then.get(k) != str(v)[:6000])
-        if differ:
-            return None, f"parameters differ from run {state['run_id'][:8]}'s: {first_few(differ, 5)}"
+        # The digest decides where the state has one (MLflow keeps 6000 characters of a value: a change
+        # past them is a change); a state of an earlier version is judged by the recorded values.
+        if differ or state.get("results_digest", params_digest(p, results_only=True)) != params_digest(p, results_only=True):
+            return None, f"parameters differ from run {state['run_id'][:8]}'s: {first_few(differ, 5) or 'not recorded alike'}"
     if stage < state.get("last_stage", -1):
         return None, f"stage {stage} after stage {state['last_stage']} of run {state['run_id'][:8]}: a rerun"
     return run.info.run_id, ""
@@ -344,6 +348,7 @@ def record_stage(p: Params, script: str | Path, started: float, argv: Sequence[s
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params per call
             client.log_batch(run_id, params=items[i:i + 100])
         state = {"uri": uri, "experiment_id": exp_id, "run_id": run_id, "params_digest": params_digest(p),
+                 "results_digest": params_digest(p, results_only=True),
                  "stages": []}
     label = f"{stage[0]}_{stage[1]}"
     child = client.create_run(exp_id, start_time=start_ms, run_name=label, tags={
