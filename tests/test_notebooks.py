@@ -88,7 +88,7 @@ def test_deploy_runs_or_says_what_is_missing(tracked_demo: Path, monkeypatch: py
         assert "Not available in this checkout: scripts/6_deploy.py" in text and "stops here" in text
     else:
         assert "service up at http://127.0.0.1:" in text and "(multipart)" in text and "(JSON)" in text
-        assert "service stopped" in text
+        assert "service stopped" in text and "service stopped (exit status" not in text  # a clean stop, said so
 
 
 def test_notebooks_take_the_data_set_and_classifier_of_the_parameters_file(tracked_demo: Path, tmp_path: Path,
