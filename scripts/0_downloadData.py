@@ -23,6 +23,11 @@ parser = stage_parser(
 parser.add_argument("--urls", default=None, metavar="FILE", help="TSV of label<TAB>url to download (overrides urlsFile)")
 
 
+def _class_names(counts: dict[str, int]) -> set[str]:
+    """The classes of class_counts's keys (train/dotted and test/dotted: one class)."""
+    return {k.rsplit("/", 1)[-1] for k in counts}
+
+
 def main() -> int:
     args, p = parse_stage(parser)
     out = p.images_dir
@@ -40,7 +45,7 @@ def main() -> int:
         # A label whose every URL failed has no folder: list it, or a whole missing class goes unseen.
         counts.update({label: 0 for label in report.failed_labels if label not in counts})
     elif any(counts.values()):
-        n = len({k.rsplit("/", 1)[-1] for k in counts})  # (train/dotted and test/dotted: one class)
+        n = len(_class_names(counts))
         sides = " in train and test folders (split in advance)" if any("/" in k for k in counts) else ""
         print(f"{out} already holds {n} class folder{'' if n == 1 else 's'}{sides}; nothing to do.")
     elif p.datasetName == DEMO_DATASET:
@@ -68,7 +73,7 @@ def main() -> int:
                  and not (test_side and c.startswith(test_side))]:
         print(f"note: no image files in {', '.join(empty)}: stage 1 needs an image in every class folder "
               "(add photos, or remove the folder)")
-    if len({k.rsplit("/", 1)[-1] for k in counts}) == 1:
+    if len(_class_names(counts)) == 1:
         print("note: one class folder only: stage 1 needs two or more (one sub-folder of photos per class)")
     print(f"images: {out}")
     return 0

@@ -75,7 +75,7 @@ def main() -> int:
             # results are compared on lost it). Not in a subdir split, whose sub-folders stay whole.
             kept = earlier_sides(previous, split.settings)[0] if previous and not args.resplit and \
                 split.method == "random" else {}
-            split = settle_leaks(split, check, p.images_dir, kept)
+            split, remaining = settle_leaks(split, check, p.images_dir, kept)
             check_disjoint(split)
             was, now = before.sides(), split.sides()
             out = sum(1 for path, side in now.items() if side == "train" and was[path] == "test")
@@ -84,7 +84,6 @@ def main() -> int:
                 f"; {joined} new image(s) joined their near copy in test (an earlier test image, kept there)"
                 if joined else ""))
             # Each class keeps a test image: where its last ones are copies of training images, say so.
-            remaining = check_leaks(split, p.images_dir, p.dedup_threshold, progress=False, known=check.hashes)
             labels = dict(split.test)
             kept_copies = sorted({split.classes[labels[leak.test]] for leak in remaining.movable(split) if leak.same_class})
             if kept_copies:

@@ -38,15 +38,21 @@ def _counted(n: int, cap: int) -> str:
     return f"{cap} (rf_maxTrainImages) of {n}" if cap and cap < n else str(n)
 
 
-def _replacing_note(model_path: Path, settings: dict) -> str:
+def _stored(model_path: Path) -> dict | None:
+    """What stage 2 stored beside the weights of the refined network there is, None when there is none
+    (or a damaged or foreign file, which replacing is what the user wants). Read once: the file is big."""
+    try:
+        return load_model_extra(model_path) if model_path.is_file() else None
+    except (ValueError, OSError):
+        return None
+
+
+def _replacing_note(model_path: Path, stored: dict | None, settings: dict) -> str:
     """dnn and svmDnnRefined share the refined network: refining for one with other settings
     replaces the other's too, and its stages 3-5 then refuse its files. Said before it happens."""
-    if not model_path.is_file():
+    if stored is None:
         return ""
-    try:
-        before = load_model_extra(model_path).get("params", {})
-    except (ValueError, OSError):  # damaged or foreign: replacing it is what the user wants
-        return ""
+    before = stored.get("params", {})
     differ = [f"{k} = {before[k]!r} there" for k in settings if k in before and before[k] != settings[k]]
     if not differ:
         return ""
@@ -54,17 +60,11 @@ def _replacing_note(model_path: Path, settings: dict) -> str:
             f"svmDnnRefined: the classifier that used it needs stages 3-5 again, or these values back")
 
 
-def _already_refined(model_path: Path, settings: dict, split: str) -> dict | None:
-    """What stage 2 stored in `model_path` when it is a refinement with these `settings` on this split
-    (its split.json hash), else None. dnn and svmDnnRefined share the refined network: stage 2 for the
+def _already_refined(stored: dict | None, settings: dict, split: str) -> bool:
+    """Whether the refined network there is (`stored`: see _stored) is a refinement with these
+    `settings` on this split (its split.json hash). dnn and svmDnnRefined share it: stage 2 for the
     second must not refine it again (the file would change, and with it every result made from it)."""
-    if not model_path.is_file():
-        return None
-    try:
-        extra = load_model_extra(model_path)
-    except (ValueError, OSError):
-        return None
-    return extra if extra.get("split_hash") == split and extra.get("params") == settings else None
+    return stored is not None and stored.get("split_hash") == split and stored.get("params") == settings
 
 
 def main() -> int:
@@ -85,17 +85,17 @@ def main() -> int:
     curves_json = p.results_dir / "training_curves.json"
     curves_png = p.results_dir / "training_curves.png"
     title = f"{p.datasetName} / {p.classifier}: error per epoch"
-    done = None if args.restart or checkpoint.is_file() else \
-        _already_refined(p.model_path, config.settings(), split_hash(p.split_path))
-    if done is not None:
-        took = f", {done['seconds']:.0f} s on {done.get('device', '?')}" if "seconds" in done else ""
+    stored = _stored(p.model_path)
+    if not args.restart and not checkpoint.is_file() and _already_refined(stored, config.settings(),
+                                                                          split_hash(p.split_path)):
+        took = f", {stored['seconds']:.0f} s on {stored.get('device', '?')}" if "seconds" in stored else ""
         print(f"{p.model_path.name} is refined already with these settings on this split{took}: nothing to refine "
               f"(dnn and svmDnnRefined share it; refined again, it would change under the other classifier's "
               f"results); --restart refines it anew")
-        if "history" in done:  # this classifier's copy of the curves, of this network (not an older one)
-            saved = {k: done[k] for k in ("saved_test_error", "saved_as") if k in done}
-            write_json(curves_json, {**done["history"], **saved})
-            plot_history(History.from_json(done["history"]), curves_png, title=title, **saved)
+        if "history" in stored:  # this classifier's copy of the curves, of this network (not an older one)
+            saved = {k: stored[k] for k in ("saved_test_error", "saved_as") if k in stored}
+            write_json(curves_json, {**stored["history"], **saved})
+            plot_history(History.from_json(stored["history"]), curves_png, title=title, **saved)
             print(f"wrote {curves_json} and {curves_png} (from {p.model_path.name})")
         return 0
     refiner = Refiner(config, split.classes, spill_dir=p.proc_dir)  # decoded images beyond memory go there
@@ -111,7 +111,7 @@ def main() -> int:
               f"is a single step of one minibatch; a smaller rf_mbSize trains in more steps")
     if note := config.schedule_note():
         print(f"note: {note}")
-    if note := _replacing_note(p.model_path, config.settings()):
+    if note := _replacing_note(p.model_path, stored, config.settings()):
         print(f"note: {note}")
     if checkpoint.is_file() and not args.resume:
         if not args.restart:  # the first epoch would overwrite the interrupted run's progress

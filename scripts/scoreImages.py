@@ -60,7 +60,7 @@ def main() -> int:
     page = write_browser(out.with_suffix(".html"), folder, names, None, scored.scores, scored.classes,
                          title=f"{name}: scored by {p.classifier} of {p.datasetName}",
                          score_kind="probability" if scored.probabilities else "svm_decision", left_out=left_out)
-    counts = Counter(scored.classes[i] for i in scored.scores.argmax(axis=1)) if len(names) else Counter()
+    counts = Counter(scored.classes[i] for i in scored.scores.argmax(axis=1))
     print(f"{len(names)} image{'' if len(names) == 1 else 's'} scored with {p.classifier} of {p.datasetName}:")
     shown, width = name_column(scored.classes, at_least=15)
     print(f"  {ljust('predicted', width)} {'images':>6}")

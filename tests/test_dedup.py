@@ -316,7 +316,7 @@ def test_a_new_copy_of_an_earlier_test_image_joins_it_in_test(originals: Path, t
     assert {(x.train, x.test) for x in check.leaks} == {("dotted/new_copy.jpg", "dotted/dotted_0000.jpg"),
                                                        ("striped/new_copy.jpg", "striped/striped_0004.jpg"),
                                                        ("striped/old_train_copy.jpg", "striped/striped_0004.jpg")}
-    settled = settle_leaks(split, check, root, earlier)
+    settled, _ = settle_leaks(split, check, root, earlier)
     sides = settled.sides()
     assert sides["dotted/dotted_0000.jpg"] == "test" and sides["dotted/new_copy.jpg"] == "test"  # joined it
     # striped_0004 has an old copy in train: it goes there, and the new copy with it.
@@ -329,7 +329,7 @@ def test_a_new_copy_of_an_earlier_test_image_joins_it_in_test(originals: Path, t
     kept = keep_leaks_in_train(lone, [Leak("a/n1.jpg", "a/t.jpg", 2, True)], {"a/t.jpg": "test", "a/u.jpg": "test"})
     assert kept.counts()["a"] == {"train": 2, "test": 1} and kept.sides()["a/n1.jpg"] == "train"
     # Without an earlier split (a first run, --resplit) every test image of a pair goes to train.
-    plain = settle_leaks(split, check, root)
+    plain, _ = settle_leaks(split, check, root)
     assert plain.sides()["dotted/dotted_0000.jpg"] == "train" and plain.sides()["dotted/new_copy.jpg"] == "train"
 
 

@@ -552,20 +552,17 @@ def keep_leaks_in_train(split: Split, leaks: Sequence[Leak], earlier: Mapping[st
             train_left[y] -= len(joining_train)
         to_test.update(members)
 
-    def joins(leak: Leak) -> bool:
-        return leak.test in to_test
-
     test_left = {y: sum(1 for _, t in split.test if t == y) for y in range(len(split.classes))}
     labels_te = dict(split.test)
     leaving: set[str] = set()
     for leak in leaks:
-        if not leak.same_class or leak.test in leaving or joins(leak):
+        if not leak.same_class or leak.test in leaving or leak.test in to_test:
             continue
         y = labels_te[leak.test]
         if test_left[y] > 1:
             leaving.add(leak.test)
             test_left[y] -= 1
-    joining = {leak.train for leak in same if joins(leak)}
+    joining = {leak.train for leak in same if leak.test in to_test}
     if not leaving and not joining:
         return split
     moved = [(p, y) for p, y in split.test if p in leaving]
@@ -577,10 +574,11 @@ def keep_leaks_in_train(split: Split, leaks: Sequence[Leak], earlier: Mapping[st
 
 
 def settle_leaks(split: Split, check: LeakCheck, images_dir: str | Path, earlier: Mapping[str, str] | None = None,
-                 workers: int = 2) -> Split:
+                 workers: int = 2) -> tuple[Split, LeakCheck]:
     """keep_leaks_in_train with the pairs `check` may move, then checked again (with its hashes, so
     no image is decoded twice) until no pair is left to move: a new image that joined its copy in
-    test may have another copy in train, and then goes back, its test copy with it."""
+    test may have another copy in train, and then goes back, its test copy with it. Returns the split
+    and the check of it (the pairs left: those that keep a class its last test image)."""
     start = split
     split = keep_leaks_in_train(split, check.movable(split), earlier)
     for _ in range(len(split.test) + 1):  # each round after the first only moves test images to train
@@ -589,10 +587,12 @@ def settle_leaks(split: Split, check: LeakCheck, images_dir: str | Path, earlier
         if after.sides() == split.sides():
             break
         split = after
+    else:  # (never in practice: each round moves a test image)
+        again = check_leaks(split, images_dir, check.threshold, workers, progress=False, known=check.hashes)
     # `moved` holds the test images the check took out of test, for the next run to check again: not a
     # new image that joined test and went back (its side before the check was train).
     was = start.sides()
-    return replace(split, moved=[p for p in split.moved if was.get(p) != "train"])
+    return replace(split, moved=[p for p in split.moved if was.get(p) != "train"]), again
 
 
 __all__ = [

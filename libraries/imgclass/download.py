@@ -791,10 +791,10 @@ def download_images(
         pool.shutdown(wait=True, cancel_futures=True)
         # What failed so far is recorded, with the earlier run's failures of listed URLs not tried again yet.
         tried = {_clean(url) for url in [*(entries[i][1] for i in reasons), *manifest]}
+        still_listed = {_clean(url) for url in listed}
         try:
             _write_failures(out_dir, [(entries[i][1], entries[i][0], reasons[i]) for i in sorted(reasons)]
-                            + [row for row in _read_failures(out_dir) if row[0] not in tried
-                               and row[0] in {_clean(u) for u in listed}])
+                            + [row for row in _read_failures(out_dir) if row[0] not in tried and row[0] in still_listed])
         except (OSError, UnicodeError) as failed:  # (edited by hand since): the interrupt is what to report
             log.warning("%s not updated: %s", FAILURES_FILE, failed)
         if isinstance(e, KeyboardInterrupt) and progress:
