@@ -20,7 +20,10 @@ def test_metrics_follow_the_tutorial_definitions() -> None:
     assert m["class_averaged_accuracy"] == pytest.approx((3 / 4 + 1 + 1 / 2) / 3)
     # AUC of "a" by hand from its score column: three of its images (1.00, 1.01, 1.02) outscore three of
     # the others (0.04-0.06) but not the fourth (1.07); its fourth image (0.03) outscores none: 9 of 16 pairs.
-    assert m["per_class"]["a"] == {"accuracy": 0.75, "auc": pytest.approx(9 / 16), "n": 4}
+    assert m["per_class"]["a"] == {"accuracy": 0.75, "precision": 0.75, "auc": pytest.approx(9 / 16), "n": 4}
+    # precision: of the images given the class, the fraction that are of it (b: 2 of 3, one of them an "a")
+    assert [m["per_class"][c]["precision"] for c in classes] == [0.75, pytest.approx(2 / 3), 1.0]
+    assert format_table(m).splitlines()[2].split()[3] == "66.67%"  # b's row: name, n, accuracy, precision
     assert m["confusion_matrix"] == [[3, 1, 0], [0, 2, 0], [1, 0, 1]]
     perfect = compute_metrics(np.eye(3)[labels], labels, classes)
     assert all(v["auc"] == 1.0 for v in perfect["per_class"].values())
@@ -42,7 +45,8 @@ def test_the_most_frequent_mistakes_come_first_and_are_limited() -> None:
 
 def test_auc_is_none_for_a_class_with_no_images_and_shapes_are_checked() -> None:
     m = compute_metrics(np.array([[0.9, 0.1], [0.8, 0.2]]), np.array([0, 0]), ["x", "y"])
-    assert m["per_class"]["y"] == {"accuracy": None, "auc": None, "n": 0}
+    assert m["per_class"]["y"] == {"accuracy": None, "precision": None, "auc": None, "n": 0}  # never answered either
+    assert m["per_class"]["x"]["precision"] == 1.0
     with pytest.raises(ValueError, match="do not match"):
         compute_metrics(np.zeros((3, 2)), np.zeros(2, dtype=int), ["x", "y"])
 

@@ -40,7 +40,7 @@ def test_demo_pipeline_writes_every_output(pipeline_dir: Path) -> None:
     assert m["dataset"] == ds and m["classifier"] == "svm" and m["classes"] == ["dotted", "leopard", "striped"]
     assert m["n_train"] + m["n_test"] == 24 and m["n_test"] == 6
     assert sum(map(sum, m["confusion_matrix"])) == m["n_test"]
-    assert 0.0 <= m["overall_accuracy"] <= 1.0 and set(m["per_class"]["dotted"]) == {"accuracy", "auc", "n"}
+    assert 0.0 <= m["overall_accuracy"] <= 1.0 and set(m["per_class"]["dotted"]) == {"accuracy", "precision", "auc", "n"}
     # no temp files left behind by the atomic writes
     assert not list(pipeline_dir.rglob(".*.tmp"))
 

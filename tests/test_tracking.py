@@ -55,6 +55,7 @@ def test_a_pipeline_is_one_run_with_its_stages_nested(tracked_demo: Path) -> Non
     assert got["class_averaged_accuracy"] == pytest.approx(m["class_averaged_accuracy"])
     for c, v in m["per_class"].items():
         assert got[f"accuracy_{c}"] == pytest.approx(v["accuracy"]) and got[f"auc_{c}"] == pytest.approx(v["auc"])
+        assert v["precision"] is None or got[f"precision_{c}"] == pytest.approx(v["precision"])
     assert got["class_averaged_auc"] == pytest.approx(sum(v["auc"] for v in m["per_class"].values()) / 3)
     assert got["svm_C"] == pytest.approx(m["svm_C"])
     # tags: data set, classifier, the project's git commit
@@ -190,10 +191,12 @@ def test_two_pipelines_are_compared(tracked_demo: Path, monkeypatch: pytest.Monk
 
 def test_metrics_and_curves_are_flattened_for_mlflow() -> None:
     m = {"overall_accuracy": 0.5, "class_averaged_accuracy": 0.25, "n_test": 4, "svm_C": 0.1,
-         "per_class": {"a b/c": {"accuracy": 0.5, "auc": 0.75, "n": 2}, "x(y)": {"accuracy": 0.0, "auc": None, "n": 2}}}
+         "per_class": {"a b/c": {"accuracy": 0.5, "precision": 1.0, "auc": 0.75, "n": 2},
+                       "x(y)": {"accuracy": 0.0, "precision": None, "auc": None, "n": 2}}}
     flat = tracking.metrics_from_json(m, prefix="train_")
     assert flat == {"train_overall_accuracy": 0.5, "train_class_averaged_accuracy": 0.25,
-                    "train_class_averaged_auc": 0.75, "train_accuracy_a b/c": 0.5, "train_auc_a b/c": 0.75,
+                    "train_class_averaged_auc": 0.75, "train_accuracy_a b/c": 0.5, "train_precision_a b/c": 1.0,
+                    "train_auc_a b/c": 0.75,
                     "train_accuracy_x_y__dfdfae": 0.0, "train_n_test": 4.0, "train_svm_C": 0.1}
     # Classes "a+b" and "a_b" both sanitise to a_b: each keeps its own figures.
     two = tracking.metrics_from_json({"per_class": {"a+b": {"accuracy": 1.0}, "a_b": {"accuracy": 0.0}}})

@@ -3,8 +3,10 @@
 - overall accuracy: the fraction of images whose top-scoring class is right;
 - class-averaged accuracy: the mean of the per-class accuracies (recalls), so a large class cannot
   hide a poorly recognised small one;
-- per class: accuracy, number of images and the one-vs-rest ROC AUC of that class's score; their
-  mean is the class-averaged AUC.
+- per class: accuracy (the tutorial's name for recall: the fraction of the class's images found),
+  precision (the fraction of the images given the class that are of it: where a class is answered
+  too readily, its accuracy looks fine and its precision tells), number of images and the
+  one-vs-rest ROC AUC of that class's score; the mean of the AUCs is the class-averaged AUC.
 """
 
 from __future__ import annotations
@@ -63,8 +65,10 @@ def compute_metrics(scores: np.ndarray, labels: np.ndarray, classes: Sequence[st
     aucs_by_class = {c: float(a) for c, _, _, a in roc_curves(scores, labels, classes)}
     per_class: dict[str, dict[str, Any]] = {}
     for i, c in enumerate(classes):
-        n = int(cm[i].sum())
-        per_class[c] = {"accuracy": float(cm[i, i] / n) if n else None, "auc": aucs_by_class.get(c), "n": n}
+        n, given = int(cm[i].sum()), int(cm[:, i].sum())
+        per_class[c] = {"accuracy": float(cm[i, i] / n) if n else None,
+                        "precision": float(cm[i, i] / given) if given else None,  # never answered: undefined, not 0
+                        "auc": aucs_by_class.get(c), "n": n}
     accs = [v["accuracy"] for v in per_class.values() if v["accuracy"] is not None]
     aucs = [v["auc"] for v in per_class.values() if v["auc"] is not None]
     return {
@@ -199,17 +203,21 @@ def plot_confusion(cm: np.ndarray | list, classes: Sequence[str], path: str | Pa
 def format_table(metrics: dict[str, Any]) -> str:
     """The accuracy table stage 5 prints."""
     shown, width = name_column(metrics["classes"], at_least=12)
-    lines = [f"{'class':<{width}}  {'n':>5}  {'accuracy':>8}  {'AUC':>6}"]
+    def percent(value: float | None) -> str:
+        return "-" if value is None else f"{100 * value:7.2f}%"
+
+    lines = [f"{'class':<{width}}  {'n':>5}  {'accuracy':>8}  {'precision':>9}  {'AUC':>6}"]
     for c, v in metrics["per_class"].items():
-        acc = "-" if v["accuracy"] is None else f"{100 * v['accuracy']:7.2f}%"
         roc = "-" if v["auc"] is None else f"{v['auc']:.4f}"
-        lines.append(f"{ljust(shown.get(c, c), width)}  {v['n']:>5}  {acc:>8}  {roc:>6}")
+        # Metrics files written before precision was reported lack it: shown as "-" rather than failing.
+        lines.append(f"{ljust(shown.get(c, c), width)}  {v['n']:>5}  {percent(v['accuracy']):>8}  "
+                     f"{percent(v.get('precision')):>9}  {roc:>6}")
     lines.append(f"{'overall':<{width}}  {sum(v['n'] for v in metrics['per_class'].values()):>5}  "
                  f"{100 * metrics['overall_accuracy']:7.2f}%")
     mean_auc = metrics.get("class_averaged_auc")
     scored = sum(1 for v in metrics["per_class"].values() if v["n"])
     of = f"  (over {scored} of {len(metrics['per_class'])} classes)" if scored < len(metrics["per_class"]) else ""
-    lines.append((f"{'class-avg':<{width}}  {'':>5}  {100 * metrics['class_averaged_accuracy']:7.2f}%  "
+    lines.append((f"{'class-avg':<{width}}  {'':>5}  {100 * metrics['class_averaged_accuracy']:7.2f}%  {'':>9}  "
                   + ("" if mean_auc is None else f"{mean_auc:.4f}") + of).rstrip())
     return "\n".join(lines)
 

@@ -170,6 +170,7 @@ def metrics_from_json(m: dict[str, Any], prefix: str = "") -> dict[str, float]:
         put("class_averaged_auc", sum(aucs) / len(aucs))
     for c, v in m.get("per_class", {}).items():
         put(f"accuracy_{class_key(c)}", v.get("accuracy"))
+        put(f"precision_{class_key(c)}", v.get("precision"))
         put(f"auc_{class_key(c)}", v.get("auc"))
     for key in ("n_train", "n_test", "svm_C"):
         put(key, m.get(key))
