@@ -445,6 +445,7 @@ def _group_of(rel_path: str) -> str:
 
 def _read_dedicated(path: Path, classes: list[str]) -> set[str]:
     test = set()
+    first = True
     # utf-8-sig: a list saved by Notepad or Excel starts with a byte-order mark.
     with open(path, encoding="utf-8-sig") as f:
         for n, line in enumerate(f, 1):
@@ -452,6 +453,12 @@ def _read_dedicated(path: Path, classes: list[str]) -> set[str]:
             if not line or line.startswith("#"):
                 continue
             entry = line.split("\t")[0]
+            # A first line such as "image<TAB>label" (a list exported from a spreadsheet or another
+            # tool) is a header: no entry without a "/" could name an image, so none is lost.
+            if first and "/" not in entry:
+                first = False
+                continue
+            first = False
             if entry.split("/")[0] not in classes or "/" not in entry:
                 raise DatasetError(
                     f"{path}, line {n}: {entry!r} is not 'class/filename' with a class among {', '.join(classes)}"
