@@ -20,6 +20,7 @@ def main() -> int:
         print("classifier = 'dnn' scores with the refined network itself: no SVM to train.")
         do_not_track()  # it did nothing: recorded, it would start a run of its own with no results
         return 0
+    p.require_stage_outputs(features=["train"])
     train = FeatureSet.load(p.features_path("train"), made_with_keys=MODEL_SETTINGS)
     check_same_source(p.require_model(), p.features_path("train"),
                       split_file=require_file(p.split_path, "scripts/1_prepareData.py"))

@@ -22,6 +22,7 @@ parser.add_argument("--on", choices=("test", "train"), default=None, help="which
 def main() -> int:
     args, p = parse_stage(parser)
     side = args.on or p.eval_set
+    p.require_stage_outputs(features=dict.fromkeys([side, "train"]), svm=p.classifier != "dnn")
     data = FeatureSet.load(p.features_path(side), made_with_keys=MODEL_SETTINGS)
     n_train = len(data) if side == "train" else len(FeatureSet.load(p.features_path("train")))
     classes, labels = data.classes, data.labels

@@ -191,6 +191,26 @@ def test_a_missing_model_says_which_classifier_stage_2_must_run_with(tmp_path: P
     assert load_params(overrides={"DATA_DIR": str(tmp_path), "classifier": "dnn"}).require_model().name == "model_refined.pt"
 
 
+def test_a_missing_input_names_every_stage_still_to_run(tmp_path: Path) -> None:
+    """Stage 5 before stages 3 and 4 said "run stage 3" and, that done, "run stage 4": both at once."""
+    p = load_params(overrides={"DATA_DIR": str(tmp_path), "classifier": "svmDnnRefined"})
+    p.proc_dir.mkdir(parents=True)
+    needs = {"features": ["test", "train"], "svm": True}
+    with pytest.raises(FileNotFoundError, match=r"model_refined\.pt not found: run scripts/2_refineDNN\.py with "
+                       r"classifier = 'svmDnnRefined', then scripts/3_runDNN\.py, then scripts/4_trainSVM\.py first$"):
+        p.require_stage_outputs(**needs)
+    p.model_path.write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match=r"features_refined_test\.npz not found: run scripts/3_runDNN\.py, "
+                       r"then scripts/4_trainSVM\.py first$"):
+        p.require_stage_outputs(**needs)
+    for side in ("test", "train"):
+        p.features_path(side).write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match=r"svm_refined\.npz not found: run scripts/4_trainSVM\.py first$"):
+        p.require_stage_outputs(**needs)
+    p.svm_path.write_bytes(b"")
+    p.require_stage_outputs(**needs)  # all there: no error
+
+
 def test_the_service_grace_and_cors_parameters_are_checked_when_loaded() -> None:
     with pytest.raises(ParameterError, match=r"dep_graceSec = -1"):
         load_params(overrides={"dep_graceSec": -1})

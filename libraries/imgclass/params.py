@@ -325,12 +325,28 @@ class Params(Mapping[str, Any]):
     def model_path(self) -> Path:
         return self.proc_dir / f"model_{self.model_kind}.pt"
 
-    def require_model(self) -> Path:
-        """model_path, or a FileNotFoundError saying how to make it: stage 2 with this classifier (run
-        without it, stage 2 makes the other kind of model, and the same error would come back)."""
+    @property
+    def _stage2(self) -> str:
+        # Run without this classifier, stage 2 makes the other kind of model, and the same error would come back.
         classifier = self._values["classifier"]
-        stage2 = "scripts/2_refineDNN.py" + ("" if classifier == "svm" else f" with classifier = {classifier!r}")
-        return require_file(self.model_path, stage2)
+        return "scripts/2_refineDNN.py" + ("" if classifier == "svm" else f" with classifier = {classifier!r}")
+
+    def require_model(self) -> Path:
+        """model_path, or a FileNotFoundError saying how to make it: stage 2 with this classifier."""
+        return require_file(self.model_path, self._stage2)
+
+    def require_stage_outputs(self, features: Iterable[str] = (), svm: bool = False) -> None:
+        """A FileNotFoundError naming every stage still to run, in order, when a file that a stage
+        needs is missing (the model, the features of `features`' sides, the SVM): stage 5 before
+        stages 3 and 4 said "run stage 3", and once that was done, "run stage 4"."""
+        chain = [(self.model_path, self._stage2)]
+        chain += [(self.features_path(side), "scripts/3_runDNN.py") for side in features]
+        if svm:
+            chain.append((self.svm_path, "scripts/4_trainSVM.py"))
+        for i, (path, _) in enumerate(chain):
+            if not path.is_file():
+                stages = list(dict.fromkeys(stage for _, stage in chain[i:]))
+                raise FileNotFoundError(f"{path} not found: run {', then '.join(stages)} first")
 
     @property
     def feature_cache_dir(self) -> Path:

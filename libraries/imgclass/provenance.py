@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from imgclass.featureset import FeatureSet
-from imgclass.fileio import require_file
 
 if TYPE_CHECKING:
     from imgclass.params import Params
@@ -192,8 +191,11 @@ def trained_classifier(p: Params) -> tuple[Path, Path | None, bool]:
     (None for classifier "dnn": the refined network scores alone), refused when the two are of
     different origins, and the mirror averaging stage 3 used (new images are scored as the SVM was
     trained and evaluated)."""
-    model = p.require_model()
-    svm = None if p.classifier == "dnn" else require_file(p.svm_path, "scripts/4_trainSVM.py")
+    with_svm = p.classifier != "dnn"  # a refined network scores without stage 3's features
+    # An SVM still to train needs them; one trained is used even where they were deleted since.
+    p.require_stage_outputs(features=["train"] if with_svm and not p.svm_path.is_file() else [], svm=with_svm)
+    model = p.model_path
+    svm = p.svm_path if with_svm else None
     if svm is not None:
         check_model_and_svm(model, p.features_path("train"), svm)
     check_trained_on_split(p)
