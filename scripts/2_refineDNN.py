@@ -98,6 +98,14 @@ def main() -> int:
             plot_history(History.from_json(stored["history"]), curves_png, title=title, **saved)
             print(f"wrote {curves_json} and {curves_png} (from {p.model_path.name})")
         return 0
+    # Before the network is built and the run described: a refusal comes first, alone.
+    if checkpoint.is_file() and not args.resume:
+        if not args.restart:  # the first epoch would overwrite the interrupted run's progress
+            raise ValueError(f"{checkpoint} holds an interrupted refinement (stopped or failed): add --resume to "
+                             f"continue it, or --restart to start afresh (deleting it)")
+        checkpoint.unlink()
+    elif args.resume and not checkpoint.is_file():
+        print(f"--resume: no checkpoint ({checkpoint}), so the refinement starts from the first epoch")
     refiner = Refiner(config, split.classes, spill_dir=p.proc_dir)  # decoded images beyond memory go there
     what = "only the new last layer" if config.freeze_weights else "the whole network"
     balanced = " (balanced: each class drawn as often as the largest, rf_boBalanceTrainingSet)" \
@@ -113,13 +121,6 @@ def main() -> int:
         print(f"note: {note}")
     if note := _replacing_note(p.model_path, stored, config.settings()):
         print(f"note: {note}")
-    if checkpoint.is_file() and not args.resume:
-        if not args.restart:  # the first epoch would overwrite the interrupted run's progress
-            raise ValueError(f"{checkpoint} holds an interrupted refinement (stopped or failed): add --resume to "
-                             f"continue it, or --restart to start afresh (deleting it)")
-        checkpoint.unlink()
-    elif args.resume and not checkpoint.is_file():
-        print(f"--resume: no checkpoint ({checkpoint}), so the refinement starts from the first epoch")
     # While it trains, the curves go to files of their own: an interrupted run must not replace the
     # curves of the finished run whose model is still the one stages 3-5 use.
     running = [curves_json.with_name("training_curves_running.json"), curves_png.with_name("training_curves_running.png")]

@@ -271,6 +271,7 @@ def test_an_interrupted_refinement_is_not_overwritten_by_a_plain_rerun(pipeline_
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "holds an interrupted refinement (stopped or failed): add --resume to continue it, or --restart" in proc.stderr
     assert ckpt.read_bytes() == b"the interrupted run's progress"
+    assert "refining" not in proc.stdout, proc.stdout  # the refusal alone, not after a description of a run
     both = run_script("2_refineDNN.py", *dnn, "--resume", "--restart", data_dir=data_dir, check=False)
     assert both.returncode == 2 and "--resume and --restart: choose one" in both.stderr, both.stderr
     out = run_script("2_refineDNN.py", *dnn, "--restart", data_dir=data_dir).stdout
