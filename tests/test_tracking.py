@@ -173,7 +173,8 @@ def test_two_pipelines_are_compared(tracked_demo: Path, monkeypatch: pytest.Monk
         assert differ["stages"] == ["4,5", "0,1,2,3,4,5"]
     else:
         assert differ["classifier"] == ["dnn", "svm"]
-    for row in ("overall accuracy", "class-averaged accuracy", "class-averaged AUC", "accuracy dotted", "AUC striped"):
+    for row in ("overall accuracy", "class-averaged accuracy", "class-averaged AUC", "accuracy dotted", "precision leopard",
+                "AUC striped"):
         assert any(line.startswith(row) for line in lines), row
     # The data each run used: the same split.json here, and its image counts (from stage 5's metrics).
     from imgclass.provenance import split_hash

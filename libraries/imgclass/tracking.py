@@ -542,9 +542,11 @@ def format_comparison(runs: Sequence[RunSummary], all_params: bool = False, wide
             pass
     for c in classes:
         rows.append((f"accuracy {real.get(c, c)}", [_pct(r.metrics.get(f"accuracy_{c}")) for r in runs]))
+        if any(f"precision_{c}" in r.metrics for r in runs):  # runs recorded before precision was: none
+            rows.append((f"precision {real.get(c, c)}", [_pct(r.metrics.get(f"precision_{c}")) for r in runs]))
         rows.append((f"AUC {real.get(c, c)}", [_num(r.metrics.get(f"auc_{c}")) for r in runs]))
     # "accuracy <a class name of 60 characters>" would push every run's column off an 80-column terminal.
-    shown, label_w = name_column([k for k, _ in rows], at_most=NAME_COLUMNS + len("accuracy "))
+    shown, label_w = name_column([k for k, _ in rows], at_most=NAME_COLUMNS + len("precision "))
     col_w = [max(len(vals[i]) for _, vals in rows) for i in range(len(runs))]
     lines = []
     for key, vals in rows:
