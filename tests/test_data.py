@@ -87,6 +87,29 @@ def test_train_test_folders_are_used_and_must_agree(tmp_path: Path) -> None:
         make_split(tmp_path)
 
 
+def test_rules_outranked_by_a_split_made_in_advance_are_named(tmp_path: Path, color_dataset: Path) -> None:
+    """A test list beside train/ and test/ folders, or imagesSplitBy = 'subdir' there, was ignored
+    without a word: the user believed their list or rule made the split."""
+    from imgclass.data import unused_rule_notes
+
+    for side in ("train", "test"):
+        for c in ("cat", "dog"):
+            write_image(tmp_path / side / c / "0.jpg", (90, 90, 90))
+    (tmp_path / "dedicatedTestImages.tsv").write_text("train/cat/0.jpg\n")
+    s = make_split(tmp_path)
+    notes = unused_rule_notes(s, tmp_path, "subdir")
+    assert notes == ["dedicatedTestImages.tsv is not read: the folders train/ test/ set the split; to test on the "
+                     "images it lists, move them into test/<class>/",
+                     "imagesSplitBy = 'subdir' does not apply: the folders train/ test/ set the test set"]
+    assert unused_rule_notes(s, tmp_path, "filename") == notes[:1]
+    (color_dataset / "dedicatedTestImages.tsv").write_text("red/red_0.jpg\n")
+    listed = make_split(color_dataset, split_by="subdir")
+    assert unused_rule_notes(listed, color_dataset, "subdir") == [
+        "imagesSplitBy = 'subdir' does not apply: dedicatedTestImages.tsv set the test set"]
+    (color_dataset / "dedicatedTestImages.tsv").unlink()
+    assert unused_rule_notes(make_split(color_dataset, split_by="subdir"), color_dataset, "subdir") == []
+
+
 def test_split_folders_are_recognised_in_the_names_downloaded_data_sets_use(tmp_path: Path) -> None:
     # Kaggle-style Training/ and Testing/ must not become two classes "Training" and "Testing".
     for side, n in (("Training", 3), ("Testing", 2), ("valid", 1)):

@@ -695,6 +695,22 @@ def dedicated_file_hint(images_dir: str | Path) -> str | None:
     return None
 
 
+def unused_rule_notes(split: Split, images_dir: str | Path, split_by: str) -> list[str]:
+    """Notes on the split rules that `split` outranked, which the user set and would otherwise
+    believe applied: folders made in advance outrank a dedicatedTestImages.tsv beside them, and
+    either outranks imagesSplitBy = 'subdir' (module docstring: the order of the rules)."""
+    notes = []
+    folders = split.method.startswith("folders ")
+    if folders and (Path(images_dir) / DEDICATED_TEST_FILE).is_file():
+        test_dir = split.method.split()[2]
+        notes.append(f"{DEDICATED_TEST_FILE} is not read: the folders {' '.join(split.method.split()[1:3])} set the "
+                     f"split; to test on the images it lists, move them into {test_dir}<class>/")
+    if split_by == "subdir" and (folders or split.method == DEDICATED_TEST_FILE):
+        given = f"the folders {' '.join(split.method.split()[1:3])}" if folders else DEDICATED_TEST_FILE
+        notes.append(f"imagesSplitBy = 'subdir' does not apply: {given} set the test set")
+    return notes
+
+
 def test_image_hint(split: Split) -> str:
     """How a class gets test images under the rule `split` was made by (adding photos to its class
     folder only helps a random split)."""
