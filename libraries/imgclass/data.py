@@ -415,12 +415,14 @@ def split_change_note(previous: Split | None, split: Split, resplit: bool = Fals
     if split.method not in ("random", "subdir"):
         if previous.method.split()[0] != split.method.split()[0]:  # (folders: the user's own to change)
             return (f"split another way than the earlier split.json ({previous.method} -> {split.method}): test "
-                    "results are not comparable with those of earlier runs")
+                    "results are not comparable with those of runs on the earlier split")
         return ""
     _, why = earlier_sides(previous, split.settings)
     if resplit or why:
+        # Runs on the earlier split only: a seeded split with settings set back (ratio 0.8 -> 0.75) is
+        # again the one that earlier runs with these settings had, on the same images.
         return (f"split anew ({'--resplit' if resplit else why}): earlier test images may be in train now, so "
-                "test results are not comparable with those of earlier runs")
+                "test results are not comparable with those of runs on the earlier split")
     new = [side for p, side in now.items() if p not in before]
     gone = sum(1 for p in before if p not in now)
     changed = sum(1 for p, side in now.items() if p in before and before[p] != side)
