@@ -7,7 +7,8 @@ never deleted. Images relabelled in annotations_fixes.tsv count in their new cla
 Two kinds of group are not moved without --force: groups spanning class folders (the same photo
 with two labels: which label is right is for a person to decide) are left in place, and where the
 data set's images look alike to dhash nothing is moved (see the note it prints). --force overrides
-both, and says which it overrode.
+both, and says which it overrode (and, for each group spanning classes, which label stays).
+A copy mirrored left-right counts as a copy.
 """
 
 from pathlib import Path
@@ -60,17 +61,23 @@ def main() -> int:
         print(f"group {n}: keep {group[0]} ({_size(report, group[0])}){flag}")
         for other in group[1:]:
             bits = report.bits_between(group[0], other)
-            print(f"    {other} ({_size(report, other)}, " + (f"{bits} bit{_s(bits)})" if bits is not None else "via another member)"))
-    print(f"wrote {report.write_groups(folder / DUPLICATES_LIST)}")
+            mirrored = ", mirrored" if report.is_mirrored(group[0], other) else ""
+            print(f"    {other} ({_size(report, other)}, "
+                  + (f"{bits} bit{_s(bits)}{mirrored})" if bits is not None else "via another member)"))
+    try:
+        print(f"wrote {report.write_groups(folder / DUPLICATES_LIST)}")
+    except OSError as e:  # a read-only folder (a mounted archive, a colleague's share): the list is printed above
+        print(f"note: could not write {DUPLICATES_LIST} into {folder} ({e.strerror or e}): the groups are listed above only")
     if cross:
         print(f"{len(cross)} group(s) span class folders: the same photo with different labels; check them by hand "
-              f"(--remove leaves them in place; --force moves them too, keeping the copy with the most pixels)")
+              f"(--remove leaves them in place; --force moves them too, keeping the copy with the most pixels, "
+              f"whatever its class: the label kept is that copy's)")
     note = lookalike_note(report.typical_distance, threshold)
     if note and report.to_move:
         print(f"note: {note}")
     alike = report.lookalike_groups() if not note else []
     if alike:
-        print(f"note: the images of {', '.join(report.lookalike_classes)} look alike to dhash within their class "
+        print(f"note: the images of {', '.join(c or 'the folder' for c in report.lookalike_classes)} look alike to dhash within their class "
               f"(distinct images lie within {threshold} bits of one another as often as copies would): their "
               f"{len(alike)} group(s) need not be copies, so --remove leaves them in place (--force moves them "
               "too; a lower --threshold catches copies only)")
@@ -86,13 +93,21 @@ def main() -> int:
               "or add --force to move them anyway")
         return 1
     if args.force and cross:
-        print(f"--force: moving the duplicates of the {len(cross)} group(s) that span class folders too")
+        # The copy kept is chosen by pixels and file size, which say nothing of the right label: say which stays.
+        print(f"--force: moving the duplicates of the {len(cross)} group(s) that span class folders too; the label "
+              "each keeps is its kept copy's class:")
+        for group in cross:
+            others = sorted({report.class_of(q) for q in group[1:]} - {report.class_of(group[0])})
+            print(f"    {group[0]}: stays {report.class_of(group[0]) or '(no class folder)'}, its copies in "
+                  f"{', '.join(c or '(no class folder)' for c in others)} moved")
     if args.force and note and to_move:
         print("--force: moving although the images look alike to dhash (see the note)")
     moved = move_duplicates(report, cross_class=args.force, alike=alike_too)
     left = "".join(f"; {n} group(s) {what} left in place" for n, what in (
         (len(cross), "spanning class folders"), (len(alike), "of look-alike classes")) if n and not args.force)
     print(f"moved {len(moved)} image(s) to {folder / DUPLICATES_FOLDER} (list: {DUPLICATES_FOLDER}/moved.tsv){left}")
+    if moved and folder.resolve() == p.images_dir.resolve():
+        print("next: scripts/1_prepareData.py, to split the data set without them")
     return 0
 
 

@@ -191,6 +191,8 @@ def test_remove_leaves_groups_spanning_classes_unless_forced(originals: Path, tm
     assert (root / "dotted/looks_dotted.jpg").is_file() and (root / "leopard/leopard_0002.jpg").is_file()
     out = run_script("dedupImages.py", str(root), "--remove", "--force", data_dir=tmp_path).stdout
     assert "--force: moving the duplicates of the 1 group(s) that span class folders too" in out
+    # Pixels chose the copy kept, not its label: which label stays is said, group by group.
+    assert "    leopard/leopard_0002.jpg: stays leopard, its copies in dotted moved" in out
     assert "moved 1 image(s)" in out and not (root / "dotted/looks_dotted.jpg").exists()
     assert len((root / "_duplicates" / "moved.tsv").read_text().splitlines()) == 1 + 2
 
@@ -383,6 +385,54 @@ def test_leakage_check_finds_a_mirrored_copy_across_the_split(originals: Path, t
         ("leopard/leopard_0001.jpg", "leopard/flipped.jpg", True, True)]
     assert leaks[0].distance <= DEFAULT_THRESHOLD < plain
     assert write_leaks(tmp_path / "near.tsv", leaks).read_text().splitlines()[1].endswith("\tTrue\tTrue")
+
+
+def test_dedup_finds_a_mirrored_copy_and_says_so(originals: Path, tmp_path: Path) -> None:
+    """dedupImages.py compared hashes as they are only: a flipped copy, which stage 1's leakage check
+    found, was missed (53-129 bits as they are, 0-3 as mirror images, on real photos)."""
+    root = tmp_path / "ds"
+    shutil.copytree(originals, root)
+    ImageOps.mirror(Image.open(root / "leopard/leopard_0001.jpg").convert("RGB")).save(
+        root / "leopard/flipped.jpg", "JPEG", quality=70)
+    report = find_duplicates(root, progress=False)
+    assert report.groups == [["leopard/flipped.jpg", "leopard/leopard_0001.jpg"]] or \
+        report.groups == [["leopard/leopard_0001.jpg", "leopard/flipped.jpg"]]
+    assert report.is_mirrored("leopard/leopard_0001.jpg", "leopard/flipped.jpg")
+    assert report.bits_between("leopard/flipped.jpg", "leopard/leopard_0001.jpg") <= DEFAULT_THRESHOLD
+    out = run_script("dedupImages.py", str(root), data_dir=tmp_path).stdout
+    assert " bits, mirrored)" in out or " bit, mirrored)" in out, out
+    rows = (root / "duplicates.tsv").read_text().splitlines()
+    assert rows[0] == "group\tkept\tduplicate\tbits\tmirrored" and rows[1].endswith("\tyes")
+    # An image is never its own copy, however symmetric (every stripe image is near its mirror).
+    assert all(len(set(g)) == len(g) for g in report.groups)
+
+
+def test_a_folder_without_class_folders_has_its_copies_moved(originals: Path, tmp_path: Path) -> None:
+    """A flat folder (a scrape before sorting): every image was its own "class", so every group
+    was said to span class folders and --remove moved nothing."""
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for f in sorted(originals.rglob("*.jpg")):
+        shutil.copyfile(f, flat / f.name)
+    _copy(flat / "dotted_0001.jpg", flat / "dotted_0001_small.jpg", 0.5, 60)
+    report = find_duplicates(flat, progress=False)
+    assert report.groups == [["dotted_0001.jpg", "dotted_0001_small.jpg"]] and report.cross_class_groups() == []
+    out = run_script("dedupImages.py", str(flat), "--remove", data_dir=tmp_path).stdout
+    assert "moved 1 image(s)" in out and "class folders" not in out, out
+    assert not (flat / "dotted_0001_small.jpg").exists() and (flat / "_duplicates" / "dotted_0001_small.jpg").is_file()
+
+
+def test_a_dry_run_that_cannot_write_its_list_still_lists_the_groups(originals: Path, tmp_path: Path) -> None:
+    """A read-only folder (a mounted archive) failed the dry run after printing the groups. A folder
+    in the list's place fails the write as read-only does, and does so for root too."""
+    root = tmp_path / "ro"
+    shutil.copytree(originals, root)
+    _copy(root / "dotted/dotted_0001.jpg", root / "dotted/copy.jpg", 0.5, 60)
+    (root / "duplicates.tsv").mkdir()
+    proc = run_script("dedupImages.py", str(root), data_dir=tmp_path, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "group 1: keep dotted/dotted_0001.jpg" in proc.stdout
+    assert f"note: could not write duplicates.tsv into {root}" in proc.stdout and (root / "duplicates.tsv").is_dir()
 
 
 def test_stage1_keeps_near_duplicates_on_one_side(originals: Path, tmp_path: Path) -> None:

@@ -233,6 +233,7 @@ class DuplicateReport:
     exact: list[list[str]] = field(default_factory=list)
     groups: list[list[str]] = field(default_factory=list)
     distances: dict[tuple[str, str], int] = field(default_factory=dict)  # (a, b), a sorting first -> bits
+    mirrored: set[tuple[str, str]] = field(default_factory=set)  # pairs (as in distances) closest as mirror images
     sizes: dict[str, tuple[int, int]] = field(default_factory=dict)  # (width, height) of every grouped image
     failed: list[tuple[str, str]] = field(default_factory=list)
     typical_distance: float | None = None  # see `typical_distance`; judged by `lookalike_note`
@@ -243,8 +244,13 @@ class DuplicateReport:
     fixes: dict[str, str] = field(default_factory=dict)
 
     def bits_between(self, a: str, b: str) -> int | None:
-        """Bits between the hashes of two images of a group; None for a member joined through another."""
+        """Bits between the hashes of two images of a group (of one and the other's mirror image when
+        that is closer: `is_mirrored`); None for a member joined through another."""
         return self.distances.get((a, b) if a < b else (b, a))
+
+    def is_mirrored(self, a: str, b: str) -> bool:
+        """Whether two images of a group are closest as mirror images of each other."""
+        return ((a, b) if a < b else (b, a)) in self.mirrored
 
     @property
     def to_move(self) -> list[tuple[str, str]]:
@@ -268,13 +274,14 @@ class DuplicateReport:
     def class_of(self, path: str) -> str:
         """The class of a path: its fixed class when annotations_fixes.tsv gives one, else its class
         folder, the first component, or the second in a data set split in advance
-        (train/dotted/x.jpg is class dotted, as stage 1 reads it)."""
+        (train/dotted/x.jpg is class dotted, as stage 1 reads it); "" for an image straight in the
+        folder (a folder of unsorted photos: its copies lie in one "class", not each in its own)."""
         if (fixed := self.fixes.get(path)) not in (None, EXCLUDE):
             return fixed
         parts = path.split("/")
         if len(parts) > 2 and parts[0] in self._split_names:
             return parts[1]
-        return parts[0]
+        return parts[0] if len(parts) > 1 else ""
 
     @cached_property
     def _split_names(self) -> set[str]:
@@ -292,14 +299,15 @@ class DuplicateReport:
         return [g for g in self.groups if len({self.class_of(p) for p in g if not self.excluded(p)}) > 1]
 
     def write_groups(self, path: str | Path) -> Path:
-        """The groups as a TSV (group, kept, duplicate, bits; bits empty for a member joined through
-        another one), written atomically."""
+        """The groups as a TSV (group, kept, duplicate, bits, mirrored; bits and mirrored empty for a
+        member joined through another one), written atomically."""
         with atomic_open(path, "w", encoding="utf-8") as f:
-            f.write("group\tkept\tduplicate\tbits\n")
+            f.write("group\tkept\tduplicate\tbits\tmirrored\n")
             for n, group in enumerate(self.groups, 1):
                 for other in group[1:]:
                     bits = self.bits_between(group[0], other)
-                    f.write(f"{n}\t{group[0]}\t{other}\t{'' if bits is None else bits}\n")
+                    mirrored = "" if bits is None else "yes" if self.is_mirrored(group[0], other) else "no"
+                    f.write(f"{n}\t{group[0]}\t{other}\t{'' if bits is None else bits}\t{mirrored}\n")
         return Path(path)
 
 
@@ -316,7 +324,8 @@ def find_duplicates(
         raise ValueError(f"threshold = {threshold}: must be >= 0 (bits that may differ)")
     left_out: list[tuple[str, str]] = []
     paths = list_folder_images(folder, left_out)
-    hashes, problems = hash_files([folder / p for p in paths], hash_size, workers, progress)
+    both, problems = hash_files([folder / p for p in paths], hash_size, workers, progress, with_mirror=True)
+    hashes = [h.plain if h is not None else None for h in both]
     report = DuplicateReport(folder, threshold, paths, [str(h) if h is not None else "" for h in hashes],
                              fixes=read_fixes(folder) if fixes is None else fixes)
     report.failed = left_out + [(p, e) for p, e in zip(paths, problems) if e]
@@ -333,11 +342,19 @@ def find_duplicates(
             first_of[key] = i
     exact_groups = [[k, *v] for k, v in sorted(exact.items())]
 
-    # Near duplicates: a few bits apart. Groups are connected components.
+    # Near duplicates: a few bits apart, as they are or one mirrored (a photo flipped left-right is
+    # as much a copy: stage 1's leakage check found such pairs that this tool had missed, 53-129
+    # bits apart as they are, 0-3 as mirror images). Groups are connected components.
     bits = hash_bits([hashes[i] for i in ok])
-    pairs = [(ok[i], ok[j], d) for i, j, d in pairwise_close(bits, threshold)]
+    closest = {(i, j): (d, False) for i, j, d in pairwise_close(bits, threshold)}
+    for i, j, d in pairwise_close(bits, threshold, other=hash_bits([both[k].mirror for k in ok])):
+        key = (min(i, j), max(i, j))
+        if i != j and (key not in closest or d < closest[key][0]):  # (an image near its own mirror: symmetric)
+            closest[key] = (d, True)
+    pairs = [(ok[i], ok[j], d) for (i, j), (d, _) in sorted(closest.items())]
     near_groups = _groups(len(paths), pairs)
     report.distances = {(paths[i], paths[j]): d for i, j, d in pairs}
+    report.mirrored = {(paths[ok[i]], paths[ok[j]]) for (i, j), (_, mirrored) in closest.items() if mirrored}
     # Every exact group lies within a near group (0 bits apart), so these are all the grouped images.
     report.sizes = {paths[i]: _image_size(folder / paths[i]) for g in near_groups for i in g}
     excluded = {p for p, c in report.fixes.items() if c == EXCLUDE}
