@@ -58,7 +58,8 @@ def main() -> int:
     if report.stopped:
         left = len({q.text for q in queries} - set(report.done))
         where = f"; the {len(report.rows)} URLs found so far are in {out}" if report.rows else ""
-        raise SearchError(f"{report.stopped}{where}; rerun later to ask the {left} queries not yet answered")
+        raise SearchError(f"{report.stopped}{where}; a rerun asks the {left} quer{'y' if left == 1 else 'ies'} "
+                          "not yet answered")
     if not report.rows:
         raise SearchError("no image found for any query; nothing written")
     if report.earlier == len({q.text for q in queries}):

@@ -402,3 +402,16 @@ def test_a_damaged_list_or_state_file_is_named(tmp_path: Path) -> None:
     done, ambiguous, note = read_state(state, "openverse", 20)
     assert (done, ambiguous) == ([], []) and note == f"{state} is not a state file this script writes; asking every query again"
 
+
+
+def test_a_wrong_endpoint_stops_at_the_first_query_and_says_so(fake: Fake, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTP 404 for every query was a failure per query, 'rerun later to retry': no rerun could help."""
+    monkeypatch.setenv("OPENVERSE_ENDPOINT", fake.url("/v2/no/such/path/"))
+    proc = run_script("scrapeImages.py", "--set", "datasetName=wrongEndpoint", "--set", "scrape_items=['poncho']",
+                      "--set", "scrape_attributes=['striped','dotted','leopard']", "--set", "scrape_pauseSec=0",
+                      data_dir=tmp_path, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "HTTP 404: Not found. for " in proc.stderr and "is it the right endpoint?" in proc.stderr, proc.stderr
+    assert "rerun this script later" not in proc.stdout
+    assert sum(n for (path, _), n in fake.hits.items() if path.startswith("/v2/")) == 1  # stopped at once

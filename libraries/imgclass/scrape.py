@@ -151,6 +151,9 @@ class _JsonClient:
                                           f"wait and rerun, or ask for fewer results", fatal=True) from None
                     self.sleep(wait if wait is not None else float(attempt))
                     continue
+                if e.code in (404, 405):  # the search path itself is wrong: every query would fail so
+                    raise SearchError(f"{self.service}: HTTP {e.code}{detail} for {url}: is it the right endpoint? "
+                                      "no query can be answered there", fatal=True) from None
                 if e.code >= 500 and attempt <= self.retries:
                     self.sleep(0.5 * attempt)
                     continue
