@@ -63,7 +63,7 @@ def main() -> int:
     shown, width = name_column(list(counts), at_least=20)
     for c, n in counts.items():
         failed_all = urls and n == 0 and c in report.failed_labels
-        print(f"  {ljust(shown[c], width)} {n:>6} image files" + ("  <- none: every URL of this label failed" if failed_all else ""))
+        print(f"  {ljust(shown[c], width)} {n:>6} image file{'' if n == 1 else 's'}" + ("  <- none: every URL of this label failed" if failed_all else ""))
     for note in alike_class_notes(list(counts)):  # a list's "Dotted" beside the folder dotted/
         print(f"note: {note}")
     # Said here, where the folders are listed, rather than first by stage 1's error.

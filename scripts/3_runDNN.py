@@ -66,7 +66,7 @@ def main() -> int:
         print(f"wrote {out} ({result.features.shape[0]} x {result.features.shape[1]}) in {seconds:.1f} s"
               f" ({len(rel) / max(seconds, 1e-9):.0f} img/s)")
     if cache is not None:
-        print(f"feature cache {cache.path}: {cache.hits} images reused, {cache.misses} computed")
+        print(f"feature cache {cache.path}: {cache.hits} image{'' if cache.hits == 1 else 's'} reused, {cache.misses} computed")
     return 0
 
 

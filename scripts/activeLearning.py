@@ -31,9 +31,12 @@ def main() -> int:
     log = p.proc_dir / "active_learning.tsv"
     left_out: list[tuple[str, str]] = []
     known: list[tuple[Path, str, Path]] = []
-    paths = unlabelled_images(args.folder, log, left_out, p.images_dir, known)
+    earlier: list[Path] = []
+    paths = unlabelled_images(args.folder, log, left_out, p.images_dir, known, earlier)
     for name, problem in left_out:
         print(f"left out: {name}: {problem}")
+    if earlier:
+        print(f"{len(earlier)} image(s) answered in an earlier round (labelled or skipped, {log.name}): not asked again")
     if known:
         image, cls, there = known[0]
         print(f"{len(known)} image(s) already in the data set (the same file content, e.g. {image.name} = "

@@ -50,11 +50,13 @@ def main() -> int:
     shown, width = name_column(list(per_label), at_least=20)
     for label, n in per_label.items():
         print(f"  {ljust(shown[label], width)} {n:>6} URL{'' if n == 1 else 's'}")
-    print(f"{len(report.rows)} URL{'' if len(report.rows) == 1 else 's'} ({report.repeated} repeats of a listed URL "
-          f"under the same label dropped)")
+    if report.rows or not report.stopped:  # stopped before any answer: the error below says it all
+        print(f"{len(report.rows)} URL{'' if len(report.rows) == 1 else 's'} ({report.repeated} repeats of a listed "
+              "URL under the same label dropped)")
     if report.ambiguous:
         # Kept under either label it would teach the classifier a wrong label half the time.
-        print(f"{len(report.ambiguous)} URLs returned for queries of two labels dropped as ambiguous")
+        n = len(report.ambiguous)
+        print(f"{n} URL{'' if n == 1 else 's'} returned for queries of two labels dropped as ambiguous")
     if report.stopped:
         left = len({q.text for q in queries} - set(report.done))
         where = f"; the {len(report.rows)} URLs found so far are in {out}" if report.rows else ""

@@ -150,6 +150,9 @@ def test_label_interactively_understands_numbers_names_prefixes_skip_and_quit(tm
     assert [p.relative_to(images).as_posix() for p in copied] == ["leopard/0.jpg", "striped/1.jpg", "dotted/3.jpg"]
     assert any("'what?' is not one of" in line for line in printed)
     assert "leopard 0.5" in printed[0]  # shows the model's top guess
+    assert [line for line in printed if line.startswith("    ")] == [
+        "    -> leopard", "    'what?' is not one of: 1=dotted  2=leopard  3=striped, s=skip (for good), q=quit",
+        "    -> striped", "    skipped (not asked again)", "    -> dotted"]
     assert len(read_log(tmp_path / "log.tsv")) == 4  # image 4 was never answered (quit)
 
 
@@ -331,6 +334,7 @@ def test_script_labels_from_stdin_and_the_next_split_trains_on_them(tiny_model: 
     assert proc.returncode == 0, proc.stderr
     assert "6 unlabelled images scored" in proc.stdout and "left out: " in proc.stdout and "broken.jpg" in proc.stdout
     assert first.name not in proc.stdout and second.name not in proc.stdout
+    assert "3 image(s) answered in an earlier round (labelled or skipped, active_learning.tsv): not asked again" in proc.stdout
     # Photos the data set holds already (by content) take no slot: pointed at a class folder of the
     # data set, or a folder holding copies of its photos, the round has nothing to ask.
     copies = tiny_model / "copies"

@@ -130,8 +130,10 @@ def answered(done: Mapping[str, str], path: str | Path, content: str | None = No
 
 def unlabelled_images(folder: str | Path, log_path: str | Path | None = None,
                       left_out: list[tuple[str, str]] | None = None, images_dir: str | Path | None = None,
-                      in_dataset: list[tuple[Path, str, Path]] | None = None) -> list[Path]:
-    """Images below `folder` not answered yet (per the log, which knows them by content). Names
+                      in_dataset: list[tuple[Path, str, Path]] | None = None,
+                      answered_before: list[Path] | None = None) -> list[Path]:
+    """Images below `folder` not answered yet (per the log, which knows them by content; those
+    answered are added to `answered_before`). Names
     no output file can hold are left out and added to `left_out` (see list_folder_images). With
     `images_dir` (the data set's folder), images whose content is in the data set already are left
     out too, and added to `in_dataset` as (image, class, data set file): pointed at a folder that
@@ -142,7 +144,12 @@ def unlabelled_images(folder: str | Path, log_path: str | Path | None = None,
         raise FileNotFoundError(f"{folder}: no such folder of unlabelled images")
     done = read_log(log_path) if log_path is not None else {}
     paths = [(folder / p).resolve() for p in list_folder_images(folder, left_out)]
-    paths = [p for p in paths if not done or answered(done, p) is None]
+    if done:
+        asked = [p for p in paths if answered(done, p) is not None]
+        if answered_before is not None:
+            answered_before += asked
+        gone = set(asked)
+        paths = [p for p in paths if p not in gone]
     if images_dir is None or not Path(images_dir).is_dir():
         return paths
     index: dict = {}
@@ -361,8 +368,7 @@ def label_interactively(
             break
         copied += apply_labels({cand.path: label}, classes, images_dir, log_path, _index=index)
         done[content] = label
-        if label != SKIP:
-            print_fn(f"    -> {label}")
+        print_fn(f"    -> {label}" if label != SKIP else "    skipped (not asked again)")
     return copied
 
 
