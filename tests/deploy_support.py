@@ -73,7 +73,8 @@ def _tail(log: Path, limit: int = 20_000) -> str:
 
 @contextlib.contextmanager
 def running_server(bundle: Path, *sets: str, workers: int = 1, timeout: float = 60, pids: list[int] | None = None,
-                   log: Path | None = None, cpus: set[int] | None = None, stopped_by_test: bool = False) -> Iterator[str]:
+                   log: Path | None = None, cpus: set[int] | None = None, stopped_by_test: bool = False,
+                   exit_status: list[int] | None = None) -> Iterator[str]:
     """scripts/6_deploy.py --bundle serving on a free port of 127.0.0.1; yields its base URL (and
     appends the server's process id to `pids` when given).
 
@@ -82,7 +83,8 @@ def running_server(bundle: Path, *sets: str, workers: int = 1, timeout: float = 
     that logs more than the pipe holds (64 kB of tracebacks) would block. The log is shown when the
     server fails to start, dies, or the test inside the `with` fails. `cpus`: the CPUs the server
     may run on (its affinity, as taskset or a container's cpuset sets it). `stopped_by_test`: the
-    test stops the server itself (a signal, through `pids`)."""
+    test stops the server itself (a signal, through `pids`); its exit status is then appended to
+    `exit_status` when given (None when it had to be stopped after the test)."""
     port = free_port()
     log = log or bundle.parent / f"server_{port}.log"
     args = [sys.executable, str(SCRIPTS / "6_deploy.py"), "--bundle", str(bundle), "--port", str(port),
@@ -115,6 +117,11 @@ def running_server(bundle: Path, *sets: str, workers: int = 1, timeout: float = 
             print(_tail(log))  # pytest shows a failed test's output: the server's side of it
             raise
         assert stopped_by_test or proc.poll() is None, f"the server died during the test; {_tail(log)}"
+        if exit_status is not None:
+            try:
+                exit_status.append(proc.wait(timeout=30))
+            except subprocess.TimeoutExpired:
+                exit_status.append(None)
     finally:
         proc.terminate()
         try:

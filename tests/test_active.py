@@ -355,7 +355,7 @@ def test_script_without_a_model_says_which_stage_to_run(tmp_path: Path) -> None:
     (tmp_path / "unlabelled").mkdir()
     generate_demo_dataset(tmp_path / "unlabelled", images_per_class=1, progress=False)
     proc = _run_al(tmp_path)
-    assert proc.returncode == 1 and "run scripts/2_refineDNN.py, then scripts/3_runDNN.py, then scripts/4_trainSVM.py first" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 1 and "run scripts/1_prepareData.py, then scripts/2_refineDNN.py, then scripts/3_runDNN.py, then scripts/4_trainSVM.py first" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_score_images_script_scores_a_folder_offline_and_names_bad_files(tiny_model: Path, tmp_path: Path) -> None:

@@ -196,6 +196,10 @@ def test_a_missing_input_names_every_stage_still_to_run(tmp_path: Path) -> None:
     p = load_params(overrides={"DATA_DIR": str(tmp_path), "classifier": "svmDnnRefined"})
     p.proc_dir.mkdir(parents=True)
     needs = {"features": ["test", "train"], "svm": True}
+    with pytest.raises(FileNotFoundError, match=r"model_refined\.pt not found: run scripts/1_prepareData\.py, then "
+                       r"scripts/2_refineDNN\.py with classifier = 'svmDnnRefined', then scripts/3_runDNN\.py"):
+        p.require_stage_outputs(**needs)  # no split yet: stage 1 first
+    p.split_path.write_text("{}")
     with pytest.raises(FileNotFoundError, match=r"model_refined\.pt not found: run scripts/2_refineDNN\.py with "
                        r"classifier = 'svmDnnRefined', then scripts/3_runDNN\.py, then scripts/4_trainSVM\.py first$"):
         p.require_stage_outputs(**needs)

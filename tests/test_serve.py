@@ -77,6 +77,9 @@ def test_multipart_and_base64_give_the_right_labels(url: str, bundle: Path) -> N
     a = httpx.post(url + "/score", json={"image": b64[0]}).json()["results"][0]["scores"]
     b = httpx.post(url + "/score", files={"images": ("x.jpg", base64.b64decode(b64[0]))}).json()["results"][0]["scores"]
     assert a == b
+    # Both keys: both images scored, "image" first, as a form with both fields is (the "image" one was dropped).
+    r = httpx.post(url + "/score", json={"image": b64[2], "images": [b64[0]]}, timeout=30)
+    assert r.status_code == 200 and [x["label"] for x in r.json()["results"]] == ["blue", "red"]
 
 
 def test_heic_upload(url: str) -> None:
@@ -138,7 +141,11 @@ def test_health_info_and_docs(url: str, bundle: Path) -> None:
     ("far too many images", {"files": [("images", (f"{i}.jpg", b"x")) for i in range(40)]}, 413, "limit"),
     ("too many base64 images", {"json": {"images": ["AAAA"] * 5}}, 413, "limit of 4"),
     ("too many pixels", {"files": {"images": ("big.png", png_header_only(1001, 1000))}}, 413, "big.png: 1001x1000"),
-    ("decompression bomb", {"files": {"images": ("bomb.png", png_header_only(100_000, 100_000))}}, 413, "more than the limit"),
+    # Pillow's own cap, far above the service's: the reply quotes the service's limit, not Pillow's.
+    ("decompression bomb", {"files": {"images": ("bomb.png", png_header_only(100_000, 100_000))}}, 413,
+     "bomb.png: 10000000000 pixels, more than the limit of 1000000"),
+    ("JPEG cut in its header", {"files": {"images": ("head.jpg", jpeg_bytes((200, 40, 40), size=(300, 200))[:200])}},
+     415, "head.jpg: truncated: the file ends inside its header (cut short, 200 bytes)"),
     ("body too large", {"content": b"x" * 300_000, "headers": {"content-type": "application/json"}}, 413, "larger than the limit"),
 ])
 def test_limits_and_bad_requests_get_clear_json_errors(url: str, name: str, request_kwargs: dict, status: int, words: str) -> None:
@@ -312,6 +319,10 @@ def test_client_script(url: str, tmp_path: Path) -> None:
     proc = run_script("6_callWebservice.py", str(folder), "--url", url, data_dir=tmp_path, check=False)
     assert proc.returncode == 1 and "broken.jpg" in proc.stderr and "not an image" in proc.stderr
     assert len(proc.stdout.splitlines()) == 6 and "model " not in proc.stdout and "(svm): " in proc.stderr
+    # --url given the endpoint rather than the service's root: the reply's 404 says which URL, and why.
+    proc = run_script("6_callWebservice.py", str(folder / "red.jpg"), "--url", url + "/score", data_dir=tmp_path,
+                      check=False)
+    assert proc.returncode == 1 and f"GET {url}/score/info (is {url}/score the service's root" in proc.stderr, proc.stderr
 
 
 def test_client_library_yields_each_answer_and_names_the_refused_file(url: str, tmp_path: Path) -> None:
@@ -486,11 +497,13 @@ def test_stopping_under_load_answers_every_request_in_json(bundle: Path, tmp_pat
     import signal
 
     pids: list[int] = []
+    exit_status: list[int] = []
     log = tmp_path / "server.log"
     images = [("images", (f"{i}.jpg", jpeg_bytes(COLORS["red"], seed=i))) for i in range(16)]
     replies: list[tuple[int, dict]] = []
     dropped: list[str] = []  # requests the server took and then left without an answer
-    with running_server(bundle, "dep_graceSec=0", "dep_maxBatch=4", pids=pids, log=log, stopped_by_test=True) as base:
+    with running_server(bundle, "dep_graceSec=0", "dep_maxBatch=4", pids=pids, log=log, stopped_by_test=True,
+                        exit_status=exit_status) as base:
         stop = threading.Event()
 
         def client() -> None:
@@ -525,6 +538,9 @@ def test_stopping_under_load_answers_every_request_in_json(bundle: Path, tmp_pat
     assert all("shutting down" in body.get("detail", "") for body in refused), refused
     text = log.read_text()
     assert "Traceback" not in text and "terminate called" not in text, text[-3000:]
+    # A graceful stop is a clean exit: uvicorn re-raised SIGTERM once done (exit status 143, "Exited
+    # (143)" in docker ps, read as a kill), where Ctrl-C ended with 0.
+    assert exit_status == [0], (exit_status, text[-3000:])
 
 
 def _alive(pid: int) -> bool:
@@ -550,6 +566,11 @@ def test_a_busy_port_is_said_at_once_before_anything_is_exported(bundle: Path, t
         proc = run_script("6_deploy.py", "--port", str(port), data_dir=tmp_path, check=False)
         assert proc.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in proc.stderr, proc.stderr
         assert "exporting" not in proc.stdout
+    # A port no address can have: one line, as --set dep_port=99999 gives (it was "serving ..." and a traceback).
+    for port in (99999, 0):
+        proc = run_script("6_deploy.py", "--bundle", str(bundle), "--port", str(port), data_dir=tmp_path, check=False)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert f"port {port}: must be between 1 and 65535" in proc.stderr and "serving" not in proc.stdout
 
 
 def test_head_requests_and_cors_for_pages_elsewhere(bundle: Path, tmp_path: Path) -> None:

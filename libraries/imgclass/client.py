@@ -182,6 +182,9 @@ class ServiceClient:
             body = {"detail": reply.text[:200]}
         if reply.status_code != 200:
             retry_after = reply.headers.get("retry-after", "")
-            raise ServiceError(f"{method} {path}: HTTP {reply.status_code}: {body.get('detail', body)}",
+            # No such path: --url was most likely an endpoint (…/score) rather than the service's root.
+            where = (f"{method} {self.url}{path} (is {self.url} the service's root, http://HOST:PORT with its "
+                     f"proxy path if any, not one of its endpoints?)") if reply.status_code == 404 else f"{method} {path}"
+            raise ServiceError(f"{where}: HTTP {reply.status_code}: {body.get('detail', body)}",
                                reply.status_code, float(retry_after) if retry_after.isdigit() else None)
         return body

@@ -68,7 +68,7 @@ def _size_of(source: str | Path | bytes) -> int | None:
         return None
 
 
-def _decode_reason(e: BaseException, source: str | Path | bytes, formats: Sequence[str] | None = None) -> str:
+def decode_reason(e: BaseException, source: str | Path | bytes, formats: Sequence[str] | None = None) -> str:
     """Pillow's complaint in a user's words. Its own say "cannot identify image file '<the full path
     again>'" for a text file named .jpg, and "image file is truncated (64 bytes not processed)" for a
     JPEG cut in half, which reads as if 64 bytes were missing."""
@@ -80,6 +80,8 @@ def _decode_reason(e: BaseException, source: str | Path | bytes, formats: Sequen
         return f"not an image (unrecognised file format{of_size})"
     if isinstance(e, OSError) and str(e).startswith("image file is truncated"):
         return f"truncated: the file ends before its image data does (cut short{of_size})"
+    if isinstance(e, OSError) and str(e) == "Truncated File Read":  # Pillow's words for a file cut in its header
+        return f"truncated: the file ends inside its header (cut short{of_size})"
     return f"cannot decode as an image ({e})"
 
 
@@ -203,7 +205,7 @@ def load_rgb(source: str | Path | bytes, min_size: int | None = None,
                                          "pip install -r requirements.txt") from e
         if _is_empty(source):  # a copy or download that wrote nothing: say so, not "cannot identify"
             raise ImageDecodeError(name, "empty file (0 bytes)") from EmptyImageFile()
-        raise ImageDecodeError(name, _decode_reason(e, source, formats)) from e
+        raise ImageDecodeError(name, decode_reason(e, source, formats)) from e
 
 
 class EmptyImageFile(ValueError):

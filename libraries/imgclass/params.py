@@ -346,6 +346,10 @@ class Params(Mapping[str, Any]):
         for i, (path, _) in enumerate(chain):
             if not path.is_file():
                 stages = list(dict.fromkeys(stage for _, stage in chain[i:]))
+                # Stage 3 (and a refinement) read the split: without one, stage 1 comes first.
+                needs_split = "scripts/3_runDNN.py" in stages or (self.model_kind == "refined" and self._stage2 in stages)
+                if needs_split and not self.split_path.is_file():
+                    stages.insert(0, "scripts/1_prepareData.py")
                 raise FileNotFoundError(f"{path} not found: run {', then '.join(stages)} first")
 
     @property

@@ -41,6 +41,8 @@ import io
 import json
 import os
 import queue
+import re
+import signal
 import socket
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -59,7 +61,7 @@ from starlette.requests import ClientDisconnect
 
 from imgclass.cpus import usable_cpus
 from imgclass.export import Bundle, cpu_session, load_bundle
-from imgclass.images import DRAFT_OVERSAMPLE, ImageDecodeError, load_square, openers
+from imgclass.images import DRAFT_OVERSAMPLE, ImageDecodeError, decode_reason, load_square, openers
 from imgclass.params import origin_problem
 
 GRACE_SECONDS = 5.0  # after SIGTERM / Ctrl-C, for requests in progress (docker stop kills after 10 s)
@@ -115,6 +117,8 @@ class ServeConfig:
 def check_port_free(host: str, port: int) -> None:
     """Raise ValueError naming host and port where the service could not listen (another program on
     the port, an address this machine does not have): said before anything slow, not after it."""
+    if not 1 <= port <= 65535:  # getaddrinfo would wrap 99999 into 16 bits, and uvicorn fail in a traceback
+        raise ValueError(f"port {port}: must be between 1 and 65535 (--port, dep_port)")
     try:
         addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError as e:
@@ -270,15 +274,18 @@ def decode_image(data: bytes, name: str, size: int, resize_mode: str, max_pixels
             if probe.format == "JPEG":  # as load_rgb decides
                 probe.draft("RGB", (DRAFT_OVERSAMPLE * size, DRAFT_OVERSAMPLE * size))
             dw, dh = probe.size
-    except Image.DecompressionBombError as e:  # PIL's own cap, when it is below max_pixels
-        raise RequestError(413, f"{name}: more than the limit of pixels ({e})") from None
+    except Image.DecompressionBombError as e:  # Pillow's own cap (a few hundred megapixels), above max_pixels
+        # Its message quotes its own limit, not the service's: the image's size from it, the limit ours.
+        pixels = re.search(r"\((\d+) pixels\)", str(e))
+        size_text = f"{pixels.group(1)} pixels" if pixels else "more pixels than Pillow decodes"
+        raise RequestError(413, f"{name}: {size_text}, more than the limit of {max_pixels}") from None
     except UnidentifiedImageError:
         other = _format_of(data)
         if other is not None:
             raise RequestError(415, f"{name}: {other} images are not accepted; send {', '.join(formats)}") from None
         raise RequestError(415, f"{name}: not an image (unrecognised file format, {len(data)} bytes)") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise RequestError(415, f"{name}: not an image ({e})") from None
+    except (OSError, SyntaxError, ValueError) as e:  # in the words every stage uses for the same file
+        raise RequestError(415, f"{name}: {decode_reason(e, data)}") from None
     if dw * dh > max_pixels:
         decoded = f" (decoded at {dw}x{dh})" if (dw, dh) != (w, h) else ""
         raise RequestError(413, f"{name}: {w}x{h}{decoded} = {dw * dh} pixels, more than the limit of {max_pixels}")
@@ -346,14 +353,12 @@ async def read_images(request: Request, max_images: int) -> list[tuple[str, byte
         doc = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise RequestError(400, f"malformed JSON ({e}); {USAGE}") from None
-    if isinstance(doc, dict) and "images" in doc:
-        items = doc["images"]
-        if not isinstance(items, list):
-            raise RequestError(400, '"images" must be a list of base64 strings')
-    elif isinstance(doc, dict) and "image" in doc:
-        items = [doc["image"]]
-    else:
+    if not isinstance(doc, dict) or not ("images" in doc or "image" in doc):
         raise RequestError(400, f'JSON body without "images" or "image"; {USAGE}')
+    if not isinstance(doc.get("images", []), list):
+        raise RequestError(400, '"images" must be a list of base64 strings')
+    # Both keys: both scored, "image" first, as a form with both fields is (one was dropped unsaid).
+    items = ([doc["image"]] if "image" in doc else []) + doc.get("images", [])
     if not items:
         raise RequestError(400, '"images" is an empty list')
     if len(items) > max_images:
@@ -605,8 +610,19 @@ def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, worker
           f"API docs at http://{host}:{port}/docs", flush=True)
     config = replace(config, workers=workers)  # each worker takes its share of the cores
     os.environ[ENV_CONFIG] = json.dumps(asdict(config))
-    uvicorn.run("imgclass.serve:app_from_env", factory=True, host=host, port=port, workers=workers,
-                log_level="warning", access_log=False, timeout_graceful_shutdown=grace, root_path=root_path)
+    # uvicorn raises the SIGTERM it stopped on again once it has shut down, with the handler it found:
+    # the default one ended a graceful stop as a kill (exit status 143, "Exited (143)" in docker ps),
+    # where Ctrl-C ends with 0. This handler makes that second SIGTERM a clean exit.
+    previous = signal.signal(signal.SIGTERM, _exit_cleanly)
+    try:
+        uvicorn.run("imgclass.serve:app_from_env", factory=True, host=host, port=port, workers=workers,
+                    log_level="warning", access_log=False, timeout_graceful_shutdown=grace, root_path=root_path)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_cleanly(signum: int, frame: Any) -> None:
+    raise SystemExit(0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
