@@ -14,7 +14,7 @@ from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.data import (
     DatasetError, Split, balance_notes, check_disjoint, dedicated_file_hint, earlier_sides, exact_duplicates_across,
     fix_notes, load_split, make_split, save_split, skipped_folders, skipped_note, small_images_note, split_change_note,
-    subdir_notes, unused_rule_notes,
+    subdir_notes, unread_images_note, unused_rule_notes,
 )
 from imgclass.dedup import check_leaks, depleted_test_classes, settle_leaks, write_leaks
 from imgclass.terminal import ljust, name_column
@@ -109,7 +109,7 @@ def main() -> int:
     for note in balance_notes(split, balanced=p.svm_boBalanceClasses or p.rf_boBalanceTrainingSet):
         print(f"note: {note}")
     for note in [*uneven, *fix_notes(split, p.images_dir), *unused_rule_notes(split, p.images_dir, p.imagesSplitBy),
-                 *filter(None, [dedicated_file_hint(p.images_dir)])]:
+                 *filter(None, [dedicated_file_hint(p.images_dir), unread_images_note(p.images_dir)])]:
         print(f"note: {note}")
     if note := small_images_note(split, p.images_dir, p.rf_inputResolution):
         print(f"note: {note}")

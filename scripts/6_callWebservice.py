@@ -15,7 +15,7 @@ from pathlib import Path
 
 from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.client import ServiceClient, ServiceError, find_images
-from imgclass.data import shown, skipped_below, skipped_note
+from imgclass.data import shown, skipped_below, skipped_note, unread_images_note
 
 parser = stage_parser(
     __doc__.splitlines()[0],
@@ -36,6 +36,8 @@ def main() -> int:
         if source.is_dir() and (skipped := skipped_below(source)):
             print(f"note: not sent (folders starting with _ are skipped, as stage 1 skips them): {skipped_note(skipped)}",
                   file=sys.stderr)
+        if source.is_dir() and (unread := unread_images_note(source, "sent")):
+            print(f"note: {unread}", file=sys.stderr)
     failed = 0
     with ServiceClient(url, timeout) as client:
         info = client.info()

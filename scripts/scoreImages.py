@@ -12,7 +12,7 @@ from pathlib import Path
 
 from imgclass.active import score_with_trained_model
 from imgclass.cli import parse_stage, run_stage, stage_parser
-from imgclass.data import list_folder_images, name_problem, skipped_below, skipped_note
+from imgclass.data import list_folder_images, name_problem, skipped_below, skipped_note, unread_images_note
 from imgclass.evaluate import write_browser, write_predictions
 from imgclass.provenance import StaleFilesError
 from imgclass.terminal import ljust, name_column
@@ -42,6 +42,8 @@ def main() -> int:
         folder, rel, name = target, list_folder_images(target, left_out), target.resolve().name
         if skipped := skipped_below(folder):
             print(f"note: not scored (folders starting with _ are skipped, as stage 1 skips them): {skipped_note(skipped)}")
+        if unread := unread_images_note(folder, "scored"):
+            print(f"note: {unread}")
     else:
         raise FileNotFoundError(f"{target}: no such file or folder")
     for shown_name, problem in left_out:

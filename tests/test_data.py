@@ -681,3 +681,32 @@ def test_subdir_splits_and_near_names_of_the_test_list_are_noted(tmp_path: Path)
     listed = make_split(flat, previous=random_split)
     assert split_change_note(random_split, listed).startswith(
         "split another way than the earlier split.json (random -> dedicatedTestImages.tsv)")
+
+
+def test_images_in_formats_not_read_are_named(tmp_path: Path) -> None:
+    """A class of .pgm files (scientific data sets come so) was "a class with no usable images", with
+    no word of the files in it; beside JPEGs, they were skipped without a word."""
+    from PIL import Image
+
+    from imgclass.data import unread_images, unread_images_note
+
+    for c in ("cat", "dog"):
+        for i in range(2):
+            write_image(tmp_path / c / f"{i}.jpg", (90, 90, 90), seed=i)
+    (tmp_path / "owl").mkdir()
+    for i in range(3):
+        Image.new("L", (32, 32), 40 * i).save(tmp_path / "owl" / f"{i}.pgm")
+    (tmp_path / "owl" / "notes.txt").write_text("not an image: not named")
+    (tmp_path / "_old").mkdir()
+    Image.new("L", (8, 8)).save(tmp_path / "_old" / "x.ppm")  # skipped folders stay skipped
+    with pytest.raises(DatasetError, match=r"class 'owl' has no usable images; not read: 3 \.pgm file\(s\) below "
+                                           r".*owl, a format the pipeline does not read \(it reads \.jpg, .*convert them"):
+        make_split(tmp_path)
+    Image.new("RGB", (8, 8)).save(tmp_path / "cat" / "2.ppm")
+    Image.new("RGB", (8, 8)).save(tmp_path / "owl" / "3.tga")
+    write_image(tmp_path / "owl" / "4.jpg", (9, 9, 9))
+    split = make_split(tmp_path)
+    assert len(split.train) + len(split.test) == 5  # the .jpg files alone
+    assert unread_images(tmp_path) == {".pgm": 3, ".ppm": 1, ".tga": 1}
+    assert unread_images_note(tmp_path, "scored").startswith("not scored: 3 .pgm, 1 .ppm, 1 .tga file(s) below ")
+    assert unread_images_note(tmp_path / "dog") == ""

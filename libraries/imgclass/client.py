@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from imgclass.data import NOT_CLASS_PREFIXES, shown, skipped_below, skipped_note, walk_image_files
+from imgclass.data import NOT_CLASS_PREFIXES, shown, skipped_below, skipped_note, unread_images_note, walk_image_files
 
 # Bytes a multipart request adds to the files it carries, counted generously: the closing boundary
 # (REQUEST_OVERHEAD) and per file a boundary line and headers of ~150 bytes plus the file name,
@@ -56,8 +56,10 @@ def find_images(source: Path) -> list[Path]:
         found = walk_image_files(source, skip_prefixes=NOT_CLASS_PREFIXES)
         if not found:
             skipped = skipped_below(source)
+            unread = unread_images_note(source, "sent")
             raise FileNotFoundError(f"{source}: no image files in this folder"
-                                    + (f" outside folders starting with _: {skipped_note(skipped)}" if skipped else ""))
+                                    + (f" outside folders starting with _: {skipped_note(skipped)}" if skipped else "")
+                                    + (f"; {unread}" if unread else ""))
         return found
     raise FileNotFoundError(f"{source}: no such file or folder")
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from imgclass.annotations import EXCLUDE, FIXES_FILE, apply_fixes, read_fixes, unmatched_fixes
 from imgclass.fileio import DamagedFileError, read_json, write_json
-from imgclass.images import check_images, is_image_name
+from imgclass.images import IMAGE_EXTENSIONS, check_images, is_image_name
 from imgclass.progress import progress_bar
 from imgclass.terminal import first_few
 
@@ -343,6 +343,8 @@ def _collect(root: Path, classes: list[str], excluded: list[tuple[str, str]], ba
         if not good and not allow_empty:
             gone = [(p, why) for p, why in excluded if p.startswith(f"{(root / c).relative_to(base).as_posix()}/")]
             relabelled = [p for p in found[c] if p not in dropped]  # all moved to other classes by the fixes
+            if not found[c] and not gone and (unread := unread_images_note(root / c)):
+                raise DatasetError(f"{root / c}: class {c!r} has no usable images; {unread}")
             raise DatasetError(f"{root / c}: class {c!r} has no usable images" + (
                 f" ({len(gone)} left out, e.g. {gone[0][0]}: {gone[0][1]})" if gone else "") + (
                 f"; {FIXES_FILE} gives its {len(relabelled)} other image(s) to other classes: to merge the class "
@@ -835,6 +837,36 @@ def skipped_below(folder: str | Path) -> list[tuple[str, int]]:
         if first is not None:
             counts["/".join(parts[:first + 1])] += 1
     return sorted(counts.items())
+
+
+# Images in formats the pipeline does not read (by extension): scientific and older data sets come as
+# Netpbm (.pgm, .ppm) or Targa, photographers' as camera raw files. Skipped like any other file, a
+# class of them was "a class with no usable images", with no word of the hundreds of files in it.
+UNREAD_IMAGE_EXTENSIONS = (".pgm", ".ppm", ".pbm", ".pnm", ".tga", ".jp2", ".j2k", ".jpx", ".jpf", ".jpe",
+                           ".apng", ".psd", ".pcx", ".sgi", ".ras", ".ico", ".qoi", ".svg", ".dng", ".cr2",
+                           ".cr3", ".nef", ".arw", ".orf", ".rw2", ".raf")
+
+
+def unread_images(folder: str | Path) -> dict[str, int]:
+    """{extension: files} of the images below `folder` whose format the pipeline does not read
+    (UNREAD_IMAGE_EXTENSIONS), most first; hidden files and folders starting with '_' or '.' skipped,
+    as every stage skips them."""
+    counts: dict[str, int] = defaultdict(int)
+    for _, dirs, files in os.walk(folder, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith(NOT_CLASS_PREFIXES)]
+        for name in files:
+            if not name.startswith(".") and (ext := os.path.splitext(name)[1].lower()) in UNREAD_IMAGE_EXTENSIONS:
+                counts[ext] += 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def unread_images_note(folder: str | Path, what: str = "read") -> str:
+    """A note naming the images of `unread_images`, or ''. `what`: what is not done to them."""
+    if not (counts := unread_images(folder)):
+        return ""
+    found = ", ".join(f"{n} {ext}" for ext, n in counts.items())
+    return (f"not {what}: {found} file(s) below {shown(str(folder))}, a format the pipeline does not read "
+            f"(it reads {', '.join(IMAGE_EXTENSIONS)}): convert them, e.g. to PNG")
 
 
 def skipped_note(skipped: list[tuple[str, int]]) -> str:
