@@ -683,9 +683,9 @@ def test_subdir_splits_and_near_names_of_the_test_list_are_noted(tmp_path: Path)
         "split another way than the earlier split.json (random -> dedicatedTestImages.tsv)")
 
 
-def test_images_in_formats_not_read_are_named(tmp_path: Path) -> None:
-    """A class of .pgm files (scientific data sets come so) was "a class with no usable images", with
-    no word of the files in it; beside JPEGs, they were skipped without a word."""
+def test_netpbm_and_targa_images_are_read_and_formats_not_read_are_named(tmp_path: Path) -> None:
+    """Research data sets come as .ppm (GTSRB's traffic signs) or .pgm (the ORL faces): such a class
+    was "a class with no usable images". Formats still not read (camera raw, JPEG 2000) are named."""
     from PIL import Image
 
     from imgclass.data import unread_images, unread_images_note
@@ -696,17 +696,24 @@ def test_images_in_formats_not_read_are_named(tmp_path: Path) -> None:
     (tmp_path / "owl").mkdir()
     for i in range(3):
         Image.new("L", (32, 32), 40 * i).save(tmp_path / "owl" / f"{i}.pgm")
-    (tmp_path / "owl" / "notes.txt").write_text("not an image: not named")
+    Image.new("RGB", (16, 16), (9, 90, 9)).save(tmp_path / "owl" / "3.ppm")
+    Image.new("RGB", (16, 16), (90, 9, 9)).save(tmp_path / "owl" / "4.tga")
+    split = make_split(tmp_path, ratio=0.5)
+    owl = sorted(p for p, y in split.train + split.test if split.classes[y] == "owl")
+    assert owl == ["owl/0.pgm", "owl/1.pgm", "owl/2.pgm", "owl/3.ppm", "owl/4.tga"] and not split.excluded
+    (tmp_path / "fox").mkdir()
+    for i in range(3):
+        (tmp_path / "fox" / f"IMG_{i}.NEF").write_bytes(b"camera raw")
+    (tmp_path / "fox" / "notes.txt").write_text("not an image: not named")
     (tmp_path / "_old").mkdir()
-    Image.new("L", (8, 8)).save(tmp_path / "_old" / "x.ppm")  # skipped folders stay skipped
-    with pytest.raises(DatasetError, match=r"class 'owl' has no usable images; not read: 3 \.pgm file\(s\) below "
-                                           r".*owl, a format the pipeline does not read \(it reads \.jpg, .*convert them"):
+    (tmp_path / "_old" / "x.cr2").write_bytes(b"raw")  # skipped folders stay skipped
+    with pytest.raises(DatasetError, match=r"class 'fox' has no usable images; not read: 3 \.nef file\(s\) below "
+                                           r".*fox, a format the pipeline does not read \(it reads \.jpg, .*convert them"):
         make_split(tmp_path)
-    Image.new("RGB", (8, 8)).save(tmp_path / "cat" / "2.ppm")
-    Image.new("RGB", (8, 8)).save(tmp_path / "owl" / "3.tga")
-    write_image(tmp_path / "owl" / "4.jpg", (9, 9, 9))
+    write_image(tmp_path / "fox" / "4.jpg", (9, 9, 9))
+    (tmp_path / "cat" / "scan.jp2").write_bytes(b"jpeg 2000")
     split = make_split(tmp_path)
-    assert len(split.train) + len(split.test) == 5  # the .jpg files alone
-    assert unread_images(tmp_path) == {".pgm": 3, ".ppm": 1, ".tga": 1}
-    assert unread_images_note(tmp_path, "scored").startswith("not scored: 3 .pgm, 1 .ppm, 1 .tga file(s) below ")
+    assert len(split.train) + len(split.test) == 10
+    assert unread_images(tmp_path) == {".nef": 3, ".jp2": 1}
+    assert unread_images_note(tmp_path, "scored").startswith("not scored: 3 .nef, 1 .jp2 file(s) below ")
     assert unread_images_note(tmp_path / "dog") == ""

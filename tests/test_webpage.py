@@ -186,7 +186,7 @@ def test_a_photo_over_the_upload_limit_is_named_before_it_is_sent(
         assert [r[:2] for r in records if r[0] == "POST"] == [("POST", "/score")]
 
 
-def test_the_results_browser_shows_every_image_even_heic_and_tiff(browser, tmp_path: Path) -> None:
+def test_the_results_browser_shows_every_image_even_heic_tiff_and_netpbm(browser, tmp_path: Path) -> None:
     import numpy as np
     from PIL import Image
     from selenium.webdriver.support.ui import WebDriverWait
@@ -196,17 +196,18 @@ def test_the_results_browser_shows_every_image_even_heic_and_tiff(browser, tmp_p
     images = tmp_path / "images"
     (images / "red").mkdir(parents=True)
     paths = []
-    for suffix in (".jpg", ".tif", ".heic", ".png"):
+    for suffix in (".jpg", ".tif", ".heic", ".png", ".ppm", ".tga"):
         Image.new("RGB", (120, 80), (200, 30, 30)).save(images / "red" / f"photo{suffix}")  # HEIC via pillow-heif
         paths.append(f"red/photo{suffix}")
     scores = np.tile([[0.9, 0.1]], (len(paths), 1))
     page = write_browser(tmp_path / "results" / "browser.html", images, paths, np.zeros(len(paths), int), scores,
                          ["red", "blue"], title="t")
-    assert len(list((tmp_path / "results" / "browser_thumbs").glob("*.jpg"))) == 2  # the TIFF and the HEIC
+    # the TIFF, the HEIC, the PPM and the TGA
+    assert len(list((tmp_path / "results" / "browser_thumbs").glob("*.jpg"))) == 4
     browser.get(page.as_uri())
     loaded = "return Array.from(document.images).map(i => i.complete && i.naturalWidth > 0)"
     WebDriverWait(browser, 20).until(lambda b: all(b.execute_script(loaded)))
-    assert browser.execute_script(loaded) == [True] * 4
+    assert browser.execute_script(loaded) == [True] * 6
 
 
 @pytest.mark.parametrize("other_drive", [False, True])

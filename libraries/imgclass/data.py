@@ -839,12 +839,11 @@ def skipped_below(folder: str | Path) -> list[tuple[str, int]]:
     return sorted(counts.items())
 
 
-# Images in formats the pipeline does not read (by extension): scientific and older data sets come as
-# Netpbm (.pgm, .ppm) or Targa, photographers' as camera raw files. Skipped like any other file, a
-# class of them was "a class with no usable images", with no word of the hundreds of files in it.
-UNREAD_IMAGE_EXTENSIONS = (".pgm", ".ppm", ".pbm", ".pnm", ".tga", ".jp2", ".j2k", ".jpx", ".jpf", ".jpe",
-                           ".apng", ".psd", ".pcx", ".sgi", ".ras", ".ico", ".qoi", ".svg", ".dng", ".cr2",
-                           ".cr3", ".nef", ".arw", ".orf", ".rw2", ".raf")
+# Images in formats the pipeline does not read (by extension): JPEG 2000, Photoshop, photographers'
+# camera raw files. Skipped like any other file, a class of them was "a class with no usable images",
+# with no word of the hundreds of files in it.
+UNREAD_IMAGE_EXTENSIONS = (".jp2", ".j2k", ".jpx", ".jpf", ".jpe", ".apng", ".psd", ".pcx", ".sgi", ".ras", ".ico",
+                           ".qoi", ".svg", ".dng", ".cr2", ".cr3", ".nef", ".arw", ".orf", ".rw2", ".raf")
 
 
 def unread_images(folder: str | Path) -> dict[str, int]:

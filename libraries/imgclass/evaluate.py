@@ -297,7 +297,8 @@ def write_predictions(path: str | Path, paths: Sequence[str], labels: np.ndarray
     return Path(path)
 
 
-NOT_IN_BROWSERS = (".heic", ".heif", ".tif", ".tiff")  # image files web browsers do not display
+# Image files web browsers do not display: the pages show a JPEG thumbnail made from them.
+NOT_IN_BROWSERS = (".heic", ".heif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm", ".tga")
 
 
 def _thumbnail(source: Path, folder: Path, side: int = 360) -> Path:
