@@ -1,8 +1,8 @@
 """Every knob of the pipeline, in one place.
 
 Each stage script in scripts/ reads this file; `--set NAME=VALUE` overrides a value for one run
-(VALUE is read as a Python literal, else as a string; a text parameter takes it as typed: datasetName=2024
-is the text "2024"), `--params FILE` reads a file of your own that sets only what it changes (one per
+(VALUE is read as a Python literal, else as a string; a text parameter takes a number as typed: datasetName=2024
+is the text "2024"; True, None or a list it refuses as a likely slip, unless quoted), `--params FILE` reads a file of your own that sets only what it changes (one per
 data set, say) on top of this one, and the environment variable IMGCLASS_DATA_DIR overrides DATA_DIR (a --set DATA_DIR=... overrides both).
 Values are validated when loaded (libraries/imgclass/params.py), so a typo fails at once with a
 message that says what is allowed.

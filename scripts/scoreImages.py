@@ -24,7 +24,8 @@ parser = stage_parser(
            "one score per class; beside it, the same name .html: the images by predicted class",
 )
 parser.add_argument("folder", help="folder of images to score (searched recursively), or one image file")
-parser.add_argument("--out", default=None, help="TSV to write (default: results/<datasetName>/<classifier>/scores_<folder>.tsv)")
+parser.add_argument("--out", default=None, help="TSV to write (default: results/<datasetName>/<classifier>/scores_<folder>.tsv, "
+                    "scores_<image name>.tsv for one image)")
 
 
 def main() -> int:

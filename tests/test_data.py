@@ -55,8 +55,9 @@ def test_dedicated_test_images_fix_the_test_set(color_dataset: Path) -> None:
     with pytest.raises(DatasetError, match="line 1"):
         make_split(color_dataset)
     # A spreadsheet's header line is skipped; a second line without "/" is still an error, named.
-    (color_dataset / "dedicatedTestImages.tsv").write_text("image\tlabel\nred/red_0.jpg\tred\n")
-    assert [p for p, _ in make_split(color_dataset).test] == ["red/red_0.jpg"]
+    for header in ("image\tlabel", "class/filename"):  # the README's own name of the column, too
+        (color_dataset / "dedicatedTestImages.tsv").write_text(f"{header}\nred/red_0.jpg\tred\n")
+        assert [p for p, _ in make_split(color_dataset).test] == ["red/red_0.jpg"]
     (color_dataset / "dedicatedTestImages.tsv").write_text("image\tlabel\nred/red_0.jpg\tred\nred_1.jpg\tred\n")
     with pytest.raises(DatasetError, match="line 3: 'red_1.jpg'"):
         make_split(color_dataset)

@@ -26,7 +26,7 @@ def stage_parser(description: str, reads: str, writes: str) -> argparse.Argument
         writes: {writes}
 
         Parameters come from PARAMETERS.py; --set NAME=VALUE overrides one for this run (VALUE is a
-        Python literal, else a string; a text parameter takes it as typed), e.g. --set datasetName=myPhotos --set rf_inputResolution=224.
+        Python literal, else a string; a text parameter takes a number as typed), e.g. --set datasetName=myPhotos --set rf_inputResolution=224.
         IMGCLASS_DATA_DIR, when set, overrides DATA_DIR of the parameters files; --set DATA_DIR=... overrides both."""
     )
     parser = argparse.ArgumentParser(

@@ -458,8 +458,9 @@ def _read_dedicated(path: Path, classes: list[str]) -> set[str]:
                 continue
             entry = line.split("\t")[0]
             # A first line such as "image<TAB>label" (a list exported from a spreadsheet or another
-            # tool) is a header: no entry without a "/" could name an image, so none is lost.
-            if first and "/" not in entry:
+            # tool) is a header: no entry without a "/" could name an image, so none is lost. So is
+            # "class/filename", as the README names the column.
+            if first and ("/" not in entry or entry.lower() == "class/filename"):
                 first = False
                 continue
             first = False

@@ -69,6 +69,9 @@ def _spelling_hint(value: Any, types: tuple[type, ...]) -> str:
         return f" (in brackets, even for one: [{value!r}])"
     if bool in types and isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off"):
         return f" (True or False, capitalised: {value.lower() in ('true', 'yes', 'on')})"
+    if types == (str,) and (value is None or isinstance(value, (bool, list, tuple, dict))):
+        # --set takes a number as text, but these read as likely slips: for the text itself, quotes.
+        return f' (to mean the text, write it in quotes: "{value}")'
     return ""
 
 

@@ -48,7 +48,7 @@ CONFIG_FILE = PROJECT_ROOT / "aml_config" / "tracking.ini"
 DEFAULT_DB = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
 LEVEL_TAG = "imgclass.level"  # "pipeline" for a pipeline run, "stage" for a stage's child run
-SPLIT_TAG = "split"  # the start of split.json's SHA-256 when the run's stages ran: which images it used
+SPLIT_TAG = "split"  # provenance.split_hash of split.json when the run's stages ran: which images it used
 # Files of results/<ds>/<classifier>/ that become artifacts of the pipeline run when a stage writes them.
 ARTIFACT_PATTERNS = ("*.png", "metrics*.json", "training_curves.json", "predictions*.tsv")
 _STAGE_SCRIPT = re.compile(r"^(\d+)_(\w+)$")
