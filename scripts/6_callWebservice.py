@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from imgclass.cli import parse_stage, run_stage, stage_parser
-from imgclass.client import ServiceClient, ServiceError, find_images
+from imgclass.client import ServiceClient, ServiceError, find_images, not_accepted
 from imgclass.data import shown, skipped_below, skipped_note, unread_images_note
 
 parser = stage_parser(
@@ -43,6 +43,15 @@ def main() -> int:
         info = client.info()
         # On stderr, with the other notes: stdout is the answers alone, a TSV to pipe on.
         print(f"model {info['model_version']} ({info['classifier']}): {', '.join(info['classes'])}", file=sys.stderr)
+        if refused := not_accepted(images, info.get("formats", [])):
+            kinds = sorted({p.suffix.lower() for p in refused})
+            print(f"note: not sent: {len(refused)} file(s) ({', '.join(kinds)}, e.g. {shown(str(refused[0]))}) in a "
+                  f"format the service does not accept (it accepts {', '.join(info['formats'])}): convert them, "
+                  "e.g. to PNG, or score them with scripts/scoreImages.py", file=sys.stderr)
+            left_out = set(refused)
+            images = [p for p in images if p not in left_out]
+            if not images:
+                raise ServiceError("no image left to send")
         for path, result, error in client.score_files(images):
             if result is None:
                 print(f"{shown(str(path))}\tERROR\t{error}", file=sys.stderr)

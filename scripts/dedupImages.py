@@ -67,6 +67,9 @@ def main() -> int:
     try:
         print(f"wrote {report.write_groups(folder / DUPLICATES_LIST)}")
     except OSError as e:  # a read-only folder (a mounted archive, a colleague's share): the list is printed above
+        if args.remove:  # nothing could be moved aside there either: stop before the first move fails
+            raise ValueError(f"cannot write into {folder} ({e.strerror or e}): nothing moved; "
+                             "the groups are listed above") from None
         print(f"note: could not write {DUPLICATES_LIST} into {folder} ({e.strerror or e}): the groups are listed above only")
     if cross:
         print(f"{len(cross)} group(s) span class folders: the same photo with different labels; check them by hand "
@@ -102,7 +105,11 @@ def main() -> int:
                   f"{', '.join(c or '(no class folder)' for c in others)} moved")
     if args.force and note and to_move:
         print("--force: moving although the images look alike to dhash (see the note)")
-    moved = move_duplicates(report, cross_class=args.force, alike=alike_too)
+    try:
+        moved = move_duplicates(report, cross_class=args.force, alike=alike_too)
+    except OSError as e:  # a full disk, a file locked by another program: each move made is in moved.tsv
+        raise ValueError(f"moving the duplicates aside stopped: {e}; the files moved before it are listed in "
+                         f"{folder / DUPLICATES_FOLDER / 'moved.tsv'}") from None
     left = "".join(f"; {n} group(s) {what} left in place" for n, what in (
         (len(cross), "spanning class folders"), (len(alike), "of look-alike classes")) if n and not args.force)
     print(f"moved {len(moved)} image(s) to {folder / DUPLICATES_FOLDER} (list: {DUPLICATES_FOLDER}/moved.tsv){left}")

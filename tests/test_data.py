@@ -54,7 +54,11 @@ def test_dedicated_test_images_fix_the_test_set(color_dataset: Path) -> None:
     (color_dataset / "dedicatedTestImages.tsv").write_text("purple/x.jpg\n")
     with pytest.raises(DatasetError, match="line 1"):
         make_split(color_dataset)
-    # A spreadsheet's header line is skipped; a second line without "/" is still an error, named.
+    # A spreadsheet's header line is skipped; a file name without its class folder is an error,
+    # named, on the first line too (skipped as a header, its image went to train without a word).
+    (color_dataset / "dedicatedTestImages.tsv").write_text("red_0.jpg\nblue/blue_5.jpg\n")
+    with pytest.raises(DatasetError, match="line 1: 'red_0.jpg'"):
+        make_split(color_dataset)
     for header in ("image\tlabel", "class/filename"):  # the README's own name of the column, too
         (color_dataset / "dedicatedTestImages.tsv").write_text(f"{header}\nred/red_0.jpg\tred\n")
         assert [p for p, _ in make_split(color_dataset).test] == ["red/red_0.jpg"]
@@ -718,3 +722,16 @@ def test_netpbm_and_targa_images_are_read_and_formats_not_read_are_named(tmp_pat
     assert unread_images(tmp_path) == {".nef": 3, ".jp2": 1}
     assert unread_images_note(tmp_path, "scored").startswith("not scored: 3 .nef, 1 .jp2 file(s) below ")
     assert unread_images_note(tmp_path / "dog") == ""
+
+
+def test_a_folder_link_back_up_the_tree_is_followed_once(tmp_path: Path) -> None:
+    """The check for images in formats not read walked a link back up the tree for ever: stage 1 hung."""
+    from imgclass.data import unread_images
+
+    for c in ("cat", "dog"):
+        for i in range(2):
+            write_image(tmp_path / c / f"{i}.jpg", (90, 90, 90), seed=i)
+        (tmp_path / c / "up").symlink_to("..", target_is_directory=True)
+    (tmp_path / "cat" / "IMG_1.CR2").write_bytes(b"raw")
+    assert unread_images(tmp_path) == {".cr2": 1}
+    assert len(make_split(tmp_path).train) + len(make_split(tmp_path).test) == 4

@@ -403,8 +403,13 @@ def test_dedup_finds_a_mirrored_copy_and_says_so(originals: Path, tmp_path: Path
     assert " bits, mirrored)" in out or " bit, mirrored)" in out, out
     rows = (root / "duplicates.tsv").read_text().splitlines()
     assert rows[0] == "group\tkept\tduplicate\tbits\tmirrored" and rows[1].endswith("\tyes")
-    # An image is never its own copy, however symmetric (every stripe image is near its mirror).
-    assert all(len(set(g)) == len(g) for g in report.groups)
+    # An image is never its own copy, however symmetric: a mirror-symmetric picture alone forms no group.
+    alone = tmp_path / "alone"
+    (alone / "a").mkdir(parents=True)
+    half = np.random.default_rng(0).integers(0, 255, (64, 32, 3), dtype=np.uint8)
+    Image.fromarray(np.concatenate([half, half[:, ::-1]], axis=1)).save(alone / "a" / "symmetric.png")
+    symmetric = find_duplicates(alone, progress=False)
+    assert symmetric.groups == [] and symmetric.distances == {} and symmetric.mirrored == set()
 
 
 def test_a_folder_without_class_folders_has_its_copies_moved(originals: Path, tmp_path: Path) -> None:
@@ -433,6 +438,11 @@ def test_a_dry_run_that_cannot_write_its_list_still_lists_the_groups(originals: 
     assert proc.returncode == 0, proc.stderr
     assert "group 1: keep dotted/dotted_0001.jpg" in proc.stdout
     assert f"note: could not write duplicates.tsv into {root}" in proc.stdout and (root / "duplicates.tsv").is_dir()
+    # --remove there stops before its first move, in one line (it went on to a traceback).
+    proc = run_script("dedupImages.py", str(root), "--remove", data_dir=tmp_path, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"cannot write into {root}" in proc.stderr and "nothing moved" in proc.stderr
+    assert (root / "dotted/copy.jpg").is_file() and not (root / "_duplicates").exists()
 
 
 def test_stage1_keeps_near_duplicates_on_one_side(originals: Path, tmp_path: Path) -> None:

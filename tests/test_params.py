@@ -50,9 +50,14 @@ def test_text_parameters_take_the_text_as_typed() -> None:
     assert parse_overrides(["dep_port=8080", "run_boFlipAverage=True"]) == {"dep_port": 8080, "run_boFlipAverage": True}
     assert load_params(overrides=parse_overrides(["datasetName=2024"])).datasetName == "2024"
     for typo in ("track_uri=None", "datasetName=['a', 'b']", "dep_host=True"):  # still refused, not made text
-        with pytest.raises(ParameterError, match=r" = (None|\['a', 'b'\]|True): expected .*write it in quotes: "):
+        with pytest.raises(ParameterError, match=r" = (None|\['a', 'b'\]|True): expected .*to mean the text: "):
             load_params(overrides=parse_overrides([typo]))
-    assert load_params(overrides=parse_overrides(['datasetName="True"'])).datasetName == "True"  # as the hint says
+    with pytest.raises(ParameterError) as refused:
+        load_params(overrides=parse_overrides(["datasetName=True"]))
+    hint = str(refused.value).split("--set ")[1].split(" in a shell")[0]
+    assert hint == "'datasetName=\"True\"'"
+    import shlex  # what the shell passes on for that hint is taken as the text
+    assert load_params(overrides=parse_overrides(shlex.split(hint))).datasetName == "True"
 
 
 def test_unknown_override_suggests_nearest_name() -> None:

@@ -304,9 +304,14 @@ def test_client_script(url: str, tmp_path: Path) -> None:
     (folder / "_duplicates").mkdir()
     (folder / "_duplicates" / "red.jpg").write_bytes(jpeg_bytes(COLORS["red"], seed=20))
     (folder / "IMG_1.CR2").write_bytes(b"camera raw")  # a format not read: named, not sent
+    from PIL import Image
+
+    Image.new("RGB", (20, 20), COLORS["red"]).save(folder / "sign.ppm")  # read by the pipeline, refused by the service
     proc = run_script("6_callWebservice.py", str(folder), "--url", url, data_dir=tmp_path)
     assert "note: not sent (folders starting with _ are skipped, as stage 1 skips them): _duplicates/ (1 image)" in proc.stderr
     assert "note: not sent: 1 .cr2 file(s) below " in proc.stderr
+    assert (f"note: not sent: 1 file(s) (.ppm, e.g. {folder / 'sign.ppm'}) in a format the service does not accept"
+            in proc.stderr) and "sign.ppm" not in proc.stdout
     lines = [line.split("\t") for line in proc.stdout.splitlines()]
     assert {Path(x[0]).name: x[1] for x in lines} == {"red.jpg": "red", "green.jpg": "green", "blue.jpg": "blue",
                                                        "z_red0.jpg": "red", "z_red1.jpg": "red", "z_red2.jpg": "red"}

@@ -34,6 +34,17 @@ BUSY_MAX_WAIT = 10.0
 GIVEN_MAX_WAIT = 120.0
 
 
+def not_accepted(paths: list[Path], formats: list[str]) -> list[Path]:
+    """The files among `paths` whose extension names an image format outside `formats` (the service's
+    /info "formats"): the pipeline reads a GTSRB .ppm, the service refuses it, so sending it costs a
+    request and a refusal. A file named as an accepted format is sent: the service reads its content."""
+    from PIL import Image
+
+    by_extension = Image.registered_extensions()
+    accepted = set(formats) | ({"JPEG"} if "MPO" in formats else set())  # MPO: multi-picture JPEG
+    return [p for p in paths if (fmt := by_extension.get(p.suffix.lower())) is not None and fmt not in accepted]
+
+
 class ServiceError(RuntimeError):
     """The service is unreachable or refused a request; the message says which and why. `status`:
     the HTTP status of a refusal (None when no reply came); `retry_after`: the seconds a busy

@@ -25,7 +25,7 @@ import os
 import random
 import unicodedata
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -145,14 +145,7 @@ def walk_image_files(root: str | Path, skip_prefixes: tuple[str, ...] = (".",),
     back up the tree cannot loop. Links with an image's name whose target does not exist go to
     `broken_links`, when given."""
     out = []
-    seen: set[str] = set()
-    for folder, dirs, files in os.walk(root, followlinks=True):
-        real = os.path.realpath(folder)
-        if real in seen:
-            dirs[:] = []
-            continue
-        seen.add(real)
-        dirs[:] = [d for d in dirs if not d.startswith(skip_prefixes)]
+    for folder, files in _walk_once(root, skip_prefixes):
         for name in files:
             p = Path(folder, name)
             if not name.startswith(".") and is_image_name(name):
@@ -161,6 +154,20 @@ def walk_image_files(root: str | Path, skip_prefixes: tuple[str, ...] = (".",),
                 elif broken_links is not None and p.is_symlink():
                     broken_links.append(p)
     return sorted(out)
+
+
+def _walk_once(root: str | Path, skip_prefixes: tuple[str, ...]) -> Iterator[tuple[str, list[str]]]:
+    """(folder, file names) below `root`, linked folders followed, each real folder once (a link back
+    up the tree would otherwise loop for ever), folders whose names start with `skip_prefixes` skipped."""
+    seen: set[str] = set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(skip_prefixes)]
+        yield folder, files
 
 
 def list_images(class_dir: Path, broken_links: list[Path] | None = None) -> list[Path]:
@@ -458,9 +465,9 @@ def _read_dedicated(path: Path, classes: list[str]) -> set[str]:
                 continue
             entry = line.split("\t")[0]
             # A first line such as "image<TAB>label" (a list exported from a spreadsheet or another
-            # tool) is a header: no entry without a "/" could name an image, so none is lost. So is
-            # "class/filename", as the README names the column.
-            if first and ("/" not in entry or entry.lower() == "class/filename"):
+            # tool) is a header: neither a folder nor a file extension, so no image's name. So is
+            # "class/filename", as the README names the column. ("dotted0.jpg", a slip, is an error.)
+            if first and (("/" not in entry and "." not in entry) or entry.lower() == "class/filename"):
                 first = False
                 continue
             first = False
@@ -843,8 +850,8 @@ def skipped_below(folder: str | Path) -> list[tuple[str, int]]:
 # Images in formats the pipeline does not read (by extension): JPEG 2000, Photoshop, photographers'
 # camera raw files. Skipped like any other file, a class of them was "a class with no usable images",
 # with no word of the hundreds of files in it.
-UNREAD_IMAGE_EXTENSIONS = (".jp2", ".j2k", ".jpx", ".jpf", ".jpe", ".apng", ".psd", ".pcx", ".sgi", ".ras", ".ico",
-                           ".qoi", ".svg", ".dng", ".cr2", ".cr3", ".nef", ".arw", ".orf", ".rw2", ".raf")
+UNREAD_IMAGE_EXTENSIONS = (".jp2", ".j2k", ".jpx", ".jpf", ".psd", ".pcx", ".sgi", ".ras", ".ico", ".qoi", ".svg",
+                           ".dng", ".cr2", ".cr3", ".nef", ".arw", ".orf", ".rw2", ".raf")
 
 
 def unread_images(folder: str | Path) -> dict[str, int]:
@@ -852,8 +859,7 @@ def unread_images(folder: str | Path) -> dict[str, int]:
     (UNREAD_IMAGE_EXTENSIONS), most first; hidden files and folders starting with '_' or '.' skipped,
     as every stage skips them."""
     counts: dict[str, int] = defaultdict(int)
-    for _, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = [d for d in dirs if not d.startswith(NOT_CLASS_PREFIXES)]
+    for _, files in _walk_once(folder, NOT_CLASS_PREFIXES):
         for name in files:
             if not name.startswith(".") and (ext := os.path.splitext(name)[1].lower()) in UNREAD_IMAGE_EXTENSIONS:
                 counts[ext] += 1

@@ -29,8 +29,8 @@ except ImportError:  # the service's slim install may lack it: such files then g
 
 # Netpbm and Targa: the formats of many research data sets (GTSRB's traffic signs are .ppm, the ORL and
 # Yale faces .pgm). Read for training and scoring; the web service accepts what cameras and browsers send.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".avif", ".heic", ".heif",
-                    ".ppm", ".pgm", ".pbm", ".pnm", ".tga")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".apng", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".avif",
+                    ".heic", ".heif", ".ppm", ".pgm", ".pbm", ".pnm", ".tga")
 HEIF_EXTENSIONS = (".heic", ".heif")
 RESIZE_MODES = ("squash", "crop", "pad")
 # Pillow guards against decompression bombs by the pixel count in a file's header: it warns above

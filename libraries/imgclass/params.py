@@ -47,7 +47,7 @@ class Spec:
             isinstance(value, bool) and bool not in self.types
         )
         if not ok_type:
-            raise ParameterError(f"{name} = {value!r}: expected {self._describe()}{_spelling_hint(value, self.types)}")
+            raise ParameterError(f"{name} = {value!r}: expected {self._describe()}{_spelling_hint(value, self.types, name)}")
         if self.choices is not None and value not in self.choices:
             allowed = ", ".join(repr(c) for c in self.choices)
             raise ParameterError(f"{name} = {value!r}: allowed values are {allowed}")
@@ -63,15 +63,16 @@ class Spec:
         return " or ".join(t.__name__ for t in self.types)
 
 
-def _spelling_hint(value: Any, types: tuple[type, ...]) -> str:
+def _spelling_hint(value: Any, types: tuple[type, ...], name: str = "NAME") -> str:
     """How to write what was probably meant: a one-value list, a Python truth value."""
     if list in types and isinstance(value, (int, float)) and not isinstance(value, bool):
         return f" (in brackets, even for one: [{value!r}])"
     if bool in types and isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off"):
         return f" (True or False, capitalised: {value.lower() in ('true', 'yes', 'on')})"
     if types == (str,) and (value is None or isinstance(value, (bool, list, tuple, dict))):
-        # --set takes a number as text, but these read as likely slips: for the text itself, quotes.
-        return f' (to mean the text, write it in quotes: "{value}")'
+        # --set takes a number as text, but these read as likely slips: for the text itself, quotes,
+        # inside the shell's own (which the shell removes).
+        return f""" (to mean the text: {name} = "{value}" in a parameters file, --set '{name}="{value}"' in a shell)"""
     return ""
 
 
