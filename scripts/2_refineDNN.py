@@ -139,7 +139,8 @@ def main() -> int:
                       "split_hash": split_hash(p.split_path),  # stage 3 refuses it with another split
                       "params": config.settings(),  # and with other settings
                       "device": device_name(refiner.device), "seconds": round(seconds, 1),
-                      "saved_test_error": refiner.saved_test_error_, "saved_as": refiner.saved_as_})
+                      "saved_test_error": refiner.saved_test_error_, "saved_as": refiner.saved_as_,
+                      "collapse_note": refiner.collapse_note_})  # stage 3 repeats it, with the features it makes
     save_curves(refiner.history_, {"saved_test_error": refiner.saved_test_error_, "saved_as": refiner.saved_as_},
                 [curves_json, curves_png])
     for f in (checkpoint, *running):  # the finished model and its curves supersede them

@@ -41,6 +41,8 @@ def main() -> int:
         extra = load_model_extra(p.model_path)
         check_model_split(p.model_path, extra.get("split_hash", ""), p.split_path)
         refined_with = extra.get("params", {})  # model files written before 2026-11-30 do not say: not checked
+        if warned := extra.get("collapse_note"):
+            print(f"warning: stage 2 said: {warned}")
         check_model_settings(refined_with, p, p.model_path.name)
     fz = Featurizer(model, spec, batch_size=p.run_mbSize, flip_average=p.run_boFlipAverage, workers=p.run_workers,
                     engine=p.run_engine, export_dir=p.feature_cache_dir)

@@ -638,3 +638,21 @@ def test_the_class_averaged_held_out_error_is_kept_and_shown_for_unequal_classes
     balanced = torch.cat([torch.nonzero(y == k).ravel()[:2] for k in range(len(CLASSES))])
     r.error_rate(r.model_, pixels[balanced], y[balanced])
     assert r._class_avg(y[balanced]) == ""  # equal classes: the two figures tell the same
+
+
+def test_a_refinement_that_broke_the_features_is_said_to_have() -> None:
+    """On sklearn's digits at 96 px training diverged: a last layer fitted on the refined features
+    erred on half the training images (none before), and nothing said so. Judged on training images only."""
+    from imgclass.refine import collapse_note
+
+    assert collapse_note(0.0, 0.5267).startswith("refining made the features worse on the training images themselves:")
+    assert "52.67% of them, on the pretrained ones 0.00%" in collapse_note(0.0, 0.5267)
+    assert collapse_note(0.0, 0.0) == collapse_note(0.0, 0.04) == collapse_note(0.10, 0.18) == ""  # within noise
+    assert collapse_note(None, 0.9) == ""  # resumed: the first fit's error is not known
+
+
+def test_a_diverged_refinement_warns_and_a_sound_one_does_not(color_dataset: Path) -> None:
+    sound = _fit(color_dataset, max_epochs=1)
+    assert sound.initial_fit_error_ is not None and sound.collapse_note_ == ""
+    wild = _fit(color_dataset, max_epochs=2, lr_per_mb=(0.3,), head_lr_factor=10.0)  # steps far too large
+    assert wild.collapse_note_.startswith("refining made the features worse"), (wild.initial_fit_error_, wild.saved_as_)
