@@ -14,7 +14,7 @@ from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.data import load_split
 from imgclass.images import RESIZE_MODES
 from imgclass.modelfile import ModelSpec
-from imgclass.selection import compare_featurizers, plot_comparison, recommend, write_table
+from imgclass.selection import all_square, compare_featurizers, plot_comparison, recommend, write_table
 from imgclass.svm import LinearSvm
 
 parser = stage_parser(
@@ -36,6 +36,11 @@ def main() -> int:
     split = load_split(p.split_path, p.images_dir, sides=("train",))
     paths = [p.images_dir / path for path, _ in split.train]
     labels = [y for _, y in split.train]
+    if len(args.resize_modes) > 1 and all_square(paths):
+        keep = "crop" if "crop" in args.resize_modes else args.resize_modes[0]
+        print(f"every training image is square: {', '.join(args.resize_modes)} give the network the same pixels, "
+              f"so only {keep} is scored")
+        args.resize_modes = [keep]
     svm = LinearSvm.from_params(p, progress=True)  # minutes of fits per candidate on large data sets
     resolutions = args.resolutions or [p.rf_inputResolution]
     print(f"{len(paths)} training images of {p.datasetName}; {len(args.backbones) * len(resolutions) * len(args.resize_modes)} "

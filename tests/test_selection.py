@@ -203,3 +203,17 @@ def test_a_perfect_score_on_few_held_out_images_still_has_an_error_bar() -> None
     assert held_out_stderr(0, 9) == held_out_stderr(9, 9)
     # With many images it is the plain binomial error, near enough.
     assert held_out_stderr(900, 1000) == pytest.approx(math.sqrt(0.9 * 0.1 / 1000), rel=0.01)
+
+
+def test_resize_modes_are_one_candidate_when_every_image_is_square(tmp_path: Path) -> None:
+    """Digits, CIFAR-style sets: crop, squash and pad give the same pixels; scored thrice for one result."""
+    from PIL import Image
+
+    from imgclass.selection import all_square
+
+    for i, size in enumerate([(32, 32), (64, 64), (40, 30)]):
+        Image.new("L", size).save(tmp_path / f"{i}.pgm")
+    square = [tmp_path / "0.pgm", tmp_path / "1.pgm"]
+    assert all_square(square) and not all_square([*square, tmp_path / "2.pgm"])
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    assert not all_square([*square, tmp_path / "broken.png"])  # unknown: every mode is scored
