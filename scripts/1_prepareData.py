@@ -64,7 +64,8 @@ def main() -> int:
             if p.leakageCheck == "move":
                 # A lower threshold still moves the closest look-alikes (digits: a 7 moved at 6 bits).
                 print("leakageCheck = 'move': nothing moved, since these pairs need not be copies; where you know "
-                      "the data set holds no copies, leakageCheck = 'off' skips this check")
+                      "the data set holds no copies, set leakageCheck = 'off' rather than lowering the threshold, "
+                      "which still moves the closest look-alikes")
         elif check.leaks and p.leakageCheck == "move":
             if check.lookalike_classes:
                 print(f"note: the images of {', '.join(check.lookalike_classes)} look alike to dhash within their "

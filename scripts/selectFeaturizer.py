@@ -37,7 +37,9 @@ def main() -> int:
     paths = [p.images_dir / path for path, _ in split.train]
     labels = [y for _, y in split.train]
     if len(args.resize_modes) > 1 and all_square(paths):
-        keep = "crop" if "crop" in args.resize_modes else args.resize_modes[0]
+        # The parameters' mode where it is a candidate: test and new images need not be square.
+        keep = p.rf_resizeMode if p.rf_resizeMode in args.resize_modes else \
+            "crop" if "crop" in args.resize_modes else args.resize_modes[0]
         print(f"every training image is square: {', '.join(args.resize_modes)} give the network the same pixels, "
               f"so only {keep} is scored")
         args.resize_modes = [keep]

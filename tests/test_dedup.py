@@ -548,7 +548,7 @@ def test_look_alike_images_are_reported_not_moved(tmp_path: Path) -> None:
     out = run_script("1_prepareData.py", *args, data_dir=tmp_path).stdout
     assert "note: this data set's images look alike to dhash" in out
     assert "leakageCheck = 'move': nothing moved" in out and "moved " not in out
-    assert "where you know the data set holds no copies, leakageCheck = 'off' skips this check" in out
+    assert "where you know the data set holds no copies, set leakageCheck = 'off' rather than lowering" in out
     rows = [line.split("\t") for line in (tmp_path / "proc" / "digits" / "near_duplicates.tsv").read_text().splitlines()]
     assert rows[0] == ["train", "test", "bits", "same_class", "mirrored"] and len(rows) > 11  # more pairs than are printed
     assert out.count("near duplicates across the split") == 10 and f"all {len(rows) - 1} in " in out

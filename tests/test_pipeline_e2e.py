@@ -119,7 +119,12 @@ def test_refined_classifiers_run_stages_2_to_5_without_overwriting_each_other(pi
     assert curves["saved_as"] == "weights averaged over epochs 1-2, last layer refit"
     assert f"saved model ({curves['saved_as']}): test error" in out
     assert (results / "dnn" / "training_curves.png").stat().st_size > 5000
+    from imgclass.modelfile import load_model_extra
+
+    # Stage 2's verdict on the refined features is kept with the model, and stage 3 repeats a warning.
+    warned = load_model_extra(proc / "model_refined.pt")["collapse_note"]
     out = run_script("3_runDNN.py", *dnn, data_dir=pipeline_dir).stdout
+    assert (f"warning: stage 2 said: {warned}" in out) if warned else ("warning: stage 2 said" not in out), out
     assert (f"engine torch {where}" if torch.cuda.is_available() else "engine onnx on cpu,") in out
     assert "no SVM to train" in run_script("4_trainSVM.py", *dnn, data_dir=pipeline_dir).stdout
     run_script("5_evaluate.py", *dnn, data_dir=pipeline_dir)

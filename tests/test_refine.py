@@ -651,8 +651,14 @@ def test_a_refinement_that_broke_the_features_is_said_to_have() -> None:
     assert collapse_note(None, 0.9) == ""  # resumed: the first fit's error is not known
 
 
-def test_a_diverged_refinement_warns_and_a_sound_one_does_not(color_dataset: Path) -> None:
+def test_a_diverged_refinement_warns_and_a_sound_one_does_not(color_dataset: Path, tmp_path: Path) -> None:
     sound = _fit(color_dataset, max_epochs=1)
     assert sound.initial_fit_error_ is not None and sound.collapse_note_ == ""
-    wild = _fit(color_dataset, max_epochs=2, lr_per_mb=(0.3,), head_lr_factor=10.0)  # steps far too large
-    assert wild.collapse_note_.startswith("refining made the features worse"), (wild.initial_fit_error_, wild.saved_as_)
+    wild = dict(lr_per_mb=(0.3,), head_lr_factor=10.0)  # steps far too large
+    broken = _fit(color_dataset, max_epochs=2, **wild)
+    assert broken.collapse_note_.startswith("refining made the features worse"), (broken.initial_fit_error_, broken.saved_as_)
+    # Interrupted after one epoch and resumed: the first fit's error comes from the checkpoint.
+    ckpt = tmp_path / "ckpt.pt"
+    _fit(color_dataset, checkpoint=ckpt, max_epochs=1, **wild)
+    resumed = _fit(color_dataset, checkpoint=ckpt, resume=True, max_epochs=2, **wild)
+    assert resumed.initial_fit_error_ == broken.initial_fit_error_ and resumed.collapse_note_ == broken.collapse_note_

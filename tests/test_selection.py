@@ -217,3 +217,8 @@ def test_resize_modes_are_one_candidate_when_every_image_is_square(tmp_path: Pat
     assert all_square(square) and not all_square([*square, tmp_path / "2.pgm"])
     (tmp_path / "broken.png").write_bytes(b"not an image")
     assert not all_square([*square, tmp_path / "broken.png"])  # unknown: every mode is scored
+    Image.MAX_IMAGE_PIXELS, limit = 100, Image.MAX_IMAGE_PIXELS  # a file over Pillow's pixel guard
+    try:
+        assert not all_square(square)
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit

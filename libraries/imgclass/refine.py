@@ -532,6 +532,8 @@ class Refiner:
             # Dropout on a GPU draws from the device's generator: resume must continue it too.
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
             "history_json": json.dumps(history.to_json()),
+            # What collapse_note judges the refined features by: the fit came before the first epoch.
+            "initial_fit_error_json": json.dumps(self.initial_fit_error_),
         }
         with atomic_path(path) as tmp:
             torch.save(payload, tmp)
@@ -580,6 +582,7 @@ class Refiner:
         read by _read_checkpoint has them."""
         model.load_state_dict(payload["model"])
         opt.load_state_dict(payload["optimizer"])
+        self.initial_fit_error_ = json.loads(payload.get("initial_fit_error_json", "null"))  # older checkpoints: none
         gen.set_state(payload["generator"])
         torch.set_rng_state(payload["torch_rng"])
         if self.device.type == "cuda" and payload.get("cuda_rng"):
@@ -651,7 +654,7 @@ class Refiner:
         torch.manual_seed(c.seed + 1)  # dropout
         history, average = History(), WeightAverage()
         # The last layer's training error on the pretrained features, to judge the refined ones by
-        # (collapse_note); not known when resuming, since that fit came before the checkpoint.
+        # (collapse_note); a resumed run has it from the checkpoint; without rf_boInitLastLayer, none.
         self.initial_fit_error_: float | None = None
         self.collapse_note_ = ""
         if resumed is not None:

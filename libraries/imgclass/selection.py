@@ -57,7 +57,7 @@ def all_square(paths: Sequence[str | Path]) -> bool:
             with Image.open(path) as img:
                 if img.size[0] != img.size[1]:
                     return False
-        except (OSError, ValueError, SyntaxError):  # not read here: stage 3's decoding says what it is
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):  # stage 3's decoding says what it is
             return False
     return True
 
