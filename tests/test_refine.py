@@ -662,3 +662,20 @@ def test_a_diverged_refinement_warns_and_a_sound_one_does_not(color_dataset: Pat
     _fit(color_dataset, checkpoint=ckpt, max_epochs=1, **wild)
     resumed = _fit(color_dataset, checkpoint=ckpt, resume=True, max_epochs=2, **wild)
     assert resumed.initial_fit_error_ == broken.initial_fit_error_ and resumed.collapse_note_ == broken.collapse_note_
+
+
+def test_gradient_clipping_bounds_every_step(color_dataset: Path) -> None:
+    """rf_maxGradNorm: each step's gradient is scaled to at most this norm, so a tiny bound leaves
+    the pretrained layers all but as they were, where the same steps unclipped move them."""
+    model, _ = Refiner(_config(), CLASSES, device="cpu", progress=False)._build()  # as refinement starts
+    start = {k: v.clone() for k, v in model.backbone.state_dict().items() if v.is_floating_point()}
+
+    def moved(r: Refiner) -> float:
+        now = r.model_.backbone.state_dict()
+        return max(float((now[k] - v).abs().max()) for k, v in start.items())
+
+    steps = dict(max_epochs=1, lr_per_mb=(0.01,), average_last_epochs=0, l2_reg_weight=0.0)  # decay moves them too
+    assert moved(_fit(color_dataset, **steps)) > 1e-3
+    assert moved(_fit(color_dataset, max_grad_norm=1e-9, **steps)) < 1e-6
+    with pytest.raises(ValueError, match="max_grad_norm = -1.0: expected 0 \\(off\\) or more"):
+        RefineConfig(max_grad_norm=-1.0)

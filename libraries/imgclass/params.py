@@ -200,6 +200,7 @@ SCHEMA: dict[str, Spec] = {
     "rf_headLrFactor": Spec(_FLOAT, check=_positive),
     "rf_momentumPerMb": Spec(_FLOAT, check=_fraction_closed_open),
     "rf_l2RegWeight": Spec(_FLOAT, check=_non_negative),
+    "rf_maxGradNorm": Spec(_FLOAT, check=_non_negative),
     "rf_boFreezeWeights": Spec(_BOOL),
     "rf_boInitLastLayer": Spec(_BOOL),
     "rf_boRefitLastLayer": Spec(_BOOL),

@@ -70,7 +70,7 @@ PARAM_OF_FIELD = {
     "balance_training_set": "rf_boBalanceTrainingSet", "aug_crop_scale_min": "aug_cropScaleMin",
     "aug_rotation_deg": "aug_rotationDegrees", "aug_flip": "aug_boHorizontalFlip",
     "aug_color_jitter": "aug_colorJitter", "seed": "randomSeed", "workers": "rf_workers",
-    "weights_dir": "rf_weightsDir",
+    "weights_dir": "rf_weightsDir", "max_grad_norm": "rf_maxGradNorm",
 }
 
 # What to do with a checkpoint that cannot be continued (stage 2 refuses to overwrite one silently).
@@ -109,6 +109,7 @@ class RefineConfig:
     seed: int = 0
     workers: int = 2
     weights_dir: str = ""
+    max_grad_norm: float = 0.0  # 0 = no clipping
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lr_per_mb", tuple(float(v) for v in self.lr_per_mb))
@@ -120,6 +121,7 @@ class RefineConfig:
             "dropout": (0.0 <= self.dropout < 1.0, "in [0, 1)"), "head_lr_factor": (self.head_lr_factor > 0, "above 0"),
             "resolution": (32 <= self.resolution <= 1024, "32 to 1024 pixels"), "workers": (self.workers >= 0, "0 or more"),
             "average_last_epochs": (self.average_last_epochs >= 0, "0 or more"),
+            "max_grad_norm": (self.max_grad_norm >= 0, "0 (off) or more"),
         }
         for name, (ok, expected) in checks.items():
             if not ok:
@@ -788,6 +790,8 @@ class Refiner:
                     loss = loss_fn(logits.float(), y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                if c.max_grad_norm > 0:  # a bound on each step, where brittle features make huge gradients
+                    torch.nn.utils.clip_grad_norm_([q for g in opt.param_groups for q in g["params"]], c.max_grad_norm)
                 opt.step()
             except RuntimeError as e:
                 raise _oom(e, f"training on minibatches of {c.mb_size} images of {c.resolution} px") from e
@@ -931,8 +935,9 @@ def collapse_note(before: float | None, after: float) -> str:
         return ""
     return (f"refining made the features worse on the training images themselves: a last layer fitted on the "
             f"refined features errs on {100 * after:.2f}% of them, on the pretrained ones {100 * before:.2f}%. "
-            "The refined network is likely broken (training diverged): try a lower rf_lrPerMb, milder augmentation "
-            "(aug_*) or rf_dropoutRate, a larger rf_inputResolution, or classifier = 'svm' "
+            "The refined network is likely broken (training diverged): try a larger rf_inputResolution (small images "
+            "scaled up give brittle features), milder augmentation (aug_*) or rf_dropoutRate, rf_maxGradNorm = 1, "
+            "a lower rf_lrPerMb, or classifier = 'svm' "
             "(scripts/selectClassifier.py compares them on held-out training images)")
 
 
