@@ -64,7 +64,9 @@ def _already_refined(stored: dict | None, settings: dict, split: str) -> bool:
     """Whether the refined network there is (`stored`: see _stored) is a refinement with these
     `settings` on this split (its split.json hash). dnn and svmDnnRefined share it: stage 2 for the
     second must not refine it again (the file would change, and with it every result made from it)."""
-    return stored is not None and stored.get("split_hash") == split and stored.get("params") == settings
+    # rf_maxGradNorm came later: a network refined before it was refined without clipping.
+    return stored is not None and stored.get("split_hash") == split and \
+        {"rf_maxGradNorm": 0.0, **stored.get("params", {})} == settings
 
 
 def main() -> int:

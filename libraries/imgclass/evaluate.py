@@ -203,6 +203,7 @@ def plot_confusion(cm: np.ndarray | list, classes: Sequence[str], path: str | Pa
 def format_table(metrics: dict[str, Any]) -> str:
     """The accuracy table stage 5 prints."""
     shown, width = name_column(metrics["classes"], at_least=12)
+
     def percent(value: float | None) -> str:
         return "-" if value is None else f"{100 * value:7.2f}%"
 

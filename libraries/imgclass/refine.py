@@ -546,7 +546,7 @@ class Refiner:
         refusal costs no minutes of decoding."""
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
-            key = json.loads(payload["key_json"])
+            key = {"max_grad_norm": 0.0, **json.loads(payload["key_json"])}  # written before it existed: off
             classes = json.loads(payload["classes_json"])
         except Exception as e:  # noqa: BLE001 - one clear message for a damaged file
             raise ValueError(f"{path}: not a refinement checkpoint ({e}); {RESTART}") from e
