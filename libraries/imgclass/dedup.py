@@ -31,12 +31,12 @@ from pathlib import Path
 
 import imagehash
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import ImageOps
 
 from imgclass.annotations import EXCLUDE, read_fixes
 from imgclass.data import DUPLICATES_FOLDER, Split, find_split_folders, list_folder_images
 from imgclass.fileio import atomic_open
-from imgclass.images import ImageDecodeError, load_rgb
+from imgclass.images import ImageDecodeError, header_size, load_rgb
 from imgclass.progress import progress_bar
 
 HASH_SIZE = 16  # 16 x 16 = 256-bit hashes, as in the tutorial
@@ -356,7 +356,8 @@ def find_duplicates(
     report.distances = {(paths[i], paths[j]): d for i, j, d in pairs}
     report.mirrored = {(paths[ok[i]], paths[ok[j]]) for (i, j), (_, mirrored) in closest.items() if mirrored}
     # Every exact group lies within a near group (0 bits apart), so these are all the grouped images.
-    report.sizes = {paths[i]: _image_size(folder / paths[i]) for g in near_groups for i in g}
+    # (0, 0): a file that went away since it was hashed (EXIF rotation does not change the pixel count)
+    report.sizes = {paths[i]: header_size(folder / paths[i]) or (0, 0) for g in near_groups for i in g}
     excluded = {p for p, c in report.fixes.items() if c == EXCLUDE}
     report.exact = [_kept_first([paths[i] for i in g], report.sizes, folder, excluded) for g in exact_groups]
     report.groups = [_kept_first([paths[i] for i in g], report.sizes, folder, excluded) for g in near_groups]
@@ -369,16 +370,6 @@ def find_duplicates(
         grouped = sorted({report.class_of(p) for g in report.groups for p in g})
         report.lookalike_classes = [c for c in grouped if looks_alike(bits[classes == c], threshold)]
     return report
-
-
-def _image_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the file's header, as stored (EXIF rotation does not change the count);
-    (0, 0) when it cannot be read now (the file went away since it was hashed)."""
-    try:
-        with Image.open(path) as img:
-            return img.size
-    except (OSError, ValueError, SyntaxError, EOFError, RuntimeError, Image.DecompressionBombError):
-        return 0, 0
 
 
 def _kept_first(group: list[str], sizes: dict[str, tuple[int, int]], folder: Path,

@@ -214,11 +214,11 @@ def format_table(metrics: dict[str, Any]) -> str:
         lines.append(f"{ljust(shown.get(c, c), width)}  {v['n']:>5}  {percent(v['accuracy']):>8}  "
                      f"{percent(v.get('precision')):>9}  {roc:>6}")
     lines.append(f"{'overall':<{width}}  {sum(v['n'] for v in metrics['per_class'].values()):>5}  "
-                 f"{100 * metrics['overall_accuracy']:7.2f}%")
+                 f"{percent(metrics['overall_accuracy'])}")
     mean_auc = metrics.get("class_averaged_auc")
     scored = sum(1 for v in metrics["per_class"].values() if v["n"])
     of = f"  (over {scored} of {len(metrics['per_class'])} classes)" if scored < len(metrics["per_class"]) else ""
-    lines.append((f"{'class-avg':<{width}}  {'':>5}  {100 * metrics['class_averaged_accuracy']:7.2f}%  {'':>9}  "
+    lines.append((f"{'class-avg':<{width}}  {'':>5}  {percent(metrics['class_averaged_accuracy'])}  {'':>9}  "
                   + ("" if mean_auc is None else f"{mean_auc:.4f}") + of).rstrip())
     return "\n".join(lines)
 

@@ -231,13 +231,20 @@ def check_image(path: str | Path) -> str | None:
     return None
 
 
-def shorter_side(path: str | Path) -> int | None:
-    """The shorter side of an image in pixels, read from its header (nothing decoded); None if unreadable."""
+def header_size(path: str | Path) -> tuple[int, int] | None:
+    """(width, height) of an image as stored, read from its header (nothing decoded; EXIF rotation not
+    applied); None if unreadable (gone, not an image, over Pillow's pixel guard)."""
     try:
         with Image.open(path) as img:
-            return min(img.size)
-    except (OSError, ValueError, Image.DecompressionBombError):
+            return img.size
+    except (OSError, ValueError, SyntaxError, EOFError, RuntimeError, Image.DecompressionBombError):
         return None
+
+
+def shorter_side(path: str | Path) -> int | None:
+    """The shorter side of an image in pixels, read from its header (nothing decoded); None if unreadable."""
+    size = header_size(path)
+    return None if size is None else min(size)
 
 
 def check_images(paths: Sequence[str | Path], progress: bool = False) -> list[str | None]:
