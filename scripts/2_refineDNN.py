@@ -18,7 +18,8 @@ from imgclass.features import device_name
 from imgclass.fileio import write_json
 from imgclass.modelfile import ModelSpec, build_model, load_model_extra, save_model
 from imgclass.provenance import split_hash
-from imgclass.refine import History, RefineConfig, Refiner, RefineOutOfMemoryError, plot_history
+from imgclass.refine import (ADDED_LATER, PARAM_OF_FIELD, History, RefineConfig, Refiner, RefineOutOfMemoryError,
+                             plot_history)
 
 parser = stage_parser(
     __doc__.splitlines()[0],
@@ -64,9 +65,8 @@ def _already_refined(stored: dict | None, settings: dict, split: str) -> bool:
     """Whether the refined network there is (`stored`: see _stored) is a refinement with these
     `settings` on this split (its split.json hash). dnn and svmDnnRefined share it: stage 2 for the
     second must not refine it again (the file would change, and with it every result made from it)."""
-    # rf_maxGradNorm came later: a network refined before it was refined without clipping.
-    return stored is not None and stored.get("split_hash") == split and \
-        {"rf_maxGradNorm": 0.0, **stored.get("params", {})} == settings
+    made_so = {PARAM_OF_FIELD[k]: v for k, v in ADDED_LATER.items()}  # settings files written before them lack
+    return stored is not None and stored.get("split_hash") == split and {**made_so, **stored.get("params", {})} == settings
 
 
 def main() -> int:

@@ -60,6 +60,11 @@ def test_text_parameters_take_the_text_as_typed() -> None:
     assert load_params(overrides=parse_overrides(shlex.split(hint))).datasetName == "True"
 
 
+def test_a_negative_gradient_bound_is_refused_by_name() -> None:
+    with pytest.raises(ParameterError, match=r"rf_maxGradNorm = -1.0: must be >= 0"):
+        load_params(overrides=parse_overrides(["rf_maxGradNorm=-1"]))
+
+
 def test_unknown_override_suggests_nearest_name() -> None:
     with pytest.raises(ParameterError, match="did you mean 'ratioTrainTest'"):
         parse_overrides(["ratioTrainTset=0.5"])

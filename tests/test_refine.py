@@ -3,6 +3,7 @@ EfficientNet-Lite0, real training steps."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -679,3 +680,17 @@ def test_gradient_clipping_bounds_every_step(color_dataset: Path) -> None:
     assert moved(_fit(color_dataset, max_grad_norm=1e-9, **steps)) < 1e-6
     with pytest.raises(ValueError, match="max_grad_norm = -1.0: expected 0 \\(off\\) or more"):
         RefineConfig(max_grad_norm=-1.0)
+
+
+def test_a_checkpoint_written_before_gradient_clipping_existed_resumes_as_unclipped(color_dataset: Path,
+                                                                                    tmp_path: Path) -> None:
+    ckpt = tmp_path / "ckpt.pt"
+    _fit(color_dataset, checkpoint=ckpt, max_epochs=1)
+    payload = torch.load(ckpt, weights_only=True)
+    key = json.loads(payload["key_json"])
+    del key["max_grad_norm"]  # as written before rf_maxGradNorm
+    payload["key_json"] = json.dumps(key)
+    torch.save(payload, ckpt)
+    assert _fit(color_dataset, checkpoint=ckpt, resume=True, max_epochs=2).history_.epoch == [1, 2]
+    with pytest.raises(ValueError, match=r"rf_maxGradNorm = 0.0 there, 1.0 now"):  # clipped now: not the same run
+        _fit(color_dataset, checkpoint=ckpt, resume=True, max_epochs=2, max_grad_norm=1.0)

@@ -73,6 +73,10 @@ PARAM_OF_FIELD = {
     "weights_dir": "rf_weightsDir", "max_grad_norm": "rf_maxGradNorm",
 }
 
+# Settings added after files were first written, with the value those files were made with: a
+# checkpoint or model file without one was made so (not "with other settings").
+ADDED_LATER = {"max_grad_norm": 0.0}
+
 # What to do with a checkpoint that cannot be continued (stage 2 refuses to overwrite one silently).
 RESTART = "start afresh with scripts/2_refineDNN.py --restart (it deletes the checkpoint)"
 
@@ -546,7 +550,7 @@ class Refiner:
         refusal costs no minutes of decoding."""
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
-            key = {"max_grad_norm": 0.0, **json.loads(payload["key_json"])}  # written before it existed: off
+            key = {**ADDED_LATER, **json.loads(payload["key_json"])}
             classes = json.loads(payload["classes_json"])
         except Exception as e:  # noqa: BLE001 - one clear message for a damaged file
             raise ValueError(f"{path}: not a refinement checkpoint ({e}); {RESTART}") from e
