@@ -11,7 +11,7 @@ even after FOLDER is moved or renamed.
 
 from pathlib import Path
 
-from imgclass.active import (label_interactively, plot_candidates, score_with_trained_model, unlabelled_images,
+from imgclass.active import (class_words, label_interactively, plot_candidates, score_with_trained_model, unlabelled_images,
                              write_candidates)
 from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.provenance import StaleFilesError
@@ -40,7 +40,7 @@ def main() -> int:
     if known:
         image, cls, there = known[0]
         print(f"{len(known)} image(s) already in the data set (the same file content, e.g. {image.name} = "
-              f"{there.relative_to(p.images_dir).as_posix()}, class {cls}): not scored, not asked")
+              f"{there.relative_to(p.images_dir).as_posix()}, {class_words(cls)}): not scored, not asked")
     if not paths:
         print(f"no unlabelled images left in {args.folder} (answers so far: {log})")
         return 0

@@ -26,6 +26,7 @@ from imgclass.active import (
     uncertainty,
     unlabelled_images,
 )
+from imgclass.annotations import FIXES_FILE
 from imgclass.data import list_images, make_split
 from imgclass.provenance import file_hash
 from imgclass.synthetic import generate_demo_dataset
@@ -98,7 +99,7 @@ def test_a_copy_of_a_photo_already_in_the_data_set_is_not_filed_under_another_cl
     (src / "new.jpg").write_bytes(b"a new photo!!!" * 10)
     classes, log = ["dotted", "striped"], tmp_path / "log.tsv"
     with pytest.raises(ValueError, match=r"copy.jpg: the same image \(by content\) is in the data set already, as "
-                                         r".*IMG_1.jpg \(class 'dotted'\); not copying it into 'striped'"):
+                                         r".*IMG_1.jpg \(class dotted\); not copying it into 'striped'"):
         apply_labels({src / "copy.jpg": "striped"}, classes, images, log)
     printed: list[str] = []
     ask, _ = _typing("striped")
@@ -113,8 +114,32 @@ def test_a_copy_of_a_photo_already_in_the_data_set_is_not_filed_under_another_cl
     (images / "dotted" / "_old").mkdir()
     (images / "dotted" / "_old" / "IMG_0.jpg").write_bytes(b"an old photo!!" * 10)
     (src / "old.jpg").write_bytes(b"an old photo!!" * 10)
-    with pytest.raises(ValueError, match=r"old.jpg: the same image .* as .*_old.IMG_0.jpg \(class 'dotted'\)"):
+    with pytest.raises(ValueError, match=r"old.jpg: the same image .* as .*_old.IMG_0.jpg \(class dotted\)"):
         apply_labels({src / "old.jpg": "striped"}, classes, images, log)
+
+
+def test_a_copy_of_a_relabelled_or_excluded_photo_takes_its_class_from_the_fixes_file(tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    (images / "dotted").mkdir(parents=True)
+    (images / "striped").mkdir()
+    (images / "dotted" / "leo.jpg").write_bytes(b"a leopard photo" * 10)
+    (images / "dotted" / "bad.jpg").write_bytes(b"a blurred photo" * 10)
+    (images / FIXES_FILE).write_text("dotted/leo.jpg\tstriped\ndotted/bad.jpg\tEXCLUDE\n", encoding="utf-8")
+    src = tmp_path / "unlabelled"
+    src.mkdir()
+    (src / "leo_copy.jpg").write_bytes(b"a leopard photo" * 10)
+    (src / "bad_copy.jpg").write_bytes(b"a blurred photo" * 10)
+    classes, log = ["dotted", "striped"], tmp_path / "log.tsv"
+    # Stage 1 reads leo.jpg as striped: its folder's class is the wrong answer now, the fixed one is right.
+    with pytest.raises(ValueError, match=r"leo_copy.jpg: .* as .*leo.jpg \(class striped\); not copying it into 'dotted'"):
+        apply_labels({src / "leo_copy.jpg": "dotted"}, classes, images, log)
+    assert apply_labels({src / "leo_copy.jpg": "striped"}, classes, images, log) == [images / "dotted" / "leo.jpg"]
+    assert read_log(log)[file_hash(src / "leo_copy.jpg")] == "striped"
+    with pytest.raises(ValueError, match=rf"bad_copy.jpg: .* as .*bad.jpg \(left out by EXCLUDE in {FIXES_FILE}\)"):
+        apply_labels({src / "bad_copy.jpg": "dotted"}, classes, images, log)
+    known: list = []
+    assert unlabelled_images(src, None, images_dir=images, in_dataset=known) == []
+    assert sorted((p.name, c) for p, c, _ in known) == [("bad_copy.jpg", "EXCLUDE"), ("leo_copy.jpg", "striped")]
 
 
 def _candidates(folder: Path, n: int, scores: np.ndarray) -> list[Candidate]:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from imgclass.annotations import EXCLUDE, FIXES_FILE, read_fixes
 from imgclass.data import find_split_folders, list_class_dirs, list_folder_images, list_images
 from imgclass.fileio import atomic_open, atomic_path, save_figure
 from imgclass.images import check_images
@@ -225,19 +226,22 @@ def add_to_dataset(src: str | Path, label: str, images_dir: str | Path) -> Path:
 def class_in_dataset(path: str | Path, images_dir: str | Path, _index: dict | None = None,
                      content: str | None = None) -> tuple[str, Path] | None:
     """(class, file) of a file in the data set with the same content as `path`, else None: an
-    "unlabelled" photo may be a copy of one labelled long ago. Only files of the same size are
-    read. `_index`: a dict to keep the data set's listing in between calls (one labelling round);
-    `content`: the file's hash when already computed."""
+    "unlabelled" photo may be a copy of one labelled long ago. The class is the one stage 1 reads:
+    annotations_fixes.tsv's when it relabels the file, EXCLUDE when it leaves the file out. Only
+    files of the same size are read. `_index`: a dict to keep the data set's listing in between
+    calls (one labelling round); `content`: the file's hash when already computed."""
     images_dir = Path(images_dir)
     index = _index if _index is not None else {}
     if "by_size" not in index:
         split = find_split_folders(images_dir)
         roots = [images_dir] if split is None else [split[0], split[1]]
+        fixes = read_fixes(images_dir)
         by_size: dict[int, list[tuple[str, Path]]] = {}
         for root in roots:
             for c in list_class_dirs(root):
                 for f in list_images(root / c):  # what stage 1 reads of the class
-                    by_size.setdefault(f.stat().st_size, []).append((c, f))
+                    fixed = fixes.get(f.relative_to(images_dir).as_posix(), c)
+                    by_size.setdefault(f.stat().st_size, []).append((fixed, f))
         index["by_size"], index["hashes"] = by_size, {}
     same = index["by_size"].get(Path(path).stat().st_size, [])
     if not same:
@@ -278,7 +282,7 @@ def apply_labels(
         there = class_in_dataset(src, images_dir, index, content) if label != SKIP else None
         if there is not None and there[0] != label:
             raise ValueError(f"{path}: the same image (by content) is in the data set already, as {there[1]} "
-                             f"(class {there[0]!r}); not copying it into {label!r} as well")
+                             f"({class_words(there[0])}); not copying it into {label!r} as well")
         if label != SKIP:
             done[content] = label
         todo.append((src, label, content, None if there is None else there[1]))
@@ -350,7 +354,7 @@ def label_interactively(
             continue
         if (there := class_in_dataset(cand.path, images_dir, index, content)) is not None:
             print_fn(f"[{n}/{len(candidates)}] {cand.path}: same image as {there[1]} in the data set "
-                     f"(class {there[0]}); not asked")
+                     f"({class_words(there[0])}); not asked")
             continue
         guess = ", ".join(f"{c} {s:.3g}" for c, s in cand.ranked(classes))
         print_fn(f"[{n}/{len(candidates)}] {cand.path}\n    model: {guess}")
@@ -420,3 +424,8 @@ __all__ = [
     "unlabelled_images",
     "write_candidates",
 ]
+
+
+def class_words(cls: str) -> str:
+    """A class from class_in_dataset in words: "class dotted", or that the fixes leave the file out."""
+    return f"left out by {EXCLUDE} in {FIXES_FILE}" if cls == EXCLUDE else f"class {cls}"
