@@ -65,6 +65,8 @@ def test_stage1_honours_the_fixes_file(color_dataset: Path) -> None:
     labels = {p: split.classes[y] for p, y in split.train + split.test}
     assert labels["green/green_0.jpg"] == "red" and "blue/blue_3.jpg" not in labels
     assert f"note: {FIXES_FILE}: red/deleted_since.jpg: no such image (deleted since, or mistyped" in out
+    # What the file did is said, so an edit is seen to take effect.
+    assert f"note: {FIXES_FILE} applied: 1 image(s) relabelled (green -> red 1), 1 left out" in out
 
 
 def test_fixes_that_match_no_image_are_named_by_stage1(color_dataset: Path) -> None:
@@ -80,7 +82,8 @@ def test_fixes_that_match_no_image_are_named_by_stage1(color_dataset: Path) -> N
     assert ("note: annotations_fixes.tsv: red/caf\u00e9.jpg: no such image (the file's name has the same letters, "
             "its accents encoded otherwise") in out and repr(f"red/{nfd}") in out
     assert f"left out: red/red_2.jpg: marked EXCLUDE in {FIXES_FILE}" in out
-    assert out.count(f"note: {FIXES_FILE}") == 2
+    assert out.count(f"note: {FIXES_FILE}: ") == 2
+    assert f"note: {FIXES_FILE} applied: 0 image(s) relabelled, 1 left out" in out
 
 
 def test_thumbnails_and_pages_render(color_dataset: Path) -> None:

@@ -772,13 +772,26 @@ def alike_class_notes(classes: Sequence[str]) -> list[str]:
 
 
 def fix_notes(split: Split, images_dir: str | Path) -> list[str]:
-    """Notes on the lines of the data set's annotations_fixes.tsv that name no image of `split`
+    """What the data set's annotations_fixes.tsv did (images relabelled, left out), and notes on the lines of the data set's annotations_fixes.tsv that name no image of `split`
     (apply_fixes passes over them: an image deleted since is no error, but a typo would go unseen)."""
     known = [p for p, _ in split.train] + [p for p, _ in split.test] + [p for p, _ in split.excluded]
     # An image dedupImages.py --remove set aside in _duplicates/ (under the same path) is not missing.
     aside = Path(images_dir) / DUPLICATES_FOLDER
     fixes = {p: fix for p, fix in read_fixes(images_dir).items() if not (aside / p).is_file()}
-    return [f"{FIXES_FILE}: {note}" for note in unmatched_fixes(fixes, known)]
+    notes = []
+    # Say what the fixes did, so the user sees an edit of the file take effect (or not).
+    moves: dict[tuple[str, str], int] = {}
+    for path, label in split.train + split.test:
+        parts, now = path.split("/"), split.classes[label]
+        was = parts[0] if parts[0] in split.classes or len(parts) < 3 else parts[1]  # train/<class>/... in advance
+        if fixes.get(path) == now and was != now:
+            moves[(was, now)] = moves.get((was, now), 0) + 1
+    left_out = sum(why == f"marked {EXCLUDE} in {FIXES_FILE}" for _, why in split.excluded)
+    if moves or left_out:
+        how = ", ".join(f"{a} -> {b} {n}" for (a, b), n in sorted(moves.items(), key=lambda m: (-m[1], m[0])))
+        notes.append(f"{FIXES_FILE} applied: {sum(moves.values())} image(s) relabelled" + (f" ({how})" if how else "")
+                     + f", {left_out} left out")
+    return notes + [f"{FIXES_FILE}: {note}" for note in unmatched_fixes(fixes, known)]
 
 
 def since_split_notes(split: Split, images_dir: str | Path, split_path: str | Path) -> list[str]:
