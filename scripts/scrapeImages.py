@@ -35,7 +35,10 @@ def main() -> int:
     if note:
         print(f"note: {note}")
     if report.previous:
-        print(f"{out} held {report.previous} URLs: kept, the new ones added")
+        dropped = report.previous_dropped
+        print(f"{out} held {report.previous} URLs: " + (
+            f"kept but {dropped} dropped as ambiguous (returned this time for a query of another label)"
+            if dropped else "kept") + ", the new ones added")
     if report.earlier:
         print(f"{report.earlier} of {len(queries)} queries answered by an earlier run (recorded in {state}), "
               f"not asked again")
@@ -51,8 +54,8 @@ def main() -> int:
     for label, n in per_label.items():
         print(f"  {ljust(shown[label], width)} {n:>6} URL{'' if n == 1 else 's'}")
     if report.rows or not report.stopped:  # stopped before any answer: the error below says it all
-        print(f"{len(report.rows)} URL{'' if len(report.rows) == 1 else 's'} ({report.repeated} repeats of a listed "
-              "URL under the same label dropped)")
+        print(f"{len(report.rows)} URL{'' if len(report.rows) == 1 else 's'} ({report.repeated} hits of a URL listed "
+              "already under the same label, not listed twice)")
     if report.ambiguous:
         # Kept under either label it would teach the classifier a wrong label half the time.
         n = len(report.ambiguous)

@@ -282,7 +282,7 @@ def test_script_says_a_failed_query_is_asked_again_by_a_rerun(fake: Fake, tmp_pa
             "--set", "scrape_attributes=['striped','broken']", "--set", "scrape_pauseSec=0"]
     out = run_script("scrapeImages.py", *args, data_dir=tmp_path).stdout
     assert "query 'broken vest' failed: " in out and "rerun this script later to retry the 1 failed query" in out, out
-    assert "  striped                   1 URL\n" in out and "\n1 URL (0 repeats" in out
+    assert "  striped                   1 URL\n" in out and "\n1 URL (0 hits of a URL listed already" in out
     asked = fake.hits[("/v1/images/", "broken vest")], fake.hits[("/v1/images/", "striped vest")]
     run_script("scrapeImages.py", *args, data_dir=tmp_path)
     assert fake.hits[("/v1/images/", "broken vest")] > asked[0]  # asked again, as said
@@ -350,6 +350,7 @@ def test_a_url_returned_for_two_labels_is_dropped_as_ambiguous(fake: Fake, tmp_p
     assert common in {r[1] for r in first.rows}
     second, note = scrape_to_file(out, build_queries(["twinset"], ["striped", "dotted"]), ov, 3, progress=False)
     assert second.skipped == ["striped twinset"] and note == ""
+    assert (first.previous_dropped, second.previous, second.previous_dropped) == (0, 3, 1)  # said by the script
     assert common not in {url for _, url in read_url_list(out)} and len(read_url_list(out)) == 4
     assert json.loads(state_path(out).read_text())["ambiguous"] == [common]
     # Another count per query: the recorded queries no longer say what was asked, so all are asked again.

@@ -313,6 +313,7 @@ class ScrapeReport:
     skipped: list[str] = field(default_factory=list)  # queries not asked: answered in an earlier run
     earlier: int = 0  # queries answered in an earlier run (skipped, or would be after a stop)
     previous: int = 0  # rows the list held before this run
+    previous_dropped: int = 0  # of their URLs, those dropped as ambiguous (returned this run for another label)
     stopped: str = ""  # why the run stopped early ("" when every query was asked)
 
 
@@ -324,7 +325,8 @@ def scrape(
     """Ask `provider` for the top `per_query` images of each query and add the hits to `previous`
     (rows of an earlier run, kept as they are). Each URL is listed once; a URL returned for two
     labels (a striped and a dotted query) is dropped as ambiguous, since it cannot train either
-    class, and so is every later hit of it. Queries in `done` (answered in an earlier run) are
+    class, and so is every later hit of it, also when an earlier run listed it (`previous_dropped`
+    counts those). Queries in `done` (answered in an earlier run) are
     skipped. A failing query is recorded and the run goes on; a fatal error (unreachable, key
     refused, throttled) stops it, keeping what was found. `checkpoint` is called after each
     answered query, so what was found can be saved as the run goes."""
@@ -371,6 +373,7 @@ def scrape(
             report.rows = list(listed.values())
             checkpoint(report)
     report.rows = list(listed.values())
+    report.previous_dropped = len({row[1] for row in previous} - listed.keys())
     return report
 
 
