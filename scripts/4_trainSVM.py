@@ -1,16 +1,20 @@
 """Stage 4: train a linear SVM on the training features, choosing C by cross-validation on them."""
 
+from imgclass.annotations import FIXES_FILE
 from imgclass.cli import do_not_track, parse_stage, run_stage, stage_parser
 from imgclass.featureset import FeatureSet
 from imgclass.fileio import require_file
 from imgclass.provenance import MODEL_SETTINGS, StaleFilesError, check_model_settings, check_same_source
+from imgclass.params import Params
+from imgclass.suspects import SHOWN, Suspect, find_suspects, plot_suspects, write_suspects
 from imgclass.svm import LinearSvm
 
 parser = stage_parser(
     __doc__.splitlines()[0],
     reads="DATA_DIR/proc/<datasetName>/features_<fixed|refined>_train.npz (and split.json and "
           "model_<fixed|refined>.pt, to check they belong together)",
-    writes="DATA_DIR/proc/<datasetName>/svm_<fixed|refined>.npz",
+    writes="DATA_DIR/proc/<datasetName>/svm_<fixed|refined>.npz, and DATA_DIR/results/<datasetName>/<classifier>/"
+           "label_suspects.tsv and .png (training images the cross-validation gave another class)",
 )
 
 
@@ -43,7 +47,30 @@ def main() -> int:
         print(f"note: {svm.cv_note_}")
     out = svm.save(p.svm_path, train.classes)
     print(f"wrote {out} (C = {svm.C_:g}, {len(train)} training images)")
+    if svm.cv_val_scores_ is not None:
+        report_suspects(p, find_suspects(svm.cv_val_scores_, train.labels, train.paths, train.classes))
     return 0
+
+
+def report_suspects(p: Params, suspects: list[Suspect]) -> None:
+    """Write and name the training images whose label the cross-validation disputes."""
+    tsv, png = p.results_dir / "label_suspects.tsv", p.results_dir / "label_suspects.png"
+    write_suspects(tsv, suspects)
+    if not suspects:
+        png.unlink(missing_ok=True)  # an earlier run's sheet would show images no longer disputed
+        print(f"label check: the cross-validation gave every training image its own class ({tsv})")
+        return
+    plot_suspects(suspects, p.images_dir, png)
+    print(f"label check: {len(suspects)} training image(s) given another class by the cross-validation fit that "
+          f"did not see them, most confident first (look at them: a wrong label shows; {tsv}; drawn: the first "
+          f"{min(SHOWN, len(suspects))} in {png}):")
+    for s in suspects[:5]:
+        print(f"  {s.image}: filed {s.label}, looks {s.predicted} (margin {s.margin:.2f})")
+    print(f"  a wrong label is fixed by the line 'image<TAB>class' (or EXCLUDE) in {p.images_dir / FIXES_FILE} "
+          "(the TSV's first two fields are that line), then rerun the stages from 1")
+    if p.model_kind == "refined":
+        print("  (the refined network has learned the training labels, wrong ones too: classifier = 'svm' "
+              "finds more of them)")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import numpy as np
 
 from imgclass.annotations import EXCLUDE, FIXES_FILE, read_fixes
 from imgclass.data import find_split_folders, list_class_dirs, list_folder_images, list_images
-from imgclass.fileio import atomic_open, atomic_path, save_figure
+from imgclass.fileio import atomic_open, atomic_path
 from imgclass.images import check_images
 from imgclass.params import Params
 from imgclass.provenance import file_hash, trained_classifier
@@ -379,24 +379,10 @@ def label_interactively(
 def plot_candidates(candidates: Sequence[Candidate], classes: Sequence[str], path: str | Path | None = None,
                     columns: int = 5) -> Figure:
     """A contact sheet of the candidates with the model's top guesses (saved when `path` is given)."""
-    import matplotlib.pyplot as plt  # no backend forced: a notebook keeps its inline display
+    from imgclass.images import contact_sheet
 
-    from imgclass.fonts import fit_fonts
-    from imgclass.images import fit_square, load_rgb
-
-    rows = max(1, -(-len(candidates) // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.4 * rows), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for n, (ax, cand) in enumerate(zip(axes.ravel(), candidates), 1):
-        ax.imshow(fit_square(load_rgb(cand.path, min_size=160), 160, "pad"))
-        guess = "\n".join(f"{c} {s:.2f}" for c, s in cand.ranked(classes, 2))
-        ax.set_title(f"{n}. {cand.path.name[:24]}\n{guess}", fontsize=8)
-    fit_fonts(fig)  # class and file names in any script
-    fig.tight_layout()
-    if path is not None:
-        save_figure(fig, path, dpi=80)
-    return fig
+    return contact_sheet([(cand.path, f"{n}. {cand.path.name[:24]}\n" + "\n".join(
+        f"{c} {s:.2f}" for c, s in cand.ranked(classes, 2))) for n, cand in enumerate(candidates, 1)], path, columns)
 
 
 def write_candidates(path: str | Path, candidates: Sequence[Candidate], classes: Sequence[str], criterion: str) -> Path:

@@ -15,9 +15,13 @@ import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 try:  # HEIC/HEIF, the iPhone's format, needs the pillow-heif plugin; Pillow reads AVIF itself.
     from pillow_heif import register_heif_opener
@@ -285,3 +289,31 @@ def load_square(source: str | Path | bytes, size: int, mode: str = "squash",
     `formats`: as for load_rgb."""
     img = load_rgb(source, min_size=DRAFT_OVERSAMPLE * size, formats=formats)
     return np.array(fit_square(img, size, mode), dtype=np.uint8)
+
+
+def contact_sheet(items: Sequence[tuple[str | Path, str]], path: str | Path | None = None, columns: int = 5,
+                  thumb: int = 160) -> Figure:
+    """A grid of thumbnails, each titled (saved as a PNG when `path` is given). An image that no
+    longer decodes gets an empty square with its title, not an error: the sheet is for looking."""
+    import matplotlib.pyplot as plt  # here: no backend forced, so a notebook keeps its inline display
+
+    from imgclass.fileio import save_figure
+    from imgclass.fonts import fit_fonts
+
+    columns = max(1, min(columns, len(items)))  # a few images are not drawn at a fifth of the width each
+    rows = max(1, -(-len(items) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.4 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, (source, title) in zip(axes.ravel(), items):
+        try:
+            ax.imshow(fit_square(load_rgb(source, min_size=thumb), thumb, "pad"))
+        except (ImageDecodeError, OSError) as e:  # deleted or damaged since
+            ax.imshow(Image.new("RGB", (thumb, thumb), PAD_COLOR))
+            title += f"\n(cannot read: {str(e)[-40:]})"
+        ax.set_title(title, fontsize=8)
+    fit_fonts(fig)  # class and file names in any script
+    fig.tight_layout()
+    if path is not None:
+        save_figure(fig, path, dpi=80)
+    return fig

@@ -34,10 +34,32 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
-def _validation_accuracy(svc: LinearSVC, x: np.ndarray, y: np.ndarray, train: np.ndarray, val: np.ndarray,
-                         class_averaged: bool = False) -> float:
+ABSENT_SCORE = -1e6  # the score of a class the SVM was trained without: it never wins
+
+
+def _class_scores(svc: LinearSVC, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(coef (K, D), intercept (K,)) of a fitted LinearSVC with one row per class 0..K-1: sklearn keeps
+    one hyperplane for two classes (spread here to one score per class), and a class absent from
+    its training labels gets ABSENT_SCORE."""
+    coef = np.zeros((n_classes, svc.coef_.shape[1]), np.float32)
+    intercept = np.full(n_classes, ABSENT_SCORE, np.float32)
+    if len(svc.classes_) == 2:
+        a, b = svc.classes_
+        coef[b], intercept[b] = svc.coef_[0], svc.intercept_[0]
+        coef[a], intercept[a] = -svc.coef_[0], -svc.intercept_[0]
+    else:
+        coef[svc.classes_] = svc.coef_
+        intercept[svc.classes_] = svc.intercept_
+    return coef, intercept
+
+
+def _validation_fit(svc: LinearSVC, x: np.ndarray, y: np.ndarray, train: np.ndarray, val: np.ndarray,
+                    class_averaged: bool, n_classes: int) -> tuple[float, np.ndarray]:
+    """(validation accuracy, the validation images' class scores) of one fold's fit."""
     pred = svc.fit(x[train], y[train]).predict(x[val])
-    return float(balanced_accuracy_score(y[val], pred) if class_averaged else (pred == y[val]).mean())
+    coef, intercept = _class_scores(svc, n_classes)
+    accuracy = balanced_accuracy_score(y[val], pred) if class_averaged else (pred == y[val]).mean()
+    return float(accuracy), (x[val] @ coef.T + intercept).astype(np.float32)
 
 
 class LinearSvm:
@@ -49,7 +71,10 @@ class LinearSvm:
     After `fit`: `C_` (chosen), `cv_scores_` ({C: mean CV accuracy}), `cv_majority_` (what always
     answering the largest class scores on the same folds), `cv_note_` (why CV was limited or skipped,
     or which C values learned nothing, else ""), `coef_` (K, D), `intercept_` (K,),
-    `n_classes_`. `decision_function` returns one score column per class, also for two classes.
+    `n_classes_`, `cv_val_scores_` (each training image's class scores from the cross-validation fit
+    of the chosen C that did not see it: where it disagrees with the label, the label may be wrong;
+    None without cross-validation). `decision_function` returns one score column per class, also for
+    two classes.
     """
 
     def __init__(
@@ -126,6 +151,7 @@ class LinearSvm:
         self.cv_scores_: dict[float, float] = {}
         self.cv_fold_scores_: dict[float, list[float]] = {}  # {C: accuracy of each validation fold}
         self.cv_note_ = ""
+        self.cv_val_scores_: np.ndarray | None = None
         if folds < 2:
             self.C_ = self.c_values[len(self.c_values) // 2]
             alone = ", ".join(self._name(int(c)) for c in present[counts < 2])
@@ -144,19 +170,10 @@ class LinearSvm:
             best = max(self.cv_scores_.values())
             # Ties go to the smallest C: the widest margin among equally good models.
             self.C_ = min(c for c, s in self.cv_scores_.items() if s >= best - 1e-12)
+            self.cv_val_scores_ = self._val_scores.pop(self.C_)
+            del self._val_scores
             self.cv_note_ = "; ".join(filter(None, [self.cv_note_, self._edge_note(), self._majority_note(counts)]))
-        svc = self._svc(self.C_).fit(x, y)
-        coef = np.zeros((self.n_classes_, x.shape[1]), np.float32)
-        intercept = np.full(self.n_classes_, -1e6, np.float32)  # absent classes never win
-        if len(svc.classes_) == 2:
-            # sklearn keeps one hyperplane for two classes; spread it to one score per class.
-            a, b = svc.classes_
-            coef[b], intercept[b] = svc.coef_[0], svc.intercept_[0]
-            coef[a], intercept[a] = -svc.coef_[0], -svc.intercept_[0]
-        else:
-            coef[svc.classes_] = svc.coef_
-            intercept[svc.classes_] = svc.intercept_
-        self.coef_, self.intercept_ = coef, intercept
+        self.coef_, self.intercept_ = _class_scores(self._svc(self.C_).fit(x, y), self.n_classes_)
         return self
 
     def _name(self, label: int) -> str:
@@ -212,12 +229,19 @@ class LinearSvm:
         jobs = [(c, train, val) for c in self.c_values for train, val in splits]
         workers = min(self.workers or usable_cpus(), len(jobs))
         fits = Parallel(n_jobs=workers, return_as="generator")(
-            delayed(_validation_accuracy)(self._svc(c), x, y, train, val, self.balance_classes)
+            delayed(_validation_fit)(self._svc(c), x, y, train, val, self.balance_classes, self.n_classes_)
             for c, train, val in jobs
         )
         results = list(progress_bar(fits, total=len(jobs), unit="fit", disable=not self.progress,
                             desc=f"SVM: {len(self.c_values)} C values x {folds} folds"))
-        self.cv_fold_scores_ = {c: results[i * folds:(i + 1) * folds] for i, c in enumerate(self.c_values)}
+        self.cv_fold_scores_ = {c: [a for a, _ in results[i * folds:(i + 1) * folds]] for i, c in enumerate(self.c_values)}
+        # Every image is in one validation fold: its scores there are from a fit that never saw it.
+        self._val_scores: dict[float, np.ndarray] = {}
+        for i, c in enumerate(self.c_values):
+            scores = np.empty((len(y), self.n_classes_), np.float32)
+            for (_, val), (_, s) in zip(splits, results[i * folds:(i + 1) * folds]):
+                scores[val] = s
+            self._val_scores[c] = scores
         # What always answering each fold's largest training class scores on the same validation folds.
         self.cv_majority_ = float(np.mean([(y[val] == np.bincount(y[train]).argmax()).mean() for train, val in splits]))
         return {c: float(np.mean(scores)) for c, scores in self.cv_fold_scores_.items()}

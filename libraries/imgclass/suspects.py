@@ -1,0 +1,69 @@
+"""Label suspects: training images whose cross-validated prediction disagrees with their label.
+
+Stage 4 chooses C by cross-validation, so each training image has been scored once by an SVM that
+never saw it. A photo filed under the wrong class is then most often given its true class, with a
+clear margin, while the final SVM (which trained on the wrong label) and stage 5 on the training
+set (`--on train`) mostly repeat the wrong label back. Stage 4 lists the disagreements, most
+confident first, and draws the first of them, for the user to look at and fix in
+annotations_fixes.tsv. A suspect is a question, not a verdict: a hard photo of its class disagrees too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from imgclass.fileio import atomic_open
+from imgclass.svm import ABSENT_SCORE
+
+TSV_COLUMNS = ("image", "predicted", "label", "margin")
+SHOWN = 20  # suspects drawn on the contact sheet
+
+
+@dataclass(frozen=True)
+class Suspect:
+    image: str  # relative to the data set folder, as annotations_fixes.tsv names images
+    label: str  # the class it is filed under (after the fixes file)
+    predicted: str  # the class the cross-validation fit that did not see it gave it
+    margin: float  # the predicted class's score minus the label's (SVM decision values): > 0
+
+
+def find_suspects(val_scores: np.ndarray, labels: np.ndarray, images: Sequence[str],
+                  classes: Sequence[str]) -> list[Suspect]:
+    """The images whose top score in `val_scores` (LinearSvm.cv_val_scores_) is not their label's,
+    largest margin first. An image of a class its fold's fit never saw (a class with one training
+    image) cannot be judged and is left out."""
+    scores, y = np.asarray(val_scores), np.asarray(labels)
+    if scores.shape != (len(images), len(classes)) or len(y) != len(images):
+        raise ValueError(f"scores {scores.shape}, {len(y)} labels, {len(images)} images and {len(classes)} classes "
+                         "do not match")
+    predicted = scores.argmax(axis=1)
+    own = scores[np.arange(len(y)), y]
+    found = [Suspect(images[i], classes[y[i]], classes[predicted[i]], float(scores[i, predicted[i]] - own[i]))
+             for i in np.flatnonzero((predicted != y) & (own > ABSENT_SCORE / 2))]
+    return sorted(found, key=lambda s: (-s.margin, s.image))
+
+
+def write_suspects(path: str | Path, suspects: Sequence[Suspect]) -> Path:
+    """A TSV of the suspects (TSV_COLUMNS); its first two fields read as a line of annotations_fixes.tsv
+    that relabels the image as predicted."""
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        f.write("\t".join(TSV_COLUMNS) + "\n")
+        for s in suspects:
+            f.write(f"{s.image}\t{s.predicted}\t{s.label}\t{s.margin:.4g}\n")
+    return Path(path)
+
+
+def plot_suspects(suspects: Sequence[Suspect], images_dir: str | Path, path: str | Path, shown: int = SHOWN) -> Path:
+    """A contact sheet of the first `shown` suspects: file name, label, predicted class and margin."""
+    from imgclass.images import contact_sheet
+
+    contact_sheet([(Path(images_dir) / s.image, f"{n}. {Path(s.image).name[:24]}\nfiled {s.label[:20]}\n"
+                    f"looks {s.predicted[:20]} (+{s.margin:.2f})") for n, s in enumerate(suspects[:shown], 1)], path)
+    return Path(path)
+
+
+__all__ = ["SHOWN", "TSV_COLUMNS", "Suspect", "find_suspects", "plot_suspects", "write_suspects"]

@@ -1,0 +1,81 @@
+"""Label suspects: stage 4 lists the training images its cross-validation gives another class."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import run_script, write_image
+from imgclass.annotations import FIXES_FILE, read_fixes
+from imgclass.suspects import TSV_COLUMNS, find_suspects, write_suspects
+from imgclass.svm import ABSENT_SCORE, LinearSvm
+
+COLORS = {"red": (200, 40, 40), "green": (40, 190, 60), "blue": (40, 60, 200)}
+
+
+def test_disagreements_are_listed_most_confident_first_and_read_back_as_fixes(tmp_path: Path) -> None:
+    scores = np.array([[2.0, -1.0, -1.0],   # right
+                       [-1.0, 1.5, -0.5],   # class 0 filed, looks 1 by 2.5
+                       [0.1, 0.2, -1.0],    # class 0 filed, looks 1 by 0.1
+                       [ABSENT_SCORE, 0.3, -0.2],  # its class was in no training fold: cannot be judged
+                       [-1.0, -1.0, 0.5]], np.float32)
+    labels = np.array([0, 0, 0, 0, 2])
+    images = ["a/1.jpg", "a/2.jpg", "a/3.jpg", "a/4.jpg", "c/5.jpg"]
+    found = find_suspects(scores, labels, images, ["a", "b", "c"])
+    assert [(s.image, s.label, s.predicted) for s in found] == [("a/2.jpg", "a", "b"), ("a/3.jpg", "a", "b")]
+    assert found[0].margin == pytest.approx(2.5) and found[1].margin == pytest.approx(0.1)
+    with pytest.raises(ValueError, match=r"do not match"):
+        find_suspects(scores[:4], labels, images, ["a", "b", "c"])
+    # The TSV's first two fields are a line of annotations_fixes.tsv.
+    tsv = write_suspects(tmp_path / "label_suspects.tsv", found)
+    lines = tsv.read_text(encoding="utf-8").splitlines()
+    assert lines[0].split("\t") == list(TSV_COLUMNS)
+    (tmp_path / FIXES_FILE).write_text("\n".join("\t".join(line.split("\t")[:2]) for line in lines[1:]), encoding="utf-8")
+    assert read_fixes(tmp_path) == {"a/2.jpg": "b", "a/3.jpg": "b"}
+
+
+def test_out_of_fold_scores_come_from_fits_that_did_not_see_the_image() -> None:
+    rng = np.random.default_rng(0)
+    centres = np.eye(3, 16) * 4
+    x = np.concatenate([centres[c] + rng.normal(size=(20, 16)) for c in range(3)]).astype(np.float32)
+    y = np.repeat(np.arange(3), 20)
+    y[5] = 2  # a class-0 point filed under class 2: the final SVM learns the wrong label, the folds do not
+    svm = LinearSvm(c_values=[0.1, 1.0, 100.0], cv_folds=4, workers=1).fit(x, y)
+    assert svm.cv_val_scores_ is not None and svm.cv_val_scores_.shape == (60, 3)
+    assert svm.cv_val_scores_[5].argmax() == 0
+    suspects = find_suspects(svm.cv_val_scores_, y, [str(i) for i in range(60)], ["a", "b", "c"])
+    assert suspects[0].image == "5" and suspects[0].predicted == "a"
+    # Its mean fold accuracy is what the out-of-fold scores give, fold by fold.
+    assert svm.cv_scores_[svm.C_] == pytest.approx(np.mean(svm.cv_fold_scores_[svm.C_]))
+    assert LinearSvm(cv_folds=2, workers=1).fit(x[[0, 1, 25]], np.array([0, 0, 1])).cv_val_scores_ is None  # no CV
+
+
+def test_stage4_finds_a_photo_filed_under_the_wrong_class_and_a_fix_clears_it(tmp_path: Path) -> None:
+    root = tmp_path / "images" / "colors"
+    for c, rgb in COLORS.items():
+        for i in range(8):
+            write_image(root / "train" / c / f"{c}_{i}.jpg", rgb, seed=i)
+        for i in range(2):
+            write_image(root / "test" / c / f"{c}_t{i}.jpg", rgb, seed=20 + i)
+    write_image(root / "train" / "blue" / "really_red.jpg", COLORS["red"], seed=99)  # the wrong folder
+    args = ["--set", "datasetName=colors", "--set", "rf_inputResolution=64", "--set", "svm_cvFolds=3",
+            "--set", "leakageCheck=off"]
+    for script in ("1_prepareData.py", "2_refineDNN.py", "3_runDNN.py"):
+        run_script(script, *args, data_dir=tmp_path)
+    out = run_script("4_trainSVM.py", *args, data_dir=tmp_path).stdout
+    results = tmp_path / "results" / "colors" / "svm"
+    rows = [line.split("\t") for line in (results / "label_suspects.tsv").read_text(encoding="utf-8").splitlines()]
+    assert rows[1][:3] == ["train/blue/really_red.jpg", "red", "blue"], rows
+    assert "  train/blue/really_red.jpg: filed blue, looks red (margin " in out
+    with Image.open(results / "label_suspects.png") as sheet:  # a contact sheet, drawn
+        assert min(sheet.size) > 150 and np.asarray(sheet.convert("L")).std() > 10
+    # The user takes the suggestion: the image is red from stage 1 on, and no longer disputed.
+    (root / FIXES_FILE).write_text("\t".join(rows[1][:2]) + "\n", encoding="utf-8")
+    for script in ("1_prepareData.py", "3_runDNN.py"):
+        run_script(script, *args, data_dir=tmp_path)
+    out = run_script("4_trainSVM.py", *args, data_dir=tmp_path).stdout
+    assert "really_red" not in out
+    assert "really_red" not in (results / "label_suspects.tsv").read_text(encoding="utf-8")
