@@ -183,6 +183,11 @@ def test_c_values_that_score_only_the_largest_class_share_are_named() -> None:
     assert "svm_boBalanceClasses = True" in noise.cv_note_
     balanced = LinearSvm([1e-6, 1e-5], cv_folds=5, balance_classes=True).fit(rng.normal(size=(100, 8)).astype(np.float32), y)
     assert "largest class" not in balanced.cv_note_
+    # Balanced, C is chosen by class-averaged accuracy, where always answering one class scores 1/classes.
+    chance = LinearSvm([1e-6, 1e-5], cv_folds=5, balance_classes=True).fit(
+        np.ones((60, 8), np.float32), np.array([0] * 30 + [1] * 20 + [2] * 10))
+    assert ("the chosen C = 1e-06 scores 33.33%, no more than always answering one class would (33.33%): the SVM "
+            "learned nothing from the features; the features do not tell these classes apart") in chance.cv_note_
     # Equal classes and features that say nothing of them: balancing is no help, and is not advised.
     equal = LinearSvm([1e-6], cv_folds=5).fit(np.ones((100, 8), np.float32), np.array([0, 1] * 50))  # one answer: 50%
     assert "the features do not tell these classes apart" in equal.cv_note_ and "svm_boBalanceClasses" not in equal.cv_note_

@@ -196,23 +196,25 @@ class LinearSvm:
     def _majority_note(self, counts: np.ndarray) -> str:
         """Say so when C values score no more than always answering the largest class would: with
         unequal classes (181 and 19 images: 90.5%) such a score looks good and means nothing."""
-        if self.balance_classes:  # class-averaged accuracy: always answering one class scores 1/classes
-            return ""
-        # The same folds' mean, not the whole set's share: folds of unequal size put the fold scores of
-        # a model that always answers the largest class (12/22, 12/22, 12/22, 12/21: 55.19%) above the
-        # pooled share (48/87: 55.17%), and such a model would then slip past the comparison.
-        share = self.cv_majority_
+        if self.balance_classes:
+            # Class-averaged accuracy: always answering any one class scores 1/classes.
+            share, answering = 1 / len(counts), "one class"
+        else:
+            # The same folds' mean, not the whole set's share: folds of unequal size put the fold scores of
+            # a model that always answers the largest class (12/22, 12/22, 12/22, 12/21: 55.19%) above the
+            # pooled share (48/87: 55.17%), and such a model would then slip past the comparison.
+            share, answering = self.cv_majority_, "the largest class"
         at = [c for c, s in sorted(self.cv_scores_.items()) if s <= share + 1e-9]
         if not at:
             return ""
         if self.C_ in at:
             advice = ("with classes this unequal, set svm_boBalanceClasses = True (C chosen by class-averaged "
-                      "accuracy)" if counts.max() >= 1.5 * counts.min() else
+                      "accuracy)" if counts.max() >= 1.5 * counts.min() and not self.balance_classes else
                       "the features do not tell these classes apart: check the labels, or try another backbone")
             return (f"the chosen C = {self.C_:g} scores {100 * self.cv_scores_[self.C_]:.2f}%, no more than always "
-                    f"answering the largest class would ({100 * share:.2f}%): the SVM learned nothing the class sizes "
-                    f"do not say; {advice}")
-        return (f"C = {', '.join(f'{c:g}' for c in at)} scored no more than always answering the largest class "
+                    f"answering {answering} would ({100 * share:.2f}%): the SVM learned nothing "
+                    f"{'from the features' if self.balance_classes else 'the class sizes do not say'}; {advice}")
+        return (f"C = {', '.join(f'{c:g}' for c in at)} scored no more than always answering {answering} "
                 f"would ({100 * share:.2f}%): too small a C to learn from these features")
 
     def _cross_validate(self, x: np.ndarray, y: np.ndarray, folds: int) -> dict[float, float]:
