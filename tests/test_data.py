@@ -589,6 +589,11 @@ def test_later_stages_name_images_added_and_fixes_edited_since_stage1(color_data
     notes = since_split_notes(split, color_dataset, split_path)
     assert len(notes) == 2 and notes[0].startswith("1 image file(s) in ") and "green/new_1.jpg" in notes[0]
     assert notes[1].startswith("annotations_fixes.tsv was edited after stage 1 wrote split.json")
+    (color_dataset / "red" / "red_0.jpg").unlink()  # stage 5 scores its features still: said
+    notes = since_split_notes(split, color_dataset, split_path)
+    assert len(notes) == 3 and notes[1] == (f"1 image(s) that split.json lists are gone from {color_dataset} (moved or "
+                                            "deleted since stage 1: 'red/red_0.jpg'): the results still count them; "
+                                            "rerun scripts/1_prepareData.py, then the stages after it")
 
 
 def test_a_class_whose_training_images_are_all_gone_gets_one_back(color_dataset: Path) -> None:

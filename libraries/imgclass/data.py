@@ -797,7 +797,8 @@ def fix_notes(split: Split, images_dir: str | Path) -> list[str]:
 def since_split_notes(split: Split, images_dir: str | Path, split_path: str | Path) -> list[str]:
     """Notes for the stages after stage 1 on what changed in the data set folder since it wrote
     `split_path`: image files it does not list (added since; they are in no result until stage 1
-    runs again) and a label fixes file edited after it (its fixes are applied by stage 1)."""
+    runs again), images it lists and are gone, and a label fixes file edited after it (its fixes are
+    applied by stage 1)."""
     images_dir, split_path = Path(images_dir), Path(split_path)
     if not images_dir.is_dir() or not split_path.is_file():
         return []
@@ -814,6 +815,13 @@ def since_split_notes(split: Split, images_dir: str | Path, split_path: str | Pa
         notes.append(f"{len(new)} image file(s) in {shown(str(images_dir))} are not in {split_path.name} (added since "
                      f"stage 1: {first_few(new)}): they are in no result until scripts/1_prepareData.py runs "
                      f"again{keeps}, then the stages after it")
+    # Stage 3 refuses such a split (load_split with images_dir); stage 5 scores the features stage 3
+    # made of them, which still count them, and its browser would show a broken picture without a word.
+    gone = [rel for rel in split.sides() if not (images_dir / rel).is_file()]
+    if gone:
+        notes.append(f"{len(gone)} image(s) that {split_path.name} lists are gone from {shown(str(images_dir))} (moved "
+                     f"or deleted since stage 1: {first_few([repr(g) for g in gone])}): the results still count them; "
+                     "rerun scripts/1_prepareData.py, then the stages after it")
     fixes = images_dir / FIXES_FILE
     if fixes.is_file() and fixes.stat().st_mtime > split_path.stat().st_mtime:
         notes.append(f"{FIXES_FILE} was edited after stage 1 wrote {split_path.name}: its fixes apply once "
