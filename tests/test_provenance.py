@@ -57,6 +57,28 @@ def test_features_of_an_earlier_split_are_refused(tmp_path: Path) -> None:
     check_same_source(model, feats)  # without a split file to compare, only the model is checked
 
 
+def test_features_of_an_earlier_split_name_stage_2_first_when_the_network_learned_from_that_split(tmp_path: Path) -> None:
+    """Refined features: stage 3 would refuse the refined network in turn, so the whole chain is named."""
+    import torch
+
+    from imgclass.modelfile import ModelSpec, save_model
+    from imgclass.provenance import split_hash
+
+    split = tmp_path / "split.json"
+    split.write_text('{"train": ["a/1.jpg"], "test": ["b/2.jpg"]}')
+    model = save_model(tmp_path / "model_refined.pt", torch.nn.Linear(2, 2),
+                       ModelSpec("efficientnet_lite0", 64, kind="refined", classes=("a", "b")),
+                       extra={"split_hash": split_hash(split)})
+    feats = save_npz(tmp_path / "features_refined_test.npz", features=np.zeros((1, 4), np.float32),
+                     flip_average=np.array(False), features_source=np.array(features_source(model, False)),
+                     split_hash=np.array(split_hash(split)))
+    check_same_source(model, feats, split_file=split)
+    split.write_text('{"train": ["b/2.jpg"], "test": ["a/1.jpg"]}')  # stage 1 ran again with another seed
+    with pytest.raises(StaleFilesError, match=r"earlier split.json \(stage 1 ran again since\): rerun "
+                                              r"scripts/2_refineDNN.py, then scripts/3_runDNN.py, then scripts/4_trainSVM.py$"):
+        check_same_source(model, feats, "", "svm_refined.npz", split_file=split)
+
+
 def test_an_svm_of_another_split_or_other_classes_is_refused(tmp_path: Path) -> None:
     """The fixed network never changes, so the model check cannot notice stage 1 rerun (another seed,
     new photos, a renamed class folder) before stage 3 but not stage 4."""
