@@ -12,7 +12,7 @@ WORKDIR /app
 COPY requirements.txt pyproject.toml README.md PARAMETERS.py ./
 # Only the requirements the service imports (with requirements.txt's version bounds): no torch, so the image
 # is a few hundred MB instead of several GB. Use `pip install -r requirements.txt` to export in it too.
-RUN grep -E '^(numpy|pillow|pillow-heif|onnxruntime|fastapi|uvicorn|python-multipart)[<>=]' requirements.txt > /tmp/serve-req.txt \
+RUN grep -E '^(numpy|pillow|pillow-heif|onnxruntime|fastapi|uvicorn|python-multipart|tqdm)[<>=]' requirements.txt > /tmp/serve-req.txt \
     && pip install -r /tmp/serve-req.txt
 COPY libraries/ libraries/
 COPY scripts/ scripts/

