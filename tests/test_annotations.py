@@ -69,6 +69,17 @@ def test_stage1_honours_the_fixes_file(color_dataset: Path) -> None:
     assert f"note: {FIXES_FILE} applied: 1 image(s) relabelled (green -> red 1), 1 left out" in out
 
 
+def test_stage1_rerun_says_images_were_relabelled_on_their_sides(color_dataset: Path) -> None:
+    data_dir = color_dataset.parents[1]
+    args = ["--set", "datasetName=colors", "--set", "leakageCheck=off"]  # noisy colours look alike to dhash
+    run_script("1_prepareData.py", *args, data_dir=data_dir)
+    (color_dataset / FIXES_FILE).write_text("green/green_0.jpg\tred\ngreen/green_1.jpg\tblue\n")
+    out = run_script("1_prepareData.py", *args, data_dir=data_dir).stdout
+    # Not "the same split" without a word: two images changed class, keeping their sides.
+    assert "note: the same split as the earlier split.json (18 images; 2 of them relabelled since " \
+           "(annotations_fixes.tsv))" in out, out
+
+
 def test_fixes_that_match_no_image_are_named_by_stage1(color_dataset: Path) -> None:
     # A hand-edited line with the wrong letter case, or an accent typed composed for a file whose
     # name macOS wrote decomposed, changed nothing without a word; "./" in front now just works.

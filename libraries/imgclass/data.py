@@ -419,8 +419,12 @@ def split_change_note(previous: Split | None, split: Split, resplit: bool = Fals
     if previous is None:
         return ""
     now, before = split.sides(), previous.sides()
+    # Sides are kept by path; a label fix (annotations_fixes.tsv) changes the class, not the side.
+    was = {p: previous.classes[y] for p, y in previous.train + previous.test if y < len(previous.classes)}
+    relabelled = sum(1 for p, y in split.train + split.test if p in was and was[p] != split.classes[y])
+    since = f"; {relabelled} of them relabelled since (annotations_fixes.tsv)" if relabelled else ""
     if now == before:
-        return f"the same split as the earlier split.json ({len(now)} images)"
+        return f"the same split as the earlier split.json ({len(now)} images{since})"
     if split.method not in ("random", "subdir"):
         if previous.method.split()[0] != split.method.split()[0]:  # (folders: the user's own to change)
             return (f"split another way than the earlier split.json ({previous.method} -> {split.method}): test "
@@ -436,7 +440,7 @@ def split_change_note(previous: Split | None, split: Split, resplit: bool = Fals
     gone = sum(1 for p in before if p not in now)
     changed = sum(1 for p, side in now.items() if p in before and before[p] != side)
     parts = [f"kept the side of {len(now) - len(new) - changed} images of the earlier split.json (test images stay "
-             "test images, so results stay comparable; --resplit to split anew)"]
+             f"test images, so results stay comparable; --resplit to split anew){since}"]
     if new:
         parts.append(f"{len(new)} new: {new.count('train')} to train, {new.count('test')} to test")
     if gone:
