@@ -121,7 +121,10 @@ def main() -> int:
               f"is a single step of one minibatch; a smaller rf_mbSize trains in more steps")
     if note := config.schedule_note():
         print(f"note: {note}")
-    if note := _replacing_note(p.model_path, stored, config.settings()):
+    # Resuming, the interrupted run said it when it started; said again, it would come before the
+    # checkpoint's own check, which may refuse to continue with these settings and replace nothing.
+    resuming = args.resume and checkpoint.is_file()
+    if not resuming and (note := _replacing_note(p.model_path, stored, config.settings())):
         print(f"note: {note}")
     # While it trains, the curves go to files of their own: an interrupted run must not replace the
     # curves of the finished run whose model is still the one stages 3-5 use.

@@ -168,6 +168,12 @@ def test_refined_classifiers_run_stages_2_to_5_without_overwriting_each_other(pi
         assert "was made with rf_maxEpochs = 1, but the parameters now say 2: give the same values again " \
                "(--set rf_maxEpochs=1" in stale.stderr, stale.stderr
     assert json.loads((results / "dnn" / "metrics.json").read_text()) == m
+    # --resume of a checkpoint it cannot continue: refused, and no "this replaces" said before the refusal.
+    (proc / "refine_checkpoint.pt").write_bytes(b"not a checkpoint")
+    refused = run_script("2_refineDNN.py", *dnn, "--resume", data_dir=pipeline_dir, check=False)
+    assert refused.returncode == 1 and "refine_checkpoint.pt: not a refinement checkpoint" in refused.stderr, refused.stderr
+    assert "this replaces" not in refused.stdout, refused.stdout
+    (proc / "refine_checkpoint.pt").unlink()
 
     # Stage 1 again with another seed: some images the network was refined on are now test images,
     # and stage 3 refuses to featurize the new split with it (a copy: later tests use the original).
