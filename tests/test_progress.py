@@ -118,6 +118,8 @@ def test_a_ctrl_c_python_swallows_still_stops_the_stage() -> None:
                               env={**os.environ, "IMGCLASS_TRACKING": "0"})
     finally:
         signal.signal(signal.SIGINT, previous)
-    assert "Exception ignored" in proc.stderr  # Python's own report: the interrupt was swallowed there
+    # Swallowed there, it is raised again at the next step: Python's "Exception ignored in ..." traceback
+    # would only alarm (it reads as a crash), so it is not printed.
+    assert "Exception ignored" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert proc.returncode == 130 and "step 1" in proc.stdout and "step 2" not in proc.stdout, proc.stdout + proc.stderr
     assert "finished" not in proc.stdout and "interrupted:" in proc.stderr

@@ -31,12 +31,24 @@ def _on_sigint(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def _quiet_unraisable(unraisable: Any) -> None:
+    """sys.unraisablehook: a remembered Ctrl-C swallowed in a callback is raised again at the next
+    step, so Python's "Exception ignored in ... KeyboardInterrupt" traceback is noise; others pass on."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt) and _INTERRUPTED.is_set():
+        return
+    _ORIGINAL_HOOK(unraisable)
+
+
+_ORIGINAL_HOOK = sys.unraisablehook
+
+
 def remember_interrupts() -> None:
     """Install the handler (a stage does, at its start): only where Ctrl-C raises KeyboardInterrupt now,
     in the main thread (a process started in the background ignores SIGINT, and keeps ignoring it)."""
     _INTERRUPTED.clear()  # (a long-lived process calling this again starts afresh)
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _on_sigint)
+        sys.unraisablehook = _quiet_unraisable
 
 
 class _Stoppable(tqdm):  # type: ignore[misc,valid-type]
