@@ -558,6 +558,8 @@ def test_duplicate_urls_are_fetched_once(server: Server, tmp_path: Path) -> None
     assert (report.ok, report.failed) == (2, 0)
     assert server.hits["/cat.jpg"] == 1
     assert len(_files(tmp_path / "out")["cat"]) == 2
+    assert report.repeated == 1 and "note: 1 line(s) of the list repeat a URL under the same label: each URL is " \
+        "fetched once and counted once" in report.notes(tmp_path / "out")
 
 
 def test_same_url_under_two_labels_is_not_fetched(server: Server, tmp_path: Path) -> None:

@@ -128,6 +128,7 @@ class DownloadReport:
     deleted: list[str] = field(default_factory=list)
     unlisted: list[Path] = field(default_factory=list)
     fixes_moved: int = 0  # label fixes (annotations_fixes.tsv) that followed a moved file to its new path
+    repeated: int = 0  # lines of the list that repeat a URL under the same label: fetched once
 
     def summary(self) -> str:
         aside = f", {self.set_aside} set aside as duplicates (in {DUPLICATES_FOLDER}/, not fetched again)" \
@@ -138,6 +139,9 @@ class DownloadReport:
         """What a person should know after the run into `out`, beyond the summary: images moved,
         left where a person put them, deleted or no longer listed, and where the failures are."""
         lines = []
+        if self.repeated:
+            lines.append(f"note: {self.repeated} line(s) of the list repeat a URL under the same label: "
+                         f"each URL is fetched once and counted once")
         for (old, new), n in Counter((old, new) for _, old, new in self.moved).items():
             lines.append(f"moved {n} image{'' if n == 1 else 's'} from {old}/ to {new}/ (label changed in the URL list)")
         if self.fixes_moved:
@@ -312,19 +316,23 @@ def _normalise_entries(url_list: str | Path | Sequence[tuple[str, str]]) -> list
     return entries
 
 
-def _dedupe(entries: Iterable[tuple[str, str]]) -> tuple[list[tuple[str, str]], dict[str, list[str]]]:
-    """Each URL once (its first line), and {url: its labels} of URLs listed under two or more labels:
-    the image can only be one class, and which one the list does not say (line order decided it
-    once); such a URL is a failure of the run, as scrapeImages.py drops it."""
+def _dedupe(entries: Iterable[tuple[str, str]]) -> tuple[list[tuple[str, str]], dict[str, list[str]], int]:
+    """Each URL once (its first line), {url: its labels} of URLs listed under two or more labels (the
+    image can only be one class, and which one the list does not say (line order decided it once);
+    such a URL is a failure of the run, as scrapeImages.py drops it), and how many lines repeat a
+    URL under a label it has already."""
     labels: dict[str, list[str]] = {}
     unique = []
+    repeated = 0
     for label, url in entries:
         if url not in labels:
             labels[url] = [label]
             unique.append((label, url))
         elif label not in labels[url]:
             labels[url].append(label)
-    return unique, {url: found for url, found in labels.items() if len(found) > 1}
+        else:
+            repeated += 1
+    return unique, {url: found for url, found in labels.items() if len(found) > 1}, repeated
 
 
 # ---------------------------------------------------------------------------------------------
@@ -678,13 +686,14 @@ def download_images(
     if max_bytes < 1:
         raise ValueError(f"max_bytes = {max_bytes!r}: expected an int >= 1")
 
-    entries, ambiguous = _dedupe(_normalise_entries(url_list))
+    entries, ambiguous, repeated = _dedupe(_normalise_entries(url_list))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     # Every label of a URL listed under two: its class shows (with 0 if nothing else) and is named as failed.
     report = DownloadReport(per_class={label: 0 for label in [*(lab for lab, _ in entries), *(
         lab for labels in ambiguous.values() for lab in labels)]})
+    report.repeated = repeated
     reasons: dict[int, str] = {}  # entry index -> reason, so failures come out in list order
     todo: list[int] = []
     existing = _existing_files(out_dir)
