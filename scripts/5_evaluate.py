@@ -1,13 +1,14 @@
 """Stage 5: score the test set (or the training set) and report accuracy, ROC curves and confusion."""
 
 import datetime
+from pathlib import Path
 
 from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.data import load_split, since_split_notes, test_image_hint
 from imgclass.evaluate import (compute_metrics, few_test_images_notes, format_confusions, format_table, majority_note,
                                plot_confusion, plot_roc, write_browser, write_predictions)
 from imgclass.featureset import FeatureSet
-from imgclass.fileio import require_file, write_json
+from imgclass.fileio import read_json, require_file, write_json
 from imgclass.provenance import MODEL_SETTINGS, StaleFilesError, check_model_settings, check_same_source, file_hash
 from imgclass.svm import LinearSvm
 
@@ -75,12 +76,27 @@ def main() -> int:
     balanced = p.rf_boBalanceTrainingSet if p.classifier == "dnn" else p.svm_boBalanceClasses
     split = load_split(p.split_path)
     notes = [*few_test_images_notes(metrics, side, test_image_hint(split)), *filter(None, [majority_note(metrics, balanced)]),
-             *since_split_notes(split, p.images_dir, p.split_path)]
+             *since_split_notes(split, p.images_dir, p.split_path), *filter(None, [other_side_note(out, side, metrics)])]
     for note in notes:
         print(f"note: {note}")
     print(f"results in {out}: metrics{suffix}.json, roc{suffix}.png, confusion{suffix}.png, "
           f"predictions{suffix}.tsv, browser{suffix}.html")
     return 0
+
+
+def other_side_note(out: Path, side: str, metrics: dict) -> str | None:
+    """A note when the other side's results beside these (written by an earlier run of this stage)
+    are of another model or SVM: stage 2 or 4 ran again since, and they sit there as if current."""
+    other, suffix = ("train", "_train") if side == "test" else ("test", "")
+    path = out / f"metrics{suffix}.json"
+    try:
+        before = read_json(path).get("provenance")
+    except (OSError, ValueError, AttributeError):  # none, or not ours: nothing to compare
+        return None
+    if before is None or before == metrics["provenance"]:
+        return None
+    return (f"the {other} side's results in {out} ({path.name}, predictions{suffix}.tsv, browser{suffix}.html, ...) "
+            f"are of an earlier model or SVM: rerun this stage with --on {other} to bring them up to date")
 
 
 if __name__ == "__main__":

@@ -60,6 +60,22 @@ def test_stage5_on_the_training_set(pipeline_dir: Path) -> None:
     assert m["eval_set"] == "train" and sum(map(sum, m["confusion_matrix"])) == 18
 
 
+def test_stage5_says_the_other_sides_results_are_of_an_earlier_svm(pipeline_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    data_dir = tmp_path / "data"
+    shutil.copytree(pipeline_dir, data_dir)
+    out = run_script("5_evaluate.py", *SMALL, "--on", "train", data_dir=data_dir).stdout
+    assert "side's results" not in out  # of the same SVM as the test side's
+    other = [*SMALL, "--set", "svm_CVals=[0.5]"]  # stage 4 again: another SVM
+    run_script("4_trainSVM.py", *other, data_dir=data_dir)
+    out = run_script("5_evaluate.py", *other, data_dir=data_dir).stdout
+    assert "note: the train side's results in " in out and "(metrics_train.json, predictions_train.tsv, " \
+        "browser_train.html, ...) are of an earlier model or SVM: rerun this stage with --on train" in out, out
+    out = run_script("5_evaluate.py", *other, "--on", "train", data_dir=data_dir).stdout
+    assert "side's results" not in out
+
+
 def test_help_says_what_each_stage_reads_and_writes(tmp_path: Path) -> None:
     for script in ("0_downloadData.py", "1_prepareData.py", "2_refineDNN.py", "3_runDNN.py", "4_trainSVM.py", "5_evaluate.py"):
         out = run_script(script, "--help", data_dir=tmp_path).stdout
