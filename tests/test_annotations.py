@@ -180,3 +180,26 @@ def test_a_fix_left_behind_by_a_renamed_class_folder_points_to_the_image(color_d
     out = run_script("1_prepareData.py", "--set", "datasetName=colors", data_dir=data_dir).stdout
     assert (f"note: {FIXES_FILE}: red/red_3.jpg: no such image (did you mean crimson/red_3.jpg, the one image of "
             "that name?") in out, out
+
+
+def test_a_view_pages_chosen_images_of_several_classes_and_fixes_them(color_dataset: Path, tmp_path: Path) -> None:
+    from imgclass.suspects import Suspect, read_suspects, write_suspects
+
+    tsv = write_suspects(tmp_path / "label_suspects.tsv", [Suspect("red/red_1.jpg", "red", "blue", 1.5),
+                                                             Suspect("green/gone.jpg", "green", "red", 0.5),
+                                                             Suspect("blue/blue_2.jpg", "blue", "green", 0.25)])
+    suspects = read_suspects(tsv)
+    assert [(s.image, s.label, s.predicted, s.margin) for s in suspects][0] == ("red/red_1.jpg", "red", "blue", 1.5)
+    b = AnnotationBrowser(color_dataset, page_size=8, thumb=64)
+    gone = b.add_view("label suspects", [s.image for s in suspects], [f"looks {s.predicted}" for s in suspects])
+    assert gone == ["green/gone.jpg"] and b.page("label suspects") == ["red/red_1.jpg", "blue/blue_2.jpg"]
+    b.move("red/red_1.jpg", "blue")  # fixed from the view as from its class page
+    assert read_fixes(color_dataset) == {"red/red_1.jpg": "blue"}
+    fig = b.show("label suspects")
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == ["0: blue\nred_1.jpg\nlooks blue", "1: blue\nblue_2.jpg\nlooks green"]
+    with pytest.raises(AnnotationError, match="view 'red': a class has that name"):
+        b.add_view("red", [])
+    (tmp_path / "other.tsv").write_text("image\tclass\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"other.tsv: not a label suspects file"):
+        read_suspects(tmp_path / "other.tsv")

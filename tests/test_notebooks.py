@@ -12,6 +12,7 @@ from nbclient import NotebookClient
 
 from conftest import ROOT
 from imgclass.annotations import EXCLUDE, FIXES_FILE, read_fixes
+from imgclass.suspects import read_suspects
 
 NOTEBOOKS = ROOT / "notebooks"
 DS = "fashionTextureDemo"
@@ -60,6 +61,10 @@ def test_show_images_pages_and_records_a_fix(tracked_demo: Path, monkeypatch: py
         assert f"left out: {next(iter(fixes))}: marked EXCLUDE" in text  # the preview of the next split
         assert "dotted" in text and "1 page(s)" not in text  # 8 images a class, 6 a page: 2 pages
         assert _count(nb, "image/png") >= 1  # the page of thumbnails
+        # Stage 4's label suspects, as a view of their own (paged like a class).
+        suspects = read_suspects(tracked_demo / "results" / DS / "svm" / "label_suspects.tsv")
+        assert f"{len(suspects)} label suspects from " in text
+        assert _count(nb, "image/png") >= 1 + bool(suspects)
         assert _count(nb, "application/vnd.jupyter.widget-view+json") == 1 or "ipywidgets is not installed" in text
     finally:
         (images / FIXES_FILE).unlink(missing_ok=True)  # the data set is shared with other tests

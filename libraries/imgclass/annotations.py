@@ -142,6 +142,21 @@ class AnnotationBrowser:
         self.page_size, self.thumb = page_size, thumb
         self.images = {c: [p.relative_to(self.images_dir).as_posix() for r in roots for p in list_images(r / c)]
                        for c in self.classes}
+        self.views: dict[str, list[str]] = {}  # pages of chosen images across classes (add_view)
+        self.captions: dict[str, str] = {}  # a line shown under an image's title in `show`
+
+    def add_view(self, name: str, images: Sequence[str], captions: Sequence[str] = ()) -> list[str]:
+        """Page through chosen images of any class under `name`, as through a class (stage 4's label
+        suspects: `add_view("label suspects", [s.image for s in read_suspects(path)])`); fixes work
+        as on a class page. Images no longer in the data set are left out and returned."""
+        if name in self.classes:
+            raise AnnotationError(f"view {name!r}: a class has that name")
+        known = {p for paths in self.images.values() for p in paths}
+        images = [_norm(i) for i in images]
+        self.views[name] = [i for i in images if i in known]
+        for image, caption in zip(images, captions):
+            self.captions[image] = caption
+        return [i for i in images if i not in known]
 
     @property
     def fixes(self) -> dict[str, str]:
@@ -151,8 +166,10 @@ class AnnotationBrowser:
         return max(1, -(-len(self._class_images(cls)) // self.page_size))
 
     def _class_images(self, cls: str) -> list[str]:
+        if cls in self.views:
+            return self.views[cls]
         if cls not in self.images:
-            raise AnnotationError(f"class {cls!r} is not one of {', '.join(self.classes)}")
+            raise AnnotationError(f"class {cls!r} is not one of {', '.join([*self.classes, *self.views])}")
         return self.images[cls]
 
     def page(self, cls: str, page: int = 0) -> list[str]:
@@ -223,8 +240,9 @@ class AnnotationBrowser:
             ax.axis("off")
         for i, (ax, p) in enumerate(zip(axes.flat, paths)):
             ax.imshow(Image.open(io.BytesIO(self.thumbnail(p))))
-            label = fixes.get(p, cls)
-            ax.set_title(f"{page * self.page_size + i}: {label}\n{Path(p).name}", fontsize=8,
+            label = fixes.get(p, self._folder_class(p))  # (a view's images are of several classes)
+            caption = f"\n{self.captions[p]}" if p in self.captions else ""
+            ax.set_title(f"{page * self.page_size + i}: {label}\n{Path(p).name}{caption}", fontsize=8,
                          color="red" if p in fixes else "black")
         fig.suptitle(f"{cls}: page {page + 1} of {self.n_pages(cls)}")
         fit_fonts(fig)  # class and file names in any script
@@ -236,7 +254,7 @@ class AnnotationBrowser:
         import ipywidgets as w
 
         choices = [*self.classes, EXCLUDE]
-        cls_box = w.Dropdown(options=self.classes, value=cls or self.classes[0], description="class")
+        cls_box = w.Dropdown(options=[*self.classes, *self.views], value=cls or self.classes[0], description="class")
         page_box = w.BoundedIntText(value=0, min=0, max=self.n_pages(cls_box.value) - 1, description="page")
         grid = w.GridBox(layout=w.Layout(grid_template_columns=f"repeat(6, {self.thumb + 20}px)"))
         status = w.HTML()
@@ -253,7 +271,8 @@ class AnnotationBrowser:
             for p in self.page(cls_box.value, min(page_box.value, page_box.max)):
                 menu = w.Dropdown(options=choices, value=self.label_of(p), layout=w.Layout(width=f"{self.thumb}px"))
                 menu.observe(lambda ch, p=p: on_label(ch, p), names="value")
-                cells.append(w.VBox([w.Image(value=self.thumbnail(p), format="jpeg"), w.Label(Path(p).name), menu]))
+                caption = [w.Label(self.captions[p])] if p in self.captions else []
+                cells.append(w.VBox([w.Image(value=self.thumbnail(p), format="jpeg"), w.Label(Path(p).name), *caption, menu]))
             grid.children = cells
 
         def on_class(_: Any) -> None:  # a new class starts at its first page

@@ -57,6 +57,24 @@ def write_suspects(path: str | Path, suspects: Sequence[Suspect]) -> Path:
     return Path(path)
 
 
+def read_suspects(path: str | Path) -> list[Suspect]:
+    """The suspects of a file `write_suspects` wrote, in its order."""
+    path = Path(path)
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    if not lines or lines[0].split("\t") != list(TSV_COLUMNS):
+        raise ValueError(f"{path}: not a label suspects file written by scripts/4_trainSVM.py (its first line is "
+                         f"{chr(9).join(TSV_COLUMNS)!r})")
+    out = []
+    for n, line in enumerate(lines[1:], 2):
+        fields = line.split("\t")
+        try:
+            out.append(Suspect(fields[0], fields[2], fields[1], float(fields[3])))
+        except (IndexError, ValueError):
+            raise ValueError(f"{path}, line {n}: expected {len(TSV_COLUMNS)} tab-separated fields, got {line!r}") from None
+    return out
+
+
 def plot_suspects(suspects: Sequence[Suspect], images_dir: str | Path, path: str | Path, shown: int = SHOWN) -> Path:
     """A contact sheet of the first `shown` suspects: file name, label, predicted class and margin."""
     from imgclass.images import contact_sheet
@@ -66,4 +84,4 @@ def plot_suspects(suspects: Sequence[Suspect], images_dir: str | Path, path: str
     return Path(path)
 
 
-__all__ = ["SHOWN", "TSV_COLUMNS", "Suspect", "find_suspects", "plot_suspects", "write_suspects"]
+__all__ = ["SHOWN", "TSV_COLUMNS", "Suspect", "find_suspects", "plot_suspects", "read_suspects", "write_suspects"]
