@@ -64,6 +64,8 @@ def test_a_pipeline_is_one_run_with_its_stages_nested(tracked_demo: Path) -> Non
     # artifacts: plots and metrics.json, stored under DATA_DIR
     names = {a.path for a in client.list_artifacts(run_id)}
     assert {"metrics.json", "roc.png", "confusion.png"} <= names
+    suspects = tracked_demo / "results" / DS / "svm" / "label_suspects.tsv"  # stage 4's label check, kept too
+    assert "label_suspects.tsv" in names and suspects.is_file()
     stored = Path(run.info.artifact_uri.removeprefix("file://")) / "roc.png"
     assert stored.is_file() and stored.resolve().is_relative_to(tracked_demo.resolve())
     # the six stages, each a child run of the pipeline run

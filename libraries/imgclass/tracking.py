@@ -50,7 +50,7 @@ ARTIFACTS_DIR = "mlartifacts"
 LEVEL_TAG = "imgclass.level"  # "pipeline" for a pipeline run, "stage" for a stage's child run
 SPLIT_TAG = "split"  # provenance.split_hash of split.json when the run's stages ran: which images it used
 # Files of results/<ds>/<classifier>/ that become artifacts of the pipeline run when a stage writes them.
-ARTIFACT_PATTERNS = ("*.png", "metrics*.json", "training_curves.json", "predictions*.tsv")
+ARTIFACT_PATTERNS = ("*.png", "metrics*.json", "training_curves.json", "predictions*.tsv", "label_suspects.tsv")
 _STAGE_SCRIPT = re.compile(r"^(\d+)_(\w+)$")
 # Numbered like a stage, but a client of the deployed service, not a step of the pipeline: recorded, it
 # would start a pipeline run of its own (with no results) each time a photo is sent.
