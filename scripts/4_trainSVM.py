@@ -21,7 +21,9 @@ parser = stage_parser(
 def main() -> int:
     _, p = parse_stage(parser)
     if p.classifier == "dnn":
-        print("classifier = 'dnn' scores with the refined network itself: no SVM to train.")
+        print("classifier = 'dnn' scores with the refined network itself: no SVM to train. (The label check, "
+              "label_suspects.tsv, comes with an SVM: stages 2-4 with --set classifier=svm list the training "
+              "images that look like another class.)")
         do_not_track()  # it did nothing: recorded, it would start a run of its own with no results
         return 0
     p.require_stage_outputs(features=["train"])
