@@ -2,6 +2,7 @@
 
 from imgclass.annotations import FIXES_FILE
 from imgclass.cli import do_not_track, parse_stage, run_stage, stage_parser
+from imgclass.data import load_split, since_split_notes
 from imgclass.featureset import FeatureSet
 from imgclass.fileio import require_file
 from imgclass.provenance import MODEL_SETTINGS, StaleFilesError, check_model_settings, check_same_source
@@ -51,6 +52,12 @@ def main() -> int:
     print(f"wrote {out} (C = {svm.C_:g}, {len(train)} training images)")
     if svm.cv_val_scores_ is not None:
         report_suspects(p, find_suspects(svm.cv_val_scores_, train.labels, train.paths, train.classes))
+    else:  # an earlier run's list would pass for this one's (and showImages.ipynb pages through it)
+        for f in (p.results_dir / "label_suspects.tsv", p.results_dir / "label_suspects.png"):
+            f.unlink(missing_ok=True)
+        print("label check: none without cross-validation (see the note above)")
+    for note in since_split_notes(load_split(p.split_path), p.images_dir, p.split_path):
+        print(f"note: {note}")
     return 0
 
 

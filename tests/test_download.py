@@ -560,6 +560,9 @@ def test_duplicate_urls_are_fetched_once(server: Server, tmp_path: Path) -> None
     assert len(_files(tmp_path / "out")["cat"]) == 2
     assert report.repeated == 1 and "note: 1 line(s) of the list repeat a URL under the same label: each URL is " \
         "fetched once and counted once" in report.notes(tmp_path / "out")
+    # A URL also listed under another label is not fetched at all: its repeats are not "fetched once".
+    tsv = _write_tsv(tmp_path / "two.tsv", [f"cat\t{url}", f"dog\t{url}", f"cat\t{url}"])
+    assert download_images(tsv, tmp_path / "out2", progress=False).repeated == 0
 
 
 def test_same_url_under_two_labels_is_not_fetched(server: Server, tmp_path: Path) -> None:

@@ -188,6 +188,10 @@ def test_c_values_that_score_only_the_largest_class_share_are_named() -> None:
         np.ones((60, 8), np.float32), np.array([0] * 30 + [1] * 20 + [2] * 10))
     assert ("the chosen C = 1e-06 scores 33.33%, no more than always answering one class would (33.33%): the SVM "
             "learned nothing from the features; the features do not tell these classes apart") in chance.cv_note_
+    # A one-image class is in one validation fold only: the others average two classes, chance is higher.
+    lone = LinearSvm([1e-6, 1e-5], cv_folds=5, balance_classes=True).fit(
+        np.ones((51, 8), np.float32), np.array([0] * 30 + [1] * 20 + [2]))
+    assert lone.cv_chance_ == pytest.approx((1 / 3 + 4 / 2) / 5) and "learned nothing from the features" in lone.cv_note_
     # Equal classes and features that say nothing of them: balancing is no help, and is not advised.
     equal = LinearSvm([1e-6], cv_folds=5).fit(np.ones((100, 8), np.float32), np.array([0, 1] * 50))  # one answer: 50%
     assert "the features do not tell these classes apart" in equal.cv_note_ and "svm_boBalanceClasses" not in equal.cv_note_

@@ -393,6 +393,11 @@ def write_candidates(path: str | Path, candidates: Sequence[Candidate], classes:
     return Path(path)
 
 
+def class_words(cls: str) -> str:
+    """A class from class_in_dataset in words: "class dotted", or that the fixes leave the file out."""
+    return f"left out by {EXCLUDE} in {FIXES_FILE}" if cls == EXCLUDE else f"class {cls}"
+
+
 __all__ = [
     "CRITERIA",
     "Candidate",
@@ -400,6 +405,7 @@ __all__ = [
     "add_to_dataset",
     "answered",
     "apply_labels",
+    "class_words",
     "label_interactively",
     "plot_candidates",
     "read_log",
@@ -411,7 +417,3 @@ __all__ = [
     "write_candidates",
 ]
 
-
-def class_words(cls: str) -> str:
-    """A class from class_in_dataset in words: "class dotted", or that the fixes leave the file out."""
-    return f"left out by {EXCLUDE} in {FIXES_FILE}" if cls == EXCLUDE else f"class {cls}"

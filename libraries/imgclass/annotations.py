@@ -48,8 +48,11 @@ def read_fixes(images_dir: str | Path) -> dict[str, str]:
             if not line.strip() or line.startswith("#"):
                 continue
             parts = line.rstrip("\n").split("\t")
-            if not fixes and [p.strip().lower().replace(" ", "_") for p in parts] in (["path", "new_class"], ["path", "class"]):
-                continue  # a header line, as a spreadsheet saves one: not an image named "path"
+            # A header line, as a spreadsheet saves one (or label_suspects.tsv's, its first two fields
+            # copied as stage 4 advises): not an image named "path".
+            if not fixes and [p.strip().lower().replace(" ", "_") for p in parts] in (
+                    ["path", "new_class"], ["path", "class"], ["image", "predicted"]):
+                continue
             if len(parts) != 2 or not parts[0].strip() or not parts[1].strip():
                 raise AnnotationError(f"{path}, line {n}: expected 'path<TAB>new_class' or 'path<TAB>{EXCLUDE}', got {line.strip()!r}")
             fixes[_norm(parts[0])] = parts[1].strip()

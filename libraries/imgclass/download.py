@@ -323,16 +323,18 @@ def _dedupe(entries: Iterable[tuple[str, str]]) -> tuple[list[tuple[str, str]], 
     URL under a label it has already."""
     labels: dict[str, list[str]] = {}
     unique = []
-    repeated = 0
+    lines: Counter[str] = Counter()
     for label, url in entries:
+        lines[url] += 1
         if url not in labels:
             labels[url] = [label]
             unique.append((label, url))
         elif label not in labels[url]:
             labels[url].append(label)
-        else:
-            repeated += 1
-    return unique, {url: found for url, found in labels.items() if len(found) > 1}, repeated
+    ambiguous = {url: found for url, found in labels.items() if len(found) > 1}
+    # (An ambiguous URL is not fetched at all: its repeats are part of that failure.)
+    repeated = sum(n - 1 for url, n in lines.items() if url not in ambiguous)
+    return unique, ambiguous, repeated
 
 
 # ---------------------------------------------------------------------------------------------

@@ -197,8 +197,8 @@ class LinearSvm:
         """Say so when C values score no more than always answering the largest class would: with
         unequal classes (181 and 19 images: 90.5%) such a score looks good and means nothing."""
         if self.balance_classes:
-            # Class-averaged accuracy: always answering any one class scores 1/classes.
-            share, answering = 1 / len(counts), "one class"
+            # Class-averaged accuracy: always answering one class scores 1/classes of the validation fold.
+            share, answering = self.cv_chance_, "one class"
         else:
             # The same folds' mean, not the whole set's share: folds of unequal size put the fold scores of
             # a model that always answers the largest class (12/22, 12/22, 12/22, 12/21: 55.19%) above the
@@ -246,6 +246,8 @@ class LinearSvm:
             self._val_scores[c] = scores
         # What always answering each fold's largest training class scores on the same validation folds.
         self.cv_majority_ = float(np.mean([(y[val] == np.bincount(y[train]).argmax()).mean() for train, val in splits]))
+        # ... and in class-averaged accuracy, 1/classes of each fold (a one-image class is in one fold only).
+        self.cv_chance_ = float(np.mean([1 / len(np.unique(y[val])) for _, val in splits]))
         return {c: float(np.mean(scores)) for c, scores in self.cv_fold_scores_.items()}
 
     def decision_function(self, x: np.ndarray) -> np.ndarray:
