@@ -5,7 +5,7 @@ an unambiguous id prefix, as printed by the stages and by this table).
 """
 
 from imgclass.cli import parse_stage, run_stage, stage_parser
-from imgclass.tracking import find_runs, format_comparison, resolve_experiment, resolve_uri, ui_command
+from imgclass.tracking import comparison_notes, find_runs, format_comparison, resolve_experiment, resolve_uri, ui_command
 
 parser = stage_parser(
     __doc__.splitlines()[0],
@@ -24,6 +24,8 @@ def main() -> int:
     uri = resolve_uri(p)
     print(f"{len(runs)} run(s) of experiment {resolve_experiment(p)!r} in {uri}")
     print(format_comparison(runs, all_params=args.all_params, wide=args.wide))
+    for note in comparison_notes(runs):
+        print(f"note: {note}")
     print(f"plots and per-epoch curves: {ui_command(uri)}")
     return 0
 

@@ -77,7 +77,14 @@ def test_stage1_rerun_says_images_were_relabelled_on_their_sides(color_dataset: 
     out = run_script("1_prepareData.py", *args, data_dir=data_dir).stdout
     # Not "the same split" without a word: two images changed class, keeping their sides.
     assert "note: the same split as the earlier split.json (18 images; 2 of them relabelled since " \
-           "(annotations_fixes.tsv))" in out, out
+           "(annotations_fixes.tsv)" in out, out
+    split = load_split(data_dir / "proc" / "colors" / "split.json")
+    tested = sum(p in ("green/green_0.jpg", "green/green_1.jpg") for p, _ in split.test)
+    # A relabelled test image changes what the test figures measure: said so.
+    assert (f", {tested} of those test images: test results are not comparable" in out) == bool(tested), out
+    (color_dataset / FIXES_FILE).write_text("".join(f"{p}\tred\n" for p, y in split.test if split.classes[y] != "red"))
+    out = run_script("1_prepareData.py", *args, data_dir=data_dir).stdout
+    assert "of those test images: test results are not comparable with those of earlier runs" in out, out
 
 
 def test_fixes_that_match_no_image_are_named_by_stage1(color_dataset: Path) -> None:

@@ -64,6 +64,7 @@ def test_a_pipeline_is_one_run_with_its_stages_nested(tracked_demo: Path) -> Non
     # artifacts: plots and metrics.json, stored under DATA_DIR
     names = {a.path for a in client.list_artifacts(run_id)}
     assert {"metrics.json", "roc.png", "confusion.png"} <= names
+    assert len(run.data.tags[tracking.TEST_TAG]) == 10  # which test images and labels the figures are of
     suspects = tracked_demo / "results" / DS / "svm" / "label_suspects.tsv"  # stage 4's label check, kept too
     assert "label_suspects.tsv" in names and suspects.is_file()
     stored = Path(run.info.artifact_uri.removeprefix("file://")) / "roc.png"
@@ -473,3 +474,28 @@ def test_comparison_shortens_long_values_but_judges_them_whole() -> None:
     assert len(cells) == 2 and cells[0] != cells[1] and all("…" in x and len(x) == tracking.CELL_MAX for x in cells), cells
     wide = tracking.format_comparison([run(a), run(b)], wide=True)
     assert a in wide and b in wide
+
+
+def test_runs_tested_on_different_test_sets_are_pointed_out(tmp_path: Path) -> None:
+    """Labels fixed in test images (annotations_fixes.tsv) changed the figures under the same
+    parameters; the comparison says so, where a row of hashes alone went unread."""
+    from imgclass.provenance import test_set_hash
+
+    split = tmp_path / "split.json"
+    split.write_text('{"classes": ["a", "b"], "train": [["a/1.jpg", 0]], "test": [["a/2.jpg", 0], ["b/3.jpg", 1]]}')
+    before = test_set_hash(split)
+    split.write_text('{"classes": ["a", "b"], "train": [["a/1.jpg", 1]], "test": [["b/3.jpg", 1], ["a/2.jpg", 0]]}')
+    assert test_set_hash(split) == before  # the training side and the order do not count
+    split.write_text('{"classes": ["a", "b"], "train": [["a/1.jpg", 0]], "test": [["a/2.jpg", 1], ["b/3.jpg", 1]]}')
+    assert test_set_hash(split) != before  # a test label fixed
+
+    def run(run_id: str, test_set: str | None) -> tracking.RunSummary:
+        tags = {"classifier": "svm", **({tracking.TEST_TAG: test_set} if test_set else {})}
+        return tracking.RunSummary(f"{run_id:0<32}", "svm", 0, {}, {}, tags)
+
+    same = [run("aaaa1111", "x1"), run("bbbb2222", "x1"), run("cccc3333", None)]  # (an older run: unknown)
+    assert tracking.comparison_notes(same) == []
+    notes = tracking.comparison_notes([*same, run("dddd4444", "y2")])
+    assert notes == ["the runs were tested on 2 different test sets (images, or their labels: aaaa1111, bbbb2222; "
+                     "dddd4444): their test figures do not compare like for like (the 'test set (hash)' row)"]
+    assert "test set (hash)" in tracking.format_comparison(same)

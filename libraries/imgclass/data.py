@@ -421,8 +421,11 @@ def split_change_note(previous: Split | None, split: Split, resplit: bool = Fals
     now, before = split.sides(), previous.sides()
     # Sides are kept by path; a label fix (annotations_fixes.tsv) changes the class, not the side.
     was = {p: previous.classes[y] for p, y in previous.train + previous.test if y < len(previous.classes)}
-    relabelled = sum(1 for p, y in split.train + split.test if p in was and was[p] != split.classes[y])
-    since = f"; {relabelled} of them relabelled since (annotations_fixes.tsv)" if relabelled else ""
+    relabelled = [p for p, y in split.train + split.test if p in was and was[p] != split.classes[y]]
+    tested = len(set(relabelled) & {p for p, _ in split.test})
+    since = (f"; {len(relabelled)} of them relabelled since (annotations_fixes.tsv)" if relabelled else "") + (
+        f", {tested} of those test images: test results are not comparable with those of earlier runs (their "
+        "test labels differ)" if tested else "")
     if now == before:
         return f"the same split as the earlier split.json ({len(now)} images{since})"
     if split.method not in ("random", "subdir"):

@@ -49,6 +49,19 @@ def split_hash(path: str | Path) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
+def test_set_hash(path: str | Path) -> str:
+    """The hash of a split.json's test images with their class names: runs whose test sets differ
+    (images added or moved, or labels fixed in annotations_fixes.tsv) have test figures that do not
+    compare like for like, whatever their parameters."""
+    from imgclass.fileio import read_json
+
+    split = read_json(path)
+    classes = split.get("classes", [])
+    rows = sorted(f"{p}\t{classes[y] if isinstance(y, int) and 0 <= y < len(classes) else y}"
+                  for p, y in split.get("test", []))
+    return hashlib.blake2b("\n".join(rows).encode("utf-8", "surrogateescape"), digest_size=16).hexdigest()
+
+
 class StaleFilesError(RuntimeError):
     """A stage's input was made from other inputs than the files beside it now (an earlier stage was
     rerun and a later one was not); the message names the stage to rerun."""

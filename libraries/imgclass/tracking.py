@@ -39,7 +39,7 @@ from urllib.request import url2pathname
 
 from imgclass.fileio import read_json, write_json
 from imgclass.params import Params
-from imgclass.provenance import MODEL_SETTINGS, split_hash
+from imgclass.provenance import MODEL_SETTINGS, split_hash, test_set_hash
 from imgclass.terminal import NAME_COLUMNS, first_few, ljust, name_column
 
 ENV_SWITCH = "IMGCLASS_TRACKING"  # "0", "off" or "false" turns tracking off whatever track_enabled says
@@ -49,6 +49,7 @@ DEFAULT_DB = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
 LEVEL_TAG = "imgclass.level"  # "pipeline" for a pipeline run, "stage" for a stage's child run
 SPLIT_TAG = "split"  # provenance.split_hash of split.json when the run's stages ran: which images it used
+TEST_TAG = "test_set"  # provenance.test_set_hash: the test images and their labels, which the figures are of
 # Files of results/<ds>/<classifier>/ that become artifacts of the pipeline run when a stage writes them.
 ARTIFACT_PATTERNS = ("*.png", "metrics*.json", "training_curves.json", "predictions*.tsv", "label_suspects.tsv")
 _STAGE_SCRIPT = re.compile(r"^(\d+)_(\w+)$")
@@ -363,7 +364,8 @@ def record_stage(p: Params, script: str | Path, started: float, argv: Sequence[s
     if p.split_path.is_file():
         # Which images the run trained and tested on: runs on different data (photos added, the split
         # made anew) can have the same parameters, and compareRuns.py shows this to tell them apart.
-        client.log_batch(run_id, tags=[RunTag(SPLIT_TAG, split_hash(p.split_path)[:10])])
+        client.log_batch(run_id, tags=[RunTag(SPLIT_TAG, split_hash(p.split_path)[:10]),
+                                       RunTag(TEST_TAG, test_set_hash(p.split_path)[:10])])
     # The state file is saved as soon as the run and this stage exist in the store: should logging the
     # figures or uploading the artifacts fail below, the next stage still joins this pipeline run
     # instead of starting one of its own.
@@ -498,6 +500,20 @@ def _cell(value: str, wide: bool) -> str:
     return value[:head] + "…" + value[-(CELL_MAX - 1 - head):]
 
 
+def comparison_notes(runs: Sequence[RunSummary]) -> list[str]:
+    """What a reader of format_comparison's table should know: runs tested on different test sets
+    (images, or labels fixed since) whose test figures do not compare like for like."""
+    tested: dict[str, list[str]] = {}
+    for r in runs:
+        if TEST_TAG in r.tags:  # (runs recorded before the tag: unknown)
+            tested.setdefault(r.tags[TEST_TAG], []).append(r.run_id[:8])
+    if len(tested) < 2:
+        return []
+    groups = "; ".join(", ".join(ids) for ids in tested.values())
+    return [f"the runs were tested on {len(tested)} different test sets (images, or their labels: {groups}): "
+            "their test figures do not compare like for like (the 'test set (hash)' row)"]
+
+
 def format_comparison(runs: Sequence[RunSummary], all_params: bool = False, wide: bool = False) -> str:
     """Runs side by side: the parameters that differ, then overall / class-averaged / per-class figures.
     Values longer than CELL_MAX are shortened unless `wide`."""
@@ -525,6 +541,7 @@ def format_comparison(runs: Sequence[RunSummary], all_params: bool = False, wide
     rows += [(n, shown[n]) for n in differ]
     rows.append(("-- data --", [""] * len(runs)))
     rows.append(("split.json (hash)", [r.tags.get(SPLIT_TAG, "-") for r in runs]))
+    rows.append(("test set (hash)", [r.tags.get(TEST_TAG, "-") for r in runs]))
     rows.append(("train / test images", [_count(r.metrics.get("n_train")) + " / " + _count(r.metrics.get("n_test"))
                                          for r in runs]))
     if any("svm_C" in r.metrics for r in runs):
