@@ -102,6 +102,13 @@ def test_fixes_that_match_no_image_are_named_by_stage1(color_dataset: Path) -> N
     assert f"left out: red/red_2.jpg: marked EXCLUDE in {FIXES_FILE}" in out
     assert out.count(f"note: {FIXES_FILE}: ") == 2
     assert f"note: {FIXES_FILE} applied: 0 image(s) relabelled, 1 left out" in out
+    # A fix appended for an image fixed above: the later line counts, and the disagreement is named.
+    with open(color_dataset / FIXES_FILE, "a", encoding="utf-8") as f:
+        f.write("red/red_2.jpg\tblue\n")
+    out = run_script("1_prepareData.py", "--set", "datasetName=colors", data_dir=data_dir).stdout
+    assert (f"note: {FIXES_FILE}: red/red_2.jpg is fixed on lines 2 (EXCLUDE) and 4 (blue): the later line counts; "
+            "delete the other") in out, out
+    assert "red/red_2.jpg" in load_split(data_dir / "proc" / "colors" / "split.json").sides()  # blue, not left out
 
 
 def test_thumbnails_and_pages_render(color_dataset: Path) -> None:
@@ -204,7 +211,7 @@ def test_a_view_pages_chosen_images_of_several_classes_and_fixes_them(color_data
     assert read_fixes(color_dataset) == {"red/red_1.jpg": "blue"}
     fig = b.show("label suspects")
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
-    assert titles == ["0: blue\nred_1.jpg\nlooks blue", "1: blue\nblue_2.jpg\nlooks green"]
+    assert titles == ["1: blue\nred_1.jpg\nlooks blue", "2: blue\nblue_2.jpg\nlooks green"]  # as the PNG numbers them
     with pytest.raises(AnnotationError, match="view 'red': a class has that name"):
         b.add_view("red", [])
     (tmp_path / "other.tsv").write_text("image\tclass\n", encoding="utf-8")

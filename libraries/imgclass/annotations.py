@@ -36,12 +36,15 @@ def _norm(path: str) -> str:
     return path[2:] if path.startswith("./") else path
 
 
-def read_fixes(images_dir: str | Path) -> dict[str, str]:
-    """{image path: new class or EXCLUDE} from the data set's fixes file ({} when there is none)."""
+def read_fixes(images_dir: str | Path, repeated: list[str] | None = None) -> dict[str, str]:
+    """{image path: new class or EXCLUDE} from the data set's fixes file ({} when there is none). An
+    image fixed on two lines takes the later line's fix; given `repeated`, a note on each such image
+    whose lines disagree is appended to it (an edit of the earlier line would otherwise do nothing)."""
     path = Path(images_dir) / FIXES_FILE
     if not path.is_file():
         return {}
     fixes: dict[str, str] = {}
+    lines: dict[str, int] = {}
     # utf-8-sig: a file edited in Notepad or Excel starts with a byte-order mark.
     with open(path, encoding="utf-8-sig") as f:
         for n, line in enumerate(f, 1):
@@ -55,7 +58,11 @@ def read_fixes(images_dir: str | Path) -> dict[str, str]:
                 continue
             if len(parts) != 2 or not parts[0].strip() or not parts[1].strip():
                 raise AnnotationError(f"{path}, line {n}: expected 'path<TAB>new_class' or 'path<TAB>{EXCLUDE}', got {line.strip()!r}")
-            fixes[_norm(parts[0])] = parts[1].strip()
+            image, target = _norm(parts[0]), parts[1].strip()
+            if repeated is not None and image in fixes and fixes[image] != target:
+                repeated.append(f"{image} is fixed on lines {lines[image]} ({fixes[image]}) and {n} ({target}): "
+                                "the later line counts; delete the other")
+            fixes[image], lines[image] = target, n
     return fixes
 
 
@@ -229,7 +236,8 @@ class AnnotationBrowser:
         return buf.getvalue()
 
     def show(self, cls: str, page: int = 0, columns: int = 6) -> Any:
-        """A matplotlib figure of one page; titles are 'number: label' (label in red when fixed)."""
+        """A matplotlib figure of one page; titles are 'number: label' (numbered from 1, as stage 4's
+        contact sheet numbers its suspects; label in red when fixed)."""
         import matplotlib.pyplot as plt
         from PIL import Image
 
@@ -245,7 +253,7 @@ class AnnotationBrowser:
             ax.imshow(Image.open(io.BytesIO(self.thumbnail(p))))
             label = fixes.get(p, self._folder_class(p))  # (a view's images are of several classes)
             caption = f"\n{self.captions[p]}" if p in self.captions else ""
-            ax.set_title(f"{page * self.page_size + i}: {label}\n{Path(p).name}{caption}", fontsize=8,
+            ax.set_title(f"{page * self.page_size + i + 1}: {label}\n{Path(p).name}{caption}", fontsize=8,
                          color="red" if p in fixes else "black")
         fig.suptitle(f"{cls}: page {page + 1} of {self.n_pages(cls)}")
         fit_fonts(fig)  # class and file names in any script

@@ -784,8 +784,9 @@ def fix_notes(split: Split, images_dir: str | Path) -> list[str]:
     known = [p for p, _ in split.train] + [p for p, _ in split.test] + [p for p, _ in split.excluded]
     # An image dedupImages.py --remove set aside in _duplicates/ (under the same path) is not missing.
     aside = Path(images_dir) / DUPLICATES_FOLDER
-    fixes = {p: fix for p, fix in read_fixes(images_dir).items() if not (aside / p).is_file()}
-    notes = []
+    repeated: list[str] = []
+    fixes = {p: fix for p, fix in read_fixes(images_dir, repeated).items() if not (aside / p).is_file()}
+    notes = [f"{FIXES_FILE}: {note}" for note in repeated]
     # Say what the fixes did, so the user sees an edit of the file take effect (or not).
     moves: dict[tuple[str, str], int] = {}
     for path, label in split.train + split.test:
