@@ -50,7 +50,7 @@ def main() -> int:
         print(f"{out} already holds {n} class folder{'' if n == 1 else 's'}{sides}; nothing to do.")
     elif p.datasetName == DEMO_DATASET:
         print(f"Generating the SYNTHETIC demo data set in {out} (drawn garments, not photographs).")
-        print("To use your own photos: put them in DATA_DIR/images/<name>/<class>/ and set datasetName.")
+        print(f"To use your own photos: put them in {out.parent}/<name>/<class>/ and set datasetName = '<name>'.")
         generate_demo_dataset(out, images_per_class=p.demoImagesPerClass, seed=p.randomSeed)
         counts = class_counts(out)
     else:

@@ -80,7 +80,8 @@ def main() -> int:
     for note in notes:
         print(f"note: {note}")
     print(f"results in {out}: metrics{suffix}.json, roc{suffix}.png, confusion{suffix}.png, "
-          f"predictions{suffix}.tsv, browser{suffix}.html")
+          f"predictions{suffix}.tsv, browser{suffix}.html (open it in a web browser: the {side} images with "
+          "their scores)")
     return 0
 
 

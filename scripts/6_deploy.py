@@ -65,6 +65,8 @@ def main() -> int:
     print(f"bundle: {bundle.path}")
     if args.no_serve:
         return 0
+    print("score photos from another shell: python scripts/6_callWebservice.py PHOTO_OR_FOLDER (with the same "
+          "--set options as here), or on the service's web page")
     track_now(__file__)  # the export is done; os.execv below never returns to run_stage to record it
     # (after do_not_track, a no-op)
     sys.stdout.flush()

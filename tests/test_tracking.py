@@ -96,6 +96,10 @@ def test_rerun_of_the_last_stage_joins_the_run(tracked_demo: Path, monkeypatch: 
     out = run_script("5_evaluate.py", *TRACKED_SMALL, "--on", "train", "--set", "dep_port=8123", "--set", "run_workers=0",
                      data_dir=tracked_demo).stdout
     assert f"tracked in pipeline run {before[:8]}" in out and _state(tracked_demo)["run_id"] == before, out
+    # Nor the demo's size or download settings (stage 0's inputs: the images are what split.json holds).
+    out = run_script("5_evaluate.py", *TRACKED_SMALL, "--on", "train", "--set", "demoImagesPerClass=30",
+                     "--set", "dl_timeoutSec=5", data_dir=tracked_demo).stdout
+    assert f"tracked in pipeline run {before[:8]}" in out, out
 
 
 def test_tracking_failure_is_a_warning_and_keeps_the_outputs(tracked_demo: Path, tmp_path: Path,
@@ -426,13 +430,14 @@ def test_comparison_marks_parameters_a_classifier_does_not_use() -> None:
     def run(classifier: str, **params: str) -> tracking.RunSummary:
         return tracking.RunSummary(f"{classifier:0<32}", classifier, 0, params, {}, {"classifier": classifier})
 
-    table = tracking.format_comparison([
-        run("svm", rf_maxEpochs="8", rf_inputResolution="320", aug_colorJitter="0.2", svm_cvFolds="5"),
-        run("dnn", rf_maxEpochs="2", rf_inputResolution="160", aug_colorJitter="0.2", svm_cvFolds="3"),
-    ])
-    rows = {line.split()[0]: line.split()[1:] for line in table.splitlines() if line.startswith(("rf_", "aug_", "svm_"))}
+    runs = [run("svm", rf_maxEpochs="8", rf_inputResolution="320", aug_colorJitter="0.2", svm_cvFolds="5", rf_workers="2"),
+            run("dnn", rf_maxEpochs="2", rf_inputResolution="160", aug_colorJitter="0.2", svm_cvFolds="3", rf_workers="4")]
+    rows = {line.split()[0]: line.split()[1:] for line in tracking.format_comparison(runs).splitlines()
+            if line.startswith(("rf_", "aug_", "svm_"))}
     assert rows == {"rf_inputResolution": ["320", "160"], "rf_maxEpochs": ["unused", "2"],
                     "aug_colorJitter": ["unused", "0.2"], "svm_cvFolds": ["5", "unused"]}
+    # Worker counts change no result: shown when every parameter is asked for.
+    assert "rf_workers" in tracking.format_comparison(runs, all_params=True)
 
 
 def test_a_stage_that_starts_a_new_run_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

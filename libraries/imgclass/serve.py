@@ -607,7 +607,7 @@ def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, worker
     load_bundle(config.bundle)  # fail here, once, with a clear message, not in every worker
     check_port_free(host, port)  # before "serving ...", which would otherwise come first
     print(f"serving {config.bundle} on http://{host}:{port}/ ({workers} worker(s)); "
-          f"API docs at http://{host}:{port}/docs", flush=True)
+          f"API docs at http://{host}:{port}/docs; Ctrl-C stops it", flush=True)
     config = replace(config, workers=workers)  # each worker takes its share of the cores
     os.environ[ENV_CONFIG] = json.dumps(asdict(config))
     # uvicorn raises the SIGTERM it stopped on again once it has shut down, with the handler it found:

@@ -112,9 +112,12 @@ def stage_of(script: str | Path) -> tuple[int, str] | None:
 def affects_results(name: str) -> bool:
     """Whether a parameter can change what the stages compute: not where the service listens or how
     many processes do the work (dep_*, *workers, run_boCache), nor where runs are recorded (track_*),
-    nor active learning's choices (al_*). Only these split a pipeline run in two (moving the service
-    to another port started a new run, and the stages after it looked like a rerun)."""
-    return not (name.startswith(("dep_", "track_", "al_")) or name.endswith("workers") or name == "run_boCache")
+    nor active learning's choices (al_*), nor how stage 0 or scrapeImages.py fetch or make the images
+    (dl_*, scrape_*, urlsFile, demoImagesPerClass: the images themselves are what split.json holds,
+    and stage 0 run again starts a new run anyway). Only these split a pipeline run in two (moving the
+    service to another port started a new run, and the stages after it looked like a rerun)."""
+    return not (name.startswith(("dep_", "track_", "al_", "dl_", "scrape_")) or name.endswith("workers")
+                or name in ("run_boCache", "urlsFile", "demoImagesPerClass"))
 
 
 def params_digest(p: Params, results_only: bool = False) -> str:
@@ -530,7 +533,8 @@ def format_comparison(runs: Sequence[RunSummary], all_params: bool = False, wide
     names = sorted(set().union(*(r.params for r in runs)))
     values = {n: [r.params.get(n, "-") if _applies(n, r.tags.get("classifier", "")) else "unused" for r in runs]
               for n in names}
-    differ = [n for n in names if all_params or len(set(values[n])) > 1]  # judged on whole values
+    # Judged on whole values; worker counts and the like change no result (affects_results): only asked for.
+    differ = [n for n in names if all_params or (len(set(values[n])) > 1 and affects_results(n))]
     shown = {n: [_cell(v, wide) for v in values[n]] for n in differ}
     for n in differ:  # shortened alike where they differ: that row whole
         if len(set(shown[n])) < len(set(values[n])):
