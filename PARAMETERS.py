@@ -103,7 +103,7 @@ run_boCache = True  # reuse features of unchanged images (same model file, resol
 # Run tracking (MLflow)
 # ----------------------------------------------------------------------------------------------
 track_enabled = True  # record every stage in MLflow (env IMGCLASS_TRACKING=0 also turns it off)
-track_uri = ""  # MLflow store; "" = MLFLOW_TRACKING_URI, else aml_config/tracking.ini, else sqlite:///DATA_DIR/mlflow.db
+track_uri = ""  # MLflow store; "" = MLFLOW_TRACKING_URI, else aml_config/tracking.ini, else sqlite:///DATA_DIR/mlflow.db (a folder store needs MLFLOW_ALLOW_FILE_STORE=true)
 track_experiment = ""  # MLflow experiment that runs go to; "" = aml_config/tracking.ini, else "imgclass-<datasetName>"
 
 # ----------------------------------------------------------------------------------------------

@@ -5,7 +5,8 @@ an unambiguous id prefix, as printed by the stages and by this table).
 """
 
 from imgclass.cli import parse_stage, run_stage, stage_parser
-from imgclass.tracking import comparison_notes, find_runs, format_comparison, resolve_experiment, resolve_uri, ui_command
+from imgclass.tracking import (TrackingError, comparison_notes, find_runs, format_comparison, resolve_experiment,
+                               resolve_uri, ui_command)
 
 parser = stage_parser(
     __doc__.splitlines()[0],
@@ -31,4 +32,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, (TrackingError,))

@@ -434,8 +434,8 @@ def test_comparison_marks_parameters_a_classifier_does_not_use() -> None:
             run("dnn", rf_maxEpochs="2", rf_inputResolution="160", aug_colorJitter="0.2", svm_cvFolds="3", rf_workers="4")]
     rows = {line.split()[0]: line.split()[1:] for line in tracking.format_comparison(runs).splitlines()
             if line.startswith(("rf_", "aug_", "svm_"))}
-    assert rows == {"rf_inputResolution": ["320", "160"], "rf_maxEpochs": ["unused", "2"],
-                    "aug_colorJitter": ["unused", "0.2"], "svm_cvFolds": ["5", "unused"]}
+    # aug_colorJitter: the same default in both runs, unused in one: no difference, no row.
+    assert rows == {"rf_inputResolution": ["320", "160"], "rf_maxEpochs": ["unused", "2"], "svm_cvFolds": ["5", "unused"]}
     # Worker counts change no result: shown when every parameter is asked for.
     assert "rf_workers" in tracking.format_comparison(runs, all_params=True)
 
@@ -453,6 +453,47 @@ def test_a_stage_that_starts_a_new_run_says_why(tmp_path: Path, monkeypatch: pyt
     assert after is not None and after.new_run and after.why_new == f"run {rerun.run_id[:8]} was deleted"
     joined = tracking.record_stage(p, "scripts/3_runDNN.py", time.time())
     assert joined is not None and not joined.new_run and joined.run_id == after.run_id and joined.why_new == ""
+
+
+def test_a_stage_after_an_untracked_stage_1_starts_a_new_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stage 1 run with tracking off changed split.json: the stages after it joined the old run and
+    replaced its figures (of other images) with theirs."""
+    _tracked(monkeypatch)
+    p = load_params(overrides={"DATA_DIR": str(tmp_path), "datasetName": "splitDemo"})
+    p.split_path.parent.mkdir(parents=True)
+    p.split_path.write_text('{"classes": ["a", "b"], "train": [["a/1.jpg", 0]], "test": [["b/2.jpg", 1]]}')
+    first = tracking.record_stage(p, "scripts/1_prepareData.py", time.time())
+    joined = tracking.record_stage(p, "scripts/2_refineDNN.py", time.time())
+    assert first is not None and joined is not None and joined.run_id == first.run_id
+    p.split_path.write_text('{"classes": ["a", "b"], "train": [["b/2.jpg", 1]], "test": [["a/1.jpg", 0]]}')  # untracked
+    after = tracking.record_stage(p, "scripts/3_runDNN.py", time.time())
+    assert after is not None and after.new_run
+    assert after.why_new == f"split.json changed since run {first.run_id[:8]}'s stages (stage 1 ran untracked)"
+    assert not tracking.record_stage(p, "scripts/4_trainSVM.py", time.time()).new_run  # and the next one joins it
+
+
+def test_runs_of_every_folder_the_data_dir_lived_in_are_compared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Moved twice, DATA_DIR's history holds an experiment per earlier folder: all are listed."""
+    _tracked(monkeypatch)
+    p = load_params(overrides={"DATA_DIR": str(tmp_path), "datasetName": "movedDemo"})
+    p.results_dir.mkdir(parents=True)
+    tracking.record_stage(p, "scripts/5_evaluate.py", time.time())  # creates the store and the experiment
+    client = _client(tmp_path)
+    ids = []
+    for folder in ("/old/a", "/old/b"):
+        exp = client.create_experiment(f"imgclass-movedDemo ({folder})")
+        ids.append(client.create_run(exp, tags={tracking.LEVEL_TAG: "pipeline"}).info.run_id)
+    client.create_run(client.create_experiment("imgclass-movedDemoX"), tags={tracking.LEVEL_TAG: "pipeline"})  # another
+    found = {r.run_id for r in tracking.find_runs(p, last=10)}
+    assert len(found) == 3 and set(ids) <= found
+    assert [r.run_id for r in tracking.find_runs(p, run_ids=[ids[0][:8]])] == [ids[0]]
+
+
+def test_a_store_that_cannot_be_read_is_one_error_line(tmp_path: Path) -> None:
+    proc = run_script("compareRuns.py", "--set", f"track_uri=file://{tmp_path}/store", data_dir=tmp_path, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("error: cannot read the run history in file://") and \
+        "MLFLOW_ALLOW_FILE_STORE=true" in proc.stderr and len(proc.stderr.splitlines()) == 1, proc.stderr
 
 
 def test_stage4_of_the_dnn_classifier_leaves_no_run_behind(tracked_demo: Path, monkeypatch: pytest.MonkeyPatch) -> None:

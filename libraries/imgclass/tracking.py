@@ -321,6 +321,11 @@ def _join_or_start(client: Any, p: Params, state: dict, uri: str, exp_id: str, s
             return None, f"parameters differ from run {state['run_id'][:8]}'s: {first_few(differ, 5) or 'not recorded alike'}"
     if stage < state.get("last_stage", -1):
         return None, f"stage {stage} after stage {state['last_stage']} of run {state['run_id'][:8]}: a rerun"
+    # Stage 1 run untracked (or its tracking failed) since: the run's figures were of other data, and
+    # this stage's would replace them. (Stage 1 itself makes the split; stage 0 comes before it.)
+    recorded = run.data.tags.get(SPLIT_TAG)
+    if stage >= 2 and recorded and p.split_path.is_file() and split_hash(p.split_path)[:10] != recorded:
+        return None, f"split.json changed since run {state['run_id'][:8]}'s stages (stage 1 ran untracked)"
     return run.info.run_id, ""
 
 
@@ -398,12 +403,29 @@ def record_stage(p: Params, script: str | Path, started: float, argv: Sequence[s
                        note, why_new)
 
 
+def store_problem(e: BaseException, uri: str) -> str:
+    """What went wrong with the store at `uri`, in a line or two: MLflow's exceptions run to pages
+    (a server's retries, a stack of causes), and a file store needs advice MLflow words otherwise."""
+    text = " ".join(str(e).split())
+    text = text if len(text) <= 300 else text[:300] + " ..."
+    hint = ""
+    if "maintenance mode" in text or uri.startswith("file:") or "://" not in uri:
+        # MLflow 3 keeps the old file store read-only unless told otherwise.
+        hint = ("; a folder store needs MLFLOW_ALLOW_FILE_STORE=true in the environment (MLflow 3), or use "
+                "track_uri = \"sqlite:///FOLDER/mlflow.db\"")
+    return f"{type(e).__name__}: {text}{hint}"
+
+
 def track_stage(p: Params, script: str | Path, started: float, argv: Sequence[str] = ()) -> StageRecord | None:
     """record_stage, with any failure turned into a warning: the stage's outputs are already written."""
     try:
         rec = record_stage(p, script, started, argv)
     except Exception as e:  # noqa: BLE001 - whatever the store does, the stage itself succeeded
-        print(f"warning: run tracking failed ({type(e).__name__}: {e}); the stage's outputs are written. "
+        try:
+            where = resolve_uri(p)
+        except Exception:  # noqa: BLE001 - the URI itself may be what failed
+            where = ""
+        print(f"warning: run tracking failed ({store_problem(e, where)}); the stage's outputs are written. "
               f"Set track_enabled = False (or {ENV_SWITCH}=0) to stop tracking.", file=sys.stderr)
         return None
     if rec is not None:
@@ -430,17 +452,28 @@ class RunSummary:
 
 
 def find_runs(p: Params, last: int = 5, run_ids: Sequence[str] = ()) -> list[RunSummary]:
-    """The chosen runs (ids or unique id prefixes), else the `last` pipeline runs of the experiment, newest first."""
+    """The chosen runs (ids or unique id prefixes), else the `last` pipeline runs of the experiment,
+    newest first. A store that cannot be read is a TrackingError naming it."""
     uri = resolve_uri(p)
     if uri == default_uri(p) and not (p.data_dir / DEFAULT_DB).is_file():
         raise FileNotFoundError(f"no run history in {p.data_dir / DEFAULT_DB}: run the pipeline with track_enabled = True")
+    try:
+        return _find_runs(p, uri, last, run_ids)
+    except (FileNotFoundError, ValueError):  # said in our words already
+        raise
+    except Exception as e:  # noqa: BLE001 - MLflow's and its HTTP client's errors, all one thing here
+        raise TrackingError(f"cannot read the run history in {uri} ({store_problem(e, uri)})") from e
+
+
+def _find_runs(p: Params, uri: str, last: int, run_ids: Sequence[str]) -> list[RunSummary]:
     client = _client(uri)
     name = resolve_experiment(p)
     exp = client.get_experiment_by_name(name)
     # After DATA_DIR was moved, record_stage puts new runs in an experiment of their own (see
-    # _experiment_for); the comparison shows them together with the runs from before the move.
-    moved = client.get_experiment_by_name(relocated_experiment(name, p)) if uri == default_uri(p) else None
-    exp_ids = [e.experiment_id for e in (exp, moved) if e is not None]
+    # _experiment_for), one per folder it has lived in; the default store moves with DATA_DIR, so
+    # the comparison shows them all, with the runs from before the first move.
+    moved = [e for e in client.search_experiments() if e.name.startswith(f"{name} (")] if uri == default_uri(p) else []
+    exp_ids = [e.experiment_id for e in (exp, *moved) if e is not None]
     if not exp_ids:
         names = sorted(e.name for e in client.search_experiments())
         datasets = [n.removeprefix("imgclass-") for n in names if n.startswith("imgclass-") and " (" not in n]
@@ -533,8 +566,9 @@ def format_comparison(runs: Sequence[RunSummary], all_params: bool = False, wide
     names = sorted(set().union(*(r.params for r in runs)))
     values = {n: [r.params.get(n, "-") if _applies(n, r.tags.get("classifier", "")) else "unused" for r in runs]
               for n in names}
-    # Judged on whole values; worker counts and the like change no result (affects_results): only asked for.
-    differ = [n for n in names if all_params or (len(set(values[n])) > 1 and affects_results(n))]
+    # Judged on whole values as recorded: a default no run changed differs only by "unused" (an svm run
+    # beside a dnn run). Worker counts and the like change no result (affects_results): only asked for.
+    differ = [n for n in names if all_params or (len({r.params.get(n, "-") for r in runs}) > 1 and affects_results(n))]
     shown = {n: [_cell(v, wide) for v in values[n]] for n in differ}
     for n in differ:  # shortened alike where they differ: that row whole
         if len(set(shown[n])) < len(set(values[n])):
