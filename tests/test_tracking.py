@@ -438,6 +438,9 @@ def test_comparison_marks_parameters_a_classifier_does_not_use() -> None:
     assert rows == {"rf_inputResolution": ["320", "160"], "rf_maxEpochs": ["unused", "2"], "svm_cvFolds": ["5", "unused"]}
     # Worker counts change no result: shown when every parameter is asked for.
     assert "rf_workers" in tracking.format_comparison(runs, all_params=True)
+    # A value recorded differently but used by no run (two svm runs' rf_maxEpochs): no difference.
+    svm_runs = [run("svm", rf_maxEpochs="3"), run("svm", rf_maxEpochs="10")]
+    assert "rf_maxEpochs" not in tracking.format_comparison(svm_runs)
 
 
 def test_a_stage_that_starts_a_new_run_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -468,7 +471,8 @@ def test_a_stage_after_an_untracked_stage_1_starts_a_new_run(tmp_path: Path, mon
     p.split_path.write_text('{"classes": ["a", "b"], "train": [["b/2.jpg", 1]], "test": [["a/1.jpg", 0]]}')  # untracked
     after = tracking.record_stage(p, "scripts/3_runDNN.py", time.time())
     assert after is not None and after.new_run
-    assert after.why_new == f"split.json changed since run {first.run_id[:8]}'s stages (stage 1 ran untracked)"
+    assert after.why_new == (f"split.json changed since run {first.run_id[:8]}'s stages (stage 1 ran since, untracked "
+                             "or for another classifier)")
     assert not tracking.record_stage(p, "scripts/4_trainSVM.py", time.time()).new_run  # and the next one joins it
 
 
@@ -483,7 +487,8 @@ def test_runs_of_every_folder_the_data_dir_lived_in_are_compared(tmp_path: Path,
     for folder in ("/old/a", "/old/b"):
         exp = client.create_experiment(f"imgclass-movedDemo ({folder})")
         ids.append(client.create_run(exp, tags={tracking.LEVEL_TAG: "pipeline"}).info.run_id)
-    client.create_run(client.create_experiment("imgclass-movedDemoX"), tags={tracking.LEVEL_TAG: "pipeline"})  # another
+    for other in ("imgclass-movedDemoX", "imgclass-movedDemo (copy)"):  # other data sets' ("movedDemo (copy)")
+        client.create_run(client.create_experiment(other), tags={tracking.LEVEL_TAG: "pipeline"})
     found = {r.run_id for r in tracking.find_runs(p, last=10)}
     assert len(found) == 3 and set(ids) <= found
     assert [r.run_id for r in tracking.find_runs(p, run_ids=[ids[0][:8]])] == [ids[0]]

@@ -321,11 +321,12 @@ def _join_or_start(client: Any, p: Params, state: dict, uri: str, exp_id: str, s
             return None, f"parameters differ from run {state['run_id'][:8]}'s: {first_few(differ, 5) or 'not recorded alike'}"
     if stage < state.get("last_stage", -1):
         return None, f"stage {stage} after stage {state['last_stage']} of run {state['run_id'][:8]}: a rerun"
-    # Stage 1 run untracked (or its tracking failed) since: the run's figures were of other data, and
-    # this stage's would replace them. (Stage 1 itself makes the split; stage 0 comes before it.)
+    # Stage 1 run since, untracked (or its tracking failed) or for another classifier (split.json is
+    # shared, the state file is not): the run's figures were of other data, and this stage's would replace them. (Stage 1 itself makes the split; stage 0 comes before it.)
     recorded = run.data.tags.get(SPLIT_TAG)
     if stage >= 2 and recorded and p.split_path.is_file() and split_hash(p.split_path)[:10] != recorded:
-        return None, f"split.json changed since run {state['run_id'][:8]}'s stages (stage 1 ran untracked)"
+        return None, (f"split.json changed since run {state['run_id'][:8]}'s stages (stage 1 ran since, untracked "
+                      "or for another classifier)")
     return run.info.run_id, ""
 
 
@@ -472,7 +473,10 @@ def _find_runs(p: Params, uri: str, last: int, run_ids: Sequence[str]) -> list[R
     # After DATA_DIR was moved, record_stage puts new runs in an experiment of their own (see
     # _experiment_for), one per folder it has lived in; the default store moves with DATA_DIR, so
     # the comparison shows them all, with the runs from before the first move.
-    moved = [e for e in client.search_experiments() if e.name.startswith(f"{name} (")] if uri == default_uri(p) else []
+    # (An absolute path in the brackets, as relocated_experiment writes it: a data set named "ft (copy)"
+    # has an experiment "imgclass-ft (copy)" of its own.)
+    relocated = re.compile(re.escape(name) + r" \((/|[A-Za-z]:/).*\)")
+    moved = [e for e in client.search_experiments() if relocated.fullmatch(e.name)] if uri == default_uri(p) else []
     exp_ids = [e.experiment_id for e in (exp, *moved) if e is not None]
     if not exp_ids:
         names = sorted(e.name for e in client.search_experiments())
@@ -566,9 +570,14 @@ def format_comparison(runs: Sequence[RunSummary], all_params: bool = False, wide
     names = sorted(set().union(*(r.params for r in runs)))
     values = {n: [r.params.get(n, "-") if _applies(n, r.tags.get("classifier", "")) else "unused" for r in runs]
               for n in names}
-    # Judged on whole values as recorded: a default no run changed differs only by "unused" (an svm run
-    # beside a dnn run). Worker counts and the like change no result (affects_results): only asked for.
-    differ = [n for n in names if all_params or (len({r.params.get(n, "-") for r in runs}) > 1 and affects_results(n))]
+    # Judged on whole values as recorded: a default no run changed differs only by "unused" (an svm
+    # run beside a dnn run), and a value that no run used does not differ at all. Worker counts and
+    # the like change no result (affects_results): only asked for.
+    def differs(n: str) -> bool:
+        used = any(_applies(n, r.tags.get("classifier", "")) for r in runs)
+        return used and len({r.params.get(n, "-") for r in runs}) > 1 and affects_results(n)
+
+    differ = [n for n in names if all_params or differs(n)]
     shown = {n: [_cell(v, wide) for v in values[n]] for n in differ}
     for n in differ:  # shortened alike where they differ: that row whole
         if len(set(shown[n])) < len(set(values[n])):
