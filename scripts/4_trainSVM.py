@@ -5,8 +5,8 @@ from imgclass.cli import do_not_track, parse_stage, run_stage, stage_parser
 from imgclass.data import load_split, since_split_notes
 from imgclass.featureset import FeatureSet
 from imgclass.fileio import require_file
-from imgclass.provenance import MODEL_SETTINGS, StaleFilesError, check_model_settings, check_same_source
 from imgclass.params import Params
+from imgclass.provenance import MODEL_SETTINGS, StaleFilesError, check_model_settings, check_same_source
 from imgclass.suspects import SHOWN, Suspect, find_suspects, plot_suspects, write_suspects
 from imgclass.svm import LinearSvm
 

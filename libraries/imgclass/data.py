@@ -779,8 +779,9 @@ def alike_class_notes(classes: Sequence[str]) -> list[str]:
 
 
 def fix_notes(split: Split, images_dir: str | Path) -> list[str]:
-    """What the data set's annotations_fixes.tsv did (images relabelled, left out), and notes on the lines of the data set's annotations_fixes.tsv that name no image of `split`
-    (apply_fixes passes over them: an image deleted since is no error, but a typo would go unseen)."""
+    """What the data set's annotations_fixes.tsv did (images relabelled, left out), and notes on its
+    lines that disagree with one another or name no image of `split` (apply_fixes passes over those:
+    an image deleted since is no error, but a typo would go unseen)."""
     known = [p for p, _ in split.train] + [p for p, _ in split.test] + [p for p, _ in split.excluded]
     # An image dedupImages.py --remove set aside in _duplicates/ (under the same path) is not missing.
     aside = Path(images_dir) / DUPLICATES_FOLDER

@@ -322,7 +322,8 @@ def _join_or_start(client: Any, p: Params, state: dict, uri: str, exp_id: str, s
     if stage < state.get("last_stage", -1):
         return None, f"stage {stage} after stage {state['last_stage']} of run {state['run_id'][:8]}: a rerun"
     # Stage 1 run since, untracked (or its tracking failed) or for another classifier (split.json is
-    # shared, the state file is not): the run's figures were of other data, and this stage's would replace them. (Stage 1 itself makes the split; stage 0 comes before it.)
+    # shared, the state file is not): the run's figures were of other data, and this stage's would
+    # replace them. (Stage 1 itself makes the split; stage 0 comes before it.)
     recorded = run.data.tags.get(SPLIT_TAG)
     if stage >= 2 and recorded and p.split_path.is_file() and split_hash(p.split_path)[:10] != recorded:
         return None, (f"split.json changed since run {state['run_id'][:8]}'s stages (stage 1 ran since, untracked "
@@ -410,7 +411,7 @@ def store_problem(e: BaseException, uri: str) -> str:
     text = " ".join(str(e).split())
     text = text if len(text) <= 300 else text[:300] + " ..."
     hint = ""
-    if "maintenance mode" in text or uri.startswith("file:") or "://" not in uri:
+    if "maintenance mode" in text or uri.startswith("file:") or (uri and "://" not in uri):
         # MLflow 3 keeps the old file store read-only unless told otherwise.
         hint = ("; a folder store needs MLFLOW_ALLOW_FILE_STORE=true in the environment (MLflow 3), or use "
                 "track_uri = \"sqlite:///FOLDER/mlflow.db\"")
