@@ -416,4 +416,3 @@ __all__ = [
     "unlabelled_images",
     "write_candidates",
 ]
-

@@ -102,6 +102,11 @@ def save_split(split: Split, path: str | Path) -> Path:
     return write_json(path, split.to_json())
 
 
+def gone_images(split: Split, images_dir: str | Path, sides: Sequence[str] = ("train", "test")) -> list[str]:
+    """The images of `sides` that `split` lists and are no longer files in `images_dir`."""
+    return [rel for side in sides for rel, _ in split.side(side) if not (Path(images_dir) / rel).is_file()]
+
+
 def load_split(path: str | Path, images_dir: str | Path | None = None, sides: Sequence[str] = ("train", "test")) -> Split:
     """The split stage 1 wrote; given `images_dir`, a FileNotFoundError naming the images of `sides`
     that it lists and are gone from there (moved or deleted since stage 1), before a stage spends
@@ -116,8 +121,7 @@ def load_split(path: str | Path, images_dir: str | Path | None = None, sides: Se
         raise DamagedFileError(f"{path}: not a split written by scripts/1_prepareData.py "
                                f"({type(e).__name__}: {e}); rerun stage 1") from None
     if images_dir is not None:
-        gone = [rel for side in sides for rel, _ in split.side(side) if not (Path(images_dir) / rel).is_file()]
-        if gone:
+        if gone := gone_images(split, images_dir, sides):
             raise FileNotFoundError(f"{len(gone)} image(s) that {path.name} lists are gone from {images_dir} "
                                     f"(moved or deleted since stage 1): {first_few([repr(g) for g in gone])}; "
                                     "rerun scripts/1_prepareData.py "
@@ -826,8 +830,7 @@ def since_split_notes(split: Split, images_dir: str | Path, split_path: str | Pa
                      f"again{keeps}, then the stages after it")
     # Stage 3 refuses such a split (load_split with images_dir); stage 5 scores the features stage 3
     # made of them, which still count them, and its browser would show a broken picture without a word.
-    gone = [rel for rel in split.sides() if not (images_dir / rel).is_file()]
-    if gone:
+    if gone := gone_images(split, images_dir):
         notes.append(f"{len(gone)} image(s) that {split_path.name} lists are gone from {shown(str(images_dir))} (moved "
                      f"or deleted since stage 1: {first_few([repr(g) for g in gone])}): the results still count them; "
                      "rerun scripts/1_prepareData.py, then the stages after it")

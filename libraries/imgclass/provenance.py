@@ -97,7 +97,7 @@ def check_same_source(
             f"{features_path.name} was computed with an earlier {Path(model_file).name} (stage 2 ran again since): "
             f"rerun scripts/3_runDNN.py{then_svm}"
         )
-    if split_file is not None and made_split and made_split != split_hash(split_file):
+    if split_file is not None and made_split and made_split != (now := split_hash(split_file)):
         # A refined network learned from the earlier split too: stage 3 would refuse it in turn.
         from imgclass.modelfile import load_model_extra  # torch: only on this path
 
@@ -105,7 +105,7 @@ def check_same_source(
             refined_on = load_model_extra(model_file).get("split_hash", "")
         except ValueError:  # not a model file: the check that reads it says so
             refined_on = ""
-        refine = "scripts/2_refineDNN.py, then " if refined_on and refined_on != split_hash(split_file) else ""
+        refine = "scripts/2_refineDNN.py, then " if refined_on and refined_on != now else ""
         raise StaleFilesError(
             f"{features_path.name} was computed for an earlier {Path(split_file).name} (stage 1 ran again since): "
             f"rerun {refine}scripts/3_runDNN.py{then_svm}"

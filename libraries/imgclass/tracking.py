@@ -299,9 +299,11 @@ class StageRecord:
     why_new: str = ""  # why a new pipeline run was started rather than the remembered one continued
 
 
-def _join_or_start(client: Any, p: Params, state: dict, uri: str, exp_id: str, stage: int) -> tuple[str | None, str]:
+def _join_or_start(client: Any, p: Params, state: dict, uri: str, exp_id: str, stage: int,
+                   split_now: str) -> tuple[str | None, str]:
     """(the remembered pipeline run, "") when this stage continues it, else (None, why not), so that
-    a user who sees runs split knows which parameter or rerun split them ("" for a first run)."""
+    a user who sees runs split knows which parameter or rerun split them ("" for a first run).
+    `split_now`: the SPLIT_TAG value of split.json as it is ("" without one)."""
     if not state.get("run_id"):
         return None, ""
     if state.get("uri") != uri or state.get("experiment_id") != exp_id:
@@ -325,7 +327,7 @@ def _join_or_start(client: Any, p: Params, state: dict, uri: str, exp_id: str, s
     # shared, the state file is not): the run's figures were of other data, and this stage's would
     # replace them. (Stage 1 itself makes the split; stage 0 comes before it.)
     recorded = run.data.tags.get(SPLIT_TAG)
-    if stage >= 2 and recorded and p.split_path.is_file() and split_hash(p.split_path)[:10] != recorded:
+    if stage >= 2 and recorded and split_now and split_now != recorded:
         return None, (f"split.json changed since run {state['run_id'][:8]}'s stages (stage 1 ran since, untracked "
                       "or for another classifier)")
     return run.info.run_id, ""
@@ -345,7 +347,8 @@ def record_stage(p: Params, script: str | Path, started: float, argv: Sequence[s
     exp_id, note = _experiment_for(client, p, uri)
     path = state_path(p)
     state = read_json(path) if path.is_file() else {}
-    run_id, why_new = _join_or_start(client, p, state, uri, exp_id, stage[0])
+    split_now = split_hash(p.split_path)[:10] if p.split_path.is_file() else ""
+    run_id, why_new = _join_or_start(client, p, state, uri, exp_id, stage[0], split_now)
     new_run = run_id is None
     start_ms = int(started * 1000)
     if new_run:
@@ -371,10 +374,10 @@ def record_stage(p: Params, script: str | Path, started: float, argv: Sequence[s
     client.set_terminated(child.info.run_id, "FINISHED", end_time=int(t0 * 1000))
 
     stages = sorted(set(state.get("stages", [])) | {label})
-    if p.split_path.is_file():
+    if split_now:
         # Which images the run trained and tested on: runs on different data (photos added, the split
         # made anew) can have the same parameters, and compareRuns.py shows this to tell them apart.
-        client.log_batch(run_id, tags=[RunTag(SPLIT_TAG, split_hash(p.split_path)[:10]),
+        client.log_batch(run_id, tags=[RunTag(SPLIT_TAG, split_now),
                                        RunTag(TEST_TAG, test_set_hash(p.split_path)[:10])])
     # The state file is saved as soon as the run and this stage exist in the store: should logging the
     # figures or uploading the artifacts fail below, the next stage still joins this pipeline run
