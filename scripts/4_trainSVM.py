@@ -1,6 +1,6 @@
 """Stage 4: train a linear SVM on the training features, choosing C by cross-validation on them."""
 
-from imgclass.annotations import FIXES_FILE
+from imgclass.annotations import FIXES_FILE, AnnotationError, read_fixes
 from imgclass.cli import do_not_track, parse_stage, run_stage, stage_parser
 from imgclass.data import load_split, since_split_notes
 from imgclass.featureset import FeatureSet
@@ -51,7 +51,15 @@ def main() -> int:
     out = svm.save(p.svm_path, train.classes)
     print(f"wrote {out} (C = {svm.C_:g}, {len(train)} training images)")
     if svm.cv_val_scores_ is not None:
-        report_suspects(p, find_suspects(svm.cv_val_scores_, train.labels, train.paths, train.classes))
+        found = find_suspects(svm.cv_val_scores_, train.labels, train.paths, train.classes)
+        # A label a person set or confirmed in the fixes file is settled: listing it again at every
+        # run would bury the ones still to look at.
+        try:
+            settled = read_fixes(p.images_dir)
+        except AnnotationError as e:  # edited since stage 1, which read it: the SVM is right, say so, go on
+            print(f"note: {e} (stage 1 will refuse it; every disputed image is listed meanwhile)")
+            settled = {}
+        report_suspects(p, [s for s in found if s.image not in settled], sum(s.image in settled for s in found))
     else:  # an earlier run's list would pass for this one's (and showImages.ipynb pages through it)
         for f in (p.results_dir / "label_suspects.tsv", p.results_dir / "label_suspects.png"):
             f.unlink(missing_ok=True)
@@ -61,13 +69,18 @@ def main() -> int:
     return 0
 
 
-def report_suspects(p: Params, suspects: list[Suspect]) -> None:
-    """Write and name the training images whose label the cross-validation disputes."""
+def report_suspects(p: Params, suspects: list[Suspect], settled: int) -> None:
+    """Write and name the training images whose label the cross-validation disputes (`settled` more
+    are disputed whose label the fixes file sets or confirms)."""
     tsv, png = p.results_dir / "label_suspects.tsv", p.results_dir / "label_suspects.png"
     write_suspects(tsv, suspects)
+    if settled:
+        print(f"label check: {settled} disputed training image(s) not listed: {FIXES_FILE} sets or confirms their "
+              "label")
     if not suspects:
         png.unlink(missing_ok=True)  # an earlier run's sheet would show images no longer disputed
-        print(f"label check: the cross-validation gave every training image its own class ({tsv})")
+        print(f"label check: the cross-validation gave every {'other ' if settled else ''}training image its own "
+              f"class ({tsv})")
         return
     plot_suspects(suspects, p.images_dir, png)
     print(f"label check: {len(suspects)} training image(s) given another class by the cross-validation fit that "
@@ -76,7 +89,8 @@ def report_suspects(p: Params, suspects: list[Suspect]) -> None:
     for s in suspects[:5]:
         print(f"  {s.image}: filed {s.label}, looks {s.predicted} (margin {s.margin:.2f})")
     print(f"  a wrong label is fixed by the line 'image<TAB>class' (or EXCLUDE) in {p.images_dir / FIXES_FILE} "
-          "(the TSV's first two fields are that line), then rerun the stages from 1")
+          "(the TSV's first two fields are that line), then rerun the stages from 1; a right one is confirmed by "
+          "the line 'image<TAB>its own class', and is not listed again")
     if p.model_kind == "refined":
         print("  (the refined network has learned the training labels, wrong ones too: classifier = 'svm' "
               "finds more of them)")

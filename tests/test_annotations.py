@@ -130,12 +130,19 @@ def test_widget_pager_records_the_chosen_label(color_dataset: Path) -> None:
     ui = b.widget("red")
     (cls_box, page_box), grid, status = ui.children[0].children, ui.children[1], ui.children[2]
     assert len(grid.children) == 4 and page_box.max == 1
-    image, label, menu = grid.children[1].children
+    image, label, menu, checked = grid.children[1].children
     assert label.value == "red_1.jpg" and menu.value == "red" and image.value[:2] == b"\xff\xd8"
+    assert checked.value is False
     menu.value = "blue"  # what picking a label in the menu does
     assert read_fixes(color_dataset) == {"red/red_1.jpg": "blue"} and "red/red_1.jpg: blue" in status.value
+    assert checked.value is True  # a label a person set is settled
     grid.children[2].children[2].value = EXCLUDE
     assert read_fixes(color_dataset)["red/red_2.jpg"] == EXCLUDE
+    # Ticking the box confirms the label as filed; unticking it takes the line away (and a move with it).
+    grid.children[3].children[3].value = True
+    assert read_fixes(color_dataset)["red/red_3.jpg"] == "red" and "red/red_3.jpg: red checked" in status.value
+    checked.value = False
+    assert "red/red_1.jpg" not in read_fixes(color_dataset) and menu.value == "red"
     page_box.value = 1
     assert [c.children[1].value for c in grid.children] == ["red_4.jpg", "red_5.jpg"]
     cls_box.value = "green"
@@ -209,9 +216,18 @@ def test_a_view_pages_chosen_images_of_several_classes_and_fixes_them(color_data
     assert gone == ["green/gone.jpg"] and b.page("label suspects") == ["red/red_1.jpg", "blue/blue_2.jpg"]
     b.move("red/red_1.jpg", "blue")  # fixed from the view as from its class page
     assert read_fixes(color_dataset) == {"red/red_1.jpg": "blue"}
+    assert b.confirm("blue/blue_2.jpg") == "blue" and b.is_checked("blue/blue_2.jpg")  # looked, and it is blue
+    assert read_fixes(color_dataset) == {"red/red_1.jpg": "blue", "blue/blue_2.jpg": "blue"}
     fig = b.show("label suspects")
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
-    assert titles == ["1: blue\nred_1.jpg\nlooks blue", "2: blue\nblue_2.jpg\nlooks green"]  # as the PNG numbers them
+    # As the PNG numbers them; a label confirmed as filed says so.
+    assert titles == ["1: blue\nred_1.jpg\nlooks blue", "2: blue (checked)\nblue_2.jpg\nlooks green"]
+    assert b.confirm("red/red_1.jpg") == "blue" and read_fixes(color_dataset)["red/red_1.jpg"] == "blue"  # keeps a move
+    b.exclude("green/green_0.jpg")
+    with pytest.raises(AnnotationError, match=r"green_0.jpg is left out \(EXCLUDE\): there is no label to confirm"):
+        b.confirm("green/green_0.jpg")
+    b.reset("blue/blue_2.jpg")
+    assert not b.is_checked("blue/blue_2.jpg")
     with pytest.raises(AnnotationError, match="view 'red': a class has that name"):
         b.add_view("red", [])
     (tmp_path / "other.tsv").write_text("image\tclass\n", encoding="utf-8")

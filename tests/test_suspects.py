@@ -80,6 +80,19 @@ def test_stage4_finds_a_photo_filed_under_the_wrong_class_and_a_fix_clears_it(tm
     out = run_script("4_trainSVM.py", *args, data_dir=tmp_path).stdout
     assert "really_red" not in out
     assert "really_red" not in (results / "label_suspects.tsv").read_text(encoding="utf-8")
+    # Or the user looks and finds the label right after all: a line giving its own class settles it too.
+    (root / FIXES_FILE).write_text("train/blue/really_red.jpg\tblue\n", encoding="utf-8")
+    assert "annotations_fixes.tsv applied: 0 image(s) relabelled, 0 left out, 1 confirmed as filed" in run_script(
+        "1_prepareData.py", *args, data_dir=tmp_path).stdout
+    run_script("3_runDNN.py", *args, data_dir=tmp_path)
+    out = run_script("4_trainSVM.py", *args, data_dir=tmp_path).stdout
+    assert "label check: 1 disputed training image(s) not listed: annotations_fixes.tsv sets or confirms" in out
+    assert "really_red" not in (results / "label_suspects.tsv").read_text(encoding="utf-8")
+    # A fixes file broken after stage 1 read it does not undo stage 4's SVM: noted, every suspect listed.
+    (root / FIXES_FILE).write_text("train/blue/really_red.jpg blue\n", encoding="utf-8")
+    out = run_script("4_trainSVM.py", *args, data_dir=tmp_path).stdout
+    assert "note: " in out and "line 1: expected 'path<TAB>new_class'" in out
+    assert "train/blue/really_red.jpg\tred\tblue" in (results / "label_suspects.tsv").read_text(encoding="utf-8")
     # One training image a class: no cross-validation, so no check; the earlier list does not linger.
     for c in COLORS:
         for f in sorted((root / "train" / c).iterdir())[1:]:

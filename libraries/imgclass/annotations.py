@@ -3,7 +3,9 @@
 The fixes live in `annotations_fixes.tsv` in the data set folder, one line per image:
 `path<TAB>new_class` or `path<TAB>EXCLUDE`, the path relative to the data set folder as in
 `split.json` (e.g. `dotted/IMG_0012.jpg`). Stage 1 (imgclass.data.make_split) applies them, so a fix
-takes effect at the next `1_prepareData.py`, and deleting a line undoes it.
+takes effect at the next `1_prepareData.py`, and deleting a line undoes it. A line that gives an
+image its own folder's class changes nothing but says a person checked the label: stage 4's label
+check no longer lists it (nor any image whose class a line sets).
 
 `AnnotationBrowser` is what notebooks/showImages.ipynb uses to page through a class's images and
 record fixes; `browser.widget()` is the interactive version when ipywidgets is installed.
@@ -24,7 +26,8 @@ from imgclass.images import ImageDecodeError, load_rgb
 FIXES_FILE = "annotations_fixes.tsv"
 EXCLUDE = "EXCLUDE"
 _HEADER = ("# Annotation fixes, applied by scripts/1_prepareData.py (the image files are never moved).\n"
-           "# path (relative to this folder)<TAB>new class, or EXCLUDE to leave the image out\n")
+           "# path (relative to this folder)<TAB>new class, or EXCLUDE to leave the image out, or its own\n"
+           "# class: label checked and right (stage 4's label check stops listing the image)\n")
 
 
 class AnnotationError(ValueError):
@@ -200,16 +203,28 @@ class AnnotationBrowser:
         raise AnnotationError(f"{image!r} is not an image of {self.images_dir} (paths are like "
                               f"{self.images[self.classes[0]][0] if self.images[self.classes[0]] else 'class/file.jpg'!r})")
 
-    def _set(self, image: str, target: str) -> str:
+    def _set(self, image: str, target: str, keep_line: bool = False) -> str:
         image = _norm(image)
         folder = self._folder_class(image)
         fixes = self.fixes
-        if target == folder:
+        if target == folder and not keep_line:
             fixes.pop(image, None)  # back to its folder's class: no fix needed
         else:
             fixes[image] = target
         write_fixes(self.images_dir, fixes)
         return target
+
+    def confirm(self, image: str) -> str:
+        """Record that a person checked the image's label (its folder's class, or the class a fix gave
+        it) and found it right: stage 4's label check stops listing it. `reset` takes it back."""
+        label = self.label_of(image)
+        if label == EXCLUDE:
+            raise AnnotationError(f"{image} is left out ({EXCLUDE}): there is no label to confirm (reset it first)")
+        return self._set(image, label, keep_line=True)
+
+    def is_checked(self, image: str) -> bool:
+        """Whether the fixes file settles the image's label (moved, left out or confirmed)."""
+        return _norm(image) in self.fixes
 
     def move(self, image: str, new_class: str) -> str:
         if new_class not in self.classes:
@@ -237,7 +252,8 @@ class AnnotationBrowser:
 
     def show(self, cls: str, page: int = 0, columns: int = 6) -> Any:
         """A matplotlib figure of one page; titles are 'number: label' (numbered from 1, as stage 4's
-        contact sheet numbers its suspects; label in red when fixed)."""
+        contact sheet numbers its suspects; label in red when moved or left out, "(checked)" after it
+        when confirmed)."""
         import matplotlib.pyplot as plt
         from PIL import Image
 
@@ -251,17 +267,20 @@ class AnnotationBrowser:
             ax.axis("off")
         for i, (ax, p) in enumerate(zip(axes.flat, paths)):
             ax.imshow(Image.open(io.BytesIO(self.thumbnail(p))))
-            label = fixes.get(p, self._folder_class(p))  # (a view's images are of several classes)
+            folder = self._folder_class(p)  # (a view's images are of several classes)
+            label = fixes.get(p, folder)
+            checked = " (checked)" if p in fixes and label == folder else ""
             caption = f"\n{self.captions[p]}" if p in self.captions else ""
-            ax.set_title(f"{page * self.page_size + i + 1}: {label}\n{Path(p).name}{caption}", fontsize=8,
-                         color="red" if p in fixes else "black")
+            ax.set_title(f"{page * self.page_size + i + 1}: {label}{checked}\n{Path(p).name}{caption}", fontsize=8,
+                         color="red" if label != folder else "black")
         fig.suptitle(f"{cls}: page {page + 1} of {self.n_pages(cls)}")
         fit_fonts(fig)  # class and file names in any script
         fig.tight_layout()
         return fig
 
     def widget(self, cls: str | None = None) -> Any:
-        """Interactive pager (ipywidgets): a class and page chooser, a label menu under each image."""
+        """Interactive pager (ipywidgets): a class and page chooser; under each image a label menu, and a
+        box ticked where the fixes file settles its label (tick it to confirm the label as it is)."""
         import ipywidgets as w
 
         choices = [*self.classes, EXCLUDE]
@@ -270,20 +289,48 @@ class AnnotationBrowser:
         grid = w.GridBox(layout=w.Layout(grid_template_columns=f"repeat(6, {self.thumb + 20}px)"))
         status = w.HTML()
 
-        def on_label(change: dict, image: str) -> None:
+        syncing = []  # non-empty while the menus and boxes are set to match the file (not a user's pick)
+
+        def sync(image: str, menu: Any, checked: Any) -> None:
+            syncing.append(image)
+            try:
+                menu.value, checked.value = self.label_of(image), self.is_checked(image)
+            finally:
+                syncing.pop()
+
+        def on_label(change: dict, image: str, menu: Any, checked: Any) -> None:
+            if syncing:
+                return
             target = change["new"]
             self.move(image, target) if target != EXCLUDE else self.exclude(image)
             # An HTML widget: a file named "<img src=x onerror=...>.jpg" must show as text, not run.
             status.value = html.escape(f"{image}: {target} (recorded in {FIXES_FILE})")
+            sync(image, menu, checked)  # a move settles the label; back to the folder's class does not
+
+        def on_checked(change: dict, image: str, menu: Any, checked: Any) -> None:
+            if syncing:
+                return
+            if change["new"]:  # (a box is ticked already where a line moves or leaves out the image)
+                self.confirm(image)
+                status.value = html.escape(f"{image}: {self.label_of(image)} checked (recorded in {FIXES_FILE})")
+            else:
+                self.reset(image)
+                status.value = html.escape(f"{image}: back to its folder's class {self.label_of(image)}, "
+                                           f"unchecked (its line removed from {FIXES_FILE})")
+            sync(image, menu, checked)
 
         def render(*_: Any) -> None:
             page_box.max = self.n_pages(cls_box.value) - 1
             cells = []
             for p in self.page(cls_box.value, min(page_box.value, page_box.max)):
                 menu = w.Dropdown(options=choices, value=self.label_of(p), layout=w.Layout(width=f"{self.thumb}px"))
-                menu.observe(lambda ch, p=p: on_label(ch, p), names="value")
+                # Ticked: a person checked the label (stage 4's label check stops listing the image).
+                checked = w.Checkbox(value=self.is_checked(p), description="checked", indent=False)
+                menu.observe(lambda ch, p=p, m=menu, box=checked: on_label(ch, p, m, box), names="value")
+                checked.observe(lambda ch, p=p, m=menu, box=checked: on_checked(ch, p, m, box), names="value")
                 caption = [w.Label(self.captions[p])] if p in self.captions else []
-                cells.append(w.VBox([w.Image(value=self.thumbnail(p), format="jpeg"), w.Label(Path(p).name), *caption, menu]))
+                cells.append(w.VBox([w.Image(value=self.thumbnail(p), format="jpeg"), w.Label(Path(p).name), *caption,
+                                     menu, checked]))
             grid.children = cells
 
         def on_class(_: Any) -> None:  # a new class starts at its first page

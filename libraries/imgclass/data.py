@@ -794,16 +794,18 @@ def fix_notes(split: Split, images_dir: str | Path) -> list[str]:
     notes = [f"{FIXES_FILE}: {note}" for note in repeated]
     # Say what the fixes did, so the user sees an edit of the file take effect (or not).
     moves: dict[tuple[str, str], int] = {}
+    confirmed = 0
     for path, label in split.train + split.test:
         parts, now = path.split("/"), split.classes[label]
         was = parts[0] if parts[0] in split.classes or len(parts) < 3 else parts[1]  # train/<class>/... in advance
         if fixes.get(path) == now and was != now:
             moves[(was, now)] = moves.get((was, now), 0) + 1
+        confirmed += fixes.get(path) == now == was
     left_out = sum(why == f"marked {EXCLUDE} in {FIXES_FILE}" for _, why in split.excluded)
-    if moves or left_out:
+    if moves or left_out or confirmed:
         how = ", ".join(f"{a} -> {b} {n}" for (a, b), n in sorted(moves.items(), key=lambda m: (-m[1], m[0])))
         notes.append(f"{FIXES_FILE} applied: {sum(moves.values())} image(s) relabelled" + (f" ({how})" if how else "")
-                     + f", {left_out} left out")
+                     + f", {left_out} left out" + (f", {confirmed} confirmed as filed" if confirmed else ""))
     return notes + [f"{FIXES_FILE}: {note}" for note in unmatched_fixes(fixes, known)]
 
 
