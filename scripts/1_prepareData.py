@@ -5,24 +5,31 @@ imagesSplitBy = "subdir" (each sub-folder of a class on one side); else a seeded
 class by ratioTrainTest; rerun, a random or subdir split keeps each image's earlier side and shares
 out only the new images (--resplit: split anew). Files that do not decode are listed and left out. Near duplicates across
 train and test (dhash, leakageCheck / dedup_threshold) are listed and, by default, both kept in train
-(unless a class would lose its last test image, or the data set looks too alike to dhash: see the README).
+(unless a class would lose its last test image, or the data set looks too alike to dhash: see the README);
+near duplicates on one side filed under different classes are listed as label conflicts.
 """
 
 from pathlib import Path
 
+from imgclass.annotations import FIXES_FILE, read_fixes
 from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.data import (
     DatasetError, Split, balance_notes, check_disjoint, dedicated_file_hint, earlier_sides, exact_duplicates_across,
     fix_notes, load_split, make_split, save_split, skipped_folders, skipped_note, small_images_note, split_change_note,
     subdir_notes, unread_images_note, unused_rule_notes,
 )
-from imgclass.dedup import check_leaks, depleted_test_classes, settle_leaks, write_leaks
+from imgclass.dedup import (
+    LeakCheck, check_leaks, depleted_test_classes, hashes_lookalike_note, label_conflicts, settle_leaks,
+    write_conflicts, write_leaks,
+)
+from imgclass.params import Params
 from imgclass.terminal import ljust, name_column
 
 parser = stage_parser(
     __doc__.splitlines()[0],
     reads="DATA_DIR/images/<datasetName>/",
-    writes="DATA_DIR/proc/<datasetName>/split.json (and near_duplicates.tsv: the leakage check's pairs)",
+    writes="DATA_DIR/proc/<datasetName>/split.json (and near_duplicates.tsv: the leakage check's pairs; "
+           "label_conflicts.tsv: near duplicates on one side filed under different classes)",
 )
 parser.add_argument("--resplit", action="store_true",
                     help="split anew; without it, images keep the side an earlier split.json gave them "
@@ -39,6 +46,23 @@ def earlier_split(path: Path) -> Split | None:
     except ValueError as e:  # damaged: it is replaced below
         print(f"note: splitting anew, since the earlier {path.name} cannot be read ({str(e).split('; rerun')[0]})")
         return None
+
+
+def report_conflicts(p: Params, split: Split, check: LeakCheck) -> None:
+    """Name the near-duplicate pairs on one side of the split filed under different classes."""
+    conflicts = label_conflicts(split, check.hashes, p.dedup_threshold, settled=read_fixes(p.images_dir))
+    listed = write_conflicts(p.proc_dir / "label_conflicts.tsv", conflicts)
+    if not conflicts:
+        return
+    print(f"label conflicts: {len(conflicts)} near-duplicate pair(s) on one side of the split filed under "
+          "different classes (the same photo with two labels: one of each pair is likely wrong):")
+    for c in conflicts[:SHOW_LEAKS // 2]:
+        how = f"{c.distance} bits{', mirrored' if c.mirrored else ''}"
+        print(f"  {c.a} ({c.class_a}) ~ {c.b} ({c.class_b}), both {c.side}, {how}")
+    print(f"  all in {listed}; fix the wrong label in {p.images_dir / FIXES_FILE} (or EXCLUDE it); where both "
+          "are right, a line giving each its own class stops this note")
+    if note := (check.lookalike_note if check.leaks else hashes_lookalike_note(check.hashes, p.dedup_threshold)):
+        print(f"  (these need not be copies: {note})")
 
 
 def main() -> int:
@@ -99,6 +123,10 @@ def main() -> int:
                       f"{listed.name}, and if they are not copies, set leakageCheck = 'report' or a lower dedup_threshold")
         elif check.leaks:
             print("leakageCheck = 'report': left as they are; test accuracy may be optimistic")
+        report_conflicts(p, split, check)
+    else:  # an earlier run's lists would pass for this split's
+        for name in ("near_duplicates.tsv", "label_conflicts.tsv"):
+            (p.proc_dir / name).unlink(missing_ok=True)
     if note := split_change_note(previous, split, args.resplit):
         print(f"note: {note}")
     for path, reason in split.excluded:

@@ -476,6 +476,42 @@ def test_real_photos_hash_quickly_and_have_no_false_duplicates() -> None:
     assert report.groups == []  # measured: the closest two distinct photos are 19 bits apart
 
 
+def test_stage1_names_a_photo_filed_under_two_classes_on_one_side(originals: Path, tmp_path: Path) -> None:
+    """A copy in another class folder on the same side of the split (both train, both test) is no leak,
+    but a label conflict: one label is wrong, and the model is taught both."""
+    from imgclass.dedup import label_conflicts
+
+    root = tmp_path / "images" / "twice"
+    shutil.copytree(originals, root)
+    _copy(root / "dotted/dotted_0002.jpg", root / "striped/also_here.jpg", 0.7, 60)  # scraped by two queries
+    mirror = Image.open(root / "leopard/leopard_0003.jpg").transpose(Image.FLIP_LEFT_RIGHT)
+    mirror.save(root / "dotted/mirrored_leopard.jpg")  # and a mirrored one
+    (root / "dedicatedTestImages.tsv").write_text(
+        "dotted/dotted_0001.jpg\nleopard/leopard_0000.jpg\nstriped/striped_0000.jpg\n")
+    out = run_script("1_prepareData.py", "--set", "datasetName=twice", data_dir=tmp_path).stdout
+    assert "label conflicts: 2 near-duplicate pair(s) on one side of the split filed under different classes" in out
+    assert "  dotted/dotted_0002.jpg (dotted) ~ striped/also_here.jpg (striped), both train, " in out
+    assert "  dotted/mirrored_leopard.jpg (dotted) ~ leopard/leopard_0003.jpg (leopard), both train, " in out
+    assert " bits, mirrored\n" in out
+    tsv = tmp_path / "proc" / "twice" / "label_conflicts.tsv"
+    rows = [line.split("\t") for line in tsv.read_text(encoding="utf-8").splitlines()]
+    assert rows[0] == ["image_a", "class_a", "image_b", "class_b", "side", "bits", "mirrored"] and len(rows) == 3
+    # The user decides: the striped copy is wrong (EXCLUDE), the mirrored leopard is both (confirmed twice).
+    (root / "annotations_fixes.tsv").write_text(
+        "striped/also_here.jpg\tEXCLUDE\ndotted/mirrored_leopard.jpg\tdotted\nleopard/leopard_0003.jpg\tleopard\n")
+    out = run_script("1_prepareData.py", "--set", "datasetName=twice", data_dir=tmp_path).stdout
+    assert "label conflicts" not in out and tsv.read_text(encoding="utf-8").count("\n") == 1
+    # Pairs across the split are the leakage check's, not conflicts; distinct photos are neither.
+    split = Split(["dotted", "striped"], [("dotted/dotted_0002.jpg", 0)], [("striped/also_here.jpg", 1)])
+    check = check_leaks(split, root, progress=False)
+    assert [leak.same_class for leak in check.leaks] == [False] and label_conflicts(split, check.hashes) == []
+    split = Split(["dotted", "striped"], [("dotted/dotted_0002.jpg", 0), ("striped/striped_0001.jpg", 1)], [])
+    assert label_conflicts(split, check_leaks(split, root, progress=False).hashes) == []
+    out = run_script("1_prepareData.py", "--set", "datasetName=twice", "--set", "leakageCheck=off",
+                     data_dir=tmp_path).stdout
+    assert not tsv.exists() and not (tsv.parent / "near_duplicates.tsv").exists()  # none checked: none listed
+
+
 def test_leak_move_keeps_cross_class_copies_and_a_test_image_per_class() -> None:
     from imgclass.dedup import Leak
 

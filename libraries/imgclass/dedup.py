@@ -197,6 +197,13 @@ def lookalike_note(typical: float | None, threshold: int) -> str | None:
             f"lower the threshold (dedup_threshold or --threshold) to about {max(1, int(typical) // LOOKALIKE_FACTOR - 1)}")
 
 
+def hashes_lookalike_note(hashes: Mapping[str, MirroredHash], threshold: int) -> str | None:
+    """lookalike_note for the images of `hashes` (LeakCheck.hashes) as a whole."""
+    if len(hashes) < 2:
+        return None
+    return lookalike_note(typical_distance(hash_bits([h.plain for h in hashes.values()]), threshold), threshold)
+
+
 def _groups(n: int, pairs: Sequence[tuple[int, int, int]]) -> list[list[int]]:
     """Connected components (of size > 1) of the graph whose edges are `pairs`, each sorted."""
     parent = list(range(n))
@@ -512,6 +519,55 @@ def write_leaks(path: str | Path, leaks: Sequence[Leak]) -> Path:
     return Path(path)
 
 
+@dataclass(frozen=True)
+class Conflict:
+    """Two near-duplicate images on the same side of the split, filed under different classes."""
+
+    a: str
+    b: str
+    class_a: str
+    class_b: str
+    side: str  # "train" or "test"
+    distance: int
+    mirrored: bool = False
+
+
+def label_conflicts(split: Split, hashes: Mapping[str, MirroredHash], threshold: int = DEFAULT_THRESHOLD,
+                    settled: Collection[str] = ()) -> list[Conflict]:
+    """Near-duplicate pairs on one side of the split whose classes differ, closest first: the same
+    photo with two labels (a scraped photo that two queries returned; a slip when sorting), so one of
+    the two is most likely wrong, and the model is taught both. (Pairs across the split are
+    check_leaks'.) `hashes`: LeakCheck.hashes, so nothing is decoded again; a pair whose two images
+    both have a line in annotations_fixes.tsv (`settled`) was decided by a person and is left out."""
+    out = []
+    for side, items in (("train", split.train), ("test", split.test)):
+        items = [(p, y) for p, y in items if p in hashes]
+        if len(items) < 2:
+            continue
+        plain = hash_bits([hashes[p].plain for p, _ in items])
+        closest: dict[tuple[int, int], tuple[int, bool]] = {}
+        pairs = [(i, j, d, False) for i, j, d in pairwise_close(plain, threshold)]
+        pairs += [(min(i, j), max(i, j), d, True) for i, j, d in
+                  pairwise_close(plain, threshold, other=hash_bits([hashes[p].mirror for p, _ in items])) if i != j]
+        for i, j, d, mirrored in pairs:
+            if items[i][1] != items[j][1] and ((i, j) not in closest or d < closest[i, j][0]):
+                closest[i, j] = (d, mirrored)
+        for (i, j), (d, mirrored) in closest.items():
+            (a, ya), (b, yb) = items[i], items[j]
+            if not (a in settled and b in settled):
+                out.append(Conflict(a, b, split.classes[ya], split.classes[yb], side, d, mirrored))
+    return sorted(out, key=lambda c: (c.distance, c.a, c.b))
+
+
+def write_conflicts(path: str | Path, conflicts: Sequence[Conflict]) -> Path:
+    """The pairs as a TSV (image_a, class_a, image_b, class_b, side, bits, mirrored), written atomically."""
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        f.write("image_a\tclass_a\timage_b\tclass_b\tside\tbits\tmirrored\n")
+        for c in conflicts:
+            f.write(f"{c.a}\t{c.class_a}\t{c.b}\t{c.class_b}\t{c.side}\t{c.distance}\t{c.mirrored}\n")
+    return Path(path)
+
+
 def depleted_test_classes(before: Split, after: Split, share: float = 0.5) -> list[tuple[str, int, int]]:
     """(class, test images moved, test images left) for each class that keep_leaks_in_train took at
     least `share` of the test images of (2 or more): its photos are copies of one another, or look
@@ -604,12 +660,16 @@ def settle_leaks(split: Split, check: LeakCheck, images_dir: str | Path, earlier
 
 
 __all__ = [
+    "Conflict",
+    "label_conflicts",
+    "write_conflicts",
     "depleted_test_classes",
     "Leak",
     "LeakCheck",
     "LOOKALIKE_FACTOR",
     "check_leaks",
     "lookalike_note",
+    "hashes_lookalike_note",
     "looks_alike",
     "typical_distance",
     "write_leaks",
