@@ -21,6 +21,9 @@ parser = stage_parser(
     writes="DATA_DIR/images/<datasetName>/<class>/* (.jpg, .png, ... as each image decodes; download_manifest.tsv: where each image came from; download_failures.tsv: broken URLs). The demo data set (datasetName = fashionTextureDemo) is generated when its folder is empty: demoImagesPerClass images per class",
 )
 parser.add_argument("--urls", default=None, metavar="FILE", help="TSV of label<TAB>url to download (overrides urlsFile)")
+parser.add_argument("--retry-failed", action="store_true",
+                    help="request again the URLs an earlier run found gone (HTTP 404 or 410); other failures "
+                         "are retried at every run anyway")
 
 
 def _class_names(counts: dict[str, int]) -> set[str]:
@@ -37,7 +40,7 @@ def main() -> int:
     counts = class_counts(out)
     if urls:
         report = download_images(urls, out, workers=p.dl_workers, timeout=p.dl_timeoutSec,
-                                 retries=p.dl_retries, max_bytes=p.dl_maxBytes)
+                                 retries=p.dl_retries, max_bytes=p.dl_maxBytes, retry_gone=args.retry_failed)
         print(report.summary())
         for line in report.notes(out):
             print(line)

@@ -420,11 +420,17 @@ def test_rerun_skips_existing_and_retries_failures(server: Server, tmp_path: Pat
     assert second.per_class == first.per_class == {"cat": 1, "dog": 1}
     assert _files(out) == files_after_first  # same URL -> same file name
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes  # existing files untouched
-    # Existing images were not requested again; the failed URL was.
+    # Existing images were not requested again; nor was the URL the server said is gone (404), which
+    # is still listed as failed, and is requested when asked (a failure that may pass is retried at
+    # every run: test_failures_file_written_then_removed_when_a_rerun_succeeds).
     assert server.hits["/cat.jpg"] == hits_after_first["/cat.jpg"] == 1
     assert server.hits["/dog.png"] == hits_after_first["/dog.png"] == 1
-    assert server.hits["/missing.jpg"] == 2
+    assert server.hits["/missing.jpg"] == 1 and second.gone == 1
     assert second.failures == [(server.url("/missing.jpg"), "HTTP 404")]
+    assert _failures_tsv(out) == [[server.url("/missing.jpg"), "cat", "HTTP 404"]]
+    assert "note: 1 of them not requested again: the server said they are gone (HTTP 404" in "\n".join(second.notes(out))
+    third = download_images(entries, out, workers=2, timeout=5, progress=False, retry_gone=True)
+    assert server.hits["/missing.jpg"] == 2 and (third.failed, third.gone) == (1, 0)
 
 
 def test_failures_file_written_then_removed_when_a_rerun_succeeds(
@@ -740,6 +746,11 @@ def test_stage0_expands_tilde_in_urls_file(server: Server, tmp_path: Path, monke
     assert "note: 1 image(s) fetched for URLs no longer in the list" in proc.stdout, proc.stdout
     assert "  bird                      0 image files  <- none: every URL of this label failed" in proc.stdout, proc.stdout
     assert server.hits["/cat.jpg"] == server.hits["/dog.png"] == 1
+    # A URL the server said is gone is asked for again only when told to.
+    for how, hits in (([], 1), (["--retry-failed"], 2)):
+        proc = run_script("0_downloadData.py", "--set", "datasetName=pets", "--urls", "~/lists/urls.tsv", *how,
+                          data_dir=data_dir)
+        assert server.hits["/no-such.jpg"] == hits and "1 failed" in proc.stdout, proc.stdout
     # A label typed "Dog" beside the folder dog/: two classes; stage 0 says so, before stage 1 would.
     (data_dir / "images" / "pets" / "Dog").mkdir()
     (data_dir / "images" / "pets" / "dog").mkdir(exist_ok=True)

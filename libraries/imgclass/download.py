@@ -129,6 +129,7 @@ class DownloadReport:
     unlisted: list[Path] = field(default_factory=list)
     fixes_moved: int = 0  # label fixes (annotations_fixes.tsv) that followed a moved file to its new path
     repeated: int = 0  # lines of the list that repeat a URL under the same label: fetched once
+    gone: int = 0  # not requested: HTTP 404 or 410 in an earlier run (counted in `failed`; retry_gone asks again)
 
     def summary(self) -> str:
         aside = f", {self.set_aside} set aside as duplicates (in {DUPLICATES_FOLDER}/, not fetched again)" \
@@ -165,6 +166,9 @@ class DownloadReport:
                          f"EXCLUDE in {FIXES_FILE}")
         if self.failed:
             lines.append(f"failed: {failure_kinds(self.failures)}; each URL, its label and the reason: {out / FAILURES_FILE}")
+        if self.gone:
+            lines.append(f"note: {self.gone} of them not requested again: the server said they are gone (HTTP 404 "
+                         f"or 410) in an earlier run (--retry-failed asks again)")
         return lines
 
 
@@ -667,6 +671,7 @@ def download_images(
     retries: int = 1,
     max_bytes: int = 25_000_000,
     progress: bool = True,
+    retry_gone: bool = False,
 ) -> DownloadReport:
     """Download every (label, url) into out_dir/<label>/<sha1(url)[:16]>.<ext>.
 
@@ -677,7 +682,8 @@ def download_images(
     abandoned. URLs whose file already exists are skipped (a file found under another label than
     the URL's is moved to its label's folder, see `DownloadReport.moved`); failures are listed in
     the report and in out_dir/download_failures.tsv (removed when nothing failed) and retried by
-    the next run.
+    the next run, except URLs the server said are gone (HTTP 404 or 410: a list years old holds
+    many, and asking again at every rerun is time lost): those only with `retry_gone`.
     """
     if workers < 1:
         raise ValueError(f"workers = {workers!r}: expected an int >= 1")
@@ -708,6 +714,8 @@ def download_images(
                  if p.suffix in _KNOWN_EXTENSIONS}
     moved_from: set[Path] = set()
     renamed: list[tuple[str, str, str]] = []  # (old path, new path, new label) of files moved to follow the list
+    gone = {} if retry_gone else {url: reason for url, _, reason in _read_failures(out_dir)
+                                  if reason.startswith(("HTTP 404", "HTTP 410"))}
     for i, (label, url) in enumerate(entries):
         try:
             scheme = urllib.parse.urlsplit(url).scheme.lower()
@@ -759,6 +767,9 @@ def download_images(
             manifest[url] = label
         elif url in manifest:
             report.deleted.append(url)  # fetched by an earlier run, deleted by hand since: not again
+        elif _clean(url) in gone:
+            reasons[i] = gone[_clean(url)]
+            report.gone += 1
         else:
             todo.append(i)
     report.fixes_moved = _carry_fixes(out_dir, renamed)
