@@ -35,7 +35,7 @@ from PIL import ImageOps
 
 from imgclass.annotations import EXCLUDE, read_fixes
 from imgclass.data import DUPLICATES_FOLDER, Split, find_split_folders, list_folder_images
-from imgclass.fileio import atomic_open
+from imgclass.fileio import atomic_open, write_tsv
 from imgclass.images import ImageDecodeError, header_size, load_rgb
 from imgclass.progress import progress_bar
 
@@ -512,11 +512,8 @@ def check_leaks(
 
 def write_leaks(path: str | Path, leaks: Sequence[Leak]) -> Path:
     """The pairs as a TSV (train, test, bits, same_class, mirrored), written atomically."""
-    with atomic_open(path, "w", encoding="utf-8") as f:
-        f.write("train\ttest\tbits\tsame_class\tmirrored\n")
-        for leak in leaks:
-            f.write(f"{leak.train}\t{leak.test}\t{leak.distance}\t{leak.same_class}\t{leak.mirrored}\n")
-    return Path(path)
+    return write_tsv(path, ("train", "test", "bits", "same_class", "mirrored"),
+                     ((x.train, x.test, x.distance, x.same_class, x.mirrored) for x in leaks))
 
 
 @dataclass(frozen=True)
@@ -561,11 +558,8 @@ def label_conflicts(split: Split, hashes: Mapping[str, MirroredHash], threshold:
 
 def write_conflicts(path: str | Path, conflicts: Sequence[Conflict]) -> Path:
     """The pairs as a TSV (image_a, class_a, image_b, class_b, side, bits, mirrored), written atomically."""
-    with atomic_open(path, "w", encoding="utf-8") as f:
-        f.write("image_a\tclass_a\timage_b\tclass_b\tside\tbits\tmirrored\n")
-        for c in conflicts:
-            f.write(f"{c.a}\t{c.class_a}\t{c.b}\t{c.class_b}\t{c.side}\t{c.distance}\t{c.mirrored}\n")
-    return Path(path)
+    return write_tsv(path, ("image_a", "class_a", "image_b", "class_b", "side", "bits", "mirrored"),
+                     ((c.a, c.class_a, c.b, c.class_b, c.side, c.distance, c.mirrored) for c in conflicts))
 
 
 def depleted_test_classes(before: Split, after: Split, share: float = 0.5) -> list[tuple[str, int, int]]:

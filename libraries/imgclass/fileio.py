@@ -13,7 +13,7 @@ import os
 import tempfile
 import warnings
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -75,6 +75,16 @@ def write_json(path: str | Path, obj: Any) -> Path:
         data = (json.dumps(obj, indent=2) + "\n").encode("ascii")
     with atomic_open(path, "wb") as f:
         f.write(data)
+    return Path(path)
+
+
+def write_tsv(path: str | Path, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> Path:
+    """A header line of `columns`, then one tab-separated line per row (each field as str()), written
+    atomically as UTF-8."""
+    with atomic_open(path, "w", encoding="utf-8", newline="\n") as f:
+        f.write("\t".join(columns) + "\n")
+        for row in rows:
+            f.write("\t".join(map(str, row)) + "\n")
     return Path(path)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imgclass.fileio import atomic_open
+from imgclass.fileio import write_tsv
 from imgclass.svm import ABSENT_SCORE
 
 TSV_COLUMNS = ("image", "predicted", "label", "margin")
@@ -50,11 +50,7 @@ def find_suspects(val_scores: np.ndarray, labels: np.ndarray, images: Sequence[s
 def write_suspects(path: str | Path, suspects: Sequence[Suspect]) -> Path:
     """A TSV of the suspects (TSV_COLUMNS); its first two fields read as a line of annotations_fixes.tsv
     that relabels the image as predicted."""
-    with atomic_open(path, "w", encoding="utf-8") as f:
-        f.write("\t".join(TSV_COLUMNS) + "\n")
-        for s in suspects:
-            f.write(f"{s.image}\t{s.predicted}\t{s.label}\t{s.margin:.4g}\n")
-    return Path(path)
+    return write_tsv(path, TSV_COLUMNS, ((s.image, s.predicted, s.label, f"{s.margin:.4g}") for s in suspects))
 
 
 def read_suspects(path: str | Path) -> list[Suspect]:
