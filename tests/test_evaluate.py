@@ -226,6 +226,22 @@ def test_roc_enlarges_the_top_left_corner_when_every_auc_is_high() -> None:
     assert len(zoom.lines) == 4  # every curve, enlarged
     hard = np.eye(4)[labels] + rng.normal(0, 0.9, (160, 4))
     assert not roc_figure(hard, labels, list("abcd")).axes[0].child_axes  # curves apart: nothing to enlarge
+    # One class harder (AUC 0.93): the others still crowd the corner, so it is still enlarged.
+    mixed = easy.copy()
+    mixed[:, 3] = np.eye(4)[labels][:, 3] * 3 + rng.normal(0, 1.4, 160)
+    ax = roc_figure(mixed, labels, list("abcd")).axes[0]
+    assert len(ax.child_axes) == 1 and ax.child_axes[0].get_ylim()[0] > 0.8
+    assert [t.get_text() for t in ax.get_legend().get_texts()][3].startswith("d (AUC 0.9")
+
+
+def test_an_auc_that_rounds_to_one_is_not_shown_as_perfect() -> None:
+    from imgclass.evaluate import roc_figure
+
+    labels = np.repeat(np.arange(2), [1000, 3])
+    scores = np.zeros((1003, 2))
+    scores[:, 1] = np.r_[np.linspace(0, 1, 1000), 0.9995, 2, 3]  # one negative above one positive: AUC 0.99967
+    (legend,) = [t.get_text() for t in roc_figure(scores, labels, ["ok", "defect"]).axes[0].get_legend().get_texts()]
+    assert legend == "defect vs ok (AUC > 0.999)"
 
 
 def test_two_classes_get_one_roc_curve_of_the_rarer_class() -> None:

@@ -84,12 +84,19 @@ def compute_metrics(scores: np.ndarray, labels: np.ndarray, classes: Sequence[st
 ROC_LEGEND_MAX = 10  # more classes than this: grey curves, the pooled curve and the weakest classes named
 
 
-ROC_ZOOM_AUC = 0.97  # every class's AUC at least this: the ROC plot adds an enlarged top-left corner
+ROC_ZOOM_AUC = 0.97  # most classes' AUC at least this: the ROC plot adds an enlarged top-left corner ...
+ROC_ZOOM_LOWEST = 0.9  # ... unless a class's is under this: its curve would run under the inset
 
 
-def _enlarge_corner(ax: plt.Axes, drawn: list[tuple[np.ndarray, np.ndarray, dict]], right: float) -> None:
-    """An inset of the ROC plot's top-left corner, false positive rates 0 to `right`."""
-    low = min(float(np.interp(right / 20, fpr, tpr)) for fpr, tpr, _ in drawn)
+def _auc_text(a: float) -> str:
+    """An AUC for a legend: 3 decimals, but never "1.000" for a curve that is not perfect."""
+    return "> 0.999" if 0.9995 <= a < 1.0 else f"{a:.3f}"
+
+
+def _enlarge_corner(ax: plt.Axes, drawn: list[tuple[np.ndarray, np.ndarray, dict]], right: float,
+                    low: float) -> None:
+    """An inset of the ROC plot's top-left corner, false positive rates 0 to `right`, true positive
+    rates from about `low`."""
     zoom = ax.inset_axes([0.3, 0.3, 0.42, 0.42])
     for fpr, tpr, style in drawn:
         zoom.plot(fpr, tpr, **{k: v for k, v in style.items() if k != "label"})
@@ -129,12 +136,12 @@ def roc_figure(scores: np.ndarray, labels: np.ndarray, classes: Sequence[str], t
         onehot = labels[:, None] == np.arange(len(classes))[None, :]
         fpr, tpr, _ = roc_curve(onehot.ravel(), scores.ravel())
         drawn.append((fpr, tpr, {"color": "black", "lw": 2.5,
-                                 "label": f"all {len(curves)} classes pooled (AUC {auc(fpr, tpr):.3f})"}))
+                                 "label": f"all {len(curves)} classes pooled (AUC {_auc_text(auc(fpr, tpr))})"}))
         for i, (c, fpr, tpr, a) in enumerate(sorted(curves, key=lambda t: t[3])[:5]):
-            drawn.append((fpr, tpr, {"lw": 1.8, "color": f"C{i}", "label": f"lowest: {c} (AUC {a:.3f})"}))
+            drawn.append((fpr, tpr, {"lw": 1.8, "color": f"C{i}", "label": f"lowest: {c} (AUC {_auc_text(a)})"}))
     else:
         for i, (c, fpr, tpr, a) in enumerate(curves):
-            drawn.append((fpr, tpr, {"lw": 2, "color": f"C{i % 10}", "label": f"{c} (AUC {a:.3f})"}))
+            drawn.append((fpr, tpr, {"lw": 2, "color": f"C{i % 10}", "label": f"{c} (AUC {_auc_text(a)})"}))
     for fpr, tpr, style in drawn:
         ax.plot(fpr, tpr, **style)
     ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--")
@@ -147,14 +154,16 @@ def roc_figure(scores: np.ndarray, labels: np.ndarray, classes: Sequence[str], t
     if missing and len(present) > 1:  # under the axis title: inside the plot it would cover a curve or the legend
         names = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
         xlabel += f"\n(no curve for {names}: no image of it scored)"
-    lowest = min((a for *_, a in curves), default=0.0)
-    if ROC_ZOOM_AUC <= lowest < 1.0:  # (perfect curves have no corner to show)
-        # Every curve hugs the top-left corner, where at full scale they are one line: show it enlarged.
-        # Wide enough that every curve has reached its top, from about where they leave the left edge.
-        reach = max(float(fpr[np.argmax(tpr >= tpr.max() - 1e-12)]) for fpr, tpr, _ in drawn)
+    crowded = [(fpr, tpr) for _, fpr, tpr, a in curves if a >= ROC_ZOOM_AUC]
+    aucs = [a for *_, a in curves]
+    if curves and 2 * len(crowded) >= len(curves) and min(aucs) >= ROC_ZOOM_LOWEST and min(aucs) < 1.0:
+        # Most curves hug the top-left corner, where at full scale they are one line (ten classes of
+        # 0.97-1.00 among them): show it enlarged (perfect curves alone have no corner to show). Wide
+        # enough that each of those has reached its top, from about where they leave the left edge.
+        reach = max(float(fpr[np.argmax(tpr >= tpr.max() - 1e-12)]) for fpr, tpr in crowded)
         right = float(np.clip(1.5 * reach, 0.01, 0.2))
         if fpr_step <= right / 5:  # else the full plot shows the steps as well as an enlargement would
-            _enlarge_corner(ax, drawn, right)
+            _enlarge_corner(ax, drawn, right, min(float(np.interp(right / 20, fpr, tpr)) for fpr, tpr in crowded))
     ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel=xlabel, ylabel="True positive rate",
            title=title or default_title)
     if curves:
