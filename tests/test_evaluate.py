@@ -41,6 +41,9 @@ def test_the_most_frequent_mistakes_come_first_and_are_limited() -> None:
     m = {"classes": ["w", "x", "y", "z"], "confusion_matrix": cm}
     assert top_confusions(m, n=3) == [("z", "y", 4), ("w", "y", 3), ("x", "w", 2)]
     assert len(top_confusions(m, n=10)) == 5  # only the non-zero off-diagonal cells
+    # Printed, the rest are counted, so that 5 lines do not pass for every mistake.
+    assert format_confusions(m, n=3).splitlines()[-1] == ("  ... and 2 more pair(s), 2 image(s): the confusion matrix "
+                                                          "has them all")
 
 
 def test_auc_is_none_for_a_class_with_no_images_and_shapes_are_checked() -> None:
@@ -134,6 +137,28 @@ def test_predictions_read_back_names_that_start_with_a_quote(tmp_path: Path) -> 
     assert back.classes == classes and [r.image for r in back.rows] == paths
     assert [(r.true, r.predicted) for r in back.rows] == [('"best"', '"best"'), ('"odd', '"odd'), ('"best"', '"odd')]
     assert back.rows[1].scores == {'"best"': 0.2, '"odd': 0.8}
+
+
+def test_a_grid_of_test_images_keeps_each_rows_titles_off_the_images_above(tmp_path: Path) -> None:
+    """Four lines of title (true -> predicted, top 3) over square images: one tight_layout pass left
+    them over the foot of the images of the row above (12 px on the digits)."""
+    from PIL import Image
+
+    from imgclass.results import Predictions
+
+    classes = [f"digit_{w}_handwritten" for w in ("zero", "one", "two", "three")]
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+        paths.append(f"{i}.png")
+    tsv = write_predictions(tmp_path / "p.tsv", paths, np.arange(12) % 4, rng.normal(size=(12, 4)), classes)
+    fig = Predictions.load(tsv).show(tmp_path, count=12, columns=4)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    axes = fig.axes
+    for above, below in zip(axes[:8], axes[4:]):
+        assert below.title.get_window_extent(renderer).y1 <= above.images[0].get_window_extent(renderer).y0 + 0.5
 
 
 def test_tables_line_up_with_wide_and_decomposed_class_names() -> None:

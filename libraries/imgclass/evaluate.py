@@ -286,13 +286,17 @@ def top_confusions(metrics: dict[str, Any], n: int = 5) -> list[tuple[str, str, 
 def format_confusions(metrics: dict[str, Any], n: int = 5) -> str:
     """The most frequent mistakes, one a line, as stage 5 prints them ("" when there are none): on one
     line, a few long class names made it hundreds of characters wide."""
-    pairs = top_confusions(metrics, n)
+    every = top_confusions(metrics, n=len(metrics["classes"]) ** 2)
+    pairs = every[:n]
     if not pairs:
         return ""
     shown, _ = name_column(metrics["classes"])  # shortened as in the table above
     width = max(display_width(shown[t]) for t, _, _ in pairs)
+    more = every[n:]
     return "\n".join(["most frequent mistakes (true -> predicted: images):",
-                      *(f"  {ljust(shown[t], width)} -> {shown[p]}: {c}" for t, p, c in pairs)])
+                      *(f"  {ljust(shown[t], width)} -> {shown[p]}: {c}" for t, p, c in pairs),
+                      *([f"  ... and {len(more)} more pair(s), {sum(c for *_, c in more)} image(s): the confusion "
+                         "matrix has them all"] if more else [])])
 
 
 def write_predictions(path: str | Path, paths: Sequence[str], labels: np.ndarray | None, scores: np.ndarray,
@@ -409,7 +413,7 @@ def write_browser(
                    for k, (h, m) in enumerate(sections))
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:1em}} .grid{{display:flex;flex-wrap:wrap;gap:8px}}
-.card{{width:180px;border:3px solid #4a4;padding:4px;font-size:12px}} .card.err{{border-color:#d33}}
+.card{{width:180px;border:3px solid #4a4;padding:4px;font-size:12px;overflow-wrap:anywhere}} .card.err{{border-color:#d33}}
 .card.new{{border-color:#888}} nav{{line-height:1.6}} h3{{margin:1.2em 0 .4em}}
 .card img{{width:100%;height:160px;object-fit:contain;background:#eee}} ol{{margin:2px 0;padding-left:18px}}
 small{{color:#666;word-break:break-all}}</style></head><body>

@@ -90,7 +90,9 @@ class Predictions:
 
         page = self.rows[start:start + count]
         rows = max(1, -(-len(page) // columns))
-        fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.6 * rows), squeeze=False)
+        # Constrained: one tight_layout pass left each row's titles over the foot of the images above.
+        fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.6 * rows), squeeze=False,
+                                 layout="constrained")
         for ax in axes.flat:
             ax.axis("off")
         for ax, r in zip(axes.flat, page):
@@ -103,5 +105,4 @@ class Predictions:
             tops = "\n".join(f"{c}: {s:.3f}" for c, s in r.top(k))
             ax.set_title(f"{r.true} -> {r.predicted}\n{tops}", fontsize=8, color="black" if r.correct else "red")
         fit_fonts(fig)  # class and file names in any script
-        fig.tight_layout()
         return fig

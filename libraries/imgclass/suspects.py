@@ -75,9 +75,21 @@ def plot_suspects(suspects: Sequence[Suspect], images_dir: str | Path, path: str
     """A contact sheet of the first `shown` suspects: file name, label, predicted class and margin."""
     from imgclass.images import contact_sheet
 
-    contact_sheet([(Path(images_dir) / s.image, f"{n}. {Path(s.image).name[:24]}\nfiled {s.label[:20]}\n"
-                    f"looks {s.predicted[:20]} (+{s.margin:.2f})") for n, s in enumerate(suspects[:shown], 1)], path)
+    contact_sheet([(Path(images_dir) / s.image, caption) for s, caption in zip(suspects, sheet_captions(suspects[:shown]))],
+                  path)
     return Path(path)
 
 
-__all__ = ["SHOWN", "TSV_COLUMNS", "Suspect", "find_suspects", "plot_suspects", "read_suspects", "write_suspects"]
+def sheet_captions(suspects: Sequence[Suspect]) -> list[str]:
+    """The contact sheet's caption of each suspect: number, file name, class filed under and looked
+    like, margin; long names cut short with a "…" in the middle and kept apart (classes that share a
+    long beginning, cut at 20 characters, all read the same)."""
+    from imgclass.terminal import name_column, shorten
+
+    names, _ = name_column(sorted({c for s in suspects for c in (s.label, s.predicted)}), at_most=20)
+    return [f"{n}. {shorten(Path(s.image).name, 24)}\nfiled {names[s.label]}\nlooks {names[s.predicted]} "
+            f"(+{s.margin:.2f})" for n, s in enumerate(suspects, 1)]
+
+
+__all__ = ["SHOWN", "TSV_COLUMNS", "Suspect", "find_suspects", "plot_suspects", "read_suspects", "sheet_captions",
+           "write_suspects"]
