@@ -14,7 +14,7 @@ from pathlib import Path
 from imgclass.annotations import FIXES_FILE, read_fixes
 from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.data import (
-    DatasetError, Split, balance_notes, check_disjoint, dedicated_file_hint, earlier_sides, exact_duplicates_across,
+    DatasetError, Split, balance_notes, check_disjoint, confirmed_labels, dedicated_file_hint, earlier_sides, exact_duplicates_across,
     fix_notes, load_split, make_split, save_split, skipped_folders, skipped_note, small_images_note, split_change_note,
     subdir_notes, unread_images_note, unused_rule_notes,
 )
@@ -50,7 +50,8 @@ def earlier_split(path: Path) -> Split | None:
 
 def report_conflicts(p: Params, split: Split, check: LeakCheck) -> None:
     """Name the near-duplicate pairs on one side of the split filed under different classes."""
-    conflicts = label_conflicts(split, check.hashes, p.dedup_threshold, settled=read_fixes(p.images_dir))
+    conflicts = label_conflicts(split, check.hashes, p.dedup_threshold,
+                                settled=confirmed_labels(split, read_fixes(p.images_dir)))
     listed = write_conflicts(p.proc_dir / "label_conflicts.tsv", conflicts)
     if not conflicts:
         return

@@ -56,8 +56,7 @@ def main() -> int:
         # run would bury the ones still to look at.
         try:
             settled = read_fixes(p.images_dir)
-        except AnnotationError as e:  # edited since stage 1, which read it: the SVM is right, say so, go on
-            print(f"note: {e} (stage 1 will refuse it; every disputed image is listed meanwhile)")
+        except AnnotationError:  # broken since stage 1 read it: every suspect listed (the note below says why)
             settled = {}
         report_suspects(p, [s for s in found if s.image not in settled], sum(s.image in settled for s in found))
     else:  # an earlier run's list would pass for this one's (and showImages.ipynb pages through it)

@@ -54,6 +54,10 @@ def test_bad_fixes_are_clear_errors(color_dataset: Path) -> None:
     (color_dataset / FIXES_FILE).write_text("# comment\nred/red_0.jpg blue\n")
     with pytest.raises(AnnotationError, match=r"line 2: expected 'path<TAB>new_class'"):
         read_fixes(color_dataset)
+    # Saved as "ANSI" (Latin-1): named with its line, not a bare codec error.
+    (color_dataset / FIXES_FILE).write_bytes("red/red_0.jpg\tblue\nred/caf\u00e9.jpg\tEXCLUDE\n".encode("latin-1"))
+    with pytest.raises(AnnotationError, match=r"annotations_fixes.tsv, line 2: not UTF-8 text \(byte 0xe9\); save"):
+        read_fixes(color_dataset)
 
 
 def test_stage1_honours_the_fixes_file(color_dataset: Path) -> None:
@@ -143,6 +147,19 @@ def test_widget_pager_records_the_chosen_label(color_dataset: Path) -> None:
     assert read_fixes(color_dataset)["red/red_3.jpg"] == "red" and "red/red_3.jpg: red checked" in status.value
     checked.value = False
     assert "red/red_1.jpg" not in read_fixes(color_dataset) and menu.value == "red"
+    # Back to its folder's class from the menu: no line, and the status says so rather than "recorded".
+    menu.value = "green"
+    menu.value = "red"
+    assert "red/red_1.jpg" not in read_fixes(color_dataset) and checked.value is False
+    assert "its folder&#x27;s class: no line in annotations_fixes.tsv" in status.value  # (HTML-escaped)
+    # Left out by a call in another cell since the page was drawn: ticking says why it cannot be
+    # confirmed (an observer's exception would only reach the log), and the menu and box show the file.
+    box3_image, _, menu3, box3 = grid.children[0].children
+    b.exclude("red/red_0.jpg")
+    box3.value = True
+    assert "is left out (EXCLUDE): there is no label to confirm" in status.value
+    assert menu3.value == EXCLUDE and box3.value is True and read_fixes(color_dataset)["red/red_0.jpg"] == EXCLUDE
+    assert b.summary() == {EXCLUDE: ["red/red_0.jpg", "red/red_2.jpg"], "CONFIRMED": ["red/red_3.jpg"]}
     page_box.value = 1
     assert [c.children[1].value for c in grid.children] == ["red_4.jpg", "red_5.jpg"]
     cls_box.value = "green"

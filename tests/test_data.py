@@ -588,7 +588,12 @@ def test_later_stages_name_images_added_and_fixes_edited_since_stage1(color_data
     os.utime(split_path, (1_000_000, 1_000_000))  # stage 1 ran long before both
     notes = since_split_notes(split, color_dataset, split_path)
     assert len(notes) == 2 and notes[0].startswith("1 image file(s) in ") and "green/new_1.jpg" in notes[0]
-    assert notes[1].startswith("annotations_fixes.tsv was edited after stage 1 wrote split.json")
+    assert notes[1].startswith("annotations_fixes.tsv changed after stage 1 wrote split.json: 1 fix(es) not applied "
+                               "yet (red/red_1.jpg)")
+    # A label confirmed as filed changes nothing in the split: no rerun is asked for.
+    (color_dataset / "annotations_fixes.tsv").write_text("red/red_1.jpg\tred\n")
+    assert len(since_split_notes(split, color_dataset, split_path)) == 1
+    (color_dataset / "annotations_fixes.tsv").write_text("red/red_1.jpg\tEXCLUDE\n")
     (color_dataset / "red" / "red_0.jpg").unlink()  # stage 5 scores its features still: said
     notes = since_split_notes(split, color_dataset, split_path)
     assert len(notes) == 3 and notes[1] == (f"1 image(s) that split.json lists are gone from {color_dataset} (moved or "

@@ -496,7 +496,16 @@ def test_stage1_names_a_photo_filed_under_two_classes_on_one_side(originals: Pat
     tsv = tmp_path / "proc" / "twice" / "label_conflicts.tsv"
     rows = [line.split("\t") for line in tsv.read_text(encoding="utf-8").splitlines()]
     assert rows[0] == ["image_a", "class_a", "image_b", "class_b", "side", "bits", "mirrored"] and len(rows) == 3
+    # One label confirmed is not both: the pair is still listed. Nor do two moves that give the copies
+    # two classes settle anything: they make a conflict.
+    (root / "annotations_fixes.tsv").write_text("dotted/mirrored_leopard.jpg\tdotted\n"
+                                                "dotted/dotted_0003.jpg\tleopard\nleopard/leopard_0002.jpg\tstriped\n")
+    shutil.copy(root / "leopard/leopard_0002.jpg", root / "dotted/dotted_0003.jpg")
+    out = run_script("1_prepareData.py", "--set", "datasetName=twice", data_dir=tmp_path).stdout
+    assert "label conflicts: 3 near-duplicate pair(s)" in out
+    assert "  dotted/dotted_0003.jpg (leopard) ~ leopard/leopard_0002.jpg (striped), both train, 0 bits" in out
     # The user decides: the striped copy is wrong (EXCLUDE), the mirrored leopard is both (confirmed twice).
+    (root / "dotted/dotted_0003.jpg").unlink()
     (root / "annotations_fixes.tsv").write_text(
         "striped/also_here.jpg\tEXCLUDE\ndotted/mirrored_leopard.jpg\tdotted\nleopard/leopard_0003.jpg\tleopard\n")
     out = run_script("1_prepareData.py", "--set", "datasetName=twice", data_dir=tmp_path).stdout

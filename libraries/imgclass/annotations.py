@@ -25,6 +25,7 @@ from imgclass.images import ImageDecodeError, load_rgb
 
 FIXES_FILE = "annotations_fixes.tsv"
 EXCLUDE = "EXCLUDE"
+CONFIRMED = "CONFIRMED"  # AnnotationBrowser.summary's key for labels confirmed as filed (not a word of the file)
 _HEADER = ("# Annotation fixes, applied by scripts/1_prepareData.py (the image files are never moved).\n"
            "# path (relative to this folder)<TAB>new class, or EXCLUDE to leave the image out, or its own\n"
            "# class: label checked and right (stage 4's label check stops listing the image)\n")
@@ -49,23 +50,28 @@ def read_fixes(images_dir: str | Path, repeated: list[str] | None = None) -> dic
     fixes: dict[str, str] = {}
     lines: dict[str, int] = {}
     # utf-8-sig: a file edited in Notepad or Excel starts with a byte-order mark.
-    with open(path, encoding="utf-8-sig") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip() or line.startswith("#"):
-                continue
-            parts = line.rstrip("\n").split("\t")
-            # A header line, as a spreadsheet saves one (or label_suspects.tsv's, its first two fields
-            # copied as stage 4 advises): not an image named "path".
-            if not fixes and [p.strip().lower().replace(" ", "_") for p in parts] in (
-                    ["path", "new_class"], ["path", "class"], ["image", "predicted"]):
-                continue
-            if len(parts) != 2 or not parts[0].strip() or not parts[1].strip():
-                raise AnnotationError(f"{path}, line {n}: expected 'path<TAB>new_class' or 'path<TAB>{EXCLUDE}', got {line.strip()!r}")
-            image, target = _norm(parts[0]), parts[1].strip()
-            if repeated is not None and image in fixes and fixes[image] != target:
-                repeated.append(f"{image} is fixed on lines {lines[image]} ({fixes[image]}) and {n} ({target}): "
-                                "the later line counts; delete the other")
-            fixes[image], lines[image] = target, n
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:  # saved as "ANSI" (Latin-1, cp1252): an accented name is not UTF-8
+        line = path.read_bytes()[:e.start].count(b"\n") + 1
+        raise AnnotationError(f"{path}, line {line}: not UTF-8 text (byte {e.object[e.start]:#x}); save the file as "
+                              "UTF-8") from None
+    for n, line in enumerate(text.split("\n"), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        parts = line.rstrip("\n").split("\t")
+        # A header line, as a spreadsheet saves one (or label_suspects.tsv's, its first two fields
+        # copied as stage 4 advises): not an image named "path".
+        if not fixes and [p.strip().lower().replace(" ", "_") for p in parts] in (
+                ["path", "new_class"], ["path", "class"], ["image", "predicted"]):
+            continue
+        if len(parts) != 2 or not parts[0].strip() or not parts[1].strip():
+            raise AnnotationError(f"{path}, line {n}: expected 'path<TAB>new_class' or 'path<TAB>{EXCLUDE}', got {line.strip()!r}")
+        image, target = _norm(parts[0]), parts[1].strip()
+        if repeated is not None and image in fixes and fixes[image] != target:
+            repeated.append(f"{image} is fixed on lines {lines[image]} ({fixes[image]}) and {n} ({target}): "
+                            "the later line counts; delete the other")
+        fixes[image], lines[image] = target, n
     return fixes
 
 
@@ -261,7 +267,8 @@ class AnnotationBrowser:
 
         paths = self.page(cls, page)
         rows = max(1, -(-len(paths) // columns))
-        fig, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.4 * rows), squeeze=False)
+        fig, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.4 * rows), squeeze=False,
+                                 layout="constrained")
         fixes = self.fixes
         for ax in axes.flat:
             ax.axis("off")
@@ -275,7 +282,6 @@ class AnnotationBrowser:
                          color="red" if label != folder else "black")
         fig.suptitle(f"{cls}: page {page + 1} of {self.n_pages(cls)}")
         fit_fonts(fig)  # class and file names in any script
-        fig.tight_layout()
         return fig
 
     def widget(self, cls: str | None = None) -> Any:
@@ -302,22 +308,30 @@ class AnnotationBrowser:
             if syncing:
                 return
             target = change["new"]
-            self.move(image, target) if target != EXCLUDE else self.exclude(image)
-            # An HTML widget: a file named "<img src=x onerror=...>.jpg" must show as text, not run.
-            status.value = html.escape(f"{image}: {target} (recorded in {FIXES_FILE})")
+            try:
+                self.move(image, target) if target != EXCLUDE else self.exclude(image)
+                # An HTML widget: a file named "<img src=x onerror=...>.jpg" must show as text, not run.
+                status.value = html.escape(f"{image}: {target} (" + (
+                    f"recorded in {FIXES_FILE})" if self.is_checked(image) else
+                    f"its folder's class: no line in {FIXES_FILE}; tick 'checked' to confirm it)"))
+            except AnnotationError as e:  # (an observer's exception would go to the log, not the cell)
+                status.value = html.escape(str(e))
             sync(image, menu, checked)  # a move settles the label; back to the folder's class does not
 
         def on_checked(change: dict, image: str, menu: Any, checked: Any) -> None:
             if syncing:
                 return
-            if change["new"]:  # (a box is ticked already where a line moves or leaves out the image)
-                self.confirm(image)
-                status.value = html.escape(f"{image}: {self.label_of(image)} checked (recorded in {FIXES_FILE})")
-            else:
-                self.reset(image)
-                status.value = html.escape(f"{image}: back to its folder's class {self.label_of(image)}, "
-                                           f"unchecked (its line removed from {FIXES_FILE})")
-            sync(image, menu, checked)
+            try:
+                if change["new"]:
+                    self.confirm(image)
+                    status.value = html.escape(f"{image}: {self.label_of(image)} checked (recorded in {FIXES_FILE})")
+                else:
+                    self.reset(image)
+                    status.value = html.escape(f"{image}: back to its folder's class {self.label_of(image)}, "
+                                               f"unchecked (its line removed from {FIXES_FILE})")
+            except AnnotationError as e:  # e.g. left out by a call in another cell since the page was drawn
+                status.value = html.escape(str(e))
+            sync(image, menu, checked)  # the file is the truth: the menu and box show it
 
         def render(*_: Any) -> None:
             page_box.max = self.n_pages(cls_box.value) - 1
@@ -345,8 +359,10 @@ class AnnotationBrowser:
         return w.VBox([w.HBox([cls_box, page_box]), grid, status])
 
     def summary(self) -> dict[str, Sequence[str]]:
-        """The recorded fixes grouped by their target (a class or EXCLUDE)."""
+        """The recorded fixes grouped by their target (a class or EXCLUDE; CONFIRMED: labels confirmed
+        as filed, which move nothing)."""
         out: dict[str, list[str]] = {}
         for image, target in sorted(self.fixes.items()):
-            out.setdefault(target, []).append(image)
+            known = any(image in paths for paths in self.images.values())
+            out.setdefault(CONFIRMED if known and target == self._folder_class(image) else target, []).append(image)
         return out

@@ -25,11 +25,11 @@ import os
 import random
 import unicodedata
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imgclass.annotations import EXCLUDE, FIXES_FILE, apply_fixes, read_fixes, unmatched_fixes
+from imgclass.annotations import EXCLUDE, FIXES_FILE, AnnotationError, apply_fixes, read_fixes, unmatched_fixes
 from imgclass.fileio import DamagedFileError, read_json, write_json
 from imgclass.images import IMAGE_EXTENSIONS, check_images, is_image_name
 from imgclass.progress import progress_bar
@@ -782,6 +782,20 @@ def alike_class_notes(classes: Sequence[str]) -> list[str]:
     return notes
 
 
+def folder_class(path: str, classes: Sequence[str]) -> str:
+    """The class folder an image of a split lies in: the first component of its path, or the second
+    in a data set split in advance (train/dotted/x.jpg)."""
+    parts = path.split("/")
+    return parts[0] if parts[0] in classes or len(parts) < 3 else parts[1]
+
+
+def confirmed_labels(split: Split, fixes: Mapping[str, str]) -> set[str]:
+    """The images of `split` whose line in the fixes file gives them their own folder's class: a
+    person checked the label and found it right."""
+    return {p for p, y in split.train + split.test
+            if fixes.get(p) == split.classes[y] == folder_class(p, split.classes)}
+
+
 def fix_notes(split: Split, images_dir: str | Path) -> list[str]:
     """What the data set's annotations_fixes.tsv did (images relabelled, left out), and notes on its
     lines that disagree with one another or name no image of `split` (apply_fixes passes over those:
@@ -794,13 +808,11 @@ def fix_notes(split: Split, images_dir: str | Path) -> list[str]:
     notes = [f"{FIXES_FILE}: {note}" for note in repeated]
     # Say what the fixes did, so the user sees an edit of the file take effect (or not).
     moves: dict[tuple[str, str], int] = {}
-    confirmed = 0
     for path, label in split.train + split.test:
-        parts, now = path.split("/"), split.classes[label]
-        was = parts[0] if parts[0] in split.classes or len(parts) < 3 else parts[1]  # train/<class>/... in advance
+        was, now = folder_class(path, split.classes), split.classes[label]
         if fixes.get(path) == now and was != now:
             moves[(was, now)] = moves.get((was, now), 0) + 1
-        confirmed += fixes.get(path) == now == was
+    confirmed = len(confirmed_labels(split, fixes))
     left_out = sum(why == f"marked {EXCLUDE} in {FIXES_FILE}" for _, why in split.excluded)
     if moves or left_out or confirmed:
         how = ", ".join(f"{a} -> {b} {n}" for (a, b), n in sorted(moves.items(), key=lambda m: (-m[1], m[0])))
@@ -836,10 +848,19 @@ def since_split_notes(split: Split, images_dir: str | Path, split_path: str | Pa
         notes.append(f"{len(gone)} image(s) that {split_path.name} lists are gone from {shown(str(images_dir))} (moved "
                      f"or deleted since stage 1: {first_few([repr(g) for g in gone])}): the results still count them; "
                      "rerun scripts/1_prepareData.py, then the stages after it")
-    fixes = images_dir / FIXES_FILE
-    if fixes.is_file() and fixes.stat().st_mtime > split_path.stat().st_mtime:
-        notes.append(f"{FIXES_FILE} was edited after stage 1 wrote {split_path.name}: its fixes apply once "
-                     "scripts/1_prepareData.py runs again, then the stages after it")
+    # Fixes the split does not reflect yet (a confirmed label changes nothing there, so it is never one).
+    try:
+        fixes = read_fixes(images_dir)
+    except AnnotationError as e:
+        return notes + [f"{e} (scripts/1_prepareData.py will refuse it: correct it first)"]
+    labels = {p: split.classes[y] for p, y in split.train + split.test}
+    left_out = {p for p, why in split.excluded if why == f"marked {EXCLUDE} in {FIXES_FILE}"}
+    pending = sorted({p for p, fix in fixes.items() if p in labels and labels[p] != fix}
+                     | {p for p in left_out if fixes.get(p) != EXCLUDE})
+    if pending:
+        notes.append(f"{FIXES_FILE} changed after stage 1 wrote {split_path.name}: {len(pending)} fix(es) not applied "
+                     f"yet ({first_few(pending)}): they apply once scripts/1_prepareData.py runs again, then the "
+                     "stages after it")
     return notes
 
 

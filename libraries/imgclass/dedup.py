@@ -534,8 +534,9 @@ def label_conflicts(split: Split, hashes: Mapping[str, MirroredHash], threshold:
     """Near-duplicate pairs on one side of the split whose classes differ, closest first: the same
     photo with two labels (a scraped photo that two queries returned; a slip when sorting), so one of
     the two is most likely wrong, and the model is taught both. (Pairs across the split are
-    check_leaks'.) `hashes`: LeakCheck.hashes, so nothing is decoded again; a pair whose two images
-    both have a line in annotations_fixes.tsv (`settled`) was decided by a person and is left out."""
+    check_leaks'.) `hashes`: LeakCheck.hashes, so nothing is decoded again; a pair whose two labels
+    a person confirmed in annotations_fixes.tsv (both images in `settled`: data.confirmed_labels)
+    is left out."""
     out = []
     for side, items in (("train", split.train), ("test", split.test)):
         items = [(p, y) for p, y in items if p in hashes]
