@@ -85,9 +85,11 @@ def test_deploy_runs_or_says_what_is_missing(tracked_demo: Path, monkeypatch: py
     # The data set was trained with --set overrides (TRACKED_SMALL): stage 6 refuses a model made with
     # other settings than the parameters say, so the notebook gets them as a user would, in a file.
     params = tracked_demo.parent / "tracked_small_params.py"
-    params.write_text("demoImagesPerClass = 8\nrf_inputResolution = 64\nrun_mbSize = 8\nsvm_cvFolds = 3\n")
+    params.write_text("demoImagesPerClass = 8\nrun_mbSize = 8\nsvm_cvFolds = 3\n")
     monkeypatch.setenv("IMGCLASS_PARAMS", str(params))
-    nb = run_notebook("deploy.ipynb", tracked_demo, monkeypatch, startup_timeout=180)
+    # The resolution as the parameters cell's `settings`: the service the notebook starts gets it too
+    # (without it, stage 6 refuses the model, made at 64 px, for the 320 px PARAMETERS.py asks for).
+    nb = run_notebook("deploy.ipynb", tracked_demo, monkeypatch, startup_timeout=180, settings={"rf_inputResolution": 64})
     text = _texts(nb)
     if not (ROOT / "scripts" / "6_deploy.py").is_file():
         assert "Not available in this checkout: scripts/6_deploy.py" in text and "stops here" in text
