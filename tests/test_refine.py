@@ -13,7 +13,7 @@ import torch
 from conftest import COLOR_CLASSES, color_images, same_weights
 from imgclass.augment import Augmenter
 from imgclass import refine
-from imgclass.modelfile import ImageClassifier
+from imgclass.modelfile import ImageClassifier, build_model
 from imgclass.refine import (
     RefineConfig,
     Refiner,
@@ -658,6 +658,16 @@ def test_a_diverged_refinement_warns_and_a_sound_one_does_not(color_dataset: Pat
     wild = dict(lr_per_mb=(0.3,), head_lr_factor=10.0)  # steps far too large
     broken = _fit(color_dataset, max_epochs=2, **wild)
     assert broken.collapse_note_.startswith("refining made the features worse"), (broken.initial_fit_error_, broken.saved_as_)
+    # What is saved is not the broken network but the pretrained one, with a last layer fitted on its
+    # features: as good on the training images as that first fit, where the broken one erred widely.
+    assert broken.saved_as_.startswith("the PRETRAINED network") and "Saved instead of the refined" in broken.collapse_note_
+    pretrained = build_model(broken.spec, pretrained=True)
+    for (name, kept), (_, original) in zip(broken.model_.backbone.state_dict().items(),
+                                           pretrained.backbone.state_dict().items()):
+        assert torch.equal(kept, original), name
+    paths, labels = color_images(color_dataset)
+    pixels = decode_images(paths, RES, broken.config.resize_mode, workers=0, progress=False)
+    assert broken.error_rate(broken.model_, pixels, torch.tensor(labels)) <= broken.initial_fit_error_ + 0.05
     # Interrupted after one epoch and resumed: the first fit's error comes from the checkpoint.
     ckpt = tmp_path / "ckpt.pt"
     _fit(color_dataset, checkpoint=ckpt, max_epochs=1, **wild)
