@@ -14,9 +14,9 @@ from pathlib import Path
 from imgclass.annotations import FIXES_FILE, read_fixes
 from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.data import (
-    DatasetError, Split, balance_notes, check_disjoint, confirmed_labels, dedicated_file_hint, earlier_sides, exact_duplicates_across,
-    fix_notes, load_split, make_split, save_split, skipped_folders, skipped_note, small_images_note, split_change_note,
-    subdir_notes, unread_images_note, unused_rule_notes,
+    DatasetError, Split, balance_notes, check_disjoint, confirmed_labels, dedicated_file_hint, earlier_sides,
+    exact_duplicates_across, fix_notes, load_split, make_split, save_split, skipped_folders, skipped_note,
+    small_images_note, split_change_note, subdir_notes, unread_images_note, unused_rule_notes,
 )
 from imgclass.dedup import (
     LeakCheck, check_leaks, depleted_test_classes, hashes_lookalike_note, label_conflicts, settle_leaks,
