@@ -4,6 +4,8 @@ By default the last 5 runs of the data set's experiment (newest first); --runs p
 an unambiguous id prefix, as printed by the stages and by this table).
 """
 
+import shutil
+
 from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.tracking import (TrackingError, comparison_notes, find_runs, format_comparison, resolve_experiment,
                                resolve_uri, ui_command)
@@ -24,7 +26,9 @@ def main() -> int:
     runs = find_runs(p, last=args.last, run_ids=args.runs)
     uri = resolve_uri(p)
     print(f"{len(runs)} run(s) of experiment {resolve_experiment(p)!r} in {uri}")
-    print(format_comparison(runs, all_params=args.all_params, wide=args.wide))
+    # Five runs side by side take ~120 columns: in a narrower terminal they come in blocks.
+    width = None if args.wide else shutil.get_terminal_size().columns
+    print(format_comparison(runs, all_params=args.all_params, wide=args.wide, width=width))
     for note in comparison_notes(runs):
         print(f"note: {note}")
     print(f"plots and per-epoch curves: {ui_command(uri)}")

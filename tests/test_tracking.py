@@ -527,6 +527,22 @@ def test_comparison_shortens_long_values_but_judges_them_whole() -> None:
     assert a in wide and b in wide
 
 
+def test_five_runs_wider_than_the_terminal_come_in_blocks() -> None:
+    """Five runs side by side took ~120 columns: in an 80-column terminal every line wrapped."""
+    runs = [tracking.RunSummary(f"{k:x}" * 32, "svm", 1_700_000_000_000 + k, {"svm_cvFolds": str(k + 2)},
+                                {"overall_accuracy": 0.9 + k / 100}, {"classifier": "svm"}) for k in range(5)]
+    whole = tracking.format_comparison(runs).splitlines()
+    assert max(len(line) for line in whole) > 80 and not any(line.startswith("runs ") for line in whole)
+    lines = tracking.format_comparison(runs, width=80).splitlines()
+    assert max(len(line) for line in lines) <= 80
+    heads = [line for line in lines if line.startswith("runs ")]
+    assert len(heads) >= 2 and heads[0].startswith("runs 1-") and heads[-1].endswith("-5 of 5:")
+    ids = [cell for line in lines if line.startswith("run id") for cell in line.split()[2:]]
+    assert ids == [f"{k:x}" * 8 for k in range(5)]  # every run once, in order
+    accs = [cell for line in lines if line.startswith("overall accuracy") for cell in line.split()[2:]]
+    assert accs == ["90.00%", "91.00%", "92.00%", "93.00%", "94.00%"]
+
+
 def test_runs_tested_on_different_test_sets_are_pointed_out(tmp_path: Path) -> None:
     """Labels fixed in test images (annotations_fixes.tsv) changed the figures under the same
     parameters; the comparison says so, where a row of hashes alone went unread."""

@@ -558,9 +558,11 @@ def comparison_notes(runs: Sequence[RunSummary]) -> list[str]:
             "their test figures do not compare like for like (the 'test set (hash)' row)"]
 
 
-def format_comparison(runs: Sequence[RunSummary], all_params: bool = False, wide: bool = False) -> str:
+def format_comparison(runs: Sequence[RunSummary], all_params: bool = False, wide: bool = False,
+                      width: int | None = None) -> str:
     """Runs side by side: the parameters that differ, then overall / class-averaged / per-class figures.
-    Values longer than CELL_MAX are shortened unless `wide`."""
+    Values longer than CELL_MAX are shortened unless `wide`. Where the table is wider than `width`
+    columns (a terminal's), the runs come in blocks one under the other, each with the row names."""
     if not runs:
         return "no runs"
     rows: list[tuple[str, list[str]]] = [
@@ -616,8 +618,16 @@ def format_comparison(runs: Sequence[RunSummary], all_params: bool = False, wide
     # "accuracy <a class name of 60 characters>" would push every run's column off an 80-column terminal.
     shown, label_w = name_column([k for k, _ in rows], at_most=NAME_COLUMNS + len("precision "))
     col_w = [max(len(vals[i]) for _, vals in rows) for i in range(len(runs))]
+    blocks: list[list[int]] = [[]]  # the runs of each block: as many as fit beside the row names
+    for i, w in enumerate(col_w):
+        if blocks[-1] and width and label_w + sum(col_w[j] + 2 for j in blocks[-1]) + w + 2 > width:
+            blocks.append([])
+        blocks[-1].append(i)
     lines = []
-    for key, vals in rows:
-        cells = "  ".join(f"{v:>{w}}" for v, w in zip(vals, col_w))
-        lines.append(f"{ljust(shown[key], label_w)}  {cells}".rstrip())
+    for k, block in enumerate(blocks):
+        if len(blocks) > 1:
+            lines += [""] * (k > 0) + [f"runs {block[0] + 1}-{block[-1] + 1} of {len(runs)}:"]
+        for key, vals in rows:
+            cells = "  ".join(f"{vals[i]:>{col_w[i]}}" for i in block)
+            lines.append(f"{ljust(shown[key], label_w)}  {cells}".rstrip())
     return "\n".join(lines)
