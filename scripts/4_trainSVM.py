@@ -7,7 +7,9 @@ from imgclass.featureset import FeatureSet
 from imgclass.fileio import require_file
 from imgclass.params import Params
 from imgclass.provenance import MODEL_SETTINGS, StaleFilesError, check_model_settings, check_same_source
-from imgclass.suspects import SHOWN, Suspect, find_suspects, plot_suspects, write_suspects
+from imgclass.suspects import (
+    FEW_IMAGES, SHOWN, Suspect, find_suspects, plot_suspects, small_classes, write_suspects,
+)
 from imgclass.svm import LinearSvm
 
 parser = stage_parser(
@@ -58,7 +60,12 @@ def main() -> int:
             settled = read_fixes(p.images_dir)
         except AnnotationError:  # broken since stage 1 read it: every suspect listed (the note below says why)
             settled = {}
-        report_suspects(p, [s for s in found if s.image not in settled], sum(s.image in settled for s in found))
+        listed = [s for s in found if s.image not in settled]
+        report_suspects(p, listed, len(found) - len(listed))
+        if few := [c for c in small_classes(train.labels, train.classes) if any(s.label == c for s in listed)]:
+            print(f"  note: {', '.join(few)} {'has' if len(few) == 1 else 'have'} fewer than {FEW_IMAGES} training "
+                  "images: a fit that left one out learned the class from the few others, so its own photos are "
+                  "often disputed for that alone; its suspects come last (add images to the class to judge them)")
     else:  # an earlier run's list would pass for this one's (and showImages.ipynb pages through it)
         for f in (p.results_dir / "label_suspects.tsv", p.results_dir / "label_suspects.png"):
             f.unlink(missing_ok=True)

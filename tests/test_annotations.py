@@ -47,6 +47,14 @@ def test_bad_fixes_are_clear_errors(color_dataset: Path) -> None:
     (color_dataset / FIXES_FILE).write_text("red/red_0.jpg\tpurple\n")
     with pytest.raises(AnnotationError, match=r"red_0.jpg is moved to 'purple', which is not a class"):
         make_split(color_dataset)
+    (color_dataset / "green").rename(color_dataset / "green ")  # a space no table shows
+    (color_dataset / FIXES_FILE).write_text("red/red_0.jpg\tGreen\n")
+    with pytest.raises(AnnotationError, match=r"'Green', which is not a class \(the class folder is 'green ', with a "
+                                              r"space at its start or end, .*: rename the folder\)"):
+        make_split(color_dataset)
+    (color_dataset / "green ").rename(color_dataset / "green")
+    with pytest.raises(AnnotationError, match=r"'Green', which is not a class \(did you mean 'green'\? names must"):
+        make_split(color_dataset)
     # Every image of a class given to another (merging a misnamed class): the error says why it is empty.
     (color_dataset / FIXES_FILE).write_text("".join(f"red/red_{i}.jpg\tgreen\n" for i in range(6)))
     with pytest.raises(DatasetError, match=r"class 'red' has no usable images; annotations_fixes.tsv gives its 6 "):

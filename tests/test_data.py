@@ -232,6 +232,23 @@ def test_unequal_and_tiny_classes_are_pointed_out() -> None:
     case, form = balance_notes(split({"Stripes": 10, "stripes": 10, nfc: 10, nfd: 10}))
     assert case == "classes 'Stripes', 'stripes' differ only in letter case: one class split in two? merge the folders if so"
     assert form.startswith(f"classes {nfc!r}, {nfd!r} differ only in Unicode form (NFC/NFD)")
+    # A space at the end of a folder's name shows in no table: two rows "striped", 0% and 100%.
+    (space,), both = balance_notes(split({"striped": 10, "striped ": 10})), balance_notes(split({"Dots": 10, " dots": 10}))
+    assert space == ("classes 'striped', 'striped ' differ only in spaces at the start or end: one class split in two? "
+                     "merge the folders if so")
+    assert both[0].startswith("classes 'Dots', ' dots' differ only in spaces at the start or end and letter case")
+
+
+def test_classes_named_train_and_test_are_told_how_they_are_read(tmp_path: Path) -> None:
+    root = tmp_path / "vehicles"
+    for c in ("bus", "train", "test"):
+        for i in range(3):
+            write_image(root / c / f"{c}_{i}.jpg", (40 * i, 90, 200), seed=i)
+    with pytest.raises(DatasetError, match=r"no class folders.*read as a split made in advance; if they are classes "
+                                           r"of yours, beside bus, rename them, e\.g\. train/ to trains/"):
+        make_split(root)
+    (root / "train").rename(root / "trains")
+    assert make_split(root).classes == ["bus", "test", "trains"]
 
 
 def test_images_in_a_symlinked_subfolder_are_found(tmp_path: Path) -> None:

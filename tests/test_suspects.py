@@ -38,6 +38,22 @@ def test_disagreements_are_listed_most_confident_first_and_read_back_as_fixes(tm
     assert read_fixes(tmp_path) == {"a/2.jpg": "b", "a/3.jpg": "b"}
 
 
+def test_a_class_of_a_few_training_images_has_its_suspects_last() -> None:
+    """Each fold's fit learns such a class from two or three photos, so its own photos are disputed
+    for its size: listed first, they were the user's first advice to relabel a correct photo."""
+    from imgclass.suspects import FEW_IMAGES, small_classes
+
+    labels = np.array([0] * 20 + [1] * 3)
+    scores = np.zeros((23, 2), np.float32)
+    scores[:, 0] = 1.0  # every image looks like class a
+    scores[5] = [-0.2, 0.3]  # an "a" that looks like b, by 0.5
+    scores[20] = [2.0, -1.0]  # a "b" that looks like a, by 3.0: the larger margin, but of a class of 3
+    found = find_suspects(scores, labels, [str(i) for i in range(23)], ["a", "b"])
+    assert [s.image for s in found][0] == "5" and {s.image for s in found[1:]} == {"20", "21", "22"}
+    assert small_classes(labels, ["a", "b", "c"]) == ["b"] and FEW_IMAGES > 3
+    assert small_classes(np.array([0] * FEW_IMAGES + [1] * FEW_IMAGES), ["a", "b"]) == []
+
+
 def test_the_contact_sheet_tells_apart_long_class_names_that_begin_alike() -> None:
     from imgclass.suspects import Suspect, sheet_captions
 

@@ -86,11 +86,31 @@ def test_cv_is_skipped_with_a_note_when_no_two_classes_can_be_split() -> None:
     x, y = x[[0, 1, 2, 3]], y[[0, 1, 2, 3]]  # 3 images of one class, 1 of the other
     svm = LinearSvm(c_values=[0.01, 1.0, 100.0]).fit(x, y)
     assert svm.cv_scores_ == {} and svm.C_ == 1.0
-    assert svm.cv_note_ == ("C = 1 (the middle of svm_CVals) taken without choosing: no cross-validation, since fewer "
+    assert svm.cv_note_ == ("C = 1 (LinearSVC's default) taken without choosing: no cross-validation, since fewer "
                             "than two classes have two or more training images (one only: label 1); add images to "
                             "them to have C chosen")
     full = LinearSvm(c_values=[0.01, 1.0]).fit(*_blobs())
     assert full.cv_note_ == ""
+    assert LinearSvm(c_values=[0.01, 0.1, 10.0]).fit(x, y).C_ == 0.1  # no C = 1 in the grid: its middle
+
+
+def test_a_cross_validation_that_ties_every_c_takes_c_1_and_says_so() -> None:
+    """Two images a class, far apart: every C scores 100%, and the smallest C (the tie-break where
+    some C values do better than others) gave scores of +-0.0003."""
+    x, y = _blobs(n_per_class=2, k=3)
+    svm = LinearSvm(c_values=[1e-4, 0.01, 1.0, 100.0], cv_folds=2).fit(x, y)
+    assert len(set(svm.cv_scores_.values())) == 1 and svm.C_ == 1.0
+    assert "every C scored 100.00%: the cross-validation could not tell them apart" in svm.cv_note_
+    assert "so C = 1 (LinearSVC's default) was taken" in svm.cv_note_
+    assert np.abs(svm.decision_function(x)).max() > 0.1
+    # Some C values better than others: the smallest of the best, as before (here 1e-4 and 0.1 tie
+    # at 81.67%, 1 and 100 do worse).
+    rng = np.random.default_rng(1)
+    x = np.concatenate([c + rng.normal(0, 1, (20, 16)) for c in rng.normal(0, 0.6, (3, 16))]).astype(np.float32)
+    grid = LinearSvm(c_values=[1e-4, 1e-3, 0.1, 1.0, 100.0], cv_folds=3, workers=1).fit(x, np.repeat(np.arange(3), 20))
+    best = max(grid.cv_scores_.values())
+    assert sorted(c for c, s in grid.cv_scores_.items() if s == best) == [1e-4, 0.1] and grid.C_ == 1e-4
+    assert "could not tell them apart" not in grid.cv_note_
 
 
 def test_a_single_c_value_is_cross_validated_too() -> None:

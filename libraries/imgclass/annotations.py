@@ -101,8 +101,13 @@ def apply_fixes(per_class: dict[str, list[str]], fixes: dict[str, str], where: s
             elif target in out:
                 out[target].append(p)
             else:
-                raise AnnotationError(f"{where}: {p} is moved to {target!r}, which is not a class "
-                                      f"(classes: {', '.join(classes)}; or {EXCLUDE})")
+                # A folder "striped " (a space at the end) prints as "striped" everywhere: say which it is.
+                near = [k for k in classes if k.strip().casefold() == target.strip().casefold()]
+                hint = (f"(classes: {', '.join(classes)}; or {EXCLUDE})" if not near else
+                        f"(the class folder is {near[0]!r}, with a space at its start or end, which a line of the "
+                        "file cannot hold: rename the folder)" if near[0] != near[0].strip() else
+                        f"(did you mean {near[0]!r}? names must match exactly)")
+                raise AnnotationError(f"{where}: {p} is moved to {target!r}, which is not a class {hint}")
     return {c: sorted(v) for c, v in out.items()}, excluded
 
 

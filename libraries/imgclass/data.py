@@ -550,11 +550,17 @@ def make_split(
         test_classes = list_class_dirs(test_dir)
         if not test_classes:
             # Kaggle's test/ often holds the competition's unlabelled images, straight in the folder.
+            # Or train/ and test/ are two classes of the user's (vehicles: bus, train, ...).
+            others = [d for d in list_class_dirs(images_dir)
+                      if d not in (train_name, test_name, *(u.name for u in unused))]
             raise DatasetError(
                 f"{test_dir}: no class folders, so its images have no labels to measure accuracy with: "
                 f"sort them into class folders as in {train_name}/, or make {train_name}/ the data set "
                 f"(its class folders straight in the data set folder, {test_name}/ moved out or renamed "
                 f"_{test_name}/) to split it at random"
+                + (f". (Folders named {train_name}/ and {test_name}/ are read as a split made in advance; if "
+                   f"they are classes of yours, beside {first_few(others)}, rename them, e.g. {train_name}/ to "
+                   f"{train_name}s/)" if others else "")
             )
         _check_classes(classes, train_dir)
         _check_folder_names(test_classes, test_dir)
@@ -769,16 +775,20 @@ def small_images_note(split: Split, images_dir: str | Path, resolution: int, sam
 
 
 def alike_class_notes(classes: Sequence[str]) -> list[str]:
-    """Notes on class folders that print alike but are two classes: "Stripes" and "stripes", or an
-    accent written composed in one name and decomposed (as macOS writes it) in the other."""
+    """Notes on class folders that print alike but are two classes: "Stripes" and "stripes", "striped"
+    and "striped " (a space no table shows), or an accent written composed in one name and decomposed
+    (as macOS writes it) in the other."""
     alike: dict[str, list[str]] = defaultdict(list)
     for c in classes:
-        alike[unicodedata.normalize("NFC", c).casefold()].append(c)
+        alike[unicodedata.normalize("NFC", c).strip().casefold()].append(c)
     notes = []
     for group in (g for g in alike.values() if len(g) > 1):
-        how = "letter case" if len({unicodedata.normalize("NFC", c) for c in group}) > 1 else "Unicode form (NFC/NFD)"
-        notes.append(f"classes {', '.join(map(repr, group))} differ only in {how}: one class split in two? "
-                     "merge the folders if so")
+        hows = [how for how, same in (
+            ("spaces at the start or end", lambda c: unicodedata.normalize("NFC", c).casefold()),
+            ("letter case", lambda c: unicodedata.normalize("NFC", c).strip()),
+            ("Unicode form (NFC/NFD)", lambda c: c.strip().casefold())) if len({same(c) for c in group}) > 1]
+        notes.append(f"classes {', '.join(map(repr, group))} differ only in {' and '.join(hows)}: one class split in "
+                     "two? merge the folders if so")
     return notes
 
 

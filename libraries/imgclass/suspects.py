@@ -21,6 +21,10 @@ from imgclass.svm import ABSENT_SCORE
 
 TSV_COLUMNS = ("image", "predicted", "label", "margin")
 SHOWN = 20  # suspects drawn on the contact sheet
+# A class with fewer training images than this is learned by each fold's fit from a handful (2 of 3):
+# its own photos are disputed for its size, not their labels (60 / 15 / 4 photos a class: the first
+# two suspects were 2 of the 3 striped training photos, both plainly striped). They come last.
+FEW_IMAGES = 10
 
 
 @dataclass(frozen=True)
@@ -34,8 +38,9 @@ class Suspect:
 def find_suspects(val_scores: np.ndarray, labels: np.ndarray, images: Sequence[str],
                   classes: Sequence[str]) -> list[Suspect]:
     """The images whose top score in `val_scores` (LinearSvm.cv_val_scores_) is not their label's,
-    largest margin first. An image of a class its fold's fit never saw (a class with one training
-    image) cannot be judged and is left out."""
+    largest margin first, those filed under a class of fewer than FEW_IMAGES training images after
+    the others (`small_classes` names them). An image of a class its fold's fit never saw (a class
+    with one training image) cannot be judged and is left out."""
     scores, y = np.asarray(val_scores), np.asarray(labels)
     if scores.shape != (len(images), len(classes)) or len(y) != len(images):
         raise ValueError(f"scores {scores.shape}, {len(y)} labels, {len(images)} images and {len(classes)} classes "
@@ -44,7 +49,14 @@ def find_suspects(val_scores: np.ndarray, labels: np.ndarray, images: Sequence[s
     own = scores[np.arange(len(y)), y]
     found = [Suspect(images[i], classes[y[i]], classes[predicted[i]], float(scores[i, predicted[i]] - own[i]))
              for i in np.flatnonzero((predicted != y) & (own > ABSENT_SCORE / 2))]
-    return sorted(found, key=lambda s: (-s.margin, s.image))
+    few = set(small_classes(y, classes))
+    return sorted(found, key=lambda s: (s.label in few, -s.margin, s.image))
+
+
+def small_classes(labels: np.ndarray, classes: Sequence[str]) -> list[str]:
+    """The classes with fewer than FEW_IMAGES (but some) training images among `labels`."""
+    counts = np.bincount(np.asarray(labels), minlength=len(classes))
+    return [c for c, n in zip(classes, counts) if 0 < n < FEW_IMAGES]
 
 
 def write_suspects(path: str | Path, suspects: Sequence[Suspect]) -> Path:
@@ -91,5 +103,5 @@ def sheet_captions(suspects: Sequence[Suspect]) -> list[str]:
             f"(+{s.margin:.2f})" for n, s in enumerate(suspects, 1)]
 
 
-__all__ = ["SHOWN", "TSV_COLUMNS", "Suspect", "find_suspects", "plot_suspects", "read_suspects", "sheet_captions",
+__all__ = ["FEW_IMAGES", "SHOWN", "TSV_COLUMNS", "Suspect", "find_suspects", "small_classes", "plot_suspects", "read_suspects", "sheet_captions",
            "write_suspects"]
