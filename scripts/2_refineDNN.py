@@ -97,8 +97,11 @@ def main() -> int:
         if "history" in stored:  # this classifier's copy of the curves, of this network (not an older one)
             saved = {k: stored[k] for k in ("saved_test_error", "saved_as") if k in stored}
             write_json(curves_json, {**stored["history"], **saved})
-            plot_history(History.from_json(stored["history"]), curves_png, title=title, **saved)
+            plot_history(History.from_json(stored["history"]), curves_png, title=title, **saved,
+                         svm_after=p.classifier == "svmDnnRefined")
             print(f"wrote {curves_json} and {curves_png} (from {p.model_path.name})")
+        if warned := stored.get("collapse_note"):
+            print(f"warning: when it was refined: {warned}")
         return 0
     # Before the network is built and the run described: a refusal comes first, alone.
     if checkpoint.is_file() and not args.resume:
@@ -132,7 +135,8 @@ def main() -> int:
 
     def save_curves(history: History, saved: dict | None = None, files: list[Path] = running) -> None:
         write_json(files[0], {**history.to_json(), **(saved or {})})
-        plot_history(history, files[1], title=title + ("" if saved else " (running)"), **(saved or {}))
+        plot_history(history, files[1], title=title + ("" if saved else " (running)"), **(saved or {}),
+                     svm_after=p.classifier == "svmDnnRefined")
 
     start = time.perf_counter()
     refiner.fit([p.images_dir / r for r, _ in split.train], [y for _, y in split.train],

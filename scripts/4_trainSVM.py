@@ -4,6 +4,7 @@ from imgclass.annotations import FIXES_FILE, AnnotationError, read_fixes
 from imgclass.cli import do_not_track, parse_stage, run_stage, stage_parser
 from imgclass.data import load_split, since_split_notes
 from imgclass.featureset import FeatureSet
+from imgclass.modelfile import load_model_extra
 from imgclass.fileio import require_file
 from imgclass.params import Params
 from imgclass.provenance import MODEL_SETTINGS, StaleFilesError, check_model_settings, check_same_source
@@ -97,7 +98,8 @@ def report_suspects(p: Params, suspects: list[Suspect], settled: int) -> None:
     print(f"  a wrong label is fixed by the line 'image<TAB>class' (or EXCLUDE) in {p.images_dir / FIXES_FILE} "
           "(the TSV's first two fields are that line), then rerun the stages from 1; a right one is confirmed by "
           "the line 'image<TAB>its own class', and is not listed again")
-    if p.model_kind == "refined":
+    if p.model_kind == "refined" and not load_model_extra(p.model_path).get("collapse_note"):
+        # (Not where stage 2 saved the pretrained network in place of a diverged one: nothing was learned.)
         print("  (the refined network has learned the training labels, wrong ones too: classifier = 'svm' "
               "finds more of them)")
 

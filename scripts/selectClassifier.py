@@ -35,7 +35,7 @@ def main() -> int:
     print(f"{len(paths)} training images of {p.datasetName}; {args.val_fraction:.0%} of each class held out to "
           f"score svm, dnn and svmDnnRefined; the test images are not used; flip averaging "
           f"{'on' if p.run_boFlipAverage else 'off'} (run_boFlipAverage, as stage 3)")
-    scores, history = compare_classifiers(paths, labels, split.classes, RefineConfig.from_params(p), svm,
+    scores, refiner = compare_classifiers(paths, labels, split.classes, RefineConfig.from_params(p), svm,
                                           args.val_fraction, p.randomSeed, spill_dir=p.proc_dir,
                                           flip_average=p.run_boFlipAverage)
     chosen = recommend_classifier(scores)
@@ -52,7 +52,11 @@ def main() -> int:
         print(f"note: dnn and svmDnnRefined were refined on {refined_on} images; the svm row's SVM used all {fit}")
     out = p.results_dir.parent
     tsv = write_classifier_table(out / "classifier_selection.tsv", scores)
-    png = plot_history(history, out / "classifier_selection_curves.png",
+    if refiner.collapse_note_:  # the rows of the two refined classifiers are not of a refined network
+        print("note: refining diverged on these images (the warning above): the dnn and svmDnnRefined rows are of the "
+              "PRETRAINED network with a last layer fitted on its features, which stage 2 would save in its place; "
+              "try the warning's remedies, then compare again")
+    png = plot_history(refiner.history_, out / "classifier_selection_curves.png",
                        title=f"{p.datasetName}: refining on {refined_on} training images",
                        held_out="error on the held-out training images")
     print(f"\nrecommended (the cheapest within one standard error of the best): {chosen.classifier}. "

@@ -668,11 +668,37 @@ def test_a_diverged_refinement_warns_and_a_sound_one_does_not(color_dataset: Pat
     paths, labels = color_images(color_dataset)
     pixels = decode_images(paths, RES, broken.config.resize_mode, workers=0, progress=False)
     assert broken.error_rate(broken.model_, pixels, torch.tensor(labels)) <= broken.initial_fit_error_ + 0.05
+    # Its last layer is fitted from the same start as the first fit, whatever the broken run left:
+    # three epochs instead of two give the same saved model.
+    longer = _fit(color_dataset, max_epochs=3, **wild)
+    assert longer.collapse_note_ and same_weights(longer.model_.head, broken.model_.head)
+    # Frozen (only the last layer trained): a last layer worn down by steps far too large gives way to
+    # the first fit; steps of a sane size keep what they trained.
+    frozen = _fit(color_dataset, max_epochs=2, freeze_weights=True, lr_per_mb=(3.0,), head_lr_factor=10.0)
+    assert frozen.collapse_note_.startswith("training the last layer made it worse on the training images")
+    assert frozen.saved_as_.startswith("the last layer fitted on the features") and frozen.saved_test_error_ == 0.0
+    calm = _fit(color_dataset, max_epochs=2, freeze_weights=True, lr_per_mb=(0.3,), head_lr_factor=10.0)
+    assert calm.collapse_note_ == "" and calm.saved_as_ == "weights averaged over epochs 1-2"
     # Interrupted after one epoch and resumed: the first fit's error comes from the checkpoint.
     ckpt = tmp_path / "ckpt.pt"
     _fit(color_dataset, checkpoint=ckpt, max_epochs=1, **wild)
     resumed = _fit(color_dataset, checkpoint=ckpt, resume=True, max_epochs=2, **wild)
     assert resumed.initial_fit_error_ == broken.initial_fit_error_ and resumed.collapse_note_ == broken.collapse_note_
+
+
+def test_the_curves_star_of_svm_dnn_refined_says_it_is_the_networks_own(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stage 5 scores svmDnnRefined's SVM, not the network's last layer that the star measures."""
+    import imgclass.fileio
+
+    drawn = []
+    monkeypatch.setattr(imgclass.fileio, "save_figure", lambda fig, path: drawn.append(fig) or Path(path))
+    history = refine.History(epoch=[1, 2], train_loss=[1.0, 0.5], train_error=[0.3, 0.1], test_error=[0.4, 0.2])
+    for svm_after in (False, True):
+        refine.plot_history(history, tmp_path / "c.png", saved_test_error=0.15, saved_as="x", svm_after=svm_after)
+    labels = [[t.get_text() for t in fig.axes[0].get_legend().get_texts()][-1] for fig in drawn]
+    assert labels == ["saved model: 15.00% test error",
+                      "saved network's own last layer: 15.00% test error (stage 5 scores the SVM on its features)"]
 
 
 def test_gradient_clipping_bounds_every_step(color_dataset: Path) -> None:

@@ -244,7 +244,9 @@ def test_refinement_curves_become_metrics_with_epochs(tracked_demo: Path, monkey
     started = time.time()
     p.results_dir.mkdir(parents=True)
     curves = {"epoch": [1, 2, 3], "train_loss": [1.2, 0.7, 0.4], "train_error": [0.5, 0.3, 0.1], "test_error": [0.6, 0.4, 0.3]}
-    (p.results_dir / "training_curves.json").write_text(json.dumps(curves))
+    saved_as = "the PRETRAINED network with a last layer fitted on its features, as refining diverged"
+    (p.results_dir / "training_curves.json").write_text(json.dumps({**curves, "saved_test_error": 0.1,
+                                                                    "saved_as": saved_as}))
     (p.results_dir / "training_curves.png").write_bytes((tracked_demo / "results" / DS / "svm" / "roc.png").read_bytes())
     rec = tracking.record_stage(p, "scripts/2_refineDNN.py", started, ["--set", "classifier=dnn"])
     assert rec is not None and rec.new_run and set(rec.artifacts) == {"training_curves.json", "training_curves.png"}
@@ -254,6 +256,12 @@ def test_refinement_curves_become_metrics_with_epochs(tracked_demo: Path, monkey
         hist = client.get_metric_history(rec.run_id, f"curve_{key}")
         assert [(h.step, h.value) for h in sorted(hist, key=lambda h: h.step)] == list(zip(curves["epoch"], curves[key]))
     assert client.get_experiment(rec.experiment_id).name == "imgclass-curvesDemo"
+    # What was saved is a tag, and a row of the comparison: a fallback run is told from a refined one.
+    run = tracking.find_runs(p, run_ids=[rec.run_id])[0]
+    assert run.tags[tracking.SAVED_AS_TAG] == saved_as
+    row = next(line for line in tracking.format_comparison([run], wide=True).splitlines()
+               if line.startswith("refined model saved as"))
+    assert row.endswith(saved_as)
 
 
 def test_conda_environment_matches_requirements() -> None:

@@ -224,7 +224,9 @@ def compare_classifiers(
     as stage 3 computes them when `run_boFlipAverage` is on.
 
     `svm` is an unfitted LinearSvm with stage 4's settings; each SVM fits a copy. Returns the scores,
-    cheapest classifier first, and the refinement's History (its "test" error is the held-out error)."""
+    cheapest classifier first, and the fitted Refiner: its `history_` (whose "test" error is the
+    held-out error), and its `collapse_note_` where refining diverged, so that the dnn and
+    svmDnnRefined scores are of the pretrained network stage 2 would save in its place."""
     import torch
 
     from imgclass.backbones import create_backbone
@@ -251,7 +253,7 @@ def compare_classifiers(
     body = body.to(memory_format=torch.channels_last)
     fixed = {side: refiner.features(body, x, flip=flip_average) for side, x in pixels.items()}
     preds = {"svm": svm_prediction(fixed), "dnn": dnn, "svmDnnRefined": svm_prediction(refined)}
-    return [_score(name, preds[name], labels[val]) for name in CLASSIFIERS_CHEAPEST_FIRST], refiner.history_
+    return [_score(name, preds[name], labels[val]) for name in CLASSIFIERS_CHEAPEST_FIRST], refiner
 
 
 def recommend_classifier(scores: Sequence[ClassifierScore]) -> ClassifierScore:

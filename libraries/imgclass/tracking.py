@@ -50,6 +50,7 @@ ARTIFACTS_DIR = "mlartifacts"
 LEVEL_TAG = "imgclass.level"  # "pipeline" for a pipeline run, "stage" for a stage's child run
 SPLIT_TAG = "split"  # provenance.split_hash of split.json when the run's stages ran: which images it used
 TEST_TAG = "test_set"  # provenance.test_set_hash: the test images and their labels, which the figures are of
+SAVED_AS_TAG = "saved_as"  # training_curves.json's saved_as: what stage 2 saved (the pretrained network if it diverged)
 # Files of results/<ds>/<classifier>/ that become artifacts of the pipeline run when a stage writes them.
 ARTIFACT_PATTERNS = ("*.png", "metrics*.json", "training_curves.json", "predictions*.tsv", "label_suspects.tsv")
 _STAGE_SCRIPT = re.compile(r"^(\d+)_(\w+)$")
@@ -395,7 +396,12 @@ def record_stage(p: Params, script: str | Path, started: float, argv: Sequence[s
             metrics += [Metric(k, v, now_ms, 0) for k, v in metrics_from_json(m, prefix).items()]
             renamed.update({class_key(c): c for c in m.get("per_class", {}) if class_key(c) != c})
         elif f.name == "training_curves.json":
-            metrics += [Metric(k, v, now_ms, s) for k, v, s in curves_from_json(read_json(f))]
+            curves = read_json(f)
+            metrics += [Metric(k, v, now_ms, s) for k, v, s in curves_from_json(curves)]
+            if isinstance(saved_as := curves.get("saved_as"), str) and saved_as:
+                # What was saved (weights averaged, ...; or the pretrained network where refining
+                # diverged): runs with alike figures are told apart by it in compareRuns.py.
+                client.log_batch(run_id, tags=[RunTag(SAVED_AS_TAG, saved_as[:5000])])
     if renamed and len(text := json.dumps(renamed, ensure_ascii=False)) <= 5000:
         # The real names of classes whose metric keys had to change, for compareRuns.py to show.
         client.log_batch(run_id, tags=[RunTag(CLASS_NAMES_TAG, text)])
@@ -597,6 +603,8 @@ def format_comparison(runs: Sequence[RunSummary], all_params: bool = False, wide
     rows.append(("test set (hash)", [r.tags.get(TEST_TAG, "-") for r in runs]))
     rows.append(("train / test images", [_count(r.metrics.get("n_train")) + " / " + _count(r.metrics.get("n_test"))
                                          for r in runs]))
+    if any(SAVED_AS_TAG in r.tags for r in runs):
+        rows.append(("refined model saved as", [_cell(r.tags.get(SAVED_AS_TAG, "-"), wide) for r in runs]))
     if any("svm_C" in r.metrics for r in runs):
         rows.append(("C chosen", ["-" if r.metrics.get("svm_C") is None else f"{r.metrics['svm_C']:g}" for r in runs]))
     rows.append(("-- test set --", [""] * len(runs)))
