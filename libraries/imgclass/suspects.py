@@ -87,8 +87,8 @@ def plot_suspects(suspects: Sequence[Suspect], images_dir: str | Path, path: str
     """A contact sheet of the first `shown` suspects: file name, label, predicted class and margin."""
     from imgclass.images import contact_sheet
 
-    contact_sheet([(Path(images_dir) / s.image, caption) for s, caption in zip(suspects, sheet_captions(suspects[:shown]))],
-                  path)
+    captions = sheet_captions(suspects[:shown])
+    contact_sheet([(Path(images_dir) / s.image, caption) for s, caption in zip(suspects, captions)], path)
     return Path(path)
 
 
@@ -103,5 +103,5 @@ def sheet_captions(suspects: Sequence[Suspect]) -> list[str]:
             f"(+{s.margin:.2f})" for n, s in enumerate(suspects, 1)]
 
 
-__all__ = ["FEW_IMAGES", "SHOWN", "TSV_COLUMNS", "Suspect", "find_suspects", "small_classes", "plot_suspects", "read_suspects", "sheet_captions",
-           "write_suspects"]
+__all__ = ["FEW_IMAGES", "SHOWN", "TSV_COLUMNS", "Suspect", "find_suspects", "plot_suspects", "read_suspects",
+           "sheet_captions", "small_classes", "write_suspects"]
