@@ -691,12 +691,19 @@ def test_the_curves_star_of_svm_dnn_refined_says_it_is_the_networks_own(tmp_path
     """Stage 5 scores svmDnnRefined's SVM, not the network's last layer that the star measures."""
     import imgclass.fileio
 
-    drawn = []
-    monkeypatch.setattr(imgclass.fileio, "save_figure", lambda fig, path: drawn.append(fig) or Path(path))
+    import matplotlib.pyplot as plt
+
+    labels = []
+
+    def save_figure(fig: object, path: Path) -> Path:  # reads the star's legend entry, then closes as saving does
+        labels.append([t.get_text() for t in fig.axes[0].get_legend().get_texts()][-1])
+        plt.close(fig)
+        return Path(path)
+
+    monkeypatch.setattr(imgclass.fileio, "save_figure", save_figure)
     history = refine.History(epoch=[1, 2], train_loss=[1.0, 0.5], train_error=[0.3, 0.1], test_error=[0.4, 0.2])
     for svm_after in (False, True):
         refine.plot_history(history, tmp_path / "c.png", saved_test_error=0.15, saved_as="x", svm_after=svm_after)
-    labels = [[t.get_text() for t in fig.axes[0].get_legend().get_texts()][-1] for fig in drawn]
     assert labels == ["saved model: 15.00% test error",
                       "saved network's own last layer: 15.00% test error (stage 5 scores the SVM on its features)"]
 
