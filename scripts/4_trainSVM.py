@@ -63,10 +63,13 @@ def main() -> int:
             settled = {}
         listed = [s for s in found if s.image not in settled]
         report_suspects(p, listed, len(found) - len(listed))
-        if few := [c for c in small_classes(train.labels, train.classes) if any(s.label == c for s in listed)]:
-            print(f"  note: {', '.join(few)} {'has' if len(few) == 1 else 'have'} fewer than {FEW_IMAGES} training "
-                  "images: a fit that left one out learned the class from the few others, so its own photos are "
-                  "often disputed for that alone; its suspects come last (add images to the class to judge them)")
+        small = small_classes(train.labels, train.classes)
+        few = [c for c in small if any(s.label == c for s in listed)]
+        if few and len(small) < len(train.classes):  # (every class small: the order is unchanged, and so is the doubt)
+            has, its = ("has", "its") if len(few) == 1 else ("have", "their")
+            print(f"  note: {', '.join(few)} {has} fewer than {FEW_IMAGES} training images: a fit that left one out "
+                  f"learned the class from the few others, so {its} own photos are often disputed for that alone; "
+                  f"{its} suspects come last (add images to judge them)")
     else:  # an earlier run's list would pass for this one's (and showImages.ipynb pages through it)
         for f in (p.results_dir / "label_suspects.tsv", p.results_dir / "label_suspects.png"):
             f.unlink(missing_ok=True)

@@ -52,10 +52,13 @@ def main() -> int:
         print(f"note: dnn and svmDnnRefined were refined on {refined_on} images; the svm row's SVM used all {fit}")
     out = p.results_dir.parent
     tsv = write_classifier_table(out / "classifier_selection.tsv", scores)
-    if refiner.collapse_note_:  # the rows of the two refined classifiers are not of a refined network
+    if refiner.fallback_ == "pretrained":  # the rows of the two refined classifiers are not of a refined network
         print("note: refining diverged on these images (the warning above): the dnn and svmDnnRefined rows are of the "
               "PRETRAINED network with a last layer fitted on its features, which stage 2 would save in its place; "
               "try the warning's remedies, then compare again")
+    elif refiner.fallback_ == "first fit":
+        print("note: training the last layer made it worse (the warning above): the dnn row is of the last layer "
+              "fitted on the pretrained features, which stage 2 would save in its place")
     png = plot_history(refiner.history_, out / "classifier_selection_curves.png",
                        title=f"{p.datasetName}: refining on {refined_on} training images",
                        held_out="error on the held-out training images")

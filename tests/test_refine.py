@@ -672,11 +672,18 @@ def test_a_diverged_refinement_warns_and_a_sound_one_does_not(color_dataset: Pat
     # three epochs instead of two give the same saved model.
     longer = _fit(color_dataset, max_epochs=3, **wild)
     assert longer.collapse_note_ and same_weights(longer.model_.head, broken.model_.head)
+    assert broken.fallback_ == "pretrained" and sound.fallback_ == ""
+    # Refining from a random last layer (a remedy the warning names): the pretrained features are still
+    # fitted once to judge by, so a divergence there is caught too, not saved with no word.
+    unjudged = _fit(color_dataset, max_epochs=2, init_last_layer=False, **wild)
+    assert unjudged.initial_fit_error_ is not None and unjudged.fallback_ == "pretrained"
+    assert unjudged.error_rate(unjudged.model_, pixels, torch.tensor(labels)) <= unjudged.initial_fit_error_ + 0.05
     # Frozen (only the last layer trained): a last layer worn down by steps far too large gives way to
     # the first fit; steps of a sane size keep what they trained.
     frozen = _fit(color_dataset, max_epochs=2, freeze_weights=True, lr_per_mb=(3.0,), head_lr_factor=10.0)
     assert frozen.collapse_note_.startswith("training the last layer made it worse on the training images")
     assert frozen.saved_as_.startswith("the last layer fitted on the features") and frozen.saved_test_error_ == 0.0
+    assert frozen.fallback_ == "first fit"
     calm = _fit(color_dataset, max_epochs=2, freeze_weights=True, lr_per_mb=(0.3,), head_lr_factor=10.0)
     assert calm.collapse_note_ == "" and calm.saved_as_ == "weights averaged over epochs 1-2"
     # Interrupted after one epoch and resumed: the first fit's error comes from the checkpoint.

@@ -90,7 +90,7 @@ def test_cv_is_skipped_with_a_note_when_no_two_classes_can_be_split() -> None:
                             "than two classes have two or more training images (one only: label 1); add images to "
                             "them to have C chosen")
     full = LinearSvm(c_values=[0.01, 1.0]).fit(*_blobs())
-    assert full.cv_note_ == ""
+    assert full.cv_scores_ and "no cross-validation" not in full.cv_note_
     assert LinearSvm(c_values=[0.01, 0.1, 10.0]).fit(x, y).C_ == 0.1  # no C = 1 in the grid: its middle
 
 
@@ -103,6 +103,7 @@ def test_a_cross_validation_that_ties_every_c_takes_c_1_and_says_so() -> None:
     assert "every C scored 100.00%: the cross-validation could not tell them apart" in svm.cv_note_
     assert "so C = 1 (LinearSVC's default) was taken" in svm.cv_note_
     assert np.abs(svm.decision_function(x)).max() > 0.1
+    assert LinearSvm(c_values=[1e-4, 1.0], cv_folds=2).fit(x, y).C_ == 1.0  # a grid of two, as of seven
     # Some C values better than others: the smallest of the best, as before (here 1e-4 and 0.1 tie
     # at 81.67%, 1 and 100 do worse).
     rng = np.random.default_rng(1)
@@ -199,14 +200,15 @@ def test_c_values_that_score_only_the_largest_class_share_are_named() -> None:
     assert "C = 1e-06 scored no more than always answering the largest class would (90.00%)" in svm.cv_note_
     # Noise: every C scores the larger class's share, and the chosen one is called out.
     noise = LinearSvm([1e-6, 1e-5], cv_folds=5).fit(rng.normal(size=(100, 8)).astype(np.float32), y)
-    assert "the chosen C = 1e-06 scores 90.00%, no more than always answering the largest class would (90.00%)" in noise.cv_note_
+    # (Both tie, so the larger of the two, as for any grid every C of which ties.)
+    assert "the chosen C = 1e-05 scores 90.00%, no more than always answering the largest class would (90.00%)" in noise.cv_note_
     assert "svm_boBalanceClasses = True" in noise.cv_note_
     balanced = LinearSvm([1e-6, 1e-5], cv_folds=5, balance_classes=True).fit(rng.normal(size=(100, 8)).astype(np.float32), y)
     assert "largest class" not in balanced.cv_note_
     # Balanced, C is chosen by class-averaged accuracy, where always answering one class scores 1/classes.
     chance = LinearSvm([1e-6, 1e-5], cv_folds=5, balance_classes=True).fit(
         np.ones((60, 8), np.float32), np.array([0] * 30 + [1] * 20 + [2] * 10))
-    assert ("the chosen C = 1e-06 scores 33.33%, no more than always answering one class would (33.33%): the SVM "
+    assert ("the chosen C = 1e-05 scores 33.33%, no more than always answering one class would (33.33%): the SVM "
             "learned nothing from the features; the features do not tell these classes apart") in chance.cv_note_
     # A one-image class is in one validation fold only: the others average two classes, chance is higher.
     lone = LinearSvm([1e-6, 1e-5], cv_folds=5, balance_classes=True).fit(
@@ -224,7 +226,7 @@ def test_the_largest_class_note_compares_with_the_same_folds_not_the_pooled_shar
     svm = LinearSvm([1e-6, 1e-5], cv_folds=4).fit(np.ones((87, 8), np.float32), y)  # features that say nothing
     assert svm.cv_scores_[1e-6] == pytest.approx((3 * 12 / 22 + 12 / 21) / 4) == svm.cv_majority_
     assert svm.cv_scores_[1e-6] > 48 / 87
-    assert "the chosen C = 1e-06 scores 55.19%, no more than always answering the largest class would (55.19%)" in svm.cv_note_
+    assert "the chosen C = 1e-05 scores 55.19%, no more than always answering the largest class would (55.19%)" in svm.cv_note_
 
 
 def test_the_smallest_class_limits_the_folds_and_is_named() -> None:

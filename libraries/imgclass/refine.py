@@ -663,6 +663,7 @@ class Refiner:
         # (collapse_note); a resumed run has it from the checkpoint; without rf_boInitLastLayer, none.
         self.initial_fit_error_: float | None = None
         self.collapse_note_ = ""
+        self.fallback_ = ""  # "pretrained": refining diverged, the pretrained network saved; "first fit": frozen
         if resumed is not None:
             payload, history = resumed
             self._restore(payload, model, opt, gen, average)
@@ -675,6 +676,15 @@ class Refiner:
         with folded_batchnorm(model.backbone):
             if not history.epoch and c.init_last_layer:
                 self.initial_fit_error_ = self.fit_last_layer(model, train_cache, unique_y, weights=unique_w)
+            elif not history.epoch and c.refit_last_layer and not c.freeze_weights:
+                # Refining from a random last layer: a fit on the pretrained features is still made, to
+                # judge the refined ones by (collapse_note), then set aside; without it a diverged run
+                # would be saved with no word.
+                start = {k: v.clone() for k, v in model.head.state_dict().items()}
+                self.initial_fit_error_ = self.fit_last_layer(
+                    model, train_cache, unique_y, weights=unique_w,
+                    what="the pretrained features (to judge the refined ones by; not kept)")
+                model.head.load_state_dict(start)
             augment = c.augmenter()
 
             for epoch in range(len(history.epoch), c.max_epochs):
@@ -745,6 +755,7 @@ class Refiner:
                     kept_error = self.fit_last_layer(model, train_cache, unique_y, what="the pretrained features",
                                                      weights=unique_w)
                     done = ["the PRETRAINED network with a last layer fitted on its features, as refining diverged"]
+                    self.fallback_ = "pretrained"
                     self.collapse_note_ += (f". Saved instead of the refined network: the pretrained one, with a last "
                                             f"layer fitted on its features (training error {100 * kept_error:.2f}%)")
                     if self.progress:
@@ -761,6 +772,7 @@ class Refiner:
                     model.head.load_state_dict(self._build()[0].head.state_dict())
                     kept_error = self.fit_last_layer(model, train_cache, unique_y, weights=unique_w)
                     done = ["the last layer fitted on the features, as training it further made it worse"]
+                    self.fallback_ = "first fit"
                     self.collapse_note_ = (f"training the last layer made it worse on the training images: it errs "
                                            f"on {100 * trained_error:.2f}% of them; saved instead: the last layer "
                                            f"fitted on the features (training error {100 * kept_error:.2f}%)")
