@@ -133,6 +133,23 @@ def pairwise_close(bits: np.ndarray, threshold: int, other: np.ndarray | None = 
     return pairs
 
 
+def closest_pairs(bits: np.ndarray, threshold: int, mirror: np.ndarray,
+                  other: np.ndarray | None = None) -> dict[tuple[int, int], tuple[int, bool]]:
+    """{(i, j): (distance, as mirror images)} of the pairs within `threshold` bits as they are or with
+    one mirrored (a photo flipped left-right is as much a copy), each at the closer of the two
+    distances. Within `bits` (i < j; `mirror`: the same images' mirror hashes) when `other` is None,
+    else bits[i] against other[j] (`mirror`: other's mirror hashes)."""
+    closest = {(i, j): (d, False) for i, j, d in pairwise_close(bits, threshold, other=other)}
+    for i, j, d in pairwise_close(bits, threshold, other=mirror):
+        if other is None:
+            if i == j:  # an image near its own mirror: symmetric, no pair
+                continue
+            i, j = min(i, j), max(i, j)
+        if (i, j) not in closest or d < closest[i, j][0]:
+            closest[i, j] = (d, True)
+    return closest
+
+
 # A threshold separates copies from distinct images only where distinct images lie well beyond it.
 # Among the images with no other within the threshold, the median distance to the nearest other is
 # 73 bits on the 557 fashionTexture photos and 84 on the demo set, but 22 on sklearn's 8x8 digits
@@ -353,11 +370,7 @@ def find_duplicates(
     # as much a copy: stage 1's leakage check found such pairs that this tool had missed, 53-129
     # bits apart as they are, 0-3 as mirror images). Groups are connected components.
     bits = hash_bits([hashes[i] for i in ok])
-    closest = {(i, j): (d, False) for i, j, d in pairwise_close(bits, threshold)}
-    for i, j, d in pairwise_close(bits, threshold, other=hash_bits([both[k].mirror for k in ok])):
-        key = (min(i, j), max(i, j))
-        if i != j and (key not in closest or d < closest[key][0]):  # (an image near its own mirror: symmetric)
-            closest[key] = (d, True)
+    closest = closest_pairs(bits, threshold, hash_bits([both[k].mirror for k in ok]))
     pairs = [(ok[i], ok[j], d) for (i, j), (d, _) in sorted(closest.items())]
     near_groups = _groups(len(paths), pairs)
     report.distances = {(paths[i], paths[j]): d for i, j, d in pairs}
@@ -490,11 +503,7 @@ def check_leaks(
     # A test image flipped left-right from a training image is as much a leak (more so with
     # run_boFlipAverage, which scores each image with its mirror): compared with the mirrors too.
     # On fashionTexture's 557 photos no two different photos came within 15 bits this way (closest: 23).
-    closest: dict[tuple[int, int], tuple[int, bool]] = {}
-    for mirrored, bits in ((False, bits_tr), (True, hash_bits([hashes[i].mirror for i in tr]))):
-        for i, j, d in pairwise_close(bits_te, threshold, other=bits):
-            if (i, j) not in closest or d < closest[i, j][0]:
-                closest[i, j] = (d, mirrored)
+    closest = closest_pairs(bits_te, threshold, hash_bits([hashes[i].mirror for i in tr]), other=bits_tr)
     labels_tr, labels_te = dict(split.train), dict(split.test)
     leaks = []
     for (i, j), (d, mirrored) in sorted(closest.items(), key=lambda t: (t[1][0], t[0])):
@@ -542,17 +551,11 @@ def label_conflicts(split: Split, hashes: Mapping[str, MirroredHash], threshold:
         items = [(p, y) for p, y in items if p in hashes]
         if len(items) < 2:
             continue
-        plain = hash_bits([hashes[p].plain for p, _ in items])
-        closest: dict[tuple[int, int], tuple[int, bool]] = {}
-        pairs = [(i, j, d, False) for i, j, d in pairwise_close(plain, threshold)]
-        pairs += [(min(i, j), max(i, j), d, True) for i, j, d in
-                  pairwise_close(plain, threshold, other=hash_bits([hashes[p].mirror for p, _ in items])) if i != j]
-        for i, j, d, mirrored in pairs:
-            if items[i][1] != items[j][1] and ((i, j) not in closest or d < closest[i, j][0]):
-                closest[i, j] = (d, mirrored)
+        closest = closest_pairs(hash_bits([hashes[p].plain for p, _ in items]), threshold,
+                                hash_bits([hashes[p].mirror for p, _ in items]))
         for (i, j), (d, mirrored) in closest.items():
             (a, ya), (b, yb) = items[i], items[j]
-            if not (a in settled and b in settled):
+            if ya != yb and not (a in settled and b in settled):
                 out.append(Conflict(a, b, split.classes[ya], split.classes[yb], side, d, mirrored))
     return sorted(out, key=lambda c: (c.distance, c.a, c.b))
 
@@ -682,4 +685,5 @@ __all__ = [
     "mirrored_hash",
     "move_duplicates",
     "pairwise_close",
+    "closest_pairs",
 ]
