@@ -660,7 +660,8 @@ class Refiner:
         torch.manual_seed(c.seed + 1)  # dropout
         history, average = History(), WeightAverage()
         # The last layer's training error on the pretrained features, to judge the refined ones by
-        # (collapse_note); a resumed run has it from the checkpoint; without rf_boInitLastLayer, none.
+        # (collapse_note); a resumed run has it from the checkpoint; with neither rf_boInitLastLayer
+        # nor rf_boRefitLastLayer (or frozen without the first), none.
         self.initial_fit_error_: float | None = None
         self.collapse_note_ = ""
         self.fallback_ = ""  # "pretrained": refining diverged, the pretrained network saved; "first fit": frozen
@@ -749,17 +750,11 @@ class Refiner:
                     # user a model worse than no refining at all (digits at 96 px: 57.67% held-out error
                     # against 18.00%), so the pretrained network, with a last layer fitted on its
                     # features, is what is saved; the curves still show the run.
-                    pretrained, _ = self._build()
-                    model.backbone.load_state_dict(pretrained.backbone.state_dict())
-                    model.head.load_state_dict(pretrained.head.state_dict())  # the fit starts where the first did
-                    kept_error = self.fit_last_layer(model, train_cache, unique_y, what="the pretrained features",
-                                                     weights=unique_w)
+                    kept_error = self._first_fit_again(model, train_cache, unique_y, unique_w)
                     done = ["the PRETRAINED network with a last layer fitted on its features, as refining diverged"]
                     self.fallback_ = "pretrained"
                     self.collapse_note_ += (f". Saved instead of the refined network: the pretrained one, with a last "
                                             f"layer fitted on its features (training error {100 * kept_error:.2f}%)")
-                    if self.progress:
-                        print(f"warning: {self.collapse_note_}", flush=True)
             elif c.freeze_weights and self.initial_fit_error_ is not None:
                 # Frozen, only the last layer trained, and its fit on the clean features is the first
                 # one: no refit. But SGD under dropout and augmentation can still wear that fit down
@@ -769,15 +764,14 @@ class Refiner:
                     train_cache, _ = self._stage3_pixels([train_paths[i] for i in unique], train_cache)
                 trained_error = self.error_rate(model, train_cache, unique_y)
                 if collapse_note(self.initial_fit_error_, trained_error):
-                    model.head.load_state_dict(self._build()[0].head.state_dict())
-                    kept_error = self.fit_last_layer(model, train_cache, unique_y, weights=unique_w)
+                    kept_error = self._first_fit_again(model, train_cache, unique_y, unique_w)
                     done = ["the last layer fitted on the features, as training it further made it worse"]
                     self.fallback_ = "first fit"
                     self.collapse_note_ = (f"training the last layer made it worse on the training images: it errs "
                                            f"on {100 * trained_error:.2f}% of them; saved instead: the last layer "
                                            f"fitted on the features (training error {100 * kept_error:.2f}%)")
-                    if self.progress:
-                        print(f"warning: {self.collapse_note_}", flush=True)
+            if self.fallback_ and self.progress:
+                print(f"warning: {self.collapse_note_}", flush=True)
             # The curves end before these steps; say what the model that is saved scores.
             self.saved_as_ = ", ".join(done) or "the last epoch's weights"
             self.saved_test_error_ = None
@@ -791,6 +785,16 @@ class Refiner:
         self.model_ = model.eval()
         self.history_ = history
         return self
+
+    def _first_fit_again(self, model: ImageClassifier, cache: torch.Tensor, labels: torch.Tensor,
+                         weights: torch.Tensor | None) -> float:
+        """`model` made the pretrained network again (a frozen one is already), with a last layer fitted
+        on its features from the same start as the first fit, not from what training left; returns
+        that fit's training error."""
+        pretrained, _ = self._build()
+        model.backbone.load_state_dict(pretrained.backbone.state_dict())
+        model.head.load_state_dict(pretrained.head.state_dict())
+        return self.fit_last_layer(model, cache, labels, weights=weights)
 
     def _stage3_pixels(self, paths: list[str | Path], cache: torch.Tensor) -> tuple[torch.Tensor, str]:
         """The training images decoded again as stage 3 decodes them (for the refit), and "" ; or,
