@@ -142,7 +142,9 @@ def main() -> int:
     refiner.fit([p.images_dir / r for r, _ in split.train], [y for _, y in split.train],
                 [p.images_dir / r for r, _ in split.test], [y for _, y in split.test],
                 checkpoint=checkpoint, resume=args.resume, on_epoch=save_curves)
-    seconds = time.perf_counter() - start
+    seconds = this_run = time.perf_counter() - start
+    if done_before := refiner.resumed_after_:  # the interrupted run's epochs count too
+        seconds += sum(refiner.history_.seconds[:done_before])
     save_model(p.model_path, refiner.model_, refiner.spec,
                extra={"history": refiner.history_.to_json(),
                       "split_hash": split_hash(p.split_path),  # stage 3 refuses it with another split
@@ -154,7 +156,8 @@ def main() -> int:
                 [curves_json, curves_png])
     for f in (checkpoint, *running):  # the finished model and its curves supersede them
         f.unlink(missing_ok=True)
-    print(f"refined in {seconds:.0f} s")
+    resumed = f" ({this_run:.0f} s in this run, resumed after epoch {done_before})" if done_before else ""
+    print(f"refined in {seconds:.0f} s{resumed}")
     print(f"wrote {p.model_path}")
     print(f"wrote {curves_json} and {curves_png}")
     return 0

@@ -346,6 +346,15 @@ def test_an_interrupted_refinement_leaves_the_finished_runs_curves(pipeline_dir:
     out = run_script("3_runDNN.py", *dnn, "--set", "rf_maxEpochs=1", data_dir=data).stdout
     assert ("note: refine_checkpoint.pt holds an interrupted refinement; this uses the last finished one, "
             "model_refined.pt: to use the new one, finish it first (scripts/2_refineDNN.py --resume)") in out, out
+    # Resumed to 3 epochs: the time reported and recorded counts the interrupted run's epochs too.
+    import re
+
+    out = run_script("2_refineDNN.py", *dnn, "--set", "rf_maxEpochs=3", "--resume", data_dir=data).stdout
+    after = int(re.search(r"resuming from \S+ after epoch (\d)", out)[1])  # 2, unless epoch 3 ended before the signal
+    took = re.search(rf"refined in (\d+) s \((\d+) s in this run, resumed after epoch {after}\)", out)
+    curves = json.loads((results / "training_curves.json").read_text())
+    assert took and curves["epoch"] == [1, 2, 3], (out, curves)
+    assert abs(int(took[1]) - int(took[2]) - sum(curves["seconds"][:after])) <= 1.5, (out, curves)  # rounding
 
 
 def test_the_interrupt_message_says_how_to_continue(capsys: pytest.CaptureFixture[str]) -> None:

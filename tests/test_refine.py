@@ -236,6 +236,7 @@ def test_same_seed_same_result_and_resume_continues_exactly(color_dataset: Path,
     assert ckpt.is_file() and first.history_.epoch == [1]
     resumed = _fit(color_dataset, checkpoint=ckpt, resume=True, device=device)
     assert resumed.history_.epoch == [1, 2] and next(resumed.model_.parameters()).device.type == device
+    assert (resumed.resumed_after_, straight.resumed_after_) == (1, 0)
     assert resumed.history_.train_loss == straight.history_.train_loss
     assert same_weights(resumed.model_, straight.model_)
     # A checkpoint written with other settings is not silently continued.
@@ -578,7 +579,18 @@ def test_a_schedule_cut_short_by_fewer_epochs_is_named() -> None:
     assert "0.0001 of the later epochs are never used" in RefineConfig(max_epochs=3).schedule_note()
     assert RefineConfig().schedule_note() == ""  # the default: 8 rates, 8 epochs
     assert RefineConfig(max_epochs=20).schedule_note() == ""  # the last rate repeats: nothing unused
-    assert RefineConfig(max_epochs=3, lr_per_mb=[0.001] * 5).schedule_note() == ""  # the same rate throughout
+    assert RefineConfig(max_epochs=3, lr_per_mb=[0.001] * 5, average_last_epochs=2).schedule_note() == ""  # one rate
+
+
+def test_an_average_that_takes_in_every_epoch_is_named() -> None:
+    note = RefineConfig(max_epochs=3, lr_per_mb=[0.001]).schedule_note()
+    assert note == ("rf_averageLastEpochs = 4 and rf_maxEpochs = 3: the saved weights are the average of all 3 "
+                    "epochs, the first included; rf_averageLastEpochs = 2 would leave it out")
+    assert RefineConfig(max_epochs=4, lr_per_mb=[0.001], average_last_epochs=4).schedule_note().startswith("rf_average")
+    for quiet in (dict(max_epochs=5), dict(max_epochs=1), dict(max_epochs=3, average_last_epochs=0)):
+        assert RefineConfig(lr_per_mb=[0.001], **quiet).schedule_note() == "", quiet
+    both = RefineConfig(max_epochs=3).schedule_note()  # the default schedule cut to 3 epochs: both notes
+    assert "to shorten the schedule itself; and rf_averageLastEpochs = 4 and rf_maxEpochs = 3" in both
 
 
 def test_an_epoch_interrupted_in_its_test_pass_is_not_trained_again(color_dataset: Path, tmp_path: Path,

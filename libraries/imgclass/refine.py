@@ -144,14 +144,20 @@ class RefineConfig:
         return self.lr_per_mb[min(epoch, len(self.lr_per_mb) - 1)]
 
     def schedule_note(self) -> str:
-        """A word when fewer epochs than rates leave the schedule's later (lower) rates unused: a
-        shortened run is then not the default schedule in brief."""
+        """A word when a shortened run is not the default schedule in brief: fewer epochs than rates
+        leave the later (lower) rates unused, and fewer epochs than rf_averageLastEpochs put the
+        first epochs, the furthest from where training ends, into the saved average."""
+        notes = []
         unused = sorted(set(self.lr_per_mb[self.max_epochs:]) - set(self.lr_per_mb[:self.max_epochs]))
-        if not unused:
-            return ""
-        return (f"rf_lrPerMb lists {len(self.lr_per_mb)} rates and rf_maxEpochs = {self.max_epochs}: the rate(s) "
-                f"{', '.join(f'{v:g}' for v in unused)} of the later epochs are never used; give rf_lrPerMb "
-                f"one rate per epoch to shorten the schedule itself")
+        if unused:
+            notes.append(f"rf_lrPerMb lists {len(self.lr_per_mb)} rates and rf_maxEpochs = {self.max_epochs}: the "
+                         f"rate(s) {', '.join(f'{v:g}' for v in unused)} of the later epochs are never used; give "
+                         f"rf_lrPerMb one rate per epoch to shorten the schedule itself")
+        if 2 <= self.max_epochs <= self.average_last_epochs:
+            notes.append(f"rf_averageLastEpochs = {self.average_last_epochs} and rf_maxEpochs = {self.max_epochs}: the "
+                         f"saved weights are the average of all {self.max_epochs} epochs, the first included; "
+                         f"rf_averageLastEpochs = {self.max_epochs - 1} would leave it out")
+        return "; and ".join(notes)
 
     def augmenter(self) -> Augmenter:
         return Augmenter(self.resolution, self.aug_crop_scale_min, self.aug_rotation_deg, self.aug_flip,
@@ -665,9 +671,11 @@ class Refiner:
         self.initial_fit_error_: float | None = None
         self.collapse_note_ = ""
         self.fallback_ = ""  # "pretrained": refining diverged, the pretrained network saved; "first fit": frozen
+        self.resumed_after_ = 0  # epochs the checkpoint had finished
         if resumed is not None:
             payload, history = resumed
             self._restore(payload, model, opt, gen, average)
+            self.resumed_after_ = len(history.epoch)
             if self.progress:
                 print(f"resuming from {ckpt} after epoch {len(history.epoch)}")
         self._train_mode(model)
