@@ -145,10 +145,11 @@ def main() -> int:
         print(f"note: {note}")
     if note := small_images_note(split, p.images_dir, p.rf_inputResolution):
         print(f"note: {note}")
-    # A class folder named _background or .misc would otherwise vanish without a word; _duplicates/
-    # (dedupImages.py --remove) is skipped on purpose, so this is a note, not an error.
+    # A class folder named _background or .misc (or photos in cat/_new/) would otherwise vanish without a
+    # word; _duplicates/ (dedupImages.py --remove) is skipped on purpose, so this is a note, not an error.
     if skipped := skipped_folders(p.images_dir):
-        print(f"note: not a class (folders starting with _ or . are skipped): {skipped_note(skipped)}")
+        print(f"note: not read (folders starting with _ or . are skipped, beside the classes and inside them): "
+              f"{skipped_note(skipped)}")
     if p.leakageCheck == "off":
         # Byte-identical files are at distance 0, so the near-duplicate check above already reports
         # them; only without it is this cheaper exact check worth reading every file again.

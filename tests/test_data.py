@@ -374,15 +374,23 @@ def test_stage1_names_skipped_folders_and_classes_without_test_images(color_data
     write_image(color_dataset / ".misc" / "a.png", (1, 1, 1))
     (color_dataset / "_empty").mkdir()  # holds no image: not worth a word
     write_image(color_dataset / "bird" / "0.jpg", (1, 2, 3))
-    assert skipped_folders(color_dataset) == [(".misc", 1), ("_duplicates", 2)]
+    # Inside a class folder too: `dedupImages.py DATA/images/colors/red --remove` sets copies aside in
+    # red/_duplicates/, and they must not go back into training.
+    write_image(color_dataset / "red" / "_duplicates" / "red_0.jpg", (200, 40, 40))
+    write_image(color_dataset / "red" / "_new" / "deep" / "red_9.jpg", (200, 40, 40))
+    write_image(color_dataset / "red" / ".thumbs" / "red_0.jpg", (200, 40, 40))  # hidden: not named
+    assert [p.name for p in list_images(color_dataset / "red")] == sorted(p.name for p in (color_dataset / "red").glob("*.jpg"))
+    assert skipped_folders(color_dataset) == [(".misc", 1), ("_duplicates", 2), ("red/_duplicates", 1), ("red/_new", 1)]
     data_dir = color_dataset.parents[1]
     out = run_script("1_prepareData.py", "--set", "datasetName=colors", "--set", "leakageCheck=off",
                      data_dir=data_dir).stdout
-    assert ("note: not a class (folders starting with _ or . are skipped): .misc/ (1 image), "
-            "_duplicates/ (2 images)") in out
+    assert ("note: not read (folders starting with _ or . are skipped, beside the classes and inside them): "
+            ".misc/ (1 image), _duplicates/ (2 images), red/_duplicates/ (1 image), red/_new/ (1 image)") in out
     assert "note: no test image: bird;" in out
     split = load_split(data_dir / "proc" / "colors" / "split.json")
     assert split.classes == ["bird", "blue", "green", "red"]
+    used = [p for p, _ in split.train + split.test]
+    assert len(used) == 19 and not [p for p in used if "/_" in p or "/." in p], used
 
 
 def test_names_that_are_not_utf8_are_left_out_or_named(color_dataset: Path) -> None:
@@ -572,6 +580,26 @@ def test_a_subdir_split_keeps_sub_folders_and_sends_new_photos_of_a_test_item_to
     groups = lambda side: {"/".join(p.split("/")[:2]) for p, _ in later.side(side)}  # noqa: E731
     assert not groups("train") & groups("test")
     assert len({g for g in groups("test") if g.startswith("dotted/")}) == 4  # 2 of the 4 new items to test
+
+
+def test_a_subdir_split_whose_training_folders_are_all_gone_keeps_every_image(tmp_path: Path) -> None:
+    """A class's training sub-folders deleted since: one of its test folders becomes its training
+    folder, every image of it, none lost between the sides."""
+    import shutil
+
+    for c, rgb in (("cat", (100, 100, 100)), ("dog", (10, 100, 100))):
+        for g in "abcd":
+            for i in range(2):
+                write_image(tmp_path / c / g / f"{i}.jpg", rgb, seed=ord(g) * 10 + i)
+    first = make_split(tmp_path, ratio=0.75, seed=0, split_by="subdir")
+    test_folders = sorted({p.split("/")[1] for p, y in first.test if p.startswith("cat/")})
+    for g in set("abcd") - set(test_folders):
+        shutil.rmtree(tmp_path / "cat" / g)
+    write_image(tmp_path / "cat" / test_folders[0] / "new.jpg", (100, 100, 100), seed=99)
+    later = make_split(tmp_path, ratio=0.75, seed=0, split_by="subdir", previous=first)
+    cats = sorted(p for p, _ in later.train + later.test if p.startswith("cat/"))
+    assert cats == sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "cat").rglob("*.jpg"))
+    assert later.counts()["cat"]["train"] >= 1 and not later.excluded
 
 
 def test_stage1_rerun_keeps_the_split_and_resplit_makes_a_new_one(color_dataset: Path) -> None:

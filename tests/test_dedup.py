@@ -227,7 +227,11 @@ def test_label_fixes_decide_the_class_and_an_excluded_copy_is_never_the_one_kept
 
     applied = "annotations_fixes.tsv applied: 0 image(s) relabelled, 1 left out"  # big_copy.jpg
     assert fix_notes(make_split(root, progress=False), root) == [applied]
-    (root / "_duplicates" / "dotted" / "striped_copy.jpg").unlink()  # deleted for good: said
+    # dedupImages.py run on the class folder alone sets it aside in dotted/_duplicates/: no news either.
+    (root / "dotted" / "_duplicates").mkdir()
+    shutil.move(root / "_duplicates" / "dotted" / "striped_copy.jpg", root / "dotted" / "_duplicates" / "striped_copy.jpg")
+    assert fix_notes(make_split(root, progress=False), root) == [applied]
+    (root / "dotted" / "_duplicates" / "striped_copy.jpg").unlink()  # deleted for good: said
     assert fix_notes(make_split(root, progress=False), root) == [applied,
         "annotations_fixes.tsv: dotted/striped_copy.jpg: no such image (deleted since, or mistyped: the fix does nothing)"]
 

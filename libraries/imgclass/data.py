@@ -175,9 +175,10 @@ def _walk_once(root: str | Path, skip_prefixes: tuple[str, ...]) -> Iterator[tup
 
 
 def list_images(class_dir: Path, broken_links: list[Path] | None = None) -> list[Path]:
-    """Image files below a class folder (recursively), sorted, hidden files and folders skipped,
+    """Image files below a class folder (recursively), sorted, hidden files and folders skipped and
+    folders starting with '_' too (`dedupImages.py cat --remove` sets copies aside in cat/_duplicates/),
     linked folders followed (see walk_image_files)."""
-    return walk_image_files(class_dir, broken_links=broken_links)
+    return walk_image_files(class_dir, skip_prefixes=NOT_CLASS_PREFIXES, broken_links=broken_links)
 
 
 def _one_class_per_file(listed: list[tuple[str, Path]], root: Path, base: Path) -> dict[Path, str]:
@@ -222,20 +223,26 @@ def _one_class_per_file(listed: list[tuple[str, Path]], root: Path, base: Path) 
 
 def skipped_folders(images_dir: str | Path) -> list[tuple[str, int]]:
     """(folder, images) for each folder beside the class folders that is not a class because its
-    name starts with '_' or '.' yet holds images, e.g. ("_duplicates", 12), sorted; stage 1 names them,
-    since a class named so would otherwise vanish without a word. In a data set split in advance the
-    folders inside train/ and test/ are looked at too ("train/_background")."""
+    name starts with '_' or '.' yet holds images, e.g. ("_duplicates", 12), and for each folder inside
+    a class folder whose name starts with '_' ("cat/_duplicates"), sorted by class; stage 1 names them,
+    since a class (or photos) in such a folder would otherwise vanish without a word. In a data set
+    split in advance the folders inside train/ and test/ are looked at too ("train/_background")."""
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
         return []
     folders = [images_dir]
     if (split_folders := find_split_folders(images_dir)) is not None:
         folders += split_folders[:2]
+    class_parents = folders[1:] or folders
     out = []
     for folder in folders:
         for p in sorted(folder.iterdir()):
-            if p.is_dir() and p.name.startswith(NOT_CLASS_PREFIXES) and (n := len(list_images(p))):
-                out.append((p.relative_to(images_dir).as_posix(), n))
+            if p.is_dir() and p.name.startswith(NOT_CLASS_PREFIXES):
+                if n := len(list_images(p)):
+                    out.append((p.relative_to(images_dir).as_posix(), n))
+            elif p.is_dir() and folder in class_parents:  # a class folder: its own cat/_duplicates/ and the like
+                prefix = p.relative_to(images_dir).as_posix()
+                out += [(f"{prefix}/{sub}", n) for sub, n in skipped_below(p)]
     return out
 
 
@@ -623,11 +630,15 @@ def make_split(
                 group_side = {g: ("test" if any(earlier.get(p) == "test" for p in ps) else "train")
                               for g, ps in groups.items() if any(p in earlier for p in ps)}
                 tr_groups, te_groups = _split_keeping(sorted(groups), ratio, rng, group_side)
-                tr_paths = [p for g in tr_groups for p in groups[g] if earlier.get(p, "train") == "train"]
+                # Every image of a training folder: one with a test image before is a test folder that
+                # _split_keeping moved to train, since the class's earlier training folders are all gone.
+                tr_paths = [p for g in tr_groups for p in groups[g]]
                 te_paths = [p for g in te_groups for p in groups[g] if earlier.get(p, "test") == "test"]
                 tr_paths += [p for g in te_groups for p in groups[g] if earlier.get(p) == "train"]
             else:
                 tr_paths, te_paths = _split_keeping(per_class[c], ratio, rng, earlier)
+            # Each image on exactly one side: one lost here would vanish from the split with no word.
+            assert sorted(tr_paths + te_paths) == sorted(per_class[c]), f"split of {c!r} lost or doubled images"
             train += [(p, i) for p in sorted(tr_paths)]
             test += [(p, i) for p in sorted(te_paths)]
         method = "subdir" if split_by == "subdir" else "random"
@@ -811,10 +822,16 @@ def fix_notes(split: Split, images_dir: str | Path) -> list[str]:
     lines that disagree with one another or name no image of `split` (apply_fixes passes over those:
     an image deleted since is no error, but a typo would go unseen)."""
     known = [p for p, _ in split.train] + [p for p, _ in split.test] + [p for p, _ in split.excluded]
-    # An image dedupImages.py --remove set aside in _duplicates/ (under the same path) is not missing.
-    aside = Path(images_dir) / DUPLICATES_FOLDER
+    # An image dedupImages.py --remove set aside is not missing: run on the data set, it went to
+    # _duplicates/ under the same path; run on a class folder, to cat/_duplicates/.
+    images_dir = Path(images_dir)
+
+    def set_aside(p: str) -> bool:
+        first, _, rest = p.partition("/")
+        return (images_dir / DUPLICATES_FOLDER / p).is_file() or (images_dir / first / DUPLICATES_FOLDER / rest).is_file()
+
     repeated: list[str] = []
-    fixes = {p: fix for p, fix in read_fixes(images_dir, repeated).items() if not (aside / p).is_file()}
+    fixes = {p: fix for p, fix in read_fixes(images_dir, repeated).items() if not set_aside(p)}
     notes = [f"{FIXES_FILE}: {note}" for note in repeated]
     # Say what the fixes did, so the user sees an edit of the file take effect (or not).
     moves: dict[tuple[str, str], int] = {}
