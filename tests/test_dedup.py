@@ -136,6 +136,15 @@ def test_distinct_images_are_far_apart(originals: Path) -> None:
     assert report.groups == [] and len(report.paths) == 3 * N_PER_CLASS
 
 
+def test_a_threshold_at_which_unrelated_images_match_is_refused(originals: Path, tmp_path: Path) -> None:
+    for bad in (-1, 128, 300):  # of 256 bits, unrelated images differ in about 128
+        with pytest.raises(ValueError, match=rf"threshold = {bad}: expected 0 to 127 \(bits of 256"):
+            find_duplicates(originals, threshold=bad, progress=False)
+    proc = run_script("dedupImages.py", str(originals), "--threshold", "300", "--remove", data_dir=tmp_path, check=False)
+    assert proc.returncode == 1 and "error: threshold = 300: expected 0 to 127" in proc.stderr, proc.stderr
+    assert not (originals / "_duplicates").exists()
+
+
 def test_script_is_a_dry_run_unless_asked_and_moves_never_deletes(with_copies, tmp_path: Path) -> None:
     root, expected = with_copies
     before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}

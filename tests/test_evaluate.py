@@ -52,6 +52,10 @@ def test_auc_is_none_for_a_class_with_no_images_and_shapes_are_checked() -> None
     assert m["per_class"]["x"]["precision"] == 1.0
     with pytest.raises(ValueError, match="do not match"):
         compute_metrics(np.zeros((3, 2)), np.zeros(2, dtype=int), ["x", "y"])
+    with pytest.raises(ValueError, match="labels must be class indices 0 to 1; got -1 to 1"):  # not the last class
+        compute_metrics(np.eye(2)[[0, 1, 1]], np.array([0, 1, -1]), ["x", "y"])
+    with pytest.raises(ValueError, match=r"1 image\(s\) have scores that are not finite"):
+        compute_metrics(np.array([[0.9, 0.1], [np.nan, 0.2]]), np.array([0, 1]), ["x", "y"])
 
 
 def test_plots_and_pages_are_written(tmp_path: Path) -> None:

@@ -57,7 +57,9 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
         LinearSvm.load(tmp_path / "missing.npz")
 
 
-@pytest.mark.parametrize("kwargs, message", [({"c_values": []}, "positive numbers"), ({"c_values": [0]}, "positive"), ({"cv_folds": 1}, "at least 2")])
+@pytest.mark.parametrize("kwargs, message", [({"c_values": []}, "positive numbers"), ({"c_values": [0]}, "positive"),
+                                            ({"c_values": [float("nan")]}, "positive"), ({"c_values": [float("inf")]}, "positive"),
+                                            ({"cv_folds": 1}, "at least 2")])
 def test_bad_parameters_fail_early(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         LinearSvm(**kwargs)

@@ -344,8 +344,10 @@ def find_duplicates(
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such folder")
-    if threshold < 0:
-        raise ValueError(f"threshold = {threshold}: must be >= 0 (bits that may differ)")
+    bits = hash_size * hash_size
+    if not 0 <= threshold < bits // 2:  # two unrelated images differ in about half the bits
+        raise ValueError(f"threshold = {threshold}: expected 0 to {bits // 2 - 1} (bits of {bits} that may "
+                         f"differ; unrelated images differ in about {bits // 2})")
     left_out: list[tuple[str, str]] = []
     paths = list_folder_images(folder, left_out)
     both, problems = hash_files([folder / p for p in paths], hash_size, workers, progress, with_mirror=True)

@@ -59,6 +59,11 @@ def compute_metrics(scores: np.ndarray, labels: np.ndarray, classes: Sequence[st
         raise ValueError(f"scores {scores.shape} do not match {len(labels)} labels and {k} classes")
     if len(labels) == 0:
         raise ValueError("no images to evaluate")
+    if labels.min() < 0 or labels.max() >= k:  # -1 would count as the last class (numpy indexing)
+        raise ValueError(f"labels must be class indices 0 to {k - 1}; got {labels.min()} to {labels.max()}")
+    if not np.isfinite(scores).all():
+        raise ValueError(f"{int((~np.isfinite(scores)).any(axis=1).sum())} image(s) have scores that are not finite "
+                         f"(NaN or infinite): the model that made them is broken")
     pred = scores.argmax(axis=1)
     cm = np.zeros((k, k), dtype=np.int64)
     np.add.at(cm, (labels, pred), 1)

@@ -7,6 +7,7 @@ model file never runs code from it.
 from __future__ import annotations
 
 import json
+import numbers
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,8 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         get_info(self.backbone)  # an unknown backbone names the known ones
+        if not isinstance(self.resolution, numbers.Integral) or not 32 <= self.resolution <= 1024:
+            raise ValueError(f"resolution = {self.resolution!r}: expected 32 to 1024 pixels")
         if self.resize_mode not in RESIZE_MODES:
             raise ValueError(f"resize_mode {self.resize_mode!r}: allowed values are {', '.join(RESIZE_MODES)}")
         if self.kind not in ("fixed", "refined"):

@@ -8,6 +8,7 @@ be loaded without unpickling and folded into the exported ONNX model.
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -88,7 +89,7 @@ class LinearSvm:
         balance_classes: bool = False,
     ) -> None:
         c_values = list(c_values)
-        if not c_values or any(not isinstance(c, (int, float)) or c <= 0 for c in c_values):
+        if not c_values or any(not isinstance(c, (int, float)) or not 0 < c < math.inf for c in c_values):
             raise ValueError(f"c_values = {c_values!r}: expected a non-empty list of positive numbers")
         if cv_folds < 2:
             raise ValueError(f"cv_folds = {cv_folds}: expected at least 2")
