@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from imgclass.fileio import write_json
+
 ROOT = Path(__file__).resolve().parents[1]
 FASHION = ROOT.parent / "shared" / "datasets" / "fashionTexture"
 
@@ -86,8 +88,7 @@ def main() -> None:
     print(f"| mean | {100 * summary['mean_dnn']:.2f}% | {100 * summary['mean_svmDnnRefined']:.2f}% | "
           f"{summary['mean_refine_seconds']:.0f} |")
     if a.out:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(json.dumps(summary, indent=2))
+        write_json(a.out, summary)
     print(json.dumps(summary))
 
 

@@ -10,6 +10,8 @@ Usage: python benchmarks/bench_pairwise.py [--test 5000] [--train 15000]
 import argparse
 import time
 import tracemalloc
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -26,7 +28,7 @@ def bytewise(bits: np.ndarray, threshold: int, other: np.ndarray, block: int = 1
     return pairs
 
 
-def measure(f, *args) -> tuple[float, float, list]:
+def measure(f: Callable[..., list], *args: Any) -> tuple[float, float, list]:
     tracemalloc.start()
     t0 = time.perf_counter()
     out = f(*args)

@@ -15,7 +15,6 @@ load (shared CPU) affects them alike. Prints both and their ratio.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from torchvision import transforms
 
 from imgclass.backbones import create_backbone, get_info
 from imgclass.data import list_class_dirs, list_images
+from imgclass.fileio import write_json
 from imgclass.images import load_rgb
 from imgclass.refine import RefineConfig, Refiner
 
@@ -118,8 +118,8 @@ def main() -> None:
     print(f"imgclass refinement:      {ours:7.2f} img/s  (steady-state epoch: {ours_epoch:.2f} img/s)")
     print(f"ratio:                    {ours / plain:7.2f}x")
     if a.out:
-        a.out.write_text(json.dumps({"plain_img_s": plain, "project_img_s": ours, "project_epoch_img_s": ours_epoch,
-                                     "ratio": ours / plain, **vars(a), "folder": str(a.folder), "out": str(a.out)}, indent=2))
+        write_json(a.out, {"plain_img_s": plain, "project_img_s": ours, "project_epoch_img_s": ours_epoch,
+                                     "ratio": ours / plain, **vars(a), "folder": str(a.folder), "out": str(a.out)})
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import torch
 
 from imgclass.backbones import create_backbone
 from imgclass.data import make_split
+from imgclass.fileio import write_json
 from imgclass.modelfile import ImageClassifier
 from imgclass.params import Params, load_params, parse_overrides
 from imgclass.refine import RefineConfig, Refiner, decode_images
@@ -125,7 +126,7 @@ def main() -> None:
     print(f"training time per seed: {np.mean([r['seconds'] for r in rows]):.0f} s")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"rows": rows, "overrides": args.overrides}, indent=2))
+        write_json(args.out, {"rows": rows, "overrides": args.overrides})
 
 
 if __name__ == "__main__":

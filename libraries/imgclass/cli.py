@@ -1,7 +1,8 @@
 """What every stage script shares: `--set NAME=VALUE`, `--params FILE`, `--help`, clear errors.
 
-A stage script is three lines of substance: build its parser with `stage_parser`, call
-`parse_stage` to get the validated parameters, and do its work inside `run_stage`, which turns
+Every stage script has the same frame: build its parser with `stage_parser`, call `parse_stage`
+to get the validated parameters, call the library and print what it wrote and where, all inside
+`run_stage`, which turns
 the errors a user can cause (bad parameter, missing input, bad data) into one readable line and a
 non-zero exit instead of a traceback.
 """

@@ -177,7 +177,7 @@ class Featurizer:
 
     `workers`: threads decoding images ahead of the network (0 = decode in the calling thread).
     `engine`: "auto" (ONNX Runtime on a CPU, PyTorch on CUDA/MPS), "onnx" or "torch".
-    `export_dir`: folder for the exported ONNX file (default: ~/.cache/imgclass/onnx).
+    `export_dir`: folder for the exported ONNX file (default: default_export_dir(), under $XDG_CACHE_HOME or ~/.cache).
     """
 
     def __init__(

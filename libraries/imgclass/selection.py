@@ -22,7 +22,7 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,6 +31,11 @@ from imgclass.features import FeatureCache, Featurizer
 from imgclass.images import header_size
 from imgclass.modelfile import ModelSpec, build_model, save_model
 from imgclass.svm import LinearSvm
+
+if TYPE_CHECKING:  # for the annotations; compare_classifiers imports what it runs
+    import torch
+
+    from imgclass.refine import RefineConfig, Refiner
 
 
 @dataclass
@@ -59,7 +64,7 @@ def all_square(paths: Sequence[str | Path]) -> bool:
     return True
 
 
-def _gflops_per_image(model, resolution: int) -> float:
+def _gflops_per_image(model: torch.nn.Module, resolution: int) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -213,10 +218,10 @@ def _score(name: str, pred: np.ndarray, truth: np.ndarray) -> ClassifierScore:
 
 
 def compare_classifiers(
-    paths: Sequence[str | Path], labels: np.ndarray, classes: Sequence[str], config: Any, svm: LinearSvm,
+    paths: Sequence[str | Path], labels: np.ndarray, classes: Sequence[str], config: RefineConfig, svm: LinearSvm,
     val_fraction: float = 0.2, seed: int = 0, progress: bool = True, spill_dir: Path | None = None,
     flip_average: bool = False,
-) -> tuple[list[ClassifierScore], Any]:
+) -> tuple[list[ClassifierScore], Refiner]:
     """Refine on the fit part of (paths, labels), training images only, with `config` (a
     RefineConfig, as stage 2), and score svm / dnn / svmDnnRefined on the held-out part.
 

@@ -69,9 +69,11 @@ class LinearSvm:
     `balance_classes`: weigh each class's errors inversely to its size, and choose C by class-averaged
     accuracy; for data sets whose classes are of very different sizes.
 
-    After `fit`: `C_` (chosen), `cv_scores_` ({C: mean CV accuracy}), `cv_majority_` (what always
-    answering the largest class scores on the same folds), `cv_note_` (why CV was limited or skipped,
-    or which C values learned nothing, else ""), `coef_` (K, D), `intercept_` (K,),
+    After `fit`: `C_` (chosen), `cv_scores_` ({C: mean CV accuracy}), `cv_fold_scores_` ({C: each
+    fold's accuracy}), `cv_folds_used_` (0: no cross-validation) and `cv_folds_limited_by_` (the
+    class too small for svm_cvFolds folds, else ""), `cv_majority_` (what always answering the largest
+    class scores on the same folds), `cv_chance_` (what guessing among each fold's classes scores),
+    `cv_note_` (why CV was limited or skipped, or which C values learned nothing, else ""), `coef_` (K, D), `intercept_` (K,),
     `n_classes_`, `cv_val_scores_` (each training image's class scores from the cross-validation fit
     of the chosen C that did not see it: where it disagrees with the label, the label may be wrong;
     None without cross-validation). `decision_function` returns one score column per class, also for
