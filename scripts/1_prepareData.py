@@ -14,14 +14,11 @@ from pathlib import Path
 from imgclass.annotations import FIXES_FILE, read_fixes
 from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.data import (
-    DatasetError, Split, balance_notes, check_disjoint, confirmed_labels, dedicated_file_hint, earlier_sides,
+    DatasetError, Split, balance_notes, confirmed_labels, dedicated_file_hint, earlier_sides,
     exact_duplicates_across, fix_notes, load_split, make_split, save_split, skipped_folders, skipped_note,
     small_images_note, split_change_note, subdir_notes, unread_images_note, unused_rule_notes,
 )
-from imgclass.dedup import (
-    LeakCheck, check_leaks, depleted_test_classes, hashes_lookalike_note, label_conflicts, settle_leaks,
-    write_conflicts, write_leaks,
-)
+from imgclass.dedup import LeakCheck, apply_leakage_check, hashes_lookalike_note, label_conflicts, write_conflicts
 from imgclass.params import Params
 from imgclass.terminal import ljust, name_column
 
@@ -73,57 +70,16 @@ def main() -> int:
                        previous=None if args.resplit else previous)
     uneven = subdir_notes(split, p.ratioTrainTest)  # of the rule's split, before the leakage check moves images
     if p.leakageCheck != "off":
-        check = check_leaks(split, p.images_dir, p.dedup_threshold)
-        # Pairs across classes first: those are label problems, and would hide among the rest.
-        leaks = sorted(check.leaks, key=lambda leak: leak.same_class)
-        for leak in leaks[:SHOW_LEAKS]:
-            note = "" if leak.same_class else " (DIFFERENT classes: check the labels)"
-            how = f"{leak.distance} bits{', mirrored' if leak.mirrored else ''}"
-            print(f"near duplicates across the split ({how}): {leak.train} (train) ~ {leak.test} (test){note}")
-        listed = write_leaks(p.proc_dir / "near_duplicates.tsv", check.leaks)
-        if len(check.leaks) > SHOW_LEAKS:
-            others = sum(not leak.same_class for leak in leaks[SHOW_LEAKS:])
-            print(f"... and {len(check.leaks) - SHOW_LEAKS} more pairs ({others} across classes); all {len(check.leaks)} in {listed}")
-        if check.leaks and check.lookalike_note:
-            print(f"note: {check.lookalike_note}")
-            if p.leakageCheck == "move":
-                # A lower threshold still moves the closest look-alikes (digits: a 7 moved at 6 bits).
-                print("leakageCheck = 'move': nothing moved, since these pairs need not be copies; where you know "
-                      "the data set holds no copies, set leakageCheck = 'off' rather than lowering the threshold, "
-                      "which still moves the closest look-alikes")
-        elif check.leaks and p.leakageCheck == "move":
-            if check.lookalike_classes:
-                print(f"note: the images of {', '.join(check.lookalike_classes)} look alike to dhash within their "
-                      f"class (distinct images lie within {p.dedup_threshold} bits of one another as often as copies "
-                      "would), so their pairs are not moved: they need not be copies; to catch only copies there, "
-                      "lower dedup_threshold")
-            before = split
-            # A random split kept from an earlier run: an image new since then that copies one of its test
-            # images joins that one in test (else the old test image went to train, and the test set that
-            # results are compared on lost it). Not in a subdir split, whose sub-folders stay whole.
-            kept = earlier_sides(previous, split.settings)[0] if previous and not args.resplit and \
-                split.method == "random" else {}
-            split, remaining = settle_leaks(split, check, p.images_dir, kept)
-            check_disjoint(split)
-            was, now = before.sides(), split.sides()
-            out = sum(1 for path, side in now.items() if side == "train" and was[path] == "test")
-            joined = sum(1 for path, side in now.items() if side == "test" and was[path] == "train")
-            print(f"moved {out} test image(s) with a same-class near duplicate in train to train" + (
-                f"; {joined} new image(s) joined their near copy in test (an earlier test image, kept there)"
-                if joined else ""))
-            # Each class keeps a test image: where its last ones are copies of training images, say so.
-            labels = dict(split.test)
-            kept_copies = sorted({split.classes[labels[leak.test]] for leak in remaining.movable(split) if leak.same_class})
-            if kept_copies:
-                print(f"note: {', '.join(kept_copies)}: test image(s) with a near copy in train stay in test, so that "
-                      f"the class keeps a test image; its accuracy there measures memory as much as recognition: "
-                      f"add test images ({listed.name} lists the pairs)")
-            for c, moved, left in depleted_test_classes(before, split):
-                print(f"note: {c}: {moved} of its {moved + left} test images moved, {left} left: its photos are "
-                      f"near copies of one another, or look alike to dhash (plain or smooth images); see "
-                      f"{listed.name}, and if they are not copies, set leakageCheck = 'report' or a lower dedup_threshold")
-        elif check.leaks:
-            print("leakageCheck = 'report': left as they are; test accuracy may be optimistic")
+        # A random split kept from an earlier run: an image new since then that copies one of its test
+        # images joins that one in test (else the old test image went to train, and the test set that
+        # results are compared on lost it). Not in a subdir split, whose sub-folders stay whole.
+        kept = earlier_sides(previous, split.settings)[0] if previous and not args.resplit and \
+            split.method == "random" else {}
+        leakage = apply_leakage_check(split, p.images_dir, p.leakageCheck, p.dedup_threshold,
+                                      p.proc_dir / "near_duplicates.tsv", kept, shown=SHOW_LEAKS)
+        for line in leakage.lines:
+            print(line)
+        split, check = leakage.split, leakage.check
         report_conflicts(p, split, check)
     else:  # an earlier run's lists would pass for this split's
         for name in ("near_duplicates.tsv", "label_conflicts.tsv"):

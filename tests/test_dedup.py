@@ -15,6 +15,7 @@ from PIL import Image, ImageOps
 from conftest import FASHION, run_script, write_image
 from imgclass.data import Split, list_class_dirs, make_split
 from imgclass.dedup import (
+    apply_leakage_check,
     DEFAULT_THRESHOLD,
     DuplicateReport,
     Leak,
@@ -304,6 +305,19 @@ def test_leakage_check_finds_a_planted_duplicate_across_the_split(originals: Pat
     assert ("striped/striped_0000.jpg", 2) in fixed.train and ("striped/striped_0000.jpg", 2) not in fixed.test
     assert len(fixed.train) == len(train) + 1 and len(fixed.test) == len(test) - 1
     assert check_leaks(fixed, root, progress=False).leaks == []
+    # Stage 1's step: "report" lists the pair and leaves it; "move" moves it; either way the TSV lists it.
+    listed = tmp_path / "proc" / "near_duplicates.tsv"
+    reported = apply_leakage_check(split, root, "report", DEFAULT_THRESHOLD, listed)
+    bits = leaks[0].distance
+    assert reported.split is split and reported.lines == [
+        f"near duplicates across the split ({bits} bits): striped/from_another_site.jpg (train) ~ striped/striped_0000.jpg "
+        "(test)", "leakageCheck = 'report': left as they are; test accuracy may be optimistic"], reported.lines
+    assert listed.read_text().count("striped/striped_0000.jpg") == 1
+    moved = apply_leakage_check(split, root, "move", DEFAULT_THRESHOLD, listed)
+    assert moved.split.sides() == fixed.sides() and moved.lines[-1] == (
+        "moved 1 test image(s) with a same-class near duplicate in train to train")
+    with pytest.raises(ValueError, match="mode = 'off': expected 'report' or 'move'"):
+        apply_leakage_check(split, root, "off", DEFAULT_THRESHOLD, listed)
 
 
 def test_a_new_copy_of_an_earlier_test_image_joins_it_in_test(originals: Path, tmp_path: Path) -> None:

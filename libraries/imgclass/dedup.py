@@ -34,7 +34,7 @@ import numpy as np
 from PIL import ImageOps
 
 from imgclass.annotations import EXCLUDE, read_fixes
-from imgclass.data import DUPLICATES_FOLDER, Split, find_split_folders, list_folder_images
+from imgclass.data import DUPLICATES_FOLDER, Split, check_disjoint, find_split_folders, list_folder_images
 from imgclass.fileio import atomic_open, write_tsv
 from imgclass.images import ImageDecodeError, header_size, load_rgb
 from imgclass.progress import progress_bar
@@ -659,7 +659,80 @@ def settle_leaks(split: Split, check: LeakCheck, images_dir: str | Path, earlier
     return replace(split, moved=[p for p in split.moved if was.get(p) != "train"]), again
 
 
+@dataclass
+class LeakageOutcome:
+    """What stage 1's leakage check did: the split after it, the check (its hashes serve the label
+    conflicts), the file listing the pairs, and what to tell the user, line by line."""
+
+    split: Split
+    check: LeakCheck
+    listed: Path
+    lines: list[str]
+
+
+def apply_leakage_check(split: Split, images_dir: str | Path, mode: str, threshold: int, listed: str | Path,
+                        earlier: Mapping[str, str] | None = None, shown: int = 10) -> LeakageOutcome:
+    """Check `split` for near duplicates across train and test, list every pair in `listed` (a TSV),
+    and with `mode` "move" keep same-class copies in train (settle_leaks; `earlier`: the sides of
+    the split stage 1 kept, see keep_leaks_in_train); "report" leaves them. The lines say what was
+    found and done, `shown` pairs printed (across classes first: label problems would hide among the rest)."""
+    if mode not in ("report", "move"):
+        raise ValueError(f"mode = {mode!r}: expected 'report' or 'move'")
+    check = check_leaks(split, images_dir, threshold)
+    lines = []
+    leaks = sorted(check.leaks, key=lambda leak: leak.same_class)
+    for leak in leaks[:shown]:
+        note = "" if leak.same_class else " (DIFFERENT classes: check the labels)"
+        how = f"{leak.distance} bits{', mirrored' if leak.mirrored else ''}"
+        lines.append(f"near duplicates across the split ({how}): {leak.train} (train) ~ {leak.test} (test){note}")
+    listed = write_leaks(listed, check.leaks)
+    if len(check.leaks) > shown:
+        others = sum(not leak.same_class for leak in leaks[shown:])
+        lines.append(f"... and {len(check.leaks) - shown} more pairs ({others} across classes); all {len(check.leaks)} "
+                     f"in {listed}")
+    if not check.leaks:
+        return LeakageOutcome(split, check, listed, lines)
+    if check.lookalike_note:
+        lines.append(f"note: {check.lookalike_note}")
+        if mode == "move":
+            # A lower threshold still moves the closest look-alikes (digits: a 7 moved at 6 bits).
+            lines.append("leakageCheck = 'move': nothing moved, since these pairs need not be copies; where you know "
+                         "the data set holds no copies, set leakageCheck = 'off' rather than lowering the threshold, "
+                         "which still moves the closest look-alikes")
+        return LeakageOutcome(split, check, listed, lines)
+    if mode == "report":
+        lines.append("leakageCheck = 'report': left as they are; test accuracy may be optimistic")
+        return LeakageOutcome(split, check, listed, lines)
+    if check.lookalike_classes:
+        lines.append(f"note: the images of {', '.join(check.lookalike_classes)} look alike to dhash within their "
+                     f"class (distinct images lie within {threshold} bits of one another as often as copies "
+                     "would), so their pairs are not moved: they need not be copies; to catch only copies there, "
+                     "lower dedup_threshold")
+    before = split
+    split, remaining = settle_leaks(split, check, images_dir, earlier)
+    check_disjoint(split)
+    was, now = before.sides(), split.sides()
+    out = sum(1 for path, side in now.items() if side == "train" and was[path] == "test")
+    joined = sum(1 for path, side in now.items() if side == "test" and was[path] == "train")
+    lines.append(f"moved {out} test image(s) with a same-class near duplicate in train to train" + (
+        f"; {joined} new image(s) joined their near copy in test (an earlier test image, kept there)" if joined else ""))
+    # Each class keeps a test image: where its last ones are copies of training images, say so.
+    labels = dict(split.test)
+    kept_copies = sorted({split.classes[labels[leak.test]] for leak in remaining.movable(split) if leak.same_class})
+    if kept_copies:
+        lines.append(f"note: {', '.join(kept_copies)}: test image(s) with a near copy in train stay in test, so that "
+                     f"the class keeps a test image; its accuracy there measures memory as much as recognition: "
+                     f"add test images ({listed.name} lists the pairs)")
+    for c, moved, left in depleted_test_classes(before, split):
+        lines.append(f"note: {c}: {moved} of its {moved + left} test images moved, {left} left: its photos are "
+                     f"near copies of one another, or look alike to dhash (plain or smooth images); see "
+                     f"{listed.name}, and if they are not copies, set leakageCheck = 'report' or a lower dedup_threshold")
+    return LeakageOutcome(split, check, listed, lines)
+
+
 __all__ = [
+    "apply_leakage_check",
+    "LeakageOutcome",
     "Conflict",
     "label_conflicts",
     "write_conflicts",
