@@ -6,10 +6,6 @@ in, or the refined network), the class names, the preprocessing, the training me
 hash as model version. The service (python -m imgclass.serve) loads it with ONNX Runtime only.
 """
 
-import os
-import subprocess
-import sys
-
 from imgclass.cli import do_not_track, parse_stage, run_stage, stage_parser, track_now
 from imgclass.provenance import StaleFilesError  # torch-free, like everything the --bundle path imports
 
@@ -67,31 +63,11 @@ def main() -> int:
         return 0
     print("score photos from another shell: python scripts/6_callWebservice.py PHOTO_OR_FOLDER (with the same "
           "--set options as here), or on the service's web page")
-    track_now(__file__)  # the export is done; os.execv below never returns to run_stage to record it
+    from imgclass.serve import become_service, service_command
+
+    track_now(__file__)  # the export is done; become_service never returns to run_stage to record it
     # (after do_not_track, a no-op)
-    sys.stdout.flush()
-    # A fresh interpreter serves: it never imports torch, so it starts fast and stays small.
-    cmd = [sys.executable, "-m", "imgclass.serve", str(bundle.path), "--host", host, "--port", str(port),
-           "--workers", str(workers), "--threads", str(p.dep_threads), "--max-batch", str(p.dep_maxBatch),
-           "--max-upload-bytes", str(p.dep_maxUploadBytes), "--max-pixels", str(p.dep_maxPixels),
-           "--max-images", str(p.dep_maxImagesPerRequest), "--max-concurrent", str(p.dep_maxConcurrent),
-           "--body-timeout", str(p.dep_bodyTimeoutSec), "--grace", str(p.dep_graceSec),
-           "--root-path", p.dep_rootPath, *(f"--cors-origin={o}" for o in p.dep_corsOrigins)]
-    if os.name == "nt":
-        # Windows has no exec: os.execv starts a new process and ends this one, which would leave the
-        # server running detached, out of reach of Ctrl-C and of whoever started this script. So the
-        # server runs as a child; Ctrl-C reaches both, and the server is given time to shut down
-        # (subprocess.call would kill it after a quarter of a second).
-        server = subprocess.Popen(cmd)
-        try:
-            return server.wait()
-        except KeyboardInterrupt:
-            try:
-                return server.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                return 1
-    os.execv(sys.executable, cmd)
+    return become_service(service_command(bundle.path, p, host, port, workers))
 
 
 if __name__ == "__main__":

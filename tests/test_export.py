@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import run_script
+from deploy_support import free_port
 from imgclass.export import BundleError, export_bundle, load_bundle
 from imgclass.fileio import load_npz
 from imgclass.images import load_square
@@ -166,7 +167,8 @@ def test_a_changed_model_file_is_refused(pipeline: tuple[Path, Path], tmp_path: 
         load_bundle(copy)
     with pytest.raises(BundleError, match="not a model bundle"):
         load_bundle(tmp_path / "nothing")
-    proc = run_script("6_deploy.py", "--bundle", str(copy), data_dir=tmp_path, check=False)
+    # (on a free port: the port is checked first, and 8000 may be taken on the machine running the tests)
+    proc = run_script("6_deploy.py", "--bundle", str(copy), "--port", str(free_port()), data_dir=tmp_path, check=False)
     assert proc.returncode == 1 and "does not match bundle.json" in proc.stderr and "Traceback" not in proc.stderr
 
 

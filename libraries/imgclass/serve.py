@@ -44,12 +44,14 @@ import queue
 import re
 import signal
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -63,6 +65,9 @@ from imgclass.cpus import usable_cpus
 from imgclass.export import Bundle, cpu_session, load_bundle
 from imgclass.images import DRAFT_OVERSAMPLE, ImageDecodeError, decode_reason, load_square, openers
 from imgclass.params import origin_problem
+
+if TYPE_CHECKING:
+    from imgclass.params import Params
 
 GRACE_SECONDS = 5.0  # after SIGTERM / Ctrl-C, for requests in progress (docker stop kills after 10 s)
 ENV_CONFIG = "IMGCLASS_SERVE_CONFIG"  # how `workers > 1` hands the settings to each worker process
@@ -619,6 +624,37 @@ def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, worker
                     log_level="warning", access_log=False, timeout_graceful_shutdown=grace, root_path=root_path)
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def service_command(bundle: str | Path, p: Params, host: str, port: int, workers: int) -> list[str]:
+    """The command that serves `bundle` with the parameters' dep_* limits (stage 6 runs it). A fresh
+    interpreter serves: it never imports torch, so it starts fast and stays small."""
+    return [sys.executable, "-m", "imgclass.serve", str(bundle), "--host", host, "--port", str(port),
+            "--workers", str(workers), "--threads", str(p.dep_threads), "--max-batch", str(p.dep_maxBatch),
+            "--max-upload-bytes", str(p.dep_maxUploadBytes), "--max-pixels", str(p.dep_maxPixels),
+            "--max-images", str(p.dep_maxImagesPerRequest), "--max-concurrent", str(p.dep_maxConcurrent),
+            "--body-timeout", str(p.dep_bodyTimeoutSec), "--grace", str(p.dep_graceSec),
+            "--root-path", p.dep_rootPath, *(f"--cors-origin={o}" for o in p.dep_corsOrigins)]
+
+
+def become_service(cmd: list[str]) -> int:
+    """Run `cmd` (service_command) in place of this process, which never returns; on Windows, as a
+    child, whose exit status it returns. Windows has no exec: os.execv starts a new process and ends
+    this one, which would leave the server running detached, out of reach of Ctrl-C and of whoever
+    started this one. As a child, Ctrl-C reaches both, and the server is given time to shut down
+    (subprocess.call would kill it after a quarter of a second)."""
+    sys.stdout.flush()
+    if os.name != "nt":
+        os.execv(sys.executable, cmd)
+    server = subprocess.Popen(cmd)
+    try:
+        return server.wait()
+    except KeyboardInterrupt:
+        try:
+            return server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            return 1
 
 
 def _exit_cleanly(signum: int, frame: Any) -> None:
