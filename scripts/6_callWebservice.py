@@ -16,6 +16,7 @@ from pathlib import Path
 from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.client import ServiceClient, ServiceError, find_images, not_accepted
 from imgclass.data import shown, skipped_below, skipped_note, unread_images_note
+from imgclass.params import Params
 
 parser = stage_parser(
     __doc__.splitlines()[0],
@@ -43,6 +44,8 @@ def main() -> int:
         info = client.info()
         # On stderr, with the other notes: stdout is the answers alone, a TSV to pipe on.
         print(f"model {info['model_version']} ({info['classifier']}): {', '.join(info['classes'])}", file=sys.stderr)
+        if note := other_service_note(info, p, args.url):
+            print(f"note: {note}", file=sys.stderr)
         if refused := not_accepted(images, info.get("formats", [])):
             kinds = sorted({p.suffix.lower() for p in refused})
             print(f"note: not sent: {len(refused)} file(s) ({', '.join(kinds)}, e.g. {shown(str(refused[0]))}) in a "
@@ -62,6 +65,17 @@ def main() -> int:
     if failed:
         print(f"{failed} of {len(images)} images refused by the service or failed in it", file=sys.stderr)
     return 1 if failed else 0
+
+
+def other_service_note(info: dict, p: Params, url: str | None) -> str:
+    """A word when the service found at the parameters' address (no --url) serves another data set
+    or classifier than the parameters name: stage 6 may serve this one on another --port, while an
+    older service still holds dep_port, and its answers would pass for this model's."""
+    served = (info.get("dataset"), info.get("classifier"))
+    if url or served[0] is None or served == (p.datasetName, p.classifier):
+        return ""
+    return (f"the service at dep_port {p.dep_port} serves {served[1]} of {served[0]}, not {p.classifier} of "
+            f"{p.datasetName} as the parameters say: if stage 6 serves yours on another port, give --url")
 
 
 if __name__ == "__main__":

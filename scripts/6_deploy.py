@@ -61,7 +61,10 @@ def main() -> int:
     print(f"bundle: {bundle.path}")
     if args.no_serve:
         return 0
-    print("score photos from another shell: python scripts/6_callWebservice.py PHOTO_OR_FOLDER (with the same "
+    # The client finds the service at dep_port: served elsewhere, it must be told where.
+    where = f" --url http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}" \
+        if (host, port) != (p.dep_host, p.dep_port) else ""
+    print(f"score photos from another shell: python scripts/6_callWebservice.py{where} PHOTO_OR_FOLDER (with the same "
           "--set options as here), or on the service's web page")
     from imgclass.serve import become_service, service_command
 

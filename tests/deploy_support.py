@@ -46,7 +46,7 @@ def color_bundle(root: Path) -> Path:
     svm = LinearSvm([1.0], cv_folds=3).fit(feats, np.array(labels))
     svm.classes = list(COLORS)
     bundle = export_model(model, spec, root / "bundle", "svm", svm=svm, flip_average=True,
-                          metrics={"overall_accuracy": 1.0, "note": "test bundle"})
+                          metrics={"overall_accuracy": 1.0, "note": "test bundle"}, source={"dataset": "colors"})
     _BUNDLES["color"] = bundle.path
     return bundle.path
 

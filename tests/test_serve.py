@@ -294,6 +294,28 @@ def test_two_worker_processes(bundle: Path) -> None:
         assert all(r.status_code == 200 and r.json()["results"][0]["label"] == "red" for r in replies)
 
 
+def test_served_on_another_port_the_client_is_told_where(bundle: Path, tmp_path: Path) -> None:
+    """Stage 6 on --port (dep_port was taken): its hint gives the client --url. A client left at
+    dep_port, where another service answers, says whose model answers rather than passing its
+    answers off as the parameters' model's."""
+    log = tmp_path / "server.log"
+    image = tmp_path / "red.jpg"
+    image.write_bytes(jpeg_bytes(COLORS["red"]))
+    with running_server(bundle, log=log) as url:
+        port = url.rsplit(":", 1)[1]
+        assert f"python scripts/6_callWebservice.py --url {url} PHOTO_OR_FOLDER" in log.read_text()
+        assert httpx.get(url + "/info").json()["dataset"] == "colors"
+        other = run_script("6_callWebservice.py", str(image), "--set", f"dep_port={port}", "--set", "datasetName=shoes",
+                           data_dir=tmp_path)
+        assert (f"note: the service at dep_port {port} serves svm of colors, not svm of shoes as the parameters say: "
+                "if stage 6 serves yours on another port, give --url") in other.stderr, other.stderr
+        assert other.stdout.split("\t")[1] == "red"  # still answered: the note is a warning
+        mine = run_script("6_callWebservice.py", str(image), "--set", f"dep_port={port}", "--set", "datasetName=colors",
+                          data_dir=tmp_path)
+        named = run_script("6_callWebservice.py", str(image), "--url", url, "--set", "datasetName=shoes", data_dir=tmp_path)
+        assert "note: the service" not in mine.stderr + named.stderr, mine.stderr + named.stderr
+
+
 def test_client_script(url: str, tmp_path: Path) -> None:
     folder = tmp_path / "photos"
     (folder / "sub").mkdir(parents=True)
