@@ -111,11 +111,16 @@ def test_a_copy_of_a_photo_already_in_the_data_set_is_not_filed_under_another_cl
     assert apply_labels({src / "copy.jpg": "dotted"}, classes, images, log) == [images / "dotted" / "IMG_1.jpg"]
     assert sorted(p.name for p in (images / "dotted").iterdir()) == ["IMG_1.jpg", "IMG_2.jpg"]
     assert read_log(log)[file_hash(src / "copy.jpg")] == "dotted"
-    (images / "dotted" / "_old").mkdir()
-    (images / "dotted" / "_old" / "IMG_0.jpg").write_bytes(b"an old photo!!" * 10)
+    (images / "dotted" / "2019").mkdir()
+    (images / "dotted" / "2019" / "IMG_0.jpg").write_bytes(b"an old photo!!" * 10)
     (src / "old.jpg").write_bytes(b"an old photo!!" * 10)
-    with pytest.raises(ValueError, match=r"old.jpg: the same image .* as .*_old.IMG_0.jpg \(class dotted\)"):
+    with pytest.raises(ValueError, match=r"old.jpg: the same image .* as .*2019.IMG_0.jpg \(class dotted\)"):
         apply_labels({src / "old.jpg": "striped"}, classes, images, log)
+    # ... but not one stage 1 skips (dotted/_duplicates/, where dedupImages.py sets copies aside).
+    (images / "dotted" / "_duplicates").mkdir()
+    (images / "dotted" / "_duplicates" / "IMG_9.jpg").write_bytes(b"a set aside!!!" * 10)
+    (src / "aside.jpg").write_bytes(b"a set aside!!!" * 10)
+    assert apply_labels({src / "aside.jpg": "striped"}, classes, images, log) == [images / "striped" / "aside.jpg"]
 
 
 def test_a_copy_of_a_relabelled_or_excluded_photo_takes_its_class_from_the_fixes_file(tmp_path: Path) -> None:

@@ -182,9 +182,9 @@ def list_images(class_dir: Path, broken_links: list[Path] | None = None) -> list
 
 
 def _one_class_per_file(listed: list[tuple[str, Path]], root: Path, base: Path) -> dict[Path, str]:
-    """{file listed: why it is left out} for files that are one real file listed under two classes,
-    through a link (dotted/shared -> ../striped, or a link back up the tree in one class folder):
-    one file cannot teach the model two classes. The file keeps the class whose real folder it lies
+    """{file listed: why it is left out} for files that are one real file listed twice, through a
+    link: under two classes (dotted/shared -> ../striped, or a link back up the tree in one class
+    folder), since one file cannot teach the model two classes, or twice in one class. The file keeps the class whose real folder it lies
     in (the innermost, when a class folder is a link to a sub-folder of another class:
     kittens -> cat/kittens); it is left out of the others, or of all when it lies in none of them
     or in two classes' same folder."""
@@ -203,21 +203,30 @@ def _one_class_per_file(listed: list[tuple[str, Path]], root: Path, base: Path) 
         by_file[real(p)].append((c, p))
     out: dict[Path, str] = {}
     for target, listings in by_file.items():
-        classes = sorted({c for c, _ in listings})
-        if len(classes) < 2:
+        if len(listings) < 2:
             continue
-        homes = [c for c in classes if target.startswith(class_dir[c] + os.sep)]
-        depth = {c: len(class_dir[c]) for c in homes}
-        home = max(homes, key=depth.get) if homes else None
-        if home is not None and list(depth.values()).count(depth[home]) > 1:
-            home = None  # two classes are the same real folder
-        kept = next((p for c, p in listings if c == home), None)
+        classes = sorted({c for c, _ in listings})
+        home: str | None = classes[0]
+        if len(classes) > 1:
+            homes = [c for c in classes if target.startswith(class_dir[c] + os.sep)]
+            depth = {c: len(class_dir[c]) for c in homes}
+            home = max(homes, key=depth.get) if homes else None
+            if home is not None and list(depth.values()).count(depth[home]) > 1:
+                home = None  # two classes are the same real folder
+        # Counted once, also within one class (a photo linked beside itself): twice, it would weigh
+        # double in training, or count twice in the test figures. The path that is no link is kept.
+        kept = min((p for c, p in listings if c == home),
+                   key=lambda p: (os.path.realpath(p) != os.path.abspath(p), p), default=None)
         for c, p in listings:
-            if c == home:
+            if p == kept:
                 continue
-            out[p] = (f"the same file as {kept.relative_to(base).as_posix()} (class {home}), reached through a "
-                      f"link: one file cannot have two classes" if kept is not None else
-                      f"one file linked into the classes {', '.join(classes)}: which is it? move it into one of them")
+            if kept is None:
+                out[p] = f"one file linked into the classes {', '.join(classes)}: which is it? move it into one of them"
+            elif c == home:
+                out[p] = f"the same file as {kept.relative_to(base).as_posix()}, reached through a link: counted once"
+            else:
+                out[p] = (f"the same file as {kept.relative_to(base).as_posix()} (class {home}), reached through a "
+                          f"link: one file cannot have two classes")
     return out
 
 
