@@ -152,6 +152,17 @@ def test_16bit_and_32bit_gray_scale_exactly_as_before(tmp_path: Path) -> None:
         assert np.array_equal(got[..., 0], expected) and np.array_equal(got[..., 2], expected), name
 
 
+def test_a_float_image_of_values_0_to_1_is_scaled_to_0_to_255(tmp_path: Path) -> None:
+    """Scientific and HDR tools write 0..1 floats: read as 0..255 they were black."""
+    ramp = np.tile(np.linspace(0, 1, 256, dtype=np.float32), (8, 1))
+    Image.fromarray(ramp, mode="F").save(tmp_path / "float01.tif")
+    got = np.asarray(load_rgb(tmp_path / "float01.tif"))[..., 0]
+    np.testing.assert_array_equal(got[0], np.floor(ramp[0].astype(np.float64) * 255 + 0.5).astype(np.uint8))
+    assert got.min() == 0 and got.max() == 255
+    dark = Image.fromarray(np.full((4, 4), 2.0, np.float32), mode="F")  # beyond 1: the 0..255 scale, as before
+    assert np.asarray(_rgb(dark)).max() == 2
+
+
 def _rgb(img: Image.Image) -> Image.Image:
     from imgclass.images import _to_rgb
 

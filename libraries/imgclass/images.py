@@ -103,7 +103,8 @@ _DEEP_BLOCK_PIXELS = 1 << 18
 
 def _deep_to_l(img: Image.Image) -> Image.Image:
     """16/32-bit grey ("I;16*", "I", "F") to "L": value / top * 255 + 0.5, clipped to 0..255, where
-    top is 65535 for 16-bit files and for "I"/"F" images whose values pass 255, else 255."""
+    top is 65535 for 16-bit files and for "I"/"F" images whose values pass 255, 1 for "F" images
+    whose values stay within 1, else 255."""
     w, h = img.size
     step = max(1, _DEEP_BLOCK_PIXELS // max(1, w))
 
@@ -117,7 +118,10 @@ def _deep_to_l(img: Image.Image) -> Image.Image:
     elif w * h == 0:
         top = 255
     else:  # np.max, not getextrema: a NaN in an "F" image keeps top = 255, as it always did
-        top = 65535 if np.max([b.max() for _, b in blocks()]) > 255 else 255
+        peak = np.max([b.max() for _, b in blocks()])
+        # Floating-point images are most often 0..1 (scientific and HDR tools write them so): read
+        # as 0..255 they came out black.
+        top = 65535 if peak > 255 else 1.0 if img.mode == "F" and peak <= 1.0 else 255
     out = np.empty((h, w), np.uint8)
     for y, block in blocks():
         if img.mode == "F":
