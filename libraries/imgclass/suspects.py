@@ -103,5 +103,59 @@ def sheet_captions(suspects: Sequence[Suspect]) -> list[str]:
             f"(+{s.margin:.2f})" for n, s in enumerate(suspects, 1)]
 
 
-__all__ = ["FEW_IMAGES", "SHOWN", "TSV_COLUMNS", "Suspect", "find_suspects", "plot_suspects", "read_suspects",
+def label_check(val_scores: np.ndarray | None, labels: np.ndarray, images: Sequence[str], classes: Sequence[str],
+                images_dir: str | Path, results_dir: str | Path, refined: bool = False) -> list[str]:
+    """Stage 4's label check: write label_suspects.tsv and .png in `results_dir` for the training
+    images the cross-validation (`val_scores`, LinearSvm.cv_val_scores_) gives another class, and
+    return what to tell the user, line by line. Images whose label the data set's fixes file sets or
+    confirms are settled and not listed. `refined`: the features are of a network refined on these
+    labels (it learned the wrong ones too). Without cross-validation (None) the files of an earlier
+    run are removed: they would pass for this run's."""
+    from imgclass.annotations import FIXES_FILE, AnnotationError, read_fixes
+
+    results_dir, images_dir = Path(results_dir), Path(images_dir)
+    tsv, png = results_dir / "label_suspects.tsv", results_dir / "label_suspects.png"
+    if val_scores is None:
+        for f in (tsv, png):
+            f.unlink(missing_ok=True)
+        return ["label check: none without cross-validation (see the note above)"]
+    found = find_suspects(val_scores, labels, images, classes)
+    # A label a person set or confirmed in the fixes file is settled: listing it again at every run
+    # would bury the ones still to look at.
+    try:
+        settled = read_fixes(images_dir)
+    except AnnotationError:  # broken since stage 1 read it: every suspect listed (stage 4's notes say why)
+        settled = {}
+    suspects = [s for s in found if s.image not in settled]
+    write_suspects(tsv, suspects)
+    lines = []
+    if n_settled := len(found) - len(suspects):
+        lines.append(f"label check: {n_settled} disputed training image(s) not listed: {FIXES_FILE} sets or confirms "
+                     "their label")
+    if not suspects:
+        png.unlink(missing_ok=True)  # an earlier run's sheet would show images no longer disputed
+        return lines + [f"label check: the cross-validation gave every {'other ' if n_settled else ''}training image "
+                        f"its own class ({tsv})"]
+    plot_suspects(suspects, images_dir, png)
+    lines.append(f"label check: {len(suspects)} training image(s) given another class by the cross-validation fit "
+                 f"that did not see them, most confident first (look at them: a wrong label shows; {tsv}; drawn: the "
+                 f"first {min(SHOWN, len(suspects))} in {png}):")
+    lines += [f"  {s.image}: filed {s.label}, looks {s.predicted} (margin {s.margin:.2f})" for s in suspects[:5]]
+    lines.append(f"  a wrong label is fixed by the line 'image<TAB>class' (or EXCLUDE) in {images_dir / FIXES_FILE} "
+                 "(the TSV's first two fields are that line), then rerun the stages from 1; a right one is confirmed "
+                 "by the line 'image<TAB>its own class', and is not listed again")
+    if refined:
+        lines.append("  (the refined network has learned the training labels, wrong ones too: classifier = 'svm' "
+                     "finds more of them)")
+    small = small_classes(labels, classes)
+    few = [c for c in small if any(s.label == c for s in suspects)]
+    if few and len(small) < len(classes):  # (every class small: the order is unchanged, and so is the doubt)
+        has, its = ("has", "its") if len(few) == 1 else ("have", "their")
+        lines.append(f"  note: {', '.join(few)} {has} fewer than {FEW_IMAGES} training images: a fit that left one out "
+                     f"learned the class from the few others, so {its} own photos are often disputed for that alone; "
+                     f"{its} suspects come last (add images to judge them)")
+    return lines
+
+
+__all__ = ["FEW_IMAGES", "SHOWN", "TSV_COLUMNS", "Suspect", "find_suspects", "label_check", "plot_suspects", "read_suspects",
            "sheet_captions", "small_classes", "write_suspects"]
