@@ -289,7 +289,8 @@ def decode_image(data: bytes, name: str, size: int, resize_mode: str, max_pixels
         if other is not None:
             raise RequestError(415, f"{name}: {other} images are not accepted; send {', '.join(formats)}") from None
         raise RequestError(415, f"{name}: not an image (unrecognised file format, {len(data)} bytes)") from None
-    except (OSError, SyntaxError, ValueError) as e:  # in the words every stage uses for the same file
+    except (OSError, SyntaxError, ValueError, EOFError, RuntimeError) as e:  # as every stage catches them
+        # (a damaged AVIF raises RuntimeError from its plugin's header read), in the words every stage uses
         raise RequestError(415, f"{name}: {decode_reason(e, data)}") from None
     if dw * dh > max_pixels:
         decoded = f" (decoded at {dw}x{dh})" if (dw, dh) != (w, h) else ""
@@ -331,7 +332,9 @@ async def read_images(request: Request, max_images: int) -> list[tuple[str, byte
         except Exception as e:  # noqa: BLE001 - starlette raises several kinds for a broken body
             detail = str(getattr(e, "detail", e))
             if "too many files" in detail.lower():
-                raise RequestError(413, f"more than {max_images} images in one request, the limit") from None
+                # (starlette counts every file part, whatever its field: "files", as it counted)
+                raise RequestError(413, f"more than {max_images + 1} files in one request; the limit is "
+                                        f"{max_images} images") from None
             raise RequestError(400, f"malformed multipart body ({detail})") from None
         files = [v for k, v in form.multi_items() if k in ("images", "image")]
         if any(isinstance(v, str) for v in files):
@@ -358,6 +361,8 @@ async def read_images(request: Request, max_images: int) -> list[tuple[str, byte
         doc = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise RequestError(400, f"malformed JSON ({e}); {USAGE}") from None
+    except RecursionError:  # [[[[...]]]] nested deeper than the parser goes: no image request looks so
+        raise RequestError(400, f"malformed JSON (nested too deeply); {USAGE}") from None
     if not isinstance(doc, dict) or not ("images" in doc or "image" in doc):
         raise RequestError(400, f'JSON body without "images" or "image"; {USAGE}')
     if not isinstance(doc.get("images", []), list):
