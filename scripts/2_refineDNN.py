@@ -16,10 +16,10 @@ from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.data import load_split
 from imgclass.features import device_name
 from imgclass.fileio import write_json
-from imgclass.modelfile import ModelSpec, build_model, load_model_extra, save_model
+from imgclass.modelfile import ModelSpec, build_model, save_model
 from imgclass.provenance import split_hash
-from imgclass.refine import (ADDED_LATER, PARAM_OF_FIELD, History, RefineConfig, Refiner, RefineOutOfMemoryError,
-                             plot_history)
+from imgclass.refine import (History, RefineConfig, Refiner, RefineOutOfMemoryError, already_refined, plot_history,
+                             replacing_note, stored_refinement)
 
 parser = stage_parser(
     __doc__.splitlines()[0],
@@ -37,36 +37,6 @@ parser.add_argument("--restart", action="store_true",
 
 def _counted(n: int, cap: int) -> str:
     return f"{cap} (rf_maxTrainImages) of {n}" if cap and cap < n else str(n)
-
-
-def _stored(model_path: Path) -> dict | None:
-    """What stage 2 stored beside the weights of the refined network there is, None when there is none
-    (or a damaged or foreign file, which replacing is what the user wants). Read once: the file is big."""
-    try:
-        return load_model_extra(model_path) if model_path.is_file() else None
-    except (ValueError, OSError):
-        return None
-
-
-def _replacing_note(model_path: Path, stored: dict | None, settings: dict) -> str:
-    """dnn and svmDnnRefined share the refined network: refining for one with other settings
-    replaces the other's too, and its stages 3-5 then refuse its files. Said before it happens."""
-    if stored is None:
-        return ""
-    before = stored.get("params", {})
-    differ = [f"{k} = {before[k]!r} there" for k in settings if k in before and before[k] != settings[k]]
-    if not differ:
-        return ""
-    return (f"this replaces {model_path.name} ({', '.join(differ)}), the refined network of both dnn and "
-            f"svmDnnRefined: the classifier that used it needs stages 3-5 again, or these values back")
-
-
-def _already_refined(stored: dict | None, settings: dict, split: str) -> bool:
-    """Whether the refined network there is (`stored`: see _stored) is a refinement with these
-    `settings` on this split (its split.json hash). dnn and svmDnnRefined share it: stage 2 for the
-    second must not refine it again (the file would change, and with it every result made from it)."""
-    made_so = {PARAM_OF_FIELD[k]: v for k, v in ADDED_LATER.items()}  # settings files written before them lack
-    return stored is not None and stored.get("split_hash") == split and {**made_so, **stored.get("params", {})} == settings
 
 
 def main() -> int:
@@ -87,8 +57,8 @@ def main() -> int:
     curves_json = p.results_dir / "training_curves.json"
     curves_png = p.results_dir / "training_curves.png"
     title = f"{p.datasetName} / {p.classifier}: error per epoch"
-    stored = _stored(p.model_path)
-    if not args.restart and not checkpoint.is_file() and _already_refined(stored, config.settings(),
+    stored = stored_refinement(p.model_path)
+    if not args.restart and not checkpoint.is_file() and already_refined(stored, config.settings(),
                                                                           split_hash(p.split_path)):
         took = f", {stored['seconds']:.0f} s on {stored.get('device', '?')}" if "seconds" in stored else ""
         print(f"{p.model_path.name} is refined already with these settings on this split{took}: nothing to refine "
@@ -127,7 +97,7 @@ def main() -> int:
     # Resuming, the interrupted run said it when it started; said again, it would come before the
     # checkpoint's own check, which may refuse to continue with these settings and replace nothing.
     resuming = args.resume and checkpoint.is_file()
-    if not resuming and (note := _replacing_note(p.model_path, stored, config.settings())):
+    if not resuming and (note := replacing_note(p.model_path, stored, config.settings())):
         print(f"note: {note}")
     # While it trains, the curves go to files of their own: an interrupted run must not replace the
     # curves of the finished run whose model is still the one stages 3-5 use.

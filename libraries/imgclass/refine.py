@@ -50,7 +50,7 @@ from imgclass.backbones import folded_batchnorm
 from imgclass.features import default_device
 from imgclass.fileio import atomic_path
 from imgclass.images import load_square
-from imgclass.modelfile import ImageClassifier, ModelSpec, build_model
+from imgclass.modelfile import ImageClassifier, ModelSpec, build_model, load_model_extra
 from imgclass.progress import progress_bar
 
 if TYPE_CHECKING:
@@ -982,6 +982,37 @@ class Refiner:
         if self.class_averaged_error_ is None or len(counts) < 2 or counts.max() < 2 * counts.min():
             return ""
         return f" (class-avg {100 * self.class_averaged_error_:.2f}%)"
+
+
+def stored_refinement(model_path: Path) -> dict | None:
+    """What stage 2 stored beside the weights of the refined network at `model_path`, None when there
+    is none (or a damaged or foreign file, which replacing is what the user wants). Read it once: the
+    file is big."""
+    try:
+        return load_model_extra(model_path) if model_path.is_file() else None
+    except (ValueError, OSError):
+        return None
+
+
+def replacing_note(model_path: Path, stored: dict | None, settings: dict) -> str:
+    """dnn and svmDnnRefined share the refined network: refining for one with other settings
+    replaces the other's too, and its stages 3-5 then refuse its files. Said before it happens."""
+    if stored is None:
+        return ""
+    before = stored.get("params", {})
+    differ = [f"{k} = {before[k]!r} there" for k in settings if k in before and before[k] != settings[k]]
+    if not differ:
+        return ""
+    return (f"this replaces {model_path.name} ({', '.join(differ)}), the refined network of both dnn and "
+            f"svmDnnRefined: the classifier that used it needs stages 3-5 again, or these values back")
+
+
+def already_refined(stored: dict | None, settings: dict, split: str) -> bool:
+    """Whether the refined network there is (`stored`: see stored_refinement) is a refinement with
+    these `settings` on this split (its split.json hash). dnn and svmDnnRefined share it: stage 2 for the
+    second must not refine it again (the file would change, and with it every result made from it)."""
+    made_so = {PARAM_OF_FIELD[k]: v for k, v in ADDED_LATER.items()}  # settings files written before them lack
+    return stored is not None and stored.get("split_hash") == split and {**made_so, **stored.get("params", {})} == settings
 
 
 def collapse_note(before: float | None, after: float) -> str:
