@@ -730,69 +730,80 @@ class Refiner:
                           f"({seconds:.0f} s, {n_seen / seconds:.1f} img/s{eta})", flush=True)
                 if on_epoch is not None:
                     on_epoch(history)
-            done = []
-            self.last_epoch_state_ = None
-            if len(average.epochs) > 1:
-                self.last_epoch_state_ = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                model.load_state_dict(average.state)
-                self._reestimate_batchnorm(model, train_cache)
-                done.append(f"weights averaged over {average.span()}")
-            if c.refit_last_layer and not c.freeze_weights:
-                # The last layer was trained on augmented, dropped-out features of a moving network; once
-                # the network is fixed, a fit on the clean features of the training images is a better one.
-                # It will score stage 3's features, of images decoded straight to the input side: the
-                # cache's (15% larger, resized again) give other features (pretrained Lite0 on
-                # fashionTexture: cosine 0.987 on average), so the refit sees stage 3's pixels.
-                refit_on = "last layer refit"
-                if c.cache_size != c.resolution:
-                    train_cache, fallback = self._stage3_pixels([train_paths[i] for i in unique], train_cache)
-                    if fallback:
-                        refit_on += f" on the training cache's pixels ({fallback})"
-                refit_error = self.fit_last_layer(model, train_cache, unique_y, what="the refined features",
-                                                  weights=unique_w)
-                done.append(refit_on)
-                self.collapse_note_ = collapse_note(self.initial_fit_error_, refit_error)
-                if self.collapse_note_:
-                    # Judged on the training images alone: a network whose features a last layer can no
-                    # longer fit to them has lost what the pretrained one had. Keeping it would hand the
-                    # user a model worse than no refining at all (digits at 96 px: 57.67% held-out error
-                    # against 18.00%), so the pretrained network, with a last layer fitted on its
-                    # features, is what is saved; the curves still show the run.
-                    kept_error = self._first_fit_again(model, train_cache, unique_y, unique_w)
-                    done = ["the PRETRAINED network with a last layer fitted on its features, as refining diverged"]
-                    self.fallback_ = "pretrained"
-                    self.collapse_note_ += (f". Saved instead of the refined network: the pretrained one, with a last "
-                                            f"layer fitted on its features (training error {100 * kept_error:.2f}%)")
-            elif c.freeze_weights and self.initial_fit_error_ is not None:
-                # Frozen, only the last layer trained, and its fit on the clean features is the first
-                # one: no refit. But SGD under dropout and augmentation can still wear that fit down
-                # (8x8 digits at 128 px: 70.00% test accuracy, against 84.67% for the first fit):
-                # judged on the training images, as above, the first fit is kept where it was better.
-                if c.cache_size != c.resolution:
-                    train_cache, _ = self._stage3_pixels([train_paths[i] for i in unique], train_cache)
-                trained_error = self.error_rate(model, train_cache, unique_y)
-                if collapse_note(self.initial_fit_error_, trained_error):
-                    kept_error = self._first_fit_again(model, train_cache, unique_y, unique_w)
-                    done = ["the last layer fitted on the features, as training it further made it worse"]
-                    self.fallback_ = "first fit"
-                    self.collapse_note_ = (f"training the last layer made it worse on the training images: it errs "
-                                           f"on {100 * trained_error:.2f}% of them; saved instead: the last layer "
-                                           f"fitted on the features (training error {100 * kept_error:.2f}%)")
-            if self.fallback_ and self.progress:
-                print(f"warning: {self.collapse_note_}", flush=True)
-            # The curves end before these steps; say what the model that is saved scores.
-            self.saved_as_ = ", ".join(done) or "the last epoch's weights"
-            self.saved_test_error_ = None
-            if test_cache is not None:
-                self.saved_test_error_ = self.error_rate(model, test_cache, test_y)
-                if self.progress:
-                    error = _pct(f"{self.held_out_name} error", self.saved_test_error_) + self._class_avg(test_y)
-                    # The test set chooses nothing; held-out training images (selectClassifier) do.
-                    only = " (reported only)" if self.held_out_name == "test" else ""
-                    print(f"saved model ({self.saved_as_}): {error}{only}", flush=True)
+            self._finish(model, average, train_cache, [train_paths[i] for i in unique], unique_y, unique_w,
+                         test_cache, test_y)
         self.model_ = model.eval()
         self.history_ = history
         return self
+
+    def _finish(self, model: ImageClassifier, average: WeightAverage, train_cache: torch.Tensor,
+                unique_paths: list[str | Path], unique_y: torch.Tensor, unique_w: torch.Tensor | None,
+                test_cache: torch.Tensor | None, test_y: torch.Tensor) -> None:
+        """After the last epoch, make `model` what is saved: the averaged weights, the last layer refit
+        on the clean features (or the pretrained network where refining diverged, the first fit where
+        training a frozen network's last layer wore it down); sets last_epoch_state_, saved_as_, fallback_,
+        collapse_note_ and saved_test_error_. `unique_paths`: the training images of `train_cache`."""
+        c = self.config
+        done = []
+        self.last_epoch_state_ = None
+        if len(average.epochs) > 1:
+            self.last_epoch_state_ = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            model.load_state_dict(average.state)
+            self._reestimate_batchnorm(model, train_cache)
+            done.append(f"weights averaged over {average.span()}")
+        if c.refit_last_layer and not c.freeze_weights:
+            # The last layer was trained on augmented, dropped-out features of a moving network; once
+            # the network is fixed, a fit on the clean features of the training images is a better one.
+            # It will score stage 3's features, of images decoded straight to the input side: the
+            # cache's (15% larger, resized again) give other features (pretrained Lite0 on
+            # fashionTexture: cosine 0.987 on average), so the refit sees stage 3's pixels.
+            refit_on = "last layer refit"
+            if c.cache_size != c.resolution:
+                train_cache, fallback = self._stage3_pixels(unique_paths, train_cache)
+                if fallback:
+                    refit_on += f" on the training cache's pixels ({fallback})"
+            refit_error = self.fit_last_layer(model, train_cache, unique_y, what="the refined features",
+                                              weights=unique_w)
+            done.append(refit_on)
+            self.collapse_note_ = collapse_note(self.initial_fit_error_, refit_error)
+            if self.collapse_note_:
+                # Judged on the training images alone: a network whose features a last layer can no
+                # longer fit to them has lost what the pretrained one had. Keeping it would hand the
+                # user a model worse than no refining at all (digits at 96 px: 57.67% held-out error
+                # against 18.00%), so the pretrained network, with a last layer fitted on its
+                # features, is what is saved; the curves still show the run.
+                kept_error = self._first_fit_again(model, train_cache, unique_y, unique_w)
+                done = ["the PRETRAINED network with a last layer fitted on its features, as refining diverged"]
+                self.fallback_ = "pretrained"
+                self.collapse_note_ += (f". Saved instead of the refined network: the pretrained one, with a last "
+                                        f"layer fitted on its features (training error {100 * kept_error:.2f}%)")
+        elif c.freeze_weights and self.initial_fit_error_ is not None:
+            # Frozen, only the last layer trained, and its fit on the clean features is the first
+            # one: no refit. But SGD under dropout and augmentation can still wear that fit down
+            # (8x8 digits at 128 px: 70.00% test accuracy, against 84.67% for the first fit):
+            # judged on the training images, as above, the first fit is kept where it was better.
+            if c.cache_size != c.resolution:
+                train_cache, _ = self._stage3_pixels(unique_paths, train_cache)
+            trained_error = self.error_rate(model, train_cache, unique_y)
+            if collapse_note(self.initial_fit_error_, trained_error):
+                kept_error = self._first_fit_again(model, train_cache, unique_y, unique_w)
+                done = ["the last layer fitted on the features, as training it further made it worse"]
+                self.fallback_ = "first fit"
+                self.collapse_note_ = (f"training the last layer made it worse on the training images: it errs "
+                                       f"on {100 * trained_error:.2f}% of them; saved instead: the last layer "
+                                       f"fitted on the features (training error {100 * kept_error:.2f}%)")
+        if self.fallback_ and self.progress:
+            print(f"warning: {self.collapse_note_}", flush=True)
+        # The curves end before these steps; say what the model that is saved scores.
+        self.saved_as_ = ", ".join(done) or "the last epoch's weights"
+        self.saved_test_error_ = None
+        if test_cache is not None:
+            self.saved_test_error_ = self.error_rate(model, test_cache, test_y)
+            if self.progress:
+                error = _pct(f"{self.held_out_name} error", self.saved_test_error_) + self._class_avg(test_y)
+                # The test set chooses nothing; held-out training images (selectClassifier) do.
+                only = " (reported only)" if self.held_out_name == "test" else ""
+                print(f"saved model ({self.saved_as_}): {error}{only}", flush=True)
 
     def _first_fit_again(self, model: ImageClassifier, cache: torch.Tensor, labels: torch.Tensor,
                          weights: torch.Tensor | None) -> float:
