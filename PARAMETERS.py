@@ -1,9 +1,12 @@
 """Every knob of the pipeline, in one place.
 
-Each stage script in scripts/ reads this file; `--set NAME=VALUE` overrides a value for one run
-(VALUE is read as a Python literal, else as a string; a text parameter takes a number as typed: datasetName=2024
-is the text "2024"; True, None or a list it refuses as a likely slip, unless quoted), `--params FILE` reads a file of your own that sets only what it changes (one per
-data set, say) on top of this one, and the environment variable IMGCLASS_DATA_DIR overrides DATA_DIR (a --set DATA_DIR=... overrides both).
+Each stage script in scripts/ reads this file. To change a value for one run, give
+`--set NAME=VALUE`: VALUE is read as a Python literal, else as a string. A text parameter takes a
+number as typed (datasetName=2024 is the text "2024"), and refuses True, None or a list as a likely
+slip unless quoted. `--params FILE` reads a file of your own (one per data set, say) that sets only
+what it changes, on top of this one. The environment variable IMGCLASS_DATA_DIR overrides DATA_DIR;
+`--set DATA_DIR=...` overrides both.
+
 Values are validated when loaded (libraries/imgclass/params.py), so a typo fails at once with a
 message that says what is allowed.
 """
@@ -13,7 +16,7 @@ import os
 # ----------------------------------------------------------------------------------------------
 # Data
 # ----------------------------------------------------------------------------------------------
-DATA_DIR = os.path.join(os.path.expanduser("~"), "imgclass_data")  # root of images/, proc/, results/ (env IMGCLASS_DATA_DIR wins over this, --set over both)
+DATA_DIR = os.path.join(os.path.expanduser("~"), "imgclass_data")  # root of images/, proc/, results/ (see above for overrides)
 datasetName = "fashionTextureDemo"  # folder under DATA_DIR/images/; "fashionTextureDemo" is generated offline by stage 0
 urlsFile = ""  # TSV of label<TAB>url that stage 0 downloads into DATA_DIR/images/<datasetName>/ ("" = none; ~ is expanded)
 demoImagesPerClass = 100  # images per class that stage 0 generates for the synthetic demo data set
@@ -35,7 +38,7 @@ dl_maxBytes = 25_000_000  # largest file accepted; bigger downloads are abandone
 classifier = "svm"  # "svm": linear SVM on fixed DNN features; "dnn": refined network; "svmDnnRefined": SVM on refined features
 rf_pretrainedModel = "efficientnet_lite0"  # backbone: efficientnet_lite0, _lite1, _lite2 (offline weights; larger = slower), resnet18/34/50
 rf_inputResolution = 320  # side in pixels of the square image the network sees (320: fine textures survive; 224 is ~2x faster)
-rf_resizeMode = "crop"  # "crop": shorter side to the resolution, then centre square (tied with squash on training CV); "squash": whole photo; "pad": letterbox
+rf_resizeMode = "crop"  # "crop": the centre square of the photo; "squash": the whole photo, distorted; "pad": letterboxed
 rf_weightsDir = ""  # folder with downloaded torchvision .pth files for resnet backbones ("" = torch hub cache)
 
 # ----------------------------------------------------------------------------------------------
@@ -103,7 +106,7 @@ run_boCache = True  # reuse features of unchanged images (same model file, resol
 # Run tracking (MLflow)
 # ----------------------------------------------------------------------------------------------
 track_enabled = True  # record every stage in MLflow (env IMGCLASS_TRACKING=0 also turns it off)
-track_uri = ""  # MLflow store; "" = MLFLOW_TRACKING_URI, else aml_config/tracking.ini, else sqlite:///DATA_DIR/mlflow.db (a folder store needs MLFLOW_ALLOW_FILE_STORE=true)
+track_uri = ""  # MLflow store; "" = MLFLOW_TRACKING_URI, else aml_config/tracking.ini, else sqlite:///DATA_DIR/mlflow.db
 track_experiment = ""  # MLflow experiment that runs go to; "" = aml_config/tracking.ini, else "imgclass-<datasetName>"
 
 # ----------------------------------------------------------------------------------------------
@@ -116,7 +119,7 @@ dep_workers = 1  # server processes, each with its own copy of the model (more =
 dep_threads = 0  # ONNX Runtime threads per worker for one batch (0 = the usable CPU cores shared among dep_workers)
 dep_maxBatch = 4  # most images the service scores in one ONNX Runtime call when requests arrive together (larger batches were no faster per image on 2 cores)
 dep_maxUploadBytes = 20_000_000  # largest request body accepted, all images together (bigger: HTTP 413)
-dep_maxPixels = 50_000_000  # largest image accepted, in pixels as decoded (a plain JPEG at its reduced scale; HEIC/MPO/PNG whole: 50 M takes 48-50 MP phones); stops decompression bombs (bigger: HTTP 413)
+dep_maxPixels = 50_000_000  # largest image accepted, in pixels as decoded (takes 50 MP phone photos; bigger: HTTP 413)
 dep_maxImagesPerRequest = 16  # most images in one request (more: HTTP 413)
 dep_maxConcurrent = 32  # requests to score one worker holds at once, each with its upload in memory (more: HTTP 503, retry)
 dep_bodyTimeoutSec = 30.0  # seconds a request may pause while sending its body; then HTTP 408 and its place is free
@@ -127,13 +130,13 @@ dep_timeoutSec = 30.0  # 6_callWebservice.py: seconds to wait for the service's 
 # ----------------------------------------------------------------------------------------------
 # Building a data set (scraping, near duplicates, active learning; Part 3)
 # ----------------------------------------------------------------------------------------------
-scrape_provider = "openverse"  # image search service: "openverse" (openly licensed, no key) or "bing" (key and endpoint from BING_SEARCH_V7_SUBSCRIPTION_KEY / BING_SEARCH_V7_ENDPOINT)
-scrape_items = ["blouse", "hoodie", "pullover", "sweater", "shirt", "t-shirt", "vest"]  # clothing items; every item is combined with every attribute into one query
+scrape_provider = "openverse"  # image search: "openverse" (openly licensed, no key) or "bing" (key: BING_SEARCH_V7_* env)
+scrape_items = ["blouse", "hoodie", "pullover", "sweater", "shirt", "t-shirt", "vest"]  # each is combined with each attribute
 scrape_attributes = ["striped", "dotted", "leopard"]  # attributes = class labels; query "<attribute> <item>" gives images of class <attribute>
 scrape_resultsPerQuery = 50  # top results kept per query (the service is paged until this many are found or it has no more)
 scrape_timeoutSec = 20.0  # per-request timeout of the search service in seconds
 scrape_pauseSec = 1.0  # seconds between two requests to the search service (anonymous Openverse clients are limited in bursts); 0 = no pause
 dedup_threshold = 15  # near duplicates: images whose 256-bit dhashes differ in at most this many bits
-leakageCheck = "move"  # stage 1: "move" the test image of each same-class near-duplicate train/test pair to train (each class keeps a test image; not where images look alike to dhash), "report" only, or "off"
+leakageCheck = "move"  # stage 1's near copies across train/test: "move" the test copy to train, "report" only, or "off"
 al_criterion = "margin"  # active learning: pick images with the smallest "margin" (top1 - top2), lowest "topScore", or highest "entropy"
 al_numImages = 20  # active learning: images to label per round
