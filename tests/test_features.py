@@ -221,6 +221,13 @@ def test_cache_hits_and_invalidation(backbone: torch.nn.Module, export_dir: Path
     assert (cache.hits, cache.misses) == (0, len(photos))
     _, cache, _ = run(flip=True)
     assert (cache.hits, cache.misses) == (0, len(photos))
+    # Images decoded another way (a fix that gives some files other pixels): nothing is reused.
+    import imgclass.features
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(imgclass.features, "DECODE_VERSION", imgclass.features.DECODE_VERSION + "+next")
+        _, cache, _ = run()
+        assert (cache.hits, cache.misses) == (0, len(photos))
 
     # A changed model file (other weights) invalidates everything.
     with torch.no_grad():

@@ -38,7 +38,7 @@ import torch
 from imgclass.backbones import static_padding
 from imgclass.cpus import usable_cpus
 from imgclass.fileio import atomic_path, load_npz, save_npz
-from imgclass.images import DRAFT_OVERSAMPLE, load_square
+from imgclass.images import DECODE_VERSION, load_square
 from imgclass.modelfile import ImageClassifier, ModelSpec
 from imgclass.progress import progress_bar
 from imgclass.provenance import file_hash
@@ -373,7 +373,7 @@ class FeatureCache:
         self.keep = keep
         config = {"model": file_hash(model_file), "resolution": spec.resolution, "resize_mode": spec.resize_mode,
                   "flip_average": bool(flip_average), "kind": spec.kind,
-                  "decode": f"draft{DRAFT_OVERSAMPLE}"}  # features made with another JPEG decode scale are stale
+                  "decode": DECODE_VERSION}  # features of images decoded otherwise are stale
         self.key = hashlib.sha256(repr(sorted(config.items())).encode()).hexdigest()[:16]
         self.path = self.folder / f"features_{spec.kind}_{self.key}.npz"
         self._stats: dict[str, tuple[int, int, str]] = {}  # path -> (size, mtime_ns, content hash)

@@ -54,6 +54,10 @@ PAD_COLOR = (124, 116, 104)  # ImageNet mean colour: padding that the network tr
 # (min 0.886), 2x still left 32 below (min 0.93); at 4x every image is >= 0.9995. The final bilinear
 # resize (which low-passes properly) does the rest of the reduction.
 DRAFT_OVERSAMPLE = 4
+# Names how images are decoded; changed whenever some file decodes to other pixels than before
+# (another JPEG draft scale; 0..1 floating-point images scaled since 2026-12-02), so that features
+# cached from the old pixels (imgclass.features.FeatureCache) are made again, not reused.
+DECODE_VERSION = f"draft{DRAFT_OVERSAMPLE}+float01"
 
 
 class ImageDecodeError(ValueError):
