@@ -17,7 +17,7 @@ from imgclass.data import load_split
 from imgclass.features import device_name
 from imgclass.fileio import write_json
 from imgclass.modelfile import ModelSpec, build_model, save_model
-from imgclass.provenance import split_hash
+from imgclass.provenance import check_split_settings, split_hash
 from imgclass.refine import (History, RefineConfig, Refiner, RefineOutOfMemoryError, already_refined, plot_history,
                              replacing_note, stored_refinement)
 
@@ -52,6 +52,7 @@ def main() -> int:
         return 0
 
     split = load_split(p.split_path, p.images_dir)
+    check_split_settings(split.settings, p, p.split_path.name)
     config = RefineConfig.from_params(p)
     checkpoint = p.proc_dir / "refine_checkpoint.pt"
     curves_json = p.results_dir / "training_curves.json"

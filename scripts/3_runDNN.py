@@ -15,7 +15,8 @@ from imgclass.data import load_split, since_split_notes
 from imgclass.features import FeatureCache, Featurizer, device_name
 from imgclass.featureset import FeatureSet
 from imgclass.modelfile import load_model, load_model_extra, spec_settings
-from imgclass.provenance import StaleFilesError, check_model_settings, check_model_split, features_source, split_hash
+from imgclass.provenance import (StaleFilesError, check_model_settings, check_model_split, check_split_settings,
+                                 features_source, split_hash)
 
 parser = stage_parser(
     __doc__.splitlines()[0],
@@ -27,6 +28,7 @@ parser = stage_parser(
 def main() -> int:
     _, p = parse_stage(parser)
     split = load_split(p.split_path, p.images_dir)
+    check_split_settings(split.settings, p, p.split_path.name)
     for note in since_split_notes(split, p.images_dir, p.split_path):
         print(f"note: {note}")
     model, spec = load_model(p.require_model())

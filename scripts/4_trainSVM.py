@@ -5,7 +5,8 @@ from imgclass.data import load_split, since_split_notes
 from imgclass.featureset import FeatureSet
 from imgclass.fileio import require_file
 from imgclass.modelfile import load_model_extra
-from imgclass.provenance import MODEL_SETTINGS, StaleFilesError, check_model_settings, check_same_source
+from imgclass.provenance import (MODEL_SETTINGS, StaleFilesError, check_features_settings, check_same_source,
+                                 check_split_settings)
 from imgclass.suspects import label_check
 from imgclass.svm import LinearSvm
 
@@ -31,7 +32,9 @@ def main() -> int:
     check_same_source(p.require_model(), p.features_path("train"),
                       split_file=require_file(p.split_path, "scripts/1_prepareData.py"))
     # Before the SVM is written: a network setting changed and stage 2 forgotten is refused here, not at stage 5.
-    check_model_settings(train.settings, p, p.features_path("train").name)
+    split = load_split(p.split_path)
+    check_split_settings(split.settings, p, p.split_path.name)  # the first of the stages to rerun, named first
+    check_features_settings(train, p, p.features_path("train").name)
     svm = LinearSvm.from_params(p, progress=True)
     svm.features_source, svm.split_hash = train.source, train.split_hash
     svm.fit(train.features, train.labels, n_classes=len(train.classes), classes=train.classes)
@@ -54,7 +57,7 @@ def main() -> int:
     for line in label_check(svm.cv_val_scores_, train.labels, train.paths, train.classes, p.images_dir,
                             p.results_dir, refined):
         print(line)
-    for note in since_split_notes(load_split(p.split_path), p.images_dir, p.split_path):
+    for note in since_split_notes(split, p.images_dir, p.split_path):
         print(f"note: {note}")
     return 0
 

@@ -9,7 +9,8 @@ from imgclass.evaluate import (compute_metrics, few_test_images_notes, format_co
                                plot_confusion, plot_roc, write_browser, write_predictions)
 from imgclass.featureset import FeatureSet
 from imgclass.fileio import read_json, require_file, write_json
-from imgclass.provenance import MODEL_SETTINGS, StaleFilesError, check_model_settings, check_same_source, file_hash
+from imgclass.provenance import (MODEL_SETTINGS, StaleFilesError, check_features_settings, check_model_settings,
+                                 check_same_source, check_split_settings, file_hash)
 from imgclass.svm import LinearSvm
 
 parser = stage_parser(
@@ -35,7 +36,9 @@ def main() -> int:
                       svm_split_hash=svm.split_hash if svm else "", svm_classes=svm.classes if svm else ())
     # Stage 3 records the network it used; older files do not (then the parameters are reported).
     made_with = data.made_with
-    check_model_settings(data.settings, p, p.features_path(side).name)
+    split = load_split(p.split_path)
+    check_split_settings(split.settings, p, p.split_path.name)  # the first of the stages to rerun, named first
+    check_features_settings(data, p, p.features_path(side).name)
     if svm is not None:  # or the run history would credit these results to SVM settings not used
         check_model_settings(svm.settings(), p, p.svm_path.name, rerun="scripts/4_trainSVM.py")
     if svm is None:
@@ -74,7 +77,6 @@ def main() -> int:
     if mistakes := format_confusions(metrics):
         print(mistakes)
     balanced = p.rf_boBalanceTrainingSet if p.classifier == "dnn" else p.svm_boBalanceClasses
-    split = load_split(p.split_path)
     notes = [*few_test_images_notes(metrics, side, test_image_hint(split)), *filter(None, [majority_note(metrics, balanced)]),
              *since_split_notes(split, p.images_dir, p.split_path), *filter(None, [other_side_note(out, side, metrics)])]
     for note in notes:

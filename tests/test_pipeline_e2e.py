@@ -233,6 +233,30 @@ def test_results_are_not_credited_to_a_network_that_was_not_used(pipeline_dir: P
     assert (m["backbone"], m["resolution"]) == ("efficientnet_lite0", 96)
 
 
+def test_results_are_not_credited_to_a_split_or_mirror_averaging_that_was_not_used(pipeline_dir: Path) -> None:
+    """The split's settings and stage 3's mirror averaging, given to a later stage and not to the one
+    that used them: refused as the network's settings are (the run history would record them as used)."""
+    metrics = pipeline_dir / "results" / "fashionTextureDemo" / "svm" / "metrics.json"
+    before = metrics.read_bytes()
+    for script in ("3_runDNN.py", "4_trainSVM.py", "5_evaluate.py", "6_deploy.py"):
+        extra = ["--no-serve"] if script == "6_deploy.py" else []
+        proc = run_script(script, *SMALL, *extra, "--set", "randomSeed=3", "--set", "ratioTrainTest=0.5",
+                          data_dir=pipeline_dir, check=False)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, (script, proc.stderr)
+        assert ("split.json was made with randomSeed = 0, ratioTrainTest = 0.75, but the parameters now say 3, 0.5: give "
+                "the same values again (--set randomSeed=0 --set ratioTrainTest=0.75") in proc.stderr, (script, proc.stderr)
+        assert "rerun scripts/1_prepareData.py, then the stages after it" in proc.stderr
+    for script in ("4_trainSVM.py", "5_evaluate.py", "6_deploy.py"):
+        extra = ["--no-serve"] if script == "6_deploy.py" else []
+        proc = run_script(script, *SMALL, *extra, "--set", "run_boFlipAverage=True", data_dir=pipeline_dir, check=False)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, (script, proc.stderr)
+        features = "features_fixed_test.npz" if script == "5_evaluate.py" else "features_fixed_train.npz"
+        assert (f"{features} was made with run_boFlipAverage = False, but the parameters now say True: give the same "
+                "values again (--set run_boFlipAverage=False") in proc.stderr, (script, proc.stderr)
+        assert "rerun scripts/3_runDNN.py, then the stages after it" in proc.stderr, proc.stderr
+    assert metrics.read_bytes() == before
+
+
 def test_refinement_resume_without_checkpoint_and_bad_values(pipeline_dir: Path) -> None:
     proc = run_script("2_refineDNN.py", *SMALL, "--set", "classifier=dnn", "--set", "rf_lrPerMb=[]",
                       data_dir=pipeline_dir, check=False)
@@ -263,25 +287,26 @@ def test_files_of_different_origins_are_not_combined(pipeline_dir: Path, tmp_pat
     run_script("4_trainSVM.py", *lite1, data_dir=data_dir)
     out = run_script("5_evaluate.py", *lite1, data_dir=data_dir).stdout
     assert json.loads(metrics.read_text())["backbone"] == "efficientnet_lite1" and "overall" in out
-    # Stage 1 again with another seed: the features are those of the old split.
-    run_script("1_prepareData.py", *lite1, "--set", "randomSeed=7", data_dir=data_dir)
-    proc = run_script("4_trainSVM.py", *lite1, data_dir=data_dir, check=False)
+    # Stage 1 again with another seed (given to every stage after it): the features are those of the old split.
+    lite7 = [*lite1, "--set", "randomSeed=7"]
+    run_script("1_prepareData.py", *lite7, data_dir=data_dir)
+    proc = run_script("4_trainSVM.py", *lite7, data_dir=data_dir, check=False)
     assert proc.returncode == 1 and "earlier split.json (stage 1 ran again since): rerun scripts/3_runDNN.py" in proc.stderr
     # Deploying now would export the classifier of the earlier split under parameters of this one.
-    proc = run_script("6_deploy.py", *lite1, "--set", "randomSeed=7", "--no-serve", data_dir=data_dir, check=False)
+    proc = run_script("6_deploy.py", *lite7, "--no-serve", data_dir=data_dir, check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert ("the svm classifier of 'fashionTextureDemo' learned from the training images of an earlier split.json "
             "(stage 1 ran again since): rerun 3_runDNN.py, 4_trainSVM.py and 5_evaluate.py") in proc.stderr
-    run_script("3_runDNN.py", *lite1, data_dir=data_dir)
+    run_script("3_runDNN.py", *lite7, data_dir=data_dir)
     # ... and stage 4 forgotten: the fixed network is the same, but the SVM learned from the old split's
     # training images, some of which are test images now (its test accuracy would be flattered).
     for script, extra in (("5_evaluate.py", ()), ("6_deploy.py", ("--no-serve",))):
-        proc = run_script(script, *lite1, *extra, data_dir=data_dir, check=False)
+        proc = run_script(script, *lite7, *extra, data_dir=data_dir, check=False)
         assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
         assert ("svm_fixed.npz was trained on the training images of another split than features_fixed_" in proc.stderr
                 and "rerun scripts/4_trainSVM.py" in proc.stderr), proc.stderr
-    run_script("4_trainSVM.py", *lite1, data_dir=data_dir)
-    assert "overall" in run_script("5_evaluate.py", *lite1, data_dir=data_dir).stdout
+    run_script("4_trainSVM.py", *lite7, data_dir=data_dir)
+    assert "overall" in run_script("5_evaluate.py", *lite7, data_dir=data_dir).stdout
 
 
 def test_an_interrupted_refinement_is_not_overwritten_by_a_plain_rerun(pipeline_dir: Path, tmp_path: Path) -> None:

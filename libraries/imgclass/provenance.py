@@ -150,6 +150,22 @@ def check_model_settings(made_with: dict, now: Params | dict, what: str, rerun: 
                               f"stages after it")
 
 
+def check_features_settings(data: FeatureSet, p: Params | dict, what: str) -> None:
+    """check_model_settings for stage 3's features `data` (the file `what`): the network's settings,
+    and the mirror averaging stage 3 used (run_boFlipAverage), whose stage to rerun is stage 3."""
+    check_model_settings(data.settings, p, what)
+    if data.flip_average is not None:
+        check_model_settings({"run_boFlipAverage": data.flip_average}, p, what, rerun="scripts/3_runDNN.py")
+
+
+def check_split_settings(split_settings: dict, p: Params | dict, what: str = "split.json") -> None:
+    """Raise StaleFilesError when stage 1 split the images with another randomSeed, ratioTrainTest or
+    imagesSplitBy (Split.settings; none for a split the data set's folders or a test list set) than
+    the parameters say now: the later stages, and the run history, would credit the results to a
+    split that was not made."""
+    check_model_settings(split_settings, p, what, rerun="scripts/1_prepareData.py")
+
+
 def _same(a: object, b: object) -> bool:
     """Whether two parameter values are one setting: numbers by value (svm_CVals = [1, 10] typed in
     PARAMETERS.py is the SVM's [1.0, 10.0]), lists element by element, anything else as --set writes it."""
@@ -232,8 +248,15 @@ def check_trained_settings(p: Params, model: Path, svm: Path | None) -> None:
     from imgclass.modelfile import load_model_info, spec_settings
     from imgclass.svm import LinearSvm
 
+    from imgclass.data import load_split
+
+    # In the order of the stages, so that the first one to rerun is named.
+    if p.split_path.is_file():
+        check_split_settings(load_split(p.split_path).settings, p, p.split_path.name)
     spec, extra = load_model_info(model)
     check_model_settings({**spec_settings(spec), **extra.get("params", {})}, p, model.name)
+    if (train := p.features_path("train")).is_file():
+        check_features_settings(FeatureSet.load(train, made_with_keys=MODEL_SETTINGS, header_only=True), p, train.name)
     if svm is not None:
         check_model_settings(LinearSvm.load(svm).settings(), p, svm.name, rerun="scripts/4_trainSVM.py")
 
