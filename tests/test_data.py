@@ -326,6 +326,7 @@ def test_a_class_folder_linked_to_a_sub_folder_of_another_class_keeps_its_images
     try:
         (root / "kittens").symlink_to(root / "cat" / "kittens", target_is_directory=True)
         (root / "cat" / "best.jpg").symlink_to(root / "cat" / "0.jpg")
+        (root / "cat" / "00_copy.jpg").symlink_to(root / "cat" / "1.jpg")  # the link's name sorts first
         (root / "dog" / "0_cat.jpg").symlink_to(root / "cat" / "0.jpg")
     except OSError as e:
         pytest.skip(f"cannot create symlinks here: {e}")
@@ -335,9 +336,13 @@ def test_a_class_folder_linked_to_a_sub_folder_of_another_class_keeps_its_images
     assert {p for p, c in labels.items() if c == "cat"} == {"cat/0.jpg", "cat/1.jpg", "cat/2.jpg"}
     assert dict(split.excluded) == {
         "cat/best.jpg": "the same file as cat/0.jpg, reached through a link: counted once",
+        "cat/00_copy.jpg": "the same file as cat/1.jpg, reached through a link: counted once",
         **{f"cat/kittens/k{i}.jpg": f"the same file as kittens/k{i}.jpg (class kittens), reached through a link: "
                                     "one file cannot have two classes" for i in range(3)},
         "dog/0_cat.jpg": "the same file as cat/0.jpg (class cat), reached through a link: one file cannot have two classes"}
+    # Reached through a linked folder (DATA_DIR linked elsewhere; macOS's /tmp): the same file is kept.
+    (tmp_path / "linked").symlink_to(root, target_is_directory=True)
+    assert make_split(tmp_path / "linked", ratio=0.5, seed=0).excluded == split.excluded
     # A class whose every image is another class's file: stage 1 says why it has none left.
     for i in range(3):
         (root / "dog" / f"{i}.jpg").unlink()

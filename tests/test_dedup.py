@@ -241,6 +241,14 @@ def test_label_fixes_decide_the_class_and_an_excluded_copy_is_never_the_one_kept
     (root / "dotted" / "_duplicates").mkdir()
     shutil.move(root / "_duplicates" / "dotted" / "striped_copy.jpg", root / "dotted" / "_duplicates" / "striped_copy.jpg")
     assert fix_notes(make_split(root, progress=False), root) == [applied]
+    # ... and run on a deeper folder (dotted/2019/, or train/dotted/ of a data set split in advance).
+    write_fixes(root, {"dotted/big_copy.jpg": "EXCLUDE", "dotted/striped_copy.jpg": "striped",
+                       "dotted/2019/gone.jpg": "striped"})
+    (root / "dotted" / "2019" / "_duplicates").mkdir(parents=True)
+    shutil.copy(root / "dotted" / "_duplicates" / "striped_copy.jpg", root / "dotted" / "2019" / "_duplicates" / "gone.jpg")
+    assert fix_notes(make_split(root, progress=False), root) == [applied]
+    shutil.rmtree(root / "dotted" / "2019")
+    write_fixes(root, {"dotted/big_copy.jpg": "EXCLUDE", "dotted/striped_copy.jpg": "striped"})
     (root / "dotted" / "_duplicates" / "striped_copy.jpg").unlink()  # deleted for good: said
     assert fix_notes(make_split(root, progress=False), root) == [applied,
         "annotations_fixes.tsv: dotted/striped_copy.jpg: no such image (deleted since, or mistyped: the fix does nothing)"]

@@ -81,6 +81,7 @@ def test_unknown_override_suggests_nearest_name() -> None:
         ("rf_inputResolution", 8, "between 32 and 1024"),
         ("svm_CVals", [], "at least one value"),
         ("svm_CVals", [1, -1], "positive numbers"),
+        ("svm_CVals", [1, float("inf")], "positive numbers"),
         ("imagesSplitBy", "random", "'filename', 'subdir'"),
         ("rf_pretrainedModel", "vgg16", "efficientnet_lite0"),
         ("svm_boL2Normalize", 1, "expected bool"),

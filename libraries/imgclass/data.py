@@ -198,6 +198,7 @@ def _one_class_per_file(listed: list[tuple[str, Path]], root: Path, base: Path) 
         return os.path.join(real_dir[p.parent], p.name)
 
     class_dir = {c: os.path.realpath(root / c) for c in {c for c, _ in listed}}  # once per class, not per file
+    real_root = os.path.realpath(root)
     by_file: dict[str, list[tuple[str, Path]]] = defaultdict(list)
     for c, p in listed:
         by_file[real(p)].append((c, p))
@@ -214,9 +215,10 @@ def _one_class_per_file(listed: list[tuple[str, Path]], root: Path, base: Path) 
             if home is not None and list(depth.values()).count(depth[home]) > 1:
                 home = None  # two classes are the same real folder
         # Counted once, also within one class (a photo linked beside itself): twice, it would weigh
-        # double in training, or count twice in the test figures. The path that is no link is kept.
+        # double in training, or count twice in the test figures. The path with no link below the data
+        # set's folder is kept (a link above it, to DATA_DIR say, or macOS's /tmp, is every path's).
         kept = min((p for c, p in listings if c == home),
-                   key=lambda p: (os.path.realpath(p) != os.path.abspath(p), p), default=None)
+                   key=lambda p: (real(p) != os.path.join(real_root, os.path.relpath(p, root)), p), default=None)
         for c, p in listings:
             if p == kept:
                 continue
@@ -832,12 +834,12 @@ def fix_notes(split: Split, images_dir: str | Path) -> list[str]:
     an image deleted since is no error, but a typo would go unseen)."""
     known = [p for p, _ in split.train] + [p for p, _ in split.test] + [p for p, _ in split.excluded]
     # An image dedupImages.py --remove set aside is not missing: run on the data set, it went to
-    # _duplicates/ under the same path; run on a class folder, to cat/_duplicates/.
+    # _duplicates/ under the same path; run on a class folder (cat/, train/cat/), to its _duplicates/.
     images_dir = Path(images_dir)
 
     def set_aside(p: str) -> bool:
-        first, _, rest = p.partition("/")
-        return (images_dir / DUPLICATES_FOLDER / p).is_file() or (images_dir / first / DUPLICATES_FOLDER / rest).is_file()
+        parts = p.split("/")
+        return any(images_dir.joinpath(*parts[:i], DUPLICATES_FOLDER, *parts[i:]).is_file() for i in range(len(parts)))
 
     repeated: list[str] = []
     fixes = {p: fix for p, fix in read_fixes(images_dir, repeated).items() if not set_aside(p)}

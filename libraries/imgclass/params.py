@@ -99,7 +99,7 @@ def _resolution(v: int) -> str | None:
 def _c_values(v: Any) -> str | None:
     if not v:
         return "must hold at least one value"
-    if not all(isinstance(c, (int, float)) and not isinstance(c, bool) and c > 0 for c in v):
+    if not all(isinstance(c, (int, float)) and not isinstance(c, bool) and 0 < c < float("inf") for c in v):
         return "must be a list of positive numbers, e.g. [0.01, 0.1, 1.0]"
     return None
 
