@@ -61,12 +61,13 @@ def main() -> int:
     print(f"bundle: {bundle.path}")
     if args.no_serve:
         return 0
-    # The client finds the service at dep_port: served elsewhere, it must be told where.
-    where = f" --url http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}" \
-        if (host, port) != (p.dep_host, p.dep_port) else ""
+    from imgclass.serve import become_service, service_command, service_url
+
+    # The client finds the service at dep_port and takes it for the parameters' model: served
+    # elsewhere, or a bundle (of its own data set and classifier), it must be told where.
+    where = f" --url {service_url(host, port)}" if args.bundle or (host, port) != (p.dep_host, p.dep_port) else ""
     print(f"score photos from another shell: python scripts/6_callWebservice.py{where} PHOTO_OR_FOLDER (with the same "
           "--set options as here), or on the service's web page")
-    from imgclass.serve import become_service, service_command
 
     track_now(__file__)  # the export is done; become_service never returns to run_stage to record it
     # (after do_not_track, a no-op)

@@ -33,6 +33,8 @@ parser.add_argument("--resize-modes", nargs="+", choices=RESIZE_MODES, default=[
 
 def main() -> int:
     args, p = parse_stage(parser)
+    if bad := [r for r in args.resolutions or [] if not 32 <= r <= 1024]:  # before minutes of work on the others
+        parser.error(f"--resolutions {' '.join(map(str, bad))}: expected 32 to 1024 pixels")
     split = load_split(p.split_path, p.images_dir, sides=("train",))
     paths = [p.images_dir / path for path, _ in split.train]
     labels = [y for _, y in split.train]
@@ -43,8 +45,8 @@ def main() -> int:
         print(f"every training image is square: {', '.join(args.resize_modes)} give the network the same pixels, "
               f"so only {keep} is scored")
         args.resize_modes = [keep]
-    svm = LinearSvm.from_params(p, progress=True)  # minutes of fits per candidate on large data sets
     resolutions = args.resolutions or [p.rf_inputResolution]
+    svm = LinearSvm.from_params(p, progress=True)  # minutes of fits per candidate on large data sets
     print(f"{len(paths)} training images of {p.datasetName}; {len(args.backbones) * len(resolutions) * len(args.resize_modes)} "
           f"candidates; the test images are not used")
     scores = compare_featurizers(paths, np.array(labels), args.backbones, resolutions, args.resize_modes, svm,

@@ -47,6 +47,9 @@ def test_script_scores_candidates_on_training_images_only(tmp_path: Path) -> Non
     args = ["--set", "datasetName=fashionTextureDemo", "--set", "demoImagesPerClass=8", "--set", "rf_inputResolution=64",
             "--set", "svm_cvFolds=3", "--set", "run_workers=0"]
     images, split = _demo_without_test_images(tmp_path, args)
+    bad = run_script("selectFeaturizer.py", *args, "--resolutions", "64", "2000", data_dir=tmp_path, check=False)
+    assert bad.returncode == 2 and "--resolutions 2000: expected 32 to 1024 pixels" in bad.stderr, bad.stderr
+    assert "candidates" not in bad.stdout  # refused before any candidate's work
     proc = run_script("selectFeaturizer.py", *args, "--backbones", "efficientnet_lite0", "efficientnet_lite1",
                       "--resize-modes", "crop", "squash", data_dir=tmp_path)
     assert f"{len(split.train)} training images of fashionTextureDemo; 4 candidates; the test images are not used" in proc.stdout

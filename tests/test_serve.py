@@ -327,6 +327,15 @@ def test_two_worker_processes(bundle: Path) -> None:
         assert all(r.status_code == 200 and r.json()["results"][0]["label"] == "red" for r in replies)
 
 
+def test_the_address_a_client_is_given() -> None:
+    from imgclass.serve import service_url
+
+    assert service_url("0.0.0.0", 8000) == "http://127.0.0.1:8000"  # every interface: reached at the loopback one
+    assert service_url("::", 8001) == "http://[::1]:8001"
+    assert service_url("fe80::1", 8002) == "http://[fe80::1]:8002"
+    assert service_url("example.org", 8003) == "http://example.org:8003"
+
+
 def test_served_on_another_port_the_client_is_told_where(bundle: Path, tmp_path: Path) -> None:
     """Stage 6 on --port (dep_port was taken): its hint gives the client --url. A client left at
     dep_port, where another service answers, says whose model answers rather than passing its

@@ -616,8 +616,9 @@ def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, worker
 
     load_bundle(config.bundle)  # fail here, once, with a clear message, not in every worker
     check_port_free(host, port)  # before "serving ...", which would otherwise come first
-    print(f"serving {config.bundle} on http://{host}:{port}/ ({workers} worker(s)); "
-          f"API docs at http://{host}:{port}/docs; Ctrl-C stops it", flush=True)
+    url = service_url(host, port)
+    print(f"serving {config.bundle} on {url}/ ({workers} worker(s)); API docs at {url}/docs; Ctrl-C stops it",
+          flush=True)
     config = replace(config, workers=workers)  # each worker takes its share of the cores
     os.environ[ENV_CONFIG] = json.dumps(asdict(config))
     # uvicorn raises the SIGTERM it stopped on again once it has shut down, with the handler it found:
@@ -629,6 +630,13 @@ def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, worker
                     log_level="warning", access_log=False, timeout_graceful_shutdown=grace, root_path=root_path)
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def service_url(host: str, port: int) -> str:
+    """The address a client on this machine calls the service at, listening on `host`: an address
+    that means "every interface" is reached at the loopback one, and an IPv6 address goes in brackets."""
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def service_command(bundle: str | Path, p: Params, host: str, port: int, workers: int) -> list[str]:
