@@ -66,6 +66,9 @@ def main() -> int:
     out = p.results_dir
     suffix = "" if side == "test" else "_train"
     title = f"{p.datasetName} / {p.classifier} / {side}"
+    # metrics.json goes first and comes back last: an interrupted run leaves none, rather than the
+    # earlier model's beside this one's plots (stage 6 and compareRuns read it as the results).
+    (out / f"metrics{suffix}.json").unlink(missing_ok=True)
     plot_roc(scores, labels, classes, out / f"roc{suffix}.png", title=f"ROC: {title}")
     plot_confusion(metrics["confusion_matrix"], classes, out / f"confusion{suffix}.png", title=f"Confusion: {title}")
     paths = data.paths
@@ -103,4 +106,6 @@ def other_side_note(out: Path, side: str, metrics: dict) -> str | None:
 
 
 if __name__ == "__main__":
-    run_stage(main, (StaleFilesError,))
+    run_stage(main, (StaleFilesError,), on_interrupt="metrics.json (metrics_train.json with --on train) is written "
+                                                    "last, so there is none now; the other result files may be of the "
+                                                    "earlier run: rerun the stage")

@@ -127,13 +127,13 @@ def label_check(val_scores: np.ndarray | None, labels: np.ndarray, images: Seque
     except AnnotationError:  # broken since stage 1 read it: every suspect listed (stage 4's notes say why)
         settled = {}
     suspects = [s for s in found if s.image not in settled]
+    png.unlink(missing_ok=True)  # an earlier run's sheet; gone first, so that an interrupted run leaves none
     write_suspects(tsv, suspects)
     lines = []
     if n_settled := len(found) - len(suspects):
         lines.append(f"label check: {n_settled} disputed training image(s) not listed: {FIXES_FILE} sets or confirms "
                      "their label")
     if not suspects:
-        png.unlink(missing_ok=True)  # an earlier run's sheet would show images no longer disputed
         return lines + [f"label check: the cross-validation gave every {'other ' if n_settled else ''}training image "
                         f"its own class ({tsv})"]
     plot_suspects(suspects, images_dir, png)
