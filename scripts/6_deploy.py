@@ -42,7 +42,7 @@ def main() -> int:
         from imgclass.export import export_bundle
         from imgclass.provenance import check_trained_settings, trained_classifier
 
-        model, svm, flip = trained_classifier(p)
+        model, svm, flip = trained_classifier(p, flip_note=False)  # a difference is refused just below
         check_trained_settings(p, model, svm)  # the run history records this deployment under the parameters
         print(f"exporting {p.classifier} of {p.datasetName} (mirror averaging {'on' if flip else 'off'}) ...")
         bundle = export_bundle(

@@ -147,12 +147,18 @@ def test_metrics_of_other_classes_or_older_than_the_files_are_left_out(pipeline:
 
 def test_bundle_keeps_the_mirror_averaging_stage_3_used(pipeline: tuple[Path, Path]) -> None:
     # Stage 3 ran without mirror averaging; asking for it only at stage 6 would score images unlike
-    # the features the SVM was trained and evaluated on. The bundle follows stage 3 and says so.
+    # the features the SVM was trained and evaluated on, and the run history would record it as used:
+    # refused, naming the stage to rerun; the bundle there is left as it was.
     data_dir, bundle_dir = pipeline
     assert not bool(load_npz(data_dir / "proc" / DS / "features_fixed_train.npz")["flip_average"])
-    out = run_script("6_deploy.py", *SMALL, "--set", "run_boFlipAverage=True", "--no-serve", data_dir=data_dir).stdout
-    assert "stage 3 featurized with False" in out and "mirror averaging off" in out
-    assert json.loads((bundle_dir / "bundle.json").read_text())["preprocessing"]["flip_average"] is False
+    before = (bundle_dir / "bundle.json").read_bytes()
+    proc = run_script("6_deploy.py", *SMALL, "--set", "run_boFlipAverage=True", "--no-serve", data_dir=data_dir,
+                      check=False)
+    assert proc.returncode == 1 and "stage 3 featurized with" not in proc.stdout, proc.stdout
+    assert ("features_fixed_train.npz was made with run_boFlipAverage = False, but the parameters now say True"
+            in proc.stderr and "rerun scripts/3_runDNN.py" in proc.stderr), proc.stderr
+    assert (bundle_dir / "bundle.json").read_bytes() == before
+    assert json.loads(before)["preprocessing"]["flip_average"] is False
 
 
 def test_a_changed_model_file_is_refused(pipeline: tuple[Path, Path], tmp_path: Path) -> None:

@@ -163,6 +163,8 @@ def test_two_pipelines_are_compared(tracked_demo: Path, monkeypatch: pytest.Monk
     m = json.loads((tracked_demo / "results" / DS / classifier / "metrics.json").read_text())
     assert b.data.metrics["overall_accuracy"] == pytest.approx(m["overall_accuracy"])
     assert "overall_accuracy" in a.data.metrics
+    if classifier == "svm":  # stage 4 records the C it chose (a run without stage 5 shows it too), stage 5 again
+        assert [h.value for h in client.get_metric_history(second_id, "svm_C")] == [m["svm_C"]] * 2
     if classifier == "dnn":
         curves = json.loads((tracked_demo / "results" / DS / "dnn" / "training_curves.json").read_text())
         history = client.get_metric_history(second_id, "curve_train_loss")

@@ -207,27 +207,28 @@ def check_model_and_svm(model_file: str | Path, train_features: str | Path, svm_
                           svm_split_hash=svm.split_hash, svm_classes=svm.classes)
 
 
-def flip_average_of_stage3(features_path: str | Path, requested: bool) -> bool:
+def flip_average_of_stage3(features_path: str | Path, requested: bool, note: bool = True) -> bool:
     """The mirror averaging stage 3 used for the features in `features_path`, which the classifier
     was trained and evaluated on: scoring new images otherwise would not score them as stage 5 did.
-    `requested` (run_boFlipAverage now) when the file does not say; a note when the two differ."""
+    `requested` (run_boFlipAverage now) when the file does not say; a note when the two differ
+    (unless not `note`: stage 6 refuses the difference instead, check_trained_settings)."""
     path = Path(features_path)
     if not path.is_file():
         return requested
     used = FeatureSet.load(path, header_only=True).flip_average
     if used is None:
         return requested
-    if used != requested:
+    if used != requested and note:
         print(f"run_boFlipAverage = {requested} now, but stage 3 featurized with {used} ({path.name}): "
               f"using {used}, as the classifier was trained and evaluated; rerun stages 3-5 to change it")
     return used
 
 
-def trained_classifier(p: Params) -> tuple[Path, Path | None, bool]:
+def trained_classifier(p: Params, flip_note: bool = True) -> tuple[Path, Path | None, bool]:
     """The classifier that stages 2-4 trained under the parameters `p`: the model file, the SVM file
     (None for classifier "dnn": the refined network scores alone), refused when the two are of
     different origins, and the mirror averaging stage 3 used (new images are scored as the SVM was
-    trained and evaluated)."""
+    trained and evaluated; `flip_note`: see flip_average_of_stage3)."""
     with_svm = p.classifier != "dnn"  # a refined network scores without stage 3's features
     # An SVM still to train needs them; one trained is used even where they were deleted since.
     p.require_stage_outputs(features=["train"] if with_svm and not p.svm_path.is_file() else [], svm=with_svm)
@@ -236,7 +237,7 @@ def trained_classifier(p: Params) -> tuple[Path, Path | None, bool]:
     if svm is not None:
         check_model_and_svm(model, p.features_path("train"), svm)
     check_trained_on_split(p)
-    return model, svm, flip_average_of_stage3(p.features_path("train"), p.run_boFlipAverage)
+    return model, svm, flip_average_of_stage3(p.features_path("train"), p.run_boFlipAverage, flip_note)
 
 
 def check_trained_settings(p: Params, model: Path, svm: Path | None) -> None:

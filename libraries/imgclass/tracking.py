@@ -402,6 +402,13 @@ def record_stage(p: Params, script: str | Path, started: float, argv: Sequence[s
                 # What was saved (weights averaged, ...; or the pretrained network where refining
                 # diverged): runs with alike figures are told apart by it in compareRuns.py.
                 client.log_batch(run_id, tags=[RunTag(SAVED_AS_TAG, saved_as[:5000])])
+    svm_file = p.svm_path if p.classifier != "dnn" else None
+    if svm_file is not None and svm_file.is_file() and svm_file.stat().st_mtime >= started - 1.0 and \
+            not any(m.key == "svm_C" for m in metrics):
+        # Stage 4 chose C: shown in compareRuns.py also for a run that has no stage 5 (yet).
+        from imgclass.svm import LinearSvm
+
+        metrics.append(Metric("svm_C", float(LinearSvm.load(svm_file).C_), now_ms, 0))
     if renamed and len(text := json.dumps(renamed, ensure_ascii=False)) <= 5000:
         # The real names of classes whose metric keys had to change, for compareRuns.py to show.
         client.log_batch(run_id, tags=[RunTag(CLASS_NAMES_TAG, text)])
