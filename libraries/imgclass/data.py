@@ -184,8 +184,8 @@ def list_images(class_dir: Path, broken_links: list[Path] | None = None) -> list
 def _one_class_per_file(listed: list[tuple[str, Path]], root: Path, base: Path) -> dict[Path, str]:
     """{file listed: why it is left out} for files that are one real file listed twice, through a
     link: under two classes (dotted/shared -> ../striped, or a link back up the tree in one class
-    folder), since one file cannot teach the model two classes, or twice in one class. The file keeps the class whose real folder it lies
-    in (the innermost, when a class folder is a link to a sub-folder of another class:
+    folder), since one file cannot teach the model two classes, or twice in one class. The file
+    keeps the class whose real folder it lies in (the innermost, when a class folder is a link to a sub-folder of another class:
     kittens -> cat/kittens); it is left out of the others, or of all when it lies in none of them
     or in two classes' same folder."""
     real_dir: dict[Path, str] = {}

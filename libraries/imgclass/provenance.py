@@ -241,15 +241,14 @@ def trained_classifier(p: Params, flip_note: bool = True) -> tuple[Path, Path | 
 
 
 def check_trained_settings(p: Params, model: Path, svm: Path | None) -> None:
-    """Raise StaleFilesError, as stages 3-5 do, when the model file or the SVM was made with other
-    settings than the parameters say now. For stage 6, which exported the model as it was while the
+    """Raise StaleFilesError, as stages 3-5 do, when the split, the model file, stage 3's training
+    features (their mirror averaging) or the SVM was made with other settings than the parameters say now. For stage 6, which exported the model as it was while the
     run history credited the deployment to the other values (rf_inputResolution = 96 for a 128 px
     model); scoring new images (scoreImages.py, activeLearning.py) records nothing, and uses the
     trained classifier whatever the parameters say now."""
+    from imgclass.data import load_split
     from imgclass.modelfile import load_model_info, spec_settings
     from imgclass.svm import LinearSvm
-
-    from imgclass.data import load_split
 
     # In the order of the stages, so that the first one to rerun is named.
     if p.split_path.is_file():
