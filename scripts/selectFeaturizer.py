@@ -12,7 +12,7 @@ import numpy as np
 from imgclass.backbones import BACKBONE_NAMES
 from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.data import load_split
-from imgclass.images import RESIZE_MODES
+from imgclass.images import MAX_RESOLUTION, MIN_RESOLUTION, RESIZE_MODES
 from imgclass.modelfile import ModelSpec
 from imgclass.selection import all_square, compare_featurizers, plot_comparison, recommend, write_table
 from imgclass.svm import LinearSvm
@@ -33,8 +33,8 @@ parser.add_argument("--resize-modes", nargs="+", choices=RESIZE_MODES, default=[
 
 def main() -> int:
     args, p = parse_stage(parser)
-    if bad := [r for r in args.resolutions or [] if not 32 <= r <= 1024]:  # before minutes of work on the others
-        parser.error(f"--resolutions {' '.join(map(str, bad))}: expected 32 to 1024 pixels")
+    if bad := [r for r in args.resolutions or [] if not MIN_RESOLUTION <= r <= MAX_RESOLUTION]:  # before any work
+        parser.error(f"--resolutions {' '.join(map(str, bad))}: expected {MIN_RESOLUTION} to {MAX_RESOLUTION} pixels")
     split = load_split(p.split_path, p.images_dir, sides=("train",))
     paths = [p.images_dir / path for path, _ in split.train]
     labels = [y for _, y in split.train]

@@ -37,6 +37,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".apng", ".bmp", "
                     ".heic", ".heif", ".ppm", ".pgm", ".pbm", ".pnm", ".tga")
 HEIF_EXTENSIONS = (".heic", ".heif")
 RESIZE_MODES = ("squash", "crop", "pad")
+MIN_RESOLUTION, MAX_RESOLUTION = 32, 1024  # square network input sides accepted (rf_inputResolution, model files)
 # Pillow guards against decompression bombs by the pixel count in a file's header: it warns above
 # Image.MAX_IMAGE_PIXELS (89 million by default) and refuses above twice that. Phones now take 108-
 # and 200-megapixel photos: the warning was noise in every stage's output, and a 200-megapixel photo

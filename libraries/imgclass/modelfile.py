@@ -16,7 +16,7 @@ import torch
 
 from imgclass.backbones import create_backbone, get_info
 from imgclass.fileio import atomic_open
-from imgclass.images import RESIZE_MODES
+from imgclass.images import MAX_RESOLUTION, MIN_RESOLUTION, RESIZE_MODES
 
 
 @dataclass(frozen=True)
@@ -32,8 +32,8 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         get_info(self.backbone)  # an unknown backbone names the known ones
-        if not isinstance(self.resolution, numbers.Integral) or not 32 <= self.resolution <= 1024:
-            raise ValueError(f"resolution = {self.resolution!r}: expected 32 to 1024 pixels")
+        if not isinstance(self.resolution, numbers.Integral) or not MIN_RESOLUTION <= self.resolution <= MAX_RESOLUTION:
+            raise ValueError(f"resolution = {self.resolution!r}: expected {MIN_RESOLUTION} to {MAX_RESOLUTION} pixels")
         if self.resize_mode not in RESIZE_MODES:
             raise ValueError(f"resize_mode {self.resize_mode!r}: allowed values are {', '.join(RESIZE_MODES)}")
         if self.kind not in ("fixed", "refined"):

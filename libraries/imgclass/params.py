@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 from imgclass.backbones import BACKBONE_NAMES
 from imgclass.fileio import require_file
-from imgclass.images import MAX_PIXELS
+from imgclass.images import MAX_PIXELS, MAX_RESOLUTION, MIN_RESOLUTION
 
 ENV_DATA_DIR = "IMGCLASS_DATA_DIR"
 ENV_PARAMS_FILE = "IMGCLASS_PARAMS"
@@ -93,7 +93,9 @@ def _fraction_closed_open(v: float) -> str | None:
 
 
 def _resolution(v: int) -> str | None:
-    return None if 32 <= v <= 1024 else "must be between 32 and 1024 pixels"
+    if MIN_RESOLUTION <= v <= MAX_RESOLUTION:
+        return None
+    return f"must be between {MIN_RESOLUTION} and {MAX_RESOLUTION} pixels"
 
 
 def _c_values(v: Any) -> str | None:

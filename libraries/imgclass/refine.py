@@ -49,7 +49,7 @@ from imgclass.augment import Augmenter
 from imgclass.backbones import folded_batchnorm
 from imgclass.features import default_device
 from imgclass.fileio import atomic_path
-from imgclass.images import load_square
+from imgclass.images import MAX_RESOLUTION, MIN_RESOLUTION, load_square
 from imgclass.modelfile import ImageClassifier, ModelSpec, build_model, load_model_extra
 from imgclass.progress import progress_bar
 
@@ -123,7 +123,8 @@ class RefineConfig:
             "lr_per_mb": (bool(self.lr_per_mb) and min(self.lr_per_mb) > 0, "one or more values, all above 0"),
             "momentum": (0.0 <= self.momentum < 1.0, "in [0, 1)"), "l2_reg_weight": (self.l2_reg_weight >= 0, "0 or more"),
             "dropout": (0.0 <= self.dropout < 1.0, "in [0, 1)"), "head_lr_factor": (self.head_lr_factor > 0, "above 0"),
-            "resolution": (32 <= self.resolution <= 1024, "32 to 1024 pixels"), "workers": (self.workers >= 0, "0 or more"),
+            "resolution": (MIN_RESOLUTION <= self.resolution <= MAX_RESOLUTION,
+                           f"{MIN_RESOLUTION} to {MAX_RESOLUTION} pixels"), "workers": (self.workers >= 0, "0 or more"),
             "average_last_epochs": (self.average_last_epochs >= 0, "0 or more"),
             "max_grad_norm": (self.max_grad_norm >= 0, "0 (off) or more"),
         }

@@ -583,7 +583,8 @@ def create_app(config: ServeConfig) -> Any:
     @app.head("/info", include_in_schema=False)
     async def info() -> dict[str, Any]:
         return {"model_version": bundle.version, "classes": list(bundle.classes), "classifier": bundle.classifier,
-                "dataset": bundle.info.get("source", {}).get("dataset") or None, "score_kind": bundle.score_kind, "backbone": bundle.info.get("backbone"),
+                "dataset": bundle.info.get("source", {}).get("dataset") or None, "score_kind": bundle.score_kind,
+                "backbone": bundle.info.get("backbone"),
                 "preprocessing": bundle.info["preprocessing"], "metrics": bundle.metrics, "limits": limits,
                 "formats": list(formats), "created": bundle.info.get("created")}
 
