@@ -185,9 +185,9 @@ def _one_class_per_file(listed: list[tuple[str, Path]], root: Path, base: Path) 
     """{file listed: why it is left out} for files that are one real file listed twice, through a
     link: under two classes (dotted/shared -> ../striped, or a link back up the tree in one class
     folder), since one file cannot teach the model two classes, or twice in one class. The file
-    keeps the class whose real folder it lies in (the innermost, when a class folder is a link to a sub-folder of another class:
-    kittens -> cat/kittens); it is left out of the others, or of all when it lies in none of them
-    or in two classes' same folder."""
+    keeps the class whose real folder it lies in (the innermost, when a class folder is a link to a
+    sub-folder of another class: kittens -> cat/kittens); it is left out of the others, or of all
+    when it lies in none of them or in two classes' same folder."""
     real_dir: dict[Path, str] = {}
 
     def real(p: Path) -> str:
@@ -839,7 +839,8 @@ def fix_notes(split: Split, images_dir: str | Path) -> list[str]:
 
     def set_aside(p: str) -> bool:
         parts = p.split("/")
-        return any(images_dir.joinpath(*parts[:i], DUPLICATES_FOLDER, *parts[i:]).is_file() for i in range(len(parts)))
+        return any(images_dir.joinpath(*parts[:i], DUPLICATES_FOLDER, *parts[i:]).is_file()
+                   for i in range(len(parts)))
 
     repeated: list[str] = []
     fixes = {p: fix for p, fix in read_fixes(images_dir, repeated).items() if not set_aside(p)}

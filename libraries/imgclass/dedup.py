@@ -662,11 +662,10 @@ def settle_leaks(split: Split, check: LeakCheck, images_dir: str | Path, earlier
 @dataclass
 class LeakageOutcome:
     """What stage 1's leakage check did: the split after it, the check (its hashes serve the label
-    conflicts), the file listing the pairs, and what to tell the user, line by line."""
+    conflicts), and what to tell the user, line by line."""
 
     split: Split
     check: LeakCheck
-    listed: Path
     lines: list[str]
 
 
@@ -691,7 +690,7 @@ def apply_leakage_check(split: Split, images_dir: str | Path, mode: str, thresho
         lines.append(f"... and {len(check.leaks) - shown} more pairs ({others} across classes); all {len(check.leaks)} "
                      f"in {listed}")
     if not check.leaks:
-        return LeakageOutcome(split, check, listed, lines)
+        return LeakageOutcome(split, check, lines)
     if check.lookalike_note:
         lines.append(f"note: {check.lookalike_note}")
         if mode == "move":
@@ -699,10 +698,10 @@ def apply_leakage_check(split: Split, images_dir: str | Path, mode: str, thresho
             lines.append("leakageCheck = 'move': nothing moved, since these pairs need not be copies; where you know "
                          "the data set holds no copies, set leakageCheck = 'off' rather than lowering the threshold, "
                          "which still moves the closest look-alikes")
-        return LeakageOutcome(split, check, listed, lines)
+        return LeakageOutcome(split, check, lines)
     if mode == "report":
         lines.append("leakageCheck = 'report': left as they are; test accuracy may be optimistic")
-        return LeakageOutcome(split, check, listed, lines)
+        return LeakageOutcome(split, check, lines)
     if check.lookalike_classes:
         lines.append(f"note: the images of {', '.join(check.lookalike_classes)} look alike to dhash within their "
                      f"class (distinct images lie within {threshold} bits of one another as often as copies "
@@ -727,7 +726,7 @@ def apply_leakage_check(split: Split, images_dir: str | Path, mode: str, thresho
         lines.append(f"note: {c}: {moved} of its {moved + left} test images moved, {left} left: its photos are "
                      f"near copies of one another, or look alike to dhash (plain or smooth images); see "
                      f"{listed.name}, and if they are not copies, set leakageCheck = 'report' or a lower dedup_threshold")
-    return LeakageOutcome(split, check, listed, lines)
+    return LeakageOutcome(split, check, lines)
 
 
 __all__ = [
