@@ -558,105 +558,123 @@ def make_split(
         )
     if split_by not in ("filename", "subdir"):
         raise ValueError(f"split_by {split_by!r}: allowed values are 'filename', 'subdir'")
-    excluded: list[tuple[str, str]] = []
-
     folders = find_split_folders(images_dir)
     if folders is not None:
-        train_dir, test_dir, unused = folders
-        train_name, test_name = train_dir.name, test_dir.name
-        classes = list_class_dirs(train_dir)
-        test_classes = list_class_dirs(test_dir)
-        if not test_classes:
-            # Kaggle's test/ often holds the competition's unlabelled images, straight in the folder.
-            # Or train/ and test/ are two classes of the user's (vehicles: bus, train, ...).
-            others = [d for d in list_class_dirs(images_dir)
-                      if d not in (train_name, test_name, *(u.name for u in unused))]
-            raise DatasetError(
-                f"{test_dir}: no class folders, so its images have no labels to measure accuracy with: "
-                f"sort them into class folders as in {train_name}/, or make {train_name}/ the data set "
-                f"(its class folders straight in the data set folder, {test_name}/ moved out or renamed "
-                f"_{test_name}/) to split it at random"
-                + (f". (Folders named {train_name}/ and {test_name}/ are read as a split made in advance; if "
-                   f"they are classes of yours, beside {first_few(others)}, rename them, e.g. {train_name}/ to "
-                   f"{train_name}s/)" if others else "")
-            )
-        _check_classes(classes, train_dir)
-        _check_folder_names(test_classes, test_dir)
-        if unknown := [c for c in test_classes if c not in classes]:
-            raise DatasetError(
-                f"{images_dir}: {test_name}/ has classes that {train_name}/ has not: {', '.join(unknown)} "
-                f"(a model cannot learn them from no training image; {train_name}/ has {', '.join(classes) or 'none'})"
-            )
-        # Beside train/ and test/ nothing is read: photos dropped there (or a second train folder) are named.
-        excluded += loose_images(images_dir, images_dir) + loose_images(train_dir, images_dir) + loose_images(test_dir, images_dir)
-        unused = [*unused, *(d for d in sorted(images_dir.iterdir()) if d.is_dir() and d not in (train_dir, test_dir, *unused)
-                             and not d.name.startswith(NOT_CLASS_PREFIXES))]
-        tr = _collect(train_dir, classes, excluded, images_dir, check_decode, progress)
-        # A rare class may have no test image in a split made in advance: noted by stage 1, as for a random split.
-        te = _collect(test_dir, classes, excluded, images_dir, check_decode, progress, allow_empty=True)
-        if not any(te.values()):
-            left_out = [(p, why) for p, why in excluded if p.startswith(f"{test_name}/")]
-            raise DatasetError(f"{shown(str(test_dir))}: no usable test image in its class folders" + (
-                f"; {len(left_out)} left out, e.g. {left_out[0][0]}: {left_out[0][1]}" if left_out else ""))
-        split = Split(
-            classes,
-            [(p, i) for i, c in enumerate(classes) for p in tr[c]],
-            [(p, i) for i, c in enumerate(classes) for p in te[c]],
-            excluded,
-            method=f"folders {train_name}/ {test_name}/" + "".join(f" ({u.name}/ not used)" for u in unused),
-        )
-        _check_trained(split, train_dir)
-        check_disjoint(split)
-        return split
-
-    classes = list_class_dirs(images_dir)
-    _check_classes(classes, images_dir)
-    excluded += loose_images(images_dir, images_dir)
-    per_class = _collect(images_dir, classes, excluded, images_dir, check_decode, progress)
-    train: list[tuple[str, int]] = []
-    test: list[tuple[str, int]] = []
-    dedicated = images_dir / DEDICATED_TEST_FILE
-    if dedicated.is_file():
-        test_set = _read_dedicated(dedicated, classes)
-        known = {p for paths in per_class.values() for p in paths}
-        missing = sorted(test_set - known - {p for p, _ in excluded})
-        if missing:
-            raise DatasetError(f"{dedicated}: listed images not found in the data set: {', '.join(missing[:5])}")
-        for i, c in enumerate(classes):
-            train += [(p, i) for p in per_class[c] if p not in test_set]
-            test += [(p, i) for p in per_class[c] if p in test_set]
-        method, settings = DEDICATED_TEST_FILE, {}
+        split = _split_from_folders(images_dir, *folders, check_decode, progress)
     else:
-        settings = {"randomSeed": seed, "ratioTrainTest": ratio, "imagesSplitBy": split_by}
-        earlier, _ = earlier_sides(previous, settings)
-        for i, c in enumerate(classes):
-            # One generator per class, seeded by class name: adding a class leaves the others' split as is.
-            rng = random.Random(f"{seed}:{c}")
-            if split_by == "subdir":
-                groups: dict[str, list[str]] = defaultdict(list)
-                for p in per_class[c]:
-                    groups[_group_of(p)].append(p)
-                # A sub-folder with a test image before is a test folder (stage 1's leakage check
-                # may have moved single images of it to train: those stay there).
-                group_side = {g: ("test" if any(earlier.get(p) == "test" for p in ps) else "train")
-                              for g, ps in groups.items() if any(p in earlier for p in ps)}
-                tr_groups, te_groups = _split_keeping(sorted(groups), ratio, rng, group_side)
-                # Every image of a training folder: one with a test image before is a test folder that
-                # _split_keeping moved to train, since the class's earlier training folders are all gone.
-                tr_paths = [p for g in tr_groups for p in groups[g]]
-                te_paths = [p for g in te_groups for p in groups[g] if earlier.get(p, "test") == "test"]
-                tr_paths += [p for g in te_groups for p in groups[g] if earlier.get(p) == "train"]
-            else:
-                tr_paths, te_paths = _split_keeping(per_class[c], ratio, rng, earlier)
-            # Each image on exactly one side: one lost here would vanish from the split with no word.
-            assert sorted(tr_paths + te_paths) == sorted(per_class[c]), f"split of {c!r} lost or doubled images"
-            train += [(p, i) for p in sorted(tr_paths)]
-            test += [(p, i) for p in sorted(te_paths)]
-        method = "subdir" if split_by == "subdir" else "random"
-    split = Split(classes, train, test, excluded, method, settings)
-    _check_trained(split, images_dir)
+        classes = list_class_dirs(images_dir)
+        _check_classes(classes, images_dir)
+        excluded = loose_images(images_dir, images_dir)
+        per_class = _collect(images_dir, classes, excluded, images_dir, check_decode, progress)
+        dedicated = images_dir / DEDICATED_TEST_FILE
+        if dedicated.is_file():
+            split = _split_dedicated(dedicated, classes, per_class, excluded)
+        else:
+            split = _split_random(classes, per_class, excluded, ratio, seed, split_by, previous)
+        _check_trained(split, images_dir)
     check_disjoint(split)
     return split
+
+
+def _split_from_folders(
+    images_dir: Path, train_dir: Path, test_dir: Path, unused: list[Path], check_decode: bool, progress: bool
+) -> Split:
+    """The split the user made in advance: train/ and test/ folders with class folders in each."""
+    excluded: list[tuple[str, str]] = []
+    train_name, test_name = train_dir.name, test_dir.name
+    classes = list_class_dirs(train_dir)
+    test_classes = list_class_dirs(test_dir)
+    if not test_classes:
+        # Kaggle's test/ often holds the competition's unlabelled images, straight in the folder.
+        # Or train/ and test/ are two classes of the user's (vehicles: bus, train, ...).
+        others = [d for d in list_class_dirs(images_dir)
+                  if d not in (train_name, test_name, *(u.name for u in unused))]
+        raise DatasetError(
+            f"{test_dir}: no class folders, so its images have no labels to measure accuracy with: "
+            f"sort them into class folders as in {train_name}/, or make {train_name}/ the data set "
+            f"(its class folders straight in the data set folder, {test_name}/ moved out or renamed "
+            f"_{test_name}/) to split it at random"
+            + (f". (Folders named {train_name}/ and {test_name}/ are read as a split made in advance; if "
+               f"they are classes of yours, beside {first_few(others)}, rename them, e.g. {train_name}/ to "
+               f"{train_name}s/)" if others else "")
+        )
+    _check_classes(classes, train_dir)
+    _check_folder_names(test_classes, test_dir)
+    if unknown := [c for c in test_classes if c not in classes]:
+        raise DatasetError(
+            f"{images_dir}: {test_name}/ has classes that {train_name}/ has not: {', '.join(unknown)} "
+            f"(a model cannot learn them from no training image; {train_name}/ has {', '.join(classes) or 'none'})"
+        )
+    # Beside train/ and test/ nothing is read: photos dropped there (or a second train folder) are named.
+    excluded += loose_images(images_dir, images_dir) + loose_images(train_dir, images_dir) + loose_images(test_dir, images_dir)
+    unused = [*unused, *(d for d in sorted(images_dir.iterdir()) if d.is_dir() and d not in (train_dir, test_dir, *unused)
+                         and not d.name.startswith(NOT_CLASS_PREFIXES))]
+    tr = _collect(train_dir, classes, excluded, images_dir, check_decode, progress)
+    # A rare class may have no test image in a split made in advance: noted by stage 1, as for a random split.
+    te = _collect(test_dir, classes, excluded, images_dir, check_decode, progress, allow_empty=True)
+    if not any(te.values()):
+        left_out = [(p, why) for p, why in excluded if p.startswith(f"{test_name}/")]
+        raise DatasetError(f"{shown(str(test_dir))}: no usable test image in its class folders" + (
+            f"; {len(left_out)} left out, e.g. {left_out[0][0]}: {left_out[0][1]}" if left_out else ""))
+    split = Split(
+        classes,
+        [(p, i) for i, c in enumerate(classes) for p in tr[c]],
+        [(p, i) for i, c in enumerate(classes) for p in te[c]],
+        excluded,
+        method=f"folders {train_name}/ {test_name}/" + "".join(f" ({u.name}/ not used)" for u in unused),
+    )
+    _check_trained(split, train_dir)
+    return split
+
+
+def _split_dedicated(
+    dedicated: Path, classes: list[str], per_class: dict[str, list[str]], excluded: list[tuple[str, str]]
+) -> Split:
+    """The test images are those listed in the data set's dedicated test file; the rest train."""
+    test_set = _read_dedicated(dedicated, classes)
+    known = {p for paths in per_class.values() for p in paths}
+    missing = sorted(test_set - known - {p for p, _ in excluded})
+    if missing:
+        raise DatasetError(f"{dedicated}: listed images not found in the data set: {', '.join(missing[:5])}")
+    train = [(p, i) for i, c in enumerate(classes) for p in per_class[c] if p not in test_set]
+    test = [(p, i) for i, c in enumerate(classes) for p in per_class[c] if p in test_set]
+    return Split(classes, train, test, excluded, DEDICATED_TEST_FILE, {})
+
+
+def _split_random(
+    classes: list[str], per_class: dict[str, list[str]], excluded: list[tuple[str, str]],
+    ratio: float, seed: int, split_by: str, previous: Split | None,
+) -> Split:
+    """A seeded random split per class, of images or (split_by "subdir") of their sub-folders,
+    keeping the sides of an earlier split made with the same settings."""
+    settings = {"randomSeed": seed, "ratioTrainTest": ratio, "imagesSplitBy": split_by}
+    earlier, _ = earlier_sides(previous, settings)
+    train: list[tuple[str, int]] = []
+    test: list[tuple[str, int]] = []
+    for i, c in enumerate(classes):
+        # One generator per class, seeded by class name: adding a class leaves the others' split as is.
+        rng = random.Random(f"{seed}:{c}")
+        if split_by == "subdir":
+            groups: dict[str, list[str]] = defaultdict(list)
+            for p in per_class[c]:
+                groups[_group_of(p)].append(p)
+            # A sub-folder with a test image before is a test folder (stage 1's leakage check
+            # may have moved single images of it to train: those stay there).
+            group_side = {g: ("test" if any(earlier.get(p) == "test" for p in ps) else "train")
+                          for g, ps in groups.items() if any(p in earlier for p in ps)}
+            tr_groups, te_groups = _split_keeping(sorted(groups), ratio, rng, group_side)
+            # Every image of a training folder: one with a test image before is a test folder that
+            # _split_keeping moved to train, since the class's earlier training folders are all gone.
+            tr_paths = [p for g in tr_groups for p in groups[g]]
+            te_paths = [p for g in te_groups for p in groups[g] if earlier.get(p, "test") == "test"]
+            tr_paths += [p for g in te_groups for p in groups[g] if earlier.get(p) == "train"]
+        else:
+            tr_paths, te_paths = _split_keeping(per_class[c], ratio, rng, earlier)
+        # Each image on exactly one side: one lost here would vanish from the split with no word.
+        assert sorted(tr_paths + te_paths) == sorted(per_class[c]), f"split of {c!r} lost or doubled images"
+        train += [(p, i) for p in sorted(tr_paths)]
+        test += [(p, i) for p in sorted(te_paths)]
+    return Split(classes, train, test, excluded, "subdir" if split_by == "subdir" else "random", settings)
 
 
 def _check_trained(split: Split, where: Path) -> None:
