@@ -653,6 +653,24 @@ def test_later_stages_name_images_added_and_fixes_edited_since_stage1(color_data
                                             "rerun scripts/1_prepareData.py, then the stages after it")
 
 
+def test_later_stages_name_a_class_folder_added_or_removed_since_stage1(color_dataset: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from imgclass.data import since_split_notes
+
+    split = make_split(color_dataset)
+    split_path = save_split(split, tmp_path / "split.json")
+    write_image(color_dataset / "purple" / "p_0.jpg", (120, 40, 160))
+    write_image(color_dataset / "purple" / "p_1.jpg", (130, 40, 150), seed=3)
+    notes = since_split_notes(split, color_dataset, split_path)
+    assert len(notes) == 1 and "2 image file(s)" in notes[0]
+    assert "among them new class folder(s) purple, which the model cannot predict yet" in notes[0]
+    shutil.rmtree(color_dataset / "purple")
+    shutil.rmtree(color_dataset / "red")
+    notes = since_split_notes(split, color_dataset, split_path)
+    assert len(notes) == 1 and "; class folder(s) red gone or empty)" in notes[0], notes
+
+
 def test_a_class_whose_training_images_are_all_gone_gets_one_back(color_dataset: Path) -> None:
     first = make_split(color_dataset, ratio=0.5, seed=3)
     for rel, _ in first.train:

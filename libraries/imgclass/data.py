@@ -891,20 +891,29 @@ def since_split_notes(split: Split, images_dir: str | Path, split_path: str | Pa
     # names no output can hold (name_problem) it leaves out and names itself: not new.
     folders = find_split_folders(images_dir)
     roots = [images_dir] if folders is None else [folders[0], folders[1]]
-    files = [f for root in roots for c in list_class_dirs(root) for f in walk_image_files(root / c, NOT_CLASS_PREFIXES)]
+    folders_now: dict[str, list[Path]] = defaultdict(list)  # class -> its image files (of train/ and test/ together)
+    for root in roots:
+        for c in list_class_dirs(root):
+            folders_now[c] += walk_image_files(root / c, NOT_CLASS_PREFIXES)
+    files = [f for found in folders_now.values() for f in found]
     new = [rel for f in files if (rel := f.relative_to(images_dir).as_posix()) not in listed and not name_problem(rel)]
     notes = []
     if new:
         keeps = " (earlier images keep their sides)" if split.method in ("random", "subdir") and split.settings else ""
+        # A new class is the change a user most needs named: the model cannot predict it at all yet.
+        added = sorted(c for c, found in folders_now.items() if found and c not in split.classes)
+        classes = f"; among them new class folder(s) {first_few(added)}, which the model cannot predict yet" if added else ""
         notes.append(f"{len(new)} image file(s) in {shown(str(images_dir))} are not in {split_path.name} (added since "
-                     f"stage 1: {first_few(new)}): they are in no result until scripts/1_prepareData.py runs "
+                     f"stage 1: {first_few(new)}{classes}): they are in no result until scripts/1_prepareData.py runs "
                      f"again{keeps}, then the stages after it")
     # Stage 3 refuses such a split (load_split with images_dir); stage 5 scores the features stage 3
     # made of them, which still count them, and its browser would show a broken picture without a word.
     if gone := gone_images(split, images_dir):
+        vanished = [c for c in split.classes if not folders_now.get(c)]
+        classes = f"; class folder(s) {first_few(vanished)} gone or empty" if vanished else ""
         notes.append(f"{len(gone)} image(s) that {split_path.name} lists are gone from {shown(str(images_dir))} (moved "
-                     f"or deleted since stage 1: {first_few([repr(g) for g in gone])}): the results still count them; "
-                     "rerun scripts/1_prepareData.py, then the stages after it")
+                     f"or deleted since stage 1: {first_few([repr(g) for g in gone])}{classes}): the results still "
+                     "count them; rerun scripts/1_prepareData.py, then the stages after it")
     # Fixes the split does not reflect yet (a confirmed label changes nothing there, so it is never one).
     try:
         fixes = read_fixes(images_dir)
