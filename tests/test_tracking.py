@@ -288,6 +288,22 @@ def test_compare_runs_for_a_data_set_without_runs_names_those_with_runs(tracked_
     assert DS in listed and "elsewhere" not in listed  # other tests may have added data sets of their own
 
 
+def test_compare_runs_names_the_data_set_of_a_run_id_from_another(tracked_demo: Path) -> None:
+    client = _client(tracked_demo)
+    if client.get_experiment_by_name("imgclass-elsewhere 2") is None:
+        client.create_experiment("imgclass-elsewhere 2")  # a data set with no pipeline run of its own yet
+    run_id = _pipeline_runs(tracked_demo)[0].info.run_id
+    proc = run_script("compareRuns.py", "--set", "datasetName=elsewhere 2", "--runs", run_id[:8],
+                      data_dir=tracked_demo, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert (f"run id '{run_id[:8]}' matches 0 pipeline runs of experiment 'imgclass-elsewhere 2'; it is a run of "
+            f"datasetName = '{DS}': add --set datasetName={DS}") in proc.stderr, proc.stderr
+    proc = run_script("compareRuns.py", "--set", "datasetName=elsewhere 2", "--runs", "ffffffffff",
+                      data_dir=tracked_demo, check=False)
+    assert proc.returncode == 1 and proc.stderr.rstrip().endswith("matches 0 pipeline runs of experiment "
+                                                                  "'imgclass-elsewhere 2'"), proc.stderr
+
+
 def _stage_outputs(p: Params, started: float) -> None:
     """What a stage 5 writes into results/<ds>/<classifier>/: a metrics file and a plot."""
     p.results_dir.mkdir(parents=True, exist_ok=True)

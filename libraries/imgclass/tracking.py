@@ -507,7 +507,8 @@ def _find_runs(p: Params, uri: str, last: int, run_ids: Sequence[str]) -> list[R
         for rid in run_ids:
             match = [r for r in every if r.info.run_id.startswith(rid)]
             if len(match) != 1:
-                raise ValueError(f"run id {rid!r} matches {len(match)} pipeline runs of experiment {name!r}")
+                raise ValueError(f"run id {rid!r} matches {len(match)} pipeline runs of experiment {name!r}"
+                                 + (_elsewhere(client, rid, exp_ids) if not match else ""))
             runs.append(match[0])
     else:
         if last < 1:
@@ -516,6 +517,21 @@ def _find_runs(p: Params, uri: str, last: int, run_ids: Sequence[str]) -> list[R
                                   max_results=last)
     return [RunSummary(r.info.run_id, r.info.run_name or "", r.info.start_time or 0, dict(r.data.params),
                        dict(r.data.metrics), dict(r.data.tags)) for r in runs]
+
+
+def _elsewhere(client: Any, rid: str, exp_ids: list[str]) -> str:
+    """Where a run id not found in this data set's experiments is: the usual slip is an id copied
+    from another data set's comparison while PARAMETERS.py names this one."""
+    others = [e for e in client.search_experiments() if e.experiment_id not in exp_ids]
+    found = {e.name for e in others if e.name.startswith("imgclass-")
+             for r in client.search_runs([e.experiment_id], max_results=5000) if r.info.run_id.startswith(rid)}
+    if not found:
+        return ""
+    # (An experiment of a moved DATA_DIR has the folder in brackets: see _find_runs.)
+    datasets = sorted({re.sub(r" \((/|[A-Za-z]:/).*\)$", "", n.removeprefix("imgclass-")) for n in found})
+    if len(datasets) > 1:
+        return f"; runs of datasetName = {', '.join(map(repr, datasets))} start so"
+    return f"; it is a run of datasetName = {datasets[0]!r}: add --set {shlex.quote('datasetName=' + datasets[0])}"
 
 
 def _pct(v: float | None) -> str:
