@@ -17,6 +17,7 @@ from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.client import ServiceClient, ServiceError, find_images, not_accepted
 from imgclass.data import shown, skipped_below, skipped_note, unread_images_note
 from imgclass.params import Params
+from imgclass.terminal import first_few
 
 parser = stage_parser(
     __doc__.splitlines()[0],
@@ -32,7 +33,11 @@ def main() -> int:
     args, p = parse_stage(parser)
     url = args.url or f"http://127.0.0.1:{p.dep_port}"
     timeout = args.timeout if args.timeout is not None else p.dep_timeoutSec
-    images = [f for source in args.sources for f in find_images(Path(source))]
+    broken: list[Path] = []
+    images = [f for source in args.sources for f in find_images(Path(source), broken)]
+    if broken:  # a photo moved away from under its link: said, since the reply will not have it
+        print(f"note: not sent, links to files that do not exist: {first_few([shown(str(b)) for b in broken])}",
+              file=sys.stderr)
     for source in map(Path, args.sources):
         if source.is_dir() and (skipped := skipped_below(source)):
             print(f"note: not sent (folders starting with _ are skipped, as stage 1 skips them): {skipped_note(skipped)}",

@@ -372,7 +372,9 @@ def test_client_script(url: str, tmp_path: Path) -> None:
     from PIL import Image
 
     Image.new("RGB", (20, 20), COLORS["red"]).save(folder / "sign.ppm")  # read by the pipeline, refused by the service
+    (folder / "moved.jpg").symlink_to(tmp_path / "gone.jpg")  # the photo moved away from under its link
     proc = run_script("6_callWebservice.py", str(folder), "--url", url, data_dir=tmp_path)
+    assert f"note: not sent, links to files that do not exist: {folder / 'moved.jpg'}" in proc.stderr, proc.stderr
     assert "note: not sent (folders starting with _ are skipped, as stage 1 skips them): _duplicates/ (1 image)" in proc.stderr
     assert "note: not sent: 1 .cr2 file(s) below " in proc.stderr
     assert (f"note: not sent: 1 file(s) (.ppm, e.g. {folder / 'sign.ppm'}) in a format the service does not accept"

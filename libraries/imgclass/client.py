@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 
 from imgclass.data import NOT_CLASS_PREFIXES, shown, skipped_below, skipped_note, unread_images_note, walk_image_files
+from imgclass.terminal import first_few
 
 # Bytes a multipart request adds to the files it carries, counted generously: the closing boundary
 # (REQUEST_OVERHEAD) and per file a boundary line and headers of ~150 bytes plus the file name,
@@ -56,21 +57,27 @@ class ServiceError(RuntimeError):
         self.retry_after = retry_after
 
 
-def find_images(source: Path) -> list[Path]:
+def find_images(source: Path, broken_links: list[Path] | None = None) -> list[Path]:
     """`source` itself when it is a file, else the image files under the folder, sorted, chosen as
     scoreImages.py and stage 1 choose them: hidden files skipped (macOS leaves "._IMG_1.jpg" beside
     every photo copied to a USB stick, 4 kB of metadata that no decoder reads), and folders whose
-    names start with '_' or '.' (`_duplicates/`); see skipped_below for the ones to mention."""
+    names start with '_' or '.' (`_duplicates/`); see skipped_below for the ones to mention. Links
+    with an image's name whose target is missing go to `broken_links`, when given."""
     if source.is_file():
         return [source]
     if source.is_dir():
-        found = walk_image_files(source, skip_prefixes=NOT_CLASS_PREFIXES)
+        dangling: list[Path] = []
+        found = walk_image_files(source, skip_prefixes=NOT_CLASS_PREFIXES, broken_links=dangling)
         if not found:
             skipped = skipped_below(source)
             unread = unread_images_note(source, "sent")
             raise FileNotFoundError(f"{source}: no image files in this folder"
                                     + (f" outside folders starting with _: {skipped_note(skipped)}" if skipped else "")
-                                    + (f"; {unread}" if unread else ""))
+                                    + (f"; {unread}" if unread else "")
+                                    + (f"; links to files that do not exist: {first_few([str(d) for d in dangling])}"
+                                       if dangling else ""))
+        if broken_links is not None:
+            broken_links += dangling
         return found
     raise FileNotFoundError(f"{source}: no such file or folder")
 
