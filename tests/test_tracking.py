@@ -6,6 +6,8 @@ import hashlib
 import json
 import re
 import os
+import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -592,3 +594,78 @@ def test_runs_tested_on_different_test_sets_are_pointed_out(tmp_path: Path) -> N
     assert notes == ["the runs were tested on 2 different test sets (images, or their labels: aaaa1111, bbbb2222; "
                      "dddd4444): their test figures do not compare like for like (the 'test set (hash)' row)"]
     assert "test set (hash)" in tracking.format_comparison(same)
+
+
+def test_numbers_alike_and_parameters_the_classifier_does_not_use_keep_the_run(tracked_demo: Path, tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    _tracked(monkeypatch)
+    data_dir = Path(shutil.copytree(tracked_demo, tmp_path / "data"))  # its SVM retrained: the other tests' stays
+    out = run_script("4_trainSVM.py", *TRACKED_SMALL, "--set", "svm_CVals=[1, 10]", data_dir=data_dir).stdout
+    run_id = _state(data_dir)["run_id"]
+    assert f"tracked in new pipeline run {run_id[:8]}" in out
+    # The same grid written with floats (the SVM check accepts it), and a refinement setting an svm
+    # run does not use: the same pipeline run, not a new one whose table would show no difference.
+    out = run_script("5_evaluate.py", *TRACKED_SMALL, "--set", "svm_CVals=[1.0, 10.0]", "--set", "rf_maxEpochs=3",
+                     data_dir=data_dir).stdout
+    assert f"tracked in pipeline run {run_id[:8]} in " in out, out
+
+
+def test_a_damaged_state_file_starts_a_new_run_and_is_written_anew(tracked_demo: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    _tracked(monkeypatch)
+    data_dir = Path(shutil.copytree(tracked_demo, tmp_path / "data"))
+    state = data_dir / "proc" / DS / "tracking_svm.json"
+    state.write_bytes(state.read_bytes()[:30])  # cut short, as by a full disk
+    # Stage 4 (it retrains the SVM, whatever grid the other tests left in tracked_demo)
+    proc = run_script("4_trainSVM.py", *TRACKED_SMALL, data_dir=data_dir)
+    run_id = _state(data_dir)["run_id"]  # valid JSON again
+    assert f"tracked in new pipeline run {run_id[:8]} (tracking_svm.json was damaged (" in proc.stdout, proc.stdout
+    assert "warning" not in proc.stderr
+    out = run_script("5_evaluate.py", *TRACKED_SMALL, data_dir=data_dir).stdout
+    assert f"tracked in pipeline run {run_id[:8]} in " in out  # and the next stage joins that run
+
+
+def test_a_run_whose_stages_ran_at_other_commits_or_edited_code_is_marked(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.create_experiment("imgclass-x")
+    run_id = client.create_run(exp, tags={"git_commit": "a" * 40, "git_dirty": "false"}).info.run_id
+    tracking._note_code_version(client, run_id, "a" * 40, False)  # the same code: nothing to mark
+    assert tracking.COMMITS_TAG not in client.get_run(run_id).data.tags
+    tracking._note_code_version(client, run_id, "b" * 40, True)  # a git pull, and a file edited
+    tracking._note_code_version(client, run_id, "b" * 40, False)
+    tags = client.get_run(run_id).data.tags
+    assert tags[tracking.COMMITS_TAG] == f"{'a' * 40},{'b' * 40}" and tags["git_dirty"] == "true"
+    runs = [tracking.RunSummary(run_id, "", 0, {}, {}, tags),
+            tracking.RunSummary("c" * 32, "", 0, {}, {}, {"git_commit": "c" * 40, "git_dirty": "false"})]
+    table = tracking.format_comparison(runs)
+    row = next(line for line in table.splitlines() if line.startswith("git commit")).split()[2:]
+    assert row == [f"{'a' * 10}*+1", "c" * 10]
+    notes = tracking.comparison_notes(runs)
+    assert notes == [f"git commit *: the project had uncommitted changes when a stage of {run_id[:8]} ran; they are "
+                     "not recorded, so the commit alone does not reproduce the run",
+                     f"git commit +N: the stages of {run_id[:8]} ({'a' * 10}, {'b' * 10}) ran at more than one commit "
+                     "(the code changed between stages)"]
+
+
+def test_edited_parameters_or_notebooks_do_not_mark_the_code_as_changed(tmp_path: Path) -> None:
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "libraries").mkdir()
+    for name in ("PARAMETERS.py", "notebooks/a.ipynb", "libraries/svm.py"):
+        (tmp_path / name).write_text("x = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-q", "-m", "c")
+    commit, dirty = tracking.git_commit(tmp_path)
+    assert len(commit) == 40 and not dirty
+    (tmp_path / "PARAMETERS.py").write_text("x = 2\n")  # recorded as parameters anyway
+    (tmp_path / "notebooks" / "a.ipynb").write_text("x = 2\n")  # outputs saved by running it
+    (tmp_path / "new.txt").write_text("")  # untracked: not code the stages run
+    assert tracking.git_commit(tmp_path) == (commit, False)
+    (tmp_path / "libraries" / "svm.py").write_text("x = 2\n")
+    assert tracking.git_commit(tmp_path) == (commit, True)

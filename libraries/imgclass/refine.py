@@ -658,7 +658,7 @@ class Refiner:
         # in the last-layer fits (else the refit would bring back the imbalanced class priors).
         unique_w = torch.from_numpy(np.bincount(np.searchsorted(unique, chosen), minlength=len(unique)).astype(np.float32)) \
             if c.balance_training_set else None
-        test_cache = decode_images(test_paths, c.resolution, c.resize_mode, c.workers, "decode test",
+        test_cache = decode_images(test_paths, c.resolution, c.resize_mode, c.workers, f"decode {self.held_out_name}",
                                    self.progress, self.spill_dir) if len(test_paths) else None
         test_y = torch.as_tensor(np.asarray(test_labels, dtype=np.int64))
 

@@ -20,6 +20,7 @@ recorded (the import alone takes seconds).
 
 from __future__ import annotations
 
+import ast
 import configparser
 import hashlib
 import json
@@ -37,7 +38,7 @@ from typing import Any
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
-from imgclass.fileio import read_json, write_json
+from imgclass.fileio import DamagedFileError, read_json, write_json
 from imgclass.params import Params
 from imgclass.provenance import MODEL_SETTINGS, split_hash, test_set_hash
 from imgclass.terminal import NAME_COLUMNS, first_few, ljust, name_column
@@ -51,6 +52,7 @@ LEVEL_TAG = "imgclass.level"  # "pipeline" for a pipeline run, "stage" for a sta
 SPLIT_TAG = "split"  # provenance.split_hash of split.json when the run's stages ran: which images it used
 TEST_TAG = "test_set"  # provenance.test_set_hash: the test images and their labels, which the figures are of
 SAVED_AS_TAG = "saved_as"  # training_curves.json's saved_as: what stage 2 saved (the pretrained network if it diverged)
+COMMITS_TAG = "git_commits"  # every commit the run's stages ran at, in order, where they were more than one
 # Files of results/<ds>/<classifier>/ that become artifacts of the pipeline run when a stage writes them.
 ARTIFACT_PATTERNS = ("*.png", "metrics*.json", "training_curves.json", "predictions*.tsv", "label_suspects.tsv")
 _STAGE_SCRIPT = re.compile(r"^(\d+)_(\w+)$")
@@ -122,9 +124,41 @@ def affects_results(name: str) -> bool:
 
 
 def params_digest(p: Params, results_only: bool = False) -> str:
-    """A hash of the parameters (with `results_only`, of those that can change a result)."""
-    values = {k: v for k, v in p.as_dict().items() if not results_only or affects_results(k)}
+    """A hash of the parameters (with `results_only`, of those that can change a result of the
+    run's classifier, numbers compared by value: `svm_CVals = [1, 10]` is `[1.0, 10.0]`)."""
+    if not results_only:
+        values = p.as_dict()
+    else:
+        values = {k: _canonical(v) for k, v in p.as_dict().items()
+                  if affects_results(k) and _applies(k, p.classifier)}
     return hashlib.sha1(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()
+
+
+# The results digest of a state file written before it compared values as _canonical does (and only
+# the classifier's parameters) is not comparable: such a state is judged by the recorded values alone.
+DIGEST_VERSION = 2
+
+
+def _canonical(value: Any) -> Any:
+    """A parameter's value with numbers as floats (a bool stays itself: True is not 1.0 here)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, list, tuple, dict)):
+        return value
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: _canonical(v) for k, v in value.items()}
+    return [_canonical(v) for v in value]
+
+
+def _same_value(recorded: str | None, value: Any) -> bool:
+    """Whether a parameter value recorded in MLflow (its str, at most 6000 characters) is `value`."""
+    now = str(value)[:6000]
+    if recorded is None or recorded == now:
+        return recorded == now
+    try:
+        return _canonical(ast.literal_eval(recorded)) == _canonical(ast.literal_eval(now))
+    except (ValueError, SyntaxError, MemoryError, RecursionError):  # text, or cut at 6000 characters
+        return False
 
 
 def state_path(p: Params) -> Path:
@@ -132,12 +166,15 @@ def state_path(p: Params) -> Path:
 
 
 def git_commit(root: Path = PROJECT_ROOT) -> tuple[str, bool]:
-    """(commit, has uncommitted changes) of the project, ("unknown", False) outside a git checkout."""
+    """(commit, has uncommitted changes) of the project, ("unknown", False) outside a git checkout.
+    PARAMETERS.py and the notebooks do not count: a user edits the one and runs the others (which
+    saves them), the parameters are recorded anyway, and the code of the stages is what a commit pins."""
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
         if head.returncode != 0:
             return "unknown", False
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)PARAMETERS.py", ":(exclude)notebooks/*.ipynb"], cwd=root,
                                capture_output=True, text=True, timeout=10)
         return head.stdout.strip(), bool(dirty.stdout.strip())
     except (OSError, subprocess.SubprocessError):
@@ -317,10 +354,15 @@ def _join_or_start(client: Any, p: Params, state: dict, uri: str, exp_id: str, s
         return None, f"run {state['run_id'][:8]} was deleted"
     if state.get("params_digest") != params_digest(p):
         then = run.data.params
-        differ = sorted(k for k, v in p.as_dict().items() if affects_results(k) and then.get(k) != str(v)[:6000])
+        # Only what the classifier uses (an svm run does not refine: rf_maxEpochs is no difference),
+        # and numbers by value, as the stages' own checks compare them.
+        differ = sorted(k for k, v in p.as_dict().items()
+                        if affects_results(k) and _applies(k, p.classifier) and not _same_value(then.get(k), v))
         # The digest decides where the state has one (MLflow keeps 6000 characters of a value: a change
         # past them is a change); a state of an earlier version is judged by the recorded values.
-        if differ or state.get("results_digest", params_digest(p, results_only=True)) != params_digest(p, results_only=True):
+        digest_differs = (state.get("digest_version") == DIGEST_VERSION
+                          and state.get("results_digest") != params_digest(p, results_only=True))
+        if differ or digest_differs:
             return None, f"parameters differ from run {state['run_id'][:8]}'s: {first_few(differ, 5) or 'not recorded alike'}"
     if stage < state.get("last_stage", -1):
         return None, f"stage {stage} after stage {state['last_stage']} of run {state['run_id'][:8]}: a rerun"
@@ -347,13 +389,19 @@ def record_stage(p: Params, script: str | Path, started: float, argv: Sequence[s
     client = _client(uri)
     exp_id, note = _experiment_for(client, p, uri)
     path = state_path(p)
-    state = read_json(path) if path.is_file() else {}
+    try:
+        state = read_json(path) if path.is_file() else {}
+        damaged = ""
+    except DamagedFileError as e:
+        # Read by every stage before it writes it: kept as an error, it would stop tracking for good.
+        state, damaged = {}, f"{path.name} was damaged ({e}), so the run it named is not continued"
     split_now = split_hash(p.split_path)[:10] if p.split_path.is_file() else ""
     run_id, why_new = _join_or_start(client, p, state, uri, exp_id, stage[0], split_now)
+    why_new = why_new or damaged
     new_run = run_id is None
     start_ms = int(started * 1000)
+    commit, dirty = git_commit()
     if new_run:
-        commit, dirty = git_commit()
         stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(started))
         tags = {"dataset": p.datasetName, "classifier": p.classifier, "backbone": p.rf_pretrainedModel,
                 "git_commit": commit, "git_dirty": str(dirty).lower(), "mlflow.source.git.commit": commit,
@@ -364,12 +412,14 @@ def record_stage(p: Params, script: str | Path, started: float, argv: Sequence[s
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params per call
             client.log_batch(run_id, params=items[i:i + 100])
         state = {"uri": uri, "experiment_id": exp_id, "run_id": run_id, "params_digest": params_digest(p),
-                 "results_digest": params_digest(p, results_only=True),
+                 "results_digest": params_digest(p, results_only=True), "digest_version": DIGEST_VERSION,
                  "stages": []}
+    else:
+        _note_code_version(client, run_id, commit, dirty)
     label = f"{stage[0]}_{stage[1]}"
     child = client.create_run(exp_id, start_time=start_ms, run_name=label, tags={
         "mlflow.parentRunId": run_id, LEVEL_TAG: "stage", "stage": label,
-        "command": " ".join([Path(script).name, *argv])[:5000]})
+        "command": " ".join([Path(script).name, *argv])[:5000], "git_commit": commit, "git_dirty": str(dirty).lower()})
     now_ms = int(time.time() * 1000)
     client.log_batch(child.info.run_id, metrics=[Metric("stage_seconds", (t0 - started), now_ms, 0)])
     client.set_terminated(child.info.run_id, "FINISHED", end_time=int(t0 * 1000))
@@ -419,6 +469,20 @@ def record_stage(p: Params, script: str | Path, started: float, argv: Sequence[s
     client.set_terminated(run_id, "FINISHED", end_time=int(time.time() * 1000))
     return StageRecord(uri, exp_id, run_id, child.info.run_id, new_run, [f.name for f in written], time.time() - t0,
                        note, why_new)
+
+
+def _note_code_version(client: Any, run_id: str, commit: str, dirty: bool) -> None:
+    """A stage that continues a run at another commit (a `git pull` between stages), or with the
+    project's files edited, marks the run: its git_commit alone would not reproduce it."""
+    from mlflow.entities import RunTag
+
+    tags = client.get_run(run_id).data.tags
+    commits = [c for c in tags.get(COMMITS_TAG, tags.get("git_commit", "")).split(",") if c]
+    new = [RunTag(COMMITS_TAG, ",".join([*commits, commit]))] if commits and commit not in commits else []
+    if dirty and tags.get("git_dirty") != "true":
+        new.append(RunTag("git_dirty", "true"))
+    if new:
+        client.log_batch(run_id, tags=new)
 
 
 def store_problem(e: BaseException, uri: str) -> str:
@@ -573,18 +637,35 @@ def _cell(value: str, wide: bool) -> str:
     return value[:head] + "…" + value[-(CELL_MAX - 1 - head):]
 
 
+def _commit_cell(r: RunSummary) -> str:
+    """The commit a run started at; '*' when the project had uncommitted changes at one of its stages,
+    '+N' when its stages ran at N more commits (see comparison_notes)."""
+    more = len(r.tags.get(COMMITS_TAG, "").split(",")) - 1 if COMMITS_TAG in r.tags else 0
+    return (r.tags.get("git_commit", "-")[:10] + ("*" if r.tags.get("git_dirty") == "true" else "")
+            + (f"+{more}" if more > 0 else ""))
+
+
 def comparison_notes(runs: Sequence[RunSummary]) -> list[str]:
     """What a reader of format_comparison's table should know: runs tested on different test sets
-    (images, or labels fixed since) whose test figures do not compare like for like."""
+    (images, or labels fixed since) whose test figures do not compare like for like, and runs whose
+    code is not one commit's."""
+    notes = []
     tested: dict[str, list[str]] = {}
     for r in runs:
         if TEST_TAG in r.tags:  # (runs recorded before the tag: unknown)
             tested.setdefault(r.tags[TEST_TAG], []).append(r.run_id[:8])
-    if len(tested) < 2:
-        return []
-    groups = "; ".join(", ".join(ids) for ids in tested.values())
-    return [f"the runs were tested on {len(tested)} different test sets (images, or their labels: {groups}): "
-            "their test figures do not compare like for like (the 'test set (hash)' row)"]
+    if len(tested) >= 2:
+        groups = "; ".join(", ".join(ids) for ids in tested.values())
+        notes.append(f"the runs were tested on {len(tested)} different test sets (images, or their labels: {groups}): "
+                     "their test figures do not compare like for like (the 'test set (hash)' row)")
+    if dirty := [r.run_id[:8] for r in runs if r.tags.get("git_dirty") == "true"]:
+        notes.append(f"git commit *: the project had uncommitted changes when a stage of {first_few(dirty)} ran; "
+                     "they are not recorded, so the commit alone does not reproduce the run")
+    if mixed := [f"{r.run_id[:8]} ({', '.join(c[:10] for c in r.tags[COMMITS_TAG].split(','))})"
+                 for r in runs if len(r.tags.get(COMMITS_TAG, "").split(",")) > 1]:
+        notes.append(f"git commit +N: the stages of {first_few(mixed)} ran at more than one commit "
+                     "(the code changed between stages)")
+    return notes
 
 
 def format_comparison(runs: Sequence[RunSummary], all_params: bool = False, wide: bool = False,
@@ -599,7 +680,7 @@ def format_comparison(runs: Sequence[RunSummary], all_params: bool = False, wide
         ("started", [time.strftime("%Y-%m-%d %H:%M", time.localtime(r.start_time / 1000)) for r in runs]),
         ("dataset", [r.tags.get("dataset", "-") for r in runs]),
         ("classifier", [r.tags.get("classifier", "-") for r in runs]),
-        ("git commit", [r.tags.get("git_commit", "-")[:10] for r in runs]),
+        ("git commit", [_commit_cell(r) for r in runs]),
         ("stages", [",".join(s.split("_")[0] for s in r.tags.get("stages", "-").split(",")) for r in runs]),
     ]
     names = sorted(set().union(*(r.params for r in runs)))
