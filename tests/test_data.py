@@ -237,6 +237,9 @@ def test_unequal_and_tiny_classes_are_pointed_out() -> None:
     assert space == ("classes 'striped', 'striped ' differ only in spaces at the start or end: one class split in two? "
                      "merge the folders if so")
     assert both[0].startswith("classes 'Dots', ' dots' differ only in spaces at the start or end and letter case")
+    # A folder made from a name pasted with a byte-order mark prints as the other class.
+    (mark,) = balance_notes(split({"circle": 10, "\ufeffcircle": 10}))
+    assert mark.startswith("classes 'circle', '\\ufeffcircle' differ only in invisible characters (byte-order mark")
 
 
 def test_classes_named_train_and_test_are_told_how_they_are_read(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ per path, so the tests can prove what was (not) fetched.
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 import io
 import threading
@@ -260,6 +261,20 @@ def test_read_url_list_takes_headers_for_headers(tmp_path: Path) -> None:
     # Fields in double quotes, as Excel writes some.
     path = _write_tsv(tmp_path / "urls.tsv", ['"cat"\t"http://x/a ""b"".jpg"'])
     assert read_url_list(path) == [("cat", 'http://x/a "b".jpg')]
+
+
+def test_lists_joined_with_byte_order_marks_and_invisible_characters_in_labels(tmp_path: Path) -> None:
+    # Two lists saved by Notepad and joined with cat: the second's mark began a line, and its header
+    # became a class "\ufefflabel" and its first label "\ufeffcircle", a class beside "circle".
+    joined = ("\ufefflabel\turl\ncircle\thttp://x/a.jpg\n".encode() * 2).replace(b"a.jpg", b"b.jpg", 1)
+    (tmp_path / "urls.tsv").write_bytes(joined)
+    assert read_url_list(tmp_path / "urls.tsv") == [("circle", "http://x/b.jpg"), ("circle", "http://x/a.jpg")]
+    path = _write_tsv(tmp_path / "urls.tsv", ["circle\u200b\thttp://x/a.jpg", "\U0001f469\u200d\U0001f52c\thttp://x/b.jpg"])
+    with pytest.raises(UrlListError, match=re.escape("line 1: label 'circle\\u200b' contains an invisible character "
+                                                     "(U+200B ZERO WIDTH SPACE)")):
+        read_url_list(path)
+    path = _write_tsv(tmp_path / "urls.tsv", ["\U0001f469\u200d\U0001f52c\thttp://x/b.jpg"])  # an emoji's joiner is fine
+    assert read_url_list(path) == [("\U0001f469\u200d\U0001f52c", "http://x/b.jpg")]
 
 
 def test_every_bad_line_of_a_url_list_is_named_at_once(tmp_path: Path) -> None:

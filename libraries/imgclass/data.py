@@ -814,19 +814,28 @@ def small_images_note(split: Split, images_dir: str | Path, resolution: int, sam
             f"score as well, faster: compare them with scripts/selectFeaturizer.py --resolutions {tries}")
 
 
+def visible(text: str) -> str:
+    """`text` without the characters no table or folder listing shows (Unicode format characters:
+    byte-order marks, zero-width spaces and joiners, direction marks)."""
+    return "".join(c for c in text if unicodedata.category(c) != "Cf")
+
+
 def alike_class_notes(classes: Sequence[str]) -> list[str]:
     """Notes on class folders that print alike but are two classes: "Stripes" and "stripes", "striped"
-    and "striped " (a space no table shows), or an accent written composed in one name and decomposed
-    (as macOS writes it) in the other."""
+    and "striped " (a space no table shows), an accent written composed in one name and decomposed
+    (as macOS writes it) in the other, or an invisible character (a byte-order mark or a zero-width
+    space pasted with the name)."""
     alike: dict[str, list[str]] = defaultdict(list)
     for c in classes:
-        alike[unicodedata.normalize("NFC", c).strip().casefold()].append(c)
+        alike[visible(unicodedata.normalize("NFC", c)).strip().casefold()].append(c)
     notes = []
     for group in (g for g in alike.values() if len(g) > 1):
         hows = [how for how, same in (
-            ("spaces at the start or end", lambda c: unicodedata.normalize("NFC", c).casefold()),
-            ("letter case", lambda c: unicodedata.normalize("NFC", c).strip()),
-            ("Unicode form (NFC/NFD)", lambda c: c.strip().casefold())) if len({same(c) for c in group}) > 1]
+            ("spaces at the start or end", lambda c: visible(unicodedata.normalize("NFC", c)).casefold()),
+            ("letter case", lambda c: visible(unicodedata.normalize("NFC", c)).strip()),
+            ("Unicode form (NFC/NFD)", lambda c: visible(c).strip().casefold()),
+            ("invisible characters (byte-order mark, zero-width space ...)",
+             lambda c: unicodedata.normalize("NFC", c).strip().casefold())) if len({same(c) for c in group}) > 1]
         notes.append(f"classes {', '.join(map(repr, group))} differ only in {' and '.join(hows)}: one class split in "
                      "two? merge the folders if so")
     return notes

@@ -23,6 +23,7 @@ import re
 import sys
 import threading
 import time
+import unicodedata
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -207,6 +208,11 @@ def check_label(label: str) -> str | None:
             return f"label {label!r} contains {ch!r}"
     if any(ord(c) < 32 for c in label):
         return f"label {label!r} contains a control character"
+    # A zero-width space or a byte-order mark pasted with a name makes a class folder that lists, and
+    # prints in every table, as the class it is not. (U+200D, the joiner, is part of emoji such as 👩‍🔬.)
+    if hidden := sorted({c for c in label if unicodedata.category(c) == "Cf" and c != "\u200d"}):
+        names = ", ".join(f"U+{ord(c):04X} {unicodedata.name(c, 'format character')}" for c in hidden)
+        return f"label {label!r} contains an invisible character ({names})"
     if label != label.rstrip(". "):
         return f"label {label!r} ends with a dot or a space, which Windows drops from folder names"
     if label.split(".")[0].upper() in _WINDOWS_RESERVED:
@@ -243,6 +249,7 @@ def tsv_lines(path: str | Path, error: Callable[[str], Exception] = UrlListError
     # \r\n, \n or a lone \r (old Mac files) end a line, as in the user's editor; not splitlines(),
     # which also breaks at form feeds and other separators and would put line numbers off.
     for line_no, line in enumerate(re.split(r"\r\n|\r|\n", text), start=1):
+        line = line.removeprefix("\ufeff")  # the mark of a second list joined on with cat
         if line.strip() and not line.lstrip().startswith("#"):
             yield line_no, line
 
