@@ -14,7 +14,7 @@ from pathlib import Path
 from imgclass.annotations import FIXES_FILE, read_fixes
 from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.data import (
-    DatasetError, Split, balance_notes, confirmed_labels, dedicated_file_hint, earlier_sides,
+    DatasetError, Split, balance_notes, balancing_off, confirmed_labels, dedicated_file_hint, earlier_sides,
     exact_duplicates_across, fix_notes, load_split, make_split, save_split, skipped_folders, skipped_note,
     small_images_note, split_change_note, subdir_notes, unread_images_note, unused_rule_notes,
 )
@@ -94,7 +94,7 @@ def main() -> int:
     for c, n in split.counts().items():
         print(f"  {ljust(shown[c], width)} {n['train']:>6} {n['test']:>6}")
     print(f"  {'total':<{width}} {len(split.train):>6} {len(split.test):>6}")
-    for note in balance_notes(split, balanced=p.svm_boBalanceClasses or p.rf_boBalanceTrainingSet):
+    for note in balance_notes(split, balancing_off(p.classifier, p.as_dict())):
         print(f"note: {note}")
     for note in [*uneven, *fix_notes(split, p.images_dir), *unused_rule_notes(split, p.images_dir, p.imagesSplitBy),
                  *filter(None, [dedicated_file_hint(p.images_dir), unread_images_note(p.images_dir)])]:

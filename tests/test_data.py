@@ -7,7 +7,7 @@ import pytest
 
 from conftest import run_script, write_image
 from imgclass.data import (
-    DatasetError, Split, balance_notes, class_counts, exact_duplicates_across, list_images, load_split, make_split,
+    DatasetError, Split, balance_notes, balancing_off, class_counts, exact_duplicates_across, list_images, load_split, make_split,
     save_split,
 )
 
@@ -225,8 +225,17 @@ def test_unequal_and_tiny_classes_are_pointed_out() -> None:
     unequal, few = balance_notes(split({"a": 40, "b": 10, "c": 3}))
     assert "'a' has 40 training images, 'c' 3 (13x)" in unequal and "svm_boBalanceClasses = True" in unequal
     assert few.startswith("fewer than 5 training images: c (3);")
-    assert balance_notes(split({"a": 40, "b": 10}), balanced=True) == []  # the options are on already
+    assert balance_notes(split({"a": 40, "b": 10}), suggest=[]) == []  # the options are on already
     assert balance_notes(split({"a": 40, "b": 10})) != []
+    # Only the switches the classifier uses, and only those still off: an SVM's balancing does not
+    # balance a refined network's training.
+    assert balancing_off("svm", {"svm_boBalanceClasses": False, "rf_boBalanceTrainingSet": False}) == ["svm_boBalanceClasses"]
+    assert balancing_off("dnn", {"svm_boBalanceClasses": True, "rf_boBalanceTrainingSet": False}) == ["rf_boBalanceTrainingSet"]
+    assert balancing_off("svmDnnRefined", {"svm_boBalanceClasses": True, "rf_boBalanceTrainingSet": False}) \
+        == ["rf_boBalanceTrainingSet"]
+    assert balancing_off("svm", {"svm_boBalanceClasses": True, "rf_boBalanceTrainingSet": False}) == []
+    (dnn_note,) = balance_notes(split({"a": 40, "b": 10}), ["rf_boBalanceTrainingSet"])
+    assert dnn_note.endswith("consider rf_boBalanceTrainingSet = True (refinement)")
     # Two folders that print alike: one class split in two by accident?
     nfc, nfd = "p\u00fcnktchen", "pu\u0308nktchen"
     case, form = balance_notes(split({"Stripes": 10, "stripes": 10, nfc: 10, nfd: 10}))

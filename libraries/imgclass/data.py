@@ -693,22 +693,32 @@ IMBALANCE_RATIO = 4.0  # largest / smallest training class from which stage 1 po
 FEW_TRAINING_IMAGES = 5  # classes with fewer training images than this are named by stage 1
 
 
-def balance_notes(split: Split, balanced: bool = False) -> list[str]:
+BALANCING_SWITCHES = {"svm": ("svm_boBalanceClasses",), "dnn": ("rf_boBalanceTrainingSet",),
+                      "svmDnnRefined": ("rf_boBalanceTrainingSet", "svm_boBalanceClasses")}
+_SWITCH_ROLE = {"svm_boBalanceClasses": "SVM", "rf_boBalanceTrainingSet": "refinement"}
+
+
+def balancing_off(classifier: str, switches_on: Mapping[str, bool]) -> list[str]:
+    """The class-balancing parameters that `classifier` uses and `switches_on` has off."""
+    return [name for name in BALANCING_SWITCHES.get(classifier, ()) if not switches_on.get(name)]
+
+
+def balance_notes(split: Split, suggest: Sequence[str] = ("svm_boBalanceClasses", "rf_boBalanceTrainingSet")) -> list[str]:
     """Notes on class sizes that change how to train and read the results: a training set whose
     largest class has IMBALANCE_RATIO times the images of its smallest (an SVM or network trained
-    for overall accuracy can then give up the small class; `balanced`: the balancing options are
-    already on), classes with too few training images to learn or cross-validate well, and classes
+    for overall accuracy can then give up the small class; `suggest`: the balancing parameters to
+    point to, those the classifier uses that are off (balancing_off); none: no such note), classes with too few training images to learn or cross-validate well, and classes
     with no test image (trained on, but their accuracy cannot be measured); and classes whose names
     differ only in letter case or Unicode form (one class split in two by accident?)."""
     counts = split.counts()
     train = {c: n["train"] for c, n in counts.items()}
     notes = []
     small, large = min(train, key=train.get), max(train, key=train.get)
-    if train[small] and train[large] / train[small] >= IMBALANCE_RATIO and not balanced:
+    if train[small] and train[large] / train[small] >= IMBALANCE_RATIO and suggest:
+        switches = " and ".join(f"{name} = True ({_SWITCH_ROLE.get(name, 'balancing')})" for name in suggest)
         notes.append(f"classes of unequal size: {large!r} has {train[large]} training images, {small!r} "
                      f"{train[small]} ({train[large] / train[small]:.0f}x); the overall accuracy then "
-                     "favours the large classes: read the class-averaged accuracy, and consider "
-                     "svm_boBalanceClasses = True (SVM) or rf_boBalanceTrainingSet = True (refinement)")
+                     f"favours the large classes: read the class-averaged accuracy, and consider {switches}")
     few = [f"{c} ({n})" for c, n in train.items() if n < FEW_TRAINING_IMAGES]
     if few:
         notes.append(f"fewer than {FEW_TRAINING_IMAGES} training images: {', '.join(few)}; "
