@@ -13,7 +13,7 @@ import numpy as np
 from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.data import load_split, since_split_notes
 from imgclass.features import FeatureCache, Featurizer, device_name
-from imgclass.featureset import FeatureSet
+from imgclass.featureset import FeatureSet, file_stats
 from imgclass.modelfile import load_model, load_model_extra, spec_settings
 from imgclass.provenance import (StaleFilesError, check_model_settings, check_model_split, check_split_settings,
                                  features_source, split_hash)
@@ -59,12 +59,14 @@ def main() -> int:
         items = split.side(side)
         rel = [path for path, _ in items]
         t0 = time.perf_counter()
+        stats = file_stats([p.images_dir / r for r in rel])  # stages 4 and 5 name files changed after this
         result = fz.featurize_paths([p.images_dir / r for r in rel], desc=side, cache=cache)
         out = FeatureSet(rel, np.array([y for _, y in items]), split.classes, result.features, result.probs,
                          flip_average=p.run_boFlipAverage,  # stage 6 exports the same preprocessing
                          source=source, split_hash=split_of_features,  # stages 4-6 check they combine files of one origin
                          made_with=made_with,  # what stage 5 reports it was made with
                          refined_with=refined_with,  # what stages 4 and 5 check the parameters against
+                         file_stats=stats,
                          ).save(p.features_path(side))
         seconds = time.perf_counter() - t0
         print(f"wrote {out} ({result.features.shape[0]} x {result.features.shape[1]}) in {seconds:.1f} s"

@@ -2,7 +2,7 @@
 
 from imgclass.cli import do_not_track, parse_stage, run_stage, stage_parser
 from imgclass.data import load_split, since_split_notes
-from imgclass.featureset import FeatureSet
+from imgclass.featureset import FeatureSet, changed_images_note
 from imgclass.fileio import require_file
 from imgclass.modelfile import load_model_extra
 from imgclass.provenance import (MODEL_SETTINGS, StaleFilesError, check_features_settings, check_same_source,
@@ -57,7 +57,8 @@ def main() -> int:
     for line in label_check(svm.cv_val_scores_, train.labels, train.paths, train.classes, p.images_dir,
                             p.results_dir, refined):
         print(line)
-    for note in since_split_notes(split, p.images_dir, p.split_path):
+    for note in [*since_split_notes(split, p.images_dir, p.split_path),
+                 *filter(None, [changed_images_note(train, p.images_dir, "training")])]:
         print(f"note: {note}")
     return 0
 

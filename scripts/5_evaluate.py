@@ -7,7 +7,7 @@ from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.data import load_split, since_split_notes, test_image_hint
 from imgclass.evaluate import (compute_metrics, few_test_images_notes, format_confusions, format_table, majority_note,
                                plot_confusion, plot_roc, write_browser, write_predictions)
-from imgclass.featureset import FeatureSet
+from imgclass.featureset import FeatureSet, changed_images_note
 from imgclass.fileio import read_json, require_file, write_json
 from imgclass.provenance import (MODEL_SETTINGS, StaleFilesError, check_features_settings, check_model_settings,
                                  check_same_source, check_split_settings, file_hash)
@@ -81,7 +81,8 @@ def main() -> int:
         print(mistakes)
     balanced = p.rf_boBalanceTrainingSet if p.classifier == "dnn" else p.svm_boBalanceClasses
     notes = [*few_test_images_notes(metrics, side, test_image_hint(split)), *filter(None, [majority_note(metrics, balanced)]),
-             *since_split_notes(split, p.images_dir, p.split_path), *filter(None, [other_side_note(out, side, metrics)])]
+             *since_split_notes(split, p.images_dir, p.split_path),
+             *filter(None, [changed_images_note(data, p.images_dir, side), other_side_note(out, side, metrics)])]
     for note in notes:
         print(f"note: {note}")
     print(f"results in {out}: metrics{suffix}.json, roc{suffix}.png, confusion{suffix}.png, "

@@ -41,3 +41,27 @@ def test_a_file_that_is_not_stage_3s_is_named(tmp_path: Path) -> None:
         FeatureSet.load(other)
     with pytest.raises(FileNotFoundError, match=r"missing\.npz not found: run scripts/3_runDNN\.py first"):
         FeatureSet.load(tmp_path / "missing.npz")
+
+
+def test_image_files_changed_after_stage_3_read_them_are_named(tmp_path: Path) -> None:
+    import os
+
+    from imgclass.featureset import changed_images, changed_images_note, file_stats
+
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        (tmp_path / name).write_bytes(b"photo " + name.encode())
+    paths = ["a.jpg", "b.jpg", "c.jpg"]
+    fs = FeatureSet(paths, np.zeros(3, np.int64), ["x"], np.zeros((3, 2), np.float32),
+                    file_stats=file_stats([tmp_path / p for p in paths]))
+    back = FeatureSet.load(fs.save(tmp_path / "f.npz"))
+    assert changed_images(back, tmp_path) == [] and changed_images_note(back, tmp_path, "test") is None
+    (tmp_path / "a.jpg").write_bytes(b"another photo")  # replaced under its name
+    st = os.stat(tmp_path / "b.jpg")
+    os.utime(tmp_path / "b.jpg", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # saved again, same size
+    (tmp_path / "c.jpg").unlink()  # gone: since_split_notes names it
+    assert changed_images(back, tmp_path) == ["a.jpg", "b.jpg"]
+    assert changed_images_note(back, tmp_path, "test").startswith("2 test image file(s) changed since "
+                                                                  "scripts/3_runDNN.py computed their features (a.jpg, b.jpg:")
+    # A features file from before the stats were recorded: nothing to compare, nothing said.
+    fs.file_stats = None
+    assert changed_images(FeatureSet.load(fs.save(tmp_path / "f.npz")), tmp_path) == []

@@ -435,3 +435,12 @@ def test_stage5_refuses_svm_settings_other_than_stage4s(pipeline_dir: Path, tmp_
     shutil.copy(next((images / "dotted").iterdir()), images / "dotted" / "added_later.jpg")
     out = run_script("5_evaluate.py", *SMALL, "--set", "svm_CVals=[0.1,1]", data_dir=data).stdout  # as typed at stage 4
     assert "note: 1 image file(s) in " in out and "dotted/added_later.jpg" in out, out
+    assert "changed since scripts/3_runDNN.py" not in out
+    # A test photo replaced by another under its name: its features (and score) are of the old file.
+    test_image = json.loads((data / "proc" / "fashionTextureDemo" / "split.json").read_text())["test"][0][0]
+    other = next(f for f in (images / "striped").iterdir() if f.name != Path(test_image).name)
+    shutil.copy(other, images / test_image)
+    out = run_script("5_evaluate.py", *SMALL, "--set", "svm_CVals=[0.1,1]", data_dir=data).stdout
+    assert (f"note: 1 test image file(s) changed since scripts/3_runDNN.py computed their features ({test_image}: "
+            "edited, replaced or saved again): the features are of the files as they were; rerun "
+            "scripts/3_runDNN.py, then the stages after it") in out, out

@@ -8,6 +8,8 @@ No torch here: stages 4 and 5 and the provenance checks of the web service's pro
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from imgclass.fileio import DamagedFileError, load_npz, require_file, save_npz
+from imgclass.terminal import first_few
 
 MADE_BY = "scripts/3_runDNN.py"
 _REQUIRED = ("paths", "labels", "classes", "features")
@@ -43,6 +46,7 @@ class FeatureSet:
     split_hash: str = ""
     made_with: dict[str, Any] = field(default_factory=dict)
     refined_with: dict[str, Any] = field(default_factory=dict)
+    file_stats: np.ndarray | None = None  # (size, mtime_ns) of each image file when stage 3 read it
 
     def save(self, path: str | Path) -> Path:
         """Write the file atomically (a half-written file never replaces a good one)."""
@@ -55,6 +59,8 @@ class FeatureSet:
             arrays["flip_average"] = np.array(self.flip_average)
         if self.probs is not None:
             arrays["probs"] = self.probs
+        if self.file_stats is not None:
+            arrays["file_stats"] = np.asarray(self.file_stats, dtype=np.int64)
         return save_npz(path, **arrays)
 
     @classmethod
@@ -80,6 +86,7 @@ class FeatureSet:
             split_hash=str(z["split_hash"]) if "split_hash" in z else "",
             made_with={k: z[k].item() for k in made_with_keys if k in z},
             refined_with=json.loads(str(z["refined_with_json"])) if "refined_with_json" in z else {},
+            file_stats=z.get("file_stats"),
         )
 
     @property
@@ -90,3 +97,37 @@ class FeatureSet:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+
+def file_stats(paths: Sequence[str | Path]) -> np.ndarray:
+    """(size, mtime_ns) of each file, (-1, -1) for one that cannot be read: what FeatureSet.file_stats
+    holds, taken before the images are read, so that a file changed while they are is a change too."""
+    rows = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+            rows.append((st.st_size, st.st_mtime_ns))
+        except OSError:
+            rows.append((-1, -1))
+    return np.array(rows, dtype=np.int64).reshape(-1, 2)
+
+
+def changed_images(features: FeatureSet, images_dir: str | Path) -> list[str]:
+    """The images of `features` whose file is another now (size or modification time differ from
+    when stage 3 read it: edited, replaced by another photo of that name, or saved again), so their
+    features are of what the file held then. Gone files are not listed here (data.since_split_notes
+    names them); files written before the stats were recorded are not checked."""
+    if features.file_stats is None or len(features.file_stats) != len(features.paths):
+        return []
+    now = file_stats([Path(images_dir) / p for p in features.paths])
+    return [p for p, then, st in zip(features.paths, features.file_stats.tolist(), now.tolist())
+            if st[0] >= 0 and then != st]
+
+
+def changed_images_note(features: FeatureSet, images_dir: str | Path, side: str) -> str | None:
+    """A note naming the images changed since stage 3 read them (changed_images), or None."""
+    if not (changed := changed_images(features, images_dir)):
+        return None
+    return (f"{len(changed)} {side} image file(s) changed since scripts/3_runDNN.py computed their features "
+            f"({first_few(changed)}: edited, replaced or saved again): the features are of the files as they "
+            "were; rerun scripts/3_runDNN.py, then the stages after it")
