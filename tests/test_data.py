@@ -563,6 +563,33 @@ def test_a_growing_data_set_keeps_every_image_on_its_side(color_dataset: Path) -
     assert any(anew.sides()[p] != side for p, side in before.items() if p in after), "the test does not test"
 
 
+def test_an_image_moved_to_another_class_folder_keeps_its_side(color_dataset: Path) -> None:
+    """A relabel moves the file (stage 0 when a URL list gives its URL another label, or a person): a
+    test image became a new one at its new path, and went to train as likely as not, the test set
+    losing it without a word."""
+    from imgclass.data import moved_images, split_change_note
+
+    first = make_split(color_dataset, ratio=0.5, seed=3)
+    sides = first.sides()
+    tested = next(p for p in sorted(sides) if p.startswith("red/") and sides[p] == "test")
+    trained = next(p for p in sorted(sides) if p.startswith("red/") and sides[p] == "train")
+    for path in (tested, trained):
+        (color_dataset / path).rename(color_dataset / "blue" / path.split("/")[1])
+    later = make_split(color_dataset, ratio=0.5, seed=3, previous=first)
+    after = later.sides()
+    assert after["blue/" + tested.split("/")[1]] == "test" and after["blue/" + trained.split("/")[1]] == "train"
+    assert dict(later.test)["blue/" + tested.split("/")[1]] == later.classes.index("blue")
+    assert split_change_note(first, later) == (
+        "kept the side of 18 images of the earlier split.json (test images stay test images, so results stay "
+        "comparable; --resplit to split anew); 2 of them relabelled since (annotations_fixes.tsv, or moved to "
+        "another class folder), 1 of those test images: test results are not comparable with those of earlier "
+        "runs (their test labels differ)")
+    # A name that two gone files had, or two new ones have, says nothing of which is which.
+    assert moved_images(["a/x.jpg", "b/x.jpg"], ["c/x.jpg"]) == {}
+    assert moved_images(["a/x.jpg"], ["b/x.jpg", "c/x.jpg"]) == {}
+    assert moved_images(["a/x.jpg", "a/y.jpg"], ["a/y.jpg", "b/sub/x.jpg"]) == {"b/sub/x.jpg": "a/x.jpg"}
+
+
 def test_other_settings_split_anew_and_say_why(color_dataset: Path) -> None:
     from imgclass.data import split_change_note
 

@@ -25,7 +25,7 @@ import os
 import random
 import unicodedata
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -416,12 +416,31 @@ def _split_keeping(items: list, ratio: float, rng: random.Random, earlier: dict)
     return sorted(train), sorted(test)
 
 
-def earlier_sides(previous: Split | None, settings: dict) -> tuple[dict[str, str], str]:
+def moved_images(before: Iterable[str], now: Iterable[str]) -> dict[str, str]:
+    """{path now: path before} of image files moved to another folder under the same file name: a path
+    of `before` gone from `now` whose name no other gone path has, and a path of `now` new since
+    whose name no other new path has. A relabel moves a file so (stage 0, when a URL list gives its URL
+    another label; a person dragging a photo to its right class folder)."""
+    before, now = set(before), set(now)
+
+    def by_name(paths: set[str]) -> dict[str, list[str]]:
+        named: dict[str, list[str]] = defaultdict(list)
+        for path in paths:
+            named[path.rsplit("/", 1)[-1]].append(path)
+        return named
+
+    gone, new = by_name(before - now), by_name(now - before)
+    return {new[name][0]: old[0] for name, old in gone.items() if len(old) == 1 and len(new.get(name, ())) == 1}
+
+
+def earlier_sides(previous: Split | None, settings: dict, now: Iterable[str] = ()) -> tuple[dict[str, str], str]:
     """The side of each image in `previous` (an earlier split.json) as its rule decided it, when it
     was made with the same `settings` (a random split's: randomSeed, ratioTrainTest, imagesSplitBy,
     as Split.settings records them); else none, and why it cannot be kept (""
     without a previous split). Images the leakage check moved count as test images, their side before
-    the check: stage 1 checks them again, so that another leakageCheck or dedup_threshold takes effect."""
+    the check: stage 1 checks them again, so that another leakageCheck or dedup_threshold takes effect.
+    `now`: the images there are now; those moved to another class folder (moved_images) keep the
+    side they had (a relabelled test image would otherwise be new, and go to train as likely as not)."""
     if previous is None:
         return {}, ""
     if previous.method not in ("random", "subdir"):
@@ -431,7 +450,8 @@ def earlier_sides(previous: Split | None, settings: dict) -> tuple[dict[str, str
     changed = [f"{k} {previous.settings.get(k)!r} -> {v!r}" for k, v in settings.items() if previous.settings.get(k) != v]
     if changed:
         return {}, ", ".join(changed)
-    return {**previous.sides(), **{p: "test" for p in previous.moved}}, ""
+    sides = {**previous.sides(), **{p: "test" for p in previous.moved}}
+    return {**sides, **{path: sides[was] for path, was in moved_images(sides, now).items()}}, ""
 
 
 def split_change_note(previous: Split | None, split: Split, resplit: bool = False) -> str:
@@ -441,11 +461,15 @@ def split_change_note(previous: Split | None, split: Split, resplit: bool = Fals
     if previous is None:
         return ""
     now, before = split.sides(), previous.sides()
-    # Sides are kept by path; a label fix (annotations_fixes.tsv) changes the class, not the side.
+    # Sides are kept by path, and by file name for an image moved to another folder (earlier_sides);
+    # a label fix (annotations_fixes.tsv) or such a move changes the class, not the side.
+    moves = moved_images(before, now) if split.method == "random" else {}
     was = {p: previous.classes[y] for p, y in previous.train + previous.test if y < len(previous.classes)}
+    was.update({path: was[old] for path, old in moves.items() if old in was})
     relabelled = [p for p, y in split.train + split.test if p in was and was[p] != split.classes[y]]
     tested = len(set(relabelled) & {p for p, _ in split.test})
-    since = (f"; {len(relabelled)} of them relabelled since (annotations_fixes.tsv)" if relabelled else "") + (
+    how = "annotations_fixes.tsv, or moved to another class folder" if moves else "annotations_fixes.tsv"
+    since = (f"; {len(relabelled)} of them relabelled since ({how})" if relabelled else "") + (
         f", {tested} of those test images: test results are not comparable with those of earlier runs (their "
         "test labels differ)" if tested else "")
     if now == before:
@@ -461,8 +485,9 @@ def split_change_note(previous: Split | None, split: Split, resplit: bool = Fals
         # again the one that earlier runs with these settings had, on the same images.
         return (f"split anew ({'--resplit' if resplit else why}): earlier test images may be in train now, so "
                 "test results are not comparable with those of runs on the earlier split")
+    before = {**before, **{path: before[old] for path, old in moves.items()}}  # a moved image is no new one
+    gone = sum(1 for p in previous.sides() if p not in now and p not in moves.values())
     new = [side for p, side in now.items() if p not in before]
-    gone = sum(1 for p in before if p not in now)
     changed = sum(1 for p, side in now.items() if p in before and before[p] != side)
     parts = [f"kept the side of {len(now) - len(new) - changed} images of the earlier split.json (test images stay "
              f"test images, so results stay comparable; --resplit to split anew){since}"]
@@ -648,7 +673,9 @@ def _split_random(
     """A seeded random split per class, of images or (split_by "subdir") of their sub-folders,
     keeping the sides of an earlier split made with the same settings."""
     settings = {"randomSeed": seed, "ratioTrainTest": ratio, "imagesSplitBy": split_by}
-    earlier, _ = earlier_sides(previous, settings)
+    # (In a subdir split a sub-folder is the unit: an image moved to another class folder joins its side there.)
+    earlier, _ = earlier_sides(previous, settings, () if split_by == "subdir" else
+                               [p for c in classes for p in per_class[c]])
     train: list[tuple[str, int]] = []
     test: list[tuple[str, int]] = []
     for i, c in enumerate(classes):
