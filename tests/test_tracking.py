@@ -280,6 +280,15 @@ def test_conda_environment_matches_requirements() -> None:
 def test_compare_runs_without_history_is_a_clear_error(tmp_path: Path) -> None:
     proc = run_script("compareRuns.py", data_dir=tmp_path, check=False)
     assert proc.returncode == 1 and "no run history in" in proc.stderr and "Traceback" not in proc.stderr
+    # An empty database file (a copy that failed), here or named by track_uri: read, never written to.
+    for db, args in ((tmp_path / "mlflow.db", ()), (tmp_path / "other.db", ("--set", f"track_uri=sqlite:///{tmp_path}/other.db"))):
+        db.write_bytes(b"")
+        proc = run_script("compareRuns.py", *args, data_dir=tmp_path, check=False)
+        assert proc.returncode == 1 and f"error: no run history in {db} (empty (0 bytes)): run the pipeline" in proc.stderr
+        assert db.stat().st_size == 0 and not (tmp_path / "mlartifacts").exists()
+    proc = run_script("compareRuns.py", "--set", f"track_uri=sqlite:///{tmp_path}/none.db", data_dir=tmp_path, check=False)
+    assert "(not there): run the pipeline with track_enabled = True, or set track_uri to the store" in proc.stderr
+    assert not (tmp_path / "none.db").exists()
 
 
 def test_compare_runs_for_a_data_set_without_runs_names_those_with_runs(tracked_demo: Path) -> None:
@@ -669,3 +678,16 @@ def test_edited_parameters_or_notebooks_do_not_mark_the_code_as_changed(tmp_path
     assert tracking.git_commit(tmp_path) == (commit, False)
     (tmp_path / "libraries" / "svm.py").write_text("x = 2\n")
     assert tracking.git_commit(tmp_path) == (commit, True)
+
+
+def test_what_stage_2_saved_is_shown_whole_where_shortened_it_would_read_alike() -> None:
+    saved = ["the refined network of epoch 3 of 8, the best on the held-out images",
+             "the refined network of epoch 7 of 8, the best on the held-out images"]
+    runs = [tracking.RunSummary(f"{k}" * 32, "", 0, {}, {}, {tracking.SAVED_AS_TAG: s}) for k, s in enumerate(saved)]
+    row = next(line for line in tracking.format_comparison(runs, width=400).splitlines()
+               if line.startswith("refined model saved as"))
+    assert saved[0] in row and saved[1] in row
+    runs[1].tags[tracking.SAVED_AS_TAG] = "the PRETRAINED network with a last layer fitted on its features"
+    row = next(line for line in tracking.format_comparison(runs, width=400).splitlines()
+               if line.startswith("refined model saved as"))
+    assert saved[0] not in row and "…" in row  # differing at their start: short cells tell them apart

@@ -537,8 +537,13 @@ def find_runs(p: Params, last: int = 5, run_ids: Sequence[str] = ()) -> list[Run
     """The chosen runs (ids or unique id prefixes), else the `last` pipeline runs of the experiment,
     newest first. A store that cannot be read is a TrackingError naming it."""
     uri = resolve_uri(p)
-    if uri == default_uri(p) and not (p.data_dir / DEFAULT_DB).is_file():
-        raise FileNotFoundError(f"no run history in {p.data_dir / DEFAULT_DB}: run the pipeline with track_enabled = True")
+    # MLflow creates a database it is pointed at, and the tables in an empty file (one a failed copy
+    # left): reading writes nothing.
+    db = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+    if db is not None and (not db.is_file() or db.stat().st_size == 0):
+        what = "empty (0 bytes)" if db.is_file() else "not there"
+        raise FileNotFoundError(f"no run history in {db} ({what}): run the pipeline with track_enabled = True"
+                                + ("" if uri == default_uri(p) else ", or set track_uri to the store that holds it"))
     try:
         return _find_runs(p, uri, last, run_ids)
     except (FileNotFoundError, ValueError):  # said in our words already
@@ -637,6 +642,12 @@ def _cell(value: str, wide: bool) -> str:
     return value[:head] + "…" + value[-(CELL_MAX - 1 - head):]
 
 
+def _cells(values: Sequence[str], wide: bool) -> list[str]:
+    """A row's values shortened (_cell), or whole where shortening would make values that differ alike."""
+    shown = [_cell(v, wide) for v in values]
+    return shown if len(set(shown)) == len(set(values)) else list(values)
+
+
 def _commit_cell(r: RunSummary) -> str:
     """The commit a run started at; '*' when the project had uncommitted changes at one of its stages,
     '+N' when its stages ran at N more commits (see comparison_notes)."""
@@ -694,10 +705,7 @@ def format_comparison(runs: Sequence[RunSummary], all_params: bool = False, wide
         return used and len({r.params.get(n, "-") for r in runs}) > 1 and affects_results(n)
 
     differ = [n for n in names if all_params or differs(n)]
-    shown = {n: [_cell(v, wide) for v in values[n]] for n in differ}
-    for n in differ:  # shortened alike where they differ: that row whole
-        if len(set(shown[n])) < len(set(values[n])):
-            shown[n] = values[n]
+    shown = {n: _cells(values[n], wide) for n in differ}
     rows.append((f"-- parameters{'' if all_params else ' that differ'} --", [""] * len(runs)))
     if not differ:
         rows.append(("(none)", [""] * len(runs)))
@@ -708,7 +716,7 @@ def format_comparison(runs: Sequence[RunSummary], all_params: bool = False, wide
     rows.append(("train / test images", [_count(r.metrics.get("n_train")) + " / " + _count(r.metrics.get("n_test"))
                                          for r in runs]))
     if any(SAVED_AS_TAG in r.tags for r in runs):
-        rows.append(("refined model saved as", [_cell(r.tags.get(SAVED_AS_TAG, "-"), wide) for r in runs]))
+        rows.append(("refined model saved as", _cells([r.tags.get(SAVED_AS_TAG, "-") for r in runs], wide)))
     if any("svm_C" in r.metrics for r in runs):
         rows.append(("C chosen", ["-" if r.metrics.get("svm_C") is None else f"{r.metrics['svm_C']:g}" for r in runs]))
     rows.append(("-- test set --", [""] * len(runs)))
