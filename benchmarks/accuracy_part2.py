@@ -46,6 +46,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="write the summary JSON here")
     a = ap.parse_args()
     data_dir = a.data_dir or Path(tempfile.mkdtemp(prefix="imgclass_acc2_"))
+    print(f"DATA_DIR: {data_dir}", flush=True)
     rows = []
     for seed in a.seeds:
         ds = f"fashionTexture_seed{seed}"
@@ -90,6 +91,10 @@ def main() -> None:
     if a.out:
         write_json(a.out, summary)
     print(json.dumps(summary))
+    # The runs' own results (training curves, confusion matrices, browsers) stay there to be looked at.
+    print(f"each seed's results, training curves and models: {data_dir}/results/fashionTexture_seed<N>/ "
+          f"(and proc/); delete {data_dir} when done" if a.data_dir is None else
+          f"each seed's results: {data_dir}/results/fashionTexture_seed<N>/")
 
 
 if __name__ == "__main__":
