@@ -141,3 +141,15 @@ def test_a_split_hashes_alike_with_or_without_its_records(color_dataset: Path, t
     assert file_hash(old) != file_hash(new) and split_hash(old) == split_hash(new) == file_hash(old)
     other = save_split(make_split(color_dataset, seed=5), tmp_path / "other.json")
     assert split_hash(other) != split_hash(new)  # another split is another hash
+
+
+def test_settings_are_compared_by_value_and_the_c_grid_in_any_order() -> None:
+    from imgclass.provenance import check_model_settings
+
+    made = {"svm_CVals": [10.0, 1.0], "rf_inputResolution": 224, "svm_boL2Normalize": True}
+    check_model_settings(made, {"svm_CVals": [1, 10, 10], "rf_inputResolution": 224.0, "svm_boL2Normalize": True}, "svm.npz")
+    with pytest.raises(StaleFilesError, match=r"svm.npz was made with svm_CVals = \[10.0, 1.0\], but the parameters "
+                                              r"now say \[1, 100\]: give the same values again \(--set svm_CVals=\[10.0,1.0\]"):
+        check_model_settings(made, {"svm_CVals": [1, 100], "rf_inputResolution": 224, "svm_boL2Normalize": True}, "svm.npz")
+    with pytest.raises(StaleFilesError, match="svm_boL2Normalize = True"):  # True is no 1.0 here
+        check_model_settings(made, {"svm_CVals": [1, 10], "rf_inputResolution": 224, "svm_boL2Normalize": 1.0}, "svm.npz")

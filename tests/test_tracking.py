@@ -612,9 +612,10 @@ def test_numbers_alike_and_parameters_the_classifier_does_not_use_keep_the_run(t
     out = run_script("4_trainSVM.py", *TRACKED_SMALL, "--set", "svm_CVals=[1, 10]", data_dir=data_dir).stdout
     run_id = _state(data_dir)["run_id"]
     assert f"tracked in new pipeline run {run_id[:8]}" in out
-    # The same grid written with floats (the SVM check accepts it), and a refinement setting an svm
-    # run does not use: the same pipeline run, not a new one whose table would show no difference.
-    out = run_script("5_evaluate.py", *TRACKED_SMALL, "--set", "svm_CVals=[1.0, 10.0]", "--set", "rf_maxEpochs=3",
+    # The same grid written with floats and in another order (the SVM check accepts it: the order
+    # chooses nothing), and a refinement setting an svm run does not use: the same pipeline run, not a
+    # new one whose table would show no difference.
+    out = run_script("5_evaluate.py", *TRACKED_SMALL, "--set", "svm_CVals=[10.0, 1.0]", "--set", "rf_maxEpochs=3",
                      data_dir=data_dir).stdout
     assert f"tracked in pipeline run {run_id[:8]} in " in out, out
 

@@ -138,7 +138,7 @@ def check_model_settings(made_with: dict, now: Params | dict, what: str, rerun: 
     `made_with` (MODEL_SETTINGS, and RefineConfig.settings() for a refined network) than the
     parameters have now (`now`), naming both and the stage to rerun."""
     # A setting no parameter has any more (retired since the file was written) is not checked.
-    differ = [k for k in made_with if k in now and not _same(made_with[k], now[k])]
+    differ = [k for k in made_with if k in now and not same_setting(k, made_with[k], now[k])]
     if differ:
         then = ", ".join(f"{k} = {made_with[k]!r}" for k in differ)
         later = ", ".join(f"{now[k]!r}" for k in differ)
@@ -164,6 +164,23 @@ def check_split_settings(split_settings: dict, p: Params | dict, what: str = "sp
     the parameters say now: the later stages, and the run history, would credit the results to a
     split that was not made."""
     check_model_settings(split_settings, p, what, rerun="scripts/1_prepareData.py")
+
+
+# Settings whose order means nothing: the SVM tries every C and breaks ties by the smallest.
+UNORDERED_SETTINGS = ("svm_CVals",)
+
+
+def setting_value(name: str, value: object) -> object:
+    """`value` as it counts for the setting `name`: the C values as a sorted list of distinct floats."""
+    if name in UNORDERED_SETTINGS and isinstance(value, (list, tuple)) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        return sorted({float(v) for v in value})
+    return value
+
+
+def same_setting(name: str, a: object, b: object) -> bool:
+    """Whether `a` and `b` are one value of the setting `name` (_same, in any order where it means nothing)."""
+    return _same(setting_value(name, a), setting_value(name, b))
 
 
 def _same(a: object, b: object) -> bool:

@@ -40,7 +40,7 @@ from urllib.request import url2pathname
 
 from imgclass.fileio import DamagedFileError, read_json, write_json
 from imgclass.params import Params
-from imgclass.provenance import MODEL_SETTINGS, split_hash, test_set_hash
+from imgclass.provenance import MODEL_SETTINGS, setting_value, split_hash, test_set_hash
 from imgclass.terminal import NAME_COLUMNS, first_few, ljust, name_column
 
 ENV_SWITCH = "IMGCLASS_TRACKING"  # "0", "off" or "false" turns tracking off whatever track_enabled says
@@ -129,14 +129,14 @@ def params_digest(p: Params, results_only: bool = False) -> str:
     if not results_only:
         values = p.as_dict()
     else:
-        values = {k: _canonical(v) for k, v in p.as_dict().items()
+        values = {k: _canonical(setting_value(k, v)) for k, v in p.as_dict().items()
                   if affects_results(k) and _applies(k, p.classifier)}
     return hashlib.sha1(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()
 
 
 # The results digest of a state file written before it compared values as _canonical does (and only
 # the classifier's parameters) is not comparable: such a state is judged by the recorded values alone.
-DIGEST_VERSION = 2
+DIGEST_VERSION = 3
 
 
 def _canonical(value: Any) -> Any:
@@ -150,13 +150,14 @@ def _canonical(value: Any) -> Any:
     return [_canonical(v) for v in value]
 
 
-def _same_value(recorded: str | None, value: Any) -> bool:
-    """Whether a parameter value recorded in MLflow (its str, at most 6000 characters) is `value`."""
+def _same_value(name: str, recorded: str | None, value: Any) -> bool:
+    """Whether the value of parameter `name` recorded in MLflow (its str, at most 6000 characters) is `value`."""
     now = str(value)[:6000]
     if recorded is None or recorded == now:
         return recorded == now
     try:
-        return _canonical(ast.literal_eval(recorded)) == _canonical(ast.literal_eval(now))
+        return (_canonical(setting_value(name, ast.literal_eval(recorded)))
+                == _canonical(setting_value(name, ast.literal_eval(now))))
     except (ValueError, SyntaxError, MemoryError, RecursionError):  # text, or cut at 6000 characters
         return False
 
@@ -357,7 +358,7 @@ def _join_or_start(client: Any, p: Params, state: dict, uri: str, exp_id: str, s
         # Only what the classifier uses (an svm run does not refine: rf_maxEpochs is no difference),
         # and numbers by value, as the stages' own checks compare them.
         differ = sorted(k for k, v in p.as_dict().items()
-                        if affects_results(k) and _applies(k, p.classifier) and not _same_value(then.get(k), v))
+                        if affects_results(k) and _applies(k, p.classifier) and not _same_value(k, then.get(k), v))
         # The digest decides where the state has one (MLflow keeps 6000 characters of a value: a change
         # past them is a change); a state of an earlier version is judged by the recorded values.
         digest_differs = (state.get("digest_version") == DIGEST_VERSION
