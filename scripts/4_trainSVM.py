@@ -1,10 +1,11 @@
 """Stage 4: train a linear SVM on the training features, choosing C by cross-validation on them."""
 
+from pathlib import Path
+
 from imgclass.cli import do_not_track, parse_stage, run_stage, stage_parser
 from imgclass.data import load_split, since_split_notes
 from imgclass.featureset import FeatureSet, changed_images_note
 from imgclass.fileio import require_file
-from imgclass.modelfile import load_model_extra
 from imgclass.provenance import (MODEL_SETTINGS, StaleFilesError, check_features_settings, check_same_source,
                                  check_split_settings)
 from imgclass.suspects import label_check
@@ -53,7 +54,7 @@ def main() -> int:
     out = svm.save(p.svm_path, train.classes)
     print(f"wrote {out} (C = {svm.C_:g}, {len(train)} training images)")
     # (Not where stage 2 saved the pretrained network in place of a diverged one: nothing was learned.)
-    refined = p.model_kind == "refined" and not load_model_extra(p.model_path).get("collapse_note")
+    refined = p.model_kind == "refined" and not _collapsed(p.model_path)
     for line in label_check(svm.cv_val_scores_, train.labels, train.paths, train.classes, p.images_dir,
                             p.results_dir, refined):
         print(line)
@@ -61,6 +62,13 @@ def main() -> int:
                  *filter(None, [changed_images_note(train, p.images_dir, "training")])]:
         print(f"note: {note}")
     return 0
+
+
+def _collapsed(model_path: Path) -> bool:
+    """Whether stage 2 saved the pretrained network for a refinement that diverged."""
+    from imgclass.modelfile import load_model_extra  # torch: 2 s of a stage of seconds, for refined models only
+
+    return bool(load_model_extra(model_path).get("collapse_note"))
 
 
 if __name__ == "__main__":
