@@ -475,3 +475,35 @@ def test_score_images_script_runs_the_network_with_the_engine_run_engine_names(t
         scores[engine] = np.array([[float(v) for v in line.split("\t")[2:]] for line in out.read_text().splitlines()[1:]])
     assert scores["torch"].shape == (9, 3)
     np.testing.assert_allclose(scores["torch"], scores["onnx"], rtol=1e-3, atol=1e-3)
+
+
+def test_the_candidates_sheet_shows_small_scores_with_their_digits_and_short_names(tmp_path: Path) -> None:
+    """SVM decision values near 0 read "-0.00" and "0.00" with 2 decimals; 60-character class names
+    ran over the neighbouring captions, and the second row's captions up into the first row's pictures."""
+    from imgclass.active import plot_candidates
+
+    classes = ["Long-sleeve women's blouse with small polka dots, navy blue",
+               "Long-sleeve women's blouse with small polka dots, red", "c"]
+    candidates = []
+    for i in range(7):  # two rows of 5
+        write_image(tmp_path / f"photo_with_a_rather_long_file_name_{i}.jpg", (200, 30, 30), size=(40, 120))
+        candidates.append(Candidate(tmp_path / f"photo_with_a_rather_long_file_name_{i}.jpg",
+                                    np.array([-0.0004, -0.001, 0.0003]), 0.1))
+    fig = plot_candidates(candidates, classes)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    axes = [ax for ax in fig.axes if ax.images]
+    captions = [ax.get_title() for ax in axes]
+    assert len(captions) == 7 and not any(re.search(r"-0\.0+(?!\d)", c) for c in captions)
+    lines = captions[0].splitlines()
+    assert lines[1].endswith(" 0.0003") and lines[2].endswith(" -0.0004")  # 3 significant digits
+    names = [line.rsplit(" ", 1)[0] for line in lines[1:]]
+    assert names[0] == "c" and names[1] != classes[0] and len(names[1]) <= 24 and "…" in lines[0]
+    for ax in axes:
+        caption = ax.title.get_window_extent(renderer)
+        for other in axes:
+            assert not caption.overlaps(other.images[0].get_window_extent(renderer))
+            assert other is ax or not caption.overlaps(other.title.get_window_extent(renderer))
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)

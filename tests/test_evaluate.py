@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 from PIL import Image
@@ -352,3 +353,85 @@ def test_small_svm_scores_keep_their_digits_and_sign_on_the_page(tmp_path: Path)
                          np.array([[0.0004, -0.0004], [-0.0002, 0.0002]]), ["a", "b"], "t",
                          score_kind="svm_decision").read_text()
     assert "<li>a: 0.0004</li>" in page and "-0.000<" not in page and "not probabilities" in page
+
+
+LONG_NAMES = ["Long-sleeve women's blouse with small polka dots, navy blue",
+              "Long-sleeve women's blouse with small polka dots, red",
+              *(f"Category number {i} with an exceptionally long descriptive name" for i in range(13))]
+
+
+def test_long_class_names_are_shortened_and_kept_apart_in_the_plots() -> None:
+    """Whole, 60-character names made tick labels that pushed the confusion matrix into a corner and
+    a ROC legend wider than the plot."""
+    from imgclass.evaluate import PLOT_NAME_COLUMNS, confusion_figure, roc_figure
+
+    k = len(LONG_NAMES)
+    fig = confusion_figure(np.eye(k, dtype=int) * 3, LONG_NAMES)
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    for ticks in (ax.get_xticklabels(), ax.get_yticklabels()):
+        names = [t.get_text() for t in ticks]
+        assert len(set(names)) == k and all(len(n) <= PLOT_NAME_COLUMNS for n in names)
+    assert names[0].startswith("Long-sleeve women's") and names[0].endswith("blue") and "…" in names[0]
+    short = confusion_figure(np.eye(3, dtype=int), ["dotted", "leopard", "striped"])
+    short.canvas.draw()
+    assert [t.get_text() for t in short.axes[0].get_xticklabels()] == ["dotted", "leopard", "striped"]  # whole
+
+    labels = np.repeat(np.arange(4), 5)
+    scores = np.eye(4)[labels] + np.random.default_rng(0).normal(0, 0.6, (20, 4))
+    texts = [t.get_text() for t in roc_figure(scores, labels, LONG_NAMES[:4]).axes[0].get_legend().get_texts()]
+    names = [t.split(" (AUC")[0] for t in texts]
+    assert len(set(names)) == 4 and all(len(n) <= PLOT_NAME_COLUMNS for n in names)
+    # Two classes: "A vs B" in the title too, on a line of its own when long.
+    two = roc_figure(scores[:10, :2], labels[:10], LONG_NAMES[:2]).axes[0]
+    title = two.get_title().splitlines()
+    assert title[0] == "ROC curve" and len(title[1]) <= 2 * PLOT_NAME_COLUMNS + 6
+    plt.close("all")
+
+
+def _roc_of(k: int, per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    labels = np.repeat(np.arange(k), per_class)
+    return np.eye(k)[labels] * 3 + np.random.default_rng(seed).normal(0, 0.6, (per_class * k, k)), labels
+
+
+@pytest.mark.parametrize("k, per_class, seed", [(7, 40, 0), (25, 10, 1), (12, 40, 2)])
+def test_the_roc_legend_keeps_off_the_enlarged_corner(k: int, per_class: int, seed: int) -> None:
+    """7 classes (a legend of 7 lines) and 25 (the pooled curve and the 5 weakest) put the legend in
+    the lower right up into the inset of the top-left corner."""
+    from imgclass.evaluate import roc_figure
+
+    scores, labels = _roc_of(k, per_class, seed)
+    fig = roc_figure(scores, labels, [f"c{i}" for i in range(k)])
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    (inset,) = ax.child_axes  # these scores are good enough for one
+    legend = ax.get_legend().get_window_extent(renderer)
+    assert not legend.overlaps(inset.get_tightbbox(renderer))
+    assert not legend.overlaps(ax.xaxis.label.get_window_extent(renderer))  # below the axis title, if below
+    plt.close(fig)
+
+
+def test_a_roc_legend_below_the_plot_stays_under_a_two_line_axis_title() -> None:
+    from imgclass.evaluate import roc_figure
+
+    labels = np.repeat(np.arange(3), 4)  # "d", never scored, is named under the axis: two lines
+    scores = np.eye(4)[labels] + np.random.default_rng(0).normal(0, 0.6, (12, 4))
+    fig = roc_figure(scores, labels, ["dotted", "leopard", "a very long class name for striped garments", "d"])
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    xlabel, legend = ax.xaxis.label.get_window_extent(), ax.get_legend().get_window_extent()
+    assert "no curve for d" in ax.get_xlabel() and legend.y1 < xlabel.y0
+    plt.close(fig)
+
+
+def test_long_class_names_in_the_results_browser_wrap(tmp_path: Path) -> None:
+    """(test_webpage checks it in a real browser, where Chromium is installed.)"""
+    import re
+
+    from imgclass.evaluate import write_browser
+
+    page = write_browser(tmp_path / "b.html", tmp_path, ["a/1.jpg"], np.array([0]), np.array([[0.9, 0.1]]),
+                         ["x" * 200, "b"], "t").read_text()
+    rules = dict(re.findall(r"([\w.,# ]+)\{([^}]*)\}", page.split("<style>")[1].split("</style>")[0]))
+    assert any("nav" in [s.strip() for s in selector.split(",")] and "overflow-wrap:anywhere" in body for selector, body in rules.items())

@@ -239,3 +239,24 @@ def test_the_results_browser_shows_images_whose_names_have_url_characters(
     loaded = "return Array.from(document.images).map(i => i.complete && i.naturalWidth > 0)"
     WebDriverWait(browser, 20).until(lambda b: all(b.execute_script(loaded)))
     assert browser.execute_script(loaded) == [True] * 4
+
+
+def test_the_results_browser_wraps_a_long_class_name_without_spaces(browser, tmp_path: Path) -> None:
+    """The list of sections at the top links each class by name: a name of one long word (no space
+    to break at) made the page wider than the window, to be scrolled sideways."""
+    import numpy as np
+    from PIL import Image
+
+    from imgclass.evaluate import write_browser
+
+    long_name = "long_sleeve_womens_blouse_with_small_polka_dots_navy_blue_" * 3
+    images = tmp_path / "images"
+    paths = ["a/1.jpg", "b/2.jpg"]
+    for rel in paths:
+        (images / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (60, 40), (200, 30, 30)).save(images / rel)
+    page = write_browser(tmp_path / "results" / "browser.html", images, paths, np.array([0, 1]),
+                         np.array([[0.9, 0.1], [0.2, 0.8]]), [long_name, "b"], title="t", left_out=[("x" * 200, "why")])
+    browser.set_window_size(700, 600)
+    browser.get(page.as_uri())
+    assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 CRITERIA = ("margin", "topScore", "entropy")
 SKIP = "-"  # the label logged for an image the user chose not to label
 QUIT = "\0quit"  # what an answer to stop labelling parses to (no class name can be it)
+CAPTION_NAME_COLUMNS = 24  # most characters a class name takes in plot_candidates' captions
 # One line per answer. "content" (imgclass.provenance.file_hash) identifies the image; "image" (its
 # absolute path when answered) is for people reading the log. Logs written before the content column
 # existed have three columns and are matched by path.
@@ -378,11 +379,17 @@ def label_interactively(
 
 def plot_candidates(candidates: Sequence[Candidate], classes: Sequence[str], path: str | Path | None = None,
                     columns: int = 5) -> Figure:
-    """A contact sheet of the candidates with the model's top guesses (saved when `path` is given)."""
+    """A contact sheet of the candidates with the model's top guesses (saved when `path` is given).
+    Long file and class names are cut short as on the label check's sheet (suspects.sheet_captions):
+    whole, they ran over the neighbouring captions and pushed the next row's up into the pictures.
+    Scores as the result pages show them (score_text): SVM decision values near 0 read "-0.00"."""
     from imgclass.images import contact_sheet
+    from imgclass.terminal import name_column, score_text, shorten
 
-    return contact_sheet([(cand.path, f"{n}. {cand.path.name[:24]}\n" + "\n".join(
-        f"{c} {s:.2f}" for c, s in cand.ranked(classes, 2))) for n, cand in enumerate(candidates, 1)], path, columns)
+    names, _ = name_column(classes, at_most=CAPTION_NAME_COLUMNS)
+    return contact_sheet([(cand.path, f"{n}. {shorten(cand.path.name, 24)}\n" + "\n".join(
+        f"{names[c]} {score_text(s)}" for c, s in cand.ranked(classes, 2))) for n, cand in enumerate(candidates, 1)],
+        path, columns)
 
 
 def write_candidates(path: str | Path, candidates: Sequence[Candidate], classes: Sequence[str], criterion: str) -> Path:

@@ -29,7 +29,7 @@ from sklearn.metrics import auc, roc_curve  # noqa: E402
 from imgclass.fileio import atomic_open, atomic_path, save_figure  # noqa: E402
 from imgclass.fonts import lay_out  # noqa: E402
 from imgclass.images import load_rgb  # noqa: E402
-from imgclass.terminal import display_width, ljust, name_column  # noqa: E402
+from imgclass.terminal import display_width, ljust, name_column, score_text  # noqa: E402
 
 
 def roc_curves(scores: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> list[tuple[str, np.ndarray, np.ndarray, float]]:
@@ -89,6 +89,9 @@ def compute_metrics(scores: np.ndarray, labels: np.ndarray, classes: Sequence[st
 ROC_LEGEND_MAX = 10  # more classes than this: grey curves, the pooled curve and the weakest classes named
 
 
+PLOT_NAME_COLUMNS = 28  # most characters a class name takes in a plot's legend or tick labels (terminal.name_column)
+
+
 ROC_ZOOM_AUC = 0.97  # most classes' AUC at least this: the ROC plot adds an enlarged top-left corner ...
 ROC_ZOOM_LOWEST = 0.9  # ... unless a class's is under this: its curve would run under the inset
 
@@ -118,18 +121,23 @@ def roc_figure(scores: np.ndarray, labels: np.ndarray, classes: Sequence[str], t
     With many classes a legend of every curve would cover the plot, so beyond ROC_LEGEND_MAX classes
     every class is drawn thin and grey, the curve of all one-vs-rest decisions pooled (micro average)
     in black, and the few classes with the lowest AUC in colour: those are the ones worth a look.
+    Long class names are shortened (PLOT_NAME_COLUMNS, kept apart: terminal.name_column); a legend
+    too large for the plot's lower right, or one that would cover the enlarged corner, goes below it.
     """
     scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
-    curves = roc_curves(scores, labels, classes)
-    missing = [c for c in classes if c not in {name for name, *_ in curves}]
-    drawn_classes = [list(classes).index(c) for c, *_ in curves]
+    shown, _ = name_column(classes, at_most=PLOT_NAME_COLUMNS)
+    full = roc_curves(scores, labels, classes)
+    missing = [shown[c] for c in classes if c not in {name for name, *_ in full}]
+    drawn_classes = [list(classes).index(c) for c, *_ in full]
+    curves = [(shown[c], *rest) for c, *rest in full]
     default_title = "ROC curves (one class vs rest)"
     if len(classes) == 2 and len(curves) == 2:
         # The other class's curve is this one mirrored (same AUC): two curves read as two results,
         # and with good scores one hides the other.
         pos = binary_positive(labels, classes)
-        curves, drawn_classes = [(f"{classes[pos]} vs {classes[1 - pos]}", *curves[pos][1:])], [pos]
-        default_title = f"ROC curve ({curves[0][0]})"
+        curves, drawn_classes = [(f"{shown[classes[pos]]} vs {shown[classes[1 - pos]]}", *curves[pos][1:])], [pos]
+        pair = curves[0][0]
+        default_title = f"ROC curve\n({pair})" if display_width(pair) > 40 else f"ROC curve ({pair})"  # fits the width
     # A curve steps right by 1 / (its class's negatives), the images of the other classes.
     fpr_step = max((1 / int((labels != y).sum()) for y in drawn_classes), default=1.0)
     many = len(curves) > ROC_LEGEND_MAX
@@ -152,7 +160,7 @@ def roc_figure(scores: np.ndarray, labels: np.ndarray, classes: Sequence[str], t
     ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--")
     present = sorted(set(labels.tolist()))
     if len(present) == 1:  # no curve at all: say why in the plot, not with empty axes
-        ax.text(0.5, 0.55, f"no ROC curve: every image scored is of one class ({classes[present[0]]})",
+        ax.text(0.5, 0.55, f"no ROC curve: every image scored is of one class ({shown[classes[present[0]]]})",
                 transform=ax.transAxes, ha="center", fontsize="small", color="dimgrey", wrap=True,
                 bbox={"facecolor": "white", "edgecolor": "none"})
     xlabel = "False positive rate"
@@ -172,15 +180,35 @@ def roc_figure(scores: np.ndarray, labels: np.ndarray, classes: Sequence[str], t
     ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel=xlabel, ylabel="True positive rate",
            title=title or default_title)
     if curves:
-        legend = ax.legend(loc="lower right", fontsize="small" if many else None)
-        # Long class names make a legend that covers the curves where they start: then it goes below.
-        lay_out(fig)
-        box, area = legend.get_window_extent(), ax.get_window_extent()
-        if box.width > 0.6 * area.width or box.height > 0.5 * area.height:
-            legend.remove()
-            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize="small" if many else None)
+        _place_legend(fig, ax, "small" if many else None)
     ax.grid(alpha=0.3)
     return fig
+
+
+def _place_legend(fig: plt.Figure, ax: plt.Axes, fontsize: str | None) -> None:
+    """The ROC legend in the plot's lower right, where no curve goes; but below the plot (under the
+    axis title, in two columns where they fit the figure's width) when it would cover the curves
+    where they start (long names, many classes) or the enlarged corner (with 7 classes, or the
+    6 lines of many classes, it reached up into it)."""
+    legend = ax.legend(loc="lower right", fontsize=fontsize)
+    lay_out(fig)
+    box, area = legend.get_window_extent(), ax.get_window_extent()
+    insets = [inset.get_tightbbox() for inset in ax.child_axes]  # with its title and tick labels
+    if not (box.width > 0.6 * area.width or box.height > 0.5 * area.height or any(box.overlaps(i) for i in insets)):
+        return
+    legend.remove()
+    lay_out(fig)
+    # Under the tick labels and the axis title, however many lines that takes ("no curve for ...").
+    bottom = ax.transAxes.inverted().transform((0, ax.get_tightbbox().y0))[1]
+    below = {"loc": "upper center", "bbox_to_anchor": (0.5, bottom - 0.02), "fontsize": fontsize}
+    legend = ax.legend(**below)
+    if len(legend.get_texts()) > 4:  # a long column: two, if they are no wider than the figure
+        legend.remove()
+        legend = ax.legend(ncols=2, **below)
+        lay_out(fig)
+        if legend.get_window_extent().width > fig.bbox.width:
+            legend.remove()
+            ax.legend(**below)
 
 
 def plot_roc(scores: np.ndarray, labels: np.ndarray, classes: Sequence[str], path: str | Path, title: str = "") -> Path:
@@ -189,9 +217,17 @@ def plot_roc(scores: np.ndarray, labels: np.ndarray, classes: Sequence[str], pat
 
 
 def plot_confusion(cm: np.ndarray | list, classes: Sequence[str], path: str | Path, title: str = "") -> Path:
-    """Counts, with each row (true class) shaded by its fraction so small classes read as clearly.
+    """Save `confusion_figure` as a PNG."""
+    return save_figure(confusion_figure(cm, classes, title), path)
+
+
+def confusion_figure(cm: np.ndarray | list, classes: Sequence[str], title: str = "") -> plt.Figure:
+    """The confusion matrix: counts, with each row (true class) shaded by its fraction so small
+    classes read as clearly.
 
     Beyond 15 classes the zeros are left blank, so the mistakes stand out of the grid of numbers.
+    Long class names are shortened (PLOT_NAME_COLUMNS, kept apart: terminal.name_column): whole, 60
+    characters each pushed the grid into a corner of the picture.
     """
     cm = np.asarray(cm)
     k = len(classes)
@@ -203,15 +239,17 @@ def plot_confusion(cm: np.ndarray | list, classes: Sequence[str], path: str | Pa
     # Without a scale, 6 of 6 and 60 of 60 equally dark read as a mistake in the plot.
     fig.colorbar(shading, ax=ax, fraction=0.046, pad=0.04).set_label("share of the true class (row)")
     ticks = range(k)
-    ax.set_xticks(ticks, classes, rotation=45, ha="right", fontsize=font)
-    ax.set_yticks(ticks, classes, fontsize=font)
+    shown, _ = name_column(classes, at_most=PLOT_NAME_COLUMNS)
+    names = [shown[c] for c in classes]
+    ax.set_xticks(ticks, names, rotation=45, ha="right", rotation_mode="anchor", fontsize=font)
+    ax.set_yticks(ticks, names, fontsize=font)
     for i in ticks:
         for j in ticks:
             if cm[i, j] or k <= 15:
                 ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=font,
                         color="white" if frac[i, j] > 0.5 else "black")
     ax.set(xlabel="Predicted class", ylabel="True class", title=title or "Confusion matrix")
-    return save_figure(fig, path)
+    return fig
 
 
 def format_table(metrics: dict[str, Any]) -> str:
@@ -331,14 +369,6 @@ def _thumbnail(source: Path, folder: Path, side: int = 360) -> Path:
     return out
 
 
-def score_text(value: float) -> str:
-    """A score as the pages show it: 3 decimals, but small SVM decision values (a strongly regularised
-    SVM's lie within +-0.001) with 3 significant digits, so they neither read 0.000 nor -0.000."""
-    if value == 0:
-        return "0"
-    return f"{value:.3f}" if abs(value) >= 0.01 else f"{value:.3g}"
-
-
 SCORE_MEANINGS = {
     "probability": "class probabilities (0 to 1, summing to 1)",
     "svm_decision": "SVM decision values (higher = more likely; not probabilities: they can be negative)",
@@ -420,6 +450,7 @@ def write_browser(
 <style>body{{font-family:sans-serif;margin:1em}} .grid{{display:flex;flex-wrap:wrap;gap:8px}}
 .card{{width:180px;border:3px solid #4a4;padding:4px;font-size:12px;overflow-wrap:anywhere}} .card.err{{border-color:#d33}}
 .card.new{{border-color:#888}} nav{{line-height:1.6}} h3{{margin:1.2em 0 .4em}}
+h2,h3,nav,ul{{overflow-wrap:anywhere}}
 .card img{{width:100%;height:160px;object-fit:contain;background:#eee}} ol{{margin:2px 0;padding-left:18px}}
 small{{color:#666;word-break:break-all}}</style></head><body>
 <h2>{html.escape(title)}</h2><p>{summary}</p><nav>{jumps}</nav>{body}{tail}</body></html>"""

@@ -336,7 +336,14 @@ def contact_sheet(items: Sequence[tuple[str | Path, str]], path: str | Path | No
             title += f"\n(cannot read: {str(e)[-40:]})"
         ax.set_title(title, fontsize=8)
     fit_fonts(fig)  # class and file names in any script
-    fig.tight_layout()
+    # Until it settles: each pass spaces the rows for the slots the square thumbnails are then shrunk
+    # into, which the spacing changes (after one pass, with 2 rows of 5, the captions of the second row
+    # rose into the first row's pictures; a few passes leave them the usual padding).
+    for _ in range(6):
+        before = (fig.subplotpars.hspace, fig.subplotpars.top)
+        fig.tight_layout()
+        if np.allclose(before, (fig.subplotpars.hspace, fig.subplotpars.top), atol=1e-3):
+            break
     if path is not None:
         save_figure(fig, path, dpi=80)
     return fig

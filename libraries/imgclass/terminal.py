@@ -68,3 +68,13 @@ def name_column(names: Sequence[str], at_least: int = 0, at_most: int = NAME_COL
         if len(set(shown.values())) == len(set(names)):
             return shown, column_width(list(shown.values()), at_least)
     return {n: n for n in names}, column_width(list(names), at_least)
+
+
+def score_text(value: float) -> str:
+    """A score as the pages and plots show it: 3 decimals, but small SVM decision values (a strongly
+    regularised SVM's lie within +-0.001) with 3 significant digits, so they neither read 0.000 nor
+    -0.000. Here and not in imgclass.evaluate, which selects matplotlib's Agg backend when imported:
+    plots made in a notebook (active learning's candidates) would then no longer show."""
+    if value == 0:
+        return "0"
+    return f"{value:.3f}" if abs(value) >= 0.01 else f"{value:.3g}"
