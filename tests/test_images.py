@@ -324,30 +324,36 @@ def test_a_108_megapixel_phone_photo_decodes_without_a_warning_and_a_bomb_is_nam
     assert check_image(bomb).startswith("more than 250 million pixels, the limit")  # as stage 1 lists it
 
 
+# The peak memory of this process's own memory map (VmHWM): getrusage's ru_maxrss survives exec and
+# starts at the forking process's size, pytest's (hundreds of MB after the other tests).
 _BIG_DECODES = """
-import resource, sys
+import re, sys
 from concurrent.futures import ThreadPoolExecutor
 from imgclass import images
+def peak():
+    with open("/proc/self/status") as f:
+        return int(re.search(r"VmHWM:\\s+(\\d+) kB", f.read()).group(1)) * 1024
 images.BIG_DECODE_PIXELS = int(sys.argv[1])
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = peak()
 with ThreadPoolExecutor(4) as pool:
     print(list(pool.map(images.check_image, sys.argv[2:])))
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+print(peak() - before)
 """
 
 
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="measures memory through Linux's /proc")
 def test_big_images_checked_in_threads_are_decoded_one_at_a_time(tmp_path: Path) -> None:
     """Stage 0 checks downloads in 8 threads and stage 1 checks images in threads: PNGs of tens of
     megapixels (a few hundred kB on disk) held several gigabytes at once."""
     import subprocess
     import sys
 
-    Image.new("RGB", (4000, 3000), (200, 30, 30)).save(tmp_path / "0.png")  # 12 Mpixels: 36 MB as RGB
+    Image.new("RGB", (4000, 3000), (200, 30, 30)).save(tmp_path / "0.png")  # 12 Mpixels
     paths = [str(tmp_path / "0.png")]
     for i in range(1, 4):
         (tmp_path / f"{i}.png").write_bytes((tmp_path / "0.png").read_bytes())
         paths.append(str(tmp_path / f"{i}.png"))
-    one = 4000 * 3000 * 3
+    one = 4000 * 3000 * 4  # Pillow holds RGB in 4 bytes a pixel
 
     def grown(limit: int) -> int:  # a fresh process each: its peak memory is the measure
         # One malloc arena: glibc gives each thread its own and keeps tens of MB freed in each, which
@@ -360,4 +366,4 @@ def test_big_images_checked_in_threads_are_decoded_one_at_a_time(tmp_path: Path)
     # The limit lowered to 10 Mpixels, as if these were 4 of 60 Mpixels: at most one is held at a time.
     assert grown(10_000_000) < 1.6 * one, grown(10_000_000) / one
     # Under the limit they decode in parallel (the measure is fair: it sees more than one at once).
-    assert grown(20_000_000) > 1.9 * one
+    assert grown(20_000_000) > 2.2 * one

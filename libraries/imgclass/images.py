@@ -188,8 +188,12 @@ def _upright(img: Image.Image) -> Image.Image:
     """The image turned as its EXIF orientation says. ImageOps.exif_transpose also writes the EXIF
     anew for the turned image, and real cameras and editors write tags of the wrong type, which Pillow
     then cannot serialise (struct.error, TypeError ...): one such photo would stop a whole stage. The
-    pixels need only the orientation tag, so where that rewrite fails the turn is done by hand."""
+    pixels need only the orientation tag, so where that rewrite fails the turn is done by hand.
+    An image with no turn to make is returned as it is (exif_transpose copies it: a second copy of
+    every decoded photo, 48 MB for 12 megapixels, in the memory of every decoding thread)."""
     try:
+        if img.getexif().get(0x0112, 1) not in _ORIENTATION:
+            return img
         return ImageOps.exif_transpose(img)
     except Exception:  # noqa: BLE001 - any failure of the EXIF rewrite; the pixels are fine
         try:
