@@ -734,9 +734,10 @@ def balance_notes(split: Split, suggest: Sequence[str] = ("svm_boBalanceClasses"
     """Notes on class sizes that change how to train and read the results: a training set whose
     largest class has IMBALANCE_RATIO times the images of its smallest (an SVM or network trained
     for overall accuracy can then give up the small class; `suggest`: the balancing parameters to
-    point to, those the classifier uses that are off (balancing_off); none: no such note), classes with too few training images to learn or cross-validate well, and classes
-    with no test image (trained on, but their accuracy cannot be measured); and classes whose names
-    differ only in letter case or Unicode form (one class split in two by accident?)."""
+    point to, those the classifier uses that are off (balancing_off); none: no such note), classes
+    with too few training images to learn or cross-validate well, and classes with no test image
+    (trained on, but their accuracy cannot be measured); and classes whose names print alike
+    (alike_class_notes: one class split in two by accident?)."""
     counts = split.counts()
     train = {c: n["train"] for c, n in counts.items()}
     notes = []
