@@ -692,3 +692,17 @@ def test_what_stage_2_saved_is_shown_whole_where_shortened_it_would_read_alike()
     row = next(line for line in tracking.format_comparison(runs, width=400).splitlines()
                if line.startswith("refined model saved as"))
     assert saved[0] not in row and "…" in row  # differing at their start: short cells tell them apart
+
+
+def test_a_leakage_setting_given_to_stage_1_alone_does_not_split_the_run(tracked_demo: Path, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """dedup_threshold and leakageCheck act at stage 1 only, and split.json (whose hash the run has)
+    holds what they did: a later stage without them started a second run that recorded the defaults."""
+    _tracked(monkeypatch)
+    data_dir = Path(shutil.copytree(tracked_demo, tmp_path / "data"))
+    out = run_script("1_prepareData.py", *TRACKED_SMALL, "--set", "dedup_threshold=3", data_dir=data_dir).stdout
+    run_id = _state(data_dir)["run_id"]
+    assert f"tracked in new pipeline run {run_id[:8]}" in out, out
+    out = run_script("4_trainSVM.py", *TRACKED_SMALL, data_dir=data_dir).stdout
+    assert f"tracked in pipeline run {run_id[:8]} in " in out, out
+    assert _client(data_dir).get_run(run_id).data.params["dedup_threshold"] == "3"

@@ -123,20 +123,27 @@ def affects_results(name: str) -> bool:
                 or name in ("run_boCache", "urlsFile", "demoImagesPerClass"))
 
 
+# Parameters only stage 1 uses (its leakage check): their effect is split.json, whose hash the run records
+# (SPLIT_TAG). Given to stage 1 alone they are no difference at a later stage: the run it started is
+# continued, with the values stage 1 used recorded, rather than a second run recording the defaults.
+SPLIT_ONLY_PARAMS = ("leakageCheck", "dedup_threshold")
+
+
 def params_digest(p: Params, results_only: bool = False) -> str:
     """A hash of the parameters (with `results_only`, of those that can change a result of the
-    run's classifier, numbers compared by value: `svm_CVals = [1, 10]` is `[1.0, 10.0]`)."""
+    run's classifier, numbers compared by value: `svm_CVals = [1, 10]` is `[1.0, 10.0]`; not
+    SPLIT_ONLY_PARAMS, which _join_or_start compares at stage 1 only)."""
     if not results_only:
         values = p.as_dict()
     else:
         values = {k: _canonical(setting_value(k, v)) for k, v in p.as_dict().items()
-                  if affects_results(k) and _applies(k, p.classifier)}
+                  if affects_results(k) and _applies(k, p.classifier) and k not in SPLIT_ONLY_PARAMS}
     return hashlib.sha1(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()
 
 
 # The results digest of a state file written before it compared values as _canonical does (and only
 # the classifier's parameters) is not comparable: such a state is judged by the recorded values alone.
-DIGEST_VERSION = 3
+DIGEST_VERSION = 4
 
 
 def _canonical(value: Any) -> Any:
@@ -358,7 +365,8 @@ def _join_or_start(client: Any, p: Params, state: dict, uri: str, exp_id: str, s
         # Only what the classifier uses (an svm run does not refine: rf_maxEpochs is no difference),
         # and numbers by value, as the stages' own checks compare them.
         differ = sorted(k for k, v in p.as_dict().items()
-                        if affects_results(k) and _applies(k, p.classifier) and not _same_value(k, then.get(k), v))
+                        if affects_results(k) and _applies(k, p.classifier) and not _same_value(k, then.get(k), v)
+                        and (stage <= 1 or k not in SPLIT_ONLY_PARAMS))
         # The digest decides where the state has one (MLflow keeps 6000 characters of a value: a change
         # past them is a change); a state of an earlier version is judged by the recorded values.
         digest_differs = (state.get("digest_version") == DIGEST_VERSION
