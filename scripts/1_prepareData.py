@@ -73,7 +73,7 @@ def main() -> int:
         # A random split kept from an earlier run: an image new since then that copies one of its test
         # images joins that one in test (else the old test image went to train, and the test set that
         # results are compared on lost it). Not in a subdir split, whose sub-folders stay whole.
-        kept = earlier_sides(previous, split.settings, split.sides())[0] if previous and not args.resplit and \
+        kept = earlier_sides(previous, split.settings, split.sizes)[0] if previous and not args.resplit and \
             split.method == "random" else {}
         leakage = apply_leakage_check(split, p.images_dir, p.leakageCheck, p.dedup_threshold,
                                       p.proc_dir / "near_duplicates.tsv", kept, shown=SHOW_LEAKS)

@@ -585,9 +585,20 @@ def test_an_image_moved_to_another_class_folder_keeps_its_side(color_dataset: Pa
         "another class folder), 1 of those test images: test results are not comparable with those of earlier "
         "runs (their test labels differ)")
     # A name that two gone files had, or two new ones have, says nothing of which is which.
-    assert moved_images(["a/x.jpg", "b/x.jpg"], ["c/x.jpg"]) == {}
-    assert moved_images(["a/x.jpg"], ["b/x.jpg", "c/x.jpg"]) == {}
-    assert moved_images(["a/x.jpg", "a/y.jpg"], ["a/y.jpg", "b/sub/x.jpg"]) == {"b/sub/x.jpg": "a/x.jpg"}
+    assert moved_images({"a/x.jpg": 5, "b/x.jpg": 5}, {"c/x.jpg": 5}) == {}
+    assert moved_images({"a/x.jpg": 5}, {"b/x.jpg": 5, "c/x.jpg": 5}) == {}
+    assert moved_images({"a/x.jpg": 5, "a/y.jpg": 1}, {"a/y.jpg": 1, "b/sub/x.jpg": 5}) == {"b/sub/x.jpg": "a/x.jpg"}
+    assert moved_images({"a/IMG_0007.JPG": 5}, {"b/IMG_0007.JPG": 6}) == {}  # another photo, named alike
+    # One photo deleted, another of the same name (a camera's next batch) added to another class: a new
+    # image, not a relabel of the old one.
+    again = make_split(color_dataset, ratio=0.5, seed=3, previous=later)
+    assert split_change_note(later, again).startswith("the same split")
+    gone = next(p for p, side in after.items() if p.startswith("green/") and side == "test")
+    (color_dataset / gone).unlink()
+    write_image(color_dataset / "red" / gone.split("/")[1], (200, 40, 40), seed=77, size=(64, 40))
+    other = make_split(color_dataset, ratio=0.5, seed=3, previous=again)
+    note = split_change_note(again, other)
+    assert "relabelled" not in note and "1 new:" in note and "1 of its images gone" in note, note
 
 
 def test_other_settings_split_anew_and_say_why(color_dataset: Path) -> None:

@@ -57,6 +57,7 @@ class Split:
     method: str = "random"
     settings: dict = field(default_factory=dict)  # randomSeed, ratioTrainTest, imagesSplitBy of a random split
     moved: list[str] = field(default_factory=list)  # test images the leakage check moved to train (stage 1)
+    sizes: dict[str, int] = field(default_factory=dict)  # bytes of each image file when the split was made
 
     def side(self, name: str) -> list[tuple[str, int]]:
         if name not in ("train", "test"):
@@ -83,6 +84,7 @@ class Split:
             "excluded": [[p, r] for p, r in self.excluded],
             "settings": self.settings,
             "moved": self.moved,
+            "sizes": self.sizes,
         }
 
     @classmethod
@@ -95,6 +97,7 @@ class Split:
             method=d.get("method", "random"),
             settings=dict(d.get("settings") or {}),
             moved=list(d.get("moved") or []),
+            sizes={str(k): int(v) for k, v in (d.get("sizes") or {}).items()},
         )
 
 
@@ -416,31 +419,44 @@ def _split_keeping(items: list, ratio: float, rng: random.Random, earlier: dict)
     return sorted(train), sorted(test)
 
 
-def moved_images(before: Iterable[str], now: Iterable[str]) -> dict[str, str]:
-    """{path now: path before} of image files moved to another folder under the same file name: a path
-    of `before` gone from `now` whose name no other gone path has, and a path of `now` new since
-    whose name no other new path has. A relabel moves a file so (stage 0, when a URL list gives its URL
-    another label; a person dragging a photo to its right class folder)."""
-    before, now = set(before), set(now)
+def file_sizes(root: str | Path, paths: Iterable[str]) -> dict[str, int]:
+    """{path: size in bytes} of the files under `root` that can be read (Split.sizes)."""
+    sizes = {}
+    for path in paths:
+        try:
+            sizes[path] = os.stat(Path(root) / path).st_size
+        except OSError:
+            pass
+    return sizes
 
-    def by_name(paths: set[str]) -> dict[str, list[str]]:
+
+def moved_images(before: Mapping[str, int], now: Mapping[str, int]) -> dict[str, str]:
+    """{path now: path before} of image files moved to another folder: `before` and `now` give each
+    image's size in bytes; a path of `before` gone from `now` and a path of `now` new since are one file
+    where they have the same file name, which no other gone or new path has, and the same size (cameras
+    name photos IMG_0007.JPG batch after batch: a name alone would make another photo the moved one).
+    A relabel moves a file so (stage 0, when a URL list gives its URL another label; a person dragging
+    a photo to its right class folder)."""
+    def by_name(paths: Iterable[str]) -> dict[str, list[str]]:
         named: dict[str, list[str]] = defaultdict(list)
         for path in paths:
             named[path.rsplit("/", 1)[-1]].append(path)
         return named
 
-    gone, new = by_name(before - now), by_name(now - before)
-    return {new[name][0]: old[0] for name, old in gone.items() if len(old) == 1 and len(new.get(name, ())) == 1}
+    gone, new = by_name(p for p in before if p not in now), by_name(p for p in now if p not in before)
+    return {new[name][0]: old[0] for name, old in gone.items()
+            if len(old) == 1 and len(new.get(name, ())) == 1 and before[old[0]] == now[new[name][0]]}
 
 
-def earlier_sides(previous: Split | None, settings: dict, now: Iterable[str] = ()) -> tuple[dict[str, str], str]:
+def earlier_sides(previous: Split | None, settings: dict, now: Mapping[str, int] | None = None) -> tuple[dict[str, str], str]:
     """The side of each image in `previous` (an earlier split.json) as its rule decided it, when it
     was made with the same `settings` (a random split's: randomSeed, ratioTrainTest, imagesSplitBy,
     as Split.settings records them); else none, and why it cannot be kept (""
     without a previous split). Images the leakage check moved count as test images, their side before
     the check: stage 1 checks them again, so that another leakageCheck or dedup_threshold takes effect.
-    `now`: the images there are now; those moved to another class folder (moved_images) keep the
-    side they had (a relabelled test image would otherwise be new, and go to train as likely as not)."""
+    `now`: the images there are now, with their sizes; those moved to another class folder
+    (moved_images, against the sizes `previous` recorded) keep the side they had (a relabelled test
+    image would otherwise be new, and go to train as likely as not)."""
     if previous is None:
         return {}, ""
     if previous.method not in ("random", "subdir"):
@@ -451,7 +467,8 @@ def earlier_sides(previous: Split | None, settings: dict, now: Iterable[str] = (
     if changed:
         return {}, ", ".join(changed)
     sides = {**previous.sides(), **{p: "test" for p in previous.moved}}
-    return {**sides, **{path: sides[was] for path, was in moved_images(sides, now).items()}}, ""
+    moves = moved_images(previous.sizes, now or {})
+    return {**sides, **{path: sides[was] for path, was in moves.items() if was in sides}}, ""
 
 
 def split_change_note(previous: Split | None, split: Split, resplit: bool = False) -> str:
@@ -463,7 +480,7 @@ def split_change_note(previous: Split | None, split: Split, resplit: bool = Fals
     now, before = split.sides(), previous.sides()
     # Sides are kept by path, and by file name for an image moved to another folder (earlier_sides);
     # a label fix (annotations_fixes.tsv) or such a move changes the class, not the side.
-    moves = moved_images(before, now) if split.method == "random" else {}
+    moves = moved_images(previous.sizes, split.sizes) if split.method == "random" else {}
     was = {p: previous.classes[y] for p, y in previous.train + previous.test if y < len(previous.classes)}
     was.update({path: was[old] for path, old in moves.items() if old in was})
     relabelled = [p for p, y in split.train + split.test if p in was and was[p] != split.classes[y]]
@@ -595,9 +612,12 @@ def make_split(
         if dedicated.is_file():
             split = _split_dedicated(dedicated, classes, per_class, excluded)
         else:
-            split = _split_random(classes, per_class, excluded, ratio, seed, split_by, previous)
+            sizes = file_sizes(images_dir, (p for c in classes for p in per_class[c]))
+            split = _split_random(classes, per_class, excluded, ratio, seed, split_by, previous, sizes)
         _check_trained(split, images_dir)
     check_disjoint(split)
+    # What moved_images compares a later run's files with.
+    split.sizes = file_sizes(images_dir, split.sides())
     return split
 
 
@@ -668,14 +688,13 @@ def _split_dedicated(
 
 def _split_random(
     classes: list[str], per_class: dict[str, list[str]], excluded: list[tuple[str, str]],
-    ratio: float, seed: int, split_by: str, previous: Split | None,
+    ratio: float, seed: int, split_by: str, previous: Split | None, sizes: Mapping[str, int],
 ) -> Split:
     """A seeded random split per class, of images or (split_by "subdir") of their sub-folders,
     keeping the sides of an earlier split made with the same settings."""
     settings = {"randomSeed": seed, "ratioTrainTest": ratio, "imagesSplitBy": split_by}
     # (In a subdir split a sub-folder is the unit: an image moved to another class folder joins its side there.)
-    earlier, _ = earlier_sides(previous, settings, () if split_by == "subdir" else
-                               [p for c in classes for p in per_class[c]])
+    earlier, _ = earlier_sides(previous, settings, sizes if split_by != "subdir" else None)
     train: list[tuple[str, int]] = []
     test: list[tuple[str, int]] = []
     for i, c in enumerate(classes):

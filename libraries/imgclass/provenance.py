@@ -30,7 +30,7 @@ def file_hash(path: str | Path) -> str:
 
 
 # Records in split.json that change no image's side: left out of split_hash.
-SPLIT_RECORDS = ("settings", "moved")
+SPLIT_RECORDS = ("settings", "moved", "sizes")
 
 
 def split_hash(path: str | Path) -> str:
