@@ -273,8 +273,10 @@ def test_lists_joined_with_byte_order_marks_and_invisible_characters_in_labels(t
     with pytest.raises(UrlListError, match=re.escape("line 1: label 'circle\\u200b' contains an invisible character "
                                                      "(U+200B ZERO WIDTH SPACE)")):
         read_url_list(path)
-    path = _write_tsv(tmp_path / "urls.tsv", ["\U0001f469\u200d\U0001f52c\thttp://x/b.jpg"])  # an emoji's joiner is fine
-    assert read_url_list(path) == [("\U0001f469\u200d\U0001f52c", "http://x/b.jpg")]
+    # An emoji's joiner, and Persian's zero-width non-joiner, are part of the name.
+    scientist, persian = "\U0001f469\u200d\U0001f52c", "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645"
+    path = _write_tsv(tmp_path / "urls.tsv", [f"{scientist}\thttp://x/b.jpg", f"{persian}\thttp://x/c.jpg"])
+    assert read_url_list(path) == [(scientist, "http://x/b.jpg"), (persian, "http://x/c.jpg")]
 
 
 def test_every_bad_line_of_a_url_list_is_named_at_once(tmp_path: Path) -> None:

@@ -871,10 +871,15 @@ def small_images_note(split: Split, images_dir: str | Path, resolution: int, sam
             f"score as well, faster: compare them with scripts/selectFeaturizer.py --resolutions {tries}")
 
 
+# Characters that show as nothing and join or separate nothing: pasted with a name (a byte-order mark
+# at the start of a line, a zero-width space from a web page) they make a class that prints as another.
+# Not the zero-width (non-)joiners, which Persian, Urdu, Indic scripts and emoji (👩‍🔬) need.
+INVISIBLE_CHARS = "\u200b\ufeff\u2060\u180e"
+
+
 def visible(text: str) -> str:
-    """`text` without the characters no table or folder listing shows (Unicode format characters:
-    byte-order marks, zero-width spaces and joiners, direction marks)."""
-    return "".join(c for c in text if unicodedata.category(c) != "Cf")
+    """`text` without INVISIBLE_CHARS."""
+    return "".join(c for c in text if c not in INVISIBLE_CHARS)
 
 
 def alike_class_notes(classes: Sequence[str]) -> list[str]:

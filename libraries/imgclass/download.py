@@ -38,8 +38,8 @@ from PIL import Image, UnidentifiedImageError
 
 from imgclass import __version__
 from imgclass.annotations import FIXES_FILE, read_fixes, write_fixes
-from imgclass.data import (DEDICATED_TEST_FILE, DUPLICATES_FOLDER, DUPLICATES_LIST, NOT_CLASS_PREFIXES, TEST_FOLDER_NAMES,
-                           TRAIN_FOLDER_NAMES, list_class_dirs, walk_image_files)
+from imgclass.data import (DEDICATED_TEST_FILE, DUPLICATES_FOLDER, DUPLICATES_LIST, INVISIBLE_CHARS, NOT_CLASS_PREFIXES,
+                           TEST_FOLDER_NAMES, TRAIN_FOLDER_NAMES, list_class_dirs, walk_image_files)
 from imgclass.fileio import atomic_open, write_bytes
 from imgclass.images import ImageDecodeError, load_rgb, openers
 from imgclass.progress import progress_bar
@@ -208,9 +208,7 @@ def check_label(label: str) -> str | None:
             return f"label {label!r} contains {ch!r}"
     if any(ord(c) < 32 for c in label):
         return f"label {label!r} contains a control character"
-    # A zero-width space or a byte-order mark pasted with a name makes a class folder that lists, and
-    # prints in every table, as the class it is not. (U+200D, the joiner, is part of emoji such as 👩‍🔬.)
-    if hidden := sorted({c for c in label if unicodedata.category(c) == "Cf" and c != "\u200d"}):
+    if hidden := sorted({c for c in label if c in INVISIBLE_CHARS}):
         names = ", ".join(f"U+{ord(c):04X} {unicodedata.name(c, 'format character')}" for c in hidden)
         return f"label {label!r} contains an invisible character ({names})"
     if label != label.rstrip(". "):
