@@ -4,7 +4,7 @@ import datetime
 from pathlib import Path
 
 from imgclass.cli import parse_stage, run_stage, stage_parser
-from imgclass.data import load_split, since_split_notes, test_image_hint
+from imgclass.data import balancing_off, load_split, since_split_notes, test_image_hint
 from imgclass.evaluate import (compute_metrics, few_test_images_notes, format_confusions, format_table, majority_note,
                                plot_confusion, plot_roc, write_browser, write_predictions)
 from imgclass.featureset import FeatureSet, changed_images_note
@@ -79,8 +79,8 @@ def main() -> int:
     print(format_table(metrics))
     if mistakes := format_confusions(metrics):
         print(mistakes)
-    balanced = p.rf_boBalanceTrainingSet if p.classifier == "dnn" else p.svm_boBalanceClasses
-    notes = [*few_test_images_notes(metrics, side, test_image_hint(split)), *filter(None, [majority_note(metrics, balanced)]),
+    balancing = balancing_off(p.classifier, p.as_dict())  # the switches the classifier uses that are off
+    notes = [*few_test_images_notes(metrics, side, test_image_hint(split)), *filter(None, [majority_note(metrics, balancing)]),
              *since_split_notes(split, p.images_dir, p.split_path),
              *filter(None, [changed_images_note(data, p.images_dir, side), other_side_note(out, side, metrics)])]
     for note in notes:

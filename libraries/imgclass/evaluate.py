@@ -298,11 +298,14 @@ def few_test_images_notes(metrics: dict[str, Any], side: str = "test", hint: str
     return notes
 
 
-def majority_note(metrics: dict[str, Any], balanced: bool = False) -> str | None:
+def majority_note(metrics: dict[str, Any], suggest: Sequence[str] | None = None) -> str | None:
     """A note when the overall accuracy is no better than always answering the largest class would
     score on the same images: on a data set of 30 "ok" and 4 "defect" photos, 88% overall is what a
-    model that never finds a defect gets; the class-averaged accuracy tells. `balanced`: the
-    classifier's balancing option is on already (else the note points to it)."""
+    model that never finds a defect gets; the class-averaged accuracy tells. `suggest`: the balancing
+    parameters to point to (data.balancing_off: those the classifier uses that are off; none: the
+    options are on already); None: the one of the metrics' classifier."""
+    if suggest is None:
+        suggest = ["rf_boBalanceTrainingSet" if metrics.get("classifier") == "dnn" else "svm_boBalanceClasses"]
     counts = {c: v["n"] for c, v in metrics["per_class"].items()}
     total = sum(counts.values())
     largest = max(counts, key=lambda c: counts[c])
@@ -310,11 +313,11 @@ def majority_note(metrics: dict[str, Any], balanced: bool = False) -> str | None
     if len(present) < 2 or metrics["overall_accuracy"] > counts[largest] / total:
         return None
     # Balancing is worth a try where the classes differ in size; with equal ones the model is just weak.
-    unequal = max(present) >= 2 * min(present) and not balanced
+    unequal = max(present) >= 2 * min(present) and bool(suggest)
     return (f"the overall accuracy ({100 * metrics['overall_accuracy']:.2f}%) is no more than always answering "
             f"{largest} would score on these images ({counts[largest]} of {total}): read the class-averaged accuracy "
-            f"({100 * metrics['class_averaged_accuracy']:.2f}%)" + ("" if not unequal else ", and consider " + (
-                "rf_boBalanceTrainingSet = True" if metrics.get("classifier") == "dnn" else "svm_boBalanceClasses = True")))
+            f"({100 * metrics['class_averaged_accuracy']:.2f}%)"
+            + (", and consider " + " and ".join(f"{name} = True" for name in suggest) if unequal else ""))
 
 
 def top_confusions(metrics: dict[str, Any], n: int = 5) -> list[tuple[str, str, int]]:
