@@ -61,9 +61,9 @@ def test_the_contact_sheet_tells_apart_long_class_names_that_begin_alike() -> No
     captions = sheet_captions([Suspect("a/" + "x" * 40 + ".png", seven, one, 1.25), Suspect("b/y.png", one, seven, 0.5)])
     first = captions[0].splitlines()
     assert first[0].startswith("1. x") and "…" in first[0] and len(first[0]) <= 3 + 24
-    filed, looks = first[1].removeprefix("filed "), first[2].removeprefix("looks ").removesuffix(" (+1.25)")
+    filed, looks = first[1].removeprefix("filed "), first[2].removeprefix("looks ").removesuffix(" (+1.250)")
     assert filed != looks and len(filed) <= 20 and len(looks) <= 20 and "…" in filed
-    assert captions[1].splitlines()[1:] == [f"filed {looks}", f"looks {filed} (+0.5)"]  # the same name each time
+    assert captions[1].splitlines()[1:] == [f"filed {looks}", f"looks {filed} (+0.500)"]  # the same name each time
 
 
 def test_out_of_fold_scores_come_from_fits_that_did_not_see_the_image() -> None:

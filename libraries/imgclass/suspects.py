@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from imgclass.fileio import write_tsv
+from imgclass.terminal import name_column, score_text, shorten
 from imgclass.svm import ABSENT_SCORE
 
 TSV_COLUMNS = ("image", "predicted", "label", "margin")
@@ -96,11 +97,10 @@ def sheet_captions(suspects: Sequence[Suspect]) -> list[str]:
     """The contact sheet's caption of each suspect: number, file name, class filed under and looked
     like, margin; long names cut short with a "…" in the middle and kept apart (classes that share a
     long beginning, cut at 20 characters, all read the same)."""
-    from imgclass.terminal import name_column, shorten
 
     names, _ = name_column(sorted({c for s in suspects for c in (s.label, s.predicted)}), at_most=20)
     return [f"{n}. {shorten(Path(s.image).name, 24)}\nfiled {names[s.label]}\nlooks {names[s.predicted]} "
-            f"(+{s.margin:.3g})" for n, s in enumerate(suspects, 1)]
+            f"(+{score_text(s.margin)})" for n, s in enumerate(suspects, 1)]
 
 
 def label_check(val_scores: np.ndarray | None, labels: np.ndarray, images: Sequence[str], classes: Sequence[str],
@@ -140,7 +140,7 @@ def label_check(val_scores: np.ndarray | None, labels: np.ndarray, images: Seque
     lines.append(f"label check: {len(suspects)} training image(s) given another class by the cross-validation fit "
                  f"that did not see them, most confident first (look at them: a wrong label shows; {tsv}; drawn: the "
                  f"first {min(SHOWN, len(suspects))} in {png}):")
-    lines += [f"  {s.image}: filed {s.label}, looks {s.predicted} (margin {s.margin:.3g})" for s in suspects[:5]]
+    lines += [f"  {s.image}: filed {s.label}, looks {s.predicted} (margin {score_text(s.margin)})" for s in suspects[:5]]
     lines.append(f"  a wrong label is fixed by the line 'image<TAB>class' (or EXCLUDE) in {images_dir / FIXES_FILE} "
                  "(the TSV's first two fields are that line), then rerun the stages from 1; a right one is confirmed "
                  "by the line 'image<TAB>its own class', and is not listed again")

@@ -147,7 +147,8 @@ DIGEST_VERSION = 4
 
 
 def _canonical(value: Any) -> Any:
-    """A parameter's value with numbers as floats (a bool stays itself: True is not 1.0 here)."""
+    """A parameter's value with numbers as floats (a bool is left a bool; parameters are typed, so a
+    bool is never compared with a number)."""
     if isinstance(value, bool) or not isinstance(value, (int, float, list, tuple, dict)):
         return value
     if isinstance(value, (int, float)):
