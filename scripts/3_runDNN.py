@@ -7,6 +7,7 @@ file and preprocessing did not change since an earlier run are not featurized ag
 """
 
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -16,7 +17,7 @@ from imgclass.features import FeatureCache, Featurizer, device_name
 from imgclass.featureset import FeatureSet, file_stats
 from imgclass.modelfile import load_model, load_model_extra, spec_settings
 from imgclass.provenance import (StaleFilesError, check_model_settings, check_model_split, check_split_settings,
-                                 features_source, split_hash)
+                                 features_source, file_hash, split_hash)
 
 parser = stage_parser(
     __doc__.splitlines()[0],
@@ -59,14 +60,17 @@ def main() -> int:
         items = split.side(side)
         rel = [path for path, _ in items]
         t0 = time.perf_counter()
-        stats = file_stats([p.images_dir / r for r in rel])  # stages 4 and 5 name files changed after this
+        # Stages 4 and 5 name files changed after this: by size and time, then by content (the cache has
+        # the hashes, else the files are read once more: a fraction of decoding them).
+        stats = file_stats([p.images_dir / r for r in rel])
+        hashes = [_content_hash(p.images_dir / r, cache) for r in rel]
         result = fz.featurize_paths([p.images_dir / r for r in rel], desc=side, cache=cache)
         out = FeatureSet(rel, np.array([y for _, y in items]), split.classes, result.features, result.probs,
                          flip_average=p.run_boFlipAverage,  # stage 6 exports the same preprocessing
                          source=source, split_hash=split_of_features,  # stages 4-6 check they combine files of one origin
                          made_with=made_with,  # what stage 5 reports it was made with
                          refined_with=refined_with,  # what stages 4 and 5 check the parameters against
-                         file_stats=stats,
+                         file_stats=stats, file_hashes=hashes,
                          ).save(p.features_path(side))
         seconds = time.perf_counter() - t0
         print(f"wrote {out} ({result.features.shape[0]} x {result.features.shape[1]}) in {seconds:.1f} s"
@@ -74,6 +78,14 @@ def main() -> int:
     if cache is not None:
         print(f"feature cache {cache.path}: {cache.hits} image{'' if cache.hits == 1 else 's'} reused, {cache.misses} computed")
     return 0
+
+
+def _content_hash(path: Path, cache: FeatureCache | None) -> str:
+    """The file's content hash ("" where it cannot be read: decoding it names the problem)."""
+    try:
+        return cache.file_key(path) if cache else file_hash(path)
+    except OSError:
+        return ""
 
 
 if __name__ == "__main__":

@@ -51,17 +51,32 @@ def test_image_files_changed_after_stage_3_read_them_are_named(tmp_path: Path) -
     for name in ("a.jpg", "b.jpg", "c.jpg"):
         (tmp_path / name).write_bytes(b"photo " + name.encode())
     paths = ["a.jpg", "b.jpg", "c.jpg"]
-    fs = FeatureSet(paths, np.zeros(3, np.int64), ["x"], np.zeros((3, 2), np.float32),
-                    file_stats=file_stats([tmp_path / p for p in paths]))
+    from imgclass.provenance import file_hash
+
+    (tmp_path / "d.jpg").write_bytes(b"photo d")
+    paths = ["a.jpg", "b.jpg", "c.jpg", "d.jpg"]
+    fs = FeatureSet(paths, np.zeros(4, np.int64), ["x"], np.zeros((4, 2), np.float32),
+                    file_stats=file_stats([tmp_path / p for p in paths]),
+                    file_hashes=[file_hash(tmp_path / p) for p in paths])
     back = FeatureSet.load(fs.save(tmp_path / "f.npz"))
+    assert back.file_hashes == fs.file_hashes
     assert changed_images(back, tmp_path) == [] and changed_images_note(back, tmp_path, "test") is None
+
+    def later(name: str) -> None:  # a modification time a second on
+        st = os.stat(tmp_path / name)
+        os.utime(tmp_path / name, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+
     (tmp_path / "a.jpg").write_bytes(b"another photo")  # replaced under its name
-    st = os.stat(tmp_path / "b.jpg")
-    os.utime(tmp_path / "b.jpg", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # saved again, same size
+    later("b.jpg")  # copied without its time (cp -r): the same photo
     (tmp_path / "c.jpg").unlink()  # gone: since_split_notes names it
-    assert changed_images(back, tmp_path) == ["a.jpg", "b.jpg"]
+    (tmp_path / "d.jpg").write_bytes(b"photo D")  # edited, the same size
+    later("d.jpg")
+    assert changed_images(back, tmp_path) == ["a.jpg", "d.jpg"]
     assert changed_images_note(back, tmp_path, "test").startswith("2 test image file(s) changed since "
-                                                                  "scripts/3_runDNN.py computed their features (a.jpg, b.jpg:")
+                                                                  "scripts/3_runDNN.py computed their features (a.jpg, d.jpg:")
+    # Without the hashes (or one that could not be read) the time alone tells.
+    fs.file_hashes = None
+    assert changed_images(FeatureSet.load(fs.save(tmp_path / "f.npz")), tmp_path) == ["a.jpg", "b.jpg", "d.jpg"]
     # A features file from before the stats were recorded: nothing to compare, nothing said.
     fs.file_stats = None
     assert changed_images(FeatureSet.load(fs.save(tmp_path / "f.npz")), tmp_path) == []

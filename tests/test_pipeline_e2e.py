@@ -442,5 +442,5 @@ def test_stage5_refuses_svm_settings_other_than_stage4s(pipeline_dir: Path, tmp_
     shutil.copy(other, images / test_image)
     out = run_script("5_evaluate.py", *SMALL, "--set", "svm_CVals=[0.1,1]", data_dir=data).stdout
     assert (f"note: 1 test image file(s) changed since scripts/3_runDNN.py computed their features ({test_image}: "
-            "edited, replaced or saved again): the features are of the files as they were; rerun "
+            "edited or replaced): the features are of the files as they were; rerun "
             "scripts/3_runDNN.py, then the stages after it") in out, out

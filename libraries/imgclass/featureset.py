@@ -47,6 +47,7 @@ class FeatureSet:
     made_with: dict[str, Any] = field(default_factory=dict)
     refined_with: dict[str, Any] = field(default_factory=dict)
     file_stats: np.ndarray | None = None  # (size, mtime_ns) of each image file when stage 3 read it
+    file_hashes: list[str] | None = None  # provenance.file_hash of each image file then
 
     def save(self, path: str | Path) -> Path:
         """Write the file atomically (a half-written file never replaces a good one)."""
@@ -61,6 +62,8 @@ class FeatureSet:
             arrays["probs"] = self.probs
         if self.file_stats is not None:
             arrays["file_stats"] = np.asarray(self.file_stats, dtype=np.int64)
+        if self.file_hashes is not None:
+            arrays["file_hashes"] = np.array(self.file_hashes)
         return save_npz(path, **arrays)
 
     @classmethod
@@ -87,6 +90,7 @@ class FeatureSet:
             made_with={k: z[k].item() for k in made_with_keys if k in z},
             refined_with=json.loads(str(z["refined_with_json"])) if "refined_with_json" in z else {},
             file_stats=z.get("file_stats"),
+            file_hashes=[str(h) for h in z["file_hashes"]] if "file_hashes" in z else None,
         )
 
     @property
@@ -113,15 +117,30 @@ def file_stats(paths: Sequence[str | Path]) -> np.ndarray:
 
 
 def changed_images(features: FeatureSet, images_dir: str | Path) -> list[str]:
-    """The images of `features` whose file is another now (size or modification time differ from
-    when stage 3 read it: edited, replaced by another photo of that name, or saved again), so their
-    features are of what the file held then. Gone files are not listed here (data.since_split_notes
-    names them); files written before the stats were recorded are not checked."""
+    """The images of `features` whose file is another now than when stage 3 read it (edited, replaced
+    by another photo of that name), so their features are of what the file held then. A file of
+    another size has changed; one of the same size and another modification time is read again and
+    compared by content, where stage 3 recorded it (a data folder copied without its times, `cp -r`,
+    has every time changed and no photo). Gone files are not listed here (data.since_split_notes
+    names them); features files written before the stats were recorded are not checked."""
     if features.file_stats is None or len(features.file_stats) != len(features.paths):
         return []
+    from imgclass.provenance import file_hash  # (provenance imports this module)
+
+    hashes = features.file_hashes if features.file_hashes and len(features.file_hashes) == len(features.paths) else None
     now = file_stats([Path(images_dir) / p for p in features.paths])
-    return [p for p, then, st in zip(features.paths, features.file_stats.tolist(), now.tolist())
-            if st[0] >= 0 and then != st]
+    changed = []
+    for i, (path, then, st) in enumerate(zip(features.paths, features.file_stats.tolist(), now.tolist())):
+        if st[0] < 0 or then == st:
+            continue
+        if then[0] == st[0] and hashes is not None and hashes[i]:
+            try:
+                if file_hash(Path(images_dir) / path) == hashes[i]:
+                    continue
+            except OSError:  # gone since the stat: since_split_notes names it
+                continue
+        changed.append(path)
+    return changed
 
 
 def changed_images_note(features: FeatureSet, images_dir: str | Path, side: str) -> str | None:
@@ -129,5 +148,5 @@ def changed_images_note(features: FeatureSet, images_dir: str | Path, side: str)
     if not (changed := changed_images(features, images_dir)):
         return None
     return (f"{len(changed)} {side} image file(s) changed since scripts/3_runDNN.py computed their features "
-            f"({first_few(changed)}: edited, replaced or saved again): the features are of the files as they "
-            "were; rerun scripts/3_runDNN.py, then the stages after it")
+            f"({first_few(changed)}: edited or replaced): the features are of the files as they were; rerun "
+            "scripts/3_runDNN.py, then the stages after it")
