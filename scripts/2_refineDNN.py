@@ -19,7 +19,7 @@ from imgclass.fileio import write_json
 from imgclass.modelfile import ModelSpec, build_model, save_model
 from imgclass.provenance import check_split_settings, split_hash
 from imgclass.refine import (History, RefineConfig, Refiner, RefineOutOfMemoryError, already_refined, plot_history,
-                             replacing_note, stored_refinement)
+                             replacing_note, stored_refinement, write_stored_curves)
 
 parser = stage_parser(
     __doc__.splitlines()[0],
@@ -65,12 +65,9 @@ def main() -> int:
         print(f"{p.model_path.name} is refined already with these settings on this split{took}: nothing to refine "
               f"(dnn and svmDnnRefined share it; refined again, it would change under the other classifier's "
               f"results); --restart refines it anew")
-        if "history" in stored:  # this classifier's copy of the curves, of this network (not an older one)
-            saved = {k: stored[k] for k in ("saved_test_error", "saved_as") if k in stored}
-            write_json(curves_json, {**stored["history"], **saved})
-            plot_history(History.from_json(stored["history"]), curves_png, title=title, **saved,
-                         svm_after=p.classifier == "svmDnnRefined")
-            print(f"wrote {curves_json} and {curves_png} (from {p.model_path.name})")
+        # This classifier's copy of the curves, of this network (not an older one).
+        if written := write_stored_curves(stored, p.results_dir, title, p.classifier):
+            print(f"wrote {' and '.join(map(str, written))} (from {p.model_path.name})")
         if warned := stored.get("collapse_note"):
             print(f"warning: when it was refined: {warned}")
         return 0

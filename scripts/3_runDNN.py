@@ -18,6 +18,7 @@ from imgclass.featureset import FeatureSet, file_stats
 from imgclass.modelfile import load_model, load_model_extra, spec_settings
 from imgclass.provenance import (StaleFilesError, check_model_settings, check_model_split, check_split_settings,
                                  features_source, file_hash, split_hash)
+from imgclass.refine import write_stored_curves
 
 parser = stage_parser(
     __doc__.splitlines()[0],
@@ -36,6 +37,7 @@ def main() -> int:
     made_with = spec_settings(spec)
     check_model_settings(made_with, p, p.model_path.name)
     refined_with: dict = {}
+    extra: dict = {}
     if spec.kind == "refined":
         if (pending := p.proc_dir / "refine_checkpoint.pt").is_file():
             # Stage 2 was stopped (Ctrl-C, out of memory) half-way: the network here is the earlier one.
@@ -75,6 +77,11 @@ def main() -> int:
         seconds = time.perf_counter() - t0
         print(f"wrote {out} ({result.features.shape[0]} x {result.features.shape[1]}) in {seconds:.1f} s"
               f" ({len(rel) / max(seconds, 1e-9):.0f} img/s)")
+    # dnn and svmDnnRefined share the network: this classifier's curves are of the network featurized now
+    # (not of an earlier one that stage 2 refined for it).
+    if curves := write_stored_curves(extra, p.results_dir, f"{p.datasetName} / {p.classifier}: error per epoch",
+                                     p.classifier):
+        print(f"wrote {' and '.join(str(c) for c in curves)} (the refined network's training curves)")
     if cache is not None:
         print(f"feature cache {cache.path}: {cache.hits} image{'' if cache.hits == 1 else 's'} reused, {cache.misses} computed")
     return 0

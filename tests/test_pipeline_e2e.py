@@ -184,6 +184,12 @@ def test_refined_classifiers_run_stages_2_to_5_without_overwriting_each_other(pi
         assert "was made with rf_maxEpochs = 1, but the parameters now say 2: give the same values again " \
                "(--set rf_maxEpochs=1" in stale.stderr, stale.stderr
     assert json.loads((results / "dnn" / "metrics.json").read_text()) == m
+    # Back to dnn with the network as it is now: stage 3 writes dnn's curves anew, of that network (the
+    # 2-epoch curves stayed beside results of the 1-epoch network, and nothing said so).
+    assert json.loads((results / "dnn" / "training_curves.json").read_text())["epoch"] == [1, 2]
+    out = run_script("3_runDNN.py", *dnn, "--set", "rf_maxEpochs=1", data_dir=pipeline_dir).stdout
+    assert "training_curves.png (the refined network's training curves)" in out, out
+    assert json.loads((results / "dnn" / "training_curves.json").read_text())["epoch"] == [1]
     # --resume of a checkpoint it cannot continue: refused, and no "this replaces" said before the refusal.
     (proc / "refine_checkpoint.pt").write_bytes(b"not a checkpoint")
     refused = run_script("2_refineDNN.py", *dnn, "--resume", data_dir=pipeline_dir, check=False)

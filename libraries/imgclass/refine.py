@@ -48,7 +48,7 @@ import torch
 from imgclass.augment import Augmenter
 from imgclass.backbones import folded_batchnorm
 from imgclass.features import default_device
-from imgclass.fileio import atomic_path
+from imgclass.fileio import atomic_path, write_json
 from imgclass.images import MAX_RESOLUTION, MIN_RESOLUTION, load_square
 from imgclass.modelfile import ImageClassifier, ModelSpec, build_model, load_model_extra
 from imgclass.progress import progress_bar
@@ -1004,6 +1004,21 @@ def stored_refinement(model_path: Path) -> dict | None:
         return load_model_extra(model_path) if model_path.is_file() else None
     except (ValueError, OSError):
         return None
+
+
+def write_stored_curves(stored: dict, results_dir: Path, title: str, classifier: str) -> list[Path]:
+    """training_curves.json and .png in a classifier's results folder, from the curves stage 2 stored
+    in the refined network's file (`stored`: stored_refinement); [] when it stored none. dnn and
+    svmDnnRefined share the network but not the folder: stage 3 writes them for the classifier it
+    featurizes for, so that curves of an earlier network do not stay beside the results of this one."""
+    if "history" not in stored:
+        return []
+    saved = {k: stored[k] for k in ("saved_test_error", "saved_as") if k in stored}
+    json_path, png_path = results_dir / "training_curves.json", results_dir / "training_curves.png"
+    write_json(json_path, {**stored["history"], **saved})
+    plot_history(History.from_json(stored["history"]), png_path, title=title, **saved,
+                 svm_after=classifier == "svmDnnRefined")
+    return [json_path, png_path]
 
 
 def replacing_note(model_path: Path, stored: dict | None, settings: dict) -> str:
