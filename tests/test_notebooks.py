@@ -79,6 +79,22 @@ def test_show_results_lists_scores_and_errors(tracked_demo: Path, monkeypatch: p
     lines = [ln for ln in text.splitlines() if ln.startswith(("ok ", "ERR"))]
     assert len(lines) == 6 and all("->" in ln and ln.count("=") == 3 for ln in lines)
     assert _count(nb, "image/png") >= 3  # ROC, confusion matrix and at least one grid of images
+    assert "warning: not the results of the model" not in text
+
+
+def test_show_results_says_when_the_results_are_of_an_earlier_svm(tracked_demo: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stage 4 run again and stage 5 not: the notebook showed the earlier SVM's results as the model's,
+    where stage 6 leaves them out of a bundle for that reason."""
+    import shutil
+
+    from conftest import TRACKED_SMALL, run_script
+
+    data_dir = Path(shutil.copytree(tracked_demo, tmp_path / "data"))
+    run_script("4_trainSVM.py", *TRACKED_SMALL, "--set", "svm_CVals=[0.5]", data_dir=data_dir)
+    text = _texts(run_notebook("showResults.ipynb", data_dir, monkeypatch))
+    assert ("warning: not the results of the model as it is now (metrics.json evaluated an earlier svm_fixed.npz "
+            "(or other features)): run scripts/5_evaluate.py") in text, text
 
 
 def test_deploy_runs_or_says_what_is_missing(tracked_demo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
