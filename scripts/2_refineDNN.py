@@ -80,6 +80,8 @@ def main() -> int:
     elif args.resume and not checkpoint.is_file():
         print(f"--resume: no checkpoint ({checkpoint}), so the refinement starts from the first epoch")
     refiner = Refiner(config, split.classes, spill_dir=p.proc_dir)  # decoded images beyond memory go there
+    if args.resume and checkpoint.is_file():
+        refiner.check_resumable(checkpoint)
     what = "only the new last layer" if config.freeze_weights else "the whole network"
     balanced = " (balanced: each class drawn as often as the largest, rf_boBalanceTrainingSet)" \
         if config.balance_training_set else ""

@@ -377,6 +377,11 @@ def test_an_interrupted_refinement_leaves_the_finished_runs_curves(pipeline_dir:
     out = run_script("3_runDNN.py", *dnn, "--set", "rf_maxEpochs=1", data_dir=data).stdout
     assert ("note: refine_checkpoint.pt holds an interrupted refinement; this uses the last finished one, "
             "model_refined.pt: to use the new one, finish it first (scripts/2_refineDNN.py --resume)") in out, out
+    # A --resume with a setting the interrupted run did not have: refused, before the run is described.
+    refused = run_script("2_refineDNN.py", *dnn, "--set", "rf_maxEpochs=3", "--set", "aug_colorJitter=0.05",
+                         "--resume", data_dir=data, check=False)
+    assert refused.returncode == 1 and "was written with other settings (aug_colorJitter = " in refused.stderr, refused.stderr
+    assert "refining the whole network" not in refused.stdout and "note:" not in refused.stdout, refused.stdout
     # Resumed to 3 epochs: the time reported and recorded counts the interrupted run's epochs too.
     import re
 

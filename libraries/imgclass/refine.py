@@ -551,16 +551,36 @@ class Refiner:
         with atomic_path(path) as tmp:
             torch.save(payload, tmp)
 
+    def check_resumable(self, path: Path) -> None:
+        """Refuse (ValueError) a checkpoint these settings and classes cannot continue, as fit(resume=True)
+        would: a stage can say so before it describes a run that will not happen. (The training images
+        are checked by fit.)"""
+        self._check_settings(*self._load_checkpoint(path), path)
+
     def _read_checkpoint(self, path: Path) -> tuple[dict[str, Any], History]:
         """The checkpoint at `path` and its history, refused (ValueError) unless this run can continue
         it to the result an uninterrupted run would give. Read before the images are decoded, so a
         refusal costs no minutes of decoding."""
+        payload, history = self._load_checkpoint(path)
+        self._check_settings(payload, history, path)
+        if payload.get("data_key", self._data_key) != self._data_key:
+            raise ValueError(f"{path} was written while training on other images or labels (stage 1 ran "
+                             f"again since?); {RESTART}")
+        return payload, history
+
+    def _load_checkpoint(self, path: Path) -> tuple[dict[str, Any], History]:
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
-            key = {**ADDED_LATER, **json.loads(payload["key_json"])}
-            classes = json.loads(payload["classes_json"])
+            for name in ("key_json", "classes_json"):  # read here: a damaged file is one clear error
+                json.loads(payload[name])
+            history = History.from_json(json.loads(payload["history_json"]))
         except Exception as e:  # noqa: BLE001 - one clear message for a damaged file
             raise ValueError(f"{path}: not a refinement checkpoint ({e}); {RESTART}") from e
+        return payload, history
+
+    def _check_settings(self, payload: dict[str, Any], history: History, path: Path) -> None:
+        key = {**ADDED_LATER, **json.loads(payload["key_json"])}
+        classes = json.loads(payload["classes_json"])
         mine = self.config.resume_key()
         if key != mine or classes != list(self.classes):
             # In the parameters' names, with the checkpoint's values: the usual cause is a --set
@@ -570,10 +590,6 @@ class Refiner:
             what = "; ".join(diff) if diff else f"classes {classes} there, {list(self.classes)} now"
             raise ValueError(f"{path} was written with other settings ({what}): give the same values again "
                              f"to continue it, or {RESTART}")
-        if payload.get("data_key", self._data_key) != self._data_key:
-            raise ValueError(f"{path} was written while training on other images or labels (stage 1 ran "
-                             f"again since?); {RESTART}")
-        history = History.from_json(json.loads(payload["history_json"]))
         if len(history.epoch) > self.config.max_epochs:
             raise ValueError(f"{path} has {len(history.epoch)} epochs done, more than rf_maxEpochs = "
                              f"{self.config.max_epochs}: set rf_maxEpochs >= {len(history.epoch)}, or {RESTART}")
@@ -587,7 +603,6 @@ class Refiner:
                              f"average of epochs {wanted[0]}-{self.config.max_epochs}, but the interrupted run averaged "
                              f"{'epochs ' + str(epochs) if epochs else 'none of them'}: give the interrupted run's "
                              f"rf_maxEpochs again to continue it (the same result as an uninterrupted run), or {RESTART}")
-        return payload, history
 
     def _restore(self, payload: dict[str, Any], model: torch.nn.Module, opt: torch.optim.Optimizer,
                  gen: torch.Generator, average: WeightAverage) -> None:
