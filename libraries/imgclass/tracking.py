@@ -277,10 +277,15 @@ def _experiment_id(client: Any, name: str, uri: str) -> str:
             raise TrackingError(f"experiment {name!r} is deleted in {uri}: restore it or set track_experiment")
         return exp.experiment_id
     location = None
-    if uri.startswith("sqlite:///"):
+    if (db := _sqlite_file(uri)) is not None:
         # Artifacts beside the database, not in ./mlruns of whatever folder the stage ran from.
-        location = (Path(uri[len("sqlite:///"):]).resolve().parent / ARTIFACTS_DIR).as_uri()
+        location = (db.resolve().parent / ARTIFACTS_DIR).as_uri()
     return client.create_experiment(name, artifact_location=location)
+
+
+def _sqlite_file(uri: str) -> Path | None:
+    """The database file of a sqlite:/// store, None for another kind."""
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
 
 
 def _local_folder(location: str) -> Path | None:
@@ -549,7 +554,7 @@ def find_runs(p: Params, last: int = 5, run_ids: Sequence[str] = ()) -> list[Run
     uri = resolve_uri(p)
     # MLflow creates a database it is pointed at, and the tables in an empty file (one a failed copy
     # left): reading writes nothing.
-    db = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+    db = _sqlite_file(uri)
     if db is not None and (not db.is_file() or db.stat().st_size == 0):
         what = "empty (0 bytes)" if db.is_file() else "not there"
         raise FileNotFoundError(f"no run history in {db} ({what}): run the pipeline with track_enabled = True"
