@@ -17,7 +17,7 @@ from imgclass.features import FeatureCache, Featurizer, device_name
 from imgclass.featureset import FeatureSet, file_stats
 from imgclass.modelfile import load_model, load_model_extra, spec_settings
 from imgclass.provenance import (StaleFilesError, check_model_settings, check_model_split, check_split_settings,
-                                 features_source, file_hash, split_hash)
+                                 features_source, file_hash, split_hash, unrecorded_note)
 from imgclass.refine import write_stored_curves
 
 parser = stage_parser(
@@ -46,6 +46,8 @@ def main() -> int:
         extra = load_model_extra(p.model_path)
         check_model_split(p.model_path, extra.get("split_hash", ""), p.split_path)
         refined_with = extra.get("params", {})  # model files written before 2026-11-30 do not say: not checked
+        if note := unrecorded_note(refined_with, p.model_path.name, "scripts/2_refineDNN.py"):
+            print(f"note: {note}")
         if warned := extra.get("collapse_note"):
             print(f"warning: stage 2 said: {warned}")
         check_model_settings(refined_with, p, p.model_path.name)

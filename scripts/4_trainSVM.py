@@ -7,7 +7,7 @@ from imgclass.data import load_split, since_split_notes
 from imgclass.featureset import FeatureSet, changed_images_note
 from imgclass.fileio import require_file
 from imgclass.provenance import (MODEL_SETTINGS, StaleFilesError, check_features_settings, check_same_source,
-                                 check_split_settings)
+                                 check_split_settings, unrecorded_note)
 from imgclass.suspects import label_check
 from imgclass.svm import LinearSvm
 
@@ -59,7 +59,8 @@ def main() -> int:
                             p.results_dir, refined):
         print(line)
     for note in [*since_split_notes(split, p.images_dir, p.split_path),
-                 *filter(None, [changed_images_note(train, p.images_dir, "training")])]:
+                 *filter(None, [changed_images_note(train, p.images_dir, "training"),
+                                unrecorded_note(train.made_with, p.features_path("train").name, "scripts/3_runDNN.py")])]:
         print(f"note: {note}")
     return 0
 

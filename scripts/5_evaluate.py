@@ -10,7 +10,7 @@ from imgclass.evaluate import (compute_metrics, few_test_images_notes, format_co
 from imgclass.featureset import FeatureSet, changed_images_note
 from imgclass.fileio import read_json, require_file, write_json
 from imgclass.provenance import (MODEL_SETTINGS, StaleFilesError, check_features_settings, check_model_settings,
-                                 check_same_source, check_split_settings, file_hash)
+                                 check_same_source, check_split_settings, file_hash, unrecorded_note)
 from imgclass.svm import LinearSvm
 
 parser = stage_parser(
@@ -82,7 +82,8 @@ def main() -> int:
     balancing = balancing_off(p.classifier, p.as_dict())  # the switches the classifier uses that are off
     notes = [*few_test_images_notes(metrics, side, test_image_hint(split)), *filter(None, [majority_note(metrics, balancing)]),
              *since_split_notes(split, p.images_dir, p.split_path),
-             *filter(None, [changed_images_note(data, p.images_dir, side), other_side_note(out, side, metrics)])]
+             *filter(None, [changed_images_note(data, p.images_dir, side), other_side_note(out, side, metrics),
+                            unrecorded_note(data.made_with, p.features_path(side).name, "scripts/3_runDNN.py")])]
     for note in notes:
         print(f"note: {note}")
     print(f"results in {out}: metrics{suffix}.json, roc{suffix}.png, confusion{suffix}.png, "

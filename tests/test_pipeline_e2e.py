@@ -455,3 +455,38 @@ def test_stage5_refuses_svm_settings_other_than_stage4s(pipeline_dir: Path, tmp_
     assert (f"note: 1 test image file(s) changed since scripts/3_runDNN.py computed their features ({test_image}: "
             "edited or replaced): the features are of the files as they were; rerun "
             "scripts/3_runDNN.py, then the stages after it") in out, out
+
+
+def test_files_of_an_earlier_version_that_record_no_settings_are_named(pipeline_dir: Path, tmp_path: Path) -> None:
+    """Upgraded in place: split.json and features written before they recorded their settings pass
+    every settings check (a --set rf_inputResolution=128 was credited to features made at 64 px);
+    the stages say they cannot check them, and how to have them recorded."""
+    import shutil
+
+    import numpy as np
+
+    from imgclass.fileio import load_npz, save_npz
+    from imgclass.provenance import MODEL_SETTINGS
+
+    data = Path(shutil.copytree(pipeline_dir, tmp_path / "data"))
+    proc = data / "proc" / "fashionTextureDemo"
+    split = json.loads((proc / "split.json").read_text())
+    (proc / "split.json").write_text(json.dumps({k: v for k, v in split.items()
+                                                 if k not in ("settings", "moved", "sizes")}, indent=2) + "\n")
+    for side in ("train", "test"):  # as stage 3 wrote them before 2026-11-30
+        path = proc / f"features_fixed_{side}.npz"
+        arrays = {k: np.asarray(v) for k, v in load_npz(path).items()
+                  if k not in (*MODEL_SETTINGS, "file_stats", "file_hashes")}
+        save_npz(path, **arrays)
+    out = run_script("5_evaluate.py", *SMALL, data_dir=data).stdout
+    assert ("note: split.json was written by an earlier version, which did not record the settings it was made "
+            "with: they cannot be checked against the parameters now (rerun scripts/1_prepareData.py to record them; "
+            "it keeps the split's sides where the parameters' randomSeed, ratioTrainTest and imagesSplitBy make "
+            "them)") in out, out
+    assert ("note: features_fixed_test.npz was written by an earlier version, which did not record the settings it "
+            "was made with: they cannot be checked against the parameters now (rerun scripts/3_runDNN.py to record "
+            "them)") in out, out
+    # Stage 1 again: the same split (its settings make it), now recorded; the split's note is gone.
+    out = run_script("1_prepareData.py", *SMALL, data_dir=data).stdout
+    assert "note: the same split as the earlier split.json" in out, out
+    assert json.loads((proc / "split.json").read_text())["settings"]["randomSeed"] == 0

@@ -706,3 +706,30 @@ def test_a_leakage_setting_given_to_stage_1_alone_does_not_split_the_run(tracked
     out = run_script("4_trainSVM.py", *TRACKED_SMALL, data_dir=data_dir).stdout
     assert f"tracked in pipeline run {run_id[:8]} in " in out, out
     assert _client(data_dir).get_run(run_id).data.params["dedup_threshold"] == "3"
+
+
+def test_a_parameter_added_to_the_project_since_a_run_started_does_not_split_it(tracked_demo: Path, tmp_path: Path,
+                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run recorded by an earlier version lacks the parameters added since (rf_maxGradNorm): after a
+    git pull, the next stage started a new run, 'parameters differ: rf_maxGradNorm', that nobody changed."""
+    from mlflow.entities import Param
+
+    _tracked(monkeypatch)
+    data_dir = Path(shutil.copytree(tracked_demo, tmp_path / "data"))
+    p = load_params(overrides={"DATA_DIR": str(data_dir), "demoImagesPerClass": 8, "rf_inputResolution": 64,
+                               "run_mbSize": 8, "svm_cvFolds": 3})  # TRACKED_SMALL
+    tracking.record_stage(p, "scripts/5_evaluate.py", time.time())  # the copied folder's experiment (see above)
+    state = _state(data_dir)
+    client = _client(data_dir)
+    recorded = client.get_run(state["run_id"])
+    # The run as the earlier version left it: every parameter but the one added since, and a state
+    # file of that version (no digests of this one).
+    old = client.create_run(state["experiment_id"], tags={**recorded.data.tags}).info.run_id
+    params = [Param(k, v) for k, v in recorded.data.params.items() if k != "rf_maxGradNorm"]
+    for i in range(0, len(params), 100):
+        client.log_batch(old, params=params[i:i + 100])
+    (data_dir / "proc" / DS / "tracking_svm.json").write_text(json.dumps(
+        {"uri": state["uri"], "experiment_id": state["experiment_id"], "run_id": old, "params_digest": "earlier",
+         "last_stage": 4, "stages": []}))
+    rec = tracking.record_stage(p, "scripts/5_evaluate.py", time.time())
+    assert rec is not None and not rec.new_run and rec.run_id == old, rec

@@ -434,7 +434,8 @@ def moved_images(before: Mapping[str, int], now: Mapping[str, int]) -> dict[str,
     """{path now: path before} of image files moved to another folder: `before` and `now` give each
     image's size in bytes; a path of `before` gone from `now` and a path of `now` new since are one file
     where they have the same file name, which no other gone or new path has, and the same size (cameras
-    name photos IMG_0007.JPG batch after batch: a name alone would make another photo the moved one).
+    name photos IMG_0007.JPG batch after batch: a name alone would make another photo the moved one;
+    a size of -1 in `before`, unknown, is taken as the same).
     A relabel moves a file so (stage 0, when a URL list gives its URL another label; a person dragging
     a photo to its right class folder)."""
     def by_name(paths: Iterable[str]) -> dict[str, list[str]]:
@@ -445,7 +446,7 @@ def moved_images(before: Mapping[str, int], now: Mapping[str, int]) -> dict[str,
 
     gone, new = by_name(p for p in before if p not in now), by_name(p for p in now if p not in before)
     return {new[name][0]: old[0] for name, old in gone.items()
-            if len(old) == 1 and len(new.get(name, ())) == 1 and before[old[0]] == now[new[name][0]]}
+            if len(old) == 1 and len(new.get(name, ())) == 1 and before[old[0]] in (-1, now[new[name][0]])}
 
 
 def earlier_sides(previous: Split | None, settings: dict, now: Mapping[str, int] | None = None) -> tuple[dict[str, str], str]:
@@ -461,14 +462,28 @@ def earlier_sides(previous: Split | None, settings: dict, now: Mapping[str, int]
         return {}, ""
     if previous.method not in ("random", "subdir"):
         return {}, f"the earlier split was made another way ({previous.method})"
-    if not previous.settings:
-        return {}, "the earlier split.json, of an earlier version, does not record its settings"
-    changed = [f"{k} {previous.settings.get(k)!r} -> {v!r}" for k, v in settings.items() if previous.settings.get(k) != v]
+    if not previous.settings and not _made_with(previous, settings):
+        return {}, ("the earlier split.json, of an earlier version, does not record its settings, and these do not "
+                    "split its images as it does")
+    made = previous.settings or settings  # (inferred by _made_with for an earlier version's split.json)
+    changed = [f"{k} {made.get(k)!r} -> {v!r}" for k, v in settings.items() if made.get(k) != v]
     if changed:
         return {}, ", ".join(changed)
     sides = {**previous.sides(), **{p: "test" for p in previous.moved}}
-    moves = moved_images(previous.sizes, now or {})
+    # (A split.json of an earlier version has no sizes: its moved images are matched by name alone.)
+    moves = moved_images(previous.sizes or {p: -1 for p in sides}, now or {})
     return {**sides, **{path: sides[was] for path, was in moves.items() if was in sides}}, ""
+
+
+def _made_with(previous: Split, settings: dict) -> bool:
+    """Whether a random split.json that does not record its settings (written before 2026-12-01) is what
+    these settings make of its own images: then it was made with them, and its sides can be kept."""
+    if previous.method != "random" or settings.get("imagesSplitBy") != "filename":
+        return False
+    per_class = {c: sorted(p for p, y in previous.train + previous.test if y == i) for i, c in enumerate(previous.classes)}
+    again = _split_random(list(previous.classes), per_class, [], settings["ratioTrainTest"], settings["randomSeed"],
+                          "filename", None, {})
+    return again.sides() == previous.sides()
 
 
 def split_change_note(previous: Split | None, split: Split, resplit: bool = False) -> str:
@@ -480,7 +495,7 @@ def split_change_note(previous: Split | None, split: Split, resplit: bool = Fals
     now, before = split.sides(), previous.sides()
     # Sides are kept by path, and by file name for an image moved to another folder (earlier_sides);
     # a label fix (annotations_fixes.tsv) or such a move changes the class, not the side.
-    moves = moved_images(previous.sizes, split.sizes) if split.method == "random" else {}
+    moves = moved_images(previous.sizes or {p: -1 for p in before}, split.sizes) if split.method == "random" else {}
     was = {p: previous.classes[y] for p, y in previous.train + previous.test if y < len(previous.classes)}
     was.update({path: was[old] for path, old in moves.items() if old in was})
     relabelled = [p for p, y in split.train + split.test if p in was and was[p] != split.classes[y]]
@@ -954,9 +969,16 @@ def since_split_notes(split: Split, images_dir: str | Path, split_path: str | Pa
     `split_path`: image files it does not list (added since; they are in no result until stage 1
     runs again), images it lists and are gone, and a label fixes file edited after it (its fixes are
     applied by stage 1)."""
+    from imgclass.provenance import unrecorded_note
+
     images_dir, split_path = Path(images_dir), Path(split_path)
     if not images_dir.is_dir() or not split_path.is_file():
         return []
+    notes = []
+    kept = "; it keeps the split's sides where the parameters' randomSeed, ratioTrainTest and imagesSplitBy make them"
+    if split.method == "random" and (note := unrecorded_note(split.settings, split_path.name, "scripts/1_prepareData.py",
+                                                             kept)):
+        notes.append(note)
     listed = set(split.sides()) | {p for p, _ in split.excluded}
     # Only the class folders stage 1 reads (of train/ and test/, in a split made in advance: not val/);
     # names no output can hold (name_problem) it leaves out and names itself: not new.
@@ -968,7 +990,6 @@ def since_split_notes(split: Split, images_dir: str | Path, split_path: str | Pa
             folders_now[c] += walk_image_files(root / c, NOT_CLASS_PREFIXES)
     files = [f for found in folders_now.values() for f in found]
     new = [rel for f in files if (rel := f.relative_to(images_dir).as_posix()) not in listed and not name_problem(rel)]
-    notes = []
     if new:
         keeps = " (earlier images keep their sides)" if split.method in ("random", "subdir") and split.settings else ""
         # A new class is the change a user most needs named: the model cannot predict it at all yet.

@@ -150,6 +150,16 @@ def check_model_settings(made_with: dict, now: Params | dict, what: str, rerun: 
                               f"stages after it")
 
 
+def unrecorded_note(made_with: dict, what: str, rerun: str, more: str = "") -> str | None:
+    """A note for a file of an earlier version of the project that does not record the settings it was
+    made with (`made_with` empty): the checks that refuse files of other settings cannot check it, and
+    results made from it are credited to whatever the parameters say now."""
+    if made_with:
+        return None
+    return (f"{what} was written by an earlier version, which did not record the settings it was made with: "
+            f"they cannot be checked against the parameters now (rerun {rerun} to record them{more})")
+
+
 def check_features_settings(data: FeatureSet, p: Params | dict, what: str) -> None:
     """check_model_settings for stage 3's features `data` (the file `what`): the network's settings,
     and the mirror averaging stage 3 used (run_boFlipAverage), whose stage to rerun is stage 3."""

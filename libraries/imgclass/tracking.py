@@ -370,9 +370,11 @@ def _join_or_start(client: Any, p: Params, state: dict, uri: str, exp_id: str, s
         then = run.data.params
         # Only what the classifier uses (an svm run does not refine: rf_maxEpochs is no difference),
         # and numbers by value, as the stages' own checks compare them.
+        # A parameter the run did not record at all was added to the project since it started (its
+        # default is the earlier behaviour): no difference the run's record could show.
         differ = sorted(k for k, v in p.as_dict().items()
-                        if affects_results(k) and _applies(k, p.classifier) and not _same_value(k, then.get(k), v)
-                        and (stage <= 1 or k not in SPLIT_ONLY_PARAMS))
+                        if affects_results(k) and _applies(k, p.classifier) and k in then
+                        and not _same_value(k, then[k], v) and (stage <= 1 or k not in SPLIT_ONLY_PARAMS))
         # The digest decides where the state has one (MLflow keeps 6000 characters of a value: a change
         # past them is a change); a state of an earlier version is judged by the recorded values.
         digest_differs = (state.get("digest_version") == DIGEST_VERSION
