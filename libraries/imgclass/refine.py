@@ -48,7 +48,7 @@ import torch
 from imgclass.augment import Augmenter
 from imgclass.backbones import folded_batchnorm
 from imgclass.features import default_device
-from imgclass.fileio import atomic_path, write_json
+from imgclass.fileio import atomic_path, read_json, write_json
 from imgclass.images import MAX_RESOLUTION, MIN_RESOLUTION, load_square
 from imgclass.modelfile import ImageClassifier, ModelSpec, build_model, load_model_extra
 from imgclass.progress import progress_bar
@@ -1030,7 +1030,13 @@ def write_stored_curves(stored: dict, results_dir: Path, title: str, classifier:
         return []
     saved = {k: stored[k] for k in ("saved_test_error", "saved_as") if k in stored}
     json_path, png_path = results_dir / "training_curves.json", results_dir / "training_curves.png"
-    write_json(json_path, {**stored["history"], **saved})
+    curves = {**stored["history"], **saved}
+    try:
+        if png_path.is_file() and read_json(json_path) == json.loads(json.dumps(curves)):
+            return []  # these already: written again, the run history would get every epoch twice
+    except (OSError, ValueError):  # none, or damaged: written anew
+        pass
+    write_json(json_path, curves)
     plot_history(History.from_json(stored["history"]), png_path, title=title, **saved,
                  svm_after=classifier == "svmDnnRefined")
     return [json_path, png_path]
