@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imgclass.annotations import EXCLUDE, FIXES_FILE, AnnotationError, apply_fixes, read_fixes, unmatched_fixes
+from imgclass.featureset import file_stats
 from imgclass.fileio import DamagedFileError, read_json, write_json
 from imgclass.images import IMAGE_EXTENSIONS, check_images, is_image_name
 from imgclass.progress import progress_bar
@@ -421,13 +422,9 @@ def _split_keeping(items: list, ratio: float, rng: random.Random, earlier: dict)
 
 def file_sizes(root: str | Path, paths: Iterable[str]) -> dict[str, int]:
     """{path: size in bytes} of the files under `root` that can be read (Split.sizes)."""
-    sizes = {}
-    for path in paths:
-        try:
-            sizes[path] = os.stat(Path(root) / path).st_size
-        except OSError:
-            pass
-    return sizes
+    paths = list(paths)
+    stats = file_stats([Path(root) / p for p in paths])
+    return {p: int(size) for p, (size, _) in zip(paths, stats) if size >= 0}
 
 
 def moved_images(before: Mapping[str, int], now: Mapping[str, int]) -> dict[str, str]:

@@ -8,6 +8,7 @@ pixels.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import os
@@ -222,10 +223,7 @@ def load_rgb(source: str | Path | bytes, min_size: int | None = None,
         with Image.open(fp, formats=None if formats is None else tuple(formats)) as img:
             if min_size is not None and img.format == "JPEG":
                 img.draft("RGB", (min_size, min_size))
-            if img.size[0] * img.size[1] <= BIG_DECODE_PIXELS:
-                img.load()
-                return _to_rgb(_upright(img))
-            with _big_decode:
+            with _big_decode if img.size[0] * img.size[1] > BIG_DECODE_PIXELS else contextlib.nullcontext():
                 img.load()
                 return _to_rgb(_upright(img))
     except FileNotFoundError:
