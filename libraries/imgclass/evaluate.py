@@ -305,7 +305,9 @@ def majority_note(metrics: dict[str, Any], suggest: Sequence[str] | None = None)
     parameters to point to (data.balancing_off: those the classifier uses that are off; none: the
     options are on already); None: the one of the metrics' classifier."""
     if suggest is None:
-        suggest = ["rf_boBalanceTrainingSet" if metrics.get("classifier") == "dnn" else "svm_boBalanceClasses"]
+        from imgclass.data import BALANCING_SWITCHES
+
+        suggest = BALANCING_SWITCHES["dnn" if metrics.get("classifier") == "dnn" else "svm"]
     counts = {c: v["n"] for c, v in metrics["per_class"].items()}
     total = sum(counts.values())
     largest = max(counts, key=lambda c: counts[c])

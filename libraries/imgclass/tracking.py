@@ -40,7 +40,7 @@ from urllib.request import url2pathname
 
 from imgclass.fileio import DamagedFileError, read_json, write_json
 from imgclass.params import Params
-from imgclass.provenance import MODEL_SETTINGS, setting_value, split_hash, test_set_hash
+from imgclass.provenance import MODEL_SETTINGS, same_setting, setting_value, split_hash, test_set_hash
 from imgclass.terminal import NAME_COLUMNS, first_few, ljust, name_column
 
 ENV_SWITCH = "IMGCLASS_TRACKING"  # "0", "off" or "false" turns tracking off whatever track_enabled says
@@ -163,9 +163,8 @@ def _same_value(name: str, recorded: str | None, value: Any) -> bool:
     now = str(value)[:6000]
     if recorded is None or recorded == now:
         return recorded == now
-    try:
-        return (_canonical(setting_value(name, ast.literal_eval(recorded)))
-                == _canonical(setting_value(name, ast.literal_eval(now))))
+    try:  # compared as the stages' own checks compare them (provenance.same_setting)
+        return same_setting(name, ast.literal_eval(recorded), ast.literal_eval(now))
     except (ValueError, SyntaxError, MemoryError, RecursionError):  # text, or cut at 6000 characters
         return False
 
