@@ -83,6 +83,28 @@ def test_a_class_with_a_single_training_image_still_lets_cv_choose_c() -> None:
     assert np.abs(svm.coef_[2]).sum() > 0 and svm.intercept_[2] > -1e5  # the final fit still has its hyperplane
 
 
+def test_class_averaged_cv_with_a_single_image_class_warns_nothing_and_averages_the_fold_s_classes() -> None:
+    # The one-image class is in the training part of all folds but one: predicted there for images of
+    # other classes, sklearn's balanced_accuracy_score warned "y_pred contains classes not in y_true"
+    # (printed raw by stage 4 with svm_boBalanceClasses = True) before dropping it from the average.
+    x, y = _blobs(n_per_class=6)
+    x, y = x[:13], y[:13]  # classes of 6, 6 and 1 images
+    x[12] = x[0]  # the lone image looks like class 0, so folds that trained on it predict it for class 0
+    svm = LinearSvm(c_values=[1e-4, 0.1, 10.0], cv_folds=3, workers=1, balance_classes=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        svm.fit(x, y, classes=["dotted", "striped", "点"])
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.model_selection import StratifiedKFold
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        splits = list(StratifiedKFold(n_splits=3, shuffle=True, random_state=0).split(x, y))
+        for c, scores in svm.cv_fold_scores_.items():
+            expected = [balanced_accuracy_score(y[v], svm._svc(c).fit(svm._prep(x)[t], y[t]).predict(svm._prep(x)[v]))
+                        for t, v in splits]
+            assert scores == pytest.approx(expected)
+
+
 def test_cv_is_skipped_with_a_note_when_no_two_classes_can_be_split() -> None:
     x, y = _blobs(n_per_class=3, k=2)
     x, y = x[[0, 1, 2, 3]], y[[0, 1, 2, 3]]  # 3 images of one class, 1 of the other
