@@ -580,6 +580,23 @@ def test_five_runs_wider_than_the_terminal_come_in_blocks() -> None:
     assert accs == ["90.00%", "91.00%", "92.00%", "93.00%", "94.00%"]
 
 
+def test_a_long_class_name_still_leaves_two_runs_side_by_side_in_80_columns() -> None:
+    """A class named with 80 characters made the row names 50 columns wide: beside the 16 of a start
+    time, an 80-column terminal then held one run per block, and nothing was side by side."""
+    long = "a_very_long_class_name_describing_photos_of_leopard_print_fabric_closeups_from_shop"
+    runs = [tracking.RunSummary(f"{k:x}" * 32, "svm", 1_700_000_000_000 + k * 60_000, {"svm_cvFolds": str(k + 2)},
+                                {"overall_accuracy": 0.9 + k / 100, "accuracy_long": 0.5 + k / 100,
+                                 "accuracy_short": 0.7, "auc_long": 0.9, "auc_short": 0.9},
+                                {"classifier": "svm", tracking.CLASS_NAMES_TAG: json.dumps({"long": long})})
+            for k in range(3)]
+    lines = tracking.format_comparison(runs, width=80).splitlines()
+    assert max(len(line) for line in lines) <= 80
+    ids = [line.split()[2:] for line in lines if line.startswith("run id")]
+    assert len(ids[0]) >= 2, lines  # at least two runs beside each other
+    assert [i for block in ids for i in block] == [f"{k:x}" * 8 for k in range(3)]
+    assert any(line.startswith("accuracy a_very") and "…" in line for line in lines)
+
+
 def test_runs_tested_on_different_test_sets_are_pointed_out(tmp_path: Path) -> None:
     """Labels fixed in test images (annotations_fixes.tsv) changed the figures under the same
     parameters; the comparison says so, where a row of hashes alone went unread."""

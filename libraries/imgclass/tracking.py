@@ -752,8 +752,14 @@ def format_comparison(runs: Sequence[RunSummary], all_params: bool = False, wide
             rows.append((f"precision {real.get(c, c)}", [_pct(r.metrics.get(f"precision_{c}")) for r in runs]))
         rows.append((f"AUC {real.get(c, c)}", [_num(r.metrics.get(f"auc_{c}")) for r in runs]))
     # "accuracy <a class name of 60 characters>" would push every run's column off an 80-column terminal.
-    shown, label_w = name_column([k for k, _ in rows], at_most=NAME_COLUMNS + len("precision "))
     col_w = [max(len(vals[i]) for _, vals in rows) for i in range(len(runs))]
+    at_most = NAME_COLUMNS + len("precision ")
+    if width and len(runs) >= 2:
+        # ... and at 50 columns, beside a start time's 16, one run per block: nothing side by side.
+        # Shorter row names where that lets two neighbouring runs fit (never under the fixed rows').
+        pair = max(col_w[i] + col_w[i + 1] + 4 for i in range(len(runs) - 1))
+        at_most = max(min(at_most, width - 2 - pair), len("class-averaged accuracy"))
+    shown, label_w = name_column([k for k, _ in rows], at_most=at_most)
     blocks: list[list[int]] = [[]]  # the runs of each block: as many as fit beside the row names
     for i, w in enumerate(col_w):
         if blocks[-1] and width and label_w + sum(col_w[j] + 2 for j in blocks[-1]) + w + 2 > width:
