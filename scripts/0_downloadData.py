@@ -10,6 +10,8 @@ from pathlib import Path
 from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.data import alike_class_notes, class_counts, find_split_folders, loose_images_hint, other_datasets_hint
 from imgclass.download import download_images
+from imgclass.synthetic import CLASSES as DEMO_CLASSES
+from imgclass.synthetic import README_FILE as DEMO_README
 from imgclass.synthetic import generate_demo_dataset
 from imgclass.terminal import ljust, name_column
 
@@ -31,6 +33,12 @@ def _class_names(counts: dict[str, int]) -> set[str]:
     return {k.rsplit("/", 1)[-1] for k in counts}
 
 
+def _unfinished_demo(out: Path, counts: dict[str, int]) -> bool:
+    """The demo data set's folder as an interrupted generation left it: class folders of the demo's
+    classes only, and no README.txt (the generator writes it last)."""
+    return bool(counts) and not (out / DEMO_README).is_file() and set(counts) <= set(DEMO_CLASSES)
+
+
 def main() -> int:
     args, p = parse_stage(parser)
     out = p.images_dir
@@ -47,6 +55,13 @@ def main() -> int:
         counts = class_counts(out)
         # A label whose every URL failed has no folder: list it, or a whole missing class goes unseen.
         counts.update({label: 0 for label in report.failed_labels if label not in counts})
+    elif p.datasetName == DEMO_DATASET and _unfinished_demo(out, counts):
+        # Ctrl-C or a kill while generating: the images written are complete (atomic), so
+        # generating again writes only the missing ones (same seed, same bytes).
+        print(f"{out}: the demo data set was not finished (its generation was interrupted, "
+              f"{sum(counts.values())} images written): generating the rest.")
+        generate_demo_dataset(out, images_per_class=p.demoImagesPerClass, seed=p.randomSeed)
+        counts = class_counts(out)
     elif any(counts.values()):
         n = len(_class_names(counts))
         sides = " in train and test folders (split in advance)" if any("/" in k for k in counts) else ""

@@ -879,3 +879,23 @@ def test_a_folder_link_back_up_the_tree_is_followed_once(tmp_path: Path) -> None
     (tmp_path / "cat" / "IMG_1.CR2").write_bytes(b"raw")
     assert unread_images(tmp_path) == {".cr2": 1}
     assert len(make_split(tmp_path).train) + len(make_split(tmp_path).test) == 4
+
+
+def test_an_interrupted_demo_generation_is_finished_by_the_next_stage_0(tmp_path: Path) -> None:
+    """Ctrl-C or a kill while stage 0 draws the demo images left some of them; the rerun said
+    'nothing to do', so stage 1 split a data set with a class or two missing or cut short."""
+    from imgclass.synthetic import CLASSES, README_FILE, generate_demo_dataset
+
+    demo = tmp_path / "images" / "fashionTextureDemo"
+    generate_demo_dataset(demo, images_per_class=4, seed=0, progress=False)
+    (demo / README_FILE).unlink()  # the generator writes it last: as if stopped before the end
+    for c in CLASSES[1:]:
+        for f in (demo / c).iterdir():
+            f.unlink()
+        (demo / c).rmdir()
+    proc = run_script("0_downloadData.py", "--set", "demoImagesPerClass=4", data_dir=tmp_path)
+    assert "the demo data set was not finished" in proc.stdout, proc.stdout
+    assert all(len(list((demo / c).glob("*.jpg"))) == 4 for c in CLASSES)
+    assert (demo / README_FILE).is_file()
+    proc = run_script("0_downloadData.py", "--set", "demoImagesPerClass=4", data_dir=tmp_path)
+    assert "already holds 3 class folders; nothing to do." in proc.stdout, proc.stdout

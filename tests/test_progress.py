@@ -123,3 +123,39 @@ def test_a_ctrl_c_python_swallows_still_stops_the_stage() -> None:
     assert "Exception ignored" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert proc.returncode == 130 and "step 1" in proc.stdout and "step 2" not in proc.stdout, proc.stdout + proc.stderr
     assert "finished" not in proc.stdout and "interrupted:" in proc.stderr
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_a_full_disk_is_one_line_not_a_traceback(wrapped: bool, tmp_path, monkeypatch, capsys) -> None:
+    """No space left (torch.save wraps the OSError in a RuntimeError) ended a stage in a traceback
+    of 20-50 lines; a read-only folder likewise."""
+    import errno
+
+    from imgclass import cli
+
+    def main() -> int:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            if wrapped:
+                raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+            raise
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.run_stage(main)
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: no space left on the device") and err.count("\n") == 1, err
+
+    def read_only() -> int:
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / "x.json"))
+
+    with pytest.raises(SystemExit):
+        cli.run_stage(read_only)
+    assert capsys.readouterr().err.startswith(f"error: read-only file system writing {tmp_path / 'x.json'}")
+
+    def other() -> int:
+        raise OSError(errno.EIO, "Input/output error")
+
+    with pytest.raises(OSError):  # anything else keeps its traceback
+        cli.run_stage(other)

@@ -10,7 +10,9 @@ non-zero exit instead of a traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import inspect
+import shutil
 import sys
 import textwrap
 import time
@@ -70,6 +72,36 @@ def parse_stage(parser: argparse.ArgumentParser, argv: Sequence[str] | None = No
 USER_ERRORS: tuple[type[BaseException], ...] = (ParameterError, FileNotFoundError, ValueError, PermissionError)
 
 
+# A full disk, a quota or a read-only folder: the user's to fix, not a bug; as OSError (or wrapped by
+# a library, torch.save's RuntimeError) they would otherwise end the stage in a long traceback.
+_STORAGE_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+                   errno.EROFS: "read-only file system"}
+
+
+def storage_error(e: BaseException) -> str | None:
+    """One line for a write that failed for lack of space or a read-only file system (the error
+    itself or the one it was raised while handling), else None."""
+    seen: set[int] = set()
+    cause: BaseException | None = e
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, OSError) and cause.errno in _STORAGE_ERRNOS:
+            what = _STORAGE_ERRNOS[cause.errno]
+            where = f" writing {cause.filename}" if cause.filename else ""
+            free = ""
+            if cause.errno != errno.EROFS and _parsed is not None:
+                try:
+                    free = f" ({shutil.disk_usage(_parsed.data_dir).free / 1e6:.0f} MB free under {_parsed.data_dir})"
+                except OSError:
+                    pass
+            fix = ("make the folder writable, or point IMGCLASS_DATA_DIR (--set DATA_DIR=...) at a writable one"
+                   if cause.errno == errno.EROFS else "free some space")
+            return (f"{what}{where}{free}: {fix}, then rerun this stage (no half-written file was left in "
+                    f"place of a good one)")
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 def run_stage(main: Callable[[], int | None], user_errors: tuple[type[BaseException], ...] = (),
               on_interrupt: str = "files already written are complete; rerun the stage to finish") -> None:
     """Run a stage's main(); user errors become `error: ...` on stderr and exit status 1.
@@ -91,6 +123,11 @@ def run_stage(main: Callable[[], int | None], user_errors: tuple[type[BaseExcept
     except KeyboardInterrupt:
         print(f"interrupted: {on_interrupt}", file=sys.stderr)
         sys.exit(130)
+    except (OSError, RuntimeError) as e:
+        if (message := storage_error(e)) is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(1)
     if not code and _parsed is not None and not _tracked:
         from imgclass.tracking import track_stage
 

@@ -34,6 +34,7 @@ from imgclass.fileio import write_bytes
 from imgclass.progress import progress_bar
 
 CLASSES: tuple[str, ...] = ("dotted", "leopard", "striped")
+README_FILE = "README.txt"  # written after every image: a folder without it is an unfinished generation
 
 # Mixed into every image's SeedSequence so that these streams never coincide with other uses of the
 # same user seed (the train/test split, SVM cross-validation...). Changing it changes every image.
@@ -75,7 +76,7 @@ def generate_demo_dataset(
         name = CLASSES[ci]
         _write_if_changed(out_dir / name / f"{name}_{i:04d}.jpg", _render_jpeg(ci, i, seed))
         counts[name] += 1
-    _write_if_changed(out_dir / "README.txt", _readme(images_per_class, seed).encode("utf-8"))
+    _write_if_changed(out_dir / README_FILE, _readme(images_per_class, seed).encode("utf-8"))
     return counts
 
 
