@@ -9,8 +9,10 @@ network refined already with the same settings on the same split (by the other o
 svmDnnRefined, which share it) is kept, not refined again (--restart does).
 """
 
+import os
 import time
 from pathlib import Path
+from typing import IO
 
 from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.data import load_split
@@ -39,6 +41,34 @@ def _counted(n: int, cap: int) -> str:
     return f"{cap} (rf_maxTrainImages) of {n}" if cap and cap < n else str(n)
 
 
+_lock: IO[str] | None = None  # held while this process refines: the system releases it when it ends, however
+
+
+def _refining_alone(proc_dir: Path) -> None:
+    """Refuse (ValueError) while another process refines this data set: both would train into one
+    checkpoint, and the second was told the first's was 'an interrupted refinement' to --resume or
+    --restart (deleting it under the running one)."""
+    global _lock
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks here
+        return
+    proc_dir.mkdir(parents=True, exist_ok=True)
+    _lock = open(proc_dir / ".refine.lock", "a+", encoding="utf-8")
+    try:
+        fcntl.flock(_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        _lock.seek(0)
+        pid = _lock.read().strip()
+        _lock.close()
+        _lock = None
+        raise ValueError(f"another 2_refineDNN.py{f' (process {pid})' if pid else ''} is refining this data set "
+                         f"now, in {proc_dir}: wait for it to finish, or stop it (then --resume continues it)") from None
+    _lock.truncate(0)
+    _lock.write(str(os.getpid()))
+    _lock.flush()
+
+
 def main() -> int:
     args, p = parse_stage(parser)
     if args.resume and args.restart:
@@ -53,6 +83,7 @@ def main() -> int:
 
     split = load_split(p.split_path, p.images_dir)
     check_split_settings(split.settings, p, p.split_path.name)
+    _refining_alone(p.proc_dir)
     config = RefineConfig.from_params(p)
     checkpoint = p.proc_dir / "refine_checkpoint.pt"
     curves_json = p.results_dir / "training_curves.json"

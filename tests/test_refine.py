@@ -756,3 +756,32 @@ def test_a_checkpoint_written_before_gradient_clipping_existed_resumes_as_unclip
     assert _fit(color_dataset, checkpoint=ckpt, resume=True, max_epochs=2).history_.epoch == [1, 2]
     with pytest.raises(ValueError, match=r"rf_maxGradNorm = 0.0 there, 1.0 now"):  # clipped now: not the same run
         _fit(color_dataset, checkpoint=ckpt, resume=True, max_epochs=2, max_grad_norm=1.0)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="advisory locks: POSIX")
+def test_a_second_refinement_of_the_same_data_set_is_refused_while_the_first_runs(tmp_path: Path) -> None:
+    """Stage 2 started in a second terminal called the running one's checkpoint 'an interrupted
+    refinement' and suggested --resume (two trainings into one checkpoint) or --restart (deleting it
+    under the running one)."""
+    import fcntl
+
+    from conftest import run_script
+
+    small = ["--set", "demoImagesPerClass=4", "--set", "rf_inputResolution=64", "--set", "classifier=dnn"]
+    for script in ("0_downloadData.py", "1_prepareData.py"):
+        run_script(script, *small, data_dir=tmp_path)
+    proc_dir = tmp_path / "proc" / "fashionTextureDemo"
+    checkpoint = proc_dir / "refine_checkpoint.pt"
+    checkpoint.write_bytes(b"the running refinement's")
+    with open(proc_dir / ".refine.lock", "a+") as held:  # as the running stage 2 holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("4242")
+        held.flush()
+        for extra in ((), ("--restart",), ("--resume",)):
+            proc = run_script("2_refineDNN.py", *small, *extra, data_dir=tmp_path, check=False)
+            assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+            assert "another 2_refineDNN.py (process 4242) is refining this data set now" in proc.stderr, proc.stderr
+            assert checkpoint.read_bytes() == b"the running refinement's"
+    # Released (the first run ended, or was killed): the checkpoint is an interrupted run's again.
+    proc = run_script("2_refineDNN.py", *small, data_dir=tmp_path, check=False)
+    assert proc.returncode == 1 and "holds an interrupted refinement" in proc.stderr, proc.stderr
