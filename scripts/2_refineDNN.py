@@ -67,6 +67,10 @@ def _refining_alone(proc_dir: Path) -> None:
     _lock.truncate(0)
     _lock.write(str(os.getpid()))
     _lock.flush()
+    # Temp files of a run killed while writing (kill -9, power cut: no cleanup ran), up to a whole
+    # checkpoint each; only a refinement writes them, and none other runs now.
+    for stale in (*proc_dir.glob(".refine_checkpoint.pt.*.tmp"), *proc_dir.glob(".model_refined.pt.*.tmp")):
+        stale.unlink(missing_ok=True)
 
 
 def main() -> int:

@@ -782,6 +782,10 @@ def test_a_second_refinement_of_the_same_data_set_is_refused_while_the_first_run
             assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
             assert "another 2_refineDNN.py (process 4242) is refining this data set now" in proc.stderr, proc.stderr
             assert checkpoint.read_bytes() == b"the running refinement's"
-    # Released (the first run ended, or was killed): the checkpoint is an interrupted run's again.
+    # Released (the first run ended, or was killed): the checkpoint is an interrupted run's again,
+    # and the temp file the killed run was writing (never renamed) is removed.
+    stale = proc_dir / ".refine_checkpoint.pt.abc123.tmp"
+    stale.write_bytes(b"half a checkpoint")
     proc = run_script("2_refineDNN.py", *small, data_dir=tmp_path, check=False)
     assert proc.returncode == 1 and "holds an interrupted refinement" in proc.stderr, proc.stderr
+    assert not stale.exists()
