@@ -9,10 +9,8 @@ network refined already with the same settings on the same split (by the other o
 svmDnnRefined, which share it) is kept, not refined again (--restart does).
 """
 
-import os
 import time
 from pathlib import Path
-from typing import IO
 
 from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.data import load_split
@@ -21,7 +19,7 @@ from imgclass.fileio import write_json
 from imgclass.modelfile import ModelSpec, build_model, save_model
 from imgclass.provenance import check_split_settings, split_hash
 from imgclass.refine import (History, RefineConfig, Refiner, RefineOutOfMemoryError, already_refined, plot_history,
-                             replacing_note, stored_refinement, write_stored_curves)
+                             refining_alone, replacing_note, stored_refinement, write_stored_curves)
 
 parser = stage_parser(
     __doc__.splitlines()[0],
@@ -41,38 +39,6 @@ def _counted(n: int, cap: int) -> str:
     return f"{cap} (rf_maxTrainImages) of {n}" if cap and cap < n else str(n)
 
 
-_lock: IO[str] | None = None  # held while this process refines: the system releases it when it ends, however
-
-
-def _refining_alone(proc_dir: Path) -> None:
-    """Refuse (ValueError) while another process refines this data set: both would train into one
-    checkpoint, and the second was told the first's was 'an interrupted refinement' to --resume or
-    --restart (deleting it under the running one)."""
-    global _lock
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks here
-        return
-    proc_dir.mkdir(parents=True, exist_ok=True)
-    _lock = open(proc_dir / ".refine.lock", "a+", encoding="utf-8")
-    try:
-        fcntl.flock(_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        _lock.seek(0)
-        pid = _lock.read().strip()
-        _lock.close()
-        _lock = None
-        raise ValueError(f"another 2_refineDNN.py{f' (process {pid})' if pid else ''} is refining this data set "
-                         f"now, in {proc_dir}: wait for it to finish, or stop it (then --resume continues it)") from None
-    _lock.truncate(0)
-    _lock.write(str(os.getpid()))
-    _lock.flush()
-    # Temp files of a run killed while writing (kill -9, power cut: no cleanup ran), up to a whole
-    # checkpoint each; only a refinement writes them, and none other runs now.
-    for stale in (*proc_dir.glob(".refine_checkpoint.pt.*.tmp"), *proc_dir.glob(".model_refined.pt.*.tmp")):
-        stale.unlink(missing_ok=True)
-
-
 def main() -> int:
     args, p = parse_stage(parser)
     if args.resume and args.restart:
@@ -87,7 +53,7 @@ def main() -> int:
 
     split = load_split(p.split_path, p.images_dir)
     check_split_settings(split.settings, p, p.split_path.name)
-    _refining_alone(p.proc_dir)
+    refining_alone(p.proc_dir)
     config = RefineConfig.from_params(p)
     checkpoint = p.proc_dir / "refine_checkpoint.pt"
     curves_json = p.results_dir / "training_curves.json"
@@ -170,5 +136,5 @@ def main() -> int:
 
 if __name__ == "__main__":
     run_stage(main, (RefineOutOfMemoryError, FloatingPointError),
-              on_interrupt="files already written are complete; rerun it with --resume to continue the refinement from its last finished epoch "
-                           "(from the first, if none had finished)")
+              on_interrupt="files already written are complete; rerun it to finish (for dnn and svmDnnRefined, with --resume "
+                           "to continue the refinement from its last finished epoch, or the first if none had finished)")

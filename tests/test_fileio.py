@@ -2,12 +2,14 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from imgclass.fileio import DamagedFileError, atomic_open, load_npz, read_json, save_npz, write_json
+from imgclass.fileio import DamagedFileError, atomic_open, hold_lock, load_npz, read_json, save_npz, write_json
 
 
 def test_damaged_files_are_named_when_read(tmp_path: Path) -> None:
@@ -92,3 +94,14 @@ def test_json_keeps_names_readable_and_still_writes_names_that_are_not_utf8(tmp_
     odd = os.fsdecode(b"caf\xe9.jpg")
     path = write_json(tmp_path / "odd.json", {"image": odd, "class": "Rayé"})
     assert path.read_bytes().isascii() and read_json(path) == {"image": odd, "class": "Rayé"}
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="advisory locks: POSIX")
+def test_a_held_lock_names_its_holder_to_another_process_and_is_released_when_that_ends(tmp_path: Path) -> None:
+    lock = tmp_path / "proc" / ".refine.lock"
+    probe = [sys.executable, "-c", f"from imgclass.fileio import hold_lock; print(repr(hold_lock({str(lock)!r})))"]
+    assert subprocess.run(probe, capture_output=True, text=True, check=True).stdout.strip() == "None"  # free
+    assert hold_lock(lock) is None and hold_lock(lock) is None  # this process holds it, and may ask again
+    assert lock.read_text() == str(os.getpid())
+    other = subprocess.run(probe, capture_output=True, text=True, check=True).stdout.strip()
+    assert other == repr(str(os.getpid()))  # refused, with the holder's process id

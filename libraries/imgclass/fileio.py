@@ -65,6 +65,37 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO
         yield f
 
 
+_held_locks: dict[Path, IO[str]] = {}  # open for the life of the process: closing a file drops its lock
+
+
+def hold_lock(path: str | Path) -> str | None:
+    """Take an exclusive advisory lock on `path` for the rest of this process and write the process
+    id into it; the system releases it when the process ends, however (kill -9 too). Returns None
+    once held, or the holder's process id ("" if unknown) while another process holds it. Where the
+    system has no advisory locks (Windows), returns None without locking."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    path = Path(path).resolve()
+    if path in _held_locks:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip()
+        f.close()
+        return holder
+    f.truncate(0)
+    f.write(str(os.getpid()))
+    f.flush()
+    _held_locks[path] = f
+    return None
+
+
 def write_json(path: str | Path, obj: Any) -> Path:
     """`obj` as indented JSON, written atomically; class and file names as they read ("Rayé", not
     "Ray\\u00e9"), unless one cannot be UTF-8 (a name decoded with surrogate escapes): then escaped."""

@@ -48,7 +48,7 @@ import torch
 from imgclass.augment import Augmenter
 from imgclass.backbones import folded_batchnorm
 from imgclass.features import default_device
-from imgclass.fileio import atomic_path, read_json, write_json
+from imgclass.fileio import atomic_path, hold_lock, read_json, write_json
 from imgclass.images import MAX_RESOLUTION, MIN_RESOLUTION, load_square
 from imgclass.modelfile import ImageClassifier, ModelSpec, build_model, load_model_extra
 from imgclass.progress import progress_bar
@@ -1009,6 +1009,22 @@ class Refiner:
         if self.class_averaged_error_ is None or len(counts) < 2 or counts.max() < 2 * counts.min():
             return ""
         return f" (class-avg {100 * self.class_averaged_error_:.2f}%)"
+
+
+REFINE_LOCK = ".refine.lock"  # in proc/<datasetName>/: held by the stage 2 that refines it now
+
+
+def refining_alone(proc_dir: Path) -> None:
+    """Refuse (ValueError) while another process refines this data set: both would train into one
+    checkpoint, and the second would be told the first's is 'an interrupted refinement' to --resume
+    or --restart (deleting it under the running one). Once alone, delete the temp files of a
+    refinement killed while writing (kill -9, a power cut: no cleanup ran), a checkpoint's size each."""
+    holder = hold_lock(proc_dir / REFINE_LOCK)
+    if holder is not None:
+        raise ValueError(f"another 2_refineDNN.py{f' (process {holder})' if holder else ''} is refining this data set "
+                         f"now, in {proc_dir}: wait for it to finish, or stop it (then --resume continues it)")
+    for stale in (*proc_dir.glob(".refine_checkpoint.pt.*.tmp"), *proc_dir.glob(".model_refined.pt.*.tmp")):
+        stale.unlink(missing_ok=True)
 
 
 def stored_refinement(model_path: Path) -> dict | None:
