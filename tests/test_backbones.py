@@ -248,3 +248,18 @@ def test_a_model_spec_is_checked_when_made() -> None:
         ModelSpec("efficientnet_lite0", 224, "crop", kind="refined", classes=("only",))
     # Files from before resize modes existed say nothing of theirs: they were squashed.
     assert ModelSpec.from_json({"backbone": "efficientnet_lite0", "resolution": 224, "kind": "fixed"}).resize_mode == "squash"
+
+
+def test_rf_weights_dir_naming_the_weights_file_itself_says_to_name_its_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not 'resnet18-f37072fd.pth not found in .../resnet18-f37072fd.pth' (the file is right there)."""
+    monkeypatch.setenv("IMGCLASS_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+    weights = tmp_path / "resnet18-f37072fd.pth"
+    weights.write_bytes(b"weights")
+    with pytest.raises(WeightsUnavailableError, match=r"rf_weightsDir = '.*resnet18-f37072fd\.pth' is a file; give the "
+                                                      r"folder that holds resnet18-f37072fd\.pth \(rf_weightsDir = '.*'\)$"):
+        create_backbone("resnet18", weights_dir=weights)
+    other = tmp_path / "my_resnet.pth"
+    other.write_bytes(b"weights")
+    with pytest.raises(WeightsUnavailableError, match=r"with the file renamed resnet18-f37072fd\.pth if it is resnet18's weights\)$"):
+        create_backbone("resnet18", weights_dir=other)

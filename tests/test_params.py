@@ -240,3 +240,18 @@ def test_the_service_refuses_a_negative_grace(tmp_path: Path, capsys: pytest.Cap
 
     assert main([str(tmp_path), "--grace", "-1"]) == 1  # said before the bundle is even looked at
     assert "error: --grace -1.0: must be >= 0" in capsys.readouterr().out
+
+
+def test_a_data_dir_that_is_a_file_or_empty_is_a_parameter_error(tmp_path: Path) -> None:
+    """Not a NotADirectoryError traceback deep in stage 0 (IMGCLASS_DATA_DIR=~/photos.zip, a slip)."""
+    a_file = tmp_path / "photos.zip"
+    a_file.write_bytes(b"PK")
+    with pytest.raises(ParameterError, match=r"DATA_DIR = .*photos\.zip'?: .*photos\.zip is a file, not a folder"):
+        load_params(ROOT / "PARAMETERS.py", {"DATA_DIR": str(a_file)})
+    with pytest.raises(ParameterError, match=r"photos\.zip is a file, so no folder can be made below it"):
+        load_params(ROOT / "PARAMETERS.py", {"DATA_DIR": str(a_file / "data")})
+    with pytest.raises(ParameterError, match=r"DATA_DIR = '': must be a folder path"):
+        load_params(ROOT / "PARAMETERS.py", {"DATA_DIR": ""})
+    # a folder that does not exist yet is fine (stage 0 makes it), as is one that does
+    assert load_params(ROOT / "PARAMETERS.py", {"DATA_DIR": str(tmp_path / "new" / "data")}).data_dir == tmp_path / "new" / "data"
+    assert load_params(ROOT / "PARAMETERS.py", {"DATA_DIR": str(tmp_path)}).data_dir == tmp_path

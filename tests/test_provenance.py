@@ -153,3 +153,28 @@ def test_settings_are_compared_by_value_and_the_c_grid_in_any_order() -> None:
         check_model_settings(made, {"svm_CVals": [1, 100], "rf_inputResolution": 224, "svm_boL2Normalize": True}, "svm.npz")
     with pytest.raises(StaleFilesError, match="svm_boL2Normalize = True"):  # True is no 1.0 here
         check_model_settings(made, {"svm_CVals": [1, 10], "rf_inputResolution": 224, "svm_boL2Normalize": 1.0}, "svm.npz")
+
+
+def test_scoring_new_images_says_when_the_trained_network_sees_them_otherwise_than_the_parameters(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """scoreImages.py / activeLearning.py score with the classifier as trained (stage 6 refuses the
+    difference instead): a backbone or resolution given to them alone must not pass unnoticed."""
+    import torch
+
+    from imgclass.modelfile import ModelSpec, save_model
+    from imgclass.params import load_params
+    from imgclass.provenance import trained_classifier
+
+    p = load_params(overrides={"DATA_DIR": str(tmp_path), "classifier": "dnn", "rf_pretrainedModel": "efficientnet_lite0",
+                               "rf_inputResolution": 64, "rf_resizeMode": "crop"})
+    save_model(p.model_path, torch.nn.Linear(2, 2),
+               ModelSpec("efficientnet_lite0", 64, resize_mode="crop", kind="refined", classes=("a", "b")))
+    assert trained_classifier(p)[0] == p.model_path
+    assert "note" not in capsys.readouterr().out  # the same settings: nothing to say
+    other = p.replace(rf_pretrainedModel="resnet18", rf_inputResolution=128)
+    assert trained_classifier(other)[0] == p.model_path  # scored as trained, not refused
+    out = capsys.readouterr().out
+    assert "rf_pretrainedModel = 'resnet18', rf_inputResolution = 128" in out
+    assert "made with rf_pretrainedModel = 'efficientnet_lite0', rf_inputResolution = 64" in out
+    trained_classifier(other, flip_note=False)  # stage 6 refuses it itself (check_trained_settings)
+    assert capsys.readouterr().out == ""

@@ -111,6 +111,13 @@ def _resnet_weights_file(info: BackboneInfo, weights_dir: str | Path | None) -> 
     import torch
 
     filename = info.url.rsplit("/", 1)[-1]
+    if weights_dir and Path(weights_dir).expanduser().is_file():  # the .pth itself, a likely slip
+        given = Path(weights_dir).expanduser()
+        raise WeightsUnavailableError(
+            f"rf_weightsDir = {str(weights_dir)!r} is a file; give the folder that holds {filename} "
+            f"(rf_weightsDir = {str(given.parent)!r}"
+            + (")" if given.name == filename else f", with the file renamed {filename} if it is {info.name}'s weights)")
+        )
     hub_dir = Path(torch.hub.get_dir()) / "checkpoints"
     candidates = ([Path(weights_dir).expanduser() / filename] if weights_dir else []) + [hub_dir / filename]
     for c in candidates:

@@ -152,6 +152,20 @@ def _origins(v: Any) -> str | None:
     return None
 
 
+def _data_dir_problem(value: str) -> str | None:
+    """DATA_DIR must be a folder, or a path where one can be made: a file there (or in place of one
+    of the folders above it) would fail deep in a stage with an OS error."""
+    if not value.strip():
+        return 'must be a folder path ("" would be the current folder: write "." for that)'
+    path = Path(value).expanduser()
+    for above in (path, *path.parents):
+        if above.exists():
+            if above.is_dir():
+                return None
+            return f"{above} is a file, not a folder" if above == path else f"{above} is a file, so no folder can be made below it"
+    return None
+
+
 _INT = (int,)
 _FLOAT = (float, int)
 _STR = (str,)
@@ -162,7 +176,7 @@ CLASSIFIERS = ("svm", "dnn", "svmDnnRefined")
 
 # One entry per parameter in PARAMETERS.py. Adding a parameter means adding it in both places.
 SCHEMA: dict[str, Spec] = {
-    "DATA_DIR": Spec(_STR, expected="a folder path"),
+    "DATA_DIR": Spec(_STR, check=lambda v: _data_dir_problem(v), expected="a folder path"),
     "datasetName": Spec(
         _STR,
         check=lambda v: None

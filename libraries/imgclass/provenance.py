@@ -264,7 +264,26 @@ def trained_classifier(p: Params, flip_note: bool = True) -> tuple[Path, Path | 
     if svm is not None:
         check_model_and_svm(model, p.features_path("train"), svm)
     check_trained_on_split(p)
+    if flip_note and (note := trained_settings_note(p, model)):
+        print(note)
     return model, svm, flip_average_of_stage3(p.features_path("train"), p.run_boFlipAverage, flip_note)
+
+
+def trained_settings_note(p: Params, model: Path) -> str | None:
+    """A note when the network of `model` sees images otherwise than the parameters now say (another
+    rf_pretrainedModel, rf_inputResolution or rf_resizeMode, given to this script and not to stages
+    2-4): new images are scored with the classifier as trained, which the user should know, as
+    flip_average_of_stage3 says it for the mirror averaging. None when they agree."""
+    from imgclass.modelfile import load_model_info, spec_settings
+
+    made = spec_settings(load_model_info(model)[0])
+    differ = [k for k in made if k in p and not same_setting(k, made[k], p[k])]
+    if not differ:
+        return None
+    then = ", ".join(f"{k} = {made[k]!r}" for k in differ)
+    now = ", ".join(f"{k} = {p[k]!r}" for k in differ)
+    return (f"note: the parameters say {now}, but the trained classifier ({model.name}) was made with {then}: "
+            f"scoring with it as trained; to use the new settings, rerun stages 2-4 with them")
 
 
 def check_trained_settings(p: Params, model: Path, svm: Path | None) -> None:
