@@ -255,3 +255,22 @@ def test_a_data_dir_that_is_a_file_or_empty_is_a_parameter_error(tmp_path: Path)
     # a folder that does not exist yet is fine (stage 0 makes it), as is one that does
     assert load_params(ROOT / "PARAMETERS.py", {"DATA_DIR": str(tmp_path / "new" / "data")}).data_dir == tmp_path / "new" / "data"
     assert load_params(ROOT / "PARAMETERS.py", {"DATA_DIR": str(tmp_path)}).data_dir == tmp_path
+
+
+def test_a_set_value_cut_at_a_space_by_the_shell_says_to_quote_it(capsys: pytest.CaptureFixture[str],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--set svm_CVals=[1, 10]` unquoted reached argparse as "--set svm_CVals=[1," and "10]": its
+    "unrecognized arguments: 10]" did not say why."""
+    from imgclass import cli
+    from imgclass.cli import parse_stage, stage_parser
+
+    monkeypatch.setattr(cli, "_parsed", None)  # parse_stage records the stage's parameters; not for later tests
+
+    for argv, said in ((["--set", "svm_CVals=[1,", "10]"], "--set svm_CVals=[1, is cut short by the shell at a space "
+                        "(then: 10]): quote the value, --set 'svm_CVals=[1, 10]', or write it without spaces"),
+                       (["--set", "classifier=dnn", "stray"], "unrecognized arguments: stray")):
+        with pytest.raises(SystemExit) as e:
+            parse_stage(stage_parser("a stage", reads="x", writes="y"), argv)
+        assert e.value.code == 2 and said in capsys.readouterr().err
+    args, p = parse_stage(stage_parser("a stage", reads="x", writes="y"), ["--set", "svm_CVals=[1,10]"])
+    assert p.svm_CVals == [1, 10]

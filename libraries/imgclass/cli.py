@@ -59,7 +59,16 @@ def _printable_output() -> None:
 def parse_stage(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, Params]:
     global _parsed
     _printable_output()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # `--set svm_CVals=[1, 10]` unquoted: the shell splits it at the space, and argparse's
+        # "unrecognized arguments: 10]" would not say why.
+        cut = next((o for o in args.overrides if o.count("[") > o.count("]") or o.count("(") > o.count(")")), None)
+        if cut is not None:
+            whole = " ".join([cut, *extra])
+            parser.error(f"--set {cut} is cut short by the shell at a space (then: {' '.join(extra)}): quote the "
+                         f"value, --set '{whole}', or write it without spaces")
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         params = load_params(args.params, parse_overrides(args.overrides))
     except ParameterError as e:

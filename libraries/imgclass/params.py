@@ -176,7 +176,7 @@ CLASSIFIERS = ("svm", "dnn", "svmDnnRefined")
 
 # One entry per parameter in PARAMETERS.py. Adding a parameter means adding it in both places.
 SCHEMA: dict[str, Spec] = {
-    "DATA_DIR": Spec(_STR, check=lambda v: _data_dir_problem(v), expected="a folder path"),
+    "DATA_DIR": Spec(_STR, check=_data_dir_problem, expected="a folder path"),
     "datasetName": Spec(
         _STR,
         check=lambda v: None
