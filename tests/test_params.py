@@ -187,6 +187,9 @@ def test_the_projects_own_file_is_blamed_for_its_own_mistakes(tmp_path: Path, mo
 def test_a_missing_parameters_file_says_where_its_name_came_from(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ParameterError, match=r"parameters file not found: .*nope\.py \(--params\)"):
         load_params(tmp_path / "nope.py")
+    (tmp_path / "mine.py").mkdir()
+    with pytest.raises(ParameterError, match=r"parameters file .*mine\.py \(--params\) is a folder: name a \.py file"):
+        load_params(tmp_path / "mine.py")
     monkeypatch.setenv("IMGCLASS_PARAMS", str(tmp_path / "env.py"))
     with pytest.raises(ParameterError, match=r"parameters file not found: .*env\.py \(IMGCLASS_PARAMS names it\)"):
         load_params()

@@ -419,6 +419,8 @@ def project_params_file() -> Path:
 
 def _read_file(path: Path, given_as: str) -> dict[str, Any]:
     """The parameters a file sets (its public names), each checked to be a known parameter."""
+    if path.is_dir():
+        raise ParameterError(f"parameters file {path} ({given_as}) is a folder: name a .py file of parameters")
     if not path.is_file():
         raise ParameterError(f"parameters file not found: {path} ({given_as})")
     spec = importlib.util.spec_from_file_location("_imgclass_parameters", path)
