@@ -436,3 +436,16 @@ def test_long_class_names_in_the_results_browser_wrap(tmp_path: Path) -> None:
                          ["x" * 200, "b"], "t").read_text()
     rules = dict(re.findall(r"([\w.,# ]+)\{([^}]*)\}", page.split("<style>")[1].split("</style>")[0]))
     assert any("nav" in [s.strip() for s in selector.split(",")] and "overflow-wrap:anywhere" in body for selector, body in rules.items())
+
+
+def test_table_never_shows_a_perfect_score_that_is_not() -> None:
+    # 2 of 20,001 images wrong; one "b" image ranked below one "a" image: AUC 0.99995, accuracy 99.995%.
+    labels = np.array([0] * 20000 + [1])
+    scores = np.eye(2)[labels].astype(float)
+    scores[0] = [0.4, 0.6]  # an "a" image answered "b", and scoring above the one "b" image
+    scores[-1] = [0.45, 0.55]
+    m = compute_metrics(scores, labels, ["a", "b"])
+    assert 0.9999 < m["per_class"]["a"]["accuracy"] < 1 and 0.9999 < m["per_class"]["a"]["auc"] < 1
+    name, n, accuracy, precision, roc = format_table(m).splitlines()[1].split()
+    assert (accuracy, precision, roc) == ("99.99%", "100.00%", "0.9999")  # 99.995% and 0.99995 rounded up before
+    assert format_table(compute_metrics(np.eye(2)[labels], labels, ["a", "b"])).splitlines()[1].endswith("1.0000")

@@ -252,16 +252,23 @@ def confusion_figure(cm: np.ndarray | list, classes: Sequence[str], title: str =
     return fig
 
 
+def _auc_table_text(a: float) -> str:
+    """An AUC for the table: 4 decimals, but never "1.0000" for a curve that is not perfect (the ROC
+    legend says "> 0.999" for it; one image ranked wrong among thousands rounded to 1.0000 here)."""
+    return f"{min(a, 0.9999) if a < 1.0 else 1.0:.4f}"
+
+
 def format_table(metrics: dict[str, Any]) -> str:
     """The accuracy table stage 5 prints."""
     shown, width = name_column(metrics["classes"], at_least=12)
 
     def percent(value: float | None) -> str:
-        return "-" if value is None else f"{100 * value:7.2f}%"
+        # Never "100.00%" for a value short of 1 (one mistake in 20,000 images): shown as 99.99%.
+        return "-" if value is None else f"{min(100 * value, 99.99) if value < 1 else 100.0:7.2f}%"
 
     lines = [f"{'class':<{width}}  {'n':>5}  {'accuracy':>8}  {'precision':>9}  {'AUC':>6}"]
     for c, v in metrics["per_class"].items():
-        roc = "-" if v["auc"] is None else f"{v['auc']:.4f}"
+        roc = "-" if v["auc"] is None else _auc_table_text(v["auc"])
         # Metrics files written before precision was reported lack it: shown as "-" rather than failing.
         lines.append(f"{ljust(shown.get(c, c), width)}  {v['n']:>5}  {percent(v['accuracy']):>8}  "
                      f"{percent(v.get('precision')):>9}  {roc:>6}")
@@ -271,7 +278,7 @@ def format_table(metrics: dict[str, Any]) -> str:
     scored = sum(1 for v in metrics["per_class"].values() if v["n"])
     of = f"  (over {scored} of {len(metrics['per_class'])} classes)" if scored < len(metrics["per_class"]) else ""
     lines.append((f"{'class-avg':<{width}}  {'':>5}  {percent(metrics['class_averaged_accuracy'])}  {'':>9}  "
-                  + ("" if mean_auc is None else f"{mean_auc:.4f}") + of).rstrip())
+                  + ("" if mean_auc is None else _auc_table_text(mean_auc)) + of).rstrip())
     return "\n".join(lines)
 
 
