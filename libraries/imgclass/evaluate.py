@@ -29,7 +29,7 @@ from sklearn.metrics import auc, roc_curve  # noqa: E402
 from imgclass.fileio import atomic_open, atomic_path, save_figure  # noqa: E402
 from imgclass.fonts import lay_out  # noqa: E402
 from imgclass.images import load_rgb  # noqa: E402
-from imgclass.terminal import display_width, ljust, name_column, score_text  # noqa: E402
+from imgclass.terminal import auc_text, display_width, ljust, name_column, percent_text, score_text  # noqa: E402
 
 
 def roc_curves(scores: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> list[tuple[str, np.ndarray, np.ndarray, float]]:
@@ -252,23 +252,16 @@ def confusion_figure(cm: np.ndarray | list, classes: Sequence[str], title: str =
     return fig
 
 
-def _auc_table_text(a: float) -> str:
-    """An AUC for the table: 4 decimals, but never "1.0000" for a curve that is not perfect (the ROC
-    legend says "> 0.999" for it; one image ranked wrong among thousands rounded to 1.0000 here)."""
-    return f"{min(a, 0.9999) if a < 1.0 else 1.0:.4f}"
-
-
 def format_table(metrics: dict[str, Any]) -> str:
     """The accuracy table stage 5 prints."""
     shown, width = name_column(metrics["classes"], at_least=12)
 
     def percent(value: float | None) -> str:
-        # Never "100.00%" for a value short of 1 (one mistake in 20,000 images): shown as 99.99%.
-        return "-" if value is None else f"{min(100 * value, 99.99) if value < 1 else 100.0:7.2f}%"
+        return "-" if value is None else f"{percent_text(value):>8}"
 
     lines = [f"{'class':<{width}}  {'n':>5}  {'accuracy':>8}  {'precision':>9}  {'AUC':>6}"]
     for c, v in metrics["per_class"].items():
-        roc = "-" if v["auc"] is None else _auc_table_text(v["auc"])
+        roc = auc_text(v["auc"])
         # Metrics files written before precision was reported lack it: shown as "-" rather than failing.
         lines.append(f"{ljust(shown.get(c, c), width)}  {v['n']:>5}  {percent(v['accuracy']):>8}  "
                      f"{percent(v.get('precision')):>9}  {roc:>6}")
@@ -278,7 +271,7 @@ def format_table(metrics: dict[str, Any]) -> str:
     scored = sum(1 for v in metrics["per_class"].values() if v["n"])
     of = f"  (over {scored} of {len(metrics['per_class'])} classes)" if scored < len(metrics["per_class"]) else ""
     lines.append((f"{'class-avg':<{width}}  {'':>5}  {percent(metrics['class_averaged_accuracy'])}  {'':>9}  "
-                  + ("" if mean_auc is None else _auc_table_text(mean_auc)) + of).rstrip())
+                  + ("" if mean_auc is None else auc_text(mean_auc)) + of).rstrip())
     return "\n".join(lines)
 
 

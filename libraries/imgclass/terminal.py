@@ -78,3 +78,15 @@ def score_text(value: float) -> str:
     if value == 0:
         return "0"
     return f"{value:.3f}" if abs(value) >= 0.01 else f"{value:.3g}"
+
+
+def percent_text(value: float | None) -> str:
+    """A share in percent with 2 decimals ("-" when undefined), but never "100.00%" short of 1: one
+    mistake among 20,000 test images would round to a perfect score."""
+    return "-" if value is None else f"{min(100 * value, 99.99) if value < 1 else 100.0:.2f}%"
+
+
+def auc_text(value: float | None) -> str:
+    """An AUC with 4 decimals ("-" when undefined), but never "1.0000" for a curve that is not perfect
+    (the ROC legend says "> 0.999" for it; one image ranked wrong among thousands rounds to 1.0000)."""
+    return "-" if value is None else f"{min(value, 0.9999) if value < 1 else 1.0:.4f}"

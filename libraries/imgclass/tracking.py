@@ -41,7 +41,7 @@ from urllib.request import url2pathname
 from imgclass.fileio import DamagedFileError, read_json, write_json
 from imgclass.params import Params
 from imgclass.provenance import MODEL_SETTINGS, same_setting, setting_value, split_hash, test_set_hash
-from imgclass.terminal import NAME_COLUMNS, first_few, ljust, name_column
+from imgclass.terminal import NAME_COLUMNS, auc_text, first_few, ljust, name_column, percent_text
 
 ENV_SWITCH = "IMGCLASS_TRACKING"  # "0", "off" or "false" turns tracking off whatever track_enabled says
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -619,16 +619,8 @@ def _elsewhere(client: Any, rid: str, exp_ids: list[str]) -> str:
     return f"; it is a run of datasetName = {datasets[0]!r}: add --set {shlex.quote('datasetName=' + datasets[0])}"
 
 
-def _pct(v: float | None) -> str:
-    return "-" if v is None else f"{100 * v:.2f}%"
-
-
 def _count(v: float | None) -> str:
     return "-" if v is None else str(int(v))
-
-
-def _num(v: float | None) -> str:
-    return "-" if v is None else f"{v:.4f}"
 
 
 # The network settings every classifier uses (and where its weights are read from); the other rf_* and
@@ -736,9 +728,9 @@ def format_comparison(runs: Sequence[RunSummary], all_params: bool = False, wide
     if any("svm_C" in r.metrics for r in runs):
         rows.append(("C chosen", ["-" if r.metrics.get("svm_C") is None else f"{r.metrics['svm_C']:g}" for r in runs]))
     rows.append(("-- test set --", [""] * len(runs)))
-    rows.append(("overall accuracy", [_pct(r.metrics.get("overall_accuracy")) for r in runs]))
-    rows.append(("class-averaged accuracy", [_pct(r.metrics.get("class_averaged_accuracy")) for r in runs]))
-    rows.append(("class-averaged AUC", [_num(r.metrics.get("class_averaged_auc")) for r in runs]))
+    rows.append(("overall accuracy", [percent_text(r.metrics.get("overall_accuracy")) for r in runs]))
+    rows.append(("class-averaged accuracy", [percent_text(r.metrics.get("class_averaged_accuracy")) for r in runs]))
+    rows.append(("class-averaged AUC", [auc_text(r.metrics.get("class_averaged_auc")) for r in runs]))
     classes = sorted({k[len("accuracy_"):] for r in runs for k in r.metrics if k.startswith("accuracy_")})
     real: dict[str, str] = {}
     for r in runs:
@@ -747,10 +739,10 @@ def format_comparison(runs: Sequence[RunSummary], all_params: bool = False, wide
         except ValueError:
             pass
     for c in classes:
-        rows.append((f"accuracy {real.get(c, c)}", [_pct(r.metrics.get(f"accuracy_{c}")) for r in runs]))
+        rows.append((f"accuracy {real.get(c, c)}", [percent_text(r.metrics.get(f"accuracy_{c}")) for r in runs]))
         if any(f"precision_{c}" in r.metrics for r in runs):  # runs recorded before precision was: none
-            rows.append((f"precision {real.get(c, c)}", [_pct(r.metrics.get(f"precision_{c}")) for r in runs]))
-        rows.append((f"AUC {real.get(c, c)}", [_num(r.metrics.get(f"auc_{c}")) for r in runs]))
+            rows.append((f"precision {real.get(c, c)}", [percent_text(r.metrics.get(f"precision_{c}")) for r in runs]))
+        rows.append((f"AUC {real.get(c, c)}", [auc_text(r.metrics.get(f"auc_{c}")) for r in runs]))
     # "accuracy <a class name of 60 characters>" would push every run's column off an 80-column terminal.
     col_w = [max(len(vals[i]) for _, vals in rows) for i in range(len(runs))]
     at_most = NAME_COLUMNS + len("precision ")
