@@ -711,6 +711,13 @@ class Refiner:
                     what="the pretrained features (to judge the refined ones by; not kept)")
                 model.head.load_state_dict(start)
             augment = c.augmenter()
+            if history.epoch and history.test_error[-1] is None and test_cache is not None:
+                # Interrupted in the last finished epoch's test pass: the checkpoint holds the network
+                # that pass scored (written before it), so measure it now, as the uninterrupted run did,
+                # rather than leave a gap in the curves (scoring draws no random numbers).
+                history.test_error[-1] = self.error_rate(model, test_cache, test_y)
+                if ckpt is not None:
+                    self._save_checkpoint(ckpt, model, opt, gen, history, average)
 
             for epoch in range(len(history.epoch), c.max_epochs):
                 lr = c.lr_at(epoch)
