@@ -76,7 +76,7 @@ eval_set = "test"  # "test" or "train": which side of the split stage 5 scores
 # BatchNorm statistics disturbed the pretrained features (validation accuracy 91.6% vs 95.6%), and
 # was worse than an SVM on the unrefined features.
 rf_dropoutRate = 0.5  # dropout before the new last layer (fraction of features zeroed while training)
-rf_mbSize = 32  # images per minibatch when refining (~5 GB of memory at 320 px, ~3 GB at 224; lower it when memory runs out)
+rf_mbSize = 32  # images per minibatch when refining (~6 GB of memory at 320 px, ~3 GB at 224; lower it when memory runs out)
 rf_maxEpochs = 8  # passes over the training set
 rf_maxTrainImages = 0  # refine on at most this many training images, chosen at random but at least one per class (0 = all)
 rf_lrPerMb = [0.0003] * 6 + [0.0001] * 2  # learning rate per epoch (the last value repeats for later epochs)
