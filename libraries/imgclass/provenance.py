@@ -137,9 +137,7 @@ def check_model_settings(made_with: dict, now: Params | dict, what: str, rerun: 
     """Raise StaleFilesError when the file `what` was made with other values of the settings in
     `made_with` (MODEL_SETTINGS, and RefineConfig.settings() for a refined network) than the
     parameters have now (`now`), naming both and the stage to rerun."""
-    # A setting no parameter has any more (retired since the file was written) is not checked.
-    differ = [k for k in made_with if k in now and not same_setting(k, made_with[k], now[k])]
-    if differ:
+    if differ := differing_settings(made_with, now):
         then = ", ".join(f"{k} = {made_with[k]!r}" for k in differ)
         later = ", ".join(f"{now[k]!r}" for k in differ)
         # Most often a --set given to stage 2 and forgotten here, so the cheap way out comes first.
@@ -148,6 +146,12 @@ def check_model_settings(made_with: dict, now: Params | dict, what: str, rerun: 
                               f"give the same values again ({again}, or put them in PARAMETERS.py or a "
                               f"--params file for every stage), or, to change them, rerun {rerun}, then the "
                               f"stages after it")
+
+
+def differing_settings(made_with: dict, now: Params | dict) -> list[str]:
+    """The settings of `made_with` that the parameters `now` give another value. A setting no
+    parameter has any more (retired since the file was written) is not compared."""
+    return [k for k in made_with if k in now and not same_setting(k, made_with[k], now[k])]
 
 
 def unrecorded_note(made_with: dict, what: str, rerun: str, more: str = "") -> str | None:
@@ -277,8 +281,7 @@ def trained_settings_note(p: Params, model: Path) -> str | None:
     from imgclass.modelfile import load_model_info, spec_settings
 
     made = spec_settings(load_model_info(model)[0])
-    differ = [k for k in made if k in p and not same_setting(k, made[k], p[k])]
-    if not differ:
+    if not (differ := differing_settings(made, p)):
         return None
     then = ", ".join(f"{k} = {made[k]!r}" for k in differ)
     now = ", ".join(f"{k} = {p[k]!r}" for k in differ)
