@@ -44,7 +44,7 @@ rf_weightsDir = ""  # folder with downloaded torchvision .pth files for resnet b
 # ----------------------------------------------------------------------------------------------
 # Featurization (stage 3)
 # ----------------------------------------------------------------------------------------------
-run_mbSize = 32  # images per forward pass when featurizing
+run_mbSize = 32  # images per forward pass when featurizing (~1.7 GB of memory at 320 px, ~1.2 GB at 8; lower it when memory runs out)
 run_boFlipAverage = False  # average the features of each image and its mirror image (2x the cost; no gain on fashionTexture's training CV)
 run_workers = 2  # threads decoding images in parallel with the network (0 = decode in the main thread)
 

@@ -192,6 +192,38 @@ def test_decode_error_names_the_file(backbone: torch.nn.Module, export_dir: Path
         fz.featurize_paths(photos + [bad], progress=False)
 
 
+_OOM_RUN = """
+import resource, sys
+import numpy as np
+from imgclass.backbones import create_backbone
+from imgclass.features import Featurizer
+from imgclass.modelfile import ModelSpec
+fz = Featurizer(create_backbone("efficientnet_lite0"), ModelSpec("efficientnet_lite0", 320, "squash"),
+                batch_size=48, flip_average=True, workers=0, export_dir=sys.argv[1])
+fz.engine  # exported and loaded with memory to spare: the limit is for running it
+with open("/proc/self/status") as f:
+    size = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+resource.setrlimit(resource.RLIMIT_AS, (size + 150 * 2**20, resource.getrlimit(resource.RLIMIT_AS)[1]))
+fz.featurize_arrays(np.zeros((48, 320, 320, 3), np.uint8))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs Linux's /proc and address-space limits")
+def test_running_out_of_memory_says_to_lower_run_mbSize(tmp_path: Path) -> None:
+    # A real allocation failure: 96 images of 320 px (48 and their mirror images) need far more than
+    # the 150 MB that the address-space limit leaves this process.
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", _OOM_RUN, str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("imgclass.features.FeaturizeOutOfMemoryError: out of memory running onnxruntime-cpu on 48 images "
+                           "and their mirror images (flip averaging) of 320 px at once: lower run_mbSize (now 48; try 24)"), last
+    assert "Failed to allocate memory" in last
+    assert "[E:onnxruntime" not in run.stderr  # ONNX Runtime's own red log line of the same failure is not shown
+
+
 def test_cache_hits_and_invalidation(backbone: torch.nn.Module, export_dir: Path, photos: list[Path], tmp_path: Path) -> None:
     spec = _spec("fixed")
     model_file = save_model(tmp_path / "model_fixed.pt", backbone, spec)

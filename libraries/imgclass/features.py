@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
+import re
 import threading
 import time
 import warnings
@@ -45,6 +46,30 @@ from imgclass.provenance import file_hash
 
 ENGINES = ("auto", "onnx", "torch")  # "auto": ONNX Runtime on a CPU, PyTorch on CUDA/MPS
 CACHE_SAVE_SECONDS = 60.0  # how often featurize_paths writes what it computed to the cache (a full rewrite)
+
+# How running out of memory reads on the CPU besides "out of memory": the allocator's mmap failing,
+# oneDNN failing to set up a convolution for want of scratch memory (seen under a 4 GB limit), and
+# ONNX Runtime's arena "Failed to allocate memory for requested buffer" (an exception of its own class).
+_OOM_WORDS = ("memory", "unable to mmap", "could not create a primitive")
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """Whether an exception of torch or ONNX Runtime says that an allocation failed."""
+    return (isinstance(e, (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError)))
+            or any(w in str(e).lower() for w in _OOM_WORDS))
+
+
+def _oom_detail(e: BaseException) -> str:
+    """The words of an out-of-memory error worth repeating: ONNX Runtime's sentence without the node
+    name and source location before it."""
+    text = " ".join(str(e).split())
+    if (m := re.search(r"Failed to allocate memory.*", text)) is not None:
+        return m.group(0)[:200]
+    return text[-200:]
+
+
+class FeaturizeOutOfMemoryError(RuntimeError):
+    """The network ran out of memory on a batch of images; the message says what to lower."""
 
 
 @dataclass(frozen=True)
@@ -139,9 +164,14 @@ class _OnnxEngine:
         self.session = cpu_session(path)
         self.onnx_path = path
         self.name = "onnxruntime-cpu"
+        import onnxruntime as ort
+
+        # A failed run raises with the same message that ONNX Runtime would also log in red first.
+        self._quiet = ort.RunOptions()
+        self._quiet.log_severity_level = 4
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {"pixels": np.ascontiguousarray(pixels)})[0]
+        return self.session.run(None, {"pixels": np.ascontiguousarray(pixels)}, self._quiet)[0]
 
 
 class _TorchEngine:
@@ -233,9 +263,25 @@ class Featurizer:
     def _features(self, pixels: np.ndarray) -> np.ndarray:
         """(N, R, R, 3) uint8 -> (N, D) float32, flip-averaged when asked."""
         if not self.flip_average:
-            return self.engine(pixels)
-        both = self.engine(np.concatenate([pixels, pixels[:, :, ::-1]]))
+            return self._run(pixels)
+        both = self._run(np.concatenate([pixels, pixels[:, :, ::-1]]))
         return (both[: len(pixels)] + both[len(pixels):]) * np.float32(0.5)
+
+    def _run(self, pixels: np.ndarray) -> np.ndarray:
+        engine = self.engine
+        try:
+            return engine(pixels)
+        except Exception as e:  # ONNX Runtime's errors are plain Exceptions, not RuntimeErrors
+            if not is_out_of_memory(e):
+                raise
+            # Memory grows with the batch (flip averaging doubles it) and with the square of the side.
+            n = len(pixels) // (2 if self.flip_average else 1)
+            flipped = " and their mirror images (flip averaging)" if self.flip_average else ""
+            raise FeaturizeOutOfMemoryError(
+                f"out of memory running {engine.name} on {n} images{flipped} of {self.preprocess.resolution} px "
+                f"at once: lower run_mbSize (now {self.batch_size}; try {max(1, n // 2)}), or leave this process "
+                f"more memory "
+                f"({_oom_detail(e)})") from e
 
     def _probs(self, feats: np.ndarray) -> np.ndarray | None:
         if self._head is None:

@@ -47,7 +47,7 @@ import torch
 
 from imgclass.augment import Augmenter
 from imgclass.backbones import folded_batchnorm
-from imgclass.features import default_device
+from imgclass.features import default_device, is_out_of_memory
 from imgclass.fileio import atomic_path, hold_lock, read_json, write_json
 from imgclass.images import MAX_RESOLUTION, MIN_RESOLUTION, load_square
 from imgclass.modelfile import ImageClassifier, ModelSpec, build_model, load_model_extra
@@ -367,14 +367,9 @@ class _Decoded(torch.utils.data.Dataset):
         return load_square(self.paths[i], self.size, self.resize_mode)
 
 
-# How running out of memory reads on the CPU besides "out of memory": the allocator's mmap failing,
-# and oneDNN failing to set up a convolution for want of scratch memory (seen under a 4 GB limit).
-_OOM_WORDS = ("memory", "unable to mmap", "could not create a primitive")
-
-
 def _oom(e: BaseException, doing: str) -> BaseException:
     """Out-of-memory errors become advice; anything else passes through unchanged."""
-    if not any(w in str(e).lower() for w in _OOM_WORDS) and not isinstance(e, getattr(torch, "OutOfMemoryError", ())):
+    if not is_out_of_memory(e):
         return e
     return RefineOutOfMemoryError(
         f"out of memory while {doing}: lower rf_mbSize (now too large for this machine) or "
