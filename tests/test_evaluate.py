@@ -144,6 +144,17 @@ def test_predictions_read_back_names_that_start_with_a_quote(tmp_path: Path) -> 
     assert back.rows[1].scores == {'"best"': 0.2, '"odd': 0.8}
 
 
+def test_predictions_keep_confident_scores_apart(tmp_path: Path) -> None:
+    # A refined network's probabilities are float32; near 1 they differ only in the 7th digit.
+    from imgclass.results import Predictions
+
+    scores = np.array([[0.99999994, 6e-8], [0.9999997, 3e-7], [0.9999995, 5e-7]], np.float32)
+    tsv = write_predictions(tmp_path / "p.tsv", ["a/1.jpg", "a/2.jpg", "a/3.jpg"], np.array([0, 0, 0]), scores, ["a", "b"])
+    back = Predictions.load(tsv)
+    assert np.array_equal(np.array([[r.scores["a"], r.scores["b"]] for r in back.rows], np.float32), scores)
+    assert all(r.scores["a"] < 1.0 for r in back.rows)
+
+
 def test_a_grid_of_test_images_keeps_each_rows_titles_off_the_images_above(tmp_path: Path) -> None:
     """Four lines of title (true -> predicted, top 3) over square images: one tight_layout pass left
     them over the foot of the images of the row above (12 px on the digits)."""

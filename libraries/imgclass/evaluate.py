@@ -355,7 +355,9 @@ def write_predictions(path: str | Path, paths: Sequence[str], labels: np.ndarray
         f.write("\t".join(["image", *(["true"] if labels is not None else []), "predicted", *classes]) + "\n")
         for i, (p, s) in enumerate(zip(paths, scores)):
             true = [classes[labels[i]]] if labels is not None else []
-            f.write("\t".join([p, *true, classes[int(np.argmax(s))], *(f"{v:.6g}" for v in s)]) + "\n")
+            # 9 significant digits give every float32 back exactly: a probability of 0.9999997 must not
+            # read back as 1, tied with its neighbours when predictions are sorted by confidence.
+            f.write("\t".join([p, *true, classes[int(np.argmax(s))], *(f"{v:.9g}" for v in s)]) + "\n")
     return Path(path)
 
 
