@@ -81,6 +81,12 @@ def test_a_character_no_font_has_is_said_once_in_words_not_warned_per_glyph(
     err = capsys.readouterr().err
     assert err.count("note: no installed font has 点 (U+70B9)") == 1 and "fonts-noto-cjk" in err
     assert (tmp_path / "confusion.png").is_file()
+    # A later plot with characters not named yet names those only, the first few of many, without the advice.
+    many = "".join(chr(0x4E00 + i) for i in range(20))  # 一 and the 19 ideographs after it
+    fonts.fit_fonts(_text_figure(f"{DIAN} {many}"))  # not a plot's labels, which shorten long names
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("note: no installed font has 一 (U+4E00) 丁 (U+4E01)") and "点" not in err, err
+    assert err.endswith("(U+4E0B) and 8 more either") and "fonts-noto-cjk" not in err, err
 
 
 def test_an_installed_font_that_has_the_character_draws_it(tmp_path: Path, fresh_fonts,

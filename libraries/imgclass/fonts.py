@@ -93,9 +93,13 @@ def fit_fonts(fig: Figure) -> list[str]:
             text.set_fontfamily([*prop.get_family(), *extra])
     new = sorted(nowhere - _told)
     if new:
+        # Class names in a script no font has can lack hundreds of characters: name the first few.
+        shown = " ".join(f"{c} (U+{ord(c):04X})" for c in new[:12]) + (f" and {len(new) - 12} more" if len(new) > 12 else "")
+        if _told:  # a later plot: the advice is above already
+            print(f"note: no installed font has {shown} either", file=sys.stderr, flush=True)
+        else:
+            print(f"note: no installed font has {shown}, so plots show each as a placeholder box; install a font "
+                  "that has them (e.g. Noto Sans CJK: apt install fonts-noto-cjk; then delete matplotlib's font "
+                  "cache, ~/.cache/matplotlib)", file=sys.stderr, flush=True)
         _told.update(new)
-        print(f"note: no installed font has {' '.join(new)} ({', '.join(f'U+{ord(c):04X}' for c in new)}), so plots "
-              "show each as a placeholder box; install a font that has them (e.g. Noto Sans CJK: "
-              "apt install fonts-noto-cjk; then delete matplotlib's font cache, ~/.cache/matplotlib)",
-              file=sys.stderr, flush=True)
     return sorted(nowhere)
