@@ -68,3 +68,19 @@ def test_usable_cpus_is_the_affinity_bounded_by_the_quota(monkeypatch: pytest.Mo
     assert usable_cpus() == 1  # half a CPU: one thread, never zero
     (root / "cpu.max").write_text(f"{(affinity + 3) * 100000} 100000\n")
     assert usable_cpus() == affinity  # a quota above the cores allowed changes nothing
+
+
+def test_usable_cpus_keeps_to_omp_num_threads(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import imgclass.cpus as cpus
+
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    monkeypatch.setattr(cpus, "PROC_CGROUP", tmp_path / "no_such_file")  # no quota
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert usable_cpus() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "1,4")  # nested levels: the outer one counts
+    assert usable_cpus() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", str(affinity + 5))  # more than the cores: the cores
+    assert usable_cpus() == affinity
+    for ignored in ("", "0", "many"):
+        monkeypatch.setenv("OMP_NUM_THREADS", ignored)
+        assert usable_cpus() == affinity

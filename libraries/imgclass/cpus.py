@@ -82,9 +82,16 @@ def cgroup_cpu_limit(cgroup_root: Path | None = None, proc_cgroup: Path | None =
     return min(limits) if limits else None
 
 
+def omp_thread_limit() -> int | None:
+    """OMP_NUM_THREADS as a positive number ("4,2", nested levels: the outer 4); None when unset or not a number."""
+    text = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    return int(text) if text.isdigit() and int(text) > 0 else None
+
+
 def usable_cpus() -> int:
     """The cores this process may use: its CPU affinity (os.cpu_count() where the platform has none:
-    macOS, Windows), and no more than a cgroup CPU quota allows, rounded down (at least 1)."""
+    macOS, Windows), and no more than a cgroup CPU quota allows, rounded down, nor than
+    OMP_NUM_THREADS says (at least 1)."""
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
@@ -92,4 +99,8 @@ def usable_cpus() -> int:
     limit = cgroup_cpu_limit()
     if limit is not None:
         cores = min(cores, int(limit))
+    # OMP_NUM_THREADS is how people share a machine between numerical jobs; torch.set_num_threads and
+    # the pools sized from this function would otherwise take every core whatever it says.
+    if (omp := omp_thread_limit()) is not None:
+        cores = min(cores, omp)
     return max(1, cores)
