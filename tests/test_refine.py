@@ -388,6 +388,37 @@ def test_decoded_images_beyond_memory_go_to_a_deleted_file_and_train_the_same(
     assert same_weights(r.model_, in_memory_fit.model_)
 
 
+def test_a_container_memory_limit_bounds_the_available_memory_and_spills_decoded_images(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # `docker run --memory=...` on a larger host: a cgroup v2 tree as the kernel lays it out (a test
+    # cannot give itself a limit), read by the real code through the paths it reads.
+    import psutil
+
+    from imgclass import cpus
+
+    cgroup = tmp_path / "sys_fs_cgroup"
+    cgroup.mkdir()
+    (cgroup / "memory.max").write_text("3000000\n")
+    (cgroup / "memory.current").write_text("1200000\n")
+    (cgroup / "memory.stat").write_text("anon 1000000\nfile 200000\ninactive_file 100000\n")
+    listing = tmp_path / "proc_self_cgroup"
+    listing.write_text("0::/\n")
+    monkeypatch.setattr(cpus, "CGROUP_ROOT", cgroup)
+    monkeypatch.setattr(cpus, "PROC_CGROUP", listing)
+    # The limit leaves 1.9 MB (its inactive page cache reclaimable); the machine has far more.
+    assert refine.available_memory() == 3000000 - (1200000 - 100000)
+    spill = tmp_path / "spill"
+    array = refine._uint8_array((2, 1000, 1000), spill, "decoding", progress=True)  # 2 MB > half of 1.9 MB
+    assert "go to a file in" in capsys.readouterr().out and array.shape == (2, 1000, 1000)
+    # A limit above the machine's memory: the machine's figure counts, and 2 MB stay in memory.
+    (cgroup / "memory.max").write_text(f"{1 << 60}\n")
+    assert 0 < refine.available_memory() <= psutil.virtual_memory().total
+    refine._uint8_array((2, 1000, 1000), spill, "decoding", progress=True)
+    assert capsys.readouterr().out == ""
+    listing.unlink()  # no cgroups at all: the machine's figure
+    assert 0 < refine.available_memory() <= psutil.virtual_memory().total
+
+
 def test_bad_settings_fail_early() -> None:
     with pytest.raises(ValueError, match="mb_size"):
         RefineConfig(mb_size=0)

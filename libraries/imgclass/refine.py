@@ -47,6 +47,7 @@ import torch
 
 from imgclass.augment import Augmenter
 from imgclass.backbones import folded_batchnorm
+from imgclass.cpus import cgroup_memory_available
 from imgclass.features import default_device, is_out_of_memory
 from imgclass.fileio import atomic_path, hold_lock, read_json, write_json
 from imgclass.images import MAX_RESOLUTION, MIN_RESOLUTION, load_square
@@ -299,7 +300,19 @@ def _last_line(e: BaseException) -> str:
 
 
 def available_memory() -> int | None:
-    """Bytes of memory available to a new allocation without swapping (None: unknown)."""
+    """Bytes of memory available to a new allocation without swapping (None: unknown): the machine's,
+    and no more than a cgroup memory limit leaves (`docker run --memory=4g` on a 128 GB host: at most
+    4 GB, where the machine's figure alone would say ~100 GB and the OOM killer would end the process,
+    without a message, while it filled them)."""
+    machine = _machine_available_memory()
+    limited = cgroup_memory_available()
+    if machine is None or limited is None:
+        return limited if machine is None else machine
+    return min(machine, limited)
+
+
+def _machine_available_memory() -> int | None:
+    """The whole machine's available memory (psutil, else /proc/meminfo's MemAvailable; None: neither)."""
     try:
         import psutil
 
