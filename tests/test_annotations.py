@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+import subprocess
 import unicodedata
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,7 +15,7 @@ import pytest
 from PIL import Image
 
 from conftest import run_script, write_image
-from imgclass.annotations import EXCLUDE, FIXES_FILE, AnnotationBrowser, AnnotationError, read_fixes
+from imgclass.annotations import EXCLUDE, FIXES_FILE, AnnotationBrowser, AnnotationError, read_fixes, unwritable_note
 from imgclass.data import DatasetError, load_split, make_split
 
 
@@ -258,3 +262,44 @@ def test_a_view_pages_chosen_images_of_several_classes_and_fixes_them(color_data
     (tmp_path / "other.tsv").write_text("image\tclass\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"other.tsv: not a label suspects file"):
         read_suspects(tmp_path / "other.tsv")
+
+
+@contextlib.contextmanager
+def _read_only(folder: Path) -> Iterator[None]:
+    """`folder` unwritable for this process: by its permissions, or, for root (whom permissions do not
+    stop), by a read-only bind mount of it; skipped where neither can be had."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            yield
+        finally:
+            folder.chmod(0o755)
+        return
+    mounted = subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True).returncode == 0
+    if not mounted:
+        pytest.skip("root, and no bind mount to make a read-only folder with")
+    try:
+        if subprocess.run(["mount", "-o", "remount,ro,bind", str(folder)], capture_output=True).returncode != 0:
+            pytest.skip("root, and no read-only remount")
+        yield
+    finally:
+        subprocess.run(["umount", str(folder)], capture_output=True)
+
+
+def test_a_read_only_data_set_folder_says_how_to_record_fixes_anyway(color_dataset: Path) -> None:
+    # A colleague's folder, a network share or /kaggle/input, linked as the data set: the fixes file
+    # cannot go there, and a folder of links to its class folders takes it instead.
+    browser = AnnotationBrowser(color_dataset)
+    with _read_only(color_dataset):
+        note = unwritable_note(color_dataset)
+        assert note is not None and f"{color_dataset} is read-only here" in note and "ln -s" in note
+        with pytest.raises(AnnotationError, match=f"{FIXES_FILE} cannot be written in it: make the data set folder a folder of links"):
+            browser.move("red/red_0.jpg", "green")
+    assert not (color_dataset / FIXES_FILE).exists() and unwritable_note(color_dataset) is None
+    # The way the note gives: a real folder of links to the class folders takes the fixes.
+    linked = color_dataset.parent / "colors_links"
+    linked.mkdir()
+    for cls in ("red", "green", "blue"):
+        (linked / cls).symlink_to(color_dataset / cls)
+    assert AnnotationBrowser(linked).move("red/red_0.jpg", "green") == "green"
+    assert read_fixes(linked) == {"red/red_0.jpg": "green"}

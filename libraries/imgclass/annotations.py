@@ -13,8 +13,10 @@ record fixes; `browser.widget()` is the interactive version when ipywidgets is i
 
 from __future__ import annotations
 
+import errno
 import html
 import io
+import os
 import unicodedata
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -75,12 +77,35 @@ def read_fixes(images_dir: str | Path, repeated: list[str] | None = None) -> dic
     return fixes
 
 
+def unwritable_note(images_dir: str | Path) -> str | None:
+    """Why the fixes file cannot be written in the data set folder, with the way around it; None
+    where it can (as far as the permissions tell: a read-only file system shows only on writing)."""
+    folder = Path(images_dir)
+    if not folder.is_dir() or os.access(folder, os.W_OK):
+        return None
+    return _unwritable(folder)
+
+
+def _unwritable(folder: Path) -> str:
+    # A folder shared read-only (a colleague's, a network drive, /kaggle/input) still takes fixes
+    # through a data set folder of links to its class folders: the fixes file then lies in that folder.
+    real = folder.resolve()
+    return (f"{folder} is read-only here, so {FIXES_FILE} cannot be written in it: make the data set folder a "
+            f"folder of links to the class folders instead (mv {folder} {folder}.link; mkdir {folder}; "
+            f"ln -s {real}/* {folder}/), which keeps the photos where they are")
+
+
 def write_fixes(images_dir: str | Path, fixes: dict[str, str]) -> Path:
     path = Path(images_dir) / FIXES_FILE
-    with atomic_open(path, "w", encoding="utf-8") as f:
-        f.write(_HEADER)
-        for image, target in sorted(fixes.items()):
-            f.write(f"{image}\t{target}\n")
+    try:
+        with atomic_open(path, "w", encoding="utf-8") as f:
+            f.write(_HEADER)
+            for image, target in sorted(fixes.items()):
+                f.write(f"{image}\t{target}\n")
+    except OSError as e:
+        if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        raise AnnotationError(f"{_unwritable(Path(images_dir))} ({e.strerror})") from e
     return path
 
 

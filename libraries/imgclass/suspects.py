@@ -111,7 +111,7 @@ def label_check(val_scores: np.ndarray | None, labels: np.ndarray, images: Seque
     confirms are settled and not listed. `refined`: the features are of a network refined on these
     labels (it learned the wrong ones too). Without cross-validation (None) the files of an earlier
     run are removed: they would pass for this run's."""
-    from imgclass.annotations import FIXES_FILE, AnnotationError, read_fixes
+    from imgclass.annotations import FIXES_FILE, AnnotationError, read_fixes, unwritable_note
 
     results_dir, images_dir = Path(results_dir), Path(images_dir)
     tsv, png = results_dir / "label_suspects.tsv", results_dir / "label_suspects.png"
@@ -144,6 +144,8 @@ def label_check(val_scores: np.ndarray | None, labels: np.ndarray, images: Seque
     lines.append(f"  a wrong label is fixed by the line 'image<TAB>class' (or EXCLUDE) in {images_dir / FIXES_FILE} "
                  "(the TSV's first two fields are that line), then rerun the stages from 1; a right one is confirmed "
                  "by the line 'image<TAB>its own class', and is not listed again")
+    if note := unwritable_note(images_dir):
+        lines.append(f"  ({note})")
     if refined:
         lines.append("  (the refined network has learned the training labels, wrong ones too: classifier = 'svm' "
                      "finds more of them)")
