@@ -17,7 +17,7 @@ from imgclass.data import load_split
 from imgclass.features import device_name
 from imgclass.fileio import write_json
 from imgclass.modelfile import ModelSpec, build_model, save_model
-from imgclass.provenance import check_split_settings, split_hash
+from imgclass.provenance import StaleFilesError, check_split_settings, split_hash
 from imgclass.refine import (History, RefineConfig, Refiner, RefineOutOfMemoryError, already_refined, plot_history,
                              refining_alone, replacing_note, stored_refinement, write_stored_curves)
 
@@ -135,6 +135,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    run_stage(main, (RefineOutOfMemoryError, FloatingPointError),
+    run_stage(main, (RefineOutOfMemoryError, FloatingPointError, StaleFilesError),
               on_interrupt="files already written are complete; rerun it to finish (for dnn and svmDnnRefined, with --resume "
                            "to continue the refinement from its last finished epoch, or the first if none had finished)")

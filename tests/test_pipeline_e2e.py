@@ -263,6 +263,18 @@ def test_results_are_not_credited_to_a_split_or_mirror_averaging_that_was_not_us
     assert metrics.read_bytes() == before
 
 
+def test_refinement_refuses_a_split_made_with_other_settings_in_one_line(tmp_path: Path) -> None:
+    """Stage 2 refining checks the split's settings as stages 3-6 do: a refusal, not a traceback."""
+    tiny = ["--set", "demoImagesPerClass=4", "--set", "rf_inputResolution=64"]
+    run_script("0_downloadData.py", *tiny, data_dir=tmp_path)
+    run_script("1_prepareData.py", *tiny, data_dir=tmp_path)
+    proc = run_script("2_refineDNN.py", *tiny, "--set", "classifier=dnn", "--set", "randomSeed=3",
+                      data_dir=tmp_path, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "error: split.json was made with randomSeed = 0, but the parameters now say 3" in proc.stderr, proc.stderr
+    assert not (tmp_path / "proc" / "fashionTextureDemo" / "model_refined.pt").exists()
+
+
 def test_refinement_resume_without_checkpoint_and_bad_values(pipeline_dir: Path) -> None:
     proc = run_script("2_refineDNN.py", *SMALL, "--set", "classifier=dnn", "--set", "rf_lrPerMb=[]",
                       data_dir=pipeline_dir, check=False)
