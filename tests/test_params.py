@@ -92,6 +92,13 @@ def test_unknown_override_suggests_nearest_name() -> None:
         ("dep_rootPath", "/classifier/", "no trailing /"),
         ("rf_lrPerMb", 0.001, r"one per epoch \(in brackets, even for one: \[0\.001\]\)"),
         ("svm_boL2Normalize", "true", r"expected bool \(True or False, capitalised: True\)"),
+        # 1e999 reads as inf: it crashed socket.settimeout (stage 0) or trained to NaN (stage 2).
+        ("dl_timeoutSec", float("inf"), "must be a finite number"),
+        ("rf_headLrFactor", float("inf"), "must be a finite number"),
+        ("rf_lrPerMb", [0.001, float("inf")], "positive numbers"),
+        ("rf_l2RegWeight", 10**400, "too large for a number"),
+        ("dl_timeoutSec", 1e12, r"at most 86400 \(a day\)"),  # finite, and still an OverflowError in a socket
+        ("scrape_pauseSec", 1e12, r"between 0 and 86400"),
     ],
 )
 def test_bad_values_say_what_is_allowed(name: str, value: object, message: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import difflib
 import importlib.util
+import math
 import os
 import sys
 import traceback
@@ -42,7 +43,14 @@ class Spec:
 
     def validate(self, name: str, value: Any) -> Any:
         if float in self.types and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError:  # an int past float's range (10**400): say so, not Python's OverflowError
+                raise ParameterError(f"{name} = {value!r}: too large for a number") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            # 1e999 reads as inf: a timeout of inf crashed socket.settimeout, an inf learning rate
+            # trained to NaN; no parameter means "unlimited" by inf (0 means "off" where one can be off).
+            raise ParameterError(f"{name} = {value!r}: must be a finite number")
         ok_type = isinstance(value, self.types) and not (
             isinstance(value, bool) and bool not in self.types
         )
@@ -111,9 +119,22 @@ def _folds(v: int) -> str | None:
 
 
 def _float_list(v: Any) -> str | None:
-    if not v or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in v):
+    if not v or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < float("inf") for x in v):
         return "must be a non-empty list of positive numbers"
     return None
+
+
+# Python's sockets, sleeps and event loops refuse a wait past ~292 years (a timeout of 1e12 s ended
+# stage 0 in an OverflowError from socket.settimeout); a day is more than any request or pause needs.
+MAX_SECONDS = 86400.0
+
+
+def _seconds(v: float) -> str | None:
+    return None if 0 < v <= MAX_SECONDS else f"must be > 0 and at most {MAX_SECONDS:g} (a day)"
+
+
+def _seconds_or_zero(v: float) -> str | None:
+    return None if 0 <= v <= MAX_SECONDS else f"must be between 0 and {MAX_SECONDS:g} (a day)"
 
 
 def _word_list(v: Any) -> str | None:
@@ -190,7 +211,7 @@ SCHEMA: dict[str, Spec] = {
     # numpy and scikit-learn take seeds below 2**32: a larger one would pass here and fail in stage 4.
     "randomSeed": Spec(_INT, check=lambda v: None if 0 <= v < 2**32 else "must be between 0 and 4294967295 (2**32 - 1)"),
     "dl_workers": Spec(_INT, check=_positive),
-    "dl_timeoutSec": Spec(_FLOAT, check=_positive),
+    "dl_timeoutSec": Spec(_FLOAT, check=_seconds),
     "dl_retries": Spec(_INT, check=_non_negative),
     "dl_maxBytes": Spec(_INT, check=_positive),
     "classifier": Spec(_STR, choices=CLASSIFIERS),
@@ -251,9 +272,9 @@ SCHEMA: dict[str, Spec] = {
                           f"must be between 1 and {MAX_PIXELS} (imgclass.images.MAX_PIXELS: no image has more)"),
     "dep_maxImagesPerRequest": Spec(_INT, check=_positive),
     "dep_maxConcurrent": Spec(_INT, check=_positive),
-    "dep_bodyTimeoutSec": Spec(_FLOAT, check=_positive),
-    "dep_timeoutSec": Spec(_FLOAT, check=_positive),
-    "dep_graceSec": Spec(_FLOAT, check=_non_negative),
+    "dep_bodyTimeoutSec": Spec(_FLOAT, check=_seconds),
+    "dep_timeoutSec": Spec(_FLOAT, check=_seconds),
+    "dep_graceSec": Spec(_FLOAT, check=_seconds_or_zero),
     "dep_corsOrigins": Spec(_LIST, check=_origins, expected='a list of origins such as "https://example.com", or ["*"]'),
 
     # --- building a data set (Part 3) ---
@@ -261,8 +282,8 @@ SCHEMA: dict[str, Spec] = {
     "scrape_items": Spec(_LIST, check=_word_list, expected="a list of search words"),
     "scrape_attributes": Spec(_LIST, check=_word_list, expected="a list of search words"),
     "scrape_resultsPerQuery": Spec(_INT, check=_positive),
-    "scrape_timeoutSec": Spec(_FLOAT, check=_positive),
-    "scrape_pauseSec": Spec(_FLOAT, check=_non_negative),
+    "scrape_timeoutSec": Spec(_FLOAT, check=_seconds),
+    "scrape_pauseSec": Spec(_FLOAT, check=_seconds_or_zero),
     "dedup_threshold": Spec(_INT, check=lambda v: None if 0 <= v < 128 else "must be between 0 and 127 bits"),
     "leakageCheck": Spec(_STR, choices=("move", "report", "off")),
     "al_criterion": Spec(_STR, choices=("margin", "topScore", "entropy")),
