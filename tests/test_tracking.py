@@ -102,6 +102,9 @@ def test_rerun_of_the_last_stage_joins_the_run(tracked_demo: Path, monkeypatch: 
     out = run_script("5_evaluate.py", *TRACKED_SMALL, "--on", "train", "--set", "demoImagesPerClass=30",
                      "--set", "dl_timeoutSec=5", data_dir=tracked_demo).stdout
     assert f"tracked in pipeline run {before[:8]}" in out, out
+    # Nor eval_set, which says what --on says (it started a new run holding stage 5 alone).
+    out = run_script("5_evaluate.py", *TRACKED_SMALL, "--set", "eval_set=train", data_dir=tracked_demo).stdout
+    assert f"tracked in pipeline run {before[:8]}" in out and _state(tracked_demo)["run_id"] == before, out
 
 
 def test_tracking_failure_is_a_warning_and_keeps_the_outputs(tracked_demo: Path, tmp_path: Path,

@@ -117,10 +117,12 @@ def affects_results(name: str) -> bool:
     many processes do the work (dep_*, *workers, run_boCache), nor where runs are recorded (track_*),
     nor active learning's choices (al_*), nor how stage 0 or scrapeImages.py fetch or make the images
     (dl_*, scrape_*, urlsFile, demoImagesPerClass: the images themselves are what split.json holds,
-    and stage 0 run again starts a new run anyway). Only these split a pipeline run in two (moving the
-    service to another port started a new run, and the stages after it looked like a rerun)."""
+    and stage 0 run again starts a new run anyway), nor which side stage 5 scores (eval_set: as
+    `--on train`, its figures are recorded under their own names, train_*). Only these split a
+    pipeline run in two (moving the service to another port started a new run, and the stages after
+    it looked like a rerun; eval_set = "train" started one holding stage 5 alone)."""
     return not (name.startswith(("dep_", "track_", "al_", "dl_", "scrape_")) or name.endswith("workers")
-                or name in ("run_boCache", "urlsFile", "demoImagesPerClass"))
+                or name in ("run_boCache", "urlsFile", "demoImagesPerClass", "eval_set"))
 
 
 # Parameters only stage 1 uses (its leakage check): their effect is split.json, whose hash the run records
@@ -142,8 +144,9 @@ def params_digest(p: Params, results_only: bool = False) -> str:
 
 
 # The results digest of a state file written before it compared values as _canonical does (and only
-# the classifier's parameters) is not comparable: such a state is judged by the recorded values alone.
-DIGEST_VERSION = 4
+# the classifier's parameters, or with eval_set in it) is not comparable: such a state is judged by the
+# recorded values alone.
+DIGEST_VERSION = 5
 
 
 def _canonical(value: Any) -> Any:
