@@ -16,7 +16,7 @@ from pathlib import Path
 from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.client import ServiceClient, ServiceError, find_images, not_accepted
 from imgclass.data import shown, skipped_below, skipped_note, unread_images_note
-from imgclass.params import Params
+from imgclass.params import Params, service_url
 from imgclass.terminal import first_few
 
 parser = stage_parser(
@@ -25,13 +25,15 @@ parser = stage_parser(
     writes="nothing: prints <image> TAB <label> TAB <class>=<score> ... per image on stdout (notes on stderr)",
 )
 parser.add_argument("sources", metavar="IMAGE_OR_FOLDER", nargs="+", help="image files, or folders of them")
-parser.add_argument("--url", default=None, help="the service's address (default http://127.0.0.1:<dep_port>)")
+parser.add_argument("--url", default=None,
+                    help="the service's address (default http://<dep_host>:<dep_port>; 0.0.0.0 is called at 127.0.0.1)")
 parser.add_argument("--timeout", type=float, default=None, help="seconds to wait for a reply (default dep_timeoutSec)")
 
 
 def main() -> int:
     args, p = parse_stage(parser)
-    url = args.url or f"http://127.0.0.1:{p.dep_port}"
+    # Where stage 6 listens: a service on dep_host = "::1" or a LAN address is not at 127.0.0.1.
+    url = args.url or service_url(p.dep_host, p.dep_port)
     timeout = args.timeout if args.timeout is not None else p.dep_timeoutSec
     broken: list[Path] = []
     images = [f for source in args.sources for f in find_images(Path(source), broken)]

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from conftest import ROOT, SCRIPTS, write_image
+from imgclass.params import service_url
 
 COLORS = {"red": (200, 40, 40), "green": (40, 190, 60), "blue": (40, 60, 200)}
 RESOLUTION = 64
@@ -74,8 +75,8 @@ def _tail(log: Path, limit: int = 20_000) -> str:
 @contextlib.contextmanager
 def running_server(bundle: Path, *sets: str, workers: int = 1, timeout: float = 60, pids: list[int] | None = None,
                    log: Path | None = None, cpus: set[int] | None = None, stopped_by_test: bool = False,
-                   exit_status: list[int] | None = None) -> Iterator[str]:
-    """scripts/6_deploy.py --bundle serving on a free port of 127.0.0.1; yields its base URL (and
+                   exit_status: list[int] | None = None, host: str = "127.0.0.1") -> Iterator[str]:
+    """scripts/6_deploy.py --bundle serving on a free port of `host`; yields its base URL (and
     appends the server's process id to `pids` when given).
 
     The server's output goes to the file `log` (default: server_<port>.log beside the bundle, in the
@@ -87,7 +88,7 @@ def running_server(bundle: Path, *sets: str, workers: int = 1, timeout: float = 
     `exit_status` when given (None when it had to be stopped after the test)."""
     port = free_port()
     log = log or bundle.parent / f"server_{port}.log"
-    args = [sys.executable, str(SCRIPTS / "6_deploy.py"), "--bundle", str(bundle), "--port", str(port),
+    args = [sys.executable, str(SCRIPTS / "6_deploy.py"), "--bundle", str(bundle), "--host", host, "--port", str(port),
             "--workers", str(workers), "--set", "dep_threads=1"]
     for s in sets:
         args += ["--set", s]
@@ -95,7 +96,7 @@ def running_server(bundle: Path, *sets: str, workers: int = 1, timeout: float = 
     pin = None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
     with open(log, "wb") as out:
         proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=pin)
-    url = f"http://127.0.0.1:{port}"
+    url = service_url(host, port)
     if pids is not None:
         pids.append(proc.pid)
     try:

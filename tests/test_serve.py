@@ -358,6 +358,22 @@ def test_served_on_another_port_the_client_is_told_where(bundle: Path, tmp_path:
         assert "note: the service" not in mine.stderr + named.stderr, mine.stderr + named.stderr
 
 
+def test_the_client_calls_the_service_at_dep_host(bundle: Path, tmp_path: Path) -> None:
+    """A service on dep_host (here another loopback address) is called there, not at 127.0.0.1."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.2", 0))
+        except OSError:
+            pytest.skip("no loopback address 127.0.0.2 here")
+    image = tmp_path / "red.jpg"
+    image.write_bytes(jpeg_bytes(COLORS["red"]))
+    with running_server(bundle, host="127.0.0.2") as url:
+        port = url.rsplit(":", 1)[1]
+        proc = run_script("6_callWebservice.py", str(image), "--set", "dep_host=127.0.0.2", "--set", f"dep_port={port}",
+                          "--set", "datasetName=colors", data_dir=tmp_path, check=False)
+        assert proc.returncode == 0 and proc.stdout.split("\t")[1] == "red", proc.stderr
+
+
 def test_client_script(url: str, tmp_path: Path) -> None:
     folder = tmp_path / "photos"
     (folder / "sub").mkdir(parents=True)

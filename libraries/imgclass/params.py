@@ -164,6 +164,15 @@ def origin_problem(origin: str) -> str | None:
     return None
 
 
+def service_url(host: str, port: int) -> str:
+    """The address a client on this machine calls the service at, listening on `host` (dep_host): an
+    address that means "every interface" is reached at the loopback one, and an IPv6 address goes in
+    brackets. Here, not in imgclass.serve, so that the client (6_callWebservice.py) finds the service
+    where stage 6 put it without importing the server."""
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 def _origins(v: Any) -> str | None:
     for origin in v:
         if not isinstance(origin, str):

@@ -64,7 +64,7 @@ from starlette.requests import ClientDisconnect
 from imgclass.cpus import usable_cpus
 from imgclass.export import Bundle, cpu_session, load_bundle
 from imgclass.images import DRAFT_OVERSAMPLE, ImageDecodeError, decode_reason, load_square, openers
-from imgclass.params import origin_problem
+from imgclass.params import origin_problem, service_url
 
 if TYPE_CHECKING:
     from imgclass.params import Params
@@ -631,13 +631,6 @@ def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, worker
                     log_level="warning", access_log=False, timeout_graceful_shutdown=grace, root_path=root_path)
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def service_url(host: str, port: int) -> str:
-    """The address a client on this machine calls the service at, listening on `host`: an address
-    that means "every interface" is reached at the loopback one, and an IPv6 address goes in brackets."""
-    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def service_command(bundle: str | Path, p: Params, host: str, port: int, workers: int) -> list[str]:
