@@ -86,6 +86,8 @@ def test_unknown_override_suggests_nearest_name() -> None:
         ("rf_pretrainedModel", "vgg16", "efficientnet_lite0"),
         ("svm_boL2Normalize", 1, "expected bool"),
         ("datasetName", "../x", "no slashes"),
+        ("datasetName", "shirts ", r"must not start or end with a space \(did you mean 'shirts'\?\)"),
+        ("datasetName", " ", "must be a folder name"),
         ("rf_averageLastEpochs", -1, "must be >= 0"),
         ("randomSeed", 2**32, "between 0 and 4294967295"),  # numpy and scikit-learn refuse larger seeds
         ("dep_rootPath", "classifier", 'must be "" or a path like "/classifier"'),

@@ -196,6 +196,15 @@ def _data_dir_problem(value: str) -> str | None:
     return None
 
 
+def _dataset_name_problem(value: str) -> str | None:
+    if not value.strip() or "/" in value or "\\" in value or value in (".", ".."):
+        return "must be a folder name (no slashes)"
+    if value != value.strip():
+        # A stray space in quotes (datasetName = "shirts "): a folder "shirts " that is not "shirts".
+        return f"must not start or end with a space (did you mean {value.strip()!r}?)"
+    return None
+
+
 _INT = (int,)
 _FLOAT = (float, int)
 _STR = (str,)
@@ -207,12 +216,7 @@ CLASSIFIERS = ("svm", "dnn", "svmDnnRefined")
 # One entry per parameter in PARAMETERS.py. Adding a parameter means adding it in both places.
 SCHEMA: dict[str, Spec] = {
     "DATA_DIR": Spec(_STR, check=_data_dir_problem, expected="a folder path"),
-    "datasetName": Spec(
-        _STR,
-        check=lambda v: None
-        if v and "/" not in v and "\\" not in v and v not in (".", "..")
-        else "must be a folder name (no slashes)",
-    ),
+    "datasetName": Spec(_STR, check=_dataset_name_problem),
     "urlsFile": Spec(_STR, expected="a path to a TSV file, or \"\""),
     "demoImagesPerClass": Spec(_INT, check=lambda v: None if v >= 4 else "must be at least 4"),
     "ratioTrainTest": Spec(_FLOAT, check=_fraction_open),
