@@ -19,7 +19,7 @@ import os
 DATA_DIR = os.path.join(os.path.expanduser("~"), "imgclass_data")  # root of images/, proc/, results/ (see above for overrides)
 datasetName = "fashionTextureDemo"  # folder under DATA_DIR/images/; "fashionTextureDemo" is generated offline by stage 0
 urlsFile = ""  # TSV of label<TAB>url that stage 0 downloads into DATA_DIR/images/<datasetName>/ ("" = none; ~ is expanded)
-demoImagesPerClass = 100  # images per class that stage 0 generates for the synthetic demo data set
+demoImagesPerClass = 100  # images per class that stage 0 generates for the synthetic demo data set (when its folder is empty)
 ratioTrainTest = 0.75  # fraction of each class's images that goes to the training set
 imagesSplitBy = "filename"  # "filename": split images at random; "subdir": keep each sub-folder of a class on one side
 randomSeed = 0  # seed for the train/test split, SVM cross-validation, refinement (order, augmentation, dropout) and demo generation

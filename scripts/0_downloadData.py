@@ -12,6 +12,7 @@ from imgclass.data import alike_class_notes, class_counts, find_split_folders, l
 from imgclass.download import download_images
 from imgclass.synthetic import CLASSES as DEMO_CLASSES
 from imgclass.synthetic import README_FILE as DEMO_README
+from imgclass.synthetic import generated_per_class
 from imgclass.synthetic import generate_demo_dataset
 from imgclass.terminal import ljust, name_column
 
@@ -66,6 +67,12 @@ def main() -> int:
         n = len(_class_names(counts))
         sides = " in train and test folders (split in advance)" if any("/" in k for k in counts) else ""
         print(f"{out} already holds {n} class folder{'' if n == 1 else 's'}{sides}; nothing to do.")
+        made = generated_per_class(out) if p.datasetName == DEMO_DATASET else None
+        if made is not None and made != p.demoImagesPerClass:
+            # The parameter applies to an empty folder only: said, or 20 asked for would pass for 20 made.
+            print(f"note: demoImagesPerClass = {p.demoImagesPerClass}, but these demo images were generated with "
+                  f"{made} per class, and are kept: demoImagesPerClass applies when the folder is empty (delete "
+                  f"{out} to draw them anew, then rerun the stages from 1)")
     elif p.datasetName == DEMO_DATASET:
         print(f"Generating the SYNTHETIC demo data set in {out} (drawn garments, not photographs).")
         print(f"To use your own photos: put them in {out.parent}/<name>/<class>/ and set datasetName = '<name>'.")

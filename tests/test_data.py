@@ -899,3 +899,9 @@ def test_an_interrupted_demo_generation_is_finished_by_the_next_stage_0(tmp_path
     assert (demo / README_FILE).is_file()
     proc = run_script("0_downloadData.py", "--set", "demoImagesPerClass=4", data_dir=tmp_path)
     assert "already holds 3 class folders; nothing to do." in proc.stdout, proc.stdout
+    assert "note:" not in proc.stdout
+    # Another demoImagesPerClass on a finished demo changes nothing, and says so (it passed in silence).
+    proc = run_script("0_downloadData.py", "--set", "demoImagesPerClass=6", data_dir=tmp_path)
+    assert ("note: demoImagesPerClass = 6, but these demo images were generated with 4 per class, and are kept"
+            in proc.stdout), proc.stdout
+    assert all(len(list((demo / c).glob("*.jpg"))) == 4 for c in CLASSES)

@@ -24,6 +24,7 @@ import functools
 import io
 import math
 import operator
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -78,6 +79,18 @@ def generate_demo_dataset(
         counts[name] += 1
     _write_if_changed(out_dir / README_FILE, _readme(images_per_class, seed).encode("utf-8"))
     return counts
+
+
+def generated_per_class(out_dir: str | Path) -> int | None:
+    """The images per class a finished generation in `out_dir` was asked for (its README.txt says),
+    or None where there is no such README (none yet, or not a demo folder)."""
+    readme = Path(out_dir) / README_FILE
+    try:
+        text = readme.read_text(encoding="utf-8")
+    except (FileNotFoundError, NotADirectoryError, UnicodeDecodeError):
+        return None
+    m = re.search(r"seed=\d+,\s+(\d+) images per class", text)
+    return int(m.group(1)) if m else None
 
 
 # ------------------------------------------------------------------------------------------------
