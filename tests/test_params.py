@@ -101,6 +101,7 @@ def test_unknown_override_suggests_nearest_name() -> None:
         ("rf_l2RegWeight", 10**400, "too large for a number"),
         ("dl_timeoutSec", 1e12, r"at most 86400 \(a day\)"),  # finite, and still an OverflowError in a socket
         ("scrape_pauseSec", 1e12, r"between 0 and 86400"),
+        ("scrape_attributes", ["striped", "dotted", "striped "], r"lists 'striped' more than once"),
     ],
 )
 def test_bad_values_say_what_is_allowed(name: str, value: object, message: str) -> None:

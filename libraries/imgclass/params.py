@@ -140,6 +140,9 @@ def _seconds_or_zero(v: float) -> str | None:
 def _word_list(v: Any) -> str | None:
     if not v or not all(isinstance(w, str) and w.strip() for w in v):
         return "must be a non-empty list of non-empty strings"
+    # Each word is searched with each of the other list's: a repeated one asked every query twice.
+    if twice := sorted({w.strip() for w in v if [x.strip() for x in v].count(w.strip()) > 1}):
+        return f"lists {', '.join(map(repr, twice))} more than once"
     return None
 
 
