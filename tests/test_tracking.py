@@ -99,8 +99,10 @@ def test_rerun_of_the_last_stage_joins_the_run(tracked_demo: Path, monkeypatch: 
                      data_dir=tracked_demo).stdout
     assert f"tracked in pipeline run {before[:8]}" in out and _state(tracked_demo)["run_id"] == before, out
     # Nor the demo's size or download settings (stage 0's inputs: the images are what split.json holds).
+    # Nor stage 3's batch size (the features are the same to the bit; lowering it is the advice when
+    # stage 3 runs out of memory).
     out = run_script("5_evaluate.py", *TRACKED_SMALL, "--on", "train", "--set", "demoImagesPerClass=30",
-                     "--set", "dl_timeoutSec=5", data_dir=tracked_demo).stdout
+                     "--set", "dl_timeoutSec=5", "--set", "run_mbSize=5", data_dir=tracked_demo).stdout
     assert f"tracked in pipeline run {before[:8]}" in out, out
     # Nor eval_set, which says what --on says (it started a new run holding stage 5 alone).
     out = run_script("5_evaluate.py", *TRACKED_SMALL, "--set", "eval_set=train", data_dir=tracked_demo).stdout

@@ -118,11 +118,13 @@ def affects_results(name: str) -> bool:
     nor active learning's choices (al_*), nor how stage 0 or scrapeImages.py fetch or make the images
     (dl_*, scrape_*, urlsFile, demoImagesPerClass: the images themselves are what split.json holds,
     and stage 0 run again starts a new run anyway), nor which side stage 5 scores (eval_set: as
-    `--on train`, its figures are recorded under their own names, train_*). Only these split a
-    pipeline run in two (moving the service to another port started a new run, and the stages after
-    it looked like a rerun; eval_set = "train" started one holding stage 5 alone)."""
+    `--on train`, its figures are recorded under their own names, train_*), nor how many images
+    stage 3 runs through the network at once (run_mbSize: the features are the same to the bit, and
+    lowering it is the advice when stage 3 runs out of memory). Only these split a pipeline run in two
+    (moving the service to another port started a new run, and the stages after it looked like a
+    rerun; eval_set = "train" started one holding stage 5 alone)."""
     return not (name.startswith(("dep_", "track_", "al_", "dl_", "scrape_")) or name.endswith("workers")
-                or name in ("run_boCache", "urlsFile", "demoImagesPerClass", "eval_set"))
+                or name in ("run_boCache", "run_mbSize", "urlsFile", "demoImagesPerClass", "eval_set"))
 
 
 # Parameters only stage 1 uses (its leakage check): their effect is split.json, whose hash the run records
