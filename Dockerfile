@@ -3,6 +3,7 @@
 #   rm -rf bundle && cp -r <bundle folder> bundle  # the image serves the bundle copied in here (git ignores it)
 #   docker build -t imgclass-service .
 #   docker run -p 8000:8000 imgclass-service      # then open http://localhost:8000/
+#   docker run -e IMGCLASS_API_KEY=<secret> -p 8000:8000 imgclass-service   # /score and /info need the key
 # The service needs only the bundle (model.onnx + bundle.json): no training data, no torch at run time.
 FROM python:3.11-slim
 

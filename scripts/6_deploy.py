@@ -28,9 +28,10 @@ def main() -> int:
     port = p.dep_port if args.port is None else args.port
     workers = p.dep_workers if args.workers is None else args.workers
     if not args.no_serve:
-        from imgclass.serve import check_port_free
+        from imgclass.serve import api_key_from_env, check_port_free
 
         check_port_free(host, port)  # now, not after an export that takes half a minute
+        api_key_from_env()  # likewise a key in IMGCLASS_API_KEY that no HTTP header can carry
     if args.bundle:
         from imgclass.export import load_bundle
 

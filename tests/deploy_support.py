@@ -75,7 +75,8 @@ def _tail(log: Path, limit: int = 20_000) -> str:
 @contextlib.contextmanager
 def running_server(bundle: Path, *sets: str, workers: int = 1, timeout: float = 60, pids: list[int] | None = None,
                    log: Path | None = None, cpus: set[int] | None = None, stopped_by_test: bool = False,
-                   exit_status: list[int] | None = None, host: str = "127.0.0.1") -> Iterator[str]:
+                   exit_status: list[int] | None = None, host: str = "127.0.0.1",
+                   env: dict[str, str] | None = None) -> Iterator[str]:
     """scripts/6_deploy.py --bundle serving on a free port of `host`; yields its base URL (and
     appends the server's process id to `pids` when given).
 
@@ -85,14 +86,15 @@ def running_server(bundle: Path, *sets: str, workers: int = 1, timeout: float = 
     server fails to start, dies, or the test inside the `with` fails. `cpus`: the CPUs the server
     may run on (its affinity, as taskset or a container's cpuset sets it). `stopped_by_test`: the
     test stops the server itself (a signal, through `pids`); its exit status is then appended to
-    `exit_status` when given (None when it had to be stopped after the test)."""
+    `exit_status` when given (None when it had to be stopped after the test). `env`: environment
+    variables for the server on top of this process's (IMGCLASS_API_KEY)."""
     port = free_port()
     log = log or bundle.parent / f"server_{port}.log"
     args = [sys.executable, str(SCRIPTS / "6_deploy.py"), "--bundle", str(bundle), "--host", host, "--port", str(port),
             "--workers", str(workers), "--set", "dep_threads=1"]
     for s in sets:
         args += ["--set", s]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     pin = None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
     with open(log, "wb") as out:
         proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=pin)

@@ -700,6 +700,119 @@ def test_head_requests_and_cors_for_pages_elsewhere(bundle: Path, tmp_path: Path
     assert "Duplicate Operation ID" not in (tmp_path / "server.log").read_text()
 
 
+KEY = "k3y-for-the-test_0123456789"
+
+
+def _server_env(pid: int) -> dict[str, str]:
+    """The environment a running process started with (Linux /proc)."""
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode(errors="replace").partition("=")[::2] for item in raw if item)
+
+
+def test_an_api_key_guards_score_and_info_in_every_worker(bundle: Path, tmp_path: Path) -> None:
+    page = "https://app.example"
+    log, pids = tmp_path / "server.log", []
+    photo = jpeg_bytes(COLORS["blue"], seed=3)
+    with running_server(bundle, f"dep_corsOrigins=['{page}']", workers=2, log=log, pids=pids,
+                        env={"IMGCLASS_API_KEY": KEY}) as base:
+        # Open: what load balancers, container health checks and the page that asks for the key need.
+        for path in ("/health", "/", "/docs", "/openapi.json", "/static/app.js"):
+            assert httpx.get(base + path).status_code == 200, path
+        assert httpx.head(base + "/health").status_code == 200
+        # No key, or a wrong one: 401 naming the header to send, on new connections (both workers).
+        wrong = [{}, {"Authorization": "Bearer nope"}, {"X-API-Key": KEY[:-1]}, {"Authorization": "Basic " + KEY},
+                 {"Authorization": KEY}]
+        for headers in wrong * 2:
+            for r in (httpx.post(base + "/score", files={"images": ("b.jpg", photo)}, headers=headers),
+                      httpx.get(base + "/info", headers=headers), httpx.head(base + "/info", headers=headers)):
+                assert r.status_code == 401, (headers, r.request.method, r.text)
+                assert r.headers["www-authenticate"].startswith("Bearer"), r.headers
+                if r.request.method != "HEAD":
+                    assert "'Authorization: Bearer <key>' (or 'X-API-Key: <key>')" in r.json()["detail"], r.text
+        r = httpx.post(base + "/score", json={"images": []}, headers={"X-API-Key": "x"})
+        assert r.json()["detail"].startswith("the API key sent is not the service's key")
+        # The right key in either header (the scheme's case does not matter): answered.
+        for headers in ({"Authorization": f"Bearer {KEY}"}, {"authorization": f"bearer  {KEY}"}, {"X-API-Key": KEY},
+                        {"Authorization": "Basic dXNlcjpwdw==", "X-API-Key": KEY}):
+            r = httpx.post(base + "/score", files={"images": ("b.jpg", photo)}, headers=headers, timeout=30)
+            assert r.status_code == 200 and r.json()["results"][0]["label"] == "blue", (headers, r.text)
+            assert set(r.json()["results"][0]["scores"]) == set(COLORS)
+            assert httpx.get(base + "/info", headers=headers).json()["classes"] == list(COLORS)
+        # A browser's preflight carries no key: answered, Authorization allowed; the 401 reaches the page.
+        r = httpx.options(base + "/score", headers={"Origin": page, "Access-Control-Request-Method": "POST",
+                                                    "Access-Control-Request-Headers": "authorization"})
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == page
+        assert "authorization" in r.headers["access-control-allow-headers"].lower()
+        r = httpx.get(base + "/info", headers={"Origin": page})
+        assert r.status_code == 401 and r.headers["access-control-allow-origin"] == page
+        assert "www-authenticate" in r.headers["access-control-expose-headers"].lower()
+        r = httpx.get(base + "/info", headers={"Origin": page, "Authorization": f"Bearer {KEY}"})
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == page
+        # The key reaches the workers through their own environment, not the settings' JSON.
+        children = Path(f"/proc/{pids[0]}/task/{pids[0]}/children").read_text().split()
+        workers = [e for e in map(_server_env, map(int, children)) if "IMGCLASS_SERVE_CONFIG" in e]
+        assert len(workers) >= 2 and all(e["IMGCLASS_API_KEY"] == KEY for e in workers), children  # (+ a resource tracker)
+        assert all(KEY not in e["IMGCLASS_SERVE_CONFIG"] for e in workers)
+    text = log.read_text()
+    assert "(2 worker(s)); API key required (IMGCLASS_API_KEY); API docs at" in text, text
+    assert KEY not in text and "note: listening" not in text
+
+
+def test_a_key_no_header_can_carry_is_refused_without_showing_it(bundle: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMGCLASS_API_KEY", "café-secret")
+    proc = run_script("6_deploy.py", "--bundle", str(bundle), "--port", str(free_port()), data_dir=tmp_path,
+                      check=False)
+    assert proc.returncode == 1 and "IMGCLASS_API_KEY: the key holds characters other than printable ASCII" \
+        in proc.stderr, proc.stdout + proc.stderr
+    assert "secret" not in proc.stdout + proc.stderr and "serving" not in proc.stdout
+
+
+def test_the_note_for_a_service_listening_beyond_this_machine() -> None:
+    from imgclass.serve import exposure_note
+
+    for host in ("127.0.0.1", "localhost", "::1", "127.0.0.2"):
+        assert exposure_note(host, key_required=False) == "", host
+    for host in ("0.0.0.0", "::", "", "192.168.1.20", "myhost.example"):
+        note = exposure_note(host, key_required=False)
+        assert "anyone who can reach this address can use the service; set IMGCLASS_API_KEY" in note, host
+        assert exposure_note(host, key_required=True) == ""
+
+
+def test_the_client_sends_the_key_and_says_in_one_line_when_it_lacks_it(bundle: Path, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from imgclass.client import ServiceClient, ServiceError, find_images
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name, rgb in COLORS.items():
+        (folder / f"{name}.jpg").write_bytes(jpeg_bytes(rgb))
+    monkeypatch.delenv("IMGCLASS_API_KEY", raising=False)
+    with running_server(bundle, "dep_maxImagesPerRequest=2", env={"IMGCLASS_API_KEY": KEY}) as base:
+        proc = run_script("6_callWebservice.py", str(folder), "--url", base, data_dir=tmp_path, check=False)
+        assert proc.returncode == 1 and proc.stdout == "", proc.stdout + proc.stderr
+        assert proc.stderr.strip() == (f"error: the service at {base} needs an API key: set IMGCLASS_API_KEY to the "
+                                       "service's key"), proc.stderr
+        monkeypatch.setenv("IMGCLASS_API_KEY", "not-the-key")
+        proc = run_script("6_callWebservice.py", str(folder), "--url", base, data_dir=tmp_path, check=False)
+        assert proc.returncode == 1 and proc.stdout == "", proc.stdout + proc.stderr
+        assert proc.stderr.strip() == f"error: the service at {base} rejected the API key in IMGCLASS_API_KEY"
+        monkeypatch.setenv("IMGCLASS_API_KEY", KEY + "\n")  # as `export IMGCLASS_API_KEY="$(cat keyfile)"` may leave it
+        proc = run_script("6_callWebservice.py", str(folder), "--url", base, data_dir=tmp_path)
+        assert {Path(x.split("\t")[0]).name: x.split("\t")[1] for x in proc.stdout.splitlines()} == {
+            f"{c}.jpg": c for c in COLORS}
+        assert KEY not in proc.stdout + proc.stderr
+        # The library: a key that stops working mid-run stops it at once, not one refusal per image.
+        with ServiceClient(base, timeout=30, api_key=KEY) as client:
+            client.info()
+            client._http.headers["Authorization"] = "Bearer changed"
+            with pytest.raises(ServiceError, match="rejected the API key") as refused:
+                list(client.score_files(find_images(folder)))
+            assert refused.value.status == 401
+        with ServiceClient(base, timeout=30, api_key="") as client, pytest.raises(ServiceError, match="needs an API key"):
+            client.info()
+
+
 def test_no_cors_headers_unless_asked_for(url: str) -> None:
     r = httpx.get(url + "/health", headers={"Origin": "https://app.example"})
     assert r.status_code == 200 and "access-control-allow-origin" not in r.headers

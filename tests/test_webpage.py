@@ -104,6 +104,49 @@ def test_the_page_works_behind_a_proxy_that_serves_it_under_a_path(
     assert all(status != 404 for _, p, _, status in records[moved:] if p != "/favicon.ico"), records
 
 
+def test_a_service_with_an_api_key_asks_for_it_once_per_tab(
+        browser, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    key = "page-test-key-42"
+    bundle = color_bundle(tmp_path_factory.mktemp("colorbundle"))
+    with running_server(bundle, env={"IMGCLASS_API_KEY": key}) as url:
+        browser.get(url + "/")
+        wait = WebDriverWait(browser, 30)
+        form = browser.find_element(By.ID, "keyform")
+        wait.until(lambda d: form.is_displayed())  # /info answered 401
+        assert "needs an API key" in browser.find_element(By.ID, "keynote").text
+        assert browser.find_element(By.ID, "key").get_attribute("type") == "password"
+        # A photo chosen before the key: its 401 is read (not a network error) and it waits for the key.
+        photo = tmp_path / "green before the key.jpg"
+        photo.write_bytes(jpeg_bytes(COLORS["green"], size=(120, 90), seed=3))
+        browser.find_element(By.ID, "file").send_keys(str(photo))
+        wait.until(lambda d: "waiting for the service's API key" in d.find_element(By.ID, "status").text)
+        # A wrong key: asked again, and not kept.
+        browser.find_element(By.ID, "key").send_keys("wrong key")
+        browser.find_element(By.CSS_SELECTOR, "#keyform button").click()
+        wait.until(lambda d: "did not accept that API key" in d.find_element(By.ID, "keynote").text)
+        assert form.is_displayed()
+        assert browser.execute_script("return sessionStorage.getItem('imgclass-api-key')") is None
+        # The right key: the model description and the waiting photo's label come.
+        browser.find_element(By.ID, "key").send_keys(key)
+        browser.find_element(By.CSS_SELECTOR, "#keyform button").click()
+        wait.until(lambda d: "Classes: red, green, blue" in d.find_element(By.ID, "model").text)
+        wait.until(lambda d: f"{photo.name}: green (model " in d.find_element(By.ID, "status").text)
+        assert browser.find_element(By.ID, "label").text == "green" and not form.is_displayed()
+        # Kept for the tab: a reload asks no more, and the next photo is scored at once.
+        browser.refresh()
+        wait.until(lambda d: "Classes: red, green, blue" in d.find_element(By.ID, "model").text)
+        assert not browser.find_element(By.ID, "keyform").is_displayed()
+        blue = tmp_path / "blue.jpg"
+        blue.write_bytes(jpeg_bytes(COLORS["blue"], size=(120, 90), seed=4))
+        browser.find_element(By.ID, "file").send_keys(str(blue))
+        wait.until(lambda d: "blue.jpg: blue (model " in d.find_element(By.ID, "status").text)
+        assert browser.execute_script("return sessionStorage.getItem('imgclass-api-key')") == key
+        assert browser.execute_script("return localStorage.length") == 0  # not kept beyond the tab
+
+
 # Holds the page's /score replies until the test lets them through, one by one in the order it
 # chooses: the request itself goes out at once; only the page's view of the reply waits.
 HOLD_SCORE_REPLIES = """

@@ -5,6 +5,9 @@ service refuses so every other image still gets its answer.
     with ServiceClient("http://127.0.0.1:8000", timeout=60) as client:
         for path, result, error in client.score_files(find_images(Path("photos"))):
             print(path, result["label"] if result else error)
+
+A service that needs an API key (its IMGCLASS_API_KEY) is sent the one in this process's
+IMGCLASS_API_KEY, as `Authorization: Bearer <key>`.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ TRY_AGAIN = (502, 503, 504)
 BUSY_RETRIES = 8
 BUSY_MAX_WAIT = 10.0
 GIVEN_MAX_WAIT = 120.0
+ENV_API_KEY = "IMGCLASS_API_KEY"  # the service's key, as imgclass.serve reads it (a secret: not a parameter)
 
 
 def not_accepted(paths: list[Path], formats: list[str]) -> list[Path]:
@@ -109,10 +113,17 @@ class ServiceClient:
     """A connection to one service. `say` receives the notes a person running the client wants to
     see (waiting for a busy service, a request resent one image at a time); stderr by default."""
 
-    def __init__(self, url: str, timeout: float, say: Callable[[str], None] = _to_stderr) -> None:
+    def __init__(self, url: str, timeout: float, say: Callable[[str], None] = _to_stderr,
+                 api_key: str | None = None) -> None:
+        """`api_key`: the service's key (None: $IMGCLASS_API_KEY; empty: none)."""
         self.url = url.rstrip("/")
         self.say = say
-        self._http = httpx.Client(timeout=timeout)
+        key = (os.environ.get(ENV_API_KEY, "") if api_key is None else api_key).strip()
+        if not all(" " <= c <= "~" for c in key):  # httpx would fail on each request with a UnicodeEncodeError
+            raise ServiceError(f"{ENV_API_KEY}: the key holds characters other than printable ASCII, which an "
+                               "HTTP header cannot carry; copy the service's key again")
+        self._sends_key = bool(key)
+        self._http = httpx.Client(timeout=timeout, headers={"Authorization": f"Bearer {key}"} if key else None)
         self._info: dict | None = None
 
     def __enter__(self) -> ServiceClient:
@@ -161,7 +172,7 @@ class ServiceClient:
             try:
                 results = self.score(chunk)
             except ServiceError as e:
-                if e.status is None or e.status in TRY_AGAIN:  # unreachable, or busy for good
+                if e.status is None or e.status in TRY_AGAIN or e.status == 401:  # unreachable, busy for good, no key
                     raise
                 # A refusal (4xx) or a failure inside the service (5xx) may come from one file of
                 # the request: its images go again one at a time, so every other image still gets
@@ -181,7 +192,7 @@ class ServiceClient:
         try:
             return image, self.score([image])[0], None
         except ServiceError as e:
-            if e.status is None or e.status in TRY_AGAIN:
+            if e.status is None or e.status in TRY_AGAIN or e.status == 401:  # not this file's fault
                 raise
             return image, None, e
 
@@ -200,6 +211,11 @@ class ServiceClient:
             body = reply.json()
         except ValueError:
             body = {"detail": reply.text[:200]}
+        if reply.status_code == 401:  # one line for the whole run, not a refusal per image
+            if self._sends_key:
+                raise ServiceError(f"the service at {self.url} rejected the API key in {ENV_API_KEY}", 401)
+            raise ServiceError(f"the service at {self.url} needs an API key: set {ENV_API_KEY} to the service's key",
+                               401)
         if reply.status_code != 200:
             retry_after = reply.headers.get("retry-after", "")
             # No such path: --url was most likely an endpoint (…/score) rather than the service's root.

@@ -7,6 +7,10 @@ Endpoints
 - GET /health, GET /info (classes, model version, metrics, preprocessing, limits, formats), GET / (the web
   page), GET /docs (OpenAPI).
 
+With $IMGCLASS_API_KEY set (the environment, never PARAMETERS.py: a key is a secret), /score and /info
+need `Authorization: Bearer <key>` or `X-API-Key: <key>`, else 401; /health, the page and the API docs
+stay open, for load balancers, container health checks and the page that asks for the key.
+
 Each image is decoded as imgclass.images.load_square decodes it, exactly as stage 3 decodes training
 images, so the service sees the same pixels; only the formats of ACCEPTED_FORMATS are decoded.
 Requests run concurrently: decoding in a pool of about one thread per usable core (a full-size
@@ -37,7 +41,9 @@ import binascii
 import concurrent.futures
 import contextlib
 import errno
+import hmac
 import io
+import ipaddress
 import json
 import os
 import queue
@@ -71,6 +77,10 @@ if TYPE_CHECKING:
 
 GRACE_SECONDS = 5.0  # after SIGTERM / Ctrl-C, for requests in progress (docker stop kills after 10 s)
 ENV_CONFIG = "IMGCLASS_SERVE_CONFIG"  # how `workers > 1` hands the settings to each worker process
+# The API key, when the service needs one. Only ever read from the environment, which worker processes
+# inherit: it never enters ServeConfig, whose JSON goes through ENV_CONFIG and may be printed or logged.
+ENV_API_KEY = "IMGCLASS_API_KEY"
+PROTECTED_PATHS = ("/score", "/info")  # what a key guards; /health, /, /static, /docs stay open
 STATIC_DIR = Path(str(resources.files("imgclass") / "static"))
 # The Pillow formats the service decodes: what cameras, phones and browsers produce. Pillow reads
 # some 40 more, and an upload must not reach decoders nobody needs here (EPS runs Ghostscript).
@@ -145,6 +155,37 @@ def check_port_free(host: str, port: int) -> None:
     if failures and len(failures) == len(addresses):  # one usable address is enough (IPv6 may be off)
         raise ValueError(f"cannot listen on {host}:{port}: {failures[0].strerror or failures[0]}; "
                          f"check the address (--host, dep_host)")
+
+
+def api_key_from_env() -> bytes | None:
+    """The key in $IMGCLASS_API_KEY (surrounding whitespace dropped: HTTP drops it from header values,
+    so such a key could never be sent), or None when unset or empty: no key needed. ValueError for a
+    key no HTTP header can carry; the message never shows the key."""
+    key = os.environ.get(ENV_API_KEY, "").strip()
+    if not key:
+        return None
+    if not all(" " <= c <= "~" for c in key):
+        raise ValueError(f"{ENV_API_KEY}: the key holds characters other than printable ASCII (letters, digits, "
+                         f"punctuation, space), which an HTTP header cannot carry; choose another key")
+    return key.encode("ascii")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether listening on `host` keeps the service to this machine."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # "" and 0.0.0.0 parse; a host name that is not localhost may be any interface
+        return False
+
+
+def exposure_note(host: str, key_required: bool) -> str:
+    """A word at startup when the service listens beyond this machine and anyone reaching it may use it."""
+    if key_required or is_loopback(host):
+        return ""
+    return (f"note: listening on {host or 'every address'} without an API key: anyone who can reach this address "
+            f"can use the service; set {ENV_API_KEY} to require a key")
 
 
 class RequestError(Exception):
@@ -499,8 +540,78 @@ class ConcurrencyLimit:
             self.active -= 1
 
 
+def _route_path(scope: dict) -> str:
+    """The request's path as the routes see it, without dep_rootPath (what starlette's private
+    get_route_path computes: a proxy may pass the prefix on in the path, or strip it)."""
+    path, root = scope["path"], scope.get("root_path", "")
+    if root and path.startswith(root) and path[len(root):len(root) + 1] in ("/", ""):
+        return path[len(root):]
+    return path
+
+
+class ApiKeyRequired:
+    """ASGI middleware: requests to PROTECTED_PATHS without the key (`Authorization: Bearer <key>` or
+    `X-API-Key: <key>`) get 401 with `WWW-Authenticate: Bearer`, before the limits count them, so a
+    caller without the key takes no place among dep_maxConcurrent. CORS preflights (OPTIONS) pass:
+    browsers send them without credentials."""
+
+    HOW = "send the header 'Authorization: Bearer <key>' (or 'X-API-Key: <key>')"
+
+    def __init__(self, app: Callable[..., Awaitable[None]], key: bytes, max_drain_bytes: int,
+                 body_timeout: float) -> None:
+        self.app = app
+        self.key = key
+        self.max_drain_bytes = max_drain_bytes
+        self.body_timeout = body_timeout
+
+    def _sent_keys(self, headers: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
+        sent = []
+        for name, value in headers:
+            if name == b"authorization":
+                scheme, _, token = value.strip().partition(b" ")
+                if scheme.lower() == b"bearer":
+                    sent.append(token.strip())
+            elif name == b"x-api-key":
+                sent.append(value.strip())
+        return sent
+
+    async def __call__(self, scope: dict, receive: Callable[..., Awaitable[dict]], send: Callable[..., Awaitable[None]]) -> None:
+        if scope["type"] != "http" or scope["method"] == "OPTIONS" or _route_path(scope) not in PROTECTED_PATHS:
+            await self.app(scope, receive, send)
+            return
+        sent = self._sent_keys(scope["headers"])
+        # Every candidate compared, each in constant time: no early exit tells a caller how close it came.
+        if sum(hmac.compare_digest(k, self.key) for k in sent):
+            await self.app(scope, receive, send)
+            return
+        if sent:
+            detail, challenge = f"the API key sent is not the service's key; {self.HOW}", b'Bearer error="invalid_token"'
+        else:
+            detail, challenge = f"this service needs an API key: {self.HOW}", b"Bearer"
+        await self._drain(receive)
+        await _json_reply(send, 401, detail, [(b"www-authenticate", challenge)])
+
+    async def _drain(self, receive: Callable[..., Awaitable[dict]]) -> None:
+        """Read and drop an upload (up to the upload limit) before answering: a reply sent while the
+        browser still sends its photo often reaches the page as a network error, not as the 401 that
+        makes the page ask for the key. Nothing is kept; a body that stalls or is over the limit is
+        not waited for."""
+        seen = 0
+        while seen <= self.max_drain_bytes:
+            try:
+                message = await asyncio.wait_for(receive(), self.body_timeout)
+            except asyncio.TimeoutError:
+                return
+            if message["type"] != "http.request":
+                return
+            seen += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return
+
+
 def create_app(config: ServeConfig) -> Any:
-    """The FastAPI app for one bundle."""
+    """The FastAPI app for one bundle; with $IMGCLASS_API_KEY set, /score and /info need the key."""
+    api_key = api_key_from_env()  # each worker reads it for itself: it is not in `config`
     bundle = load_bundle(config.bundle)
     scorer = Scorer(bundle, threads=config.threads, max_batch=config.max_batch, processes=config.workers)
     formats = accepted_formats()
@@ -595,11 +706,17 @@ def create_app(config: ServeConfig) -> Any:
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     # Outside the app, so a request over a limit is refused before any of its body is read.
     limited = ConcurrencyLimit(BodyLimit(app, config.max_upload_bytes), config.max_concurrent, config.body_timeout)
+    if api_key is not None:
+        limited = ApiKeyRequired(limited, api_key, config.max_upload_bytes, config.body_timeout)
     if not config.cors_origins:
         return limited
-    # Outermost: a browser then reads the limits' 413 / 503 replies too, and their Retry-After.
+    # Outermost: a browser then reads the limits' 413 / 503 and the key's 401 replies too, and their
+    # Retry-After and WWW-Authenticate; and its preflight is answered without a key. "*": starlette
+    # names back every header the preflight asks for, Authorization included (browsers would not
+    # take a literal "*" to cover Authorization).
     return CORSMiddleware(limited, allow_origins=list(config.cors_origins), allow_methods=["GET", "HEAD", "POST"],
-                          allow_headers=["*"], expose_headers=["Retry-After"], max_age=600)
+                          allow_headers=["*"],
+                          expose_headers=["Retry-After", "WWW-Authenticate"], max_age=600)
 
 
 def app_from_env() -> Any:
@@ -615,11 +732,15 @@ def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, worker
     503 (docker stop waits 10 s before it kills, Kubernetes 30 s)."""
     import uvicorn
 
+    key_required = api_key_from_env() is not None  # a key no header can carry: said once, here, not per worker
     load_bundle(config.bundle)  # fail here, once, with a clear message, not in every worker
     check_port_free(host, port)  # before "serving ...", which would otherwise come first
     url = service_url(host, port)
-    print(f"serving {config.bundle} on {url}/ ({workers} worker(s)); API docs at {url}/docs; Ctrl-C stops it",
+    key = f"; API key required ({ENV_API_KEY})" if key_required else ""
+    print(f"serving {config.bundle} on {url}/ ({workers} worker(s)){key}; API docs at {url}/docs; Ctrl-C stops it",
           flush=True)
+    if note := exposure_note(host, key_required):
+        print(note, flush=True)
     config = replace(config, workers=workers)  # each worker takes its share of the cores
     os.environ[ENV_CONFIG] = json.dumps(asdict(config))
     # uvicorn raises the SIGTERM it stopped on again once it has shut down, with the handler it found:

@@ -8,6 +8,48 @@ let maxUploadBytes = null; // the service's limit on a request body, from /info
 // Bytes a multipart request adds to the file it carries, counted generously (as 6_callWebservice.py does).
 const REQUEST_OVERHEAD = 1024 + 512;
 let current = null; // the request whose reply the page shows: a newer photo aborts and replaces it
+// A service started with IMGCLASS_API_KEY answers /score and /info with 401 until the key is sent.
+// The key typed in is kept for this tab only (sessionStorage: gone when the tab closes).
+const KEY_STORE = "imgclass-api-key";
+let retryInfo = false; // what to ask again once a key is entered
+let retryFile = null;
+
+function storedKey() {
+  try { return sessionStorage.getItem(KEY_STORE) || ""; } catch (e) { return ""; }
+}
+
+function keyHeaders() {
+  const key = storedKey();
+  return key ? { Authorization: "Bearer " + key } : {};
+}
+
+// After a 401: ask for the key (again, when the one sent was refused).
+function askForKey(keyWasSent) {
+  if (keyWasSent) {
+    try { sessionStorage.removeItem(KEY_STORE); } catch (e) { /* nothing stored */ }
+  }
+  $("keynote").textContent = keyWasSent
+    ? "The service did not accept that API key. Enter the service's key (IMGCLASS_API_KEY where it runs):"
+    : "This service needs an API key. Enter it (IMGCLASS_API_KEY where it runs):";
+  $("keyform").hidden = false;
+  $("key").value = "";
+  $("key").focus();
+}
+
+$("keyform").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const key = $("key").value.trim();
+  if (!key) return;
+  if (!/^[\x20-\x7e]+$/.test(key)) { // fetch() refuses other characters in a header
+    $("keynote").textContent = "An API key is letters, digits and punctuation only; copy the service's key again:";
+    return;
+  }
+  try { sessionStorage.setItem(KEY_STORE, key); } catch (err) { /* kept for this page only, below */ }
+  if (!storedKey()) { setStatus("This browser keeps no session storage: the key cannot be kept.", true); return; }
+  $("keyform").hidden = true;
+  if (retryInfo) { retryInfo = false; loadInfo(); }
+  if (retryFile) { const file = retryFile; retryFile = null; classify(file); }
+});
 
 function megabytes(n) {
   return (n / 1e6).toFixed(1) + " MB (" + n + " bytes)";
@@ -68,11 +110,18 @@ async function classify(file) {
   setStatus("Scoring " + file.name + "\u2026", false);
   const body = new FormData();
   body.append("images", file, file.name);
+  const headers = keyHeaders();
   try {
-    const reply = await fetch("score", { method: "POST", body, signal: request.signal });
+    const reply = await fetch("score", { method: "POST", body, headers, signal: request.signal });
     const data = await reply.json().catch(() => ({ detail: reply.statusText }));
     if (request !== current) return; // another photo was chosen meanwhile
     current = null;
+    if (reply.status === 401) { // scored again once the key is entered
+      retryFile = file;
+      setStatus(file.name + ": waiting for the service's API key.", true);
+      askForKey("Authorization" in headers);
+      return;
+    }
     if (!reply.ok) {
       setStatus("Error " + reply.status + ": " + (data.detail || "request refused"), true);
       return;
@@ -93,7 +142,21 @@ const drop = $("drop");
 ["dragleave", "drop"].forEach((t) => drop.addEventListener(t, (e) => { e.preventDefault(); drop.classList.remove("over"); }));
 drop.addEventListener("drop", (e) => classify(e.dataTransfer.files[0]));
 
-fetch("info").then((r) => r.json()).then((info) => {
+function loadInfo() {
+  const headers = keyHeaders();
+  fetch("info", { headers }).then((r) => {
+    if (r.status === 401) {
+      retryInfo = true;
+      $("model").textContent = "The model description needs the service's API key.";
+      askForKey("Authorization" in headers);
+      return;
+    }
+    if (!r.ok) throw new Error("HTTP " + r.status);
+    return r.json().then(showInfo);
+  }).catch(() => { $("model").textContent = "Model description unavailable."; });
+}
+
+function showInfo(info) {
   scoreKind = info.score_kind;
   if (info.limits && typeof info.limits.max_upload_bytes === "number") maxUploadBytes = info.limits.max_upload_bytes;
   let text = "Classes: " + info.classes.join(", ") + " \u00b7 model " + info.model_version;
@@ -101,4 +164,6 @@ fetch("info").then((r) => r.json()).then((info) => {
     text += " \u00b7 test accuracy " + (100 * info.metrics.overall_accuracy).toFixed(1) + "%";
   }
   $("model").textContent = text;
-}).catch(() => { $("model").textContent = "Model description unavailable."; });
+}
+
+loadInfo();
