@@ -152,6 +152,18 @@ def _make_handler(state: Server) -> type[BaseHTTPRequestHandler]:
                         break
                     self.wfile.write(b"\xff")
                     self.wfile.flush()
+            elif path == "/drip-headers.jpg":  # the status line and headers a byte every 50 ms, for 10 s
+                self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+                for _ in range(200):
+                    if self.closing.wait(0.05):
+                        break
+                    self.wfile.write(b"X")
+                    self.wfile.flush()
+            elif path == "/redirect-file.jpg":  # urllib itself refuses file: before our handler sees it
+                self.send_response(302)
+                self.send_header("Location", "file:///etc/passwd")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
             elif path == "/half.jpg":  # a JPEG cut in half, served whole as such
                 self._send(200, NOISY_JPEG[: len(NOISY_JPEG) // 2])
             elif path == "/ghost.eps":  # PostScript: Pillow's EPS reader would run Ghostscript on it
@@ -521,6 +533,44 @@ def test_dripping_server_hits_the_total_deadline(
     assert time.monotonic() - start < 5  # the endpoint would drip for 10 s
 
 
+def test_a_host_dripping_its_headers_hits_the_total_deadline(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The deadline was checked between body chunks only: a host that drips its status line and
+    headers held the worker, and the first Ctrl-C, forever."""
+    monkeypatch.setattr(dl, "_TOTAL_TIMEOUT_FACTOR", 2.0)
+    start = time.monotonic()
+    report = download_images(
+        [("cat", server.url("/drip-headers.jpg"))], tmp_path, timeout=0.3, retries=0, progress=False
+    )
+    assert report.failures == [(server.url("/drip-headers.jpg"), "timeout (download too slow)")]
+    assert time.monotonic() - start < 3  # the endpoint would drip for 10 s
+
+
+def test_stopping_the_run_ends_a_download_in_progress_at_once(server: Server) -> None:
+    """Ctrl-C sets `stop`; a download waiting on a silent host used to end only when the host
+    answered or the socket timed out (dl_timeoutSec, 20 s by default)."""
+    stop = threading.Event()
+    outcome: list[BaseException] = []
+
+    def fetch() -> None:
+        try:
+            dl._fetch(server.url("/slow.jpg"), timeout=30, retries=0, max_bytes=10_000, stop=stop)
+        except BaseException as e:  # noqa: BLE001 - the test looks at what it was
+            outcome.append(e)
+
+    worker = threading.Thread(target=fetch)
+    worker.start()
+    deadline = time.monotonic() + 10
+    while server.hits["/slow.jpg"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    start = time.monotonic()
+    stop.set()
+    worker.join(timeout=10)
+    assert time.monotonic() - start < 1.5  # the endpoint answers after 3 s
+    assert [type(e) for e in outcome] == [dl._Cancelled]
+
+
 def test_size_cap_by_content_length_and_while_streaming(server: Server, tmp_path: Path) -> None:
     entries = [
         ("big", server.url("/big-declared.jpg")),
@@ -569,6 +619,15 @@ def test_redirect_to_another_scheme_is_refused(server: Server, tmp_path: Path) -
     assert report.failures[0][1].startswith("redirect to unsupported scheme")
     assert server.hits["/redirect-ftp.jpg"] == 1  # refused outright, not retried
     assert server.hits["/x"] == 0
+
+
+def test_redirect_to_a_local_file_is_named_as_such(server: Server, tmp_path: Path) -> None:
+    """It was "HTTP 302: a redirect loop, or more than 10 redirects" (urllib refuses file: itself)."""
+    report = download_images(
+        [("cat", server.url("/redirect-file.jpg"))], tmp_path, retries=2, timeout=5, progress=False
+    )
+    assert report.failures == [(server.url("/redirect-file.jpg"), "redirect to unsupported scheme (file)")]
+    assert server.hits["/redirect-file.jpg"] == 1  # refused outright, not retried
 
 
 def test_duplicate_urls_are_fetched_once(server: Server, tmp_path: Path) -> None:
@@ -670,9 +729,9 @@ def test_invalid_urls_are_not_retried(
     attempts = Counter()
     fetch_once = dl._fetch_once
 
-    def counting(opener, url, *args):  # type: ignore[no-untyped-def]
+    def counting(url, *args):  # type: ignore[no-untyped-def]
         attempts[url] += 1
-        return fetch_once(opener, url, *args)
+        return fetch_once(url, *args)
 
     monkeypatch.setattr(dl, "_fetch_once", counting)
     url = server.base + "abc/cat.jpg"  # port "<n>abc": http.client.InvalidURL

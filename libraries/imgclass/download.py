@@ -20,6 +20,7 @@ import io
 import logging
 import os
 import re
+import socket
 import sys
 import threading
 import time
@@ -434,6 +435,19 @@ def _encode_url(url: str) -> str:
 class _HttpOnlyRedirectHandler(urllib.request.HTTPRedirectHandler):
     """Follow redirects only to http(s): the stock handler would also follow one to ftp://."""
 
+    def http_error_302(self, req, fp, code, msg, headers):  # type: ignore[no-untyped-def, override]
+        # urllib refuses a redirect to file:, data: ... itself, before redirect_request, as an
+        # HTTPError of the redirect's code, which read as "a redirect loop": check the scheme first.
+        location = headers.get("location") or headers.get("uri")
+        if location:
+            scheme = urllib.parse.urlsplit(urllib.parse.urljoin(req.full_url, location)).scheme.lower()
+            if scheme not in ALLOWED_SCHEMES:
+                fp.close()
+                raise _Failure(f"redirect to unsupported scheme ({scheme})")
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
     def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[override]
         scheme = urllib.parse.urlsplit(newurl).scheme.lower()
         if scheme not in ALLOWED_SCHEMES:
@@ -442,20 +456,98 @@ class _HttpOnlyRedirectHandler(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
-def _build_opener() -> urllib.request.OpenerDirector:
+class _Watchdog:
+    """Ends one attempt at its deadline, or at once when the run is stopped, by shutting down its
+    sockets from another thread. The socket timeout bounds each recv only: a host that sends its
+    status line and headers a byte every few seconds held a worker (and the first Ctrl-C) forever,
+    since the body's deadline check starts only once the headers are in."""
+
+    _POLL_S = 0.1
+
+    def __init__(self, deadline: float, stop: threading.Event):
+        self.deadline = deadline
+        self.stop = stop
+        self.fired: str | None = None  # "timeout" or "stopped" once it has shut the sockets down
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="imgclass-download-watchdog", daemon=True)
+        self._thread.start()
+
+    def add(self, sock: socket.socket) -> socket.socket:
+        with self._lock:
+            self._sockets.append(sock)
+            fired = self.fired
+        if fired:  # fired while this connection was being made
+            self._shut(sock)
+        return sock
+
+    @staticmethod
+    def _shut(sock: socket.socket) -> None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)  # wakes a recv blocked in the worker thread
+        except OSError:
+            pass  # already closed
+
+    def _run(self) -> None:
+        while not self._done.wait(self._POLL_S):
+            if self.stop.is_set() or time.monotonic() > self.deadline:
+                with self._lock:
+                    self.fired = "stopped" if self.stop.is_set() else "timeout"
+                    sockets = list(self._sockets)
+                for sock in sockets:
+                    self._shut(sock)
+                return
+
+    def finish(self) -> None:
+        self._done.set()
+        self._thread.join()
+
+
+def _watched(connection_class: type[http.client.HTTPConnection], watchdog: _Watchdog) -> Callable[..., Any]:
+    """A connection factory for urllib's do_open whose sockets `watchdog` can shut down."""
+
+    def make(*args: Any, **kwargs: Any) -> http.client.HTTPConnection:
+        conn = connection_class(*args, **kwargs)
+        create = conn._create_connection  # type: ignore[attr-defined]
+        conn._create_connection = lambda *a, **k: watchdog.add(create(*a, **k))  # type: ignore[attr-defined]
+        connect = conn.connect
+
+        def connect_watched() -> None:
+            connect()
+            watchdog.add(conn.sock)  # HTTPS: the TLS socket that replaced the plain one
+        conn.connect = connect_watched  # type: ignore[method-assign]
+        return conn
+    return make
+
+
+class _WatchedHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, watchdog: _Watchdog):
+        super().__init__()
+        self.watchdog = watchdog
+
+    def http_open(self, req):  # type: ignore[no-untyped-def, override]
+        return self.do_open(_watched(http.client.HTTPConnection, self.watchdog), req)
+
+
+def _build_opener(watchdog: _Watchdog) -> urllib.request.OpenerDirector:
     # Built by hand rather than with build_opener(), which also installs ftp:, file: and data:
     # handlers: a URL list must never make us read local files or talk FTP.
     opener = urllib.request.OpenerDirector()
     handlers: list[Any] = [
         urllib.request.ProxyHandler(),  # honours http(s)_proxy / no_proxy like any other client
         urllib.request.UnknownHandler(),
-        urllib.request.HTTPHandler(),
+        _WatchedHTTPHandler(watchdog),
         urllib.request.HTTPDefaultErrorHandler(),
         _HttpOnlyRedirectHandler(),
         urllib.request.HTTPErrorProcessor(),
     ]
     if hasattr(urllib.request, "HTTPSHandler"):  # absent when Python was built without ssl
-        handlers.append(urllib.request.HTTPSHandler())
+        class _WatchedHTTPSHandler(urllib.request.HTTPSHandler):
+            def https_open(self, req):  # type: ignore[no-untyped-def, override]
+                return self.do_open(_watched(http.client.HTTPSConnection, watchdog), req,
+                                    context=self._context)  # type: ignore[attr-defined]
+        handlers.append(_WatchedHTTPSHandler())
     for handler in handlers:
         opener.add_handler(handler)
     return opener
@@ -474,17 +566,39 @@ def _parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def _fetch_once(
+def _fetch_once(url: str, timeout: float, max_bytes: int, stop: threading.Event) -> bytes:
+    """One attempt: the body, or _Failure (_Cancelled when the run is stopped). The attempt, from
+    connecting to the last byte, ends after _TOTAL_TIMEOUT_FACTOR * timeout."""
+    watchdog = _Watchdog(time.monotonic() + timeout * _TOTAL_TIMEOUT_FACTOR, stop)
+    try:
+        # One opener an attempt (OpenerDirector is not documented as thread-safe; it is cheap).
+        body = _read_response(_build_opener(watchdog), url, timeout, max_bytes, stop, watchdog.deadline)
+    except BaseException:
+        if watchdog.fired is None:
+            raise
+        # The sockets were shut down: whatever the read made of that is not the reason.
+    else:
+        if watchdog.fired is None:
+            return body
+        # Fired as the read ended: a body without Content-Length cut short would read as complete.
+    finally:
+        watchdog.finish()
+    if watchdog.fired == "stopped":
+        raise _Cancelled()
+    raise _Failure("timeout (download too slow)", retryable=True)
+
+
+def _read_response(
     opener: urllib.request.OpenerDirector,
     url: str,
     timeout: float,
     max_bytes: int,
     stop: threading.Event,
+    deadline: float,
 ) -> bytes:
-    """One attempt: the body, or _Failure. The body is read in chunks so an oversized file is
+    """The body of one request, or _Failure. The body is read in chunks so an oversized file is
     abandoned after max_bytes instead of being held in memory."""
     headers = {"User-Agent": USER_AGENT, "Accept": "image/*,*/*;q=0.8"}
-    deadline = time.monotonic() + timeout * _TOTAL_TIMEOUT_FACTOR
     try:
         request = urllib.request.Request(_encode_url(url), headers=headers)
         with opener.open(request, timeout=timeout) as response:
@@ -542,11 +656,10 @@ def _fetch_once(
 def _fetch(
     url: str, timeout: float, retries: int, max_bytes: int, stop: threading.Event
 ) -> bytes:
-    opener = _build_opener()  # one per URL: OpenerDirector is not documented as thread-safe
     attempt = 0
     while True:
         try:
-            return _fetch_once(opener, url, timeout, max_bytes, stop)
+            return _fetch_once(url, timeout, max_bytes, stop)
         except _Failure as failure:
             attempt += 1
             if not failure.retryable or attempt > retries:
@@ -808,12 +921,12 @@ def download_images(
                 bar.update(1)
                 bar.set_postfix(failed=len(reasons), refresh=False)
     except BaseException as e:
-        # Ctrl-C or a write error: drop the queued URLs and make running ones stop at their next
-        # chunk, instead of letting `with ThreadPoolExecutor` finish the whole list first.
-        if isinstance(e, KeyboardInterrupt) and progress:  # a silent host takes up to `timeout` to let go
+        # Ctrl-C or a write error: drop the queued URLs and make running ones stop (their watchdogs
+        # close their sockets), instead of letting `with ThreadPoolExecutor` finish the whole list first.
+        if isinstance(e, KeyboardInterrupt) and progress:  # said, since the stop takes a moment (_Watchdog)
             running = sum(f.running() for f in pending)
             print(f"\nstopping: waiting for the {running} download(s) in progress to end "
-                  f"(at most {timeout:g} s each; Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
+                  f"(a moment: their connections are closed; Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
         stop.set()
         pool.shutdown(wait=True, cancel_futures=True)
         # What failed so far is recorded, with the earlier run's failures of listed URLs not tried again yet.
