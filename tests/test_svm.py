@@ -262,3 +262,13 @@ def test_the_smallest_class_limits_the_folds_and_is_named() -> None:
     assert all(len(folds) == 3 for folds in svm.cv_fold_scores_.values())
     svm = LinearSvm([0.1, 1.0], cv_folds=3).fit(x, y, classes=["a", "b", "rare"])
     assert (svm.cv_folds_used_, svm.cv_folds_limited_by_) == (3, "")  # as many as asked for: nothing to say
+
+
+def test_a_model_trained_without_l2_normalisation_loads_without_it(tmp_path: Path) -> None:
+    # Loaded with normalisation switched back on, stage 5 would score unnormalised weights on
+    # normalised features: other scores, other predictions, and no error.
+    x, y = _blobs()
+    svm = LinearSvm(c_values=[1.0], l2_normalize=False).fit(x, y)
+    back = LinearSvm.load(svm.save(tmp_path / "svm.npz"))
+    assert back.l2_normalize is False
+    np.testing.assert_allclose(back.decision_function(x), svm.decision_function(x), rtol=1e-5, atol=1e-5)
