@@ -7,7 +7,7 @@ import pytest
 
 from conftest import run_script, write_image
 from imgclass.data import (
-    DatasetError, Split, balance_notes, balancing_off, class_counts, exact_duplicates_across, list_images, load_split, make_split,
+    DatasetError, Split, balance_notes, check_disjoint, balancing_off, class_counts, exact_duplicates_across, list_images, load_split, make_split,
     save_split,
 )
 
@@ -905,3 +905,20 @@ def test_an_interrupted_demo_generation_is_finished_by_the_next_stage_0(tmp_path
     assert ("note: demoImagesPerClass = 6, but these demo images were generated with 4 per class, and are kept"
             in proc.stdout), proc.stdout
     assert all(len(list((demo / c).glob("*.jpg"))) == 4 for c in CLASSES)
+
+
+def test_each_class_gets_the_nearest_whole_share_of_training_images(tmp_path: Path) -> None:
+    for i in range(9):
+        write_image(tmp_path / "a" / f"{i}.png", (200, 30, 30), seed=i)
+    for i in range(5):
+        write_image(tmp_path / "b" / f"{i}.png", (30, 30, 200), seed=i)
+    s = make_split(tmp_path, ratio=0.75, seed=0)
+    # 9 x 0.75 = 6.75 -> 7 and 5 x 0.75 = 3.75 -> 4: rounded, not cut down to 6 and 3 (a 67% and a 60% split)
+    assert s.counts() == {"a": {"train": 7, "test": 2}, "b": {"train": 4, "test": 1}}
+
+
+def test_a_single_image_on_both_sides_is_refused() -> None:
+    # The safety net under every split rule: one shared image is already a test image trained on.
+    split = Split(["a"], [("a/1.jpg", 0), ("a/2.jpg", 0)], [("a/2.jpg", 0)])
+    with pytest.raises(DatasetError, match="share 1 image.*a/2.jpg"):
+        check_disjoint(split)
