@@ -367,3 +367,13 @@ def test_big_images_checked_in_threads_are_decoded_one_at_a_time(tmp_path: Path)
     assert grown(10_000_000) < 1.6 * one, grown(10_000_000) / one
     # Under the limit they decode in parallel (the measure is fair: it sees more than one at once).
     assert grown(20_000_000) > 2.2 * one
+
+
+def test_crop_keeps_the_centre_of_a_tall_photo() -> None:
+    # Three square bands, red over green over blue: "crop" keeps the middle one, not the top.
+    arr = np.zeros((90, 30, 3), np.uint8)
+    arr[:30, :, 0], arr[30:60, :, 1], arr[60:, :, 2] = 255, 255, 255
+    out = np.asarray(fit_square(Image.fromarray(arr), 16, "crop")).astype(int)
+    assert out[..., 1].min() > 200 and out[..., 0].max() < 55 and out[..., 2].max() < 55
+    wide = np.asarray(fit_square(Image.fromarray(arr.transpose(1, 0, 2).copy()), 16, "crop")).astype(int)
+    assert wide[..., 1].min() > 200 and wide[..., 0].max() < 55 and wide[..., 2].max() < 55
