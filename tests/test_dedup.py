@@ -23,6 +23,7 @@ from imgclass.dedup import (
     find_duplicates,
     image_hash,
     keep_leaks_in_train,
+    mirrored_hash,
     move_duplicates,
     pairwise_close,
     write_leaks,
@@ -751,3 +752,11 @@ def test_dedup_leaves_groups_of_a_look_alike_class_in_place_and_moves_the_copies
     moved = (root / "_duplicates" / "moved.tsv").read_text().splitlines()[1:]
     assert sorted(line.split("\t")[0] for line in moved) == ["dotted/copy_a.jpg", "dotted/copy_b.png"], moved
     assert "group(s) of look-alike classes left in place" in proc.stdout
+
+
+def test_image_hash_is_the_256_bit_hash_the_threshold_is_for(tmp_path: Path) -> None:
+    # DEFAULT_THRESHOLD is in bits of 256: a 64-bit hash would make it four times as loose.
+    p = write_image(tmp_path / "a.png", (120, 60, 30), size=(64, 48), seed=3)
+    h = image_hash(p)
+    assert h.hash.size == 256
+    assert h == mirrored_hash(p).plain
