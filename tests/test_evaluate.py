@@ -460,3 +460,25 @@ def test_table_never_shows_a_perfect_score_that_is_not() -> None:
     name, n, accuracy, precision, roc = format_table(m).splitlines()[1].split()
     assert (accuracy, precision, roc) == ("99.99%", "100.00%", "0.9999")  # 99.995% and 0.99995 rounded up before
     assert format_table(compute_metrics(np.eye(2)[labels], labels, ["a", "b"])).splitlines()[1].endswith("1.0000")
+
+
+def test_class_averaged_auc_leaves_out_a_class_without_test_images() -> None:
+    # A class with no test images has no ROC curve: counted as 0 in the mean, it would pull the
+    # class-averaged AUC down by a third here. AUC of a and of b by hand: 7 of 9 pairs each.
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    scores = np.array([[.9, .1, 0], [.8, .2, 0], [.3, .7, 0], [.4, .6, 0], [.2, .8, 0], [.6, .4, 0]])
+    m = compute_metrics(scores, labels, ["a", "b", "c"])
+    assert m["per_class"]["c"]["auc"] is None
+    assert [m["per_class"][c]["auc"] for c in "ab"] == [pytest.approx(7 / 9)] * 2
+    assert m["class_averaged_auc"] == pytest.approx(7 / 9)
+
+
+def test_a_failed_predictions_write_keeps_the_old_file(tmp_path: Path) -> None:
+    # Stage 5 rewriting predictions.tsv and failing half-way (here a label with no class, on the second
+    # line) must leave the earlier file whole, not a truncated one that reads as fewer predictions.
+    path = write_predictions(tmp_path / "p.tsv", ["a/1.jpg"], np.array([0]), np.array([[0.9, 0.1]]), ["a", "b"])
+    before = path.read_bytes()
+    with pytest.raises(IndexError):
+        write_predictions(path, ["c/9.jpg", "b/2.jpg"], np.array([1, 5]), np.array([[0.3, 0.7], [0.2, 0.8]]), ["a", "b"])
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["p.tsv"]  # no temp file left behind
