@@ -4,6 +4,7 @@ EfficientNet-Lite0, real training steps."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -822,3 +823,71 @@ def test_a_second_refinement_of_the_same_data_set_is_refused_while_the_first_run
     proc = run_script("2_refineDNN.py", *small, data_dir=tmp_path, check=False)
     assert proc.returncode == 1 and "holds an interrupted refinement" in proc.stderr, proc.stderr
     assert not stale.exists()
+
+
+def test_flips_happen_only_when_enabled() -> None:
+    # Dark left half, bright right half: with flip off, no crop or turn puts the bright side on the left
+    # (an asymmetric class, a left-facing logo, must not be trained on its mirror image).
+    img = torch.zeros(3, RES, RES, dtype=torch.uint8)
+    img[:, :, RES // 2:] = 255
+    batch = img.expand(32, 3, RES, RES).contiguous()
+
+    def mirrored(flip: bool) -> int:
+        out = Augmenter(RES, crop_scale_min=0.9, rotation_deg=5, flip=flip, color_jitter=0.0)(batch, torch.Generator().manual_seed(0))
+        left, right = out[..., : RES // 2].mean(dim=(1, 2, 3)), out[..., RES // 2:].mean(dim=(1, 2, 3))
+        return int((left > right).sum())
+
+    assert mirrored(False) == 0
+    assert 5 < mirrored(True) < 27  # about half: the check above can see a flip
+
+
+def test_the_plain_augmenter_resizes_cached_images_to_the_input_resolution() -> None:
+    # With augmentation on, images are cached larger than rf_inputResolution; the un-augmented passes
+    # (test error, last-layer fits, BatchNorm re-estimation) resize them with the identity augmenter.
+    big = torch.full((2, 3, RES + 12, RES + 12), 90, dtype=torch.uint8)
+    plain = Augmenter(RES, crop_scale_min=1.0, rotation_deg=0, flip=False, color_jitter=0.0)
+    out = plain(big, torch.Generator())
+    assert out.shape == (2, 3, RES, RES)
+    assert torch.allclose(out, torch.full_like(out, 90.0), atol=1e-3)
+
+
+def test_balancing_never_draws_an_image_twice_before_every_image_once() -> None:
+    # 3 images topped up to 8: one copy each, and 2 more of two different images, whatever the seed.
+    labels = np.array([0] * 8 + [1] * 3)
+    for seed in range(30):
+        counts = np.bincount(balanced_indices(labels, 2, np.random.default_rng(seed)), minlength=len(labels))
+        assert sorted(counts[labels == 1].tolist()) == [2, 3, 3], seed
+
+
+def test_balanced_training_keeps_each_copy_with_its_own_label(color_dataset: Path) -> None:
+    # Balancing repeats the small class's images; a minibatch must pair each copy with its own label
+    # (the images are cached once, so the cache row and the label's index differ). With a learning rate
+    # too small to matter, the first epoch's error is that of the fitted last layer: near 0.
+    paths, labels = color_images(color_dataset)
+    # The first class small (2 images instead of 6): its copies come first, and each later image's
+    # label would be taken from an earlier one's place if labels followed the cache rows.
+    keep = [i for i, y in enumerate(labels) if y != 0 or i % 6 < 2]
+    assert [labels[i] for i in keep][:3] == [0, 0, 1]
+    tiny = dict(max_epochs=1, lr_per_mb=(1e-7,), dropout=0.0, aug_color_jitter=0.0, freeze_batchnorm=True,
+                init_last_layer=True, balance_training_set=True)
+    r = Refiner(_config(**tiny), CLASSES, device="cpu", progress=False).fit(
+        [paths[i] for i in keep], [labels[i] for i in keep], [], [])
+    assert r.history_.train_error[0] <= 0.1
+
+
+def test_a_checkpoint_is_replaced_whole_not_rewritten_in_place(color_dataset: Path, tmp_path: Path) -> None:
+    # A crash while writing epoch 2's checkpoint must leave epoch 1's to resume from: the new one is
+    # written beside it and renamed over it, so the file held open after epoch 1 is still epoch 1's.
+    ckpt = tmp_path / "ckpt.pt"
+    held: list = []
+    paths, labels = color_images(color_dataset)
+    try:
+        Refiner(_config(max_epochs=2), CLASSES, device="cpu", progress=False).fit(
+            paths, labels, [], [], checkpoint=ckpt, on_epoch=lambda h: held.append(open(ckpt, "rb")))
+        assert len(held) == 2
+        assert os.fstat(held[0].fileno()).st_ino != os.stat(ckpt).st_ino
+        first = torch.load(held[0], weights_only=False)
+        assert json.loads(first["history_json"])["epoch"] == [1]
+    finally:
+        for f in held:
+            f.close()
