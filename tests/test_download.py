@@ -723,6 +723,18 @@ def test_urls_copied_from_a_browser_are_percent_encoded(server: Server, tmp_path
     assert dl._encode_url(server.url("/cat.jpg?a=1&b=%2F")) == server.url("/cat.jpg?a=1&b=%2F")
 
 
+def test_one_url_spelt_two_ways_is_one_url(server: Server, tmp_path: Path) -> None:
+    # "café photo.jpg" and "caf%C3%A9%20photo.jpg" are one request: fetched once (twice, the same
+    # photo was stored in both classes), and under two labels it is the ambiguity it is.
+    typed, encoded = server.url("/café photo.jpg"), server.url("/caf%C3%A9%20photo.jpg")
+    report = download_images([("cat", typed), ("cat", encoded)], tmp_path / "a", retries=0, timeout=5, progress=False)
+    assert (report.ok, report.repeated) == (1, 1) and server.hits["/caf%C3%A9%20photo.jpg"] == 1
+    report = download_images([("cat", typed), ("dog", encoded)], tmp_path / "b", retries=0, timeout=5, progress=False)
+    assert report.failures == [(typed, "listed under 2 labels (cat, dog): not fetched, since an image can be of one "
+                                       "class only; keep the line with the right label")]
+    assert server.hits["/caf%C3%A9%20photo.jpg"] == 1
+
+
 def test_invalid_urls_are_not_retried(
     server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

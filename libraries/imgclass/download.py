@@ -330,21 +330,33 @@ def _dedupe(entries: Iterable[tuple[str, str]]) -> tuple[list[tuple[str, str]], 
     """Each URL once (its first line), {url: its labels} of URLs listed under two or more labels (the
     image can only be one class, and which one the list does not say (line order decided it once);
     such a URL is a failure of the run, as scrapeImages.py drops it), and how many lines repeat a
-    URL under a label it has already."""
+    URL under a label it has already. A URL is the same URL however it is spelt where HTTP sends the
+    same request ("a b.jpg" and "a%20b.jpg"); the first spelling stands for it."""
     labels: dict[str, list[str]] = {}
+    first: dict[str, str] = {}
     unique = []
     lines: Counter[str] = Counter()
     for label, url in entries:
-        lines[url] += 1
-        if url not in labels:
-            labels[url] = [label]
+        key = _request_url(url)
+        lines[key] += 1
+        if key not in labels:
+            labels[key], first[key] = [label], url
             unique.append((label, url))
-        elif label not in labels[url]:
-            labels[url].append(label)
-    ambiguous = {url: found for url, found in labels.items() if len(found) > 1}
+        elif label not in labels[key]:
+            labels[key].append(label)
+    ambiguous = {first[key]: found for key, found in labels.items() if len(found) > 1}
     # (An ambiguous URL is not fetched at all: its repeats are part of that failure.)
-    repeated = sum(n - 1 for url, n in lines.items() if url not in ambiguous)
+    repeated = sum(n - 1 for key, n in lines.items() if first[key] not in ambiguous)
     return unique, ambiguous, repeated
+
+
+def _request_url(url: str) -> str:
+    """The URL as the request sends it (_encode_url), or as written where it cannot be encoded (its
+    download then fails with the reason)."""
+    try:
+        return _encode_url(url)
+    except ValueError:  # UnicodeError: a host name IDNA refuses
+        return url
 
 
 # ---------------------------------------------------------------------------------------------
