@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,15 @@ os.environ.setdefault("IMGCLASS_OFFLINE", "1")
 # (tracked_demo below, tests/test_tracking.py), and never aimed at a store outside the test's folder.
 os.environ.setdefault("IMGCLASS_TRACKING", "0")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+@pytest.fixture(autouse=True)
+def _close_figures() -> Iterator[None]:
+    """Figures a test made to look into (plot functions return them) are closed after it: left open,
+    they piled up across the suite into matplotlib's "more than 20 figures" warning."""
+    yield
+    if "matplotlib.pyplot" in sys.modules:
+        sys.modules["matplotlib.pyplot"].close("all")
 
 
 def write_image(path: Path, color: tuple[int, int, int], size: tuple[int, int] = (48, 40), seed: int = 0) -> Path:
