@@ -303,3 +303,34 @@ def test_the_results_browser_wraps_a_long_class_name_without_spaces(browser, tmp
     browser.set_window_size(700, 600)
     browser.get(page.as_uri())
     assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+
+
+def test_the_results_browser_shows_images_on_the_first_screen_with_many_long_class_names(browser, tmp_path: Path) -> None:
+    """The list of sections at the top has a link per class: with 200 long class names it was 5000 px
+    tall, and the first image six screens down. It scrolls in a box instead; its last link still works."""
+    import numpy as np
+    from PIL import Image
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from imgclass.evaluate import write_browser
+
+    classes = [f"category_{i:03d}_long_sleeve_womens_blouse_with_small_polka_dots_navy_blue" for i in range(60)]
+    images = tmp_path / "images"
+    paths = []
+    for i, c in enumerate(classes):
+        (images / c).mkdir(parents=True)
+        Image.new("RGB", (40, 30), (200, 30, 30)).save(images / c / "1.jpg")
+        paths.append(f"{c}/1.jpg")
+    page = write_browser(tmp_path / "results" / "browser.html", images, paths, np.arange(len(classes)),
+                         np.eye(len(classes)), classes, title="t")
+    browser.set_window_size(1280, 900)
+    browser.get(page.as_uri())
+    nav = browser.find_element(By.TAG_NAME, "nav")
+    assert browser.execute_script("return document.querySelector('.grid img').getBoundingClientRect().bottom") \
+        < browser.execute_script("return window.innerHeight")
+    assert browser.execute_script("return arguments[0].scrollHeight > arguments[0].clientHeight", nav)  # the links fill more than the box
+    nav.find_elements(By.TAG_NAME, "a")[-1].click()
+    WebDriverWait(browser, 10).until(lambda b: b.execute_script("return location.hash") == f"#s{len(classes) - 1}")
+    top = browser.execute_script(f"return document.getElementById('s{len(classes) - 1}').getBoundingClientRect().top")
+    assert 0 <= top < browser.execute_script("return window.innerHeight")

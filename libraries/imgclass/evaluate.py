@@ -450,13 +450,16 @@ def write_browser(
         tail = f'<h3 id="left-out">not scored ({len(left_out)})</h3><ul>{items}</ul>'
     else:
         tail = ""
+    # The list of sections scrolls in a box of at most 30% of the window: with 200 long class names it
+    # was 5000 px tall, 6 screens of links before the first image.
     jumps = " &middot; ".join(f'<a href="#s{k}">{html.escape(h)} ({len(m)})</a>' for k, (h, m) in enumerate(sections))
     body = "".join(f'<h3 id="s{k}">{html.escape(h)} ({len(m)})</h3><div class="grid">{"".join(card(i) for i in m)}</div>'
                    for k, (h, m) in enumerate(sections))
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:1em}} .grid{{display:flex;flex-wrap:wrap;gap:8px}}
 .card{{width:180px;border:3px solid #4a4;padding:4px;font-size:12px;overflow-wrap:anywhere}} .card.err{{border-color:#d33}}
-.card.new{{border-color:#888}} nav{{line-height:1.6}} h3{{margin:1.2em 0 .4em}}
+.card.new{{border-color:#888}} h3{{margin:1.2em 0 .4em}}
+nav{{line-height:1.6;max-height:30vh;overflow-y:auto;resize:vertical;border-bottom:1px solid #ccc}}
 h2,h3,nav,ul{{overflow-wrap:anywhere}}
 .card img{{width:100%;height:160px;object-fit:contain;background:#eee}} ol{{margin:2px 0;padding-left:18px}}
 small{{color:#666;word-break:break-all}}</style></head><body>
