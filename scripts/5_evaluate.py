@@ -74,7 +74,7 @@ def main() -> int:
     paths = data.paths
     write_predictions(out / f"predictions{suffix}.tsv", paths, labels, scores, classes)
     write_browser(out / f"browser{suffix}.html", p.images_dir, paths, labels, scores, classes, title=title,
-                  score_kind="svm_decision" if svm else "probability")
+                  score_kind="svm_decision" if svm else "probability", progress=True)
     write_json(out / f"metrics{suffix}.json", metrics)
     print(format_table(metrics))
     if mistakes := format_confusions(metrics):

@@ -63,7 +63,8 @@ def main() -> int:
     write_predictions(out, names, None, scored.scores, scored.classes)
     page = write_browser(out.with_suffix(".html"), folder, names, None, scored.scores, scored.classes,
                          title=f"{name}: scored by {p.classifier} of {p.datasetName}",
-                         score_kind="probability" if scored.probabilities else "svm_decision", left_out=left_out)
+                         score_kind="probability" if scored.probabilities else "svm_decision", left_out=left_out,
+                         progress=True)
     counts = Counter(scored.classes[i] for i in scored.scores.argmax(axis=1))
     print(f"{len(names)} image{'' if len(names) == 1 else 's'} scored with {p.classifier} of {p.datasetName}:")
     shown, width = name_column(scored.classes, at_least=15)

@@ -482,3 +482,27 @@ def test_a_failed_predictions_write_keeps_the_old_file(tmp_path: Path) -> None:
         write_predictions(path, ["c/9.jpg", "b/2.jpg"], np.array([1, 5]), np.array([[0.3, 0.7], [0.2, 0.8]]), ["a", "b"])
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["p.tsv"]  # no temp file left behind
+
+
+def test_results_page_thumbnails_are_shown_with_progress_and_old_ones_deleted(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Thumbnails of TIFFs are made with a progress bar (3000 large TIFFs took minutes with nothing
+    printed); a rerun on fewer images deletes those no longer shown (each rerun on a moved or changed
+    set left a folder's worth behind), and keeps files in the folder that are not thumbnails."""
+    from imgclass.evaluate import write_browser
+
+    images = tmp_path / "images"
+    (images / "a").mkdir(parents=True)
+    paths = [f"a/{n}.tif" for n in range(3)]
+    for rel in paths:
+        Image.new("RGB", (64, 48), (200, 30, 30)).save(images / rel)
+    page = tmp_path / "results" / "browser.html"
+    thumbs = tmp_path / "results" / "browser_thumbs"
+    write_browser(page, images, paths, np.zeros(3, int), np.tile([[0.9, 0.1]], (3, 1)), ["a", "b"], progress=True)
+    assert "page thumbnails" in capsys.readouterr().err and len(list(thumbs.glob("*.jpg"))) == 3
+    (thumbs / "notes.jpg").write_text("mine")
+    write_browser(page, images, paths[:1], np.zeros(1, int), np.array([[0.9, 0.1]]), ["a", "b"])
+    left = sorted(f.name for f in thumbs.iterdir())
+    assert len(left) == 2 and "notes.jpg" in left
+    shown = next(name for name in left if name != "notes.jpg")
+    assert f"browser_thumbs/{shown}" in page.read_text()
