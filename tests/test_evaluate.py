@@ -506,3 +506,24 @@ def test_results_page_thumbnails_are_shown_with_progress_and_old_ones_deleted(
     assert len(left) == 2 and "notes.jpg" in left
     shown = next(name for name in left if name != "notes.jpg")
     assert f"browser_thumbs/{shown}" in page.read_text()
+
+
+def test_a_large_photo_is_shown_through_a_thumbnail_linked_to_it(tmp_path: Path) -> None:
+    """A phone photo's 12 megapixels in a 180 px card made the browser read gigabytes for a big test
+    set: above THUMBNAIL_ABOVE_PIXELS the card shows a thumbnail, and a click opens the photo itself."""
+    from imgclass.evaluate import THUMBNAIL_ABOVE_PIXELS, write_browser
+
+    images = tmp_path / "images"
+    (images / "a").mkdir(parents=True)
+    side = int(THUMBNAIL_ABOVE_PIXELS ** 0.5) + 8
+    Image.new("RGB", (side, side), (30, 120, 200)).save(images / "a" / "big photo.jpg")
+    Image.new("RGB", (320, 240), (200, 30, 30)).save(images / "a" / "small.jpg")
+    page = write_browser(tmp_path / "results" / "browser.html", images, ["a/big photo.jpg", "a/small.jpg"],
+                         np.zeros(2, int), np.tile([[0.9, 0.1]], (2, 1)), ["a", "b"]).read_text()
+    thumbs = list((tmp_path / "results" / "browser_thumbs").glob("*.jpg"))
+    assert len(thumbs) == 1
+    with Image.open(thumbs[0]) as t:
+        assert max(t.size) <= 360
+    assert (f'<a href="../images/a/big%20photo.jpg"><img loading="lazy" src="browser_thumbs/{thumbs[0].name}"'
+            in page), page
+    assert '<img loading="lazy" src="../images/a/small.jpg"' in page  # small enough to show as it is

@@ -26,6 +26,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: stages run from shells and servers without a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
 from sklearn.metrics import auc, roc_curve  # noqa: E402
 
 from imgclass.cpus import usable_cpus  # noqa: E402
@@ -370,6 +371,23 @@ NOT_IN_BROWSERS = (".heic", ".heif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".
 
 
 THUMBNAIL_NAME = re.compile(r"[0-9a-f]{16}\.jpg")  # how _thumbnail names its files: only those are pruned
+# A photo larger than this (pixels) is shown through a thumbnail too: a page of 12-megapixel phone
+# photos made the browser read gigabytes and take seconds per screen to fill its 180 px cards.
+THUMBNAIL_ABOVE_PIXELS = 1_500_000
+
+
+def _needs_thumbnail(source: Path) -> bool:
+    """Whether a browser cannot show `source` itself, or would load far more pixels than a card shows."""
+    if source.suffix.lower() in NOT_IN_BROWSERS:
+        return True
+    try:
+        with Image.open(source) as img:  # the header only: no pixels decoded
+            width, height = img.size
+    except Image.DecompressionBombError:  # above imgclass.images' pixel limit: the thumbnail says why
+        return True
+    except (OSError, ValueError, SyntaxError, EOFError):  # unreadable now: linked as it is
+        return False
+    return width * height > THUMBNAIL_ABOVE_PIXELS
 
 
 def _thumbnail(source: Path, folder: Path, side: int = 360) -> Path:
@@ -419,7 +437,7 @@ def write_browser(
     thumbs = path.parent / f"{path.stem}_thumbs"
     # Made before the page, in threads (Pillow decodes without the GIL), with a progress bar: 3000
     # 12-megapixel TIFFs take 8 minutes on one core, and stage 5 printed nothing meanwhile.
-    need = [i for i, p in enumerate(paths) if Path(p).suffix.lower() in NOT_IN_BROWSERS]
+    need = [i for i, p in enumerate(paths) if _needs_thumbnail(Path(images_dir) / p)]
     thumb_of: dict[int, Path] = {}
     if need:
         with ThreadPoolExecutor(max_workers=min(8, usable_cpus())) as pool:
@@ -432,12 +450,15 @@ def write_browser(
         ranked = np.argsort(-scores[i])[:3]
         rows = "".join(f"<li>{html.escape(classes[j])}: {score_text(scores[i, j])}</li>" for j in ranked)
         # A path is a URL here: "IMG #2.jpg" or "50% off.jpg" must not end at '#' or decode '%'.
+        original = base + urllib.parse.quote(Path(paths[i]).as_posix())
+        img = f'<img loading="lazy" src="{html.escape(original)}" alt="">'
         if i in thumb_of:
-            src = urllib.parse.quote(thumb_of[i].relative_to(path.parent).as_posix())
-        else:
-            src = base + urllib.parse.quote(Path(paths[i]).as_posix())
+            thumb = urllib.parse.quote(thumb_of[i].relative_to(path.parent).as_posix())
+            img = f'<img loading="lazy" src="{html.escape(thumb)}" alt="">'
+            if Path(paths[i]).suffix.lower() not in NOT_IN_BROWSERS:  # a click shows the photo itself
+                img = f'<a href="{html.escape(original)}">{img}</a>'
         head = "" if labels is None else f"{html.escape(classes[labels[i]])} &rarr; "
-        return (f'<div class="card {state}"><img loading="lazy" src="{html.escape(src)}" alt="">'
+        return (f'<div class="card {state}">{img}'
                 f"<b>{head}{html.escape(classes[pred[i]])}</b>"
                 f"<ol>{rows}</ol><small>{html.escape(paths[i])}</small></div>")
 
