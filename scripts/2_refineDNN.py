@@ -17,7 +17,7 @@ from imgclass.data import load_split
 from imgclass.features import device_name
 from imgclass.fileio import write_json
 from imgclass.modelfile import ModelSpec, build_model, save_model
-from imgclass.provenance import StaleFilesError, check_split_settings, split_hash
+from imgclass.provenance import StaleFilesError, check_split_settings
 from imgclass.refine import (History, RefineConfig, Refiner, RefineOutOfMemoryError, already_refined, plot_history,
                              refining_alone, replacing_note, stored_refinement, write_stored_curves)
 
@@ -60,8 +60,7 @@ def main() -> int:
     curves_png = p.results_dir / "training_curves.png"
     title = f"{p.datasetName} / {p.classifier}: error per epoch"
     stored = stored_refinement(p.model_path)
-    if not args.restart and not checkpoint.is_file() and already_refined(stored, config.settings(),
-                                                                          split_hash(p.split_path)):
+    if not args.restart and not checkpoint.is_file() and already_refined(stored, config.settings(), split.hash):
         took = f", {stored['seconds']:.0f} s on {stored.get('device', '?')}" if "seconds" in stored else ""
         print(f"{p.model_path.name} is refined already with these settings on this split{took}: nothing to refine "
               f"(dnn and svmDnnRefined share it; refined again, it would change under the other classifier's "
@@ -118,7 +117,7 @@ def main() -> int:
         seconds += sum(refiner.history_.seconds[:done_before])
     save_model(p.model_path, refiner.model_, refiner.spec,
                extra={"history": refiner.history_.to_json(),
-                      "split_hash": split_hash(p.split_path),  # stage 3 refuses it with another split
+                      "split_hash": split.hash,  # the split trained on, not the file as it is now; stage 3 refuses another
                       "params": config.settings(),  # and with other settings
                       "device": device_name(refiner.device), "seconds": round(seconds, 1),
                       "saved_test_error": refiner.saved_test_error_, "saved_as": refiner.saved_as_,

@@ -17,7 +17,7 @@ from imgclass.features import FeatureCache, FeaturizeOutOfMemoryError, Featurize
 from imgclass.featureset import FeatureSet, file_stats
 from imgclass.modelfile import load_model, load_model_extra, spec_settings
 from imgclass.provenance import (StaleFilesError, check_model_settings, check_model_split, check_split_settings,
-                                 features_source, file_hash, split_hash, unrecorded_note)
+                                 features_source, file_hash, unrecorded_note)
 from imgclass.refine import write_stored_curves
 
 parser = stage_parser(
@@ -44,7 +44,7 @@ def main() -> int:
             print(f"note: {pending.name} holds an interrupted refinement; this uses the last finished one, "
                   f"{p.model_path.name}: to use the new one, finish it first (scripts/2_refineDNN.py --resume)")
         extra = load_model_extra(p.model_path)
-        check_model_split(p.model_path, extra.get("split_hash", ""), p.split_path)
+        check_model_split(p.model_path, extra.get("split_hash", ""), p.split_path, split.hash)
         refined_with = extra.get("params", {})  # model files written before 2026-11-30 do not say: not checked
         if note := unrecorded_note(refined_with, p.model_path.name, "scripts/2_refineDNN.py"):
             print(f"note: {note}")
@@ -59,7 +59,7 @@ def main() -> int:
     print(f"featurizing with {spec.backbone} ({spec.kind}) at {spec.resolution} px, engine {fz.engine_name} on {where}, "
           f"flip averaging {'on' if p.run_boFlipAverage else 'off'}, cache {'on' if cache else 'off'}")
     source = features_source(p.model_path, p.run_boFlipAverage)
-    split_of_features = split_hash(p.split_path)
+    split_of_features = split.hash  # of the split featurized, not of split.json as it is by now
     for side in ("train", "test"):
         items = split.side(side)
         rel = [path for path, _ in items]

@@ -178,3 +178,52 @@ def test_scoring_new_images_says_when_the_trained_network_sees_them_otherwise_th
     assert "made with rf_pretrainedModel = 'efficientnet_lite0', rf_inputResolution = 64" in out
     trained_classifier(other, flip_note=False)  # stage 6 refuses it itself (check_trained_settings)
     assert capsys.readouterr().out == ""
+
+
+# Stage 3 with stage 1 rerun by another process once stage 3 has read split.json (here: while stage 3
+# loads the network, so the timing is fixed, not raced): argv[1] is scripts/, the rest stage 3's options.
+_STAGE_3_WHILE_STAGE_1_RERUNS = """
+import os, runpy, subprocess, sys
+import imgclass.modelfile
+from PIL import Image
+scripts, options = sys.argv[1], sys.argv[2:]
+load_model = imgclass.modelfile.load_model
+def load_model_while_stage_1_reruns(*args, **kwargs):
+    red = os.path.join(os.environ["IMGCLASS_DATA_DIR"], "images", "colors", "red")
+    for i in range(3):  # new photos, then stage 1 in another shell
+        Image.new("RGB", (48, 40), (120 + 40 * i, 10, 10)).save(os.path.join(red, f"new_{i}.png"))
+    subprocess.run([sys.executable, os.path.join(scripts, "1_prepareData.py"), *options], check=True,
+                   capture_output=True)
+    return load_model(*args, **kwargs)
+imgclass.modelfile.load_model = load_model_while_stage_1_reruns
+sys.argv = ["3_runDNN.py", *options]
+runpy.run_path(os.path.join(scripts, "3_runDNN.py"), run_name="__main__")
+"""
+
+
+def test_features_made_while_stage_1_reruns_are_of_the_split_stage_3_read(color_dataset: Path) -> None:
+    """Stage 3 hashed split.json again when it saved the features: rewritten meanwhile by stage 1 in
+    another shell (photos added), the features of the old split carried the new split's hash, and
+    stage 4 trained on them without a word (27 of the 32 training images, say)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT, SCRIPTS, run_script
+
+    data = color_dataset.parents[1]
+    small = ["--set", "datasetName=colors", "--set", "rf_inputResolution=64", "--set", "svm_cvFolds=3"]
+    run_script("1_prepareData.py", *small, data_dir=data)
+    run_script("2_refineDNN.py", *small, data_dir=data)
+    env = {**os.environ, "IMGCLASS_DATA_DIR": str(data), "IMGCLASS_OFFLINE": "1", "IMGCLASS_TRACKING": "0"}
+    stage3 = subprocess.run([sys.executable, "-c", _STAGE_3_WHILE_STAGE_1_RERUNS, str(SCRIPTS), *small],
+                            capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert stage3.returncode == 0, stage3.stderr
+    split = json.loads((data / "proc" / "colors" / "split.json").read_text())
+    assert any("new_" in path for path, _ in split["train"] + split["test"])  # stage 1 did run in between
+    refused = run_script("4_trainSVM.py", *small, data_dir=data, check=False)
+    assert refused.returncode == 1 and ("features_fixed_train.npz was computed for an earlier split.json (stage 1 "
+                                        "ran again since): rerun scripts/3_runDNN.py") in refused.stderr, refused.stderr
+    run_script("3_runDNN.py", *small, data_dir=data)  # as it says: then stage 4 takes them
+    run_script("4_trainSVM.py", *small, data_dir=data)

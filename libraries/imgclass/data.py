@@ -34,6 +34,7 @@ from imgclass.featureset import file_stats
 from imgclass.fileio import DamagedFileError, read_json, write_json
 from imgclass.images import IMAGE_EXTENSIONS, check_images, is_image_name
 from imgclass.progress import progress_bar
+from imgclass.provenance import split_hash_of
 from imgclass.terminal import first_few
 
 DEDICATED_TEST_FILE = "dedicatedTestImages.tsv"
@@ -59,6 +60,9 @@ class Split:
     settings: dict = field(default_factory=dict)  # randomSeed, ratioTrainTest, imagesSplitBy of a random split
     moved: list[str] = field(default_factory=list)  # test images the leakage check moved to train (stage 1)
     sizes: dict[str, int] = field(default_factory=dict)  # bytes of each image file when the split was made
+    # provenance.split_hash of the split.json this was read from ("" for one made here): the split the
+    # stage uses, whatever stage 1 in another shell writes to the file while the stage runs.
+    hash: str = field(default="", compare=False)
 
     def side(self, name: str) -> list[tuple[str, int]]:
         if name not in ("train", "test"):
@@ -121,6 +125,7 @@ def load_split(path: str | Path, images_dir: str | Path | None = None, sides: Se
     d = read_json(path)
     try:
         split = Split.from_json(d)
+        split.hash = split_hash_of(d)
     except (KeyError, TypeError, ValueError, AttributeError) as e:  # valid JSON, but not a split
         raise DamagedFileError(f"{path}: not a split written by scripts/1_prepareData.py "
                                f"({type(e).__name__}: {e}); rerun stage 1") from None

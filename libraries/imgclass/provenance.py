@@ -40,7 +40,14 @@ def split_hash(path: str | Path) -> str:
     earlier version read as stale once stage 1 ran again, and a refined network had to be refined anew."""
     from imgclass.fileio import read_json
 
-    core = {k: v for k, v in read_json(path).items() if k not in SPLIT_RECORDS}
+    return split_hash_of(read_json(path))
+
+
+def split_hash_of(d: dict) -> str:
+    """split_hash of a split.json already read (`d`, as read_json gave it): a stage hashes the split it
+    uses, not the file as it is when it saves its output, which stage 1 in another shell may have
+    replaced meanwhile (features of the old split would then carry the new split's hash)."""
+    core = {k: v for k, v in d.items() if k not in SPLIT_RECORDS}
     text = json.dumps(core, indent=2, ensure_ascii=False) + "\n"  # as fileio.write_json writes it
     try:
         data = text.encode("utf-8")
@@ -215,12 +222,14 @@ def _text(value: object) -> str:
     return str(value)
 
 
-def check_model_split(model_file: str | Path, model_split_hash: str, split_file: str | Path) -> None:
+def check_model_split(model_file: str | Path, model_split_hash: str, split_file: str | Path,
+                      split_now: str = "") -> None:
     """A refined network learned from the training images of one split: used with another (stage 1
     rerun with another seed, ratio or new photos), some of its training images are now test images
     and the test accuracy would be flattered. Raise StaleFilesError then. `model_split_hash` is what
-    stage 2 recorded in the model file ("" for fixed networks and older files: not checked)."""
-    if model_split_hash and model_split_hash != split_hash(split_file):
+    stage 2 recorded in the model file ("" for fixed networks and older files: not checked);
+    `split_now`: the hash of the split the caller uses (Split.hash), else `split_file` is read."""
+    if model_split_hash and model_split_hash != (split_now or split_hash(split_file)):
         raise StaleFilesError(
             f"{Path(model_file).name} was refined on the training images of an earlier {Path(split_file).name} "
             f"(stage 1 ran again since), some of which may now be test images: rerun scripts/2_refineDNN.py"
