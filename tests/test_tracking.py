@@ -755,3 +755,37 @@ def test_a_parameter_added_to_the_project_since_a_run_started_does_not_split_it(
          "last_stage": 4, "stages": []}))
     rec = tracking.record_stage(p, "scripts/5_evaluate.py", time.time())
     assert rec is not None and not rec.new_run and rec.run_id == old, rec
+
+
+def test_a_stage_opens_a_sqlite_store_holding_its_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two stages started at once on a new store both created MLflow's tables, and the second's run
+    was lost ("table sql_trace_metric_daily_rollups already exists"): the store is opened, and the
+    experiment found or created, under a lock that a second process waits for."""
+    import fcntl
+
+    _tracked(monkeypatch)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(tracking, "CONFIG_FILE", tmp_path / "no_tracking.ini")
+    data = tmp_path / "data"
+    data.mkdir()
+    p = load_params(overrides={"DATA_DIR": str(data), "datasetName": "lockDemo"})
+    lock = data / ("mlflow.db" + tracking.STORE_LOCK_SUFFIX)
+    held_by_another: list[bool] = []
+    experiment_for = tracking._experiment_for
+
+    def experiment_for_as_another_process_sees_it(*args: object) -> tuple[str, str]:
+        with open(lock, "a") as other:  # another open file: what a second stage's flock would meet
+            try:
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held_by_another.append(False)
+            except BlockingIOError:
+                held_by_another.append(True)
+        return experiment_for(*args)
+
+    monkeypatch.setattr(tracking, "_experiment_for", experiment_for_as_another_process_sees_it)
+    started = time.time()
+    _stage_outputs(p, started)
+    rec = tracking.record_stage(p, "scripts/4_trainSVM.py", started)
+    assert rec is not None and held_by_another == [True]
+    with open(lock, "a") as after:  # released once the experiment is known: the stage's logging is not serialised
+        fcntl.flock(after, fcntl.LOCK_EX | fcntl.LOCK_NB)

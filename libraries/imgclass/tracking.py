@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ast
 import configparser
+import contextlib
 import hashlib
 import json
 import math
@@ -31,7 +32,7 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -287,6 +288,29 @@ def _experiment_id(client: Any, name: str, uri: str) -> str:
     return client.create_experiment(name, artifact_location=location)
 
 
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Held (waiting for it) while a stage opens a SQLite store and finds or creates its experiment.
+    Two stages started at once on a new store (two shells, svm and dnn) both created MLflow's tables,
+    and the second's tracking failed ("table ... already exists"); on a new data set both created its
+    experiment (the second: "already exists"). A file beside the database: SQLite's own locks are
+    another kind (fcntl), and the database may not exist yet. No-op for other stores and on Windows."""
+    db = _sqlite_file(uri)
+    try:
+        import fcntl
+    except ImportError:
+        fcntl = None  # type: ignore[assignment]
+    if db is None or fcntl is None or not db.parent.is_dir():  # no folder: MLflow says so, not this
+        yield
+        return
+    with open(db.with_name(db.name + STORE_LOCK_SUFFIX), "a", encoding="utf-8") as f:  # closed: released
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+STORE_LOCK_SUFFIX = ".lock"  # mlflow.db.lock beside mlflow.db
+
+
 def _sqlite_file(uri: str) -> Path | None:
     """The database file of a sqlite:/// store, None for another kind."""
     return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
@@ -407,8 +431,9 @@ def record_stage(p: Params, script: str | Path, started: float, argv: Sequence[s
     from mlflow.entities import Metric, Param, RunTag
 
     uri = resolve_uri(p)
-    client = _client(uri)
-    exp_id, note = _experiment_for(client, p, uri)
+    with _store_lock(uri):
+        client = _client(uri)
+        exp_id, note = _experiment_for(client, p, uri)
     path = state_path(p)
     try:
         state = read_json(path) if path.is_file() else {}
