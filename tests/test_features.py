@@ -353,3 +353,35 @@ def test_a_cache_that_cannot_be_saved_does_not_hide_why_the_run_stopped(backbone
     with pytest.warns(UserWarning, match="could not save the features computed so far"), \
             pytest.raises(ValueError, match="broken.jpg"):
         fz.featurize_paths(photos[:2] + [bad], progress=False, cache=FeatureCache(blocker, model_file, spec, False))
+
+
+def test_a_cache_file_another_stage_3_pruned_meanwhile_is_no_error(tmp_path: Path) -> None:
+    """Two stage 3s (two shells) prune one featcache/ folder: a file that the other deleted between this
+    one's listing and its reading of the file's time raised FileNotFoundError, a traceback after the
+    features were written. A link to nothing is that file: listed, then gone."""
+    import os
+    from types import SimpleNamespace
+
+    from imgclass.features import export_onnx
+
+    folder = tmp_path / "featcache"
+    folder.mkdir()
+    model_file = tmp_path / "model_fixed.pt"
+    model_file.write_bytes(b"weights")
+    for i in range(5):  # earlier configurations, oldest first
+        old = folder / f"features_fixed_{i:016x}.npz"
+        old.write_bytes(b"x")
+        os.utime(old, (1000 + i, 1000 + i))
+    (folder / "features_fixed_gone.npz").symlink_to(folder / "deleted by the other process")
+    cache = FeatureCache(folder, model_file, _spec("fixed"), False)
+    cache.update(["k"], SimpleNamespace(features=np.zeros((1, 4), np.float32), probs=None))  # type: ignore[arg-type]
+    # The newest four are kept: this run's and the three newest earlier ones.
+    assert sorted(p.name for p in folder.glob("features_fixed_*.npz") if p.exists()) == sorted(
+        [cache.path.name, *(f"features_fixed_{i:016x}.npz" for i in (2, 3, 4))])
+    # The ONNX exports of a folder are pruned alike.
+    for i in range(4):
+        (folder / f"features_{i}_64_x_sp.onnx").write_bytes(b"x")
+    (folder / "features_gone_64_x_sp.onnx").symlink_to(folder / "deleted too")
+    export_onnx(torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()),
+                Preprocess.from_spec(_spec("fixed")), folder)
+    assert len([p for p in folder.glob("features_*.onnx") if p.exists()]) == 4

@@ -27,7 +27,7 @@ import threading
 import time
 import warnings
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,9 +149,21 @@ def export_onnx(body: torch.nn.Module, preprocess: Preprocess, folder: str | Pat
             dynamic_axes={"pixels": {0: "n"}, "features": {0: "n"}}, opset_version=17, dynamo=False,
         )
     # Each refined model is a new export; keep the newest few so proc/ does not grow without bound.
-    for old in sorted(path.parent.glob("features_*.onnx"), key=lambda p: p.stat().st_mtime, reverse=True)[4:]:
+    for old in _newest_first(path.parent.glob("features_*.onnx"))[4:]:
         old.unlink(missing_ok=True)
     return path
+
+
+def _newest_first(paths: Iterable[Path]) -> list[Path]:
+    """`paths` newest first by modification time, leaving out any gone since they were listed: a stage
+    3 in another shell, pruning the same folder, may delete one between the listing and its stat."""
+    dated = []
+    for p in paths:
+        try:
+            dated.append((p.stat().st_mtime, p))
+        except FileNotFoundError:
+            continue
+    return [p for _, p in sorted(dated, key=lambda d: d[0], reverse=True)]
 
 
 class _OnnxEngine:
@@ -490,7 +502,7 @@ class FeatureCache:
 
     def _prune(self) -> None:
         kind = self.path.name.split("_")[1]
-        others = sorted(self.folder.glob(f"features_{kind}_*.npz"), key=lambda p: p.stat().st_mtime, reverse=True)
+        others = _newest_first(self.folder.glob(f"features_{kind}_*.npz"))
         for old in others[self.keep:]:
             old.unlink(missing_ok=True)
 
