@@ -18,7 +18,7 @@ from imgclass.featureset import FeatureSet, file_stats
 from imgclass.modelfile import load_model, load_model_extra, spec_settings
 from imgclass.provenance import (StaleFilesError, check_model_settings, check_model_split, check_split_settings,
                                  features_source, file_hash, unrecorded_note)
-from imgclass.refine import write_stored_curves
+from imgclass.refine import pending_refinement_note, write_stored_curves
 
 parser = stage_parser(
     __doc__.splitlines()[0],
@@ -39,10 +39,8 @@ def main() -> int:
     refined_with: dict = {}
     extra: dict = {}
     if spec.kind == "refined":
-        if (pending := p.proc_dir / "refine_checkpoint.pt").is_file():
-            # Stage 2 was stopped (Ctrl-C, out of memory) half-way: the network here is the earlier one.
-            print(f"note: {pending.name} holds an interrupted refinement; this uses the last finished one, "
-                  f"{p.model_path.name}: to use the new one, finish it first (scripts/2_refineDNN.py --resume)")
+        if note := pending_refinement_note(p.proc_dir, p.model_path.name):
+            print(f"note: {note}")
         extra = load_model_extra(p.model_path)
         check_model_split(p.model_path, extra.get("split_hash", ""), p.split_path, split.hash)
         refined_with = extra.get("params", {})  # model files written before 2026-11-30 do not say: not checked

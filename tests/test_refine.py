@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -891,3 +892,32 @@ def test_a_checkpoint_is_replaced_whole_not_rewritten_in_place(color_dataset: Pa
     finally:
         for f in held:
             f.close()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="advisory locks: POSIX")
+def test_a_refinement_running_in_another_shell_is_not_called_interrupted(tmp_path: Path) -> None:
+    """Stage 3 for dnn while stage 2 refines in another shell (its checkpoint is there, as for a stopped
+    run) said 'an interrupted refinement ... finish it first (--resume)', which that stage 2 refuses
+    while the first runs. The other process holds the lock here, as stage 2 does while it refines."""
+    import subprocess
+
+    from imgclass.refine import REFINE_LOCK, pending_refinement_note
+
+    proc_dir = tmp_path / "proc"
+    proc_dir.mkdir()
+    (proc_dir / "refine_checkpoint.pt").write_bytes(b"epoch 3 of the running refinement")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import sys; from imgclass.fileio import hold_lock; hold_lock({str(proc_dir / REFINE_LOCK)!r}); "
+                               "print('held', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        note = pending_refinement_note(proc_dir, "model_refined.pt")
+        assert note == (f"2_refineDNN.py (process {holder.pid}) is refining this data set now; this uses the last "
+                        "finished network, model_refined.pt: to use the new one, run this again once it has finished")
+    finally:
+        holder.communicate("", timeout=60)  # stdin closed: it ends, and the system drops its lock
+    # Stopped (or killed) with its checkpoint left: interrupted, to be resumed.
+    assert "holds an interrupted refinement" in (pending_refinement_note(proc_dir, "model_refined.pt") or "")
+    (proc_dir / "refine_checkpoint.pt").unlink()
+    assert pending_refinement_note(proc_dir, "model_refined.pt") is None

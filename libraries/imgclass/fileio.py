@@ -96,6 +96,28 @@ def hold_lock(path: str | Path) -> str | None:
     return None
 
 
+def lock_holder(path: str | Path) -> str | None:
+    """The process id ("" if unknown) of another process that holds the lock of hold_lock(`path`) now,
+    None when none does (or the system has no advisory locks). Takes nothing: a probe."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    path = Path(path).resolve()
+    if path in _held_locks or not path.is_file():
+        return None
+    try:
+        f = open(path, encoding="utf-8")
+    except OSError:  # deleted meanwhile, or unreadable: no holder to name
+        return None
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return f.read().strip()
+    return None  # closing the file dropped the probe's own lock
+
+
 def write_json(path: str | Path, obj: Any) -> Path:
     """`obj` as indented JSON, written atomically; class and file names as they read ("Rayé", not
     "Ray\\u00e9"), unless one cannot be UTF-8 (a name decoded with surrogate escapes): then escaped."""

@@ -49,7 +49,7 @@ from imgclass.augment import Augmenter
 from imgclass.backbones import folded_batchnorm
 from imgclass.cpus import cgroup_memory_available
 from imgclass.features import default_device, is_out_of_memory
-from imgclass.fileio import atomic_path, hold_lock, read_json, write_json
+from imgclass.fileio import atomic_path, hold_lock, lock_holder, read_json, write_json
 from imgclass.images import MAX_RESOLUTION, MIN_RESOLUTION, load_square
 from imgclass.modelfile import ImageClassifier, ModelSpec, build_model, load_model_extra
 from imgclass.progress import progress_bar
@@ -1040,6 +1040,22 @@ def refining_alone(proc_dir: Path) -> None:
                          f"now, in {proc_dir}: wait for it to finish, or stop it (then --resume continues it)")
     for stale in (*proc_dir.glob(".refine_checkpoint.pt.*.tmp"), *proc_dir.glob(".model_refined.pt.*.tmp")):
         stale.unlink(missing_ok=True)
+
+
+def pending_refinement_note(proc_dir: Path, model_name: str) -> str | None:
+    """What a stage using the refined network says when a refinement is under way in proc_dir: one
+    running now (another shell holds REFINE_LOCK) or one interrupted (its checkpoint is left); None
+    when neither. A running one is not 'interrupted': --resume would be refused while it runs."""
+    checkpoint = proc_dir / "refine_checkpoint.pt"
+    holder = lock_holder(proc_dir / REFINE_LOCK)
+    if holder is not None:
+        return (f"2_refineDNN.py{f' (process {holder})' if holder else ''} is refining this data set now; this uses "
+                f"the last finished network, {model_name}: to use the new one, run this again once it has finished")
+    if checkpoint.is_file():
+        # Stage 2 was stopped (Ctrl-C, out of memory) half-way: the network here is the earlier one.
+        return (f"{checkpoint.name} holds an interrupted refinement; this uses the last finished one, "
+                f"{model_name}: to use the new one, finish it first (scripts/2_refineDNN.py --resume)")
+    return None
 
 
 def stored_refinement(model_path: Path) -> dict | None:
