@@ -33,7 +33,8 @@ def main() -> int:
     check_same_source(p.require_model(), p.features_path(side),
                       svm.features_source if svm else "", str(p.svm_path) if svm else "",
                       split_file=require_file(p.split_path, "scripts/1_prepareData.py"),
-                      svm_split_hash=svm.split_hash if svm else "", svm_classes=svm.classes if svm else ())
+                      svm_split_hash=svm.split_hash if svm else "", svm_classes=svm.classes if svm else (),
+                      train_features=p.features_path("train"))
     # Stage 3 records the network it used; older files do not (then the parameters are reported).
     made_with = data.made_with
     split = load_split(p.split_path)

@@ -227,3 +227,22 @@ def test_features_made_while_stage_1_reruns_are_of_the_split_stage_3_read(color_
                                         "ran again since): rerun scripts/3_runDNN.py") in refused.stderr, refused.stderr
     run_script("3_runDNN.py", *small, data_dir=data)  # as it says: then stage 4 takes them
     run_script("4_trainSVM.py", *small, data_dir=data)
+
+
+def test_train_and_test_features_of_two_stage_3_runs_name_stage_3(tmp_path: Path) -> None:
+    """Two stage 3s at once (two shells, run_boFlipAverage on and off) can leave the train features of
+    one and the test features of the other: stage 5 said 'rerun scripts/4_trainSVM.py', which learned
+    from the same train features again, and stage 5 refused again."""
+    model = tmp_path / "model_fixed.pt"
+    model.write_bytes(b"weights A")
+    on, off = features_source(model, True), features_source(model, False)
+    train = _features(tmp_path / "features_fixed_train.npz", on, flip=True)  # the SVM learned from these
+    test = _features(tmp_path / "features_fixed_test.npz", off, flip=False)
+    with pytest.raises(StaleFilesError, match=r"^features_fixed_train.npz and features_fixed_test.npz were computed by "
+                                              r"different runs of stage 3 \(mirror averaging on and off; .*\): "
+                                              r"rerun scripts/3_runDNN.py, then scripts/4_trainSVM.py$"):
+        check_same_source(model, test, on, "svm_fixed.npz", train_features=train)
+    # Stage 3 rerun with the other value, stage 4 forgotten: both sides alike, the SVM is the stale one.
+    _features(train, off, flip=False)
+    with pytest.raises(StaleFilesError, match="another model or preprocessing .*: rerun scripts/4_trainSVM.py$"):
+        check_same_source(model, test, on, "svm_fixed.npz", train_features=train)

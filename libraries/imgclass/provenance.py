@@ -85,6 +85,7 @@ def features_source(model_file: str | Path, flip_average: bool) -> str:
 def check_same_source(
     model_file: str | Path, features_path: str | Path, svm_source: str = "", svm_file: str = "",
     split_file: str | Path | None = None, svm_split_hash: str = "", svm_classes: Sequence[str] = (),
+    train_features: str | Path | None = None,
 ) -> None:
     """Raise StaleFilesError when the features in `features_path` were not computed with the model
     file as it is now (or, given `split_file`, for the split as it is now), or when the SVM was
@@ -92,7 +93,9 @@ def check_same_source(
     training images (`svm_split_hash`) or for other classes (`svm_classes`). The fixed network never
     changes, so only the last two notice stage 1 rerun before stage 3 but not stage 4: the SVM would
     score test images it was trained on, or give its scores to the wrong class names. Files written
-    before these were recorded are not checked."""
+    before these were recorded are not checked. `train_features` (stage 5 scoring the test side): the
+    features the SVM learned from, to tell a stale SVM (rerun stage 4) from features files of two
+    stage 3 runs (rerun stage 3: stage 4 alone would learn from the same train features again)."""
     features_path = Path(features_path)
     made = FeatureSet.load(features_path, header_only=True)
     if not made.source:
@@ -119,6 +122,18 @@ def check_same_source(
         )
     svm_name = Path(svm_file).name or "the SVM"
     if svm_source and svm_source != source:
+        if train_features is not None and Path(train_features) != features_path:
+            trained = FeatureSet.load(train_features, header_only=True)
+            if trained.source and trained.source != source:
+                # Two stage 3s at once (two shells, say mirror averaging on and off): each side's file
+                # is of the one that wrote it last.
+                how = (f"mirror averaging {'on' if trained.flip_average else 'off'} and "
+                       f"{'on' if flip else 'off'}" if bool(trained.flip_average) != flip else "other model files")
+                raise StaleFilesError(
+                    f"{Path(train_features).name} and {features_path.name} were computed by different runs of "
+                    f"stage 3 ({how}; two at once, or one stopped half-way): rerun scripts/3_runDNN.py, "
+                    f"then scripts/4_trainSVM.py"
+                )
         raise StaleFilesError(
             f"{svm_name} was trained on features of another model or preprocessing than "
             f"{features_path.name}: rerun scripts/4_trainSVM.py"
