@@ -122,7 +122,8 @@ def test_health_info_and_docs(url: str, bundle: Path) -> None:
     assert info["limits"] == {"max_upload_bytes": 200000, "max_pixels": 1000000, "max_images_per_request": 4}
     assert {"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"} <= set(info["formats"]) and "EPS" not in info["formats"]
     assert httpx.get(url + "/docs").status_code == 200
-    assert "/score" in httpx.get(url + "/openapi.json").json()["paths"]
+    api = httpx.get(url + "/openapi.json").json()
+    assert "/score" in api["paths"] and "security" not in api["paths"]["/score"]["post"]  # no key, none declared
 
 
 @pytest.mark.parametrize("name, request_kwargs, status, words", [
@@ -719,6 +720,12 @@ def test_an_api_key_guards_score_and_info_in_every_worker(bundle: Path, tmp_path
         for path in ("/health", "/", "/docs", "/openapi.json", "/static/app.js"):
             assert httpx.get(base + path).status_code == 200, path
         assert httpx.head(base + "/health").status_code == 200
+        # The API description says which endpoints need the key, so that /docs can send it (Authorize).
+        api = httpx.get(base + "/openapi.json").json()
+        assert set(api["components"]["securitySchemes"]) == {"bearer", "apiKey"}
+        assert api["paths"]["/score"]["post"]["security"] == api["paths"]["/info"]["get"]["security"] == [
+            {"bearer": []}, {"apiKey": []}]
+        assert "security" not in api["paths"]["/health"]["get"]
         # No key, or a wrong one: 401 naming the header to send, on new connections (both workers).
         wrong = [{}, {"Authorization": "Bearer nope"}, {"X-API-Key": KEY[:-1]}, {"Authorization": "Basic " + KEY},
                  {"Authorization": KEY}]

@@ -609,6 +609,27 @@ class ApiKeyRequired:
                 return
 
 
+def _declare_api_key(app: FastAPI) -> None:
+    """Say in the OpenAPI description that PROTECTED_PATHS need the key (ApiKeyRequired enforces it),
+    so that /docs shows an "Authorize" button and its "Try it out" sends the key instead of meeting 401."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "the service's IMGCLASS_API_KEY"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            }
+            for path in PROTECTED_PATHS:
+                for operation in schema.get("paths", {}).get(path, {}).values():
+                    operation["security"] = [{"bearer": []}, {"apiKey": []}]  # either one
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(config: ServeConfig) -> Any:
     """The FastAPI app for one bundle; with $IMGCLASS_API_KEY set, /score and /info need the key."""
     api_key = api_key_from_env()  # each worker reads it for itself: it is not in `config`
@@ -704,6 +725,8 @@ def create_app(config: ServeConfig) -> Any:
         return FileResponse(STATIC_DIR / "index.html")
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    if api_key is not None:
+        _declare_api_key(app)
     # Outside the app, so a request over a limit is refused before any of its body is read.
     limited = ConcurrencyLimit(BodyLimit(app, config.max_upload_bytes), config.max_concurrent, config.body_timeout)
     if api_key is not None:
