@@ -13,7 +13,7 @@ import numpy as np
 
 from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.data import load_split, since_split_notes
-from imgclass.features import FeatureCache, FeaturizeOutOfMemoryError, Featurizer, device_name
+from imgclass.features import FeatureCache, FeaturizeOutOfMemoryError, Featurizer, device_name, mirror_note
 from imgclass.featureset import FeatureSet, file_stats
 from imgclass.modelfile import load_model, load_model_extra, spec_settings
 from imgclass.provenance import (StaleFilesError, check_model_settings, check_model_split, check_split_settings,
@@ -56,6 +56,8 @@ def main() -> int:
     where = device_name(fz.device) if fz.engine_name == "torch" else str(fz.device)
     print(f"featurizing with {spec.backbone} ({spec.kind}) at {spec.resolution} px, engine {fz.engine_name} on {where}, "
           f"flip averaging {'on' if p.run_boFlipAverage else 'off'}, cache {'on' if cache else 'off'}")
+    if note := mirror_note(p.run_boFlipAverage, p.aug_boHorizontalFlip):
+        print(f"note: {note}")
     source = features_source(p.model_path, p.run_boFlipAverage)
     split_of_features = split.hash  # of the split featurized, not of split.json as it is by now
     for side in ("train", "test"):

@@ -385,3 +385,12 @@ def test_a_cache_file_another_stage_3_pruned_meanwhile_is_no_error(tmp_path: Pat
     export_onnx(torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()),
                 Preprocess.from_spec(_spec("fixed")), folder)
     assert len([p for p in folder.glob("features_*.onnx") if p.exists()]) == 4
+
+
+def test_mirror_averaging_of_classes_a_mirror_changes_is_noted() -> None:
+    from imgclass.features import mirror_note
+
+    assert mirror_note(flip_average=False, train_flips=False) is None  # the default: nothing to say
+    assert mirror_note(flip_average=True, train_flips=True) is None
+    note = mirror_note(flip_average=True, train_flips=False)
+    assert note is not None and "set run_boFlipAverage = False" in note and "aug_boHorizontalFlip = False" in note

@@ -517,6 +517,17 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
+def mirror_note(flip_average: bool, train_flips: bool) -> str | None:
+    """A word when the parameters disagree about mirror images: aug_boHorizontalFlip = False says a
+    mirror image may be of another class (text, a left-facing logo), and run_boFlipAverage = True
+    then averages each image's features with those of what may be another class."""
+    if not flip_average or train_flips:
+        return None
+    return ("run_boFlipAverage = True averages each image's features with its mirror image's, while "
+            "aug_boHorizontalFlip = False says a mirror image may change the class: for such classes set "
+            "run_boFlipAverage = False")
+
+
 def device_name(device: torch.device) -> str:
     """What a stage prints for where it runs: "cuda:0 (NVIDIA H200)", "mps (Apple GPU)", "cpu (2 threads)"."""
     if device.type == "cuda":
