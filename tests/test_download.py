@@ -7,12 +7,14 @@ per path, so the tests can prove what was (not) fetched.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import re
 import shutil
 import io
 import threading
 import time
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -98,6 +100,15 @@ def _make_handler(state: Server) -> type[BaseHTTPRequestHandler]:
                 self._send(200, JPEG)
             elif path == "/dog.png":
                 self._send(200, PNG, "image/png")
+            elif path == "/gzipped.jpg":  # compressed though the client asked for no Content-Encoding
+                self._send(200, gzip.compress(JPEG), Content_Encoding="gzip")
+            elif path == "/deflated.png":  # "deflate" as many servers send it: raw, without the zlib header
+                pack = zlib.compressobj(wbits=-15)
+                self._send(200, pack.compress(PNG) + pack.flush(), "image/png", Content_Encoding="deflate")
+            elif path == "/gzip-bomb.jpg":
+                self._send(200, gzip.compress(b"\0" * 2_000_000), Content_Encoding="gzip")
+            elif path == "/brotli.jpg":
+                self._send(200, JPEG, Content_Encoding="br")
             elif path == "/pixel.gif":  # a 1x1 tracking pixel, as sites serve for hotlinked images
                 buf = io.BytesIO()
                 Image.new("P", (1, 1)).save(buf, "GIF")
@@ -960,3 +971,14 @@ def test_a_fix_made_by_hand_follows_its_image_when_the_list_relabels_it(server: 
     # The EXCLUDE follows its image; the relabel to 'cat' is what the folder says now, so it goes.
     assert read_fixes(out) == {f"dog/{_stem(cat)}.jpg": "EXCLUDE"}
     assert any("2 of the moved images had a fix in annotations_fixes.tsv" in line for line in report.notes(out))
+
+
+def test_a_compressed_reply_is_unpacked_within_the_size_limit(server: Server, tmp_path: Path) -> None:
+    # Some servers compress every reply, asked or not: the image read as "not an image".
+    urls = [server.url(p) for p in ("/gzipped.jpg", "/deflated.png", "/gzip-bomb.jpg", "/brotli.jpg")]
+    report = download_images([("cat", u) for u in urls], tmp_path, retries=0, timeout=5, max_bytes=1_000_000,
+                             progress=False)
+    assert report.ok == 2 and sorted(Path(f).suffix for f in _files(tmp_path)["cat"]) == [".jpg", ".png"]
+    assert dict(report.failures) == {
+        urls[2]: "too large (over the limit of 1000000 bytes unpacked: dl_maxBytes)",  # 2 KB that unpack to 2 MB
+        urls[3]: "sent with Content-Encoding br, which this download cannot undo"}

@@ -28,6 +28,7 @@ import unicodedata
 import urllib.error
 import urllib.parse
 import urllib.request
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -600,6 +601,27 @@ def _fetch_once(url: str, timeout: float, max_bytes: int, stop: threading.Event)
     raise _Failure("timeout (download too slow)", retryable=True)
 
 
+def _decoded(body: bytes, encoding: str | None, max_bytes: int) -> bytes:
+    """The body without its Content-Encoding: none was asked for, yet some servers gzip every reply
+    (an image then read as "not an image"). At most max_bytes unpacked (a small bomb unpacks to GBs)."""
+    encoding = (encoding or "").strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding not in ("gzip", "x-gzip", "deflate"):
+        raise _Failure(f"sent with Content-Encoding {encoding}, which this download cannot undo")
+    # wbits 47: gzip or zlib headers, told apart by the data; raw deflate (a common server mistake) is 15 less.
+    for wbits in (47, -15):
+        unpack = zlib.decompressobj(wbits)
+        try:
+            out = unpack.decompress(body, max_bytes + 1)
+        except zlib.error:
+            continue
+        if len(out) > max_bytes:
+            raise _Failure(f"too large (over the limit of {max_bytes} bytes unpacked: dl_maxBytes)")
+        return out
+    raise _Failure(f"damaged {encoding} data (Content-Encoding)", retryable=True)
+
+
 def _read_response(
     opener: urllib.request.OpenerDirector,
     url: str,
@@ -639,7 +661,7 @@ def _read_response(
             # IncompleteRead that read() raises: only the declared length shows the body is short.
             if declared is not None and size < declared:
                 raise _Failure(f"truncated body: {size} of {declared} bytes", retryable=True)
-            return b"".join(chunks)
+            return _decoded(b"".join(chunks), response.headers.get("Content-Encoding"), max_bytes)
     except (_Failure, _Cancelled):
         raise
     except urllib.error.HTTPError as e:
