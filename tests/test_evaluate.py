@@ -527,3 +527,20 @@ def test_a_large_photo_is_shown_through_a_thumbnail_linked_to_it(tmp_path: Path)
     assert (f'<a href="../images/a/big%20photo.jpg"><img loading="lazy" src="browser_thumbs/{thumbs[0].name}"'
             in page), page
     assert '<img loading="lazy" src="../images/a/small.jpg"' in page  # small enough to show as it is
+
+
+def test_a_confusion_matrix_of_hundreds_of_classes_keeps_names_and_counts_from_overlapping() -> None:
+    """At 500 classes the figure, at its largest, had 5 pt counts spilling out of their cells and names
+    overlapping: past CONFUSION_MIN_COUNT_INCHES a cell shows no count, past CONFUSION_MIN_NAME_INCHES
+    every n-th name is shown, and the title says so."""
+    from imgclass.evaluate import confusion_figure
+
+    for k, step, counts in ((40, 1, True), (360, 1, False), (500, 2, False)):
+        cm = np.diag(np.full(k, 3)) + np.roll(np.eye(k, dtype=int), 1, axis=1)
+        fig = confusion_figure(cm, [f"class {i}" for i in range(k)])
+        ax = fig.axes[0]
+        names = [t.get_text() for t in ax.get_yticklabels()]
+        assert names == [f"class {i}" for i in range(0, k, step)], (k, names[:3])
+        assert (len(ax.texts) == 2 * k) is counts, (k, len(ax.texts))  # a count in each non-zero cell, or none
+        assert (f"every {step}th class named" in ax.get_title()) is (step > 1)
+        assert ("counts in metrics.json" in ax.get_title()) is not counts

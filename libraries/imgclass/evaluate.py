@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import html
+import math
 import os
 import re
 import urllib.parse
@@ -226,6 +227,10 @@ def plot_confusion(cm: np.ndarray | list, classes: Sequence[str], path: str | Pa
     return save_figure(confusion_figure(cm, classes, title), path)
 
 
+CONFUSION_MIN_COUNT_INCHES = 0.12  # a cell narrower than this shows no count (5 pt digits spilled over)
+CONFUSION_MIN_NAME_INCHES = 0.09  # class names closer than this (5 pt) overlap: every n-th one is shown
+
+
 def confusion_figure(cm: np.ndarray | list, classes: Sequence[str], title: str = "") -> plt.Figure:
     """The confusion matrix: counts, with each row (true class) shaded by its fraction so small
     classes read as clearly.
@@ -243,17 +248,25 @@ def confusion_figure(cm: np.ndarray | list, classes: Sequence[str], title: str =
     shading = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
     # Without a scale, 6 of 6 and 60 of 60 equally dark read as a mistake in the plot.
     fig.colorbar(shading, ax=ax, fraction=0.046, pad=0.04).set_label("share of the true class (row)")
-    ticks = range(k)
     shown, _ = name_column(classes, at_most=PLOT_NAME_COLUMNS)
     names = [shown[c] for c in classes]
-    ax.set_xticks(ticks, names, rotation=45, ha="right", rotation_mode="anchor", fontsize=font)
-    ax.set_yticks(ticks, names, fontsize=font)
-    for i in ticks:
-        for j in ticks:
-            if cm[i, j] or k <= 15:
-                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=font,
-                        color="white" if frac[i, j] > 0.5 else "black")
-    ax.set(xlabel="Predicted class", ylabel="True class", title=title or "Confusion matrix")
+    # Past ~330 classes the figure, at its largest, leaves cells too small for a count, and past ~440
+    # rows too close for every name: then the shading alone, and every n-th name (they overlapped).
+    cell = size / k  # inches
+    step = max(1, math.ceil(CONFUSION_MIN_NAME_INCHES / cell))
+    ticks = range(0, k, step)
+    ax.set_xticks(ticks, names[::step], rotation=45, ha="right", rotation_mode="anchor", fontsize=font)
+    ax.set_yticks(ticks, names[::step], fontsize=font)
+    if cell >= CONFUSION_MIN_COUNT_INCHES:
+        for i in range(k):
+            for j in range(k):
+                if cm[i, j] or k <= 15:
+                    ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=font,
+                            color="white" if frac[i, j] > 0.5 else "black")
+    notes = ([f"every {step}th class named"] if step > 1 else []) + (
+        ["counts in metrics.json"] if cell < CONFUSION_MIN_COUNT_INCHES else [])
+    title = (title or "Confusion matrix") + (f"\n({'; '.join(notes)})" if notes else "")
+    ax.set(xlabel="Predicted class", ylabel="True class", title=title)
     return fig
 
 
