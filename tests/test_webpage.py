@@ -334,3 +334,69 @@ def test_the_results_browser_shows_images_on_the_first_screen_with_many_long_cla
     WebDriverWait(browser, 10).until(lambda b: b.execute_script("return location.hash") == f"#s{len(classes) - 1}")
     top = browser.execute_script(f"return document.getElementById('s{len(classes) - 1}').getBoundingClientRect().top")
     assert 0 <= top < browser.execute_script("return window.innerHeight")
+
+
+def test_the_results_browser_filters_by_true_and_predicted_class(browser, tmp_path: Path) -> None:
+    """With 40 classes and 1000 mistakes, one class's mistakes were found by Ctrl+F: two selects show
+    only the cards of a true and/or predicted class, with a count, and hide the sections left empty.
+    Class names with quotes, '<', '&' and unicode are options like any other."""
+    import numpy as np
+    from PIL import Image
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    from imgclass.evaluate import write_browser
+
+    classes = ["plain", 'say "hi" <b>&amp;', "café ☕"]
+    # (true, predicted): one right and one wrong of each class
+    pairs = [(0, 0), (0, 1), (1, 1), (1, 2), (2, 2), (2, 0)]
+    images = tmp_path / "images"
+    paths = []
+    for i, (t, _) in enumerate(pairs):
+        (images / f"c{t}").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (60, 40), (30 * i, 30, 30)).save(images / f"c{t}" / f"{i}.jpg")
+        paths.append(f"c{t}/{i}.jpg")
+    labels = np.array([t for t, _ in pairs])
+    scores = np.array([np.eye(3)[p] * 0.6 + 0.1 for _, p in pairs])
+    page = write_browser(tmp_path / "results" / "browser.html", images, paths, labels, scores, classes, title="t")
+    browser.get(page.as_uri())
+
+    def shown() -> list[str]:
+        return [c.find_element(By.TAG_NAME, "small").text for c in browser.find_elements(By.CLASS_NAME, "card")
+                if c.is_displayed()]
+
+    def sections() -> list[str]:
+        return [h.text for h in browser.find_elements(By.TAG_NAME, "h3") if h.is_displayed()]
+
+    def links() -> list[str]:
+        return [a.text for a in browser.find_elements(By.CSS_SELECTOR, "nav a") if a.is_displayed()]
+
+    def count() -> str:
+        return browser.find_element(By.ID, "fn").text
+
+    true, predicted = Select(browser.find_element(By.ID, "ft")), Select(browser.find_element(By.ID, "fp"))
+    assert [o.text for o in true.options] == ["all", "plain (2)", 'say "hi" <b>&amp; (2)', "café ☕ (2)"]
+    assert count() == "6 images" and len(shown()) == 6 and len(sections()) == 4
+    true.select_by_visible_text('say "hi" <b>&amp; (2)')
+    assert shown() == ["c1/3.jpg", "c1/2.jpg"]  # its mistake (in "misclassified"), then its correct one
+    assert count() == "2 of 6 images shown"
+    assert sections() == ["misclassified (3)", 'say "hi" <b>&amp;: correct (1)'] == links()
+    predicted.select_by_visible_text("café ☕ (2)")  # both: its images taken for café
+    assert shown() == ["c1/3.jpg"] and count() == "1 of 6 images shown" and sections() == ["misclassified (3)"]
+    true.select_by_visible_text("all")
+    assert sorted(shown()) == ["c1/3.jpg", "c2/4.jpg"] and count() == "2 of 6 images shown"
+    assert sections() == ["misclassified (3)", "café ☕: correct (1)"] == links()
+    # The links' separators: none before the first one shown, one between the two shown.
+    before = "return Array.from(document.querySelectorAll('nav span')).filter(s => !s.hidden)" \
+             ".map(s => getComputedStyle(s, '::before').content)"
+    assert browser.execute_script(before) == ["none", '" · "']
+    predicted.select_by_visible_text("all")
+    assert len(shown()) == 6 and count() == "6 images" and len(sections()) == 4 == len(links())
+
+    # scoreImages' page: no true classes, only the predicted one to choose.
+    new = write_browser(tmp_path / "results" / "new.html", images, paths, None, scores, classes, title="n")
+    browser.get(new.as_uri())
+    assert not browser.find_elements(By.ID, "ft")
+    Select(browser.find_element(By.ID, "fp")).select_by_visible_text('say "hi" <b>&amp; (2)')
+    assert sorted(shown()) == ["c0/1.jpg", "c1/2.jpg"] and count() == "2 of 6 images shown"
+    assert sections() == ['predicted say "hi" <b>&amp; (2)']

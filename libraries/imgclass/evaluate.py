@@ -420,6 +420,35 @@ SCORE_MEANINGS = {
 }
 
 
+# The results page's filter: cards whose data-t (true class) and data-p (predicted class) match the
+# selects are shown, sections and their links with none are hidden. Runs on `pageshow` too: it writes
+# the count, and a browser that restores the selects' values (back/forward) gets the cards to match.
+FILTER_SCRIPT = """<script>
+function imgFilter() {
+  var t = document.getElementById("ft"), p = document.getElementById("fp");
+  var tv = t ? t.value : "", pv = p.value, shown = 0, all = 0;
+  document.querySelectorAll(".grid").forEach(function (grid, k) {
+    var n = 0;
+    grid.querySelectorAll(".card").forEach(function (card) {
+      var ok = (tv === "" || card.dataset.t === tv) && (pv === "" || card.dataset.p === pv);
+      card.hidden = !ok;
+      if (ok) n++;
+      all++;
+    });
+    grid.hidden = grid.previousElementSibling.hidden = n === 0;
+    var link = document.querySelector('nav a[href="#s' + k + '"]');
+    if (link) link.parentNode.hidden = n === 0;
+    shown += n;
+  });
+  document.getElementById("fn").textContent =
+    tv === "" && pv === "" ? all + " images" : shown + " of " + all + " images shown";
+}
+document.getElementById("fp").addEventListener("change", imgFilter);
+if (document.getElementById("ft")) document.getElementById("ft").addEventListener("change", imgFilter);
+window.addEventListener("pageshow", imgFilter);
+</script>"""
+
+
 def write_browser(
     path: str | Path, images_dir: str | Path, paths: Sequence[str], labels: np.ndarray | None,
     scores: np.ndarray, classes: Sequence[str], title: str = "", score_kind: str = "",
@@ -471,7 +500,9 @@ def write_browser(
             if Path(paths[i]).suffix.lower() not in NOT_IN_BROWSERS:  # a click shows the photo itself
                 img = f'<a href="{html.escape(original)}">{img}</a>'
         head = "" if labels is None else f"{html.escape(classes[labels[i]])} &rarr; "
-        return (f'<div class="card {state}">{img}'
+        # The classes as indices (into the filter's options): short, and nothing in a name to escape.
+        known = "" if labels is None else f' data-t="{labels[i]}"'
+        return (f'<div class="card {state}"{known} data-p="{pred[i]}">{img}'
                 f"<b>{head}{html.escape(classes[pred[i]])}</b>"
                 f"<ol>{rows}</ol><small>{html.escape(paths[i])}</small></div>")
 
@@ -504,18 +535,31 @@ def write_browser(
         tail = ""
     # The list of sections scrolls in a box of at most 30% of the window: with 200 long class names it
     # was 5000 px tall, 6 screens of links before the first image.
-    jumps = " &middot; ".join(f'<a href="#s{k}">{html.escape(h)} ({len(m)})</a>' for k, (h, m) in enumerate(sections))
+    # A span per link, the " · " between them drawn by CSS: the filter hides a link with its separator.
+    jumps = "".join(f'<span><a href="#s{k}">{html.escape(h)} ({len(m)})</a></span>' for k, (h, m) in enumerate(sections))
     body = "".join(f'<h3 id="s{k}">{html.escape(h)} ({len(m)})</h3><div class="grid">{"".join(card(i) for i in m)}</div>'
                    for k, (h, m) in enumerate(sections))
+    # A filter by true and/or predicted class: with 40 classes and 1000 mistakes, one class's mistakes
+    # were found by Ctrl+F. Plain inline script and no server, so the page still works from disk.
+    def choice(key: str, what: str, of: np.ndarray) -> str:
+        counts = np.bincount(of, minlength=len(classes))
+        options = "".join(f'<option value="{j}">{html.escape(c)} ({counts[j]})</option>'
+                          for j, c in enumerate(classes) if counts[j])
+        return f'<label>{what} <select id="f{key}"><option value="">all</option>{options}</select></label> '
+    filter_bar = ""
+    if len(paths):
+        filter_bar = ('<p id="filter">Show only: ' + ("" if labels is None else choice("t", "true class", labels))
+                      + choice("p", "predicted class", pred) + '<span id="fn"></span></p>' + FILTER_SCRIPT)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:1em}} .grid{{display:flex;flex-wrap:wrap;gap:8px}}
 .card{{width:180px;border:3px solid #4a4;padding:4px;font-size:12px;overflow-wrap:anywhere}} .card.err{{border-color:#d33}}
 .card.new{{border-color:#888}} h3{{margin:1.2em 0 .4em}}
+nav span:not([hidden])~span:not([hidden])::before{{content:" \\b7  "}}
 nav{{line-height:1.6;max-height:30vh;overflow-y:auto;resize:vertical;border-bottom:1px solid #ccc}}
-h2,h3,nav,ul{{overflow-wrap:anywhere}}
+h2,h3,nav,ul{{overflow-wrap:anywhere}} select{{max-width:100%}}
 .card img{{width:100%;height:160px;object-fit:contain;background:#eee}} ol{{margin:2px 0;padding-left:18px}}
-small{{color:#666;word-break:break-all}}</style></head><body>
-<h2>{html.escape(title)}</h2><p>{summary}</p><nav>{jumps}</nav>{body}{tail}</body></html>"""
+small{{color:#666;word-break:break-all}} [hidden]{{display:none!important}}</style></head><body>
+<h2>{html.escape(title)}</h2><p>{summary}</p>{filter_bar}<nav>{jumps}</nav>{body}{tail}</body></html>"""
     with atomic_open(path, "w", encoding="utf-8") as f:
         f.write(page)
     # Then the thumbnails of images no longer shown (the page before this one showed them): each rerun
