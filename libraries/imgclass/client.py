@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 
 from imgclass.data import NOT_CLASS_PREFIXES, shown, skipped_below, skipped_note, unread_images_note, walk_image_files
+from imgclass.params import ENV_API_KEY, api_key_problem
 from imgclass.terminal import first_few
 
 # Bytes a multipart request adds to the files it carries, counted generously: the closing boundary
@@ -36,7 +37,6 @@ TRY_AGAIN = (502, 503, 504)
 BUSY_RETRIES = 8
 BUSY_MAX_WAIT = 10.0
 GIVEN_MAX_WAIT = 120.0
-ENV_API_KEY = "IMGCLASS_API_KEY"  # the service's key, as imgclass.serve reads it (a secret: not a parameter)
 
 
 def not_accepted(paths: list[Path], formats: list[str]) -> list[Path]:
@@ -119,9 +119,8 @@ class ServiceClient:
         self.url = url.rstrip("/")
         self.say = say
         key = (os.environ.get(ENV_API_KEY, "") if api_key is None else api_key).strip()
-        if not all(" " <= c <= "~" for c in key):  # httpx would fail on each request with a UnicodeEncodeError
-            raise ServiceError(f"{ENV_API_KEY}: the key holds characters other than printable ASCII, which an "
-                               "HTTP header cannot carry; copy the service's key again")
+        if problem := api_key_problem(key):  # httpx would fail on each request with a UnicodeEncodeError
+            raise ServiceError(f"{problem}; copy the service's key again")
         self._sends_key = bool(key)
         self._http = httpx.Client(timeout=timeout, headers={"Authorization": f"Bearer {key}"} if key else None)
         self._info: dict | None = None

@@ -14,6 +14,7 @@ import os
 import sys
 import traceback
 import types
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,7 +142,7 @@ def _word_list(v: Any) -> str | None:
     if not v or not all(isinstance(w, str) and w.strip() for w in v):
         return "must be a non-empty list of non-empty strings"
     # Each word is searched with each of the other list's: a repeated one asked every query twice.
-    if twice := sorted({w.strip() for w in v if [x.strip() for x in v].count(w.strip()) > 1}):
+    if twice := sorted(w for w, n in Counter(w.strip() for w in v).items() if n > 1):
         return f"lists {', '.join(map(repr, twice))} more than once"
     return None
 
@@ -174,6 +175,20 @@ def service_url(host: str, port: int) -> str:
     where stage 6 put it without importing the server."""
     host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+# The service's key: a secret, so read from the environment by the service and the client alike,
+# never a parameter of a committed PARAMETERS.py.
+ENV_API_KEY = "IMGCLASS_API_KEY"
+
+
+def api_key_problem(key: str) -> str | None:
+    """Why `key` cannot travel as an API key (None: it can): an HTTP header carries printable ASCII
+    only. Says so without showing the key."""
+    if all(" " <= c <= "~" for c in key):
+        return None
+    return (f"{ENV_API_KEY}: the key holds characters other than printable ASCII (letters, digits, punctuation, "
+            "space), which an HTTP header cannot carry")
 
 
 def _origins(v: Any) -> str | None:

@@ -70,7 +70,7 @@ from starlette.requests import ClientDisconnect
 from imgclass.cpus import usable_cpus
 from imgclass.export import Bundle, cpu_session, load_bundle
 from imgclass.images import DRAFT_OVERSAMPLE, ImageDecodeError, decode_reason, load_square, openers
-from imgclass.params import origin_problem, service_url
+from imgclass.params import ENV_API_KEY, api_key_problem, origin_problem, service_url
 
 if TYPE_CHECKING:
     from imgclass.params import Params
@@ -79,7 +79,6 @@ GRACE_SECONDS = 5.0  # after SIGTERM / Ctrl-C, for requests in progress (docker 
 ENV_CONFIG = "IMGCLASS_SERVE_CONFIG"  # how `workers > 1` hands the settings to each worker process
 # The API key, when the service needs one. Only ever read from the environment, which worker processes
 # inherit: it never enters ServeConfig, whose JSON goes through ENV_CONFIG and may be printed or logged.
-ENV_API_KEY = "IMGCLASS_API_KEY"
 PROTECTED_PATHS = ("/score", "/info")  # what a key guards; /health, /, /static, /docs stay open
 STATIC_DIR = Path(str(resources.files("imgclass") / "static"))
 # The Pillow formats the service decodes: what cameras, phones and browsers produce. Pillow reads
@@ -164,9 +163,8 @@ def api_key_from_env() -> bytes | None:
     key = os.environ.get(ENV_API_KEY, "").strip()
     if not key:
         return None
-    if not all(" " <= c <= "~" for c in key):
-        raise ValueError(f"{ENV_API_KEY}: the key holds characters other than printable ASCII (letters, digits, "
-                         f"punctuation, space), which an HTTP header cannot carry; choose another key")
+    if problem := api_key_problem(key):
+        raise ValueError(f"{problem}; choose another key")
     return key.encode("ascii")
 
 
