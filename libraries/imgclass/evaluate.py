@@ -27,13 +27,12 @@ import matplotlib
 matplotlib.use("Agg")  # files only: stages run from shells and servers without a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
 from sklearn.metrics import auc, roc_curve  # noqa: E402
 
 from imgclass.cpus import usable_cpus  # noqa: E402
 from imgclass.fileio import atomic_open, atomic_path, save_figure  # noqa: E402
 from imgclass.fonts import lay_out  # noqa: E402
-from imgclass.images import load_rgb  # noqa: E402
+from imgclass.images import header_size, load_rgb  # noqa: E402
 from imgclass.progress import progress_bar  # noqa: E402
 from imgclass.terminal import auc_text, display_width, ljust, name_column, percent_text, score_text  # noqa: E402
 
@@ -393,13 +392,10 @@ def _needs_thumbnail(source: Path) -> bool:
     """Whether a browser cannot show `source` itself, or would load far more pixels than a card shows."""
     if source.suffix.lower() in NOT_IN_BROWSERS:
         return True
-    try:
-        with Image.open(source) as img:  # the header only: no pixels decoded
-            width, height = img.size
-    except Image.DecompressionBombError:  # above imgclass.images' pixel limit: the thumbnail says why
-        return True
-    except (OSError, ValueError, SyntaxError, EOFError):  # unreadable now: linked as it is
+    size = header_size(source)  # nothing decoded
+    if size is None:  # unreadable now, or past the pixel limit no stage decodes: linked as it is
         return False
+    width, height = size
     return width * height > THUMBNAIL_ABOVE_PIXELS
 
 
