@@ -449,8 +449,8 @@ class _HttpOnlyRedirectHandler(urllib.request.HTTPRedirectHandler):
     """Follow redirects only to http(s): the stock handler would also follow one to ftp://."""
 
     def http_error_302(self, req, fp, code, msg, headers):  # type: ignore[no-untyped-def, override]
-        # urllib refuses a redirect to file:, data: ... itself, before redirect_request, as an
-        # HTTPError of the redirect's code, which read as "a redirect loop": check the scheme first.
+        # Checked here, before the stock handler, which refuses file:, data: ... itself, as an
+        # HTTPError of the redirect's code that read as "a redirect loop", and follows ftp:.
         location = headers.get("location") or headers.get("uri")
         if location:
             scheme = urllib.parse.urlsplit(urllib.parse.urljoin(req.full_url, location)).scheme.lower()
@@ -460,13 +460,6 @@ class _HttpOnlyRedirectHandler(urllib.request.HTTPRedirectHandler):
         return super().http_error_302(req, fp, code, msg, headers)
 
     http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[override]
-        scheme = urllib.parse.urlsplit(newurl).scheme.lower()
-        if scheme not in ALLOWED_SCHEMES:
-            fp.close()
-            raise _Failure(f"redirect to unsupported scheme ({scheme or 'none'})")
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
 class _Watchdog:
