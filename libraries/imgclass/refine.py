@@ -304,11 +304,8 @@ def available_memory() -> int | None:
     and no more than a cgroup memory limit leaves (`docker run --memory=4g` on a 128 GB host: at most
     4 GB, where the machine's figure alone would say ~100 GB and the OOM killer would end the process,
     without a message, while it filled them)."""
-    machine = _machine_available_memory()
-    limited = cgroup_memory_available()
-    if machine is None or limited is None:
-        return limited if machine is None else machine
-    return min(machine, limited)
+    known = [m for m in (_machine_available_memory(), cgroup_memory_available()) if m is not None]
+    return min(known) if known else None
 
 
 def _machine_available_memory() -> int | None:

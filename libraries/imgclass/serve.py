@@ -77,8 +77,9 @@ if TYPE_CHECKING:
 
 GRACE_SECONDS = 5.0  # after SIGTERM / Ctrl-C, for requests in progress (docker stop kills after 10 s)
 ENV_CONFIG = "IMGCLASS_SERVE_CONFIG"  # how `workers > 1` hands the settings to each worker process
-# The API key, when the service needs one. Only ever read from the environment, which worker processes
-# inherit: it never enters ServeConfig, whose JSON goes through ENV_CONFIG and may be printed or logged.
+# The API key (params.ENV_API_KEY), when the service needs one, is only ever read from the environment,
+# which worker processes inherit: it never enters ServeConfig, whose JSON goes through ENV_CONFIG and
+# may be printed or logged.
 PROTECTED_PATHS = ("/score", "/info")  # what a key guards; /health, /, /static, /docs stay open
 STATIC_DIR = Path(str(resources.files("imgclass") / "static"))
 # The Pillow formats the service decodes: what cameras, phones and browsers produce. Pillow reads
