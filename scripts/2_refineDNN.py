@@ -18,7 +18,7 @@ from imgclass.features import device_name
 from imgclass.fileio import write_json
 from imgclass.modelfile import ModelSpec, build_model, save_model
 from imgclass.provenance import StaleFilesError, check_split_settings
-from imgclass.refine import (History, RefineConfig, Refiner, RefineOutOfMemoryError, already_refined, plot_history,
+from imgclass.refine import (History, RefineConfig, Refiner, already_refined, plot_history,
                              refining_alone, replacing_note, stored_refinement, write_stored_curves)
 
 parser = stage_parser(
@@ -134,6 +134,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    run_stage(main, (RefineOutOfMemoryError, FloatingPointError, StaleFilesError),
+    run_stage(main, (FloatingPointError, StaleFilesError),
               on_interrupt="files already written are complete; rerun it to finish (for dnn and svmDnnRefined, with --resume "
                            "to continue the refinement from its last finished epoch, or the first if none had finished)")

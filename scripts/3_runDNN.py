@@ -13,7 +13,7 @@ import numpy as np
 
 from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.data import load_split, since_split_notes
-from imgclass.features import FeatureCache, FeaturizeOutOfMemoryError, Featurizer, device_name, mirror_note
+from imgclass.features import FeatureCache, Featurizer, device_name, mirror_note
 from imgclass.featureset import FeatureSet, file_stats
 from imgclass.modelfile import load_model, load_model_extra, spec_settings
 from imgclass.provenance import (StaleFilesError, check_model_settings, check_model_split, check_split_settings,
@@ -98,4 +98,4 @@ def _content_hash(path: Path, cache: FeatureCache | None) -> str:
 
 
 if __name__ == "__main__":
-    run_stage(main, (StaleFilesError, FeaturizeOutOfMemoryError))
+    run_stage(main, (StaleFilesError,))

@@ -14,7 +14,6 @@ from pathlib import Path
 from imgclass.active import (class_words, label_interactively, plot_candidates, score_with_trained_model, unlabelled_images,
                              write_candidates)
 from imgclass.cli import parse_stage, run_stage, stage_parser
-from imgclass.features import FeaturizeOutOfMemoryError
 from imgclass.provenance import StaleFilesError
 
 parser = stage_parser(
@@ -66,4 +65,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    run_stage(main, (StaleFilesError, FeaturizeOutOfMemoryError))
+    run_stage(main, (StaleFilesError,))

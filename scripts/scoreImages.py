@@ -14,7 +14,6 @@ from imgclass.active import score_with_trained_model
 from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.data import list_folder_images, name_problem, skipped_below, skipped_note, unread_images_note
 from imgclass.evaluate import write_browser, write_predictions
-from imgclass.features import FeaturizeOutOfMemoryError
 from imgclass.provenance import StaleFilesError
 from imgclass.terminal import ljust, name_column
 
@@ -79,4 +78,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    run_stage(main, (StaleFilesError, FeaturizeOutOfMemoryError))
+    run_stage(main, (StaleFilesError,))

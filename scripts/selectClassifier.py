@@ -13,7 +13,7 @@ import numpy as np
 from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.data import load_split
 from imgclass.fileio import require_file
-from imgclass.refine import RefineConfig, RefineOutOfMemoryError, plot_history
+from imgclass.refine import RefineConfig, plot_history
 from imgclass.selection import compare_classifiers, recommend_classifier, write_classifier_table
 from imgclass.svm import LinearSvm
 
@@ -69,4 +69,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    run_stage(main, (RefineOutOfMemoryError, FloatingPointError))
+    run_stage(main, (FloatingPointError,))

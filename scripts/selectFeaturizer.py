@@ -12,7 +12,6 @@ import numpy as np
 from imgclass.backbones import BACKBONE_NAMES
 from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.data import load_split
-from imgclass.features import FeaturizeOutOfMemoryError
 from imgclass.images import MAX_RESOLUTION, MIN_RESOLUTION, RESIZE_MODES
 from imgclass.modelfile import ModelSpec
 from imgclass.selection import all_square, compare_featurizers, plot_comparison, recommend, write_table
@@ -81,4 +80,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    run_stage(main, (FeaturizeOutOfMemoryError,))
+    run_stage(main)

@@ -18,6 +18,7 @@ import textwrap
 import time
 from collections.abc import Callable, Sequence
 
+from imgclass.cpus import OutOfMemoryAdvice
 from imgclass.params import ParameterError, Params, load_params, parse_overrides
 from imgclass.progress import remember_interrupts
 
@@ -78,7 +79,8 @@ def parse_stage(parser: argparse.ArgumentParser, argv: Sequence[str] | None = No
 
 
 # Errors a user can cause, reported as one line; anything else is a bug and keeps its traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (ParameterError, FileNotFoundError, ValueError, PermissionError)
+USER_ERRORS: tuple[type[BaseException], ...] = (ParameterError, FileNotFoundError, ValueError, PermissionError,
+                                               OutOfMemoryAdvice)
 
 
 # A full disk, a quota or a read-only folder: the user's to fix, not a bug; as OSError (or wrapped by

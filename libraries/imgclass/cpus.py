@@ -152,6 +152,11 @@ def cgroup_memory_available(cgroup_root: Path | None = None, proc_cgroup: Path |
     return min(left) if left else None
 
 
+class OutOfMemoryAdvice(RuntimeError):
+    """A stage ran out of memory; the message says which parameters to lower. Every stage reports it
+    as one line (imgclass.cli), whichever step ran out: refining, featurizing, scoring."""
+
+
 def omp_thread_limit() -> int | None:
     """OMP_NUM_THREADS as a positive number ("4,2", nested levels: the outer 4); None when unset or not a number."""
     text = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()

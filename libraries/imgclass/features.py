@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from imgclass.backbones import static_padding
-from imgclass.cpus import usable_cpus
+from imgclass.cpus import OutOfMemoryAdvice, usable_cpus
 from imgclass.fileio import atomic_path, load_npz, save_npz
 from imgclass.images import DECODE_VERSION, load_square
 from imgclass.modelfile import ImageClassifier, ModelSpec
@@ -68,7 +68,7 @@ def _oom_detail(e: BaseException) -> str:
     return text[-200:]
 
 
-class FeaturizeOutOfMemoryError(RuntimeError):
+class FeaturizeOutOfMemoryError(OutOfMemoryAdvice):
     """The network ran out of memory on a batch of images; the message says what to lower."""
 
 

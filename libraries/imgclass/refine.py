@@ -47,7 +47,7 @@ import torch
 
 from imgclass.augment import Augmenter
 from imgclass.backbones import folded_batchnorm
-from imgclass.cpus import cgroup_memory_available
+from imgclass.cpus import OutOfMemoryAdvice, cgroup_memory_available
 from imgclass.features import default_device, is_out_of_memory
 from imgclass.fileio import atomic_path, hold_lock, lock_holder, read_json, write_json
 from imgclass.images import MAX_RESOLUTION, MIN_RESOLUTION, load_square
@@ -82,7 +82,7 @@ ADDED_LATER = {"max_grad_norm": 0.0}
 RESTART = "start afresh with scripts/2_refineDNN.py --restart (it deletes the checkpoint)"
 
 
-class RefineOutOfMemoryError(RuntimeError):
+class RefineOutOfMemoryError(OutOfMemoryAdvice):
     """Training ran out of memory; the message says which parameters to lower."""
 
 
