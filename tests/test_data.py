@@ -67,6 +67,19 @@ def test_dedicated_test_images_fix_the_test_set(color_dataset: Path) -> None:
         make_split(color_dataset)
 
 
+def test_dedicated_test_images_in_the_tutorials_two_column_format(color_dataset: Path) -> None:
+    # The CNTK tutorial's dedicatedTestImages.tsv is class<TAB>filename (its 1_prepareData.py joined
+    # the columns with "/"); its first line was taken for a header and dropped, the second refused.
+    (color_dataset / "dedicatedTestImages.tsv").write_text("red\tred_0.jpg\nblue\tblue_5.jpg\n")
+    s = make_split(color_dataset)
+    assert sorted(p for p, _ in s.test) == ["blue/blue_5.jpg", "red/red_0.jpg"]
+    assert s.method == "dedicatedTestImages.tsv"
+    # A listed image that is not there is still named, in this format too.
+    (color_dataset / "dedicatedTestImages.tsv").write_text("red\tred_0.jpg\nblue\tblue_99.jpg\n")
+    with pytest.raises(DatasetError, match="blue/blue_99.jpg"):
+        make_split(color_dataset)
+
+
 def test_train_test_folders_are_used_and_must_agree(tmp_path: Path) -> None:
     for side, n in (("train", 3), ("val", 2)):
         for c in ("cat", "dog"):

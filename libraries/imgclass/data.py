@@ -6,7 +6,8 @@ of them agree on which image is on which side. Four ways to split, in order of p
 
 1. the folder holds `train/` and `test/` (or `val/`; `Training/`, `Testing/`, `valid/`, any case)
    folders of class folders: that split is used;
-2. a `dedicatedTestImages.tsv` in the data set folder lists the test images (`class/filename`);
+2. a `dedicatedTestImages.tsv` in the data set folder lists the test images (`class/filename`, or
+   the tutorial's `class<TAB>filename`);
 3. `imagesSplitBy = "subdir"`: each sub-folder of a class goes wholly to one side (e.g. several
    photos of the same garment stay together, so the test set measures unseen garments);
 4. otherwise each class is split at random by `ratioTrainTest`, seeded.
@@ -551,7 +552,13 @@ def _read_dedicated(path: Path, classes: list[str]) -> set[str]:
             line = line.strip().replace("\\", "/")
             if not line or line.startswith("#"):
                 continue
-            entry = line.split("\t")[0]
+            fields = line.split("\t")
+            entry = fields[0]
+            if len(fields) > 1 and entry in classes and fields[1].strip() and "/" not in fields[1]:
+                # The tutorial's own format: class<TAB>filename (its 1_prepareData.py joined a line's
+                # columns with "/"). Without this, its first line was skipped as a header and the next
+                # one refused.
+                entry = f"{entry}/{fields[1].strip()}"
             # A first line such as "image<TAB>label" (a list exported from a spreadsheet or another
             # tool) is a header: neither a folder nor a file extension, so no image's name. So is
             # "class/filename", as the README names the column. ("dotted0.jpg", a slip, is an error.)
