@@ -72,6 +72,35 @@ def test_unknown_override_suggests_nearest_name() -> None:
         parse_overrides(["classifier"])
 
 
+@pytest.mark.parametrize(("name", "meant"), [
+    ("rootDir", "DATA_DIR"),  # difflib's nearest was rf_weightsDir
+    ("boEvalOnTrainingSet", 'eval_set = "train"'),  # difflib's nearest was rf_boBalanceTrainingSet
+    ("rf_pretrainedModelFilename", "rf_pretrainedModel"),
+    ("rf_inputResoluton", "rf_inputResolution"),
+    ("al_selectionCriteria", "al_criterion"),
+])
+def test_the_cntk_tutorials_parameter_names_point_to_ours(name: str, meant: str, tmp_path: Path) -> None:
+    with pytest.raises(ParameterError, match=f"'{name}': that is the CNTK tutorial's name; here it is {meant}"):
+        parse_overrides([f"{name}=1"])
+    # In a parameters file (a tutorial user's own, say) too.
+    own = tmp_path / "mine.py"
+    own.write_text(f"{name} = 1\n")
+    with pytest.raises(ParameterError, match=f"mine.py: unknown parameter '{name}': that is the CNTK tutorial's name"):
+        load_params(own)
+
+
+def test_tutorial_spellings_of_values_are_named() -> None:
+    # The tutorial named its networks by file ("ResNet_18.model") and wrote "all images" as float('inf').
+    with pytest.raises(ParameterError, match=r"allowed values are .*\(did you mean 'resnet18'\?\)"):
+        load_params(overrides=parse_overrides(["rf_pretrainedModel=ResNet_18.model"]))
+    with pytest.raises(ParameterError, match=r"\(did you mean 'svmDnnRefined'\?\)"):
+        load_params(overrides=parse_overrides(["classifier=svm_dnn_refined"]))
+    with pytest.raises(ParameterError, match=r"rf_maxTrainImages = inf: must be a finite number \(0 means no limit\)"):
+        load_params(overrides={"rf_maxTrainImages": float("inf")})
+    with pytest.raises(ParameterError, match=r"allowed values are [^(]*$"):  # no guess for a value like none
+        load_params(overrides=parse_overrides(["rf_pretrainedModel=foo"]))
+
+
 @pytest.mark.parametrize(
     "name, value, message",
     [

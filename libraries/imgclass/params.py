@@ -41,6 +41,7 @@ class Spec:
     choices: tuple[Any, ...] | None = None
     check: Callable[[Any], str | None] | None = None  # returns an error text, or None when fine
     expected: str = ""  # human description used in the error message
+    unlimited: str = ""  # the value that means "no limit", named when inf is given (the tutorial's way)
 
     def validate(self, name: str, value: Any) -> Any:
         if float in self.types and isinstance(value, int) and not isinstance(value, bool):
@@ -51,7 +52,8 @@ class Spec:
         if isinstance(value, float) and not math.isfinite(value):
             # 1e999 reads as inf: a timeout of inf crashed socket.settimeout, an inf learning rate
             # trained to NaN; no parameter means "unlimited" by inf (0 means "off" where one can be off).
-            raise ParameterError(f"{name} = {value!r}: must be a finite number")
+            hint = f" ({self.unlimited} means no limit)" if self.unlimited else ""
+            raise ParameterError(f"{name} = {value!r}: must be a finite number{hint}")
         ok_type = isinstance(value, self.types) and not (
             isinstance(value, bool) and bool not in self.types
         )
@@ -59,7 +61,9 @@ class Spec:
             raise ParameterError(f"{name} = {value!r}: expected {self._describe()}{_spelling_hint(value, self.types, name)}")
         if self.choices is not None and value not in self.choices:
             allowed = ", ".join(repr(c) for c in self.choices)
-            raise ParameterError(f"{name} = {value!r}: allowed values are {allowed}")
+            near = _same_choice(value, self.choices)
+            hint = f" (did you mean {near!r}?)" if near is not None else ""
+            raise ParameterError(f"{name} = {value!r}: allowed values are {allowed}{hint}")
         if self.check is not None:
             problem = self.check(value)
             if problem:
@@ -70,6 +74,17 @@ class Spec:
         if self.expected:
             return self.expected
         return " or ".join(t.__name__ for t in self.types)
+
+
+def _same_choice(value: Any, choices: tuple[Any, ...]) -> Any:
+    """The choice `value` spells another way: in another case, with "_" or "-", or as the CNTK tutorial
+    named its model files ("ResNet_18.model" is resnet18); None when there is none."""
+    def key(v: str) -> str:
+        v = v.lower()
+        return "".join(ch for ch in (v[: -len(".model")] if v.endswith(".model") else v) if ch.isalnum())
+    if not isinstance(value, str):
+        return None
+    return next((c for c in choices if isinstance(c, str) and key(c) == key(value)), None)
 
 
 def _spelling_hint(value: Any, types: tuple[type, ...], name: str = "NAME") -> str:
@@ -263,7 +278,7 @@ SCHEMA: dict[str, Spec] = {
     "rf_dropoutRate": Spec(_FLOAT, check=_fraction_closed_open),
     "rf_mbSize": Spec(_INT, check=_positive),
     "rf_maxEpochs": Spec(_INT, check=_positive),
-    "rf_maxTrainImages": Spec(_INT, check=_non_negative),
+    "rf_maxTrainImages": Spec(_INT, check=_non_negative, unlimited="0"),
     "rf_lrPerMb": Spec(_LIST, check=_float_list, expected="a list of positive numbers, one per epoch"),
     "rf_headLrFactor": Spec(_FLOAT, check=_positive),
     "rf_momentumPerMb": Spec(_FLOAT, check=_fraction_closed_open),
@@ -443,7 +458,26 @@ class Params(Mapping[str, Any]):
         return self.data_dir / "deploy" / self._values["datasetName"] / self._values["classifier"]
 
 
+# Names of Microsoft's "Image classification using CNTK" tutorial (its PARAMETERS.py and scripts) that
+# this project renamed or replaced: the nearest spelling pointed elsewhere (rootDir to rf_weightsDir,
+# boEvalOnTrainingSet to rf_boBalanceTrainingSet), so a user coming from the tutorial is told outright.
+TUTORIAL_NAMES: dict[str, str] = {
+    "rootDir": "DATA_DIR (or the environment variable IMGCLASS_DATA_DIR)",
+    "rf_pretrainedModelFilename": 'rf_pretrainedModel, a backbone name: "resnet18" for "ResNet_18.model"',
+    "rf_inputResoluton": "rf_inputResolution",
+    "boEvalOnTrainingSet": 'eval_set = "train" (or 5_evaluate.py --on train)',
+    "al_selectionCriteria": 'al_criterion ("margin", "topScore" or "entropy"; "topScore" picks the lowest top scores)',
+    "aug_rotationsInDegree": ("aug_rotationDegrees: stage 2 rotates training images at random while it refines "
+                              "(no rotated copies are written, and the SVM trains on the images as they are)"),
+    "aug_probabilityRotation": ("nothing: stage 2 rotates training images at random by up to aug_rotationDegrees "
+                                "while it refines (0 = none)"),
+}
+
+
 def _unknown_message(name: str) -> str:
+    if name in TUTORIAL_NAMES:
+        return (f"unknown parameter {name!r}: that is the CNTK tutorial's name; here it is {TUTORIAL_NAMES[name]} "
+                "(see PARAMETERS.py for the full list)")
     close = difflib.get_close_matches(name, list(SCHEMA), n=1, cutoff=0.5)
     if not close:
         close = [k for k in SCHEMA if k.lower() == name.lower()]
