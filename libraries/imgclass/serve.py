@@ -2,7 +2,7 @@
 
 Endpoints
 - POST /score: multipart upload (field "images", repeatable, or "image"), or a JSON body
-  {"images": [base64, ...]} / {"image": base64} (the tutorial's style). Reply:
+  {"images": [base64, ...]} / {"image": base64} (not the tutorial's Azure ML "input_df" form). Reply:
   {"model_version", "classes", "score_kind", "results": [{"name", "label", "scores": {class: score}}]}.
 - GET /health, GET /info (classes, model version, metrics, preprocessing, limits, formats), GET / (the web
   page), GET /docs (OpenAPI).
