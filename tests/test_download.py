@@ -14,6 +14,7 @@ import shutil
 import io
 import threading
 import time
+import unicodedata
 import zlib
 from collections import Counter
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from PIL import Image
 
 from conftest import run_script
 from imgclass import download as dl
+from imgclass.data import list_class_dirs
 from imgclass.download import DownloadReport, UrlListError, download_images, read_url_list
 from imgclass.images import check_image
 
@@ -657,6 +659,38 @@ def test_same_url_under_two_labels_is_not_fetched(server: Server, tmp_path: Path
     # A label whose one URL is listed under another label too: its class is shown (0), and as failed.
     report = download_images([("cat", other), ("bird", other)], tmp_path / "b", progress=False)
     assert report.per_class == {"cat": 0, "bird": 0} and report.failed_labels == {"cat", "bird"}
+
+
+def test_labels_one_folder_on_a_case_blind_file_system_are_refused_before_fetching(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On macOS and Windows "Dotted" and "dotted" are one folder: their images would silently become
+    one class. This machine's file system tells them apart (both are fetched, as before); a
+    case-blind one is stood in for by folding the names as macOS's APFS does (case and Unicode form)."""
+    cat, cat2 = server.url("/cat.jpg"), server.url("/cat2.jpg")
+    report = download_images([("Cat", cat), ("cat", cat2)], tmp_path / "linux", progress=False)
+    assert report.per_class == {"Cat": 1, "cat": 1}
+
+    def case_blind(names: list[str], folder: Path) -> list[list[str]]:
+        assert Path(folder).is_dir()
+        groups: dict[str, list[str]] = {}
+        for n in dict.fromkeys(names):
+            groups.setdefault(unicodedata.normalize("NFC", n).casefold(), []).append(n)
+        return [g for g in groups.values() if len(g) > 1]
+
+    monkeypatch.setattr(dl, "same_name_groups", case_blind)
+    out = tmp_path / "mac"
+    with pytest.raises(UrlListError, match=r"'Cat' and 'cat': one folder on this file system, which does not tell "
+                                           r"upper and lower case apart .*spell each class one way in the list$"):
+        download_images([("Cat", cat), ("dog", server.url("/dog.png")), ("cat", cat2)], out, progress=False)
+    # A folder made earlier (by hand, or by an earlier list) under the other spelling.
+    (out / "Dog").mkdir()
+    with pytest.raises(UrlListError, match=r"'dog' and 'Dog' \(a folder there already\).*, or rename the folder$"):
+        download_images([("dog", server.url("/dog.png"))], out, progress=False)
+    assert server.hits.get("/dog.png", 0) == 0 and list_class_dirs(out) == ["Dog"]
+    # The label's own folder, listed in another Unicode form (macOS's HFS+ decomposes accents), is no clash.
+    (out / "Raye\u0301").mkdir()
+    assert download_images([("Ray\u00e9", server.url("/dog.png"))], out, progress=False).ok == 1
 
 
 def test_progress_false_prints_nothing(

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imgclass.fileio import DamagedFileError, atomic_open, hold_lock, load_npz, read_json, save_npz, write_json
+from imgclass.fileio import (DamagedFileError, atomic_open, hold_lock, load_npz, read_json, same_name_groups, save_npz,
+                             write_json)
 
 
 def test_damaged_files_are_named_when_read(tmp_path: Path) -> None:
@@ -105,3 +106,13 @@ def test_a_held_lock_names_its_holder_to_another_process_and_is_released_when_th
     assert lock.read_text() == str(os.getpid())
     other = subprocess.run(probe, capture_output=True, text=True, check=True).stdout.strip()
     assert other == repr(str(os.getpid()))  # refused, with the holder's process id
+
+
+def test_names_the_file_system_tells_apart_are_no_group_and_the_probe_leaves_nothing(tmp_path: Path) -> None:
+    # Linux's file systems tell case and Unicode forms apart: no two of these are one name here (on
+    # macOS the first two would be one, and the last two too). The probe asks the real file system.
+    names = ["Dotted", "dotted", "striped", "Ray\u00e9", "Raye\u0301", "striped"]
+    assert same_name_groups(names, tmp_path) == []
+    assert list(tmp_path.iterdir()) == []  # its temporary folder is gone
+    (tmp_path / "kept").mkdir()
+    assert same_name_groups(["a"], tmp_path) == [] and [p.name for p in tmp_path.iterdir()] == ["kept"]

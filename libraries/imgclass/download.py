@@ -42,7 +42,7 @@ from imgclass import __version__
 from imgclass.annotations import FIXES_FILE, read_fixes, write_fixes
 from imgclass.data import (DEDICATED_TEST_FILE, DUPLICATES_FOLDER, DUPLICATES_LIST, INVISIBLE_CHARS, NOT_CLASS_PREFIXES,
                            TEST_FOLDER_NAMES, TRAIN_FOLDER_NAMES, list_class_dirs, walk_image_files)
-from imgclass.fileio import atomic_open, write_bytes
+from imgclass.fileio import atomic_open, same_name_groups, write_bytes
 from imgclass.images import ImageDecodeError, load_rgb, openers
 from imgclass.progress import progress_bar
 from imgclass.terminal import first_few
@@ -808,6 +808,25 @@ def failure_kinds(failures: Sequence[tuple[str, str]]) -> str:
 # Public entry point
 
 
+def _check_one_folder_per_label(labels: list[str], out_dir: Path) -> None:
+    """Raise UrlListError for labels that would share a class folder in `out_dir`: on macOS and
+    Windows "Dotted" and "dotted" are one folder, so two such labels would silently become one class
+    (and a folder Dotted/ already there would take the images of a label "dotted", which every later
+    run would then find "under another label" than the list's). Nothing to find on Linux."""
+    # A folder already there under the label's own name in another Unicode form (macOS's HFS+ lists
+    # "Rayé" decomposed) is the label's folder, not a clash.
+    spelt = {unicodedata.normalize("NFC", lab) for lab in labels}
+    folders = [f for f in list_class_dirs(out_dir) if f not in labels and unicodedata.normalize("NFC", f) not in spelt]
+    clashes = same_name_groups([*labels, *folders], out_dir)
+    if clashes:
+        named = "; ".join(" and ".join(repr(n) + (" (a folder there already)" if n in folders else "") for n in g)
+                          for g in clashes)
+        raise UrlListError(
+            f"{out_dir}: {named}: one folder on this file system, which does not tell upper and lower case apart "
+            "(macOS, Windows), so their images would become one class; spell each class one way in the list"
+            + (", or rename the folder" if any(n in folders for g in clashes for n in g) else ""))
+
+
 def download_images(
     url_list: str | Path | list[tuple[str, str]],
     out_dir: str | Path,
@@ -846,6 +865,7 @@ def download_images(
     # Every label of a URL listed under two: its class shows (with 0 if nothing else) and is named as failed.
     report = DownloadReport(per_class={label: 0 for label in [*(lab for lab, _ in entries), *(
         lab for labels in ambiguous.values() for lab in labels)]})
+    _check_one_folder_per_label(list(report.per_class), out_dir)
     report.repeated = repeated
     reasons: dict[int, str] = {}  # entry index -> reason, so failures come out in list order
     todo: list[int] = []

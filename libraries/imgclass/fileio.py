@@ -201,3 +201,26 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
         fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     return Path(path)
+
+
+def same_name_groups(names: Iterable[str], folder: str | Path) -> list[list[str]]:
+    """Groups of two or more of `names` (in their first order) that the file system holding `folder`
+    takes for one name: "Dotted" and "dotted" on macOS and Windows, whose file systems keep the case
+    they are given but ignore it when looking a name up. Found by asking the file system itself (an
+    empty file per name in a temporary folder inside `folder`), not by guessing its folding rules
+    (which differ: APFS also ignores composed/decomposed accents, NTFS does not). Empty on Linux's
+    usual case-sensitive file systems. `names` must be valid file names there."""
+    unique = list(dict.fromkeys(names))
+    if len(unique) < 2:
+        return []
+    groups: dict[tuple[int, int], list[str]] = {}
+    with tempfile.TemporaryDirectory(prefix=".imgclass-names-", dir=folder) as probe:
+        for name in unique:
+            path = os.path.join(probe, name)
+            try:
+                open(path, "x").close()
+            except FileExistsError:
+                pass  # an earlier name is this one here: the stat below finds which
+            st = os.stat(path)
+            groups.setdefault((st.st_dev, st.st_ino), []).append(name)
+    return [g for g in groups.values() if len(g) > 1]
