@@ -521,23 +521,25 @@ _DECODE_UNDER_SPAWN = """
 import multiprocessing, sys
 from imgclass.refine import decode_images
 if __name__ == "__main__":
-    multiprocessing.set_start_method("spawn", force=True)  # macOS's and Windows' way of starting processes
-    cache = decode_images(sys.argv[2:], int(sys.argv[1]), "squash", workers=2, progress=False)
+    multiprocessing.set_start_method(sys.argv[1], force=True)
+    cache = decode_images(sys.argv[3:], int(sys.argv[2]), "squash", workers=2, progress=False)
     print(int(cache.long().sum()))
 """
 
 
-def test_decoding_processes_start_as_on_macos_and_windows(color_dataset: Path, tmp_path: Path) -> None:
-    # Under "spawn" the workers pickle what they run: a lambda or a local function in the loader
-    # would work on Linux (fork) and fail on a Mac.
+# "spawn": macOS's and Windows' way of starting processes; "forkserver": Linux's default from Python 3.14.
+@pytest.mark.parametrize("start_method", ["spawn", "forkserver"])
+def test_decoding_processes_start_as_on_macos_and_windows(color_dataset: Path, tmp_path: Path, start_method: str) -> None:
+    # Under "spawn" and "forkserver" the workers pickle what they run: a lambda or a local function
+    # in the loader would work on Linux (fork) and fail on a Mac.
     import subprocess
     import sys
 
     paths, _ = color_images(color_dataset)
     script = tmp_path / "decode_spawn.py"  # a file: spawned workers re-import the main module
     script.write_text(_DECODE_UNDER_SPAWN)
-    out = subprocess.run([sys.executable, str(script), str(RES), *map(str, paths)], capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run([sys.executable, str(script), start_method, str(RES), *map(str, paths)], capture_output=True,
+                         text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert int(out.stdout) == int(decode_images(paths, RES, "squash", workers=0, progress=False).long().sum())
 
