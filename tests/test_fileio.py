@@ -114,5 +114,7 @@ def test_names_the_file_system_tells_apart_are_no_group_and_the_probe_leaves_not
     names = ["Dotted", "dotted", "striped", "Ray\u00e9", "Raye\u0301", "striped"]
     assert same_name_groups(names, tmp_path) == []
     assert list(tmp_path.iterdir()) == []  # its temporary folder is gone
+    # Two spellings this file system does take for one file ("./x" is x): grouped, in their order.
+    assert same_name_groups(["y", "x", "./y", "z", "./x"], tmp_path) == [["y", "./y"], ["x", "./x"]]
     (tmp_path / "kept").mkdir()
     assert same_name_groups(["a"], tmp_path) == [] and [p.name for p in tmp_path.iterdir()] == ["kept"]

@@ -213,14 +213,19 @@ def same_name_groups(names: Iterable[str], folder: str | Path) -> list[list[str]
     unique = list(dict.fromkeys(names))
     if len(unique) < 2:
         return []
-    groups: dict[tuple[int, int], list[str]] = {}
+    groups: dict[int, list[str]] = {}
     with tempfile.TemporaryDirectory(prefix=".imgclass-names-", dir=folder) as probe:
-        for name in unique:
+        for i, name in enumerate(unique):
             path = os.path.join(probe, name)
+            # Each file holds the index of the name that made it: a name that finds a file there
+            # already reads which earlier name it is one with (inode numbers would say so too, but
+            # FAT drives and some network shares give every file the same one).
             try:
-                open(path, "x").close()
+                with open(path, "x", encoding="ascii") as f:
+                    f.write(str(i))
+                first = i
             except FileExistsError:
-                pass  # an earlier name is this one here: the stat below finds which
-            st = os.stat(path)
-            groups.setdefault((st.st_dev, st.st_ino), []).append(name)
+                with open(path, encoding="ascii") as f:
+                    first = int(f.read())
+            groups.setdefault(first, []).append(name)
     return [g for g in groups.values() if len(g) > 1]
