@@ -355,7 +355,13 @@ def _uint8_array(shape: tuple[int, ...], spill_dir: str | Path | None, doing: st
     except OSError:  # Windows cannot delete a mapped file: delete it when the process ends
         import atexit
 
-        atexit.register(lambda: Path(name).unlink(missing_ok=True))
+        def remove() -> None:
+            # A mapping still open at exit keeps it locked: left in the temporary folder then,
+            # rather than a PermissionError traceback after the stage's own last line.
+            with contextlib.suppress(OSError):
+                Path(name).unlink(missing_ok=True)
+
+        atexit.register(remove)
     if progress:
         print(f"{doing}: {nbytes / 1e9:.1f} GB, more than half the {available / 1e9:.1f} GB of memory "
               f"available, so they go to a file in {folder} (mapped into memory; deleted afterwards)", flush=True)
