@@ -400,3 +400,49 @@ def test_the_results_browser_filters_by_true_and_predicted_class(browser, tmp_pa
     Select(browser.find_element(By.ID, "fp")).select_by_visible_text('say "hi" <b>&amp; (2)')
     assert sorted(shown()) == ["c0/1.jpg", "c1/2.jpg"] and count() == "2 of 6 images shown"
     assert sections() == ['predicted say "hi" <b>&amp; (2)']
+
+
+def test_the_results_browser_reads_on_a_phone_and_marks_mistakes_beyond_colour(tmp_path: Path) -> None:
+    """Without a viewport line a phone laid the page out 980 px wide and shrank it onto its 400 px
+    screen (captions of 12 px shown at 5); on a narrow screen two cards fit a row. Right and wrong
+    cards differ by a mark as well as by the border's green or red (one colour to a red-green
+    colour-blind reader)."""
+    import numpy as np
+    from PIL import Image
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+
+    from imgclass.evaluate import write_browser
+
+    images = tmp_path / "images"
+    paths = []
+    for i, c in enumerate(["b", "a", "a", "a", "a"]):
+        (images / c).mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (120, 80), (200, 30 * i, 30)).save(images / c / f"{i}.jpg")
+        paths.append(f"{c}/{i}.jpg")
+    labels = np.array([1, 0, 0, 0, 0])
+    scores = np.array([[0.9, 0.1], [0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.6, 0.4]])  # the first a mistake
+    page = write_browser(tmp_path / "results" / "browser.html", images, paths, labels, scores, ["a", "b"], title="t")
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    profile = tempfile.mkdtemp(prefix="imgclass-chromium-")
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", f"--user-data-dir={profile}"):
+        opts.add_argument(flag)
+    opts.add_experimental_option("mobileEmulation", {"deviceMetrics": {"width": 400, "height": 800, "pixelRatio": 1.0,
+                                                                        "mobile": True, "touch": True}})
+    phone = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    try:
+        phone.get(page.as_uri())
+        assert phone.execute_script("return window.innerWidth") == 400  # laid out for the screen, not 980 px
+        assert phone.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+        cards = phone.find_elements(By.CLASS_NAME, "card")
+        tops = [c.rect["y"] for c in cards[1:]]  # the section of the 4 right ones, after the mistake's
+        assert tops[0] == tops[1] < tops[2] == tops[3]  # two a row
+        mark = "return getComputedStyle(arguments[0].querySelector('b'), '::before').content"
+        marks = {c.get_attribute("class"): phone.execute_script(mark, c) for c in cards}
+        assert marks == {"card err": '"\u2717 "', "card ok": '"\u2713 "'}
+    finally:
+        phone.quit()
+        shutil.rmtree(profile, ignore_errors=True)

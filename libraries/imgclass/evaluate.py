@@ -489,10 +489,12 @@ def write_browser(
         rows = "".join(f"<li>{html.escape(classes[j])}: {score_text(scores[i, j])}</li>" for j in ranked)
         # A path is a URL here: "IMG #2.jpg" or "50% off.jpg" must not end at '#' or decode '%'.
         original = base + urllib.parse.quote(Path(paths[i]).as_posix())
-        img = f'<img loading="lazy" src="{html.escape(original)}" alt="">'
+        # The file name as alt text: an image that no longer loads shows what it was, not a blank box.
+        alt = html.escape(Path(paths[i]).name)
+        img = f'<img loading="lazy" src="{html.escape(original)}" alt="{alt}">'
         if i in thumb_of:
             thumb = urllib.parse.quote(thumb_of[i].relative_to(path.parent).as_posix())
-            img = f'<img loading="lazy" src="{html.escape(thumb)}" alt="">'
+            img = f'<img loading="lazy" src="{html.escape(thumb)}" alt="{alt}">'
             if Path(paths[i]).suffix.lower() not in NOT_IN_BROWSERS:  # a click shows the photo itself
                 img = f'<a href="{html.escape(original)}">{img}</a>'
         head = "" if labels is None else f"{html.escape(classes[labels[i]])} &rarr; "
@@ -518,8 +520,8 @@ def write_browser(
             right = sorted((i for i in range(len(paths)) if labels[i] == j and pred[i] == j), key=lambda i: top[i])
             if right:
                 sections.append((f"{c}: correct", right))
-        summary = (f"{len(paths)} images, {len(wrong)} misclassified (red, first, the most confident first), then "
-                   f"the correct ones of each class, the least confident first; each card: true &rarr; predicted "
+        summary = (f"{len(paths)} images, {len(wrong)} misclassified (&#10007;, red, first, the most confident first), then "
+                   f"the correct ones (&#10003;, green) of each class, the least confident first; each card: true &rarr; predicted "
                    f"class and the top scores.")
     if score_kind:
         summary += f" Scores: {html.escape(SCORE_MEANINGS.get(score_kind, score_kind))}."
@@ -546,9 +548,16 @@ def write_browser(
     if len(paths):
         filter_bar = ('<p id="filter">Show only: ' + ("" if labels is None else choice("t", "true class", labels))
                       + choice("p", "predicted class", pred) + '<span id="fn"></span></p>' + FILTER_SCRIPT)
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+    # The viewport line: without it a phone lays the page out 980 px wide and shrinks it to its screen
+    # (12 px captions read as 5 px). On a narrow screen two cards a row, not one in half the width.
+    # A mark before each card's classes, as the border's red or green alone is one colour to a
+    # red-green colour-blind reader.
+    page = f"""<!doctype html><html><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:1em}} .grid{{display:flex;flex-wrap:wrap;gap:8px}}
 .card{{width:180px;border:3px solid #4a4;padding:4px;font-size:12px;overflow-wrap:anywhere}} .card.err{{border-color:#d33}}
+.card.ok>b::before{{content:"\\2713  "}} .card.err>b::before{{content:"\\2717  "}}
+@media (max-width:480px){{.card{{width:calc(50% - 18px)}}}}
 .card.new{{border-color:#888}} h3{{margin:1.2em 0 .4em}}
 nav span:not([hidden])~span:not([hidden])::before{{content:" \\b7  "}}
 nav{{line-height:1.6;max-height:30vh;overflow-y:auto;resize:vertical;border-bottom:1px solid #ccc}}
