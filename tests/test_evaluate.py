@@ -544,3 +544,48 @@ def test_a_confusion_matrix_of_hundreds_of_classes_keeps_names_and_counts_from_o
         assert (len(ax.texts) == 2 * k) is counts, (k, len(ax.texts))  # a count in each non-zero cell, or none
         assert (f"every {step}th class named" in ax.get_title()) is (step > 1)
         assert ("counts in metrics.json" in ax.get_title()) is not counts
+
+
+def _seen_by(colour: str, deficiency: str) -> np.ndarray:
+    """CIE L*a*b* of an sRGB colour as a protanope or deuteranope sees it (Machado, Oliveira and
+    Fernandes 2009, severity 1, in linear RGB)."""
+    from matplotlib.colors import to_rgb
+
+    machado = {"protan": [[0.152286, 1.052583, -0.204868], [0.114503, 0.786281, 0.099216], [-0.003882, -0.048116, 1.051998]],
+               "deutan": [[0.367322, 0.860646, -0.227968], [0.280085, 0.672501, 0.047413], [-0.011820, 0.042940, 0.968881]]}
+    c = np.array(to_rgb(colour))
+    linear = np.clip(np.array(machado[deficiency]) @ np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4), 0, 1)
+    xyz = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]) @ linear
+    f = np.cbrt(np.maximum(xyz / [0.95047, 1.0, 1.08883], 0.008856))
+    return np.array([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
+
+
+def test_roc_curves_stay_apart_for_colour_blind_readers_and_the_title_says_one_vs_rest() -> None:
+    """fashionTexture's three ROC curves were matplotlib's blue, orange and green: orange and green
+    are one colour to a protanope (CIE76 distance 4.6), and leopard's and striped's curves lie on top
+    of each other. A stage's own title ("ROC: data / svm / test") replaced the one that said each
+    curve is one class against the rest; the diagonal was an unnamed grey line."""
+    from itertools import combinations
+
+    from matplotlib.colors import to_hex
+
+    from imgclass.evaluate import roc_figure
+
+    labels = np.repeat(np.arange(10), 6)
+    scores = np.eye(10)[labels] + np.random.default_rng(0).normal(0, 0.7, (60, 10))
+    classes = [f"c{i}" for i in range(10)]
+    for k in (3, 7):
+        ax = roc_figure(scores[labels < k][:, :k], labels[labels < k], classes[:k], title="ROC: data / svm / test").axes[0]
+        curves = [line for line in ax.lines if not line.get_label().startswith("_")]
+        assert len(curves) == k
+        for deficiency in ("protan", "deutan"):
+            for a, b in combinations(curves, 2):
+                distance = np.linalg.norm(_seen_by(a.get_color(), deficiency) - _seen_by(b.get_color(), deficiency))
+                assert distance > 15, (deficiency, to_hex(a.get_color()), to_hex(b.get_color()), distance)
+        assert ax.get_title() == "ROC: data / svm / test\n(each class vs the rest)"
+        assert "chance" in [t.get_text() for t in ax.texts]
+    # Past the palette, a colour comes back with another line style: no two curves drawn alike.
+    ax = roc_figure(scores, labels, classes).axes[0]
+    styles = [(to_hex(line.get_color()), str(line.get_linestyle())) for line in ax.lines if not line.get_label().startswith("_")]
+    assert len(styles) == 10 == len(set(styles))
+    plt.close("all")

@@ -93,6 +93,17 @@ def compute_metrics(scores: np.ndarray, labels: np.ndarray, classes: Sequence[st
 
 ROC_LEGEND_MAX = 10  # more classes than this: grey curves, the pooled curve and the weakest classes named
 
+# The ROC curves' colours (Okabe and Ito's palette, its yellow left out: faint on white). Matplotlib's
+# default orange and green, the 2nd and 3rd curves, are one colour to a protanope (CIE76 distance 4.6,
+# Machado et al.'s simulation); these stay 18 or more apart for protanopes and deuteranopes. Beyond
+# them, the colours again with a dashed line.
+ROC_COLORS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#D55E00", "#56B4E9", "#000000")
+
+
+def roc_style(i: int) -> dict[str, Any]:
+    """Colour and line style of the i-th ROC curve (ROC_COLORS, dashed past the last of them)."""
+    return {"color": ROC_COLORS[i % len(ROC_COLORS)], "ls": "-" if i < len(ROC_COLORS) else (0, (5, 2))}
+
 
 PLOT_NAME_COLUMNS = 28  # most characters a class name takes in a plot's legend or tick labels (terminal.name_column)
 
@@ -156,13 +167,17 @@ def roc_figure(scores: np.ndarray, labels: np.ndarray, classes: Sequence[str], t
         drawn.append((fpr, tpr, {"color": "black", "lw": 2.5,
                                  "label": f"all {len(curves)} classes pooled (AUC {_auc_text(auc(fpr, tpr))})"}))
         for i, (c, fpr, tpr, a) in enumerate(sorted(curves, key=lambda t: t[3])[:5]):
-            drawn.append((fpr, tpr, {"lw": 1.8, "color": f"C{i}", "label": f"lowest: {c} (AUC {_auc_text(a)})"}))
+            drawn.append((fpr, tpr, {"lw": 1.8, **roc_style(i), "label": f"lowest: {c} (AUC {_auc_text(a)})"}))
     else:
         for i, (c, fpr, tpr, a) in enumerate(curves):
-            drawn.append((fpr, tpr, {"lw": 2, "color": f"C{i % 10}", "label": f"{c} (AUC {_auc_text(a)})"}))
+            drawn.append((fpr, tpr, {"lw": 2, **roc_style(i), "label": f"{c} (AUC {_auc_text(a)})"}))
     for fpr, tpr, style in drawn:
         ax.plot(fpr, tpr, **style)
     ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--")
+    # Named where it runs, top right (the legend is lower right, the enlarged corner in the middle):
+    # unnamed, a first-time reader took the diagonal for one more curve.
+    ax.text(0.87, 0.87, "chance", rotation=45, rotation_mode="anchor", transform_rotates_text=True, ha="center",
+            va="bottom", fontsize="x-small", color="grey")
     present = sorted(set(labels.tolist()))
     if len(present) == 1:  # no curve at all: say why in the plot, not with empty axes
         ax.text(0.5, 0.55, f"no ROC curve: every image scored is of one class ({shown[classes[present[0]]]})",
@@ -182,6 +197,10 @@ def roc_figure(scores: np.ndarray, labels: np.ndarray, classes: Sequence[str], t
         right = float(np.clip(1.5 * reach, 0.01, 0.2))
         if fpr_step <= right / 5:  # else the full plot shows the steps as well as an enlargement would
             _enlarge_corner(ax, drawn, right, min(float(np.interp(right / 20, fpr, tpr)) for fpr, tpr in crowded))
+    if title and len(curves) > 1:
+        # A caller's title (stage 5: data set / classifier / side) still says what each curve is: a
+        # curve per class of a three-class problem is not what "ROC" alone makes a reader expect.
+        title += "\n(each class vs the rest)"
     ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel=xlabel, ylabel="True positive rate",
            title=title or default_title)
     if curves:
