@@ -131,3 +131,30 @@ def test_stage4_finds_a_photo_filed_under_the_wrong_class_and_a_fix_clears_it(tm
     out = run_script("4_trainSVM.py", *args, data_dir=tmp_path).stdout
     assert "label check: none without cross-validation" in out
     assert not (results / "label_suspects.tsv").exists() and not (results / "label_suspects.png").exists()
+
+
+def test_the_contact_sheet_says_what_it_shows_and_what_the_margin_is(tmp_path: Path) -> None:
+    """label_suspects.png is opened on its own, later: it showed twenty photos captioned
+    "looks striped (+1.115)" and nowhere said what they were or what the number is."""
+    import matplotlib.pyplot as plt
+
+    from imgclass.images import contact_sheet
+    from imgclass.suspects import SHOWN, Suspect, plot_suspects, sheet_title
+
+    images = tmp_path / "images"
+    suspects = [Suspect(f"a/{i}.jpg", "a", "b", 1.0 - i / 100) for i in range(SHOWN + 4)]
+    for i in range(SHOWN + 4):
+        write_image(images / "a" / f"{i}.jpg", COLORS["red"], seed=i)
+    png = plot_suspects(suspects, images, tmp_path / "label_suspects.png")
+    assert png.is_file()
+    title = sheet_title(len(suspects), SHOWN)
+    assert f"the {SHOWN} most confident of {SHOWN + 4}" in title and "(+x)" in title and FIXES_FILE in title
+    assert "all 3, most confident first" in sheet_title(3, 3) and "1 image" in sheet_title(1, 1)
+    # One picture makes a sheet 3 inches wide: the title wraps to it, and is the sheet's title, not
+    # the last picture's caption (the loop over captions used the same name).
+    fig = contact_sheet([(images / "a" / "0.jpg", "1. 0.jpg")], title=sheet_title(1, 1))
+    suptitle = fig.get_suptitle()
+    assert suptitle.startswith("Label suspects:") and "1. 0.jpg" not in suptitle
+    extent = fig._suptitle.get_window_extent(fig.canvas.get_renderer())
+    assert extent.width <= fig.bbox.width
+    plt.close("all")

@@ -317,9 +317,10 @@ def load_square(source: str | Path | bytes, size: int, mode: str = "squash",
 
 
 def contact_sheet(items: Sequence[tuple[str | Path, str]], path: str | Path | None = None, columns: int = 5,
-                  thumb: int = 160) -> Figure:
+                  thumb: int = 160, title: str = "") -> Figure:
     """A grid of thumbnails, each titled (saved as a PNG when `path` is given). An image that no
-    longer decodes gets an empty square with its title, not an error: the sheet is for looking."""
+    longer decodes gets an empty square with its title, not an error: the sheet is for looking.
+    `title`: above the grid, what the pictures are (a PNG opened on its own has no terminal beside it)."""
     import matplotlib.pyplot as plt  # here: no backend forced, so a notebook keeps its inline display
 
     from imgclass.fileio import save_figure
@@ -330,13 +331,20 @@ def contact_sheet(items: Sequence[tuple[str | Path, str]], path: str | Path | No
     fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.4 * rows), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
-    for ax, (source, title) in zip(axes.ravel(), items):
+    for ax, (source, caption) in zip(axes.ravel(), items):
         try:
             ax.imshow(fit_square(load_rgb(source, min_size=thumb), thumb, "pad"))
         except (ImageDecodeError, OSError) as e:  # deleted or damaged since
             ax.imshow(Image.new("RGB", (thumb, thumb), PAD_COLOR))
-            title += f"\n(cannot read: {str(e)[-40:]})"
-        ax.set_title(title, fontsize=8)
+            caption += f"\n(cannot read: {str(e)[-40:]})"
+        ax.set_title(caption, fontsize=8)
+    if title:
+        # Wrapped to the sheet's width (~36 characters of 10 pt to a 3-inch column): one or two
+        # pictures make a sheet narrower than a line of explanation.
+        import textwrap
+
+        lines = [w for line in title.splitlines() for w in textwrap.wrap(line, width=36 * columns) or [""]]
+        fig.suptitle("\n".join(lines), fontsize=10)
     fit_fonts(fig)  # class and file names in any script
     # Until it settles: each pass spaces the rows for the slots the square thumbnails are then shrunk
     # into, which the spacing changes (after one pass, with 2 rows of 5, the captions of the second row

@@ -89,8 +89,19 @@ def plot_suspects(suspects: Sequence[Suspect], images_dir: str | Path, path: str
     from imgclass.images import contact_sheet
 
     captions = sheet_captions(suspects[:shown])
-    contact_sheet([(Path(images_dir) / s.image, caption) for s, caption in zip(suspects, captions)], path)
+    contact_sheet([(Path(images_dir) / s.image, caption) for s, caption in zip(suspects, captions)], path,
+                  title=sheet_title(len(suspects), len(captions)))
     return Path(path)
+
+
+def sheet_title(found: int, shown: int) -> str:
+    """What the contact sheet shows, and what its "(+0.7)" is: the PNG is opened on its own, later,
+    without stage 4's lines beside it."""
+    which = (f"the {shown} most confident of {found}" if shown < found else "1 image" if found == 1
+             else f"all {found}, most confident first")
+    return (f"Label suspects: training images that cross-validation gave another class ({which})\n"
+            "(+x): the score of the class it looks minus that of the class it is filed under. "
+            "A wrong label is fixed in annotations_fixes.tsv")
 
 
 def sheet_captions(suspects: Sequence[Suspect]) -> list[str]:
@@ -160,4 +171,4 @@ def label_check(val_scores: np.ndarray | None, labels: np.ndarray, images: Seque
 
 
 __all__ = ["FEW_IMAGES", "SHOWN", "TSV_COLUMNS", "Suspect", "find_suspects", "label_check", "plot_suspects", "read_suspects",
-           "sheet_captions", "small_classes", "write_suspects"]
+           "sheet_captions", "sheet_title", "small_classes", "write_suspects"]
