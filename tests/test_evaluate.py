@@ -589,3 +589,17 @@ def test_roc_curves_stay_apart_for_colour_blind_readers_and_the_title_says_one_v
     styles = [(to_hex(line.get_color()), str(line.get_linestyle())) for line in ax.lines if not line.get_label().startswith("_")]
     assert len(styles) == 10 == len(set(styles))
     plt.close("all")
+
+
+def test_roc_says_when_perfect_curves_hide_each_other() -> None:
+    """The demo data set's three classes all scored AUC 1: the three curves ran up the left edge and
+    along the top on top of each other, one green line showed, and the legend named three."""
+    from imgclass.evaluate import roc_figure
+
+    labels = np.repeat(np.arange(3), 5)
+    perfect = np.eye(3)[labels]
+    xlabel = roc_figure(perfect, labels, ["dotted", "leopard", "striped"]).axes[0].get_xlabel()
+    assert xlabel.splitlines() == ["False positive rate", "(dotted, leopard, striped: perfect, drawn one on top of the other)"]
+    noisy = perfect + np.random.default_rng(0).normal(0, 0.8, perfect.shape)
+    assert roc_figure(noisy, labels, ["dotted", "leopard", "striped"]).axes[0].get_xlabel() == "False positive rate"
+    plt.close("all")

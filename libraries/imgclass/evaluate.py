@@ -187,6 +187,12 @@ def roc_figure(scores: np.ndarray, labels: np.ndarray, classes: Sequence[str], t
     if missing and len(present) > 1:  # under the axis title: inside the plot it would cover a curve or the legend
         names = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
         xlabel += f"\n(no curve for {names}: no image of it scored)"
+    perfect = [c for c, *_, a in curves if a == 1.0]
+    if len(perfect) > 1 and not many:
+        # Perfect curves all run up the left edge and along the top: the last drawn hides the others,
+        # and the legend names three curves where one shows.
+        names = ", ".join(perfect[:4]) + (f" and {len(perfect) - 4} more" if len(perfect) > 4 else "")
+        xlabel += f"\n({names}: perfect, drawn one on top of the other)"
     crowded = [(fpr, tpr) for _, fpr, tpr, a in curves if a >= ROC_ZOOM_AUC]
     aucs = [a for *_, a in curves]
     if curves and 2 * len(crowded) >= len(curves) and min(aucs) >= ROC_ZOOM_LOWEST and min(aucs) < 1.0:
