@@ -75,7 +75,8 @@ def main() -> int:
     paths = data.paths
     write_predictions(out / f"predictions{suffix}.tsv", paths, labels, scores, classes)
     write_browser(out / f"browser{suffix}.html", p.images_dir, paths, labels, scores, classes, title=title,
-                  score_kind="svm_decision" if svm else "probability", progress=True)
+                  score_kind="svm_decision" if svm else "probability", progress=True,
+                  figures=[out / f"roc{suffix}.png", out / f"confusion{suffix}.png"])
     write_json(out / f"metrics{suffix}.json", metrics)
     print(format_table(metrics))
     if mistakes := format_confusions(metrics):

@@ -603,3 +603,32 @@ def test_roc_says_when_perfect_curves_hide_each_other() -> None:
     noisy = perfect + np.random.default_rng(0).normal(0, 0.8, perfect.shape)
     assert roc_figure(noisy, labels, ["dotted", "leopard", "striped"]).axes[0].get_xlabel() == "False positive rate"
     plt.close("all")
+
+
+def test_the_results_page_opens_with_the_accuracy_and_the_figures(tmp_path: Path) -> None:
+    """browser.html was 139 photos and no word of how well the classifier did: the accuracy was in
+    the terminal and metrics.json, the ROC curves and confusion matrix in PNGs beside it, unlinked."""
+    import re
+    import urllib.parse
+
+    images = tmp_path / "images"
+    paths = []
+    for i, c in enumerate(["a", "a", "a", "b"]):
+        (images / c).mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (40, 30), (200, 30 * i, 30)).save(images / c / f"{i}.jpg")
+        paths.append(f"{c}/{i}.jpg")
+    labels = np.array([0, 0, 0, 1])
+    scores = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.2, 0.8]])  # a: 2 of 3 right, b: 1 of 1
+    out = tmp_path / "results"
+    out.mkdir()
+    figures = [out / "roc.png", out / "confusion.png"]
+    for f in figures:
+        Image.new("RGB", (50, 50)).save(f)
+    page = write_browser(out / "browser.html", images, paths, labels, scores, ["a", "b"], "t", figures=figures).read_text()
+    assert "<b>Accuracy 75.00%</b> (3 of 4), class-averaged 83.33%." in page
+    shown = [(out / urllib.parse.unquote(src)).resolve() for src in re.findall(r'<p class="figs">.*?</p>', page)[0].split('src="')[1:]
+             for src in [src.split('"')[0]]]
+    assert shown == [f.resolve() for f in figures]
+    # New images (no labels): no accuracy to state, no figures asked for.
+    new = write_browser(out / "new.html", images, paths, None, scores, ["a", "b"], "n").read_text()
+    assert "Accuracy" not in new and 'class="figs"' not in new

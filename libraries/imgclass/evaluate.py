@@ -473,7 +473,7 @@ window.addEventListener("pageshow", imgFilter);
 def write_browser(
     path: str | Path, images_dir: str | Path, paths: Sequence[str], labels: np.ndarray | None,
     scores: np.ndarray, classes: Sequence[str], title: str = "", score_kind: str = "",
-    left_out: Sequence[tuple[str, str]] = (), progress: bool = False,
+    left_out: Sequence[tuple[str, str]] = (), progress: bool = False, figures: Sequence[str | Path] = (),
 ) -> Path:
     """A static HTML page of the scored images with their top scores, in sections with a list of
     links to them at the top (with 30 classes a flat grid of cards shows no class boundaries).
@@ -487,7 +487,9 @@ def write_browser(
     exported model says it, imgclass.export), said on the page. `left_out`: (file, reason) of files
     that were not scored, listed first (whoever opens the page later has not seen the terminal).
     `progress`: a progress bar while thumbnails are made. Thumbnails of images no longer on the page
-    are deleted.
+    are deleted. `figures`: pictures beside the page (stage 5: the ROC curves and the confusion
+    matrix) shown small under the summary, each linked to itself; with `labels` the summary opens
+    with the accuracy, so that the page alone says how well the classifier did.
     """
     path = Path(path)
     pred = scores.argmax(axis=1)
@@ -545,7 +547,11 @@ def write_browser(
             right = sorted((i for i in range(len(paths)) if labels[i] == j and pred[i] == j), key=lambda i: top[i])
             if right:
                 sections.append((f"{c}: correct", right))
-        summary = (f"{len(paths)} images, {len(wrong)} misclassified (&#10007;, red, first, the most confident first), then "
+        present = np.unique(labels)
+        recall = [float((pred[labels == j] == j).mean()) for j in present]
+        summary = (f"<b>Accuracy {percent_text(1 - len(wrong) / max(len(paths), 1))}</b> ({len(paths) - len(wrong)} of "
+                   f"{len(paths)}), class-averaged {percent_text(float(np.mean(recall)) if recall else None)}. ")
+        summary += (f"{len(paths)} images, {len(wrong)} misclassified (&#10007;, red, first, the most confident first), then "
                    f"the correct ones (&#10003;, green) of each class, the least confident first; each card: true &rarr; predicted "
                    f"class and the top scores.")
     if score_kind:
@@ -577,6 +583,11 @@ def write_browser(
     # (12 px captions read as 5 px). On a narrow screen two cards a row, not one in half the width.
     # A mark before each card's classes, as the border's red or green alone is one colour to a
     # red-green colour-blind reader.
+    shown_figures = "".join(
+        f'<a href="{html.escape(u)}"><img src="{html.escape(u)}" alt="{html.escape(Path(f).name)}"></a>'
+        for f in figures for u in [urllib.parse.quote(Path(os.path.relpath(Path(f).resolve(), path.parent.resolve())).as_posix())])
+    if shown_figures:
+        shown_figures = f'<p class="figs">{shown_figures}</p>'
     page = f"""<!doctype html><html><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:1em}} .grid{{display:flex;flex-wrap:wrap;gap:8px}}
@@ -588,8 +599,9 @@ nav span:not([hidden])~span:not([hidden])::before{{content:" \\b7  "}}
 nav{{line-height:1.6;max-height:30vh;overflow-y:auto;resize:vertical;border-bottom:1px solid #ccc}}
 h2,h3,nav,ul{{overflow-wrap:anywhere}} select{{max-width:100%}}
 .card img{{width:100%;height:160px;object-fit:contain;background:#eee}} ol{{margin:2px 0;padding-left:18px}}
-small{{color:#666;word-break:break-all}} [hidden]{{display:none!important}}</style></head><body>
-<h2>{html.escape(title)}</h2><p>{summary}</p>{filter_bar}<nav>{jumps}</nav>{body}{tail}</body></html>"""
+small{{color:#666;word-break:break-all}} [hidden]{{display:none!important}}
+.figs{{display:flex;flex-wrap:wrap;gap:8px}} .figs img{{width:280px;max-width:100%;border:1px solid #ccc}}</style></head><body>
+<h2>{html.escape(title)}</h2><p>{summary}</p>{shown_figures}{filter_bar}<nav>{jumps}</nav>{body}{tail}</body></html>"""
     with atomic_open(path, "w", encoding="utf-8") as f:
         f.write(page)
     # Then the thumbnails of images no longer shown (the page before this one showed them): each rerun
