@@ -12,6 +12,7 @@ import contextlib
 import functools
 import io
 import os
+import textwrap
 import threading
 import warnings
 from collections.abc import Sequence
@@ -341,8 +342,6 @@ def contact_sheet(items: Sequence[tuple[str | Path, str]], path: str | Path | No
     if title:
         # Wrapped to the sheet's width (~36 characters of 10 pt to a 3-inch column): one or two
         # pictures make a sheet narrower than a line of explanation.
-        import textwrap
-
         lines = [w for line in title.splitlines() for w in textwrap.wrap(line, width=36 * columns) or [""]]
         fig.suptitle("\n".join(lines), fontsize=10)
     fit_fonts(fig)  # class and file names in any script
