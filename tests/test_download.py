@@ -109,6 +109,9 @@ def _make_handler(state: Server) -> type[BaseHTTPRequestHandler]:
                 self._send(200, pack.compress(PNG) + pack.flush(), "image/png", Content_Encoding="deflate")
             elif path == "/gzip-bomb.jpg":
                 self._send(200, gzip.compress(b"\0" * 2_000_000), Content_Encoding="gzip")
+            elif path == "/gzip-cut.jpg":  # a gzip stream cut in half, served whole as such (Content-Length fits)
+                packed = gzip.compress(NOISY_JPEG)
+                self._send(200, packed[: len(packed) // 2], Content_Encoding="gzip")
             elif path == "/brotli.jpg":
                 self._send(200, JPEG, Content_Encoding="br")
             elif path == "/pixel.gif":  # a 1x1 tracking pixel, as sites serve for hotlinked images
@@ -1016,3 +1019,21 @@ def test_a_compressed_reply_is_unpacked_within_the_size_limit(server: Server, tm
     assert dict(report.failures) == {
         urls[2]: "too large (over the limit of 1000000 bytes unpacked: dl_maxBytes)",  # 2 KB that unpack to 2 MB
         urls[3]: "sent with Content-Encoding br, which this download cannot undo"}
+
+
+def test_a_compressed_reply_cut_short_is_damaged_data_and_retried(server: Server, tmp_path: Path) -> None:
+    """zlib unpacks a cut stream without a word: its first half was kept as the image, named a damaged
+    JPEG and not retried, while what was damaged was the compressed reply."""
+    url = server.url("/gzip-cut.jpg")
+    report = download_images([("cat", url)], tmp_path, retries=1, timeout=5, progress=False)
+    assert report.failures == [(url, "damaged gzip data (Content-Encoding): the compressed data ends early "
+                                     "(2 attempts)")]
+    assert server.hits["/gzip-cut.jpg"] == 2
+
+
+def test_a_size_limit_past_what_zlib_takes_is_no_limit_on_a_compressed_reply(server: Server, tmp_path: Path) -> None:
+    """dl_maxBytes = 10**19 (a "no limit" the parameters accept) ended the run in an OverflowError
+    traceback from zlib at the first compressed reply."""
+    report = download_images([("cat", server.url("/gzipped.jpg"))], tmp_path, retries=0, timeout=5,
+                             max_bytes=10**19, progress=False)
+    assert report.ok == 1 and report.failures == []

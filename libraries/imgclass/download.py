@@ -606,11 +606,18 @@ def _decoded(body: bytes, encoding: str | None, max_bytes: int) -> bytes:
     for wbits in (47, -15):
         unpack = zlib.decompressobj(wbits)
         try:
-            out = unpack.decompress(body, max_bytes + 1)
+            # zlib takes a C ssize_t here: dl_maxBytes = 10**19 ("no limit") raised OverflowError, which
+            # ended the whole run in a traceback.
+            out = unpack.decompress(body, min(max_bytes + 1, sys.maxsize))
         except zlib.error:
             continue
         if len(out) > max_bytes:
             raise _Failure(f"too large (over the limit of {max_bytes} bytes unpacked: dl_maxBytes)")
+        if not unpack.eof:
+            # A stream cut short raises nothing: its first part came back as the image, named a
+            # damaged image and not retried, while the compressed data was what was damaged.
+            raise _Failure(f"damaged {encoding} data (Content-Encoding): the compressed data ends early",
+                           retryable=True)
         return out
     raise _Failure(f"damaged {encoding} data (Content-Encoding)", retryable=True)
 
