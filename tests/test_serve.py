@@ -765,6 +765,20 @@ def test_an_api_key_guards_score_and_info_in_every_worker(bundle: Path, tmp_path
     assert KEY not in text and "note: listening" not in text
 
 
+def test_one_request_tries_one_api_key(bundle: Path, tmp_path: Path) -> None:
+    """Any of the keys a request sent let it in: 400 X-API-Key headers were 400 guesses for one request."""
+    guesses = [("X-API-Key", f"guess-{i:03d}") for i in range(400)]
+    with running_server(bundle, log=tmp_path / "server.log", env={"IMGCLASS_API_KEY": KEY}) as base:
+        for headers in ([*guesses, ("X-API-Key", KEY)], [("Authorization", "Bearer nope"), ("X-API-Key", KEY)],
+                        [("X-API-Key", KEY), ("X-API-Key", KEY + "x")]):
+            r = httpx.get(base + "/info", headers=headers)
+            assert r.status_code == 401 and r.json()["detail"].startswith("more than one API key was sent"), r.text
+            assert r.headers["www-authenticate"] == 'Bearer error="invalid_request"'
+        # The same key in both headers is one key.
+        r = httpx.get(base + "/info", headers=[("Authorization", f"Bearer {KEY}"), ("X-API-Key", KEY)])
+        assert r.status_code == 200 and r.json()["classes"] == list(COLORS), r.text
+
+
 def test_a_key_no_header_can_carry_is_refused_without_showing_it(bundle: Path, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("IMGCLASS_API_KEY", "café-secret")
