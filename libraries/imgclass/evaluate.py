@@ -255,6 +255,12 @@ CONFUSION_MIN_COUNT_INCHES = 0.12  # a cell narrower than this shows no count (5
 CONFUSION_MIN_NAME_INCHES = 0.09  # class names closer than this (5 pt) overlap: every n-th one is shown
 
 
+def _ordinal(n: int) -> str:
+    """2 -> "2nd", 3 -> "3rd", 11 -> "11th", 22 -> "22nd" (the title said "every 2th class")."""
+    suffix = "th" if n % 100 in (11, 12, 13) else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
 def confusion_figure(cm: np.ndarray | list, classes: Sequence[str], title: str = "") -> plt.Figure:
     """The confusion matrix: counts, with each row (true class) shaded by its fraction so small
     classes read as clearly.
@@ -287,7 +293,7 @@ def confusion_figure(cm: np.ndarray | list, classes: Sequence[str], title: str =
                 if cm[i, j] or k <= 15:
                     ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=font,
                             color="white" if frac[i, j] > 0.5 else "black")
-    notes = ([f"every {step}th class named"] if step > 1 else []) + (
+    notes = ([f"every {_ordinal(step)} class named"] if step > 1 else []) + (
         ["counts in metrics.json"] if cell < CONFUSION_MIN_COUNT_INCHES else [])
     title = (title or "Confusion matrix") + (f"\n({'; '.join(notes)})" if notes else "")
     ax.set(xlabel="Predicted class", ylabel="True class", title=title)
