@@ -7,10 +7,12 @@ per path, so the tests can prove what was (not) fetched.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import re
 import shutil
+import socket
 import io
 import threading
 import time
@@ -571,6 +573,45 @@ def test_stopping_the_run_ends_a_download_in_progress_at_once(server: Server) ->
     stop.set()
     worker.join(timeout=10)
     assert time.monotonic() - start < 1.5  # the endpoint answers after 3 s
+    assert [type(e) for e in outcome] == [dl._Cancelled]
+
+
+def test_stopping_the_run_ends_a_connection_the_host_never_answers(tmp_path: Path) -> None:
+    """A host that drops the connection request (a firewall; here a listening socket whose backlog is
+    full, so the kernel drops the SYN) held a stopped run for the rest of dl_timeoutSec: the
+    watchdog saw the socket only once it had connected."""
+    with socket.socket() as host:
+        host.bind(("127.0.0.1", 0))
+        host.listen(0)
+        port = host.getsockname()[1]
+        queued = []  # never accepted: they fill the backlog
+        for _ in range(3):
+            c = socket.socket()
+            c.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                c.connect(("127.0.0.1", port))
+            queued.append(c)
+        time.sleep(0.3)
+        stop = threading.Event()
+        outcome: list[BaseException] = []
+
+        def fetch() -> None:
+            try:
+                dl._fetch(f"http://127.0.0.1:{port}/cat.jpg", timeout=10, retries=0, max_bytes=10_000, stop=stop)
+            except BaseException as e:  # noqa: BLE001 - the test looks at what it was
+                outcome.append(e)
+
+        worker = threading.Thread(target=fetch)
+        worker.start()
+        time.sleep(1.0)  # connecting by now
+        assert worker.is_alive() and outcome == [], outcome  # the host indeed does not answer
+        start = time.monotonic()
+        stop.set()
+        worker.join(timeout=15)
+        took = time.monotonic() - start
+        for c in queued:
+            c.close()
+    assert took < 1.5, took  # it took the rest of the 10 s timeout
     assert [type(e) for e in outcome] == [dl._Cancelled]
 
 

@@ -510,13 +510,40 @@ class _Watchdog:
         self._thread.join()
 
 
+def _connect_watched(watchdog: _Watchdog, address: tuple[str, int], timeout: Any = socket._GLOBAL_DEFAULT_TIMEOUT,
+                     source_address: tuple[str, int] | None = None) -> socket.socket:
+    """socket.create_connection, each socket handed to `watchdog` before it connects: a host that
+    never answers the connection (a firewall dropping it, a full backlog) held a stopped run for the
+    rest of dl_timeoutSec, since create_connection shows its socket only once connected. (A name
+    lookup cannot be cut short: there is no socket yet.)"""
+    host, port = address
+    error: OSError | None = None
+    for family, kind, proto, _, where in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM):
+        if watchdog.fired:
+            break
+        sock = socket.socket(family, kind, proto)
+        try:
+            watchdog.add(sock)
+            if timeout is not socket._GLOBAL_DEFAULT_TIMEOUT:
+                sock.settimeout(timeout)
+            if source_address:
+                sock.bind(source_address)
+            if watchdog.fired:  # fired before the connect began: its shutdown woke nothing
+                raise OSError("stopped")
+            sock.connect(where)
+            return sock
+        except OSError as e:
+            error = e
+            sock.close()
+    raise error or OSError(f"no address found for {host}")
+
+
 def _watched(connection_class: type[http.client.HTTPConnection], watchdog: _Watchdog) -> Callable[..., Any]:
     """A connection factory for urllib's do_open whose sockets `watchdog` can shut down."""
 
     def make(*args: Any, **kwargs: Any) -> http.client.HTTPConnection:
         conn = connection_class(*args, **kwargs)
-        create = conn._create_connection  # type: ignore[attr-defined]
-        conn._create_connection = lambda *a, **k: watchdog.add(create(*a, **k))  # type: ignore[attr-defined]
+        conn._create_connection = lambda *a, **k: _connect_watched(watchdog, *a, **k)  # type: ignore[attr-defined]
         connect = conn.connect
 
         def connect_watched() -> None:
