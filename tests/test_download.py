@@ -811,6 +811,20 @@ def test_one_url_spelt_two_ways_is_one_url(server: Server, tmp_path: Path) -> No
     assert server.hits["/caf%C3%A9%20photo.jpg"] == 1
 
 
+def test_one_url_spelt_another_way_in_the_next_run_is_the_file_on_disk(server: Server, tmp_path: Path) -> None:
+    """A list that spelt a URL otherwise in the next run ("café photo.jpg", then "caf%C3%A9%20photo.jpg":
+    one request) fetched the photo again and stored it a second time beside the first, and named the
+    first as the file of a URL no longer listed."""
+    typed, encoded = server.url("/café photo.jpg"), server.url("/caf%C3%A9%20photo.jpg")
+    assert download_images([("cat", typed)], tmp_path, retries=0, timeout=5, progress=False).ok == 1
+    report = download_images([("cat", encoded)], tmp_path, retries=0, timeout=5, progress=False)
+    assert (report.ok, report.skipped_existing, report.unlisted) == (0, 1, [])
+    assert server.hits["/caf%C3%A9%20photo.jpg"] == 1 and _files(tmp_path) == {"cat": [f"{_stem(typed)}.jpg"]}
+    # The manifest leads from either spelling to the one file.
+    rows = [line.split("\t") for line in (tmp_path / dl.MANIFEST_FILE).read_text(encoding="utf-8").splitlines()[1:]]
+    assert sorted(rows) == sorted([[typed, "cat", f"cat/{_stem(typed)}.jpg"], [encoded, "cat", f"cat/{_stem(typed)}.jpg"]])
+
+
 def test_invalid_urls_are_not_retried(
     server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

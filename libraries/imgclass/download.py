@@ -369,6 +369,21 @@ def file_stem(url: str) -> str:
     return hashlib.sha1(url.encode("utf-8")).hexdigest()[:16]
 
 
+def _spellings(urls: Iterable[str]) -> dict[str, list[str]]:
+    """{the request a URL sends (_request_url): the URLs of `urls` that send it}."""
+    found: dict[str, list[str]] = {}
+    for url in urls:
+        found.setdefault(_request_url(url), []).append(url)
+    return found
+
+
+def _stems(url: str, spellings: dict[str, list[str]]) -> list[str]:
+    """The names a file of `url` may have: its own file_stem, and that of each other spelling of it
+    an earlier run fetched (`spellings`, of the manifest): a list that spelt the URL otherwise in the
+    next run ("a b.jpg", then "a%20b.jpg") stored the same photo a second time beside the first."""
+    return list(dict.fromkeys(file_stem(u) for u in (url, *spellings.get(_request_url(url), ()))))
+
+
 def _existing_files(out_dir: Path) -> dict[str, list[Path]]:
     """{file stem: files named so} in every class folder of out_dir, at any depth (a user may sort a
     class into sub-folders), listed once per run. Every folder, not only the URL's label's: a URL
@@ -422,10 +437,15 @@ def _write_manifest(out_dir: Path, manifest: dict[str, str]) -> None:
     """url, label and the file (its path in the data set, "" when gone) of each image fetched: the
     file names are hashes of the URLs, so this is how a file leads back to its source (and licence)."""
     on_disk = {stem: files[0].relative_to(out_dir).as_posix() for stem, files in _existing_files(out_dir).items()}
+    spellings = _spellings(manifest)
+
+    def file_of(url: str) -> str:
+        return next((on_disk[stem] for stem in _stems(url, spellings) if stem in on_disk), "")
+
     with atomic_open(out_dir / MANIFEST_FILE, "w", encoding="utf-8", newline="\n") as f:
         f.write("# url<TAB>label<TAB>file of each image 0_downloadData.py fetched (delete a line to fetch its URL again)\n")
         for url, label in manifest.items():  # the URL as listed (a key): only what would break the line goes
-            f.write(_LINE_BREAKERS.sub(" ", url) + "\t" + label + "\t" + on_disk.get(file_stem(url), "") + "\n")
+            f.write(_LINE_BREAKERS.sub(" ", url) + "\t" + label + "\t" + file_of(url) + "\n")
 
 
 def _encode_url(url: str) -> str:
@@ -906,8 +926,10 @@ def download_images(
     existing = _existing_files(out_dir)
     real_out = os.path.realpath(out_dir)
     manifest = read_manifest(out_dir)
-    listed = {url for _, url in entries}
-    report.unlisted = [f for url in manifest if url not in listed for f in existing.get(file_stem(url), [])]
+    spellings = _spellings(manifest)  # of the URLs earlier runs fetched
+    listed = {_request_url(url) for _, url in entries}  # one URL however spelt
+    report.unlisted = list(dict.fromkeys(f for url in manifest if _request_url(url) not in listed
+                                         for f in existing.get(file_stem(url), [])))
     # dedupImages.py names a moved file <stem>_1.jpg when <stem>.jpg is already there: the same URL.
     set_aside = {re.sub(r"_\d+$", "", p.stem) for p in (out_dir / DUPLICATES_FOLDER).rglob("*")
                  if p.suffix in _KNOWN_EXTENSIONS}
@@ -921,15 +943,15 @@ def download_images(
         except ValueError as e:  # "http://[example.com/a.jpg": one bad line must not stop the list
             reasons[i] = f"invalid URL: {e}"
             continue
-        stem = file_stem(url)
-        files = existing.get(stem, [])
+        stems = _stems(url, spellings)
+        files = [f for stem in stems for f in existing.get(stem, [])]
         if url in ambiguous:  # not fetched; a file of an earlier run stays where it is
             reasons[i] = (f"listed under {len(ambiguous[url])} labels ({', '.join(ambiguous[url])}): not fetched, since "
                           "an image can be of one class only; keep the line with the right label")
         elif scheme not in ALLOWED_SCHEMES:
             # Never fetched: no file:, ftp:, javascript: ... ("none": a bare host or a path, "not a url").
             reasons[i] = f"unsupported scheme ({scheme or 'none'}): only {' and '.join(sorted(ALLOWED_SCHEMES))} URLs are fetched"
-        elif not files and stem in set_aside:
+        elif not files and any(stem in set_aside for stem in stems):
             report.set_aside += 1  # moved to _duplicates/ by dedupImages.py: not fetched back
         elif files:
             here = [f for f in files if _label_of(f, out_dir) == label]
