@@ -289,11 +289,15 @@ class Featurizer:
             # Memory grows with the batch (flip averaging doubles it) and with the square of the side.
             n = len(pixels) // (2 if self.flip_average else 1)
             flipped = " and their mirror images (flip averaging)" if self.flip_average else ""
+            if n > 1:
+                advice = f"lower run_mbSize (now {self.batch_size}; try {n // 2}), or leave this process more memory"
+            else:  # one image: a smaller run_mbSize there is not (it said "now 1; try 1")
+                advice = "run_mbSize is 1 already: " + (
+                    "set run_boFlipAverage = False (half the memory), or leave this process more memory"
+                    if self.flip_average else "leave this process more memory")
             raise FeaturizeOutOfMemoryError(
-                f"out of memory running {engine.name} on {n} images{flipped} of {self.preprocess.resolution} px "
-                f"at once: lower run_mbSize (now {self.batch_size}; try {max(1, n // 2)}), or leave this process "
-                f"more memory "
-                f"({_oom_detail(e)})") from e
+                f"out of memory running {engine.name} on {n} image{'s' if n != 1 else ''}{flipped} of "
+                f"{self.preprocess.resolution} px at once: {advice} ({_oom_detail(e)})") from e
 
     def _probs(self, feats: np.ndarray) -> np.ndarray | None:
         if self._head is None:
