@@ -118,3 +118,26 @@ def test_names_the_file_system_tells_apart_are_no_group_and_the_probe_leaves_not
     assert same_name_groups(["y", "x", "./y", "z", "./x"], tmp_path) == [["y", "./y"], ["x", "./x"]]
     (tmp_path / "kept").mkdir()
     assert same_name_groups(["a"], tmp_path) == [] and [p.name for p in tmp_path.iterdir()] == ["kept"]
+=======
+@pytest.mark.skipif(sys.platform == "win32", reason="advisory locks: POSIX")
+def test_a_lock_held_shared_for_an_instant_by_lock_holder_is_taken_not_refused(tmp_path: Path) -> None:
+    """lock_holder probes by taking the lock shared for an instant (stage 3 asking whether stage 2
+    runs): a stage 2 starting in that instant was refused, told that the last stage 2 (process
+    99999999, long ended) was refining. Here the instant is made 0.1 s long, in another process."""
+    import fcntl
+
+    lock = tmp_path / "proc" / ".refine.lock"
+    lock.parent.mkdir()
+    lock.write_text("99999999")  # what the last holder wrote
+    probe = subprocess.Popen(
+        [sys.executable, "-c", f"import fcntl, sys, time\nf = open({str(lock)!r})\nfcntl.flock(f, fcntl.LOCK_SH)\n"
+                               "print('held', flush=True)\ntime.sleep(0.1)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert probe.stdout is not None and probe.stdout.readline().strip() == "held"
+        with open(lock) as f, pytest.raises(BlockingIOError):  # the probe's lock is there now
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert hold_lock(lock) is None
+    finally:
+        probe.wait(timeout=10)
+    assert lock.read_text() == str(os.getpid())

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import tempfile
+import time
 import warnings
 import zipfile
 from collections.abc import Iterable, Iterator, Sequence
@@ -65,6 +66,7 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO
         yield f
 
 
+PROBE_GRACE_SECONDS = 0.5  # how long hold_lock tries again before it takes a held lock for another holder
 _held_locks: dict[Path, IO[str]] = {}  # open for the life of the process: closing a file drops its lock
 
 
@@ -82,13 +84,20 @@ def hold_lock(path: str | Path) -> str | None:
         return None
     path.parent.mkdir(parents=True, exist_ok=True)
     f = open(path, "a+", encoding="utf-8")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.seek(0)
-        holder = f.read().strip()
-        f.close()
-        return holder
+    # lock_holder's probe (stage 3 asking whether a refinement runs) holds the lock shared for an
+    # instant: met then, it is no holder, and refusing would name the last holder's (dead) process.
+    deadline = time.monotonic() + PROBE_GRACE_SECONDS
+    while True:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                f.seek(0)
+                holder = f.read().strip()
+                f.close()
+                return holder
+            time.sleep(0.01)
     f.truncate(0)
     f.write(str(os.getpid()))
     f.flush()
