@@ -71,7 +71,9 @@ def main() -> int:
     # earlier model's beside this one's plots (stage 6 and compareRuns read it as the results).
     (out / f"metrics{suffix}.json").unlink(missing_ok=True)
     plot_roc(scores, labels, classes, out / f"roc{suffix}.png", title=f"ROC: {title}")
-    plot_confusion(metrics["confusion_matrix"], classes, out / f"confusion{suffix}.png", title=f"Confusion: {title}")
+    # With too many classes for counts in the cells, its title sends the reader to the metrics file.
+    plot_confusion(metrics["confusion_matrix"], classes, out / f"confusion{suffix}.png", title=f"Confusion: {title}",
+                   counts_file=f"metrics{suffix}.json")
     paths = data.paths
     write_predictions(out / f"predictions{suffix}.tsv", paths, labels, scores, classes)
     write_browser(out / f"browser{suffix}.html", p.images_dir, paths, labels, scores, classes, title=title,

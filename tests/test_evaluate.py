@@ -529,6 +529,21 @@ def test_a_large_photo_is_shown_through_a_thumbnail_linked_to_it(tmp_path: Path)
     assert '<img loading="lazy" src="../images/a/small.jpg"' in page  # small enough to show as it is
 
 
+def test_a_confusion_matrix_without_counts_names_the_metrics_file_it_belongs_with(tmp_path: Path) -> None:
+    """Stage 5 --on train writes metrics_train.json; its confusion_train.png said 'counts in metrics.json'
+    (the test side's)."""
+    from imgclass.evaluate import confusion_figure, plot_confusion
+
+    k = 400
+    cm = np.diag(np.full(k, 3))
+    names = [f"class {i}" for i in range(k)]
+    for counts_file in ("metrics.json", "metrics_train.json"):
+        fig = confusion_figure(cm, names, counts_file=counts_file)
+        assert f"(counts in {counts_file})" in fig.axes[0].get_title()
+        plt.close(fig)
+    assert plot_confusion(cm, names, tmp_path / "confusion_train.png", counts_file="metrics_train.json").is_file()
+
+
 def test_a_confusion_matrix_of_hundreds_of_classes_keeps_names_and_counts_from_overlapping() -> None:
     """At 500 classes the figure, at its largest, had 5 pt counts spilling out of their cells and names
     overlapping: past CONFUSION_MIN_COUNT_INCHES a cell shows no count, past CONFUSION_MIN_NAME_INCHES

@@ -246,9 +246,10 @@ def plot_roc(scores: np.ndarray, labels: np.ndarray, classes: Sequence[str], pat
     return save_figure(roc_figure(scores, labels, classes, title), path)
 
 
-def plot_confusion(cm: np.ndarray | list, classes: Sequence[str], path: str | Path, title: str = "") -> Path:
+def plot_confusion(cm: np.ndarray | list, classes: Sequence[str], path: str | Path, title: str = "",
+                   counts_file: str = "metrics.json") -> Path:
     """Save `confusion_figure` as a PNG."""
-    return save_figure(confusion_figure(cm, classes, title), path)
+    return save_figure(confusion_figure(cm, classes, title, counts_file), path)
 
 
 CONFUSION_MIN_COUNT_INCHES = 0.12  # a cell narrower than this shows no count (5 pt digits spilled over)
@@ -261,13 +262,15 @@ def _ordinal(n: int) -> str:
     return f"{n}{suffix}"
 
 
-def confusion_figure(cm: np.ndarray | list, classes: Sequence[str], title: str = "") -> plt.Figure:
+def confusion_figure(cm: np.ndarray | list, classes: Sequence[str], title: str = "",
+                     counts_file: str = "metrics.json") -> plt.Figure:
     """The confusion matrix: counts, with each row (true class) shaded by its fraction so small
     classes read as clearly.
 
     Beyond 15 classes the zeros are left blank, so the mistakes stand out of the grid of numbers.
     Long class names are shortened (PLOT_NAME_COLUMNS, kept apart: terminal.name_column): whole, 60
-    characters each pushed the grid into a corner of the picture.
+    characters each pushed the grid into a corner of the picture. `counts_file`: where the title sends
+    the reader for the counts when the cells are too small for them (stage 5 --on train: metrics_train.json).
     """
     cm = np.asarray(cm)
     k = len(classes)
@@ -294,7 +297,7 @@ def confusion_figure(cm: np.ndarray | list, classes: Sequence[str], title: str =
                     ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=font,
                             color="white" if frac[i, j] > 0.5 else "black")
     notes = ([f"every {_ordinal(step)} class named"] if step > 1 else []) + (
-        ["counts in metrics.json"] if cell < CONFUSION_MIN_COUNT_INCHES else [])
+        [f"counts in {counts_file}"] if cell < CONFUSION_MIN_COUNT_INCHES else [])
     title = (title or "Confusion matrix") + (f"\n({'; '.join(notes)})" if notes else "")
     ax.set(xlabel="Predicted class", ylabel="True class", title=title)
     return fig
