@@ -539,7 +539,7 @@ def test_a_confusion_matrix_without_counts_names_the_metrics_file_it_belongs_wit
     names = [f"class {i}" for i in range(k)]
     for counts_file in ("metrics.json", "metrics_train.json"):
         fig = confusion_figure(cm, names, counts_file=counts_file)
-        assert f"(counts in {counts_file})" in fig.axes[0].get_title()
+        assert fig.axes[0].get_title().endswith(f"counts in {counts_file})"), fig.axes[0].get_title()
         plt.close(fig)
     assert plot_confusion(cm, names, tmp_path / "confusion_train.png", counts_file="metrics_train.json").is_file()
 
@@ -561,6 +561,7 @@ def test_a_confusion_matrix_of_hundreds_of_classes_keeps_names_and_counts_from_o
         if step > 1:  # it said "every 2th", "every 3th"
             assert f"every {step}{'nd' if step == 2 else 'rd'} class named" in ax.get_title(), ax.get_title()
         assert ("counts in metrics.json" in ax.get_title()) is not counts
+        plt.close(fig)
 
 
 def _seen_by(colour: str, deficiency: str) -> np.ndarray:
@@ -649,3 +650,21 @@ def test_the_results_page_opens_with_the_accuracy_and_the_figures(tmp_path: Path
     # New images (no labels): no accuracy to state, no figures asked for.
     new = write_browser(out / "new.html", images, paths, None, scores, ["a", "b"], "n").read_text()
     assert "Accuracy" not in new and 'class="figs"' not in new
+
+
+@pytest.mark.parametrize("k, count", [(400, 3), (440, 3), (300, 30), (240, 150)])
+def test_confusion_names_and_counts_as_drawn_do_not_overlap(k: int, count: int) -> None:
+    """The thresholds were taken against the figure's width / k, 1.4 times a cell as drawn (the colour
+    bar and margins take the rest): from 370 to 444 classes every name overlapped its neighbours,
+    and counts of 100 or more spilled out of their cells from 235 classes. Measured on the drawn figure."""
+    from imgclass.evaluate import confusion_figure
+
+    fig = confusion_figure(np.diag(np.full(k, count)), [f"class {i}" for i in range(k)])
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    names = [label.get_window_extent() for label in ax.get_yticklabels()]
+    assert not any(a.overlaps(b) for a, b in zip(names, names[1:])), (k, len(names))
+    cell = ax.get_window_extent().width / k
+    assert all(t.get_window_extent().width < cell for t in ax.texts), (k, count)  # no count spills over
+    assert ("counts in metrics.json" in ax.get_title()) is (not ax.texts)
+    plt.close(fig)

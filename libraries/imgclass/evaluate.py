@@ -252,8 +252,11 @@ def plot_confusion(cm: np.ndarray | list, classes: Sequence[str], path: str | Pa
     return save_figure(confusion_figure(cm, classes, title, counts_file), path)
 
 
-CONFUSION_MIN_COUNT_INCHES = 0.12  # a cell narrower than this shows no count (5 pt digits spilled over)
-CONFUSION_MIN_NAME_INCHES = 0.09  # class names closer than this (5 pt) overlap: every n-th one is shown
+# Sizes of a cell as drawn (the axes' share of the figure, beside the colour bar: about 0.7 of the
+# figure's width / k), measured with matplotlib's DejaVu Sans at 5 pt.
+CONFUSION_MIN_COUNT_INCHES = 0.085  # a cell narrower than this shows no count (5 pt digits spilled over)
+CONFUSION_DIGIT_INCHES = 0.042  # a 5 pt digit's width: a cell shows counts only as wide as the largest
+CONFUSION_MIN_NAME_INCHES = 0.078  # a 5 pt name is 0.077 in tall: rows closer show every n-th name
 
 
 def _ordinal(n: int) -> str:
@@ -283,21 +286,25 @@ def confusion_figure(cm: np.ndarray | list, classes: Sequence[str], title: str =
     fig.colorbar(shading, ax=ax, fraction=0.046, pad=0.04).set_label("share of the true class (row)")
     shown, _ = name_column(classes, at_most=PLOT_NAME_COLUMNS)
     names = [shown[c] for c in classes]
-    # Past ~330 classes the figure, at its largest, leaves cells too small for a count, and past ~440
-    # rows too close for every name: then the shading alone, and every n-th name (they overlapped).
-    cell = size / k  # inches
+    # Past ~330 classes the figure, at its largest, leaves cells too small for a count (past ~230 for
+    # counts of 3 digits), and past ~360 rows too close for every name: then the shading alone, and
+    # every n-th name (they overlapped). The cell as drawn: figure width / k was 1.4 times it, and
+    # names overlapped from 370 to 444 classes, counts of 100 spilled over from 235 classes.
+    ax.apply_aspect()  # the axes' box as the square cells and the colour bar leave it
+    cell = ax.get_position().width * fig.get_figwidth() / k  # inches
+    count_room = max(CONFUSION_MIN_COUNT_INCHES, CONFUSION_DIGIT_INCHES * len(str(int(cm.max(initial=0)))))
     step = max(1, math.ceil(CONFUSION_MIN_NAME_INCHES / cell))
     ticks = range(0, k, step)
     ax.set_xticks(ticks, names[::step], rotation=45, ha="right", rotation_mode="anchor", fontsize=font)
     ax.set_yticks(ticks, names[::step], fontsize=font)
-    if cell >= CONFUSION_MIN_COUNT_INCHES:
+    if cell >= count_room:
         for i in range(k):
             for j in range(k):
                 if cm[i, j] or k <= 15:
                     ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=font,
                             color="white" if frac[i, j] > 0.5 else "black")
     notes = ([f"every {_ordinal(step)} class named"] if step > 1 else []) + (
-        [f"counts in {counts_file}"] if cell < CONFUSION_MIN_COUNT_INCHES else [])
+        [f"counts in {counts_file}"] if cell < count_room else [])
     title = (title or "Confusion matrix") + (f"\n({'; '.join(notes)})" if notes else "")
     ax.set(xlabel="Predicted class", ylabel="True class", title=title)
     return fig
