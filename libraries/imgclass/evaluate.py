@@ -287,13 +287,15 @@ def confusion_figure(cm: np.ndarray | list, classes: Sequence[str], title: str =
     shown, _ = name_column(classes, at_most=PLOT_NAME_COLUMNS)
     names = [shown[c] for c in classes]
     # Past ~330 classes the figure, at its largest, leaves cells too small for a count (past ~230 for
-    # counts of 3 digits), and past ~360 rows too close for every name: then the shading alone, and
+    # counts of 3 digits), and past ~250 names too close for every one: then the shading alone, and
     # every n-th name (they overlapped). The cell as drawn: figure width / k was 1.4 times it, and
     # names overlapped from 370 to 444 classes, counts of 100 spilled over from 235 classes.
     ax.apply_aspect()  # the axes' box as the square cells and the colour bar leave it
     cell = ax.get_position().width * fig.get_figwidth() / k  # inches
     count_room = max(CONFUSION_MIN_COUNT_INCHES, CONFUSION_DIGIT_INCHES * len(str(int(cm.max(initial=0)))))
-    step = max(1, math.ceil(CONFUSION_MIN_NAME_INCHES / cell))
+    # The predicted classes' names run at 45 degrees: neighbours are cell * sin 45 apart across their
+    # lines, not a cell (at 360 classes their letters ran into each other). Both axes name the same ones.
+    step = max(1, math.ceil(CONFUSION_MIN_NAME_INCHES / (cell * math.sin(math.radians(45)))))
     ticks = range(0, k, step)
     ax.set_xticks(ticks, names[::step], rotation=45, ha="right", rotation_mode="anchor", fontsize=font)
     ax.set_yticks(ticks, names[::step], fontsize=font)
