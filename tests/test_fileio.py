@@ -118,7 +118,8 @@ def test_names_the_file_system_tells_apart_are_no_group_and_the_probe_leaves_not
     assert same_name_groups(["y", "x", "./y", "z", "./x"], tmp_path) == [["y", "./y"], ["x", "./x"]]
     (tmp_path / "kept").mkdir()
     assert same_name_groups(["a"], tmp_path) == [] and [p.name for p in tmp_path.iterdir()] == ["kept"]
-=======
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="advisory locks: POSIX")
 def test_a_lock_held_shared_for_an_instant_by_lock_holder_is_taken_not_refused(tmp_path: Path) -> None:
     """lock_holder probes by taking the lock shared for an instant (stage 3 asking whether stage 2
