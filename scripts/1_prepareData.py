@@ -18,7 +18,8 @@ from imgclass.data import (
     exact_duplicates_across, fix_notes, load_split, make_split, save_split, skipped_folders, skipped_note,
     small_images_note, split_change_note, subdir_notes, unread_images_note, unused_rule_notes,
 )
-from imgclass.dedup import LeakCheck, apply_leakage_check, hashes_lookalike_note, label_conflicts, write_conflicts
+from imgclass.dedup import (HASH_CACHE_FILE, HashCache, LeakCheck, apply_leakage_check, hashes_lookalike_note,
+                            label_conflicts, path_stats, write_conflicts)
 from imgclass.params import Params
 from imgclass.terminal import ljust, name_column
 
@@ -66,8 +67,11 @@ def report_conflicts(p: Params, split: Split, check: LeakCheck) -> None:
 def main() -> int:
     args, p = parse_stage(parser)
     previous = earlier_split(p.split_path)
+    # The images the last run hashed and that have not changed since: neither checked nor hashed again.
+    hash_cache = HashCache(p.proc_dir / HASH_CACHE_FILE)
+    unchanged = hash_cache.unchanged(p.images_dir)
     split = make_split(p.images_dir, p.ratioTrainTest, p.randomSeed, p.imagesSplitBy, progress=True,
-                       previous=None if args.resplit else previous)
+                       previous=None if args.resplit else previous, decoded_before=unchanged.keys())
     uneven = subdir_notes(split, p.ratioTrainTest)  # of the rule's split, before the leakage check moves images
     if p.leakageCheck != "off":
         # A random split kept from an earlier run: an image new since then that copies one of its test
@@ -75,8 +79,13 @@ def main() -> int:
         # results are compared on lost it). Not in a subdir split, whose sub-folders stay whole.
         kept = earlier_sides(previous, split.settings, split.sizes)[0] if previous and not args.resplit and \
             split.method == "random" else {}
+        in_split = split.sides()
+        # Taken before the files are read: a file changed meanwhile does not match, and is hashed again next time.
+        stats = path_stats(p.images_dir, in_split)
         leakage = apply_leakage_check(split, p.images_dir, p.leakageCheck, p.dedup_threshold,
-                                      p.proc_dir / "near_duplicates.tsv", kept, shown=SHOW_LEAKS)
+                                      p.proc_dir / "near_duplicates.tsv", kept, shown=SHOW_LEAKS,
+                                      known={rel: h for rel, h in unchanged.items() if rel in in_split})
+        hash_cache.save({rel: h for rel, h in leakage.check.hashes.items() if rel in in_split}, stats)
         for line in leakage.lines:
             print(line)
         split, check = leakage.split, leakage.check

@@ -760,3 +760,59 @@ def test_image_hash_is_the_256_bit_hash_the_threshold_is_for(tmp_path: Path) -> 
     h = image_hash(p)
     assert h.hash.size == 256
     assert h == mirrored_hash(p).plain
+
+
+def test_stage1_rerun_reuses_hashes_of_unchanged_images_and_rereads_changed_ones(originals: Path,
+                                                                                  tmp_path: Path) -> None:
+    """Stage 1 records each image's dhashes with its size and modification time; a rerun reuses them
+    for unchanged files (no decoding) and reads a changed file again: one replaced by a copy of a
+    test image is caught as a leak, one replaced by a broken file is left out."""
+    from imgclass.dedup import HASH_CACHE_FILE, HashCache
+
+    images = tmp_path / "images" / "ds"
+    shutil.copytree(originals, images)
+    args = ("--set", "datasetName=ds", "--set", "leakageCheck=report")
+    run_script("1_prepareData.py", *args, data_dir=tmp_path)
+    cache_file = tmp_path / "proc" / "ds" / HASH_CACHE_FILE
+    first = Split.from_json(json.loads((tmp_path / "proc" / "ds" / "split.json").read_text()))
+    cached = HashCache(cache_file).unchanged(images)
+    assert set(cached) == set(first.sides())  # every image of the split, none other
+    rel = first.train[0][0]
+    assert cached[rel] == mirrored_hash(images / rel)  # what a fresh decode gives
+    # Edited photos: one train image becomes a copy of a test image of its class, another a broken file.
+    cls = rel.split("/")[0]
+    test_of_class = next(p for p, _ in first.test if p.startswith(f"{cls}/"))
+    _copy(images / test_of_class, images / rel, 0.7, 60)
+    broken = next(p for p, _ in first.train if p != rel)
+    (images / broken).write_bytes(b"not a photo any more")
+    assert set(HashCache(cache_file).unchanged(images)) == set(first.sides()) - {rel, broken}
+    out = run_script("1_prepareData.py", *args, data_dir=tmp_path).stdout
+    assert f"{rel} (train) ~ {test_of_class} (test)" in out, out
+    assert f"left out: {broken}: not an image" in out, out
+    again = HashCache(cache_file)
+    assert again.unchanged(images)[rel] == mirrored_hash(images / rel) and broken not in again.entries
+    # A cache that cannot be read is ignored: everything is checked and hashed again, with the same result.
+    cache_file.write_text("{ damaged")
+    fresh = run_script("1_prepareData.py", *args, data_dir=tmp_path).stdout
+    assert f"{rel} (train) ~ {test_of_class} (test)" in fresh and f"left out: {broken}: not an image" in fresh, fresh
+    assert set(HashCache(cache_file).unchanged(images)) == set(first.sides()) - {broken}
+
+
+def test_stage1_rerun_does_not_decode_a_file_whose_size_and_time_are_unchanged(originals: Path,
+                                                                             tmp_path: Path) -> None:
+    """The rerun trusts size and modification time, as the feature cache does: bytes overwritten in
+    place with both restored are not read again (this is what makes the rerun fast); touching the
+    file makes it read, and found broken."""
+    images = tmp_path / "images" / "ds"
+    shutil.copytree(originals, images)
+    args = ("--set", "datasetName=ds")
+    run_script("1_prepareData.py", *args, data_dir=tmp_path)
+    victim = images / "dotted" / "dotted_0002.jpg"
+    st = victim.stat()
+    victim.write_bytes(b"x" * st.st_size)
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    out = run_script("1_prepareData.py", *args, data_dir=tmp_path).stdout
+    assert "left out" not in out, out  # not decoded: the hashes of the last run were reused
+    os.utime(victim)  # now changed
+    out = run_script("1_prepareData.py", *args, data_dir=tmp_path).stdout
+    assert "left out: dotted/dotted_0002.jpg: not an image" in out, out

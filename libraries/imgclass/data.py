@@ -26,7 +26,7 @@ import os
 import random
 import unicodedata
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -354,9 +354,11 @@ def _check_classes(classes: list[str], where: Path) -> None:
 
 
 def _collect(root: Path, classes: list[str], excluded: list[tuple[str, str]], base: Path, check: bool,
-             progress: bool = False, allow_empty: bool = False) -> dict[str, list[str]]:
+             progress: bool = False, allow_empty: bool = False,
+             decoded_before: Collection[str] = ()) -> dict[str, list[str]]:
     """Per class, decodable image paths relative to `base`; undecodable ones go to `excluded`.
-    A class without a usable image is an error, unless `allow_empty` (the test side of a split made in advance)."""
+    A class without a usable image is an error, unless `allow_empty` (the test side of a split made in advance).
+    `decoded_before`: paths (relative to `base`) known to decode, unchanged since: not decoded again."""
     broken: list[Path] = []
     listed = [(c, p) for c in classes for p in list_images(root / c, broken)]
     excluded += [(shown(p.relative_to(base).as_posix()), f"a link to {shown(os.readlink(p))}, which does not exist")
@@ -364,7 +366,11 @@ def _collect(root: Path, classes: list[str], excluded: list[tuple[str, str]], ba
     twice = _one_class_per_file(listed, root, base)
     listed = [(c, p) for c, p in listed if p not in twice]
     excluded += [(shown(p.relative_to(base).as_posix()), why) for p, why in twice.items()]
-    problems = check_images([p for _, p in listed], progress) if check else [None] * len(listed)
+    problems: list[str | None] = [None] * len(listed)
+    if check:
+        todo = [i for i, (_, p) in enumerate(listed) if p.relative_to(base).as_posix() not in decoded_before]
+        for i, problem in zip(todo, check_images([listed[i][1] for i in todo], progress and bool(todo))):
+            problems[i] = problem
     out: dict[str, list[str]] = {c: [] for c in classes}
     for (c, p), problem in zip(listed, problems):
         rel = p.relative_to(base).as_posix()
@@ -612,10 +618,13 @@ def make_split(
     check_decode: bool = True,
     progress: bool = False,
     previous: Split | None = None,
+    decoded_before: Collection[str] = (),
 ) -> Split:
     """Decide the train/test split of a data set folder (see the module docstring for the rules).
     `previous`: the split.json of an earlier run, whose sides a random or subdir split keeps (if it
-    was made with the same seed, ratio and rule: `earlier_sides`)."""
+    was made with the same seed, ratio and rule: `earlier_sides`). `decoded_before`: images (paths
+    relative to `images_dir`) that an earlier run decoded and that have not changed since
+    (dedup.HashCache.unchanged): not decoded again to check them."""
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
         raise DatasetError(
@@ -626,12 +635,13 @@ def make_split(
         raise ValueError(f"split_by {split_by!r}: allowed values are 'filename', 'subdir'")
     folders = find_split_folders(images_dir)
     if folders is not None:
-        split = _split_from_folders(images_dir, *folders, check_decode, progress)
+        split = _split_from_folders(images_dir, *folders, check_decode, progress, decoded_before)
     else:
         classes = list_class_dirs(images_dir)
         _check_classes(classes, images_dir)
         excluded = loose_images(images_dir, images_dir)
-        per_class = _collect(images_dir, classes, excluded, images_dir, check_decode, progress)
+        per_class = _collect(images_dir, classes, excluded, images_dir, check_decode, progress,
+                             decoded_before=decoded_before)
         dedicated = images_dir / DEDICATED_TEST_FILE
         if dedicated.is_file():
             split = _split_dedicated(dedicated, classes, per_class, excluded)
@@ -646,7 +656,8 @@ def make_split(
 
 
 def _split_from_folders(
-    images_dir: Path, train_dir: Path, test_dir: Path, unused: list[Path], check_decode: bool, progress: bool
+    images_dir: Path, train_dir: Path, test_dir: Path, unused: list[Path], check_decode: bool, progress: bool,
+    decoded_before: Collection[str] = (),
 ) -> Split:
     """The split the user made in advance: train/ and test/ folders with class folders in each."""
     excluded: list[tuple[str, str]] = []
@@ -678,9 +689,10 @@ def _split_from_folders(
     excluded += loose_images(images_dir, images_dir) + loose_images(train_dir, images_dir) + loose_images(test_dir, images_dir)
     unused = [*unused, *(d for d in sorted(images_dir.iterdir()) if d.is_dir() and d not in (train_dir, test_dir, *unused)
                          and not d.name.startswith(NOT_CLASS_PREFIXES))]
-    tr = _collect(train_dir, classes, excluded, images_dir, check_decode, progress)
+    tr = _collect(train_dir, classes, excluded, images_dir, check_decode, progress, decoded_before=decoded_before)
     # A rare class may have no test image in a split made in advance: noted by stage 1, as for a random split.
-    te = _collect(test_dir, classes, excluded, images_dir, check_decode, progress, allow_empty=True)
+    te = _collect(test_dir, classes, excluded, images_dir, check_decode, progress, allow_empty=True,
+                  decoded_before=decoded_before)
     if not any(te.values()):
         left_out = [(p, why) for p, why in excluded if p.startswith(f"{test_name}/")]
         raise DatasetError(f"{shown(str(test_dir))}: no usable test image in its class folders" + (
