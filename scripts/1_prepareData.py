@@ -9,17 +9,19 @@ train and test (dhash, leakageCheck / dedup_threshold) are listed and, by defaul
 near duplicates on one side filed under different classes are listed as label conflicts.
 """
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from imgclass.annotations import FIXES_FILE, read_fixes
 from imgclass.cli import parse_stage, run_stage, stage_parser
+from imgclass.cpus import usable_cpus
 from imgclass.data import (
     DatasetError, Split, balance_notes, balancing_off, confirmed_labels, dedicated_file_hint, earlier_sides,
     exact_duplicates_across, fix_notes, load_split, make_split, save_split, skipped_folders, skipped_note,
     small_images_note, split_change_note, subdir_notes, unread_images_note, unused_rule_notes,
 )
-from imgclass.dedup import (HASH_CACHE_FILE, HashCache, LeakCheck, apply_leakage_check, hashes_lookalike_note,
-                            label_conflicts, path_stats, write_conflicts)
+from imgclass.dedup import (HASH_CACHE_FILE, HashCache, LeakCheck, MirroredHash, apply_leakage_check, hash_files,
+                            hashes_lookalike_note, label_conflicts, path_stats, write_conflicts)
 from imgclass.params import Params
 from imgclass.terminal import ljust, name_column
 
@@ -70,8 +72,21 @@ def main() -> int:
     # The images the last run hashed and that have not changed since: neither checked nor hashed again.
     hash_cache = HashCache(p.proc_dir / HASH_CACHE_FILE)
     unchanged = hash_cache.unchanged(p.images_dir)
+    stats = {rel: hash_cache.entries[rel][:2] for rel in unchanged}
+    fresh: dict[str, MirroredHash] = {}
+
+    def check_and_hash(paths: Sequence[Path], progress: bool) -> list[str | None]:
+        """The decode check, done by hashing: the leakage check needs every image's hashes, and
+        decoding each photo once for both halves stage 1's time (a file that does not decode has no hash)."""
+        rels = [path.relative_to(p.images_dir).as_posix() for path in paths]
+        stats.update(path_stats(p.images_dir, rels))  # before reading: a file changed meanwhile is read again next run
+        hashes, problems = hash_files(paths, workers=min(8, usable_cpus()), progress=progress, with_mirror=True)
+        fresh.update((rel, h) for rel, h in zip(rels, hashes) if h is not None)
+        return problems
+
     split = make_split(p.images_dir, p.ratioTrainTest, p.randomSeed, p.imagesSplitBy, progress=True,
-                       previous=None if args.resplit else previous, decoded_before=unchanged.keys())
+                       previous=None if args.resplit else previous, decoded_before=unchanged.keys(),
+                       check_decode=check_and_hash if p.leakageCheck != "off" else True)
     uneven = subdir_notes(split, p.ratioTrainTest)  # of the rule's split, before the leakage check moves images
     if p.leakageCheck != "off":
         # A random split kept from an earlier run: an image new since then that copies one of its test
@@ -80,11 +95,11 @@ def main() -> int:
         kept = earlier_sides(previous, split.settings, split.sizes)[0] if previous and not args.resplit and \
             split.method == "random" else {}
         in_split = split.sides()
-        # Taken before the files are read: a file changed meanwhile does not match, and is hashed again next time.
-        stats = path_stats(p.images_dir, in_split)
+        # Any image not hashed above (none, as make_split reads them now) is hashed by the check: its stats first.
+        stats = {**path_stats(p.images_dir, (rel for rel in in_split if rel not in stats)), **stats}
         leakage = apply_leakage_check(split, p.images_dir, p.leakageCheck, p.dedup_threshold,
                                       p.proc_dir / "near_duplicates.tsv", kept, shown=SHOW_LEAKS,
-                                      known={rel: h for rel, h in unchanged.items() if rel in in_split})
+                                      known={rel: h for rel, h in {**unchanged, **fresh}.items() if rel in in_split})
         hash_cache.save({rel: h for rel, h in leakage.check.hashes.items() if rel in in_split}, stats)
         for line in leakage.lines:
             print(line)

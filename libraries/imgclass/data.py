@@ -26,7 +26,7 @@ import os
 import random
 import unicodedata
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -353,11 +353,16 @@ def _check_classes(classes: list[str], where: Path) -> None:
         )
 
 
-def _collect(root: Path, classes: list[str], excluded: list[tuple[str, str]], base: Path, check: bool,
+# Checks that image files decode: (paths, progress) -> the problem of each, None where it decodes.
+DecodeCheck = Callable[[Sequence[Path], bool], list[str | None]]
+
+
+def _collect(root: Path, classes: list[str], excluded: list[tuple[str, str]], base: Path, check: bool | DecodeCheck,
              progress: bool = False, allow_empty: bool = False,
              decoded_before: Collection[str] = ()) -> dict[str, list[str]]:
     """Per class, decodable image paths relative to `base`; undecodable ones go to `excluded`.
     A class without a usable image is an error, unless `allow_empty` (the test side of a split made in advance).
+    `check`: True decodes each file with check_images, a function is called instead of it.
     `decoded_before`: paths (relative to `base`) known to decode, unchanged since: not decoded again."""
     broken: list[Path] = []
     listed = [(c, p) for c in classes for p in list_images(root / c, broken)]
@@ -369,7 +374,8 @@ def _collect(root: Path, classes: list[str], excluded: list[tuple[str, str]], ba
     problems: list[str | None] = [None] * len(listed)
     if check:
         todo = [i for i, (_, p) in enumerate(listed) if p.relative_to(base).as_posix() not in decoded_before]
-        for i, problem in zip(todo, check_images([listed[i][1] for i in todo], progress and bool(todo))):
+        check_fn = check if callable(check) else check_images
+        for i, problem in zip(todo, check_fn([listed[i][1] for i in todo], progress and bool(todo))):
             problems[i] = problem
     out: dict[str, list[str]] = {c: [] for c in classes}
     for (c, p), problem in zip(listed, problems):
@@ -615,7 +621,7 @@ def make_split(
     ratio: float = 0.75,
     seed: int = 0,
     split_by: str = "filename",
-    check_decode: bool = True,
+    check_decode: bool | DecodeCheck = True,
     progress: bool = False,
     previous: Split | None = None,
     decoded_before: Collection[str] = (),
@@ -624,7 +630,9 @@ def make_split(
     `previous`: the split.json of an earlier run, whose sides a random or subdir split keeps (if it
     was made with the same seed, ratio and rule: `earlier_sides`). `decoded_before`: images (paths
     relative to `images_dir`) that an earlier run decoded and that have not changed since
-    (dedup.HashCache.unchanged): not decoded again to check them."""
+    (dedup.HashCache.unchanged): not decoded again to check them. `check_decode`: False leaves files
+    unchecked, a function (paths, progress) -> problems checks them in place of check_images (stage 1
+    hashes each image as it decodes it, rather than decoding it twice)."""
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
         raise DatasetError(
@@ -656,7 +664,8 @@ def make_split(
 
 
 def _split_from_folders(
-    images_dir: Path, train_dir: Path, test_dir: Path, unused: list[Path], check_decode: bool, progress: bool,
+    images_dir: Path, train_dir: Path, test_dir: Path, unused: list[Path], check_decode: bool | DecodeCheck,
+    progress: bool,
     decoded_before: Collection[str] = (),
 ) -> Split:
     """The split the user made in advance: train/ and test/ folders with class folders in each."""
