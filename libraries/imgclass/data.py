@@ -1140,3 +1140,40 @@ def list_folder_images(folder: str | Path, left_out: list[tuple[str, str]] | Non
         else:
             out.append(rel)
     return sorted(out)
+
+
+@dataclass
+class FolderLabels:
+    """The true classes of images scored from a folder laid out as a data set (folder_labels)."""
+    labels: list[int]  # per image, the index of its class folder's class; -1: no class of the model
+    unknown: dict[str, int] = field(default_factory=dict)  # class folder named after no class: its images
+    outside: int = 0  # images directly in the folder, in no class folder
+
+    @property
+    def n_labelled(self) -> int:
+        return sum(1 for y in self.labels if y >= 0)
+
+
+def folder_labels(folder: str | Path, paths: Sequence[str], classes: Sequence[str]) -> FolderLabels | None:
+    """The true class of each of `paths` (relative to `folder`, as list_folder_images gives them) when
+    `folder` is laid out as a data set: its class folders (list_class_dirs, as stage 1 reads them;
+    images nested in them belong to them) named after `classes`, the model's. None when no class
+    folder is (an unlabelled folder: the folders are batches, dates, cameras). A class folder named
+    after no class of `classes` (a class the model never learnt, or a typo) gives no label, and is
+    counted in `unknown`, so that the caller can name it: guessing a class from it would be wrong."""
+    dirs = set(list_class_dirs(Path(folder)))
+    index = {c: i for i, c in enumerate(classes)}
+    if not dirs & index.keys():
+        return None
+    out = FolderLabels([])
+    for rel in paths:
+        first, _, rest = rel.partition("/")
+        if rest and first in index:
+            out.labels.append(index[first])
+            continue
+        out.labels.append(-1)
+        if rest and first in dirs:
+            out.unknown[first] = out.unknown.get(first, 0) + 1
+        else:
+            out.outside += 1
+    return out

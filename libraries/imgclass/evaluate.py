@@ -410,11 +410,13 @@ def format_confusions(metrics: dict[str, Any], n: int = 5) -> str:
 def write_predictions(path: str | Path, paths: Sequence[str], labels: np.ndarray | None, scores: np.ndarray,
                       classes: Sequence[str]) -> Path:
     """One line per image: path, true class (left out when `labels` is None: new, unlabelled
-    images), predicted class, then one score column per class."""
+    images; empty for a label of -1, an image of no known class), predicted class, then one score
+    column per class."""
     with atomic_open(path, "w", encoding="utf-8") as f:
         f.write("\t".join(["image", *(["true"] if labels is not None else []), "predicted", *classes]) + "\n")
         for i, (p, s) in enumerate(zip(paths, scores)):
-            true = [classes[labels[i]]] if labels is not None else []
+            # -1 indexes the last class in numpy: an unlabelled image would read as of that class.
+            true = [] if labels is None else [classes[labels[i]] if labels[i] >= 0 else ""]
             # 9 significant digits give every float32 back exactly: a probability of 0.9999997 must not
             # read back as 1, tied with its neighbours when predictions are sorted by confidence.
             f.write("\t".join([p, *true, classes[int(np.argmax(s))], *(f"{v:.9g}" for v in s)]) + "\n")
@@ -507,7 +509,9 @@ def write_browser(
     `progress`: a progress bar while thumbnails are made. Thumbnails of images no longer on the page
     are deleted. `figures`: pictures beside the page (stage 5: the ROC curves and the confusion
     matrix) shown small under the summary, each linked to itself; with `labels` the summary opens
-    with the accuracy, so that the page alone says how well the classifier did.
+    with the accuracy, so that the page alone says how well the classifier did. A label of -1: an
+    image of no known class (scoreImages.py: a folder named after no class of the model, or none):
+    shown after the labelled ones, one section per predicted class, and not counted in the accuracy.
     """
     path = Path(path)
     pred = scores.argmax(axis=1)
@@ -529,7 +533,7 @@ def write_browser(
                                                    disable=not progress)))
 
     def card(i: int) -> str:
-        state = "new" if labels is None else "ok" if pred[i] == labels[i] else "err"
+        state = "new" if labels is None or labels[i] < 0 else "ok" if pred[i] == labels[i] else "err"
         ranked = np.argsort(-scores[i])[:3]
         rows = "".join(f"<li>{html.escape(classes[j])}: {score_text(scores[i, j])}</li>" for j in ranked)
         # A path is a URL here: "IMG #2.jpg" or "50% off.jpg" must not end at '#' or decode '%'.
@@ -542,36 +546,47 @@ def write_browser(
             img = f'<img loading="lazy" src="{html.escape(thumb)}" alt="{alt}">'
             if Path(paths[i]).suffix.lower() not in NOT_IN_BROWSERS:  # a click shows the photo itself
                 img = f'<a href="{html.escape(original)}">{img}</a>'
-        head = "" if labels is None else f"{html.escape(classes[labels[i]])} &rarr; "
+        head = "" if state == "new" else f"{html.escape(classes[labels[i]])} &rarr; "
         # The classes as indices (into the filter's options): short, and nothing in a name to escape.
-        known = "" if labels is None else f' data-t="{labels[i]}"'
+        known = "" if state == "new" else f' data-t="{labels[i]}"'
         return (f'<div class="card {state}"{known} data-p="{pred[i]}">{img}'
                 f"<b>{head}{html.escape(classes[pred[i]])}</b>"
                 f"<ol>{rows}</ol><small>{html.escape(paths[i])}</small></div>")
 
     sections: list[tuple[str, list[int]]] = []  # (heading, image indices in the order shown)
-    if labels is None:
+
+    def by_prediction(indices: list[int], heading: str) -> None:
         for j, c in enumerate(classes):
-            members = sorted((i for i in range(len(paths)) if pred[i] == j), key=lambda i: top[i])
+            members = sorted((i for i in indices if pred[i] == j), key=lambda i: top[i])
             if members:
-                sections.append((f"predicted {c}", members))
+                sections.append((f"{heading}{c}", members))
+
+    if labels is None:
+        by_prediction(list(range(len(paths))), "predicted ")
         summary = (f"{len(paths)} images, one section per predicted class, the least confident first in each; "
                    f"each card: predicted class and the top scores.")
     else:
-        wrong = sorted((i for i in range(len(paths)) if pred[i] != labels[i]), key=lambda i: -top[i])
+        labels = np.asarray(labels)
+        unlabelled = [i for i in range(len(paths)) if labels[i] < 0]
+        n = len(paths) - len(unlabelled)  # the labelled images, the accuracy's
+        wrong = sorted((i for i in range(len(paths)) if 0 <= labels[i] != pred[i]), key=lambda i: -top[i])
         if wrong:
             sections.append(("misclassified", wrong))
         for j, c in enumerate(classes):
             right = sorted((i for i in range(len(paths)) if labels[i] == j and pred[i] == j), key=lambda i: top[i])
             if right:
                 sections.append((f"{c}: correct", right))
-        present = np.unique(labels)
+        by_prediction(unlabelled, "no known class, predicted ")
+        present = np.unique(labels[labels >= 0])
         recall = [float((pred[labels == j] == j).mean()) for j in present]
-        summary = (f"<b>Accuracy {percent_text(1 - len(wrong) / max(len(paths), 1))}</b> ({len(paths) - len(wrong)} of "
-                   f"{len(paths)}), class-averaged {percent_text(float(np.mean(recall)) if recall else None)}. ")
-        summary += (f"{len(paths)} images, {len(wrong)} misclassified (&#10007;, red, first, the most confident first), then "
+        summary = (f"<b>Accuracy {percent_text(1 - len(wrong) / max(n, 1))}</b> ({n - len(wrong)} of "
+                   f"{n}), class-averaged {percent_text(float(np.mean(recall)) if recall else None)}. ")
+        summary += (f"{n} images, {len(wrong)} misclassified (&#10007;, red, first, the most confident first), then "
                    f"the correct ones (&#10003;, green) of each class, the least confident first; each card: true &rarr; predicted "
                    f"class and the top scores.")
+        if unlabelled:
+            summary += (f" Then {len(unlabelled)} image(s) of no known class (grey, not counted in the accuracy), "
+                        "one section per predicted class.")
     if score_kind:
         summary += f" Scores: {html.escape(SCORE_MEANINGS.get(score_kind, score_kind))}."
     if left_out:
@@ -589,7 +604,7 @@ def write_browser(
     # A filter by true and/or predicted class: with 40 classes and 1000 mistakes, one class's mistakes
     # were found by Ctrl+F. Plain inline script and no server, so the page still works from disk.
     def choice(key: str, what: str, of: np.ndarray) -> str:
-        counts = np.bincount(of, minlength=len(classes))
+        counts = np.bincount(of[of >= 0], minlength=len(classes))  # -1: no known class, no option
         options = "".join(f'<option value="{j}">{html.escape(c)} ({counts[j]})</option>'
                           for j, c in enumerate(classes) if counts[j])
         return f'<label>{what} <select id="f{key}"><option value="">all</option>{options}</select></label> '
