@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -28,6 +29,7 @@ from imgclass.active import (
 )
 from imgclass.annotations import FIXES_FILE
 from imgclass.data import list_images, make_split
+from imgclass.evaluate import compute_metrics, format_confusions, format_table
 from imgclass.provenance import file_hash
 from imgclass.synthetic import generate_demo_dataset
 
@@ -454,6 +456,90 @@ def test_score_images_script_scores_a_folder_offline_and_names_bad_files(tiny_mo
     )
     assert proc.returncode == 1 and "none of its 2 image file(s) could be scored" in proc.stderr, proc.stderr
     assert "left out: empty.png: empty file (0 bytes)" in proc.stdout and not (page_dir / "scores_junk.tsv").exists()
+
+
+def test_score_images_script_evaluates_a_folder_laid_out_by_class(tiny_model: Path, tmp_path: Path) -> None:
+    """A folder of photos collected later, sorted into the model's class folders: evaluated as stage 5
+    evaluates the test set (the same metrics, table and page), without touching the data set's split;
+    a class folder the model never learnt is named and scored without a label, as are loose photos."""
+    folder = tmp_path / "camera 2"
+    shutil.copytree(tiny_model / "extra", folder)  # dotted/, leopard/, striped/: 3 photos each, another seed
+    # A striped photo filed under dotted, in a sub-folder (read as stage 1 reads class folders): a mistake.
+    odd = folder / "dotted" / "2024" / "odd.jpg"
+    odd.parent.mkdir()
+    shutil.move(folder / "striped" / "striped_0000.jpg", odd)
+    (folder / "zebra").mkdir()  # no class of the model
+    shutil.copy(folder / "leopard" / "leopard_0000.jpg", folder / "zebra" / "z.jpg")
+    shutil.copy(folder / "leopard" / "leopard_0001.jpg", folder / "loose.jpg")  # in no class folder
+    # A photo of the data set itself, which the classifier may have learnt: counted, but said.
+    trained_on = sorted((tiny_model / "images" / "tiny" / "leopard").glob("leopard_*.jpg"))[0]
+    shutil.copy(trained_on, folder / "leopard" / "from_training.jpg")
+    env = {**os.environ, "IMGCLASS_DATA_DIR": str(tiny_model), "IMGCLASS_OFFLINE": "1", "IMGCLASS_TRACKING": "0"}
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPTS / "scoreImages.py"), str(folder), "--set", "datasetName=tiny", "--set", "run_workers=0"],
+        capture_output=True, text=True, env=env, timeout=300, cwd=ROOT,
+    )
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert ("note: zebra/ (1 image): no class of the model is named 'zebra' (its classes: dotted, leopard, striped): "
+            "scored without a label, not counted in the metrics") in proc.stdout
+    assert f"note: 1 image(s) directly in {folder}, in no class folder: scored without a label" in proc.stdout
+    # (The labelling test above may have copied more of these photos into the data set: counted by content.)
+    in_dataset = {file_hash(f) for f in (tiny_model / "images" / "tiny").rglob("*.jpg")}
+    copies = [f for c in ("dotted", "leopard", "striped") for f in (folder / c).rglob("*.jpg") if file_hash(f) in in_dataset]
+    assert folder / "leopard" / "from_training.jpg" in copies
+    assert (f"note: {len(copies)} of the 10 labelled images are in the data set already (the same file content, e.g. "
+            in proc.stdout and "the classifier may have been trained on them" in proc.stdout)
+    out = tiny_model / "results" / "tiny" / "svm"
+    rows = [line.split("\t") for line in (out / "scores_camera 2.tsv").read_text().splitlines()]
+    assert rows[0] == ["image", "true", "predicted", "dotted", "leopard", "striped"] and len(rows) == 1 + 12
+    true = {r[0]: r[1] for r in rows[1:]}
+    assert true["dotted/2024/odd.jpg"] == "dotted" and true["zebra/z.jpg"] == "" and true["loose.jpg"] == ""
+    assert true["striped/striped_0001.jpg"] == "striped"
+    # The metrics are compute_metrics' of the labelled photos' scores (as the TSV has them), nothing else.
+    classes = ["dotted", "leopard", "striped"]
+    known = [r for r in rows[1:] if r[1]]
+    scores = np.array([[float(v) for v in r[3:]] for r in known])
+    ref = compute_metrics(scores, np.array([classes.index(r[1]) for r in known]), classes)
+    metrics = json.loads((out / "metrics_camera 2.json").read_text(encoding="utf-8"))
+    assert metrics["n_labelled"] == 10 and metrics["in_dataset"] == len(copies) and metrics["not_labelled"] == {
+        "unknown_class_folders": {"zebra": 1}, "outside_class_folders": 1}
+    assert metrics["dataset"] == "tiny" and metrics["classifier"] == "svm"
+    assert metrics["confusion_matrix"] == ref["confusion_matrix"] and metrics["classes"] == classes
+    assert metrics["overall_accuracy"] == ref["overall_accuracy"]
+    assert metrics["class_averaged_accuracy"] == ref["class_averaged_accuracy"]
+    for c in classes:
+        assert metrics["per_class"][c] == pytest.approx(ref["per_class"][c], abs=1e-6)
+    assert [metrics["per_class"][c]["n"] for c in classes] == [4, 4, 2]
+    # The same table and mistakes stage 5 prints; the misfiled photo is the mistake (the model sees stripes).
+    assert format_table(metrics) in proc.stdout
+    assert true["dotted/2024/odd.jpg"] != [r for r in rows[1:] if r[0] == "dotted/2024/odd.jpg"][0][2]
+    assert format_confusions(metrics) in proc.stdout and "dotted -> striped: 1" in proc.stdout
+    for png in ("roc_camera 2.png", "confusion_camera 2.png"):
+        assert (out / png).stat().st_size > 5000
+    # The page is stage 5's kind: the mistakes first (true -> predicted), the unlabelled photos after.
+    page = (out / "scores_camera 2.html").read_text()
+    cards = re.findall(r'<div class="card (\w+)"[^>]*>.*?<small>([^<]+)</small></div>', page)
+    wrong = [name for state, name in cards if state == "err"]
+    assert "dotted/2024/odd.jpg" in wrong and len(wrong) == len(known) - sum(np.diag(metrics["confusion_matrix"]))
+    assert cards[0] == ("err", wrong[0]) and '<h3 id="s0">misclassified' in page
+    odd_card = re.search(r'<div class="card err"[^>]*>(?:(?!</div>).)*dotted/2024/odd.jpg</small>', page).group(0)
+    assert "<b>dotted &rarr; striped</b>" in odd_card
+    assert {name for state, name in cards if state == "new"} == {"zebra/z.jpg", "loose.jpg"}
+    assert "no known class, predicted" in page and "Accuracy " in page and "roc_camera%202.png" in page
+
+    # The folder sorted otherwise (no folder named after a class): scored as before, and the metrics of
+    # the earlier run removed rather than left beside scores they no longer describe.
+    for c in classes:
+        (folder / c).rename(folder / f"batch {c}")
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPTS / "scoreImages.py"), str(folder), "--set", "datasetName=tiny", "--set", "run_workers=0"],
+        capture_output=True, text=True, env=env, timeout=300, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "note: removed metrics_camera 2.json, roc_camera 2.png, confusion_camera 2.png of an earlier run" in proc.stdout
+    assert (out / "scores_camera 2.tsv").read_text().splitlines()[0].split("\t")[:2] == ["image", "predicted"]
+    assert not any((out / f).exists() for f in ("metrics_camera 2.json", "roc_camera 2.png", "confusion_camera 2.png"))
+    assert 'class="card err"' not in (out / "scores_camera 2.html").read_text()
 
 
 def test_score_images_script_runs_the_network_with_the_engine_run_engine_names(tiny_model: Path, tmp_path: Path) -> None:
