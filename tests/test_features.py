@@ -12,7 +12,7 @@ from PIL import Image
 
 from conftest import write_image
 from imgclass.backbones import create_backbone
-from imgclass.features import FeatureCache, Featurizer, Preprocess, _decoded_batches
+from imgclass.features import FeatureCache, Featurizer, FeaturizeOutOfMemoryError, Preprocess, _decoded_batches
 from imgclass.provenance import flip_average_of_stage3
 from imgclass.fileio import save_npz
 from imgclass.images import load_square
@@ -248,6 +248,49 @@ def test_running_out_of_memory_on_one_image_does_not_say_to_lower_run_mbSize_to_
     last = run.stderr.strip().splitlines()[-1]
     assert last.startswith("imgclass.features.FeaturizeOutOfMemoryError: out of memory running onnxruntime-cpu "
                            + advice), last
+
+
+# What torch 2.14's CUDA caching allocator and MPS allocator raise (texts from c10/cuda/CUDACachingAllocator.cpp
+# and aten/src/ATen/mps/MPSAllocator.mm): what failed and how much is free come first, tuning advice and a link last.
+_CUDA_OOM = ("CUDA out of memory. Tried to allocate 7.03 GiB. GPU 0 has a total capacity of 139.80 GiB of which 2.19 GiB "
+             "is free. Including non-PyTorch memory, this process has 137.60 GiB memory in use. Of the allocated memory "
+             "130.91 GiB is allocated by PyTorch, and 6.02 GiB is reserved by PyTorch but unallocated. If reserved but "
+             "unallocated memory is large try setting PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid "
+             "fragmentation.  See documentation for Memory Management  (https://docs.pytorch.org/docs/stable/notes/"
+             "cuda.html#optimizing-memory-usage-with-pytorch-cuda-alloc-conf)")
+_MPS_OOM = ("MPS backend out of memory (MPS allocated: 17.02 GB, other allocations: 1.20 MB, max allowed: 18.13 GB). "
+            "Tried to allocate 1.50 GB on private pool. Use PYTORCH_MPS_HIGH_WATERMARK_RATIO=0.0 to disable upper "
+            "limit for memory allocations (may cause system failure).")
+
+
+class _OutOfGpuMemory(torch.nn.Module):
+    """A network whose every run fails as a GPU's allocator fails (no GPU here: the same exception, raised)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__()
+        self.message = message
+        self.conv = torch.nn.Conv2d(3, 8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise torch.OutOfMemoryError(self.message)
+
+
+@pytest.mark.parametrize("message, shown", [
+    (_CUDA_OOM, "(CUDA out of memory. Tried to allocate 7.03 GiB. GPU 0 has a total capacity of 139.80 GiB of which "
+                "2.19 GiB is free. Including non-PyTorch memory, this process has 137.60 GiB memory in use.)"),
+    (_MPS_OOM, "(MPS backend out of memory (MPS allocated: 17.02 GB, other allocations: 1.20 MB, max allowed: 18.13 GB). "
+               "Tried to allocate 1.50 GB on private pool.)"),
+])
+def test_running_out_of_gpu_memory_says_how_much_was_asked_and_free(message: str, shown: str) -> None:
+    """The last 200 characters of CUDA's message are its tuning advice and link: the advice ended in
+    '(... See documentation for Memory Management (https://...))', without a word of GPU or size."""
+    fz = Featurizer(_OutOfGpuMemory(message), _spec("fixed"), batch_size=4, flip_average=False, workers=0,
+                    engine="torch", device="cpu")
+    with pytest.raises(FeaturizeOutOfMemoryError) as caught:
+        fz.featurize_arrays(np.zeros((4, RES, RES, 3), np.uint8))
+    text = str(caught.value)
+    assert "\n" not in text and text.endswith(shown), text
+    assert "lower run_mbSize (now 4; try 2)" in text
 
 
 def test_cache_hits_and_invalidation(backbone: torch.nn.Module, export_dir: Path, photos: list[Path], tmp_path: Path) -> None:

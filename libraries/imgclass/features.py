@@ -65,6 +65,15 @@ def _oom_detail(e: BaseException) -> str:
     text = " ".join(str(e).split())
     if (m := re.search(r"Failed to allocate memory.*", text)) is not None:
         return m.group(0)[:200]
+    # torch's GPU allocators say what failed first ("CUDA out of memory. Tried to allocate 7.03 GiB. GPU 0
+    # has a total capacity of ... of which ... is free.") and end with general tuning advice and a link,
+    # which alone made the last 200 characters: the head is kept, cut after a whole sentence.
+    if (m := re.search(r"(?:CUDA|MPS backend) out of memory.*", text)) is not None:
+        head = m.group(0)
+        if len(head) <= 200:
+            return head
+        cut = head.rfind(". ", 0, 200)
+        return head[:cut + 1] if cut > 0 else head[:200]
     return text[-200:]
 
 
