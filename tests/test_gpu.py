@@ -5,6 +5,7 @@ tests/test_refine.py checks same seed, same result and an exact resume on CUDA a
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -69,3 +70,23 @@ def test_features_on_cuda_match_those_of_the_cpu_engine(color_dataset: Path, tmp
     # Full float32 on the GPU: TF32 convolutions put them up to 2e-2 apart (H200, 2026-12-01).
     assert np.abs(a - b).max() < 1e-3, np.abs(a - b).max()
     assert torch.backends.cudnn.allow_tf32 == tf32  # the process-wide setting is left as it was
+
+
+def test_a_network_on_cuda_exports_to_onnx_without_being_moved_first(color_dataset: Path, tmp_path: Path) -> None:
+    """ONNX export runs on the CPU: static_padding's check run and the exporters' example inputs are
+    CPU tensors, so a network refined on CUDA (Refiner.model_) failed there with 'Input type
+    (torch.FloatTensor) and weight type (torch.cuda.FloatTensor) should be the same'."""
+    from imgclass.export import export_model
+    from imgclass.modelfile import build_model
+
+    spec = ModelSpec("efficientnet_lite0", RES, "squash", kind="refined", classes=CLASSES)
+    on_cpu = build_model(spec)
+    on_gpu = copy.deepcopy(on_cpu).cuda()
+    paths, _ = color_images(color_dataset)
+    onnx = Featurizer(on_gpu, spec, batch_size=4, engine="onnx", export_dir=tmp_path).featurize_paths(paths, progress=False)
+    plain = Featurizer(on_cpu, spec, batch_size=4, engine="onnx", export_dir=tmp_path / "cpu").featurize_paths(
+        paths, progress=False)
+    np.testing.assert_allclose(onnx.features, plain.features, atol=1e-4)
+    bundle = export_model(on_gpu, spec, tmp_path / "bundle", "dnn")
+    assert bundle.classes == CLASSES
+    assert next(on_gpu.parameters()).device.type == "cuda"  # the model given stays where it was

@@ -188,6 +188,9 @@ def static_padding(model: torch.nn.Module, resolution: int) -> torch.nn.Module:
     fold, which costs about a quarter of the network's time on a CPU. For a known input size the
     pads are constants: replacing each such convolution with a fixed ZeroPad2d + Conv2d gives the
     same numbers, faster. The model given is left as it is (training needs any input size).
+
+    The copy is on the CPU, wherever `model` is: both callers export it for ONNX Runtime on a CPU with
+    CPU inputs, and a network refined on a GPU (Refiner.model_) lives there.
     """
     import copy
     import math
@@ -195,7 +198,7 @@ def static_padding(model: torch.nn.Module, resolution: int) -> torch.nn.Module:
     import torch
     from timm.layers import Conv2dSame
 
-    model = copy.deepcopy(model).eval()
+    model = copy.deepcopy(model).cpu().eval()
     sizes: dict[str, tuple[int, int]] = {}
     hooks = [
         module.register_forward_hook(lambda m, inp, out, name=name: sizes.__setitem__(name, tuple(inp[0].shape[-2:])))
