@@ -225,9 +225,11 @@ def test_a_training_file_gone_before_the_refit_costs_the_refit_its_stage_3_pixel
 
 # On a GPU too (bfloat16, augmentation there, dropout drawing from the GPU's generator); CI has none.
 CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU"))
+# Apple's GPU: float32 there, and dropout draws from the MPS generator, which the checkpoint keeps too.
+MPS = pytest.param("mps", marks=pytest.mark.skipif(not torch.backends.mps.is_available(), reason="no Apple GPU (MPS)"))
 
 
-@pytest.mark.parametrize("device", ["cpu", CUDA])
+@pytest.mark.parametrize("device", ["cpu", CUDA, MPS])
 def test_same_seed_same_result_and_resume_continues_exactly(color_dataset: Path, tmp_path: Path, device: str) -> None:
     straight = _fit(color_dataset, device=device)
     again = _fit(color_dataset, device=device)

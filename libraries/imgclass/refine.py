@@ -555,6 +555,8 @@ class Refiner:
             "torch_rng": torch.get_rng_state(),
             # Dropout on a GPU draws from the device's generator: resume must continue it too.
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            # ... and on Apple's GPU from the MPS generator (torch.manual_seed seeds it; nothing else restores it).
+            **({"mps_rng": torch.mps.get_rng_state()} if self.device.type == "mps" else {}),
             "history_json": json.dumps(history.to_json()),
             # What collapse_note judges the refined features by: the fit came before the first epoch.
             "initial_fit_error_json": json.dumps(self.initial_fit_error_),
@@ -626,6 +628,8 @@ class Refiner:
         torch.set_rng_state(payload["torch_rng"])
         if self.device.type == "cuda" and payload.get("cuda_rng"):
             torch.cuda.set_rng_state_all(payload["cuda_rng"])
+        if self.device.type == "mps" and "mps_rng" in payload:
+            torch.mps.set_rng_state(payload["mps_rng"])
         epochs = json.loads(payload.get("average_epochs_json", "[]"))
         if epochs and all(self.config.averages(e - 1) for e in epochs):
             # Loaded onto the CPU; the running mean is updated where the model is (CUDA, MPS).
