@@ -209,7 +209,10 @@ class _TorchEngine:
 
     @torch.inference_mode()
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, non_blocking=True)
+        # Not non_blocking on MPS: a non-blocking copy from pageable CPU memory there can read the source
+        # after it is freed and silently corrupt the input (pytorch/pytorch#139550, #189690, open); the
+        # np.ascontiguousarray copy of a strided batch is freed as soon as .to() returns.
+        x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, non_blocking=self.device.type == "cuda")
         # Full float32 on a GPU too: with cuDNN's default TF32 convolutions Lite0's features lay up to
         # 2e-2 from the CPU engine's (1e-5 in float32; H200, 2026-12-01), and an SVM trained on one
         # device's features is served on another's (a bundle runs ONNX Runtime on a CPU).
