@@ -925,3 +925,19 @@ def test_a_refinement_running_in_another_shell_is_not_called_interrupted(tmp_pat
     assert "holds an interrupted refinement" in (pending_refinement_note(proc_dir, "model_refined.pt") or "")
     (proc_dir / "refine_checkpoint.pt").unlink()
     assert pending_refinement_note(proc_dir, "model_refined.pt") is None
+
+
+def test_features_for_the_last_layer_are_full_float32_where_training_runs_in_bfloat16(color_dataset: Path) -> None:
+    """On a CUDA GPU training runs in bfloat16 autocast; the features the last layer is fitted on
+    (and selectClassifier.py's SVMs) were computed so too, while stage 3 computes the features it is
+    used on in float32 (bf16 keeps about 3 significant digits). bf16 autocast is forced here on the CPU, which
+    has it too: the features must be those of float32."""
+    paths, _ = color_images(color_dataset)
+    exact = Refiner(_config(), CLASSES, device="cpu", progress=False)
+    model, _ = exact._build()
+    cache = decode_images(paths[:6], exact.config.cache_size, exact.config.resize_mode, workers=0, progress=False)
+    want = exact.features(model.backbone, cache)
+    mixed = Refiner(_config(), CLASSES, device="cpu", progress=False, mixed_precision=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # what the bf16 path gave: features far from float32's
+        assert not torch.allclose(model.backbone(next(mixed._plain_batches(cache, 6))).float(), want, atol=1e-3)
+    torch.testing.assert_close(mixed.features(model.backbone, cache), want, rtol=0, atol=0)

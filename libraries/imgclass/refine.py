@@ -949,18 +949,23 @@ class Refiner:
     def features(self, backbone: torch.nn.Module, cache: torch.Tensor, flip: bool = False,
                  batch_size: int | None = None) -> torch.Tensor:
         """Penultimate features (float32, on the device) of cached uint8 images, un-augmented: resized
-        to the input resolution, eval mode; with `flip`, averaged with the mirror image's."""
+        to the input resolution, eval mode; with `flip`, averaged with the mirror image's.
+
+        Computed in full float32 even where training runs in bfloat16 autocast (a CUDA GPU), with
+        cuDNN's TF32 off, as stage 3's features are (features.Featurizer): the last layer fitted on
+        these (rf_boRefitLastLayer) and the SVMs of selectClassifier.py are then used on stage 3's
+        features (bfloat16 keeps about 3 significant digits). One pass without gradients: cheap beside training."""
         backbone.eval()
         feats = []
         batch_size = batch_size or self._eval_batch
         batches = progress_bar(self._plain_batches(cache, batch_size), total=-(-len(cache) // batch_size), unit="batch",
                                desc="features of the training images", leave=False, disable=not self.progress)
-        for x in batches:
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.mixed_precision):
+        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, allow_tf32=False):
+            for x in batches:
                 f = backbone(x).float()
                 if flip:
                     f = (f + backbone(x.flip(3)).float()) / 2
-            feats.append(f)
+                feats.append(f)
         return torch.cat(feats)
 
     def fit_last_layer(self, model: ImageClassifier, cache: torch.Tensor, labels: torch.Tensor,
