@@ -883,11 +883,12 @@ class Refiner:
         n_seen, loss_sum, wrong = 0, 0.0, 0
         bar = progress_bar(batches, desc=f"epoch {epoch + 1}/{c.max_epochs}", unit="batch", disable=not self.progress, leave=False)
         for idx in bar:
-            # Augmented where the network runs: a GPU would otherwise wait for the CPU to warp and
-            # colour every minibatch. The random draws stay on the CPU generator: same seed, same crops.
-            x = self._normalize(augment(cache[rows[idx]].to(self.device), gen))
-            y = labels[idx].to(self.device)
             try:
+                # Augmented where the network runs: a GPU would otherwise wait for the CPU to warp and
+                # colour every minibatch. The random draws stay on the CPU generator: same seed, same
+                # crops. (Inside the try: out of memory here is the minibatch's too.)
+                x = self._normalize(augment(cache[rows[idx]].to(self.device), gen))
+                y = labels[idx].to(self.device)
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.mixed_precision):
                     if c.freeze_weights:
                         with torch.no_grad():
