@@ -941,3 +941,19 @@ def test_features_for_the_last_layer_are_full_float32_where_training_runs_in_bfl
     with torch.autocast("cpu", dtype=torch.bfloat16):  # what the bf16 path gave: features far from float32's
         assert not torch.allclose(model.backbone(next(mixed._plain_batches(cache, 6))).float(), want, atol=1e-3)
     torch.testing.assert_close(mixed.features(model.backbone, cache), want, rtol=0, atol=0)
+
+
+def test_out_of_memory_computing_features_after_fitting_is_advice(color_dataset: Path) -> None:
+    """selectClassifier.py computes the held-out images' features after fit() returns: an out-of-memory
+    error there ended in a traceback (fit() alone turned it into advice). A network whose forward
+    asks the allocator for more than any machine has raises torch's real error."""
+
+    class Greedy(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.empty(2 ** 50, dtype=torch.uint8)
+
+    r = Refiner(_config(), CLASSES, device="cpu", progress=False)
+    paths, _ = color_images(color_dataset)
+    cache = decode_images(paths[:4], r.config.cache_size, r.config.resize_mode, workers=0, progress=False)
+    with pytest.raises(RefineOutOfMemoryError, match=r"computing the features of 4 images \(in batches of 12 images"):
+        r.features(Greedy(), cache)

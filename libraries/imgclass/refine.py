@@ -961,13 +961,20 @@ class Refiner:
         batch_size = batch_size or self._eval_batch
         batches = progress_bar(self._plain_batches(cache, batch_size), total=-(-len(cache) // batch_size), unit="batch",
                                desc="features of the training images", leave=False, disable=not self.progress)
-        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, allow_tf32=False):
-            for x in batches:
-                f = backbone(x).float()
-                if flip:
-                    f = (f + backbone(x.flip(3)).float()) / 2
-                feats.append(f)
-        return torch.cat(feats)
+        try:
+            with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, allow_tf32=False):
+                for x in batches:
+                    f = backbone(x).float()
+                    if flip:
+                        f = (f + backbone(x.flip(3)).float()) / 2
+                    feats.append(f)
+            return torch.cat(feats)
+        except RuntimeError as e:  # here, not only in fit(): selectClassifier.py calls this after fitting
+            advice = _oom(e, f"computing the features of {len(cache)} images (in batches of {batch_size} images, "
+                             "twice rf_mbSize)")
+            if advice is e:
+                raise
+            raise advice from e
 
     def fit_last_layer(self, model: ImageClassifier, cache: torch.Tensor, labels: torch.Tensor,
                        l2: float = 1e-3, what: str = "the pretrained features",
