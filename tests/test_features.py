@@ -12,7 +12,7 @@ from PIL import Image
 
 from conftest import write_image
 from imgclass.backbones import create_backbone
-from imgclass.features import FeatureCache, Featurizer, FeaturizeOutOfMemoryError, Preprocess, _decoded_batches
+from imgclass.features import FeatureCache, Featurizer, FeaturizeOutOfMemoryError, Preprocess, _decoded_batches, is_out_of_memory
 from imgclass.provenance import flip_average_of_stage3
 from imgclass.fileio import save_npz
 from imgclass.images import load_square
@@ -463,3 +463,17 @@ def test_mirror_averaging_of_classes_a_mirror_changes_is_noted() -> None:
     assert mirror_note(flip_average=True, train_flips=True) is None
     note = mirror_note(flip_average=True, train_flips=False)
     assert note is not None and "set run_boFlipAverage = False" in note and "aug_boHorizontalFlip = False" in note
+
+
+def test_a_crash_reading_memory_is_not_taken_for_a_lack_of_it() -> None:
+    """Errors are told apart by their words ("memory" among them): CUDA's "illegal memory access" (a
+    crash) was answered with advice to lower run_mbSize. Real allocation failures still are."""
+    assert not is_out_of_memory(RuntimeError("CUDA error: an illegal memory access was encountered"))
+    try:
+        torch.empty(2 ** 50, dtype=torch.uint8)  # torch's own error when the allocator refuses
+    except RuntimeError as e:
+        assert is_out_of_memory(e), e
+    else:
+        pytest.fail("an allocation of a petabyte succeeded")
+    assert is_out_of_memory(RuntimeError("CUDA out of memory. Tried to allocate 7.03 GiB. GPU 0 has a total "
+                                         "capacity of 79.1 GiB of which 1.2 GiB is free."))

@@ -55,8 +55,11 @@ _OOM_WORDS = ("memory", "unable to mmap", "could not create a primitive")
 
 def is_out_of_memory(e: BaseException) -> bool:
     """Whether an exception of torch or ONNX Runtime says that an allocation failed."""
+    text = str(e).lower()
+    # "CUDA error: an illegal memory access was encountered" is a crash, not a lack of memory: advice
+    # to lower the batch size would send the user the wrong way.
     return (isinstance(e, (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError)))
-            or any(w in str(e).lower() for w in _OOM_WORDS))
+            or (any(w in text for w in _OOM_WORDS) and "illegal memory access" not in text))
 
 
 def _oom_detail(e: BaseException) -> str:
