@@ -86,6 +86,11 @@ def main() -> int:
               "the classifier on its class folders, give the test folder itself")
     # The metrics' files, beside the TSV: metrics_<folder>.json for scores_<folder>.tsv, metrics_X.json for --out X.tsv.
     tag = out.stem.removeprefix("scores_") or out.stem
+    if tag.casefold() == "train":
+        # metrics_train.json, roc_train.png, confusion_train.png are stage 5 --on train's, in the same
+        # results folder (a case-blind file system reads Train as train): a folder named train/ would
+        # overwrite them, or delete them as an earlier run's when scored unlabelled.
+        tag = f"scores_{tag}"
     evaluated = {kind: out.with_name(f"{kind}_{tag}{ext}")
                  for kind, ext in (("metrics", ".json"), ("roc", ".png"), ("confusion", ".png"))}
     # Written last, removed first (as stage 5's metrics.json): an interrupted run, or a run on the folder

@@ -542,6 +542,40 @@ def test_score_images_script_evaluates_a_folder_laid_out_by_class(tiny_model: Pa
     assert 'class="card err"' not in (out / "scores_camera 2.html").read_text()
 
 
+def test_score_images_on_a_folder_named_train_leaves_stage_5s_train_metrics_alone(tiny_model: Path, tmp_path: Path) -> None:
+    """A folder named train/ (a split made in advance) gave metrics_train.json, roc_train.png and
+    confusion_train.png beside the TSV: stage 5 --on train's files in the same results folder. Scored
+    unlabelled, the run deleted them as 'of an earlier run'; evaluated, it overwrote them."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_model, data, ignore=shutil.ignore_patterns("featcache", "results"))
+    results = data / "results" / "tiny" / "svm"
+    results.mkdir(parents=True)
+    stage5 = {f"{kind}_train{ext}": f"stage 5 --on train {kind}".encode()
+              for kind, ext in (("metrics", ".json"), ("roc", ".png"), ("confusion", ".png"))}
+    for name, content in stage5.items():
+        (results / name).write_bytes(content)
+    env = {**os.environ, "IMGCLASS_DATA_DIR": str(data), "IMGCLASS_OFFLINE": "1", "IMGCLASS_TRACKING": "0"}
+    unlabelled = tmp_path / "batch" / "train"
+    shutil.copytree(data / "unlabelled", unlabelled)
+    labelled = tmp_path / "split" / "Train"
+    for c in ("dotted", "striped"):
+        shutil.copytree(data / "images" / "tiny" / c, labelled / c)
+    for folder in (unlabelled, labelled):
+        proc = subprocess.run(
+            [sys.executable, str(SCRIPTS / "scoreImages.py"), str(folder), "--set", "datasetName=tiny",
+             "--set", "run_workers=0"],
+            capture_output=True, text=True, env=env, timeout=300, cwd=ROOT,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert "removed metrics_train.json" not in proc.stdout, proc.stdout
+        for name, content in stage5.items():
+            assert (results / name).read_bytes() == content, (folder, name)
+    # The labelled folder's own metrics are written, under a name of their own.
+    metrics = json.loads((results / "metrics_scores_Train.json").read_text(encoding="utf-8"))
+    n = sum(1 for c in ("dotted", "striped") for _ in list_images(labelled / c))
+    assert metrics["n_labelled"] == n and (results / "roc_scores_Train.png").stat().st_size > 5000
+
+
 def test_score_images_script_runs_the_network_with_the_engine_run_engine_names(tiny_model: Path, tmp_path: Path) -> None:
     """run_engine = "torch": PyTorch runs the network (no ONNX export is written), with the same scores."""
     data = tmp_path / "data"
