@@ -16,6 +16,7 @@ without a label, as are images directly in the folder: they are not counted in t
 """
 
 import datetime
+import unicodedata
 from collections import Counter
 from pathlib import Path
 
@@ -164,7 +165,8 @@ def describe_labels(truth: FolderLabels, folder: Path, classes: list[str]) -> No
     """Say which images have no true class, and why: a class folder the model does not know (it never
     learnt the class, or the name differs), or no class folder at all."""
     for sub, n in truth.unknown.items():
-        alike = [c for c in classes if c.casefold() == sub.casefold()]
+        folded = unicodedata.normalize("NFC", sub).casefold()  # as folder_labels compares: one Unicode form
+        alike = [c for c in classes if unicodedata.normalize("NFC", c).casefold() == folded]
         print(f"note: {sub}/ ({n} image{'' if n == 1 else 's'}): no class of the model is named {sub!r}"
               + (f" (it has {alike[0]!r}: names must match exactly)" if alike else f" (its classes: {first_few(classes, 10)})")
               + ": scored without a label, not counted in the metrics")

@@ -7,8 +7,8 @@ import pytest
 
 from conftest import run_script, write_image
 from imgclass.data import (
-    DatasetError, Split, balance_notes, check_disjoint, balancing_off, class_counts, exact_duplicates_across, list_images, load_split, make_split,
-    save_split,
+    DatasetError, Split, balance_notes, check_disjoint, balancing_off, class_counts, exact_duplicates_across, folder_labels,
+    list_images, load_split, make_split, save_split,
 )
 
 
@@ -935,3 +935,20 @@ def test_a_single_image_on_both_sides_is_refused() -> None:
     split = Split(["a"], [("a/1.jpg", 0), ("a/2.jpg", 0)], [("a/2.jpg", 0)])
     with pytest.raises(DatasetError, match="share 1 image.*a/2.jpg"):
         check_disjoint(split)
+
+
+def test_folder_labels_takes_a_class_folder_in_the_other_unicode_form_for_its_class(tmp_path: Path) -> None:
+    """scoreImages.py on a folder copied from a Mac, whose class folder "rayé" is decomposed (e and a
+    combining accent), against a model whose class "rayé" is composed: it looked like the class and was
+    called a class the model does not know, its images scored without a label."""
+    composed, decomposed = "ray\u00e9", "raye\u0301"
+    for name in (decomposed, "dotted", "zebra"):
+        (tmp_path / name).mkdir()
+    paths = [f"{decomposed}/a.jpg", "dotted/b.jpg", "zebra/c.jpg", "loose.jpg"]
+    truth = folder_labels(tmp_path, paths, ["dotted", composed])
+    assert truth is not None and truth.labels == [1, 0, -1, -1]
+    assert truth.unknown == {"zebra": 1} and truth.outside == 1 and truth.n_labelled == 2
+    # The only class folder in the other form: still a labelled folder, not an unlabelled one.
+    only = tmp_path / "only"
+    (only / decomposed).mkdir(parents=True)
+    assert folder_labels(only, [f"{decomposed}/a.jpg"], ["dotted", composed]).labels == [1]

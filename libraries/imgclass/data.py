@@ -21,6 +21,7 @@ results of runs weeks apart stay comparable. `make_split(previous=None)` splits 
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import os
 import random
@@ -1161,15 +1162,19 @@ def folder_labels(folder: str | Path, paths: Sequence[str], classes: Sequence[st
     folder is (an unlabelled folder: the folders are batches, dates, cameras). A class folder named
     after no class of `classes` (a class the model never learnt, or a typo) gives no label, and is
     counted in `unknown`, so that the caller can name it: guessing a class from it would be wrong."""
+    # Compared in one Unicode form: a folder "rayé" copied from a Mac (decomposed, e + accent) is the
+    # class "rayé" of a model trained on Linux (composed); the two look the same, and the folder was
+    # called a class the model does not know.
+    nfc = functools.partial(unicodedata.normalize, "NFC")
     dirs = set(list_class_dirs(Path(folder)))
-    index = {c: i for i, c in enumerate(classes)}
-    if not dirs & index.keys():
+    index = {nfc(c): i for i, c in enumerate(classes)}
+    if not {nfc(d) for d in dirs} & index.keys():
         return None
     out = FolderLabels([])
     for rel in paths:
         first, _, rest = rel.partition("/")
-        if rest and first in index:
-            out.labels.append(index[first])
+        if rest and nfc(first) in index:
+            out.labels.append(index[nfc(first)])
             continue
         out.labels.append(-1)
         if rest and first in dirs:
