@@ -825,6 +825,33 @@ def test_one_url_spelt_another_way_in_the_next_run_is_the_file_on_disk(server: S
     assert sorted(rows) == sorted([[typed, "cat", f"cat/{_stem(typed)}.jpg"], [encoded, "cat", f"cat/{_stem(typed)}.jpg"]])
 
 
+def test_a_url_spelt_otherwise_keeps_the_record_of_its_other_spelling(server: Server, tmp_path: Path) -> None:
+    """The manifest's record of a URL fetched under another spelling counts as the URL's: a label changed
+    in the list moves the file (it was left in the old class as 'unsure', and the next run then took it
+    for a file moved there by hand, so the list's label was lost for good), and a photo deleted by hand
+    is not fetched back."""
+    typed, encoded = server.url("/café photo.jpg"), server.url("/caf%C3%A9%20photo.jpg")
+    assert download_images([("cat", typed)], tmp_path, retries=0, timeout=5, progress=False).ok == 1
+    report = download_images([("dog", encoded)], tmp_path, retries=0, timeout=5, progress=False)
+    assert report.moved == [(encoded, "cat", "dog")] and report.unsure == []
+    assert _files(tmp_path) == {"dog": [f"{_stem(typed)}.jpg"]}
+    report = download_images([("dog", encoded)], tmp_path, retries=0, timeout=5, progress=False)
+    assert (report.skipped_existing, report.left_by_hand, report.unsure) == (1, [], [])
+    # Both spellings' lines say the label now: moved to bird by hand, the file stays there when the
+    # list goes back to the first spelling (a stale 'cat' under it read as a label changed in the list).
+    rows = [line.split("\t") for line in (tmp_path / dl.MANIFEST_FILE).read_text(encoding="utf-8").splitlines()[1:]]
+    assert sorted(r[:2] for r in rows) == sorted([[typed, "dog"], [encoded, "dog"]])
+    (tmp_path / "bird").mkdir()
+    (tmp_path / "dog" / f"{_stem(typed)}.jpg").rename(tmp_path / "bird" / f"{_stem(typed)}.jpg")
+    report = download_images([("dog", typed)], tmp_path, retries=0, timeout=5, progress=False)
+    assert report.left_by_hand == [(typed, "bird", "dog")] and report.moved == []
+    (tmp_path / "bird" / f"{_stem(typed)}.jpg").rename(tmp_path / "dog" / f"{_stem(typed)}.jpg")
+    # Deleted by hand (a bad photo): not fetched again under either spelling.
+    (tmp_path / "dog" / f"{_stem(typed)}.jpg").unlink()
+    report = download_images([("dog", typed)], tmp_path, retries=0, timeout=5, progress=False)
+    assert report.ok == 0 and report.deleted == [typed] and server.hits["/caf%C3%A9%20photo.jpg"] == 1
+
+
 def test_invalid_urls_are_not_retried(
     server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

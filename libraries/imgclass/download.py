@@ -945,6 +945,10 @@ def download_images(
             continue
         stems = _stems(url, spellings)
         files = [f for stem in stems for f in existing.get(stem, [])]
+        # The label an earlier run fetched it under, whichever spelling it was listed by then: under
+        # another spelling a changed label was left as "unsure" (and the next run took the file for
+        # one moved by hand, so the list's label was lost), and a photo deleted by hand was fetched back.
+        recorded = next((manifest[u] for u in (url, *spellings.get(_request_url(url), ())) if u in manifest), None)
         if url in ambiguous:  # not fetched; a file of an earlier run stays where it is
             reasons[i] = (f"listed under {len(ambiguous[url])} labels ({', '.join(ambiguous[url])}): not fetched, since "
                           "an image can be of one class only; keep the line with the right label")
@@ -958,7 +962,7 @@ def download_images(
             inside = os.path.realpath(files[0]).startswith(real_out + os.sep)  # not in a folder linked in
             if here:
                 report.per_class[label] += 1
-            elif url in manifest and manifest[url] != label and inside:
+            elif recorded is not None and recorded != label and inside:
                 # The URL's label changed in the list since the run that downloaded it: follow it.
                 old = files.pop(0)
                 target = out_dir / label / old.name
@@ -969,7 +973,7 @@ def download_images(
                 renamed.append((old.relative_to(out_dir).as_posix(), target.relative_to(out_dir).as_posix(), label))
                 report.per_class[label] += 1
                 log.info("%s: label now %r, moved %s to %s/", url, label, old.relative_to(out_dir), label)
-            elif url in manifest and inside:
+            elif recorded is not None and inside:
                 # The list still says what it said, but the file is in another class folder: the user
                 # moved it there to fix its label. The folder wins.
                 report.left_by_hand.append((url, _label_of(files[0], out_dir), label))
@@ -985,8 +989,12 @@ def download_images(
                     log.warning("%s is listed as %r but also in %s: the same image in two classes; "
                                 "delete that copy", url, label, other.relative_to(out_dir))
             report.skipped_existing += 1
-            manifest[url] = label
-        elif url in manifest:
+            # Every spelling's record of the one file (the manifest has a line for each): a stale label
+            # under the other spelling would read, in a later run listing that one, as a label changed.
+            for u in {url, *spellings.get(_request_url(url), ())}:
+                if u == url or u in manifest:
+                    manifest[u] = label
+        elif recorded is not None:
             report.deleted.append(url)  # fetched by an earlier run, deleted by hand since: not again
         elif _clean(url) in gone:
             reasons[i] = gone[_clean(url)]
