@@ -72,7 +72,7 @@ def main() -> int:
     # The images the last run hashed and that have not changed since: neither checked nor hashed again.
     hash_cache = HashCache(p.proc_dir / HASH_CACHE_FILE)
     unchanged = hash_cache.unchanged(p.images_dir)
-    stats = {rel: hash_cache.entries[rel][:2] for rel in unchanged}
+    stats = {rel: hash_cache.entries[rel][0] for rel in unchanged}
     fresh: dict[str, MirroredHash] = {}
 
     def check_and_hash(paths: Sequence[Path], progress: bool) -> list[str | None]:

@@ -816,3 +816,27 @@ def test_stage1_rerun_does_not_decode_a_file_whose_size_and_time_are_unchanged(o
     os.utime(victim)  # now changed
     out = run_script("1_prepareData.py", *args, data_dir=tmp_path).stdout
     assert "left out: dotted/dotted_0002.jpg: not an image" in out, out
+
+
+def test_the_hash_cache_tells_apart_two_photos_of_one_size_and_time_that_swapped_paths(tmp_path: Path) -> None:
+    """Two photos of one size and modification time (one archive, BMPs of one shape) swapped class
+    folders: size and time alone took both for unchanged, and each path kept the other's dhash, so
+    the leakage check compared the wrong pictures. The inode tells them apart."""
+    from imgclass.dedup import HashCache, path_stats
+
+    rels = ["cat/1.bmp", "dog/1.bmp"]
+    for rel, colour in zip(rels, ((200, 20, 20), (20, 20, 200))):
+        (tmp_path / rel).parent.mkdir()
+        img = Image.new("RGB", (64, 48), colour)
+        img.paste((255, 255, 255), (0, 0, 20 if colour[0] > 100 else 44, 48))  # not one flat colour: distinct dhashes
+        img.save(tmp_path / rel)
+        os.utime(tmp_path / rel, ns=(1_700_000_000_000_000_000,) * 2)
+    hashes = {rel: mirrored_hash(tmp_path / rel) for rel in rels}
+    assert hashes[rels[0]] != hashes[rels[1]]
+    HashCache(tmp_path / "h.json").save(hashes, path_stats(tmp_path, rels))
+    assert HashCache(tmp_path / "h.json").unchanged(tmp_path) == hashes  # untouched: all reused
+    (tmp_path / rels[0]).rename(tmp_path / "swap.bmp")
+    (tmp_path / rels[1]).rename(tmp_path / rels[0])
+    (tmp_path / "swap.bmp").rename(tmp_path / rels[1])
+    assert path_stats(tmp_path, rels)[rels[0]][:2] == path_stats(tmp_path, rels)[rels[1]][:2]  # same size and time
+    assert HashCache(tmp_path / "h.json").unchanged(tmp_path) == {}  # both hashed again

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -477,3 +478,33 @@ def test_a_crash_reading_memory_is_not_taken_for_a_lack_of_it() -> None:
         pytest.fail("an allocation of a petabyte succeeded")
     assert is_out_of_memory(RuntimeError("CUDA out of memory. Tried to allocate 7.03 GiB. GPU 0 has a total "
                                          "capacity of 79.1 GiB of which 1.2 GiB is free."))
+
+
+def test_the_cache_tells_apart_two_photos_of_one_size_and_time_that_swapped_paths(tmp_path: Path) -> None:
+    """Unpacked from one archive (one modification time) and of one size (BMPs of one shape), two
+    photos swapped paths between class folders: size and time alone took both for unchanged, and
+    each path kept the other photo's content hash, so its features. The inode tells them apart; an
+    unchanged file is still not read again."""
+    from types import SimpleNamespace
+
+    a, b = tmp_path / "cat" / "1.bmp", tmp_path / "dog" / "1.bmp"
+    for path, colour in ((a, (200, 20, 20)), (b, (20, 20, 200))):
+        path.parent.mkdir()
+        Image.new("RGB", (40, 30), colour).save(path)
+        os.utime(path, ns=(1_700_000_000_000_000_000,) * 2)
+    assert a.stat().st_size == b.stat().st_size
+    model_file = tmp_path / "model_fixed.pt"
+    model_file.write_bytes(b"weights")
+    cache = FeatureCache(tmp_path / "featcache", model_file, _spec("fixed"), False)
+    keys = [cache.file_key(a), cache.file_key(b)]
+    cache.update(keys, SimpleNamespace(features=np.zeros((2, 4), np.float32), probs=None))  # type: ignore[arg-type]
+    swap = tmp_path / "swap.bmp"
+    a.rename(swap), b.rename(a), swap.rename(b)
+    assert (a.stat().st_size, a.stat().st_mtime_ns) == (b.stat().st_size, b.stat().st_mtime_ns)  # alike as before
+    again = FeatureCache(tmp_path / "featcache", model_file, _spec("fixed"), False)
+    assert [again.file_key(a), again.file_key(b)] == keys[::-1]
+    again.update(keys[::-1], SimpleNamespace(features=np.zeros((2, 4), np.float32), probs=None))  # type: ignore[arg-type]
+    # A file left where it is since is not read again: its recorded hash comes back as recorded.
+    stays = FeatureCache(tmp_path / "featcache", model_file, _spec("fixed"), False)
+    stays._stats[str(a.resolve())] = (stays._stats[str(a.resolve())][0], "recorded")
+    assert stays.file_key(a) == "recorded"

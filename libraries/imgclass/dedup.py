@@ -20,7 +20,6 @@ place unless asked: which label is right is a question for a person, not for the
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -36,7 +35,7 @@ from PIL import ImageOps
 
 from imgclass.annotations import EXCLUDE, read_fixes
 from imgclass.data import DUPLICATES_FOLDER, Split, check_disjoint, find_split_folders, list_folder_images
-from imgclass.fileio import DamagedFileError, atomic_open, read_json, write_json, write_tsv
+from imgclass.fileio import DamagedFileError, atomic_open, file_stamp, read_json, write_json, write_tsv
 from imgclass.images import DECODE_VERSION, ImageDecodeError, header_size, load_rgb
 from imgclass.progress import progress_bar
 
@@ -91,60 +90,56 @@ HASH_CACHE_FILE = "image_hashes.json"  # in proc/<dataset>/: stage 1's dhashes, 
 
 class HashCache:
     """The mirrored dhashes of a data set's images from stage 1's last run, each with the file's
-    (size, mtime_ns) when it was read, kept in proc/<dataset>/image_hashes.json. A rerun of stage 1
+    (size, mtime_ns, inode) when it was read (fileio.file_stamp), kept in proc/<dataset>/image_hashes.json. A rerun of stage 1
     (every time a photo is added) otherwise decoded every image twice more, to check that it decodes
     and to hash it: 3000 camera photos took 35 CPU seconds on each run. A file whose size and
-    modification time are those recorded is taken as unchanged (as the feature cache does), so its
+    modification time and inode are those recorded is taken as unchanged (as the feature cache does), so its
     hash is reused and it is known to decode. The file is tied to the decoder's version and the hash
     size: a change of either starts it afresh. It is a cache: one that cannot be read is ignored."""
 
-    VERSION = f"{DECODE_VERSION}|dhash{HASH_SIZE}"
+    VERSION = f"{DECODE_VERSION}|dhash{HASH_SIZE}|inode"
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.entries: dict[str, tuple[int, int, str, str]] = {}
+        self.entries: dict[str, tuple[tuple[int, int, int], str, str]] = {}  # rel -> (file_stamp, plain, mirror)
         try:
             d = read_json(self.path)
             if isinstance(d, dict) and d.get("version") == self.VERSION:
-                self.entries = {str(k): (int(v[0]), int(v[1]), str(v[2]), str(v[3]))
+                self.entries = {str(k): ((int(v[0]), int(v[1]), int(v[2])), str(v[3]), str(v[4]))
                                 for k, v in d["images"].items()}
         except (OSError, DamagedFileError, KeyError, TypeError, ValueError, IndexError, AttributeError):
             self.entries = {}  # missing or damaged: every image is hashed again
 
     def unchanged(self, images_dir: str | Path) -> dict[str, MirroredHash]:
-        """{path relative to `images_dir`: its hashes} for the files recorded whose size and
-        modification time are still those recorded."""
+        """{path relative to `images_dir`: its hashes} for the files recorded whose size, modification
+        time and inode are still those recorded."""
         out = {}
-        for rel, (size, mtime_ns, plain, mirror) in self.entries.items():
+        for rel, (stamp, plain, mirror) in self.entries.items():
             try:
-                st = os.stat(Path(images_dir) / rel)
-            except OSError:
-                continue
-            if (st.st_size, st.st_mtime_ns) == (size, mtime_ns):
-                try:
-                    out[rel] = MirroredHash(imagehash.hex_to_hash(plain), imagehash.hex_to_hash(mirror))
-                except ValueError:  # a damaged entry: hashed again
+                if file_stamp(Path(images_dir) / rel) != stamp:
                     continue
+                out[rel] = MirroredHash(imagehash.hex_to_hash(plain), imagehash.hex_to_hash(mirror))
+            except (OSError, ValueError):  # gone, or a damaged entry: hashed again
+                continue
         return out
 
-    def save(self, hashes: Mapping[str, MirroredHash], stats: Mapping[str, tuple[int, int]]) -> Path:
-        """Record `hashes` (path relative to the data set folder: hashes), each with the (size,
-        mtime_ns) its file had before it was read (`stats`; a file without one is left out), in place
-        of what was recorded (images gone since are dropped); written atomically."""
+    def save(self, hashes: Mapping[str, MirroredHash], stats: Mapping[str, tuple[int, int, int]]) -> Path:
+        """Record `hashes` (path relative to the data set folder: hashes), each with the file_stamp its
+        file had before it was read (`stats`; a file without one is left out), in place of what was
+        recorded (images gone since are dropped); written atomically."""
         images = {rel: [*stats[rel], str(h.plain), str(h.mirror)] for rel, h in sorted(hashes.items()) if rel in stats}
-        self.entries = {rel: tuple(v) for rel, v in images.items()}
+        self.entries = {rel: ((v[0], v[1], v[2]), v[3], v[4]) for rel, v in images.items()}
         return write_json(self.path, {"version": self.VERSION, "images": images})
 
 
-def path_stats(images_dir: str | Path, rels: Iterable[str]) -> dict[str, tuple[int, int]]:
-    """{rel: (size, mtime_ns)} of the files that can be read (what HashCache.save records)."""
+def path_stats(images_dir: str | Path, rels: Iterable[str]) -> dict[str, tuple[int, int, int]]:
+    """{rel: fileio.file_stamp} of the files that can be read (what HashCache.save records)."""
     out = {}
     for rel in rels:
         try:
-            st = os.stat(Path(images_dir) / rel)
+            out[rel] = file_stamp(Path(images_dir) / rel)
         except OSError:
             continue
-        out[rel] = (st.st_size, st.st_mtime_ns)
     return out
 
 

@@ -38,7 +38,7 @@ import torch
 
 from imgclass.backbones import static_padding
 from imgclass.cpus import OutOfMemoryAdvice, usable_cpus
-from imgclass.fileio import atomic_path, load_npz, save_npz
+from imgclass.fileio import atomic_path, file_stamp, load_npz, save_npz
 from imgclass.images import DECODE_VERSION, load_square
 from imgclass.modelfile import ImageClassifier, ModelSpec
 from imgclass.progress import progress_bar
@@ -453,7 +453,7 @@ class FeatureCache:
                   "decode": DECODE_VERSION}  # features of images decoded otherwise are stale
         self.key = hashlib.sha256(repr(sorted(config.items())).encode()).hexdigest()[:16]
         self.path = self.folder / f"features_{spec.kind}_{self.key}.npz"
-        self._stats: dict[str, tuple[int, int, str]] = {}  # path -> (size, mtime_ns, content hash)
+        self._stats: dict[str, tuple[tuple[int, int, int], str]] = {}  # path -> (fileio.file_stamp, content hash)
         self._rows: dict[str, int] = {}
         self._data: dict[str, np.ndarray] = {}
         self.hits = 0
@@ -462,21 +462,26 @@ class FeatureCache:
             try:
                 self._data = load_npz(self.path)
                 self._rows = {k: i for i, k in enumerate(self._data["keys"].tolist())}
-                for p, size, mtime, key in zip(self._data["stat_paths"].tolist(), self._data["stat_sizes"].tolist(),
-                                               self._data["stat_mtimes"].tolist(), self._data["stat_keys"].tolist()):
-                    self._stats[p] = (size, mtime, key)
+                # A cache written before inodes were recorded: -1, so each file is hashed once more
+                # (its features are kept: they are found by the content hash).
+                inodes = self._data["stat_inodes"].tolist() if "stat_inodes" in self._data else \
+                    [-1] * len(self._data["stat_paths"])
+                for p, size, mtime, ino, key in zip(self._data["stat_paths"].tolist(), self._data["stat_sizes"].tolist(),
+                                                    self._data["stat_mtimes"].tolist(), inodes,
+                                                    self._data["stat_keys"].tolist()):
+                    self._stats[p] = ((size, mtime, ino), key)
             except (OSError, ValueError, KeyError):
                 self._data, self._rows, self._stats = {}, {}, {}  # unreadable cache: recompute, then overwrite
 
     def file_key(self, path: str | Path) -> str:
-        """Content hash of an image file, re-read only when its size or mtime changed."""
-        st = os.stat(path)
+        """Content hash of an image file, re-read only when its size, mtime or inode changed."""
+        stamp = file_stamp(path)
         name = str(Path(path).resolve())
         known = self._stats.get(name)
-        if known is not None and known[0] == st.st_size and known[1] == st.st_mtime_ns:
-            return known[2]
+        if known is not None and known[0] == stamp:
+            return known[1]
         key = file_hash(path)
-        self._stats[name] = (st.st_size, st.st_mtime_ns, key)
+        self._stats[name] = (stamp, key)
         return key
 
     def fill(self, keys: list[str], out: FeatureResult) -> list[int]:
@@ -510,9 +515,11 @@ class FeatureCache:
             arrays["probs"] = np.concatenate([self._data["probs"], probs]) if old_keys else probs
         stat_items = list(self._stats.items())
         arrays["stat_paths"] = np.array([p for p, _ in stat_items], dtype=str)
-        arrays["stat_sizes"] = np.array([s[0] for _, s in stat_items], dtype=np.int64)
-        arrays["stat_mtimes"] = np.array([s[1] for _, s in stat_items], dtype=np.int64)
-        arrays["stat_keys"] = np.array([s[2] for _, s in stat_items], dtype="U32")
+        arrays["stat_sizes"] = np.array([s[0][0] for _, s in stat_items], dtype=np.int64)
+        arrays["stat_mtimes"] = np.array([s[0][1] for _, s in stat_items], dtype=np.int64)
+        # uint64: inode numbers of some file systems use all 64 bits (-1, "not recorded", wraps to the largest).
+        arrays["stat_inodes"] = np.array([s[0][2] % 2 ** 64 for _, s in stat_items], dtype=np.uint64)
+        arrays["stat_keys"] = np.array([s[1] for _, s in stat_items], dtype="U32")
         save_npz(self.path, **arrays)
         self._data = arrays
         self._rows = {k: i for i, k in enumerate(all_keys)}

@@ -127,6 +127,15 @@ def lock_holder(path: str | Path) -> str | None:
     return None  # closing the file dropped the probe's own lock
 
 
+def file_stamp(path: str | Path) -> tuple[int, int, int]:
+    """(size, mtime in ns, inode) of a file: what the caches (features, stage 1's hashes) take as
+    "unchanged since it was read". The inode tells apart two files of one size and time that swapped
+    paths (unpacked from one archive, then moved between class folders), which size and time alone
+    took for unchanged, keeping each one's old features or hash. Raises OSError for a missing file."""
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns, st.st_ino
+
+
 def write_json(path: str | Path, obj: Any) -> Path:
     """`obj` as indented JSON, written atomically; class and file names as they read ("Rayé", not
     "Ray\\u00e9"), unless one cannot be UTF-8 (a name decoded with surrogate escapes): then escaped."""
