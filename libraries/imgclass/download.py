@@ -377,11 +377,16 @@ def _spellings(urls: Iterable[str]) -> dict[str, list[str]]:
     return found
 
 
+def _spelt(url: str, spellings: dict[str, list[str]]) -> list[str]:
+    """`url` and each other spelling of it that an earlier run fetched (`spellings`, of the manifest):
+    a list that spelt the URL otherwise in the next run ("a b.jpg", then "a%20b.jpg") is the same photo."""
+    return list(dict.fromkeys((url, *spellings.get(_request_url(url), ()))))
+
+
 def _stems(url: str, spellings: dict[str, list[str]]) -> list[str]:
-    """The names a file of `url` may have: its own file_stem, and that of each other spelling of it
-    an earlier run fetched (`spellings`, of the manifest): a list that spelt the URL otherwise in the
-    next run ("a b.jpg", then "a%20b.jpg") stored the same photo a second time beside the first."""
-    return list(dict.fromkeys(file_stem(u) for u in (url, *spellings.get(_request_url(url), ()))))
+    """The names a file of `url` may have: the file_stem of each of its spellings (_spelt); with its
+    own alone, the same photo was stored a second time beside the first."""
+    return list(dict.fromkeys(file_stem(u) for u in _spelt(url, spellings)))
 
 
 def _existing_files(out_dir: Path) -> dict[str, list[Path]]:
@@ -948,7 +953,7 @@ def download_images(
         # The label an earlier run fetched it under, whichever spelling it was listed by then: under
         # another spelling a changed label was left as "unsure" (and the next run took the file for
         # one moved by hand, so the list's label was lost), and a photo deleted by hand was fetched back.
-        recorded = next((manifest[u] for u in (url, *spellings.get(_request_url(url), ())) if u in manifest), None)
+        recorded = next((manifest[u] for u in _spelt(url, spellings) if u in manifest), None)
         if url in ambiguous:  # not fetched; a file of an earlier run stays where it is
             reasons[i] = (f"listed under {len(ambiguous[url])} labels ({', '.join(ambiguous[url])}): not fetched, since "
                           "an image can be of one class only; keep the line with the right label")
@@ -991,7 +996,7 @@ def download_images(
             report.skipped_existing += 1
             # Every spelling's record of the one file (the manifest has a line for each): a stale label
             # under the other spelling would read, in a later run listing that one, as a label changed.
-            for u in {url, *spellings.get(_request_url(url), ())}:
+            for u in _spelt(url, spellings):
                 if u == url or u in manifest:
                     manifest[u] = label
         elif recorded is not None:
