@@ -774,9 +774,13 @@ def test_one_request_tries_one_api_key(bundle: Path, tmp_path: Path) -> None:
             r = httpx.get(base + "/info", headers=headers)
             assert r.status_code == 401 and r.json()["detail"].startswith("more than one API key was sent"), r.text
             assert r.headers["www-authenticate"] == 'Bearer error="invalid_request"'
-        # The same key in both headers is one key.
-        r = httpx.get(base + "/info", headers=[("Authorization", f"Bearer {KEY}"), ("X-API-Key", KEY)])
-        assert r.status_code == 200 and r.json()["classes"] == list(COLORS), r.text
+        # The same key in both headers is one key; an empty one is none (an unset variable in a client).
+        for headers in ([("Authorization", f"Bearer {KEY}"), ("X-API-Key", KEY)],
+                        [("Authorization", "Bearer"), ("X-API-Key", KEY)]):
+            r = httpx.get(base + "/info", headers=headers)
+            assert r.status_code == 200 and r.json()["classes"] == list(COLORS), r.text
+        r = httpx.get(base + "/info", headers=[("Authorization", "Bearer"), ("X-API-Key", "")])
+        assert r.status_code == 401 and r.json()["detail"].startswith("this service needs an API key"), r.text
 
 
 def test_a_key_no_header_can_carry_is_refused_without_showing_it(bundle: Path, tmp_path: Path,

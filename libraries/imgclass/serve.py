@@ -564,6 +564,8 @@ class ApiKeyRequired:
         self.body_timeout = body_timeout
 
     def _sent_keys(self, headers: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
+        """The keys a request sent. An empty one is none (a client sending "Authorization: Bearer "
+        from an unset variable beside its X-API-Key was told it sent two keys)."""
         sent = []
         for name, value in headers:
             if name == b"authorization":
@@ -572,7 +574,7 @@ class ApiKeyRequired:
                     sent.append(token.strip())
             elif name == b"x-api-key":
                 sent.append(value.strip())
-        return sent
+        return [key for key in sent if key]
 
     async def __call__(self, scope: dict, receive: Callable[..., Awaitable[dict]], send: Callable[..., Awaitable[None]]) -> None:
         if scope["type"] != "http" or scope["method"] == "OPTIONS" or _route_path(scope) not in PROTECTED_PATHS:
