@@ -96,7 +96,7 @@ def main() -> int:
             split.method == "random" else {}
         in_split = split.sides()
         # Any image not hashed above (none, as make_split reads them now) is hashed by the check: its stats first.
-        stats = {**path_stats(p.images_dir, (rel for rel in in_split if rel not in stats)), **stats}
+        stats.update(path_stats(p.images_dir, [rel for rel in in_split if rel not in stats]))
         leakage = apply_leakage_check(split, p.images_dir, p.leakageCheck, p.dedup_threshold,
                                       p.proc_dir / "near_duplicates.tsv", kept, shown=SHOW_LEAKS,
                                       known={rel: h for rel, h in {**unchanged, **fresh}.items() if rel in in_split})
