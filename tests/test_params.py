@@ -117,6 +117,10 @@ def test_tutorial_spellings_of_values_are_named() -> None:
         ("datasetName", "../x", "no slashes"),
         ("datasetName", "shirts ", r"must not start or end with a space \(did you mean 'shirts'\?\)"),
         ("datasetName", " ", "must be a folder name"),
+        # Names Windows refuses: a DATA_DIR made on Linux would not copy there.
+        ("datasetName", "run:1", r"must be a folder name on every system; 'run:1' contains ':'"),
+        ("datasetName", "shirts.", "ends with a dot"),
+        ("datasetName", "nul", "reserves for a device"),
         ("rf_averageLastEpochs", -1, "must be >= 0"),
         ("randomSeed", 2**32, "between 0 and 4294967295"),  # numpy and scikit-learn refuse larger seeds
         ("dep_rootPath", "classifier", 'must be "" or a path like "/classifier"'),

@@ -42,7 +42,7 @@ from imgclass import __version__
 from imgclass.annotations import FIXES_FILE, read_fixes, write_fixes
 from imgclass.data import (DEDICATED_TEST_FILE, DUPLICATES_FOLDER, DUPLICATES_LIST, INVISIBLE_CHARS, NOT_CLASS_PREFIXES,
                            TEST_FOLDER_NAMES, TRAIN_FOLDER_NAMES, list_class_dirs, walk_image_files)
-from imgclass.fileio import atomic_open, same_name_groups, write_bytes
+from imgclass.fileio import atomic_open, portable_name_problem, same_name_groups, write_bytes
 from imgclass.images import ImageDecodeError, load_rgb, openers
 from imgclass.progress import progress_bar
 from imgclass.terminal import first_few
@@ -80,10 +80,6 @@ _BACKOFF_S = 0.2  # sleep _BACKOFF_S * attempt between attempts
 # `timeout` bounds each socket operation, so a host that drips a byte every few seconds would never
 # time out. Each attempt therefore also gets a total budget of _TOTAL_TIMEOUT_FACTOR * timeout.
 _TOTAL_TIMEOUT_FACTOR = 10.0
-# ':' because "C:" would escape out_dir on Windows; the others Windows refuses in file names, so a
-# data set built on Linux would not copy to Windows (and stage 0 there would fail at its first write).
-_FORBIDDEN_LABEL_CHARS = ("/", "\\", ":", "\0", "*", "?", '"', "<", ">", "|")
-_WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
 # Characters left as they are when a URL is percent-encoded: the URL syntax's delimiters, and '%' so
 # that escapes already there (%20, %2F) are not encoded a second time.
 _URL_SAFE = "%/:?#[]@!$&'()*+,;=~"
@@ -205,18 +201,12 @@ def check_label(label: str) -> str | None:
         # Stage 1 skips such folders (hidden ones, dedupImages.py's _duplicates/): the class would vanish.
         return (f"label {label!r} starts with {label[0]!r}, and folders starting with '_' or '.' "
                 "are not classes (stage 1 skips them)")
-    for ch in _FORBIDDEN_LABEL_CHARS:
-        if ch in label:
-            return f"label {label!r} contains {ch!r}"
-    if any(ord(c) < 32 for c in label):
-        return f"label {label!r} contains a control character"
+    # ':' matters on Linux too: "C:x" would escape out_dir on Windows.
+    if problem := portable_name_problem(label):
+        return f"label {label!r} {problem}"
     if hidden := sorted({c for c in label if c in INVISIBLE_CHARS}):
         names = ", ".join(f"U+{ord(c):04X} {unicodedata.name(c, 'format character')}" for c in hidden)
         return f"label {label!r} contains an invisible character ({names})"
-    if label != label.rstrip(". "):
-        return f"label {label!r} ends with a dot or a space, which Windows drops from folder names"
-    if label.split(".")[0].upper() in _WINDOWS_RESERVED:
-        return f"label {label!r} is a name Windows reserves for a device"
     if len(label.encode("utf-8")) > _MAX_LABEL_BYTES:  # file systems hold 255 bytes a name
         return (f"label {label[:20]!r}... is {len(label.encode('utf-8'))} bytes long as UTF-8 (a folder name holds "
                 f"at most 255; labels here at most {_MAX_LABEL_BYTES})")

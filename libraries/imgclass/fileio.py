@@ -247,3 +247,24 @@ def same_name_groups(names: Iterable[str], folder: str | Path) -> list[list[str]
                     first = int(f.read())
             groups.setdefault(first, []).append(name)
     return [g for g in groups.values() if len(g) > 1]
+
+
+# Characters Windows refuses in file names (':' would also make "C:x" a drive path there), so a
+# folder named with one on Linux would not copy to Windows, and a stage run there would fail at mkdir.
+WINDOWS_FORBIDDEN_CHARS = ("/", "\\", ":", "\0", "*", "?", '"', "<", ">", "|")
+WINDOWS_RESERVED_NAMES = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
+
+
+def portable_name_problem(name: str) -> str | None:
+    """None when `name` can be a folder name on Linux, macOS and Windows alike, else what is wrong
+    ("contains ':'"), to be prefixed with what the name is (a label, the data set's name)."""
+    for ch in WINDOWS_FORBIDDEN_CHARS:
+        if ch in name:
+            return f"contains {ch!r}"
+    if any(ord(c) < 32 for c in name):
+        return "contains a control character"
+    if name != name.rstrip(". "):
+        return "ends with a dot or a space, which Windows drops from folder names"
+    if name.split(".")[0].upper() in WINDOWS_RESERVED_NAMES:
+        return "is a name Windows reserves for a device"
+    return None

@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from imgclass.backbones import BACKBONE_NAMES
-from imgclass.fileio import require_file
+from imgclass.fileio import portable_name_problem, require_file
 from imgclass.images import MAX_PIXELS, MAX_RESOLUTION, MIN_RESOLUTION
 
 ENV_DATA_DIR = "IMGCLASS_DATA_DIR"
@@ -235,6 +235,9 @@ def _dataset_name_problem(value: str) -> str | None:
     if value != value.strip():
         # A stray space in quotes (datasetName = "shirts "): a folder "shirts " that is not "shirts".
         return f"must not start or end with a space (did you mean {value.strip()!r}?)"
+    if problem := portable_name_problem(value):
+        # Checked on every system: a DATA_DIR made on Linux should copy to a Windows machine.
+        return f"must be a folder name on every system; {value!r} {problem}"
     return None
 
 
