@@ -796,9 +796,9 @@ def test_a_key_no_header_can_carry_is_refused_without_showing_it(bundle: Path, t
 def test_the_note_for_a_service_listening_beyond_this_machine() -> None:
     from imgclass.serve import exposure_note
 
-    for host in ("127.0.0.1", "localhost", "::1", "127.0.0.2"):
+    for host in ("127.0.0.1", "localhost", "::1", "127.0.0.2", "::ffff:127.0.0.1", "[::1]"):
         assert exposure_note(host, key_required=False) == "", host
-    for host in ("0.0.0.0", "::", "", "192.168.1.20", "myhost.example"):
+    for host in ("0.0.0.0", "::", "", "192.168.1.20", "myhost.example", "::ffff:192.168.1.20"):
         note = exposure_note(host, key_required=False)
         assert "anyone who can reach this address can use the service; set IMGCLASS_API_KEY" in note, host
         assert exposure_note(host, key_required=True) == ""

@@ -174,9 +174,11 @@ def is_loopback(host: str) -> bool:
     if host.lower() == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        address = ipaddress.ip_address(host.strip("[]"))
     except ValueError:  # "" and 0.0.0.0 parse; a host name that is not localhost may be any interface
         return False
+    # ::ffff:127.0.0.1 (IPv4 loopback written as IPv6) is not loopback to Python before 3.13.
+    return (getattr(address, "ipv4_mapped", None) or address).is_loopback
 
 
 def exposure_note(host: str, key_required: bool) -> str:
