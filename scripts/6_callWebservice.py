@@ -11,6 +11,7 @@ client itself is imgclass.client, for use from Python.
 """
 
 import sys
+import time
 from pathlib import Path
 
 from imgclass.cli import parse_stage, run_stage, stage_parser
@@ -62,6 +63,7 @@ def main() -> int:
             images = [p for p in images if p not in left_out]
             if not images:
                 raise ServiceError("no image left to send")
+        started = time.perf_counter()
         for path, result, error in client.score_files(images):
             if result is None:
                 print(f"{shown(str(path))}\tERROR\t{error}", file=sys.stderr)
@@ -69,6 +71,10 @@ def main() -> int:
             else:
                 scores = "  ".join(f"{c}={s:.4f}" for c, s in result["scores"].items())
                 print(f"{shown(str(path))}\t{result['label']}\t{scores}")
+        # As the tutorial's client did: what a caller waits, network and decoding included.
+        seconds = time.perf_counter() - started
+        print(f"{len(images) - failed} of {len(images)} images scored in {seconds:.2f} s "
+              f"({1000 * seconds / len(images):.0f} ms per image, replies included)", file=sys.stderr)
     if failed:
         print(f"{failed} of {len(images)} images refused by the service or failed in it", file=sys.stderr)
     return 1 if failed else 0

@@ -400,6 +400,8 @@ def test_client_script(url: str, tmp_path: Path) -> None:
     assert {Path(x[0]).name: x[1] for x in lines} == {"red.jpg": "red", "green.jpg": "green", "blue.jpg": "blue",
                                                        "z_red0.jpg": "red", "z_red1.jpg": "red", "z_red2.jpg": "red"}
     assert "red=" in lines[0][2] and "blue=" in lines[0][2]
+    assert re.search(r"^6 of 6 images scored in \d+\.\d\d s \(\d+ ms per image, replies included\)$", proc.stderr,
+                     re.MULTILINE), proc.stderr
     # Several arguments, as a shell glob gives them: files and folders together.
     proc = run_script("6_callWebservice.py", str(folder / "green.jpg"), str(folder / "sub"), str(folder / "red.jpg"),
                       "--url", url, data_dir=tmp_path)
@@ -409,6 +411,7 @@ def test_client_script(url: str, tmp_path: Path) -> None:
     (folder / "broken.jpg").write_bytes(b"not an image")
     proc = run_script("6_callWebservice.py", str(folder), "--url", url, data_dir=tmp_path, check=False)
     assert proc.returncode == 1 and "broken.jpg" in proc.stderr and "not an image" in proc.stderr
+    assert "6 of 7 images scored in " in proc.stderr
     assert len(proc.stdout.splitlines()) == 6 and "model " not in proc.stdout and "(svm): " in proc.stderr
     # --url given the endpoint rather than the service's root: the reply's 404 says which URL, and why.
     proc = run_script("6_callWebservice.py", str(folder / "red.jpg"), "--url", url + "/score", data_dir=tmp_path,
