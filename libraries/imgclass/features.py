@@ -184,9 +184,7 @@ class _OnnxEngine:
     def __init__(self, body: torch.nn.Module, preprocess: Preprocess, export_dir: str | Path | None) -> None:
         from imgclass.export import cpu_session
 
-        path = export_onnx(body, preprocess, export_dir or default_export_dir())
-        self.session = cpu_session(path)
-        self.onnx_path = path
+        self.session = cpu_session(export_onnx(body, preprocess, export_dir or default_export_dir()))
         self.name = "onnxruntime-cpu"
         import onnxruntime as ort
 
