@@ -166,7 +166,7 @@ def test_widget_pager_records_the_chosen_label(color_dataset: Path) -> None:
     assert "its folder&#x27;s class: no line in annotations_fixes.tsv" in status.value  # (HTML-escaped)
     # Left out by a call in another cell since the page was drawn: ticking says why it cannot be
     # confirmed (an observer's exception would only reach the log), and the menu and box show the file.
-    box3_image, _, menu3, box3 = grid.children[0].children
+    _, _, menu3, box3 = grid.children[0].children
     b.exclude("red/red_0.jpg")
     box3.value = True
     assert "is left out (EXCLUDE): there is no label to confirm" in status.value
