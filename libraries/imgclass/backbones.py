@@ -36,9 +36,9 @@ class BackboneInfo:
     feature_dim: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    weights: str  # where the pretrained weights come from, for messages and the README
+    weights: str  # where the pretrained weights come from: a record for readers (no code reads it)
     url: str = ""  # torchvision download address (ResNets)
-    native_resolution: int = 224  # the side it was trained at on ImageNet (for messages and the README)
+    native_resolution: int = 224  # the side it was trained at on ImageNet (test_backbones feeds it that side)
 
 
 def _lite(n: int, resolution: int) -> BackboneInfo:
