@@ -612,15 +612,15 @@ def write_browser(
     if len(paths):
         filter_bar = ('<p id="filter">Show only: ' + ("" if labels is None else choice("t", "true class", labels))
                       + choice("p", "predicted class", pred) + '<span id="fn"></span></p>' + FILTER_SCRIPT)
-    # The viewport line: without it a phone lays the page out 980 px wide and shrinks it to its screen
-    # (12 px captions read as 5 px). On a narrow screen two cards a row, not one in half the width.
-    # A mark before each card's classes, as the border's red or green alone is one colour to a
-    # red-green colour-blind reader.
     shown_figures = "".join(
         f'<a href="{html.escape(u)}"><img src="{html.escape(u)}" alt="{html.escape(Path(f).name)}"></a>'
         for f in figures for u in [urllib.parse.quote(Path(os.path.relpath(Path(f).resolve(), path.parent.resolve())).as_posix())])
     if shown_figures:
         shown_figures = f'<p class="figs">{shown_figures}</p>'
+    # The viewport line: without it a phone lays the page out 980 px wide and shrinks it to its screen
+    # (12 px captions read as 5 px). On a narrow screen two cards a row, not one in half the width.
+    # A mark before each card's classes, as the border's red or green alone is one colour to a
+    # red-green colour-blind reader.
     page = f"""<!doctype html><html><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:1em}} .grid{{display:flex;flex-wrap:wrap;gap:8px}}
