@@ -42,7 +42,7 @@ from imgclass import __version__
 from imgclass.annotations import FIXES_FILE, read_fixes, write_fixes
 from imgclass.data import (DEDICATED_TEST_FILE, DUPLICATES_FOLDER, DUPLICATES_LIST, INVISIBLE_CHARS, NOT_CLASS_PREFIXES,
                            TEST_FOLDER_NAMES, TRAIN_FOLDER_NAMES, list_class_dirs, walk_image_files)
-from imgclass.fileio import atomic_open, portable_name_problem, same_name_groups, write_bytes
+from imgclass.fileio import atomic_open, portable_name_problem, same_name_groups, tsv_field, write_bytes
 from imgclass.images import ImageDecodeError, load_rgb, openers
 from imgclass.progress import progress_bar
 from imgclass.terminal import first_few
@@ -813,11 +813,6 @@ def _download_one(
     return None
 
 
-def _clean(text: str) -> str:
-    # One record per line in the TSV: tabs and newlines inside a reason would break it.
-    return " ".join(text.split())
-
-
 _FAILURES_HEADER = "url\tlabel\treason\n"
 
 
@@ -844,7 +839,7 @@ def _write_failures(out_dir: Path, failures: list[tuple[str, str, str]]) -> None
     with atomic_open(path, "w", encoding="utf-8", newline="\n") as f:
         f.write(_FAILURES_HEADER)
         for url, label, reason in failures:
-            f.write(f"{_clean(url)}\t{_clean(label)}\t{_clean(reason)}\n")
+            f.write(f"{tsv_field(url)}\t{tsv_field(label)}\t{tsv_field(reason)}\n")
 
 
 def failure_kinds(failures: Sequence[tuple[str, str]]) -> str:
@@ -991,8 +986,8 @@ def download_images(
                     manifest[u] = label
         elif recorded is not None:
             report.deleted.append(url)  # fetched by an earlier run, deleted by hand since: not again
-        elif _clean(url) in gone:
-            reasons[i] = gone[_clean(url)]
+        elif tsv_field(url) in gone:
+            reasons[i] = gone[tsv_field(url)]
             report.gone += 1
         else:
             todo.append(i)
@@ -1036,8 +1031,8 @@ def download_images(
         stop.set()
         pool.shutdown(wait=True, cancel_futures=True)
         # What failed so far is recorded, with the earlier run's failures of listed URLs not tried again yet.
-        tried = {_clean(url) for url in [*(entries[i][1] for i in reasons), *manifest]}
-        still_listed = {_clean(url) for url in listed}
+        tried = {tsv_field(url) for url in [*(entries[i][1] for i in reasons), *manifest]}
+        still_listed = {tsv_field(url) for url in listed}
         try:
             _write_failures(out_dir, [(entries[i][1], entries[i][0], reasons[i]) for i in sorted(reasons)]
                             + [row for row in _read_failures(out_dir) if row[0] not in tried and row[0] in still_listed])

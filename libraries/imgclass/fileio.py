@@ -149,6 +149,12 @@ def write_json(path: str | Path, obj: Any) -> Path:
     return Path(path)
 
 
+def tsv_field(value: object) -> str:
+    """`value` as str() on one line, each run of white space one space: a tab or newline inside a
+    field would break the TSV's one record per line."""
+    return " ".join(str(value).split())
+
+
 def write_tsv(path: str | Path, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> Path:
     """A header line of `columns`, then one tab-separated line per row (each field as str()), written
     atomically as UTF-8."""

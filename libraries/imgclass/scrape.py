@@ -41,7 +41,7 @@ from typing import Any, Protocol
 
 from imgclass import __version__
 from imgclass.download import _parse_retry_after, check_label, tsv_lines
-from imgclass.fileio import atomic_open, write_json
+from imgclass.fileio import tsv_field, write_json, write_tsv
 from imgclass.progress import progress_bar
 
 ENV_BING_KEY = "BING_SEARCH_V7_SUBSCRIPTION_KEY"
@@ -451,17 +451,9 @@ def scrape_to_file(
     return report, note
 
 
-def _clean(text: str) -> str:
-    return " ".join(str(text).split())  # a tab or newline inside a field would break the TSV
-
-
 def write_url_list(path: str | Path, rows: Sequence[Sequence[str]]) -> Path:
     """Write the TSV (with a header line, which read_url_list skips), atomically."""
-    with atomic_open(path, "w", encoding="utf-8", newline="\n") as f:
-        f.write("\t".join(TSV_COLUMNS) + "\n")
-        for row in rows:
-            f.write("\t".join(_clean(x) for x in row) + "\n")
-    return Path(path)
+    return write_tsv(path, TSV_COLUMNS, ([tsv_field(x) for x in row] for row in rows))
 
 
 __all__ = [
