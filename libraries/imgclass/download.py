@@ -601,7 +601,9 @@ def _build_opener(watchdog: _Watchdog) -> urllib.request.OpenerDirector:
     return opener
 
 
-def _parse_retry_after(value: str | None) -> float | None:
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header (seconds or an HTTP date; a past date is 0), or None
+    when there is none or it cannot be read. Also the search providers' (imgclass.scrape)."""
     if not value:
         return None
     value = value.strip()
@@ -707,7 +709,7 @@ def _read_response(
     except (_Failure, _Cancelled):
         raise
     except urllib.error.HTTPError as e:
-        retry_after = _parse_retry_after(e.headers.get("Retry-After") if e.headers else None)
+        retry_after = parse_retry_after(e.headers.get("Retry-After") if e.headers else None)
         e.close()
         retryable = e.code >= 500 or e.code == 429
         # urllib gives up on a redirect that loops, or after 10, as an HTTPError of the redirect's code;

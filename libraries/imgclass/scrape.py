@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from imgclass import __version__
-from imgclass.download import _parse_retry_after, check_label, tsv_lines
+from imgclass.download import check_label, parse_retry_after, tsv_lines
 from imgclass.fileio import tsv_field, write_json, write_tsv
 from imgclass.progress import progress_bar
 
@@ -139,7 +139,7 @@ class _JsonClient:
                     body = response.read()
                 break
             except urllib.error.HTTPError as e:
-                wait = _parse_retry_after(e.headers.get("Retry-After") if e.headers else None)
+                wait = parse_retry_after(e.headers.get("Retry-After") if e.headers else None)
                 detail = _error_detail(e)
                 e.close()
                 if e.code in (401, 403):
