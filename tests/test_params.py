@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -301,6 +302,23 @@ def test_a_data_dir_that_is_a_file_or_empty_is_a_parameter_error(tmp_path: Path)
     # a folder that does not exist yet is fine (stage 0 makes it), as is one that does
     assert load_params(ROOT / "PARAMETERS.py", {"DATA_DIR": str(tmp_path / "new" / "data")}).data_dir == tmp_path / "new" / "data"
     assert load_params(ROOT / "PARAMETERS.py", {"DATA_DIR": str(tmp_path)}).data_dir == tmp_path
+
+
+def test_a_data_dir_of_no_users_home_or_too_long_a_name_is_a_parameter_error(tmp_path: Path) -> None:
+    """Not a RuntimeError from pathlib's expanduser (DATA_DIR = "~imgclass_data", its slash left out)
+    or an OSError from stat (a name longer than the file system allows) in a traceback."""
+    with pytest.raises(ParameterError, match=r"DATA_DIR = '~no_such_user_imgclass/data': ~no_such_user_imgclass names "
+                                             r"no user's home folder here \(did you mean ~/no_such_user_imgclass/data\?\)"):
+        load_params(ROOT / "PARAMETERS.py", {"DATA_DIR": "~no_such_user_imgclass/data"})
+    with pytest.raises(ParameterError, match=r"DATA_DIR = '.*xxxx': cannot be a folder: File name too long"):
+        load_params(ROOT / "PARAMETERS.py", {"DATA_DIR": str(tmp_path / ("x" * 300))})
+
+
+@pytest.mark.parametrize("origin", ["http://[::1", "http://[zz]"])
+def test_a_cors_origin_python_cannot_split_names_the_parameter(origin: str) -> None:
+    """urlsplit's ValueError ("Invalid IPv6 URL") reached the terminal alone, naming no parameter."""
+    with pytest.raises(ParameterError, match=re.escape(f"dep_corsOrigins = [{origin!r}]: {origin!r}: not an address (")):
+        load_params(overrides={"dep_corsOrigins": [origin]})
 
 
 def test_a_set_value_cut_at_a_space_by_the_shell_says_to_quote_it(capsys: pytest.CaptureFixture[str],

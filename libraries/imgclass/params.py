@@ -168,8 +168,12 @@ def origin_problem(origin: str) -> str | None:
         return None
     # The service compares the browser's Origin header with these strings exactly, and a browser
     # writes it one way: lower case, no user, no default port, nothing after the host.
-    parts = urlsplit(origin)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(origin)
+        hostname = parts.hostname
+    except ValueError as e:  # "http://[::1" or "http://[zz]": Python's words alone named no parameter
+        return f"not an address ({e})"
+    if parts.scheme not in ("http", "https") or not hostname:
         return 'expected scheme://host[:port], e.g. "https://example.com", or "*" for any'
     try:
         port = parts.port
@@ -220,9 +224,16 @@ def _data_dir_problem(value: str) -> str | None:
     of the folders above it) would fail deep in a stage with an OS error."""
     if not value.strip():
         return 'must be a folder path ("" would be the current folder: write "." for that)'
-    path = Path(value).expanduser()
+    try:
+        path = Path(value).expanduser()
+    except RuntimeError:  # "~name/..." of no user on this machine (~imgclass_data, the slash left out)
+        return f"{value.split('/')[0]} names no user's home folder here (did you mean ~/{value[1:]}?)"
     for above in (path, *path.parents):
-        if above.exists():
+        try:
+            exists = above.exists()
+        except OSError as e:  # a name too long for the file system: a traceback deep in every stage otherwise
+            return f"cannot be a folder: {e.strerror}"
+        if exists:
             if above.is_dir():
                 return None
             return f"{above} is a file, not a folder" if above == path else f"{above} is a file, so no folder can be made below it"
