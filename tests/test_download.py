@@ -1069,6 +1069,28 @@ def test_the_manifest_leads_from_a_file_back_to_its_url(server: Server, tmp_path
     assert dl.read_manifest(tmp_path) == {cat: "cat"}
 
 
+@pytest.mark.parametrize("breaker", ["\x0c", "\u2028"])
+def test_a_url_holding_a_character_splitlines_breaks_at_stays_one_manifest_line(
+        server: Server, tmp_path: Path, breaker: str) -> None:
+    """The manifest keeps a form feed or U+2028 in a URL as written; read back with splitlines(), the
+    line fell apart and each rerun wrote a bogus entry ('b\tcat\t') into the manifest."""
+    url = server.url(f"/cat.jpg?v=a{breaker}b")
+    for _ in range(2):
+        download_images([("cat", url)], tmp_path, progress=False)
+    assert dl.read_manifest(tmp_path) == {url: "cat"}
+    assert len((tmp_path / dl.MANIFEST_FILE).read_bytes().split(b"\n")) == 3  # comment, the URL's line, ""
+
+
+@pytest.mark.parametrize("name", [dl.MANIFEST_FILE, dl.FAILURES_FILE])
+def test_a_manifest_or_failures_file_saved_in_another_encoding_names_the_file(
+        server: Server, tmp_path: Path, name: str) -> None:
+    """The manifest invites editing ("delete a line to fetch its URL again"): saved as Latin-1, stage 0
+    said only "'utf-8' codec can't decode byte 0xe9 in position 62"."""
+    (tmp_path / name).write_bytes(b"url\tlabel\treason\nhttp://x/caf\xe9.jpg\tcat\tHTTP 404\n")
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / name}, line 2: not valid UTF-8 text")):
+        download_images([("cat", server.url("/cat.jpg"))], tmp_path, progress=False)
+
+
 def test_a_tracking_pixel_is_refused_as_too_small(server: Server, tmp_path: Path) -> None:
     report = download_images([("cat", server.url("/pixel.gif")), ("cat", server.url("/cat.jpg"))], tmp_path,
                              timeout=5, progress=False)

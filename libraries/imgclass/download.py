@@ -421,9 +421,12 @@ def read_manifest(out_dir: str | Path) -> dict[str, str]:
     if not path.is_file():
         return {}
     out = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
+    # tsv_lines, not splitlines(): a URL may hold a form feed or U+2028, which _write_manifest keeps and
+    # splitlines() broke the line at (a bogus entry was written back at each rerun); text a user's
+    # editor saved in another encoding names the file, not only the codec's complaint.
+    for _, line in tsv_lines(path, error=ValueError):
         fields = line.split("\t")  # url, label (and, since a later version, the file)
-        if len(fields) >= 2 and not line.startswith("#"):
+        if len(fields) >= 2:
             out[fields[0]] = fields[1]
     return out
 
@@ -824,7 +827,7 @@ def _read_failures(out_dir: Path) -> list[tuple[str, str, str]]:
     if not path.is_file():
         return []
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for _, line in tsv_lines(path, error=ValueError):  # as read_manifest reads its file
         fields = line.split("\t")
         if line + "\n" == _FAILURES_HEADER or len(fields) < 2:
             continue
