@@ -60,6 +60,23 @@ def test_valid_files_of_the_wrong_kind_are_named_not_a_traceback(tmp_path: Path)
     assert load_npz(tmp_path / "whole.npz", keys=("flip_average", "absent")) == {"flip_average": np.array(True)}
 
 
+@pytest.mark.parametrize("where", ["train", "test", "moved"])
+def test_a_split_with_a_list_in_place_of_an_image_path_is_named_when_read(tmp_path: Path, where: str) -> None:
+    """It loaded, and stage 1 rerun on it ended in "TypeError: unhashable type: 'list'"."""
+    from imgclass.data import load_split
+
+    d = {"classes": ["a", "b"], "method": "random", "train": [["a/1.jpg", 0], ["b/2.jpg", 1]], "test": [["a/3.jpg", 0]],
+         "moved": ["a/3.jpg"]}
+    if where == "moved":
+        d["moved"] = [["a/3.jpg"]]
+    else:
+        d[where][0][0] = ["a/1.jpg"]
+    split = write_json(tmp_path / "split.json", d)
+    with pytest.raises(DamagedFileError, match=r"split\.json: not a split written by scripts/1_prepareData\.py "
+                                               r"\(TypeError: \['a/[13]\.jpg'\] in place of an image path\)"):
+        load_split(split)
+
+
 def test_a_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
     path = write_json(tmp_path / "metrics.json", {"accuracy": 0.9})
     with pytest.raises(RuntimeError), atomic_open(path, "w") as f:

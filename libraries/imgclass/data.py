@@ -30,6 +30,7 @@ from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from imgclass.annotations import EXCLUDE, FIXES_FILE, AnnotationError, apply_fixes, read_fixes, unmatched_fixes
 from imgclass.featureset import file_stats
@@ -98,14 +99,22 @@ class Split:
     def from_json(cls, d: dict) -> Split:
         return cls(
             classes=list(d["classes"]),
-            train=[(p, int(y)) for p, y in d["train"]],
-            test=[(p, int(y)) for p, y in d["test"]],
-            excluded=[(p, r) for p, r in d.get("excluded", [])],
+            train=[(_path_text(p), int(y)) for p, y in d["train"]],
+            test=[(_path_text(p), int(y)) for p, y in d["test"]],
+            excluded=[(_path_text(p), r) for p, r in d.get("excluded", [])],
             method=d.get("method", "random"),
             settings=dict(d.get("settings") or {}),
-            moved=list(d.get("moved") or []),
+            moved=[_path_text(p) for p in d.get("moved") or []],
             sizes={str(k): int(v) for k, v in (d.get("sizes") or {}).items()},
         )
+
+
+def _path_text(value: Any) -> str:
+    """An image path of a split.json as read: a list or a number in its place (an edit gone wrong) is
+    a TypeError load_split names the file for, not an 'unhashable type' traceback later in stage 1."""
+    if not isinstance(value, str):
+        raise TypeError(f"{value!r} in place of an image path")
+    return value
 
 
 def save_split(split: Split, path: str | Path) -> Path:
