@@ -398,6 +398,15 @@ def test_dedicated_test_file_saved_with_a_byte_order_mark(color_dataset: Path) -
     assert sorted(p for p, _ in s.test) == ["blue/blue_5.jpg", "green/green_1.jpg", "red/red_0.jpg"]
 
 
+def test_dedicated_test_file_saved_as_ansi_names_the_file_and_line(color_dataset: Path) -> None:
+    """Excel's tab-delimited text on Windows is cp1252: stage 1 said only "'utf-8' codec can't decode
+    byte 0xe9 in position 30", naming neither the file nor the line (annotations_fixes.tsv did)."""
+    (color_dataset / "dedicatedTestImages.tsv").write_bytes("red/red_0.jpg\r\nblue/caf\xe9.jpg\r\n".encode("cp1252"))
+    with pytest.raises(DatasetError, match=r"dedicatedTestImages\.tsv, line 2: not UTF-8 text \(byte 0xe9\); save the "
+                                           r"file as UTF-8"):
+        make_split(color_dataset)
+
+
 def test_stage1_names_skipped_folders_and_classes_without_test_images(color_dataset: Path) -> None:
     from imgclass.data import skipped_folders
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import difflib
 import functools
 import hashlib
+import io
 import os
 import random
 import unicodedata
@@ -569,7 +570,13 @@ def _read_dedicated(path: Path, classes: list[str]) -> set[str]:
     test = set()
     first = True
     # utf-8-sig: a list saved by Notepad or Excel starts with a byte-order mark.
-    with open(path, encoding="utf-8-sig") as f:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:  # saved as "ANSI" (Excel's tab-delimited text): said as for annotations_fixes.tsv
+        line_no = path.read_bytes()[:e.start].count(b"\n") + 1
+        raise DatasetError(f"{path}, line {line_no}: not UTF-8 text (byte {e.object[e.start]:#x}); save the file as "
+                           "UTF-8") from None
+    with io.StringIO(text, newline=None) as f:  # lines end where open() ends them
         for n, line in enumerate(f, 1):
             line = line.strip().replace("\\", "/")
             if not line or line.startswith("#"):
