@@ -17,7 +17,7 @@ from pathlib import Path
 from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.client import ServiceClient, ServiceError, find_images, not_accepted
 from imgclass.data import shown, skipped_below, skipped_note, unread_images_note
-from imgclass.params import Params, service_url
+from imgclass.params import MAX_SECONDS, Params, service_url
 from imgclass.terminal import first_few
 
 parser = stage_parser(
@@ -35,6 +35,9 @@ def main() -> int:
     args, p = parse_stage(parser)
     # Where stage 6 listens: a service on dep_host = "::1" or a LAN address is not at 127.0.0.1.
     url = args.url or service_url(p.dep_host, p.dep_port)
+    if args.timeout is not None and not 0 < args.timeout <= MAX_SECONDS:
+        # inf or 1e300 ended in an OverflowError traceback, nan and -1 in httpx's words with no --timeout in them.
+        parser.error(f"--timeout {args.timeout:g}: expected seconds > 0 and at most {MAX_SECONDS:g} (a day)")
     timeout = args.timeout if args.timeout is not None else p.dep_timeoutSec
     broken: list[Path] = []
     images = [f for source in args.sources for f in find_images(Path(source), broken)]

@@ -441,6 +441,23 @@ def test_client_library_yields_each_answer_and_names_the_refused_file(url: str, 
         client.info()
 
 
+@pytest.mark.parametrize("given, said", [
+    (["--url", "http://[::1"], "error: 'http://[::1' is not an address the client can call (Invalid port"),
+    (["--url", "http://host:port"], "error: 'http://host:port' is not an address the client can call (Invalid port"),
+    (["--timeout", "inf"], "error: --timeout inf: expected seconds > 0 and at most 86400 (a day)"),
+    (["--timeout", "nan"], "error: --timeout nan: expected seconds > 0"),
+    (["--timeout", "-1"], "error: --timeout -1: expected seconds > 0"),
+])
+def test_client_script_names_a_url_or_timeout_it_cannot_use(tmp_path: Path, given: list[str], said: str) -> None:
+    """httpx's InvalidURL (not an HTTPError) and socket's OverflowError for a timeout of inf ended the
+    client in tracebacks; nan and -1 in httpx's words, which did not name --timeout."""
+    photo = tmp_path / "a.jpg"
+    photo.write_bytes(jpeg_bytes((200, 30, 30)))
+    proc = run_script("6_callWebservice.py", str(photo), *given, data_dir=tmp_path, check=False, timeout=60)
+    assert proc.returncode in (1, 2) and "Traceback" not in proc.stderr
+    assert said in proc.stderr
+
+
 def test_client_script_fills_requests_up_to_the_byte_limit(url: str, tmp_path: Path) -> None:
     # The service takes 4 images but only 200 kB per request: three 93 kB photos need two
     # requests, and a 250 kB one goes alone (and is refused, by name); nothing is sent twice.

@@ -117,6 +117,10 @@ class ServiceClient:
                  api_key: str | None = None) -> None:
         """`api_key`: the service's key (None: $IMGCLASS_API_KEY; empty: none)."""
         self.url = url.rstrip("/")
+        try:
+            httpx.URL(self.url)
+        except httpx.InvalidURL as e:  # no HTTPError: it ended 6_callWebservice.py --url http://[::1 in a traceback
+            raise ServiceError(f"{url!r} is not an address the client can call ({e}); e.g. http://127.0.0.1:8000") from None
         self.say = say
         key = (os.environ.get(ENV_API_KEY, "") if api_key is None else api_key).strip()
         if problem := api_key_problem(key):  # httpx would fail on each request with a UnicodeEncodeError
