@@ -55,6 +55,9 @@ def main() -> int:
     if args.out and Path(args.out).suffix.lower() in (".html", ".htm"):
         # The page is written beside the TSV under the same name with .html: it would overwrite it.
         parser.error(f"--out {args.out}: name the TSV (e.g. scores.tsv); the page goes beside it as .html")
+    if args.out and Path(args.out).is_dir():
+        # Said before scoring: after it, the TSV's rename onto the folder ended in an IsADirectoryError traceback.
+        parser.error(f"--out {args.out}: a folder; name the TSV to write in it (e.g. {Path(args.out) / 'scores.tsv'})")
     target = Path(args.folder)
     left_out: list[tuple[str, str]] = []
     if target.is_file():  # one photo: scored where it lies, its name for the output's

@@ -94,6 +94,18 @@ def test_bad_parameter_is_a_clear_error(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "--out" in proc.stderr and "name the TSV" in proc.stderr
 
 
+def test_score_images_out_naming_a_folder_is_refused_before_scoring(tmp_path: Path) -> None:
+    """--out results/ (a folder): the photos were scored, then the TSV's rename onto the folder ended
+    in an IsADirectoryError traceback. Said at once, as an .html --out is (no model needed to say it)."""
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "results").mkdir()
+    proc = run_script("scoreImages.py", str(tmp_path / "photos"), "--out", str(tmp_path / "results"),
+                      data_dir=tmp_path, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"--out {tmp_path / 'results'}: a folder; name the TSV to write in it" in proc.stderr
+    assert list((tmp_path / "results").iterdir()) == []
+
+
 def test_missing_inputs_and_bad_data_keep_earlier_outputs(pipeline_dir: Path, tmp_path: Path) -> None:
     # A stage whose input is missing says which stage makes it.
     proc = run_script("3_runDNN.py", "--set", "datasetName=nothingHere", data_dir=pipeline_dir, check=False)
