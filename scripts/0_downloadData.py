@@ -10,6 +10,7 @@ from pathlib import Path
 from imgclass.cli import parse_stage, run_stage, stage_parser
 from imgclass.data import alike_class_notes, class_counts, find_split_folders, loose_images_hint, other_datasets_hint
 from imgclass.download import download_images
+from imgclass.params import home_problem
 from imgclass.synthetic import CLASSES as DEMO_CLASSES
 from imgclass.synthetic import README_FILE as DEMO_README
 from imgclass.synthetic import generated_per_class
@@ -45,6 +46,8 @@ def main() -> int:
     out = p.images_dir
     # expanduser: "~/lists/urls.tsv" given in PARAMETERS.py or quoted on the command line is not
     # expanded by the shell.
+    if args.urls and (problem := home_problem(args.urls)):
+        parser.error(f"--urls {args.urls}: {problem}")
     urls = Path(args.urls).expanduser() if args.urls else p.urls_file
     counts = class_counts(out)
     if urls:

@@ -312,6 +312,14 @@ def test_a_data_dir_of_no_users_home_or_too_long_a_name_is_a_parameter_error(tmp
         load_params(ROOT / "PARAMETERS.py", {"DATA_DIR": "~no_such_user_imgclass/data"})
     with pytest.raises(ParameterError, match=r"DATA_DIR = '.*xxxx': cannot be a folder: File name too long"):
         load_params(ROOT / "PARAMETERS.py", {"DATA_DIR": str(tmp_path / ("x" * 300))})
+    # The other paths a user types, expanded as DATA_DIR is (urlsFile's RuntimeError came from stage 0).
+    for name in ("urlsFile", "rf_weightsDir"):
+        with pytest.raises(ParameterError, match=rf"{name} = '~no_such_user_imgclass/x': ~no_such_user_imgclass names "
+                                                 r"no user's home folder here"):
+            load_params(ROOT / "PARAMETERS.py", {name: "~no_such_user_imgclass/x"})
+    proc = run_script("0_downloadData.py", "--urls", "~no_such_user_imgclass/urls.tsv", data_dir=tmp_path, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "--urls ~no_such_user_imgclass/urls.tsv: ~no_such_user_imgclass names no user's home folder here" in proc.stderr
 
 
 @pytest.mark.parametrize("origin", ["http://[::1", "http://[zz]"])

@@ -219,15 +219,24 @@ def _origins(v: Any) -> str | None:
     return None
 
 
+def home_problem(value: str) -> str | None:
+    """Why `value` cannot be expanded as a path ("~name/..." of no user on this machine: ~imgclass_data,
+    the slash left out), or None. Path.expanduser raised a RuntimeError, a traceback in every stage."""
+    try:
+        Path(value).expanduser()
+    except RuntimeError:
+        return f"{value.split('/')[0]} names no user's home folder here (did you mean ~/{value[1:]}?)"
+    return None
+
+
 def _data_dir_problem(value: str) -> str | None:
     """DATA_DIR must be a folder, or a path where one can be made: a file there (or in place of one
     of the folders above it) would fail deep in a stage with an OS error."""
     if not value.strip():
         return 'must be a folder path ("" would be the current folder: write "." for that)'
-    try:
-        path = Path(value).expanduser()
-    except RuntimeError:  # "~name/..." of no user on this machine (~imgclass_data, the slash left out)
-        return f"{value.split('/')[0]} names no user's home folder here (did you mean ~/{value[1:]}?)"
+    if problem := home_problem(value):
+        return problem
+    path = Path(value).expanduser()
     for above in (path, *path.parents):
         try:
             exists = above.exists()
@@ -264,7 +273,7 @@ CLASSIFIERS = ("svm", "dnn", "svmDnnRefined")
 SCHEMA: dict[str, Spec] = {
     "DATA_DIR": Spec(_STR, check=_data_dir_problem, expected="a folder path"),
     "datasetName": Spec(_STR, check=_dataset_name_problem),
-    "urlsFile": Spec(_STR, expected="a path to a TSV file, or \"\""),
+    "urlsFile": Spec(_STR, check=home_problem, expected="a path to a TSV file, or \"\""),
     "demoImagesPerClass": Spec(_INT, check=lambda v: None if v >= 4 else "must be at least 4"),
     "ratioTrainTest": Spec(_FLOAT, check=_fraction_open),
     "imagesSplitBy": Spec(_STR, choices=("filename", "subdir")),
@@ -278,7 +287,7 @@ SCHEMA: dict[str, Spec] = {
     "rf_pretrainedModel": Spec(_STR, choices=BACKBONE_NAMES),
     "rf_inputResolution": Spec(_INT, check=_resolution),
     "rf_resizeMode": Spec(_STR, choices=("squash", "crop", "pad")),
-    "rf_weightsDir": Spec(_STR, expected="a folder path, or \"\""),
+    "rf_weightsDir": Spec(_STR, check=home_problem, expected="a folder path, or \"\""),
     "run_mbSize": Spec(_INT, check=_positive),
     "run_boFlipAverage": Spec(_BOOL),
     "run_workers": Spec(_INT, check=_non_negative),
