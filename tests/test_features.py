@@ -457,6 +457,21 @@ def test_a_cache_file_another_stage_3_pruned_meanwhile_is_no_error(tmp_path: Pat
     assert len([p for p in folder.glob("features_*.onnx") if p.exists()]) == 4
 
 
+def test_a_cached_onnx_export_that_does_not_load_is_exported_again(tmp_path: Path) -> None:
+    """A featcache/ export cut short (a copied data folder, a damaged disk) ended stage 3 in ONNX
+    Runtime's InvalidProtobuf traceback at every rerun, until the file was deleted by hand."""
+    from imgclass.features import _OnnxEngine, export_onnx
+
+    body = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    pre = Preprocess.from_spec(_spec("fixed"))
+    path = export_onnx(body, pre, tmp_path)
+    whole = path.read_bytes()
+    path.write_bytes(whole[:500])
+    engine = _OnnxEngine(body, pre, tmp_path)
+    assert engine.onnx_path == path and path.read_bytes() == whole
+    assert engine(np.zeros((1, RES, RES, 3), np.uint8)).shape == (1, 2)
+
+
 def test_mirror_averaging_of_classes_a_mirror_changes_is_noted() -> None:
     from imgclass.features import mirror_note
 

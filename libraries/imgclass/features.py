@@ -184,7 +184,15 @@ class _OnnxEngine:
     def __init__(self, body: torch.nn.Module, preprocess: Preprocess, export_dir: str | Path | None) -> None:
         from imgclass.export import cpu_session
 
-        self.session = cpu_session(export_onnx(body, preprocess, export_dir or default_export_dir()))
+        path = export_onnx(body, preprocess, export_dir or default_export_dir())
+        try:
+            self.session = cpu_session(path)
+        except Exception:  # noqa: BLE001 - ONNX Runtime's errors (InvalidProtobuf, Fail) are plain Exceptions
+            # A cached export that does not load (cut short by a copy of the data folder, a damaged disk)
+            # ended stage 3 in the same traceback at every rerun until it was deleted by hand: export again.
+            path.unlink(missing_ok=True)
+            path = export_onnx(body, preprocess, export_dir or default_export_dir())
+            self.session = cpu_session(path)
         self.name = "onnxruntime-cpu"
         import onnxruntime as ort
 
