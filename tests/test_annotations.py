@@ -303,3 +303,27 @@ def test_a_read_only_data_set_folder_says_how_to_record_fixes_anyway(color_datas
         (linked / cls).symlink_to(color_dataset / cls)
     assert AnnotationBrowser(linked).move("red/red_0.jpg", "green") == "green"
     assert read_fixes(linked) == {"red/red_0.jpg": "green"}
+
+
+@pytest.mark.parametrize("linked", [False, True], ids=["real folder", "linked folder"])
+def test_the_read_only_notes_commands_make_a_folder_of_links_when_pasted_into_a_shell(
+        color_dataset: Path, linked: bool) -> None:
+    # The note's commands globbed the folder's old name after moving it away: for a real folder that
+    # matched nothing, and ln made one link named '*' to nowhere; a name with a space split in two.
+    folder = color_dataset.parent / "my photos"
+    if linked:
+        folder.symlink_to(color_dataset)
+        readonly_target = color_dataset
+    else:
+        color_dataset.rename(folder)
+        readonly_target = folder
+    with _read_only(readonly_target):
+        note = unwritable_note(folder)
+    assert note is not None
+    commands = note.split("instead (", 1)[1].rsplit("), which keeps", 1)[0]
+    subprocess.run(["bash", "-c", commands], check=True, capture_output=True, cwd=color_dataset.parent.parent)
+    assert folder.is_dir() and not folder.is_symlink()
+    assert sorted(p.name for p in folder.iterdir()) == ["blue", "green", "red"]
+    assert all((folder / c).is_symlink() and (folder / c / f"{c}_0.jpg").is_file() for c in ("blue", "green", "red"))
+    assert AnnotationBrowser(folder).move("red/red_0.jpg", "green") == "green"
+    assert read_fixes(folder) == {"red/red_0.jpg": "green"}

@@ -17,6 +17,7 @@ import errno
 import html
 import io
 import os
+import shlex
 import unicodedata
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -89,10 +90,15 @@ def unwritable_note(images_dir: str | Path) -> str | None:
 def _unwritable(folder: Path) -> str:
     # A folder shared read-only (a colleague's, a network drive, /kaggle/input) still takes fixes
     # through a data set folder of links to its class folders: the fixes file then lies in that folder.
-    real = folder.resolve()
+    # The links point where the class folders are once the mv has run: a link's target stays put, but
+    # a real folder is then at FOLDER.link (its old name, globbed after the mkdir, matches nothing).
+    # Quoted, so that a path with spaces or quotes can be pasted into a shell as it is.
+    moved = f"{folder}.link"
+    source = folder.resolve() if folder.is_symlink() else moved
     return (f"{folder} is read-only here, so {FIXES_FILE} cannot be written in it: make the data set folder a "
-            f"folder of links to the class folders instead (mv {folder} {folder}.link; mkdir {folder}; "
-            f"ln -s {real}/* {folder}/), which keeps the photos where they are")
+            f"folder of links to the class folders instead (mv {shlex.quote(str(folder))} {shlex.quote(moved)}; "
+            f"mkdir {shlex.quote(str(folder))}; ln -s {shlex.quote(str(source))}/* {shlex.quote(str(folder))}/), "
+            "which keeps the photos where they are")
 
 
 def write_fixes(images_dir: str | Path, fixes: dict[str, str]) -> Path:
