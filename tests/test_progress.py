@@ -125,6 +125,31 @@ def test_a_ctrl_c_python_swallows_still_stops_the_stage() -> None:
     assert "finished" not in proc.stdout and "interrupted:" in proc.stderr
 
 
+def test_a_folder_or_file_in_the_way_of_a_write_is_one_line_naming_it(color_dataset, tmp_path, capsys) -> None:
+    """split.json made a folder by hand (or results/ a file) ended a stage in a traceback naming the
+    temp file it was renaming ('.split.json.x1y2.tmp' -> 'split.json')."""
+    from conftest import run_script
+    from imgclass import cli
+    from imgclass.fileio import write_json
+
+    split = tmp_path / "proc" / "colors" / "split.json"
+    split.mkdir(parents=True)
+    proc = run_script("1_prepareData.py", "--set", "datasetName=colors", data_dir=tmp_path, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"error: {split} is a folder, where this stage expects a file: move or rename it" in proc.stderr
+    assert not [p.name for p in split.parent.iterdir() if p.name.endswith(".tmp")]
+
+    blocker = tmp_path / "results"
+    blocker.write_text("")
+    for main in (lambda: write_json(blocker / "colors" / "metrics.json", {}),  # mkdir: File exists
+                 lambda: (blocker / "metrics.json").unlink(missing_ok=True)):  # Not a directory
+        with pytest.raises(SystemExit) as exit_:
+            cli.run_stage(main)
+        assert exit_.value.code == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {blocker} is a file, where this stage needs a folder") and err.count("\n") == 1, err
+
+
 @pytest.mark.parametrize("wrapped", [False, True])
 def test_a_full_disk_is_one_line_not_a_traceback(wrapped: bool, tmp_path, monkeypatch, capsys) -> None:
     """No space left (torch.save wraps the OSError in a RuntimeError) ended a stage in a traceback

@@ -12,11 +12,13 @@ from __future__ import annotations
 import argparse
 import errno
 import inspect
+import os
 import shutil
 import sys
 import textwrap
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from imgclass.cpus import OutOfMemoryAdvice
 from imgclass.params import ParameterError, Params, load_params, parse_overrides
@@ -89,13 +91,37 @@ _STORAGE_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "d
                    errno.EROFS: "read-only file system"}
 
 
+def _in_the_way(e: OSError) -> str | None:
+    """One line for a write stopped by a folder where a file goes (split.json made a folder by hand)
+    or a file where a folder goes (results/<name>/svm a file), naming it; None for another cause.
+    os.replace(temp, target) names the target second, and the temp name would only mislead."""
+    named = e.filename2 if e.filename2 is not None else e.filename
+    if named is None:
+        return None
+    target = Path(os.fsdecode(named))
+    rerun = "then rerun this stage (no half-written file was left in place of a good one)"
+    if e.errno == errno.EISDIR and target.is_dir():
+        return f"{target} is a folder, where this stage expects a file: move or rename it, {rerun}"
+    # ENOTDIR, or EEXIST from mkdir: the first part of the path that is there is not a folder.
+    for part in (target, *target.parents):
+        if os.path.lexists(part):
+            if part.is_dir():
+                return None
+            return (f"{part} is a file, where this stage needs a folder (to write {target}): move or rename it, "
+                    f"{rerun}")
+    return None
+
+
 def storage_error(e: BaseException) -> str | None:
-    """One line for a write that failed for lack of space or a read-only file system (the error
-    itself or the one it was raised while handling), else None."""
+    """One line for a write that failed for lack of space or a read-only file system, or because a
+    folder or file was in the way (the error itself or the one it was raised while handling), else None."""
     seen: set[int] = set()
     cause: BaseException | None = e
     while cause is not None and id(cause) not in seen:
         seen.add(id(cause))
+        if (isinstance(cause, OSError) and cause.errno in (errno.EISDIR, errno.ENOTDIR, errno.EEXIST)
+                and (message := _in_the_way(cause)) is not None):
+            return message
         if isinstance(cause, OSError) and cause.errno in _STORAGE_ERRNOS:
             what = _STORAGE_ERRNOS[cause.errno]
             where = f" writing {cause.filename}" if cause.filename else ""
