@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import SCRIPTS
 from imgclass.fileio import (DamagedFileError, atomic_open, hold_lock, load_npz, read_json, same_name_groups, save_npz,
                              write_json)
 
@@ -159,3 +161,25 @@ def test_a_lock_held_shared_for_an_instant_by_lock_holder_is_taken_not_refused(t
     finally:
         probe.wait(timeout=10)
     assert lock.read_text() == str(os.getpid())
+
+
+def test_a_folder_not_writable_by_the_user_is_named_not_the_temp_file(color_dataset: Path, tmp_path: Path) -> None:
+    # A proc/ folder made by a colleague (or by root): the error named '.split.json.x1y2.tmp'.
+    proc_dir = tmp_path / "proc" / "colors"
+    proc_dir.mkdir(parents=True)
+    proc_dir.chmod(0o555)
+    # root writes anywhere: without the capability to override permissions it is bound by them as the owner.
+    prefix = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("root, and no setpriv to drop the capability to override permissions")
+        prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", "--"]
+    env = {**os.environ, "IMGCLASS_DATA_DIR": str(tmp_path), "IMGCLASS_OFFLINE": "1", "IMGCLASS_TRACKING": "0"}
+    try:
+        proc = subprocess.run([*prefix, sys.executable, str(SCRIPTS / "1_prepareData.py"), "--set", "datasetName=colors"],
+                              capture_output=True, text=True, env=env, timeout=600)
+    finally:
+        proc_dir.chmod(0o755)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"the folder {proc_dir} is not writable by this user" in proc.stderr and ".tmp" not in proc.stderr, proc.stderr
+    assert list(proc_dir.iterdir()) == []

@@ -47,7 +47,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     a web server, a container running as another user or a colleague must be able to read results."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except PermissionError as e:
+        # The error would name the hidden temp file (".split.json.x1y2.tmp"), not the folder to fix.
+        raise PermissionError(e.errno, f"cannot write {path}: the folder {path.parent} is not writable by this "
+                                       "user; make it writable, or point IMGCLASS_DATA_DIR (--set DATA_DIR=...) "
+                                       "at a writable one") from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
