@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import html
+import os
+import re
+import urllib.parse
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -76,6 +80,29 @@ def test_plots_and_pages_are_written(tmp_path: Path) -> None:
     page = write_browser(tmp_path / "out" / "b.html", tmp_path / "images", paths, labels, scores, classes, "t").read_text()
     assert page.count('class="card') == 15 and "../images/dotted/0.jpg" in page
     assert not list((tmp_path / "out").glob(".*tmp"))  # atomic writes leave no temp files
+
+
+def test_the_page_finds_the_photos_from_a_linked_data_dir_with_linked_photos(tmp_path: Path) -> None:
+    # ~/imgclass_data -> /mnt/big/imgclass_data (a bigger disk), whose images/<name> -> /mnt/big/photos:
+    # the link was computed between the resolved folders, "../../../../photos/..." from the page, which
+    # the browser joins to the address the stage printed (~/imgclass_data/results/...): ~/../photos.
+    from conftest import write_image
+
+    disk = tmp_path / "mnt" / "big"
+    (disk / "imgclass_data" / "images").mkdir(parents=True)
+    write_image(disk / "photos" / "dotted" / "a b.jpg", (200, 40, 40))
+    (disk / "imgclass_data" / "images" / "shirts").symlink_to(disk / "photos")
+    data_dir = tmp_path / "home" / "imgclass_data"
+    data_dir.parent.mkdir()
+    data_dir.symlink_to(disk / "imgclass_data")
+    page_path = data_dir / "results" / "shirts" / "svm" / "browser.html"
+    write_browser(page_path, data_dir / "images" / "shirts", ["dotted/a b.jpg"], np.array([0]),
+                  np.array([[1.0, -1.0]]), ["dotted", "striped"], "t")
+    links = [html.unescape(u) for u in re.findall(r'<img loading="lazy" src="([^"]+)"', page_path.read_text())]
+    assert len(links) == 1
+    for link in links:
+        for page_dir in (page_path.parent, page_path.parent.resolve()):  # opened as printed, or where it lies
+            assert os.path.isfile(os.path.normpath(os.path.join(page_dir, urllib.parse.unquote(link)))), (page_dir, link)
 
 
 def test_class_averaged_auc_is_the_mean_of_the_per_class_aucs() -> None:

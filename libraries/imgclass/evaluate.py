@@ -490,6 +490,26 @@ window.addEventListener("pageshow", imgFilter);
 </script>"""
 
 
+def _relative_link(target: Path, page_dir: Path) -> str:
+    """The relative path from the folder `page_dir` to `target`, as a link on a page there. A browser
+    joins it to the page's address as the stage printed it, without resolving links: with DATA_DIR a
+    link (to a bigger disk) and the photos a link to a folder beside it there, the path between the
+    resolved folders climbed out of the link's folder instead ("../../../../photos" from
+    ~/imgclass_data/results/x/svm is ~/../photos). That one is kept wherever it leads there too."""
+    resolved = os.path.relpath(target.resolve(), page_dir.resolve())
+    start = os.path.abspath(page_dir)
+
+    def reaches(rel: str) -> bool:
+        joined = os.path.normpath(os.path.join(start, rel))
+        return os.path.exists(joined) and os.path.samefile(joined, target)
+
+    if target.exists() and not reaches(resolved):
+        lexical = os.path.relpath(os.path.abspath(target), start)
+        if reaches(lexical):
+            return lexical
+    return resolved
+
+
 def write_browser(
     path: str | Path, images_dir: str | Path, paths: Sequence[str], labels: np.ndarray | None,
     scores: np.ndarray, classes: Sequence[str], title: str = "", score_kind: str = "",
@@ -517,7 +537,7 @@ def write_browser(
     pred = scores.argmax(axis=1)
     top = scores.max(axis=1)
     try:
-        rel_root = Path(os.path.relpath(Path(images_dir).resolve(), path.parent.resolve())).as_posix()
+        rel_root = Path(_relative_link(Path(images_dir), path.parent)).as_posix()
         base = "" if rel_root == "." else urllib.parse.quote(rel_root) + "/"
     except ValueError:  # Windows: the images are on another drive than the page, no relative path leads there
         base = Path(images_dir).resolve().as_uri() + "/"
