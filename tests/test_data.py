@@ -51,6 +51,11 @@ def test_dedicated_test_images_fix_the_test_set(color_dataset: Path) -> None:
     s = make_split(color_dataset, ratio=0.5, seed=0)
     assert sorted(p for p, _ in s.test) == ["blue/blue_5.jpg", "green/green_1.jpg", "red/red_0.jpg"]
     assert len(s.train) == 15 and s.method == "dedicatedTestImages.tsv"
+    # A list with no image yet: the remedy is the list, not ratioTrainTest (which it overrides).
+    (color_dataset / "dedicatedTestImages.tsv").write_text("# test images\n")
+    with pytest.raises(DatasetError, match="the test set is empty: list test images in dedicatedTestImages.tsv, or "
+                                           "delete it for a random split"):
+        make_split(color_dataset)
     (color_dataset / "dedicatedTestImages.tsv").write_text("purple/x.jpg\n")
     with pytest.raises(DatasetError, match="line 1"):
         make_split(color_dataset)

@@ -1076,7 +1076,15 @@ def check_disjoint(split: Split) -> None:
         raise DatasetError(f"train and test share {len(shared)} image(s), e.g. {sorted(shared)[0]}")
     for side in ("train", "test"):
         if not split.side(side):
-            raise DatasetError(f"the {side} set is empty: add images or change ratioTrainTest")
+            # The remedy depends on what made the split: ratioTrainTest plays no part in the other two.
+            if split.method == DEDICATED_TEST_FILE:
+                remedy = (f"list test images in {DEDICATED_TEST_FILE}, or delete it for a random split" if side == "test"
+                          else f"{DEDICATED_TEST_FILE} lists every image: leave some out to train on")
+            elif split.method.startswith("folders "):
+                remedy = f"add images to its folder ({split.method})"
+            else:
+                remedy = "add images or change ratioTrainTest"
+            raise DatasetError(f"the {side} set is empty: {remedy}")
 
 
 def exact_duplicates_across(split: Split, images_dir: str | Path, progress: bool = True) -> list[tuple[str, str]]:
