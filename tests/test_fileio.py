@@ -140,26 +140,46 @@ def test_names_the_file_system_tells_apart_are_no_group_and_the_probe_leaves_not
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="advisory locks: POSIX")
-def test_a_lock_held_shared_for_an_instant_by_lock_holder_is_taken_not_refused(tmp_path: Path) -> None:
+def test_a_lock_held_shared_for_an_instant_by_lock_holder_is_taken_not_refused(tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """lock_holder probes by taking the lock shared for an instant (stage 3 asking whether stage 2
     runs): a stage 2 starting in that instant was refused, told that the last stage 2 (process
-    99999999, long ended) was refining. Here the instant is made 0.1 s long, in another process."""
+    99999999, long ended) was refining. Here the instant is another process's: it holds the lock
+    shared until hold_lock has met it once, then lets go."""
     import fcntl
+    import time
+    import types
+
+    from imgclass import fileio
 
     lock = tmp_path / "proc" / ".refine.lock"
     lock.parent.mkdir()
     lock.write_text("99999999")  # what the last holder wrote
+    # The probe lets go when told (a line on stdin), not after a fixed 0.1 s: on a loaded machine this
+    # process could be scheduled again only after those 0.1 s, and then found no lock to be refused by.
     probe = subprocess.Popen(
-        [sys.executable, "-c", f"import fcntl, sys, time\nf = open({str(lock)!r})\nfcntl.flock(f, fcntl.LOCK_SH)\n"
-                               "print('held', flush=True)\ntime.sleep(0.1)"],
-        stdout=subprocess.PIPE, text=True)
+        [sys.executable, "-c", f"import fcntl, sys\nf = open({str(lock)!r})\nfcntl.flock(f, fcntl.LOCK_SH)\n"
+                               "print('held', flush=True)\nsys.stdin.readline()\nfcntl.flock(f, fcntl.LOCK_UN)"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:  # hold_lock waits here after it met the probe's lock: end the instant
+        if not waits:
+            assert probe.stdin is not None
+            probe.stdin.write("release\n")
+            probe.stdin.flush()
+        waits.append(seconds)
+        time.sleep(seconds)
+
+    monkeypatch.setattr(fileio, "time", types.SimpleNamespace(monotonic=time.monotonic, sleep=sleep))
     try:
         assert probe.stdout is not None and probe.stdout.readline().strip() == "held"
         with open(lock) as f, pytest.raises(BlockingIOError):  # the probe's lock is there now
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         assert hold_lock(lock) is None
     finally:
-        probe.wait(timeout=10)
+        probe.communicate("", timeout=10)
+    assert waits, "hold_lock never met the probe's lock: nothing tested"
     assert lock.read_text() == str(os.getpid())
 
 
