@@ -905,9 +905,15 @@ def test_client_ctrl_c_says_what_was_answered_not_files(tmp_path: Path) -> None:
         silent.bind(("127.0.0.1", 0))
         silent.listen()
         env = {**os.environ, "IMGCLASS_DATA_DIR": str(tmp_path), "IMGCLASS_TRACKING": "0"}
-        proc = subprocess.Popen([sys.executable, str(SCRIPTS / "6_callWebservice.py"), str(image), "--url",
-                                 f"http://127.0.0.1:{silent.getsockname()[1]}"], cwd=ROOT, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # A test run started in the background ignores SIGINT and its children inherit that (the client
+        # then waited on the silent service for good): start it as a terminal does (see test_download).
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            proc = subprocess.Popen([sys.executable, str(SCRIPTS / "6_callWebservice.py"), str(image), "--url",
+                                     f"http://127.0.0.1:{silent.getsockname()[1]}"], cwd=ROOT, env=env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        finally:
+            signal.signal(signal.SIGINT, previous)
         conn, _ = silent.accept()  # the client is waiting for /info
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
