@@ -510,6 +510,143 @@ def _relative_link(target: Path, page_dir: Path) -> str:
     return resolved
 
 
+# The results page. The viewport line: without it a phone lays the page out 980 px wide and shrinks
+# it to its screen (12 px captions read as 5 px). On a narrow screen two cards a row, not one in half
+# the width. A mark before each card's classes, as the border's red or green alone is one colour to a
+# red-green colour-blind reader. Filled by str.format: a brace of the CSS is written twice.
+PAGE_TEMPLATE = """<!doctype html><html><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1"><title>{title}</title>
+<style>body{{font-family:sans-serif;margin:1em}} .grid{{display:flex;flex-wrap:wrap;gap:8px}}
+.card{{width:180px;border:3px solid #4a4;padding:4px;font-size:12px;overflow-wrap:anywhere}} .card.err{{border-color:#d33}}
+.card.ok>b::before{{content:"\\2713  "}} .card.err>b::before{{content:"\\2717  "}}
+@media (max-width:480px){{.card{{width:calc(50% - 18px)}}}}
+.card.new{{border-color:#888}} h3{{margin:1.2em 0 .4em}}
+nav span:not([hidden])~span:not([hidden])::before{{content:" \\b7  "}}
+nav{{line-height:1.6;max-height:30vh;overflow-y:auto;resize:vertical;border-bottom:1px solid #ccc}}
+h2,h3,nav,ul{{overflow-wrap:anywhere}} select{{max-width:100%}}
+.card img{{width:100%;height:160px;object-fit:contain;background:#eee}} ol{{margin:2px 0;padding-left:18px}}
+small{{color:#666;word-break:break-all}} [hidden]{{display:none!important}}
+.figs{{display:flex;flex-wrap:wrap;gap:8px}} .figs img{{width:280px;max-width:100%;border:1px solid #ccc}}</style></head><body>
+<h2>{title}</h2><p>{summary}</p>{figures}{filter_bar}<nav>{jumps}</nav>{body}{tail}</body></html>"""
+
+
+def _images_base(images_dir: Path, page_dir: Path) -> str:
+    """The URL prefix, from a page in `page_dir`, of the images under `images_dir` ("" or ending in '/')."""
+    try:
+        rel_root = Path(_relative_link(images_dir, page_dir)).as_posix()
+        return "" if rel_root == "." else urllib.parse.quote(rel_root) + "/"
+    except ValueError:  # Windows: the images are on another drive than the page, no relative path leads there
+        return images_dir.resolve().as_uri() + "/"
+
+
+def _thumbnails(images_dir: Path, paths: Sequence[str], folder: Path, progress: bool) -> dict[int, Path]:
+    """{index into `paths`: its thumbnail in `folder`} of the images that need one (_needs_thumbnail).
+    Made before the page, in threads (Pillow decodes without the GIL), with a progress bar: 3000
+    12-megapixel TIFFs take 8 minutes on one core, and stage 5 printed nothing meanwhile."""
+    need = [i for i, p in enumerate(paths) if _needs_thumbnail(images_dir / p)]
+    if not need:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(8, usable_cpus())) as pool:
+        made = pool.map(lambda i: _thumbnail(images_dir / paths[i], folder), need)
+        return dict(zip(need, progress_bar(made, total=len(need), desc="page thumbnails", unit="img",
+                                           disable=not progress)))
+
+
+def _prune_thumbnails(folder: Path, kept: set[Path]) -> None:
+    """Delete the thumbnails in `folder` not in `kept`, of images no longer shown (the page before this
+    one showed them): each rerun on a moved or changed image set added a folder's worth (3000 TIFFs:
+    106 MB). Only files named as _thumbnail names them: anything else there is not ours."""
+    if not folder.is_dir():
+        return
+    for old in folder.iterdir():
+        if THUMBNAIL_NAME.fullmatch(old.name) and old not in kept:
+            old.unlink(missing_ok=True)
+
+
+def _card(file: str, src: str, thumb: str | None, label: int, score: np.ndarray, classes: Sequence[str]) -> str:
+    """One image's card: the picture, true &rarr; predicted class and the top 3 scores. `file`: its path
+    as given, `src`: its URL from the page, `thumb`: its thumbnail's URL (None: shown itself), `label`:
+    its true class, -1 for none known (new images: grey, no true class)."""
+    pred = np.argmax(score)
+    state = "new" if label < 0 else "ok" if pred == label else "err"
+    rows = "".join(f"<li>{html.escape(classes[j])}: {score_text(score[j])}</li>" for j in np.argsort(-score)[:3])
+    # The file name as alt text: an image that no longer loads shows what it was, not a blank box.
+    alt = html.escape(Path(file).name)
+    img = f'<img loading="lazy" src="{html.escape(src)}" alt="{alt}">'
+    if thumb is not None:
+        img = f'<img loading="lazy" src="{html.escape(thumb)}" alt="{alt}">'
+        if Path(file).suffix.lower() not in NOT_IN_BROWSERS:  # a click shows the photo itself
+            img = f'<a href="{html.escape(src)}">{img}</a>'
+    head = "" if state == "new" else f"{html.escape(classes[label])} &rarr; "
+    # The classes as indices (into the filter's options): short, and nothing in a name to escape.
+    known = "" if state == "new" else f' data-t="{label}"'
+    return (f'<div class="card {state}"{known} data-p="{pred}">{img}'
+            f"<b>{head}{html.escape(classes[pred])}</b>"
+            f"<ol>{rows}</ol><small>{html.escape(file)}</small></div>")
+
+
+def _sections_and_summary(labels: np.ndarray | None, pred: np.ndarray, top: np.ndarray,
+                          classes: Sequence[str]) -> tuple[list[tuple[str, list[int]]], str]:
+    """The page's sections, (heading, image indices in the order shown), and the summary that says
+    their order. With `labels`: the misclassified images (the most confident first), the correct ones
+    of each class, then those of label -1 by predicted class (the least confident first in each), and
+    the summary opens with the accuracy of the labelled ones. Without: by predicted class."""
+    sections: list[tuple[str, list[int]]] = []
+
+    def by_prediction(indices: list[int], heading: str) -> None:
+        for j, c in enumerate(classes):
+            members = sorted((i for i in indices if pred[i] == j), key=lambda i: top[i])
+            if members:
+                sections.append((f"{heading}{c}", members))
+
+    everyone = range(len(pred))
+    if labels is None:
+        by_prediction(list(everyone), "predicted ")
+        return sections, (f"{len(pred)} images, one section per predicted class, the least confident first in each; "
+                          f"each card: predicted class and the top scores.")
+    unlabelled = [i for i in everyone if labels[i] < 0]
+    n = len(pred) - len(unlabelled)  # the labelled images, the accuracy's
+    wrong = sorted((i for i in everyone if 0 <= labels[i] != pred[i]), key=lambda i: -top[i])
+    if wrong:
+        sections.append(("misclassified", wrong))
+    for j, c in enumerate(classes):
+        right = sorted((i for i in everyone if labels[i] == j and pred[i] == j), key=lambda i: top[i])
+        if right:
+            sections.append((f"{c}: correct", right))
+    by_prediction(unlabelled, "no known class, predicted ")
+    recall = [float((pred[labels == j] == j).mean()) for j in np.unique(labels[labels >= 0])]
+    summary = (f"<b>Accuracy {percent_text(1 - len(wrong) / max(n, 1))}</b> ({n - len(wrong)} of "
+               f"{n}), class-averaged {percent_text(float(np.mean(recall)) if recall else None)}. ")
+    summary += (f"{n} images, {len(wrong)} misclassified (&#10007;, red, first, the most confident first), then "
+                f"the correct ones (&#10003;, green) of each class, the least confident first; each card: true &rarr; predicted "
+                f"class and the top scores.")
+    if unlabelled:
+        summary += (f" Then {len(unlabelled)} image(s) of no known class (grey, not counted in the accuracy), "
+                    "one section per predicted class.")
+    return sections, summary
+
+
+def _filter_bar(labels: np.ndarray | None, pred: np.ndarray, classes: Sequence[str]) -> str:
+    """Selects of the true class (with `labels`) and the predicted class, and FILTER_SCRIPT: with 40
+    classes and 1000 mistakes, one class's mistakes were found by Ctrl+F. Plain inline script and no
+    server, so the page still works from disk. Each option names its class's count of images."""
+    def choice(key: str, what: str, of: np.ndarray) -> str:
+        counts = np.bincount(of[of >= 0], minlength=len(classes))  # -1: no known class, no option
+        options = "".join(f'<option value="{j}">{html.escape(c)} ({counts[j]})</option>'
+                          for j, c in enumerate(classes) if counts[j])
+        return f'<label>{what} <select id="f{key}"><option value="">all</option>{options}</select></label> '
+    return ('<p id="filter">Show only: ' + ("" if labels is None else choice("t", "true class", labels))
+            + choice("p", "predicted class", pred) + '<span id="fn"></span></p>' + FILTER_SCRIPT)
+
+
+def _figures_html(figures: Sequence[str | Path], page_dir: Path) -> str:
+    """The figures shown small, each linked to itself ("" without any)."""
+    links = "".join(
+        f'<a href="{html.escape(u)}"><img src="{html.escape(u)}" alt="{html.escape(Path(f).name)}"></a>'
+        for f in figures for u in [urllib.parse.quote(Path(os.path.relpath(Path(f).resolve(), page_dir.resolve())).as_posix())])
+    return f'<p class="figs">{links}</p>' if links else ""
+
+
 def write_browser(
     path: str | Path, images_dir: str | Path, paths: Sequence[str], labels: np.ndarray | None,
     scores: np.ndarray, classes: Sequence[str], title: str = "", score_kind: str = "",
@@ -536,132 +673,33 @@ def write_browser(
     path = Path(path)
     pred = scores.argmax(axis=1)
     top = scores.max(axis=1)
-    try:
-        rel_root = Path(_relative_link(Path(images_dir), path.parent)).as_posix()
-        base = "" if rel_root == "." else urllib.parse.quote(rel_root) + "/"
-    except ValueError:  # Windows: the images are on another drive than the page, no relative path leads there
-        base = Path(images_dir).resolve().as_uri() + "/"
-    thumbs = path.parent / f"{path.stem}_thumbs"
-    # Made before the page, in threads (Pillow decodes without the GIL), with a progress bar: 3000
-    # 12-megapixel TIFFs take 8 minutes on one core, and stage 5 printed nothing meanwhile.
-    need = [i for i, p in enumerate(paths) if _needs_thumbnail(Path(images_dir) / p)]
-    thumb_of: dict[int, Path] = {}
-    if need:
-        with ThreadPoolExecutor(max_workers=min(8, usable_cpus())) as pool:
-            made = pool.map(lambda i: _thumbnail(Path(images_dir) / paths[i], thumbs), need)
-            thumb_of = dict(zip(need, progress_bar(made, total=len(need), desc="page thumbnails", unit="img",
-                                                   disable=not progress)))
-
-    def card(i: int) -> str:
-        state = "new" if labels is None or labels[i] < 0 else "ok" if pred[i] == labels[i] else "err"
-        ranked = np.argsort(-scores[i])[:3]
-        rows = "".join(f"<li>{html.escape(classes[j])}: {score_text(scores[i, j])}</li>" for j in ranked)
-        # A path is a URL here: "IMG #2.jpg" or "50% off.jpg" must not end at '#' or decode '%'.
-        original = base + urllib.parse.quote(Path(paths[i]).as_posix())
-        # The file name as alt text: an image that no longer loads shows what it was, not a blank box.
-        alt = html.escape(Path(paths[i]).name)
-        img = f'<img loading="lazy" src="{html.escape(original)}" alt="{alt}">'
-        if i in thumb_of:
-            thumb = urllib.parse.quote(thumb_of[i].relative_to(path.parent).as_posix())
-            img = f'<img loading="lazy" src="{html.escape(thumb)}" alt="{alt}">'
-            if Path(paths[i]).suffix.lower() not in NOT_IN_BROWSERS:  # a click shows the photo itself
-                img = f'<a href="{html.escape(original)}">{img}</a>'
-        head = "" if state == "new" else f"{html.escape(classes[labels[i]])} &rarr; "
-        # The classes as indices (into the filter's options): short, and nothing in a name to escape.
-        known = "" if state == "new" else f' data-t="{labels[i]}"'
-        return (f'<div class="card {state}"{known} data-p="{pred[i]}">{img}'
-                f"<b>{head}{html.escape(classes[pred[i]])}</b>"
-                f"<ol>{rows}</ol><small>{html.escape(paths[i])}</small></div>")
-
-    sections: list[tuple[str, list[int]]] = []  # (heading, image indices in the order shown)
-
-    def by_prediction(indices: list[int], heading: str) -> None:
-        for j, c in enumerate(classes):
-            members = sorted((i for i in indices if pred[i] == j), key=lambda i: top[i])
-            if members:
-                sections.append((f"{heading}{c}", members))
-
-    if labels is None:
-        by_prediction(list(range(len(paths))), "predicted ")
-        summary = (f"{len(paths)} images, one section per predicted class, the least confident first in each; "
-                   f"each card: predicted class and the top scores.")
-    else:
+    if labels is not None:
         labels = np.asarray(labels)
-        unlabelled = [i for i in range(len(paths)) if labels[i] < 0]
-        n = len(paths) - len(unlabelled)  # the labelled images, the accuracy's
-        wrong = sorted((i for i in range(len(paths)) if 0 <= labels[i] != pred[i]), key=lambda i: -top[i])
-        if wrong:
-            sections.append(("misclassified", wrong))
-        for j, c in enumerate(classes):
-            right = sorted((i for i in range(len(paths)) if labels[i] == j and pred[i] == j), key=lambda i: top[i])
-            if right:
-                sections.append((f"{c}: correct", right))
-        by_prediction(unlabelled, "no known class, predicted ")
-        present = np.unique(labels[labels >= 0])
-        recall = [float((pred[labels == j] == j).mean()) for j in present]
-        summary = (f"<b>Accuracy {percent_text(1 - len(wrong) / max(n, 1))}</b> ({n - len(wrong)} of "
-                   f"{n}), class-averaged {percent_text(float(np.mean(recall)) if recall else None)}. ")
-        summary += (f"{n} images, {len(wrong)} misclassified (&#10007;, red, first, the most confident first), then "
-                   f"the correct ones (&#10003;, green) of each class, the least confident first; each card: true &rarr; predicted "
-                   f"class and the top scores.")
-        if unlabelled:
-            summary += (f" Then {len(unlabelled)} image(s) of no known class (grey, not counted in the accuracy), "
-                        "one section per predicted class.")
+    base = _images_base(Path(images_dir), path.parent)
+    thumbs = path.parent / f"{path.stem}_thumbs"
+    thumb_of = _thumbnails(Path(images_dir), paths, thumbs, progress)
+    # A path is a URL here: "IMG #2.jpg" or "50% off.jpg" must not end at '#' or decode '%'.
+    thumb_urls = {i: urllib.parse.quote(t.relative_to(path.parent).as_posix()) for i, t in thumb_of.items()}
+    cards = [_card(p, base + urllib.parse.quote(Path(p).as_posix()), thumb_urls.get(i),
+                   -1 if labels is None else labels[i], scores[i], classes) for i, p in enumerate(paths)]
+    sections, summary = _sections_and_summary(labels, pred, top, classes)
     if score_kind:
         summary += f" Scores: {html.escape(SCORE_MEANINGS.get(score_kind, score_kind))}."
-    if left_out:
+    tail = ""
+    if left_out:  # listed on the page: whoever opens it later has not seen the terminal
         summary += f' <a href="#left-out">{len(left_out)} file(s) not scored</a>, listed at the end.'
         items = "".join(f"<li>{html.escape(name)}: {html.escape(reason)}</li>" for name, reason in left_out)
         tail = f'<h3 id="left-out">not scored ({len(left_out)})</h3><ul>{items}</ul>'
-    else:
-        tail = ""
     # The list of sections scrolls in a box of at most 30% of the window: with 200 long class names it
     # was 5000 px tall, 6 screens of links before the first image.
     # A span per link, the " · " between them drawn by CSS: the filter hides a link with its separator.
     jumps = "".join(f'<span><a href="#s{k}">{html.escape(h)} ({len(m)})</a></span>' for k, (h, m) in enumerate(sections))
-    body = "".join(f'<h3 id="s{k}">{html.escape(h)} ({len(m)})</h3><div class="grid">{"".join(card(i) for i in m)}</div>'
+    body = "".join(f'<h3 id="s{k}">{html.escape(h)} ({len(m)})</h3><div class="grid">{"".join(cards[i] for i in m)}</div>'
                    for k, (h, m) in enumerate(sections))
-    # A filter by true and/or predicted class: with 40 classes and 1000 mistakes, one class's mistakes
-    # were found by Ctrl+F. Plain inline script and no server, so the page still works from disk.
-    def choice(key: str, what: str, of: np.ndarray) -> str:
-        counts = np.bincount(of[of >= 0], minlength=len(classes))  # -1: no known class, no option
-        options = "".join(f'<option value="{j}">{html.escape(c)} ({counts[j]})</option>'
-                          for j, c in enumerate(classes) if counts[j])
-        return f'<label>{what} <select id="f{key}"><option value="">all</option>{options}</select></label> '
-    filter_bar = ""
-    if len(paths):
-        filter_bar = ('<p id="filter">Show only: ' + ("" if labels is None else choice("t", "true class", labels))
-                      + choice("p", "predicted class", pred) + '<span id="fn"></span></p>' + FILTER_SCRIPT)
-    shown_figures = "".join(
-        f'<a href="{html.escape(u)}"><img src="{html.escape(u)}" alt="{html.escape(Path(f).name)}"></a>'
-        for f in figures for u in [urllib.parse.quote(Path(os.path.relpath(Path(f).resolve(), path.parent.resolve())).as_posix())])
-    if shown_figures:
-        shown_figures = f'<p class="figs">{shown_figures}</p>'
-    # The viewport line: without it a phone lays the page out 980 px wide and shrinks it to its screen
-    # (12 px captions read as 5 px). On a narrow screen two cards a row, not one in half the width.
-    # A mark before each card's classes, as the border's red or green alone is one colour to a
-    # red-green colour-blind reader.
-    page = f"""<!doctype html><html><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1"><title>{html.escape(title)}</title>
-<style>body{{font-family:sans-serif;margin:1em}} .grid{{display:flex;flex-wrap:wrap;gap:8px}}
-.card{{width:180px;border:3px solid #4a4;padding:4px;font-size:12px;overflow-wrap:anywhere}} .card.err{{border-color:#d33}}
-.card.ok>b::before{{content:"\\2713  "}} .card.err>b::before{{content:"\\2717  "}}
-@media (max-width:480px){{.card{{width:calc(50% - 18px)}}}}
-.card.new{{border-color:#888}} h3{{margin:1.2em 0 .4em}}
-nav span:not([hidden])~span:not([hidden])::before{{content:" \\b7  "}}
-nav{{line-height:1.6;max-height:30vh;overflow-y:auto;resize:vertical;border-bottom:1px solid #ccc}}
-h2,h3,nav,ul{{overflow-wrap:anywhere}} select{{max-width:100%}}
-.card img{{width:100%;height:160px;object-fit:contain;background:#eee}} ol{{margin:2px 0;padding-left:18px}}
-small{{color:#666;word-break:break-all}} [hidden]{{display:none!important}}
-.figs{{display:flex;flex-wrap:wrap;gap:8px}} .figs img{{width:280px;max-width:100%;border:1px solid #ccc}}</style></head><body>
-<h2>{html.escape(title)}</h2><p>{summary}</p>{shown_figures}{filter_bar}<nav>{jumps}</nav>{body}{tail}</body></html>"""
+    page = PAGE_TEMPLATE.format(title=html.escape(title), summary=summary, figures=_figures_html(figures, path.parent),
+                                filter_bar=_filter_bar(labels, pred, classes) if len(paths) else "",
+                                jumps=jumps, body=body, tail=tail)
     with atomic_open(path, "w", encoding="utf-8") as f:
         f.write(page)
-    # Then the thumbnails of images no longer shown (the page before this one showed them): each rerun
-    # on a moved or changed image set added a folder's worth (3000 TIFFs: 106 MB).
-    if thumbs.is_dir():
-        kept = set(thumb_of.values())
-        for old in thumbs.iterdir():
-            if THUMBNAIL_NAME.fullmatch(old.name) and old not in kept:
-                old.unlink(missing_ok=True)
+    _prune_thumbnails(thumbs, kept=set(thumb_of.values()))  # after the page: it no longer shows them
     return path
