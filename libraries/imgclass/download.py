@@ -876,6 +876,194 @@ def _check_one_folder_per_label(labels: list[str], out_dir: Path) -> None:
             + (", or rename the folder" if any(n in folders for g in clashes for n in g) else ""))
 
 
+def _check_download_args(workers: int, timeout: float, retries: int, max_bytes: int) -> None:
+    """Raise ValueError naming the first setting of download_images out of its range."""
+    if workers < 1:
+        raise ValueError(f"workers = {workers!r}: expected an int >= 1")
+    if timeout <= 0:
+        raise ValueError(f"timeout = {timeout!r}: expected a number of seconds > 0")
+    if retries < 0:
+        raise ValueError(f"retries = {retries!r}: expected an int >= 0")
+    if max_bytes < 1:
+        raise ValueError(f"max_bytes = {max_bytes!r}: expected an int >= 1")
+
+
+@dataclass
+class _Run:
+    """What the steps of one download_images run share, and update as they go."""
+
+    entries: list[tuple[str, str]]  # (label, url) of the list, each URL once (_dedupe)
+    out_dir: Path
+    report: DownloadReport
+    manifest: dict[str, str]  # {url: label} of the files on disk (read_manifest), written back at the end
+    reasons: dict[int, str] = field(default_factory=dict)  # entry index -> why it failed (in list order at the end)
+
+
+def _place_existing(run: _Run, label: str, url: str, files: list[Path],
+                    recorded: str | None) -> tuple[str, str, str] | None:
+    """Count the file(s) `files` of `url`, found on disk, for `label`, the list's label now, and move
+    the file to that label's folder if the label changed in the list since the run that fetched it
+    (`recorded`: the manifest's label). Returns (old path, new path, new label) of a file moved."""
+    out_dir, report = run.out_dir, run.report
+    here = [f for f in files if _label_of(f, out_dir) == label]
+    inside = os.path.realpath(files[0]).startswith(os.path.realpath(out_dir) + os.sep)  # not in a folder linked in
+    moved = None
+    if here:
+        report.per_class[label] += 1
+    elif recorded is not None and recorded != label and inside:
+        # The URL's label changed in the list since the run that downloaded it: follow it.
+        old = files.pop(0)
+        target = out_dir / label / old.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(old, target)  # atomic: the image is in one class folder or the other
+        report.moved.append((url, _label_of(old, out_dir), label))
+        moved = (old.relative_to(out_dir).as_posix(), target.relative_to(out_dir).as_posix(), label)
+        report.per_class[label] += 1
+        log.info("%s: label now %r, moved %s to %s/", url, label, old.relative_to(out_dir), label)
+    elif recorded is not None and inside:
+        # The list still says what it said, but the file is in another class folder: the user
+        # moved it there to fix its label. The folder wins.
+        report.left_by_hand.append((url, _label_of(files[0], out_dir), label))
+        files.pop(0)
+    else:
+        # No record of the label it was fetched under (a data set from before the manifest), or
+        # the file is in a folder linked in from elsewhere: a list changed since and a file moved
+        # by hand look the same, and nothing outside the data set is moved. Left, and said.
+        report.unsure.append((url, _label_of(files[0], out_dir), label))
+        files.pop(0)
+    for other in files:
+        if _label_of(other, out_dir) != label:  # left by a version that downloaded it again
+            log.warning("%s is listed as %r but also in %s: the same image in two classes; "
+                        "delete that copy", url, label, other.relative_to(out_dir))
+    report.skipped_existing += 1
+    return moved
+
+
+def _plan(run: _Run, ambiguous: dict[str, list[str]],
+          retry_gone: bool) -> tuple[list[int], list[tuple[str, str, str]]]:
+    """Sort each URL of the list, fetching nothing: on disk (counted, and moved if its label changed in
+    the list: _place_existing), set aside by dedupImages.py, deleted by hand since an earlier run,
+    failed for good (a bad URL, listed under two labels, gone: in run.reasons), or to fetch. Returns
+    the indices of the entries to fetch, and (old path, new path, new label) of the files moved."""
+    out_dir, report, manifest = run.out_dir, run.report, run.manifest
+    existing = _existing_files(out_dir)
+    spellings = _spellings(manifest)  # of the URLs earlier runs fetched
+    listed = {_request_url(url) for _, url in run.entries}  # one URL however spelt
+    report.unlisted = list(dict.fromkeys(f for url in manifest if _request_url(url) not in listed
+                                         for f in existing.get(file_stem(url), [])))
+    # dedupImages.py names a moved file <stem>_1.jpg when <stem>.jpg is already there: the same URL.
+    set_aside = {re.sub(r"_\d+$", "", p.stem) for p in (out_dir / DUPLICATES_FOLDER).rglob("*")
+                 if p.suffix in _KNOWN_EXTENSIONS}
+    gone = {} if retry_gone else {url: reason for url, _, reason in _read_failures(out_dir)
+                                  if reason.startswith(("HTTP 404", "HTTP 410"))}
+    todo: list[int] = []
+    renamed: list[tuple[str, str, str]] = []
+    for i, (label, url) in enumerate(run.entries):
+        try:
+            scheme = urllib.parse.urlsplit(url).scheme.lower()
+        except ValueError as e:  # "http://[example.com/a.jpg": one bad line must not stop the list
+            run.reasons[i] = f"invalid URL: {e}"
+            continue
+        stems = _stems(url, spellings)
+        files = [f for stem in stems for f in existing.get(stem, [])]
+        # The label an earlier run fetched it under, whichever spelling it was listed by then: under
+        # another spelling a changed label was left as "unsure" (and the next run took the file for
+        # one moved by hand, so the list's label was lost), and a photo deleted by hand was fetched back.
+        recorded = next((manifest[u] for u in _spelt(url, spellings) if u in manifest), None)
+        if url in ambiguous:  # not fetched; a file of an earlier run stays where it is
+            run.reasons[i] = (f"listed under {len(ambiguous[url])} labels ({', '.join(ambiguous[url])}): not fetched, "
+                              "since an image can be of one class only; keep the line with the right label")
+        elif scheme not in ALLOWED_SCHEMES:
+            # Never fetched: no file:, ftp:, javascript: ... ("none": a bare host or a path, "not a url").
+            run.reasons[i] = (f"unsupported scheme ({scheme or 'none'}): only {' and '.join(sorted(ALLOWED_SCHEMES))} "
+                              "URLs are fetched")
+        elif not files and any(stem in set_aside for stem in stems):
+            report.set_aside += 1  # moved to _duplicates/ by dedupImages.py: not fetched back
+        elif files:
+            moved = _place_existing(run, label, url, files, recorded)
+            if moved:
+                renamed.append(moved)
+            # Every spelling's record of the one file (the manifest has a line for each): a stale label
+            # under the other spelling would read, in a later run listing that one, as a label changed.
+            for u in _spelt(url, spellings):
+                if u == url or u in manifest:
+                    manifest[u] = label
+        elif recorded is not None:
+            report.deleted.append(url)  # fetched by an earlier run, deleted by hand since: not again
+        elif tsv_field(url) in gone:
+            run.reasons[i] = gone[tsv_field(url)]
+            report.gone += 1
+        else:
+            todo.append(i)
+    return todo, renamed
+
+
+def _remove_emptied(out_dir: Path, renamed: list[tuple[str, str, str]]) -> None:
+    """Remove the folders the moved files (`renamed`: old path first) left empty: a label renamed in
+    the list (cats -> cat) leaves its old folder empty, which stage 1 would take for an empty class."""
+    emptied = {f for old, _, _ in renamed for f in (out_dir / old).parents if f != out_dir and out_dir in f.parents}
+    for folder in sorted(emptied, key=lambda f: -len(f.parts)):  # sub-folders before their class folder
+        try:
+            folder.rmdir()  # removes only an empty folder
+        except OSError:
+            pass
+
+
+def _fetch_all(run: _Run, todo: list[int], workers: int, timeout: float, retries: int, max_bytes: int,
+               progress: bool) -> None:
+    """Fetch the entries `todo` in `workers` threads, counting each in run.report and run.manifest or
+    its reason in run.reasons. On Ctrl-C or an error writing to out_dir, the downloads in progress are
+    stopped, what failed so far is written to FAILURES_FILE, and the exception is raised; the manifest
+    is written in any case."""
+    entries, out_dir, report, reasons = run.entries, run.out_dir, run.report, run.reasons
+    bar = progress_bar(total=len(entries), unit="img", desc="download", disable=not progress)
+    bar.update(len(entries) - len(todo))
+    stop = threading.Event()
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="imgclass-download")
+    pending: dict[Future[str | None], int] = {}
+    try:
+        for i in todo:
+            pending[pool.submit(_download_one, *entries[i], out_dir, timeout, retries, max_bytes, stop)] = i
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                i = pending.pop(future)
+                reason = future.result()  # raises only for errors writing to out_dir
+                if reason is None:
+                    report.ok += 1
+                    report.per_class[entries[i][0]] += 1
+                    run.manifest[entries[i][1]] = entries[i][0]
+                else:
+                    reasons[i] = reason
+                bar.update(1)
+                bar.set_postfix(failed=len(reasons), refresh=False)
+    except BaseException as e:
+        # Ctrl-C or a write error: drop the queued URLs and make running ones stop (their watchdogs
+        # close their sockets), instead of letting `with ThreadPoolExecutor` finish the whole list first.
+        if isinstance(e, KeyboardInterrupt) and progress:  # said, since the stop takes a moment (_Watchdog)
+            running = sum(f.running() for f in pending)
+            print(f"\nstopping: waiting for the {running} download(s) in progress to end "
+                  f"(a moment: their connections are closed; Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        # What failed so far is recorded, with the earlier run's failures of listed URLs not tried again yet.
+        tried = {tsv_field(url) for url in [*(entries[i][1] for i in reasons), *run.manifest]}
+        still_listed = {tsv_field(_request_url(url)) for _, url in entries}
+        try:
+            _write_failures(out_dir, [(entries[i][1], entries[i][0], reasons[i]) for i in sorted(reasons)]
+                            + [row for row in _read_failures(out_dir) if row[0] not in tried and row[0] in still_listed])
+        except (OSError, UnicodeError) as failed:  # (edited by hand since): the interrupt is what to report
+            log.warning("%s not updated: %s", FAILURES_FILE, failed)
+        if isinstance(e, KeyboardInterrupt) and progress:
+            print(f"so far in this run: {report.ok} downloaded, {len(reasons)} failed (in {FAILURES_FILE})",
+                  file=sys.stderr, flush=True)
+        raise
+    finally:
+        bar.close()
+        _write_manifest(out_dir, run.manifest)  # what is on disk now, also after Ctrl-C
+    pool.shutdown(wait=True)
+
+
 def download_images(
     url_list: str | Path | list[tuple[str, str]],
     out_dir: str | Path,
@@ -898,15 +1086,7 @@ def download_images(
     the next run, except URLs the server said are gone (HTTP 404 or 410: a list years old holds
     many, and asking again at every rerun is time lost): those only with `retry_gone`.
     """
-    if workers < 1:
-        raise ValueError(f"workers = {workers!r}: expected an int >= 1")
-    if timeout <= 0:
-        raise ValueError(f"timeout = {timeout!r}: expected a number of seconds > 0")
-    if retries < 0:
-        raise ValueError(f"retries = {retries!r}: expected an int >= 0")
-    if max_bytes < 1:
-        raise ValueError(f"max_bytes = {max_bytes!r}: expected an int >= 1")
-
+    _check_download_args(workers, timeout, retries, max_bytes)
     entries, ambiguous, repeated = _dedupe(_normalise_entries(url_list))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -916,142 +1096,13 @@ def download_images(
         lab for labels in ambiguous.values() for lab in labels)]})
     _check_one_folder_per_label(list(report.per_class), out_dir)
     report.repeated = repeated
-    reasons: dict[int, str] = {}  # entry index -> reason, so failures come out in list order
-    todo: list[int] = []
-    existing = _existing_files(out_dir)
-    real_out = os.path.realpath(out_dir)
-    manifest = read_manifest(out_dir)
-    spellings = _spellings(manifest)  # of the URLs earlier runs fetched
-    listed = {_request_url(url) for _, url in entries}  # one URL however spelt
-    report.unlisted = list(dict.fromkeys(f for url in manifest if _request_url(url) not in listed
-                                         for f in existing.get(file_stem(url), [])))
-    # dedupImages.py names a moved file <stem>_1.jpg when <stem>.jpg is already there: the same URL.
-    set_aside = {re.sub(r"_\d+$", "", p.stem) for p in (out_dir / DUPLICATES_FOLDER).rglob("*")
-                 if p.suffix in _KNOWN_EXTENSIONS}
-    moved_from: set[Path] = set()
-    renamed: list[tuple[str, str, str]] = []  # (old path, new path, new label) of files moved to follow the list
-    gone = {} if retry_gone else {url: reason for url, _, reason in _read_failures(out_dir)
-                                  if reason.startswith(("HTTP 404", "HTTP 410"))}
-    for i, (label, url) in enumerate(entries):
-        try:
-            scheme = urllib.parse.urlsplit(url).scheme.lower()
-        except ValueError as e:  # "http://[example.com/a.jpg": one bad line must not stop the list
-            reasons[i] = f"invalid URL: {e}"
-            continue
-        stems = _stems(url, spellings)
-        files = [f for stem in stems for f in existing.get(stem, [])]
-        # The label an earlier run fetched it under, whichever spelling it was listed by then: under
-        # another spelling a changed label was left as "unsure" (and the next run took the file for
-        # one moved by hand, so the list's label was lost), and a photo deleted by hand was fetched back.
-        recorded = next((manifest[u] for u in _spelt(url, spellings) if u in manifest), None)
-        if url in ambiguous:  # not fetched; a file of an earlier run stays where it is
-            reasons[i] = (f"listed under {len(ambiguous[url])} labels ({', '.join(ambiguous[url])}): not fetched, since "
-                          "an image can be of one class only; keep the line with the right label")
-        elif scheme not in ALLOWED_SCHEMES:
-            # Never fetched: no file:, ftp:, javascript: ... ("none": a bare host or a path, "not a url").
-            reasons[i] = f"unsupported scheme ({scheme or 'none'}): only {' and '.join(sorted(ALLOWED_SCHEMES))} URLs are fetched"
-        elif not files and any(stem in set_aside for stem in stems):
-            report.set_aside += 1  # moved to _duplicates/ by dedupImages.py: not fetched back
-        elif files:
-            here = [f for f in files if _label_of(f, out_dir) == label]
-            inside = os.path.realpath(files[0]).startswith(real_out + os.sep)  # not in a folder linked in
-            if here:
-                report.per_class[label] += 1
-            elif recorded is not None and recorded != label and inside:
-                # The URL's label changed in the list since the run that downloaded it: follow it.
-                old = files.pop(0)
-                target = out_dir / label / old.name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(old, target)  # atomic: the image is in one class folder or the other
-                moved_from.update(f for f in old.parents if f != out_dir and out_dir in f.parents)
-                report.moved.append((url, _label_of(old, out_dir), label))
-                renamed.append((old.relative_to(out_dir).as_posix(), target.relative_to(out_dir).as_posix(), label))
-                report.per_class[label] += 1
-                log.info("%s: label now %r, moved %s to %s/", url, label, old.relative_to(out_dir), label)
-            elif recorded is not None and inside:
-                # The list still says what it said, but the file is in another class folder: the user
-                # moved it there to fix its label. The folder wins.
-                report.left_by_hand.append((url, _label_of(files[0], out_dir), label))
-                files.pop(0)
-            else:
-                # No record of the label it was fetched under (a data set from before the manifest), or
-                # the file is in a folder linked in from elsewhere: a list changed since and a file moved
-                # by hand look the same, and nothing outside the data set is moved. Left, and said.
-                report.unsure.append((url, _label_of(files[0], out_dir), label))
-                files.pop(0)
-            for other in files:
-                if _label_of(other, out_dir) != label:  # left by a version that downloaded it again
-                    log.warning("%s is listed as %r but also in %s: the same image in two classes; "
-                                "delete that copy", url, label, other.relative_to(out_dir))
-            report.skipped_existing += 1
-            # Every spelling's record of the one file (the manifest has a line for each): a stale label
-            # under the other spelling would read, in a later run listing that one, as a label changed.
-            for u in _spelt(url, spellings):
-                if u == url or u in manifest:
-                    manifest[u] = label
-        elif recorded is not None:
-            report.deleted.append(url)  # fetched by an earlier run, deleted by hand since: not again
-        elif tsv_field(url) in gone:
-            reasons[i] = gone[tsv_field(url)]
-            report.gone += 1
-        else:
-            todo.append(i)
+    run = _Run(entries, out_dir, report, read_manifest(out_dir))
+    todo, renamed = _plan(run, ambiguous, retry_gone)
     report.fixes_moved = _carry_fixes(out_dir, renamed)
-    for folder in sorted(moved_from, key=lambda f: -len(f.parts)):  # sub-folders before their class folder
-        # A label renamed in the list (cats -> cat) leaves its old folder empty, which stage 1 would
-        # take for an empty class; rmdir removes only an empty folder.
-        try:
-            folder.rmdir()
-        except OSError:
-            pass
+    _remove_emptied(out_dir, renamed)
+    _fetch_all(run, todo, workers, timeout, retries, max_bytes, progress)
 
-    bar = progress_bar(total=len(entries), unit="img", desc="download", disable=not progress)
-    bar.update(len(entries) - len(todo))
-    stop = threading.Event()
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="imgclass-download")
-    pending: dict[Future[str | None], int] = {}
-    try:
-        for i in todo:
-            pending[pool.submit(_download_one, *entries[i], out_dir, timeout, retries, max_bytes, stop)] = i
-        while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                i = pending.pop(future)
-                reason = future.result()  # raises only for errors writing to out_dir
-                if reason is None:
-                    report.ok += 1
-                    report.per_class[entries[i][0]] += 1
-                    manifest[entries[i][1]] = entries[i][0]
-                else:
-                    reasons[i] = reason
-                bar.update(1)
-                bar.set_postfix(failed=len(reasons), refresh=False)
-    except BaseException as e:
-        # Ctrl-C or a write error: drop the queued URLs and make running ones stop (their watchdogs
-        # close their sockets), instead of letting `with ThreadPoolExecutor` finish the whole list first.
-        if isinstance(e, KeyboardInterrupt) and progress:  # said, since the stop takes a moment (_Watchdog)
-            running = sum(f.running() for f in pending)
-            print(f"\nstopping: waiting for the {running} download(s) in progress to end "
-                  f"(a moment: their connections are closed; Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
-        stop.set()
-        pool.shutdown(wait=True, cancel_futures=True)
-        # What failed so far is recorded, with the earlier run's failures of listed URLs not tried again yet.
-        tried = {tsv_field(url) for url in [*(entries[i][1] for i in reasons), *manifest]}
-        still_listed = {tsv_field(url) for url in listed}
-        try:
-            _write_failures(out_dir, [(entries[i][1], entries[i][0], reasons[i]) for i in sorted(reasons)]
-                            + [row for row in _read_failures(out_dir) if row[0] not in tried and row[0] in still_listed])
-        except (OSError, UnicodeError) as failed:  # (edited by hand since): the interrupt is what to report
-            log.warning("%s not updated: %s", FAILURES_FILE, failed)
-        if isinstance(e, KeyboardInterrupt) and progress:
-            print(f"so far in this run: {report.ok} downloaded, {len(reasons)} failed (in {FAILURES_FILE})",
-                  file=sys.stderr, flush=True)
-        raise
-    finally:
-        bar.close()
-        _write_manifest(out_dir, manifest)  # what is on disk now, also after Ctrl-C
-    pool.shutdown(wait=True)
-
+    reasons = run.reasons
     report.failures = [(entries[i][1], reasons[i]) for i in sorted(reasons)]
     report.failed_labels = {entries[i][0] for i in reasons} | {lab for labels in ambiguous.values() for lab in labels}
     report.failed = len(report.failures)
