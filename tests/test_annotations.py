@@ -305,11 +305,14 @@ def test_a_read_only_data_set_folder_says_how_to_record_fixes_anyway(color_datas
     assert read_fixes(linked) == {"red/red_0.jpg": "green"}
 
 
-@pytest.mark.parametrize("linked", [False, True], ids=["real folder", "linked folder"])
+@pytest.mark.parametrize(("linked", "relative"), [(False, False), (True, False), (False, True)],
+                         ids=["real folder", "linked folder", "real folder, relative DATA_DIR"])
 def test_the_read_only_notes_commands_make_a_folder_of_links_when_pasted_into_a_shell(
-        color_dataset: Path, linked: bool) -> None:
+        color_dataset: Path, linked: bool, relative: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     # The note's commands globbed the folder's old name after moving it away: for a real folder that
     # matched nothing, and ln made one link named '*' to nowhere; a name with a space split in two.
+    # With DATA_DIR relative ("data", "."), the links pointed at a relative path, which a link reads
+    # from its own folder: every class folder a dangling link.
     folder = color_dataset.parent / "my photos"
     if linked:
         folder.symlink_to(color_dataset)
@@ -317,8 +320,9 @@ def test_the_read_only_notes_commands_make_a_folder_of_links_when_pasted_into_a_
     else:
         color_dataset.rename(folder)
         readonly_target = folder
+    monkeypatch.chdir(color_dataset.parent.parent)  # where the commands are pasted, below
     with _read_only(readonly_target):
-        note = unwritable_note(folder)
+        note = unwritable_note(folder.relative_to(color_dataset.parent.parent) if relative else folder)
     assert note is not None
     commands = note.split("instead (", 1)[1].rsplit("), which keeps", 1)[0]
     subprocess.run(["bash", "-c", commands], check=True, capture_output=True, cwd=color_dataset.parent.parent)

@@ -92,9 +92,11 @@ def _unwritable(folder: Path) -> str:
     # through a data set folder of links to its class folders: the fixes file then lies in that folder.
     # The links point where the class folders are once the mv has run: a link's target stays put, but
     # a real folder is then at FOLDER.link (its old name, globbed after the mkdir, matches nothing).
-    # Quoted, so that a path with spaces or quotes can be pasted into a shell as it is.
+    # Quoted, so that a path with spaces or quotes can be pasted into a shell as it is. The links'
+    # targets are absolute: a link reads a relative target from its own folder, and `folder` is
+    # relative when DATA_DIR is ("data", ".").
     moved = f"{folder}.link"
-    source = folder.resolve() if folder.is_symlink() else moved
+    source = folder.resolve() if folder.is_symlink() else f"{os.path.abspath(folder)}.link"
     return (f"{folder} is read-only here, so {FIXES_FILE} cannot be written in it: make the data set folder a "
             f"folder of links to the class folders instead (mv {shlex.quote(str(folder))} {shlex.quote(moved)}; "
             f"mkdir {shlex.quote(str(folder))}; ln -s {shlex.quote(str(source))}/* {shlex.quote(str(folder))}/), "
