@@ -203,3 +203,34 @@ def test_a_folder_not_writable_by_the_user_is_named_not_the_temp_file(color_data
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert f"the folder {proc_dir} is not writable by this user" in proc.stderr and ".tmp" not in proc.stderr, proc.stderr
     assert list(proc_dir.iterdir()) == []
+
+
+def test_a_file_outside_data_dir_in_an_unwritable_folder_keeps_the_systems_words_for_callers(tmp_path: Path) -> None:
+    """atomic_path's error put its whole advice (DATA_DIR included) in strerror: the read-only data
+    set note, which ends in '(strerror)', then told to move DATA_DIR after giving its own way around,
+    and printed '[Errno 13] cannot write ...'; scoreImages.py --out in a read-only folder outside
+    DATA_DIR was told only to move DATA_DIR."""
+    folder = tmp_path / "read-only"
+    (folder / "red").mkdir(parents=True)
+    folder.chmod(0o555)
+    prefix = []
+    if os.geteuid() == 0:  # as in the test above: root is bound by permissions only without the capability
+        if shutil.which("setpriv") is None:
+            pytest.skip("root, and no setpriv to drop the capability to override permissions")
+        prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", "--"]
+    code = ("import sys\nfrom imgclass.annotations import AnnotationError, write_fixes\nfrom imgclass.fileio import write_json\n"
+            "try:\n    write_json(sys.argv[1] + '/scores.json', {})\nexcept PermissionError as e:\n"
+            "    print(e)\n    print(e.strerror)\n"
+            "try:\n    write_fixes(sys.argv[1], {'red/1.jpg': 'blue'})\nexcept AnnotationError as e:\n    print(e)\n")
+    try:
+        proc = subprocess.run([*prefix, sys.executable, "-c", code, str(folder)], capture_output=True, text=True,
+                              timeout=600)
+    finally:
+        folder.chmod(0o755)
+    assert proc.returncode == 0, proc.stderr
+    message, strerror, note = proc.stdout.splitlines()
+    assert message.startswith(f"cannot write {folder / 'scores.json'}: the folder {folder} is not writable by this "
+                              "user; make it writable, or write elsewhere"), message
+    assert strerror == os.strerror(13)
+    assert note.endswith(f"which keeps the photos where they are ({os.strerror(13)})"), note
+    assert list(folder.iterdir()) == [folder / "red"]

@@ -39,6 +39,18 @@ def _umask() -> int:
     return mask
 
 
+class FolderNotWritableError(PermissionError):
+    """atomic_path's PermissionError: str() names the file and its folder, while errno and strerror stay
+    the system's ("Permission denied"), for callers that put them in a message of their own (the
+    read-only data set note, dedupImages.py). The file may lie outside DATA_DIR (scoreImages.py --out),
+    so DATA_DIR is offered only for a stage's own files."""
+
+    def __str__(self) -> str:
+        path = Path(self.filename)
+        return (f"cannot write {path}: the folder {path.parent} is not writable by this user; make it writable, or "
+                "write elsewhere (a stage's own files: point IMGCLASS_DATA_DIR or --set DATA_DIR=... at a writable folder)")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temp path beside `path`; on success rename it over `path`, on error delete it.
@@ -51,9 +63,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except PermissionError as e:
         # The error would name the hidden temp file (".split.json.x1y2.tmp"), not the folder to fix.
-        raise PermissionError(e.errno, f"cannot write {path}: the folder {path.parent} is not writable by this "
-                                       "user; make it writable, or point IMGCLASS_DATA_DIR (--set DATA_DIR=...) "
-                                       "at a writable one") from None
+        raise FolderNotWritableError(e.errno, e.strerror, path) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
