@@ -148,6 +148,14 @@ def test_a_folder_or_file_in_the_way_of_a_write_is_one_line_naming_it(color_data
         assert exit_.value.code == 1
         err = capsys.readouterr().err
         assert err.startswith(f"error: {blocker} is a file, where this stage needs a folder") and err.count("\n") == 1, err
+    # A path read, not written, is refused with the same errno: said so, not "to write" it.
+    urls = tmp_path / "urls.tsv"
+    urls.write_text("red\thttp://127.0.0.1:9/red.jpg\n")
+    proc = run_script("0_downloadData.py", "--urls", str(urls / "list.tsv"), "--set", "datasetName=colors",
+                      data_dir=tmp_path, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith(f"error: {urls} is a file, where this stage needs a folder (in the path "
+                                  f"{urls / 'list.tsv'}): move or rename it, or correct the path"), proc.stderr
 
 
 @pytest.mark.parametrize("wrapped", [False, True])

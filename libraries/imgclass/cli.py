@@ -102,13 +102,14 @@ def _in_the_way(e: OSError) -> str | None:
     rerun = "then rerun this stage (no half-written file was left in place of a good one)"
     if e.errno == errno.EISDIR and target.is_dir():
         return f"{target} is a folder, where this stage expects a file: move or rename it, {rerun}"
-    # ENOTDIR, or EEXIST from mkdir: the first part of the path that is there is not a folder.
+    # ENOTDIR, or EEXIST from mkdir: the first part of the path that is there is not a folder. Not
+    # "to write": a path read is refused the same way (0_downloadData.py --urls list.tsv/urls.tsv).
     for part in (target, *target.parents):
         if os.path.lexists(part):
             if part.is_dir():
                 return None
-            return (f"{part} is a file, where this stage needs a folder (to write {target}): move or rename it, "
-                    f"{rerun}")
+            return (f"{part} is a file, where this stage needs a folder (in the path {target}): move or rename it, "
+                    f"or correct the path if you gave it, {rerun}")
     return None
 
 
