@@ -410,6 +410,13 @@ def test_dedicated_test_file_saved_as_ansi_names_the_file_and_line(color_dataset
     with pytest.raises(DatasetError, match=r"dedicatedTestImages\.tsv, line 2: not UTF-8 text \(byte 0xe9\); save the "
                                            r"file as UTF-8"):
         make_split(color_dataset)
+    # Lines ended by a lone \r (Excel for Mac's tab-delimited text), and a byte-order mark before a list
+    # joined on in another encoding: the line counted was 1, and one too few.
+    for text in ("red/red_0.jpg\rgreen/green_1.jpg\rblue/caf\xe9.jpg\r", "\ufeffred/red_0.jpg\ngreen/green_1.jpg\nblue/caf\xe9.jpg"):
+        data = text.encode("cp1252") if text[0] != "\ufeff" else b"\xef\xbb\xbf" + text[1:].encode("cp1252")
+        (color_dataset / "dedicatedTestImages.tsv").write_bytes(data)
+        with pytest.raises(DatasetError, match=r"dedicatedTestImages\.tsv, line 3: not UTF-8 text \(byte 0xe9\)"):
+            make_split(color_dataset)
 
 
 def test_stage1_names_skipped_folders_and_classes_without_test_images(color_dataset: Path) -> None:

@@ -26,6 +26,7 @@ import hashlib
 import io
 import os
 import random
+import re
 import unicodedata
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
@@ -573,7 +574,9 @@ def _read_dedicated(path: Path, classes: list[str]) -> set[str]:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:  # saved as "ANSI" (Excel's tab-delimited text): said as for annotations_fixes.tsv
-        line_no = path.read_bytes()[:e.start].count(b"\n") + 1
+        # Counted in the bytes decoded (a byte-order mark is not among them) and at the line ends the
+        # lines below are numbered by: Excel for Mac's tab-delimited text ends lines with a lone \r.
+        line_no = len(re.findall(rb"\r\n|\r|\n", e.object[:e.start])) + 1
         raise DatasetError(f"{path}, line {line_no}: not UTF-8 text (byte {e.object[e.start]:#x}); save the file as "
                            "UTF-8") from None
     with io.StringIO(text, newline=None) as f:  # lines end where open() ends them
