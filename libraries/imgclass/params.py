@@ -225,7 +225,11 @@ def home_problem(value: str) -> str | None:
     try:
         Path(value).expanduser()
     except RuntimeError:
-        return f"{value.split('/')[0]} names no user's home folder here (did you mean ~/{value[1:]}?)"
+        head = Path(value).parts[0]
+        if head == "~":  # no HOME, and a user id the user database lacks (a container run with --user 12345)
+            return ("~, this user's home folder, is unknown here (HOME is not set, and the user database has no "
+                    "entry for this user): set HOME, or give a full path")
+        return f"{head} names no user's home folder here (did you mean ~/{value[1:]}?)"
     return None
 
 
