@@ -16,6 +16,7 @@ without a label, as are images directly in the folder: they are not counted in t
 """
 
 import datetime
+import os
 import unicodedata
 from collections import Counter
 from pathlib import Path
@@ -58,6 +59,9 @@ def main() -> int:
     if args.out and Path(args.out).is_dir():
         # Said before scoring: after it, the TSV's rename onto the folder ended in an IsADirectoryError traceback.
         parser.error(f"--out {args.out}: a folder; name the TSV to write in it (e.g. {Path(args.out) / 'scores.tsv'})")
+    if args.out and (where := Path(args.out).absolute().parent).is_dir() and not os.access(where, os.W_OK):
+        # Also said before scoring, which may take an hour, rather than at the first write after it.
+        parser.error(f"--out {args.out}: the folder {where} is not writable by this user; name a TSV in a writable one")
     target = Path(args.folder)
     left_out: list[tuple[str, str]] = []
     if target.is_file():  # one photo: scored where it lies, its name for the output's

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import run_script
+from conftest import SCRIPTS, run_script
 
 SMALL = ["--set", "demoImagesPerClass=8", "--set", "rf_inputResolution=96", "--set", "run_mbSize=8",
          "--set", "svm_cvFolds=3"]
@@ -104,6 +108,27 @@ def test_score_images_out_naming_a_folder_is_refused_before_scoring(tmp_path: Pa
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"--out {tmp_path / 'results'}: a folder; name the TSV to write in it" in proc.stderr
     assert list((tmp_path / "results").iterdir()) == []
+
+
+def test_score_images_out_in_a_folder_not_writable_is_refused_before_scoring(tmp_path: Path) -> None:
+    """--out in a read-only folder was found out only when the TSV was written, after every photo
+    had been scored (an hour for a big folder)."""
+    (tmp_path / "photos").mkdir()
+    ro = tmp_path / "read-only"
+    ro.mkdir(mode=0o555)
+    prefix = []
+    if os.geteuid() == 0:  # root writes anywhere unless it gives up the capability to override permissions
+        if shutil.which("setpriv") is None:
+            pytest.skip("root, and no setpriv to drop the capability to override permissions")
+        prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", "--"]
+    env = {**os.environ, "IMGCLASS_DATA_DIR": str(tmp_path), "IMGCLASS_OFFLINE": "1", "IMGCLASS_TRACKING": "0"}
+    try:
+        proc = subprocess.run([*prefix, sys.executable, str(SCRIPTS / "scoreImages.py"), str(tmp_path / "photos"),
+                               "--out", str(ro / "scores.tsv")], capture_output=True, text=True, env=env, timeout=600)
+    finally:
+        ro.chmod(0o755)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"the folder {ro} is not writable by this user" in proc.stderr, proc.stderr
 
 
 def test_missing_inputs_and_bad_data_keep_earlier_outputs(pipeline_dir: Path, tmp_path: Path) -> None:
