@@ -272,3 +272,15 @@ def test_a_model_trained_without_l2_normalisation_loads_without_it(tmp_path: Pat
     back = LinearSvm.load(svm.save(tmp_path / "svm.npz"))
     assert back.l2_normalize is False
     np.testing.assert_allclose(back.decision_function(x), svm.decision_function(x), rtol=1e-5, atol=1e-5)
+
+
+def test_scoring_before_fit_or_with_features_of_another_width_says_what_was_expected() -> None:
+    x, y = _blobs(d=16)
+    with pytest.raises(ValueError, match="not fitted yet"):
+        LinearSvm().predict(x)
+    svm = LinearSvm(c_values=[1.0]).fit(x, y)
+    with pytest.raises(ValueError, match=r"features \(60, 8\): expected \(N, 16\)"):
+        svm.predict(x[:, :8])
+    with pytest.raises(ValueError, match=r"features \(16,\): expected \(N, 16\)"):  # one image without its row axis
+        svm.decision_function(x[0])
+    assert svm.predict(x[:1]).shape == (1,)

@@ -277,6 +277,13 @@ class LinearSvm:
         return {c: float(np.mean(scores)) for c, scores in self.cv_fold_scores_.items()}
 
     def decision_function(self, x: np.ndarray) -> np.ndarray:
+        """(N, D) features -> (N, n_classes_) scores."""
+        if not hasattr(self, "coef_"):  # else numpy's AttributeError about coef_
+            raise ValueError("this LinearSvm is not fitted yet: call fit(features, labels) or LinearSvm.load(path) first")
+        x = np.asarray(x)
+        if x.ndim != 2 or x.shape[1] != self.coef_.shape[1]:  # else a matmul error about its "core dimension"
+            raise ValueError(f"features {x.shape}: expected (N, {self.coef_.shape[1]}), the features this SVM was "
+                             f"fitted on (one row per image; a single image is x[None])")
         return self._prep(x) @ self.coef_.T + self.intercept_
 
     def predict(self, x: np.ndarray) -> np.ndarray:
