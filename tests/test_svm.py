@@ -284,3 +284,22 @@ def test_scoring_before_fit_or_with_features_of_another_width_says_what_was_expe
     with pytest.raises(ValueError, match=r"features \(16,\): expected \(N, 16\)"):  # one image without its row axis
         svm.decision_function(x[0])
     assert svm.predict(x[:1]).shape == (1,)
+
+
+@pytest.mark.parametrize("labels, n_classes, message", [
+    (np.array(["a", "b", "c"]), None, r"labels \['a', 'b', 'a', 'b', 'a'\] \.\.\.: expected integers"),
+    (np.array([0.5, 1.5, 2.5]), None, "expected integers"),  # was truncated to 0, 1, 2 unsaid
+    (np.array([-1, 0, 1]), None, "expected integers"),
+    (np.array([0, 1, 2]), 2, "n_classes = 2, but the labels go up to 2"),
+])
+def test_labels_that_are_not_class_numbers_are_refused_with_what_was_expected(labels: np.ndarray, n_classes: int | None,
+                                                                             message: str) -> None:
+    x, _ = _blobs(n_per_class=4)
+    y = np.concatenate([labels[:2]] * 5 + [labels[2:]] * 2)[:12]
+    with pytest.raises(ValueError, match=message):
+        LinearSvm(c_values=[1.0]).fit(x, y, n_classes=n_classes)
+
+
+def test_whole_numbers_as_floats_are_labels_too() -> None:
+    x, y = _blobs(n_per_class=4)
+    assert (LinearSvm(c_values=[1.0]).fit(x, y.astype(float)).predict(x) == y).mean() > 0.9

@@ -138,7 +138,17 @@ class LinearSvm:
     def fit(self, x: np.ndarray, y: np.ndarray, n_classes: int | None = None,
             classes: Sequence[str] = ()) -> LinearSvm:
         """`classes`: the names of the labels 0, 1, ..., for the notes (and kept in `classes`)."""
-        x, y = self._prep(x), np.asarray(y, dtype=np.int64)
+        x, given = self._prep(x), np.asarray(y)
+        # Integer labels 0..K-1 (the names go in `classes`): strings failed in int() and 0.5, 1.5 were
+        # silently truncated to other classes' labels.
+        whole = given.dtype.kind in "iu" or (given.dtype.kind == "f" and bool(np.all(np.isfinite(given)))
+                                                and np.array_equal(given, np.round(given)))
+        if given.size and (not whole or given.min() < 0):
+            raise ValueError(f"labels {given[:5].tolist()}{' ...' if given.size > 5 else ''}: expected integers "
+                             f"0, 1, ... (one per class; the class names go in `classes`)")
+        y = given.astype(np.int64)
+        if n_classes is not None and y.size and y.max() >= n_classes:
+            raise ValueError(f"n_classes = {n_classes}, but the labels go up to {y.max()}")
         if classes:
             self.classes = list(classes)
         if x.ndim != 2 or len(x) != len(y):
