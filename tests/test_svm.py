@@ -59,7 +59,7 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("kwargs, message", [({"c_values": []}, "positive numbers"), ({"c_values": [0]}, "positive"),
                                             ({"c_values": [float("nan")]}, "positive"), ({"c_values": [float("inf")]}, "positive"),
-                                            ({"cv_folds": 1}, "at least 2")])
+                                            ({"c_values": [True]}, "positive numbers"), ({"cv_folds": 1}, "at least 2")])
 def test_bad_parameters_fail_early(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         LinearSvm(**kwargs)
@@ -303,3 +303,8 @@ def test_labels_that_are_not_class_numbers_are_refused_with_what_was_expected(la
 def test_whole_numbers_as_floats_are_labels_too() -> None:
     x, y = _blobs(n_per_class=4)
     assert (LinearSvm(c_values=[1.0]).fit(x, y.astype(float)).predict(x) == y).mean() > 0.9
+
+
+def test_c_values_of_numpy_types_are_numbers_too() -> None:
+    assert LinearSvm(c_values=np.array([0.1, 1.0], np.float32)).c_values == pytest.approx([0.1, 1.0])
+    assert LinearSvm(c_values=[np.int64(10)]).c_values == [10.0]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -96,8 +97,9 @@ class LinearSvm:
         progress: bool = False,
         balance_classes: bool = False,
     ) -> None:
+        # numbers.Real: np.float32(1.0) (an element of a float32 grid) is a positive number too; True is not a C.
         c_values = list(c_values)
-        if not c_values or any(not isinstance(c, (int, float)) or not 0 < c < math.inf for c in c_values):
+        if not c_values or any(not isinstance(c, numbers.Real) or isinstance(c, bool) or not 0 < c < math.inf for c in c_values):
             raise ValueError(f"c_values = {c_values!r}: expected a non-empty list of positive numbers")
         if cv_folds < 2:
             raise ValueError(f"cv_folds = {cv_folds}: expected at least 2")
