@@ -432,6 +432,17 @@ def test_bad_settings_fail_early() -> None:
         Refiner(RefineConfig(), ["only"], device="cpu")
 
 
+def test_test_labels_that_do_not_fit_the_test_images_fail_before_any_work(color_dataset: Path) -> None:
+    paths, labels = color_images(color_dataset)
+    refiner = Refiner(_config(max_epochs=1), CLASSES, device="cpu", progress=False)
+    # Both failed after the first epoch's training, in its test pass, with a tensor-shape error.
+    with pytest.raises(ValueError, match="3 test images but 1 labels"):
+        refiner.fit(paths, labels, paths[:3], labels[:1])
+    with pytest.raises(ValueError, match=f"test labels must be in 0..{len(CLASSES) - 1}"):
+        refiner.fit(paths, labels, paths[:3], [len(CLASSES)] * 3)
+    assert not hasattr(refiner, "model_")
+
+
 # -- what fit sets up around training ---------------------------------------------------------------
 
 _FAULTS_OF_A_TRAINING_STEP = """

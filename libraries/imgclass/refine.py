@@ -672,6 +672,12 @@ class Refiner:
             raise ValueError(f"{len(train_paths)} training images but {len(labels)} labels")
         if labels.min() < 0 or labels.max() >= len(self.classes):
             raise ValueError(f"training labels must be in 0..{len(self.classes) - 1}")
+        # Checked here, not where the first epoch's test pass would fail on them with a tensor-shape error.
+        test_y_np = np.asarray(test_labels, dtype=np.int64)
+        if len(test_y_np) != len(test_paths):
+            raise ValueError(f"{len(test_paths)} {self.held_out_name} images but {len(test_y_np)} labels")
+        if len(test_y_np) and (test_y_np.min() < 0 or test_y_np.max() >= len(self.classes)):
+            raise ValueError(f"{self.held_out_name} labels must be in 0..{len(self.classes) - 1}")
         chosen = self._select_train(labels)
         # A checkpoint continues only the training it was written by: same images, same labels.
         self._data_key = hashlib.blake2b("\n".join(f"{Path(p).as_posix()}\t{y}" for p, y in zip(train_paths, labels))
@@ -690,7 +696,7 @@ class Refiner:
             if c.balance_training_set else None
         test_cache = decode_images(test_paths, c.resolution, c.resize_mode, c.workers, f"decode {self.held_out_name}",
                                    self.progress, self.spill_dir) if len(test_paths) else None
-        test_y = torch.as_tensor(np.asarray(test_labels, dtype=np.int64))
+        test_y = torch.from_numpy(test_y_np)
 
         model, opt = self._build()
         gen = torch.Generator().manual_seed(c.seed)
