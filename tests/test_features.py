@@ -193,6 +193,16 @@ def test_decode_error_names_the_file(backbone: torch.nn.Module, export_dir: Path
         fz.featurize_paths(photos + [bad], progress=False)
 
 
+
+def test_one_path_instead_of_a_list_says_so(backbone: torch.nn.Module, export_dir: Path, photos: list[Path]) -> None:
+    fz = Featurizer(backbone, _spec("fixed"), batch_size=2, workers=0, export_dir=export_dir)
+    # A str was featurized letter by letter: "/: cannot decode as an image ([Errno 21] Is a directory: '/')".
+    for one in (str(photos[0]), photos[0]):
+        with pytest.raises(TypeError, match=r"expected a list of image files \(one image: \[path\]\)"):
+            fz.featurize_paths(one, progress=False)  # type: ignore[arg-type]
+    assert fz.featurize_paths([photos[0]], progress=False).features.shape == (1, fz.spec.feature_dim)
+
+
 _OOM_RUN = """
 import resource, sys
 import numpy as np

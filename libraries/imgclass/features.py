@@ -358,6 +358,8 @@ class Featurizer:
         """Features of image files, in order. With `cache`, only files it does not hold are decoded,
         and what is computed goes into it every CACHE_SAVE_SECONDS and when the run stops for any
         reason (an interrupt, a file that no longer decodes): a rerun continues from there."""
+        if isinstance(paths, (str, bytes, os.PathLike)):  # a str is a Sequence too: of one-letter "files"
+            raise TypeError(f"paths = {paths!r}: expected a list of image files (one image: [path])")
         paths = list(paths)
         out = self._empty(len(paths))
         todo = list(range(len(paths)))
