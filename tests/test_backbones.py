@@ -242,7 +242,7 @@ def test_a_model_spec_is_checked_when_made() -> None:
     with pytest.raises(ValueError, match="resize_mode 'fit': allowed values are squash, crop, pad"):
         ModelSpec("efficientnet_lite0", 224, "fit")
     for bad in (0, 16, 2048, 224.0):
-        with pytest.raises(ValueError, match=f"resolution = {bad}: expected 32 to 1024 pixels"):
+        with pytest.raises(ValueError, match=f"resolution = {bad}: expected a whole number of pixels, 32 to 1024"):
             ModelSpec("efficientnet_lite0", bad)
     with pytest.raises(ValueError, match="a refined model needs two or more classes"):
         ModelSpec("efficientnet_lite0", 224, "crop", kind="refined", classes=("only",))

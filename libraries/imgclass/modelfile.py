@@ -33,7 +33,9 @@ class ModelSpec:
     def __post_init__(self) -> None:
         get_info(self.backbone)  # an unknown backbone names the known ones
         if not isinstance(self.resolution, numbers.Integral) or not MIN_RESOLUTION <= self.resolution <= MAX_RESOLUTION:
-            raise ValueError(f"resolution = {self.resolution!r}: expected {MIN_RESOLUTION} to {MAX_RESOLUTION} pixels")
+            # "a whole number": 64.0 is in range, and "expected 32 to 1024" alone would not say what is wrong with it.
+            raise ValueError(f"resolution = {self.resolution!r}: expected a whole number of pixels, {MIN_RESOLUTION} "
+                             f"to {MAX_RESOLUTION}")
         if self.resize_mode not in RESIZE_MODES:
             raise ValueError(f"resize_mode {self.resize_mode!r}: allowed values are {', '.join(RESIZE_MODES)}")
         if self.kind not in ("fixed", "refined"):
