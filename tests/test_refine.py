@@ -440,6 +440,9 @@ def test_test_labels_that_do_not_fit_the_test_images_fail_before_any_work(color_
         refiner.fit(paths, labels, paths[:3], labels[:1])
     with pytest.raises(ValueError, match=f"test labels must be in 0..{len(CLASSES) - 1}"):
         refiner.fit(paths, labels, paths[:3], [len(CLASSES)] * 3)
+    # Images of one class only: it trained, and the model could answer nothing but that class.
+    with pytest.raises(ValueError, match=f"every training image is of class '{CLASSES[0]}'"):
+        refiner.fit(paths, [0] * len(paths), [], [])
     assert not hasattr(refiner, "model_")
 
 

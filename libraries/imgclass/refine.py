@@ -672,6 +672,9 @@ class Refiner:
             raise ValueError(f"{len(train_paths)} training images but {len(labels)} labels")
         if labels.min() < 0 or labels.max() >= len(self.classes):
             raise ValueError(f"training labels must be in 0..{len(self.classes) - 1}")
+        if len(present := np.unique(labels)) < 2:  # it would learn to answer that class whatever the image
+            raise ValueError(f"every training image is of class {self.classes[int(present[0])]!r}: refining needs "
+                             "images of two or more classes")
         # Checked here, not where the first epoch's test pass would fail on them with a tensor-shape error.
         test_y_np = np.asarray(test_labels, dtype=np.int64)
         if len(test_y_np) != len(test_paths):
