@@ -1114,6 +1114,26 @@ def test_a_fix_made_by_hand_follows_its_image_when_the_list_relabels_it(server: 
     assert any("2 of the moved images had a fix in annotations_fixes.tsv" in line for line in report.notes(out))
 
 
+def test_the_moves_made_before_one_that_fails_take_their_fixes_and_leave_no_empty_folder(
+        server: Server, tmp_path: Path) -> None:
+    """Two labels renamed in the list (cats -> cat, dogs -> dog), the second file's move failing (here a
+    folder in its way; a class folder the user cannot write does the same): the first file had moved
+    already, so no later run moves it again, and its EXCLUDE pointed at a path that was gone (the image
+    back in training) and its emptied folder stayed, an empty class for stage 1."""
+    from imgclass.annotations import read_fixes, write_fixes
+
+    out = tmp_path / "images"
+    cat, dog = server.url("/cat.jpg"), server.url("/dog.png")
+    download_images([("cats", cat), ("dogs", dog)], out, workers=1, progress=False)
+    write_fixes(out, {f"cats/{_stem(cat)}.jpg": "EXCLUDE"})
+    (out / "dog" / f"{_stem(dog)}.png").mkdir(parents=True)
+    with pytest.raises(OSError):
+        download_images([("cat", cat), ("dog", dog)], out, workers=1, progress=False)
+    assert (out / "cat" / f"{_stem(cat)}.jpg").is_file()
+    assert read_fixes(out) == {f"cat/{_stem(cat)}.jpg": "EXCLUDE"}
+    assert not (out / "cats").exists()
+
+
 def test_a_compressed_reply_is_unpacked_within_the_size_limit(server: Server, tmp_path: Path) -> None:
     # Some servers compress every reply, asked or not: the image read as "not an image".
     urls = [server.url(p) for p in ("/gzipped.jpg", "/deflated.png", "/gzip-bomb.jpg", "/brotli.jpg")]

@@ -897,6 +897,9 @@ class _Run:
     report: DownloadReport
     manifest: dict[str, str]  # {url: label} of the files on disk (read_manifest), written back at the end
     reasons: dict[int, str] = field(default_factory=dict)  # entry index -> why it failed (in list order at the end)
+    # (old path, new path, new label) of each file _plan moved to follow the list, kept here rather than
+    # returned: a move that fails midway (or Ctrl-C) must not lose those done before it (see download_images).
+    renamed: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 def _place_existing(run: _Run, label: str, url: str, files: list[Path],
@@ -939,12 +942,11 @@ def _place_existing(run: _Run, label: str, url: str, files: list[Path],
     return moved
 
 
-def _plan(run: _Run, ambiguous: dict[str, list[str]],
-          retry_gone: bool) -> tuple[list[int], list[tuple[str, str, str]]]:
+def _plan(run: _Run, ambiguous: dict[str, list[str]], retry_gone: bool) -> list[int]:
     """Sort each URL of the list, fetching nothing: on disk (counted, and moved if its label changed in
     the list: _place_existing), set aside by dedupImages.py, deleted by hand since an earlier run,
     failed for good (a bad URL, listed under two labels, gone: in run.reasons), or to fetch. Returns
-    the indices of the entries to fetch, and (old path, new path, new label) of the files moved."""
+    the indices of the entries to fetch; (old path, new path, new label) of the files moved go in run.renamed."""
     out_dir, report, manifest = run.out_dir, run.report, run.manifest
     existing = _existing_files(out_dir)
     spellings = _spellings(manifest)  # of the URLs earlier runs fetched
@@ -957,7 +959,6 @@ def _plan(run: _Run, ambiguous: dict[str, list[str]],
     gone = {} if retry_gone else {url: reason for url, _, reason in _read_failures(out_dir)
                                   if reason.startswith(("HTTP 404", "HTTP 410"))}
     todo: list[int] = []
-    renamed: list[tuple[str, str, str]] = []
     for i, (label, url) in enumerate(run.entries):
         try:
             scheme = urllib.parse.urlsplit(url).scheme.lower()
@@ -982,7 +983,7 @@ def _plan(run: _Run, ambiguous: dict[str, list[str]],
         elif files:
             moved = _place_existing(run, label, url, files, recorded)
             if moved:
-                renamed.append(moved)
+                run.renamed.append(moved)
             # Every spelling's record of the one file (the manifest has a line for each): a stale label
             # under the other spelling would read, in a later run listing that one, as a label changed.
             for u in _spelt(url, spellings):
@@ -995,7 +996,7 @@ def _plan(run: _Run, ambiguous: dict[str, list[str]],
             report.gone += 1
         else:
             todo.append(i)
-    return todo, renamed
+    return todo
 
 
 def _remove_emptied(out_dir: Path, renamed: list[tuple[str, str, str]]) -> None:
@@ -1097,9 +1098,20 @@ def download_images(
     _check_one_folder_per_label(list(report.per_class), out_dir)
     report.repeated = repeated
     run = _Run(entries, out_dir, report, read_manifest(out_dir))
-    todo, renamed = _plan(run, ambiguous, retry_gone)
-    report.fixes_moved = _carry_fixes(out_dir, renamed)
-    _remove_emptied(out_dir, renamed)
+    try:
+        todo = _plan(run, ambiguous, retry_gone)
+    except BaseException:
+        # A move that failed (a class folder this user cannot write) or Ctrl-C midway: the files moved
+        # before it are where the list says, so no later run moves them again, and their fixes and
+        # emptied folders would be left behind for good (an EXCLUDE pointing at a path that is gone).
+        try:
+            _carry_fixes(out_dir, run.renamed)
+            _remove_emptied(out_dir, run.renamed)
+        except (OSError, ValueError) as e:  # the first error is the one to report
+            log.warning("after moving %d file(s): %s", len(run.renamed), e)
+        raise
+    report.fixes_moved = _carry_fixes(out_dir, run.renamed)
+    _remove_emptied(out_dir, run.renamed)
     _fetch_all(run, todo, workers, timeout, retries, max_bytes, progress)
 
     reasons = run.reasons
