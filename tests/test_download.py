@@ -1134,6 +1134,25 @@ def test_the_moves_made_before_one_that_fails_take_their_fixes_and_leave_no_empt
     assert not (out / "cats").exists()
 
 
+def test_a_fixes_file_it_cannot_read_stops_the_run_before_any_file_is_moved(server: Server, tmp_path: Path) -> None:
+    """The fixes file was read after the moves: a line it could not read stopped the run with the files
+    moved already, and once the line was corrected the next run found them in place, moved nothing, and
+    the EXCLUDE of one stayed at its old path (the image back in training)."""
+    from imgclass.annotations import FIXES_FILE, AnnotationError, read_fixes
+
+    out = tmp_path / "images"
+    cat = server.url("/cat.jpg")
+    download_images([("cats", cat)], out, workers=1, progress=False)
+    excluded = f"cats/{_stem(cat)}.jpg\tEXCLUDE\n"
+    (out / FIXES_FILE).write_text(excluded + "cats/other.jpg EXCLUDE\n", encoding="utf-8")  # a space for the tab
+    with pytest.raises(AnnotationError, match="line 2"):
+        download_images([("cat", cat)], out, workers=1, progress=False)
+    assert (out / "cats" / f"{_stem(cat)}.jpg").is_file()  # nothing moved
+    (out / FIXES_FILE).write_text(excluded, encoding="utf-8")  # the line named, corrected
+    report = download_images([("cat", cat)], out, workers=1, progress=False)
+    assert report.fixes_moved == 1 and read_fixes(out) == {f"cat/{_stem(cat)}.jpg": "EXCLUDE"}
+
+
 def test_a_compressed_reply_is_unpacked_within_the_size_limit(server: Server, tmp_path: Path) -> None:
     # Some servers compress every reply, asked or not: the image read as "not an image".
     urls = [server.url(p) for p in ("/gzipped.jpg", "/deflated.png", "/gzip-bomb.jpg", "/brotli.jpg")]

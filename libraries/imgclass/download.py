@@ -397,12 +397,13 @@ def _label_of(path: Path, out_dir: Path) -> str:
     return path.relative_to(out_dir).parts[0]
 
 
-def _carry_fixes(out_dir: Path, renamed: list[tuple[str, str, str]]) -> int:
+def _carry_fixes(out_dir: Path, renamed: list[tuple[str, str, str]], fixes: dict[str, str] | None) -> int:
     """Rewrite annotations_fixes.tsv so that the fix of each file stage 0 moved, (old path, new path,
     new label), follows it: an EXCLUDE made in the notebook would otherwise point at a path that is
     gone and the image come back into training. A relabel to the class the file now lies in is
-    dropped (the folder says it now). Returns how many fixes followed their files."""
-    fixes = read_fixes(out_dir) if renamed else {}
+    dropped (the folder says it now). `fixes`: the file as read before the first move (None: nothing
+    moved). Returns how many fixes followed their files."""
+    fixes = dict(fixes or {})
     carried = 0
     for old, new, label in renamed:
         if old in fixes:
@@ -900,6 +901,7 @@ class _Run:
     # (old path, new path, new label) of each file _plan moved to follow the list, kept here rather than
     # returned: a move that fails midway (or Ctrl-C) must not lose those done before it (see download_images).
     renamed: list[tuple[str, str, str]] = field(default_factory=list)
+    fixes: dict[str, str] | None = None  # annotations_fixes.tsv (read_fixes), read before the first move
 
 
 def _place_existing(run: _Run, label: str, url: str, files: list[Path],
@@ -915,6 +917,11 @@ def _place_existing(run: _Run, label: str, url: str, files: list[Path],
         report.per_class[label] += 1
     elif recorded is not None and recorded != label and inside:
         # The URL's label changed in the list since the run that downloaded it: follow it.
+        if run.fixes is None:
+            # Read before the first move, not after the last: a line it cannot read (a space for the tab)
+            # stopped the run with the files moved, and the run after it, finding them in place, moved
+            # nothing and carried no fix (an EXCLUDE left at a path that is gone).
+            run.fixes = read_fixes(out_dir)
         old = files.pop(0)
         target = out_dir / label / old.name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -1105,12 +1112,12 @@ def download_images(
         # before it are where the list says, so no later run moves them again, and their fixes and
         # emptied folders would be left behind for good (an EXCLUDE pointing at a path that is gone).
         try:
-            _carry_fixes(out_dir, run.renamed)
+            _carry_fixes(out_dir, run.renamed, run.fixes)
             _remove_emptied(out_dir, run.renamed)
         except (OSError, ValueError) as e:  # the first error is the one to report
             log.warning("after moving %d file(s): %s", len(run.renamed), e)
         raise
-    report.fixes_moved = _carry_fixes(out_dir, run.renamed)
+    report.fixes_moved = _carry_fixes(out_dir, run.renamed, run.fixes)
     _remove_emptied(out_dir, run.renamed)
     _fetch_all(run, todo, workers, timeout, retries, max_bytes, progress)
 
