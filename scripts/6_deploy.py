@@ -27,6 +27,12 @@ def main() -> int:
     host = args.host or p.dep_host
     port = p.dep_port if args.port is None else args.port
     workers = p.dep_workers if args.workers is None else args.workers
+    # Checked as dep_port and dep_workers are (a flag bypasses PARAMETERS.py's checks): port 70000 ended in
+    # an OverflowError traceback from the socket, after the export when --no-serve had skipped the port check.
+    if not 1 <= port <= 65535:
+        parser.error(f"--port {port}: must be between 1 and 65535")
+    if workers < 1:
+        parser.error(f"--workers {workers}: must be 1 or more")
     if not args.no_serve:
         from imgclass.serve import api_key_from_env, check_port_free
 

@@ -687,8 +687,11 @@ def test_a_busy_port_is_said_at_once_before_anything_is_exported(bundle: Path, t
     # A port no address can have: one line, as --set dep_port=99999 gives (it was "serving ..." and a traceback).
     for port in (99999, 0):
         proc = run_script("6_deploy.py", "--bundle", str(bundle), "--port", str(port), data_dir=tmp_path, check=False)
-        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
-        assert f"port {port}: must be between 1 and 65535" in proc.stderr and "serving" not in proc.stdout
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert f"--port {port}: must be between 1 and 65535" in proc.stderr and "serving" not in proc.stdout
+    # --workers 0 was refused only by the service process, after the export; with --no-serve not at all.
+    proc = run_script("6_deploy.py", "--workers", "0", "--no-serve", data_dir=tmp_path, check=False)
+    assert proc.returncode == 2 and "--workers 0: must be 1 or more" in proc.stderr and "exporting" not in proc.stdout
 
 
 def test_head_requests_and_cors_for_pages_elsewhere(bundle: Path, tmp_path: Path) -> None:
