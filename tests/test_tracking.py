@@ -789,3 +789,23 @@ def test_a_stage_opens_a_sqlite_store_holding_its_lock(tmp_path: Path, monkeypat
     assert rec is not None and held_by_another == [True]
     with open(lock, "a") as after:  # released once the experiment is known: the stage's logging is not serialised
         fcntl.flock(after, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_file_uri_path_keeps_a_windows_share_host(monkeypatch):
+    """A DATA_DIR on a Windows share: MLflow's artifact location is file://server/share/...; read back
+    without its host it named \\share\\... on the current drive, outside DATA_DIR, and every stage refused
+    to track. Windows' own url2pathname (nturl2path) is what tracking.url2pathname is there."""
+    import nturl2path
+    from pathlib import PureWindowsPath
+
+    monkeypatch.setattr(tracking, "url2pathname", nturl2path.url2pathname)
+    share = PureWindowsPath(r"\\server\share\data\mlartifacts")
+    assert tracking._file_uri_path(share.as_uri()) == str(share)
+    drive = PureWindowsPath(r"C:\Users\John Smith\imgclass_data\mlartifacts")
+    assert tracking._file_uri_path(drive.as_uri()) == str(drive)
+
+
+def test_file_uri_path_of_a_posix_folder(tmp_path):
+    folder = tmp_path / "my data" / "mlartifacts"
+    assert tracking._file_uri_path(folder.as_uri()) == str(folder)
+    assert tracking._local_folder(folder.as_uri()) == folder.resolve()

@@ -316,11 +316,20 @@ def _sqlite_file(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
 
 
+def _file_uri_path(uri: str) -> str:
+    """The OS path of a file: URI. Its host is kept: Path.as_uri() writes a Windows share
+    (\\\\server\\share\\data) as file://server/share/data, and the path alone (\\share\\data) named a
+    folder on the current drive, outside DATA_DIR, so every stage refused to track there."""
+    parsed = urlparse(uri)
+    host = "" if parsed.netloc in ("", "localhost") else parsed.netloc
+    return url2pathname(f"//{host}{parsed.path}" if host else parsed.path)
+
+
 def _local_folder(location: str) -> Path | None:
     """The folder of a file: (or plain path) artifact location; None for a remote one (s3:, http:, ...)."""
     parsed = urlparse(location)
     if parsed.scheme == "file":
-        return Path(url2pathname(parsed.path)).resolve()
+        return Path(_file_uri_path(location)).resolve()
     if len(parsed.scheme) <= 1:  # a plain path, or a Windows drive letter
         return Path(location).resolve()
     return None
