@@ -234,3 +234,30 @@ def test_a_file_outside_data_dir_in_an_unwritable_folder_keeps_the_systems_words
     assert strerror == os.strerror(13)
     assert note.endswith(f"which keeps the photos where they are ({os.strerror(13)})"), note
     assert list(folder.iterdir()) == [folder / "red"]
+
+
+def test_tsvs_end_lines_with_newline_as_on_windows(tmp_path, monkeypatch):
+    """On Windows open() in text mode writes "\\n" as "\\r\\n" unless newline= says otherwise: the TSVs
+    (and annotations_fixes.tsv, which a person then edits and shares) differed from Linux's, and a
+    moved.tsv appended to from both mixed the two. Simulated here by giving open() Windows' default."""
+    import builtins
+
+    from imgclass import annotations, fileio
+    from imgclass.evaluate import write_predictions
+    from imgclass.selection import ClassifierScore, write_classifier_table
+
+    def windows_open(file, mode="r", *args, **kwargs):  # type: ignore[no-untyped-def]
+        if "b" not in mode and not args:
+            kwargs.setdefault("newline", "\r\n")
+        return builtins.open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(fileio, "open", windows_open, raising=False)  # atomic_open opens through it
+    written = [
+        annotations.write_fixes(tmp_path, {"dotted/a.jpg": "striped"}),
+        write_predictions(tmp_path / "predictions.tsv", ["dotted/a.jpg"], np.array([0]), np.array([[0.9, 0.1]]),
+                          ["dotted", "striped"]),
+        write_classifier_table(tmp_path / "classifiers.tsv", [ClassifierScore("svm", 0.9, 0.9, 0.01, 10)]),
+    ]
+    for path in written:
+        data = path.read_bytes()
+        assert b"\n" in data and b"\r" not in data, path

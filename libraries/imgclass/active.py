@@ -296,7 +296,7 @@ def apply_labels(
         if dest is not None:  # (an identical file already there is returned as add_to_dataset returns it)
             copied.append(dest)
         lines.append(f"{src}\t{label}\t{'' if dest is None else dest.relative_to(images_dir).as_posix()}\t{content}\n")
-    with atomic_open(log_path, "w", encoding="utf-8") as f:
+    with atomic_open(log_path, "w", encoding="utf-8", newline="\n") as f:
         f.write(previous + "".join(lines))
     return copied
 
@@ -393,7 +393,7 @@ def plot_candidates(candidates: Sequence[Candidate], classes: Sequence[str], pat
 
 
 def write_candidates(path: str | Path, candidates: Sequence[Candidate], classes: Sequence[str], criterion: str) -> Path:
-    with atomic_open(path, "w", encoding="utf-8") as f:
+    with atomic_open(path, "w", encoding="utf-8", newline="\n") as f:
         f.write("\t".join(["rank", "image", f"uncertainty_{criterion}", *classes]) + "\n")
         for n, c in enumerate(candidates, 1):
             f.write("\t".join([str(n), str(c.path), f"{c.uncertainty:.6g}", *(f"{s:.6g}" for s in c.scores)]) + "\n")

@@ -106,7 +106,7 @@ def _unwritable(folder: Path) -> str:
 def write_fixes(images_dir: str | Path, fixes: dict[str, str]) -> Path:
     path = Path(images_dir) / FIXES_FILE
     try:
-        with atomic_open(path, "w", encoding="utf-8") as f:
+        with atomic_open(path, "w", encoding="utf-8", newline="\n") as f:
             f.write(_HEADER)
             for image, target in sorted(fixes.items()):
                 f.write(f"{image}\t{target}\n")

@@ -383,7 +383,7 @@ class DuplicateReport:
     def write_groups(self, path: str | Path) -> Path:
         """The groups as a TSV (group, kept, duplicate, bits, mirrored; bits and mirrored empty for a
         member joined through another one), written atomically."""
-        with atomic_open(path, "w", encoding="utf-8") as f:
+        with atomic_open(path, "w", encoding="utf-8", newline="\n") as f:
             f.write("group\tkept\tduplicate\tbits\tmirrored\n")
             for n, group in enumerate(self.groups, 1):
                 for other in group[1:]:
@@ -484,7 +484,7 @@ def move_duplicates(report: DuplicateReport, dest: str | Path | None = None,
     # One line appended and flushed per move, right after it: an interrupted run (Ctrl-C, a full
     # disk) leaves every file it moved listed, so each move can still be undone by hand.
     unterminated = log.is_file() and not log.read_bytes().endswith(b"\n")  # edited by hand
-    with open(log, "a", encoding="utf-8") as f:
+    with open(log, "a", encoding="utf-8", newline="\n") as f:
         if f.tell() == 0:
             f.write("moved\tduplicate_of\n")
         elif unterminated:

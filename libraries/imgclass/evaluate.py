@@ -412,7 +412,7 @@ def write_predictions(path: str | Path, paths: Sequence[str], labels: np.ndarray
     """One line per image: path, true class (left out when `labels` is None: new, unlabelled
     images; empty for a label of -1, an image of no known class), predicted class, then one score
     column per class."""
-    with atomic_open(path, "w", encoding="utf-8") as f:
+    with atomic_open(path, "w", encoding="utf-8", newline="\n") as f:
         f.write("\t".join(["image", *(["true"] if labels is not None else []), "predicted", *classes]) + "\n")
         for i, (p, s) in enumerate(zip(paths, scores)):
             # -1 indexes the last class in numpy: an unlabelled image would read as of that class.

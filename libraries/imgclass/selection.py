@@ -127,7 +127,7 @@ def write_table(path: Path, scores: Sequence[CandidateScore]) -> Path:
     def num(v: float | None, fmt: str) -> str:
         return "" if v is None else format(v, fmt)
 
-    with atomic_open(path, "w", encoding="utf-8") as f:
+    with atomic_open(path, "w", encoding="utf-8", newline="\n") as f:
         f.write("backbone\tresolution\tresize_mode\tcv_accuracy\tcv_stderr\tC\tgflops_per_image\tproblem\n")
         for s in scores:
             f.write("\t".join([s.spec.backbone, str(s.spec.resolution), s.spec.resize_mode, num(s.cv_accuracy, ".4f"),
@@ -273,7 +273,7 @@ def write_classifier_table(path: Path, scores: Sequence[ClassifierScore]) -> Pat
     """The classifier comparison as a TSV, one line per classifier, cheapest first."""
     from imgclass.fileio import atomic_open
 
-    with atomic_open(path, "w", encoding="utf-8") as f:
+    with atomic_open(path, "w", encoding="utf-8", newline="\n") as f:
         f.write("classifier\theld_out_accuracy\tclass_averaged_accuracy\tstderr\tn_held_out\n")
         for s in scores:
             f.write(f"{s.classifier}\t{s.accuracy:.4f}\t{s.class_averaged_accuracy:.4f}\t{s.stderr:.4f}\t{s.n_val}\n")
