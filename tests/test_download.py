@@ -337,6 +337,10 @@ def test_every_bad_line_of_a_url_list_is_named_at_once(tmp_path: Path) -> None:
         ("a|b\thttp://example.com/a.jpg", "'|'"),
         ("misc.\thttp://example.com/a.jpg", "ends with a dot or a space"),
         ("con\thttp://example.com/a.jpg", "reserves for a device"),
+        # As Python 3.13's ntpath.isreserved: a space before the extension, the console and superscripts.
+        ("con .png\thttp://example.com/a.jpg", "reserves for a device"),
+        ("CONOUT$\thttp://example.com/a.jpg", "reserves for a device"),
+        ("com\u00b9\thttp://example.com/a.jpg", "reserves for a device"),
         # Checked before anything is fetched: both stopped the run half-way with a traceback.
         ("\u732b" * 88 + "\thttp://example.com/a.jpg", "is 264 bytes long as UTF-8 (a folder name holds at most 255"),
         ("download_manifest.tsv\thttp://example.com/a.jpg", "the name of a file the pipeline keeps in the data set folder"),

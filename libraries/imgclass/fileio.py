@@ -274,7 +274,10 @@ def same_name_groups(names: Iterable[str], folder: str | Path) -> list[list[str]
 # Characters Windows refuses in file names (':' would also make "C:x" a drive path there), so a
 # folder named with one on Linux would not copy to Windows, and a stage run there would fail at mkdir.
 WINDOWS_FORBIDDEN_CHARS = ("/", "\\", ":", "\0", "*", "?", '"', "<", ">", "|")
-WINDOWS_RESERVED_NAMES = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
+# As Python 3.13's ntpath.isreserved has them: the console's CONIN$/CONOUT$ and the superscript digits
+# (COM¹) name devices too.
+WINDOWS_RESERVED_NAMES = {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$",
+                          *(f"{dev}{n}" for dev in ("COM", "LPT") for n in "123456789\u00b9\u00b2\u00b3")}
 
 
 def portable_name_problem(name: str) -> str | None:
@@ -287,6 +290,6 @@ def portable_name_problem(name: str) -> str | None:
         return "contains a control character"
     if name != name.rstrip(". "):
         return "ends with a dot or a space, which Windows drops from folder names"
-    if name.split(".")[0].upper() in WINDOWS_RESERVED_NAMES:
+    if name.split(".")[0].rstrip(" ").upper() in WINDOWS_RESERVED_NAMES:  # "CON .jpg" is CON as well
         return "is a name Windows reserves for a device"
     return None
