@@ -1157,6 +1157,24 @@ def test_a_fixes_file_it_cannot_read_stops_the_run_before_any_file_is_moved(serv
     assert report.fixes_moved == 1 and read_fixes(out) == {f"cat/{_stem(cat)}.jpg": "EXCLUDE"}
 
 
+def test_the_moves_made_before_one_that_fails_are_in_the_manifest(server: Server, tmp_path: Path) -> None:
+    """The second move failing after the first (cats -> cat) was made: the manifest still said cats for
+    the file in cat/, so a next run whose list said cats again (the relabel undone) took the file for
+    one moved by hand and left it in cat/, the class the list no longer gives it."""
+    out = tmp_path / "images"
+    cat, dog = server.url("/cat.jpg"), server.url("/dog.png")
+    download_images([("cats", cat), ("dogs", dog)], out, workers=1, progress=False)
+    (out / "dog" / f"{_stem(dog)}.png").mkdir(parents=True)
+    with pytest.raises(OSError):
+        download_images([("cat", cat), ("dog", dog)], out, workers=1, progress=False)
+    assert dl.read_manifest(out) == {cat: "cat", dog: "dogs"}
+    assert f"\tcat/{_stem(cat)}.jpg\n" in (out / dl.MANIFEST_FILE).read_text(encoding="utf-8")
+    shutil.rmtree(out / "dog")
+    report = download_images([("cats", cat), ("dogs", dog)], out, workers=1, progress=False)
+    assert report.moved == [(cat, "cat", "cats")] and not report.left_by_hand
+    assert (out / "cats" / f"{_stem(cat)}.jpg").is_file()
+
+
 def test_a_compressed_reply_is_unpacked_within_the_size_limit(server: Server, tmp_path: Path) -> None:
     # Some servers compress every reply, asked or not: the image read as "not an image".
     urls = [server.url(p) for p in ("/gzipped.jpg", "/deflated.png", "/gzip-bomb.jpg", "/brotli.jpg")]

@@ -1111,9 +1111,13 @@ def download_images(
         # A move that failed (a class folder this user cannot write) or Ctrl-C midway: the files moved
         # before it are where the list says, so no later run moves them again, and their fixes and
         # emptied folders would be left behind for good (an EXCLUDE pointing at a path that is gone).
+        # The manifest too: left with their old labels, a next run whose list says the old label again
+        # took each moved file for one moved by hand and left it in the wrong class.
         try:
             _carry_fixes(out_dir, run.renamed, run.fixes)
             _remove_emptied(out_dir, run.renamed)
+            if run.renamed:
+                _write_manifest(out_dir, run.manifest)
         except (OSError, ValueError) as e:  # the first error is the one to report
             log.warning("after moving %d file(s): %s", len(run.renamed), e)
         raise
