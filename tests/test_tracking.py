@@ -536,6 +536,18 @@ def test_runs_of_every_folder_the_data_dir_lived_in_are_compared(tmp_path: Path,
     assert [r.run_id for r in tracking.find_runs(p, run_ids=[ids[0][:8]])] == [ids[0]]
 
 
+def test_compare_runs_last_larger_than_mlflow_searches_lists_them_all(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--last 100000 ("all of them"): MLflow refuses max_results over 50000, which read as a store that
+    cannot be read."""
+    _tracked(monkeypatch)
+    p = load_params(overrides={"DATA_DIR": str(tmp_path), "datasetName": "manyDemo"})
+    p.results_dir.mkdir(parents=True)
+    tracking.record_stage(p, "scripts/5_evaluate.py", time.time())
+    assert len(tracking.find_runs(p, last=10**20)) == 1
+    proc = run_script("compareRuns.py", "--set", "datasetName=manyDemo", "--last", "100000", data_dir=tmp_path, check=False)
+    assert proc.returncode == 0 and proc.stdout.startswith("1 run(s) of experiment"), proc.stderr
+
+
 def test_a_store_that_cannot_be_read_is_one_error_line(tmp_path: Path) -> None:
     proc = run_script("compareRuns.py", "--set", f"track_uri=file://{tmp_path}/store", data_dir=tmp_path, check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr

@@ -588,6 +588,9 @@ class RunSummary:
     tags: dict[str, str]
 
 
+_MAX_RESULTS = 50_000  # the most runs one MLflow search returns
+
+
 def find_runs(p: Params, last: int = 5, run_ids: Sequence[str] = ()) -> list[RunSummary]:
     """The chosen runs (ids or unique id prefixes), else the `last` pipeline runs of the experiment,
     newest first. A store that cannot be read is a TrackingError naming it."""
@@ -637,8 +640,10 @@ def _find_runs(p: Params, uri: str, last: int, run_ids: Sequence[str]) -> list[R
     else:
         if last < 1:
             raise ValueError(f"--last {last}: must be at least 1")
+        # MLflow refuses max_results over 50000 ("cannot read the run history", of a store that reads
+        # fine): --last 100000, meaning "all of them", asks for no more runs than there can be.
         runs = client.search_runs(exp_ids, pipeline, order_by=["attributes.start_time DESC"],
-                                  max_results=last)
+                                  max_results=min(last, _MAX_RESULTS))
     return [RunSummary(r.info.run_id, r.info.run_name or "", r.info.start_time or 0, dict(r.data.params),
                        dict(r.data.metrics), dict(r.data.tags)) for r in runs]
 
