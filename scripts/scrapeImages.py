@@ -26,6 +26,8 @@ parser.add_argument("--out", default=None, metavar="FILE", help="the URL list to
 def main() -> int:
     args, p = parse_stage(parser)
     out = Path(args.out) if args.out else p.proc_dir / "search_urls.tsv"
+    if out.is_dir():  # else found out only when the first answer is saved, after asking the service
+        parser.error(f"--out {out}: a folder; name the list file to write or add to, e.g. {out / 'search_urls.tsv'}")
     state = state_path(out)
     queries = build_queries(p.scrape_items, p.scrape_attributes)
     provider = get_provider(p.scrape_provider, timeout=p.scrape_timeoutSec, pause=p.scrape_pauseSec)

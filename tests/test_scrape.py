@@ -289,6 +289,20 @@ def test_script_says_a_failed_query_is_asked_again_by_a_rerun(fake: Fake, tmp_pa
     assert fake.hits[("/v1/images/", "striped vest")] == asked[1]  # answered: not asked again
 
 
+def test_script_refuses_an_out_that_is_a_folder_before_asking_anything(fake: Fake, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """--out naming a folder (as a hurried user types it) was found out only when the first answer was
+    saved, after the queries were asked (and paused between)."""
+    monkeypatch.setenv("OPENVERSE_ENDPOINT", fake.url("/v1/images/"))
+    folder = tmp_path / "lists"
+    folder.mkdir()
+    proc = run_script("scrapeImages.py", "--set", "scrape_items=['lists_vest']", "--set", "scrape_attributes=['striped']",
+                      "--set", "scrape_pauseSec=0", "--out", str(folder), data_dir=tmp_path, check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"--out {folder}: a folder" in proc.stderr, proc.stderr
+    assert fake.hits[("/v1/images/", "striped lists_vest")] == 0 and list(folder.iterdir()) == []
+
+
 @pytest.mark.parametrize("env, args, message", [
     ({}, ["--set", "scrape_provider=bing"], "no Bing Image Search key: set BING_SEARCH_V7_SUBSCRIPTION_KEY"),
     ({"BING_SEARCH_V7_SUBSCRIPTION_KEY": KEY}, ["--set", "scrape_provider=bing"], "no Bing Image Search endpoint"),
