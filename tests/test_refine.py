@@ -272,6 +272,20 @@ def test_a_checkpoint_that_cannot_be_continued_is_refused_before_the_images_are_
     assert decoded
 
 
+def test_a_damaged_checkpoint_is_one_line_that_says_restart(color_dataset: Path, tmp_path: Path) -> None:
+    """A checkpoint cut short (a crash, a full disk) was refused with torch's five-line text, which
+    advises loading it with weights_only=False (running its code) and filing an issue to PyTorch."""
+    ckpt = tmp_path / "refine_checkpoint.pt"
+    for content, what in ((b"\x80\x02garbage", "damaged or not a PyTorch file: UnpicklingError"),
+                          (b"", "an empty file (0 bytes)")):
+        ckpt.write_bytes(content)
+        with pytest.raises(ValueError) as refused:
+            _fit(color_dataset, checkpoint=ckpt, resume=True)
+        message = str(refused.value)
+        assert message.startswith(f"{ckpt}: not a refinement checkpoint ({what}); "), message
+        assert "\n" not in message and "weights_only" not in message and "--restart" in message
+
+
 def test_weights_averaged_over_the_last_epochs_also_across_a_resume(color_dataset: Path, tmp_path: Path) -> None:
     # Epochs 1-3 of 3 are averaged. Interrupted after epoch 2, resumed: the average continues.
     ckpt = tmp_path / "refine_checkpoint.pt"

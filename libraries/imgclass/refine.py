@@ -584,6 +584,13 @@ class Refiner:
     def _load_checkpoint(self, path: Path) -> tuple[dict[str, Any], History]:
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - one clear message for a damaged file
+            # Not torch's own text: five lines advising weights_only=False (running the file's code) and
+            # an issue report to PyTorch, for a file cut short by a crash or a full disk.
+            what = "an empty file (0 bytes)" if path.stat().st_size == 0 else \
+                f"damaged or not a PyTorch file: {type(e).__name__}"
+            raise ValueError(f"{path}: not a refinement checkpoint ({what}); {RESTART}") from e
+        try:
             for name in ("key_json", "classes_json"):  # read here: a damaged file is one clear error
                 json.loads(payload[name])
             history = History.from_json(json.loads(payload["history_json"]))
