@@ -44,6 +44,9 @@ def main() -> int:
     if args.resume and args.restart:
         parser.error("--resume and --restart: choose one")
     if p.classifier == "svm":
+        if args.resume or args.restart:  # nothing is refined for svm: the flag would go unsaid
+            print(f"note: {'--resume' if args.resume else '--restart'} does nothing with classifier = \"svm\" "
+                  "(the backbone is only written, not refined)")
         spec = ModelSpec(p.rf_pretrainedModel, p.rf_inputResolution, p.rf_resizeMode, kind="fixed")
         model = build_model(spec, pretrained=True, weights_dir=p.rf_weightsDir or None)
         save_model(p.model_path, model, spec)

@@ -28,6 +28,8 @@ parser.add_argument("--val-fraction", type=float, default=0.2, metavar="F",
 
 def main() -> int:
     args, p = parse_stage(parser)
+    if not 0 < args.val_fraction < 1:  # said before its summary line ("nan% of each class held out")
+        parser.error(f"--val-fraction {args.val_fraction}: expected a number between 0 and 1 (0.2: a fifth of each class)")
     split = load_split(require_file(p.split_path, "scripts/1_prepareData.py"), p.images_dir, sides=("train",))
     paths = [p.images_dir / path for path, _ in split.train]
     labels = np.array([y for _, y in split.train])

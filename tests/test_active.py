@@ -627,3 +627,13 @@ def test_the_candidates_sheet_shows_small_scores_with_their_digits_and_short_nam
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+
+
+def test_a_file_given_for_the_folder_of_unlabelled_images_is_named_as_a_file(tmp_path: Path) -> None:
+    photo = tmp_path / "new" / "a.jpg"
+    write_image(photo, (200, 30, 30))
+    # "no such folder" read as a typo in a path that is there.
+    with pytest.raises(NotADirectoryError, match=f"a file; give the folder of unlabelled images it is in \\({re.escape(str(photo.parent))}\\)"):
+        unlabelled_images(photo)
+    with pytest.raises(FileNotFoundError, match="no such folder of unlabelled images"):
+        unlabelled_images(tmp_path / "nothing")

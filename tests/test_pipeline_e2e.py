@@ -86,6 +86,13 @@ def test_help_says_what_each_stage_reads_and_writes(tmp_path: Path) -> None:
         assert "reads:" in out and "writes:" in out and "--set NAME=VALUE" in out, script
 
 
+def test_resume_with_classifier_svm_says_it_does_nothing(tmp_path: Path) -> None:
+    # Stage 2 of svm only writes the backbone: --resume went unsaid, as if a refinement had continued.
+    out = run_script("2_refineDNN.py", "--resume", "--set", "classifier=svm", "--set", "rf_inputResolution=64",
+                     data_dir=tmp_path).stdout
+    assert 'note: --resume does nothing with classifier = "svm"' in out, out
+
+
 def test_bad_parameter_is_a_clear_error(tmp_path: Path) -> None:
     proc = run_script("1_prepareData.py", "--set", "ratioTrainTest=2", data_dir=tmp_path, check=False)
     assert proc.returncode == 2 and "ratioTrainTest = 2" in proc.stderr and "between 0 and 1" in proc.stderr

@@ -225,3 +225,12 @@ def test_resize_modes_are_one_candidate_when_every_image_is_square(tmp_path: Pat
         assert not all_square(square)
     finally:
         Image.MAX_IMAGE_PIXELS = limit
+
+
+def test_select_classifier_refuses_a_val_fraction_outside_0_1_before_anything(tmp_path: Path) -> None:
+    for bad in ("0", "1", "nan", "-0.2"):  # said after its summary line ("nan% ... held out"), as a "held-out fraction"
+        proc = run_script("selectClassifier.py", "--val-fraction", bad, data_dir=tmp_path, check=False)
+        assert proc.returncode == 2 and f"--val-fraction {float(bad)}: expected a number between 0 and 1" in proc.stderr, \
+            proc.stderr
+        assert "held out" not in proc.stdout
+
