@@ -633,7 +633,13 @@ def test_a_file_given_for_the_folder_of_unlabelled_images_is_named_as_a_file(tmp
     photo = tmp_path / "new" / "a.jpg"
     write_image(photo, (200, 30, 30))
     # "no such folder" read as a typo in a path that is there.
-    with pytest.raises(NotADirectoryError, match=f"a file; give the folder of unlabelled images it is in \\({re.escape(str(photo.parent))}\\)"):
+    with pytest.raises(ValueError, match=f"a file; give the folder of unlabelled images it is in \\({re.escape(str(photo.parent))}\\)"):
         unlabelled_images(photo)
     with pytest.raises(FileNotFoundError, match="no such folder of unlabelled images"):
         unlabelled_images(tmp_path / "nothing")
+    # From the shell: one line, not a traceback (the model is not needed to say it).
+    proc = subprocess.run([sys.executable, str(SCRIPTS / "activeLearning.py"), str(photo), "--no-prompt"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300,
+                          env={**os.environ, "IMGCLASS_DATA_DIR": str(tmp_path), "IMGCLASS_TRACKING": "0"})
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"error: {photo}: a file; give the folder of unlabelled images it is in" in proc.stderr

@@ -143,7 +143,7 @@ def unlabelled_images(folder: str | Path, log_path: str | Path | None = None,
     have a label."""
     folder = Path(folder)
     if folder.is_file():  # "no such folder" would read as a typo in a path that is there
-        raise NotADirectoryError(f"{folder}: a file; give the folder of unlabelled images it is in ({folder.parent})")
+        raise ValueError(f"{folder}: a file; give the folder of unlabelled images it is in ({folder.parent})")
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such folder of unlabelled images")
     done = read_log(log_path) if log_path is not None else {}
