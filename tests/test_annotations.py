@@ -70,6 +70,11 @@ def test_bad_fixes_are_clear_errors(color_dataset: Path) -> None:
     (color_dataset / FIXES_FILE).write_bytes("red/red_0.jpg\tblue\nred/caf\u00e9.jpg\tEXCLUDE\n".encode("latin-1"))
     with pytest.raises(AnnotationError, match=r"annotations_fixes.tsv, line 2: not UTF-8 text \(byte 0xe9\); save"):
         read_fixes(color_dataset)
+    # With a byte-order mark and the byte at a line's start: counted in the file's bytes, the mark's three
+    # made the newline before it fall outside the count (line 1).
+    (color_dataset / FIXES_FILE).write_bytes(b"\xef\xbb\xbfred/red_0.jpg\tblue\n\xe9.jpg\tEXCLUDE\n")
+    with pytest.raises(AnnotationError, match=r"annotations_fixes.tsv, line 2: not UTF-8 text \(byte 0xe9\)"):
+        read_fixes(color_dataset)
 
 
 def test_stage1_honours_the_fixes_file(color_dataset: Path) -> None:

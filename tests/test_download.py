@@ -1093,6 +1093,11 @@ def test_a_manifest_or_failures_file_saved_in_another_encoding_names_the_file(
     (tmp_path / name).write_bytes(b"url\tlabel\treason\nhttp://x/caf\xe9.jpg\tcat\tHTTP 404\n")
     with pytest.raises(ValueError, match=re.escape(f"{tmp_path / name}, line 2: not valid UTF-8 text")):
         download_images([("cat", server.url("/cat.jpg"))], tmp_path, progress=False)
+    # A byte-order mark, and the byte at a line's start: the mark's three bytes are not in the decoder's
+    # offset, and counting the file's own bytes up to it missed the newline just before (line 1).
+    (tmp_path / name).write_bytes(b"\xef\xbb\xbfurl\tlabel\treason\n\xe9x.jpg\tcat\tHTTP 404\n")
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / name}, line 2: not valid UTF-8 text")):
+        download_images([("cat", server.url("/cat.jpg"))], tmp_path, progress=False)
 
 
 def test_a_tracking_pixel_is_refused_as_too_small(server: Server, tmp_path: Path) -> None:

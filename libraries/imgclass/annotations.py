@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from imgclass.fileio import atomic_open
+from imgclass.fileio import atomic_open, undecodable_line
 from imgclass.images import ImageDecodeError, load_rgb
 
 FIXES_FILE = "annotations_fixes.tsv"
@@ -56,8 +56,7 @@ def read_fixes(images_dir: str | Path, repeated: list[str] | None = None) -> dic
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:  # saved as "ANSI" (Latin-1, cp1252): an accented name is not UTF-8
-        line = path.read_bytes()[:e.start].count(b"\n") + 1
-        raise AnnotationError(f"{path}, line {line}: not UTF-8 text (byte {e.object[e.start]:#x}); save the file as "
+        raise AnnotationError(f"{path}, line {undecodable_line(e)}: not UTF-8 text (byte {e.object[e.start]:#x}); save the file as "
                               "UTF-8") from None
     for n, line in enumerate(text.split("\n"), 1):
         if not line.strip() or line.startswith("#"):

@@ -26,7 +26,6 @@ import hashlib
 import io
 import os
 import random
-import re
 import unicodedata
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
@@ -36,7 +35,7 @@ from typing import Any
 
 from imgclass.annotations import EXCLUDE, FIXES_FILE, AnnotationError, apply_fixes, read_fixes, unmatched_fixes
 from imgclass.featureset import file_stats
-from imgclass.fileio import DamagedFileError, read_json, write_json
+from imgclass.fileio import DamagedFileError, read_json, undecodable_line, write_json
 from imgclass.images import IMAGE_EXTENSIONS, check_images, is_image_name
 from imgclass.progress import progress_bar
 from imgclass.provenance import split_hash_of
@@ -574,10 +573,7 @@ def _read_dedicated(path: Path, classes: list[str]) -> set[str]:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:  # saved as "ANSI" (Excel's tab-delimited text): said as for annotations_fixes.tsv
-        # Counted in the bytes decoded (a byte-order mark is not among them) and at the line ends the
-        # lines below are numbered by: Excel for Mac's tab-delimited text ends lines with a lone \r.
-        line_no = len(re.findall(rb"\r\n|\r|\n", e.object[:e.start])) + 1
-        raise DatasetError(f"{path}, line {line_no}: not UTF-8 text (byte {e.object[e.start]:#x}); save the file as "
+        raise DatasetError(f"{path}, line {undecodable_line(e)}: not UTF-8 text (byte {e.object[e.start]:#x}); save the file as "
                            "UTF-8") from None
     with io.StringIO(text, newline=None) as f:  # lines end where open() ends them
         for n, line in enumerate(f, 1):

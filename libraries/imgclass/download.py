@@ -42,7 +42,7 @@ from imgclass import __version__
 from imgclass.annotations import FIXES_FILE, read_fixes, write_fixes
 from imgclass.data import (DEDICATED_TEST_FILE, DUPLICATES_FOLDER, DUPLICATES_LIST, INVISIBLE_CHARS, NOT_CLASS_PREFIXES,
                            TEST_FOLDER_NAMES, TRAIN_FOLDER_NAMES, list_class_dirs, walk_image_files)
-from imgclass.fileio import atomic_open, portable_name_problem, same_name_groups, tsv_field, write_bytes
+from imgclass.fileio import atomic_open, portable_name_problem, same_name_groups, tsv_field, undecodable_line, write_bytes
 from imgclass.images import ImageDecodeError, load_rgb, openers
 from imgclass.progress import progress_bar
 from imgclass.terminal import first_few
@@ -234,8 +234,7 @@ def tsv_lines(path: str | Path, error: Callable[[str], Exception] = UrlListError
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        line_no = len(re.findall(rb"\r\n|\r|\n", data[: e.start])) + 1
-        raise error(f"{path}, line {line_no}: not valid UTF-8 text; save the list as UTF-8") from e
+        raise error(f"{path}, line {undecodable_line(e)}: not valid UTF-8 text; save the list as UTF-8") from e
     # \r\n, \n or a lone \r (old Mac files) end a line, as in the user's editor; not splitlines(),
     # which also breaks at form feeds and other separators and would put line numbers off.
     for line_no, line in enumerate(re.split(r"\r\n|\r|\n", text), start=1):

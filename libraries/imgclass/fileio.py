@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 import time
 import warnings
@@ -163,6 +164,14 @@ def write_json(path: str | Path, obj: Any) -> Path:
     with atomic_open(path, "wb") as f:
         f.write(data)
     return Path(path)
+
+
+def undecodable_line(e: UnicodeDecodeError) -> int:
+    """The line (from 1) of the byte `e` could not decode, for "file, line N: not UTF-8 text". Counted
+    in e.object, the bytes the codec saw (utf-8-sig leaves the byte-order mark out, so the file's own
+    bytes cut at e.start miss up to 3 of them), at the line ends an editor shows: \r\n, \n or a lone \r
+    (Excel for Mac's tab-delimited text)."""
+    return len(re.findall(rb"\r\n|\r|\n", e.object[:e.start])) + 1
 
 
 def tsv_field(value: object) -> str:
