@@ -643,7 +643,7 @@ def _figures_html(figures: Sequence[str | Path], page_dir: Path) -> str:
     """The figures shown small, each linked to itself ("" without any)."""
     links = "".join(
         f'<a href="{html.escape(u)}"><img src="{html.escape(u)}" alt="{html.escape(Path(f).name)}"></a>'
-        for f in figures for u in [urllib.parse.quote(Path(os.path.relpath(Path(f).resolve(), page_dir.resolve())).as_posix())])
+        for f in figures for u in [urllib.parse.quote(Path(_relative_link(Path(f), page_dir)).as_posix())])
     return f'<p class="figs">{links}</p>' if links else ""
 
 
