@@ -670,24 +670,26 @@ class Refiner:
         minibatch, which needs less memory than one training step; lowering rf_mbSize lowers it too."""
         return 2 * self.config.mb_size
 
+    def _class_indices(self, paths: Sequence[str | Path], labels: Sequence[int], what: str,
+                       empty_ok: bool) -> np.ndarray:
+        """`labels` as int64, one per image of `paths`, each a class index; else a ValueError naming `what`."""
+        y = np.asarray(labels, dtype=np.int64)
+        if len(y) != len(paths) or (len(y) == 0 and not empty_ok):
+            raise ValueError(f"{len(paths)} {what} images but {len(y)} labels")
+        if len(y) and (y.min() < 0 or y.max() >= len(self.classes)):
+            raise ValueError(f"{what} labels must be in 0..{len(self.classes) - 1}")
+        return y
+
     def _fit(self, train_paths: Sequence[str | Path], train_labels: Sequence[int],
              test_paths: Sequence[str | Path], test_labels: Sequence[int], checkpoint: str | Path | None,
              resume: bool, on_epoch: Callable[[History], None] | None) -> Refiner:
         c = self.config
-        labels = np.asarray(train_labels, dtype=np.int64)
-        if len(labels) != len(train_paths) or len(labels) == 0:
-            raise ValueError(f"{len(train_paths)} training images but {len(labels)} labels")
-        if labels.min() < 0 or labels.max() >= len(self.classes):
-            raise ValueError(f"training labels must be in 0..{len(self.classes) - 1}")
+        labels = self._class_indices(train_paths, train_labels, "training", empty_ok=False)
         if len(present := np.unique(labels)) < 2:  # it would learn to answer that class whatever the image
             raise ValueError(f"every training image is of class {self.classes[int(present[0])]!r}: refining needs "
                              "images of two or more classes")
         # Checked here, not where the first epoch's test pass would fail on them with a tensor-shape error.
-        test_y_np = np.asarray(test_labels, dtype=np.int64)
-        if len(test_y_np) != len(test_paths):
-            raise ValueError(f"{len(test_paths)} {self.held_out_name} images but {len(test_y_np)} labels")
-        if len(test_y_np) and (test_y_np.min() < 0 or test_y_np.max() >= len(self.classes)):
-            raise ValueError(f"{self.held_out_name} labels must be in 0..{len(self.classes) - 1}")
+        test_y_np = self._class_indices(test_paths, test_labels, self.held_out_name, empty_ok=True)
         chosen = self._select_train(labels)
         # A checkpoint continues only the training it was written by: same images, same labels.
         self._data_key = hashlib.blake2b("\n".join(f"{Path(p).as_posix()}\t{y}" for p, y in zip(train_paths, labels))
